@@ -1,0 +1,57 @@
+/*
+ * common/addr.h - RFC 5321 mailbox and path parsing (MAIL FROM / RCPT TO
+ * arguments), ESMTP parameter splitting and RFC 3461 xtext checks. Pure.
+ */
+#ifndef RELAY_ADDR_H
+#define RELAY_ADDR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "smtp.h"
+
+#define ADDR_ALLOW_NULL  0x1 /* "<>" is accepted (MAIL FROM) */
+#define ADDR_ALLOW_UTF8  0x2 /* SMTPUTF8 was given: UTF-8 in local/domain */
+#define ADDR_ALLOW_BARE  0x4 /* tolerate a path without <> (Postfix-like) */
+
+/*
+ * Parses a reverse- or forward-path at the start of `in` (after "FROM:" /
+ * "TO:" and optional spaces have been skipped by the caller):
+ *   "<>"  "<user@example.com>"  "<\"quoted local\"@example.com>"
+ *   "<@relay1,@relay2:user@example.com>" (source route, dropped)
+ *   "<user@[192.0.2.1]>"  "<user@[IPv6:2001:db8::1]>"  "<postmaster>"
+ * On success writes the address without brackets or route into out
+ * ("" for the null path), sets *used to the bytes consumed (through '>'),
+ * and returns 0. Errors:
+ *   -EINVAL       syntax error (missing <>, bad local part or domain, ...)
+ *   -ENAMETOOLONG local part > 64, domain > 255 or path > 256 octets
+ *   -EILSEQ       8-bit bytes without ADDR_ALLOW_UTF8 (-> 553 5.6.7), or
+ *                 invalid UTF-8 with it, or control characters/NUL
+ * outsz must be at least SMTP_PATH_MAX + 1.
+ */
+int addr_parse_path(const char *in, size_t inlen, unsigned flags,
+                    char *out, size_t outsz, size_t *used);
+
+/* Pointer to the domain part (after the last '@' outside quotes), or NULL
+ * when the address has no domain (e.g. "postmaster"). */
+const char *addr_domain(const char *addr);
+
+/* One ESMTP parameter "KEYWORD[=VALUE]" (RFC 5321 §4.1.2 esmtp-param). */
+struct addr_param {
+	const char *key;  size_t keylen;
+	const char *val;  size_t vallen;   /* val NULL when no '=' */
+};
+
+/* Splits `s` (the rest of a MAIL/RCPT line after the path) into params on
+ * runs of spaces. Returns the count, or -EINVAL on a syntax error (empty
+ * keyword, bad keyword characters, bad value characters: RFC 5321
+ * esmtp-value is %d33-60 / %d62-126, plus UTF-8 when `utf8`), or -E2BIG
+ * when more than max. */
+int addr_parse_params(const char *s, size_t n, bool utf8,
+                      struct addr_param *out, size_t max);
+
+/* RFC 3461 §4: xtext = *( xchar / hexchar ), xchar = %d33-42 / %d44-60 /
+ * %d62-126, hexchar = "+" 2HEXDIG (uppercase). True when valid. */
+bool addr_xtext_valid(const char *s, size_t n);
+
+#endif

@@ -1,0 +1,82 @@
+/*
+ * common/conf.h - relayd's configuration: every key, its type, default and
+ * check in one table (conf.c). One file of `key = value` lines with `#`
+ * comments; then RELAYD_<UPPERCASE_KEY> environment variables override.
+ * Errors name the file, the line and the key.
+ */
+#ifndef RELAY_CONF_H
+#define RELAY_CONF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CONF_LISTEN_MAX 16
+#define CONF_LIST_MAX 64
+
+enum conf_delivery { CONF_DELIVERY_HOLD };
+enum conf_bare_newline { CONF_BARE_REJECT, CONF_BARE_NORMALIZE };
+enum conf_spool_sync { CONF_SYNC_SYNCFS, CONF_SYNC_FSYNC };
+enum conf_listen_mode { CONF_LISTEN_SMTP };
+
+struct conf_listen {
+	char host[64];   /* "127.0.0.1", "::1", "0.0.0.0" (no brackets) */
+	uint16_t port;
+	bool ipv6;
+	enum conf_listen_mode mode;
+};
+
+struct conf {
+	char *hostname;                    /* default: gethostname() */
+	struct conf_listen listen[CONF_LISTEN_MAX];
+	size_t nlisten;                    /* default: 127.0.0.1:2525 */
+	char *spool_dir;                   /* default: /var/spool/relayd */
+	char *log_file;                    /* default: "" (none) */
+	bool log_stderr;                   /* default: yes */
+	int log_level;                     /* enum log_level; default info */
+	enum conf_delivery delivery;       /* default hold */
+	uint64_t max_message_size;         /* bytes; default 50 MiB */
+	unsigned max_recipients;           /* default 1000 */
+	unsigned max_connections;          /* default 1000 */
+	unsigned max_connections_per_ip;   /* default 50 */
+	unsigned max_bad_commands;         /* default 20 */
+	char *scrub_headers[CONF_LIST_MAX];/* default: Received, X-Originating-IP,
+	                                      X-Remote-IP, X-Real-IP,
+	                                      X-Forwarded-For, X-Sender-IP,
+	                                      X-Source-IP */
+	size_t nscrub_headers;
+	bool received_client;              /* name client IP/host in Received */
+	enum conf_bare_newline bare_newline; /* default reject */
+	uint64_t timeout_greeting;         /* ms; idle before first command: 5m */
+	uint64_t timeout_command;          /* ms; RFC 5321 §4.5.3.2.7: 5m */
+	uint64_t timeout_data;             /* ms; §4.5.3.2.5-6: 3m per block */
+	uint64_t queue_map_size;           /* bytes; LMDB map; default 1 GiB */
+	enum conf_spool_sync spool_sync;   /* default syncfs */
+	char *user;                        /* drop privileges to; default "" */
+};
+
+/* Fills defaults. Returns 0 or -ENOMEM. */
+int conf_init(struct conf *c);
+void conf_free(struct conf *c);
+
+/* Sets one key from its text value. On error returns -EINVAL (unknown key
+ * or bad value) and writes a message naming the key into err. */
+int conf_set(struct conf *c, const char *key, const char *value,
+             char *err, size_t errlen);
+
+/* Parses a whole file's text; `name` is used in messages:
+ * "relayd.conf:12: max_recipients: not a number: 'abc'". */
+int conf_parse(struct conf *c, const char *name, const char *text, size_t len,
+               char *err, size_t errlen);
+
+/* Applies RELAYD_<KEY> variables from envp (NULL-terminated "K=V" list). */
+int conf_apply_env(struct conf *c, char *const *envp, char *err, size_t errlen);
+
+/* conf_init + the file (unreadable: error naming it) + environ. */
+int conf_load(struct conf *c, const char *path, char *err, size_t errlen);
+
+/* Parsers shared with tools: "30s", "5m", "2h", "1d" -> ms; "10M" -> bytes. */
+int conf_parse_duration(const char *s, uint64_t *ms);
+int conf_parse_size(const char *s, uint64_t *bytes);
+
+#endif

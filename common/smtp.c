@@ -1,0 +1,47 @@
+/*
+ * common/smtp.c - The reply table: every code, enhanced status code
+ * (RFC 3463) and text relayd uses, in one place.
+ */
+#include "smtp.h"
+
+const struct smtp_reply_def smtp_replies[SMTP_R__COUNT] = {
+	[SMTP_R_OK]              = {250, "2.0.0", "Ok"},
+	[SMTP_R_SENDER_OK]       = {250, "2.1.0", "Sender ok"},
+	[SMTP_R_RCPT_OK]         = {250, "2.1.5", "Recipient ok"},
+	[SMTP_R_QUEUED]          = {250, "2.0.0", "Ok: queued as %s"},
+	[SMTP_R_BDAT_OK]         = {250, "2.0.0", "%llu octets received"},
+	[SMTP_R_VRFY]            = {252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery"},
+	[SMTP_R_HELP]            = {214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY"},
+	[SMTP_R_DATA_GO]         = {354, "",      "End data with <CR><LF>.<CR><LF>"},
+	[SMTP_R_BYE]             = {221, "2.0.0", "Bye"},
+	[SMTP_R_SHUTDOWN]        = {421, "4.3.2", "Service shutting down, closing connection"},
+	[SMTP_R_TOO_MANY_CONN]   = {421, "4.7.0", "Too many connections, try again later"},
+	[SMTP_R_TOO_MANY_CONN_IP]= {421, "4.7.0", "Too many connections from your address, try again later"},
+	[SMTP_R_TOO_MANY_ERRORS] = {421, "4.7.0", "Too many errors, closing connection"},
+	[SMTP_R_TIMEOUT]         = {421, "4.4.2", "Timeout exceeded, closing connection"},
+	[SMTP_R_STORAGE_ERR]     = {451, "4.3.0", "Local error in processing, try again later"},
+	[SMTP_R_STORAGE_FULL]    = {452, "4.3.1", "Insufficient system storage, try again later"},
+	[SMTP_R_TOO_MANY_RCPT]   = {452, "4.5.3", "Too many recipients"},
+	[SMTP_R_TLS_NA]          = {454, "4.7.0", "TLS not available"},
+	[SMTP_R_UNKNOWN_CMD]     = {500, "5.5.1", "Command unrecognized"},
+	[SMTP_R_LINE_TOO_LONG]   = {500, "5.5.2", "Line too long"},
+	[SMTP_R_SYNTAX]          = {501, "5.5.4", "Syntax: %s"},
+	[SMTP_R_BAD_SENDER]      = {501, "5.1.7", "Bad sender address syntax"},
+	[SMTP_R_BAD_RCPT]        = {501, "5.1.3", "Bad recipient address syntax"},
+	[SMTP_R_NOT_IMPL]        = {502, "5.5.1", "%s not implemented"},
+	[SMTP_R_EXPN]            = {502, "5.5.1", "EXPN not supported"},
+	[SMTP_R_SEQ_HELO]        = {503, "5.5.1", "Error: send HELO/EHLO first"},
+	[SMTP_R_SEQ_NESTED_MAIL] = {503, "5.5.1", "Error: nested MAIL command"},
+	[SMTP_R_SEQ_NEED_MAIL]   = {503, "5.5.1", "Error: need MAIL command"},
+	[SMTP_R_SEQ_NEED_RCPT]   = {503, "5.5.1", "Error: need RCPT command"},
+	[SMTP_R_SEQ_BDAT_MIX]    = {503, "5.5.1", "Error: DATA not allowed after BDAT"},
+	[SMTP_R_SEQ_NO_BDAT]     = {503, "5.5.1", "Error: no BDAT transfer in progress"},
+	[SMTP_R_PARAM_UNKNOWN]   = {555, "5.5.4", "Unsupported parameter %s"},
+	[SMTP_R_PARAM_BAD]       = {501, "5.5.4", "Bad parameter value %s"},
+	[SMTP_R_SIZE_TOO_BIG]    = {552, "5.3.4", "Message size exceeds fixed limit"},
+	[SMTP_R_MSG_TOO_BIG]     = {552, "5.3.4", "Message size exceeds fixed limit"},
+	[SMTP_R_NEED_UTF8]       = {553, "5.6.7", "Non-ASCII address requires SMTPUTF8"},
+	[SMTP_R_BARE_NEWLINE]    = {554, "5.6.0", "Message contains bare CR or LF; lines must end with CRLF"},
+	[SMTP_R_NUL]             = {554, "5.6.0", "Message contains NUL characters"},
+	[SMTP_R_HDR_TOO_BIG]     = {552, "5.3.4", "Message header too large"},
+};

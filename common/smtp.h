@@ -1,0 +1,83 @@
+/*
+ * common/smtp.h - SMTP protocol limits and the one table of reply codes,
+ * shared by smtpd/ (server replies) and deliver/ (classifying replies).
+ * No "451 4.3.0" literal should appear anywhere but smtp.c.
+ */
+#ifndef RELAY_SMTP_H
+#define RELAY_SMTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* RFC 5321 §4.5.3.1.4 allows 512 octets per command line, and lets service
+ * extensions raise it (RFC 1869 §4, RFC 3461 §4: ENVID adds 100, ORCPT 500).
+ * Like Postfix (line_length_limit) we accept 2048 including CRLF. */
+#define SMTP_CMD_LINE_MAX 2048
+/* RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets with CRLF. */
+#define SMTP_TEXT_LINE_MAX 1000
+/* RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets with CRLF. */
+#define SMTP_REPLY_LINE_MAX 512
+/* RFC 5321 §4.5.3.1.1-3: local part 64, domain 255, path 256 octets. */
+#define SMTP_LOCAL_MAX 64
+#define SMTP_DOMAIN_MAX 255
+#define SMTP_PATH_MAX 256
+/* RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients. */
+#define SMTP_RCPT_MIN 100
+/* RFC 3461 §4.4 (ENVID) and §4.2 (ORCPT) value lengths. */
+#define SMTP_ENVID_MAX 100
+#define SMTP_ORCPT_MAX 500
+
+/* Every reply relayd sends or reasons about. Texts are compile-time format
+ * strings; the only arguments ever passed are relayd's own values. */
+enum smtp_reply_id {
+	SMTP_R_OK,              /* 250 2.0.0 */
+	SMTP_R_SENDER_OK,       /* 250 2.1.0 */
+	SMTP_R_RCPT_OK,         /* 250 2.1.5 */
+	SMTP_R_QUEUED,          /* 250 2.0.0 queued as %s */
+	SMTP_R_BDAT_OK,         /* 250 2.0.0 %llu octets received */
+	SMTP_R_VRFY,            /* 252 2.5.0 */
+	SMTP_R_HELP,            /* 214 2.0.0 */
+	SMTP_R_DATA_GO,         /* 354 */
+	SMTP_R_BYE,             /* 221 2.0.0 */
+	SMTP_R_SHUTDOWN,        /* 421 4.3.2 */
+	SMTP_R_TOO_MANY_CONN,   /* 421 4.7.0 */
+	SMTP_R_TOO_MANY_CONN_IP,/* 421 4.7.0 */
+	SMTP_R_TOO_MANY_ERRORS, /* 421 4.7.0 */
+	SMTP_R_TIMEOUT,         /* 421 4.4.2 */
+	SMTP_R_STORAGE_ERR,     /* 451 4.3.0 */
+	SMTP_R_STORAGE_FULL,    /* 452 4.3.1 */
+	SMTP_R_TOO_MANY_RCPT,   /* 452 4.5.3 */
+	SMTP_R_TLS_NA,          /* 454 4.7.0 */
+	SMTP_R_UNKNOWN_CMD,     /* 500 5.5.1 */
+	SMTP_R_LINE_TOO_LONG,   /* 500 5.5.2 */
+	SMTP_R_SYNTAX,          /* 501 5.5.4 %s */
+	SMTP_R_BAD_SENDER,      /* 501 5.1.7 */
+	SMTP_R_BAD_RCPT,        /* 501 5.1.3 */
+	SMTP_R_NOT_IMPL,        /* 502 5.5.1 %s */
+	SMTP_R_EXPN,            /* 502 5.5.1 */
+	SMTP_R_SEQ_HELO,        /* 503 5.5.1 */
+	SMTP_R_SEQ_NESTED_MAIL, /* 503 5.5.1 */
+	SMTP_R_SEQ_NEED_MAIL,   /* 503 5.5.1 */
+	SMTP_R_SEQ_NEED_RCPT,   /* 503 5.5.1 */
+	SMTP_R_SEQ_BDAT_MIX,    /* 503 5.5.1 */
+	SMTP_R_SEQ_NO_BDAT,     /* 503 5.5.1 */
+	SMTP_R_PARAM_UNKNOWN,   /* 555 5.5.4 %s */
+	SMTP_R_PARAM_BAD,       /* 501 5.5.4 %s */
+	SMTP_R_SIZE_TOO_BIG,    /* 552 5.3.4 */
+	SMTP_R_MSG_TOO_BIG,     /* 552 5.3.4 */
+	SMTP_R_NEED_UTF8,       /* 553 5.6.7 */
+	SMTP_R_BARE_NEWLINE,    /* 554 5.6.0 */
+	SMTP_R_NUL,             /* 554 5.6.0 */
+	SMTP_R_HDR_TOO_BIG,     /* 552 5.3.4 */
+	SMTP_R__COUNT
+};
+
+struct smtp_reply_def {
+	uint16_t code;
+	const char *enh;  /* RFC 3463 enhanced status code */
+	const char *text; /* printf format; see the enum for its argument */
+};
+
+extern const struct smtp_reply_def smtp_replies[SMTP_R__COUNT];
+
+#endif

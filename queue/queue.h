@@ -1,0 +1,178 @@
+/*
+ * queue/queue.h - The spool: message bodies as files, envelopes and
+ * per-recipient state in an LMDB index, one writer thread that makes
+ * accepted messages durable in batches (group commit), and startup
+ * recovery. The only module that includes <lmdb.h>.
+ *
+ * Spool layout under spool_dir:
+ *   tmp/QID      bodies being received (removed at startup)
+ *   msg/QID      committed bodies (the stored message, CRLF lines)
+ *   index/       LMDB environment (data.mdb, lock.mdb)
+ *
+ * Durability contract (DESIGN.md): queue_commit()'s callback reports 0 only
+ * after the body is on stable storage under msg/, the directory entry is
+ * durable, and the envelope record is committed to LMDB (synchronously).
+ * Then, and only then, smtpd answers 250.
+ */
+#ifndef RELAY_QUEUE_H
+#define RELAY_QUEUE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+/* Queue ids: 16 characters of Crockford base32 (0-9, A-Z without I L O U):
+ * 12 for the microseconds since the epoch, 4 for a sequence number. They
+ * sort by time as strings, are unique per spool (the generator never goes
+ * backwards, also across restarts) and are safe as file names. */
+#define QUEUE_ID_LEN 16
+#define QUEUE_ID_SIZE (QUEUE_ID_LEN + 1)
+
+/* Recipient states. */
+enum queue_rcpt_state {
+	QUEUE_RCPT_PENDING = 0,
+	QUEUE_RCPT_DEFERRED = 1,
+	QUEUE_RCPT_SENT = 2,
+	QUEUE_RCPT_BOUNCED = 3,
+};
+extern const char *const queue_rcpt_state_names[];
+
+/* Message states. */
+enum queue_msg_state {
+	QUEUE_MSG_ACTIVE = 0,  /* waiting for delivery */
+	QUEUE_MSG_HOLD = 1,    /* delivery = hold, or held by the operator */
+};
+extern const char *const queue_msg_state_names[];
+
+/* Message flags. */
+#define QUEUE_F_SMTPUTF8  0x01  /* MAIL FROM had SMTPUTF8 */
+#define QUEUE_F_8BITMIME  0x02  /* BODY=8BITMIME */
+#define QUEUE_F_RET_FULL  0x04  /* RET=FULL (RFC 3461) */
+#define QUEUE_F_RET_HDRS  0x08  /* RET=HDRS */
+#define QUEUE_F_BINARYMIME 0x10 /* BODY=BINARYMIME (RFC 3030) */
+
+/* RFC 3461 NOTIFY bits; 0 means NOTIFY was not given. */
+#define QUEUE_NOTIFY_NEVER   0x01
+#define QUEUE_NOTIFY_SUCCESS 0x02
+#define QUEUE_NOTIFY_FAILURE 0x04
+#define QUEUE_NOTIFY_DELAY   0x08
+
+struct queue_rcpt {
+	char *addr;             /* forward-path without <> */
+	char *orcpt;            /* ORCPT as received ("rfc822;x@y", xtext), or NULL */
+	uint8_t notify;         /* QUEUE_NOTIFY_* */
+	uint8_t state;          /* enum queue_rcpt_state */
+	uint32_t attempts;
+	int64_t next_attempt;   /* unix seconds; 0 = none scheduled */
+	char *last_reply;       /* last remote reply or error, or NULL */
+};
+
+struct queue_msg {
+	char qid[QUEUE_ID_SIZE];
+	int64_t arrival;        /* unix seconds */
+	uint64_t size;          /* bytes of the stored body file */
+	uint8_t state;          /* enum queue_msg_state */
+	uint8_t flags;          /* QUEUE_F_* */
+	char *sender;           /* reverse-path without <>; "" for the null sender */
+	char *envid;            /* ENVID (xtext) or NULL */
+	size_t nrcpt;
+	struct queue_rcpt *rcpt;
+};
+
+/* Frees every string and the recipient array, and m itself. NULL: no-op. */
+void queue_msg_free(struct queue_msg *m);
+
+/* ---- daemon side ---------------------------------------------------- */
+
+struct queue;
+
+enum queue_sync { QUEUE_SYNC_SYNCFS, QUEUE_SYNC_FSYNC };
+
+struct queue_opts {
+	const char *spool_dir;
+	uint64_t map_size;          /* LMDB map size in bytes */
+	enum queue_sync sync;       /* how the writer makes bodies durable:
+	                               one syncfs(2) per batch, or fdatasync(2)
+	                               per body plus one fsync of msg/ */
+};
+
+struct queue_stats {
+	uint64_t committed;   /* messages made durable */
+	uint64_t batches;     /* writer batches (LMDB write transactions) */
+	uint64_t syncs;       /* fsync/fdatasync/syncfs calls, LMDB's included */
+	uint64_t failed;      /* commits that failed */
+};
+
+/* Creates the spool directories if needed, opens the index, runs startup
+ * recovery (logs one line per repaired item: index records without a body
+ * are dropped, bodies without an index record and every tmp/ file are
+ * removed), and starts the writer thread, which reports to `loop` through
+ * a uv_async_t. Returns 0 or -errno (with a log line saying why). */
+int queue_open(uv_loop_t *loop, const struct queue_opts *o, struct queue **out);
+
+/* Waits for the writer to finish queued commits (their callbacks run),
+ * stops it, and closes the async handle; done_cb runs from the handle's
+ * close callback, after which the queue memory is gone. */
+void queue_close(struct queue *q, void (*done_cb)(void *arg), void *arg);
+
+void queue_get_stats(const struct queue *q, struct queue_stats *st);
+
+/* Next queue id (loop thread only). */
+void queue_new_id(struct queue *q, char out[QUEUE_ID_SIZE]);
+
+/* A body being received: tmp/QID, written with buffered write(2) on the
+ * caller's thread (page cache only; no fsync here). */
+struct queue_body;
+
+int queue_body_open(struct queue *q, const char *qid, struct queue_body **out);
+/* Returns 0, -ENOSPC or -EIO (or another -errno). After an error the body
+ * must be aborted. */
+int queue_body_write(struct queue_body *b, const void *p, size_t n);
+/* Bytes written so far. */
+uint64_t queue_body_size(const struct queue_body *b);
+/* Closes and unlinks the temp file and frees b. NULL: no-op. */
+void queue_body_abort(struct queue_body *b);
+
+/* Called on the loop thread when the commit is done: status 0 (durable:
+ * answer 250), -ENOSPC (452 4.3.1) or another -errno (451 4.3.0). On
+ * failure nothing of the message is left in the spool. */
+typedef void (*queue_commit_cb)(void *arg, int status);
+
+/* Hands the body (ownership passes to the queue, whatever the result) and
+ * a copy of the envelope (m->qid must equal the body's qid; m->size is
+ * taken from the body) to the writer thread. The callback always runs,
+ * exactly once, on the loop thread, later (never from inside this call).
+ * Returns 0 or -errno (then the callback will not run and the body has
+ * been aborted). */
+int queue_commit(struct queue *q, struct queue_body *b,
+                 const struct queue_msg *m, queue_commit_cb cb, void *arg);
+
+/* ---- read side (relayctl; safe beside the running daemon) ----------- */
+
+struct queue_ro;
+
+/* Opens spool_dir's index read-only. -ENOENT when there is no spool. */
+int queue_ro_open(const char *spool_dir, struct queue_ro **out);
+void queue_ro_close(struct queue_ro *r);
+
+/* Calls cb for each message in queue-id (= arrival) order inside one short
+ * read transaction; the message is only valid during the call. cb returns
+ * nonzero to stop. Returns 0 or -errno. */
+int queue_ro_foreach(struct queue_ro *r,
+                     int (*cb)(void *arg, const struct queue_msg *m),
+                     void *arg);
+
+/* Loads one message: 0, -ENOENT (unknown id) or -errno. *out is owned by
+ * the caller (queue_msg_free). */
+int queue_ro_get(struct queue_ro *r, const char *qid, struct queue_msg **out);
+
+/* Path of a message's stored body: spool_dir/msg/QID. */
+int queue_body_path(const char *spool_dir, const char *qid,
+                    char *out, size_t outsz);
+
+/* True when s is a well-formed queue id. */
+bool queue_id_valid(const char *s);
+
+#endif

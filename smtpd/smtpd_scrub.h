@@ -1,0 +1,57 @@
+/*
+ * smtpd/smtpd_scrub.h - Streaming header filter between the DATA reader
+ * and the spool. Drops every header field named in the scrub list (case-
+ * insensitive, together with its folded continuation lines), notes whether
+ * Message-ID and Date are present, and at the end of the header section
+ * inserts the caller's Message-ID and/or Date lines when they were missing.
+ * The body is passed through untouched. Pure: bytes in, bytes to emit.
+ *
+ * Input is the message as CRLF lines, in chunks of any size (a field name
+ * may be split across calls). The header section ends at the first empty
+ * line, or at the first line that is not a header field (no colon, bad
+ * field-name characters, or a field name longer than SMTPD_SCRUB_NAME_MAX),
+ * which then begins the body as-is. Header lines are not length-limited
+ * here; the bytes after the field name are streamed.
+ */
+#ifndef RELAY_SMTPD_SCRUB_H
+#define RELAY_SMTPD_SCRUB_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SMTPD_SCRUB_NAME_MAX 76  /* RFC 5322 §2.1.1: fields fit in 78 */
+
+typedef int (*smtpd_scrub_emit_fn)(void *ctx, const uint8_t *p, size_t n);
+
+struct smtpd_scrub {
+	const char *const *names;  /* header names to drop, not owned */
+	size_t nnames;
+	const char *msgid_line;    /* "Message-ID: <...>\r\n" to add if missing */
+	const char *date_line;     /* "Date: ...\r\n" to add if missing */
+	smtpd_scrub_emit_fn emit;
+	void *ctx;
+	/* private */
+	int state;
+	bool drop;                 /* current field (and its folds) dropped */
+	bool have_msgid, have_date;
+	size_t namelen;
+	char name[SMTPD_SCRUB_NAME_MAX + 2];
+	unsigned dropped;          /* number of fields removed (for the log) */
+	int err;                   /* first emit error */
+};
+
+void smtpd_scrub_init(struct smtpd_scrub *s, const char *const *names,
+                      size_t nnames, const char *msgid_line,
+                      const char *date_line, smtpd_scrub_emit_fn emit,
+                      void *ctx);
+
+/* Returns 0 or the first emit error. */
+int smtpd_scrub_feed(struct smtpd_scrub *s, const uint8_t *p, size_t n);
+
+/* End of message: if still in the header section (no body, or input that
+ * ended mid-line), completes it (terminating a partial line with CRLF) and
+ * adds the missing fields. Returns 0 or the first emit error. */
+int smtpd_scrub_finish(struct smtpd_scrub *s);
+
+#endif
