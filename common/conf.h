@@ -13,6 +13,11 @@
 
 #define CONF_LISTEN_MAX 16
 #define CONF_LIST_MAX 64
+/* Longest line in a config file, without the newline. */
+#define CONF_LINE_MAX 4096
+/* Longest header name in scrub_headers (RFC 5322 §2.1.1: a field fits in
+ * 78 characters; the same bound as SMTPD_SCRUB_NAME_MAX). */
+#define CONF_HEADER_NAME_MAX 76
 
 enum conf_delivery { CONF_DELIVERY_HOLD };
 enum conf_bare_newline { CONF_BARE_REJECT, CONF_BARE_NORMALIZE };
@@ -72,8 +77,15 @@ int conf_parse(struct conf *c, const char *name, const char *text, size_t len,
 /* Applies RELAYD_<KEY> variables from envp (NULL-terminated "K=V" list). */
 int conf_apply_env(struct conf *c, char *const *envp, char *err, size_t errlen);
 
-/* conf_init + the file (unreadable: error naming it) + environ. */
+/* conf_init + the file (unreadable: error naming it) + environ. path NULL:
+ * defaults and environment only. On error c is freed (conf_free again is
+ * harmless). Unknown RELAYD_* variables are ignored. */
 int conf_load(struct conf *c, const char *path, char *err, size_t errlen);
+
+/* The i-th key of the table (0-based) with its default text (NULL when
+ * computed, i.e. hostname) and one-line help; NULL past the end. For
+ * relayctl and the test that checks etc/relayd.conf documents every key. */
+const char *conf_key(size_t i, const char **def, const char **help);
 
 /* Parsers shared with tools: "30s", "5m", "2h", "1d" -> ms; "10M" -> bytes. */
 int conf_parse_duration(const char *s, uint64_t *ms);

@@ -36,6 +36,7 @@ const struct smtp_reply_def smtp_replies[SMTP_R__COUNT] = {
 	[SMTP_R_SEQ_NEED_RCPT]   = {503, "5.5.1", "Error: need RCPT command"},
 	[SMTP_R_SEQ_BDAT_MIX]    = {503, "5.5.1", "Error: DATA not allowed after BDAT"},
 	[SMTP_R_SEQ_NO_BDAT]     = {503, "5.5.1", "Error: no BDAT transfer in progress"},
+	[SMTP_R_SEQ_IN_BDAT]     = {503, "5.5.1", "Error: only BDAT, RSET, NOOP or QUIT during a BDAT transfer"},
 	[SMTP_R_PARAM_UNKNOWN]   = {555, "5.5.4", "Unsupported parameter %s"},
 	[SMTP_R_PARAM_BAD]       = {501, "5.5.4", "Bad parameter value %s"},
 	[SMTP_R_SIZE_TOO_BIG]    = {552, "5.3.4", "Message size exceeds fixed limit"},

@@ -61,6 +61,7 @@ enum smtp_reply_id {
 	SMTP_R_SEQ_NEED_RCPT,   /* 503 5.5.1 */
 	SMTP_R_SEQ_BDAT_MIX,    /* 503 5.5.1 */
 	SMTP_R_SEQ_NO_BDAT,     /* 503 5.5.1 */
+	SMTP_R_SEQ_IN_BDAT,     /* 503 5.5.1 */
 	SMTP_R_PARAM_UNKNOWN,   /* 555 5.5.4 %s */
 	SMTP_R_PARAM_BAD,       /* 501 5.5.4 %s */
 	SMTP_R_SIZE_TOO_BIG,    /* 552 5.3.4 */

@@ -23,9 +23,36 @@ void queue_idgen_next(struct queue_idgen *g, uint64_t now_us,
 
 /* Index record codec: a version byte (1), then the fields. encode appends
  * to a malloc'd buffer (*out, *outlen); decode returns a new queue_msg
- * (qid taken from the key). -EINVAL for a corrupt or unknown record. */
+ * (qid taken from the key). -EINVAL for a corrupt or unknown record.
+ * encode sets *out to a new buffer that the caller free()s; it fails with
+ * -EINVAL when m->sender or a recipient's addr is NULL. */
 int queue_msg_encode(const struct queue_msg *m, uint8_t **out, size_t *outlen);
 int queue_msg_decode(const char *qid, const uint8_t *p, size_t n,
                      struct queue_msg **out);
+
+/* ---- shared by queue.c (daemon) and queue_ro.c (readers) ----------- */
+
+/* LMDB layout of spool_dir/index: named databases
+ *   "msg"    key = the 16-character qid, value = queue_msg_encode() record
+ *   "sched"  key = queue_sched_key(next attempt, qid), empty value; one
+ *            entry per ACTIVE message, none for HOLD. */
+#define QUEUE_DB_MSG "msg"
+#define QUEUE_DB_SCHED "sched"
+#define QUEUE_MAXDBS 4
+#define QUEUE_SCHED_KEY_LEN (8 + QUEUE_ID_LEN)
+
+/* Record format version (first byte of every "msg" value). */
+#define QUEUE_REC_VERSION 1
+
+/* Writes the schedule key: 8-byte big-endian unix seconds (negative times
+ * clamp to 0, so byte order = time order), then the qid. */
+void queue_sched_key(int64_t t, const char *qid,
+                     uint8_t out[QUEUE_SCHED_KEY_LEN]);
+
+/* Translates an LMDB return code to 0 or -errno at the module edge:
+ * MDB_MAP_FULL and a full disk become -ENOSPC, MDB_NOTFOUND -ENOENT,
+ * system errors pass through as -errno, every other MDB_* code is -EIO. Callers log
+ * mdb_strerror(rc) themselves. */
+int queue_mdb_errno(int rc);
 
 #endif

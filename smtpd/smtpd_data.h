@@ -62,4 +62,7 @@ size_t smtpd_data_feed(struct smtpd_data *d, const uint8_t *in, size_t n,
 unsigned smtpd_data_finish(struct smtpd_data *d, smtpd_data_emit_fn emit,
                            void *ctx);
 
+/* The reader's current state by name, for log lines. */
+const char *smtpd_data_state_name(const struct smtpd_data *d);
+
 #endif

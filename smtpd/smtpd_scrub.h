@@ -54,4 +54,7 @@ int smtpd_scrub_feed(struct smtpd_scrub *s, const uint8_t *p, size_t n);
  * adds the missing fields. Returns 0 or the first emit error. */
 int smtpd_scrub_finish(struct smtpd_scrub *s);
 
+/* The scrubber's current state by name, for log lines. */
+const char *smtpd_scrub_state_name(const struct smtpd_scrub *s);
+
 #endif

@@ -1,0 +1,902 @@
+/*
+ * common/conf.c - relayd's configuration. One table (conf_keys[]) holds
+ * every key with its type, where it lands in struct conf, its range, its
+ * default text and its help; conf_init() runs each default through the same
+ * parser as the file, so a default cannot disagree with the checks.
+ * Owns the file syntax (`key = value`, `#` comments), the RELAYD_<KEY>
+ * environment overrides and the error texts ("file:line: key: why").
+ * Input is never trusted: arbitrary bytes (NUL included) give an error,
+ * never a crash.
+ */
+#include "conf.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "log.h"
+
+extern char **environ;
+
+#define CONF_FILE_MAX (1u << 20)   /* a config file is small text */
+#define CONF_ENV_PREFIX "RELAYD_"
+#define KIB 1024ull
+#define MIB (1024ull * KIB)
+#define GIB (1024ull * MIB)
+#define SEC 1000ull
+#define MIN (60 * SEC)
+#define HOUR (60 * MIN)
+#define DAY (24 * HOUR)
+
+enum conf_type {
+	CT_STRING,    /* char *, strdup'd */
+	CT_BOOL,      /* bool */
+	CT_UNSIGNED,  /* unsigned, [min, max] */
+	CT_SIZE,      /* uint64_t bytes, [min, max] */
+	CT_DURATION,  /* uint64_t ms, [min, max] */
+	CT_ENUM,      /* int-sized enum, names in vals[] */
+	CT_LISTEN,    /* listen[] + nlisten */
+	CT_HEADERS,   /* scrub_headers[] + nscrub_headers */
+};
+
+struct conf_enum {
+	const char *name;
+	int val;
+};
+
+/* Extra check for a string value; writes the reason into msg. */
+typedef int (*conf_check_fn)(const char *v, char *msg, size_t msglen);
+
+struct conf_keydef {
+	const char *name;
+	enum conf_type type;
+	size_t off;                  /* offset of the field in struct conf */
+	const char *def;             /* default text; NULL: computed */
+	uint64_t min, max;           /* numeric types */
+	const struct conf_enum *vals;/* CT_ENUM, NULL-terminated */
+	conf_check_fn check;         /* CT_STRING, optional */
+	const char *help;
+};
+
+/* The enum fields are written through an int. */
+_Static_assert(sizeof(enum conf_delivery) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum conf_bare_newline) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum conf_spool_sync) == sizeof(int), "enum size");
+
+static const struct conf_enum delivery_vals[] = {
+	{"hold", CONF_DELIVERY_HOLD}, {NULL, 0}};
+static const struct conf_enum bare_newline_vals[] = {
+	{"reject", CONF_BARE_REJECT}, {"normalize", CONF_BARE_NORMALIZE},
+	{NULL, 0}};
+static const struct conf_enum spool_sync_vals[] = {
+	{"syncfs", CONF_SYNC_SYNCFS}, {"fsync", CONF_SYNC_FSYNC}, {NULL, 0}};
+static const struct conf_enum log_level_vals[] = {
+	{"error", LOG_ERR}, {"warning", LOG_WARN}, {"info", LOG_INFO},
+	{"debug", LOG_DEBUG}, {NULL, 0}};
+
+static int check_hostname(const char *v, char *msg, size_t msglen);
+static int check_nonempty(const char *v, char *msg, size_t msglen);
+
+#define OFF(f) offsetof(struct conf, f)
+
+static const struct conf_keydef conf_keys[] = {
+	{"hostname", CT_STRING, OFF(hostname), NULL, 0, 0, NULL, check_hostname,
+	 "name in the greeting, EHLO reply and Received: (default: gethostname())"},
+	{"listen", CT_LISTEN, OFF(listen), "127.0.0.1:2525", 0, 0, NULL, NULL,
+	 "comma-separated ADDR:PORT to accept SMTP on; IPv6 as [::1]:2525"},
+	{"spool_dir", CT_STRING, OFF(spool_dir), "/var/spool/relayd", 0, 0, NULL,
+	 check_nonempty, "directory holding message bodies and the queue index"},
+	{"log_file", CT_STRING, OFF(log_file), "", 0, 0, NULL, NULL,
+	 "file to append log lines to; empty: no file"},
+	{"log_stderr", CT_BOOL, OFF(log_stderr), "yes", 0, 0, NULL, NULL,
+	 "also write log lines to standard error"},
+	{"log_level", CT_ENUM, OFF(log_level), "info", 0, 0, log_level_vals, NULL,
+	 "least severe level logged: error, warning, info or debug"},
+	{"delivery", CT_ENUM, OFF(delivery), "hold", 0, 0, delivery_vals, NULL,
+	 "what to do with queued mail; only 'hold' (keep it queued) for now"},
+	{"max_message_size", CT_SIZE, OFF(max_message_size), "50M", 1, 1ull << 40,
+	 NULL, NULL, "largest message accepted, advertised as SIZE"},
+	/* RFC 5321 §4.5.3.1.8 wants at least 100 (SMTP_RCPT_MIN); a smaller
+	 * value is allowed for testing and for operators who mean it. */
+	{"max_recipients", CT_UNSIGNED, OFF(max_recipients), "1000", 1, 1000000,
+	 NULL, NULL, "recipients per message (RFC 5321 asks for at least 100)"},
+	{"max_connections", CT_UNSIGNED, OFF(max_connections), "1000", 1, 1000000,
+	 NULL, NULL, "simultaneous SMTP connections in total"},
+	{"max_connections_per_ip", CT_UNSIGNED, OFF(max_connections_per_ip), "50",
+	 1, 1000000, NULL, NULL, "simultaneous SMTP connections per client address"},
+	{"max_bad_commands", CT_UNSIGNED, OFF(max_bad_commands), "20", 1, 1000000,
+	 NULL, NULL, "errors in one session before it is closed"},
+	{"scrub_headers", CT_HEADERS, OFF(scrub_headers),
+	 "Received, X-Originating-IP, X-Remote-IP, X-Real-IP, X-Forwarded-For, "
+	 "X-Sender-IP, X-Source-IP", 0, 0, NULL, NULL,
+	 "header fields removed from submitted mail; empty: none"},
+	{"received_client", CT_BOOL, OFF(received_client), "no", 0, 0, NULL, NULL,
+	 "name the client's address and HELO in the Received: line"},
+	{"bare_newline", CT_ENUM, OFF(bare_newline), "reject", 0, 0,
+	 bare_newline_vals, NULL,
+	 "bare CR or LF in DATA: reject (554) or normalize to CRLF"},
+	{"timeout_greeting", CT_DURATION, OFF(timeout_greeting), "5m", 1, DAY,
+	 NULL, NULL, "idle time allowed before the first command"},
+	{"timeout_command", CT_DURATION, OFF(timeout_command), "5m", 1, DAY, NULL,
+	 NULL, "idle time allowed between commands (RFC 5321 §4.5.3.2.7)"},
+	{"timeout_data", CT_DURATION, OFF(timeout_data), "3m", 1, DAY, NULL, NULL,
+	 "idle time allowed inside DATA/BDAT (RFC 5321 §4.5.3.2.5-6)"},
+	{"queue_map_size", CT_SIZE, OFF(queue_map_size), "1G", MIB, 1ull << 44,
+	 NULL, NULL, "largest size of the LMDB queue index"},
+	{"spool_sync", CT_ENUM, OFF(spool_sync), "syncfs", 0, 0, spool_sync_vals,
+	 NULL, "how a batch of bodies is made durable: syncfs or fsync each"},
+	{"user", CT_STRING, OFF(user), "", 0, 0, NULL, NULL,
+	 "user to switch to after binding; empty: stay"},
+};
+
+#define NKEYS (sizeof conf_keys / sizeof *conf_keys)
+
+/* ---- small helpers ----------------------------------------------------- */
+
+static void fmt(char *dst, size_t len, const char *f, ...)
+	__attribute__((format(printf, 3, 4)));
+static void fmt(char *dst, size_t len, const char *f, ...)
+{
+	if (!dst || len == 0)
+		return;
+	va_list ap;
+	va_start(ap, f);
+	vsnprintf(dst, len, f, ap);
+	va_end(ap);
+}
+
+/* Quoted form of untrusted text for messages: escaped and cut. */
+#define QUOTE_MAX 80
+static const char *quote(char dst[QUOTE_MAX], const char *s, size_t n)
+{
+	return log_escape(dst, QUOTE_MAX, s, n);
+}
+
+static bool is_ws(char c)
+{
+	return c == ' ' || c == '\t' || c == '\r';
+}
+
+static bool is_digit(char c)
+{
+	return c >= '0' && c <= '9';
+}
+
+/* Trims [*s, *s + *n) in place. */
+static void trim(const char **s, size_t *n)
+{
+	while (*n > 0 && is_ws(**s)) {
+		(*s)++;
+		(*n)--;
+	}
+	while (*n > 0 && is_ws((*s)[*n - 1]))
+		(*n)--;
+}
+
+static char *dupn(const char *s, size_t n)
+{
+	char *d = malloc(n + 1);
+	if (d) {
+		memcpy(d, s, n);
+		d[n] = '\0';
+	}
+	return d;
+}
+
+/* Decimal digits only: no sign, no spaces, no hex. */
+static int parse_u64(const char *s, const char **end, uint64_t *v)
+{
+	uint64_t x = 0;
+	const char *p = s;
+	if (!is_digit(*p))
+		return -EINVAL;
+	for (; is_digit(*p); p++) {
+		unsigned d = (unsigned)(*p - '0');
+		if (x > (UINT64_MAX - d) / 10)
+			return -ERANGE;
+		x = x * 10 + d;
+	}
+	*end = p;
+	*v = x;
+	return 0;
+}
+
+struct unit {
+	const char *suffix;
+	uint64_t mult;
+};
+
+static int parse_with_units(const char *s, const struct unit *units,
+                            uint64_t *out)
+{
+	const char *end;
+	uint64_t v;
+	if (!s)
+		return -EINVAL;
+	int rc = parse_u64(s, &end, &v);
+	if (rc < 0)
+		return rc;
+	for (const struct unit *u = units; u->suffix; u++) {
+		if (strcmp(end, u->suffix) != 0)
+			continue;
+		if (u->mult && v > UINT64_MAX / u->mult)
+			return -ERANGE;
+		*out = v * u->mult;
+		return 0;
+	}
+	return -EINVAL;
+}
+
+/* A bare number is seconds (like Postfix's time parameters). */
+static const struct unit duration_units[] = {
+	{"ms", 1}, {"s", SEC}, {"", SEC}, {"m", MIN}, {"h", HOUR}, {"d", DAY},
+	{NULL, 0}};
+
+/* Binary multiples; k and K both mean KiB. */
+static const struct unit size_units[] = {
+	{"", 1}, {"k", KIB}, {"K", KIB}, {"m", MIB}, {"M", MIB}, {"g", GIB},
+	{"G", GIB}, {NULL, 0}};
+
+int conf_parse_duration(const char *s, uint64_t *ms)
+{
+	return parse_with_units(s, duration_units, ms);
+}
+
+int conf_parse_size(const char *s, uint64_t *bytes)
+{
+	return parse_with_units(s, size_units, bytes);
+}
+
+/* Human text for a range bound, in the largest unit that divides it. */
+static void unit_text(char *dst, size_t len, uint64_t v,
+                      const struct unit *units)
+{
+	const char *best = "";
+	uint64_t bm = 1;
+	for (const struct unit *u = units; u->suffix; u++)
+		if (u->mult > bm && v % u->mult == 0) {
+			best = u->suffix;
+			bm = u->mult;
+		}
+	if (units == duration_units && bm == 1)
+		best = "ms";
+	fmt(dst, len, "%llu%s", (unsigned long long)(v / bm), best);
+}
+
+/* ---- string checks ----------------------------------------------------- */
+
+/* The hostname goes into the greeting and Received:, so only characters of
+ * a host name (and '_', seen in the wild) are allowed. */
+static int check_hostname(const char *v, char *msg, size_t msglen)
+{
+	char q[QUOTE_MAX];
+	size_t n = strlen(v);
+	if (n == 0 || n > 255) {
+		fmt(msg, msglen, "must be 1 to 255 characters");
+		return -EINVAL;
+	}
+	for (size_t i = 0; i < n; i++) {
+		char c = v[i];
+		bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		          is_digit(c) || c == '-' || c == '.' || c == '_';
+		if (!ok || (c == '.' && (i == 0 || v[i - 1] == '.'))) {
+			fmt(msg, msglen, "not a host name: '%s'", quote(q, v, n));
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+static int check_nonempty(const char *v, char *msg, size_t msglen)
+{
+	if (*v == '\0') {
+		fmt(msg, msglen, "must not be empty");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* ---- list parsers ------------------------------------------------------ */
+
+/* Calls fn on each comma-separated, trimmed item of v. */
+typedef int (*item_fn)(void *ctx, const char *s, size_t n, char *msg,
+                       size_t msglen);
+
+static int for_each_item(const char *v, item_fn fn, void *ctx, char *msg,
+                         size_t msglen)
+{
+	const char *p = v;
+	for (;;) {
+		const char *comma = strchr(p, ',');
+		size_t n = comma ? (size_t)(comma - p) : strlen(p);
+		const char *s = p;
+		trim(&s, &n);
+		int rc = fn(ctx, s, n, msg, msglen);
+		if (rc < 0)
+			return rc;
+		if (!comma)
+			return 0;
+		p = comma + 1;
+	}
+}
+
+struct listen_list {
+	struct conf_listen l[CONF_LISTEN_MAX];
+	size_t n;
+};
+
+static int listen_item(void *ctx, const char *s, size_t n, char *msg,
+                       size_t msglen)
+{
+	struct listen_list *ll = ctx;
+	char q[QUOTE_MAX], host[64];
+	const char *h, *port;
+	size_t hlen;
+	bool v6;
+
+	quote(q, s, n);
+	if (n == 0) {
+		fmt(msg, msglen, "empty address in list");
+		return -EINVAL;
+	}
+	if (s[0] == '[') {
+		const char *rb = memchr(s, ']', n);
+		if (!rb) {
+			fmt(msg, msglen, "missing ']' in '%s'", q);
+			return -EINVAL;
+		}
+		h = s + 1;
+		hlen = (size_t)(rb - h);
+		port = rb + 1;
+		v6 = true;
+	} else {
+		const char *colon = memchr(s, ':', n);
+		if (colon && memchr(colon + 1, ':', n - (size_t)(colon + 1 - s))) {
+			fmt(msg, msglen, "IPv6 address needs brackets, as in "
+			    "[::1]:2525: '%s'", q);
+			return -EINVAL;
+		}
+		h = s;
+		hlen = colon ? (size_t)(colon - s) : n;
+		port = colon ? colon : s + n;
+		v6 = false;
+	}
+	if (port >= s + n || *port != ':') {
+		fmt(msg, msglen, "expected ADDR:PORT: '%s'", q);
+		return -EINVAL;
+	}
+	port++;
+
+	/* port: 1-65535, decimal digits only */
+	size_t plen = (size_t)(s + n - port);
+	unsigned long pv = 0;
+	bool pok = plen > 0 && plen <= 5;
+	for (size_t i = 0; pok && i < plen; i++) {
+		pok = is_digit(port[i]);
+		pv = pv * 10 + (unsigned long)(port[i] - '0');
+	}
+	if (!pok || pv < 1 || pv > 65535) {
+		fmt(msg, msglen, "bad port in '%s' (expected 1-65535)", q);
+		return -EINVAL;
+	}
+
+	unsigned char bin[16];
+	bool aok = hlen > 0 && hlen < sizeof host;
+	if (aok) {
+		memcpy(host, h, hlen);
+		host[hlen] = '\0';
+		aok = inet_pton(v6 ? AF_INET6 : AF_INET, host, bin) == 1;
+	}
+	if (!aok) {
+		fmt(msg, msglen, "not an IP%s address: '%s'", v6 ? "v6" : "v4", q);
+		return -EINVAL;
+	}
+	if (ll->n == CONF_LISTEN_MAX) {
+		fmt(msg, msglen, "more than %d addresses", CONF_LISTEN_MAX);
+		return -EINVAL;
+	}
+
+	struct conf_listen *l = &ll->l[ll->n];
+	memset(l, 0, sizeof *l);
+	/* Stored in canonical form, so duplicates are found and logs agree. */
+	if (!inet_ntop(v6 ? AF_INET6 : AF_INET, bin, l->host, sizeof l->host)) {
+		fmt(msg, msglen, "not an IP address: '%s'", q);
+		return -EINVAL;
+	}
+	l->port = (uint16_t)pv;
+	l->ipv6 = v6;
+	l->mode = CONF_LISTEN_SMTP;
+	for (size_t i = 0; i < ll->n; i++)
+		if (ll->l[i].port == l->port && strcmp(ll->l[i].host, l->host) == 0) {
+			fmt(msg, msglen, "duplicate address '%s'", q);
+			return -EINVAL;
+		}
+	ll->n++;
+	return 0;
+}
+
+struct header_list {
+	char *h[CONF_LIST_MAX];
+	size_t n;
+};
+
+static void header_list_free(struct header_list *hl)
+{
+	for (size_t i = 0; i < hl->n; i++)
+		free(hl->h[i]);
+	hl->n = 0;
+}
+
+/* RFC 5322 §3.6.8: field-name = 1*ftext, ftext = %d33-57 / %d59-126. */
+static int header_item(void *ctx, const char *s, size_t n, char *msg,
+                       size_t msglen)
+{
+	struct header_list *hl = ctx;
+	char q[QUOTE_MAX];
+	if (n == 0) {
+		fmt(msg, msglen, "empty header name in list");
+		return -EINVAL;
+	}
+	if (n > CONF_HEADER_NAME_MAX) {
+		fmt(msg, msglen, "header name longer than %d: '%s'",
+		    CONF_HEADER_NAME_MAX, quote(q, s, n));
+		return -EINVAL;
+	}
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c < 33 || c > 126 || c == ':') {
+			fmt(msg, msglen, "bad header name '%s'", quote(q, s, n));
+			return -EINVAL;
+		}
+	}
+	if (hl->n == CONF_LIST_MAX) {
+		fmt(msg, msglen, "more than %d header names", CONF_LIST_MAX);
+		return -EINVAL;
+	}
+	if (!(hl->h[hl->n] = dupn(s, n))) {
+		fmt(msg, msglen, "out of memory");
+		return -ENOMEM;
+	}
+	hl->n++;
+	return 0;
+}
+
+/* ---- setting one key --------------------------------------------------- */
+
+/* Sets k from v; on error writes the reason (without the key) into msg.
+ * A failed set leaves the old value in place. */
+static int set_value(struct conf *c, const struct conf_keydef *k,
+                     const char *v, char *msg, size_t msglen)
+{
+	void *field = (char *)c + k->off;
+	char q[QUOTE_MAX], lo[32], hi[32];
+	uint64_t u;
+	int rc;
+
+	quote(q, v, strlen(v));
+	for (const char *p = v; *p; p++)
+		if ((unsigned char)*p < 0x20 || *p == 0x7f) {
+			fmt(msg, msglen, "control character in value '%s'", q);
+			return -EINVAL;
+		}
+
+	switch (k->type) {
+	case CT_STRING: {
+		if (k->check && (rc = k->check(v, msg, msglen)) < 0)
+			return rc;
+		char *d = strdup(v);
+		if (!d) {
+			fmt(msg, msglen, "out of memory");
+			return -ENOMEM;
+		}
+		char **sp = field;
+		free(*sp);
+		*sp = d;
+		return 0;
+	}
+	case CT_BOOL: {
+		static const struct conf_enum bools[] = {
+			{"yes", 1}, {"no", 0}, {"true", 1}, {"false", 0},
+			{"on", 1}, {"off", 0}, {"1", 1}, {"0", 0}, {NULL, 0}};
+		for (const struct conf_enum *e = bools; e->name; e++)
+			if (strcasecmp(v, e->name) == 0) {
+				*(bool *)field = e->val;
+				return 0;
+			}
+		fmt(msg, msglen, "not a boolean: '%s' (expected yes or no)", q);
+		return -EINVAL;
+	}
+	case CT_UNSIGNED: {
+		const char *end;
+		rc = parse_u64(v, &end, &u);
+		if (rc == -EINVAL || (rc == 0 && *end)) {
+			fmt(msg, msglen, "not a number: '%s'", q);
+			return -EINVAL;
+		}
+		if (rc < 0 || u < k->min || u > k->max) {
+			fmt(msg, msglen, "out of range: '%s' (expected %llu-%llu)", q,
+			    (unsigned long long)k->min, (unsigned long long)k->max);
+			return -EINVAL;
+		}
+		*(unsigned *)field = (unsigned)u;
+		return 0;
+	}
+	case CT_SIZE:
+	case CT_DURATION: {
+		bool dur = k->type == CT_DURATION;
+		const struct unit *units = dur ? duration_units : size_units;
+		rc = parse_with_units(v, units, &u);
+		if (rc == -EINVAL) {
+			fmt(msg, msglen, dur ?
+			    "not a duration: '%s' (expected e.g. 30s, 5m, 2h, 1d)" :
+			    "not a size: '%s' (expected e.g. 512k, 50M, 1G)", q);
+			return -EINVAL;
+		}
+		if (rc < 0 || u < k->min || u > k->max) {
+			unit_text(lo, sizeof lo, k->min, units);
+			unit_text(hi, sizeof hi, k->max, units);
+			fmt(msg, msglen, "out of range: '%s' (expected %s-%s)", q, lo,
+			    hi);
+			return -EINVAL;
+		}
+		*(uint64_t *)field = u;
+		return 0;
+	}
+	case CT_ENUM: {
+		char expected[128] = "";
+		size_t o = 0;
+		for (const struct conf_enum *e = k->vals; e->name; e++) {
+			if (strcasecmp(v, e->name) == 0) {
+				memcpy(field, &e->val, sizeof e->val);
+				return 0;
+			}
+			int w = snprintf(expected + o, sizeof expected - o, "%s%s",
+			                 o ? ", " : "", e->name);
+			if (w > 0 && (size_t)w < sizeof expected - o)
+				o += (size_t)w;
+		}
+		fmt(msg, msglen, "unsupported value '%s' (expected: %s)", q,
+		    expected);
+		return -EINVAL;
+	}
+	case CT_LISTEN: {
+		struct listen_list ll = {.n = 0};
+		if (*v == '\0') {
+			fmt(msg, msglen, "no address given");
+			return -EINVAL;
+		}
+		if ((rc = for_each_item(v, listen_item, &ll, msg, msglen)) < 0)
+			return rc;
+		memcpy(c->listen, ll.l, sizeof ll.l);
+		c->nlisten = ll.n;
+		return 0;
+	}
+	case CT_HEADERS: {
+		struct header_list hl = {.n = 0};
+		const char *s = v;
+		size_t n = strlen(v);
+		trim(&s, &n);
+		/* An empty value means an empty list: scrub nothing. */
+		if (n > 0 && (rc = for_each_item(v, header_item, &hl, msg,
+		                                 msglen)) < 0) {
+			header_list_free(&hl);
+			return rc;
+		}
+		/* A list key replaces the whole list. */
+		for (size_t i = 0; i < c->nscrub_headers; i++)
+			free(c->scrub_headers[i]);
+		memset(c->scrub_headers, 0, sizeof c->scrub_headers);
+		memcpy(c->scrub_headers, hl.h, hl.n * sizeof *hl.h);
+		c->nscrub_headers = hl.n;
+		return 0;
+	}
+	}
+	fmt(msg, msglen, "bad key type");
+	return -EINVAL;
+}
+
+static const struct conf_keydef *find_key(const char *name)
+{
+	for (size_t i = 0; i < NKEYS; i++)
+		if (strcmp(conf_keys[i].name, name) == 0)
+			return &conf_keys[i];
+	return NULL;
+}
+
+int conf_set(struct conf *c, const char *key, const char *value, char *err,
+             size_t errlen)
+{
+	char q[QUOTE_MAX], msg[512];
+	if (!key) {
+		fmt(err, errlen, "no key given");
+		return -EINVAL;
+	}
+	const struct conf_keydef *k = find_key(key);
+	if (!k) {
+		fmt(err, errlen, "unknown key '%s'", quote(q, key, strlen(key)));
+		return -EINVAL;
+	}
+	if (!value) {
+		fmt(err, errlen, "%s: no value given", k->name);
+		return -EINVAL;
+	}
+	int rc = set_value(c, k, value, msg, sizeof msg);
+	if (rc < 0)
+		fmt(err, errlen, "%s: %s", k->name, msg);
+	return rc;
+}
+
+const char *conf_key(size_t i, const char **def, const char **help)
+{
+	if (i >= NKEYS)
+		return NULL;
+	if (def)
+		*def = conf_keys[i].def;
+	if (help)
+		*help = conf_keys[i].help;
+	return conf_keys[i].name;
+}
+
+/* ---- init / free ------------------------------------------------------- */
+
+static int default_hostname(struct conf *c)
+{
+	char h[256], msg[16];
+	if (gethostname(h, sizeof h) < 0 || (h[sizeof h - 1] = '\0',
+	    check_hostname(h, msg, sizeof msg) < 0))
+		strcpy(h, "localhost");
+	if (!(c->hostname = strdup(h)))
+		return -ENOMEM;
+	return 0;
+}
+
+int conf_init(struct conf *c)
+{
+	char msg[512];
+	memset(c, 0, sizeof *c);
+	for (size_t i = 0; i < NKEYS; i++) {
+		const struct conf_keydef *k = &conf_keys[i];
+		int rc = k->def ? set_value(c, k, k->def, msg, sizeof msg)
+		                : default_hostname(c);
+		if (rc == -ENOMEM) {
+			conf_free(c);
+			return rc;
+		}
+		/* The defaults are checked by the unit tests. */
+		RELAY_ASSERT(rc == 0);
+	}
+	return 0;
+}
+
+void conf_free(struct conf *c)
+{
+	if (!c)
+		return;
+	for (size_t i = 0; i < NKEYS; i++) {
+		const struct conf_keydef *k = &conf_keys[i];
+		if (k->type == CT_STRING) {
+			char **sp = (char **)((char *)c + k->off);
+			free(*sp);
+			*sp = NULL;
+		}
+	}
+	for (size_t i = 0; i < c->nscrub_headers; i++) {
+		free(c->scrub_headers[i]);
+		c->scrub_headers[i] = NULL;
+	}
+	c->nscrub_headers = 0;
+}
+
+/* ---- the file ---------------------------------------------------------- */
+
+/* One line (without its '\n'): comments, `key = value`. */
+static int parse_line(struct conf *c, const char *name, size_t lineno,
+                      const char *s, size_t n, char *err, size_t errlen)
+{
+	char line[CONF_LINE_MAX + 1], q[QUOTE_MAX], msg[600];
+
+	if (n > CONF_LINE_MAX) {
+		fmt(err, errlen, "%s:%zu: line longer than %d characters", name,
+		    lineno, CONF_LINE_MAX);
+		return -EINVAL;
+	}
+	if (memchr(s, '\0', n)) {
+		fmt(err, errlen, "%s:%zu: NUL byte in line", name, lineno);
+		return -EINVAL;
+	}
+	memcpy(line, s, n);
+	line[n] = '\0';
+
+	/* '#' starts a comment at the start of the line or after white space,
+	 * so "a#b" stays a value. */
+	for (size_t i = 0; i < n; i++)
+		if (line[i] == '#' && (i == 0 || is_ws(line[i - 1]))) {
+			n = i;
+			break;
+		}
+	const char *p = line;
+	trim(&p, &n);
+	if (n == 0)
+		return 0;
+
+	const char *eq = memchr(p, '=', n);
+	if (!eq) {
+		fmt(err, errlen, "%s:%zu: expected 'key = value': '%s'", name,
+		    lineno, quote(q, p, n));
+		return -EINVAL;
+	}
+	const char *key = p, *val = eq + 1;
+	size_t klen = (size_t)(eq - p), vlen = n - klen - 1;
+	trim(&key, &klen);
+	trim(&val, &vlen);
+	if (klen == 0) {
+		fmt(err, errlen, "%s:%zu: missing key before '='", name, lineno);
+		return -EINVAL;
+	}
+	/* Terminate both in the local copy (the '=' and the end of value). */
+	((char *)key)[klen] = '\0';
+	((char *)val)[vlen] = '\0';
+
+	int rc = conf_set(c, key, val, msg, sizeof msg);
+	if (rc < 0)
+		fmt(err, errlen, "%s:%zu: %s", name, lineno, msg);
+	return rc;
+}
+
+int conf_parse(struct conf *c, const char *name, const char *text, size_t len,
+               char *err, size_t errlen)
+{
+	size_t lineno = 0, pos = 0;
+	if (!name)
+		name = "(config)";
+	if (!text)
+		len = 0;
+	while (pos < len) {
+		const char *s = text + pos;
+		const char *nl = memchr(s, '\n', len - pos);
+		size_t n = nl ? (size_t)(nl - s) : len - pos;
+		lineno++;
+		int rc = parse_line(c, name, lineno, s, n, err, errlen);
+		if (rc < 0)
+			return rc;
+		pos += n + (nl ? 1 : 0);
+	}
+	return 0;
+}
+
+/* ---- the environment --------------------------------------------------- */
+
+/* "RELAYD_MAX_MESSAGE_SIZE" names max_message_size: upper case only. */
+static const struct conf_keydef *env_key(const char *name, size_t n)
+{
+	for (size_t i = 0; i < NKEYS; i++) {
+		const char *k = conf_keys[i].name;
+		size_t j = 0;
+		for (; j < n && k[j]; j++) {
+			char u = k[j] >= 'a' && k[j] <= 'z' ? (char)(k[j] - 32) : k[j];
+			if (name[j] != u)
+				break;
+		}
+		if (j == n && k[j] == '\0')
+			return &conf_keys[i];
+	}
+	return NULL;
+}
+
+int conf_apply_env(struct conf *c, char *const *envp, char *err, size_t errlen)
+{
+	static const size_t plen = sizeof CONF_ENV_PREFIX - 1;
+	char msg[512];
+	if (!envp)
+		return 0;
+	for (; *envp; envp++) {
+		const char *e = *envp;
+		if (strncmp(e, CONF_ENV_PREFIX, plen) != 0)
+			continue;
+		const char *eq = strchr(e, '=');
+		if (!eq)
+			continue;
+		/* Other RELAYD_* variables (not keys) belong to someone else. */
+		const struct conf_keydef *k = env_key(e + plen,
+		                                      (size_t)(eq - e) - plen);
+		if (!k)
+			continue;
+		const char *v = eq + 1;
+		size_t vlen = strlen(v);
+		trim(&v, &vlen);
+		char *val = dupn(v, vlen);
+		if (!val) {
+			fmt(err, errlen, "out of memory");
+			return -ENOMEM;
+		}
+		int rc = set_value(c, k, val, msg, sizeof msg);
+		free(val);
+		if (rc < 0) {
+			fmt(err, errlen, "environment %.*s: %s", (int)(eq - e), e, msg);
+			return rc;
+		}
+	}
+	return 0;
+}
+
+/* ---- loading ----------------------------------------------------------- */
+
+static int read_file(const char *path, char **text, size_t *len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	size_t cap = 4096, n = 0;
+	char *buf = malloc(cap);
+	int rc = 0;
+	if (!buf) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	for (;;) {
+		if (n == cap) {
+			if (cap >= CONF_FILE_MAX) {
+				rc = -EFBIG;
+				goto fail;
+			}
+			char *nb = realloc(buf, cap * 2);
+			if (!nb) {
+				rc = -ENOMEM;
+				goto fail;
+			}
+			buf = nb;
+			cap *= 2;
+		}
+		ssize_t r = read(fd, buf + n, cap - n);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			rc = -errno;
+			goto fail;
+		}
+		if (r == 0)
+			break;
+		n += (size_t)r;
+	}
+	close(fd);
+	*text = buf;
+	*len = n;
+	return 0;
+fail:
+	free(buf);
+	close(fd);
+	return rc;
+}
+
+int conf_load(struct conf *c, const char *path, char *err, size_t errlen)
+{
+	int rc = conf_init(c);
+	if (rc < 0) {
+		fmt(err, errlen, "out of memory");
+		return rc;
+	}
+	if (path) {
+		char *text = NULL;
+		size_t len = 0;
+		if ((rc = read_file(path, &text, &len)) < 0) {
+			fmt(err, errlen, "cannot read %s: %s", path, strerror(-rc));
+			goto fail;
+		}
+		rc = conf_parse(c, path, text, len, err, errlen);
+		free(text);
+		if (rc < 0)
+			goto fail;
+	}
+	if ((rc = conf_apply_env(c, environ, err, errlen)) < 0)
+		goto fail;
+	return 0;
+fail:
+	conf_free(c);
+	return rc;
+}

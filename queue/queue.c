@@ -1,0 +1,871 @@
+/*
+ * queue/queue.c - The daemon side of the spool: opening it (directories,
+ * the LMDB index, startup recovery), receiving bodies into tmp/, and the
+ * writer thread that makes accepted messages durable in batches (group
+ * commit) and reports back to the loop through a uv_async_t.
+ *
+ * Threads: the loop thread opens, writes bodies (page cache only) and
+ * hands commits over; the writer thread alone renames, syncs and runs
+ * LMDB write transactions. No fsync and no LMDB write ever happens on the
+ * loop thread once queue_open() has returned.
+ */
+#include "queue/queue_int.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <lmdb.h>
+
+#include "common/log.h"
+
+/* User-space buffer per body: bounded, whatever the message size. */
+#define BODY_BUF_SIZE (64 * 1024)
+#define DEFAULT_MAP_SIZE (UINT64_C(1) << 30)
+
+/* One commit on its way through the writer. */
+struct queue_req {
+	struct queue_req *next;
+	char qid[QUEUE_ID_SIZE];
+	int fd;                 /* body; the writer closes it after the sync */
+	uint8_t *rec;           /* encoded envelope, the "msg" value */
+	size_t reclen;
+	int64_t arrival;
+	bool sched;             /* ACTIVE: gets a "sched" entry */
+	bool renamed;           /* msg/QID exists: unlink it if the batch fails */
+	int status;
+	queue_commit_cb cb;
+	void *arg;
+};
+
+struct queue {
+	uv_loop_t *loop;
+	uv_async_t async;       /* writer -> loop: requests on the done list */
+	enum queue_sync sync;
+	int spool_fd, tmp_fd, msg_fd;
+	MDB_env *env;
+	MDB_dbi dbi_msg, dbi_sched;
+	struct queue_idgen idgen;   /* loop thread only */
+
+	pthread_t writer;
+	pthread_mutex_t mu;
+	pthread_cond_t cond;    /* signalled when pending grows or stop is set */
+	/* Under mu: */
+	struct queue_req *pending, **pending_tail;
+	struct queue_req *done, **done_tail;
+	bool stop;
+	struct queue_stats st;
+
+	/* Loop thread: */
+	bool closing;
+	void (*done_cb)(void *arg);
+	void *done_arg;
+};
+
+struct queue_body {
+	struct queue *q;
+	char qid[QUEUE_ID_SIZE];
+	int fd;
+	int err;                /* sticky: the first write error */
+	size_t len;             /* bytes waiting in buf */
+	uint64_t size;          /* bytes accepted so far */
+	uint8_t buf[BODY_BUF_SIZE];
+};
+
+/* A full disk and an exhausted quota both mean "no space" (452 4.3.1). */
+static int io_errno(int e)
+{
+	return e == ENOSPC || e == EDQUOT ? -ENOSPC : -e;
+}
+
+static int write_all(int fd, const uint8_t *p, size_t n)
+{
+	while (n > 0) {
+		ssize_t w = write(fd, p, n);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return io_errno(errno);
+		}
+		if (w == 0)
+			return -EIO;
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+/* ---- bodies (loop thread) --------------------------------------------- */
+
+int queue_body_open(struct queue *q, const char *qid, struct queue_body **out)
+{
+	if (!queue_id_valid(qid))
+		return -EINVAL;
+	if (q->closing)
+		return -ESHUTDOWN;
+	struct queue_body *b = malloc(sizeof *b);
+	if (!b)
+		return -ENOMEM;
+	b->fd = openat(q->tmp_fd, qid, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+	               0600);
+	if (b->fd < 0) {
+		int r = io_errno(errno);
+		log_err("%s: cannot create tmp/%s: %s", qid, qid, strerror(-r));
+		free(b);
+		return r;
+	}
+	b->q = q;
+	memcpy(b->qid, qid, QUEUE_ID_SIZE);
+	b->err = 0;
+	b->len = 0;
+	b->size = 0;
+	*out = b;
+	return 0;
+}
+
+static int body_flush(struct queue_body *b)
+{
+	if (b->err == 0 && b->len > 0) {
+		b->err = write_all(b->fd, b->buf, b->len);
+		b->len = 0;
+		if (b->err)
+			log_err("%s: cannot write tmp/%s: %s", b->qid, b->qid,
+			        strerror(-b->err));
+	}
+	return b->err;
+}
+
+int queue_body_write(struct queue_body *b, const void *p, size_t n)
+{
+	if (b->err)
+		return b->err;
+	if (n > sizeof b->buf - b->len && body_flush(b))
+		return b->err;
+	if (n >= sizeof b->buf) {
+		/* Large chunk: straight to the file, no copy. */
+		b->err = write_all(b->fd, p, n);
+		if (b->err) {
+			log_err("%s: cannot write tmp/%s: %s", b->qid, b->qid,
+			        strerror(-b->err));
+			return b->err;
+		}
+	} else {
+		memcpy(b->buf + b->len, p, n);
+		b->len += n;
+	}
+	b->size += n;
+	return 0;
+}
+
+uint64_t queue_body_size(const struct queue_body *b)
+{
+	return b->size;
+}
+
+void queue_body_abort(struct queue_body *b)
+{
+	if (!b)
+		return;
+	if (close(b->fd) < 0 && errno != EINTR)
+		log_warn("%s: close tmp/%s: %s", b->qid, b->qid, strerror(errno));
+	if (unlinkat(b->q->tmp_fd, b->qid, 0) < 0 && errno != ENOENT)
+		log_err("%s: cannot remove tmp/%s: %s", b->qid, b->qid,
+		        strerror(errno));
+	free(b);
+}
+
+/* ---- commit (loop thread) --------------------------------------------- */
+
+int queue_commit(struct queue *q, struct queue_body *b,
+                 const struct queue_msg *m, queue_commit_cb cb, void *arg)
+{
+	struct queue_req *req = NULL;
+	int r;
+
+	if (q->closing) {
+		r = -ESHUTDOWN;
+		goto fail;
+	}
+	if (strcmp(m->qid, b->qid) != 0) {
+		r = -EINVAL;
+		goto fail;
+	}
+	/* The last bytes reach the page cache here; the writer syncs them. */
+	r = body_flush(b);
+	if (r)
+		goto fail;
+	req = calloc(1, sizeof *req);
+	if (!req) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	struct queue_msg copy = *m;
+	copy.size = b->size;
+	r = queue_msg_encode(&copy, &req->rec, &req->reclen);
+	if (r)
+		goto fail;
+	memcpy(req->qid, b->qid, QUEUE_ID_SIZE);
+	req->fd = b->fd;        /* the fd now belongs to the request */
+	req->arrival = m->arrival;
+	req->sched = m->state == QUEUE_MSG_ACTIVE;
+	req->cb = cb;
+	req->arg = arg;
+	free(b);
+
+	pthread_mutex_lock(&q->mu);
+	*q->pending_tail = req;
+	q->pending_tail = &req->next;
+	pthread_cond_signal(&q->cond);
+	pthread_mutex_unlock(&q->mu);
+	return 0;
+
+fail:
+	log_err("%s: commit refused: %s", b->qid, strerror(-r));
+	queue_body_abort(b);
+	free(req);
+	pthread_mutex_lock(&q->mu);
+	q->st.failed++;
+	pthread_mutex_unlock(&q->mu);
+	return r;
+}
+
+/* ---- the writer thread ------------------------------------------------ */
+
+/* One LMDB write transaction for the whole batch: a record per message,
+ * and a schedule entry (next attempt = arrival) per ACTIVE message. */
+static int index_batch(struct queue *q, struct queue_req *batch,
+                       uint64_t *syncs, char *why, size_t whylen)
+{
+	MDB_txn *txn;
+	int rc = mdb_txn_begin(q->env, NULL, 0, &txn);
+	if (rc)
+		goto fail;
+	for (struct queue_req *req = batch; req; req = req->next) {
+		if (req->status)
+			continue;
+		MDB_val k = {QUEUE_ID_LEN, req->qid};
+		MDB_val v = {req->reclen, req->rec};
+		rc = mdb_put(txn, q->dbi_msg, &k, &v, 0);
+		if (rc)
+			goto abort;
+		if (!req->sched)
+			continue;
+		uint8_t sk[QUEUE_SCHED_KEY_LEN];
+		queue_sched_key(req->arrival, req->qid, sk);
+		MDB_val skv = {sizeof sk, sk}, empty = {0, NULL};
+		rc = mdb_put(txn, q->dbi_sched, &skv, &empty, 0);
+		if (rc)
+			goto abort;
+	}
+	/* LMDB syncs twice per commit: fdatasync of the data file after the
+	 * pages are written, then the meta page through an O_DSYNC fd. Only
+	 * the meta page write makes the transaction visible, so the records
+	 * can never point at pages that did not reach the disk. */
+	*syncs += 2;
+	rc = mdb_txn_commit(txn);
+	if (rc)
+		goto fail;
+	return 0;
+abort:
+	mdb_txn_abort(txn);
+fail:
+	snprintf(why, whylen, "index: %s", mdb_strerror(rc));
+	return queue_mdb_errno(rc);
+}
+
+/* Makes one batch durable, in the order of the durability contract: body
+ * data and the msg/ directory entries first, the index last. Until the
+ * index commit, a crash leaves only bodies without records, which recovery
+ * removes; after it, the message is complete. */
+static void write_batch(struct queue *q, struct queue_req *batch,
+                        uint64_t *syncs)
+{
+	char why[160] = "";
+	size_t live = 0;
+	int r = 0;
+
+	for (struct queue_req *req = batch; req; req = req->next) {
+		if (q->sync == QUEUE_SYNC_FSYNC) {
+			/* Data before the name, so msg/QID never names a file
+			 * whose blocks are not on disk. */
+			(*syncs)++;
+			if (fdatasync(req->fd) < 0) {
+				req->status = io_errno(errno);
+				log_err("%s: fdatasync tmp/%s: %s", req->qid,
+				        req->qid, strerror(-req->status));
+				continue;
+			}
+		}
+		if (renameat(q->tmp_fd, req->qid, q->msg_fd, req->qid) < 0) {
+			req->status = io_errno(errno);
+			log_err("%s: rename tmp/%s to msg/: %s", req->qid,
+			        req->qid, strerror(-req->status));
+			continue;
+		}
+		req->renamed = true;
+		live++;
+	}
+
+	if (live) {
+		(*syncs)++;
+		if (q->sync == QUEUE_SYNC_SYNCFS) {
+			/* One syncfs covers every body's data and both
+			 * directories' entries: the whole batch in one call. */
+			if (syncfs(q->spool_fd) < 0) {
+				r = io_errno(errno);
+				snprintf(why, sizeof why, "syncfs: %s", strerror(-r));
+			}
+		} else {
+			/* The renames are durable once msg/ is; tmp/ need not
+			 * be synced (its leftovers are removed at startup). */
+			if (fsync(q->msg_fd) < 0) {
+				r = io_errno(errno);
+				snprintf(why, sizeof why, "fsync msg/: %s", strerror(-r));
+			}
+		}
+	}
+
+	/* Closed only after the sync, so a writeback error is reported to
+	 * the sync call rather than lost with the last descriptor. */
+	for (struct queue_req *req = batch; req; req = req->next) {
+		if (close(req->fd) < 0 && errno != EINTR)
+			log_warn("%s: close body: %s", req->qid, strerror(errno));
+		req->fd = -1;
+	}
+
+	if (live && r == 0)
+		r = index_batch(q, batch, syncs, why, sizeof why);
+
+	for (struct queue_req *req = batch; req; req = req->next) {
+		if (!req->renamed) {
+			/* Failed on its own before the rename. */
+			if (unlinkat(q->tmp_fd, req->qid, 0) < 0 && errno != ENOENT)
+				log_err("%s: cannot remove tmp/%s: %s", req->qid,
+				        req->qid, strerror(errno));
+			continue;
+		}
+		if (r == 0)
+			continue;
+		/* The whole batch failed: take the body back out so nothing
+		 * half-written stays in the queue. If this unlink is lost in a
+		 * crash, recovery removes the body (it has no record). */
+		req->status = r;
+		log_err("%s: commit failed (%s)", req->qid, why);
+		if (unlinkat(q->msg_fd, req->qid, 0) < 0 && errno != ENOENT)
+			log_err("%s: cannot remove msg/%s: %s", req->qid,
+			        req->qid, strerror(errno));
+	}
+}
+
+static void *writer_main(void *arg)
+{
+	struct queue *q = arg;
+
+	pthread_mutex_lock(&q->mu);
+	for (;;) {
+		while (!q->pending && !q->stop)
+			pthread_cond_wait(&q->cond, &q->mu);
+		if (!q->pending)
+			break;  /* stopping, and everything queued is done */
+
+		/* Group commit: take everything queued so far as one batch.
+		 * Requests arriving while we sync it wait on the pending list
+		 * and become the next batch. */
+		struct queue_req *batch = q->pending;
+		q->pending = NULL;
+		q->pending_tail = &q->pending;
+		pthread_mutex_unlock(&q->mu);
+
+		uint64_t syncs = 0, ok = 0, n = 0;
+		struct queue_req *last = NULL;
+		write_batch(q, batch, &syncs);
+		for (struct queue_req *req = batch; req; req = req->next) {
+			n++;
+			ok += req->status == 0;
+			last = req;
+		}
+
+		pthread_mutex_lock(&q->mu);
+		*q->done_tail = batch;
+		q->done_tail = &last->next;
+		q->st.batches++;
+		q->st.committed += ok;
+		q->st.failed += n - ok;
+		q->st.syncs += syncs;
+		pthread_mutex_unlock(&q->mu);
+
+		/* The handle outlives this thread: queue_close joins us first. */
+		int r = uv_async_send(&q->async);
+		if (r < 0)
+			log_err("queue: uv_async_send: %s", uv_strerror(r));
+
+		pthread_mutex_lock(&q->mu);
+	}
+	pthread_mutex_unlock(&q->mu);
+	return NULL;
+}
+
+/* ---- completions (loop thread) ---------------------------------------- */
+
+static void run_done(struct queue *q)
+{
+	pthread_mutex_lock(&q->mu);
+	struct queue_req *list = q->done;
+	q->done = NULL;
+	q->done_tail = &q->done;
+	pthread_mutex_unlock(&q->mu);
+
+	while (list) {
+		struct queue_req *req = list;
+		list = req->next;
+		req->cb(req->arg, req->status);
+		free(req->rec);
+		free(req);
+	}
+}
+
+static void async_cb(uv_async_t *h)
+{
+	run_done(h->data);
+}
+
+/* ---- open and close --------------------------------------------------- */
+
+static void queue_free(struct queue *q)
+{
+	if (q->env)
+		mdb_env_close(q->env);
+	if (q->msg_fd >= 0)
+		close(q->msg_fd);
+	if (q->tmp_fd >= 0)
+		close(q->tmp_fd);
+	if (q->spool_fd >= 0)
+		close(q->spool_fd);
+	pthread_cond_destroy(&q->cond);
+	pthread_mutex_destroy(&q->mu);
+	free(q);
+}
+
+static void closed_cb(uv_handle_t *h)
+{
+	struct queue *q = h->data;
+	void (*done_cb)(void *) = q->done_cb;
+	void *done_arg = q->done_arg;
+	queue_free(q);
+	if (done_cb)
+		done_cb(done_arg);
+}
+
+void queue_close(struct queue *q, void (*done_cb)(void *arg), void *arg)
+{
+	RELAY_ASSERT(!q->closing);
+	q->closing = true;
+	q->done_cb = done_cb;
+	q->done_arg = arg;
+
+	pthread_mutex_lock(&q->mu);
+	q->stop = true;
+	pthread_cond_signal(&q->cond);
+	pthread_mutex_unlock(&q->mu);
+
+	/* Blocks the loop only for the batches already handed over: this is
+	 * shutdown, and each of them is owed an answer. */
+	int r = pthread_join(q->writer, NULL);
+	if (r)
+		log_err("queue: pthread_join: %s", strerror(r));
+	run_done(q);
+	uv_close((uv_handle_t *)&q->async, closed_cb);
+}
+
+void queue_get_stats(const struct queue *q, struct queue_stats *st)
+{
+	struct queue *mq = (struct queue *)q;   /* the mutex is not data */
+	pthread_mutex_lock(&mq->mu);
+	*st = q->st;
+	pthread_mutex_unlock(&mq->mu);
+}
+
+void queue_new_id(struct queue *q, char out[QUEUE_ID_SIZE])
+{
+	struct timespec ts;
+	uint64_t us = 0;
+	/* Wall clock, not uv_now(): ids must also order across restarts. */
+	if (clock_gettime(CLOCK_REALTIME, &ts) == 0 && ts.tv_sec > 0)
+		us = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+	queue_idgen_next(&q->idgen, us, out);
+}
+
+/* mkdir that accepts an existing directory; *created says whether the
+ * parent's entry changed (and so needs an fsync). */
+static int mkdir_at(int dirfd, const char *name, bool *created)
+{
+	if (mkdirat(dirfd, name, 0700) == 0) {
+		*created = true;
+		return 0;
+	}
+	return errno == EEXIST ? 0 : -errno;
+}
+
+static int fsync_path(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int r = fsync(fd) < 0 ? io_errno(errno) : 0;
+	close(fd);
+	return r;
+}
+
+static int open_dirs(struct queue *q, const char *spool)
+{
+	bool created = false;
+	int r = mkdir_at(AT_FDCWD, spool, &created);
+	if (r)
+		goto fail;
+	if (created) {
+		/* The spool's own entry must survive a crash too. */
+		char tmp[PATH_MAX];
+		snprintf(tmp, sizeof tmp, "%s", spool);
+		r = fsync_path(dirname(tmp));
+		if (r)
+			goto fail;
+	}
+	q->spool_fd = open(spool, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (q->spool_fd < 0) {
+		r = -errno;
+		goto fail;
+	}
+	created = false;
+	if ((r = mkdir_at(q->spool_fd, "tmp", &created)) ||
+	    (r = mkdir_at(q->spool_fd, "msg", &created)) ||
+	    (r = mkdir_at(q->spool_fd, "index", &created)))
+		goto fail;
+	/* New subdirectories: make their entries durable before any
+	 * message relies on them. */
+	if (created && fsync(q->spool_fd) < 0) {
+		r = io_errno(errno);
+		goto fail;
+	}
+	q->tmp_fd = openat(q->spool_fd, "tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (q->tmp_fd < 0) {
+		r = -errno;
+		goto fail;
+	}
+	q->msg_fd = openat(q->spool_fd, "msg", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (q->msg_fd < 0) {
+		r = -errno;
+		goto fail;
+	}
+	return 0;
+fail:
+	log_err("queue: cannot set up spool %s: %s", spool, strerror(-r));
+	return r;
+}
+
+static int open_index(struct queue *q, const char *spool, uint64_t map_size)
+{
+	char path[PATH_MAX];
+	MDB_txn *txn;
+	int dead, rc;
+
+	if (snprintf(path, sizeof path, "%s/index", spool) >= (int)sizeof path) {
+		log_err("queue: spool path too long: %s", spool);
+		return -ENAMETOOLONG;
+	}
+	if ((rc = mdb_env_create(&q->env)))
+		goto fail;
+	if ((rc = mdb_env_set_maxdbs(q->env, QUEUE_MAXDBS)) ||
+	    (rc = mdb_env_set_mapsize(q->env, map_size ? map_size : DEFAULT_MAP_SIZE)))
+		goto fail;
+	/* Synchronous commits (no MDB_NOSYNC / MDB_NOMETASYNC): that is the
+	 * durability of the index. MDB_NOTLS: read transactions may run on
+	 * threads other than the one that began them. */
+	if ((rc = mdb_env_open(q->env, path, MDB_NOTLS, 0600)))
+		goto fail;
+	/* Free reader slots left by crashed processes (a killed relayctl),
+	 * which would otherwise pin old pages forever. */
+	if ((rc = mdb_reader_check(q->env, &dead)))
+		goto fail;
+	if ((rc = mdb_txn_begin(q->env, NULL, 0, &txn)))
+		goto fail;
+	if ((rc = mdb_dbi_open(txn, QUEUE_DB_MSG, MDB_CREATE, &q->dbi_msg)) ||
+	    (rc = mdb_dbi_open(txn, QUEUE_DB_SCHED, MDB_CREATE, &q->dbi_sched))) {
+		mdb_txn_abort(txn);
+		goto fail;
+	}
+	if ((rc = mdb_txn_commit(txn)))
+		goto fail;
+	return 0;
+fail:
+	log_err("queue: cannot open index %s: %s", path, mdb_strerror(rc));
+	return queue_mdb_errno(rc);
+}
+
+/* ---- startup recovery (queue_open, before the writer starts) ---------- */
+
+static void log_removed(const char *dir, const char *name, const char *what)
+{
+	if (queue_id_valid(name)) {
+		log_warn("%s: removed %s", name, what);
+	} else {
+		char esc[128];
+		log_warn("queue: removed stray file %s/%s", dir,
+		         log_escape(esc, sizeof esc, name, strlen(name)));
+	}
+}
+
+/* Every tmp/ file is a body whose commit never completed: no client got
+ * a 250 for it. */
+static int recover_tmp(struct queue *q, size_t *repaired)
+{
+	int fd = openat(q->tmp_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = fd < 0 ? NULL : fdopendir(fd);
+	if (!d) {
+		int r = -errno;
+		if (fd >= 0)
+			close(fd);
+		log_err("queue: cannot read tmp/: %s", strerror(-r));
+		return r;
+	}
+	int r = 0;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		if (unlinkat(q->tmp_fd, e->d_name, 0) < 0) {
+			r = -errno;
+			log_err("queue: cannot remove tmp/%s: %s", e->d_name,
+			        strerror(-r));
+			break;
+		}
+		log_removed("tmp", e->d_name, "unfinished body");
+		(*repaired)++;
+	}
+	closedir(d);
+	return r;
+}
+
+static bool key_qid(const MDB_val *k, char qid[QUEUE_ID_SIZE])
+{
+	if (k->mv_size != QUEUE_ID_LEN)
+		return false;
+	memcpy(qid, k->mv_data, QUEUE_ID_LEN);
+	qid[QUEUE_ID_LEN] = '\0';
+	return queue_id_valid(qid);
+}
+
+/* Drops index records whose body is missing, then schedule entries whose
+ * record is gone; one write transaction. *floor gets the largest qid. */
+static int recover_index(struct queue *q, size_t *nmsg, size_t *repaired,
+                         char floor[QUEUE_ID_SIZE])
+{
+	MDB_txn *txn;
+	MDB_cursor *cur = NULL;
+	MDB_val k, v;
+	int rc, r = 0;
+
+	if ((rc = mdb_txn_begin(q->env, NULL, 0, &txn)))
+		goto fail;
+	if ((rc = mdb_cursor_open(txn, q->dbi_msg, &cur)))
+		goto abort;
+	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		char qid[QUEUE_ID_SIZE];
+		if (key_qid(&k, qid)) {
+			struct stat st;
+			if (fstatat(q->msg_fd, qid, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+				struct queue_msg *m;
+				int d = queue_msg_decode(qid, v.mv_data, v.mv_size, &m);
+				if (d == 0)
+					queue_msg_free(m);
+				else  /* kept: dropping it would lose the mail */
+					log_warn("%s: index record cannot be decoded: %s",
+					         qid, strerror(-d));
+				(*nmsg)++;
+				memcpy(floor, qid, QUEUE_ID_SIZE);  /* key order */
+				continue;
+			}
+			if (errno != ENOENT) {
+				r = -errno;
+				log_err("%s: cannot stat msg/%s: %s", qid, qid,
+				        strerror(-r));
+				goto abort;
+			}
+			log_warn("%s: dropped index record without body", qid);
+		} else {
+			char esc[64];
+			log_warn("queue: dropped index record with bad key %s",
+			         log_escape(esc, sizeof esc, k.mv_data, k.mv_size));
+		}
+		/* After a delete the cursor already stands on the next record,
+		 * and LMDB's MDB_NEXT knows it (C_DEL): nothing is skipped. */
+		if ((rc = mdb_cursor_del(cur, 0)))
+			goto abort;
+		(*repaired)++;
+	}
+	if (rc != MDB_NOTFOUND)
+		goto abort;
+	mdb_cursor_close(cur);
+	cur = NULL;
+
+	if ((rc = mdb_cursor_open(txn, q->dbi_sched, &cur)))
+		goto abort;
+	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		MDB_val mk = {QUEUE_ID_LEN, (uint8_t *)k.mv_data + 8}, mv;
+		if (k.mv_size == QUEUE_SCHED_KEY_LEN) {
+			rc = mdb_get(txn, q->dbi_msg, &mk, &mv);
+			if (rc == 0)
+				continue;
+			if (rc != MDB_NOTFOUND)
+				goto abort;
+		}
+		/* The record's own log line said why (dropped above). */
+		if ((rc = mdb_cursor_del(cur, 0)))
+			goto abort;
+	}
+	if (rc != MDB_NOTFOUND)
+		goto abort;
+	mdb_cursor_close(cur);
+	cur = NULL;
+	if ((rc = mdb_txn_commit(txn)))
+		goto fail;
+	return 0;
+abort:
+	if (cur)
+		mdb_cursor_close(cur);
+	mdb_txn_abort(txn);
+	if (r)
+		return r;
+fail:
+	log_err("queue: recovery: index: %s", mdb_strerror(rc));
+	return queue_mdb_errno(rc);
+}
+
+/* Removes msg/ files without an index record: their commit never reached
+ * the index, so no client got a 250 for them. */
+static int recover_bodies(struct queue *q, size_t *repaired)
+{
+	MDB_txn *txn;
+	int rc = mdb_txn_begin(q->env, NULL, MDB_RDONLY, &txn);
+	if (rc) {
+		log_err("queue: recovery: index: %s", mdb_strerror(rc));
+		return queue_mdb_errno(rc);
+	}
+	int fd = openat(q->msg_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = fd < 0 ? NULL : fdopendir(fd);
+	int r = 0;
+	if (!d) {
+		r = -errno;
+		if (fd >= 0)
+			close(fd);
+		log_err("queue: cannot read msg/: %s", strerror(-r));
+		goto out;
+	}
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		if (queue_id_valid(e->d_name)) {
+			MDB_val k = {QUEUE_ID_LEN, e->d_name}, v;
+			rc = mdb_get(txn, q->dbi_msg, &k, &v);
+			if (rc == 0)
+				continue;
+			if (rc != MDB_NOTFOUND) {
+				log_err("queue: recovery: index: %s", mdb_strerror(rc));
+				r = queue_mdb_errno(rc);
+				break;
+			}
+		}
+		if (unlinkat(q->msg_fd, e->d_name, 0) < 0) {
+			r = -errno;
+			log_err("queue: cannot remove msg/%s: %s", e->d_name,
+			        strerror(-r));
+			break;
+		}
+		log_removed("msg", e->d_name, "orphan body");
+		(*repaired)++;
+	}
+	closedir(d);
+out:
+	mdb_txn_abort(txn);
+	return r;
+}
+
+static int recover(struct queue *q, char floor[QUEUE_ID_SIZE])
+{
+	size_t nmsg = 0, repaired = 0;
+	int r;
+	if ((r = recover_tmp(q, &repaired)) ||
+	    (r = recover_index(q, &nmsg, &repaired, floor)) ||
+	    (r = recover_bodies(q, &repaired)))
+		return r;
+	log_info("recovery: %zu messages in queue, %zu repaired", nmsg, repaired);
+	return 0;
+}
+
+int queue_open(uv_loop_t *loop, const struct queue_opts *o, struct queue **out)
+{
+	struct queue *q = calloc(1, sizeof *q);
+	char floor[QUEUE_ID_SIZE] = "";
+	sigset_t all, old;
+	int r;
+
+	if (!q)
+		return -ENOMEM;
+	q->loop = loop;
+	q->sync = o->sync;
+	q->spool_fd = q->tmp_fd = q->msg_fd = -1;
+	q->pending_tail = &q->pending;
+	q->done_tail = &q->done;
+	if ((r = pthread_mutex_init(&q->mu, NULL))) {
+		free(q);
+		return -r;
+	}
+	if ((r = pthread_cond_init(&q->cond, NULL))) {
+		pthread_mutex_destroy(&q->mu);
+		free(q);
+		return -r;
+	}
+
+	if ((r = open_dirs(q, o->spool_dir)) ||
+	    (r = open_index(q, o->spool_dir, o->map_size)) ||
+	    (r = recover(q, floor)))
+		goto fail;
+	queue_idgen_init(&q->idgen, floor);
+
+	if ((r = uv_async_init(loop, &q->async, async_cb)) < 0) {
+		log_err("queue: uv_async_init: %s", uv_strerror(r));
+		goto fail;
+	}
+	q->async.data = q;
+
+	/* The writer inherits a full signal mask: signals are the loop's
+	 * business, and fsync must not be interrupted by a handler. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	r = pthread_create(&q->writer, NULL, writer_main, q);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (r) {
+		log_err("queue: cannot start writer thread: %s", strerror(r));
+		/* The handle is live now: free q from its close callback. */
+		q->closing = true;
+		uv_close((uv_handle_t *)&q->async, closed_cb);
+		return -r;
+	}
+	*out = q;
+	return 0;
+fail:
+	queue_free(q);
+	return r;
+}

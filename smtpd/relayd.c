@@ -1,0 +1,229 @@
+/*
+ * smtpd/relayd.c - main(): reads the configuration, opens the log and the
+ * spool, binds the listeners (as root if needed, then drops to `user`),
+ * and runs the event loop until SIGTERM/SIGINT. SIGHUP reopens the log.
+ */
+#include <errno.h>
+#include <grp.h>
+#include <inttypes.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <uv.h>
+
+#include "common/conf.h"
+#include "common/log.h"
+#include "queue/queue.h"
+#include "smtpd/smtpd.h"
+
+struct relayd {
+	uv_loop_t loop;
+	struct conf conf;
+	struct queue *q;
+	struct smtpd *smtpd;
+	uv_signal_t sig_term, sig_int, sig_hup;
+	bool stopping;
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+	        "usage: relayd [-c FILE] [-t]\n"
+	        "  -c FILE  configuration file (default /etc/relayd/relayd.conf)\n"
+	        "  -t       check the configuration and exit (0 when valid)\n"
+	        "  -h       this help\n"
+	        "Every key can be overridden by RELAYD_<KEY> in the environment.\n");
+}
+
+static void queue_closed_cb(void *arg)
+{
+	struct relayd *d = arg;
+	d->q = NULL;
+}
+
+static void smtpd_stopped_cb(void *arg)
+{
+	struct relayd *d = arg;
+	struct queue_stats st;
+	d->smtpd = NULL;
+	if (!d->q)
+		return;
+	queue_get_stats(d->q, &st);
+	log_info("stopping: committed=%" PRIu64 ", batches=%" PRIu64
+	         ", syncs=%" PRIu64 ", syncs_per_msg=%.3f",
+	         st.committed, st.batches, st.syncs,
+	         st.committed ? (double)st.syncs / (double)st.committed : 0.0);
+	queue_close(d->q, queue_closed_cb, d);
+}
+
+static void signal_closed_cb(uv_handle_t *h)
+{
+	(void)h;
+}
+
+static void stop(struct relayd *d)
+{
+	if (d->stopping)
+		return;
+	d->stopping = true;
+	uv_close((uv_handle_t *)&d->sig_term, signal_closed_cb);
+	uv_close((uv_handle_t *)&d->sig_int, signal_closed_cb);
+	uv_close((uv_handle_t *)&d->sig_hup, signal_closed_cb);
+	if (d->smtpd)
+		smtpd_stop(d->smtpd, smtpd_stopped_cb, d);
+	else if (d->q)
+		queue_close(d->q, queue_closed_cb, d);
+}
+
+static void signal_cb(uv_signal_t *h, int signum)
+{
+	struct relayd *d = h->data;
+	if (signum == SIGHUP) {
+		int r = log_reopen();
+		if (r < 0)
+			log_err("SIGHUP: cannot reopen log file: %s", strerror(-r));
+		else
+			log_info("SIGHUP: log reopened");
+		return;
+	}
+	log_info("%s: shutting down", strsignal(signum));
+	stop(d);
+}
+
+/* Binding happens first (ports < 1024 need root); then the spool is made
+ * the user's and privileges are dropped for good. */
+static int drop_privileges(const struct conf *c)
+{
+	if (!c->user || !*c->user)
+		return 0;
+	if (geteuid() != 0) {
+		log_warn("user = %s ignored: not running as root", c->user);
+		return 0;
+	}
+	struct passwd *pw = getpwnam(c->user);
+	if (!pw) {
+		log_err("user = %s: no such user", c->user);
+		return -ENOENT;
+	}
+	if (mkdir(c->spool_dir, 0700) < 0 && errno != EEXIST) {
+		log_err("cannot create %s: %s", c->spool_dir, strerror(errno));
+		return -errno;
+	}
+	const char *sub[] = {"", "/tmp", "/msg", "/index", "/index/data.mdb",
+	                     "/index/lock.mdb"};
+	for (size_t i = 0; i < sizeof sub / sizeof *sub; i++) {
+		char path[4096];
+		snprintf(path, sizeof path, "%s%s", c->spool_dir, sub[i]);
+		if (chown(path, pw->pw_uid, pw->pw_gid) < 0 && errno != ENOENT) {
+			log_err("cannot chown %s: %s", path, strerror(errno));
+			return -errno;
+		}
+	}
+	if (setgroups(0, NULL) < 0 || setgid(pw->pw_gid) < 0 ||
+	    setuid(pw->pw_uid) < 0) {
+		log_err("cannot drop privileges to %s: %s", c->user, strerror(errno));
+		return -errno;
+	}
+	log_info("running as user %s", c->user);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	const char *path = getenv("RELAYD_CONFIG");
+	bool check_only = false;
+	int opt;
+	if (!path)
+		path = "/etc/relayd/relayd.conf";
+	while ((opt = getopt(argc, argv, "c:th")) != -1) {
+		switch (opt) {
+		case 'c': path = optarg; break;
+		case 't': check_only = true; break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+
+	static struct relayd d;
+	char err[512];
+	if (conf_load(&d.conf, path, err, sizeof err) < 0) {
+		fprintf(stderr, "relayd: %s\n", err);
+		return 1;
+	}
+	if (check_only) {
+		printf("relayd: configuration %s is valid\n", path);
+		conf_free(&d.conf);
+		return 0;
+	}
+	int r = log_open(d.conf.log_file, d.conf.log_stderr, d.conf.log_level);
+	if (r < 0) {
+		fprintf(stderr, "relayd: cannot open log file %s: %s\n",
+		        d.conf.log_file, strerror(-r));
+		return 1;
+	}
+	signal(SIGPIPE, SIG_IGN);
+
+	int rc = 1;
+	uv_loop_init(&d.loop);
+	r = smtpd_new(&d.loop, &d.conf, NULL, &d.smtpd);
+	if (r < 0)
+		goto fail;
+	if (drop_privileges(&d.conf) < 0)
+		goto fail;
+	struct queue_opts qo = {
+		.spool_dir = d.conf.spool_dir,
+		.map_size = d.conf.queue_map_size,
+		.sync = d.conf.spool_sync == CONF_SYNC_FSYNC ? QUEUE_SYNC_FSYNC
+		                                             : QUEUE_SYNC_SYNCFS,
+	};
+	r = queue_open(&d.loop, &qo, &d.q);
+	if (r < 0) {
+		log_err("cannot open spool %s: %s", d.conf.spool_dir, strerror(-r));
+		goto fail;
+	}
+	smtpd_set_queue(d.smtpd, d.q);
+	if (smtpd_start(d.smtpd) < 0)
+		goto fail;
+
+	uv_signal_init(&d.loop, &d.sig_term);
+	uv_signal_init(&d.loop, &d.sig_int);
+	uv_signal_init(&d.loop, &d.sig_hup);
+	d.sig_term.data = d.sig_int.data = d.sig_hup.data = &d;
+	uv_signal_start(&d.sig_term, signal_cb, SIGTERM);
+	uv_signal_start(&d.sig_int, signal_cb, SIGINT);
+	uv_signal_start(&d.sig_hup, signal_cb, SIGHUP);
+	log_info("relayd started: hostname=%s, spool=%s, delivery=hold",
+	         d.conf.hostname, d.conf.spool_dir);
+
+	uv_run(&d.loop, UV_RUN_DEFAULT);
+	rc = 0;
+	goto out;
+
+fail:
+	/* Close what was opened, then let the loop run the close callbacks. */
+	d.stopping = true;
+	if (d.smtpd)
+		smtpd_stop(d.smtpd, smtpd_stopped_cb, &d);
+	else if (d.q)
+		queue_close(d.q, queue_closed_cb, &d);
+	uv_run(&d.loop, UV_RUN_DEFAULT);
+out:
+	r = uv_loop_close(&d.loop);
+	if (r < 0) {
+		log_err("event loop closed with open handles: %s", uv_strerror(r));
+		rc = 1;
+	}
+	log_info("relayd stopped");
+	log_close();
+	conf_free(&d.conf);
+	return rc;
+}

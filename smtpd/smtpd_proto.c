@@ -1,0 +1,947 @@
+/*
+ * smtpd/smtpd_proto.c - SMTP server protocol core. Turns client bytes into
+ * replies and requests (commit, close); no sockets, no libuv.
+ * smtpd_session.c feeds it. The session state lives here, the mail
+ * transaction in struct smtpd_txn; which command may run in which state is
+ * one table (cmd_seq). Limits: common/smtp.h.
+ */
+#include "smtpd/smtpd_proto.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "common/addr.h"
+#include "common/log.h"
+#include "common/smtp.h"
+#include "smtpd/smtpd_data.h"
+#include "smtpd/smtpd_scrub.h"
+
+const char *const smtpd_state_names[SMTPD_ST__COUNT] = {
+	[SMTPD_ST_INIT] = "init",         [SMTPD_ST_READY] = "ready",
+	[SMTPD_ST_MAIL] = "mail",         [SMTPD_ST_RCPT] = "rcpt",
+	[SMTPD_ST_DATA] = "data",         [SMTPD_ST_BDAT] = "bdat",
+	[SMTPD_ST_BDAT_NEXT] = "bdat-next", [SMTPD_ST_COMMIT] = "commit",
+	[SMTPD_ST_CLOSED] = "closed",
+};
+
+enum cmd {
+	CMD_HELO, CMD_EHLO, CMD_MAIL, CMD_RCPT, CMD_DATA, CMD_BDAT, CMD_RSET,
+	CMD_NOOP, CMD_QUIT, CMD_HELP, CMD_VRFY, CMD_EXPN, CMD_STARTTLS,
+	CMD_AUTH, CMD__COUNT
+};
+
+struct smtpd_proto {
+	struct smtpd_proto_cfg cfg;
+	const struct smtpd_sink_ops *ops;
+	void *ctx;
+	enum smtpd_state st;
+	bool esmtp;
+	bool discard_line;       /* rest of an over-long line is skipped */
+	bool body_open;          /* ops->begin succeeded, not yet handed over */
+	unsigned bad;            /* protocol errors so far */
+	char helo[256];
+
+	struct smtpd_txn txn;
+	struct smtpd_data data;
+	struct smtpd_scrub scrub;
+	char msgid_line[QUEUE_ID_SIZE + SMTP_DOMAIN_MAX + 32];
+	char date_line[80];
+
+	/* BDAT (RFC 3030): octets left in the current chunk; a rejected chunk
+	 * is still read (§2) and then answered with bdat_reply. */
+	uint64_t bdat_left;
+	uint64_t bdat_total;
+	bool bdat_last;
+	bool bdat_discard;
+	enum smtp_reply_id bdat_reply;
+	enum smtpd_state bdat_after;   /* state after a discarded chunk */
+};
+
+/* ---- replies ------------------------------------------------------------ */
+
+static void reply(struct smtpd_proto *p, struct buf *out,
+                  enum smtp_reply_id id, ...)
+{
+	const struct smtp_reply_def *r = &smtp_replies[id];
+	char text[SMTP_REPLY_LINE_MAX];
+	va_list ap;
+	va_start(ap, id);
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+	/* Formats come only from the const reply table. */
+	vsnprintf(text, sizeof text, r->text, ap);
+#pragma GCC diagnostic pop
+	va_end(ap);
+	if (r->enh[0])
+		buf_printf(out, "%u %s %s\r\n", r->code, r->enh, text);
+	else
+		buf_printf(out, "%u %s\r\n", r->code, text);
+	if (r->code >= 400)
+		log_info("s=%s: reject: %u %s %s", p->cfg.sid, r->code, r->enh,
+		         text);
+}
+
+/* A protocol error (unknown command, syntax, sequence). Returns true when
+ * the limit is reached and the session must close. */
+static bool count_bad(struct smtpd_proto *p, struct buf *out,
+                      enum smtpd_req *req)
+{
+	if (++p->bad < p->cfg.max_bad_commands)
+		return false;
+	reply(p, out, SMTP_R_TOO_MANY_ERRORS);
+	p->st = SMTPD_ST_CLOSED;
+	*req = SMTPD_REQ_CLOSE;
+	return true;
+}
+
+static void bad(struct smtpd_proto *p, struct buf *out, enum smtpd_req *req,
+                enum smtp_reply_id id, ...)
+{
+	const struct smtp_reply_def *r = &smtp_replies[id];
+	char text[SMTP_REPLY_LINE_MAX];
+	va_list ap;
+	va_start(ap, id);
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+	vsnprintf(text, sizeof text, r->text, ap);
+#pragma GCC diagnostic pop
+	va_end(ap);
+	buf_printf(out, "%u %s %s\r\n", r->code, r->enh, text);
+	log_info("s=%s: reject: %u %s %s", p->cfg.sid, r->code, r->enh, text);
+	count_bad(p, out, req);
+}
+
+/* ---- transaction ---------------------------------------------------------- */
+
+static void txn_reset(struct smtpd_proto *p)
+{
+	struct smtpd_txn *t = &p->txn;
+	if (p->body_open) {
+		p->ops->abort(p->ctx);
+		p->body_open = false;
+	}
+	free(t->sender);
+	free(t->envid);
+	for (size_t i = 0; i < t->nrcpt; i++) {
+		free(t->rcpt[i].addr);
+		free(t->rcpt[i].orcpt);
+	}
+	free(t->rcpt);
+	memset(t, 0, sizeof *t);
+	p->bdat_total = 0;
+}
+
+/* Back to READY (or INIT if no HELO yet): RFC 5321 §4.1.1.5. */
+static void txn_end(struct smtpd_proto *p)
+{
+	txn_reset(p);
+	p->st = p->helo[0] ? SMTPD_ST_READY : SMTPD_ST_INIT;
+}
+
+static int scrub_emit(void *ctx, const uint8_t *b, size_t n)
+{
+	struct smtpd_proto *p = ctx;
+	return p->ops->write(p->ctx, b, n);
+}
+
+static int data_emit(void *ctx, const uint8_t *b, size_t n)
+{
+	struct smtpd_proto *p = ctx;
+	return smtpd_scrub_feed(&p->scrub, b, n);
+}
+
+/* Opens the body through the sink and sets up reader and scrubber. */
+static int body_begin(struct smtpd_proto *p, enum smtpd_data_mode mode)
+{
+	int r = p->ops->begin(p->ctx, &p->txn);
+	if (r < 0)
+		return r;
+	p->body_open = true;
+	snprintf(p->msgid_line, sizeof p->msgid_line, "Message-ID: <%s@%s>\r\n",
+	         p->txn.qid, p->cfg.hostname);
+	snprintf(p->date_line, sizeof p->date_line, "Date: %s\r\n", p->txn.date);
+	smtpd_data_init(&p->data, mode, p->cfg.max_message_size,
+	                p->cfg.bare_normalize);
+	smtpd_scrub_init(&p->scrub, p->cfg.scrub, p->cfg.nscrub, p->msgid_line,
+	                 p->date_line, scrub_emit, p);
+	return 0;
+}
+
+static enum smtp_reply_id storage_reply(int err)
+{
+	return err == -ENOSPC || err == -EDQUOT ? SMTP_R_STORAGE_FULL
+	                                        : SMTP_R_STORAGE_ERR;
+}
+
+/* Reader errors to the reply that explains them; SMTP_R__COUNT if none. */
+static enum smtp_reply_id data_error_reply(const struct smtpd_data *d)
+{
+	if (d->errors & SMTPD_DATA_E_TOO_BIG)
+		return SMTP_R_MSG_TOO_BIG;
+	if (d->errors & SMTPD_DATA_E_BARE)
+		return SMTP_R_BARE_NEWLINE;
+	if (d->errors & SMTPD_DATA_E_NUL)
+		return SMTP_R_NUL;
+	if (d->errors & SMTPD_DATA_E_WRITE)
+		return storage_reply(d->werr);
+	return SMTP_R__COUNT;
+}
+
+/* End of DATA or the LAST BDAT chunk: hand the message over or refuse it. */
+static void body_end(struct smtpd_proto *p, struct buf *out,
+                     enum smtpd_req *req)
+{
+	enum smtp_reply_id e = data_error_reply(&p->data);
+	if (e == SMTP_R__COUNT) {
+		int r = smtpd_scrub_finish(&p->scrub);
+		if (r < 0)
+			e = storage_reply(r);
+	}
+	if (e != SMTP_R__COUNT) {
+		reply(p, out, e);
+		txn_end(p);
+		return;
+	}
+	p->txn.scrubbed = p->scrub.dropped;
+	p->body_open = false;   /* the session hands the body to the queue */
+	p->st = SMTPD_ST_COMMIT;
+	*req = SMTPD_REQ_COMMIT;
+}
+
+/* ---- command handlers ----------------------------------------------------- */
+
+struct cmd_ctx {
+	struct smtpd_proto *p;
+	const char *arg;     /* after the verb and one space; NUL-terminated */
+	size_t arglen;
+	struct buf *out;
+	enum smtpd_req *req;
+};
+
+static bool streq_ci(const char *a, size_t n, const char *lit)
+{
+	return strlen(lit) == n && strncasecmp(a, lit, n) == 0;
+}
+
+static bool has_8bit(const char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s >= 0x80)
+			return true;
+	return false;
+}
+
+static void do_hello(struct cmd_ctx *c, bool ehlo)
+{
+	struct smtpd_proto *p = c->p;
+	/* RFC 5321 §4.1.1.1: a domain or address literal; like Postfix we only
+	 * require something to be there. */
+	const char *a = c->arg;
+	size_t n = c->arglen;
+	while (n && *a == ' ')
+		a++, n--;
+	while (n && a[n - 1] == ' ')
+		n--;
+	if (n == 0) {
+		bad(p, c->out, c->req, SMTP_R_SYNTAX,
+		    ehlo ? "EHLO hostname" : "HELO hostname");
+		return;
+	}
+	txn_reset(p);
+	if (n >= sizeof p->helo)
+		n = sizeof p->helo - 1;
+	memcpy(p->helo, a, n);
+	p->helo[n] = '\0';
+	p->esmtp = ehlo;
+	p->st = SMTPD_ST_READY;
+	if (!ehlo) {
+		buf_printf(c->out, "250 %s\r\n", p->cfg.hostname);
+		return;
+	}
+	buf_printf(c->out,
+	           "250-%s\r\n"
+	           "250-PIPELINING\r\n"
+	           "250-SIZE %" PRIu64 "\r\n"
+	           "250-8BITMIME\r\n"
+	           "250-ENHANCEDSTATUSCODES\r\n"
+	           "250-SMTPUTF8\r\n"
+	           "250-CHUNKING\r\n"
+	           "250 DSN\r\n",
+	           p->cfg.hostname, p->cfg.max_message_size);
+}
+
+static void cmd_helo(struct cmd_ctx *c) { do_hello(c, false); }
+static void cmd_ehlo(struct cmd_ctx *c) { do_hello(c, true); }
+
+/* "FROM:" / "TO:" then optional spaces; returns the path start or NULL. */
+static const char *path_start(const struct cmd_ctx *c, const char *kw)
+{
+	size_t k = strlen(kw);
+	if (c->arglen < k || strncasecmp(c->arg, kw, k) != 0)
+		return NULL;
+	const char *s = c->arg + k;
+	while (*s == ' ')
+		s++;
+	return s;
+}
+
+static bool parse_u64(const char *s, size_t n, uint64_t *v)
+{
+	if (n == 0 || n > 20)
+		return false;
+	uint64_t x = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+		uint64_t d = (uint64_t)(s[i] - '0');
+		if (x > (UINT64_MAX - d) / 10)
+			return false;
+		x = x * 10 + d;
+	}
+	*v = x;
+	return true;
+}
+
+#define MAX_PARAMS 16
+
+static void cmd_mail(struct cmd_ctx *c)
+{
+	struct smtpd_proto *p = c->p;
+	struct smtpd_txn *t = &p->txn;
+	const char *s = path_start(c, "FROM:");
+	if (!s) {
+		bad(p, c->out, c->req, SMTP_R_SYNTAX, "MAIL FROM:<address>");
+		return;
+	}
+	size_t slen = c->arglen - (size_t)(s - c->arg);
+	char addr[SMTP_PATH_MAX + 1];
+	size_t used = 0;
+	int r = addr_parse_path(s, slen, ADDR_ALLOW_NULL | ADDR_ALLOW_UTF8 |
+	                        ADDR_ALLOW_BARE, addr, sizeof addr, &used);
+	if (r == -EILSEQ && !strcasestr(s, "SMTPUTF8")) {
+		reply(p, c->out, SMTP_R_NEED_UTF8);
+		return;
+	}
+	if (r < 0 || (used < slen && s[used] != ' ')) {
+		bad(p, c->out, c->req, SMTP_R_BAD_SENDER);
+		return;
+	}
+	struct addr_param prm[MAX_PARAMS];
+	int np = addr_parse_params(s + used, slen - used, true, prm, MAX_PARAMS);
+	if (np < 0) {
+		bad(p, c->out, c->req, SMTP_R_SYNTAX, "MAIL FROM:<address> [parameters]");
+		return;
+	}
+	uint8_t flags = 0;
+	uint64_t size = 0;
+	const char *envid = NULL;
+	size_t envidlen = 0;
+	for (int i = 0; i < np; i++) {
+		const struct addr_param *a = &prm[i];
+		char key[32];
+		log_escape(key, sizeof key, a->key, a->keylen);
+		if (streq_ci(a->key, a->keylen, "SIZE")) {
+			if (!a->val || !parse_u64(a->val, a->vallen, &size)) {
+				bad(p, c->out, c->req, SMTP_R_PARAM_BAD, "SIZE");
+				return;
+			}
+		} else if (streq_ci(a->key, a->keylen, "BODY")) {
+			if (a->val && streq_ci(a->val, a->vallen, "8BITMIME"))
+				flags |= QUEUE_F_8BITMIME;
+			else if (!a->val || !streq_ci(a->val, a->vallen, "7BIT")) {
+				bad(p, c->out, c->req, SMTP_R_PARAM_BAD, "BODY");
+				return;
+			}
+		} else if (streq_ci(a->key, a->keylen, "SMTPUTF8") && !a->val) {
+			flags |= QUEUE_F_SMTPUTF8;
+		} else if (streq_ci(a->key, a->keylen, "RET") && a->val &&
+		           streq_ci(a->val, a->vallen, "FULL")) {
+			flags |= QUEUE_F_RET_FULL;
+		} else if (streq_ci(a->key, a->keylen, "RET") && a->val &&
+		           streq_ci(a->val, a->vallen, "HDRS")) {
+			flags |= QUEUE_F_RET_HDRS;
+		} else if (streq_ci(a->key, a->keylen, "ENVID")) {
+			if (!a->val || a->vallen > SMTP_ENVID_MAX ||
+			    !addr_xtext_valid(a->val, a->vallen)) {
+				bad(p, c->out, c->req, SMTP_R_PARAM_BAD, "ENVID");
+				return;
+			}
+			envid = a->val;
+			envidlen = a->vallen;
+		} else if (streq_ci(a->key, a->keylen, "RET")) {
+			bad(p, c->out, c->req, SMTP_R_PARAM_BAD, "RET");
+			return;
+		} else {
+			reply(p, c->out, SMTP_R_PARAM_UNKNOWN, key);
+			count_bad(p, c->out, c->req);
+			return;
+		}
+	}
+	/* RFC 6531 §3.4: a non-ASCII address needs the SMTPUTF8 parameter. */
+	if (!(flags & QUEUE_F_SMTPUTF8) && has_8bit(addr)) {
+		reply(p, c->out, SMTP_R_NEED_UTF8);
+		return;
+	}
+	/* RFC 1870 §6.2: a declared size over the limit is refused at once. */
+	if (size > p->cfg.max_message_size) {
+		reply(p, c->out, SMTP_R_SIZE_TOO_BIG);
+		return;
+	}
+	t->sender = strdup(addr);
+	t->envid = envid ? strndup(envid, envidlen) : NULL;
+	if (!t->sender || (envid && !t->envid)) {
+		txn_reset(p);
+		reply(p, c->out, SMTP_R_STORAGE_ERR);
+		return;
+	}
+	t->flags = flags;
+	t->declared_size = size;
+	p->st = SMTPD_ST_MAIL;
+	reply(p, c->out, SMTP_R_SENDER_OK);
+}
+
+/* RFC 3461 §4.1: NOTIFY=NEVER or a comma list of SUCCESS, FAILURE, DELAY. */
+static int parse_notify(const char *v, size_t n, uint8_t *out)
+{
+	uint8_t bits = 0;
+	size_t i = 0;
+	while (i <= n) {
+		size_t j = i;
+		while (j < n && v[j] != ',')
+			j++;
+		const char *w = v + i;
+		size_t wl = j - i;
+		uint8_t b;
+		if (streq_ci(w, wl, "NEVER"))
+			b = QUEUE_NOTIFY_NEVER;
+		else if (streq_ci(w, wl, "SUCCESS"))
+			b = QUEUE_NOTIFY_SUCCESS;
+		else if (streq_ci(w, wl, "FAILURE"))
+			b = QUEUE_NOTIFY_FAILURE;
+		else if (streq_ci(w, wl, "DELAY"))
+			b = QUEUE_NOTIFY_DELAY;
+		else
+			return -EINVAL;
+		if (bits & b)
+			return -EINVAL;
+		bits |= b;
+		i = j + 1;
+	}
+	if ((bits & QUEUE_NOTIFY_NEVER) && bits != QUEUE_NOTIFY_NEVER)
+		return -EINVAL;
+	*out = bits;
+	return 0;
+}
+
+/* RFC 3461 §4.2: ORCPT=addr-type ";" xtext. */
+static bool orcpt_valid(const char *v, size_t n)
+{
+	if (n == 0 || n > SMTP_ORCPT_MAX)
+		return false;
+	const char *semi = memchr(v, ';', n);
+	if (!semi || semi == v)
+		return false;
+	for (const char *q = v; q < semi; q++)
+		if (!((*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z') ||
+		      (*q >= '0' && *q <= '9') || *q == '-'))
+			return false;
+	return addr_xtext_valid(semi + 1, n - (size_t)(semi + 1 - v));
+}
+
+static void cmd_rcpt(struct cmd_ctx *c)
+{
+	struct smtpd_proto *p = c->p;
+	struct smtpd_txn *t = &p->txn;
+	const char *s = path_start(c, "TO:");
+	if (!s) {
+		bad(p, c->out, c->req, SMTP_R_SYNTAX, "RCPT TO:<address>");
+		return;
+	}
+	if (t->nrcpt >= p->cfg.max_recipients) {
+		reply(p, c->out, SMTP_R_TOO_MANY_RCPT);
+		return;
+	}
+	size_t slen = c->arglen - (size_t)(s - c->arg);
+	char addr[SMTP_PATH_MAX + 1];
+	size_t used = 0;
+	unsigned fl = ADDR_ALLOW_BARE;
+	if (t->flags & QUEUE_F_SMTPUTF8)
+		fl |= ADDR_ALLOW_UTF8;
+	int r = addr_parse_path(s, slen, fl, addr, sizeof addr, &used);
+	if (r == -EILSEQ && !(t->flags & QUEUE_F_SMTPUTF8)) {
+		reply(p, c->out, SMTP_R_NEED_UTF8);
+		return;
+	}
+	if (r < 0 || (used < slen && s[used] != ' ')) {
+		bad(p, c->out, c->req, SMTP_R_BAD_RCPT);
+		return;
+	}
+	struct addr_param prm[MAX_PARAMS];
+	int np = addr_parse_params(s + used, slen - used,
+	                           t->flags & QUEUE_F_SMTPUTF8, prm, MAX_PARAMS);
+	if (np < 0) {
+		bad(p, c->out, c->req, SMTP_R_SYNTAX, "RCPT TO:<address> [parameters]");
+		return;
+	}
+	uint8_t notify = 0;
+	const char *orcpt = NULL;
+	size_t orcptlen = 0;
+	for (int i = 0; i < np; i++) {
+		const struct addr_param *a = &prm[i];
+		if (streq_ci(a->key, a->keylen, "NOTIFY")) {
+			if (!a->val || parse_notify(a->val, a->vallen, &notify) < 0) {
+				bad(p, c->out, c->req, SMTP_R_PARAM_BAD, "NOTIFY");
+				return;
+			}
+		} else if (streq_ci(a->key, a->keylen, "ORCPT")) {
+			if (!a->val || !orcpt_valid(a->val, a->vallen)) {
+				bad(p, c->out, c->req, SMTP_R_PARAM_BAD, "ORCPT");
+				return;
+			}
+			orcpt = a->val;
+			orcptlen = a->vallen;
+		} else {
+			char key[32];
+			log_escape(key, sizeof key, a->key, a->keylen);
+			reply(p, c->out, SMTP_R_PARAM_UNKNOWN, key);
+			count_bad(p, c->out, c->req);
+			return;
+		}
+	}
+	if (t->nrcpt == t->rcpt_cap) {
+		size_t cap = t->rcpt_cap ? t->rcpt_cap * 2 : 4;
+		struct smtpd_rcpt *nr = realloc(t->rcpt, cap * sizeof *nr);
+		if (!nr) {
+			reply(p, c->out, SMTP_R_STORAGE_ERR);
+			return;
+		}
+		t->rcpt = nr;
+		t->rcpt_cap = cap;
+	}
+	struct smtpd_rcpt *rc = &t->rcpt[t->nrcpt];
+	rc->addr = strdup(addr);
+	rc->orcpt = orcpt ? strndup(orcpt, orcptlen) : NULL;
+	rc->notify = notify;
+	if (!rc->addr || (orcpt && !rc->orcpt)) {
+		free(rc->addr);
+		free(rc->orcpt);
+		reply(p, c->out, SMTP_R_STORAGE_ERR);
+		return;
+	}
+	t->nrcpt++;
+	p->st = SMTPD_ST_RCPT;
+	reply(p, c->out, SMTP_R_RCPT_OK);
+}
+
+static void cmd_data(struct cmd_ctx *c)
+{
+	struct smtpd_proto *p = c->p;
+	if (c->arglen) {
+		bad(p, c->out, c->req, SMTP_R_SYNTAX, "DATA");
+		return;
+	}
+	int r = body_begin(p, SMTPD_DATA_DOT);
+	if (r < 0) {
+		reply(p, c->out, storage_reply(r));
+		txn_end(p);
+		return;
+	}
+	p->st = SMTPD_ST_DATA;
+	reply(p, c->out, SMTP_R_DATA_GO);
+}
+
+/* The sequence error for a BDAT in the current state, or SMTP_R__COUNT. */
+static enum smtp_reply_id bdat_seq(const struct smtpd_proto *p)
+{
+	switch (p->st) {
+	case SMTPD_ST_RCPT:
+	case SMTPD_ST_BDAT_NEXT:
+		return SMTP_R__COUNT;
+	case SMTPD_ST_MAIL:
+		return SMTP_R_SEQ_NEED_RCPT;
+	case SMTPD_ST_INIT:
+		return SMTP_R_SEQ_HELO;
+	default:
+		return SMTP_R_SEQ_NEED_MAIL;
+	}
+}
+
+static void cmd_bdat(struct cmd_ctx *c)
+{
+	struct smtpd_proto *p = c->p;
+	const char *a = c->arg;
+	size_t n = strspn(a, "0123456789");
+	uint64_t size;
+	bool last = false;
+	const char *rest = a + n;
+	if (*rest == ' ') {
+		rest++;
+		if (strcasecmp(rest, "LAST") != 0)
+			rest = NULL;
+		else
+			last = true;
+	} else if (*rest) {
+		rest = NULL;
+	}
+	if (!rest || !parse_u64(a, n, &size)) {
+		/* Without a size we cannot tell chunk octets from commands:
+		 * the only safe answer is to close (as Postfix does). */
+		bad(p, c->out, c->req, SMTP_R_SYNTAX, "BDAT size [LAST]");
+		if (*c->req != SMTPD_REQ_CLOSE) {
+			p->st = SMTPD_ST_CLOSED;
+			*c->req = SMTPD_REQ_CLOSE;
+		}
+		txn_reset(p);
+		return;
+	}
+	p->bdat_left = size;
+	p->bdat_last = last;
+	p->bdat_discard = false;
+	enum smtp_reply_id e = bdat_seq(p);
+	if (e == SMTP_R__COUNT && p->st == SMTPD_ST_RCPT) {
+		int r = body_begin(p, SMTPD_DATA_RAW);
+		if (r < 0) {
+			e = storage_reply(r);
+			txn_end(p);
+		}
+	}
+	if (e != SMTP_R__COUNT) {
+		/* RFC 3030 §2: a rejected chunk's octets are still read; then
+		 * the session is where it was (or, after a storage error, at
+		 * the end of the failed transaction). */
+		p->bdat_discard = true;
+		p->bdat_reply = e;
+		p->bdat_after = p->st;
+	}
+	p->st = SMTPD_ST_BDAT;
+}
+
+/* A BDAT chunk has been read completely. */
+static void bdat_chunk_done(struct smtpd_proto *p, struct buf *out,
+                            enum smtpd_req *req)
+{
+	if (p->bdat_discard) {
+		p->st = p->bdat_after;
+		if (p->bdat_reply == SMTP_R_STORAGE_FULL ||
+		    p->bdat_reply == SMTP_R_STORAGE_ERR)
+			reply(p, out, p->bdat_reply);
+		else
+			bad(p, out, req, p->bdat_reply);
+		return;
+	}
+	if (p->bdat_last)
+		smtpd_data_finish(&p->data, data_emit, p);
+	enum smtp_reply_id e = data_error_reply(&p->data);
+	if (e != SMTP_R__COUNT) {
+		reply(p, out, e);
+		txn_end(p);
+		return;
+	}
+	if (p->bdat_last) {
+		body_end(p, out, req);
+		return;
+	}
+	p->st = SMTPD_ST_BDAT_NEXT;
+	reply(p, out, SMTP_R_BDAT_OK, (unsigned long long)p->bdat_total);
+}
+
+static void cmd_rset(struct cmd_ctx *c)
+{
+	txn_end(c->p);
+	reply(c->p, c->out, SMTP_R_OK);
+}
+
+static void cmd_noop(struct cmd_ctx *c)
+{
+	reply(c->p, c->out, SMTP_R_OK);
+}
+
+static void cmd_quit(struct cmd_ctx *c)
+{
+	txn_reset(c->p);
+	reply(c->p, c->out, SMTP_R_BYE);
+	c->p->st = SMTPD_ST_CLOSED;
+	*c->req = SMTPD_REQ_CLOSE;
+}
+
+static void cmd_help(struct cmd_ctx *c)
+{
+	reply(c->p, c->out, SMTP_R_HELP);
+}
+
+static void cmd_vrfy(struct cmd_ctx *c)
+{
+	if (c->arglen == 0) {
+		bad(c->p, c->out, c->req, SMTP_R_SYNTAX, "VRFY address");
+		return;
+	}
+	reply(c->p, c->out, SMTP_R_VRFY);
+}
+
+static void cmd_expn(struct cmd_ctx *c)
+{
+	reply(c->p, c->out, SMTP_R_EXPN);
+}
+
+static void cmd_not_impl(struct cmd_ctx *c)
+{
+	/* STARTTLS and AUTH arrive with the listener-security work. */
+	bad(c->p, c->out, c->req, SMTP_R_NOT_IMPL, "Command");
+}
+
+struct cmd_def {
+	const char *verb;
+	void (*fn)(struct cmd_ctx *c);
+};
+
+static const struct cmd_def cmds[CMD__COUNT] = {
+	[CMD_HELO] = {"HELO", cmd_helo},     [CMD_EHLO] = {"EHLO", cmd_ehlo},
+	[CMD_MAIL] = {"MAIL", cmd_mail},     [CMD_RCPT] = {"RCPT", cmd_rcpt},
+	[CMD_DATA] = {"DATA", cmd_data},     [CMD_BDAT] = {"BDAT", cmd_bdat},
+	[CMD_RSET] = {"RSET", cmd_rset},     [CMD_NOOP] = {"NOOP", cmd_noop},
+	[CMD_QUIT] = {"QUIT", cmd_quit},     [CMD_HELP] = {"HELP", cmd_help},
+	[CMD_VRFY] = {"VRFY", cmd_vrfy},     [CMD_EXPN] = {"EXPN", cmd_expn},
+	[CMD_STARTTLS] = {"STARTTLS", cmd_not_impl},
+	[CMD_AUTH] = {"AUTH", cmd_not_impl},
+};
+
+/* State x command: 0 = allowed, otherwise the sequence error reply + 1.
+ * Only command states appear; DATA/BDAT/COMMIT/CLOSED never parse lines.
+ * BDAT checks its own sequence (its chunk must be read either way). */
+#define E(r) ((uint8_t)((r) + 1))
+static const uint8_t cmd_seq[CMD__COUNT][SMTPD_ST__COUNT] = {
+	[CMD_MAIL] = {
+		[SMTPD_ST_INIT] = E(SMTP_R_SEQ_HELO),
+		[SMTPD_ST_MAIL] = E(SMTP_R_SEQ_NESTED_MAIL),
+		[SMTPD_ST_RCPT] = E(SMTP_R_SEQ_NESTED_MAIL),
+		[SMTPD_ST_BDAT_NEXT] = E(SMTP_R_SEQ_IN_BDAT),
+	},
+	[CMD_RCPT] = {
+		[SMTPD_ST_INIT] = E(SMTP_R_SEQ_HELO),
+		[SMTPD_ST_READY] = E(SMTP_R_SEQ_NEED_MAIL),
+		[SMTPD_ST_BDAT_NEXT] = E(SMTP_R_SEQ_IN_BDAT),
+	},
+	[CMD_DATA] = {
+		[SMTPD_ST_INIT] = E(SMTP_R_SEQ_HELO),
+		[SMTPD_ST_READY] = E(SMTP_R_SEQ_NEED_MAIL),
+		[SMTPD_ST_MAIL] = E(SMTP_R_SEQ_NEED_RCPT),
+		[SMTPD_ST_BDAT_NEXT] = E(SMTP_R_SEQ_BDAT_MIX),
+	},
+	[CMD_HELO] = { [SMTPD_ST_BDAT_NEXT] = E(SMTP_R_SEQ_IN_BDAT) },
+	[CMD_EHLO] = { [SMTPD_ST_BDAT_NEXT] = E(SMTP_R_SEQ_IN_BDAT) },
+	[CMD_HELP] = { [SMTPD_ST_BDAT_NEXT] = E(SMTP_R_SEQ_IN_BDAT) },
+	[CMD_VRFY] = { [SMTPD_ST_BDAT_NEXT] = E(SMTP_R_SEQ_IN_BDAT) },
+	[CMD_EXPN] = { [SMTPD_ST_BDAT_NEXT] = E(SMTP_R_SEQ_IN_BDAT) },
+};
+#undef E
+
+/* One complete command line (CRLF removed, NUL-terminated, no NUL inside). */
+static void handle_line(struct smtpd_proto *p, char *line, size_t len,
+                        struct buf *out, enum smtpd_req *req)
+{
+	size_t vl = strcspn(line, " ");
+	int cmd = -1;
+	for (int i = 0; i < CMD__COUNT; i++)
+		if (streq_ci(line, vl, cmds[i].verb)) {
+			cmd = i;
+			break;
+		}
+	if (cmd < 0) {
+		char esc[64];
+		log_escape(esc, sizeof esc, line, vl);
+		log_debug("s=%s: unknown command '%s'", p->cfg.sid, esc);
+		bad(p, out, req, SMTP_R_UNKNOWN_CMD);
+		return;
+	}
+	uint8_t e = cmd_seq[cmd][p->st];
+	if (e) {
+		bad(p, out, req, (enum smtp_reply_id)(e - 1));
+		return;
+	}
+	struct cmd_ctx c = {
+		.p = p, .out = out, .req = req,
+		.arg = line + vl + (vl < len ? 1 : 0),
+	};
+	c.arglen = len - (size_t)(c.arg - line);
+	cmds[cmd].fn(&c);
+}
+
+/* ---- feeding -------------------------------------------------------------- */
+
+static size_t feed_command(struct smtpd_proto *p, const uint8_t *in, size_t n,
+                           struct buf *out, enum smtpd_req *req)
+{
+	const uint8_t *lf = memchr(in, '\n', n);
+	if (p->discard_line) {
+		if (!lf)
+			return n;
+		p->discard_line = false;
+		return (size_t)(lf - in) + 1;
+	}
+	if (!lf) {
+		if (n < SMTP_CMD_LINE_MAX)
+			return 0;   /* wait for the rest of the line */
+		p->discard_line = true;
+		bad(p, out, req, SMTP_R_LINE_TOO_LONG);
+		return n;
+	}
+	size_t used = (size_t)(lf - in) + 1;
+	if (used > SMTP_CMD_LINE_MAX) {
+		bad(p, out, req, SMTP_R_LINE_TOO_LONG);
+		return used;
+	}
+	size_t len = used - 1;
+	if (len && in[len - 1] == '\r')
+		len--;
+	char line[SMTP_CMD_LINE_MAX + 1];
+	memcpy(line, in, len);
+	line[len] = '\0';
+	if (memchr(line, '\0', len)) {
+		bad(p, out, req, SMTP_R_UNKNOWN_CMD);
+		return used;
+	}
+	handle_line(p, line, len, out, req);
+	return used;
+}
+
+size_t smtpd_proto_feed(struct smtpd_proto *p, const uint8_t *in, size_t n,
+                        struct buf *out, enum smtpd_req *req)
+{
+	size_t off = 0;
+	*req = SMTPD_REQ_NONE;
+	while (off < n && *req == SMTPD_REQ_NONE) {
+		switch (p->st) {
+		case SMTPD_ST_COMMIT:
+		case SMTPD_ST_CLOSED:
+			return off;
+		case SMTPD_ST_DATA: {
+			bool done = false;
+			off += smtpd_data_feed(&p->data, in + off, n - off, &done,
+			                       data_emit, p);
+			if (done)
+				body_end(p, out, req);
+			break;
+		}
+		case SMTPD_ST_BDAT: {
+			uint64_t k = n - off;
+			if (k > p->bdat_left)
+				k = p->bdat_left;
+			if (!p->bdat_discard) {
+				bool done;
+				smtpd_data_feed(&p->data, in + off, (size_t)k, &done,
+				                data_emit, p);
+				p->bdat_total += k;
+			}
+			off += (size_t)k;
+			p->bdat_left -= k;
+			if (p->bdat_left == 0)
+				bdat_chunk_done(p, out, req);
+			break;
+		}
+		default: {
+			size_t k = feed_command(p, in + off, n - off, out, req);
+			if (k == 0)
+				return off;
+			off += k;
+			/* A zero-length BDAT chunk completes without octets. */
+			if (p->st == SMTPD_ST_BDAT && p->bdat_left == 0)
+				bdat_chunk_done(p, out, req);
+			break;
+		}
+		}
+	}
+	return off;
+}
+
+/* ---- life cycle ----------------------------------------------------------- */
+
+struct smtpd_proto *smtpd_proto_new(const struct smtpd_proto_cfg *cfg,
+                                    const struct smtpd_sink_ops *ops,
+                                    void *ctx)
+{
+	struct smtpd_proto *p = calloc(1, sizeof *p);
+	if (!p)
+		return NULL;
+	p->cfg = *cfg;
+	if (p->cfg.max_bad_commands == 0)
+		p->cfg.max_bad_commands = 1;
+	p->ops = ops;
+	p->ctx = ctx;
+	p->st = SMTPD_ST_INIT;
+	return p;
+}
+
+void smtpd_proto_free(struct smtpd_proto *p)
+{
+	if (!p)
+		return;
+	txn_reset(p);
+	free(p);
+}
+
+void smtpd_proto_greet(struct smtpd_proto *p, struct buf *out)
+{
+	buf_printf(out, "220 %s ESMTP relayd\r\n", p->cfg.hostname);
+}
+
+void smtpd_proto_done(struct smtpd_proto *p, int status, struct buf *out)
+{
+	if (p->st == SMTPD_ST_CLOSED) {
+		/* Timed out or shut down while the commit was running. */
+		txn_reset(p);
+		return;
+	}
+	RELAY_ASSERT(p->st == SMTPD_ST_COMMIT);
+	if (status == 0)
+		reply(p, out, SMTP_R_QUEUED, p->txn.qid);
+	else
+		reply(p, out, storage_reply(status));
+	txn_end(p);
+}
+
+static enum smtpd_req close_with(struct smtpd_proto *p, struct buf *out,
+                                 enum smtp_reply_id id)
+{
+	if (p->st != SMTPD_ST_CLOSED) {
+		if (p->st != SMTPD_ST_COMMIT)
+			txn_reset(p);
+		reply(p, out, id);
+		p->st = SMTPD_ST_CLOSED;
+	}
+	return SMTPD_REQ_CLOSE;
+}
+
+enum smtpd_req smtpd_proto_timeout(struct smtpd_proto *p, struct buf *out)
+{
+	return close_with(p, out, SMTP_R_TIMEOUT);
+}
+
+enum smtpd_req smtpd_proto_shutdown(struct smtpd_proto *p, struct buf *out)
+{
+	return close_with(p, out, SMTP_R_SHUTDOWN);
+}
+
+enum smtpd_state smtpd_proto_state(const struct smtpd_proto *p)
+{
+	return p->st;
+}
+
+const struct smtpd_txn *smtpd_proto_txn(const struct smtpd_proto *p)
+{
+	return &p->txn;
+}
+
+const char *smtpd_proto_with(const struct smtpd_proto *p)
+{
+	return p->esmtp ? "ESMTP" : "SMTP";
+}
+
+const char *smtpd_proto_helo(const struct smtpd_proto *p)
+{
+	return p->helo;
+}

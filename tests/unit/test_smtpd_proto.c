@@ -1,0 +1,532 @@
+/*
+ * tests/unit/test_smtpd_proto.c - The SMTP server core fed bytes: command
+ * parsing, the state table, every error reply, pipelining, DATA and BDAT
+ * into a memory sink, DSN parameters. No sockets.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/buf.h"
+#include "common/log.h"
+#include "smtpd/smtpd_proto.h"
+
+struct sink {
+	struct buf body;
+	int begin_err;      /* returned by begin */
+	int write_err;      /* returned by write */
+	int begins, aborts;
+};
+
+static int s_begin(void *ctx, struct smtpd_txn *t)
+{
+	struct sink *s = ctx;
+	s->begins++;
+	if (s->begin_err)
+		return s->begin_err;
+	snprintf(t->qid, sizeof t->qid, "0000000000000001");
+	snprintf(t->date, sizeof t->date, "Sat, 21 Nov 2026 06:00:00 +0000");
+	buf_reset(&s->body);
+	return buf_appends(&s->body, "Received: test\r\n");
+}
+
+static int s_write(void *ctx, const uint8_t *p, size_t n)
+{
+	struct sink *s = ctx;
+	if (s->write_err)
+		return s->write_err;
+	return buf_append(&s->body, p, n);
+}
+
+static void s_abort(void *ctx)
+{
+	struct sink *s = ctx;
+	s->aborts++;
+	buf_reset(&s->body);
+}
+
+static const struct smtpd_sink_ops ops = {s_begin, s_write, s_abort};
+static const char *const scrub[] = {"Received", "X-Originating-IP"};
+
+struct fixture {
+	struct smtpd_proto_cfg cfg;
+	struct sink sink;
+	struct smtpd_proto *p;
+	struct buf out;
+	enum smtpd_req req;
+};
+
+static struct fixture *fx_new(unsigned max_rcpt, uint64_t max_size,
+                              unsigned max_bad)
+{
+	struct fixture *f = calloc(1, sizeof *f);
+	f->cfg = (struct smtpd_proto_cfg){
+		.hostname = "relay.test", .sid = "t1",
+		.max_message_size = max_size, .max_recipients = max_rcpt,
+		.max_bad_commands = max_bad, .scrub = scrub, .nscrub = 2,
+	};
+	buf_init(&f->sink.body, SIZE_MAX);
+	buf_init(&f->out, SIZE_MAX);
+	f->p = smtpd_proto_new(&f->cfg, &ops, &f->sink);
+	return f;
+}
+
+static struct fixture *fx(void)
+{
+	return fx_new(100, 1000000, 20);
+}
+
+static void fx_free(struct fixture *f)
+{
+	smtpd_proto_free(f->p);
+	buf_free(&f->out);
+	buf_free(&f->sink.body);
+	free(f);
+}
+
+/* Feeds all of s (as one segment); returns bytes consumed. */
+static size_t feed(struct fixture *f, const char *s)
+{
+	return smtpd_proto_feed(f->p, (const uint8_t *)s, strlen(s), &f->out,
+	                        &f->req);
+}
+
+static size_t feedn(struct fixture *f, const char *s, size_t n)
+{
+	return smtpd_proto_feed(f->p, (const uint8_t *)s, n, &f->out, &f->req);
+}
+
+/* The output so far, NUL-terminated; then cleared. */
+static char *take(struct fixture *f)
+{
+	static char s[65536];
+	size_t n = f->out.len < sizeof s - 1 ? f->out.len : sizeof s - 1;
+	memcpy(s, f->out.data, n);
+	s[n] = '\0';
+	buf_reset(&f->out);
+	return s;
+}
+
+static int count_lines(const char *s)
+{
+	int n = 0;
+	for (; *s; s++)
+		n += *s == '\n';
+	return n;
+}
+
+#define assert_has(hay, needle) do { \
+	if (!strstr((hay), (needle))) \
+		fail_msg("expected '%s' in:\n%s", (needle), (hay)); } while (0)
+#define assert_lacks(hay, needle) do { \
+	if (strstr((hay), (needle))) \
+		fail_msg("unexpected '%s' in:\n%s", (needle), (hay)); } while (0)
+
+static void start(struct fixture *f)
+{
+	feed(f, "EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\n");
+	take(f);
+}
+
+/* ---- table of single-reply cases -------------------------------------- */
+
+struct reply_case {
+	const char *name;
+	const char *setup;     /* fed first, output discarded */
+	const char *input;
+	const char *expect;    /* the last reply line starts with this */
+};
+
+static const struct reply_case reply_cases[] = {
+	{"mail before helo", "", "MAIL FROM:<a@b>\r\n", "503 5.5.1"},
+	{"rcpt before mail", "EHLO x\r\n", "RCPT TO:<a@b>\r\n", "503 5.5.1"},
+	{"data before mail", "EHLO x\r\n", "DATA\r\n", "503 5.5.1"},
+	{"data before rcpt", "EHLO x\r\nMAIL FROM:<a@b>\r\n", "DATA\r\n", "503 5.5.1"},
+	{"nested mail", "EHLO x\r\nMAIL FROM:<a@b>\r\n", "MAIL FROM:<a@b>\r\n", "503 5.5.1"},
+	{"unknown command", "EHLO x\r\n", "FOO bar\r\n", "500 5.5.1"},
+	{"empty line", "EHLO x\r\n", "\r\n", "500 5.5.1"},
+	{"ehlo without name", "", "EHLO\r\n", "501 5.5.4"},
+	{"helo", "", "HELO x\r\n", "250 relay.test"},
+	{"mail syntax", "EHLO x\r\n", "MAIL <a@b>\r\n", "501 5.5.4"},
+	{"bad sender", "EHLO x\r\n", "MAIL FROM:<a@@b>\r\n", "501 5.1.7"},
+	{"null sender", "EHLO x\r\n", "MAIL FROM:<>\r\n", "250 2.1.0"},
+	{"bad rcpt", "EHLO x\r\nMAIL FROM:<a@b>\r\n", "RCPT TO:<>\r\n", "501 5.1.3"},
+	{"unknown mail param", "EHLO x\r\n", "MAIL FROM:<a@b> FOO=1\r\n", "555 5.5.4"},
+	{"bad body param", "EHLO x\r\n", "MAIL FROM:<a@b> BODY=9BIT\r\n", "501 5.5.4"},
+	{"size too big", "EHLO x\r\n", "MAIL FROM:<a@b> SIZE=1000001\r\n", "552 5.3.4"},
+	{"size ok", "EHLO x\r\n", "MAIL FROM:<a@b> SIZE=1000000\r\n", "250 2.1.0"},
+	{"utf8 without smtputf8", "EHLO x\r\n", "MAIL FROM:<j\xc3\xb6rg@b.test>\r\n", "553 5.6.7"},
+	{"utf8 with smtputf8", "EHLO x\r\n", "MAIL FROM:<j\xc3\xb6rg@b.test> SMTPUTF8\r\n", "250 2.1.0"},
+	{"utf8 rcpt without", "EHLO x\r\nMAIL FROM:<a@b>\r\n", "RCPT TO:<j\xc3\xb6rg@b.test>\r\n", "553 5.6.7"},
+	{"bad notify", "EHLO x\r\nMAIL FROM:<a@b>\r\n", "RCPT TO:<a@b> NOTIFY=NEVER,DELAY\r\n", "501 5.5.4"},
+	{"bad orcpt", "EHLO x\r\nMAIL FROM:<a@b>\r\n", "RCPT TO:<a@b> ORCPT=rfc822\r\n", "501 5.5.4"},
+	{"bad envid", "EHLO x\r\n", "MAIL FROM:<a@b> ENVID=a+zz\r\n", "501 5.5.4"},
+	{"vrfy", "EHLO x\r\n", "VRFY a\r\n", "252 2.5.0"},
+	{"expn", "EHLO x\r\n", "EXPN a\r\n", "502 5.5.1"},
+	{"help", "", "HELP\r\n", "214 2.0.0"},
+	{"noop", "", "NOOP\r\n", "250 2.0.0"},
+	{"rset", "EHLO x\r\nMAIL FROM:<a@b>\r\n", "RSET\r\n", "250 2.0.0"},
+	{"rcpt after rset", "EHLO x\r\nMAIL FROM:<a@b>\r\nRSET\r\n", "RCPT TO:<a@b>\r\n", "503 5.5.1"},
+	{"lowercase verbs", "ehlo x\r\n", "mail from:<a@b>\r\n", "250 2.1.0"},
+	{"bare LF command", "EHLO x\n", "NOOP\n", "250 2.0.0"},
+	{"starttls unavailable", "EHLO x\r\n", "STARTTLS\r\n", "502 5.5.1"},
+	{"data with argument", "EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n", "DATA x\r\n", "501 5.5.4"},
+	{"bdat before rcpt", "EHLO x\r\nMAIL FROM:<a@b>\r\n", "BDAT 0\r\n", "503 5.5.1"},
+	{"data after bdat", "EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 1\r\nx", "DATA\r\n", "503 5.5.1"},
+	{"mail after bdat", "EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 1\r\nx", "MAIL FROM:<a@b>\r\n", "503 5.5.1"},
+	{"postmaster", "EHLO x\r\nMAIL FROM:<a@b>\r\n", "RCPT TO:<Postmaster>\r\n", "250 2.1.5"},
+};
+
+static const char *last_line(const char *s)
+{
+	size_t n = strlen(s);
+	if (n >= 2)
+		n -= 2;
+	while (n > 0 && s[n - 1] != '\n')
+		n--;
+	return s + n;
+}
+
+static void test_reply_table(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof reply_cases / sizeof *reply_cases; i++) {
+		const struct reply_case *c = &reply_cases[i];
+		struct fixture *f = fx();
+		feed(f, c->setup);
+		take(f);
+		feed(f, c->input);
+		const char *out = take(f);
+		if (strncmp(last_line(out), c->expect, strlen(c->expect)) != 0)
+			fail_msg("case '%s': expected '%s', got '%s'", c->name,
+			         c->expect, out);
+		fx_free(f);
+	}
+}
+
+/* ---- scenarios ------------------------------------------------------------ */
+
+static void test_happy_path(void **state)
+{
+	(void)state;
+	struct fixture *f = fx();
+	smtpd_proto_greet(f->p, &f->out);
+	assert_has(take(f), "220 relay.test");
+	feed(f, "EHLO client.test\r\n");
+	char *o = take(f);
+	assert_has(o, "250-relay.test\r\n");
+	assert_has(o, "250-PIPELINING\r\n");
+	assert_has(o, "250-SIZE 1000000\r\n");
+	assert_has(o, "250-8BITMIME\r\n");
+	assert_has(o, "250-ENHANCEDSTATUSCODES\r\n");
+	assert_has(o, "250-SMTPUTF8\r\n");
+	assert_has(o, "250-CHUNKING\r\n");
+	assert_has(o, "250 DSN\r\n");
+	feed(f, "MAIL FROM:<a@b.test>\r\n");
+	assert_has(take(f), "250 2.1.0");
+	feed(f, "RCPT TO:<c@d.test>\r\n");
+	assert_has(take(f), "250 2.1.5");
+	feed(f, "DATA\r\n");
+	assert_has(take(f), "354 ");
+	assert_int_equal(smtpd_proto_state(f->p), SMTPD_ST_DATA);
+	const char *msg = "Subject: hi\r\nReceived: from secret [10.1.2.3]\r\n"
+	                  "\r\n..dot\r\nbody\r\n.\r\n";
+	assert_int_equal(feed(f, msg), strlen(msg));
+	assert_int_equal(f->req, SMTPD_REQ_COMMIT);
+	assert_string_equal(take(f), "");
+	/* Nothing is consumed while the commit is pending. */
+	assert_int_equal(feed(f, "NOOP\r\n"), 0);
+	smtpd_proto_done(f->p, 0, &f->out);
+	assert_has(take(f), "250 2.0.0 Ok: queued as 0000000000000001");
+	char body[512];
+	snprintf(body, sizeof body, "%.*s", (int)f->sink.body.len,
+	         (char *)f->sink.body.data);
+	assert_string_equal(body,
+	        "Received: test\r\nSubject: hi\r\n"
+	        "Message-ID: <0000000000000001@relay.test>\r\n"
+	        "Date: Sat, 21 Nov 2026 06:00:00 +0000\r\n"
+	        "\r\n.dot\r\nbody\r\n");
+	assert_int_equal(smtpd_proto_state(f->p), SMTPD_ST_READY);
+	fx_free(f);
+}
+
+static void test_pipelining(void **state)
+{
+	(void)state;
+	struct fixture *f = fx();
+	char in[4096] = "EHLO x\r\nMAIL FROM:<a@b>\r\n";
+	for (int i = 0; i < 20; i++) {
+		char r[64];
+		snprintf(r, sizeof r, "RCPT TO:<r%d@d.test>\r\n", i);
+		strcat(in, r);
+	}
+	strcat(in, "DATA\r\nSubject: x\r\n\r\nhi\r\n.\r\nNOOP\r\nQUIT\r\n");
+	size_t n = feed(f, in);
+	assert_int_equal(f->req, SMTPD_REQ_COMMIT);
+	char *o = take(f);
+	assert_int_equal(count_lines(o), 8 + 1 + 20 + 1);
+	const struct smtpd_txn *t = smtpd_proto_txn(f->p);
+	assert_int_equal(t->nrcpt, 20);
+	smtpd_proto_done(f->p, 0, &f->out);
+	feed(f, in + n);
+	assert_int_equal(f->req, SMTPD_REQ_CLOSE);
+	o = take(f);
+	assert_has(o, "250 2.0.0 Ok: queued");
+	assert_has(o, "250 2.0.0 Ok\r\n221 2.0.0");
+	fx_free(f);
+}
+
+static void test_too_many_rcpt(void **state)
+{
+	(void)state;
+	struct fixture *f = fx_new(2, 1000, 20);
+	feed(f, "EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<1@d>\r\nRCPT TO:<2@d>\r\n"
+	        "RCPT TO:<3@d>\r\n");
+	assert_has(take(f), "250 2.1.5 Recipient ok\r\n452 4.5.3");
+	assert_int_equal(smtpd_proto_txn(f->p)->nrcpt, 2);
+	fx_free(f);
+}
+
+static void test_line_too_long(void **state)
+{
+	(void)state;
+	struct fixture *f = fx();
+	feed(f, "EHLO x\r\n");
+	take(f);
+	static char big[3 * 2048];
+	memset(big, 'A', sizeof big);
+	/* Longer than the limit with no LF yet: refused, rest discarded. */
+	assert_int_equal(feedn(f, big, sizeof big), sizeof big);
+	assert_has(take(f), "500 5.5.2");
+	feed(f, "AAAA\r\nNOOP\r\n");
+	char *o = take(f);
+	assert_string_equal(o, "250 2.0.0 Ok\r\n");
+	/* A partial line under the limit waits for more. */
+	assert_int_equal(feed(f, "NOO"), 0);
+	fx_free(f);
+}
+
+static void test_bad_command_limit(void **state)
+{
+	(void)state;
+	struct fixture *f = fx_new(100, 1000, 3);
+	feed(f, "X1\r\nX2\r\nX3\r\nNOOP\r\n");
+	char *o = take(f);
+	assert_int_equal(f->req, SMTPD_REQ_CLOSE);
+	assert_has(o, "500 5.5.1");
+	assert_has(o, "421 4.7.0");
+	assert_lacks(o, "250 2.0.0");
+	fx_free(f);
+}
+
+static void test_message_too_big(void **state)
+{
+	(void)state;
+	struct fixture *f = fx_new(100, 50, 20);
+	start(f);
+	feed(f, "DATA\r\n");
+	take(f);
+	feed(f, "Subject: x\r\n\r\n0123456789012345678901234567890123456789"
+	        "0123456789\r\nmore\r\n.\r\nNOOP\r\n");
+	char *o = take(f);
+	assert_has(o, "552 5.3.4");
+	assert_has(o, "250 2.0.0 Ok\r\n");
+	assert_int_equal(f->sink.aborts, 1);
+	assert_int_equal(smtpd_proto_state(f->p), SMTPD_ST_READY);
+	fx_free(f);
+}
+
+static void test_bare_lf_rejected(void **state)
+{
+	(void)state;
+	struct fixture *f = fx();
+	start(f);
+	/* \n.\n must not end the message, and the MAIL after it must not run
+	 * as a command (SMTP smuggling). */
+	feed(f, "DATA\r\nSubject: x\r\n\r\nhi\n.\nMAIL FROM:<evil@x>\r\n"
+	        "RCPT TO:<v@x>\r\nDATA\r\nevil\r\n.\r\n");
+	char *o = take(f);
+	assert_int_equal(f->req, SMTPD_REQ_NONE);
+	assert_has(o, "354 ");
+	assert_has(o, "554 5.6.0");
+	assert_lacks(o, "250 2.1.0");
+	assert_int_equal(f->sink.aborts, 1);
+	fx_free(f);
+}
+
+static void test_nul_rejected(void **state)
+{
+	(void)state;
+	struct fixture *f = fx();
+	start(f);
+	feed(f, "DATA\r\n");
+	take(f);
+	feedn(f, "a\0b\r\n.\r\n", 8);
+	assert_has(take(f), "554 5.6.0 Message contains NUL");
+	fx_free(f);
+}
+
+static void test_storage_errors(void **state)
+{
+	(void)state;
+	struct fixture *f = fx();
+	start(f);
+	f->sink.begin_err = -ENOSPC;
+	feed(f, "DATA\r\n");
+	assert_has(take(f), "452 4.3.1");
+	assert_int_equal(smtpd_proto_state(f->p), SMTPD_ST_READY);
+	fx_free(f);
+
+	f = fx();
+	start(f);
+	f->sink.write_err = -EIO;
+	feed(f, "DATA\r\nSubject: x\r\n\r\nbody\r\n.\r\n");
+	assert_has(take(f), "451 4.3.0");
+	fx_free(f);
+
+	f = fx();
+	start(f);
+	feed(f, "DATA\r\nx\r\n.\r\n");
+	assert_int_equal(f->req, SMTPD_REQ_COMMIT);
+	smtpd_proto_done(f->p, -ENOSPC, &f->out);
+	assert_has(take(f), "452 4.3.1");
+	fx_free(f);
+}
+
+static void test_bdat(void **state)
+{
+	(void)state;
+	struct fixture *f = fx();
+	start(f);
+	feed(f, "BDAT 14\r\nSubject: x\r\n\r\nBDAT 6 LAST\r\nbody\r\n");
+	assert_int_equal(f->req, SMTPD_REQ_COMMIT);
+	assert_has(take(f), "250 2.0.0 14 octets received\r\n");
+	smtpd_proto_done(f->p, 0, &f->out);
+	assert_has(take(f), "queued as");
+	char body[512];
+	snprintf(body, sizeof body, "%.*s", (int)f->sink.body.len,
+	         (char *)f->sink.body.data);
+	assert_has(body, "Subject: x\r\nMessage-ID: <");
+	assert_has(body, "\r\n\r\nbody\r\n");
+	fx_free(f);
+}
+
+static void test_bdat_rejected_chunk_is_consumed(void **state)
+{
+	(void)state;
+	struct fixture *f = fx();
+	feed(f, "EHLO x\r\n");
+	take(f);
+	/* No transaction: the 6 octets "QUIT\r\n" are chunk data, not QUIT. */
+	feed(f, "BDAT 6\r\nQUIT\r\nNOOP\r\n");
+	char *o = take(f);
+	assert_int_equal(f->req, SMTPD_REQ_NONE);
+	assert_has(o, "503 5.5.1");
+	assert_has(o, "250 2.0.0 Ok\r\n");
+	assert_lacks(o, "221");
+	fx_free(f);
+}
+
+static void test_bdat_bad_syntax_closes(void **state)
+{
+	(void)state;
+	struct fixture *f = fx();
+	start(f);
+	feed(f, "BDAT x\r\nNOOP\r\n");
+	assert_int_equal(f->req, SMTPD_REQ_CLOSE);
+	assert_has(take(f), "501 5.5.4");
+	fx_free(f);
+}
+
+static void test_dsn_params(void **state)
+{
+	(void)state;
+	struct fixture *f = fx();
+	feed(f, "EHLO x\r\nMAIL FROM:<a@b> RET=HDRS ENVID=QQ+2B1 BODY=8BITMIME\r\n"
+	        "RCPT TO:<c@d> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;c+40d\r\n"
+	        "RCPT TO:<e@f> NOTIFY=NEVER\r\n");
+	char *o = take(f);
+	assert_int_equal(count_lines(o), 8 + 3);
+	assert_lacks(o, " 5.");
+	const struct smtpd_txn *t = smtpd_proto_txn(f->p);
+	assert_true(t->flags & QUEUE_F_RET_HDRS);
+	assert_true(t->flags & QUEUE_F_8BITMIME);
+	assert_string_equal(t->envid, "QQ+2B1");
+	assert_int_equal(t->nrcpt, 2);
+	assert_int_equal(t->rcpt[0].notify, QUEUE_NOTIFY_SUCCESS | QUEUE_NOTIFY_FAILURE);
+	assert_string_equal(t->rcpt[0].orcpt, "rfc822;c+40d");
+	assert_int_equal(t->rcpt[1].notify, QUEUE_NOTIFY_NEVER);
+	assert_null(t->rcpt[1].orcpt);
+	fx_free(f);
+}
+
+static void test_timeout_and_shutdown(void **state)
+{
+	(void)state;
+	struct fixture *f = fx();
+	start(f);
+	feed(f, "DATA\r\npartial");
+	take(f);
+	assert_int_equal(smtpd_proto_timeout(f->p, &f->out), SMTPD_REQ_CLOSE);
+	assert_has(take(f), "421 4.4.2");
+	assert_int_equal(f->sink.aborts, 1);
+	assert_int_equal(feed(f, "NOOP\r\n"), 0);
+	fx_free(f);
+
+	f = fx();
+	assert_int_equal(smtpd_proto_shutdown(f->p, &f->out), SMTPD_REQ_CLOSE);
+	assert_has(take(f), "421 4.3.2");
+	fx_free(f);
+}
+
+static void test_byte_by_byte(void **state)
+{
+	(void)state;
+	/* A client that trickles one byte per segment gets the same replies. */
+	const char *in = "EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n"
+	                 "Subject: y\r\n\r\nz\r\n.\r\n";
+	struct fixture *f = fx();
+	struct buf pend = BUF_INIT(SIZE_MAX);
+	for (const char *c = in; *c; c++) {
+		buf_append(&pend, c, 1);
+		size_t k = feedn(f, (const char *)pend.data, pend.len);
+		buf_consume(&pend, k);
+	}
+	assert_int_equal(f->req, SMTPD_REQ_COMMIT);
+	assert_int_equal(pend.len, 0);
+	char *o = take(f);
+	assert_has(o, "354 ");
+	buf_free(&pend);
+	fx_free(f);
+}
+
+int main(void)
+{
+	log_open(NULL, false, LOG_ERR);
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_reply_table),
+		cmocka_unit_test(test_happy_path),
+		cmocka_unit_test(test_pipelining),
+		cmocka_unit_test(test_too_many_rcpt),
+		cmocka_unit_test(test_line_too_long),
+		cmocka_unit_test(test_bad_command_limit),
+		cmocka_unit_test(test_message_too_big),
+		cmocka_unit_test(test_bare_lf_rejected),
+		cmocka_unit_test(test_nul_rejected),
+		cmocka_unit_test(test_storage_errors),
+		cmocka_unit_test(test_bdat),
+		cmocka_unit_test(test_bdat_rejected_chunk_is_consumed),
+		cmocka_unit_test(test_bdat_bad_syntax_closes),
+		cmocka_unit_test(test_dsn_params),
+		cmocka_unit_test(test_timeout_and_shutdown),
+		cmocka_unit_test(test_byte_by_byte),
+	};
+	return cmocka_run_group_tests_name("smtpd_proto", tests, NULL, NULL);
+}

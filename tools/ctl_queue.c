@@ -1,0 +1,626 @@
+/*
+ * tools/ctl_queue.c - The read-only queue commands: list, show and cat.
+ * Envelopes come from the index through queue.h's read side (queue_ro_*),
+ * which is safe beside a running relayd; bodies are read from
+ * spool_dir/msg/QID (show reads only the header section, cat streams the
+ * file). list never opens body files, so it stays fast on large queues.
+ */
+#include "ctl.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sendfile.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "queue/queue.h"
+
+/* show prints at most this much of the header section. */
+#define CTL_HDR_MAX (64 * 1024)
+/* list renders into memory so the index read transaction never waits on
+ * stdout; past this much it writes out anyway, to bound memory. */
+#define CTL_LIST_SPILL ((size_t)64 << 20)
+/* cat's copy buffer when sendfile(2) cannot write to stdout. */
+#define CTL_COPY_BUF (128 * 1024)
+
+static const char *ctl_msg_state(uint8_t s)
+{
+	return s <= QUEUE_MSG_HOLD ? queue_msg_state_names[s] : "unknown";
+}
+
+static const char *ctl_rcpt_state(uint8_t s)
+{
+	return s <= QUEUE_RCPT_BOUNCED ? queue_rcpt_state_names[s] : "unknown";
+}
+
+static const char *ctl_body_type(uint8_t flags)
+{
+	if (flags & QUEUE_F_BINARYMIME)
+		return "BINARYMIME";
+	if (flags & QUEUE_F_8BITMIME)
+		return "8BITMIME";
+	return NULL;            /* BODY= not given */
+}
+
+static const char *ctl_ret(uint8_t flags)
+{
+	if (flags & QUEUE_F_RET_FULL)
+		return "FULL";
+	if (flags & QUEUE_F_RET_HDRS)
+		return "HDRS";
+	return NULL;
+}
+
+static const struct {
+	uint8_t bit;
+	const char *name;
+} ctl_notify_names[] = {
+	{QUEUE_NOTIFY_NEVER, "NEVER"},
+	{QUEUE_NOTIFY_SUCCESS, "SUCCESS"},
+	{QUEUE_NOTIFY_FAILURE, "FAILURE"},
+	{QUEUE_NOTIFY_DELAY, "DELAY"},
+};
+
+#define CTL_NNOTIFY (sizeof ctl_notify_names / sizeof *ctl_notify_names)
+
+/* Checks a queue id argument and copies it, upper-cased (Crockford base32
+ * is case-insensitive for people typing it), into out. */
+static int ctl_qid_arg(const char *arg, char out[QUEUE_ID_SIZE])
+{
+	size_t n = strlen(arg);
+	if (n == QUEUE_ID_LEN) {
+		for (size_t i = 0; i < n; i++)
+			out[i] = (char)toupper((unsigned char)arg[i]);
+		out[n] = '\0';
+		if (queue_id_valid(out))
+			return 0;
+	}
+	char esc[128];
+	log_escape(esc, sizeof esc, arg, n);
+	ctl_err("'%s' is not a queue id", esc);
+	return -EINVAL;
+}
+
+static int ctl_ro_open(const char *spool, struct queue_ro **out)
+{
+	int r = queue_ro_open(spool, out);
+	if (r == -ENOENT)
+		ctl_err("no spool at %s (is spool_dir right? relayd creates it "
+		        "at first start)", spool);
+	else if (r < 0)
+		ctl_err("cannot open the queue index in %s: %s", spool,
+		        strerror(-r));
+	return r;
+}
+
+/* ---- JSON ------------------------------------------------------------ */
+
+/* One message as a JSON object, without the closing brace (show adds
+ * "headers"). */
+static void ctl_json_msg(struct ctl_out *o, const struct queue_msg *m,
+                         int64_t now)
+{
+	int64_t age = now - m->arrival;
+	ctl_out_str(o, "{\"id\":");
+	ctl_out_json_strz(o, m->qid);
+	ctl_out_printf(o, ",\"arrival\":%" PRId64 ",\"age_seconds\":%" PRId64
+	               ",\"size\":%" PRIu64 ",\"sender\":",
+	               m->arrival, age < 0 ? 0 : age, m->size);
+	ctl_out_json_strz(o, m->sender ? m->sender : "");
+	ctl_out_str(o, ",\"state\":");
+	ctl_out_json_strz(o, ctl_msg_state(m->state));
+	ctl_out_printf(o, ",\"flags\":{\"smtputf8\":%s,\"body\":",
+	               (m->flags & QUEUE_F_SMTPUTF8) ? "true" : "false");
+	ctl_out_json_strz(o, ctl_body_type(m->flags));
+	ctl_out_str(o, ",\"ret\":");
+	ctl_out_json_strz(o, ctl_ret(m->flags));
+	ctl_out_str(o, ",\"envid\":");
+	ctl_out_json_strz(o, m->envid);
+	ctl_out_str(o, "},\"recipients\":[");
+	for (size_t i = 0; i < m->nrcpt; i++) {
+		const struct queue_rcpt *rc = &m->rcpt[i];
+		ctl_out_str(o, i ? ",{\"address\":" : "{\"address\":");
+		ctl_out_json_strz(o, rc->addr ? rc->addr : "");
+		ctl_out_str(o, ",\"state\":");
+		ctl_out_json_strz(o, ctl_rcpt_state(rc->state));
+		ctl_out_printf(o, ",\"attempts\":%" PRIu32 ",\"next_attempt\":",
+		               rc->attempts);
+		if (rc->next_attempt)
+			ctl_out_printf(o, "%" PRId64, rc->next_attempt);
+		else
+			ctl_out_str(o, "null");
+		ctl_out_str(o, ",\"orcpt\":");
+		ctl_out_json_strz(o, rc->orcpt);
+		ctl_out_str(o, ",\"notify\":");
+		if (rc->notify) {
+			bool first = true;
+			ctl_out_str(o, "[");
+			for (size_t k = 0; k < CTL_NNOTIFY; k++) {
+				if (!(rc->notify & ctl_notify_names[k].bit))
+					continue;
+				ctl_out_str(o, first ? "\"" : ",\"");
+				ctl_out_str(o, ctl_notify_names[k].name);
+				ctl_out_str(o, "\"");
+				first = false;
+			}
+			ctl_out_str(o, "]");
+		} else {
+			ctl_out_str(o, "null");
+		}
+		ctl_out_str(o, ",\"last_reply\":");
+		ctl_out_json_strz(o, rc->last_reply);
+		ctl_out_str(o, "}");
+	}
+	ctl_out_str(o, "]");
+}
+
+/* ---- list ------------------------------------------------------------ */
+
+#define CTL_COL_SENDER 32
+
+struct ctl_list {
+	struct ctl_out *o;
+	const struct ctl_ctx *c;
+	uint64_t count;
+	uint64_t bytes;
+	int err;
+};
+
+static void ctl_list_row(struct ctl_out *o, const struct queue_msg *m,
+                         int64_t now)
+{
+	char age[32];
+	ctl_fmt_age(age, sizeof age, now - m->arrival);
+	ctl_out_printf(o, "%-16s %5s %10" PRIu64 " %-8s <", m->qid, age,
+	               m->size, ctl_msg_state(m->state));
+	const char *s = m->sender ? m->sender : "";
+	size_t cols = 2 + ctl_out_text(o, s, strlen(s), 0);
+	ctl_out_str(o, ">");
+	ctl_out_spaces(o, cols < CTL_COL_SENDER ? CTL_COL_SENDER - cols + 1 : 1);
+	if (m->nrcpt == 0) {
+		ctl_out_str(o, "-\n");
+		return;
+	}
+	const char *a = m->rcpt[0].addr ? m->rcpt[0].addr : "";
+	ctl_out_str(o, "<");
+	ctl_out_text(o, a, strlen(a), 0);
+	ctl_out_str(o, ">");
+	if (m->nrcpt > 1)
+		ctl_out_printf(o, " (+%zu more)", m->nrcpt - 1);
+	ctl_out_str(o, "\n");
+}
+
+static int ctl_list_cb(void *arg, const struct queue_msg *m)
+{
+	struct ctl_list *l = arg;
+	if (l->c->json) {
+		if (l->count > 0)
+			ctl_out_str(l->o, ",\n");
+		ctl_json_msg(l->o, m, l->c->now);
+		ctl_out_str(l->o, "}");
+	} else {
+		if (l->count == 0)
+			ctl_out_printf(l->o, "%-16s %5s %10s %-8s %-*s %s\n",
+			               "ID", "AGE", "SIZE", "STATE",
+			               CTL_COL_SENDER, "SENDER", "RECIPIENTS");
+		ctl_list_row(l->o, m, l->c->now);
+	}
+	l->count++;
+	l->bytes += m->size;
+	if (l->o->err) {
+		l->err = l->o->err;
+		return 1;
+	}
+	if (l->o->b.len >= CTL_LIST_SPILL) {
+		int r = ctl_out_flush(l->o, stdout);
+		if (r < 0) {
+			l->err = r;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+int ctl_cmd_list(struct ctl_ctx *c, int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	struct queue_ro *ro;
+	int r = ctl_ro_open(c->conf.spool_dir, &ro);
+	if (r < 0)
+		return r;
+
+	struct ctl_out o;
+	ctl_out_init(&o);
+	struct ctl_list l = {.o = &o, .c = c};
+	if (c->json)
+		ctl_out_str(&o, "{\"messages\":[\n");
+	r = queue_ro_foreach(ro, ctl_list_cb, &l);
+	queue_ro_close(ro);
+	if (l.err) {
+		ctl_err("writing the listing: %s", strerror(-l.err));
+		r = l.err;
+		goto out;
+	}
+	if (r < 0) {
+		ctl_err("reading the queue index in %s: %s", c->conf.spool_dir,
+		        strerror(-r));
+		goto out;
+	}
+
+	if (c->json)
+		ctl_out_printf(&o, "%s],\"count\":%" PRIu64
+		               ",\"total_size\":%" PRIu64 "}\n",
+		               l.count ? "\n" : "", l.count, l.bytes);
+	else if (l.count == 0)
+		ctl_out_str(&o, "Mail queue is empty\n");
+	else
+		ctl_out_printf(&o, "%" PRIu64 " message%s, %" PRIu64 " KiB\n",
+		               l.count, l.count == 1 ? "" : "s",
+		               (l.bytes + 1023) / 1024);
+	r = ctl_out_flush(&o, stdout);
+	if (r < 0)
+		ctl_err("writing the listing: %s", strerror(-r));
+out:
+	ctl_out_free(&o);
+	return r;
+}
+
+/* ---- show ------------------------------------------------------------ */
+
+/* Reads the header section of the stored message at path: the bytes up to
+ * the first empty line (CRLF or, leniently, LF), at most CTL_HDR_MAX of
+ * them, cut at a line end when longer. dst holds CTL_HDR_MAX bytes. */
+static int ctl_read_headers(const char *path, char *dst, size_t *len,
+                            bool *truncated)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	struct stat st;
+	if (fstat(fd, &st) < 0) {
+		int e = -errno;
+		close(fd);
+		return e;
+	}
+	size_t n = 0;
+	while (n < CTL_HDR_MAX) {
+		ssize_t k = read(fd, dst + n, CTL_HDR_MAX - n);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0) {
+			int e = -errno;
+			close(fd);
+			return e;
+		}
+		if (k == 0)
+			break;
+		n += (size_t)k;
+	}
+	close(fd);
+
+	*truncated = false;
+	if (n >= 1 && (dst[0] == '\n' || (n >= 2 && dst[0] == '\r' &&
+	                                  dst[1] == '\n'))) {
+		*len = 0;       /* no header section at all */
+		return 0;
+	}
+	for (const char *p = dst, *end = dst + n;
+	     (p = memchr(p, '\n', (size_t)(end - p))) != NULL; p++) {
+		if ((p + 1 < end && p[1] == '\n') ||
+		    (p + 2 < end && p[1] == '\r' && p[2] == '\n')) {
+			*len = (size_t)(p + 1 - dst);
+			return 0;
+		}
+	}
+	if (n == CTL_HDR_MAX && (uint64_t)st.st_size > n) {
+		*truncated = true;
+		const char *nl = memrchr(dst, '\n', n);
+		*len = nl ? (size_t)(nl + 1 - dst) : n;
+		return 0;
+	}
+	*len = n;               /* headers only, no body */
+	return 0;
+}
+
+static void ctl_show_time(struct ctl_out *o, int64_t t, int64_t now)
+{
+	char ts[64], age[32];
+	ctl_fmt_time(ts, sizeof ts, t);
+	if (t <= now) {
+		ctl_fmt_age(age, sizeof age, now - t);
+		ctl_out_printf(o, "%s (%s ago)\n", ts, age);
+	} else {
+		ctl_fmt_age(age, sizeof age, t - now);
+		ctl_out_printf(o, "%s (in %s)\n", ts, age);
+	}
+}
+
+static void ctl_show_field(struct ctl_out *o, const char *label,
+                           const char *s)
+{
+	ctl_out_str(o, label);
+	if (s)
+		ctl_out_text(o, s, strlen(s), 0);
+	else
+		ctl_out_str(o, "-");
+	ctl_out_str(o, "\n");
+}
+
+static void ctl_show_text(struct ctl_out *o, const struct queue_msg *m,
+                          int64_t now)
+{
+	const char *s;
+	ctl_out_printf(o, "id:           %s\n", m->qid);
+	ctl_out_str(o, "arrival:      ");
+	ctl_show_time(o, m->arrival, now);
+	ctl_out_printf(o, "size:         %" PRIu64 " bytes\n", m->size);
+	ctl_out_printf(o, "state:        %s\n", ctl_msg_state(m->state));
+	s = m->sender ? m->sender : "";
+	ctl_out_str(o, "sender:       <");
+	ctl_out_text(o, s, strlen(s), 0);
+	ctl_out_str(o, ">\nflags:       ");
+	bool any = false;
+	if (m->flags & QUEUE_F_SMTPUTF8) {
+		ctl_out_str(o, " SMTPUTF8");
+		any = true;
+	}
+	if ((s = ctl_body_type(m->flags))) {
+		ctl_out_printf(o, " BODY=%s", s);
+		any = true;
+	}
+	if ((s = ctl_ret(m->flags))) {
+		ctl_out_printf(o, " RET=%s", s);
+		any = true;
+	}
+	if (m->envid) {
+		ctl_out_str(o, " ENVID=");
+		ctl_out_text(o, m->envid, strlen(m->envid), 0);
+		any = true;
+	}
+	ctl_out_str(o, any ? "\n" : " -\n");
+	ctl_out_printf(o, "recipients:   %zu\n", m->nrcpt);
+
+	for (size_t i = 0; i < m->nrcpt; i++) {
+		const struct queue_rcpt *rc = &m->rcpt[i];
+		s = rc->addr ? rc->addr : "";
+		ctl_out_str(o, "\nrecipient:    <");
+		ctl_out_text(o, s, strlen(s), 0);
+		ctl_out_printf(o, ">\n  state:        %s\n"
+		               "  attempts:     %" PRIu32 "\n"
+		               "  next attempt: ",
+		               ctl_rcpt_state(rc->state), rc->attempts);
+		if (rc->next_attempt)
+			ctl_show_time(o, rc->next_attempt, now);
+		else
+			ctl_out_str(o, "-\n");
+		ctl_show_field(o, "  orcpt:        ", rc->orcpt);
+		ctl_out_str(o, "  notify:       ");
+		if (rc->notify) {
+			bool first = true;
+			for (size_t k = 0; k < CTL_NNOTIFY; k++) {
+				if (!(rc->notify & ctl_notify_names[k].bit))
+					continue;
+				if (!first)
+					ctl_out_str(o, ",");
+				ctl_out_str(o, ctl_notify_names[k].name);
+				first = false;
+			}
+			ctl_out_str(o, "\n");
+		} else {
+			ctl_out_str(o, "-\n");
+		}
+		ctl_show_field(o, "  last reply:   ", rc->last_reply);
+	}
+}
+
+/* The header section as text lines: CRLF becomes a newline, tabs stay,
+ * other controls are escaped. */
+static void ctl_show_headers(struct ctl_out *o, const char *p, size_t n)
+{
+	while (n > 0) {
+		const char *nl = memchr(p, '\n', n);
+		size_t line = nl ? (size_t)(nl - p) : n;
+		size_t next = nl ? line + 1 : n;
+		if (line > 0 && p[line - 1] == '\r')
+			line--;
+		ctl_out_text(o, p, line, CTL_TEXT_TAB);
+		ctl_out_str(o, "\n");
+		p += next;
+		n -= next;
+	}
+}
+
+int ctl_cmd_show(struct ctl_ctx *c, int argc, char **argv)
+{
+	(void)argc;
+	char qid[QUEUE_ID_SIZE];
+	int r = ctl_qid_arg(argv[0], qid);
+	if (r < 0)
+		return r;
+
+	const char *spool = c->conf.spool_dir;
+	struct queue_ro *ro;
+	struct queue_msg *m = NULL;
+	if ((r = ctl_ro_open(spool, &ro)) < 0)
+		return r;
+	r = queue_ro_get(ro, qid, &m);
+	queue_ro_close(ro);
+	if (r == -ENOENT) {
+		ctl_err("no message with id %s", qid);
+		return r;
+	}
+	if (r < 0) {
+		ctl_err("%s: reading the queue index in %s: %s", qid, spool,
+		        strerror(-r));
+		return r;
+	}
+
+	/* The body: the message may have left the queue since the index
+	 * read; the envelope is still shown, with an error. */
+	char path[PATH_MAX];
+	char *hdr = malloc(CTL_HDR_MAX);
+	size_t hlen = 0;
+	bool trunc = false;
+	int hr = hdr ? queue_body_path(spool, qid, path, sizeof path) : -ENOMEM;
+	if (hr >= 0)
+		hr = ctl_read_headers(path, hdr, &hlen, &trunc);
+
+	struct ctl_out o;
+	ctl_out_init(&o);
+	if (c->json) {
+		ctl_json_msg(&o, m, c->now);
+		ctl_out_str(&o, ",\"headers\":");
+		if (hr < 0)
+			ctl_out_str(&o, "null");
+		else
+			ctl_out_json_str(&o, hdr, hlen);
+		ctl_out_printf(&o, ",\"headers_truncated\":%s}\n",
+		               trunc ? "true" : "false");
+	} else {
+		ctl_show_text(&o, m, c->now);
+		if (hr >= 0) {
+			ctl_out_str(&o, "\nheaders:\n");
+			ctl_show_headers(&o, hdr, hlen);
+			if (trunc)
+				ctl_out_printf(&o, "[header section truncated "
+				               "at %d KiB]\n", CTL_HDR_MAX / 1024);
+		}
+	}
+	r = ctl_out_flush(&o, stdout);
+	if (r < 0)
+		ctl_err("writing to stdout: %s", strerror(-r));
+	ctl_out_free(&o);
+	free(hdr);
+	queue_msg_free(m);
+
+	if (hr == -ENOENT) {
+		ctl_err("%s: the message left the queue (no %s)", qid, path);
+		return hr;
+	}
+	if (hr < 0) {
+		ctl_err("%s: reading the headers: %s", qid, strerror(-hr));
+		return hr;
+	}
+	return r;
+}
+
+/* ---- cat ------------------------------------------------------------- */
+
+/* Waits until a non-blocking stdout can take more. */
+static int ctl_wait_writable(int fd)
+{
+	struct pollfd p = {.fd = fd, .events = POLLOUT};
+	while (poll(&p, 1, -1) < 0)
+		if (errno != EINTR)
+			return -errno;
+	return 0;
+}
+
+static int ctl_write_all(int fd, const char *p, size_t n)
+{
+	while (n > 0) {
+		ssize_t k = write(fd, p, n);
+		if (k < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN)
+				return -errno;
+			int r = ctl_wait_writable(fd);
+			if (r < 0)
+				return r;
+			continue;
+		}
+		p += k;
+		n -= (size_t)k;
+	}
+	return 0;
+}
+
+/* Copies in to out from in's current offset to its end: sendfile(2) (no
+ * copy through user space), or read/write where the kernel cannot
+ * sendfile to out (e.g. O_APPEND). Never holds more than a buffer. */
+static int ctl_copy_fd(int in, int out)
+{
+	for (;;) {
+		ssize_t k = sendfile(out, in, NULL, (size_t)1 << 30);
+		if (k > 0)
+			continue;
+		if (k == 0)
+			return 0;
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN) {
+			int r = ctl_wait_writable(out);
+			if (r < 0)
+				return r;
+			continue;
+		}
+		if (errno == EINVAL || errno == ENOSYS)
+			break;
+		return -errno;
+	}
+
+	char *b = malloc(CTL_COPY_BUF);
+	if (!b)
+		return -ENOMEM;
+	int r = 0;
+	for (;;) {
+		ssize_t k = read(in, b, CTL_COPY_BUF);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0) {
+			r = -errno;
+			break;
+		}
+		if (k == 0)
+			break;
+		if ((r = ctl_write_all(out, b, (size_t)k)) < 0)
+			break;
+	}
+	free(b);
+	return r;
+}
+
+int ctl_cmd_cat(struct ctl_ctx *c, int argc, char **argv)
+{
+	(void)argc;
+	char qid[QUEUE_ID_SIZE];
+	int r = ctl_qid_arg(argv[0], qid);
+	if (r < 0)
+		return r;
+
+	/* The body file is the message; the index is not needed, so cat also
+	 * works on a spool whose index cannot be opened. */
+	const char *spool = c->conf.spool_dir;
+	char path[PATH_MAX];
+	if ((r = queue_body_path(spool, qid, path, sizeof path)) < 0) {
+		ctl_err("%s: %s", qid, strerror(-r));
+		return r;
+	}
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		r = -errno;
+		struct stat st;
+		if (r == -ENOENT && stat(spool, &st) < 0 && errno == ENOENT)
+			ctl_err("no spool at %s (is spool_dir right? relayd "
+			        "creates it at first start)", spool);
+		else if (r == -ENOENT)
+			ctl_err("no message with id %s", qid);
+		else
+			ctl_err("%s: %s", path, strerror(-r));
+		return r;
+	}
+	r = ctl_copy_fd(fd, STDOUT_FILENO);
+	close(fd);
+	if (r < 0)
+		ctl_err("%s: copying to stdout: %s", qid, strerror(-r));
+	return r;
+}

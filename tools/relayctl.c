@@ -1,0 +1,256 @@
+/*
+ * tools/relayctl.c - relayctl's main(): global options, the command table
+ * (name, synopsis, help line, accepted options, argument counts, handler),
+ * usage text, and loading relayd's configuration to find the spool. The
+ * commands live in ctl_*.c. Adding one is a line in ctl_cmds[] and a
+ * ctl_cmd_* handler; usage text is generated from the table.
+ *
+ * Exit status: 0 success, 1 error (message on stderr), 2 usage error.
+ */
+#include "ctl.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/log.h"
+
+extern char **environ;
+
+#define CTL_F_JSON 0x1   /* accepts --json */
+#define CTL_F_CONF 0x2   /* needs the configuration (spool_dir, ...) */
+
+struct ctl_cmd {
+	const char *name;
+	const char *args;    /* synopsis after the name */
+	const char *help;    /* one line for the usage text */
+	unsigned flags;      /* CTL_F_* */
+	int min_args, max_args;
+	ctl_cmd_fn run;
+};
+
+static int ctl_cmd_help(struct ctl_ctx *c, int argc, char **argv);
+
+static const struct ctl_cmd ctl_cmds[] = {
+	{"list", "[--json]", "one line per queued message, oldest first",
+	 CTL_F_JSON | CTL_F_CONF, 0, 0, ctl_cmd_list},
+	{"show", "ID [--json]", "envelope, recipients and headers of a message",
+	 CTL_F_JSON | CTL_F_CONF, 1, 1, ctl_cmd_show},
+	{"cat", "ID", "the stored message, byte for byte, to stdout",
+	 CTL_F_CONF, 1, 1, ctl_cmd_cat},
+	{"help", "", "this text", 0, 0, 1, ctl_cmd_help},
+};
+
+#define CTL_NCMDS (sizeof ctl_cmds / sizeof *ctl_cmds)
+
+static void ctl_usage(FILE *f)
+{
+	size_t w = 0;
+	for (size_t i = 0; i < CTL_NCMDS; i++) {
+		size_t n = strlen(ctl_cmds[i].name) + 1 + strlen(ctl_cmds[i].args);
+		if (n > w)
+			w = n;
+	}
+	fprintf(f,
+	        "usage: " CTL_PROG " [-c FILE] COMMAND [ARGS] [--json]\n"
+	        "\n"
+	        "Inspects relayd's mail queue, whether relayd is running or "
+	        "stopped.\n"
+	        "\n"
+	        "Commands:\n");
+	for (size_t i = 0; i < CTL_NCMDS; i++) {
+		char syn[128];
+		snprintf(syn, sizeof syn, "%s %s", ctl_cmds[i].name,
+		         ctl_cmds[i].args);
+		fprintf(f, "  %-*s  %s\n", (int)w, syn, ctl_cmds[i].help);
+	}
+	fprintf(f,
+	        "\n"
+	        "Options:\n"
+	        "  -c FILE     relayd's configuration file (default: "
+	        "$RELAYD_CONFIG, else\n"
+	        "              " CTL_DEFAULT_CONF "); RELAYD_<KEY> variables "
+	        "override its keys,\n"
+	        "              e.g. RELAYD_SPOOL_DIR=/var/spool/relayd\n"
+	        "  --json      JSON output for scripts (list, show)\n"
+	        "  -h, --help  this text\n"
+	        "\n"
+	        "ID is a 16-character queue id as shown by 'list'.\n"
+	        "Exit status: 0 success, 1 error, 2 usage error.\n");
+}
+
+static int ctl_usage_error(const char *fmt, const char *arg)
+{
+	char esc[256];
+	log_escape(esc, sizeof esc, arg, strlen(arg));
+	fprintf(stderr, CTL_PROG ": ");
+	fprintf(stderr, fmt, esc);
+	fprintf(stderr, "\n\n");
+	ctl_usage(stderr);
+	return CTL_EXIT_USAGE;
+}
+
+static int ctl_cmd_help(struct ctl_ctx *c, int argc, char **argv)
+{
+	(void)c;
+	(void)argc;
+	(void)argv;
+	ctl_usage(stdout);
+	return 0;
+}
+
+static const struct ctl_cmd *ctl_cmd_find(const char *name)
+{
+	for (size_t i = 0; i < CTL_NCMDS; i++)
+		if (strcmp(ctl_cmds[i].name, name) == 0)
+			return &ctl_cmds[i];
+	return NULL;
+}
+
+/* The configuration relayd would use. Without -c or $RELAYD_CONFIG, a
+ * missing default file is not an error: the built-in defaults plus
+ * RELAYD_<KEY> variables apply (containers configure by environment). */
+static int ctl_conf_load(struct ctl_ctx *c, bool explicit_path)
+{
+	char err[512] = "";
+	int r;
+	if (!explicit_path && access(c->conf_path, F_OK) != 0 &&
+	    errno == ENOENT) {
+		r = conf_init(&c->conf);
+		if (r < 0) {
+			ctl_err("%s", strerror(-r));
+			return r;
+		}
+		r = conf_apply_env(&c->conf, environ, err, sizeof err);
+	} else {
+		r = conf_load(&c->conf, c->conf_path, err, sizeof err);
+	}
+	if (r < 0) {
+		ctl_err("%s", err[0] ? err : strerror(-r));
+		conf_free(&c->conf);
+		return r;
+	}
+	c->conf_loaded = true;
+	return 0;
+}
+
+/* Takes -c FILE / -cFILE at argv[*i]; returns 1 if it was -c, 0 if not,
+ * or CTL_EXIT_USAGE negated when the file name is missing. */
+static int ctl_opt_conf(struct ctl_ctx *c, int argc, char **argv, int *i)
+{
+	const char *a = argv[*i];
+	if (strncmp(a, "-c", 2) != 0)
+		return 0;
+	if (a[2]) {
+		c->conf_path = a + 2;
+		return 1;
+	}
+	if (*i + 1 >= argc)
+		return -CTL_EXIT_USAGE;
+	c->conf_path = argv[++*i];
+	return 1;
+}
+
+int main(int argc, char **argv)
+{
+	struct ctl_ctx c = {0};
+	bool explicit_conf = false;
+	int i = 1, r;
+
+	/* Global options, before the command. */
+	for (; i < argc && argv[i][0] == '-'; i++) {
+		const char *a = argv[i];
+		if (strcmp(a, "--") == 0) {
+			i++;
+			break;
+		}
+		if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+			ctl_usage(stdout);
+			return CTL_EXIT_OK;
+		}
+		if (strcmp(a, "--json") == 0) {
+			c.json = true;
+			continue;
+		}
+		r = ctl_opt_conf(&c, argc, argv, &i);
+		if (r < 0)
+			return ctl_usage_error("option %s needs a file name", a);
+		if (r == 0)
+			return ctl_usage_error("unknown option '%s'", a);
+		explicit_conf = true;
+	}
+	if (i >= argc)
+		return ctl_usage_error("no command given%s", "");
+	const struct ctl_cmd *cmd = ctl_cmd_find(argv[i]);
+	if (!cmd)
+		return ctl_usage_error("unknown command '%s'", argv[i]);
+	i++;
+
+	/* The command's options and arguments, in any order; positional
+	 * arguments are packed to the front of pos (argv is writable). */
+	char **pos = argv + i;
+	int npos = 0;
+	bool opts_done = false;
+	for (; i < argc; i++) {
+		const char *a = argv[i];
+		if (opts_done || a[0] != '-' || a[1] == '\0') {
+			pos[npos++] = argv[i];
+			continue;
+		}
+		if (strcmp(a, "--") == 0) {
+			opts_done = true;
+		} else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+			ctl_usage(stdout);
+			return CTL_EXIT_OK;
+		} else if (strcmp(a, "--json") == 0) {
+			c.json = true;
+		} else if ((r = ctl_opt_conf(&c, argc, argv, &i)) != 0) {
+			if (r < 0)
+				return ctl_usage_error("option %s needs a file name", a);
+			explicit_conf = true;
+		} else {
+			return ctl_usage_error("unknown option '%s'", a);
+		}
+	}
+	if (c.json && !(cmd->flags & CTL_F_JSON))
+		return ctl_usage_error("'%s' has no --json output", cmd->name);
+	if (npos < cmd->min_args || npos > cmd->max_args) {
+		char syn[128];
+		snprintf(syn, sizeof syn, "%s %s", cmd->name, cmd->args);
+		return ctl_usage_error(npos < cmd->min_args ?
+		                       "missing argument; usage: " CTL_PROG
+		                       " [-c FILE] %s" :
+		                       "too many arguments; usage: " CTL_PROG
+		                       " [-c FILE] %s", syn);
+	}
+
+	if (cmd->flags & CTL_F_CONF) {
+		const char *env = getenv("RELAYD_CONFIG");
+		if (!c.conf_path && env && env[0]) {
+			c.conf_path = env;
+			explicit_conf = true;
+		}
+		if (!c.conf_path)
+			c.conf_path = CTL_DEFAULT_CONF;
+		if (ctl_conf_load(&c, explicit_conf) < 0)
+			return CTL_EXIT_ERR;
+	}
+
+	/* Output is written in large blocks (commands render into memory
+	 * first; see struct ctl_out). */
+	setvbuf(stdout, NULL, _IOFBF, 1 << 16);
+	c.now = (int64_t)time(NULL);
+
+	r = cmd->run(&c, npos, pos);
+
+	if (fflush(stdout) != 0 || ferror(stdout)) {
+		if (r == 0)
+			ctl_err("writing to stdout: %s", strerror(errno));
+		r = -EIO;
+	}
+	if (c.conf_loaded)
+		conf_free(&c.conf);
+	return r < 0 ? CTL_EXIT_ERR : CTL_EXIT_OK;
+}
