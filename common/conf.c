@@ -238,10 +238,10 @@ static const struct unit duration_units[] = {
 	{"ms", 1}, {"s", SEC}, {"", SEC}, {"m", MIN}, {"h", HOUR}, {"d", DAY},
 	{NULL, 0}};
 
-/* Binary multiples; k and K both mean KiB. */
+/* Binary multiples, either case (1k = 1K = 1024). */
 static const struct unit size_units[] = {
-	{"", 1}, {"k", KIB}, {"K", KIB}, {"m", MIB}, {"M", MIB}, {"g", GIB},
-	{"G", GIB}, {NULL, 0}};
+	{"", 1}, {"K", KIB}, {"k", KIB}, {"M", MIB}, {"m", MIB}, {"G", GIB},
+	{"g", GIB}, {NULL, 0}};
 
 int conf_parse_duration(const char *s, uint64_t *ms)
 {

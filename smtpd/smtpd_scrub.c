@@ -181,9 +181,11 @@ int smtpd_scrub_feed(struct smtpd_scrub *s, const uint8_t *p, size_t n)
 
 	int st = s->state;
 	/* Start of the pending run of kept bytes, NULL while dropping or
-	 * holding back. */
+	 * holding back. At a line start it is open if the previous field was
+	 * kept, for a continuation line. */
 	const uint8_t *run = NULL;
-	if ((st == SCRUB_ST_FIELD || st == SCRUB_ST_FIELD_CR) && !s->drop)
+	if ((st == SCRUB_ST_FIELD || st == SCRUB_ST_FIELD_CR ||
+	     st == SCRUB_ST_LSTART) && !s->drop)
 		run = p;
 	size_t i = 0;
 

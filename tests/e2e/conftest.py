@@ -1,0 +1,210 @@
+"""
+tests/e2e/conftest.py - Starts and stops the real relayd for end-to-end
+tests. Each daemon gets its own spool, its own 127.0.0.x address and port,
+and is stopped by its PID; every wait is a bounded loop.
+
+Fixtures:
+  relayd        a running daemon with the default test configuration
+  relayd_factory(**conf) -> Relayd   start one with extra config keys
+Helpers on Relayd: .addr, .port, .spool, .log_text(), .relayctl(*args),
+  .stop(), .kill(), .start(), .rss_kb(), .peak_rss_kb()
+"""
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+RELAYD = os.environ.get("RELAYD_BIN", os.path.abspath("build/relayd"))
+RELAYCTL = os.environ.get("RELAYCTL_BIN", os.path.abspath("build/relayctl"))
+SANITIZE = os.environ.get("SANITIZE") == "1"
+
+_counter = itertools.count(2)
+
+
+def _next_endpoint():
+    """A distinct loopback address and a free port on it."""
+    n = next(_counter)
+    addr = "127.0.%d.%d" % ((os.getpid() + n) % 200 + 20, n % 250 + 2)
+    s = socket.socket()
+    try:
+        s.bind((addr, 0))
+        return addr, s.getsockname()[1]
+    finally:
+        s.close()
+
+
+def wait_until(pred, timeout=10.0, step=0.05, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
+
+
+class Relayd:
+    def __init__(self, workdir, spool=None, **conf):
+        self.workdir = workdir
+        self.addr, self.port = _next_endpoint()
+        self.spool = spool or os.path.join(workdir, "spool")
+        self.logfile = os.path.join(workdir, "relayd.log")
+        self.stderr_path = os.path.join(workdir, "relayd.stderr")
+        self.conf = {
+            "hostname": "relay.test",
+            "listen": "%s:%d" % (self.addr, self.port),
+            "spool_dir": self.spool,
+            "log_file": self.logfile,
+            "log_stderr": "yes",
+            "log_level": "info",
+            "delivery": "hold",
+        }
+        self.conf.update({k: str(v) for k, v in conf.items()})
+        self.conf_path = os.path.join(workdir, "relayd.conf")
+        self.write_conf()
+        self.proc = None
+
+    def write_conf(self):
+        with open(self.conf_path, "w") as f:
+            for k, v in self.conf.items():
+                f.write("%s = %s\n" % (k, v))
+
+    def start(self, env=None):
+        e = dict(os.environ)
+        if SANITIZE:
+            e.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+            e.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+        if env:
+            e.update(env)
+        self.stderr = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen([RELAYD, "-c", self.conf_path],
+                                     stdout=self.stderr, stderr=self.stderr,
+                                     stdin=subprocess.DEVNULL, env=e)
+        wait_until(self._listening, timeout=20, what="relayd to listen")
+        return self
+
+    def _listening(self):
+        if self.proc.poll() is not None:
+            raise AssertionError("relayd exited with %s:\n%s" %
+                                 (self.proc.returncode, self.stderr_text()))
+        try:
+            socket.create_connection((self.addr, self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self, expect_clean=True):
+        """SIGTERM by PID and wait (bounded); checks a clean exit."""
+        if not self.proc or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            raise AssertionError("relayd did not stop on SIGTERM")
+        finally:
+            self.stderr.close()
+        if expect_clean:
+            err = self.stderr_text()
+            assert "AddressSanitizer" not in err, err[-4000:]
+            assert "runtime error" not in err, err[-4000:]
+            assert "LeakSanitizer" not in err, err[-4000:]
+            assert rc == 0, "relayd exited %d:\n%s" % (rc, err[-4000:])
+
+    def kill(self):
+        """SIGKILL by PID: no cleanup at all."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+            self.stderr.close()
+
+    def stderr_text(self):
+        try:
+            with open(self.stderr_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_text(self):
+        try:
+            with open(self.logfile, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def relayctl(self, *args, check=True):
+        r = subprocess.run([RELAYCTL, "-c", self.conf_path] + list(args),
+                           capture_output=True, timeout=60,
+                           stdin=subprocess.DEVNULL)
+        if check and r.returncode != 0:
+            raise AssertionError("relayctl %s failed (%d): %s" %
+                                 (args, r.returncode, r.stderr.decode()))
+        return r
+
+    def _status(self, key):
+        with open("/proc/%d/status" % self.pid) as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+        return 0
+
+    def rss_kb(self):
+        return self._status("VmRSS")
+
+    def peak_rss_kb(self):
+        return self._status("VmHWM")
+
+    def msg_dir(self):
+        return os.path.join(self.spool, "msg")
+
+    def stored(self):
+        """{qid: bytes} of every body in the spool."""
+        out = {}
+        d = self.msg_dir()
+        if os.path.isdir(d):
+            for name in os.listdir(d):
+                with open(os.path.join(d, name), "rb") as f:
+                    out[name] = f.read()
+        return out
+
+
+@pytest.fixture
+def relayd_factory():
+    started = []
+    dirs = []
+
+    def make(start=True, spool=None, env=None, **conf):
+        d = tempfile.mkdtemp(prefix="relayd-e2e-")
+        dirs.append(d)
+        r = Relayd(d, spool=spool, **conf)
+        started.append(r)
+        if start:
+            r.start(env=env)
+        return r
+
+    yield make
+    errors = []
+    for r in started:
+        try:
+            r.stop()
+        except AssertionError as e:
+            errors.append(str(e))
+    for d in dirs:
+        subprocess.run(["rm", "-rf", d], check=False)
+    if errors:
+        raise AssertionError("\n".join(errors))
+
+
+@pytest.fixture
+def relayd(relayd_factory):
+    return relayd_factory()

@@ -1,0 +1,110 @@
+/*
+ * tests/fuzz/fuzz_proto.c - libFuzzer harness for the SMTP server core:
+ * arbitrary client bytes, fed in segments whose sizes come from the input,
+ * must never crash, and every reply must be a well-formed SMTP reply line.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/buf.h"
+#include "common/log.h"
+#include "smtpd/smtpd_proto.h"
+
+static int f_begin(void *ctx, struct smtpd_txn *t)
+{
+	(void)ctx;
+	memcpy(t->qid, "0000000000000001", QUEUE_ID_SIZE);
+	strcpy(t->date, "Sat, 21 Nov 2026 06:00:00 +0000");
+	return 0;
+}
+
+static int f_write(void *ctx, const uint8_t *p, size_t n)
+{
+	size_t *total = ctx;
+	(void)p;
+	*total += n;
+	return 0;
+}
+
+static void f_abort(void *ctx)
+{
+	(void)ctx;
+}
+
+static const struct smtpd_sink_ops ops = {f_begin, f_write, f_abort};
+static const char *const scrub[] = {"Received", "X-Originating-IP"};
+
+/* Each reply line: 3 digits, ' ' or '-', text, CRLF. */
+static void check_replies(const struct buf *out)
+{
+	size_t i = 0;
+	while (i < out->len) {
+		const uint8_t *p = out->data + i;
+		size_t left = out->len - i;
+		const uint8_t *lf = memchr(p, '\n', left);
+		if (!lf || lf == p || lf[-1] != '\r' || left < 4)
+			abort();
+		for (int k = 0; k < 3; k++)
+			if (p[k] < '0' || p[k] > '9')
+				abort();
+		if (p[3] != ' ' && p[3] != '-')
+			abort();
+		i += (size_t)(lf - p) + 1;
+	}
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	static int quiet;
+	if (!quiet) {
+		log_open(NULL, false, LOG_ERR);
+		quiet = 1;
+	}
+	if (size < 1)
+		return 0;
+	size_t seg = (size_t)data[0] % 64 + 1;
+	data++;
+	size--;
+	size_t total = 0;
+	struct smtpd_proto_cfg cfg = {
+		.hostname = "fuzz.test", .sid = "f", .max_message_size = 4096,
+		.max_recipients = 5, .max_bad_commands = 50,
+		.bare_normalize = seg & 1, .scrub = scrub, .nscrub = 2,
+	};
+	struct smtpd_proto *p = smtpd_proto_new(&cfg, &ops, &total);
+	struct buf out = BUF_INIT(SIZE_MAX);
+	struct buf pend = BUF_INIT(SIZE_MAX);
+	smtpd_proto_greet(p, &out);
+	size_t off = 0;
+	int closed = 0;
+	while (off < size && !closed) {
+		size_t n = size - off < seg ? size - off : seg;
+		buf_append(&pend, data + off, n);
+		off += n;
+		for (int guard = 0; guard < 10000 && pend.len > 0; guard++) {
+			enum smtpd_req req;
+			size_t k = smtpd_proto_feed(p, pend.data, pend.len, &out, &req);
+			if (k > pend.len)
+				abort();
+			buf_consume(&pend, k);
+			if (req == SMTPD_REQ_COMMIT) {
+				smtpd_proto_done(p, (seg & 2) ? 0 : -28, &out);
+				continue;
+			}
+			if (req == SMTPD_REQ_CLOSE) {
+				closed = 1;
+				break;
+			}
+			if (k == 0)
+				break;
+		}
+	}
+	if (!closed)
+		smtpd_proto_timeout(p, &out);
+	check_replies(&out);
+	smtpd_proto_free(p);
+	buf_free(&out);
+	buf_free(&pend);
+	return 0;
+}

@@ -1,0 +1,956 @@
+/*
+ * tests/unit/test_queue.c - Unit tests of queue/: the id generator, the
+ * index record codec (round trips and hostile input), and the daemon side
+ * on a real spool in a temporary directory (commit, group commit, map
+ * full, recovery) read back through the read-only API. Every test that
+ * opens a loop ends with uv_loop_close() == 0.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <dirent.h>
+
+#include <cmocka.h>
+#include <lmdb.h>
+
+#include "common/log.h"
+#include "queue/queue_int.h"
+
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/* ---- ids -------------------------------------------------------------- */
+
+static void test_id_valid(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *s;
+		bool ok;
+	} cases[] = {
+		{"0000000000000000", true},
+		{"0123456789ABCDEF", true},
+		{"GHJKMNPQRSTVWXYZ", true},
+		{"ZZZZZZZZZZZZZZZZ", true},
+		{"", false},
+		{"000000000000000", false},      /* 15 */
+		{"00000000000000000", false},    /* 17 */
+		{"000000000000000a", false},     /* lower case */
+		{"000000000000000I", false},     /* not in Crockford's alphabet */
+		{"000000000000000L", false},
+		{"000000000000000O", false},
+		{"000000000000000U", false},
+		{"0000000/00000000", false},
+		{"../0000000000000", false},
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		if (queue_id_valid(cases[i].s) != cases[i].ok)
+			fail_msg("queue_id_valid(\"%s\") != %d", cases[i].s, cases[i].ok);
+	}
+	assert_false(queue_id_valid(NULL));
+}
+
+static void test_id_exact(void **state)
+{
+	(void)state;
+	struct queue_idgen g;
+	char id[QUEUE_ID_SIZE];
+	queue_idgen_init(&g, "");
+	queue_idgen_next(&g, 1, id);
+	assert_string_equal(id, "0000000000010000");
+	queue_idgen_next(&g, 1, id);
+	assert_string_equal(id, "0000000000010001");
+	queue_idgen_next(&g, 33, id);
+	assert_string_equal(id, "0000000000110000");
+	/* 2024-01-01T00:00:00Z in microseconds. */
+	queue_idgen_next(&g, UINT64_C(1704067200000000), id);
+	assert_true(queue_id_valid(id));
+	assert_int_equal(id[QUEUE_ID_LEN], '\0');
+	assert_string_equal(id + 12, "0000");
+}
+
+/* Clock readings fed to a generator; every id must be valid, strictly
+ * greater than the previous one (as a string) and than the floor. */
+static const struct {
+	const char *name;
+	const char *floor;
+	uint64_t now[8];
+	size_t n;
+	const char *last;       /* expected last id, or NULL */
+} clock_cases[] = {
+	{"advancing", "", {10, 20, 30}, 3, "00000000000Y0000"},
+	{"standing still", "", {5, 5, 5, 5}, 4, "0000000000050003"},
+	{"going back", "", {1000, 999, 10, 0}, 4, "0000000000Z80003"},
+	{"floor across restart", "0000000000Z80005", {900, 1000, 1001}, 3,
+	 "0000000000Z90000"},
+	{"floor in the future", "Y000000000000000", {1, 2}, 2, "Y000000000000002"},
+	{"sequence overflow", "000000000000ZZZZ", {0, 0}, 2, "0000000000010001"},
+	{"bad floor ignored", "not-an-id", {7}, 1, "0000000000070000"},
+};
+
+static void test_id_clock(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < ARRAY_LEN(clock_cases); i++) {
+		struct queue_idgen g;
+		char prev[QUEUE_ID_SIZE], id[QUEUE_ID_SIZE];
+		queue_idgen_init(&g, clock_cases[i].floor);
+		snprintf(prev, sizeof prev, "%s",
+		         queue_id_valid(clock_cases[i].floor) ? clock_cases[i].floor : "");
+		for (size_t j = 0; j < clock_cases[i].n; j++) {
+			queue_idgen_next(&g, clock_cases[i].now[j], id);
+			if (!queue_id_valid(id) || strcmp(id, prev) <= 0)
+				fail_msg("%s: step %zu: %s after %s", clock_cases[i].name,
+				         j, id, prev);
+			memcpy(prev, id, sizeof id);
+		}
+		if (clock_cases[i].last && strcmp(id, clock_cases[i].last) != 0)
+			fail_msg("%s: last %s, want %s", clock_cases[i].name, id,
+			         clock_cases[i].last);
+	}
+}
+
+/* String order equals numeric order over the whole range, including a
+ * restart seeded with the last id. */
+static void test_id_sortable(void **state)
+{
+	(void)state;
+	struct queue_idgen g;
+	char prev[QUEUE_ID_SIZE] = "", id[QUEUE_ID_SIZE];
+	uint64_t now = 1;
+	queue_idgen_init(&g, NULL);
+	srand(42);
+	for (int i = 0; i < 100000; i++) {
+		/* Mostly forward, sometimes still, sometimes back, sometimes
+		 * big jumps across many digit positions. */
+		switch (rand() % 4) {
+		case 0: now += (uint64_t)rand(); break;
+		case 1: now += (uint64_t)rand() << 8; break;
+		case 2: now -= now > 50 ? 50 : 0; break;
+		default: break;
+		}
+		if (i == 50000) {
+			struct queue_idgen g2;
+			queue_idgen_init(&g2, prev);    /* "restart" */
+			g = g2;
+			now = 1;                        /* clock reset */
+		}
+		queue_idgen_next(&g, now, id);
+		assert_true(queue_id_valid(id));
+		if (strcmp(id, prev) <= 0)
+			fail_msg("step %d: %s after %s", i, id, prev);
+		memcpy(prev, id, sizeof id);
+	}
+}
+
+/* ---- codec ------------------------------------------------------------ */
+
+static const char *const QID = "01HX0000000A0000";
+
+static struct queue_rcpt rcpt_plain[] = {
+	{"a@example.org", NULL, 0, QUEUE_RCPT_PENDING, 0, 0, NULL},
+};
+static struct queue_rcpt rcpt_full[] = {
+	{"b@example.org", "rfc822;b@example.org", QUEUE_NOTIFY_SUCCESS |
+	 QUEUE_NOTIFY_FAILURE, QUEUE_RCPT_DEFERRED, 3, 1700000000,
+	 "451 4.7.1 try again later"},
+	{"c@example.net", NULL, QUEUE_NOTIFY_NEVER, QUEUE_RCPT_SENT, 1, 0,
+	 "250 2.0.0 ok"},
+	{"d@example.com", "utf-8;d@example.com", QUEUE_NOTIFY_DELAY,
+	 QUEUE_RCPT_BOUNCED, UINT32_MAX, -1, NULL},
+};
+static struct queue_rcpt rcpt_utf8[] = {
+	{"j\xc3\xb6rg@b\xc3\xbc" "cher.example", NULL, 0, 0, 0, 0, NULL},
+	{"\xe7\x94\xa8\xe6\x88\xb7@\xe4\xbe\x8b\xe5\xad\x90.\xe5\x85\xac\xe5\x8f\xb8",
+	 "utf-8;\xe7\x94\xa8\xe6\x88\xb7@x", 0, 0, 0, 0, "550 5.1.1 \xe2\x9c\x97"},
+};
+static struct queue_rcpt rcpt_empty_strings[] = {
+	{"", "", 0, 0, 0, 0, ""},
+};
+
+static const struct {
+	const char *name;
+	struct queue_msg m;
+} codec_cases[] = {
+	{"null sender, one rcpt", {.arrival = 1700000000, .size = 1234,
+	  .sender = "", .nrcpt = 1, .rcpt = rcpt_plain}},
+	{"all fields", {.arrival = 1700000001, .size = 99, .state = QUEUE_MSG_HOLD,
+	  .flags = QUEUE_F_SMTPUTF8 | QUEUE_F_RET_HDRS, .sender = "s@example.org",
+	  .envid = "QQ+2B314", .nrcpt = 3, .rcpt = rcpt_full}},
+	{"utf-8 addresses", {.arrival = 1, .sender = "\xc3\xa9@\xc3\xa9.fr",
+	  .flags = QUEUE_F_SMTPUTF8, .nrcpt = 2, .rcpt = rcpt_utf8}},
+	{"empty strings are not NULL", {.sender = "", .envid = "", .nrcpt = 1,
+	  .rcpt = rcpt_empty_strings}},
+	{"extremes", {.arrival = INT64_MIN, .size = UINT64_MAX, .flags = 0xff,
+	  .sender = "x", .nrcpt = 0, .rcpt = NULL}},
+	{"max arrival", {.arrival = INT64_MAX, .sender = "y", .nrcpt = 0}},
+};
+
+static bool str_eq(const char *a, const char *b)
+{
+	return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+static void assert_msg_equal(const char *name, const struct queue_msg *a,
+                             const struct queue_msg *b)
+{
+	if (strcmp(a->qid, b->qid) || a->arrival != b->arrival ||
+	    a->size != b->size || a->state != b->state || a->flags != b->flags ||
+	    !str_eq(a->sender, b->sender) || !str_eq(a->envid, b->envid) ||
+	    a->nrcpt != b->nrcpt)
+		fail_msg("%s: message fields differ", name);
+	for (size_t i = 0; i < a->nrcpt; i++) {
+		const struct queue_rcpt *x = &a->rcpt[i], *y = &b->rcpt[i];
+		if (!str_eq(x->addr, y->addr) || !str_eq(x->orcpt, y->orcpt) ||
+		    x->notify != y->notify || x->state != y->state ||
+		    x->attempts != y->attempts ||
+		    x->next_attempt != y->next_attempt ||
+		    !str_eq(x->last_reply, y->last_reply))
+			fail_msg("%s: recipient %zu differs", name, i);
+	}
+}
+
+static void test_codec_roundtrip(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < ARRAY_LEN(codec_cases); i++) {
+		struct queue_msg m = codec_cases[i].m, *d = NULL;
+		uint8_t *enc;
+		size_t n;
+		memcpy(m.qid, QID, QUEUE_ID_SIZE);
+		assert_int_equal(queue_msg_encode(&m, &enc, &n), 0);
+		assert_int_equal(enc[0], 1);
+		assert_int_equal(queue_msg_decode(QID, enc, n, &d), 0);
+		assert_msg_equal(codec_cases[i].name, &m, d);
+		queue_msg_free(d);
+		free(enc);
+	}
+	queue_msg_free(NULL);
+}
+
+static struct queue_msg *many_rcpts(size_t n, size_t addrlen)
+{
+	struct queue_msg *m = calloc(1, sizeof *m);
+	assert_non_null(m);
+	memcpy(m->qid, QID, QUEUE_ID_SIZE);
+	m->arrival = 1700000000;
+	m->sender = strdup("bulk@example.org");
+	m->rcpt = calloc(n, sizeof *m->rcpt);
+	assert_non_null(m->rcpt);
+	m->nrcpt = n;
+	for (size_t i = 0; i < n; i++) {
+		char *a = malloc(addrlen + 32);
+		assert_non_null(a);
+		int k = snprintf(a, addrlen + 32, "r%zu@", i);
+		memset(a + k, 'x', addrlen);
+		a[k + (int)addrlen] = '\0';
+		m->rcpt[i].addr = a;
+		m->rcpt[i].orcpt = i % 2 ? strdup("rfc822;o@example.org") : NULL;
+		m->rcpt[i].attempts = (uint32_t)i;
+		m->rcpt[i].next_attempt = (int64_t)i * 1000;
+		m->rcpt[i].state = (uint8_t)(i % 4);
+	}
+	return m;
+}
+
+static void test_codec_many_rcpts(void **state)
+{
+	(void)state;
+	struct queue_msg *m = many_rcpts(5000, 10), *d;
+	uint8_t *enc;
+	size_t n;
+	assert_int_equal(queue_msg_encode(m, &enc, &n), 0);
+	assert_int_equal(queue_msg_decode(QID, enc, n, &d), 0);
+	assert_msg_equal("5000 recipients", m, d);
+	queue_msg_free(d);
+	queue_msg_free(m);
+	free(enc);
+}
+
+static void test_codec_encode_rejects(void **state)
+{
+	(void)state;
+	struct queue_rcpt r = {0};
+	struct queue_msg m = {.sender = NULL};
+	uint8_t *enc;
+	size_t n;
+	assert_int_equal(queue_msg_encode(&m, &enc, &n), -EINVAL);
+	m.sender = "";
+	m.nrcpt = 1;
+	m.rcpt = &r;        /* addr NULL */
+	assert_int_equal(queue_msg_encode(&m, &enc, &n), -EINVAL);
+}
+
+static void test_codec_truncated(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < ARRAY_LEN(codec_cases); i++) {
+		struct queue_msg m = codec_cases[i].m, *d;
+		uint8_t *enc, *cut;
+		size_t n;
+		memcpy(m.qid, QID, QUEUE_ID_SIZE);
+		assert_int_equal(queue_msg_encode(&m, &enc, &n), 0);
+		/* Each prefix in its own allocation, so ASan sees an overread. */
+		for (size_t k = 0; k < n; k++) {
+			cut = malloc(k ? k : 1);
+			memcpy(cut, enc, k);
+			if (queue_msg_decode(QID, cut, k, &d) != -EINVAL)
+				fail_msg("%s: prefix of %zu/%zu bytes accepted",
+				         codec_cases[i].name, k, n);
+			free(cut);
+		}
+		/* One trailing byte too many. */
+		cut = malloc(n + 1);
+		memcpy(cut, enc, n);
+		cut[n] = 0;
+		assert_int_equal(queue_msg_decode(QID, cut, n + 1, &d), -EINVAL);
+		free(cut);
+		free(enc);
+	}
+}
+
+/* Hand-made records, each wrong in one way. */
+static const struct {
+	const char *name;
+	uint8_t b[32];
+	size_t n;
+} corrupt_cases[] = {
+	/* version, arrival, size, state, flags, sender "", envid NULL, nrcpt 0 */
+	{"valid baseline", {1, 0, 0, 0, 0, 0, 0, 0}, 8},
+	{"empty", {0}, 0},
+	{"version 0", {0, 0, 0, 0, 0, 0, 0, 0}, 8},
+	{"version 2", {2, 0, 0, 0, 0, 0, 0, 0}, 8},
+	{"version 255", {255, 0, 0, 0, 0, 0, 0, 0}, 8},
+	{"message state 2", {1, 0, 0, 2, 0, 0, 0, 0}, 8},
+	{"sender runs past end", {1, 0, 0, 0, 0, 5, 'a', 0, 0}, 9},
+	{"NUL inside sender", {1, 0, 0, 0, 0, 2, 'a', 0, 0, 0}, 10},
+	{"envid length past end", {1, 0, 0, 0, 0, 0, 9, 'a', 0}, 9},
+	{"overlong varint", {1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+	  0xff, 0xff, 0x01, 0, 0, 0, 0, 0, 0}, 18},
+	{"varint 10th byte too big", {1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+	  0xff, 0xff, 0xff, 0x02, 0, 0, 0, 0, 0, 0}, 17},
+	{"unterminated varint", {1, 0x80, 0x80}, 3},
+	{"huge nrcpt", {1, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f}, 12},
+	{"nrcpt 1, no rcpt", {1, 0, 0, 0, 0, 0, 0, 1}, 8},
+	{"rcpt state 4", {1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 4, 0, 0, 0}, 15},
+	{"attempts > 2^32", {1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0,
+	  0x80, 0x80, 0x80, 0x80, 0x10, 0, 0}, 19},
+	{"rcpt ok but trailing", {1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0,
+	  7}, 16},
+};
+
+static void test_codec_corrupt(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < ARRAY_LEN(corrupt_cases); i++) {
+		struct queue_msg *d = NULL;
+		uint8_t *p = malloc(corrupt_cases[i].n ? corrupt_cases[i].n : 1);
+		memcpy(p, corrupt_cases[i].b, corrupt_cases[i].n);
+		int r = queue_msg_decode(QID, p, corrupt_cases[i].n, &d);
+		int want = i == 0 ? 0 : -EINVAL;
+		if (r != want)
+			fail_msg("%s: decode = %d, want %d", corrupt_cases[i].name, r,
+			         want);
+		queue_msg_free(d);
+		free(p);
+	}
+	/* A valid record under a key that is not a queue id. */
+	struct queue_msg *d;
+	assert_int_equal(queue_msg_decode("nope", corrupt_cases[0].b, 8, &d),
+	                 -EINVAL);
+}
+
+/* Random corruption of valid records: decode either fails cleanly or
+ * yields something that encodes again. Meaningful under ASan/UBSan. */
+static void test_codec_mutations(void **state)
+{
+	(void)state;
+	srand(7);
+	for (size_t i = 0; i < ARRAY_LEN(codec_cases); i++) {
+		struct queue_msg m = codec_cases[i].m;
+		uint8_t *enc;
+		size_t n;
+		memcpy(m.qid, QID, QUEUE_ID_SIZE);
+		assert_int_equal(queue_msg_encode(&m, &enc, &n), 0);
+		for (int it = 0; it < 3000; it++) {
+			uint8_t *p = malloc(n);
+			memcpy(p, enc, n);
+			int flips = 1 + rand() % 3;
+			for (int f = 0; f < flips; f++)
+				p[(size_t)rand() % n] = (uint8_t)rand();
+			size_t len = rand() % 4 ? n : (size_t)rand() % (n + 1);
+			struct queue_msg *d = NULL;
+			int r = queue_msg_decode(QID, p, len, &d);
+			assert_true(r == 0 || r == -EINVAL);
+			if (r == 0) {
+				uint8_t *e2;
+				size_t n2;
+				assert_int_equal(queue_msg_encode(d, &e2, &n2), 0);
+				free(e2);
+				queue_msg_free(d);
+			}
+			free(p);
+		}
+		free(enc);
+	}
+}
+
+static void test_state_names(void **state)
+{
+	(void)state;
+	assert_string_equal(queue_rcpt_state_names[QUEUE_RCPT_PENDING], "pending");
+	assert_string_equal(queue_rcpt_state_names[QUEUE_RCPT_DEFERRED], "deferred");
+	assert_string_equal(queue_rcpt_state_names[QUEUE_RCPT_SENT], "sent");
+	assert_string_equal(queue_rcpt_state_names[QUEUE_RCPT_BOUNCED], "bounced");
+	assert_string_equal(queue_msg_state_names[QUEUE_MSG_ACTIVE], "active");
+	assert_string_equal(queue_msg_state_names[QUEUE_MSG_HOLD], "hold");
+}
+
+static void test_body_path(void **state)
+{
+	(void)state;
+	char p[64];
+	assert_int_equal(queue_body_path("/var/spool/relayd", QID, p, sizeof p), 0);
+	assert_string_equal(p, "/var/spool/relayd/msg/01HX0000000A0000");
+	assert_int_equal(queue_body_path("/s", "../etc/passwd", p, sizeof p),
+	                 -EINVAL);
+	assert_int_equal(queue_body_path("/s", QID, p, 10), -ENAMETOOLONG);
+}
+
+/* ---- daemon side -------------------------------------------------------- */
+
+struct spool {
+	char dir[64];
+	uv_loop_t loop;
+	struct queue *q;
+};
+
+struct result {
+	int calls;
+	int status;
+};
+
+static void commit_cb(void *arg, int status)
+{
+	struct result *r = arg;
+	r->calls++;
+	r->status = status;
+}
+
+static void closed_cb(void *arg)
+{
+	*(bool *)arg = true;
+}
+
+static int rm_cb(const char *dir, const char *name)
+{
+	char p[1024];
+	snprintf(p, sizeof p, "%s/%s", dir, name);
+	return unlink(p);
+}
+
+static void rm_tree(const char *dir)
+{
+	static const char *const sub[] = {"tmp", "msg", "index"};
+	for (size_t i = 0; i < ARRAY_LEN(sub); i++) {
+		char p[256];
+		snprintf(p, sizeof p, "%s/%s", dir, sub[i]);
+		DIR *d = opendir(p);
+		if (!d)
+			continue;
+		struct dirent *e;
+		while ((e = readdir(d)))
+			if (e->d_name[0] != '.')
+				rm_cb(p, e->d_name);
+		closedir(d);
+		rmdir(p);
+	}
+	rmdir(dir);
+}
+
+static size_t count_dir(const char *dir, const char *sub)
+{
+	char p[1024];
+	size_t n = 0;
+	snprintf(p, sizeof p, "%s/%s", dir, sub);
+	DIR *d = opendir(p);
+	assert_non_null(d);
+	struct dirent *e;
+	while ((e = readdir(d)))
+		n += e->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
+static void spool_open(struct spool *s, const struct queue_opts *tmpl)
+{
+	struct queue_opts o = *tmpl;
+	o.spool_dir = s->dir;
+	assert_int_equal(uv_loop_init(&s->loop), 0);
+	assert_int_equal(queue_open(&s->loop, &o, &s->q), 0);
+}
+
+static void spool_close(struct spool *s)
+{
+	bool closed = false;
+	queue_close(s->q, closed_cb, &closed);
+	assert_false(closed);   /* only from the close callback */
+	assert_int_equal(uv_run(&s->loop, UV_RUN_DEFAULT), 0);
+	assert_true(closed);
+	assert_int_equal(uv_loop_close(&s->loop), 0);
+	s->q = NULL;
+}
+
+static void spool_setup(struct spool *s, const struct queue_opts *o)
+{
+	snprintf(s->dir, sizeof s->dir, "/tmp/relayd-tq-XXXXXX");
+	assert_non_null(mkdtemp(s->dir));
+	spool_open(s, o);
+}
+
+static void run_until(struct spool *s, const int *calls, int want)
+{
+	while (*calls < want)
+		uv_run(&s->loop, UV_RUN_ONCE);
+}
+
+/* Body bytes: deterministic, so the stored file can be compared. */
+static uint8_t body_byte(size_t i)
+{
+	static const char text[] = "Subject: x\r\n\r\nhello world\r\n";
+	size_t n = sizeof text - 1;
+	return (uint8_t)(text[i % n] + (i / n) % 3);
+}
+
+/* Opens, fills (in uneven chunks, some larger than the body buffer) and
+ * returns a body of n bytes. */
+static struct queue_body *make_body(struct spool *s, const char *qid, size_t n)
+{
+	static const size_t chunks[] = {1, 7, 1000, 65535, 65536, 200000, 3};
+	struct queue_body *b;
+	uint8_t *tmp = malloc(200000);
+	assert_int_equal(queue_body_open(s->q, qid, &b), 0);
+	for (size_t off = 0, c = 0; off < n; c++) {
+		size_t k = chunks[c % ARRAY_LEN(chunks)];
+		if (k > n - off)
+			k = n - off;
+		for (size_t i = 0; i < k; i++)
+			tmp[i] = body_byte(off + i);
+		assert_int_equal(queue_body_write(b, tmp, k), 0);
+		off += k;
+	}
+	free(tmp);
+	assert_int_equal(queue_body_size(b), n);
+	return b;
+}
+
+static void check_body_file(const char *dir, const char *qid, size_t n)
+{
+	char p[1024];
+	struct stat st;
+	assert_int_equal(queue_body_path(dir, qid, p, sizeof p), 0);
+	FILE *f = fopen(p, "rb");
+	assert_non_null(f);
+	assert_int_equal(fstat(fileno(f), &st), 0);
+	assert_int_equal((size_t)st.st_size, n);
+	assert_int_equal(st.st_mode & 0777, 0600);
+	for (size_t i = 0; i < n; i++)
+		if (fgetc(f) != body_byte(i))
+			fail_msg("%s: byte %zu differs", qid, i);
+	fclose(f);
+}
+
+/* Schedule entries, straight from LMDB (the queue's own test may look). */
+static size_t count_sched(const char *dir, const char *qid)
+{
+	char p[1024];
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	size_t n = 0;
+	snprintf(p, sizeof p, "%s/index", dir);
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, QUEUE_MAXDBS), 0);
+	assert_int_equal(mdb_env_open(env, p, MDB_RDONLY | MDB_NOTLS, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, QUEUE_DB_SCHED, 0, &dbi), 0);
+	assert_int_equal(mdb_cursor_open(txn, dbi, &cur), 0);
+	int rc;
+	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		assert_int_equal(k.mv_size, QUEUE_SCHED_KEY_LEN);
+		assert_int_equal(v.mv_size, 0);
+		if (!qid || memcmp((char *)k.mv_data + 8, qid, QUEUE_ID_LEN) == 0)
+			n++;
+	}
+	assert_int_equal(rc, MDB_NOTFOUND);
+	mdb_cursor_close(cur);
+	mdb_txn_abort(txn);
+	mdb_env_close(env);
+	return n;
+}
+
+static struct queue_msg env_of(const char *qid, int64_t arrival, uint8_t st)
+{
+	struct queue_msg m = {.arrival = arrival, .state = st,
+	                      .sender = "from@example.org", .envid = "E1",
+	                      .nrcpt = ARRAY_LEN(rcpt_full), .rcpt = rcpt_full};
+	memcpy(m.qid, qid, QUEUE_ID_SIZE);
+	return m;
+}
+
+/* Commits one message of each size and sync mode; checks the stored body,
+ * the record (through the read side, while the daemon runs), the schedule
+ * entry, the stats and that tmp/ is empty. */
+static const struct {
+	const char *name;
+	enum queue_sync sync;
+	size_t size;
+	uint8_t state;
+	size_t sched;
+} commit_cases[] = {
+	{"syncfs, empty body", QUEUE_SYNC_SYNCFS, 0, QUEUE_MSG_ACTIVE, 1},
+	{"syncfs, 300k body", QUEUE_SYNC_SYNCFS, 300000, QUEUE_MSG_ACTIVE, 1},
+	{"fsync, 70k body", QUEUE_SYNC_FSYNC, 70000, QUEUE_MSG_ACTIVE, 1},
+	{"fsync, hold", QUEUE_SYNC_FSYNC, 100, QUEUE_MSG_HOLD, 0},
+};
+
+static void test_commit(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < ARRAY_LEN(commit_cases); i++) {
+		struct queue_opts o = {.map_size = 16 << 20,
+		                       .sync = commit_cases[i].sync};
+		struct spool s;
+		struct result res = {0};
+		char qid[QUEUE_ID_SIZE];
+		spool_setup(&s, &o);
+
+		queue_new_id(s.q, qid);
+		assert_true(queue_id_valid(qid));
+		struct queue_body *b = make_body(&s, qid, commit_cases[i].size);
+		struct queue_msg m = env_of(qid, 1700000000, commit_cases[i].state);
+		assert_int_equal(queue_commit(s.q, b, &m, commit_cb, &res), 0);
+		assert_int_equal(res.calls, 0);     /* never from inside */
+		run_until(&s, &res.calls, 1);
+		if (res.status != 0)
+			fail_msg("%s: status %d", commit_cases[i].name, res.status);
+
+		check_body_file(s.dir, qid, commit_cases[i].size);
+		assert_int_equal(count_dir(s.dir, "tmp"), 0);
+		assert_int_equal(count_sched(s.dir, qid), commit_cases[i].sched);
+
+		struct queue_ro *ro;
+		struct queue_msg *got;
+		assert_int_equal(queue_ro_open(s.dir, &ro), 0);
+		assert_int_equal(queue_ro_get(ro, qid, &got), 0);
+		m.size = commit_cases[i].size;      /* taken from the body */
+		assert_msg_equal(commit_cases[i].name, &m, got);
+		queue_msg_free(got);
+		assert_int_equal(queue_ro_get(ro, "0000000000000000", &got), -ENOENT);
+		assert_int_equal(queue_ro_get(ro, "bad", &got), -EINVAL);
+		queue_ro_close(ro);
+
+		struct queue_stats st;
+		queue_get_stats(s.q, &st);
+		assert_int_equal(st.committed, 1);
+		assert_int_equal(st.batches, 1);
+		assert_int_equal(st.failed, 0);
+		/* syncfs: 1 + 2 (LMDB); fsync: fdatasync + dir + 2. */
+		assert_int_equal(st.syncs,
+		                 commit_cases[i].sync == QUEUE_SYNC_SYNCFS ? 3 : 4);
+		spool_close(&s);
+
+		/* Still readable with the daemon stopped. */
+		assert_int_equal(queue_ro_open(s.dir, &ro), 0);
+		assert_int_equal(queue_ro_get(ro, qid, &got), 0);
+		queue_msg_free(got);
+		queue_ro_close(ro);
+		rm_tree(s.dir);
+	}
+}
+
+struct foreach_state {
+	char prev[QUEUE_ID_SIZE];
+	size_t n, stop_at;
+};
+
+static int foreach_cb(void *arg, const struct queue_msg *m)
+{
+	struct foreach_state *fs = arg;
+	assert_true(strcmp(m->qid, fs->prev) > 0);
+	memcpy(fs->prev, m->qid, QUEUE_ID_SIZE);
+	fs->n++;
+	return fs->n == fs->stop_at;
+}
+
+/* Many commits handed over in one loop turn: the writer must group them
+ * (far fewer batches than messages), and every callback runs once. */
+static void test_group_commit(void **state)
+{
+	(void)state;
+	enum { N = 64 };
+	static const enum queue_sync modes[] = {QUEUE_SYNC_SYNCFS, QUEUE_SYNC_FSYNC};
+	for (size_t mi = 0; mi < ARRAY_LEN(modes); mi++) {
+		struct queue_opts o = {.map_size = 16 << 20, .sync = modes[mi]};
+		struct spool s;
+		struct result res[N] = {{0}};
+		struct queue_body *b[N];
+		char qid[N][QUEUE_ID_SIZE];
+		int calls = 0;
+		spool_setup(&s, &o);
+
+		for (int i = 0; i < N; i++) {
+			queue_new_id(s.q, qid[i]);
+			b[i] = make_body(&s, qid[i], 1000 + (size_t)i);
+		}
+		for (int i = 0; i < N; i++) {
+			struct queue_msg m = env_of(qid[i], 1700000000 + i,
+			                            QUEUE_MSG_ACTIVE);
+			assert_int_equal(queue_commit(s.q, b[i], &m, commit_cb, &res[i]), 0);
+		}
+		while (calls < N) {
+			uv_run(&s.loop, UV_RUN_ONCE);
+			calls = 0;
+			for (int i = 0; i < N; i++)
+				calls += res[i].calls;
+		}
+		for (int i = 0; i < N; i++) {
+			assert_int_equal(res[i].calls, 1);
+			assert_int_equal(res[i].status, 0);
+			check_body_file(s.dir, qid[i], 1000 + (size_t)i);
+		}
+		struct queue_stats st;
+		queue_get_stats(s.q, &st);
+		assert_int_equal(st.committed, N);
+		if (st.batches >= N / 4)
+			fail_msg("%zu: %llu batches for %d messages", mi,
+			         (unsigned long long)st.batches, N);
+		assert_int_equal(count_sched(s.dir, NULL), N);
+
+		struct queue_ro *ro;
+		struct foreach_state fs = {.prev = ""};
+		assert_int_equal(queue_ro_open(s.dir, &ro), 0);
+		assert_int_equal(queue_ro_foreach(ro, foreach_cb, &fs), 0);
+		assert_int_equal(fs.n, N);
+		fs = (struct foreach_state){.prev = "", .stop_at = 5};
+		assert_int_equal(queue_ro_foreach(ro, foreach_cb, &fs), 0);
+		assert_int_equal(fs.n, 5);
+		queue_ro_close(ro);
+
+		spool_close(&s);
+		rm_tree(s.dir);
+	}
+}
+
+/* An envelope that does not fit the map: -ENOSPC, nothing left behind,
+ * and the next (small) commit works. */
+static void test_map_full(void **state)
+{
+	(void)state;
+	struct queue_opts o = {.map_size = 1 << 20, .sync = QUEUE_SYNC_SYNCFS};
+	struct spool s;
+	struct result res = {0};
+	char qid[QUEUE_ID_SIZE];
+	spool_setup(&s, &o);
+
+	queue_new_id(s.q, qid);
+	struct queue_msg *big = many_rcpts(4000, 500);    /* ~2 MB record */
+	memcpy(big->qid, qid, QUEUE_ID_SIZE);
+	struct queue_body *b = make_body(&s, qid, 5000);
+	assert_int_equal(queue_commit(s.q, b, big, commit_cb, &res), 0);
+	queue_msg_free(big);
+	run_until(&s, &res.calls, 1);
+	assert_int_equal(res.status, -ENOSPC);
+	assert_int_equal(count_dir(s.dir, "msg"), 0);
+	assert_int_equal(count_dir(s.dir, "tmp"), 0);
+
+	res = (struct result){0};
+	queue_new_id(s.q, qid);
+	b = make_body(&s, qid, 10);
+	struct queue_msg m = env_of(qid, 1, QUEUE_MSG_ACTIVE);
+	assert_int_equal(queue_commit(s.q, b, &m, commit_cb, &res), 0);
+	run_until(&s, &res.calls, 1);
+	assert_int_equal(res.status, 0);
+
+	struct queue_stats st;
+	queue_get_stats(s.q, &st);
+	assert_int_equal(st.committed, 1);
+	assert_int_equal(st.failed, 1);
+	spool_close(&s);
+	rm_tree(s.dir);
+}
+
+/* Refused commits and aborted bodies leave nothing behind. */
+static void test_refused(void **state)
+{
+	(void)state;
+	struct queue_opts o = {.map_size = 16 << 20, .sync = QUEUE_SYNC_SYNCFS};
+	struct spool s;
+	struct result res = {0};
+	char qid[QUEUE_ID_SIZE], other[QUEUE_ID_SIZE];
+	struct queue_body *b;
+	spool_setup(&s, &o);
+
+	assert_int_equal(queue_body_open(s.q, "../../etc/x", &b), -EINVAL);
+
+	queue_new_id(s.q, qid);
+	queue_new_id(s.q, other);
+	b = make_body(&s, qid, 100);
+	assert_int_equal(queue_body_open(s.q, qid, &b), -EEXIST);
+	assert_int_equal(count_dir(s.dir, "tmp"), 1);
+	queue_body_abort(b);
+	queue_body_abort(NULL);
+	assert_int_equal(count_dir(s.dir, "tmp"), 0);
+
+	b = make_body(&s, qid, 100);
+	struct queue_msg m = env_of(other, 1, QUEUE_MSG_ACTIVE);   /* wrong qid */
+	assert_int_equal(queue_commit(s.q, b, &m, commit_cb, &res), -EINVAL);
+	struct queue_msg nosender = env_of(qid, 1, QUEUE_MSG_ACTIVE);
+	nosender.sender = NULL;
+	b = make_body(&s, qid, 100);
+	assert_int_equal(queue_commit(s.q, b, &nosender, commit_cb, &res), -EINVAL);
+	uv_run(&s.loop, UV_RUN_NOWAIT);
+	assert_int_equal(res.calls, 0);
+	assert_int_equal(count_dir(s.dir, "tmp"), 0);
+	assert_int_equal(count_dir(s.dir, "msg"), 0);
+	spool_close(&s);
+	rm_tree(s.dir);
+}
+
+static void put_file(const char *dir, const char *sub, const char *name)
+{
+	char p[1024];
+	snprintf(p, sizeof p, "%s/%s/%s", dir, sub, name);
+	int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "x\r\n", 3), 3);
+	close(fd);
+}
+
+static bool has_file(const char *dir, const char *sub, const char *name)
+{
+	char p[1024];
+	snprintf(p, sizeof p, "%s/%s/%s", dir, sub, name);
+	return access(p, F_OK) == 0;
+}
+
+static void commit_one(struct spool *s, const char *qid, size_t size)
+{
+	struct result res = {0};
+	struct queue_body *b = make_body(s, qid, size);
+	struct queue_msg m = env_of(qid, 1700000000, QUEUE_MSG_ACTIVE);
+	assert_int_equal(queue_commit(s->q, b, &m, commit_cb, &res), 0);
+	run_until(s, &res.calls, 1);
+	assert_int_equal(res.status, 0);
+}
+
+/* A crash leaves a tmp/ body, a msg/ body without record and a record
+ * without body (and stray names); the next open repairs all of them, and
+ * keeps ids above the largest one in the index. */
+static void test_recovery(void **state)
+{
+	(void)state;
+	static const char *const keep = "Y0000000000A0000";    /* far future */
+	static const char *const lost = "01HX0000000B0000";
+	static const char *const orphan = "01HX0000000C0000";
+	struct queue_opts o = {.map_size = 16 << 20, .sync = QUEUE_SYNC_SYNCFS};
+	struct spool s;
+	spool_setup(&s, &o);
+	commit_one(&s, lost, 10);
+	commit_one(&s, keep, 20);
+	spool_close(&s);
+
+	put_file(s.dir, "tmp", "01HX0000000D0000");
+	put_file(s.dir, "tmp", "junk");
+	put_file(s.dir, "msg", orphan);
+	put_file(s.dir, "msg", "not-a-qid");
+	char p[1024];
+	assert_int_equal(queue_body_path(s.dir, lost, p, sizeof p), 0);
+	assert_int_equal(unlink(p), 0);
+	assert_int_equal(count_sched(s.dir, lost), 1);
+
+	spool_open(&s, &o);
+	assert_int_equal(count_dir(s.dir, "tmp"), 0);
+	assert_false(has_file(s.dir, "msg", orphan));
+	assert_false(has_file(s.dir, "msg", "not-a-qid"));
+	assert_true(has_file(s.dir, "msg", keep));
+	assert_int_equal(count_sched(s.dir, lost), 0);
+	assert_int_equal(count_sched(s.dir, keep), 1);
+
+	struct queue_ro *ro;
+	struct queue_msg *got;
+	assert_int_equal(queue_ro_open(s.dir, &ro), 0);
+	assert_int_equal(queue_ro_get(ro, lost, &got), -ENOENT);
+	assert_int_equal(queue_ro_get(ro, keep, &got), 0);
+	assert_int_equal(got->size, 20);
+	queue_msg_free(got);
+	queue_ro_close(ro);
+
+	/* The clock is far behind "keep": ids still go up. */
+	char qid[QUEUE_ID_SIZE];
+	queue_new_id(s.q, qid);
+	assert_true(strcmp(qid, keep) > 0);
+	commit_one(&s, qid, 30);
+	spool_close(&s);
+
+	/* A clean reopen repairs nothing and keeps both messages. */
+	spool_open(&s, &o);
+	assert_true(has_file(s.dir, "msg", keep));
+	assert_true(has_file(s.dir, "msg", qid));
+	spool_close(&s);
+	rm_tree(s.dir);
+}
+
+static void test_ro_missing(void **state)
+{
+	(void)state;
+	struct queue_ro *ro;
+	char dir[64];
+	snprintf(dir, sizeof dir, "/tmp/relayd-tq-XXXXXX");
+	assert_non_null(mkdtemp(dir));
+	char sub[128];
+	snprintf(sub, sizeof sub, "%s/spool", dir);
+	assert_int_equal(queue_ro_open(sub, &ro), -ENOENT);
+	assert_int_equal(access(sub, F_OK), -1);      /* nothing created */
+	assert_int_equal(queue_ro_open(dir, &ro), -ENOENT);
+	assert_int_equal(access(sub, F_OK), -1);
+	queue_ro_close(NULL);
+	rmdir(dir);
+}
+
+int main(void)
+{
+	/* Recovery's warnings are expected here; keep the output readable. */
+	log_threshold = LOG_ERR;
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_id_valid),
+		cmocka_unit_test(test_id_exact),
+		cmocka_unit_test(test_id_clock),
+		cmocka_unit_test(test_id_sortable),
+		cmocka_unit_test(test_codec_roundtrip),
+		cmocka_unit_test(test_codec_many_rcpts),
+		cmocka_unit_test(test_codec_encode_rejects),
+		cmocka_unit_test(test_codec_truncated),
+		cmocka_unit_test(test_codec_corrupt),
+		cmocka_unit_test(test_codec_mutations),
+		cmocka_unit_test(test_state_names),
+		cmocka_unit_test(test_body_path),
+		cmocka_unit_test(test_commit),
+		cmocka_unit_test(test_group_commit),
+		cmocka_unit_test(test_map_full),
+		cmocka_unit_test(test_refused),
+		cmocka_unit_test(test_recovery),
+		cmocka_unit_test(test_ro_missing),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

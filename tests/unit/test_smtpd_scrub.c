@@ -1,0 +1,315 @@
+/*
+ * tests/unit/test_smtpd_scrub.c - The header scrubber, table-driven:
+ * (name, input, scrub list, lines to add) -> (output, fields dropped).
+ * Every case also runs split at every pair of points and byte by byte;
+ * the output must not depend on where a field name was cut.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "common/buf.h"
+#include "smtpd/smtpd_scrub.h"
+
+#define S(x) x, (sizeof(x) - 1)
+
+/* The default scrub list (conf.c's default). */
+static const char *const dflt[] = {
+	"Received", "X-Originating-IP", "X-Remote-IP", "X-Real-IP",
+	"X-Forwarded-For", "X-Sender-IP", "X-Source-IP",
+};
+static const char *const with_msgid[] = {"Received", "message-id"};
+
+#define MID "Message-ID: <q1@relay.example>\r\n"
+#define DATE "Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+
+enum { BOTH, NONE, ONLY_MID, ALT_LIST };
+
+struct scase {
+	const char *name;
+	const char *in;
+	size_t inlen;
+	int opt;  /* BOTH: dflt list + MID + DATE; NONE: dflt, no lines;
+	           * ONLY_MID: dflt + MID; ALT_LIST: with_msgid + both */
+	const char *out;
+	size_t outlen;
+	unsigned dropped;
+};
+
+/* clang-format off */
+static const struct scase cases[] = {
+	{"nothing to do",
+	 S("From: a@b\r\nMessage-ID: <x@y>\r\nDate: d\r\n\r\nbody\r\n"), BOTH,
+	 S("From: a@b\r\nMessage-ID: <x@y>\r\nDate: d\r\n\r\nbody\r\n"), 0},
+	{"the default list",
+	 S("Received: from a\r\nX-Originating-IP: 1\r\nX-Remote-IP: 2\r\n"
+	   "X-Real-IP: 3\r\nX-Forwarded-For: 4\r\nX-Sender-IP: 5\r\n"
+	   "X-Source-IP: 6\r\nSubject: s\r\n\r\nb\r\n"), BOTH,
+	 S("Subject: s\r\n" MID DATE "\r\nb\r\n"), 7},
+	{"mixed case names",
+	 S("RECEIVED: x\r\nx-originating-ip: 1\r\nrEcEiVeD: y\r\n"
+	   "X-FORWARDED-FOR: 2\r\nSubject: s\r\n\r\n"), BOTH,
+	 S("Subject: s\r\n" MID DATE "\r\n"), 4},
+	{"folded Received",
+	 S("From: a\r\nReceived: from a\r\n\tby b\r\n  with c\r\n\tid d;\r\n"
+	   " Mon, 1 Jan\r\nSubject: s\r\n\r\nbody\r\n"), BOTH,
+	 S("From: a\r\nSubject: s\r\n" MID DATE "\r\nbody\r\n"), 1},
+	{"folded kept field",
+	 S("Subject: a\r\n b\r\n\tc\r\nReceived: x\r\n y\r\nTo: t\r\n u\r\n\r\n"),
+	 NONE, S("Subject: a\r\n b\r\n\tc\r\nTo: t\r\n u\r\n\r\n"), 1},
+	{"scrubbed field last before the body",
+	 S("Subject: s\r\nReceived: x\r\n y\r\n\r\nbody\r\n"), BOTH,
+	 S("Subject: s\r\n" MID DATE "\r\nbody\r\n"), 1},
+	{"Received in the body is kept",
+	 S("Subject: s\r\n\r\nReceived: x\r\nX-Real-IP: 1\r\n"), NONE,
+	 S("Subject: s\r\n\r\nReceived: x\r\nX-Real-IP: 1\r\n"), 0},
+	{"names that only start with a scrubbed name",
+	 S("Received-SPF: pass\r\nX-Real-IPv6: ::1\r\nX-Received: x\r\n"
+	   "Receive: y\r\n\r\n"), NONE,
+	 S("Received-SPF: pass\r\nX-Real-IPv6: ::1\r\nX-Received: x\r\n"
+	   "Receive: y\r\n\r\n"), 0},
+	{"blanks before the colon",
+	 S("Received : x\r\nReceived\t: y\r\nX-Real-IP \t : z\r\n"
+	   "Subject : s\r\n\r\n"), NONE, S("Subject : s\r\n\r\n"), 3},
+	{"empty field value", S("Received:\r\nSubject:\r\n\r\n"), NONE,
+	 S("Subject:\r\n\r\n"), 1},
+	{"8-bit field bodies",
+	 S("Subject: caf\xc3\xa9 \xff\r\nReceived: \xff\xfe\r\n\r\n\xe9\r\n"),
+	 NONE, S("Subject: caf\xc3\xa9 \xff\r\n\r\n\xe9\r\n"), 1},
+	{"no body",
+	 S("Subject: s\r\nMessage-ID: <x>\r\nDate: d\r\n"), BOTH,
+	 S("Subject: s\r\nMessage-ID: <x>\r\nDate: d\r\n"), 0},
+	{"no blank line, fields missing", S("Subject: s\r\nReceived: r\r\n"),
+	 BOTH, S("Subject: s\r\n" MID DATE), 1},
+	{"empty message", S(""), BOTH, S(MID DATE), 0},
+	{"empty message, nothing to add", S(""), NONE, S(""), 0},
+	{"only a blank line", S("\r\nbody\r\n"), BOTH,
+	 S(MID DATE "\r\nbody\r\n"), 0},
+	{"message-id lower case present",
+	 S("message-id: <x>\r\nSubject: s\r\n\r\nb"), BOTH,
+	 S("message-id: <x>\r\nSubject: s\r\n" DATE "\r\nb"), 0},
+	{"DATE upper case present", S("DATE: d\r\n\r\n"), BOTH,
+	 S("DATE: d\r\n" MID "\r\n"), 0},
+	{"both present, odd spacing",
+	 S("Message-Id : <x>\r\nDate\t:d\r\n\r\n"), BOTH,
+	 S("Message-Id : <x>\r\nDate\t:d\r\n\r\n"), 0},
+	{"Message-ID in the body does not count",
+	 S("Subject: s\r\n\r\nMessage-ID: <x>\r\nDate: d\r\n"), BOTH,
+	 S("Subject: s\r\n" MID DATE "\r\nMessage-ID: <x>\r\nDate: d\r\n"), 0},
+	{"only Message-ID to add", S("Subject: s\r\n\r\n"), ONLY_MID,
+	 S("Subject: s\r\n" MID "\r\n"), 0},
+	{"no lines to add", S("Subject: s\r\nReceived: x\r\n\r\nb"), NONE,
+	 S("Subject: s\r\n\r\nb"), 1},
+	{"scrubbed Message-ID is replaced",
+	 S("Message-ID: <leak@host>\r\nReceived: r\r\nSubject: s\r\n\r\n"),
+	 ALT_LIST, S("Subject: s\r\n" MID DATE "\r\n"), 2},
+	{"non-header first line",
+	 S("hello world\r\nReceived: x\r\n\r\nb\r\n"), BOTH,
+	 S(MID DATE "hello world\r\nReceived: x\r\n\r\nb\r\n"), 0},
+	{"mbox From_ line", S("From a@b Mon Jan 1\r\nSubject: s\r\n\r\n"), BOTH,
+	 S(MID DATE "From a@b Mon Jan 1\r\nSubject: s\r\n\r\n"), 0},
+	{"non-header line ends the headers",
+	 S("Subject: s\r\nReceived: a\r\nnot a header\r\nReceived: b\r\n"),
+	 BOTH, S("Subject: s\r\n" MID DATE "not a header\r\nReceived: b\r\n"),
+	 1},
+	{"colon at the line start", S("Subject: s\r\n: x\r\nReceived: b\r\n"),
+	 NONE, S("Subject: s\r\n: x\r\nReceived: b\r\n"), 0},
+	{"8-bit in a field name", S("Subj\xe9" "ct: s\r\nReceived: b\r\n"), NONE,
+	 S("Subj\xe9" "ct: s\r\nReceived: b\r\n"), 0},
+	{"control in a field name", S("A: 1\r\nSub\x01: s\r\nReceived: b\r\n"),
+	 NONE, S("A: 1\r\nSub\x01: s\r\nReceived: b\r\n"), 0},
+	{"blank inside a field name", S("Rec eived: x\r\nReceived: b\r\n"),
+	 NONE, S("Rec eived: x\r\nReceived: b\r\n"), 0},
+	{"leading blank on the first line", S(" Received: x\r\n\r\n"), BOTH,
+	 S(MID DATE " Received: x\r\n\r\n"), 0},
+	{"field name of 76 characters",
+	 S("X-0123456789012345678901234567890123456789012345678901234567890123456"
+	   "789abcd: v\r\nReceived: r\r\n\r\n"), NONE,
+	 S("X-0123456789012345678901234567890123456789012345678901234567890123456"
+	   "789abcd: v\r\n\r\n"), 1},
+	{"field name of 77 characters",
+	 S("X-0123456789012345678901234567890123456789012345678901234567890123456"
+	   "789abcde: v\r\nReceived: r\r\n\r\n"), BOTH,
+	 S(MID DATE "X-0123456789012345678901234567890123456789012345678901234"
+	   "567890123456789abcde: v\r\nReceived: r\r\n\r\n"), 0},
+	{"partial field at the end", S("Subject: s"), BOTH,
+	 S("Subject: s\r\n" MID DATE), 0},
+	{"partial field at the end after CR", S("Subject: s\r"), BOTH,
+	 S("Subject: s\r\n" MID DATE), 0},
+	{"partial scrubbed field at the end", S("A: 1\r\nReceived: s"), BOTH,
+	 S("A: 1\r\n" MID DATE), 1},
+	{"partial scrubbed field at the end after CR", S("Received: s\r"),
+	 NONE, S(""), 1},
+	{"name without colon at the end", S("A: 1\r\nSubject"), BOTH,
+	 S("A: 1\r\n" MID DATE "Subject"), 0},
+	{"name and blank without colon at the end", S("A: 1\r\nReceived "),
+	 NONE, S("A: 1\r\nReceived "), 0},
+	{"CR alone at a line start at the end", S("A: 1\r\n\r"), NONE,
+	 S("A: 1\r\n\r"), 0},
+	{"bare CR at a line start", S("A: 1\r\n\rReceived: x\r\n"), BOTH,
+	 S("A: 1\r\n" MID DATE "\rReceived: x\r\n"), 0},
+	{"CR inside a field", S("Subject: a\rb\r\nReceived: x\rReceived: y\r\n"
+	   "\r\n"), NONE, S("Subject: a\rb\r\n\r\n"), 1},
+	{"continuation right after the blank line is body",
+	 S("A: 1\r\n\r\n Received: x\r\n"), NONE,
+	 S("A: 1\r\n\r\n Received: x\r\n"), 0},
+	{"alternating kept and dropped",
+	 S("A: 1\r\n 2\r\nReceived: 3\r\n 4\r\nB: 5\r\n 6\r\nX-Sender-IP: 7\r\n"
+	   "\t8\r\n\r\n"), BOTH,
+	 S("A: 1\r\n 2\r\nB: 5\r\n 6\r\n" MID DATE "\r\n"), 2},
+	{"body untouched", S("A: 1\r\n\r\n\r\n.\r\n..\r\n\n\r\0\xff"), NONE,
+	 S("A: 1\r\n\r\n\r\n.\r\n..\r\n\n\r\0\xff"), 0},
+};
+/* clang-format on */
+
+struct sink {
+	struct buf out;
+	unsigned calls;
+	unsigned fail_after;  /* fail the call after this many; 0 = never */
+};
+
+static int sink_emit(void *ctx, const uint8_t *p, size_t n)
+{
+	struct sink *k = ctx;
+	assert_true(n > 0);
+	if (k->fail_after && k->calls >= k->fail_after)
+		return -EIO;
+	k->calls++;
+	return buf_append(&k->out, p, n);
+}
+
+static void init_case(struct smtpd_scrub *s, const struct scase *c,
+                      struct sink *k)
+{
+	const char *const *names = c->opt == ALT_LIST ? with_msgid : dflt;
+	size_t nnames = c->opt == ALT_LIST ? 2 : sizeof(dflt) / sizeof(dflt[0]);
+	const char *mid = c->opt == NONE ? NULL : MID;
+	const char *date = c->opt == NONE || c->opt == ONLY_MID ? NULL : DATE;
+	smtpd_scrub_init(s, names, nnames, mid, date, sink_emit, k);
+}
+
+/* Feeds the input in pieces ending at the cut points, then finishes. */
+static void run(const struct scase *c, const size_t *cuts, size_t ncuts,
+                const char *how)
+{
+	struct smtpd_scrub s;
+	struct sink k = {BUF_INIT(1 << 20), 0, 0};
+	init_case(&s, c, &k);
+	const uint8_t *in = (const uint8_t *)c->in;
+	size_t pos = 0;
+	for (size_t i = 0; i <= ncuts; i++) {
+		size_t stop = i < ncuts ? cuts[i] : c->inlen;
+		assert_int_equal(smtpd_scrub_feed(&s, in + pos, stop - pos), 0);
+		pos = stop;
+	}
+	assert_int_equal(smtpd_scrub_finish(&s), 0);
+	if (k.out.len != c->outlen ||
+	    (c->outlen && memcmp(k.out.data, c->out, c->outlen)) ||
+	    s.dropped != c->dropped) {
+		fprintf(stderr, "case '%s' (%s): dropped %u (want %u), got:\n",
+		        c->name, how, s.dropped, c->dropped);
+		fwrite(k.out.data, 1, k.out.len, stderr);
+		fprintf(stderr, "\n-- want:\n");
+		fwrite(c->out, 1, c->outlen, stderr);
+		fprintf(stderr, "\n--\n");
+		fail();
+	}
+	buf_free(&k.out);
+}
+
+static void test_table(void **state)
+{
+	(void)state;
+	for (size_t t = 0; t < sizeof(cases) / sizeof(cases[0]); t++) {
+		const struct scase *c = &cases[t];
+		size_t cuts[256];
+		char how[64];
+
+		run(c, NULL, 0, "whole");
+		for (size_t i = 0; i <= c->inlen; i++) {
+			for (size_t j = i; j <= c->inlen; j++) {
+				cuts[0] = i;
+				cuts[1] = j;
+				snprintf(how, sizeof(how), "split %zu,%zu", i, j);
+				run(c, cuts, 2, how);
+			}
+		}
+		assert_true(c->inlen < 256);
+		for (size_t i = 0; i < c->inlen; i++)
+			cuts[i] = i + 1;
+		run(c, cuts, c->inlen, "byte by byte");
+	}
+}
+
+/* In the body every feed is passed on in one call, without copying. */
+static void test_body_zero_copy(void **state)
+{
+	(void)state;
+	struct smtpd_scrub s;
+	struct sink k = {BUF_INIT(1 << 20), 0, 0};
+	smtpd_scrub_init(&s, dflt, 7, NULL, NULL, sink_emit, &k);
+	const char *hdr = "Subject: s\r\nReceived: x\r\nTo: t\r\n\r\nbody";
+	assert_int_equal(smtpd_scrub_feed(&s, (const uint8_t *)hdr,
+	                                  strlen(hdr)), 0);
+	/* "Subject", ": s\r\n", "To", ": t\r\n", "\r\n", "body" */
+	assert_int_equal(k.calls, 6);
+	k.calls = 0;
+	static const uint8_t body[] = "more body\r\nReceived: no\r\n";
+	assert_int_equal(smtpd_scrub_feed(&s, body, sizeof(body) - 1), 0);
+	assert_int_equal(k.calls, 1);
+	assert_int_equal(smtpd_scrub_finish(&s), 0);
+	assert_int_equal(k.calls, 1);
+	assert_int_equal(s.dropped, 1);
+	buf_free(&k.out);
+}
+
+/* The first emit error sticks and is returned by every later call. */
+static void test_write_error(void **state)
+{
+	(void)state;
+	struct smtpd_scrub s;
+	struct sink k = {BUF_INIT(1 << 20), 0, 1};
+	smtpd_scrub_init(&s, dflt, 7, MID, DATE, sink_emit, &k);
+	const char *in = "Subject: s\r\nTo: t\r\n";
+	assert_int_equal(smtpd_scrub_feed(&s, (const uint8_t *)in,
+	                                  strlen(in)), -EIO);
+	assert_int_equal(smtpd_scrub_feed(&s, (const uint8_t *)"\r\nb", 3),
+	                 -EIO);
+	assert_int_equal(smtpd_scrub_finish(&s), -EIO);
+	assert_int_equal(k.calls, 1);
+	buf_free(&k.out);
+}
+
+/* finish() twice adds nothing twice. */
+static void test_finish_twice(void **state)
+{
+	(void)state;
+	struct smtpd_scrub s;
+	struct sink k = {BUF_INIT(1 << 20), 0, 0};
+	smtpd_scrub_init(&s, dflt, 7, MID, DATE, sink_emit, &k);
+	assert_int_equal(smtpd_scrub_feed(&s, (const uint8_t *)"A: b", 4), 0);
+	assert_int_equal(smtpd_scrub_finish(&s), 0);
+	assert_int_equal(smtpd_scrub_finish(&s), 0);
+	const char *want = "A: b\r\n" MID DATE;
+	assert_int_equal(k.out.len, strlen(want));
+	assert_memory_equal(k.out.data, want, strlen(want));
+	assert_string_equal(smtpd_scrub_state_name(&s), "BODY");
+	buf_free(&k.out);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_table),
+		cmocka_unit_test(test_body_zero_copy),
+		cmocka_unit_test(test_write_error),
+		cmocka_unit_test(test_finish_twice),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
