@@ -138,9 +138,18 @@ check-e2e: all
 bench: deps-bench all
 	bench/accept
 
+PREFIX  ?= /usr/local
+install: all
+	install -D -m 0755 $(BUILD)/relayd $(DESTDIR)$(PREFIX)/sbin/relayd
+	install -D -m 0755 $(BUILD)/relayctl $(DESTDIR)$(PREFIX)/bin/relayctl
+	@if [ ! -e $(DESTDIR)/etc/relayd/relayd.conf ]; then \
+	  install -D -m 0644 etc/relayd.conf $(DESTDIR)/etc/relayd/relayd.conf; \
+	  sed -i 's|^spool_dir = .*|spool_dir = /var/spool/relayd|' \
+	    $(DESTDIR)/etc/relayd/relayd.conf; fi
+
 clean:
 	rm -rf build build-san
 
-.PHONY: all deps deps-bench build run test unit-bins check-unit check-e2e bench clean
+.PHONY: all deps deps-bench build run test unit-bins check-unit check-e2e bench install clean
 
 -include $(LIB_OBJ:.o=.d) $(CTL_OBJ:.o=.d) $(BUILD)/smtpd/relayd.d

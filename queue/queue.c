@@ -320,7 +320,10 @@ static void write_batch(struct queue *q, struct queue_req *batch,
 		(*syncs)++;
 		if (q->sync == QUEUE_SYNC_SYNCFS) {
 			/* One syncfs covers every body's data and both
-			 * directories' entries: the whole batch in one call. */
+			 * directories' entries: the whole batch in one call.
+			 * Since Linux 5.8 it also reports writeback errors
+			 * of files on the filesystem (errseq), so a failed
+			 * body write is not silently lost. */
 			if (syncfs(q->spool_fd) < 0) {
 				r = io_errno(errno);
 				snprintf(why, sizeof why, "syncfs: %s", strerror(-r));
@@ -335,8 +338,9 @@ static void write_batch(struct queue *q, struct queue_req *batch,
 		}
 	}
 
-	/* Closed only after the sync, so a writeback error is reported to
-	 * the sync call rather than lost with the last descriptor. */
+	/* Closed here, after the sync: fdatasync needs the descriptor, and
+	 * close(2) on the loop thread could be the one to block or to see a
+	 * writeback error that belongs to the sync. */
 	for (struct queue_req *req = batch; req; req = req->next) {
 		if (close(req->fd) < 0 && errno != EINTR)
 			log_warn("%s: close body: %s", req->qid, strerror(errno));
@@ -592,6 +596,14 @@ static int open_index(struct queue *q, const char *spool, uint64_t map_size)
 	 * threads other than the one that began them. */
 	if ((rc = mdb_env_open(q->env, path, MDB_NOTLS, 0600)))
 		goto fail;
+	/* LMDB syncs the files it writes but not the directory it may just
+	 * have created data.mdb in: make that entry durable before any
+	 * commit relies on it. */
+	int r = fsync_path(path);
+	if (r) {
+		log_err("queue: cannot sync %s: %s", path, strerror(-r));
+		return r;
+	}
 	/* Free reader slots left by crashed processes (a killed relayctl),
 	 * which would otherwise pin old pages forever. */
 	if ((rc = mdb_reader_check(q->env, &dead)))

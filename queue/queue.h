@@ -150,6 +150,9 @@ int queue_commit(struct queue *q, struct queue_body *b,
                  const struct queue_msg *m, queue_commit_cb cb, void *arg);
 
 /* ---- read side (relayctl; safe beside the running daemon) ----------- */
+/* For other processes only: LMDB allows one open environment per process,
+ * so the daemon must not queue_ro_open() the spool it has queue_open()ed
+ * (closing the second handle would drop the first one's locks). */
 
 struct queue_ro;
 

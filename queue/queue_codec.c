@@ -45,7 +45,7 @@ void queue_msg_free(struct queue_msg *m)
 {
 	if (!m)
 		return;
-	for (size_t i = 0; i < m->nrcpt; i++) {
+	for (size_t i = 0; m->rcpt && i < m->nrcpt; i++) {
 		free(m->rcpt[i].addr);
 		free(m->rcpt[i].orcpt);
 		free(m->rcpt[i].last_reply);

@@ -488,6 +488,8 @@ int ctl_cmd_show(struct ctl_ctx *c, int argc, char **argv)
 		ctl_show_text(&o, m, c->now);
 		if (hr >= 0) {
 			ctl_out_str(&o, "\nheaders:\n");
+			if (hlen == 0)
+				ctl_out_str(&o, "(none)\n");
 			ctl_show_headers(&o, hdr, hlen);
 			if (trunc)
 				ctl_out_printf(&o, "[header section truncated "

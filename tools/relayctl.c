@@ -10,6 +10,7 @@
 #include "ctl.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -81,15 +82,25 @@ static void ctl_usage(FILE *f)
 	        "Exit status: 0 success, 1 error, 2 usage error.\n");
 }
 
-static int ctl_usage_error(const char *fmt, const char *arg)
+/* Prints "relayctl: <message>" and the usage text to stderr; returns the
+ * usage exit status. Callers pass user-typed text through ctl_esc(). */
+__attribute__((format(printf, 1, 2)))
+static int ctl_usage_error(const char *fmt, ...)
 {
-	char esc[256];
-	log_escape(esc, sizeof esc, arg, strlen(arg));
-	fprintf(stderr, CTL_PROG ": ");
-	fprintf(stderr, fmt, esc);
-	fprintf(stderr, "\n\n");
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, CTL_PROG ": %s\n\n", msg);
 	ctl_usage(stderr);
 	return CTL_EXIT_USAGE;
+}
+
+/* A command-line word made safe to echo to a terminal. */
+static const char *ctl_esc(char *dst, size_t n, const char *s)
+{
+	return log_escape(dst, n, s, strlen(s));
 }
 
 static int ctl_cmd_help(struct ctl_ctx *c, int argc, char **argv)
@@ -157,6 +168,7 @@ int main(int argc, char **argv)
 {
 	struct ctl_ctx c = {0};
 	bool explicit_conf = false;
+	char esc[256];
 	int i = 1, r;
 
 	/* Global options, before the command. */
@@ -176,16 +188,19 @@ int main(int argc, char **argv)
 		}
 		r = ctl_opt_conf(&c, argc, argv, &i);
 		if (r < 0)
-			return ctl_usage_error("option %s needs a file name", a);
+			return ctl_usage_error("option %s needs a file name",
+			                       ctl_esc(esc, sizeof esc, a));
 		if (r == 0)
-			return ctl_usage_error("unknown option '%s'", a);
+			return ctl_usage_error("unknown option '%s'",
+			                       ctl_esc(esc, sizeof esc, a));
 		explicit_conf = true;
 	}
 	if (i >= argc)
-		return ctl_usage_error("no command given%s", "");
+		return ctl_usage_error("no command given");
 	const struct ctl_cmd *cmd = ctl_cmd_find(argv[i]);
 	if (!cmd)
-		return ctl_usage_error("unknown command '%s'", argv[i]);
+		return ctl_usage_error("unknown command '%s'",
+		                       ctl_esc(esc, sizeof esc, argv[i]));
 	i++;
 
 	/* The command's options and arguments, in any order; positional
@@ -208,10 +223,12 @@ int main(int argc, char **argv)
 			c.json = true;
 		} else if ((r = ctl_opt_conf(&c, argc, argv, &i)) != 0) {
 			if (r < 0)
-				return ctl_usage_error("option %s needs a file name", a);
+				return ctl_usage_error("option %s needs a file name",
+				                       ctl_esc(esc, sizeof esc, a));
 			explicit_conf = true;
 		} else {
-			return ctl_usage_error("unknown option '%s'", a);
+			return ctl_usage_error("unknown option '%s'",
+			                       ctl_esc(esc, sizeof esc, a));
 		}
 	}
 	if (c.json && !(cmd->flags & CTL_F_JSON))

@@ -208,3 +208,170 @@ def relayd_factory():
 @pytest.fixture
 def relayd(relayd_factory):
     return relayd_factory()
+
+
+# ---- raw SMTP client (byte-exact cases) -----------------------------------
+# Added for the protocol scenarios; nothing above depends on it.
+
+import re as _re
+
+QID_RE = _re.compile(r"^[0-9A-HJKMNP-TV-Z]{16}$")
+_ENH_RE = _re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
+
+
+class Reply:
+    """One complete SMTP reply (all its lines)."""
+
+    def __init__(self, lines):
+        self.lines = lines                      # list of str, no CRLF
+        self.code = int(lines[-1][:3])
+        words = lines[-1][4:].split(" ", 1)
+        if words and _ENH_RE.match(words[0]):
+            self.enh = words[0]
+            self.text = words[1] if len(words) > 1 else ""
+        else:
+            self.enh = ""
+            self.text = lines[-1][4:]
+
+    @property
+    def pair(self):
+        """(code, enhanced code), what most asserts compare."""
+        return (self.code, self.enh)
+
+    def queued_id(self):
+        m = _re.search(r"queued as (\S+)", self.text)
+        assert self.code == 250 and m, "not a queued reply: %r" % self
+        return m.group(1)
+
+    def __repr__(self):
+        return "Reply(%r)" % ("\\r\\n".join(self.lines),)
+
+
+class SmtpRaw:
+    """A plain socket speaking SMTP byte for byte. Every read is bounded."""
+
+    def __init__(self, addr, port, source=None, timeout=10.0):
+        self.sock = socket.create_connection(
+            (addr, port), timeout=timeout,
+            source_address=(source, 0) if source else None)
+        self.timeout = timeout
+        self.buf = b""
+        self.eof = False
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode()
+        self.sock.sendall(data)
+
+    def _fill(self, deadline):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        self.sock.settimeout(left)
+        try:
+            d = self.sock.recv(65536)
+        except socket.timeout:
+            return False
+        except ConnectionResetError:
+            d = b""
+        if not d:
+            self.eof = True
+            return False
+        self.buf += d
+        return True
+
+    def _take_reply(self):
+        """Pops one complete reply from the buffer, or None."""
+        lines, pos = [], 0
+        while True:
+            nl = self.buf.find(b"\r\n", pos)
+            if nl < 0:
+                return None
+            line = self.buf[pos:nl].decode("utf-8", "replace")
+            pos = nl + 2
+            assert _re.match(r"^\d{3}[ -]", line) or _re.match(r"^\d{3}$", line), \
+                "malformed reply line %r" % line
+            lines.append(line)
+            if len(line) == 3 or line[3] == " ":
+                self.buf = self.buf[pos:]
+                return Reply(lines)
+
+    def replies(self, n, timeout=None):
+        """Exactly n complete replies; fails on timeout or EOF first."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        out = []
+        while len(out) < n:
+            r = self._take_reply()
+            if r is not None:
+                out.append(r)
+                continue
+            if self.eof or not self._fill(deadline):
+                raise AssertionError(
+                    "got %d of %d replies (%s); so far %r, pending %r" %
+                    (len(out), n, "EOF" if self.eof else "timeout", out,
+                     self.buf[:300]))
+        return out
+
+    def reply(self, timeout=None):
+        return self.replies(1, timeout)[0]
+
+    def cmd(self, line, timeout=None):
+        self.send(line + "\r\n" if isinstance(line, str) else line + b"\r\n")
+        return self.reply(timeout)
+
+    def no_more(self, wait=0.3):
+        """Asserts nothing else arrives within `wait` seconds."""
+        deadline = time.monotonic() + wait
+        while self._fill(deadline):
+            pass
+        assert self.buf == b"", "unexpected extra output %r" % self.buf[:300]
+
+    def closed_within(self, timeout):
+        """True when the peer closes within timeout (extra bytes kept in
+        self.buf); False if it stays open."""
+        deadline = time.monotonic() + timeout
+        while not self.eof:
+            if not self._fill(deadline) and not self.eof:
+                return False
+        return True
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+
+def smtp_connect(relayd, source=None, timeout=10.0, greet=True):
+    """A SmtpRaw to relayd; with greet, reads and checks the 220 greeting."""
+    c = SmtpRaw(relayd.addr, relayd.port, source=source, timeout=timeout)
+    if greet:
+        g = c.reply()
+        assert g.code == 220, g
+        c.greeting = g
+    return c
+
+
+def spool_files(relayd, sub):
+    """Names in spool/<sub> (e.g. 'msg', 'tmp'); [] when missing."""
+    d = os.path.join(relayd.spool, sub)
+    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
+def list_json(relayd):
+    """relayctl --json list, parsed."""
+    import json
+    r = relayd.relayctl("list", "--json")
+    return json.loads(r.stdout.decode())
+
+
+def show_json(relayd, qid):
+    import json
+    r = relayd.relayctl("show", qid, "--json")
+    return json.loads(r.stdout.decode())

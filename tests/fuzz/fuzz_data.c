@@ -245,7 +245,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	free(got.out.p);
 
 	/* Byte by byte. */
-	size_t *cuts = malloc((n + 1) * sizeof(*cuts));
+	size_t *cuts = calloc(n + 1, sizeof(*cuts));
 	CHECK(cuts);
 	for (size_t i = 0; i < n; i++)
 		cuts[i] = i + 1;

@@ -1,0 +1,296 @@
+/*
+ * tests/fuzz/fuzz_scrub.c - libFuzzer harness for the header scrubber
+ * (smtpd/smtpd_scrub.c). Input: byte 0 = flags (bit 0 add Message-ID,
+ * bit 1 add Date, bit 2 scrub list that also names Message-ID and Date),
+ * the rest = the message.
+ *
+ * Checks, on every input:
+ *   - a reference model (whole message, line by line) gives the same
+ *     output and count of dropped fields;
+ *   - fed whole, byte by byte, and split at every point (or at 64 points
+ *     for long inputs), the output is the same;
+ *   - in the output's header section no field has a scrubbed name, and
+ *     Message-ID / Date are there when the caller gave lines for them;
+ *   - the body of the input is the tail of the output, untouched;
+ *   - scrubbing the output again changes nothing;
+ *   - with nothing to drop or add, the output is the input (plus the CRLF
+ *     that terminates a header line cut short).
+ * Any mismatch aborts.
+ */
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "smtpd/smtpd_scrub.h"
+
+#define CHECK(c)                                                            \
+	do {                                                                \
+		if (!(c)) {                                                 \
+			fprintf(stderr, "fuzz_scrub: %s:%d: check failed: %s\n", \
+			        __FILE__, __LINE__, #c);                    \
+			abort();                                            \
+		}                                                           \
+	} while (0)
+
+static const char *const list_dflt[] = {
+	"Received", "X-Originating-IP", "X-Remote-IP", "X-Real-IP",
+	"X-Forwarded-For", "X-Sender-IP", "X-Source-IP",
+};
+static const char *const list_alt[] = {"received", "MESSAGE-ID", "Date",
+                                       "x-real-ip"};
+#define MID "Message-ID: <fuzz@relay>\r\n"
+#define DATE "Date: Thu, 1 Jan 1970 00:00:00 +0000\r\n"
+
+struct cfg {
+	const char *const *names;
+	size_t nnames;
+	const char *mid, *date;
+};
+
+struct vec {
+	uint8_t *p;
+	size_t len, cap;
+};
+
+static void vec_add(struct vec *v, const void *p, size_t n)
+{
+	if (n == 0)
+		return;
+	if (v->len + n > v->cap) {
+		size_t cap = v->cap ? v->cap : 256;
+		while (cap < v->len + n)
+			cap *= 2;
+		v->p = realloc(v->p, cap);
+		CHECK(v->p);
+		v->cap = cap;
+	}
+	memcpy(v->p + v->len, p, n);
+	v->len += n;
+}
+
+static int emit_cb(void *ctx, const uint8_t *p, size_t n)
+{
+	CHECK(n > 0);
+	vec_add(ctx, p, n);
+	return 0;
+}
+
+static bool is_wsp(uint8_t c)
+{
+	return c == ' ' || c == '\t';
+}
+
+static bool in_list(const struct cfg *c, const uint8_t *name, size_t len)
+{
+	for (size_t k = 0; k < c->nnames; k++)
+		if (strlen(c->names[k]) == len &&
+		    !strncasecmp(c->names[k], (const char *)name, len))
+			return true;
+	return false;
+}
+
+/* If a header field starts at in[i], returns the length of its name and
+ * sets *colon to the colon's index; else returns 0. */
+static size_t field_at(const uint8_t *in, size_t n, size_t i, size_t *colon)
+{
+	size_t j = i;
+	while (j < n && in[j] >= 33 && in[j] <= 126 && in[j] != ':')
+		j++;
+	size_t namelen = j - i;
+	if (namelen == 0 || namelen > SMTPD_SCRUB_NAME_MAX)
+		return 0;
+	size_t k = j;
+	while (k < n && is_wsp(in[k]))
+		k++;
+	/* name and blanks are held in SMTPD_SCRUB_NAME_MAX + 2 bytes */
+	if (k - i > SMTPD_SCRUB_NAME_MAX + 2 || k == n || in[k] != ':')
+		return 0;
+	*colon = k;
+	return namelen;
+}
+
+/* End of the line that starts at i: index after its CR LF, or n. */
+static size_t line_end(const uint8_t *in, size_t n, size_t i)
+{
+	for (; i + 1 < n; i++)
+		if (in[i] == '\r' && in[i + 1] == '\n')
+			return i + 2;
+	return n;
+}
+
+/* The reference scrubber. *body_at: where the input's body begins (n if
+ * it has none). */
+static void model(const struct cfg *c, const uint8_t *in, size_t n,
+                  struct vec *out, unsigned *dropped, size_t *body_at)
+{
+	bool first = true, drop = false, mid = false, date = false;
+	size_t i = 0;
+	*dropped = 0;
+	*body_at = n;
+	for (;;) {
+		size_t colon, namelen;
+		bool blank = i + 1 < n && in[i] == '\r' && in[i + 1] == '\n';
+		bool cont = !first && i < n && is_wsp(in[i]);
+		if (i == n || blank ||
+		    (!cont && !(namelen = field_at(in, n, i, &colon)))) {
+			/* End of the header section. */
+			if (c->mid && !mid)
+				vec_add(out, c->mid, strlen(c->mid));
+			if (c->date && !date)
+				vec_add(out, c->date, strlen(c->date));
+			vec_add(out, in + i, n - i);
+			*body_at = i + (blank ? 2 : 0);
+			return;
+		}
+		if (!cont) {
+			drop = in_list(c, in + i, namelen);
+			if (drop) {
+				++*dropped;
+			} else if (namelen == 10 &&
+			           !strncasecmp((const char *)in + i,
+			                        "Message-ID", 10)) {
+				mid = true;
+			} else if (namelen == 4 &&
+			           !strncasecmp((const char *)in + i, "Date", 4)) {
+				date = true;
+			}
+		}
+		size_t e = line_end(in, n, cont ? i : colon);
+		if (!drop) {
+			vec_add(out, in + i, e - i);
+			if (e == n && !(e - i >= 2 && in[e - 2] == '\r' &&
+			                in[e - 1] == '\n'))
+				/* a line cut short is terminated */
+				vec_add(out, in[e - 1] == '\r' ? "\n" : "\r\n",
+				        in[e - 1] == '\r' ? 1 : 2);
+		}
+		i = e;
+		first = false;
+	}
+}
+
+static unsigned scrub(const struct cfg *c, const uint8_t *in, size_t n,
+                      const size_t *cuts, size_t ncuts, struct vec *out)
+{
+	struct smtpd_scrub s;
+	memset(out, 0, sizeof(*out));
+	smtpd_scrub_init(&s, c->names, c->nnames, c->mid, c->date, emit_cb,
+	                 out);
+	size_t pos = 0;
+	for (size_t k = 0; k <= ncuts; k++) {
+		size_t to = k < ncuts ? cuts[k] : n;
+		CHECK(smtpd_scrub_feed(&s, in + pos, to - pos) == 0);
+		pos = to;
+	}
+	CHECK(smtpd_scrub_finish(&s) == 0);
+	return s.dropped;
+}
+
+static void same(const struct vec *a, const struct vec *b)
+{
+	CHECK(a->len == b->len);
+	CHECK(a->len == 0 || !memcmp(a->p, b->p, a->len));
+}
+
+/* The output's header section: no scrubbed field, the added ones there. */
+static void check_headers(const struct cfg *c, const struct vec *o)
+{
+	bool first = true, mid = false, date = false;
+	size_t i = 0, n = o->len;
+	const uint8_t *p = o->p;
+	for (;;) {
+		size_t colon, namelen;
+		if (i == n || (i + 1 < n && p[i] == '\r' && p[i + 1] == '\n'))
+			break;
+		if (!first && is_wsp(p[i])) {
+			i = line_end(p, n, i);
+			continue;
+		}
+		if (!(namelen = field_at(p, n, i, &colon)))
+			break;
+		size_t e = line_end(p, n, colon);
+		if (in_list(c, p + i, namelen)) {
+			/* only as the line the caller asked us to add */
+			const char *add = namelen == 4 ? c->date : c->mid;
+			CHECK(add && strlen(add) == e - i &&
+			      !memcmp(add, p + i, e - i));
+		}
+		if (namelen == 10 && !strncasecmp((const char *)p + i,
+		                                  "Message-ID", 10))
+			mid = true;
+		if (namelen == 4 && !strncasecmp((const char *)p + i, "Date", 4))
+			date = true;
+		i = e;
+		first = false;
+	}
+	CHECK(!c->mid || mid);
+	CHECK(!c->date || date);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	uint8_t flags = size > 0 ? data[0] : 0;
+	const uint8_t *in = size > 1 ? data + 1 : data + size;
+	size_t n = size > 1 ? size - 1 : 0;
+	struct cfg c = {
+		.names = flags & 4 ? list_alt : list_dflt,
+		.nnames = flags & 4 ? 4 : 7,
+		.mid = flags & 1 ? MID : NULL,
+		.date = flags & 2 ? DATE : NULL,
+	};
+
+	struct vec want = {0}, got, again;
+	unsigned want_dropped;
+	size_t body_at;
+	model(&c, in, n, &want, &want_dropped, &body_at);
+
+	CHECK(scrub(&c, in, n, NULL, 0, &got) == want_dropped);
+	same(&want, &got);
+	free(got.p);
+
+	size_t *cuts = calloc(n + 1, sizeof(*cuts));
+	CHECK(cuts);
+	for (size_t i = 0; i < n; i++)
+		cuts[i] = i + 1;
+	CHECK(scrub(&c, in, n, cuts, n ? n - 1 : 0, &got) == want_dropped);
+	same(&want, &got);
+	free(got.p);
+
+	size_t step = n <= 256 ? 1 : n / 64;
+	for (size_t i = 0; i <= n; i += step) {
+		cuts[0] = i;
+		CHECK(scrub(&c, in, n, cuts, 1, &got) == want_dropped);
+		same(&want, &got);
+		free(got.p);
+	}
+	free(cuts);
+
+	check_headers(&c, &want);
+
+	/* The body is passed untouched. */
+	size_t blen = n - body_at;
+	CHECK(want.len >= blen);
+	CHECK(blen == 0 || !memcmp(want.p + want.len - blen, in + body_at, blen));
+
+	/* Idempotent. */
+	scrub(&c, want.p, want.len, NULL, 0, &again);
+	same(&want, &again);
+	free(again.p);
+
+	/* Nothing to drop or add: the input comes back. */
+	struct cfg none = {NULL, 0, NULL, NULL};
+	CHECK(scrub(&none, in, n, NULL, 0, &got) == 0);
+	CHECK(got.len >= n && got.len <= n + 2);
+	CHECK(n == 0 || !memcmp(got.p, in, n));
+	if (got.len == n + 2)
+		CHECK(!memcmp(got.p + n, "\r\n", 2));
+	else if (got.len == n + 1)
+		CHECK(got.p[n] == '\n' && in[n - 1] == '\r');
+	free(got.p);
+
+	free(want.p);
+	return 0;
+}
