@@ -3,7 +3,8 @@ sending, restart it on the same spool, and check the durability contract:
 every message that got a 250 is in the index under the id it was given, with
 its body intact; no orphan bodies or index records, tmp/ is empty, and the
 log reports the recovery. Three kill cycles on one spool, killed at
-different moments.
+different moments; once per spool_sync mode (both write paths of the
+writer thread).
 """
 import collections
 import json
@@ -14,6 +15,8 @@ import smtplib
 import socket
 import threading
 import time
+
+import pytest
 
 NTHREADS = 20
 # Seconds of load before each SIGKILL: different moments in the cycle.
@@ -131,8 +134,9 @@ def check_spool(relayd, acked, label):
     return ids, stored
 
 
-def test_sigkill_under_load_loses_nothing_acknowledged(relayd_factory):
-    relayd = relayd_factory(max_connections_per_ip=100)
+@pytest.mark.parametrize("spool_sync", ["syncfs", "fsync"])
+def test_sigkill_under_load_loses_nothing_acknowledged(relayd_factory, spool_sync):
+    relayd = relayd_factory(max_connections_per_ip=100, spool_sync=spool_sync)
     acked = []          # (marker, body, qid) over all cycles
     t_start = time.monotonic()
     for cycle, delay in enumerate(KILL_AFTER):

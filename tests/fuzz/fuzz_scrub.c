@@ -179,7 +179,10 @@ static unsigned scrub(const struct cfg *c, const uint8_t *in, size_t n,
 	memset(out, 0, sizeof(*out));
 	smtpd_scrub_init(&s, c->names, c->nnames, c->mid, c->date, emit_cb,
 	                 out);
+	static const uint8_t none[1];
 	size_t pos = 0;
+	if (!in)
+		in = none;  /* an empty vec; NULL + 0 is undefined */
 	for (size_t k = 0; k <= ncuts; k++) {
 		size_t to = k < ncuts ? cuts[k] : n;
 		CHECK(smtpd_scrub_feed(&s, in + pos, to - pos) == 0);
