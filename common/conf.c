@@ -645,11 +645,12 @@ const char *conf_key(size_t i, const char **def, const char **help)
 
 /* ---- init / free ------------------------------------------------------- */
 
+/* gethostname(), or "localhost" when that fails or is not a host name. */
 static int default_hostname(struct conf *c)
 {
-	char h[256], msg[16];
-	if (gethostname(h, sizeof h) < 0 || (h[sizeof h - 1] = '\0',
-	    check_hostname(h, msg, sizeof msg) < 0))
+	char h[256] = "", msg[64];
+	if (gethostname(h, sizeof h - 1) < 0 ||
+	    check_hostname(h, msg, sizeof msg) < 0)
 		strcpy(h, "localhost");
 	if (!(c->hostname = strdup(h)))
 		return -ENOMEM;

@@ -34,7 +34,10 @@
  *     character, a name too long, a leading blank on the first line)
  *     ends the header section: the missing Message-ID/Date lines are
  *     added, then that line and the rest pass as body. No blank line is
- *     inserted before it; it is not ours to reshape the message.
+ *     inserted before it; it is not ours to reshape the message. The one
+ *     exception: a first line that starts with SP/HT, after an added
+ *     field, would become that field's continuation, so an empty line
+ *     goes between them (only then).
  *   - An empty line ends the header section: missing lines are added
  *     before it.
  *   - Message-ID and Date count as present only if kept (a caller that
@@ -124,14 +127,21 @@ static bool name_eq(const char *a, size_t alen, const char *b)
 	return true;
 }
 
-/* End of the header section: adds what the message lacks, once. */
-static void add_missing(struct smtpd_scrub *s)
+/* End of the header section: adds what the message lacks, once. Returns
+ * whether it added anything. */
+static bool add_missing(struct smtpd_scrub *s)
 {
-	if (s->msgid_line && !s->have_msgid)
+	bool added = false;
+	if (s->msgid_line && !s->have_msgid) {
 		out(s, s->msgid_line, strlen(s->msgid_line));
-	if (s->date_line && !s->have_date)
+		added = true;
+	}
+	if (s->date_line && !s->have_date) {
 		out(s, s->date_line, strlen(s->date_line));
+		added = true;
+	}
 	s->have_msgid = s->have_date = true;
+	return added;
 }
 
 /* The colon after the held name: decides the field's fate and, if it is
@@ -234,7 +244,13 @@ int smtpd_scrub_feed(struct smtpd_scrub *s, const uint8_t *p, size_t n)
 				i++;
 				st = SCRUB_ST_NAME;
 			} else {
-				begin_body(s, NULL, 0);
+				/* Not a header field: the body starts here.
+				 * Only a first line can start with a blank
+				 * here; after an added field it would fold into
+				 * it, so an empty line keeps it in the body. */
+				if (add_missing(s) && is_wsp(c))
+					out(s, "\r\n", 2);
+				s->state = SCRUB_ST_BODY;
 				goto body;
 			}
 			break;

@@ -12,6 +12,11 @@
  * field-name characters, or a field name longer than SMTPD_SCRUB_NAME_MAX),
  * which then begins the body as-is. Header lines are not length-limited
  * here; the bytes after the field name are streamed.
+ *
+ * Added lines go right before that empty or non-header line; no empty line
+ * is inserted, except before a first line that starts with SP/HT, which
+ * would otherwise fold into the added field. The held field name and the
+ * blanks before its colon must fit in name[] (else: a non-header line).
  */
 #ifndef RELAY_SMTPD_SCRUB_H
 #define RELAY_SMTPD_SCRUB_H

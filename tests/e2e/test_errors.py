@@ -231,3 +231,59 @@ def test_line_too_long(relayd):
         assert r2.pair == (250, "2.1.0")
         c.no_more()
         assert c.cmd("RCPT TO:<b@dest.test>").pair == (250, "2.1.5")
+
+
+def test_disconnect_mid_data_queues_nothing(relayd):
+    c = smtp_connect(relayd)
+    assert c.cmd("EHLO client.test").code == 250
+    assert c.cmd("MAIL FROM:<a@client.test>").pair == (250, "2.1.0")
+    assert c.cmd("RCPT TO:<b@dest.test>").pair == (250, "2.1.5")
+    assert c.cmd("DATA").code == 354
+    c.send(b"Subject: cut\r\n\r\n" + b"half a message\r\n" * 1000)
+    time.sleep(0.2)
+    c.close()
+    from conftest import wait_until
+    wait_until(lambda: spool_files(relayd, "tmp") == [], timeout=5,
+               what="tmp/ to be cleaned")
+    time.sleep(0.2)
+    assert relayd.stored() == {}
+    assert spool_files(relayd, "tmp") == []
+    assert relayd.relayctl("list").stdout == b"Mail queue is empty\n"
+
+
+def test_ehlo_and_quit_end_the_transaction(relayd):
+    with smtp_connect(relayd) as c:
+        assert c.cmd("EHLO client.test").code == 250
+        assert c.cmd("MAIL FROM:<a@client.test>").pair == (250, "2.1.0")
+        assert c.cmd("RCPT TO:<b@dest.test>").pair == (250, "2.1.5")
+        # RFC 5321 §4.1.4: EHLO in a transaction resets it.
+        assert c.cmd("EHLO again.client.test").code == 250
+        assert c.cmd("DATA").pair == (503, "5.5.1")
+        assert c.cmd("RCPT TO:<b@dest.test>").pair == (503, "5.5.1")
+        # An empty message is still a message.
+        assert c.cmd("MAIL FROM:<a@client.test>").pair == (250, "2.1.0")
+        assert c.cmd("RCPT TO:<b@dest.test>").pair == (250, "2.1.5")
+        assert c.cmd("DATA").code == 354
+        qid = c.cmd(".").queued_id()
+        assert c.cmd("MAIL FROM:<q@client.test>").pair == (250, "2.1.0")
+        assert c.cmd("RCPT TO:<b@dest.test>").pair == (250, "2.1.5")
+        assert c.cmd("QUIT").pair == (221, "2.0.0")
+        assert c.closed_within(5)
+    assert list(relayd.stored()) == [qid]
+
+
+def test_endless_command_line_is_discarded(relayd):
+    with smtp_connect(relayd) as c:
+        assert c.cmd("EHLO client.test").code == 250
+        rss0 = relayd.rss_kb()
+        hwm0 = relayd.peak_rss_kb()
+        c.sock.settimeout(30)
+        chunk = b"a" * (1 << 20)
+        for _ in range(24):
+            c.send(chunk)
+        c.send(b"\r\nNOOP\r\n")
+        r1, r2 = c.replies(2, timeout=30)
+        assert r1.pair == (500, "5.5.2") and r2.pair == (250, "2.0.0")
+        c.no_more()
+        assert relayd.peak_rss_kb() - hwm0 < 8 * 1024
+        assert relayd.rss_kb() - rss0 < 8 * 1024

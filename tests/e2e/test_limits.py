@@ -138,3 +138,28 @@ def test_data_timeout_queues_nothing(relayd_factory):
         assert c.cmd("DATA").code == 354
         qid = c.cmd("Subject: ok\r\n\r\nx\r\n.").queued_id()
     assert list(r.stored()) == [qid]
+
+
+def test_shutdown_tells_clients(relayd_factory):
+    r = relayd_factory()
+    idle = smtp_connect(r)
+    mid = smtp_connect(r)
+    try:
+        assert idle.cmd("EHLO idle.test").code == 250
+        assert mid.cmd("EHLO mid.test").code == 250
+        assert mid.cmd("MAIL FROM:<a@client.test>").pair == (250, "2.1.0")
+        assert mid.cmd("RCPT TO:<b@dest.test>").pair == (250, "2.1.5")
+        assert mid.cmd("DATA").code == 354
+        mid.send(b"Subject: unfinished\r\n\r\nno end yet\r\n")
+        time.sleep(0.2)
+        r.stop()        # SIGTERM, waits, checks a clean exit
+        for c in (idle, mid):
+            rep = c.reply(timeout=5)
+            assert rep.pair == (421, "4.3.2"), rep
+            assert rep.text == "Service shutting down, closing connection"
+            assert c.closed_within(5)
+    finally:
+        idle.close()
+        mid.close()
+    assert r.stored() == {}
+    assert spool_files(r, "tmp") == []

@@ -47,3 +47,44 @@ def test_two_transactions_in_one_write(relayd):
     assert msgs[q1]["sender"] == "p1@client.test"
     assert [x["address"] for x in msgs[q2]["recipients"]] == \
         ["second@dest.test"]
+
+
+def test_half_close_after_pipelined_session(relayd):
+    """A client that sends everything and shuts down its sending side
+    still gets every reply, and every message is queued."""
+    with smtp_connect(relayd) as c:
+        c.send(b"EHLO client.test\r\n"
+               b"MAIL FROM:<h1@client.test>\r\nRCPT TO:<a@dest.test>\r\n"
+               b"DATA\r\nSubject: h1\r\n\r\none\r\n.\r\n"
+               b"MAIL FROM:<h2@client.test>\r\nRCPT TO:<a@dest.test>\r\n"
+               b"DATA\r\nSubject: h2\r\n\r\ntwo\r\n.\r\n"
+               b"QUIT\r\n")
+        import socket
+        c.sock.shutdown(socket.SHUT_WR)
+        reps = c.replies(10)
+        assert c.closed_within(5)
+    assert [r.code for r in reps] == \
+        [250, 250, 250, 354, 250, 250, 250, 354, 250, 221]
+    ids = {reps[4].queued_id(), reps[8].queued_id()}
+    assert set(relayd.stored()) == ids
+
+
+def test_client_gone_before_its_250_still_queued(relayd):
+    """Once the final dot is sent the message is relayd's: a client that
+    closes without waiting for the reply leaves it queued (a duplicate on
+    retry, never a loss)."""
+    c = smtp_connect(relayd)
+    try:
+        assert c.cmd("EHLO client.test").code == 250
+        assert c.cmd("MAIL FROM:<gone@client.test>").pair == (250, "2.1.0")
+        assert c.cmd("RCPT TO:<a@dest.test>").pair == (250, "2.1.5")
+        assert c.cmd("DATA").code == 354
+        c.send(b"Subject: gone\r\n\r\nbye\r\n.\r\n")
+    finally:
+        c.close()
+    from conftest import wait_until
+    # The body reaches msg/ before the index: wait for the index.
+    wait_until(lambda: list_json(relayd)["count"] == 1, timeout=10,
+               what="the message to be queued")
+    assert len(relayd.stored()) == 1
+    assert list(relayd.stored().values())[0].endswith(b"\r\n\r\nbye\r\n")

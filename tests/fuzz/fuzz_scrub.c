@@ -137,10 +137,17 @@ static void model(const struct cfg *c, const uint8_t *in, size_t n,
 		if (i == n || blank ||
 		    (!cont && !(namelen = field_at(in, n, i, &colon)))) {
 			/* End of the header section. */
-			if (c->mid && !mid)
+			bool added = false;
+			if (c->mid && !mid) {
 				vec_add(out, c->mid, strlen(c->mid));
-			if (c->date && !date)
+				added = true;
+			}
+			if (c->date && !date) {
 				vec_add(out, c->date, strlen(c->date));
+				added = true;
+			}
+			if (added && !blank && i < n && is_wsp(in[i]))
+				vec_add(out, "\r\n", 2);  /* no fold into it */
 			vec_add(out, in + i, n - i);
 			*body_at = i + (blank ? 2 : 0);
 			return;

@@ -127,7 +127,11 @@ static const struct scase cases[] = {
 	{"blank inside a field name", S("Rec eived: x\r\nReceived: b\r\n"),
 	 NONE, S("Rec eived: x\r\nReceived: b\r\n"), 0},
 	{"leading blank on the first line", S(" Received: x\r\n\r\n"), BOTH,
-	 S(MID DATE " Received: x\r\n\r\n"), 0},
+	 S(MID DATE "\r\n Received: x\r\n\r\n"), 0},
+	{"leading blank on the first line, nothing added",
+	 S(" Received: x\r\n\r\n"), NONE, S(" Received: x\r\n\r\n"), 0},
+	{"leading blank on the first line, Message-ID added",
+	 S("\tx\r\n"), ONLY_MID, S(MID "\r\n\tx\r\n"), 0},
 	{"field name of 76 characters",
 	 S("X-0123456789012345678901234567890123456789012345678901234567890123456"
 	   "789abcd: v\r\nReceived: r\r\n\r\n"), NONE,
