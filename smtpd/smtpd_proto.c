@@ -236,6 +236,20 @@ static bool has_8bit(const char *s)
 	return false;
 }
 
+/* addr_parse_path's -EILSEQ covers both 8-bit bytes and control
+ * characters; only the former deserve "553 5.6.7 requires SMTPUTF8". */
+static bool needs_utf8(const char *s, bool smtputf8)
+{
+	bool eight = false;
+	for (; *s && *s != ' '; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c < 0x20 || c == 0x7f)
+			return false;
+		eight |= c >= 0x80;
+	}
+	return eight && !smtputf8;
+}
+
 static void do_hello(struct cmd_ctx *c, bool ehlo)
 {
 	struct smtpd_proto *p = c->p;
@@ -323,7 +337,7 @@ static void cmd_mail(struct cmd_ctx *c)
 	size_t used = 0;
 	int r = addr_parse_path(s, slen, ADDR_ALLOW_NULL | ADDR_ALLOW_UTF8 |
 	                        ADDR_ALLOW_BARE, addr, sizeof addr, &used);
-	if (r == -EILSEQ && !strcasestr(s, "SMTPUTF8")) {
+	if (r == -EILSEQ && needs_utf8(s, strcasestr(s, "SMTPUTF8") != NULL)) {
 		reply(p, c->out, SMTP_R_NEED_UTF8);
 		return;
 	}
@@ -473,7 +487,7 @@ static void cmd_rcpt(struct cmd_ctx *c)
 	if (t->flags & QUEUE_F_SMTPUTF8)
 		fl |= ADDR_ALLOW_UTF8;
 	int r = addr_parse_path(s, slen, fl, addr, sizeof addr, &used);
-	if (r == -EILSEQ && !(t->flags & QUEUE_F_SMTPUTF8)) {
+	if (r == -EILSEQ && needs_utf8(s, t->flags & QUEUE_F_SMTPUTF8)) {
 		reply(p, c->out, SMTP_R_NEED_UTF8);
 		return;
 	}

@@ -3,7 +3,6 @@
 line and the key, exit 1), unreadable files, RELAYD_<KEY> environment
 overrides in a running daemon, and bad environment values."""
 import os
-import re
 import subprocess
 
 import pytest
@@ -61,6 +60,11 @@ BAD = [
     ("scrub_headers = Bad Name", "scrub_headers", "Bad Name"),
     ("hostname =", "hostname", None),
     ("just some words", "just some words", "key = value"),
+    ("max_message_size = 1025G", "max_message_size", "out of range"),
+    ("timeout_command = 0", "timeout_command", "out of range"),
+    ("listen = 127.0.0.1:99999", "listen", "99999"),
+    ("scrub_headers = A,,B", "scrub_headers", None),
+    ("Max_Recipients = 5", "Max_Recipients", "unknown key"),
 ]
 
 
@@ -139,3 +143,22 @@ def test_env_bad_value_named(relayd_factory):
     # A good value passes the check.
     res = _check(r.conf_path, env=_env(RELAYD_MAX_RECIPIENTS="7"))
     assert res.returncode == 0, res.stderr
+
+
+def test_file_syntax_is_applied(relayd_factory):
+    """Comments, blanks, a key given twice (the last wins) and unit
+    suffixes, seen through a running daemon."""
+    r = relayd_factory(start=False)
+    with open(r.conf_path, "a") as f:
+        f.write("\n   # indented comment\n"
+                "max_message_size = 1M\n"
+                "max_recipients=9\t# trailing comment\n"
+                "max_message_size = 2k   # the last one wins\n"
+                "max_recipients = 1\n")
+    r.start()
+    with smtp_connect(r) as c:
+        rep = c.cmd("EHLO client.test")
+        assert "250-SIZE 2048" in rep.lines, rep
+        assert c.cmd("MAIL FROM:<a@client.test>").pair == (250, "2.1.0")
+        assert c.cmd("RCPT TO:<r1@dest.test>").pair == (250, "2.1.5")
+        assert c.cmd("RCPT TO:<r2@dest.test>").pair == (452, "4.5.3")

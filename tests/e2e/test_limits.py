@@ -5,7 +5,7 @@ then the connection is closed, within a bounded wait."""
 import os
 import time
 
-from conftest import SmtpRaw, smtp_connect, spool_files, wait_until
+from conftest import SmtpRaw, smtp_connect, spool_files
 
 # Client source addresses for this run (the daemon listens elsewhere).
 _NET = "127.1.%d" % (os.getpid() % 200 + 20)
@@ -125,6 +125,13 @@ def test_data_timeout_queues_nothing(relayd_factory):
             time.sleep(0.4)
             c.send(b"line %d\r\n" % i)
         c.send(b"partial line with no end")
+        _closed_by_timeout(c, 0.8)
+    # A BDAT chunk that stops short is data too.
+    with smtp_connect(r) as c:
+        assert c.cmd("EHLO client.test").code == 250
+        assert c.cmd("MAIL FROM:<a@client.test>").pair == (250, "2.1.0")
+        assert c.cmd("RCPT TO:<b@dest.test>").pair == (250, "2.1.5")
+        c.send(b"BDAT 1000 LAST\r\nSubject: short chunk\r\n\r\n")
         _closed_by_timeout(c, 0.8)
     assert r.stored() == {}
     assert spool_files(r, "tmp") == []

@@ -1,7 +1,9 @@
 """tests/e2e/test_pipelining.py - RFC 2920: a whole session in one send.
 Two transactions, 20 recipients on the first, all in one sendall; every
 reply comes back, in order, and both messages are queued."""
-from conftest import QID_RE, list_json, smtp_connect
+import socket
+
+from conftest import QID_RE, list_json, smtp_connect, wait_until
 
 
 def test_two_transactions_in_one_write(relayd):
@@ -59,7 +61,6 @@ def test_half_close_after_pipelined_session(relayd):
                b"MAIL FROM:<h2@client.test>\r\nRCPT TO:<a@dest.test>\r\n"
                b"DATA\r\nSubject: h2\r\n\r\ntwo\r\n.\r\n"
                b"QUIT\r\n")
-        import socket
         c.sock.shutdown(socket.SHUT_WR)
         reps = c.replies(10)
         assert c.closed_within(5)
@@ -82,7 +83,6 @@ def test_client_gone_before_its_250_still_queued(relayd):
         c.send(b"Subject: gone\r\n\r\nbye\r\n.\r\n")
     finally:
         c.close()
-    from conftest import wait_until
     # The body reaches msg/ before the index: wait for the index.
     wait_until(lambda: list_json(relayd)["count"] == 1, timeout=10,
                what="the message to be queued")

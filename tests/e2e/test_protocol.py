@@ -2,7 +2,6 @@
 (smtplib, swaks, raw sockets): queued-as ids that relayctl knows, the EHLO
 extensions, HELO, DSN parameters kept in the envelope, SMTPUTF8 and the
 null sender."""
-import json
 import os
 import re
 import smtplib

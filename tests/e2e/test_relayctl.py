@@ -172,3 +172,26 @@ def test_show_truncates_huge_header_section(relayd):
                                  "\r\nDate: %s\r\n" % (q2, j["headers"].split(
                                      "Date: ")[1].split("\r\n")[0]))
     assert "Not-A-Header" not in j["headers"]
+
+
+def test_peer_text_is_made_safe(relayd):
+    """Addresses and headers come from the client: the text output never
+    passes terminal controls through, and JSON round-trips them."""
+    sender = '"j\\"o\\\\e x"@client.test'
+    with smtp_connect(relayd) as c:
+        assert c.cmd("EHLO client.test").code == 250
+        assert c.cmd("MAIL FROM:<%s>" % sender).pair == (250, "2.1.0")
+        assert c.cmd("RCPT TO:<a@dest.test>").pair == (250, "2.1.5")
+        assert c.cmd("DATA").code == 354
+        c.send(b"Subject: \x1b[31mred\x07\r\nX-Utf: caf\xc3\xa9\r\n\r\nb\r\n.\r\n")
+        q = c.reply().queued_id()
+    for args in (("list",), ("show", q)):
+        out = relayd.relayctl(*args).stdout
+        assert re.search(rb"[\x00-\x08\x0b-\x1f\x7f]", out) is None, out
+    show = relayd.relayctl("show", q).stdout.decode()
+    assert "Subject: \\x1b[31mred\\x07" in show, show
+    assert "X-Utf: caf\u00e9" in show
+    j = json.loads(relayd.relayctl("show", q, "--json").stdout)
+    assert j["sender"] == sender
+    assert "Subject: \x1b[31mred\x07\r\n" in j["headers"]
+    assert "X-Utf: caf\u00e9\r\n" in j["headers"]

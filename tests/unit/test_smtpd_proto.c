@@ -164,6 +164,8 @@ static const struct reply_case reply_cases[] = {
 	{"size ok", "EHLO x\r\n", "MAIL FROM:<a@b> SIZE=1000000\r\n", "250 2.1.0"},
 	{"utf8 without smtputf8", "EHLO x\r\n", "MAIL FROM:<j\xc3\xb6rg@b.test>\r\n", "553 5.6.7"},
 	{"utf8 with smtputf8", "EHLO x\r\n", "MAIL FROM:<j\xc3\xb6rg@b.test> SMTPUTF8\r\n", "250 2.1.0"},
+	{"control char in sender", "EHLO x\r\n", "MAIL FROM:<a\x01b@c.test>\r\n", "501 5.1.7"},
+	{"control char in rcpt", "EHLO x\r\nMAIL FROM:<a@b>\r\n", "RCPT TO:<a\x7f@c.test>\r\n", "501 5.1.3"},
 	{"utf8 rcpt without", "EHLO x\r\nMAIL FROM:<a@b>\r\n", "RCPT TO:<j\xc3\xb6rg@b.test>\r\n", "553 5.6.7"},
 	{"bad notify", "EHLO x\r\nMAIL FROM:<a@b>\r\n", "RCPT TO:<a@b> NOTIFY=NEVER,DELAY\r\n", "501 5.5.4"},
 	{"bad orcpt", "EHLO x\r\nMAIL FROM:<a@b>\r\n", "RCPT TO:<a@b> ORCPT=rfc822\r\n", "501 5.5.4"},
