@@ -25,13 +25,14 @@
  *
  * Decisions:
  *   - A field name is 1..SMTPD_SCRUB_NAME_MAX characters 33..126 except
- *     ':' (RFC 5322 §3.6.8). The name plus any blanks before the colon
- *     must fit in s->name (SMTPD_SCRUB_NAME_MAX + 2 bytes); a longer one
- *     makes a non-header line.
+ *     ':' (RFC 5322 §3.6.8). A longer name, or a name followed by more
+ *     blanks than s->name holds, is decided on the part held and the
+ *     line stays a header field: ending the header section there would
+ *     let the fields after it through unscrubbed.
  *   - Names compare ASCII case-insensitively and whole: "Received-SPF"
  *     is kept when "Received" is dropped.
  *   - A line at a line start that is not a header field (no colon, a bad
- *     character, a name too long, a leading blank on the first line)
+ *     character, a leading blank on the first line)
  *     ends the header section: the missing Message-ID/Date lines are
  *     added, then that line and the rest pass as body. No blank line is
  *     inserted before it; it is not ours to reshape the message. The one
@@ -284,6 +285,16 @@ int smtpd_scrub_feed(struct smtpd_scrub *s, const uint8_t *p, size_t n)
 			           s->namelen < SMTPD_SCRUB_NAME_MAX) {
 				s->name[s->namelen++] = (char)c;
 				i++;
+			} else if (is_wsp(c) || (st == SCRUB_ST_NAME && is_ftext(c))) {
+				/* The name (or the blanks after it) outgrew
+				 * s->name. Decide on what is held and keep the
+				 * line in the header section: taking it for the
+				 * body would stop scrubbing and leak the fields
+				 * after it. */
+				decide(s);
+				if (!s->drop)
+					run = p + i;
+				st = SCRUB_ST_FIELD;
 			} else {
 				begin_body(s, s->name, s->namelen);
 				goto body;

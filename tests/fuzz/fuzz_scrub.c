@@ -92,21 +92,32 @@ static bool in_list(const struct cfg *c, const uint8_t *name, size_t len)
 	return false;
 }
 
-/* If a header field starts at in[i], returns the length of its name and
- * sets *colon to the colon's index; else returns 0. */
+/* If a header field starts at in[i], returns the length of the name it is
+ * judged by and sets *colon to a point inside the line from which its end
+ * is searched; else returns 0. A name longer than SMTPD_SCRUB_NAME_MAX, or
+ * one followed by more blanks than the scrubber holds (name and blanks in
+ * SMTPD_SCRUB_NAME_MAX + 2 bytes), is judged by what is held and the line
+ * stays a header field. */
 static size_t field_at(const uint8_t *in, size_t n, size_t i, size_t *colon)
 {
 	size_t j = i;
 	while (j < n && in[j] >= 33 && in[j] <= 126 && in[j] != ':')
 		j++;
 	size_t namelen = j - i;
-	if (namelen == 0 || namelen > SMTPD_SCRUB_NAME_MAX)
+	if (namelen == 0)
 		return 0;
+	if (namelen > SMTPD_SCRUB_NAME_MAX) {
+		*colon = i + SMTPD_SCRUB_NAME_MAX;
+		return SMTPD_SCRUB_NAME_MAX;
+	}
 	size_t k = j;
 	while (k < n && is_wsp(in[k]))
 		k++;
-	/* name and blanks are held in SMTPD_SCRUB_NAME_MAX + 2 bytes */
-	if (k - i > SMTPD_SCRUB_NAME_MAX + 2 || k == n || in[k] != ':')
+	if (k - i > SMTPD_SCRUB_NAME_MAX + 2) {
+		*colon = k;
+		return namelen;
+	}
+	if (k == n || in[k] != ':')
 		return 0;
 	*colon = k;
 	return namelen;

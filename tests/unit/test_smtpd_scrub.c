@@ -140,8 +140,12 @@ static const struct scase cases[] = {
 	{"field name of 77 characters",
 	 S("X-0123456789012345678901234567890123456789012345678901234567890123456"
 	   "789abcde: v\r\nReceived: r\r\n\r\n"), BOTH,
-	 S(MID DATE "X-0123456789012345678901234567890123456789012345678901234"
-	   "567890123456789abcde: v\r\nReceived: r\r\n\r\n"), 0},
+	 S("X-0123456789012345678901234567890123456789012345678901234"
+	   "567890123456789abcde: v\r\n" MID DATE "\r\n"), 1},
+	{"received after many blanks before the colon",
+	 S("Received" "                                                  "
+	   "                              : x\r\nSubject: s\r\n\r\n"), BOTH,
+	 S("Subject: s\r\n" MID DATE "\r\n"), 1},
 	{"partial field at the end", S("Subject: s"), BOTH,
 	 S("Subject: s\r\n" MID DATE), 0},
 	{"partial field at the end after CR", S("Subject: s\r"), BOTH,
