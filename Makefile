@@ -118,10 +118,15 @@ run: build
 	@mkdir -p var/spool
 	./$(BUILD)/relayd -c etc/relayd.conf
 
+# In CI (CI=true) the suite runs twice: plain, then under ASan + UBSan.
 test: deps
 	@$(MAKE) --no-print-directory all unit-bins
 	@$(MAKE) --no-print-directory check-unit
 	@$(MAKE) --no-print-directory check-e2e
+ifeq ($(CI)$(SANITIZE),true)
+	@echo "== CI: the same suite under ASan + UBSan"
+	@$(MAKE) --no-print-directory test SANITIZE=1
+endif
 
 unit-bins: $(UNIT_BIN) $(FUZZ_BIN)
 

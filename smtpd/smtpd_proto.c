@@ -43,6 +43,7 @@ struct smtpd_proto {
 	bool esmtp;
 	bool discard_line;       /* rest of an over-long line is skipped */
 	bool body_open;          /* ops->begin succeeded, not yet handed over */
+	char cmd[80];            /* current command, escaped, for log lines */
 	unsigned bad;            /* protocol errors so far */
 	char helo[256];
 
@@ -64,26 +65,39 @@ struct smtpd_proto {
 
 /* ---- replies ------------------------------------------------------------ */
 
-static void reply(struct smtpd_proto *p, struct buf *out,
-                  enum smtp_reply_id id, ...)
+/* Appends one reply line; refusals are logged with the command that drew
+ * them, the queue id first once there is one. */
+static void vreply(struct smtpd_proto *p, struct buf *out,
+                   enum smtp_reply_id id, va_list ap)
 {
 	const struct smtp_reply_def *r = &smtp_replies[id];
 	char text[SMTP_REPLY_LINE_MAX];
-	va_list ap;
-	va_start(ap, id);
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wformat-nonliteral"
 	/* Formats come only from the const reply table. */
 	vsnprintf(text, sizeof text, r->text, ap);
 #pragma GCC diagnostic pop
-	va_end(ap);
 	if (r->enh[0])
 		buf_printf(out, "%u %s %s\r\n", r->code, r->enh, text);
 	else
 		buf_printf(out, "%u %s\r\n", r->code, text);
-	if (r->code >= 400)
-		log_info("s=%s: reject: %u %s %s", p->cfg.sid, r->code, r->enh,
-		         text);
+	if (r->code < 400 || !log_enabled(LOG_INFO))
+		return;
+	if (p->txn.qid[0])
+		log_write(LOG_INFO, "%s: reject: %s: %u %s %s (s=%s)", p->txn.qid,
+		          p->cmd, r->code, r->enh, text, p->cfg.sid);
+	else
+		log_write(LOG_INFO, "s=%s: reject: %s: %u %s %s", p->cfg.sid,
+		          p->cmd, r->code, r->enh, text);
+}
+
+static void reply(struct smtpd_proto *p, struct buf *out,
+                  enum smtp_reply_id id, ...)
+{
+	va_list ap;
+	va_start(ap, id);
+	vreply(p, out, id, ap);
+	va_end(ap);
 }
 
 /* A protocol error (unknown command, syntax, sequence). Returns true when
@@ -102,17 +116,10 @@ static bool count_bad(struct smtpd_proto *p, struct buf *out,
 static void bad(struct smtpd_proto *p, struct buf *out, enum smtpd_req *req,
                 enum smtp_reply_id id, ...)
 {
-	const struct smtp_reply_def *r = &smtp_replies[id];
-	char text[SMTP_REPLY_LINE_MAX];
 	va_list ap;
 	va_start(ap, id);
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wformat-nonliteral"
-	vsnprintf(text, sizeof text, r->text, ap);
-#pragma GCC diagnostic pop
+	vreply(p, out, id, ap);
 	va_end(ap);
-	buf_printf(out, "%u %s %s\r\n", r->code, r->enh, text);
-	log_info("s=%s: reject: %u %s %s", p->cfg.sid, r->code, r->enh, text);
 	count_bad(p, out, req);
 }
 
@@ -760,15 +767,15 @@ static void handle_line(struct smtpd_proto *p, char *line, size_t len,
 {
 	size_t vl = strcspn(line, " ");
 	int cmd = -1;
+	/* AUTH arguments are credentials: never logged. */
+	log_escape(p->cmd, sizeof p->cmd, line,
+	           streq_ci(line, vl, "AUTH") ? vl : len);
 	for (int i = 0; i < CMD__COUNT; i++)
 		if (streq_ci(line, vl, cmds[i].verb)) {
 			cmd = i;
 			break;
 		}
 	if (cmd < 0) {
-		char esc[64];
-		log_escape(esc, sizeof esc, line, vl);
-		log_debug("s=%s: unknown command '%s'", p->cfg.sid, esc);
 		bad(p, out, req, SMTP_R_UNKNOWN_CMD);
 		return;
 	}
@@ -801,11 +808,13 @@ static size_t feed_command(struct smtpd_proto *p, const uint8_t *in, size_t n,
 		if (n < SMTP_CMD_LINE_MAX)
 			return 0;   /* wait for the rest of the line */
 		p->discard_line = true;
+		snprintf(p->cmd, sizeof p->cmd, "(line too long)");
 		bad(p, out, req, SMTP_R_LINE_TOO_LONG);
 		return n;
 	}
 	size_t used = (size_t)(lf - in) + 1;
 	if (used > SMTP_CMD_LINE_MAX) {
+		snprintf(p->cmd, sizeof p->cmd, "(line too long)");
 		bad(p, out, req, SMTP_R_LINE_TOO_LONG);
 		return used;
 	}
@@ -816,6 +825,7 @@ static size_t feed_command(struct smtpd_proto *p, const uint8_t *in, size_t n,
 	memcpy(line, in, len);
 	line[len] = '\0';
 	if (memchr(line, '\0', len)) {
+		snprintf(p->cmd, sizeof p->cmd, "(command with NUL)");
 		bad(p, out, req, SMTP_R_UNKNOWN_CMD);
 		return used;
 	}
@@ -887,6 +897,7 @@ struct smtpd_proto *smtpd_proto_new(const struct smtpd_proto_cfg *cfg,
 	p->ops = ops;
 	p->ctx = ctx;
 	p->st = SMTPD_ST_INIT;
+	snprintf(p->cmd, sizeof p->cmd, "(none)");
 	return p;
 }
 
@@ -924,6 +935,8 @@ static enum smtpd_req close_with(struct smtpd_proto *p, struct buf *out,
 	if (p->st != SMTPD_ST_CLOSED) {
 		if (p->st != SMTPD_ST_COMMIT)
 			txn_reset(p);
+		snprintf(p->cmd, sizeof p->cmd, "(%s)",
+		         id == SMTP_R_TIMEOUT ? "timeout" : "shutdown");
 		reply(p, out, id);
 		p->st = SMTPD_ST_CLOSED;
 	}

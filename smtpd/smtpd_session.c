@@ -355,8 +355,6 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 	if (nread < 0) {
 		if (nread != UV_EOF)
 			log_info("s=%s: read error: %s", s->sid, uv_strerror((int)nread));
-		log_info("s=%s: disconnect from [%s]:%d in state %s", s->sid, s->ip,
-		         s->port, smtpd_state_names[smtpd_proto_state(s->proto)]);
 		session_close(s, false);
 		return;
 	}
@@ -428,6 +426,9 @@ static void session_close(struct smtpd_session *s, bool graceful)
 	if (s->closing)
 		return;
 	s->closing = true;
+	if (s->proto)
+		log_info("s=%s: disconnect from [%s]:%d in state %s", s->sid, s->ip,
+		         s->port, smtpd_state_names[smtpd_proto_state(s->proto)]);
 	uv_timer_stop(&s->timer);
 	if (s->reading)
 		uv_read_stop((uv_stream_t *)&s->tcp);

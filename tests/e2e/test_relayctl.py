@@ -38,7 +38,7 @@ def _strip_ages(snap):
         if k.startswith("show "):
             s[k] = re.sub(rb"\(.* ago\)", b"(AGE)", s[k])
         if isinstance(s[k], dict):
-            s[k] = json.loads(re.sub(r'"age_seconds":\d+', '"age_seconds":0',
+            s[k] = json.loads(re.sub(r'"age_seconds": ?\d+', '"age_seconds":0',
                                      json.dumps(s[k])))
     return s
 

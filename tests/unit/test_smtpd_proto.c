@@ -108,7 +108,8 @@ static char *take(struct fixture *f)
 {
 	static char s[65536];
 	size_t n = f->out.len < sizeof s - 1 ? f->out.len : sizeof s - 1;
-	memcpy(s, f->out.data, n);
+	if (n)
+		memcpy(s, f->out.data, n);
 	s[n] = '\0';
 	buf_reset(&f->out);
 	return s;
