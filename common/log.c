@@ -21,6 +21,7 @@ static int log_fd = -1;
 static bool log_stderr = true;
 static char *log_path;
 static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
+static long log_pid;
 
 static const char *const level_names[] = {"error", "warning", "info", "debug"};
 
@@ -38,6 +39,7 @@ int log_open(const char *file, bool to_stderr, enum log_level level)
 {
 	log_threshold = level;
 	log_stderr = to_stderr;
+	log_pid = (long)getpid();
 	free(log_path);
 	log_path = NULL;
 	if (file && *file) {
@@ -100,7 +102,7 @@ void log_write(enum log_level lvl, const char *fmt, ...)
 	                 "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ relayd[%ld]: %s: ",
 	                 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
 	                 tm.tm_min, tm.tm_sec, (long)(tv.tv_usec / 1000),
-	                 (long)getpid(), level_names[lvl]);
+	                 log_pid ? log_pid : (long)getpid(), level_names[lvl]);
 	va_list ap;
 	va_start(ap, fmt);
 	int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);

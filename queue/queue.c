@@ -1,13 +1,20 @@
 /*
  * queue/queue.c - The daemon side of the spool: opening it (directories,
- * the LMDB index, startup recovery), receiving bodies into tmp/, and the
+ * the LMDB index, startup recovery), receiving bodies into msg/, and the
  * writer thread that makes accepted messages durable in batches (group
  * commit) and reports back to the loop through a uv_async_t.
  *
+ * A body is received as msg/.QID and renamed to msg/QID by the writer
+ * before the batch's sync: the rename stays inside one directory (a
+ * rename from tmp/ locks two directories and contended with every create
+ * in the benchmark), and the LMDB record, committed last, is what makes
+ * the message exist. Recovery removes dot files and bodies without a
+ * record.
+ *
  * Threads: the loop thread opens, writes bodies (page cache only) and
- * hands commits over; the writer thread alone renames, syncs and runs
- * LMDB write transactions. No fsync and no LMDB write ever happens on the
- * loop thread once queue_open() has returned.
+ * hands commits over; the writer thread alone syncs and runs LMDB write
+ * transactions. No fsync and no LMDB write ever happens on the loop
+ * thread once queue_open() has returned.
  */
 #include "queue/queue_int.h"
 
@@ -42,7 +49,7 @@ struct queue_req {
 	size_t reclen;
 	int64_t arrival;
 	bool sched;             /* ACTIVE: gets a "sched" entry */
-	bool renamed;           /* msg/QID exists: unlink it if the batch fails */
+	bool renamed;           /* msg/.QID is now msg/QID */
 	int status;
 	queue_commit_cb cb;
 	void *arg;
@@ -62,6 +69,7 @@ struct queue {
 	pthread_cond_t cond;    /* signalled when pending grows or stop is set */
 	/* Under mu: */
 	struct queue_req *pending, **pending_tail;
+	uint64_t npushed;       /* requests ever queued: arrivals while waiting */
 	struct queue_req *done, **done_tail;
 	bool stop;
 	struct queue_stats st;
@@ -107,6 +115,13 @@ static int write_all(int fd, const uint8_t *p, size_t n)
 
 /* ---- bodies (loop thread) --------------------------------------------- */
 
+/* msg/.QID: the name a body has until the writer renames it. */
+static void part_name(char out[QUEUE_ID_SIZE + 1], const char *qid)
+{
+	out[0] = '.';
+	memcpy(out + 1, qid, QUEUE_ID_SIZE);
+}
+
 int queue_body_open(struct queue *q, const char *qid, struct queue_body **out)
 {
 	if (!queue_id_valid(qid))
@@ -116,11 +131,13 @@ int queue_body_open(struct queue *q, const char *qid, struct queue_body **out)
 	struct queue_body *b = malloc(sizeof *b);
 	if (!b)
 		return -ENOMEM;
-	b->fd = openat(q->tmp_fd, qid, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+	char part[QUEUE_ID_SIZE + 1];
+	part_name(part, qid);
+	b->fd = openat(q->msg_fd, part, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
 	               0600);
 	if (b->fd < 0) {
 		int r = io_errno(errno);
-		log_err("%s: cannot create tmp/%s: %s", qid, qid, strerror(-r));
+		log_err("%s: cannot create msg/%s: %s", qid, part, strerror(-r));
 		free(b);
 		return r;
 	}
@@ -139,7 +156,7 @@ static int body_flush(struct queue_body *b)
 		b->err = write_all(b->fd, b->buf, b->len);
 		b->len = 0;
 		if (b->err)
-			log_err("%s: cannot write tmp/%s: %s", b->qid, b->qid,
+			log_err("%s: cannot write msg/.%s: %s", b->qid, b->qid,
 			        strerror(-b->err));
 	}
 	return b->err;
@@ -155,7 +172,7 @@ int queue_body_write(struct queue_body *b, const void *p, size_t n)
 		/* Large chunk: straight to the file, no copy. */
 		b->err = write_all(b->fd, p, n);
 		if (b->err) {
-			log_err("%s: cannot write tmp/%s: %s", b->qid, b->qid,
+			log_err("%s: cannot write msg/.%s: %s", b->qid, b->qid,
 			        strerror(-b->err));
 			return b->err;
 		}
@@ -177,9 +194,11 @@ void queue_body_abort(struct queue_body *b)
 	if (!b)
 		return;
 	if (close(b->fd) < 0 && errno != EINTR)
-		log_warn("%s: close tmp/%s: %s", b->qid, b->qid, strerror(errno));
-	if (unlinkat(b->q->tmp_fd, b->qid, 0) < 0 && errno != ENOENT)
-		log_err("%s: cannot remove tmp/%s: %s", b->qid, b->qid,
+		log_warn("%s: close msg/.%s: %s", b->qid, b->qid, strerror(errno));
+	char part[QUEUE_ID_SIZE + 1];
+	part_name(part, b->qid);
+	if (unlinkat(b->q->msg_fd, part, 0) < 0 && errno != ENOENT)
+		log_err("%s: cannot remove msg/%s: %s", b->qid, part,
 		        strerror(errno));
 	free(b);
 }
@@ -225,6 +244,7 @@ int queue_commit(struct queue *q, struct queue_body *b,
 	pthread_mutex_lock(&q->mu);
 	*q->pending_tail = req;
 	q->pending_tail = &req->next;
+	q->npushed++;
 	pthread_cond_signal(&q->cond);
 	pthread_mutex_unlock(&q->mu);
 	return 0;
@@ -295,20 +315,22 @@ static void write_batch(struct queue *q, struct queue_req *batch,
 	int r = 0;
 
 	for (struct queue_req *req = batch; req; req = req->next) {
+		char part[QUEUE_ID_SIZE + 1];
+		part_name(part, req->qid);
 		if (q->sync == QUEUE_SYNC_FSYNC) {
 			/* Data before the name, so msg/QID never names a file
 			 * whose blocks are not on disk. */
 			(*syncs)++;
 			if (fdatasync(req->fd) < 0) {
 				req->status = io_errno(errno);
-				log_err("%s: fdatasync tmp/%s: %s", req->qid,
-				        req->qid, strerror(-req->status));
+				log_err("%s: fdatasync msg/%s: %s", req->qid, part,
+				        strerror(-req->status));
 				continue;
 			}
 		}
-		if (renameat(q->tmp_fd, req->qid, q->msg_fd, req->qid) < 0) {
+		if (renameat(q->msg_fd, part, q->msg_fd, req->qid) < 0) {
 			req->status = io_errno(errno);
-			log_err("%s: rename tmp/%s to msg/: %s", req->qid,
+			log_err("%s: rename msg/%s to msg/%s: %s", req->qid, part,
 			        req->qid, strerror(-req->status));
 			continue;
 		}
@@ -319,22 +341,19 @@ static void write_batch(struct queue *q, struct queue_req *batch,
 	if (live) {
 		(*syncs)++;
 		if (q->sync == QUEUE_SYNC_SYNCFS) {
-			/* One syncfs covers every body's data and both
-			 * directories' entries: the whole batch in one call.
-			 * Since Linux 5.8 it also reports writeback errors
-			 * of files on the filesystem (errseq), so a failed
-			 * body write is not silently lost. */
+			/* One syncfs covers every body's data and the directory
+			 * entries: the whole batch in one call. Since Linux 5.8
+			 * it also reports writeback errors of files on the
+			 * filesystem (errseq), so a failed body write is not
+			 * silently lost. */
 			if (syncfs(q->spool_fd) < 0) {
 				r = io_errno(errno);
 				snprintf(why, sizeof why, "syncfs: %s", strerror(-r));
 			}
-		} else {
-			/* The renames are durable once msg/ is; tmp/ need not
-			 * be synced (its leftovers are removed at startup). */
-			if (fsync(q->msg_fd) < 0) {
-				r = io_errno(errno);
-				snprintf(why, sizeof why, "fsync msg/: %s", strerror(-r));
-			}
+		} else if (fsync(q->msg_fd) < 0) {
+			/* The new names in msg/ are durable once it is. */
+			r = io_errno(errno);
+			snprintf(why, sizeof why, "fsync msg/: %s", strerror(-r));
 		}
 	}
 
@@ -351,29 +370,69 @@ static void write_batch(struct queue *q, struct queue_req *batch,
 		r = index_batch(q, batch, syncs, why, sizeof why);
 
 	for (struct queue_req *req = batch; req; req = req->next) {
-		if (!req->renamed) {
-			/* Failed on its own before the rename. */
-			if (unlinkat(q->tmp_fd, req->qid, 0) < 0 && errno != ENOENT)
-				log_err("%s: cannot remove tmp/%s: %s", req->qid,
-				        req->qid, strerror(errno));
+		if (req->status == 0 && r == 0)
 			continue;
+		/* Take the body back out so nothing half-written stays in
+		 * the queue. If this unlink is lost in a crash, recovery
+		 * removes the body (it has no record). */
+		if (req->status == 0) {
+			req->status = r;
+			log_err("%s: commit failed (%s)", req->qid, why);
 		}
-		if (r == 0)
-			continue;
-		/* The whole batch failed: take the body back out so nothing
-		 * half-written stays in the queue. If this unlink is lost in a
-		 * crash, recovery removes the body (it has no record). */
-		req->status = r;
-		log_err("%s: commit failed (%s)", req->qid, why);
-		if (unlinkat(q->msg_fd, req->qid, 0) < 0 && errno != ENOENT)
-			log_err("%s: cannot remove msg/%s: %s", req->qid,
-			        req->qid, strerror(errno));
+		char part[QUEUE_ID_SIZE + 1];
+		const char *name = req->qid;
+		if (!req->renamed) {
+			part_name(part, req->qid);
+			name = part;
+		}
+		if (unlinkat(q->msg_fd, name, 0) < 0 && errno != ENOENT)
+			log_err("%s: cannot remove msg/%s: %s", req->qid, name,
+			        strerror(errno));
+	}
+}
+
+/* Commit delay (like PostgreSQL's commit_delay): when the last batch
+ * showed concurrent senders, linger while their commits keep arriving, a
+ * gap of at most GATHER_GAP_US each and GATHER_MAX_US in all. Sessions
+ * whose 250 went out with the last batch are then in MAIL..DATA again and
+ * join this batch instead of waiting for the next: bigger batches, fewer
+ * syncs per message, and less queueing behind a sync. A lone sender (last
+ * batch of one) never waits. Called and returns with q->mu held. */
+#define GATHER_GAP_US 150
+#define GATHER_MAX_US 1000
+
+static void gather(struct queue *q)
+{
+	struct timespec start, now, until;
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	for (;;) {
+		uint64_t seen = q->npushed;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		int64_t spent = (now.tv_sec - start.tv_sec) * 1000000 +
+		                (now.tv_nsec - start.tv_nsec) / 1000;
+		int64_t wait = GATHER_MAX_US - spent;
+		if (wait <= 0)
+			return;
+		if (wait > GATHER_GAP_US)
+			wait = GATHER_GAP_US;
+		until = now;
+		until.tv_nsec += wait * 1000;
+		if (until.tv_nsec >= 1000000000) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000;
+		}
+		while (q->npushed == seen && !q->stop &&
+		       pthread_cond_timedwait(&q->cond, &q->mu, &until) == 0)
+			;
+		if (q->npushed == seen || q->stop)
+			return;
 	}
 }
 
 static void *writer_main(void *arg)
 {
 	struct queue *q = arg;
+	uint64_t last_batch = 0;
 
 	pthread_mutex_lock(&q->mu);
 	for (;;) {
@@ -381,6 +440,8 @@ static void *writer_main(void *arg)
 			pthread_cond_wait(&q->cond, &q->mu);
 		if (!q->pending)
 			break;  /* stopping, and everything queued is done */
+		if (last_batch > 1 && !q->stop)
+			gather(q);
 
 		/* Group commit: take everything queued so far as one batch.
 		 * Requests arriving while we sync it wait on the pending list
@@ -398,6 +459,7 @@ static void *writer_main(void *arg)
 			ok += req->status == 0;
 			last = req;
 		}
+		last_batch = n;
 
 		pthread_mutex_lock(&q->mu);
 		*q->done_tail = batch;
@@ -844,7 +906,13 @@ int queue_open(uv_loop_t *loop, const struct queue_opts *o, struct queue **out)
 		free(q);
 		return -r;
 	}
-	if ((r = pthread_cond_init(&q->cond, NULL))) {
+	/* gather() waits with CLOCK_MONOTONIC deadlines. */
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	r = pthread_cond_init(&q->cond, &ca);
+	pthread_condattr_destroy(&ca);
+	if (r) {
 		pthread_mutex_destroy(&q->mu);
 		free(q);
 		return -r;

@@ -5,8 +5,10 @@
  * recovery. The only module that includes <lmdb.h>.
  *
  * Spool layout under spool_dir:
- *   tmp/QID      bodies being received (removed at startup)
- *   msg/QID      committed bodies (the stored message, CRLF lines)
+ *   msg/.QID     a body being received (removed at startup)
+ *   msg/QID      committed bodies (the stored message, CRLF lines); the
+ *                writer renames .QID to QID before the batch's sync
+ *   tmp/         unused; anything in it is removed at startup
  *   index/       LMDB environment (data.mdb, lock.mdb)
  *
  * Durability contract (DESIGN.md): queue_commit()'s callback reports 0 only
@@ -122,7 +124,7 @@ void queue_get_stats(const struct queue *q, struct queue_stats *st);
 /* Next queue id (loop thread only). */
 void queue_new_id(struct queue *q, char out[QUEUE_ID_SIZE]);
 
-/* A body being received: tmp/QID, written with buffered write(2) on the
+/* A body being received: msg/.QID, written with buffered write(2) on the
  * caller's thread (page cache only; no fsync here). */
 struct queue_body;
 

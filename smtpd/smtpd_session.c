@@ -57,6 +57,7 @@ struct smtpd_session {
 	bool commit_pending;   /* the queue holds a callback to us */
 	bool stop_after_commit;
 	bool reading;
+	bool eof;              /* the client shut down its side */
 	struct smtpd_proto *proto;
 	struct buf in, out;
 	struct queue_body *body;
@@ -223,7 +224,9 @@ static void timer_cb(uv_timer_t *t);
 /* Reads only when the protocol can take input and the peer reads ours. */
 static void update_reading(struct smtpd_session *s)
 {
-	bool want = !s->closing && !s->commit_pending && s->in.len < IN_HIGH &&
+	/* Reading goes on during a commit: pipelined commands wait in s->in
+	 * (bounded by IN_HIGH), and no epoll change is paid per message. */
+	bool want = !s->closing && !s->eof && s->in.len < IN_HIGH &&
 	            uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp) < OUT_HIGH;
 	if (want && !s->reading) {
 		int r = uv_read_start((uv_stream_t *)&s->tcp, alloc_cb, read_cb);
@@ -342,8 +345,13 @@ static void session_process(struct smtpd_session *s)
 			break;
 	}
 	flush(s);
-	if (!s->closing)
-		update_reading(s);
+	if (s->closing)
+		return;
+	if (s->eof && !s->commit_pending) {
+		session_close(s, true);
+		return;
+	}
+	update_reading(s);
 }
 
 static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
@@ -352,9 +360,15 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 	(void)b;
 	if (nread == 0)
 		return;
+	if (nread == UV_EOF) {
+		/* A half-close: what the client sent before it still gets
+		 * processed and answered (pipelined input, a commit running). */
+		s->eof = true;
+		session_process(s);
+		return;
+	}
 	if (nread < 0) {
-		if (nread != UV_EOF)
-			log_info("s=%s: read error: %s", s->sid, uv_strerror((int)nread));
+		log_info("s=%s: read error: %s", s->sid, uv_strerror((int)nread));
 		session_close(s, false);
 		return;
 	}
