@@ -131,6 +131,8 @@ static const struct conf_keydef conf_keys[] = {
 	 NULL, NULL, "largest size of the LMDB queue index"},
 	{"spool_sync", CT_ENUM, OFF(spool_sync), "syncfs", 0, 0, spool_sync_vals,
 	 NULL, "how a batch of bodies is made durable: syncfs or fsync each"},
+	{"commit_delay", CT_DURATION, OFF(commit_delay), "1ms", 0, 100, NULL,
+	 NULL, "longest a batch waits for concurrent commits; 0: never"},
 	{"user", CT_STRING, OFF(user), "", 0, 0, NULL, NULL,
 	 "user to switch to after binding; empty: stay"},
 };

@@ -57,6 +57,7 @@ struct conf {
 	uint64_t timeout_data;             /* ms; §4.5.3.2.5-6: 3m per block */
 	uint64_t queue_map_size;           /* bytes; LMDB map; default 1 GiB */
 	enum conf_spool_sync spool_sync;   /* default syncfs */
+	uint64_t commit_delay;             /* ms; group-commit gathering: 1ms */
 	char *user;                        /* drop privileges to; default "" */
 };
 

@@ -59,6 +59,7 @@ struct queue {
 	uv_loop_t *loop;
 	uv_async_t async;       /* writer -> loop: requests on the done list */
 	enum queue_sync sync;
+	uint64_t commit_delay_us;
 	int spool_fd, tmp_fd, msg_fd;
 	MDB_env *env;
 	MDB_dbi dbi_msg, dbi_sched;
@@ -393,13 +394,12 @@ static void write_batch(struct queue *q, struct queue_req *batch,
 
 /* Commit delay (like PostgreSQL's commit_delay): when the last batch
  * showed concurrent senders, linger while their commits keep arriving, a
- * gap of at most GATHER_GAP_US each and GATHER_MAX_US in all. Sessions
+ * gap of at most GATHER_GAP_US each and commit_delay_us in all. Sessions
  * whose 250 went out with the last batch are then in MAIL..DATA again and
  * join this batch instead of waiting for the next: bigger batches, fewer
  * syncs per message, and less queueing behind a sync. A lone sender (last
  * batch of one) never waits. Called and returns with q->mu held. */
 #define GATHER_GAP_US 150
-#define GATHER_MAX_US 1000
 
 static void gather(struct queue *q)
 {
@@ -410,7 +410,7 @@ static void gather(struct queue *q)
 		clock_gettime(CLOCK_MONOTONIC, &now);
 		int64_t spent = (now.tv_sec - start.tv_sec) * 1000000 +
 		                (now.tv_nsec - start.tv_nsec) / 1000;
-		int64_t wait = GATHER_MAX_US - spent;
+		int64_t wait = (int64_t)q->commit_delay_us - spent;
 		if (wait <= 0)
 			return;
 		if (wait > GATHER_GAP_US)
@@ -440,7 +440,7 @@ static void *writer_main(void *arg)
 			pthread_cond_wait(&q->cond, &q->mu);
 		if (!q->pending)
 			break;  /* stopping, and everything queued is done */
-		if (last_batch > 1 && !q->stop)
+		if (last_batch > 1 && q->commit_delay_us && !q->stop)
 			gather(q);
 
 		/* Group commit: take everything queued so far as one batch.
@@ -867,7 +867,8 @@ static int recover_bodies(struct queue *q, size_t *repaired)
 			        strerror(-r));
 			break;
 		}
-		log_removed("msg", e->d_name, "orphan body");
+		log_removed("msg", e->d_name, e->d_name[0] == '.' ?
+		            "unfinished body" : "orphan body");
 		(*repaired)++;
 	}
 	closedir(d);
@@ -899,6 +900,7 @@ int queue_open(uv_loop_t *loop, const struct queue_opts *o, struct queue **out)
 		return -ENOMEM;
 	q->loop = loop;
 	q->sync = o->sync;
+	q->commit_delay_us = o->commit_delay_us;
 	q->spool_fd = q->tmp_fd = q->msg_fd = -1;
 	q->pending_tail = &q->pending;
 	q->done_tail = &q->done;

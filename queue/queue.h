@@ -95,6 +95,8 @@ enum queue_sync { QUEUE_SYNC_SYNCFS, QUEUE_SYNC_FSYNC };
 struct queue_opts {
 	const char *spool_dir;
 	uint64_t map_size;          /* LMDB map size in bytes */
+	uint64_t commit_delay_us;   /* longest a batch gathers concurrent
+	                               commits (0: none); see gather() */
 	enum queue_sync sync;       /* how the writer makes bodies durable:
 	                               one syncfs(2) per batch, or fdatasync(2)
 	                               per body plus one fsync of msg/ */

@@ -182,6 +182,7 @@ int main(int argc, char **argv)
 	struct queue_opts qo = {
 		.spool_dir = d.conf.spool_dir,
 		.map_size = d.conf.queue_map_size,
+		.commit_delay_us = d.conf.commit_delay * 1000,
 		.sync = d.conf.spool_sync == CONF_SYNC_FSYNC ? QUEUE_SYNC_FSYNC
 		                                             : QUEUE_SYNC_SYNCFS,
 	};

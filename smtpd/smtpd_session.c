@@ -173,6 +173,22 @@ static void flush(struct smtpd_session *s)
 {
 	if (s->out.len == 0 || s->closing)
 		return;
+	/* Most replies fit the socket buffer: write them now, with no request
+	 * to allocate and no write callback (which costs libuv an epoll_ctl
+	 * per write). Only what the kernel did not take is queued. */
+	uv_buf_t now = uv_buf_init((char *)s->out.data, (unsigned)s->out.len);
+	int n = uv_try_write((uv_stream_t *)&s->tcp, &now, 1);
+	if (n == (int)s->out.len) {
+		buf_reset(&s->out);
+		return;
+	}
+	if (n < 0 && n != UV_EAGAIN) {
+		log_info("s=%s: write error: %s", s->sid, uv_strerror(n));
+		session_close(s, false);
+		return;
+	}
+	if (n > 0)
+		buf_consume(&s->out, (size_t)n);
 	struct write_req *w = malloc(sizeof *w + s->out.len);
 	if (!w) {
 		session_close(s, false);
