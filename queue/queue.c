@@ -55,6 +55,13 @@ struct queue_req {
 	void *arg;
 };
 
+/* An aborted body for the writer to close and remove. */
+struct queue_discard {
+	struct queue_discard *next;
+	int fd;
+	char qid[QUEUE_ID_SIZE];
+};
+
 struct queue {
 	uv_loop_t *loop;
 	uv_async_t async;       /* writer -> loop: requests on the done list */
@@ -71,6 +78,8 @@ struct queue {
 	/* Under mu: */
 	struct queue_req *pending, **pending_tail;
 	uint64_t npushed;       /* requests ever queued: arrivals while waiting */
+	struct queue_discard *discard;  /* aborted bodies to remove */
+	bool writer_running;
 	struct queue_req *done, **done_tail;
 	bool stop;
 	struct queue_stats st;
@@ -190,17 +199,43 @@ uint64_t queue_body_size(const struct queue_body *b)
 	return b->size;
 }
 
+/* Closes and removes an unfinished body. On the loop thread this could
+ * wait on the disk (the last unlink of a large file frees its blocks and
+ * waits for pages under writeback), so queue_body_abort() hands it to the
+ * writer thread when it can. */
+static void discard_body(struct queue *q, int fd, const char *qid)
+{
+	if (close(fd) < 0 && errno != EINTR)
+		log_warn("%s: close msg/.%s: %s", qid, qid, strerror(errno));
+	char part[QUEUE_ID_SIZE + 1];
+	part_name(part, qid);
+	if (unlinkat(q->msg_fd, part, 0) < 0 && errno != ENOENT)
+		log_err("%s: cannot remove msg/%s: %s", qid, part, strerror(errno));
+}
+
 void queue_body_abort(struct queue_body *b)
 {
 	if (!b)
 		return;
-	if (close(b->fd) < 0 && errno != EINTR)
-		log_warn("%s: close msg/.%s: %s", b->qid, b->qid, strerror(errno));
-	char part[QUEUE_ID_SIZE + 1];
-	part_name(part, b->qid);
-	if (unlinkat(b->q->msg_fd, part, 0) < 0 && errno != ENOENT)
-		log_err("%s: cannot remove msg/%s: %s", b->qid, part,
-		        strerror(errno));
+	struct queue *q = b->q;
+	struct queue_discard *d = malloc(sizeof *d);
+	bool handed = false;
+	if (d) {
+		d->fd = b->fd;
+		memcpy(d->qid, b->qid, QUEUE_ID_SIZE);
+		pthread_mutex_lock(&q->mu);
+		if (q->writer_running && !q->stop) {
+			d->next = q->discard;
+			q->discard = d;
+			pthread_cond_signal(&q->cond);
+			handed = true;
+		}
+		pthread_mutex_unlock(&q->mu);
+	}
+	if (!handed) {
+		free(d);
+		discard_body(q, b->fd, b->qid);
+	}
 	free(b);
 }
 
@@ -358,6 +393,26 @@ static void write_batch(struct queue *q, struct queue_req *batch,
 		}
 	}
 
+	/* syncfs reports a writeback error to one caller only (the first to
+	 * look, per descriptor): a failure in this batch's bodies may have
+	 * been consumed by an earlier batch's syncfs. Each body's own error
+	 * state answers for it; the pages are clean now, so this waits for
+	 * nothing and, unlike fdatasync, sends no cache flush to the device. */
+	if (q->sync == QUEUE_SYNC_SYNCFS && r == 0) {
+		for (struct queue_req *req = batch; req; req = req->next) {
+			if (req->status || !req->renamed)
+				continue;
+			if (sync_file_range(req->fd, 0, 0,
+			                    SYNC_FILE_RANGE_WAIT_BEFORE |
+			                    SYNC_FILE_RANGE_WRITE |
+			                    SYNC_FILE_RANGE_WAIT_AFTER) < 0) {
+				req->status = io_errno(errno);
+				log_err("%s: writeback of msg/%s failed: %s", req->qid,
+				        req->qid, strerror(-req->status));
+			}
+		}
+	}
+
 	/* Closed here, after the sync: fdatasync needs the descriptor, and
 	 * close(2) on the loop thread could be the one to block or to see a
 	 * writeback error that belongs to the sync. */
@@ -436,8 +491,21 @@ static void *writer_main(void *arg)
 
 	pthread_mutex_lock(&q->mu);
 	for (;;) {
-		while (!q->pending && !q->stop)
+		while (!q->pending && !q->discard && !q->stop)
 			pthread_cond_wait(&q->cond, &q->mu);
+		if (q->discard) {
+			struct queue_discard *d = q->discard;
+			q->discard = NULL;
+			pthread_mutex_unlock(&q->mu);
+			while (d) {
+				struct queue_discard *next = d->next;
+				discard_body(q, d->fd, d->qid);
+				free(d);
+				d = next;
+			}
+			pthread_mutex_lock(&q->mu);
+			continue;
+		}
 		if (!q->pending)
 			break;  /* stopping, and everything queued is done */
 		if (last_batch > 1 && q->commit_delay_us && !q->stop)
@@ -549,6 +617,7 @@ void queue_close(struct queue *q, void (*done_cb)(void *arg), void *arg)
 	int r = pthread_join(q->writer, NULL);
 	if (r)
 		log_err("queue: pthread_join: %s", strerror(r));
+	q->writer_running = false;
 	run_done(q);
 	uv_close((uv_handle_t *)&q->async, closed_cb);
 }
@@ -938,6 +1007,8 @@ int queue_open(uv_loop_t *loop, const struct queue_opts *o, struct queue **out)
 	pthread_sigmask(SIG_SETMASK, &all, &old);
 	r = pthread_create(&q->writer, NULL, writer_main, q);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (r == 0)
+		q->writer_running = true;   /* no other thread yet: no lock */
 	if (r) {
 		log_err("queue: cannot start writer thread: %s", strerror(r));
 		/* The handle is live now: free q from its close callback. */

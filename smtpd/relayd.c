@@ -4,6 +4,7 @@
  * and runs the event loop until SIGTERM/SIGINT. SIGHUP reopens the log.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <inttypes.h>
 #include <pwd.h>
@@ -95,6 +96,41 @@ static void signal_cb(uv_signal_t *h, int signum)
 	stop(d);
 }
 
+/* Gives the spool's directories and index files to the user. Runs as
+ * root inside a directory that user controls, so nothing is followed:
+ * symlinks are never chowned through (AT_SYMLINK_NOFOLLOW), and only
+ * directories and regular files are touched. */
+static int chown_spool(const char *spool, uid_t uid, gid_t gid)
+{
+	static const char *const sub[] = {".", "tmp", "msg", "index",
+	                                  "index/data.mdb", "index/lock.mdb"};
+	int dfd = open(spool, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (dfd < 0) {
+		log_err("cannot open spool %s: %s", spool, strerror(errno));
+		return -errno;
+	}
+	int r = 0;
+	for (size_t i = 0; i < sizeof sub / sizeof *sub && r == 0; i++) {
+		struct stat st;
+		if (fstatat(dfd, sub[i], &st, AT_SYMLINK_NOFOLLOW) < 0) {
+			if (errno == ENOENT)
+				continue;
+			r = -errno;
+		} else if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)) {
+			log_err("spool %s/%s is neither a file nor a directory; "
+			        "refusing to start", spool, sub[i]);
+			r = -EPERM;
+			break;
+		} else if (fchownat(dfd, sub[i], uid, gid, AT_SYMLINK_NOFOLLOW) < 0) {
+			r = -errno;
+		}
+		if (r < 0)
+			log_err("cannot chown %s/%s: %s", spool, sub[i], strerror(-r));
+	}
+	close(dfd);
+	return r;
+}
+
 /* Binding happens first (ports < 1024 need root); then the spool is made
  * the user's and privileges are dropped for good. */
 static int drop_privileges(const struct conf *c)
@@ -114,16 +150,14 @@ static int drop_privileges(const struct conf *c)
 		log_err("cannot create %s: %s", c->spool_dir, strerror(errno));
 		return -errno;
 	}
-	const char *sub[] = {"", "/tmp", "/msg", "/index", "/index/data.mdb",
-	                     "/index/lock.mdb"};
-	for (size_t i = 0; i < sizeof sub / sizeof *sub; i++) {
-		char path[4096];
-		snprintf(path, sizeof path, "%s%s", c->spool_dir, sub[i]);
-		if (chown(path, pw->pw_uid, pw->pw_gid) < 0 && errno != ENOENT) {
-			log_err("cannot chown %s: %s", path, strerror(errno));
-			return -errno;
-		}
-	}
+	if (chown_spool(c->spool_dir, pw->pw_uid, pw->pw_gid) < 0)
+		return -EPERM;
+	/* The log file was opened as root: hand it over so SIGHUP can reopen
+	 * it (logrotate should recreate it for the user: see contrib/). */
+	if (c->log_file && *c->log_file &&
+	    fchownat(AT_FDCWD, c->log_file, pw->pw_uid, pw->pw_gid,
+	             AT_SYMLINK_NOFOLLOW) < 0)
+		log_warn("cannot chown %s: %s", c->log_file, strerror(errno));
 	if (setgroups(0, NULL) < 0 || setgid(pw->pw_gid) < 0 ||
 	    setuid(pw->pw_uid) < 0) {
 		log_err("cannot drop privileges to %s: %s", c->user, strerror(errno));

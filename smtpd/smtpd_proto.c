@@ -61,6 +61,12 @@ struct smtpd_proto {
 	bool bdat_discard;
 	enum smtp_reply_id bdat_reply;
 	enum smtpd_state bdat_after;   /* state after a discarded chunk */
+	/* A BDAT transaction failed on a chunk that was not LAST: the client
+	 * may have more chunks in flight (RFC 3030 §3). They get the same
+	 * answer, uncounted as protocol errors, until LAST or another
+	 * command. SMTP_R__COUNT when none. */
+	enum smtp_reply_id bdat_fail;
+	bool bdat_nocount;
 };
 
 /* ---- replies ------------------------------------------------------------ */
@@ -623,6 +629,17 @@ static void cmd_bdat(struct cmd_ctx *c)
 	p->bdat_left = size;
 	p->bdat_last = last;
 	p->bdat_discard = false;
+	p->bdat_nocount = false;
+	if (p->bdat_fail != SMTP_R__COUNT) {
+		p->bdat_discard = true;
+		p->bdat_nocount = true;
+		p->bdat_reply = p->bdat_fail;
+		p->bdat_after = p->st;
+		if (last)
+			p->bdat_fail = SMTP_R__COUNT;
+		p->st = SMTPD_ST_BDAT;
+		return;
+	}
 	enum smtp_reply_id e = bdat_seq(p);
 	if (e == SMTP_R__COUNT && p->st == SMTPD_ST_RCPT) {
 		int r = body_begin(p, SMTPD_DATA_RAW);
@@ -648,7 +665,7 @@ static void bdat_chunk_done(struct smtpd_proto *p, struct buf *out,
 {
 	if (p->bdat_discard) {
 		p->st = p->bdat_after;
-		if (p->bdat_reply == SMTP_R_STORAGE_FULL ||
+		if (p->bdat_nocount || p->bdat_reply == SMTP_R_STORAGE_FULL ||
 		    p->bdat_reply == SMTP_R_STORAGE_ERR)
 			reply(p, out, p->bdat_reply);
 		else
@@ -661,6 +678,8 @@ static void bdat_chunk_done(struct smtpd_proto *p, struct buf *out,
 	if (e != SMTP_R__COUNT) {
 		reply(p, out, e);
 		txn_end(p);
+		if (!p->bdat_last)
+			p->bdat_fail = e;
 		return;
 	}
 	if (p->bdat_last) {
@@ -779,6 +798,8 @@ static void handle_line(struct smtpd_proto *p, char *line, size_t len,
 		bad(p, out, req, SMTP_R_UNKNOWN_CMD);
 		return;
 	}
+	if (cmd != CMD_BDAT)
+		p->bdat_fail = SMTP_R__COUNT;
 	uint8_t e = cmd_seq[cmd][p->st];
 	if (e) {
 		bad(p, out, req, (enum smtp_reply_id)(e - 1));
@@ -898,6 +919,7 @@ struct smtpd_proto *smtpd_proto_new(const struct smtpd_proto_cfg *cfg,
 	p->ctx = ctx;
 	p->st = SMTPD_ST_INIT;
 	snprintf(p->cmd, sizeof p->cmd, "(none)");
+	p->bdat_fail = SMTP_R__COUNT;
 	return p;
 }
 

@@ -24,6 +24,9 @@
 /* Stop reading while this much output waits for a slow reader. */
 #define OUT_HIGH     (256 * 1024)
 #define BACKLOG      511
+/* A graceful close waits this long for queued replies to drain; a peer
+ * that stopped reading must not hold its session slot forever. */
+#define LINGER_MS    10000
 
 struct smtpd_listener {
 	struct smtpd *srv;
@@ -442,6 +445,14 @@ static void close_handles(struct smtpd_session *s)
 		uv_close((uv_handle_t *)&s->tcp, handle_closed_cb);
 }
 
+static void linger_cb(uv_timer_t *t)
+{
+	struct smtpd_session *s = t->data;
+	log_info("s=%s: peer not reading; closing [%s]:%d", s->sid, s->ip,
+	         s->port);
+	close_handles(s);
+}
+
 static void shutdown_cb(uv_shutdown_t *req, int status)
 {
 	struct smtpd_session *s = req->data;
@@ -463,12 +474,17 @@ static void session_close(struct smtpd_session *s, bool graceful)
 	if (s->reading)
 		uv_read_stop((uv_stream_t *)&s->tcp);
 	s->reading = false;
-	if (graceful) {
+	/* Graceful only while the peer is reading: a full write queue would
+	 * never drain. The shutdown itself is bounded by LINGER_MS. */
+	if (graceful &&
+	    uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp) < OUT_HIGH) {
 		uv_shutdown_t *req = malloc(sizeof *req);
 		if (req) {
 			req->data = s;
-			if (uv_shutdown(req, (uv_stream_t *)&s->tcp, shutdown_cb) == 0)
+			if (uv_shutdown(req, (uv_stream_t *)&s->tcp, shutdown_cb) == 0) {
+				uv_timer_start(&s->timer, linger_cb, LINGER_MS, 0);
 				return;
+			}
 			free(req);
 		}
 	}

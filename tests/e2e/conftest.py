@@ -168,11 +168,14 @@ class Relayd:
         return os.path.join(self.spool, "msg")
 
     def stored(self):
-        """{qid: bytes} of every body in the spool."""
+        """{qid: bytes} of every committed body in the spool (msg/ID;
+        msg/.ID is a body still being received or being discarded)."""
         out = {}
         d = self.msg_dir()
         if os.path.isdir(d):
             for name in os.listdir(d):
+                if name.startswith("."):
+                    continue
                 with open(os.path.join(d, name), "rb") as f:
                     out[name] = f.read()
         return out
@@ -362,6 +365,26 @@ def spool_files(relayd, sub):
     """Names in spool/<sub> (e.g. 'msg', 'tmp'); [] when missing."""
     d = os.path.join(relayd.spool, sub)
     return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
+def unfinished_bodies(relayd):
+    """Bodies not (or no longer) part of the queue: msg/.ID files, which
+    relayd writes while DATA arrives and removes on abort, and anything in
+    tmp/ (unused by relayd, cleaned at startup)."""
+    return (["msg/" + n for n in spool_files(relayd, "msg") if n.startswith(".")]
+            + ["tmp/" + n for n in spool_files(relayd, "tmp")])
+
+
+def no_unfinished(relayd, timeout=5.0):
+    """Waits (bounded) for unfinished bodies to be removed: an aborted body
+    is unlinked by relayd's writer thread, right after the reply. Returns
+    what is still there ([] when clean)."""
+    deadline = time.monotonic() + timeout
+    left = unfinished_bodies(relayd)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.02)
+        left = unfinished_bodies(relayd)
+    return left
 
 
 def list_json(relayd):

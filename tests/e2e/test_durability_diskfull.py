@@ -17,6 +17,8 @@ import time
 
 import pytest
 
+from conftest import no_unfinished
+
 KB = 1024
 MB = 1024 * KB
 
@@ -81,11 +83,13 @@ def queue_ids(relayd):
 
 
 def check_consistent(relayd, label):
-    """Nothing half-written: tmp/ is empty and msg/ matches the index."""
-    tmp = os.listdir(os.path.join(relayd.spool, "tmp"))
-    assert tmp == [], "%s: tmp/ still has %s" % (label, tmp)
+    """Nothing half-written: no unfinished body is left (relayd's writer
+    removes an aborted one right after the reply) and msg/ matches the
+    index."""
+    left = no_unfinished(relayd)
+    assert left == [], "%s: unfinished bodies left: %s" % (label, left)
     ids = set(queue_ids(relayd))
-    files = set(os.listdir(relayd.msg_dir()))
+    files = set(n for n in os.listdir(relayd.msg_dir()) if not n.startswith("."))
     assert files == ids, ("%s: msg/ without record: %s; record without "
                           "msg/: %s" % (label, sorted(files - ids),
                                         sorted(ids - files)))

@@ -18,6 +18,8 @@ import time
 
 import pytest
 
+from conftest import unfinished_bodies
+
 NTHREADS = 20
 # Seconds of load before each SIGKILL: different moments in the cycle.
 KILL_AFTER = (2.0, 1.3, 0.7)
@@ -116,8 +118,8 @@ def check_spool(relayd, acked, label):
     idset = set(ids)
     assert len(idset) == len(ids), "duplicate ids in relayctl list"
     stored = relayd.stored()
-    tmp = os.listdir(os.path.join(relayd.spool, "tmp"))
-    assert tmp == [], "%s: tmp/ not empty after restart: %s" % (label, tmp[:10])
+    left = unfinished_bodies(relayd)
+    assert left == [], "%s: unfinished bodies after restart: %s" % (label, left[:10])
     orphans = set(stored) - idset
     missing_body = idset - set(stored)
     assert not orphans, "%s: msg/ files without index record: %s" % (label, sorted(orphans)[:10])

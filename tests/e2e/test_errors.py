@@ -5,7 +5,7 @@ command limit, recipient and size limits, over-long lines, and the
 informational commands (VRFY, EXPN, HELP, NOOP, RSET)."""
 import time
 
-from conftest import SANITIZE, smtp_connect, spool_files, wait_until
+from conftest import no_unfinished, SANITIZE, smtp_connect, spool_files, wait_until
 
 # Sanitizer builds carry shadow memory and quarantine: allow more slack,
 # still far below the bytes sent.
@@ -195,7 +195,7 @@ def test_message_over_size_limit_is_refused_and_discarded(relayd_factory):
         assert c.cmd("DATA").code == 354
         qid = c.cmd("Subject: small\r\n\r\nfits\r\n.").queued_id()
     assert list(r.stored()) == [qid]
-    assert spool_files(r, "tmp") == []
+    assert no_unfinished(r) == []
 
 
 def test_message_exactly_at_limit(relayd_factory):
@@ -246,11 +246,11 @@ def test_disconnect_mid_data_queues_nothing(relayd):
     c.send(b"Subject: cut\r\n\r\n" + b"half a message\r\n" * 1000)
     time.sleep(0.2)
     c.close()
-    wait_until(lambda: spool_files(relayd, "tmp") == [], timeout=5,
-               what="tmp/ to be cleaned")
+    wait_until(lambda: no_unfinished(relayd) == [], timeout=5,
+               what="unfinished bodies to be removed")
     time.sleep(0.2)
     assert relayd.stored() == {}
-    assert spool_files(relayd, "tmp") == []
+    assert no_unfinished(relayd) == []
     assert relayd.relayctl("list").stdout == b"Mail queue is empty\n"
 
 

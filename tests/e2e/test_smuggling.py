@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import list_json, smtp_connect, spool_files
+from conftest import no_unfinished, list_json, smtp_connect, spool_files
 
 SEQS = {
     "lf-dot-lf": b"\n.\n",
@@ -67,7 +67,7 @@ def test_reject_queues_nothing(relayd, name):
         assert c.cmd("NOOP").pair == (250, "2.0.0")
         assert c.cmd("QUIT").pair == (221, "2.0.0")
     assert relayd.stored() == {}
-    assert spool_files(relayd, "tmp") == []
+    assert no_unfinished(relayd) == []
     assert list_json(relayd)["count"] == 0
     assert _spool_mentions(relayd, b"evil") == []
     assert _spool_mentions(relayd, b"smuggled") == []
@@ -138,4 +138,4 @@ def test_nul_in_data_refused(relayd_factory, policy):
         assert rep.text == "Message contains NUL characters"
         assert c.cmd("NOOP").pair == (250, "2.0.0")
     assert r.stored() == {}
-    assert spool_files(r, "tmp") == []
+    assert no_unfinished(r) == []

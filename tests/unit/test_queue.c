@@ -490,6 +490,17 @@ static size_t count_dir(const char *dir, const char *sub)
 	return n;
 }
 
+/* Aborted bodies are removed by the writer thread: wait for it (bounded). */
+static size_t wait_dir_count(const char *dir, const char *sub, size_t want)
+{
+	size_t n = count_dir(dir, sub);
+	for (int i = 0; i < 5000 && n != want; i++) {
+		usleep(1000);
+		n = count_dir(dir, sub);
+	}
+	return n;
+}
+
 static void spool_open(struct spool *s, const struct queue_opts *tmpl)
 {
 	struct queue_opts o = *tmpl;
@@ -833,11 +844,12 @@ static void test_refused(void **state)
 	assert_int_equal(count_dir(s.dir, "msg"), 1);
 	queue_body_abort(b);
 	queue_body_abort(NULL);
-	assert_int_equal(count_dir(s.dir, "msg"), 0);
+	assert_int_equal(wait_dir_count(s.dir, "msg", 0), 0);
 
 	b = make_body(&s, qid, 100);
 	struct queue_msg m = env_of(other, 1, QUEUE_MSG_ACTIVE);   /* wrong qid */
 	assert_int_equal(queue_commit(s.q, b, &m, commit_cb, &res), -EINVAL);
+	assert_int_equal(wait_dir_count(s.dir, "msg", 0), 0);
 	struct queue_msg nosender = env_of(qid, 1, QUEUE_MSG_ACTIVE);
 	nosender.sender = NULL;
 	b = make_body(&s, qid, 100);
@@ -845,7 +857,7 @@ static void test_refused(void **state)
 	uv_run(&s.loop, UV_RUN_NOWAIT);
 	assert_int_equal(res.calls, 0);
 	assert_int_equal(count_dir(s.dir, "tmp"), 0);
-	assert_int_equal(count_dir(s.dir, "msg"), 0);
+	assert_int_equal(wait_dir_count(s.dir, "msg", 0), 0);
 	spool_close(&s);
 	rm_tree(s.dir);
 }

@@ -437,6 +437,28 @@ static void test_bdat_rejected_chunk_is_consumed(void **state)
 	fx_free(f);
 }
 
+static void test_bdat_failed_chunks_not_counted(void **state)
+{
+	(void)state;
+	/* 552 on the first of many pipelined chunks: every later chunk gets
+	 * the same 552, none counts toward max_bad_commands (3 here), and
+	 * after LAST the session is ready for a new transaction. */
+	struct fixture *f = fx_new(100, 10, 3);
+	start(f);
+	feed(f, "BDAT 20\r\n01234567890123456789BDAT 2\r\nabBDAT 2\r\nab"
+	        "BDAT 2\r\nabBDAT 2\r\nabBDAT 2 LAST\r\nabNOOP\r\n"
+	        "MAIL FROM:<x@y>\r\n");
+	char *o = take(f);
+	assert_int_equal(f->req, SMTPD_REQ_NONE);
+	int n552 = 0;
+	for (char *q = o; (q = strstr(q, "552 5.3.4")); q++)
+		n552++;
+	assert_int_equal(n552, 6);
+	assert_lacks(o, "421");
+	assert_has(o, "250 2.0.0 Ok\r\n250 2.1.0");
+	fx_free(f);
+}
+
 static void test_bdat_bad_syntax_closes(void **state)
 {
 	(void)state;
@@ -527,6 +549,7 @@ int main(void)
 		cmocka_unit_test(test_bdat),
 		cmocka_unit_test(test_bdat_rejected_chunk_is_consumed),
 		cmocka_unit_test(test_bdat_bad_syntax_closes),
+		cmocka_unit_test(test_bdat_failed_chunks_not_counted),
 		cmocka_unit_test(test_dsn_params),
 		cmocka_unit_test(test_timeout_and_shutdown),
 		cmocka_unit_test(test_byte_by_byte),
