@@ -300,7 +300,7 @@ fail:
 /* One LMDB write transaction for the whole batch: a record per message,
  * and a schedule entry (next attempt = arrival) per ACTIVE message. */
 static int index_batch(struct queue *q, struct queue_req *batch,
-                       uint64_t *syncs, char *why, size_t whylen)
+                       char *why, size_t whylen)
 {
 	MDB_txn *txn;
 	int rc = mdb_txn_begin(q->env, NULL, 0, &txn);
@@ -323,11 +323,9 @@ static int index_batch(struct queue *q, struct queue_req *batch,
 		if (rc)
 			goto abort;
 	}
-	/* LMDB syncs twice per commit: fdatasync of the data file after the
-	 * pages are written, then the meta page through an O_DSYNC fd. Only
-	 * the meta page write makes the transaction visible, so the records
-	 * can never point at pages that did not reach the disk. */
-	*syncs += 2;
+	/* Only the meta page write makes the transaction current, after
+	 * LMDB synced its pages: records never point at pages that did not
+	 * reach the disk. */
 	rc = mdb_txn_commit(txn);
 	if (rc)
 		goto fail;
@@ -339,16 +337,82 @@ fail:
 	return queue_mdb_errno(rc);
 }
 
-/* Makes one batch durable, in the order of the durability contract: body
- * data and the msg/ directory entries first, the index last. Until the
- * index commit, a crash leaves only bodies without records, which recovery
- * removes; after it, the message is complete. */
+/* Takes back the records of requests that failed after the index commit
+ * (their bodies did not become durable). Best effort: should this be lost
+ * in a crash, recovery drops the records, whose bodies are gone. */
+static void unindex(struct queue *q, struct queue_req *batch)
+{
+	MDB_txn *txn;
+	int rc = mdb_txn_begin(q->env, NULL, 0, &txn);
+	for (struct queue_req *req = batch; rc == 0 && req; req = req->next) {
+		if (req->status == 0)
+			continue;
+		MDB_val k = {QUEUE_ID_LEN, req->qid};
+		rc = mdb_del(txn, q->dbi_msg, &k, NULL);
+		if (rc == 0 && req->sched) {
+			uint8_t sk[QUEUE_SCHED_KEY_LEN];
+			queue_sched_key(req->arrival, req->qid, sk);
+			MDB_val skv = {sizeof sk, sk};
+			rc = mdb_del(txn, q->dbi_sched, &skv, NULL);
+		}
+		if (rc == MDB_NOTFOUND)
+			rc = 0;
+	}
+	if (rc == 0)
+		rc = mdb_txn_commit(txn);
+	else
+		mdb_txn_abort(txn);
+	if (rc)
+		log_err("queue: cannot take back failed records: %s",
+		        mdb_strerror(rc));
+}
+
+/* syncfs reports a writeback error to one caller only (the first to look,
+ * per descriptor): a failure in this batch's bodies may have been consumed
+ * by an earlier batch's syncfs. Each body's own error state answers for
+ * it; the pages are clean by now, so this waits for nothing and, unlike
+ * fdatasync, sends no cache flush to the device. Returns the failures. */
+static size_t check_bodies(struct queue_req *batch)
+{
+	size_t failed = 0;
+	for (struct queue_req *req = batch; req; req = req->next) {
+		if (req->status)
+			continue;
+		if (sync_file_range(req->fd, 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE |
+		                    SYNC_FILE_RANGE_WRITE |
+		                    SYNC_FILE_RANGE_WAIT_AFTER) < 0) {
+			req->status = io_errno(errno);
+			log_err("%s: writeback of msg/%s failed: %s", req->qid,
+			        req->qid, strerror(-req->status));
+			failed++;
+		}
+	}
+	return failed;
+}
+
+/*
+ * Makes one batch durable before any callback reports success.
+ *
+ * fsync mode, in the contract's order: each body's data (fdatasync), its
+ * name (rename .QID -> QID, then fsync of msg/), then the index (an LMDB
+ * commit with both of its syncs).
+ *
+ * syncfs mode, in two syncs instead of four: the renames, the LMDB commit
+ * with MDB_NOMETASYNC (LMDB syncs the new pages, then writes the meta page
+ * that makes them current without syncing it), then one syncfs that makes
+ * the bodies, their names and that meta page durable together. Only then
+ * do callbacks run. A crash before the syncfs returns may leave a record
+ * on disk whose body is missing or short - for a message no client got a
+ * 250 for - and recovery drops such a record (it checks each body's size
+ * against its record). LMDB's own integrity holds with NOMETASYNC.
+ */
 static void write_batch(struct queue *q, struct queue_req *batch,
                         uint64_t *syncs)
 {
 	char why[160] = "";
 	size_t live = 0;
 	int r = 0;
+	bool indexed = false;
 
 	for (struct queue_req *req = batch; req; req = req->next) {
 		char part[QUEUE_ID_SIZE + 1];
@@ -374,43 +438,28 @@ static void write_batch(struct queue *q, struct queue_req *batch,
 		live++;
 	}
 
-	if (live) {
+	if (live && q->sync == QUEUE_SYNC_FSYNC) {
 		(*syncs)++;
-		if (q->sync == QUEUE_SYNC_SYNCFS) {
-			/* One syncfs covers every body's data and the directory
-			 * entries: the whole batch in one call. Since Linux 5.8
-			 * it also reports writeback errors of files on the
-			 * filesystem (errseq), so a failed body write is not
-			 * silently lost. */
-			if (syncfs(q->spool_fd) < 0) {
-				r = io_errno(errno);
-				snprintf(why, sizeof why, "syncfs: %s", strerror(-r));
-			}
-		} else if (fsync(q->msg_fd) < 0) {
-			/* The new names in msg/ are durable once it is. */
+		if (fsync(q->msg_fd) < 0) {
 			r = io_errno(errno);
 			snprintf(why, sizeof why, "fsync msg/: %s", strerror(-r));
 		}
-	}
-
-	/* syncfs reports a writeback error to one caller only (the first to
-	 * look, per descriptor): a failure in this batch's bodies may have
-	 * been consumed by an earlier batch's syncfs. Each body's own error
-	 * state answers for it; the pages are clean now, so this waits for
-	 * nothing and, unlike fdatasync, sends no cache flush to the device. */
-	if (q->sync == QUEUE_SYNC_SYNCFS && r == 0) {
-		for (struct queue_req *req = batch; req; req = req->next) {
-			if (req->status || !req->renamed)
-				continue;
-			if (sync_file_range(req->fd, 0, 0,
-			                    SYNC_FILE_RANGE_WAIT_BEFORE |
-			                    SYNC_FILE_RANGE_WRITE |
-			                    SYNC_FILE_RANGE_WAIT_AFTER) < 0) {
-				req->status = io_errno(errno);
-				log_err("%s: writeback of msg/%s failed: %s", req->qid,
-				        req->qid, strerror(-req->status));
-			}
+		/* LMDB syncs twice per commit: fdatasync of the data file,
+		 * then the meta page through an O_DSYNC descriptor. */
+		if (r == 0) {
+			*syncs += 2;
+			r = index_batch(q, batch, why, sizeof why);
 		}
+	} else if (live) {
+		*syncs += 2;   /* LMDB's fdatasync of its pages, and the syncfs */
+		r = index_batch(q, batch, why, sizeof why);
+		indexed = r == 0;
+		if (r == 0 && syncfs(q->spool_fd) < 0) {
+			r = io_errno(errno);
+			snprintf(why, sizeof why, "syncfs: %s", strerror(-r));
+		}
+		if (r == 0 && check_bodies(batch) > 0)
+			unindex(q, batch);
 	}
 
 	/* Closed here, after the sync: fdatasync needs the descriptor, and
@@ -422,8 +471,14 @@ static void write_batch(struct queue *q, struct queue_req *batch,
 		req->fd = -1;
 	}
 
-	if (live && r == 0)
-		r = index_batch(q, batch, syncs, why, sizeof why);
+	if (r && indexed) {
+		/* The syncfs failed after the commit: none of the batch is
+		 * known to be durable. */
+		for (struct queue_req *req = batch; req; req = req->next)
+			if (req->status == 0)
+				req->status = r;
+		unindex(q, batch);
+	}
 
 	for (struct queue_req *req = batch; req; req = req->next) {
 		if (req->status == 0 && r == 0)
@@ -431,10 +486,10 @@ static void write_batch(struct queue *q, struct queue_req *batch,
 		/* Take the body back out so nothing half-written stays in
 		 * the queue. If this unlink is lost in a crash, recovery
 		 * removes the body (it has no record). */
-		if (req->status == 0) {
+		if (req->status == 0)
 			req->status = r;
-			log_err("%s: commit failed (%s)", req->qid, why);
-		}
+		log_err("%s: commit failed (%s)", req->qid,
+		        why[0] ? why : strerror(-req->status));
 		char part[QUEUE_ID_SIZE + 1];
 		const char *name = req->qid;
 		if (!req->renamed) {
@@ -722,10 +777,15 @@ static int open_index(struct queue *q, const char *spool, uint64_t map_size)
 	if ((rc = mdb_env_set_maxdbs(q->env, QUEUE_MAXDBS)) ||
 	    (rc = mdb_env_set_mapsize(q->env, map_size ? map_size : DEFAULT_MAP_SIZE)))
 		goto fail;
-	/* Synchronous commits (no MDB_NOSYNC / MDB_NOMETASYNC): that is the
-	 * durability of the index. MDB_NOTLS: read transactions may run on
-	 * threads other than the one that began them. */
-	if ((rc = mdb_env_open(q->env, path, MDB_NOTLS, 0600)))
+	/* Never MDB_NOSYNC: LMDB syncs its pages before the meta page that
+	 * makes them current, which is the index's integrity. In syncfs mode
+	 * the meta page itself is made durable by the batch's syncfs, before
+	 * any 250 (MDB_NOMETASYNC; see write_batch). MDB_NOTLS: read
+	 * transactions may run on threads other than the one that began them. */
+	unsigned flags = MDB_NOTLS;
+	if (q->sync == QUEUE_SYNC_SYNCFS)
+		flags |= MDB_NOMETASYNC;
+	if ((rc = mdb_env_open(q->env, path, flags, 0600)))
 		goto fail;
 	/* LMDB syncs the files it writes but not the directory it may just
 	 * have created data.mdb in: make that entry durable before any
@@ -826,25 +886,38 @@ static int recover_index(struct queue *q, size_t *nmsg, size_t *repaired,
 		char qid[QUEUE_ID_SIZE];
 		if (key_qid(&k, qid)) {
 			struct stat st;
+			bool short_body = false;
 			if (fstatat(q->msg_fd, qid, &st, AT_SYMLINK_NOFOLLOW) == 0) {
 				struct queue_msg *m;
 				int d = queue_msg_decode(qid, v.mv_data, v.mv_size, &m);
+				/* A record whose body is shorter or longer than it
+				 * says was committed in the window before its batch's
+				 * syncfs returned: no 250 went out for it. */
+				short_body = d == 0 && (uint64_t)st.st_size != m->size;
 				if (d == 0)
 					queue_msg_free(m);
 				else  /* kept: dropping it would lose the mail */
 					log_warn("%s: index record cannot be decoded: %s",
 					         qid, strerror(-d));
-				(*nmsg)++;
-				memcpy(floor, qid, QUEUE_ID_SIZE);  /* key order */
-				continue;
-			}
-			if (errno != ENOENT) {
+				if (!short_body) {
+					(*nmsg)++;
+					memcpy(floor, qid, QUEUE_ID_SIZE);  /* key order */
+					continue;
+				}
+				log_warn("%s: dropped index record: body has %lld "
+				         "bytes, not the size recorded (unfinished commit)",
+				         qid, (long long)st.st_size);
+				if (unlinkat(q->msg_fd, qid, 0) < 0 && errno != ENOENT)
+					log_err("%s: cannot remove msg/%s: %s", qid, qid,
+					        strerror(errno));
+			} else if (errno != ENOENT) {
 				r = -errno;
 				log_err("%s: cannot stat msg/%s: %s", qid, qid,
 				        strerror(-r));
 				goto abort;
+			} else {
+				log_warn("%s: dropped index record without body", qid);
 			}
-			log_warn("%s: dropped index record without body", qid);
 		} else {
 			char esc[64];
 			log_warn("queue: dropped index record with bad key %s",
