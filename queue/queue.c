@@ -36,6 +36,14 @@
 
 #include "common/log.h"
 
+/* Body files are created ahead of need by the opener thread, so that no
+ * file is created on the loop thread under load (inode allocation costs
+ * tens of microseconds, and far more on some file systems). */
+#define POOL_MAX 64
+#define POOL_LOW 32
+/* ".QID" (created on the spot) or ".p" + 16 hex digits (from the pool). */
+#define PART_NAME_SIZE 24
+
 /* User-space buffer per body: bounded, whatever the message size. */
 #define BODY_BUF_SIZE (64 * 1024)
 #define DEFAULT_MAP_SIZE (UINT64_C(1) << 30)
@@ -45,6 +53,7 @@ struct queue_req {
 	struct queue_req *next;
 	char qid[QUEUE_ID_SIZE];
 	int fd;                 /* body; the writer closes it after the sync */
+	char part[PART_NAME_SIZE];  /* its name until the rename */
 	uint8_t *rec;           /* encoded envelope, the "msg" value */
 	size_t reclen;
 	int64_t arrival;
@@ -60,6 +69,12 @@ struct queue_discard {
 	struct queue_discard *next;
 	int fd;
 	char qid[QUEUE_ID_SIZE];
+	char part[PART_NAME_SIZE];
+};
+
+struct pool_file {
+	int fd;
+	char part[PART_NAME_SIZE];
 };
 
 struct queue {
@@ -80,6 +95,11 @@ struct queue {
 	uint64_t npushed;       /* requests ever queued: arrivals while waiting */
 	struct queue_discard *discard;  /* aborted bodies to remove */
 	bool writer_running;
+	struct pool_file pool[POOL_MAX];  /* empty body files, ready */
+	size_t npool;
+	pthread_t opener;
+	pthread_cond_t opener_cond;   /* signalled when the pool runs low */
+	bool opener_running;
 	struct queue_req *done, **done_tail;
 	bool stop;
 	struct queue_stats st;
@@ -93,6 +113,7 @@ struct queue {
 struct queue_body {
 	struct queue *q;
 	char qid[QUEUE_ID_SIZE];
+	char part[PART_NAME_SIZE];
 	int fd;
 	int err;                /* sticky: the first write error */
 	size_t len;             /* bytes waiting in buf */
@@ -125,11 +146,76 @@ static int write_all(int fd, const uint8_t *p, size_t n)
 
 /* ---- bodies (loop thread) --------------------------------------------- */
 
-/* msg/.QID: the name a body has until the writer renames it. */
-static void part_name(char out[QUEUE_ID_SIZE + 1], const char *qid)
+/* msg/.QID: the name of a body created on the spot, until the rename. */
+static void part_name(char out[PART_NAME_SIZE], const char *qid)
 {
 	out[0] = '.';
 	memcpy(out + 1, qid, QUEUE_ID_SIZE);
+}
+
+/* Takes a pre-created body file, if any, and wakes the opener when the
+ * pool runs low. */
+static bool pool_take(struct queue *q, int *fd, char part[PART_NAME_SIZE])
+{
+	bool got = false;
+	pthread_mutex_lock(&q->mu);
+	if (q->npool > 0) {
+		struct pool_file *f = &q->pool[--q->npool];
+		*fd = f->fd;
+		memcpy(part, f->part, PART_NAME_SIZE);
+		got = true;
+	}
+	if (q->npool < POOL_LOW && q->opener_running)
+		pthread_cond_signal(&q->opener_cond);
+	pthread_mutex_unlock(&q->mu);
+	return got;
+}
+
+/* The opener thread keeps the pool between POOL_LOW and POOL_MAX files.
+ * A failure (disk full) is not reported here: the loop then creates the
+ * body itself and answers the client with the error. */
+static void *opener_main(void *arg)
+{
+	struct queue *q = arg;
+	uint64_t seq = 0;
+	pthread_mutex_lock(&q->mu);
+	while (!q->stop) {
+		if (q->npool >= POOL_LOW) {
+			pthread_cond_wait(&q->opener_cond, &q->mu);
+			continue;
+		}
+		size_t want = POOL_MAX - q->npool;
+		pthread_mutex_unlock(&q->mu);
+		struct pool_file made[POOL_MAX];
+		size_t n = 0;
+		while (n < want) {
+			snprintf(made[n].part, sizeof made[n].part, ".p%016llx",
+			         (unsigned long long)++seq);
+			made[n].fd = openat(q->msg_fd, made[n].part,
+			                    O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+			                    0600);
+			if (made[n].fd < 0)
+				break;
+			n++;
+		}
+		bool failed = n < want;
+		pthread_mutex_lock(&q->mu);
+		for (size_t i = 0; i < n; i++)
+			q->pool[q->npool++] = made[i];
+		if (failed && !q->stop) {
+			/* Try again later, not in a tight loop. */
+			struct timespec t;
+			clock_gettime(CLOCK_MONOTONIC, &t);
+			t.tv_nsec += 100 * 1000000L;
+			if (t.tv_nsec >= 1000000000L) {
+				t.tv_sec++;
+				t.tv_nsec -= 1000000000L;
+			}
+			pthread_cond_timedwait(&q->opener_cond, &q->mu, &t);
+		}
+	}
+	pthread_mutex_unlock(&q->mu);
+	return NULL;
 }
 
 int queue_body_open(struct queue *q, const char *qid, struct queue_body **out)
@@ -141,15 +227,17 @@ int queue_body_open(struct queue *q, const char *qid, struct queue_body **out)
 	struct queue_body *b = malloc(sizeof *b);
 	if (!b)
 		return -ENOMEM;
-	char part[QUEUE_ID_SIZE + 1];
-	part_name(part, qid);
-	b->fd = openat(q->msg_fd, part, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
-	               0600);
-	if (b->fd < 0) {
-		int r = io_errno(errno);
-		log_err("%s: cannot create msg/%s: %s", qid, part, strerror(-r));
-		free(b);
-		return r;
+	if (!pool_take(q, &b->fd, b->part)) {
+		part_name(b->part, qid);
+		b->fd = openat(q->msg_fd, b->part,
+		               O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		if (b->fd < 0) {
+			int r = io_errno(errno);
+			log_err("%s: cannot create msg/%s: %s", qid, b->part,
+			        strerror(-r));
+			free(b);
+			return r;
+		}
 	}
 	b->q = q;
 	memcpy(b->qid, qid, QUEUE_ID_SIZE);
@@ -166,7 +254,7 @@ static int body_flush(struct queue_body *b)
 		b->err = write_all(b->fd, b->buf, b->len);
 		b->len = 0;
 		if (b->err)
-			log_err("%s: cannot write msg/.%s: %s", b->qid, b->qid,
+			log_err("%s: cannot write msg/%s: %s", b->qid, b->part,
 			        strerror(-b->err));
 	}
 	return b->err;
@@ -182,7 +270,7 @@ int queue_body_write(struct queue_body *b, const void *p, size_t n)
 		/* Large chunk: straight to the file, no copy. */
 		b->err = write_all(b->fd, p, n);
 		if (b->err) {
-			log_err("%s: cannot write msg/.%s: %s", b->qid, b->qid,
+			log_err("%s: cannot write msg/%s: %s", b->qid, b->part,
 			        strerror(-b->err));
 			return b->err;
 		}
@@ -203,12 +291,11 @@ uint64_t queue_body_size(const struct queue_body *b)
  * wait on the disk (the last unlink of a large file frees its blocks and
  * waits for pages under writeback), so queue_body_abort() hands it to the
  * writer thread when it can. */
-static void discard_body(struct queue *q, int fd, const char *qid)
+static void discard_body(struct queue *q, int fd, const char *qid,
+                         const char *part)
 {
 	if (close(fd) < 0 && errno != EINTR)
-		log_warn("%s: close msg/.%s: %s", qid, qid, strerror(errno));
-	char part[QUEUE_ID_SIZE + 1];
-	part_name(part, qid);
+		log_warn("%s: close msg/%s: %s", qid, part, strerror(errno));
 	if (unlinkat(q->msg_fd, part, 0) < 0 && errno != ENOENT)
 		log_err("%s: cannot remove msg/%s: %s", qid, part, strerror(errno));
 }
@@ -223,6 +310,7 @@ void queue_body_abort(struct queue_body *b)
 	if (d) {
 		d->fd = b->fd;
 		memcpy(d->qid, b->qid, QUEUE_ID_SIZE);
+		memcpy(d->part, b->part, PART_NAME_SIZE);
 		pthread_mutex_lock(&q->mu);
 		if (q->writer_running && !q->stop) {
 			d->next = q->discard;
@@ -234,7 +322,7 @@ void queue_body_abort(struct queue_body *b)
 	}
 	if (!handed) {
 		free(d);
-		discard_body(q, b->fd, b->qid);
+		discard_body(q, b->fd, b->qid, b->part);
 	}
 	free(b);
 }
@@ -270,6 +358,7 @@ int queue_commit(struct queue *q, struct queue_body *b,
 	if (r)
 		goto fail;
 	memcpy(req->qid, b->qid, QUEUE_ID_SIZE);
+	memcpy(req->part, b->part, PART_NAME_SIZE);
 	req->fd = b->fd;        /* the fd now belongs to the request */
 	req->arrival = m->arrival;
 	req->sched = m->state == QUEUE_MSG_ACTIVE;
@@ -415,8 +504,7 @@ static void write_batch(struct queue *q, struct queue_req *batch,
 	bool indexed = false;
 
 	for (struct queue_req *req = batch; req; req = req->next) {
-		char part[QUEUE_ID_SIZE + 1];
-		part_name(part, req->qid);
+		const char *part = req->part;
 		if (q->sync == QUEUE_SYNC_FSYNC) {
 			/* Data before the name, so msg/QID never names a file
 			 * whose blocks are not on disk. */
@@ -428,7 +516,9 @@ static void write_batch(struct queue *q, struct queue_req *batch,
 				continue;
 			}
 		}
-		if (renameat(q->msg_fd, part, q->msg_fd, req->qid) < 0) {
+		/* NOREPLACE: an existing msg/QID is never overwritten. */
+		if (renameat2(q->msg_fd, part, q->msg_fd, req->qid,
+		              RENAME_NOREPLACE) < 0) {
 			req->status = io_errno(errno);
 			log_err("%s: rename msg/%s to msg/%s: %s", req->qid, part,
 			        req->qid, strerror(-req->status));
@@ -490,12 +580,7 @@ static void write_batch(struct queue *q, struct queue_req *batch,
 			req->status = r;
 		log_err("%s: commit failed (%s)", req->qid,
 		        why[0] ? why : strerror(-req->status));
-		char part[QUEUE_ID_SIZE + 1];
-		const char *name = req->qid;
-		if (!req->renamed) {
-			part_name(part, req->qid);
-			name = part;
-		}
+		const char *name = req->renamed ? req->qid : req->part;
 		if (unlinkat(q->msg_fd, name, 0) < 0 && errno != ENOENT)
 			log_err("%s: cannot remove msg/%s: %s", req->qid, name,
 			        strerror(errno));
@@ -554,7 +639,7 @@ static void *writer_main(void *arg)
 			pthread_mutex_unlock(&q->mu);
 			while (d) {
 				struct queue_discard *next = d->next;
-				discard_body(q, d->fd, d->qid);
+				discard_body(q, d->fd, d->qid, d->part);
 				free(d);
 				d = next;
 			}
@@ -641,6 +726,7 @@ static void queue_free(struct queue *q)
 	if (q->spool_fd >= 0)
 		close(q->spool_fd);
 	pthread_cond_destroy(&q->cond);
+	pthread_cond_destroy(&q->opener_cond);
 	pthread_mutex_destroy(&q->mu);
 	free(q);
 }
@@ -665,6 +751,7 @@ void queue_close(struct queue *q, void (*done_cb)(void *arg), void *arg)
 	pthread_mutex_lock(&q->mu);
 	q->stop = true;
 	pthread_cond_signal(&q->cond);
+	pthread_cond_signal(&q->opener_cond);
 	pthread_mutex_unlock(&q->mu);
 
 	/* Blocks the loop only for the batches already handed over: this is
@@ -673,6 +760,14 @@ void queue_close(struct queue *q, void (*done_cb)(void *arg), void *arg)
 	if (r)
 		log_err("queue: pthread_join: %s", strerror(r));
 	q->writer_running = false;
+	if (q->opener_running) {
+		pthread_join(q->opener, NULL);
+		q->opener_running = false;
+	}
+	/* Unused pool files: nobody else can take them now. */
+	for (size_t i = 0; i < q->npool; i++)
+		discard_body(q, q->pool[i].fd, "queue", q->pool[i].part);
+	q->npool = 0;
 	run_done(q);
 	uv_close((uv_handle_t *)&q->async, closed_cb);
 }
@@ -1055,6 +1150,8 @@ int queue_open(uv_loop_t *loop, const struct queue_opts *o, struct queue **out)
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	r = pthread_cond_init(&q->cond, &ca);
+	if (r == 0 && (r = pthread_cond_init(&q->opener_cond, &ca)))
+		pthread_cond_destroy(&q->cond);
 	pthread_condattr_destroy(&ca);
 	if (r) {
 		pthread_mutex_destroy(&q->mu);
@@ -1079,9 +1176,15 @@ int queue_open(uv_loop_t *loop, const struct queue_opts *o, struct queue **out)
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
 	r = pthread_create(&q->writer, NULL, writer_main, q);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (r == 0)
+	if (r == 0) {
 		q->writer_running = true;   /* no other thread yet: no lock */
+		/* Without the opener, bodies are simply created on demand. */
+		if (pthread_create(&q->opener, NULL, opener_main, q) == 0)
+			q->opener_running = true;
+		else
+			log_warn("queue: no opener thread; bodies created on demand");
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (r) {
 		log_err("queue: cannot start writer thread: %s", strerror(r));
 		/* The handle is live now: free q from its close callback. */

@@ -370,8 +370,22 @@ def spool_files(relayd, sub):
 def unfinished_bodies(relayd):
     """Bodies not (or no longer) part of the queue: msg/.ID files, which
     relayd writes while DATA arrives and removes on abort, and anything in
-    tmp/ (unused by relayd, cleaned at startup)."""
-    return (["msg/" + n for n in spool_files(relayd, "msg") if n.startswith(".")]
+    tmp/ (unused by relayd, cleaned at startup). An empty msg/.p* file is
+    not a body: relayd creates such files ahead of need (its pool) and a
+    running relayd always has some; once one holds bytes (a Received
+    header comes first) it is a body like any other."""
+    msg = os.path.join(relayd.spool, "msg")
+
+    def is_body(n):
+        if not n.startswith("."):
+            return False
+        if not n.startswith(".p"):
+            return True
+        try:
+            return os.path.getsize(os.path.join(msg, n)) > 0
+        except FileNotFoundError:
+            return False
+    return (["msg/" + n for n in spool_files(relayd, "msg") if is_body(n)]
             + ["tmp/" + n for n in spool_files(relayd, "tmp")])
 
 
