@@ -772,6 +772,13 @@ void queue_close(struct queue *q, void (*done_cb)(void *arg), void *arg)
 	uv_close((uv_handle_t *)&q->async, closed_cb);
 }
 
+void queue_set_commit_delay(struct queue *q, uint64_t us)
+{
+	pthread_mutex_lock(&q->mu);
+	q->commit_delay_us = us;
+	pthread_mutex_unlock(&q->mu);
+}
+
 void queue_get_stats(const struct queue *q, struct queue_stats *st)
 {
 	struct queue *mq = (struct queue *)q;   /* the mutex is not data */

@@ -123,6 +123,9 @@ void queue_close(struct queue *q, void (*done_cb)(void *arg), void *arg);
 
 void queue_get_stats(const struct queue *q, struct queue_stats *st);
 
+/* Changes commit_delay_us (SIGHUP). */
+void queue_set_commit_delay(struct queue *q, uint64_t us);
+
 /* Next queue id (loop thread only). */
 void queue_new_id(struct queue *q, char out[QUEUE_ID_SIZE]);
 

@@ -1,7 +1,8 @@
 /*
  * smtpd/relayd.c - main(): reads the configuration, opens the log and the
  * spool, binds the listeners (as root if needed, then drops to `user`),
- * and runs the event loop until SIGTERM/SIGINT. SIGHUP reopens the log.
+ * and runs the event loop until SIGTERM/SIGINT. SIGHUP reloads the
+ * configuration for new sessions and reopens the log.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -24,7 +25,8 @@
 
 struct relayd {
 	uv_loop_t loop;
-	struct conf conf;
+	const char *conf_path;
+	struct conf conf;           /* until smtpd_new takes it over */
 	struct queue *q;
 	struct smtpd *smtpd;
 	uv_signal_t sig_term, sig_int, sig_hup;
@@ -81,15 +83,67 @@ static void stop(struct relayd *d)
 		queue_close(d->q, queue_closed_cb, d);
 }
 
+/* Keys that only a restart can change: the running values are kept in
+ * the new configuration, with a warning when the file says otherwise. */
+static void keep_restart_keys(struct conf *nc, const struct conf *old)
+{
+	bool listen_same = nc->nlisten == old->nlisten &&
+	                   memcmp(nc->listen, old->listen,
+	                          old->nlisten * sizeof *old->listen) == 0;
+	if (!listen_same) {
+		log_warn("SIGHUP: listen changed; restart relayd to apply it");
+		memcpy(nc->listen, old->listen, sizeof nc->listen);
+		nc->nlisten = old->nlisten;
+	}
+	struct { const char *key; char **nv; const char *ov; } strs[] = {
+		{"spool_dir", &nc->spool_dir, old->spool_dir},
+		{"user", &nc->user, old->user},
+	};
+	for (size_t i = 0; i < sizeof strs / sizeof *strs; i++) {
+		if (strcmp(*strs[i].nv, strs[i].ov) == 0)
+			continue;
+		log_warn("SIGHUP: %s changed; restart relayd to apply it",
+		         strs[i].key);
+		char *copy = strdup(strs[i].ov);
+		if (copy) {
+			free(*strs[i].nv);
+			*strs[i].nv = copy;
+		}
+	}
+	if (nc->spool_sync != old->spool_sync ||
+	    nc->queue_map_size != old->queue_map_size) {
+		log_warn("SIGHUP: spool_sync/queue_map_size changed; restart "
+		         "relayd to apply them");
+		nc->spool_sync = old->spool_sync;
+		nc->queue_map_size = old->queue_map_size;
+	}
+}
+
+/* SIGHUP: a configuration that does not load leaves everything as it was.
+ * Sessions already open keep the settings they started with. */
+static void reload(struct relayd *d)
+{
+	struct conf nc;
+	char err[512];
+	if (conf_load(&nc, d->conf_path, err, sizeof err) < 0) {
+		log_err("SIGHUP: %s; keeping the running configuration", err);
+		return;
+	}
+	keep_restart_keys(&nc, smtpd_conf(d->smtpd));
+	int r = log_open(nc.log_file, nc.log_stderr, nc.log_level);
+	if (r < 0)
+		log_err("SIGHUP: cannot open log file %s: %s", nc.log_file,
+		        strerror(-r));
+	queue_set_commit_delay(d->q, nc.commit_delay * 1000);
+	smtpd_set_conf(d->smtpd, &nc);
+	log_info("SIGHUP: configuration reloaded from %s", d->conf_path);
+}
+
 static void signal_cb(uv_signal_t *h, int signum)
 {
 	struct relayd *d = h->data;
 	if (signum == SIGHUP) {
-		int r = log_reopen();
-		if (r < 0)
-			log_err("SIGHUP: cannot reopen log file: %s", strerror(-r));
-		else
-			log_info("SIGHUP: log reopened");
+		reload(d);
 		return;
 	}
 	log_info("%s: shutting down", strsignal(signum));
@@ -189,6 +243,7 @@ int main(int argc, char **argv)
 
 	static struct relayd d;
 	char err[512];
+	d.conf_path = path;
 	if (conf_load(&d.conf, path, err, sizeof err) < 0) {
 		fprintf(stderr, "relayd: %s\n", err);
 		return 1;
@@ -211,18 +266,19 @@ int main(int argc, char **argv)
 	r = smtpd_new(&d.loop, &d.conf, NULL, &d.smtpd);
 	if (r < 0)
 		goto fail;
-	if (drop_privileges(&d.conf) < 0)
+	const struct conf *c = smtpd_conf(d.smtpd);
+	if (drop_privileges(c) < 0)
 		goto fail;
 	struct queue_opts qo = {
-		.spool_dir = d.conf.spool_dir,
-		.map_size = d.conf.queue_map_size,
-		.commit_delay_us = d.conf.commit_delay * 1000,
-		.sync = d.conf.spool_sync == CONF_SYNC_FSYNC ? QUEUE_SYNC_FSYNC
-		                                             : QUEUE_SYNC_SYNCFS,
+		.spool_dir = c->spool_dir,
+		.map_size = c->queue_map_size,
+		.commit_delay_us = c->commit_delay * 1000,
+		.sync = c->spool_sync == CONF_SYNC_FSYNC ? QUEUE_SYNC_FSYNC
+		                                         : QUEUE_SYNC_SYNCFS,
 	};
 	r = queue_open(&d.loop, &qo, &d.q);
 	if (r < 0) {
-		log_err("cannot open spool %s: %s", d.conf.spool_dir, strerror(-r));
+		log_err("cannot open spool %s: %s", c->spool_dir, strerror(-r));
 		goto fail;
 	}
 	smtpd_set_queue(d.smtpd, d.q);
@@ -237,7 +293,7 @@ int main(int argc, char **argv)
 	uv_signal_start(&d.sig_int, signal_cb, SIGINT);
 	uv_signal_start(&d.sig_hup, signal_cb, SIGHUP);
 	log_info("relayd started: hostname=%s, spool=%s, delivery=hold",
-	         d.conf.hostname, d.conf.spool_dir);
+	         c->hostname, c->spool_dir);
 
 	uv_run(&d.loop, UV_RUN_DEFAULT);
 	rc = 0;

@@ -13,10 +13,20 @@
 
 struct smtpd;
 
-/* Binds every `listen` address of conf (which must outlive the server).
- * Returns 0 or -errno with a log line naming the address. */
-int smtpd_new(uv_loop_t *loop, const struct conf *conf, struct queue *q,
+/* Binds every `listen` address of conf. The server takes conf over (its
+ * contents are moved and *conf is left zeroed): read it back with
+ * smtpd_conf(). Returns 0 or -errno with a log line naming the address;
+ * even then *out is set, for smtpd_stop(). */
+int smtpd_new(uv_loop_t *loop, struct conf *conf, struct queue *q,
               struct smtpd **out);
+
+/* The configuration new sessions get. */
+const struct conf *smtpd_conf(const struct smtpd *s);
+
+/* SIGHUP: new sessions use conf from now on (moved in, as for smtpd_new);
+ * sessions already running keep the configuration they started with. The
+ * listeners stay as they are. */
+void smtpd_set_conf(struct smtpd *s, struct conf *conf);
 
 /* The spool sessions commit to; set before smtpd_start (the listeners are
  * bound before privileges are dropped and the spool is opened). */

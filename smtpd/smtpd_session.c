@@ -31,14 +31,36 @@
 struct smtpd_listener {
 	struct smtpd *srv;
 	uv_tcp_t tcp;
-	const struct conf_listen *cl;
+	struct conf_listen cl;     /* a copy: configurations come and go */
 };
+
+/* A configuration shared by the server and the sessions that started
+ * under it. SIGHUP installs a new one for new sessions; a session keeps
+ * the one it started with until it ends, so nothing changes under it. */
+struct smtpd_conf {
+	struct conf conf;
+	unsigned refs;
+};
+
+static struct smtpd_conf *conf_hold(struct smtpd_conf *c)
+{
+	c->refs++;
+	return c;
+}
+
+static void conf_drop(struct smtpd_conf *c)
+{
+	if (c && --c->refs == 0) {
+		conf_free(&c->conf);
+		free(c);
+	}
+}
 
 struct smtpd_session;
 
 struct smtpd {
 	uv_loop_t *loop;
-	const struct conf *conf;
+	struct smtpd_conf *conf;     /* for new sessions */
 	struct queue *q;
 	struct smtpd_listener lst[CONF_LISTEN_MAX];
 	size_t nlst;
@@ -53,6 +75,7 @@ struct smtpd {
 
 struct smtpd_session {
 	struct smtpd *srv;
+	struct smtpd_conf *cf;     /* the configuration this session runs on */
 	uv_tcp_t tcp;
 	uv_timer_t timer;
 	int open_handles;
@@ -104,7 +127,7 @@ static void header_safe(char *dst, size_t n, const char *src)
 static int sink_begin(void *ctx, struct smtpd_txn *t)
 {
 	struct smtpd_session *s = ctx;
-	const struct conf *cf = s->srv->conf;
+	const struct conf *cf = &s->cf->conf;
 	queue_new_id(s->srv->q, t->qid);
 	format_date(t->date, sizeof t->date, time(NULL));
 	int r = queue_body_open(s->srv->q, t->qid, &s->body);
@@ -226,7 +249,7 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b);
 
 static uint64_t current_timeout(const struct smtpd_session *s)
 {
-	const struct conf *cf = s->srv->conf;
+	const struct conf *cf = &s->cf->conf;
 	switch (smtpd_proto_state(s->proto)) {
 	case SMTPD_ST_INIT:
 		return cf->timeout_greeting;
@@ -276,7 +299,7 @@ static void commit_cb(void *arg, int status)
 	s->commit_pending = false;
 	if (status == 0) {
 		char client[80], from[SMTP_PATH_MAX * 4 + 8];
-		if (s->srv->conf->received_client)
+		if (s->cf->conf.received_client)
 			snprintf(client, sizeof client, "[%s]:%d", s->ip, s->port);
 		else
 			snprintf(client, sizeof client, "hidden");
@@ -424,6 +447,7 @@ static void session_maybe_free(struct smtpd_session *s)
 		s->next->prev = s->prev;
 	srv->nsessions--;
 	smtpd_proto_free(s->proto);
+	conf_drop(s->cf);
 	buf_free(&s->in);
 	buf_free(&s->out);
 	free(s);
@@ -523,9 +547,9 @@ static void connection_cb(uv_stream_t *server, int status)
 {
 	struct smtpd_listener *l = server->data;
 	struct smtpd *srv = l->srv;
-	const struct conf *cf = srv->conf;
+	const struct conf *cf = &srv->conf->conf;
 	if (status < 0) {
-		log_warn("accept on %s:%u: %s", l->cl->host, l->cl->port,
+		log_warn("accept on %s:%u: %s", l->cl.host, l->cl.port,
 		         uv_strerror(status));
 		return;
 	}
@@ -535,6 +559,7 @@ static void connection_cb(uv_stream_t *server, int status)
 		return;
 	}
 	s->srv = srv;
+	s->cf = conf_hold(srv->conf);
 	buf_init(&s->in, IN_HIGH + READ_CHUNK);
 	buf_init(&s->out, SIZE_MAX);
 	snprintf(s->sid, sizeof s->sid, "%" PRIx64, ++srv->next_sid);
@@ -598,22 +623,30 @@ static void connection_cb(uv_stream_t *server, int status)
 
 /* ---- server ------------------------------------------------------------- */
 
-int smtpd_new(uv_loop_t *loop, const struct conf *conf, struct queue *q,
+int smtpd_new(uv_loop_t *loop, struct conf *conf, struct queue *q,
               struct smtpd **out)
 {
 	struct smtpd *srv = calloc(1, sizeof *srv);
-	if (!srv)
+	struct smtpd_conf *c = calloc(1, sizeof *c);
+	if (!srv || !c) {
+		free(srv);
+		free(c);
 		return -ENOMEM;
+	}
+	c->conf = *conf;            /* moved: the server owns it now */
+	memset(conf, 0, sizeof *conf);
+	c->refs = 1;
 	srv->loop = loop;
-	srv->conf = conf;
+	srv->conf = c;
 	srv->q = q;
+	conf = &c->conf;
 	int r = 0;
 	for (size_t i = 0; i < conf->nlisten; i++) {
 		const struct conf_listen *cl = &conf->listen[i];
 		struct smtpd_listener *l = &srv->lst[i];
 		struct sockaddr_storage ss;
 		l->srv = srv;
-		l->cl = cl;
+		l->cl = *cl;
 		if (cl->ipv6)
 			r = uv_ip6_addr(cl->host, cl->port, (struct sockaddr_in6 *)&ss);
 		else
@@ -649,18 +682,38 @@ void smtpd_set_queue(struct smtpd *srv, struct queue *q)
 	srv->q = q;
 }
 
+const struct conf *smtpd_conf(const struct smtpd *srv)
+{
+	return &srv->conf->conf;
+}
+
+void smtpd_set_conf(struct smtpd *srv, struct conf *conf)
+{
+	struct smtpd_conf *c = calloc(1, sizeof *c);
+	if (!c) {
+		log_err("reload: out of memory; keeping the running configuration");
+		conf_free(conf);
+		return;
+	}
+	c->conf = *conf;
+	memset(conf, 0, sizeof *conf);
+	c->refs = 1;
+	conf_drop(srv->conf);
+	srv->conf = c;
+}
+
 int smtpd_start(struct smtpd *srv)
 {
 	for (size_t i = 0; i < srv->nlst; i++) {
 		struct smtpd_listener *l = &srv->lst[i];
 		int r = uv_listen((uv_stream_t *)&l->tcp, BACKLOG, connection_cb);
 		if (r < 0) {
-			log_err("cannot listen on %s:%u: %s", l->cl->host, l->cl->port,
+			log_err("cannot listen on %s:%u: %s", l->cl.host, l->cl.port,
 			        uv_strerror(r));
 			return r;
 		}
-		log_info("listening on %s%s%s:%u", l->cl->ipv6 ? "[" : "",
-		         l->cl->host, l->cl->ipv6 ? "]" : "", l->cl->port);
+		log_info("listening on %s%s%s:%u", l->cl.ipv6 ? "[" : "",
+		         l->cl.host, l->cl.ipv6 ? "]" : "", l->cl.port);
 	}
 	return 0;
 }
@@ -671,6 +724,7 @@ static void server_maybe_done(struct smtpd *srv)
 		return;
 	void (*cb)(void *) = srv->stop_cb;
 	void *arg = srv->stop_arg;
+	conf_drop(srv->conf);
 	free(srv);
 	if (cb)
 		cb(arg);

@@ -1,0 +1,91 @@
+"""tests/e2e/test_reload.py - SIGHUP reloads the configuration for new
+sessions without dropping the open ones; a broken file changes nothing;
+keys that need a restart keep their running value, with a warning."""
+import signal
+
+from conftest import smtp_connect, wait_until
+
+
+def _reload(r, marker):
+    before = r.log_text().count(marker)
+    r.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: r.log_text().count(marker) > before, timeout=10,
+               what="relayd to log %r" % marker)
+
+
+def _rcpts(c, n):
+    return [c.cmd("RCPT TO:<r%d@dest.test>" % i).pair for i in range(n)]
+
+
+def test_sighup_applies_to_new_sessions_only(relayd_factory):
+    r = relayd_factory(max_recipients=2)
+    old = smtp_connect(r)
+    assert old.cmd("EHLO client.test").code == 250
+    assert old.cmd("MAIL FROM:<a@client.test>").pair == (250, "2.1.0")
+    assert _rcpts(old, 2) == [(250, "2.1.5")] * 2
+
+    r.conf["max_recipients"] = "4"
+    r.write_conf()
+    _reload(r, "configuration reloaded")
+
+    # The open session keeps the limit it started with, and is unharmed.
+    assert old.cmd("RCPT TO:<third@dest.test>").pair == (452, "4.5.3")
+    assert old.cmd("DATA").code == 354
+    old.send(b"Subject: across a reload\r\n\r\nstill here\r\n.\r\n")
+    rep = old.reply()
+    assert rep.pair == (250, "2.0.0"), rep
+    assert old.cmd("QUIT").code == 221
+
+    # A new session gets the new limit.
+    new = smtp_connect(r)
+    assert new.cmd("EHLO client.test").code == 250
+    assert new.cmd("MAIL FROM:<b@client.test>").pair == (250, "2.1.0")
+    assert _rcpts(new, 5) == [(250, "2.1.5")] * 4 + [(452, "4.5.3")]
+    new.close()
+    assert len(r.stored()) == 1
+
+
+def test_sighup_with_a_broken_file_keeps_running_config(relayd_factory):
+    r = relayd_factory(max_recipients=2)
+    with open(r.conf_path, "a") as f:
+        f.write("max_recipients = lots\n")
+    _reload(r, "keeping the running configuration")
+    log = r.log_text()
+    assert "max_recipients" in log and "lots" in log
+    c = smtp_connect(r)
+    assert c.cmd("EHLO client.test").code == 250
+    assert c.cmd("MAIL FROM:<a@client.test>").pair == (250, "2.1.0")
+    assert _rcpts(c, 3) == [(250, "2.1.5")] * 2 + [(452, "4.5.3")]
+    c.close()
+
+
+def test_sighup_restart_only_keys_are_kept(relayd_factory):
+    r = relayd_factory()
+    old_spool = r.conf["spool_dir"]
+    r.conf["spool_dir"] = old_spool + "-elsewhere"
+    r.conf["listen"] = "127.0.0.1:1"
+    r.conf["max_bad_commands"] = "1"
+    r.write_conf()
+    _reload(r, "configuration reloaded")
+    log = r.log_text()
+    assert "spool_dir changed; restart relayd" in log
+    assert "listen changed; restart relayd" in log
+    # Still listening where it was, spooling where it was; the other key
+    # took effect.
+    c = smtp_connect(r)
+    rep = c.cmd("FOO")
+    assert rep.pair == (500, "5.5.1"), rep
+    assert c.reply().pair == (421, "4.7.0")
+    assert c.closed_within(5)
+    c = smtp_connect(r)
+    assert c.cmd("EHLO client.test").code == 250
+    assert c.cmd("MAIL FROM:<a@client.test>").pair == (250, "2.1.0")
+    assert c.cmd("RCPT TO:<b@dest.test>").pair == (250, "2.1.5")
+    assert c.cmd("DATA").code == 354
+    c.send(b"Subject: x\r\n\r\ny\r\n.\r\n")
+    assert c.reply().pair == (250, "2.0.0")
+    c.close()
+    assert len(r.stored()) == 1
+    r.conf["spool_dir"] = old_spool   # relayctl reads the spool in use
+    r.write_conf()
+    assert b"1 message" in r.relayctl("list").stdout
