@@ -35,18 +35,25 @@ int log_level_parse(const char *s)
 	return -EINVAL;
 }
 
+/* May be called again (SIGHUP) while other threads log: the settings they
+ * read inside log_write() change under the mutex. log_path is only used
+ * by the thread that opens and reopens the log. */
 int log_open(const char *file, bool to_stderr, enum log_level level)
 {
-	log_threshold = level;
-	log_stderr = to_stderr;
-	log_pid = (long)getpid();
-	free(log_path);
-	log_path = NULL;
+	char *path = NULL;
 	if (file && *file) {
-		log_path = strdup(file);
-		if (!log_path)
+		path = strdup(file);
+		if (!path)
 			return -ENOMEM;
 	}
+	if (!log_pid)   /* first call, before any other thread exists */
+		log_pid = (long)getpid();
+	pthread_mutex_lock(&log_mu);
+	log_stderr = to_stderr;
+	pthread_mutex_unlock(&log_mu);
+	__atomic_store_n(&log_threshold, (int)level, __ATOMIC_RELAXED);
+	free(log_path);
+	log_path = path;
 	return log_reopen();
 }
 

@@ -25,7 +25,9 @@ int log_level_parse(const char *s);
 void log_write(enum log_level lvl, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
-#define log_enabled(l) ((int)(l) <= log_threshold)
+/* Relaxed atomic: SIGHUP may change the level while threads log. */
+#define log_enabled(l) \
+	((int)(l) <= __atomic_load_n(&log_threshold, __ATOMIC_RELAXED))
 #define log_err(...)   do { if (log_enabled(LOG_ERR)) log_write(LOG_ERR, __VA_ARGS__); } while (0)
 #define log_warn(...)  do { if (log_enabled(LOG_WARN)) log_write(LOG_WARN, __VA_ARGS__); } while (0)
 #define log_info(...)  do { if (log_enabled(LOG_INFO)) log_write(LOG_INFO, __VA_ARGS__); } while (0)

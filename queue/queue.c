@@ -59,18 +59,23 @@ struct queue_req {
 	int64_t arrival;
 	bool sched;             /* ACTIVE: gets a "sched" entry */
 	bool renamed;           /* msg/.QID is now msg/QID */
+	bool indexed;           /* its record went into the batch's txn */
 	int status;
 	queue_commit_cb cb;
 	void *arg;
 };
 
-/* An aborted body for the writer to close and remove. */
+/* An aborted body (already closed) for the writer to remove. */
 struct queue_discard {
 	struct queue_discard *next;
-	int fd;
 	char qid[QUEUE_ID_SIZE];
 	char part[PART_NAME_SIZE];
 };
+
+/* Beyond this many removals waiting, the loop removes bodies itself: a
+ * client aborting transactions in a loop must not grow the list (or, with
+ * it, the writer's work ahead of real commits) without bound. */
+#define DISCARD_MAX 256
 
 struct pool_file {
 	int fd;
@@ -94,6 +99,7 @@ struct queue {
 	struct queue_req *pending, **pending_tail;
 	uint64_t npushed;       /* requests ever queued: arrivals while waiting */
 	struct queue_discard *discard;  /* aborted bodies to remove */
+	size_t ndiscard;
 	bool writer_running;
 	struct pool_file pool[POOL_MAX];  /* empty body files, ready */
 	size_t npool;
@@ -291,13 +297,18 @@ uint64_t queue_body_size(const struct queue_body *b)
  * wait on the disk (the last unlink of a large file frees its blocks and
  * waits for pages under writeback), so queue_body_abort() hands it to the
  * writer thread when it can. */
+static void unlink_part(struct queue *q, const char *qid, const char *part)
+{
+	if (unlinkat(q->msg_fd, part, 0) < 0 && errno != ENOENT)
+		log_err("%s: cannot remove msg/%s: %s", qid, part, strerror(errno));
+}
+
 static void discard_body(struct queue *q, int fd, const char *qid,
                          const char *part)
 {
 	if (close(fd) < 0 && errno != EINTR)
 		log_warn("%s: close msg/%s: %s", qid, part, strerror(errno));
-	if (unlinkat(q->msg_fd, part, 0) < 0 && errno != ENOENT)
-		log_err("%s: cannot remove msg/%s: %s", qid, part, strerror(errno));
+	unlink_part(q, qid, part);
 }
 
 void queue_body_abort(struct queue_body *b)
@@ -305,16 +316,20 @@ void queue_body_abort(struct queue_body *b)
 	if (!b)
 		return;
 	struct queue *q = b->q;
+	/* Closing a file that still has a name is cheap; the last unlink of
+	 * a large one is what can wait on the disk: that goes to the writer. */
+	if (close(b->fd) < 0 && errno != EINTR)
+		log_warn("%s: close msg/%s: %s", b->qid, b->part, strerror(errno));
 	struct queue_discard *d = malloc(sizeof *d);
 	bool handed = false;
 	if (d) {
-		d->fd = b->fd;
 		memcpy(d->qid, b->qid, QUEUE_ID_SIZE);
 		memcpy(d->part, b->part, PART_NAME_SIZE);
 		pthread_mutex_lock(&q->mu);
-		if (q->writer_running && !q->stop) {
+		if (q->writer_running && !q->stop && q->ndiscard < DISCARD_MAX) {
 			d->next = q->discard;
 			q->discard = d;
+			q->ndiscard++;
 			pthread_cond_signal(&q->cond);
 			handed = true;
 		}
@@ -322,7 +337,7 @@ void queue_body_abort(struct queue_body *b)
 	}
 	if (!handed) {
 		free(d);
-		discard_body(q, b->fd, b->qid, b->part);
+		unlink_part(q, b->qid, b->part);
 	}
 	free(b);
 }
@@ -400,17 +415,25 @@ static int index_batch(struct queue *q, struct queue_req *batch,
 			continue;
 		MDB_val k = {QUEUE_ID_LEN, req->qid};
 		MDB_val v = {req->reclen, req->rec};
-		rc = mdb_put(txn, q->dbi_msg, &k, &v, 0);
-		if (rc)
-			goto abort;
-		if (!req->sched)
+		/* Never over another message's record: that one was answered
+		 * 250 and is not ours to replace. */
+		rc = mdb_put(txn, q->dbi_msg, &k, &v, MDB_NOOVERWRITE);
+		if (rc == MDB_KEYEXIST) {
+			req->status = -EEXIST;
+			log_err("%s: a record with this id exists", req->qid);
 			continue;
-		uint8_t sk[QUEUE_SCHED_KEY_LEN];
-		queue_sched_key(req->arrival, req->qid, sk);
-		MDB_val skv = {sizeof sk, sk}, empty = {0, NULL};
-		rc = mdb_put(txn, q->dbi_sched, &skv, &empty, 0);
+		}
 		if (rc)
 			goto abort;
+		if (req->sched) {
+			uint8_t sk[QUEUE_SCHED_KEY_LEN];
+			queue_sched_key(req->arrival, req->qid, sk);
+			MDB_val skv = {sizeof sk, sk}, empty = {0, NULL};
+			rc = mdb_put(txn, q->dbi_sched, &skv, &empty, 0);
+			if (rc)
+				goto abort;
+		}
+		req->indexed = true;
 	}
 	/* Only the meta page write makes the transaction current, after
 	 * LMDB synced its pages: records never point at pages that did not
@@ -422,20 +445,23 @@ static int index_batch(struct queue *q, struct queue_req *batch,
 abort:
 	mdb_txn_abort(txn);
 fail:
+	for (struct queue_req *req = batch; req; req = req->next)
+		req->indexed = false;
 	snprintf(why, whylen, "index: %s", mdb_strerror(rc));
 	return queue_mdb_errno(rc);
 }
 
 /* Takes back the records of requests that failed after the index commit
- * (their bodies did not become durable). Best effort: should this be lost
- * in a crash, recovery drops the records, whose bodies are gone. */
+ * (their bodies did not become durable), and only theirs. The caller
+ * makes this and the bodies' removal durable (settle_failures). */
 static void unindex(struct queue *q, struct queue_req *batch)
 {
 	MDB_txn *txn;
 	int rc = mdb_txn_begin(q->env, NULL, 0, &txn);
 	for (struct queue_req *req = batch; rc == 0 && req; req = req->next) {
-		if (req->status == 0)
+		if (req->status == 0 || !req->indexed)
 			continue;
+		req->indexed = false;
 		MDB_val k = {QUEUE_ID_LEN, req->qid};
 		rc = mdb_del(txn, q->dbi_msg, &k, NULL);
 		if (rc == 0 && req->sched) {
@@ -548,8 +574,18 @@ static void write_batch(struct queue *q, struct queue_req *batch,
 			r = io_errno(errno);
 			snprintf(why, sizeof why, "syncfs: %s", strerror(-r));
 		}
-		if (r == 0 && check_bodies(batch) > 0)
-			unindex(q, batch);
+		/* The meta page was written without a sync of its own: its
+		 * writeback error, like a body's, is checked on its file. */
+		int mfd;
+		if (r == 0 && mdb_env_get_fd(q->env, &mfd) == 0 &&
+		    sync_file_range(mfd, 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE |
+		                    SYNC_FILE_RANGE_WRITE |
+		                    SYNC_FILE_RANGE_WAIT_AFTER) < 0) {
+			r = io_errno(errno);
+			snprintf(why, sizeof why, "index writeback: %s", strerror(-r));
+		}
+		if (r == 0)
+			check_bodies(batch);
 	}
 
 	/* Closed here, after the sync: fdatasync needs the descriptor, and
@@ -562,13 +598,17 @@ static void write_batch(struct queue *q, struct queue_req *batch,
 	}
 
 	if (r && indexed) {
-		/* The syncfs failed after the commit: none of the batch is
+		/* The sync failed after the commit: none of the batch is
 		 * known to be durable. */
 		for (struct queue_req *req = batch; req; req = req->next)
 			if (req->status == 0)
 				req->status = r;
-		unindex(q, batch);
 	}
+	bool failures = false;
+	for (struct queue_req *req = batch; req; req = req->next)
+		failures |= req->indexed && req->status != 0;
+	if (failures)
+		unindex(q, batch);
 
 	for (struct queue_req *req = batch; req; req = req->next) {
 		if (req->status == 0 && r == 0)
@@ -583,6 +623,18 @@ static void write_batch(struct queue *q, struct queue_req *batch,
 		const char *name = req->renamed ? req->qid : req->part;
 		if (unlinkat(q->msg_fd, name, 0) < 0 && errno != ENOENT)
 			log_err("%s: cannot remove msg/%s: %s", req->qid, name,
+			        strerror(errno));
+	}
+	if (failures) {
+		/* A record and a body that did reach the disk must not outlive
+		 * the 451/452 the client is about to get: a corrupt body with
+		 * the recorded size would pass recovery. Rare; sync it all. */
+		int rc = mdb_env_sync(q->env, 1);
+		if (rc)
+			log_err("queue: index sync after a failed batch: %s",
+			        mdb_strerror(rc));
+		if (fsync(q->msg_fd) < 0)
+			log_err("queue: fsync msg/ after a failed batch: %s",
 			        strerror(errno));
 	}
 }
@@ -633,13 +685,15 @@ static void *writer_main(void *arg)
 	for (;;) {
 		while (!q->pending && !q->discard && !q->stop)
 			pthread_cond_wait(&q->cond, &q->mu);
-		if (q->discard) {
+		if (!q->pending && q->discard) {
+			/* Removals only when no commit waits: commits first. */
 			struct queue_discard *d = q->discard;
 			q->discard = NULL;
+			q->ndiscard = 0;
 			pthread_mutex_unlock(&q->mu);
 			while (d) {
 				struct queue_discard *next = d->next;
-				discard_body(q, d->fd, d->qid, d->part);
+				unlink_part(q, d->qid, d->part);
 				free(d);
 				d = next;
 			}
@@ -857,6 +911,17 @@ static int open_dirs(struct queue *q, const char *spool)
 	if (q->msg_fd < 0) {
 		r = -errno;
 		goto fail;
+	}
+	/* One syncfs covers one file system: with msg/ or index/ mounted or
+	 * linked elsewhere it would miss them. Fall back to per-file syncs. */
+	struct stat sp, sm, si;
+	if (q->sync == QUEUE_SYNC_SYNCFS &&
+	    (fstat(q->spool_fd, &sp) < 0 || fstat(q->msg_fd, &sm) < 0 ||
+	     fstatat(q->spool_fd, "index", &si, 0) < 0 ||
+	     sm.st_dev != sp.st_dev || si.st_dev != sp.st_dev)) {
+		log_warn("queue: msg/ or index/ is not on the spool's file system; "
+		         "using spool_sync = fsync");
+		q->sync = QUEUE_SYNC_FSYNC;
 	}
 	return 0;
 fail:

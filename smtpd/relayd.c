@@ -43,10 +43,27 @@ static void usage(FILE *f)
 	        "Every key can be overridden by RELAYD_<KEY> in the environment.\n");
 }
 
+static void signal_closed_cb(uv_handle_t *h)
+{
+	(void)h;
+}
+
+static void close_signals(struct relayd *d)
+{
+	uv_signal_t *sigs[] = {&d->sig_term, &d->sig_int, &d->sig_hup};
+	for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
+		if (sigs[i]->loop && !uv_is_closing((uv_handle_t *)sigs[i]))
+			uv_close((uv_handle_t *)sigs[i], signal_closed_cb);
+}
+
+/* The last step of a shutdown: the signal handles stay open until here,
+ * so that a HUP or a second TERM during the drain is handled (ignored)
+ * rather than killing the process with the default action. */
 static void queue_closed_cb(void *arg)
 {
 	struct relayd *d = arg;
 	d->q = NULL;
+	close_signals(d);
 }
 
 static void smtpd_stopped_cb(void *arg)
@@ -64,19 +81,11 @@ static void smtpd_stopped_cb(void *arg)
 	queue_close(d->q, queue_closed_cb, d);
 }
 
-static void signal_closed_cb(uv_handle_t *h)
-{
-	(void)h;
-}
-
 static void stop(struct relayd *d)
 {
 	if (d->stopping)
 		return;
 	d->stopping = true;
-	uv_close((uv_handle_t *)&d->sig_term, signal_closed_cb);
-	uv_close((uv_handle_t *)&d->sig_int, signal_closed_cb);
-	uv_close((uv_handle_t *)&d->sig_hup, signal_closed_cb);
 	if (d->smtpd)
 		smtpd_stop(d->smtpd, smtpd_stopped_cb, d);
 	else if (d->q)
@@ -126,6 +135,10 @@ static void reload(struct relayd *d)
 	struct conf nc;
 	char err[512];
 	if (conf_load(&nc, d->conf_path, err, sizeof err) < 0) {
+		/* logrotate's HUP must still move us to the new file. */
+		int r = log_reopen();
+		if (r < 0)
+			log_err("SIGHUP: cannot reopen log file: %s", strerror(-r));
 		log_err("SIGHUP: %s; keeping the running configuration", err);
 		return;
 	}
@@ -142,6 +155,10 @@ static void reload(struct relayd *d)
 static void signal_cb(uv_signal_t *h, int signum)
 {
 	struct relayd *d = h->data;
+	if (d->stopping) {
+		log_info("%s: already shutting down", strsignal(signum));
+		return;
+	}
 	if (signum == SIGHUP) {
 		reload(d);
 		return;
