@@ -648,6 +648,13 @@ static void write_batch(struct queue *q, struct queue_req *batch,
  * batch of one) never waits. Called and returns with q->mu held. */
 #define GATHER_GAP_US 150
 
+static uint64_t now_us(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000 + (uint64_t)t.tv_nsec / 1000;
+}
+
 static void gather(struct queue *q)
 {
 	struct timespec start, now, until;
@@ -702,8 +709,11 @@ static void *writer_main(void *arg)
 		}
 		if (!q->pending)
 			break;  /* stopping, and everything queued is done */
-		if (last_batch > 1 && q->commit_delay_us && !q->stop)
+		if (last_batch > 1 && q->commit_delay_us && !q->stop) {
+			uint64_t t0 = now_us();
 			gather(q);
+			q->st.gather_us += now_us() - t0;
+		}
 
 		/* Group commit: take everything queued so far as one batch.
 		 * Requests arriving while we sync it wait on the pending list
@@ -715,7 +725,9 @@ static void *writer_main(void *arg)
 
 		uint64_t syncs = 0, ok = 0, n = 0;
 		struct queue_req *last = NULL;
+		uint64_t t0 = now_us();
 		write_batch(q, batch, &syncs);
+		uint64_t busy = now_us() - t0;
 		for (struct queue_req *req = batch; req; req = req->next) {
 			n++;
 			ok += req->status == 0;
@@ -730,6 +742,7 @@ static void *writer_main(void *arg)
 		q->st.committed += ok;
 		q->st.failed += n - ok;
 		q->st.syncs += syncs;
+		q->st.busy_us += busy;
 		pthread_mutex_unlock(&q->mu);
 
 		/* The handle outlives this thread: queue_close joins us first. */

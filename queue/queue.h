@@ -107,6 +107,8 @@ struct queue_stats {
 	uint64_t batches;     /* writer batches (LMDB write transactions) */
 	uint64_t syncs;       /* fsync/fdatasync/syncfs calls, LMDB's included */
 	uint64_t failed;      /* commits that failed */
+	uint64_t busy_us;     /* time the writer spent making batches durable */
+	uint64_t gather_us;   /* time it spent waiting for a batch to fill */
 };
 
 /* Creates the spool directories if needed, opens the index, runs startup

@@ -75,9 +75,10 @@ static void smtpd_stopped_cb(void *arg)
 		return;
 	queue_get_stats(d->q, &st);
 	log_info("stopping: committed=%" PRIu64 ", batches=%" PRIu64
-	         ", syncs=%" PRIu64 ", syncs_per_msg=%.3f",
-	         st.committed, st.batches, st.syncs,
-	         st.committed ? (double)st.syncs / (double)st.committed : 0.0);
+	         ", syncs=%" PRIu64 ", syncs_per_msg=%.3f, writer_busy=%.2fs, "
+	         "gather=%.2fs", st.committed, st.batches, st.syncs,
+	         st.committed ? (double)st.syncs / (double)st.committed : 0.0,
+	         (double)st.busy_us / 1e6, (double)st.gather_us / 1e6);
 	queue_close(d->q, queue_closed_cb, d);
 }
 
