@@ -41,7 +41,10 @@
  * tens of microseconds, and far more on some file systems). */
 #define POOL_MAX 64
 #define POOL_LOW 32
-/* ".QID" (created on the spot) or ".p" + 16 hex digits (from the pool). */
+/* A body's name until it is placed as msg/QID: "" for an unnamed file
+ * (O_TMPFILE: no directory entry at all until linkat places it, and
+ * nothing to clean up after a crash), else ".QID" or ".p" + 16 hex digits
+ * where the file system has no O_TMPFILE. */
 #define PART_NAME_SIZE 24
 
 /* User-space buffer per body: bounded, whatever the message size. */
@@ -53,7 +56,7 @@ struct queue_req {
 	struct queue_req *next;
 	char qid[QUEUE_ID_SIZE];
 	int fd;                 /* body; the writer closes it after the sync */
-	char part[PART_NAME_SIZE];  /* its name until the rename */
+	char part[PART_NAME_SIZE];  /* its name until placed; "" if unnamed */
 	uint8_t *rec;           /* encoded envelope, the "msg" value */
 	size_t reclen;
 	int64_t arrival;
@@ -65,9 +68,11 @@ struct queue_req {
 	void *arg;
 };
 
-/* An aborted body (already closed) for the writer to remove. */
+/* An aborted body for the writer to remove: a named one is closed
+ * already (fd -1) and is unlinked; an unnamed one is freed by its close. */
 struct queue_discard {
 	struct queue_discard *next;
+	int fd;
 	char qid[QUEUE_ID_SIZE];
 	char part[PART_NAME_SIZE];
 };
@@ -88,6 +93,7 @@ struct queue {
 	enum queue_sync sync;
 	uint64_t commit_delay_us;
 	int spool_fd, tmp_fd, msg_fd;
+	bool tmpfile;           /* bodies start as O_TMPFILE files (probed) */
 	MDB_env *env;
 	MDB_dbi dbi_msg, dbi_sched;
 	struct queue_idgen idgen;   /* loop thread only */
@@ -159,6 +165,63 @@ static void part_name(char out[PART_NAME_SIZE], const char *qid)
 	memcpy(out + 1, qid, QUEUE_ID_SIZE);
 }
 
+/* Creates an empty body file: unnamed where the file system allows,
+ * else named after `hint` (".QID" or a pool name). Returns the fd or
+ * -errno; part receives the name ("" for unnamed). */
+static int body_create(struct queue *q, const char *hint,
+                       char part[PART_NAME_SIZE])
+{
+	int fd;
+	if (q->tmpfile) {
+		fd = openat(q->msg_fd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+		part[0] = '\0';
+	} else {
+		snprintf(part, PART_NAME_SIZE, "%s", hint);
+		fd = openat(q->msg_fd, part, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+		            0600);
+	}
+	return fd < 0 ? io_errno(errno) : fd;
+}
+
+/* Gives a body its queue name, msg/QID, never replacing an existing one
+ * (linkat and RENAME_NOREPLACE both fail with EEXIST). An unnamed file is
+ * linked through /proc/self/fd, which needs no privilege (AT_EMPTY_PATH
+ * would need CAP_DAC_READ_SEARCH). */
+static int body_place(struct queue *q, int fd, const char *part,
+                      const char *qid)
+{
+	int r;
+	if (part[0]) {
+		r = renameat2(q->msg_fd, part, q->msg_fd, qid, RENAME_NOREPLACE);
+	} else {
+		char path[64];
+		snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+		r = linkat(AT_FDCWD, path, q->msg_fd, qid, AT_SYMLINK_FOLLOW);
+	}
+	return r < 0 ? io_errno(errno) : 0;
+}
+
+/* Can bodies start unnamed here? One O_TMPFILE file, placed and removed. */
+static bool probe_tmpfile(struct queue *q)
+{
+	char name[32];
+	q->tmpfile = true;
+	char part[PART_NAME_SIZE];
+	int fd = body_create(q, "", part);
+	if (fd < 0) {
+		q->tmpfile = false;
+		return false;
+	}
+	snprintf(name, sizeof name, ".probe%ld", (long)getpid());
+	unlinkat(q->msg_fd, name, 0);
+	int r = body_place(q, fd, part, name);
+	close(fd);
+	if (r == 0)
+		unlinkat(q->msg_fd, name, 0);
+	q->tmpfile = r == 0;
+	return q->tmpfile;
+}
+
 /* Takes a pre-created body file, if any, and wakes the opener when the
  * pool runs low. */
 static bool pool_take(struct queue *q, int *fd, char part[PART_NAME_SIZE])
@@ -195,11 +258,10 @@ static void *opener_main(void *arg)
 		struct pool_file made[POOL_MAX];
 		size_t n = 0;
 		while (n < want) {
-			snprintf(made[n].part, sizeof made[n].part, ".p%016llx",
+			char hint[PART_NAME_SIZE];
+			snprintf(hint, sizeof hint, ".p%016llx",
 			         (unsigned long long)++seq);
-			made[n].fd = openat(q->msg_fd, made[n].part,
-			                    O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
-			                    0600);
+			made[n].fd = body_create(q, hint, made[n].part);
 			if (made[n].fd < 0)
 				break;
 			n++;
@@ -234,12 +296,12 @@ int queue_body_open(struct queue *q, const char *qid, struct queue_body **out)
 	if (!b)
 		return -ENOMEM;
 	if (!pool_take(q, &b->fd, b->part)) {
-		part_name(b->part, qid);
-		b->fd = openat(q->msg_fd, b->part,
-		               O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		char hint[PART_NAME_SIZE];
+		part_name(hint, qid);
+		b->fd = body_create(q, hint, b->part);
 		if (b->fd < 0) {
-			int r = io_errno(errno);
-			log_err("%s: cannot create msg/%s: %s", qid, b->part,
+			int r = b->fd;
+			log_err("%s: cannot create a body file in msg/: %s", qid,
 			        strerror(-r));
 			free(b);
 			return r;
@@ -260,7 +322,8 @@ static int body_flush(struct queue_body *b)
 		b->err = write_all(b->fd, b->buf, b->len);
 		b->len = 0;
 		if (b->err)
-			log_err("%s: cannot write msg/%s: %s", b->qid, b->part,
+			log_err("%s: cannot write body%s%s: %s", b->qid,
+			        b->part[0] ? " msg/" : "", b->part,
 			        strerror(-b->err));
 	}
 	return b->err;
@@ -276,7 +339,8 @@ int queue_body_write(struct queue_body *b, const void *p, size_t n)
 		/* Large chunk: straight to the file, no copy. */
 		b->err = write_all(b->fd, p, n);
 		if (b->err) {
-			log_err("%s: cannot write msg/%s: %s", b->qid, b->part,
+			log_err("%s: cannot write body%s%s: %s", b->qid,
+			        b->part[0] ? " msg/" : "", b->part,
 			        strerror(-b->err));
 			return b->err;
 		}
@@ -299,6 +363,8 @@ uint64_t queue_body_size(const struct queue_body *b)
  * writer thread when it can. */
 static void unlink_part(struct queue *q, const char *qid, const char *part)
 {
+	if (!part[0])
+		return;   /* unnamed: its close frees it */
 	if (unlinkat(q->msg_fd, part, 0) < 0 && errno != ENOENT)
 		log_err("%s: cannot remove msg/%s: %s", qid, part, strerror(errno));
 }
@@ -316,13 +382,20 @@ void queue_body_abort(struct queue_body *b)
 	if (!b)
 		return;
 	struct queue *q = b->q;
-	/* Closing a file that still has a name is cheap; the last unlink of
-	 * a large one is what can wait on the disk: that goes to the writer. */
-	if (close(b->fd) < 0 && errno != EINTR)
-		log_warn("%s: close msg/%s: %s", b->qid, b->part, strerror(errno));
+	/* What frees a large body's blocks can wait on the disk: the last
+	 * unlink of a named file, the close of an unnamed one. That goes to
+	 * the writer; closing a file that still has a name is cheap. */
+	int fd = b->fd;
+	if (b->part[0]) {
+		if (close(fd) < 0 && errno != EINTR)
+			log_warn("%s: close msg/%s: %s", b->qid, b->part,
+			         strerror(errno));
+		fd = -1;
+	}
 	struct queue_discard *d = malloc(sizeof *d);
 	bool handed = false;
 	if (d) {
+		d->fd = fd;
 		memcpy(d->qid, b->qid, QUEUE_ID_SIZE);
 		memcpy(d->part, b->part, PART_NAME_SIZE);
 		pthread_mutex_lock(&q->mu);
@@ -337,6 +410,8 @@ void queue_body_abort(struct queue_body *b)
 	}
 	if (!handed) {
 		free(d);
+		if (fd >= 0)
+			close(fd);
 		unlink_part(q, b->qid, b->part);
 	}
 	free(b);
@@ -542,11 +617,8 @@ static void write_batch(struct queue *q, struct queue_req *batch,
 				continue;
 			}
 		}
-		/* NOREPLACE: an existing msg/QID is never overwritten. */
-		if (renameat2(q->msg_fd, part, q->msg_fd, req->qid,
-		              RENAME_NOREPLACE) < 0) {
-			req->status = io_errno(errno);
-			log_err("%s: rename msg/%s to msg/%s: %s", req->qid, part,
+		if ((req->status = body_place(q, req->fd, part, req->qid))) {
+			log_err("%s: cannot place body as msg/%s: %s", req->qid,
 			        req->qid, strerror(-req->status));
 			continue;
 		}
@@ -620,10 +692,7 @@ static void write_batch(struct queue *q, struct queue_req *batch,
 			req->status = r;
 		log_err("%s: commit failed (%s)", req->qid,
 		        why[0] ? why : strerror(-req->status));
-		const char *name = req->renamed ? req->qid : req->part;
-		if (unlinkat(q->msg_fd, name, 0) < 0 && errno != ENOENT)
-			log_err("%s: cannot remove msg/%s: %s", req->qid, name,
-			        strerror(errno));
+		unlink_part(q, req->qid, req->renamed ? req->qid : req->part);
 	}
 	if (failures) {
 		/* A record and a body that did reach the disk must not outlive
@@ -700,6 +769,8 @@ static void *writer_main(void *arg)
 			pthread_mutex_unlock(&q->mu);
 			while (d) {
 				struct queue_discard *next = d->next;
+				if (d->fd >= 0)
+					close(d->fd);
 				unlink_part(q, d->qid, d->part);
 				free(d);
 				d = next;
@@ -1249,6 +1320,12 @@ int queue_open(uv_loop_t *loop, const struct queue_opts *o, struct queue **out)
 	    (r = recover(q, floor)))
 		goto fail;
 	queue_idgen_init(&q->idgen, floor);
+	/* Unnamed bodies only where one syncfs makes the link, the inode and
+	 * the data durable together; fsync mode keeps named files, whose
+	 * fdatasync-then-rename order needs no inode sync of its own. */
+	if (q->sync == QUEUE_SYNC_SYNCFS && !probe_tmpfile(q))
+		log_info("queue: no O_TMPFILE in %s/msg; bodies start as "
+		         "msg/.NAME files", o->spool_dir);
 
 	if ((r = uv_async_init(loop, &q->async, async_cb)) < 0) {
 		log_err("queue: uv_async_init: %s", uv_strerror(r));

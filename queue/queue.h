@@ -5,10 +5,13 @@
  * recovery. The only module that includes <lmdb.h>.
  *
  * Spool layout under spool_dir:
- *   msg/.QID     a body being received (removed at startup)
- *   msg/QID      committed bodies (the stored message, CRLF lines); the
- *                writer renames .QID to QID before the batch's sync
+ *   msg/QID      committed bodies (the stored message, CRLF lines)
+ *   msg/.NAME    a body being received where the file system has no
+ *                O_TMPFILE, or in fsync mode (removed at startup)
  *   tmp/         unused; anything in it is removed at startup
+ * In syncfs mode a body being received is an unnamed O_TMPFILE file in
+ * msg/ that the writer links as msg/QID before the batch's syncfs; a crash
+ * leaves nothing of it behind.
  *   index/       LMDB environment (data.mdb, lock.mdb)
  *
  * Durability contract (DESIGN.md): queue_commit()'s callback reports 0 only
@@ -131,7 +134,7 @@ void queue_set_commit_delay(struct queue *q, uint64_t us);
 /* Next queue id (loop thread only). */
 void queue_new_id(struct queue *q, char out[QUEUE_ID_SIZE]);
 
-/* A body being received: msg/.QID, written with buffered write(2) on the
+/* A body being received (unnamed, or msg/.NAME), written with buffered write(2) on the
  * caller's thread (page cache only; no fsync here). */
 struct queue_body;
 

@@ -869,7 +869,8 @@ static void test_refused(void **state)
 	queue_new_id(s.q, qid);
 	queue_new_id(s.q, other);
 	b = make_body(&s, qid, 100);
-	assert_int_equal(count_dir(s.dir, "msg"), 1);
+	/* A body being received has no name where O_TMPFILE works, else one. */
+	assert_true(count_dir(s.dir, "msg") <= 1);
 	queue_body_abort(b);
 	queue_body_abort(NULL);
 	assert_int_equal(wait_dir_count(s.dir, "msg", 0), 0);
