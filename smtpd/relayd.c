@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -168,6 +169,28 @@ static void signal_cb(uv_signal_t *h, int signum)
 	stop(d);
 }
 
+/* Each session can hold a socket and a body file, plus the pool of body
+ * files and the index: raise the soft descriptor limit to the hard one
+ * (1024 by default would not cover max_connections = 1000). */
+static void raise_fd_limit(const struct conf *c)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	rlim_t want = (rlim_t)c->max_connections * 2 + 128;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			log_warn("cannot raise the descriptor limit: %s",
+			         strerror(errno));
+	}
+	if (rl.rlim_cur < want)
+		log_warn("descriptor limit %llu is below what max_connections = %u "
+		         "may need (%llu); raise LimitNOFILE or ulimit -n",
+		         (unsigned long long)rl.rlim_cur, c->max_connections,
+		         (unsigned long long)want);
+}
+
 /* Gives the spool's directories and index files to the user. Runs as
  * root inside a directory that user controls, so nothing is followed:
  * symlinks are never chowned through (AT_SYMLINK_NOFOLLOW), and only
@@ -285,6 +308,7 @@ int main(int argc, char **argv)
 	if (r < 0)
 		goto fail;
 	const struct conf *c = smtpd_conf(d.smtpd);
+	raise_fd_limit(c);
 	if (drop_privileges(c) < 0)
 		goto fail;
 	struct queue_opts qo = {
