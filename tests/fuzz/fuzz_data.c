@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/buf.h"
 #include "smtpd/smtpd_data.h"
 
 #define CHECK(c)                                                            \
@@ -35,27 +36,17 @@
 		}                                                           \
 	} while (0)
 
-struct vec {
-	uint8_t *p;
-	size_t len, cap;
-};
-
-static void vec_add(struct vec *v, const void *p, size_t n)
+/* Output collected in the project's buffer (common/buf.h), unlimited: a
+ * zeroed one gets its limit on first use. */
+static void vec_add(struct buf *v, const void *p, size_t n)
 {
-	if (v->len + n > v->cap) {
-		size_t cap = v->cap ? v->cap : 256;
-		while (cap < v->len + n)
-			cap *= 2;
-		v->p = realloc(v->p, cap);
-		CHECK(v->p);
-		v->cap = cap;
-	}
-	memcpy(v->p + v->len, p, n);
-	v->len += n;
+	if (v->limit == 0)
+		v->limit = SIZE_MAX;
+	CHECK(buf_append(v, p, n) == 0);
 }
 
 struct result {
-	struct vec out;
+	struct buf out;
 	unsigned errors;
 	uint64_t size;
 	bool done;
@@ -95,7 +86,7 @@ static void model(const uint8_t *in, size_t n, bool raw, bool norm,
 			}
 		}
 	}
-	struct vec all = {0};
+	struct buf all = {0};
 	size_t stop = SIZE_MAX;  /* content position of the first error */
 	bool genuine = !raw;
 	for (size_t i = 0; i < region;) {
@@ -141,8 +132,8 @@ static void model(const uint8_t *in, size_t n, bool raw, bool norm,
 	if (stop > all.len)
 		stop = all.len;
 	if (stop)
-		vec_add(&r->out, all.p, stop);
-	free(all.p);
+		vec_add(&r->out, all.data, stop);
+	free(all.data);
 }
 
 /* Feeds in pieces ending at cuts[] (ascending), then the rest. */
@@ -178,7 +169,7 @@ static void run(const uint8_t *in, size_t n, bool raw, bool norm,
 static void same(const struct result *a, const struct result *b)
 {
 	CHECK(a->out.len == b->out.len);
-	CHECK(a->out.len == 0 || !memcmp(a->out.p, b->out.p, a->out.len));
+	CHECK(a->out.len == 0 || !memcmp(a->out.data, b->out.data, a->out.len));
 	CHECK(a->errors == b->errors);
 	CHECK(a->size == b->size);
 	CHECK(a->done == b->done);
@@ -187,7 +178,7 @@ static void same(const struct result *a, const struct result *b)
 
 static void check_content(const struct result *r, uint64_t limit)
 {
-	const uint8_t *p = r->out.p;
+	const uint8_t *p = r->out.data;
 	size_t len = r->out.len;
 	CHECK(len <= limit);
 	CHECK(r->size >= len);
@@ -204,10 +195,10 @@ static void check_content(const struct result *r, uint64_t limit)
 /* DOT mode: stuff the content again and read it back. */
 static void check_roundtrip(const struct result *r)
 {
-	const uint8_t *p = r->out.p;
+	const uint8_t *p = r->out.data;
 	size_t len = r->out.len;
 	CHECK(len == 0 || (len >= 2 && p[len - 2] == '\r' && p[len - 1] == '\n'));
-	struct vec wire = {0};
+	struct buf wire = {0};
 	bool bol = true;
 	for (size_t i = 0; i < len; i++) {
 		if (bol && p[i] == '.')
@@ -217,11 +208,11 @@ static void check_roundtrip(const struct result *r)
 	}
 	vec_add(&wire, ".\r\n", 3);
 	struct result back;
-	run(wire.p, wire.len, false, false, UINT64_MAX, NULL, 0, 0, &back);
+	run(wire.data, wire.len, false, false, UINT64_MAX, NULL, 0, 0, &back);
 	CHECK(back.done && back.end == wire.len && back.errors == 0);
-	CHECK(back.out.len == len && (len == 0 || !memcmp(back.out.p, p, len)));
-	free(back.out.p);
-	free(wire.p);
+	CHECK(back.out.len == len && (len == 0 || !memcmp(back.out.data, p, len)));
+	free(back.out.data);
+	free(wire.data);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -242,7 +233,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	check_content(&got, limit);
 	if (!raw && got.done && got.errors == 0)
 		check_roundtrip(&got);
-	free(got.out.p);
+	free(got.out.data);
 
 	/* Byte by byte. */
 	size_t *cuts = calloc(n + 1, sizeof(*cuts));
@@ -251,7 +242,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		cuts[i] = i + 1;
 	run(in, n, raw, norm, limit, cuts, n ? n - 1 : 0, 0, &got);
 	same(&want, &got);
-	free(got.out.p);
+	free(got.out.data);
 
 	/* Split in two at every point (64 spread points if long), and in
 	 * three around each. */
@@ -260,12 +251,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		cuts[0] = i;
 		run(in, n, raw, norm, limit, cuts, 1, 0, &got);
 		same(&want, &got);
-		free(got.out.p);
+		free(got.out.data);
 		if (i + 1 <= n) {
 			cuts[1] = i + 1;
 			run(in, n, raw, norm, limit, cuts, 2, 0, &got);
 			same(&want, &got);
-			free(got.out.p);
+			free(got.out.data);
 		}
 	}
 	free(cuts);
@@ -275,10 +266,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	CHECK(got.done == want.done && got.end == want.end);
 	CHECK(got.size == want.size);
 	CHECK(got.out.len <= want.out.len);
-	CHECK(got.out.len == 0 || !memcmp(got.out.p, want.out.p, got.out.len));
+	CHECK(got.out.len == 0 || !memcmp(got.out.data, want.out.data, got.out.len));
 	CHECK((got.errors & ~SMTPD_DATA_E_WRITE) == want.errors);
-	free(got.out.p);
+	free(got.out.data);
 
-	free(want.out.p);
+	free(want.out.data);
 	return 0;
 }

@@ -24,6 +24,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/buf.h"
 #include "smtpd/smtpd_scrub.h"
 
 #define CHECK(c)                                                            \
@@ -50,25 +51,13 @@ struct cfg {
 	const char *mid, *date;
 };
 
-struct vec {
-	uint8_t *p;
-	size_t len, cap;
-};
-
-static void vec_add(struct vec *v, const void *p, size_t n)
+/* Output collected in the project's buffer (common/buf.h), unlimited: a
+ * zeroed one gets its limit on first use. */
+static void vec_add(struct buf *v, const void *p, size_t n)
 {
-	if (n == 0)
-		return;
-	if (v->len + n > v->cap) {
-		size_t cap = v->cap ? v->cap : 256;
-		while (cap < v->len + n)
-			cap *= 2;
-		v->p = realloc(v->p, cap);
-		CHECK(v->p);
-		v->cap = cap;
-	}
-	memcpy(v->p + v->len, p, n);
-	v->len += n;
+	if (v->limit == 0)
+		v->limit = SIZE_MAX;
+	CHECK(buf_append(v, p, n) == 0);
 }
 
 static int emit_cb(void *ctx, const uint8_t *p, size_t n)
@@ -135,7 +124,7 @@ static size_t line_end(const uint8_t *in, size_t n, size_t i)
 /* The reference scrubber. *body_at: where the input's body begins (n if
  * it has none). */
 static void model(const struct cfg *c, const uint8_t *in, size_t n,
-                  struct vec *out, unsigned *dropped, size_t *body_at)
+                  struct buf *out, unsigned *dropped, size_t *body_at)
 {
 	bool first = true, drop = false, mid = false, date = false;
 	size_t i = 0;
@@ -191,7 +180,7 @@ static void model(const struct cfg *c, const uint8_t *in, size_t n,
 }
 
 static unsigned scrub(const struct cfg *c, const uint8_t *in, size_t n,
-                      const size_t *cuts, size_t ncuts, struct vec *out)
+                      const size_t *cuts, size_t ncuts, struct buf *out)
 {
 	struct smtpd_scrub s;
 	memset(out, 0, sizeof(*out));
@@ -210,18 +199,18 @@ static unsigned scrub(const struct cfg *c, const uint8_t *in, size_t n,
 	return s.dropped;
 }
 
-static void same(const struct vec *a, const struct vec *b)
+static void same(const struct buf *a, const struct buf *b)
 {
 	CHECK(a->len == b->len);
-	CHECK(a->len == 0 || !memcmp(a->p, b->p, a->len));
+	CHECK(a->len == 0 || !memcmp(a->data, b->data, a->len));
 }
 
 /* The output's header section: no scrubbed field, the added ones there. */
-static void check_headers(const struct cfg *c, const struct vec *o)
+static void check_headers(const struct cfg *c, const struct buf *o)
 {
 	bool first = true, mid = false, date = false;
 	size_t i = 0, n = o->len;
-	const uint8_t *p = o->p;
+	const uint8_t *p = o->data;
 	for (;;) {
 		size_t colon, namelen;
 		if (i == n || (i + 1 < n && p[i] == '\r' && p[i + 1] == '\n'))
@@ -263,14 +252,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		.date = flags & 2 ? DATE : NULL,
 	};
 
-	struct vec want = {0}, got, again;
+	struct buf want = {0}, got, again;
 	unsigned want_dropped;
 	size_t body_at;
 	model(&c, in, n, &want, &want_dropped, &body_at);
 
 	CHECK(scrub(&c, in, n, NULL, 0, &got) == want_dropped);
 	same(&want, &got);
-	free(got.p);
+	free(got.data);
 
 	size_t *cuts = calloc(n + 1, sizeof(*cuts));
 	CHECK(cuts);
@@ -278,14 +267,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		cuts[i] = i + 1;
 	CHECK(scrub(&c, in, n, cuts, n ? n - 1 : 0, &got) == want_dropped);
 	same(&want, &got);
-	free(got.p);
+	free(got.data);
 
 	size_t step = n <= 256 ? 1 : n / 64;
 	for (size_t i = 0; i <= n; i += step) {
 		cuts[0] = i;
 		CHECK(scrub(&c, in, n, cuts, 1, &got) == want_dropped);
 		same(&want, &got);
-		free(got.p);
+		free(got.data);
 	}
 	free(cuts);
 
@@ -294,24 +283,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	/* The body is passed untouched. */
 	size_t blen = n - body_at;
 	CHECK(want.len >= blen);
-	CHECK(blen == 0 || !memcmp(want.p + want.len - blen, in + body_at, blen));
+	CHECK(blen == 0 || !memcmp(want.data + want.len - blen, in + body_at, blen));
 
 	/* Idempotent. */
-	scrub(&c, want.p, want.len, NULL, 0, &again);
+	scrub(&c, want.data, want.len, NULL, 0, &again);
 	same(&want, &again);
-	free(again.p);
+	free(again.data);
 
 	/* Nothing to drop or add: the input comes back. */
 	struct cfg none = {NULL, 0, NULL, NULL};
 	CHECK(scrub(&none, in, n, NULL, 0, &got) == 0);
 	CHECK(got.len >= n && got.len <= n + 2);
-	CHECK(n == 0 || !memcmp(got.p, in, n));
+	CHECK(n == 0 || !memcmp(got.data, in, n));
 	if (got.len == n + 2)
-		CHECK(!memcmp(got.p + n, "\r\n", 2));
+		CHECK(!memcmp(got.data + n, "\r\n", 2));
 	else if (got.len == n + 1)
-		CHECK(got.p[n] == '\n' && in[n - 1] == '\r');
-	free(got.p);
+		CHECK(got.data[n] == '\n' && in[n - 1] == '\r');
+	free(got.data);
 
-	free(want.p);
+	free(want.data);
 	return 0;
 }
