@@ -4,16 +4,18 @@
  * writer thread that makes accepted messages durable in batches (group
  * commit) and reports back to the loop through a uv_async_t.
  *
- * A body is received as msg/.QID and renamed to msg/QID by the writer
- * before the batch's sync: the rename stays inside one directory (a
- * rename from tmp/ locks two directories and contended with every create
- * in the benchmark), and the LMDB record, committed last, is what makes
- * the message exist. Recovery removes dot files and bodies without a
- * record.
+ * A body is received into a file created ahead of need by the opener
+ * thread: an unnamed O_TMPFILE file in msg/ (syncfs mode, where the file
+ * system has them) or msg/.NAME. The writer places it as msg/QID (linkat
+ * or a rename inside msg/, never over an existing file) before the batch's
+ * sync; the LMDB record is what makes the message exist. A rename from
+ * tmp/ would lock two directories and contended with every create in the
+ * benchmark. Recovery removes dot files and bodies without a record;
+ * unnamed files leave nothing behind.
  *
- * Threads: the loop thread opens, writes bodies (page cache only) and
- * hands commits over; the writer thread alone syncs and runs LMDB write
- * transactions. No fsync and no LMDB write ever happens on the loop
+ * Threads: the loop thread takes body files, writes bodies (page cache
+ * only) and hands commits over; the opener thread creates body files; the
+ * writer thread alone places, syncs and runs LMDB write transactions. No fsync and no LMDB write ever happens on the loop
  * thread once queue_open() has returned.
  */
 #include "queue/queue_int.h"
@@ -61,7 +63,7 @@ struct queue_req {
 	size_t reclen;
 	int64_t arrival;
 	bool sched;             /* ACTIVE: gets a "sched" entry */
-	bool renamed;           /* msg/.QID is now msg/QID */
+	bool placed;            /* the body is msg/QID now */
 	bool indexed;           /* its record went into the batch's txn */
 	int status;
 	queue_commit_cb cb;
@@ -622,7 +624,7 @@ static void write_batch(struct queue *q, struct queue_req *batch,
 			        req->qid, strerror(-req->status));
 			continue;
 		}
-		req->renamed = true;
+		req->placed = true;
 		live++;
 	}
 
@@ -692,7 +694,7 @@ static void write_batch(struct queue *q, struct queue_req *batch,
 			req->status = r;
 		log_err("%s: commit failed (%s)", req->qid,
 		        why[0] ? why : strerror(-req->status));
-		unlink_part(q, req->qid, req->renamed ? req->qid : req->part);
+		unlink_part(q, req->qid, req->placed ? req->qid : req->part);
 	}
 	if (failures) {
 		/* A record and a body that did reach the disk must not outlive
