@@ -15,8 +15,9 @@
  *
  * Threads: the loop thread takes body files, writes bodies (page cache
  * only) and hands commits over; the opener thread creates body files; the
- * writer thread alone places, syncs and runs LMDB write transactions. No fsync and no LMDB write ever happens on the loop
- * thread once queue_open() has returned.
+ * writer thread alone places, syncs and runs LMDB write transactions. No
+ * fsync and no LMDB write ever happens on the loop thread once
+ * queue_open() has returned.
  */
 #include "queue/queue_int.h"
 
