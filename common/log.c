@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -24,16 +23,6 @@ static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
 static long log_pid;
 
 static const char *const level_names[] = {"error", "warning", "info", "debug"};
-
-int log_level_parse(const char *s)
-{
-	for (size_t i = 0; i < sizeof level_names / sizeof *level_names; i++)
-		if (strcasecmp(s, level_names[i]) == 0)
-			return (int)i;
-	if (strcasecmp(s, "warn") == 0)
-		return LOG_WARN;
-	return -EINVAL;
-}
 
 /* May be called again (SIGHUP) while other threads log: the settings they
  * read inside log_write() change under the mutex. log_path is only used

@@ -20,7 +20,6 @@ int log_open(const char *file, bool to_stderr, enum log_level level);
 /* Reopens the log file (after rotation, on SIGHUP). */
 int log_reopen(void);
 void log_close(void);
-int log_level_parse(const char *s);
 
 void log_write(enum log_level lvl, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));

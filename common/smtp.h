@@ -13,8 +13,6 @@
  * extensions raise it (RFC 1869 §4, RFC 3461 §4: ENVID adds 100, ORCPT 500).
  * Like Postfix (line_length_limit) we accept 2048 including CRLF. */
 #define SMTP_CMD_LINE_MAX 2048
-/* RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets with CRLF. */
-#define SMTP_TEXT_LINE_MAX 1000
 /* RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets with CRLF. */
 #define SMTP_REPLY_LINE_MAX 512
 /* RFC 5321 §4.5.3.1.1-3: local part 64, domain 255, path 256 octets. */
@@ -47,7 +45,6 @@ enum smtp_reply_id {
 	SMTP_R_STORAGE_ERR,     /* 451 4.3.0 */
 	SMTP_R_STORAGE_FULL,    /* 452 4.3.1 */
 	SMTP_R_TOO_MANY_RCPT,   /* 452 4.5.3 */
-	SMTP_R_TLS_NA,          /* 454 4.7.0 */
 	SMTP_R_UNKNOWN_CMD,     /* 500 5.5.1 */
 	SMTP_R_LINE_TOO_LONG,   /* 500 5.5.2 */
 	SMTP_R_SYNTAX,          /* 501 5.5.4 %s */
@@ -60,7 +57,6 @@ enum smtp_reply_id {
 	SMTP_R_SEQ_NEED_MAIL,   /* 503 5.5.1 */
 	SMTP_R_SEQ_NEED_RCPT,   /* 503 5.5.1 */
 	SMTP_R_SEQ_BDAT_MIX,    /* 503 5.5.1 */
-	SMTP_R_SEQ_NO_BDAT,     /* 503 5.5.1 */
 	SMTP_R_SEQ_IN_BDAT,     /* 503 5.5.1 */
 	SMTP_R_PARAM_UNKNOWN,   /* 555 5.5.4 %s */
 	SMTP_R_PARAM_BAD,       /* 501 5.5.4 %s */
@@ -69,7 +65,6 @@ enum smtp_reply_id {
 	SMTP_R_NEED_UTF8,       /* 553 5.6.7 */
 	SMTP_R_BARE_NEWLINE,    /* 554 5.6.0 */
 	SMTP_R_NUL,             /* 554 5.6.0 */
-	SMTP_R_HDR_TOO_BIG,     /* 552 5.3.4 */
 	SMTP_R__COUNT
 };
 

@@ -2,7 +2,7 @@
 exactly, 8-bit content, rejected chunks whose octets are still consumed
 (never run as commands), DATA after BDAT, BDAT 0 LAST, limits and errors
 inside chunks."""
-from conftest import no_unfinished, list_json, smtp_connect, spool_files
+from conftest import no_unfinished, list_json, smtp_connect
 
 
 def _txn(c, sender="a@client.test", params=""):

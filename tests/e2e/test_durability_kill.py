@@ -8,11 +8,9 @@ writer thread).
 """
 import collections
 import json
-import os
 import random
 import re
 import smtplib
-import socket
 import threading
 import time
 

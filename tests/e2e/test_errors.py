@@ -5,7 +5,7 @@ command limit, recipient and size limits, over-long lines, and the
 informational commands (VRFY, EXPN, HELP, NOOP, RSET)."""
 import time
 
-from conftest import no_unfinished, SANITIZE, smtp_connect, spool_files, wait_until
+from conftest import no_unfinished, SANITIZE, smtp_connect, wait_until
 
 # Sanitizer builds carry shadow memory and quarantine: allow more slack,
 # still far below the bytes sent.

@@ -5,7 +5,7 @@ then the connection is closed, within a bounded wait."""
 import os
 import time
 
-from conftest import no_unfinished, SmtpRaw, smtp_connect, spool_files
+from conftest import no_unfinished, SmtpRaw, smtp_connect
 
 # Client source addresses for this run (the daemon listens elsewhere).
 _NET = "127.1.%d" % (os.getpid() % 200 + 20)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import no_unfinished, list_json, smtp_connect, spool_files
+from conftest import no_unfinished, list_json, smtp_connect
 
 SEQS = {
     "lf-dot-lf": b"\n.\n",
