@@ -57,6 +57,7 @@ extern const char *const queue_msg_state_names[];
 #define QUEUE_F_RET_FULL  0x04  /* RET=FULL (RFC 3461) */
 #define QUEUE_F_RET_HDRS  0x08  /* RET=HDRS */
 #define QUEUE_F_BINARYMIME 0x10 /* BODY=BINARYMIME (RFC 3030) */
+#define QUEUE_F_WARNED    0x20  /* the "delayed" DSN has been sent */
 
 /* RFC 3461 NOTIFY bits; 0 means NOTIFY was not given. */
 #define QUEUE_NOTIFY_NEVER   0x01
@@ -88,6 +89,21 @@ struct queue_msg {
 
 /* Frees every string and the recipient array, and m itself. NULL: no-op. */
 void queue_msg_free(struct queue_msg *m);
+
+/* A deep copy, or NULL when out of memory. */
+struct queue_msg *queue_msg_dup(const struct queue_msg *m);
+
+/* When the message is next due: the earliest next_attempt among the
+ * recipients still PENDING or DEFERRED (a next_attempt of 0 counts as the
+ * arrival time), or -1 when none is left (all sent or bounced). The
+ * "sched" entry of an ACTIVE message is keyed by this time; a HOLD message
+ * has none. Every writer of the index keeps to this rule, and startup
+ * recovery restores it. */
+int64_t queue_msg_due(const struct queue_msg *m);
+
+/* The control socket relayd listens on: spool_dir/control (unix stream,
+ * mode 0600). Protocol: deliver/deliver_ctl.h. */
+#define QUEUE_CONTROL_NAME "control"
 
 /* ---- daemon side ---------------------------------------------------- */
 
@@ -182,6 +198,29 @@ int queue_ro_foreach(struct queue_ro *r,
 /* Loads one message: 0, -ENOENT (unknown id) or -errno. *out is owned by
  * the caller (queue_msg_free). */
 int queue_ro_get(struct queue_ro *r, const char *qid, struct queue_msg **out);
+
+/* ---- offline changes (relayctl while relayd is stopped) ----------- */
+/* Direct writes to the index for when no daemon is running: each call is
+ * one synchronous LMDB write transaction (LMDB's lock file serializes it
+ * against any other writer). While relayd runs, changes go through its
+ * control socket instead, so its schedule never goes stale. */
+
+struct queue_admin;
+
+/* Opens spool_dir's index read-write. -ENOENT when there is no spool. */
+int queue_admin_open(const char *spool_dir, struct queue_admin **out);
+void queue_admin_close(struct queue_admin *a);
+
+/* HOLD: the message keeps its record but loses its "sched" entry.
+ * 0 (also when already held), -ENOENT (unknown id) or -errno. */
+int queue_admin_hold(struct queue_admin *a, const char *qid);
+/* Back to ACTIVE, due now (every PENDING/DEFERRED recipient's
+ * next_attempt = now). 0 (also when not held), -ENOENT or -errno. */
+int queue_admin_release(struct queue_admin *a, const char *qid, int64_t now);
+/* Removes the record and its "sched" entry in one synchronous commit,
+ * then unlinks msg/QID (a crash in between leaves a body without a
+ * record, which startup recovery removes). 0, -ENOENT or -errno. */
+int queue_admin_delete(struct queue_admin *a, const char *qid);
 
 /* Path of a message's stored body: spool_dir/msg/QID. */
 int queue_body_path(const char *spool_dir, const char *qid,

@@ -56,6 +56,62 @@ void queue_msg_free(struct queue_msg *m)
 	free(m);
 }
 
+static char *dup_opt(const char *s, bool *fail)
+{
+	if (!s)
+		return NULL;
+	char *d = strdup(s);
+	if (!d)
+		*fail = true;
+	return d;
+}
+
+struct queue_msg *queue_msg_dup(const struct queue_msg *m)
+{
+	bool fail = false;
+	struct queue_msg *d = calloc(1, sizeof *d);
+	if (!d)
+		return NULL;
+	*d = *m;
+	d->sender = d->envid = NULL;
+	d->rcpt = NULL;
+	d->nrcpt = 0;
+	d->sender = dup_opt(m->sender, &fail);
+	d->envid = dup_opt(m->envid, &fail);
+	if (m->nrcpt) {
+		d->rcpt = calloc(m->nrcpt, sizeof *d->rcpt);
+		if (!d->rcpt)
+			fail = true;
+		else
+			d->nrcpt = m->nrcpt;
+	}
+	for (size_t i = 0; d->rcpt && i < m->nrcpt; i++) {
+		d->rcpt[i] = m->rcpt[i];
+		d->rcpt[i].addr = dup_opt(m->rcpt[i].addr, &fail);
+		d->rcpt[i].orcpt = dup_opt(m->rcpt[i].orcpt, &fail);
+		d->rcpt[i].last_reply = dup_opt(m->rcpt[i].last_reply, &fail);
+	}
+	if (fail) {
+		queue_msg_free(d);
+		return NULL;
+	}
+	return d;
+}
+
+int64_t queue_msg_due(const struct queue_msg *m)
+{
+	int64_t due = -1;
+	for (size_t i = 0; i < m->nrcpt; i++) {
+		const struct queue_rcpt *r = &m->rcpt[i];
+		if (r->state != QUEUE_RCPT_PENDING && r->state != QUEUE_RCPT_DEFERRED)
+			continue;
+		int64_t t = r->next_attempt ? r->next_attempt : m->arrival;
+		if (due < 0 || t < due)
+			due = t;
+	}
+	return due;
+}
+
 /* ---- encode ----------------------------------------------------------- */
 
 static void put_varint(struct buf *b, int *err, uint64_t v)

@@ -24,6 +24,8 @@
 #define CTL_EXIT_ERR 1
 #define CTL_EXIT_USAGE 2
 
+#define CTL_OPTS_MAX 16
+
 /* What a command handler gets: the parsed options and, for commands that
  * need it, the loaded configuration. Lives on main()'s stack. */
 struct ctl_ctx {
@@ -32,7 +34,15 @@ struct ctl_ctx {
 	bool conf_loaded;
 	struct conf conf;       /* valid when conf_loaded */
 	int64_t now;            /* unix seconds, read once per run */
+	/* The command's own options (see the opts field of its table entry),
+	 * in the order given; a flag's value is "". */
+	struct { const char *name, *value; } opts[CTL_OPTS_MAX];
+	size_t nopts;
 };
+
+/* The value of the command option `name` ("--to"), "" for a flag that was
+ * given, or NULL when it was not given. */
+const char *ctl_opt(const struct ctl_ctx *c, const char *name);
 
 /* A command handler: argv holds the positional arguments only (options
  * were parsed by relayctl.c against the command's table entry). Returns 0

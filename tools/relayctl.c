@@ -30,18 +30,22 @@ struct ctl_cmd {
 	unsigned flags;      /* CTL_F_* */
 	int min_args, max_args;
 	ctl_cmd_fn run;
+	/* The command's own options, space separated: "--to=" takes a
+	 * value (as "--to VALUE" or "--to=VALUE"), "--generate" does not.
+	 * Handlers read them with ctl_opt(). NULL: none. */
+	const char *opts;
 };
 
 static int ctl_cmd_help(struct ctl_ctx *c, int argc, char **argv);
 
 static const struct ctl_cmd ctl_cmds[] = {
 	{"list", "[--json]", "one line per queued message, oldest first",
-	 CTL_F_JSON | CTL_F_CONF, 0, 0, ctl_cmd_list},
+	 CTL_F_JSON | CTL_F_CONF, 0, 0, ctl_cmd_list, NULL},
 	{"show", "ID [--json]", "envelope, recipients and headers of a message",
-	 CTL_F_JSON | CTL_F_CONF, 1, 1, ctl_cmd_show},
+	 CTL_F_JSON | CTL_F_CONF, 1, 1, ctl_cmd_show, NULL},
 	{"cat", "ID", "the stored message, byte for byte, to stdout",
-	 CTL_F_CONF, 1, 1, ctl_cmd_cat},
-	{"help", "", "this text", 0, 0, 1, ctl_cmd_help},
+	 CTL_F_CONF, 1, 1, ctl_cmd_cat, NULL},
+	{"help", "", "this text", 0, 0, 1, ctl_cmd_help, NULL},
 };
 
 #define CTL_NCMDS (sizeof ctl_cmds / sizeof *ctl_cmds)
@@ -117,6 +121,32 @@ static const struct ctl_cmd *ctl_cmd_find(const char *name)
 	for (size_t i = 0; i < CTL_NCMDS; i++)
 		if (strcmp(ctl_cmds[i].name, name) == 0)
 			return &ctl_cmds[i];
+	return NULL;
+}
+
+/* Looks name ("--to") up in the command's option list: 0 = not an
+ * option of it, 1 = a flag, 2 = takes a value. */
+static int ctl_cmd_opt_kind(const struct ctl_cmd *cmd, const char *name,
+                            size_t namelen)
+{
+	const char *p = cmd->opts;
+	while (p && *p) {
+		size_t n = strcspn(p, " ");
+		bool val = n > 0 && p[n - 1] == '=';
+		size_t bare = val ? n - 1 : n;
+		if (bare == namelen && strncmp(p, name, namelen) == 0)
+			return val ? 2 : 1;
+		p += n;
+		p += strspn(p, " ");
+	}
+	return 0;
+}
+
+const char *ctl_opt(const struct ctl_ctx *c, const char *name)
+{
+	for (size_t i = 0; i < c->nopts; i++)
+		if (strcmp(c->opts[i].name, name) == 0)
+			return c->opts[i].value;
 	return NULL;
 }
 
@@ -226,6 +256,28 @@ int main(int argc, char **argv)
 				return ctl_usage_error("option %s needs a file name",
 				                       ctl_esc(esc, sizeof esc, a));
 			explicit_conf = true;
+		} else if (a[1] == '-' &&
+		           (r = ctl_cmd_opt_kind(cmd, a, strcspn(a, "="))) != 0) {
+			const char *eq = strchr(a, '=');
+			if (c.nopts == CTL_OPTS_MAX)
+				return ctl_usage_error("too many options");
+			if (r == 1 && eq)
+				return ctl_usage_error("option %s takes no value",
+				                       ctl_esc(esc, sizeof esc, a));
+			if (r == 2 && !eq && i + 1 >= argc)
+				return ctl_usage_error("option %s needs a value",
+				                       ctl_esc(esc, sizeof esc, a));
+			/* The name is cut at '=' in place (argv is writable). */
+			const char *val = r == 1 ? "" : eq ? eq + 1 : argv[++i];
+			if (eq)
+				*(char *)eq = '\0';
+			for (size_t k = 0; k < c.nopts; k++)
+				if (strcmp(c.opts[k].name, a) == 0)
+					return ctl_usage_error("option %s given twice",
+					                       ctl_esc(esc, sizeof esc, a));
+			c.opts[c.nopts].name = a;
+			c.opts[c.nopts].value = val;
+			c.nopts++;
 		} else {
 			return ctl_usage_error("unknown option '%s'",
 			                       ctl_esc(esc, sizeof esc, a));
