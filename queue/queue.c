@@ -85,6 +85,22 @@ struct queue_discard {
  * it, the writer's work ahead of real commits) without bound. */
 #define DISCARD_MAX 256
 
+/* A change to a committed message (delivery results, hold, removal) on
+ * its way through the writer. */
+enum op_kind { OP_UPDATE, OP_REMOVE };
+
+struct queue_op {
+	struct queue_op *next;
+	enum op_kind kind;
+	char qid[QUEUE_ID_SIZE];
+	uint8_t *rec;           /* OP_UPDATE: the new "msg" value */
+	size_t reclen;
+	int64_t due;            /* OP_UPDATE: its sched time, or -1 for none */
+	int status;
+	queue_op_cb cb;
+	void *arg;
+};
+
 struct pool_file {
 	int fd;
 	char part[PART_NAME_SIZE];
@@ -116,11 +132,15 @@ struct queue {
 	pthread_cond_t opener_cond;   /* signalled when the pool runs low */
 	bool opener_running;
 	struct queue_req *done, **done_tail;
+	struct queue_op *ops, **ops_tail;        /* changes waiting */
+	struct queue_op *ops_done, **ops_done_tail;
 	bool stop;
 	struct queue_stats st;
 
 	/* Loop thread: */
 	bool closing;
+	queue_notify_cb notify;    /* after each successful commit */
+	void *notify_arg;
 	void (*done_cb)(void *arg);
 	void *done_arg;
 };
@@ -477,6 +497,146 @@ fail:
 	return r;
 }
 
+/* ---- changes and reads of committed messages (loop thread) ----------- */
+
+static int push_op(struct queue *q, struct queue_op *op)
+{
+	pthread_mutex_lock(&q->mu);
+	if (q->stop) {
+		pthread_mutex_unlock(&q->mu);
+		return -ESHUTDOWN;
+	}
+	*q->ops_tail = op;
+	q->ops_tail = &op->next;
+	pthread_cond_signal(&q->cond);
+	pthread_mutex_unlock(&q->mu);
+	return 0;
+}
+
+int queue_update(struct queue *q, const struct queue_msg *m,
+                 queue_op_cb cb, void *arg)
+{
+	if (q->closing)
+		return -ESHUTDOWN;
+	struct queue_op *op = calloc(1, sizeof *op);
+	if (!op)
+		return -ENOMEM;
+	int r = queue_msg_encode(m, &op->rec, &op->reclen);
+	if (r) {
+		free(op);
+		return r;
+	}
+	op->kind = OP_UPDATE;
+	memcpy(op->qid, m->qid, QUEUE_ID_SIZE);
+	op->due = m->state == QUEUE_MSG_ACTIVE ? queue_msg_due(m) : -1;
+	op->cb = cb;
+	op->arg = arg;
+	if ((r = push_op(q, op))) {
+		free(op->rec);
+		free(op);
+	}
+	return r;
+}
+
+int queue_remove(struct queue *q, const char *qid, queue_op_cb cb, void *arg)
+{
+	if (q->closing)
+		return -ESHUTDOWN;
+	if (!queue_id_valid(qid))
+		return -EINVAL;
+	struct queue_op *op = calloc(1, sizeof *op);
+	if (!op)
+		return -ENOMEM;
+	op->kind = OP_REMOVE;
+	memcpy(op->qid, qid, QUEUE_ID_SIZE);
+	op->due = -1;
+	op->cb = cb;
+	op->arg = arg;
+	int r = push_op(q, op);
+	if (r)
+		free(op);
+	return r;
+}
+
+void queue_set_notify(struct queue *q, queue_notify_cb cb, void *arg)
+{
+	q->notify = cb;
+	q->notify_arg = arg;
+}
+
+/* Read transactions on the loop thread are cheap (no lock, no I/O beyond
+ * page faults on the mapped file) and never wait for the writer. */
+int queue_get(struct queue *q, const char *qid, struct queue_msg **out)
+{
+	MDB_txn *txn;
+	if (!queue_id_valid(qid))
+		return -EINVAL;
+	int rc = mdb_txn_begin(q->env, NULL, MDB_RDONLY, &txn);
+	if (rc)
+		return queue_mdb_errno(rc);
+	MDB_val k = {QUEUE_ID_LEN, (void *)qid}, v;
+	rc = mdb_get(txn, q->dbi_msg, &k, &v);
+	int r = rc ? queue_mdb_errno(rc) : queue_msg_decode(qid, v.mv_data,
+	                                                   v.mv_size, out);
+	mdb_txn_abort(txn);
+	return r;
+}
+
+int queue_scan_due(struct queue *q, int64_t until, int64_t *next,
+                   int (*cb)(void *arg, const char *qid, int64_t due),
+                   void *arg)
+{
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	*next = -1;
+	int rc = mdb_txn_begin(q->env, NULL, MDB_RDONLY, &txn);
+	if (rc)
+		return queue_mdb_errno(rc);
+	if ((rc = mdb_cursor_open(txn, q->dbi_sched, &cur))) {
+		mdb_txn_abort(txn);
+		return queue_mdb_errno(rc);
+	}
+	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		if (k.mv_size != QUEUE_SCHED_KEY_LEN)
+			continue;
+		const uint8_t *p = k.mv_data;
+		uint64_t t = 0;
+		for (int i = 0; i < 8; i++)
+			t = t << 8 | p[i];
+		if ((int64_t)t > until) {
+			*next = (int64_t)t;
+			break;
+		}
+		char qid[QUEUE_ID_SIZE];
+		memcpy(qid, p + 8, QUEUE_ID_LEN);
+		qid[QUEUE_ID_LEN] = '\0';
+		if (cb(arg, qid, (int64_t)t))
+			break;
+	}
+	int r = rc == 0 || rc == MDB_NOTFOUND ? 0 : queue_mdb_errno(rc);
+	mdb_cursor_close(cur);
+	mdb_txn_abort(txn);
+	return r;
+}
+
+int queue_count(struct queue *q, uint64_t *messages, uint64_t *scheduled)
+{
+	MDB_txn *txn;
+	MDB_stat st;
+	int rc = mdb_txn_begin(q->env, NULL, MDB_RDONLY, &txn);
+	if (rc)
+		return queue_mdb_errno(rc);
+	if ((rc = mdb_stat(txn, q->dbi_msg, &st)) == 0) {
+		*messages = st.ms_entries;
+		if ((rc = mdb_stat(txn, q->dbi_sched, &st)) == 0)
+			*scheduled = st.ms_entries;
+	}
+	mdb_txn_abort(txn);
+	return rc ? queue_mdb_errno(rc) : 0;
+}
+
 /* ---- the writer thread ------------------------------------------------ */
 
 /* One LMDB write transaction for the whole batch: a record per message,
@@ -755,6 +915,94 @@ static void gather(struct queue *q)
 	}
 }
 
+/* Puts or deletes the schedule entry of a message due at `due` (-1:
+ * none). A missing entry on delete is no error. */
+static int sched_set(struct queue *q, MDB_txn *txn, const char *qid,
+                     int64_t due, bool put)
+{
+	if (due < 0)
+		return 0;
+	uint8_t sk[QUEUE_SCHED_KEY_LEN];
+	queue_sched_key(due, qid, sk);
+	MDB_val skv = {sizeof sk, sk}, empty = {0, NULL};
+	int rc = put ? mdb_put(txn, q->dbi_sched, &skv, &empty, 0)
+	             : mdb_del(txn, q->dbi_sched, &skv, NULL);
+	return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+/* The schedule time of the record stored under qid, or -1 (HOLD, nothing
+ * left, or undecodable). */
+static int64_t stored_due(const char *qid, const MDB_val *v)
+{
+	struct queue_msg *m;
+	if (queue_msg_decode(qid, v->mv_data, v->mv_size, &m))
+		return -1;
+	int64_t due = m->state == QUEUE_MSG_ACTIVE ? queue_msg_due(m) : -1;
+	queue_msg_free(m);
+	return due;
+}
+
+/* Applies a list of changes in one write transaction and makes it
+ * durable (a synchronous commit; in syncfs mode the meta page needs its
+ * own sync), then unlinks the bodies of removed messages: a crash before
+ * the unlink leaves a body without a record, which recovery removes.
+ * Returns the last op. */
+static struct queue_op *apply_ops(struct queue *q, struct queue_op *ops,
+                                  uint64_t *syncs)
+{
+	struct queue_op *last = NULL;
+	MDB_txn *txn;
+	int rc = mdb_txn_begin(q->env, NULL, 0, &txn);
+	for (struct queue_op *op = ops; op; op = op->next) {
+		last = op;
+		if (rc)
+			continue;
+		MDB_val k = {QUEUE_ID_LEN, op->qid}, v;
+		int g = mdb_get(txn, q->dbi_msg, &k, &v);
+		if (g == MDB_NOTFOUND) {
+			op->status = -ENOENT;
+			continue;
+		}
+		if (g) {
+			rc = g;
+			continue;
+		}
+		if ((rc = sched_set(q, txn, op->qid, stored_due(op->qid, &v), false)))
+			continue;
+		if (op->kind == OP_REMOVE) {
+			rc = mdb_del(txn, q->dbi_msg, &k, NULL);
+		} else {
+			MDB_val nv = {op->reclen, op->rec};
+			if ((rc = mdb_put(txn, q->dbi_msg, &k, &nv, 0)) == 0)
+				rc = sched_set(q, txn, op->qid, op->due, true);
+		}
+	}
+	if (rc == 0) {
+		*syncs += 2;
+		rc = mdb_txn_commit(txn);
+		/* Without MDB_NOMETASYNC the commit synced it all already. */
+		if (rc == 0 && q->sync == QUEUE_SYNC_SYNCFS) {
+			(*syncs)++;
+			rc = mdb_env_sync(q->env, 1);
+		}
+	} else {
+		mdb_txn_abort(txn);
+	}
+	if (rc) {
+		log_err("queue: cannot record changes: %s", mdb_strerror(rc));
+		for (struct queue_op *op = ops; op; op = op->next)
+			if (op->status == 0)
+				op->status = queue_mdb_errno(rc);
+		return last;
+	}
+	for (struct queue_op *op = ops; op; op = op->next)
+		if (op->kind == OP_REMOVE && op->status == 0 &&
+		    unlinkat(q->msg_fd, op->qid, 0) < 0 && errno != ENOENT)
+			log_err("%s: cannot remove msg/%s: %s", op->qid, op->qid,
+			        strerror(errno));
+	return last;
+}
+
 static void *writer_main(void *arg)
 {
 	struct queue *q = arg;
@@ -762,8 +1010,31 @@ static void *writer_main(void *arg)
 
 	pthread_mutex_lock(&q->mu);
 	for (;;) {
-		while (!q->pending && !q->discard && !q->stop)
+		while (!q->pending && !q->discard && !q->ops && !q->stop)
 			pthread_cond_wait(&q->cond, &q->mu);
+		if (q->ops) {
+			/* Changes to committed messages: one transaction for all
+			 * of them, ahead of new commits (they are few and free
+			 * the space new ones need). */
+			struct queue_op *ops = q->ops;
+			q->ops = NULL;
+			q->ops_tail = &q->ops;
+			pthread_mutex_unlock(&q->mu);
+			uint64_t t0 = now_us(), syncs = 0;
+			struct queue_op *last = apply_ops(q, ops, &syncs);
+			uint64_t busy = now_us() - t0;
+			pthread_mutex_lock(&q->mu);
+			*q->ops_done_tail = ops;
+			q->ops_done_tail = &last->next;
+			q->st.syncs += syncs;
+			q->st.busy_us += busy;
+			pthread_mutex_unlock(&q->mu);
+			int r = uv_async_send(&q->async);
+			if (r < 0)
+				log_err("queue: uv_async_send: %s", uv_strerror(r));
+			pthread_mutex_lock(&q->mu);
+			continue;
+		}
 		if (!q->pending && q->discard) {
 			/* Removals only when no commit waits: commits first. */
 			struct queue_discard *d = q->discard;
@@ -840,13 +1111,31 @@ static void run_done(struct queue *q)
 	q->done_tail = &q->done;
 	pthread_mutex_unlock(&q->mu);
 
+	bool committed = false;
 	while (list) {
 		struct queue_req *req = list;
 		list = req->next;
+		committed |= req->status == 0;
 		req->cb(req->arg, req->status);
 		free(req->rec);
 		free(req);
 	}
+
+	pthread_mutex_lock(&q->mu);
+	struct queue_op *ops = q->ops_done;
+	q->ops_done = NULL;
+	q->ops_done_tail = &q->ops_done;
+	pthread_mutex_unlock(&q->mu);
+	while (ops) {
+		struct queue_op *op = ops;
+		ops = op->next;
+		if (op->cb)
+			op->cb(op->arg, op->status);
+		free(op->rec);
+		free(op);
+	}
+	if (committed && q->notify && !q->closing)
+		q->notify(q->notify_arg);
 }
 
 static void async_cb(uv_async_t *h)
@@ -1195,14 +1484,68 @@ static int recover_index(struct queue *q, size_t *nmsg, size_t *repaired,
 		MDB_val mk = {QUEUE_ID_LEN, (uint8_t *)k.mv_data + 8}, mv;
 		if (k.mv_size == QUEUE_SCHED_KEY_LEN) {
 			rc = mdb_get(txn, q->dbi_msg, &mk, &mv);
-			if (rc == 0)
-				continue;
-			if (rc != MDB_NOTFOUND)
+			if (rc == 0) {
+				/* An entry must be the one queue_msg_due() gives
+				 * its record (see queue_msg_due); a stale one is
+				 * dropped here and the right one restored below. */
+				char qid[QUEUE_ID_SIZE];
+				uint8_t want[QUEUE_SCHED_KEY_LEN];
+				memcpy(qid, mk.mv_data, QUEUE_ID_LEN);
+				qid[QUEUE_ID_LEN] = '\0';
+				int64_t due = stored_due(qid, &mv);
+				queue_sched_key(due, qid, want);
+				if (due >= 0 && memcmp(want, k.mv_data, sizeof want) == 0)
+					continue;
+			} else if (rc != MDB_NOTFOUND) {
 				goto abort;
+			}
 		}
 		/* The record's own log line said why (dropped above). */
 		if ((rc = mdb_cursor_del(cur, 0)))
 			goto abort;
+	}
+	if (rc != MDB_NOTFOUND)
+		goto abort;
+	mdb_cursor_close(cur);
+	cur = NULL;
+
+	/* Every ACTIVE message with recipients left has its entry; a record
+	 * with nothing left to deliver is finished business. */
+	if ((rc = mdb_cursor_open(txn, q->dbi_msg, &cur)))
+		goto abort;
+	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		char qid[QUEUE_ID_SIZE];
+		struct queue_msg *m;
+		if (!key_qid(&k, qid) ||
+		    queue_msg_decode(qid, v.mv_data, v.mv_size, &m))
+			continue;
+		int64_t due = queue_msg_due(m);
+		bool active = m->state == QUEUE_MSG_ACTIVE;
+		queue_msg_free(m);
+		if (due < 0) {
+			log_warn("%s: removed: every recipient was done", qid);
+			if ((rc = mdb_cursor_del(cur, 0)))
+				goto abort;
+			if (unlinkat(q->msg_fd, qid, 0) < 0 && errno != ENOENT)
+				log_err("%s: cannot remove msg/%s: %s", qid, qid,
+				        strerror(errno));
+			(*nmsg)--;
+			(*repaired)++;
+			continue;
+		}
+		if (!active)
+			continue;
+		uint8_t sk[QUEUE_SCHED_KEY_LEN];
+		queue_sched_key(due, qid, sk);
+		MDB_val skv = {sizeof sk, sk}, empty = {0, NULL};
+		rc = mdb_put(txn, q->dbi_sched, &skv, &empty, MDB_NOOVERWRITE);
+		if (rc == MDB_KEYEXIST)
+			continue;
+		if (rc)
+			goto abort;
+		log_warn("%s: restored its schedule entry", qid);
+		(*repaired)++;
 	}
 	if (rc != MDB_NOTFOUND)
 		goto abort;
@@ -1300,6 +1643,8 @@ int queue_open(uv_loop_t *loop, const struct queue_opts *o, struct queue **out)
 	q->spool_fd = q->tmp_fd = q->msg_fd = -1;
 	q->pending_tail = &q->pending;
 	q->done_tail = &q->done;
+	q->ops_tail = &q->ops;
+	q->ops_done_tail = &q->ops_done;
 	if ((r = pthread_mutex_init(&q->mu, NULL))) {
 		free(q);
 		return -r;

@@ -177,6 +177,42 @@ typedef void (*queue_commit_cb)(void *arg, int status);
 int queue_commit(struct queue *q, struct queue_body *b,
                  const struct queue_msg *m, queue_commit_cb cb, void *arg);
 
+/* ---- delivery: changes and reads of committed messages (loop thread) */
+
+/* Called on the loop thread when a change is durable: 0, -ENOENT (the
+ * message is gone) or -errno (nothing changed). */
+typedef void (*queue_op_cb)(void *arg, int status);
+
+/* Replaces the message's record with m (same qid) and moves its "sched"
+ * entry to queue_msg_due(m) (none when HOLD or nothing is left), in one
+ * synchronous write transaction on the writer thread, batched with other
+ * changes. cb may be NULL. Returns 0 (cb will run) or -errno. */
+int queue_update(struct queue *q, const struct queue_msg *m,
+                 queue_op_cb cb, void *arg);
+
+/* Removes the message: its record and "sched" entry in one durable step,
+ * then its body file. cb may be NULL. 0 or -errno. */
+int queue_remove(struct queue *q, const char *qid, queue_op_cb cb, void *arg);
+
+/* Runs on the loop thread after a batch with at least one successful
+ * commit (the scheduler's cue that new mail is due). */
+typedef void (*queue_notify_cb)(void *arg);
+void queue_set_notify(struct queue *q, queue_notify_cb cb, void *arg);
+
+/* Loads one message (a short read transaction on the caller's thread).
+ * 0, -ENOENT or -errno; *out is the caller's (queue_msg_free). */
+int queue_get(struct queue *q, const char *qid, struct queue_msg **out);
+
+/* Calls cb for each "sched" entry due at or before `until`, in time order,
+ * inside one read transaction; cb returns nonzero to stop. *next gets the
+ * time of the first entry after `until`, or -1. 0 or -errno. */
+int queue_scan_due(struct queue *q, int64_t until, int64_t *next,
+                   int (*cb)(void *arg, const char *qid, int64_t due),
+                   void *arg);
+
+/* Number of messages and of "sched" entries (O(1)). */
+int queue_count(struct queue *q, uint64_t *messages, uint64_t *scheduled);
+
 /* ---- read side (relayctl; safe beside the running daemon) ----------- */
 /* For other processes only: LMDB allows one open environment per process,
  * so the daemon must not queue_ro_open() the spool it has queue_open()ed
