@@ -11,6 +11,7 @@
 #include "conf.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -68,9 +69,14 @@ struct conf_keydef {
 _Static_assert(sizeof(enum conf_delivery) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum conf_bare_newline) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum conf_spool_sync) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum conf_tls) == sizeof(int), "enum size");
 
 static const struct conf_enum delivery_vals[] = {
-	{"hold", CONF_DELIVERY_HOLD}, {NULL, 0}};
+	{"hold", CONF_DELIVERY_HOLD}, {"smarthost", CONF_DELIVERY_SMARTHOST},
+	{NULL, 0}};
+static const struct conf_enum smarthost_tls_vals[] = {
+	{"auto", CONF_TLS_AUTO}, {"implicit", CONF_TLS_IMPLICIT},
+	{"starttls", CONF_TLS_STARTTLS}, {"none", CONF_TLS_NONE}, {NULL, 0}};
 static const struct conf_enum bare_newline_vals[] = {
 	{"reject", CONF_BARE_REJECT}, {"normalize", CONF_BARE_NORMALIZE},
 	{NULL, 0}};
@@ -82,6 +88,9 @@ static const struct conf_enum log_level_vals[] = {
 
 static int check_hostname(const char *v, char *msg, size_t msglen);
 static int check_nonempty(const char *v, char *msg, size_t msglen);
+static int check_hostport(const char *v, char *msg, size_t msglen);
+static int check_rate(const char *v, char *msg, size_t msglen);
+static int check_address(const char *v, char *msg, size_t msglen);
 
 #define OFF(f) offsetof(struct conf, f)
 
@@ -99,7 +108,7 @@ static const struct conf_keydef conf_keys[] = {
 	{"log_level", CT_ENUM, OFF(log_level), "info", 0, 0, log_level_vals, NULL,
 	 "least severe level logged: error, warning, info or debug"},
 	{"delivery", CT_ENUM, OFF(delivery), "hold", 0, 0, delivery_vals, NULL,
-	 "what to do with queued mail; only 'hold' (keep it queued) for now"},
+	 "what to do with queued mail: hold (keep it) or smarthost"},
 	{"max_message_size", CT_SIZE, OFF(max_message_size), "50M", 1, 1ull << 40,
 	 NULL, NULL, "largest message accepted, advertised as SIZE"},
 	/* RFC 5321 §4.5.3.1.8 wants at least 100 (SMTP_RCPT_MIN); a smaller
@@ -135,6 +144,46 @@ static const struct conf_keydef conf_keys[] = {
 	 NULL, "longest a batch waits for concurrent commits; 0: never"},
 	{"user", CT_STRING, OFF(user), "", 0, 0, NULL, NULL,
 	 "user to switch to after binding; empty: stay"},
+	/* Delivery through a smarthost (deliver/). */
+	{"smarthost", CT_STRING, OFF(smarthost), "", 0, 0, NULL, check_hostport,
+	 "HOST:PORT of the provider's submission server ([v6addr]:PORT)"},
+	{"smarthost_tls", CT_ENUM, OFF(smarthost_tls), "auto", 0, 0,
+	 smarthost_tls_vals, NULL,
+	 "implicit, starttls or none; auto: implicit on port 465, else starttls"},
+	{"smarthost_tls_verify", CT_BOOL, OFF(smarthost_tls_verify), "yes", 0, 0,
+	 NULL, NULL, "require a valid certificate matching the smarthost's name"},
+	{"smarthost_tls_ca", CT_STRING, OFF(smarthost_tls_ca), "", 0, 0, NULL,
+	 NULL, "CA file to verify the smarthost with; empty: the system's CAs"},
+	{"smarthost_tls_name", CT_STRING, OFF(smarthost_tls_name), "", 0, 0, NULL,
+	 NULL, "name the certificate must match; empty: the smarthost's host"},
+	{"smarthost_user", CT_STRING, OFF(smarthost_user), "", 0, 0, NULL, NULL,
+	 "AUTH user name; empty: no AUTH"},
+	{"smarthost_password_file", CT_STRING, OFF(smarthost_password_file), "",
+	 0, 0, NULL, NULL,
+	 "file whose first line is the AUTH password (or RELAYD_SMARTHOST_PASSWORD)"},
+	{"rewrite_sender", CT_STRING, OFF(rewrite_sender), "", 0, 0, NULL,
+	 check_address, "envelope sender used for every message; empty: keep"},
+	{"rewrite_from_header", CT_BOOL, OFF(rewrite_from_header), "no", 0, 0,
+	 NULL, NULL, "also set From: to rewrite_sender (original to Reply-To:)"},
+	{"smarthost_concurrency", CT_UNSIGNED, OFF(smarthost_concurrency), "4", 1,
+	 1000, NULL, NULL, "parallel SMTP sessions to the smarthost"},
+	{"max_messages_per_connection", CT_UNSIGNED,
+	 OFF(max_messages_per_connection), "100", 1, 1000000, NULL, NULL,
+	 "messages sent over one SMTP session before it is closed"},
+	{"smarthost_rate", CT_STRING, OFF(smarthost_rate), "", 0, 0, NULL,
+	 check_rate, "sending cap: N/minute and/or N/hour; empty: none"},
+	{"retry_min", CT_DURATION, OFF(retry_min), "5m", SEC, 30 * DAY, NULL,
+	 NULL, "first retry interval; it doubles up to retry_max"},
+	{"retry_max", CT_DURATION, OFF(retry_max), "1h", SEC, 30 * DAY, NULL,
+	 NULL, "longest retry interval"},
+	{"max_queue_lifetime", CT_DURATION, OFF(max_queue_lifetime), "5d", SEC,
+	 365 * DAY, NULL, NULL, "time after which undelivered mail bounces"},
+	{"delay_warning_after", CT_DURATION, OFF(delay_warning_after), "4h", 0,
+	 365 * DAY, NULL, NULL, "send one 'delayed' DSN after this; 0: never"},
+	{"delivery_timeout", CT_DURATION, OFF(delivery_timeout), "5m", SEC, DAY,
+	 NULL, NULL, "limit for connect, TLS handshake and each reply"},
+	{"postmaster", CT_STRING, OFF(postmaster), "", 0, 0, NULL, check_address,
+	 "where bounces that fail go; empty: dropped with a log line"},
 };
 
 #define NKEYS (sizeof conf_keys / sizeof *conf_keys)
@@ -299,6 +348,119 @@ static int check_nonempty(const char *v, char *msg, size_t msglen)
 {
 	if (*v == '\0') {
 		fmt(msg, msglen, "must not be empty");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int conf_parse_hostport(const char *v, char *host, size_t hostlen,
+                        uint16_t *port)
+{
+	const char *colon;
+	size_t n;
+	if (v[0] == '[') {
+		const char *end = strchr(v, ']');
+		if (!end || end[1] != ':')
+			return -EINVAL;
+		n = (size_t)(end - v - 1);
+		v++;
+		colon = end + 1;
+	} else {
+		colon = strrchr(v, ':');
+		if (!colon || memchr(v, ':', (size_t)(colon - v)))
+			return -EINVAL;
+		n = (size_t)(colon - v);
+	}
+	if (n == 0 || n >= hostlen)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++)
+		if (!isalnum((unsigned char)v[i]) && !strchr(".-:_", v[i]))
+			return -EINVAL;
+	char *end;
+	errno = 0;
+	unsigned long p = strtoul(colon + 1, &end, 10);
+	if (errno || *end || end == colon + 1 || p == 0 || p > 65535 ||
+	    !isdigit((unsigned char)colon[1]))
+		return -EINVAL;
+	memcpy(host, v, n);
+	host[n] = '\0';
+	*port = (uint16_t)p;
+	return 0;
+}
+
+static int check_hostport(const char *v, char *msg, size_t msglen)
+{
+	char host[256];
+	uint16_t port;
+	if (*v && conf_parse_hostport(v, host, sizeof host, &port)) {
+		char q[QUOTE_MAX];
+		fmt(msg, msglen, "not HOST:PORT: '%s'", quote(q, v, strlen(v)));
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int conf_parse_rate(const char *v, unsigned *per_minute, unsigned *per_hour)
+{
+	*per_minute = *per_hour = 0;
+	while (*v) {
+		while (*v == ' ' || *v == ',')
+			v++;
+		if (!*v)
+			break;
+		char *end;
+		if (!isdigit((unsigned char)*v))
+			return -EINVAL;
+		errno = 0;
+		unsigned long n = strtoul(v, &end, 10);
+		if (errno || n == 0 || n > 10000000 || *end != '/')
+			return -EINVAL;
+		v = end + 1;
+		size_t w = strcspn(v, " ,");
+		unsigned *slot;
+		if ((w == 6 && strncmp(v, "minute", 6) == 0) ||
+		    (w == 3 && strncmp(v, "min", 3) == 0) ||
+		    (w == 1 && *v == 'm'))
+			slot = per_minute;
+		else if ((w == 4 && strncmp(v, "hour", 4) == 0) ||
+		         (w == 1 && *v == 'h'))
+			slot = per_hour;
+		else
+			return -EINVAL;
+		if (*slot)
+			return -EINVAL;
+		*slot = (unsigned)n;
+		v += w;
+	}
+	return 0;
+}
+
+static int check_rate(const char *v, char *msg, size_t msglen)
+{
+	unsigned m, h;
+	if (conf_parse_rate(v, &m, &h)) {
+		char q[QUOTE_MAX];
+		fmt(msg, msglen, "not N/minute, N/hour or both: '%s'",
+		    quote(q, v, strlen(v)));
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* A bare mail address (local@domain), as rewrite_sender and postmaster. */
+static int check_address(const char *v, char *msg, size_t msglen)
+{
+	if (!*v)
+		return 0;
+	const char *at = strrchr(v, '@');
+	bool ok = at && at != v && at[1] && strlen(v) <= 254;
+	for (const char *p = v; ok && *p; p++)
+		ok = (unsigned char)*p > ' ' && *p != '<' && *p != '>' &&
+		     (unsigned char)*p < 0x7f;
+	if (!ok) {
+		char q[QUOTE_MAX];
+		fmt(msg, msglen, "not a mail address (local@domain, no <>): '%s'",
+		    quote(q, v, strlen(v)));
 		return -EINVAL;
 	}
 	return 0;

@@ -19,7 +19,9 @@
  * 78 characters; the same bound as SMTPD_SCRUB_NAME_MAX). */
 #define CONF_HEADER_NAME_MAX 76
 
-enum conf_delivery { CONF_DELIVERY_HOLD };
+enum conf_delivery { CONF_DELIVERY_HOLD, CONF_DELIVERY_SMARTHOST };
+enum conf_tls { CONF_TLS_AUTO, CONF_TLS_IMPLICIT, CONF_TLS_STARTTLS,
+                CONF_TLS_NONE };
 enum conf_bare_newline { CONF_BARE_REJECT, CONF_BARE_NORMALIZE };
 enum conf_spool_sync { CONF_SYNC_SYNCFS, CONF_SYNC_FSYNC };
 enum conf_listen_mode { CONF_LISTEN_SMTP };
@@ -59,6 +61,25 @@ struct conf {
 	enum conf_spool_sync spool_sync;   /* default syncfs */
 	uint64_t commit_delay;             /* ms; group-commit gathering: 1ms */
 	char *user;                        /* drop privileges to; default "" */
+	/* Smarthost delivery. */
+	char *smarthost;                   /* "HOST:PORT"; default "" */
+	enum conf_tls smarthost_tls;       /* default auto (465: implicit) */
+	bool smarthost_tls_verify;         /* default yes */
+	char *smarthost_tls_ca;            /* CA file; default "" (system) */
+	char *smarthost_tls_name;          /* default "" (the host) */
+	char *smarthost_user;              /* default "" (no AUTH) */
+	char *smarthost_password_file;     /* default "" */
+	char *rewrite_sender;              /* default "" */
+	bool rewrite_from_header;          /* default no */
+	unsigned smarthost_concurrency;    /* default 4 */
+	unsigned max_messages_per_connection; /* default 100 */
+	char *smarthost_rate;              /* "N/minute, M/hour"; default "" */
+	uint64_t retry_min;                /* ms; default 5m */
+	uint64_t retry_max;                /* ms; default 1h */
+	uint64_t max_queue_lifetime;       /* ms; default 5d */
+	uint64_t delay_warning_after;      /* ms; default 4h, 0: never */
+	uint64_t delivery_timeout;         /* ms; default 5m */
+	char *postmaster;                  /* default "" */
 };
 
 /* Fills defaults. Returns 0 or -ENOMEM. */
@@ -87,6 +108,13 @@ int conf_load(struct conf *c, const char *path, char *err, size_t errlen);
  * computed, i.e. hostname) and one-line help; NULL past the end. For
  * relayctl and the test that checks etc/relayd.conf documents every key. */
 const char *conf_key(size_t i, const char **def, const char **help);
+
+/* "host:port" or "[v6]:port" -> host (no brackets) and port. 0/-EINVAL. */
+int conf_parse_hostport(const char *v, char *host, size_t hostlen,
+                        uint16_t *port);
+/* smarthost_rate: "30/minute", "500/hour", "30/minute, 500/hour"; 0 for
+ * an absent limit. 0/-EINVAL. */
+int conf_parse_rate(const char *v, unsigned *per_minute, unsigned *per_hour);
 
 /* Parsers shared with tools: "30s", "5m", "2h", "1d" -> ms; "10M" -> bytes. */
 int conf_parse_duration(const char *s, uint64_t *ms);

@@ -93,7 +93,7 @@ static void test_key_table(void **state)
 		if (def && conf_set(c, k, def, err, sizeof err) != 0)
 			fail_msg("default of %s: %s", k, err);
 	}
-	assert_int_equal(n, 22);
+	assert_int_equal(n, 40);
 	assert_null(conf_key(n, NULL, NULL));
 }
 
@@ -118,6 +118,10 @@ static uint64_t field_value(const struct conf *c, const char *key)
 		{"received_client", offsetof(struct conf, received_client), 'b'},
 		{"log_level", offsetof(struct conf, log_level), 'i'},
 		{"delivery", offsetof(struct conf, delivery), 'i'},
+		{"smarthost_tls", offsetof(struct conf, smarthost_tls), 'i'},
+		{"retry_min", offsetof(struct conf, retry_min), 'q'},
+		{"delay_warning_after", offsetof(struct conf, delay_warning_after),
+		 'q'},
 		{"bare_newline", offsetof(struct conf, bare_newline), 'i'},
 		{"spool_sync", offsetof(struct conf, spool_sync), 'i'},
 		{"max_recipients", offsetof(struct conf, max_recipients), 'u'},
@@ -130,6 +134,9 @@ static uint64_t field_value(const struct conf *c, const char *key)
 		{"timeout_greeting", offsetof(struct conf, timeout_greeting), 'q'},
 		{"timeout_command", offsetof(struct conf, timeout_command), 'q'},
 		{"timeout_data", offsetof(struct conf, timeout_data), 'q'},
+		/* strings: their length */
+		{"smarthost", offsetof(struct conf, smarthost), 's'},
+		{"smarthost_rate", offsetof(struct conf, smarthost_rate), 's'},
 	};
 	const char *base = (const char *)c;
 	for (size_t i = 0; i < sizeof fields / sizeof *fields; i++) {
@@ -140,6 +147,7 @@ static uint64_t field_value(const struct conf *c, const char *key)
 		case 'b': return *(const bool *)f;
 		case 'u': return *(const unsigned *)f;
 		case 'q': return *(const uint64_t *)f;
+		case 's': return strlen(*(char *const *)f);
 		default: {
 			int v;
 			memcpy(&v, f, sizeof v);
@@ -255,9 +263,29 @@ static const struct set_case set_cases[] = {
 	{"spool_sync", "syncfs", 0, NULL, CONF_SYNC_SYNCFS},
 	{"delivery", "hold", 0, NULL, CONF_DELIVERY_HOLD},
 	{"delivery", "x", -EINVAL,
-	 "delivery: unsupported value 'x' (expected: hold)", 0},
-	{"delivery", "smarthost", -EINVAL,
-	 "delivery: unsupported value 'smarthost' (expected: hold)", 0},
+	 "delivery: unsupported value 'x' (expected: hold, smarthost)", 0},
+	{"delivery", "smarthost", 0, NULL, CONF_DELIVERY_SMARTHOST},
+	{"smarthost_tls", "starttls", 0, NULL, CONF_TLS_STARTTLS},
+	{"smarthost_tls", "tls", -EINVAL, "smarthost_tls: unsupported value "
+	 "'tls' (expected: auto, implicit, starttls, none)", 0},
+	{"smarthost", "mail.example.com:465", 0, NULL, 20},
+	{"smarthost", "[::1]:587", 0, NULL, 9},
+	{"smarthost", "mail.example.com", -EINVAL,
+	 "smarthost: not HOST:PORT: 'mail.example.com'", 0},
+	{"smarthost", "mail.example.com:0", -EINVAL,
+	 "smarthost: not HOST:PORT: 'mail.example.com:0'", 0},
+	{"smarthost", "::1:25", -EINVAL, "smarthost: not HOST:PORT: '::1:25'", 0},
+	{"smarthost_rate", "30/minute, 500/hour", 0, NULL, 19},
+	{"smarthost_rate", "30/minute, 5/minute", -EINVAL, "smarthost_rate: "
+	 "not N/minute, N/hour or both: '30/minute, 5/minute'", 0},
+	{"smarthost_rate", "30/day", -EINVAL,
+	 "smarthost_rate: not N/minute, N/hour or both: '30/day'", 0},
+	{"rewrite_sender", "<a@b>", -EINVAL, "rewrite_sender: not a mail "
+	 "address (local@domain, no <>): '<a@b>'", 0},
+	{"retry_min", "2s", 0, NULL, 2000},
+	{"retry_min", "0", -EINVAL,
+	 "retry_min: out of range: '0' (expected 1s-30d)", 0},
+	{"delay_warning_after", "0", 0, NULL, 0},
 	{"bare_newline", "keep", -EINVAL,
 	 "bare_newline: unsupported value 'keep' (expected: reject, normalize)",
 	 0},
@@ -615,7 +643,7 @@ static const struct file_case file_cases[] = {
 	{"ctl in key", "fo\x01o = 1\n", 0, -EINVAL,
 	 "x.conf:1: unknown key 'fo\\x01o'"},
 	{"bad enum", "delivery = x\n", 0, -EINVAL,
-	 "x.conf:1: delivery: unsupported value 'x' (expected: hold)"},
+	 "x.conf:1: delivery: unsupported value 'x' (expected: hold, smarthost)"},
 };
 
 static void test_file_table(void **state)
