@@ -1,0 +1,772 @@
+/*
+ * deliver/deliver_client.c - SMTP client protocol core (see the header):
+ * the reply parser, the session state machine and the transaction's reply
+ * bookkeeping, dot-stuffing of the body, and the reading of replies
+ * (enhanced status codes, throttling). Pure: bytes in, commands out.
+ */
+#include "deliver/deliver_client.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "common/smtp.h"
+
+enum cl_state {
+	CL_GREETING,
+	CL_EHLO,
+	CL_HELO,
+	CL_STARTTLS,
+	CL_TLS,             /* the shell is doing the handshake */
+	CL_EHLO2,
+	CL_AUTH_PLAIN,
+	CL_AUTH_LOGIN,      /* AUTH LOGIN sent: 334 for the user name */
+	CL_AUTH_LOGIN_USER, /* user name sent: 334 for the password */
+	CL_AUTH_LOGIN_PASS, /* password sent: 235 */
+	CL_READY,
+	CL_TXN,             /* replies to RSET/MAIL/RCPT/DATA */
+	CL_BODY,            /* the shell streams the body */
+	CL_DOT,             /* the reply to the final dot */
+	CL_QUIT,
+	CL_FAILED,
+	CL_CLOSED,
+};
+
+/* One command of a transaction, waiting for its reply. */
+enum cl_cmd { CMD_RSET, CMD_MAIL, CMD_RCPT, CMD_DATA };
+
+#define TXN_MAX_EXTRA 3   /* RSET, MAIL, DATA besides the RCPTs */
+
+struct deliver_client {
+	enum cl_state st;
+	char *helo, *user, *password;
+	bool starttls, tls_done, pipelining;
+	unsigned ext;
+
+	/* Input: raw bytes, and the reply being collected. */
+	struct buf in;
+	struct deliver_reply cur;
+	size_t cur_len, cur_lines;
+	bool cur_open;              /* a multi-line reply is under way */
+
+	/* The transaction. */
+	const struct deliver_client_msg *msg;
+	struct deliver_reply *res;  /* nrcpt results */
+	size_t res_cap;
+	size_t ncmd, nsent, nanswered;  /* commands in the txn */
+	bool mail_ok, data_ok, empty_body;
+	size_t accepted;
+	bool need_rset;             /* a transaction happened on this session */
+	bool body_bol, body_crlf;   /* at a line start; ended with CRLF */
+	int body_cr;                /* the last byte was CR */
+
+	enum deliver_client_fail fail;
+	struct deliver_reply err;
+};
+
+static char *dup_or_null(const char *s)
+{
+	return s ? strdup(s) : NULL;
+}
+
+struct deliver_client *deliver_client_new(const struct deliver_client_opts *o)
+{
+	struct deliver_client *c = calloc(1, sizeof *c);
+	if (!c)
+		return NULL;
+	c->helo = strdup(o->helo ? o->helo : "localhost");
+	c->user = dup_or_null(o->user);
+	c->password = dup_or_null(o->password ? o->password : (o->user ? "" : NULL));
+	c->starttls = o->starttls;
+	buf_init(&c->in, DELIVER_REPLY_LINE_MAX * 4);
+	if (!c->helo || (o->user && (!c->user || !c->password))) {
+		deliver_client_free(c);
+		return NULL;
+	}
+	return c;
+}
+
+void deliver_client_free(struct deliver_client *c)
+{
+	if (!c)
+		return;
+	free(c->helo);
+	free(c->user);
+	if (c->password) {
+		/* Not left behind in freed memory. */
+		volatile char *p = c->password;
+		while (*p)
+			*p++ = 0;
+		free(c->password);
+	}
+	buf_free(&c->in);
+	free(c->res);
+	free(c);
+}
+
+int deliver_client_input(struct deliver_client *c, const void *p, size_t n)
+{
+	if (c->st == CL_FAILED || c->st == CL_CLOSED)
+		return 0;
+	return buf_append(&c->in, p, n);
+}
+
+/* ---- replies ------------------------------------------------------------ */
+
+static void set_text(struct deliver_reply *r, const char *s)
+{
+	snprintf(r->text, sizeof r->text, "%s", s);
+}
+
+static void fail(struct deliver_client *c, enum deliver_client_fail f,
+                 const struct deliver_reply *r, const char *why)
+{
+	c->fail = f;
+	if (r) {
+		c->err = *r;
+	} else {
+		c->err.code = 0;
+		set_text(&c->err, why);
+	}
+	c->st = CL_FAILED;
+}
+
+/* Adds one line's text to the reply being collected: printable ASCII
+ * (and UTF-8 bytes) only, lines joined by a space. */
+static void add_text(struct deliver_client *c, const char *p, size_t n)
+{
+	struct deliver_reply *r = &c->cur;
+	if (c->cur_len && c->cur_len + 1 < sizeof r->text)
+		r->text[c->cur_len++] = ' ';
+	for (size_t i = 0; i < n && c->cur_len + 1 < sizeof r->text; i++) {
+		unsigned char ch = (unsigned char)p[i];
+		r->text[c->cur_len++] = ch < 0x20 || ch == 0x7f ? '?' : (char)ch;
+	}
+	r->text[c->cur_len] = '\0';
+}
+
+/* EHLO keywords (RFC 5321 §4.1.1.1): one per line after the first. */
+static void parse_ext(struct deliver_client *c, const char *p, size_t n)
+{
+	char kw[32];
+	size_t k = 0;
+	while (k < n && k + 1 < sizeof kw && p[k] != ' ' && p[k] != '=') {
+		kw[k] = (char)toupper((unsigned char)p[k]);
+		k++;
+	}
+	kw[k] = '\0';
+	if (strcmp(kw, "PIPELINING") == 0)
+		c->ext |= DELIVER_EXT_PIPELINING;
+	else if (strcmp(kw, "STARTTLS") == 0)
+		c->ext |= DELIVER_EXT_STARTTLS;
+	else if (strcmp(kw, "SIZE") == 0)
+		c->ext |= DELIVER_EXT_SIZE;
+	else if (strcmp(kw, "8BITMIME") == 0)
+		c->ext |= DELIVER_EXT_8BITMIME;
+	else if (strcmp(kw, "DSN") == 0)
+		c->ext |= DELIVER_EXT_DSN;
+	else if (strcmp(kw, "SMTPUTF8") == 0)
+		c->ext |= DELIVER_EXT_SMTPUTF8;
+	else if (strcmp(kw, "AUTH") == 0) {
+		/* "AUTH PLAIN LOGIN" (also the old "AUTH=LOGIN" form). */
+		const char *q = p + k, *end = p + n;
+		while (q < end) {
+			while (q < end && (*q == ' ' || *q == '='))
+				q++;
+			const char *w = q;
+			while (q < end && *q != ' ')
+				q++;
+			if (q - w == 5 && strncasecmp(w, "PLAIN", 5) == 0)
+				c->ext |= DELIVER_EXT_AUTH_PLAIN;
+			else if (q - w == 5 && strncasecmp(w, "LOGIN", 5) == 0)
+				c->ext |= DELIVER_EXT_AUTH_LOGIN;
+		}
+	}
+}
+
+/* Takes the next complete reply off the input: 1 (in c->cur), 0 (needs
+ * more bytes) or -EPROTO / -ENOBUFS. */
+static int next_reply(struct deliver_client *c)
+{
+	for (;;) {
+		if (c->in.len == 0)
+			return 0;
+		uint8_t *nl = memchr(c->in.data, '\n', c->in.len);
+		if (!nl) {
+			if (c->in.len > DELIVER_REPLY_LINE_MAX)
+				return -ENOBUFS;
+			return 0;
+		}
+		size_t linelen = (size_t)(nl - c->in.data) + 1;
+		size_t n = linelen - 1;
+		const char *line = (const char *)c->in.data;
+		if (n && line[n - 1] == '\r')
+			n--;
+		if (n > DELIVER_REPLY_LINE_MAX)
+			return -ENOBUFS;
+		int code = -1;
+		bool more = false;
+		if (n >= 3 && line[0] >= '2' && line[0] <= '5' &&
+		    isdigit((unsigned char)line[1]) && isdigit((unsigned char)line[2]) &&
+		    (n == 3 || line[3] == ' ' || line[3] == '-')) {
+			code = (line[0] - '0') * 100 + (line[1] - '0') * 10 +
+			       (line[2] - '0');
+			more = n > 3 && line[3] == '-';
+		}
+		if (code < 0 || (c->cur_open && code != c->cur.code))
+			return -EPROTO;
+		if (!c->cur_open) {
+			c->cur.code = code;
+			c->cur_len = 0;
+			c->cur_lines = 0;
+			c->cur.text[0] = '\0';
+			add_text(c, line, n);      /* "250 first line" */
+			if (c->st == CL_EHLO || c->st == CL_EHLO2)
+				c->ext = 0;
+		} else {
+			const char *t = n > 4 ? line + 4 : "";
+			size_t tn = n > 4 ? n - 4 : 0;
+			if (c->st == CL_EHLO || c->st == CL_EHLO2)
+				parse_ext(c, t, tn);
+			else
+				add_text(c, t, tn);
+		}
+		if (++c->cur_lines > DELIVER_REPLY_LINES_MAX)
+			return -ENOBUFS;
+		buf_consume(&c->in, linelen);
+		c->cur_open = more;
+		if (!more)
+			return 1;
+	}
+}
+
+void deliver_reply_status(const struct deliver_reply *r, char out[16])
+{
+	/* "550 5.1.1 text": the class must match the reply's. */
+	const char *p = r->text;
+	if (strlen(p) > 4 && p[3] == ' ') {
+		p += 4;
+		int a, b, cc, len = 0;
+		if (sscanf(p, "%1d.%3d.%3d%n", &a, &b, &cc, &len) == 3 &&
+		    (p[len] == ' ' || p[len] == '\0') && a == r->code / 100 &&
+		    (a == 2 || a == 4 || a == 5)) {
+			snprintf(out, 16, "%d.%d.%d", a, b, cc);
+			return;
+		}
+	}
+	int cls = r->code / 100;
+	snprintf(out, 16, "%d.0.0", cls >= 2 && cls <= 5 && cls != 3 ? cls : 4);
+}
+
+bool deliver_reply_is_throttle(const struct deliver_reply *r)
+{
+	if (r->code != 421 && r->code != 450 && r->code != 451 && r->code != 452)
+		return false;
+	char st[16];
+	deliver_reply_status(r, st);
+	if (strncmp(st, "4.7.", 4) == 0)
+		return true;
+	static const char *const words[] = {
+		"rate", "too many", "throttl", "limit exceeded", "slow down",
+		"try again later", NULL};
+	for (size_t i = 0; words[i]; i++)
+		if (strcasestr(r->text, words[i]))
+			return true;
+	return false;
+}
+
+/* ---- commands ----------------------------------------------------------- */
+
+static void b64(struct buf *out, const uint8_t *p, size_t n)
+{
+	static const char tab[] =
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	for (size_t i = 0; i < n; i += 3) {
+		uint32_t v = (uint32_t)p[i] << 16;
+		if (i + 1 < n)
+			v |= (uint32_t)p[i + 1] << 8;
+		if (i + 2 < n)
+			v |= p[i + 2];
+		char q[4] = {tab[v >> 18 & 63], tab[v >> 12 & 63],
+		             i + 1 < n ? tab[v >> 6 & 63] : '=',
+		             i + 2 < n ? tab[v & 63] : '='};
+		buf_append(out, q, 4);
+	}
+}
+
+static void put(struct buf *out, const char *s)
+{
+	buf_append(out, s, strlen(s));
+}
+
+static void send_ehlo(struct deliver_client *c, struct buf *out)
+{
+	put(out, "EHLO ");
+	put(out, c->helo);
+	put(out, "\r\n");
+}
+
+/* AUTH after EHLO (and TLS), or straight to READY. */
+static void after_ehlo(struct deliver_client *c, struct buf *out)
+{
+	c->pipelining = c->ext & DELIVER_EXT_PIPELINING;
+	if (!c->user) {
+		c->st = CL_READY;
+		return;
+	}
+	if (c->ext & DELIVER_EXT_AUTH_PLAIN) {
+		/* RFC 4616: authzid NUL authcid NUL passwd. */
+		size_t ul = strlen(c->user), pl = strlen(c->password);
+		uint8_t *tmp = malloc(ul + pl + 2);
+		if (!tmp) {
+			fail(c, DELIVER_FAIL_PROTOCOL, NULL, "out of memory");
+			return;
+		}
+		tmp[0] = 0;
+		memcpy(tmp + 1, c->user, ul);
+		tmp[1 + ul] = 0;
+		memcpy(tmp + 2 + ul, c->password, pl);
+		put(out, "AUTH PLAIN ");
+		b64(out, tmp, ul + pl + 2);
+		put(out, "\r\n");
+		memset(tmp, 0, ul + pl + 2);
+		free(tmp);
+		c->st = CL_AUTH_PLAIN;
+	} else if (c->ext & DELIVER_EXT_AUTH_LOGIN) {
+		put(out, "AUTH LOGIN\r\n");
+		c->st = CL_AUTH_LOGIN;
+	} else {
+		fail(c, DELIVER_FAIL_NO_AUTH, NULL,
+		     "the server offers no AUTH PLAIN or LOGIN, and credentials "
+		     "are configured");
+	}
+}
+
+static enum cl_cmd txn_cmd(const struct deliver_client *c, size_t k,
+                           size_t *rcpt)
+{
+	if (c->need_rset) {
+		if (k == 0)
+			return CMD_RSET;
+		k--;
+	}
+	if (k == 0)
+		return CMD_MAIL;
+	if (k - 1 < c->msg->nrcpt) {
+		*rcpt = k - 1;
+		return CMD_RCPT;
+	}
+	return CMD_DATA;
+}
+
+static void write_cmd(struct deliver_client *c, size_t k, struct buf *out)
+{
+	const struct deliver_client_msg *m = c->msg;
+	size_t i = 0;
+	char num[32];
+	switch (txn_cmd(c, k, &i)) {
+	case CMD_RSET:
+		put(out, "RSET\r\n");
+		break;
+	case CMD_MAIL:
+		put(out, "MAIL FROM:<");
+		put(out, m->sender);
+		put(out, ">");
+		if (m->size && (c->ext & DELIVER_EXT_SIZE)) {
+			snprintf(num, sizeof num, " SIZE=%llu",
+			         (unsigned long long)m->size);
+			put(out, num);
+		}
+		if (m->body_8bit && (c->ext & DELIVER_EXT_8BITMIME))
+			put(out, " BODY=8BITMIME");
+		if (m->smtputf8)
+			put(out, " SMTPUTF8");
+		if (c->ext & DELIVER_EXT_DSN) {
+			if (m->ret) {
+				put(out, " RET=");
+				put(out, m->ret);
+			}
+			if (m->envid) {
+				put(out, " ENVID=");
+				put(out, m->envid);
+			}
+		}
+		put(out, "\r\n");
+		break;
+	case CMD_RCPT:
+		put(out, "RCPT TO:<");
+		put(out, m->rcpt[i]);
+		put(out, ">");
+		if (c->ext & DELIVER_EXT_DSN) {
+			if (m->notify && m->notify[i]) {
+				put(out, " NOTIFY=");
+				put(out, m->notify[i]);
+			}
+			if (m->orcpt && m->orcpt[i]) {
+				put(out, " ORCPT=");
+				put(out, m->orcpt[i]);
+			}
+		}
+		put(out, "\r\n");
+		break;
+	case CMD_DATA:
+		put(out, "DATA\r\n");
+		break;
+	}
+}
+
+/* Sends what may go out now: everything with PIPELINING, else the next
+ * command (after MAIL or every RCPT failing, the rest is skipped). */
+static void txn_send(struct deliver_client *c, struct buf *out)
+{
+	if (c->pipelining) {
+		while (c->nsent < c->ncmd)
+			write_cmd(c, c->nsent++, out);
+	} else if (c->nsent == c->nanswered && c->nsent < c->ncmd) {
+		write_cmd(c, c->nsent++, out);
+	}
+}
+
+void deliver_client_send(struct deliver_client *c,
+                         const struct deliver_client_msg *m, struct buf *out)
+{
+	if (c->st != CL_READY)
+		return;
+	c->msg = m;
+	if (m->nrcpt > c->res_cap) {
+		struct deliver_reply *r = realloc(c->res, m->nrcpt * sizeof *r);
+		if (!r) {
+			fail(c, DELIVER_FAIL_PROTOCOL, NULL, "out of memory");
+			return;
+		}
+		c->res = r;
+		c->res_cap = m->nrcpt;
+	}
+	for (size_t i = 0; i < m->nrcpt; i++) {
+		c->res[i].code = 0;
+		set_text(&c->res[i], "no reply");
+	}
+	c->mail_ok = c->data_ok = c->empty_body = false;
+	c->accepted = 0;
+	c->ncmd = (c->need_rset ? 1 : 0) + 1 + m->nrcpt + 1;
+	c->nsent = c->nanswered = 0;
+	c->need_rset = true;
+	c->st = CL_TXN;
+
+	/* RFC 6531 §3.4: never send an SMTPUTF8 message to a server that does
+	 * not offer it; the message cannot go this way. */
+	if (m->smtputf8 && !(c->ext & DELIVER_EXT_SMTPUTF8)) {
+		for (size_t i = 0; i < m->nrcpt; i++) {
+			c->res[i].code = 0;
+			set_text(&c->res[i], "553 5.6.7 the server does not offer "
+			         "SMTPUTF8, which this message needs");
+		}
+		c->ncmd = 0;   /* DONE on the next step */
+		return;
+	}
+	txn_send(c, out);
+}
+
+/* ---- body --------------------------------------------------------------- */
+
+void deliver_client_body(struct deliver_client *c, const uint8_t *p, size_t n,
+                         struct buf *out)
+{
+	size_t start = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (c->body_bol && p[i] == '.') {
+			/* RFC 5321 §4.5.2: a line starting with "." gets one
+			 * more. */
+			buf_append(out, p + start, i - start);
+			buf_append(out, ".", 1);
+			start = i;
+		}
+		c->body_bol = p[i] == '\n' && c->body_cr;
+		c->body_cr = p[i] == '\r';
+	}
+	buf_append(out, p + start, n - start);
+	if (n)
+		c->body_crlf = c->body_bol;
+}
+
+void deliver_client_body_end(struct deliver_client *c, struct buf *out)
+{
+	if (c->st != CL_BODY)
+		return;
+	if (!c->body_crlf)
+		put(out, "\r\n");
+	put(out, ".\r\n");
+	c->st = CL_DOT;
+}
+
+void deliver_client_quit(struct deliver_client *c, struct buf *out)
+{
+	if (c->st != CL_READY)
+		return;
+	put(out, "QUIT\r\n");
+	c->st = CL_QUIT;
+}
+
+void deliver_client_tls_ready(struct deliver_client *c, struct buf *out)
+{
+	if (c->st != CL_TLS)
+		return;
+	c->tls_done = true;
+	/* RFC 3207 §4.2: forget everything learnt before TLS. */
+	c->ext = 0;
+	send_ehlo(c, out);
+	c->st = CL_EHLO2;
+}
+
+/* ---- the state machine -------------------------------------------------- */
+
+static bool ok2(int code)
+{
+	return code >= 200 && code < 300;
+}
+
+/* One reply inside a transaction. Returns an event or WAIT. */
+static enum deliver_client_ev txn_reply(struct deliver_client *c,
+                                        struct buf *out)
+{
+	const struct deliver_reply *r = &c->cur;
+	size_t i = 0;
+	enum cl_cmd cmd = txn_cmd(c, c->nanswered, &i);
+	c->nanswered++;
+	switch (cmd) {
+	case CMD_RSET:
+		if (!ok2(r->code)) {
+			fail(c, DELIVER_FAIL_PROTOCOL, r, NULL);
+			return DELIVER_CL_FAILED;
+		}
+		break;
+	case CMD_MAIL:
+		c->mail_ok = ok2(r->code);
+		if (!c->mail_ok)
+			for (size_t k = 0; k < c->msg->nrcpt; k++)
+				c->res[k] = *r;
+		break;
+	case CMD_RCPT:
+		if (!c->mail_ok)
+			break;   /* answered MAIL's failure already */
+		c->res[i] = *r;
+		if (ok2(r->code)) {
+			c->accepted++;
+			c->res[i].code = 0;     /* decided by DATA and the dot */
+		}
+		break;
+	case CMD_DATA:
+		if (r->code == 354) {
+			c->body_bol = true;
+			c->body_cr = 0;
+			c->body_crlf = true;
+			if (c->mail_ok && c->accepted) {
+				c->st = CL_BODY;
+				return DELIVER_CL_BODY;
+			}
+			/* Pipelined DATA accepted with no recipient: end it
+			 * empty (RFC 2920 §3.1); its reply means nothing. */
+			c->empty_body = true;
+			put(out, ".\r\n");
+			c->st = CL_DOT;
+			return DELIVER_CL_WAIT;
+		}
+		if (c->mail_ok)
+			for (size_t k = 0; k < c->msg->nrcpt; k++)
+				if (c->res[k].code == 0)
+					c->res[k] = *r;
+		c->st = CL_READY;
+		return DELIVER_CL_DONE;
+	}
+	if (!c->pipelining) {
+		/* Without pipelining, stop early where the rest is moot. */
+		size_t j = 0;
+		enum cl_cmd next = c->nanswered < c->ncmd ?
+		                   txn_cmd(c, c->nanswered, &j) : CMD_DATA;
+		if ((cmd == CMD_MAIL && !c->mail_ok) ||
+		    (next == CMD_DATA && c->accepted == 0)) {
+			c->st = CL_READY;
+			return DELIVER_CL_DONE;
+		}
+	}
+	txn_send(c, out);
+	return DELIVER_CL_WAIT;
+}
+
+static enum deliver_client_ev on_reply(struct deliver_client *c,
+                                       struct buf *out)
+{
+	const struct deliver_reply *r = &c->cur;
+
+	/* RFC 5321 §3.8: 421 means the server is closing, in any state. */
+	if (r->code == 421 && c->st != CL_QUIT) {
+		fail(c, DELIVER_FAIL_CLOSED, r, NULL);
+		return DELIVER_CL_FAILED;
+	}
+	switch (c->st) {
+	case CL_GREETING:
+		if (r->code != 220) {
+			fail(c, DELIVER_FAIL_GREETING, r, NULL);
+			return DELIVER_CL_FAILED;
+		}
+		send_ehlo(c, out);
+		c->st = CL_EHLO;
+		return DELIVER_CL_WAIT;
+	case CL_EHLO:
+		if (!ok2(r->code)) {
+			/* An old server without EHLO: HELO, unless we need
+			 * an extension (STARTTLS, AUTH). */
+			if (r->code >= 500 && !c->starttls && !c->user) {
+				put(out, "HELO ");
+				put(out, c->helo);
+				put(out, "\r\n");
+				c->st = CL_HELO;
+				return DELIVER_CL_WAIT;
+			}
+			fail(c, DELIVER_FAIL_GREETING, r, NULL);
+			return DELIVER_CL_FAILED;
+		}
+		if (c->starttls) {
+			if (!(c->ext & DELIVER_EXT_STARTTLS)) {
+				fail(c, DELIVER_FAIL_NO_TLS, NULL,
+				     "STARTTLS is required but the server does not "
+				     "offer it");
+				return DELIVER_CL_FAILED;
+			}
+			put(out, "STARTTLS\r\n");
+			c->st = CL_STARTTLS;
+			return DELIVER_CL_WAIT;
+		}
+		after_ehlo(c, out);
+		return c->st == CL_FAILED ? DELIVER_CL_FAILED : DELIVER_CL_WAIT;
+	case CL_HELO:
+		if (!ok2(r->code)) {
+			fail(c, DELIVER_FAIL_GREETING, r, NULL);
+			return DELIVER_CL_FAILED;
+		}
+		c->ext = 0;
+		c->st = CL_READY;
+		return DELIVER_CL_WAIT;
+	case CL_STARTTLS:
+		if (r->code != 220) {
+			fail(c, DELIVER_FAIL_NO_TLS, r, NULL);
+			return DELIVER_CL_FAILED;
+		}
+		/* RFC 3207 §5 / CVE-2011-0411: nothing the server sent after
+		 * its 220 in plaintext may be read as part of the TLS
+		 * session. */
+		buf_reset(&c->in);
+		c->cur_open = false;
+		c->st = CL_TLS;
+		return DELIVER_CL_STARTTLS;
+	case CL_EHLO2:
+		if (!ok2(r->code)) {
+			fail(c, DELIVER_FAIL_GREETING, r, NULL);
+			return DELIVER_CL_FAILED;
+		}
+		after_ehlo(c, out);
+		return c->st == CL_FAILED ? DELIVER_CL_FAILED : DELIVER_CL_WAIT;
+	case CL_AUTH_PLAIN:
+	case CL_AUTH_LOGIN_PASS:
+		if (r->code != 235) {
+			fail(c, DELIVER_FAIL_AUTH, r, NULL);
+			return DELIVER_CL_FAILED;
+		}
+		c->st = CL_READY;
+		return DELIVER_CL_WAIT;
+	case CL_AUTH_LOGIN:
+	case CL_AUTH_LOGIN_USER: {
+		if (r->code != 334) {
+			fail(c, DELIVER_FAIL_AUTH, r, NULL);
+			return DELIVER_CL_FAILED;
+		}
+		const char *s = c->st == CL_AUTH_LOGIN ? c->user : c->password;
+		b64(out, (const uint8_t *)s, strlen(s));
+		put(out, "\r\n");
+		c->st = c->st == CL_AUTH_LOGIN ? CL_AUTH_LOGIN_USER
+		                               : CL_AUTH_LOGIN_PASS;
+		return DELIVER_CL_WAIT;
+	}
+	case CL_TXN:
+		return txn_reply(c, out);
+	case CL_DOT:
+		if (!c->empty_body)
+			for (size_t k = 0; k < c->msg->nrcpt; k++)
+				if (c->res[k].code == 0)
+					c->res[k] = *r;
+		c->st = CL_READY;
+		return DELIVER_CL_DONE;
+	case CL_QUIT:
+		c->st = CL_CLOSED;
+		return DELIVER_CL_CLOSED;
+	case CL_READY:
+	case CL_TLS:
+	case CL_BODY:
+		/* A reply nobody asked for. */
+		fail(c, DELIVER_FAIL_PROTOCOL, r, NULL);
+		return DELIVER_CL_FAILED;
+	case CL_FAILED:
+		return DELIVER_CL_FAILED;
+	case CL_CLOSED:
+		return DELIVER_CL_CLOSED;
+	}
+	return DELIVER_CL_WAIT;
+}
+
+enum deliver_client_ev deliver_client_step(struct deliver_client *c,
+                                           struct buf *out)
+{
+	if (c->st == CL_FAILED)
+		return DELIVER_CL_FAILED;
+	if (c->st == CL_CLOSED)
+		return DELIVER_CL_CLOSED;
+	if (c->st == CL_TXN && c->ncmd == 0) {
+		/* Refused locally in deliver_client_send(). */
+		c->st = CL_READY;
+		return DELIVER_CL_DONE;
+	}
+	if (c->st == CL_TLS || c->st == CL_BODY)
+		return DELIVER_CL_WAIT;   /* the shell's turn */
+	int r = next_reply(c);
+	if (r < 0) {
+		fail(c, DELIVER_FAIL_PROTOCOL, NULL,
+		     r == -ENOBUFS ? "reply too long" : "malformed reply");
+		return DELIVER_CL_FAILED;
+	}
+	if (r == 0)
+		return c->st == CL_READY ? DELIVER_CL_READY : DELIVER_CL_WAIT;
+	return on_reply(c, out);
+}
+
+const struct deliver_reply *deliver_client_result(const struct deliver_client *c,
+                                                  size_t i)
+{
+	return &c->res[i];
+}
+
+enum deliver_client_fail deliver_client_error(const struct deliver_client *c,
+                                              const struct deliver_reply **r)
+{
+	if (r)
+		*r = &c->err;
+	return c->fail;
+}
+
+bool deliver_client_waiting(const struct deliver_client *c)
+{
+	return c->st != CL_READY && c->st != CL_FAILED && c->st != CL_CLOSED &&
+	       c->st != CL_TLS && c->st != CL_BODY;
+}
+
+bool deliver_client_in_final(const struct deliver_client *c)
+{
+	return c->st == CL_DOT;
+}
+
+unsigned deliver_client_ext(const struct deliver_client *c)
+{
+	return c->ext;
+}
