@@ -75,10 +75,13 @@ static int dsn_date(int64_t t, char out[DSN_DATE_SIZE])
 /* ---- reading values: segments, xtext, characters ---------------------- */
 
 /* A piece of a value: our literal text or a caller's string (NULL reads
- * as empty); xtext is set only for a string that is valid xtext. */
+ * as empty); xtext is set only for a string that is valid xtext; in a
+ * keep piece (one of our dates) a space does not separate words, so a
+ * date is never wrapped in the middle. */
 struct dsn_seg {
 	const char *s;
 	bool xtext;
+	bool keep;
 };
 
 /* A position in a list of segments. Copied by value to read ahead. */
@@ -97,14 +100,19 @@ struct dsn_unit {
 
 static struct dsn_seg dsn_lit(const char *s)
 {
-	return (struct dsn_seg){s, false};
+	return (struct dsn_seg){s, false, false};
+}
+
+static struct dsn_seg dsn_keep(const char *s)
+{
+	return (struct dsn_seg){s, false, true};
 }
 
 /* RFC 3461 §4: decoded only when the whole value is well-formed xtext;
  * otherwise shown as stored. */
 static struct dsn_seg dsn_xtext(const char *s)
 {
-	return (struct dsn_seg){s, s && addr_xtext_valid(s, strlen(s))};
+	return (struct dsn_seg){s, s && addr_xtext_valid(s, strlen(s)), false};
 }
 
 #define DSN_NSEG(...) \
@@ -121,7 +129,8 @@ static int dsn_hexval(char c)
 	return c <= '9' ? c - '0' : c - 'A' + 10;
 }
 
-/* The next byte of the value (xtext decoded), or -1 at its end. */
+/* The next byte of the value (xtext decoded), or -1 at its end. On
+ * return c->i is still the index of the byte's segment. */
 static int dsn_byte(struct dsn_cur *c)
 {
 	while (c->i < c->nseg) {
@@ -151,6 +160,10 @@ static bool dsn_unit(struct dsn_cur *c, bool utf8, struct dsn_unit *u)
 	u->space = false;
 	u->len = 1;
 	u->b[0] = '?';
+	if (b == ' ' && c->seg[c->i].keep) {
+		u->b[0] = ' ';
+		return true;
+	}
 	if (b == ' ' || b == '\t' || b == '\r' || b == '\n') {
 		u->space = true;
 		u->b[0] = ' ';
@@ -410,7 +423,7 @@ static void dsn_human(struct dsn_w *w, const struct deliver_dsn *d)
 			dsn_lit("Your message has not yet been delivered to "
 			        "the recipients marked delayed below. The mail "
 			        "system will keep trying"),
-			dsn_lit(until[0] ? " until " : ""), dsn_lit(until),
+			dsn_lit(until[0] ? " until " : ""), dsn_keep(until),
 			dsn_lit(".")));
 		if (nfailed)
 			dsn_para(w, DSN_SEGS(dsn_lit(
@@ -428,7 +441,7 @@ static void dsn_human(struct dsn_w *w, const struct deliver_dsn *d)
 				dsn_lit("Delivery to the recipients marked "
 				        "delayed is still being retried"),
 				dsn_lit(until[0] ? " until " : ""),
-				dsn_lit(until), dsn_lit(".")));
+				dsn_keep(until), dsn_lit(".")));
 	}
 	dsn_para(w, DSN_SEGS(dsn_lit(
 		d->headers_only
@@ -769,8 +782,18 @@ int deliver_dsn_tail(const struct deliver_dsn *d,
 	size_t start = out->len;
 	struct dsn_w w = {out, 0, 0, false, " ", d->utf8};
 	/* RFC 2046 §5.1.1: the CRLF before "--" belongs to the delimiter,
-	 * so the copy's last line needs one of its own to stay whole. */
-	if (o->copied == 0 || o->col != 0 || o->pending_cr)
+	 * so the copy's last line needs one of its own to stay whole. A CR
+	 * left at the end is a line end, as the feed would have made it: in
+	 * a field or the body it gives the CRLF; at a line start or after a
+	 * held name in the header section it would end that section, so
+	 * nothing of it is copied. */
+	bool nl;
+	if (o->pending_cr && (o->state == DELIVER_DSN_ORIG_FIELD ||
+	                      o->state == DELIVER_DSN_ORIG_BODY))
+		nl = true;
+	else
+		nl = o->copied == 0 || o->col != 0;
+	if (nl)
 		dsn_nl(&w);
 	dsn_lit_put(&w, "--");
 	dsn_lit_put(&w, bnd);

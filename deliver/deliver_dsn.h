@@ -228,8 +228,9 @@ int deliver_dsn_orig_feed(struct deliver_dsn_orig *o, const uint8_t *p,
 
 /*
  * The end of the DSN, after the last feed: a CRLF unless the copied text
- * ended with one (so an original without a final CRLF, with nothing
- * copied, or ending in a CR keeps its last line whole), then the closing
+ * ended with one (so an original without a final CRLF, or with nothing
+ * copied, keeps its last line whole; a CR left pending at the end counts
+ * as the line end the feed would have made of it), then the closing
  * delimiter "--B--" and CRLF. Returns 0, o's error if a feed failed, or
  * -ENOBUFS/-ENOMEM from buf.
  */
