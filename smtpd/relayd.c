@@ -22,6 +22,7 @@
 #include "common/conf.h"
 #include "common/log.h"
 #include "queue/queue.h"
+#include "deliver/deliver.h"
 #include "smtpd/smtpd.h"
 
 struct relayd {
@@ -30,6 +31,7 @@ struct relayd {
 	struct conf conf;           /* until smtpd_new takes it over */
 	struct queue *q;
 	struct smtpd *smtpd;
+	struct deliver *deliver;
 	uv_signal_t sig_term, sig_int, sig_hup;
 	bool stopping;
 };
@@ -67,13 +69,9 @@ static void queue_closed_cb(void *arg)
 	close_signals(d);
 }
 
-static void smtpd_stopped_cb(void *arg)
+static void close_queue(struct relayd *d)
 {
-	struct relayd *d = arg;
 	struct queue_stats st;
-	d->smtpd = NULL;
-	if (!d->q)
-		return;
 	queue_get_stats(d->q, &st);
 	log_info("stopping: committed=%" PRIu64 ", batches=%" PRIu64
 	         ", syncs=%" PRIu64 ", syncs_per_msg=%.3f, writer_busy=%.2fs, "
@@ -83,6 +81,27 @@ static void smtpd_stopped_cb(void *arg)
 	queue_close(d->q, queue_closed_cb, d);
 }
 
+/* Shutdown order: the listener (sessions finish their commits), then
+ * delivery (sessions close, index changes and DSNs in flight finish),
+ * then the spool. */
+static void deliver_stopped_cb(void *arg)
+{
+	struct relayd *d = arg;
+	d->deliver = NULL;
+	if (d->q)
+		close_queue(d);
+}
+
+static void smtpd_stopped_cb(void *arg)
+{
+	struct relayd *d = arg;
+	d->smtpd = NULL;
+	if (d->deliver)
+		deliver_stop(d->deliver, deliver_stopped_cb, d);
+	else if (d->q)
+		close_queue(d);
+}
+
 static void stop(struct relayd *d)
 {
 	if (d->stopping)
@@ -90,8 +109,8 @@ static void stop(struct relayd *d)
 	d->stopping = true;
 	if (d->smtpd)
 		smtpd_stop(d->smtpd, smtpd_stopped_cb, d);
-	else if (d->q)
-		queue_close(d->q, queue_closed_cb, d);
+	else
+		smtpd_stopped_cb(d);
 }
 
 /* Keys that only a restart can change: the running values are kept in
@@ -150,6 +169,8 @@ static void reload(struct relayd *d)
 		log_err("SIGHUP: cannot open log file %s: %s", nc.log_file,
 		        strerror(-r));
 	queue_set_commit_delay(d->q, nc.commit_delay * 1000);
+	if (d->deliver)
+		deliver_set_conf(d->deliver, &nc);
 	smtpd_set_conf(d->smtpd, &nc);
 	log_info("SIGHUP: configuration reloaded from %s", d->conf_path);
 }
@@ -289,6 +310,11 @@ int main(int argc, char **argv)
 		fprintf(stderr, "relayd: %s\n", err);
 		return 1;
 	}
+	if (deliver_check_conf(&d.conf, err, sizeof err) < 0) {
+		fprintf(stderr, "relayd: %s: %s\n", path, err);
+		conf_free(&d.conf);
+		return 1;
+	}
 	if (check_only) {
 		printf("relayd: configuration %s is valid\n", path);
 		conf_free(&d.conf);
@@ -324,6 +350,9 @@ int main(int argc, char **argv)
 		goto fail;
 	}
 	smtpd_set_queue(d.smtpd, d.q);
+	r = deliver_new(&d.loop, d.q, c, &d.deliver);
+	if (r < 0)
+		goto fail;
 	if (smtpd_start(d.smtpd) < 0)
 		goto fail;
 
@@ -334,8 +363,9 @@ int main(int argc, char **argv)
 	uv_signal_start(&d.sig_term, signal_cb, SIGTERM);
 	uv_signal_start(&d.sig_int, signal_cb, SIGINT);
 	uv_signal_start(&d.sig_hup, signal_cb, SIGHUP);
-	log_info("relayd started: hostname=%s, spool=%s, delivery=hold",
-	         c->hostname, c->spool_dir);
+	log_info("relayd started: hostname=%s, spool=%s, delivery=%s",
+	         c->hostname, c->spool_dir,
+	         c->delivery == CONF_DELIVERY_SMARTHOST ? "smarthost" : "hold");
 
 	uv_run(&d.loop, UV_RUN_DEFAULT);
 	rc = 0;
@@ -346,8 +376,8 @@ fail:
 	d.stopping = true;
 	if (d.smtpd)
 		smtpd_stop(d.smtpd, smtpd_stopped_cb, &d);
-	else if (d.q)
-		queue_close(d.q, queue_closed_cb, &d);
+	else
+		smtpd_stopped_cb(&d);
 	uv_run(&d.loop, UV_RUN_DEFAULT);
 out:
 	r = uv_loop_close(&d.loop);

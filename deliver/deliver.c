@@ -1,0 +1,1615 @@
+/*
+ * deliver/deliver.c - The delivery scheduler. Finds due messages in the
+ * queue's schedule, loads them as jobs, hands them to a bounded pool of
+ * SMTP client sessions (deliver_session.c), and turns each recipient's
+ * result into a durable index change: sent, deferred (with backoff and
+ * jitter), or bounced (with a DSN queued through the same spool).
+ *
+ * Route state: one destination, the smarthost. When it cannot be reached,
+ * refuses our TLS or AUTH, or asks us to slow down, the whole route pauses
+ * (exponential backoff from retry_min to retry_max) instead of every
+ * message finding out for itself; after a pause one session probes before
+ * the others follow. The state shows in `relayctl stats` and `list`.
+ *
+ * Invariant: a message is in at most one place at a time: the busy table
+ * holds every message loaded as a job, in a session, or with an index
+ * change on its way; the schedule scan skips them.
+ */
+#include "deliver/deliver_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+
+#include "common/log.h"
+#include "deliver/deliver_dsn.h"
+
+#define BUSY_BUCKETS 1024
+/* Jobs loaded ahead of the sessions, per session slot. */
+#define READY_PER_SESSION 4
+/* Longest wait between schedule scans (new mail also wakes it). */
+#define SCAN_MAX_MS 60000
+/* Bytes of the original read per step while composing a DSN. */
+#define DSN_CHUNK (64 * 1024)
+
+struct busy {
+	struct busy *next;
+	char qid[QUEUE_ID_SIZE];
+	struct deliver_job *job;   /* NULL: an index change is on its way */
+	bool in_session;
+};
+
+struct snode {
+	struct snode *next;
+	struct deliver_session *s;
+	bool up;
+};
+
+/* Sends in the last window, for smarthost_rate: a ring of timestamps. */
+struct rate {
+	unsigned cap;
+	uint64_t window_ms;
+	uint64_t *t;
+	unsigned head, n;
+};
+
+struct deliver {
+	uv_loop_t *loop;
+	struct queue *q;
+	struct deliver_cfg *cfg;
+	struct deliver_ctl *ctl;
+	uv_timer_t timer;
+	bool timer_inited;
+
+	struct snode *sessions;
+	unsigned nsessions, nconnecting;
+	struct deliver_job *ready, **ready_tail;
+	unsigned nready;
+	struct busy *busy[BUSY_BUCKETS];
+	size_t nbusy;
+
+	/* The route. */
+	bool paused, probing;
+	uint64_t pause_until;       /* uv_now() ms */
+	int64_t pause_until_wall;   /* unix seconds, for stats */
+	unsigned route_fails;
+	char route_reason[DELIVER_REPLY_TEXT_MAX + 64];
+
+	struct rate rate_min, rate_hour;
+
+	/* relayctl flush: ids captured at the time, tried ahead of the
+	 * schedule. */
+	char (*flush)[QUEUE_ID_SIZE];
+	size_t nflush, flush_pos;
+
+	uint64_t n_sent, n_deferred, n_bounced, n_dsn, n_attempts;
+	int64_t started;
+	unsigned inflight;          /* DSN works and index changes */
+	bool stopping;
+	void (*done_cb)(void *);
+	void *done_arg;
+};
+
+static void schedule(struct deliver *d);
+static void maybe_done(struct deliver *d);
+
+/* ---- settings ----------------------------------------------------------- */
+
+static char *dup_nonempty(const char *s)
+{
+	return s && *s ? strdup(s) : NULL;
+}
+
+static int read_password(const char *path, char **out, char *err, size_t errlen)
+{
+	FILE *f = fopen(path, "re");
+	if (!f) {
+		snprintf(err, errlen, "smarthost_password_file %s: %s", path,
+		         strerror(errno));
+		return -errno;
+	}
+	char line[1024];
+	if (!fgets(line, sizeof line, f))
+		line[0] = '\0';
+	fclose(f);
+	line[strcspn(line, "\r\n")] = '\0';
+	*out = strdup(line);
+	memset(line, 0, sizeof line);
+	return *out ? 0 : -ENOMEM;
+}
+
+struct deliver_cfg *deliver_cfg_new(const struct conf *c, char *err,
+                                    size_t errlen)
+{
+	struct deliver_cfg *g = calloc(1, sizeof *g);
+	if (!g) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	g->refs = 1;
+	g->mode = c->delivery;
+	g->hostname = strdup(c->hostname ? c->hostname : "localhost");
+	g->spool_dir = strdup(c->spool_dir);
+	g->concurrency = c->smarthost_concurrency;
+	g->per_conn = c->max_messages_per_connection;
+	g->rewrite_sender = dup_nonempty(c->rewrite_sender);
+	g->rewrite_from = c->rewrite_from_header;
+	g->retry_min = c->retry_min;
+	g->retry_max = c->retry_max < c->retry_min ? c->retry_min : c->retry_max;
+	g->lifetime = c->max_queue_lifetime;
+	g->warn_after = c->delay_warning_after;
+	g->timeout = c->delivery_timeout;
+	g->postmaster = dup_nonempty(c->postmaster);
+	conf_parse_rate(c->smarthost_rate, &g->rate_minute, &g->rate_hour);
+	if (!g->hostname || !g->spool_dir)
+		goto nomem;
+	if (g->mode != CONF_DELIVERY_SMARTHOST)
+		return g;
+
+	if (!c->smarthost[0]) {
+		snprintf(err, errlen, "delivery = smarthost needs smarthost = HOST:PORT");
+		goto fail;
+	}
+	if (conf_parse_hostport(c->smarthost, g->host, sizeof g->host, &g->port)) {
+		snprintf(err, errlen, "smarthost: not HOST:PORT");
+		goto fail;
+	}
+	g->tls = c->smarthost_tls;
+	if (g->tls == CONF_TLS_AUTO)
+		g->tls = g->port == 465 ? CONF_TLS_IMPLICIT : CONF_TLS_STARTTLS;
+	g->tls_name = strdup(c->smarthost_tls_name[0] ? c->smarthost_tls_name
+	                                              : g->host);
+	if (!g->tls_name)
+		goto nomem;
+	if (c->smarthost_user[0]) {
+		g->user = strdup(c->smarthost_user);
+		if (!g->user)
+			goto nomem;
+		const char *env = getenv("RELAYD_SMARTHOST_PASSWORD");
+		if (c->smarthost_password_file[0]) {
+			if (read_password(c->smarthost_password_file, &g->password,
+			                  err, errlen))
+				goto fail;
+		} else if (env) {
+			g->password = strdup(env);
+		} else {
+			snprintf(err, errlen, "smarthost_user needs "
+			         "smarthost_password_file or RELAYD_SMARTHOST_PASSWORD");
+			goto fail;
+		}
+		if (!g->password)
+			goto nomem;
+	}
+	if (g->tls != CONF_TLS_NONE) {
+		g->ssl = SSL_CTX_new(TLS_client_method());
+		if (!g->ssl)
+			goto nomem;
+		SSL_CTX_set_min_proto_version(g->ssl, TLS1_2_VERSION);
+		SSL_CTX_set_mode(g->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE);
+		if (c->smarthost_tls_verify) {
+			SSL_CTX_set_verify(g->ssl, SSL_VERIFY_PEER, NULL);
+			int ok = c->smarthost_tls_ca[0]
+			         ? SSL_CTX_load_verify_locations(g->ssl,
+			                                         c->smarthost_tls_ca, NULL)
+			         : SSL_CTX_set_default_verify_paths(g->ssl);
+			if (!ok) {
+				char e[160] = "";
+				ERR_error_string_n(ERR_get_error(), e, sizeof e);
+				ERR_clear_error();
+				snprintf(err, errlen, "smarthost_tls_ca %s: %s",
+				         c->smarthost_tls_ca, e);
+				goto fail;
+			}
+		} else {
+			SSL_CTX_set_verify(g->ssl, SSL_VERIFY_NONE, NULL);
+		}
+	}
+	return g;
+nomem:
+	snprintf(err, errlen, "out of memory");
+fail:
+	deliver_cfg_unref(g);
+	return NULL;
+}
+
+int deliver_check_conf(const struct conf *conf, char *err, size_t errlen)
+{
+	struct deliver_cfg *g = deliver_cfg_new(conf, err, errlen);
+	if (!g)
+		return -EINVAL;
+	deliver_cfg_unref(g);
+	return 0;
+}
+
+void deliver_cfg_ref(struct deliver_cfg *g)
+{
+	g->refs++;
+}
+
+void deliver_cfg_unref(struct deliver_cfg *g)
+{
+	if (!g || --g->refs > 0)
+		return;
+	free(g->hostname);
+	free(g->spool_dir);
+	free(g->tls_name);
+	free(g->user);
+	if (g->password) {
+		memset(g->password, 0, strlen(g->password));
+		free(g->password);
+	}
+	free(g->rewrite_sender);
+	free(g->postmaster);
+	if (g->ssl)
+		SSL_CTX_free(g->ssl);
+	free(g);
+}
+
+/* ---- the busy table ----------------------------------------------------- */
+
+static unsigned busy_hash(const char *qid)
+{
+	unsigned h = 2166136261u;
+	for (size_t i = 0; i < QUEUE_ID_LEN; i++)
+		h = (h ^ (unsigned char)qid[i]) * 16777619u;
+	return h % BUSY_BUCKETS;
+}
+
+static struct busy *busy_find(struct deliver *d, const char *qid)
+{
+	for (struct busy *b = d->busy[busy_hash(qid)]; b; b = b->next)
+		if (memcmp(b->qid, qid, QUEUE_ID_LEN) == 0)
+			return b;
+	return NULL;
+}
+
+static struct busy *busy_add(struct deliver *d, const char *qid)
+{
+	struct busy *b = calloc(1, sizeof *b);
+	if (!b)
+		return NULL;
+	memcpy(b->qid, qid, QUEUE_ID_SIZE);
+	unsigned h = busy_hash(qid);
+	b->next = d->busy[h];
+	d->busy[h] = b;
+	d->nbusy++;
+	return b;
+}
+
+static void busy_del(struct deliver *d, const char *qid)
+{
+	for (struct busy **p = &d->busy[busy_hash(qid)]; *p; p = &(*p)->next) {
+		if (memcmp((*p)->qid, qid, QUEUE_ID_LEN) == 0) {
+			struct busy *b = *p;
+			*p = b->next;
+			free(b);
+			d->nbusy--;
+			return;
+		}
+	}
+}
+
+/* ---- time and rates ----------------------------------------------------- */
+
+static int64_t wall_now(void)
+{
+	return (int64_t)time(NULL);
+}
+
+static double wall_now_f(void)
+{
+	struct timeval tv;
+	gettimeofday(&tv, NULL);
+	return (double)tv.tv_sec + tv.tv_usec / 1e6;
+}
+
+static int rate_init(struct rate *r, unsigned cap, uint64_t window_ms)
+{
+	free(r->t);
+	memset(r, 0, sizeof *r);
+	if (!cap)
+		return 0;
+	r->t = calloc(cap, sizeof *r->t);
+	if (!r->t)
+		return -ENOMEM;
+	r->cap = cap;
+	r->window_ms = window_ms;
+	return 0;
+}
+
+/* 0 when a send may go now, else the ms until one may. */
+static uint64_t rate_wait(const struct rate *r, uint64_t now)
+{
+	if (!r->cap || r->n < r->cap)
+		return 0;
+	uint64_t oldest = r->t[r->head];   /* ring full: head is the oldest */
+	return oldest + r->window_ms > now ? oldest + r->window_ms - now : 0;
+}
+
+static void rate_note(struct rate *r, uint64_t now)
+{
+	if (!r->cap)
+		return;
+	if (r->n < r->cap) {
+		r->t[(r->head + r->n) % r->cap] = now;
+		r->n++;
+	} else {
+		r->t[r->head] = now;
+		r->head = (r->head + 1) % r->cap;
+	}
+}
+
+/* ---- jobs --------------------------------------------------------------- */
+
+static void job_free(struct deliver_job *j)
+{
+	if (!j)
+		return;
+	queue_msg_free(j->m);
+	free(j->idx);
+	free(j->rcpt);
+	free(j->notify);
+	free(j->orcpt);
+	free(j->notify_txt);
+	free(j);
+}
+
+static bool rcpt_open(const struct queue_rcpt *r)
+{
+	return r->state == QUEUE_RCPT_PENDING || r->state == QUEUE_RCPT_DEFERRED;
+}
+
+static void notify_text(uint8_t bits, char out[32])
+{
+	out[0] = '\0';
+	if (bits & QUEUE_NOTIFY_NEVER) {
+		strcpy(out, "NEVER");
+		return;
+	}
+	if (bits & QUEUE_NOTIFY_SUCCESS)
+		strcat(out, "SUCCESS");
+	if (bits & QUEUE_NOTIFY_FAILURE)
+		strcat(out, out[0] ? ",FAILURE" : "FAILURE");
+	if (bits & QUEUE_NOTIFY_DELAY)
+		strcat(out, out[0] ? ",DELAY" : "DELAY");
+}
+
+/* A job for every open recipient of m (taken over). NULL: none open, or
+ * out of memory (m freed). */
+static struct deliver_job *job_new(struct deliver *d, struct queue_msg *m)
+{
+	struct deliver_job *j = calloc(1, sizeof *j);
+	size_t n = 0;
+	for (size_t i = 0; i < m->nrcpt; i++)
+		n += rcpt_open(&m->rcpt[i]);
+	if (!j || n == 0) {
+		free(j);
+		queue_msg_free(m);
+		return NULL;
+	}
+	j->m = m;
+	j->idx = calloc(n, sizeof *j->idx);
+	j->rcpt = calloc(n, sizeof *j->rcpt);
+	j->notify = calloc(n, sizeof *j->notify);
+	j->orcpt = calloc(n, sizeof *j->orcpt);
+	j->notify_txt = calloc(n, sizeof *j->notify_txt);
+	if (!j->idx || !j->rcpt || !j->notify || !j->orcpt || !j->notify_txt ||
+	    queue_body_path(d->cfg->spool_dir, m->qid, j->path, sizeof j->path)) {
+		job_free(j);
+		return NULL;
+	}
+	for (size_t i = 0; i < m->nrcpt; i++) {
+		const struct queue_rcpt *r = &m->rcpt[i];
+		if (!rcpt_open(r))
+			continue;
+		j->idx[j->n] = i;
+		j->rcpt[j->n] = r->addr;
+		j->orcpt[j->n] = r->orcpt;
+		if (r->notify) {
+			notify_text(r->notify, j->notify_txt[j->n]);
+			j->notify[j->n] = j->notify_txt[j->n];
+		}
+		j->n++;
+	}
+	/* Null senders stay null: a bounce is never given an address to
+	 * bounce back to. */
+	j->cm.sender = m->sender[0] && d->cfg->rewrite_sender
+	               ? d->cfg->rewrite_sender : m->sender;
+	j->cm.size = m->size;
+	j->cm.body_8bit = m->flags & (QUEUE_F_8BITMIME | QUEUE_F_BINARYMIME);
+	j->cm.smtputf8 = m->flags & QUEUE_F_SMTPUTF8;
+	j->cm.ret = (m->flags & QUEUE_F_RET_FULL) ? "FULL" :
+	            (m->flags & QUEUE_F_RET_HDRS) ? "HDRS" : NULL;
+	j->cm.envid = m->envid;
+	j->cm.nrcpt = j->n;
+	j->cm.rcpt = j->rcpt;
+	j->cm.notify = j->notify;
+	j->cm.orcpt = j->orcpt;
+	j->t_ready = uv_now(d->loop);
+	return j;
+}
+
+/* ---- index changes ------------------------------------------------------ */
+
+struct change {
+	struct deliver *d;
+	char qid[QUEUE_ID_SIZE];
+	bool removed;
+	deliver_ctl_reply_fn reply;
+	void *reply_arg;
+	char ok_text[96];
+};
+
+static void change_cb(void *arg, int status)
+{
+	struct change *c = arg;
+	struct deliver *d = c->d;
+	busy_del(d, c->qid);
+	d->inflight--;
+	if (status == 0 && c->removed)
+		log_info("%s: removed", c->qid);
+	else if (status && status != -ENOENT)
+		log_err("%s: cannot record the delivery state: %s (the message "
+		        "will be retried)", c->qid, strerror(-status));
+	if (c->reply) {
+		char t[160];
+		if (status == 0)
+			snprintf(t, sizeof t, "ok %s", c->ok_text);
+		else
+			snprintf(t, sizeof t, "err %s: %s", c->qid,
+			         status == -ENOENT ? "no such message" : strerror(-status));
+		c->reply(c->reply_arg, t);
+	}
+	free(c);
+	maybe_done(d);
+	schedule(d);
+}
+
+/* Writes m back (or removes it when nothing is left); the message stays
+ * busy until the change is durable. Takes a busy entry for qid if it has
+ * none. */
+static int record(struct deliver *d, const struct queue_msg *m, bool remove,
+                  deliver_ctl_reply_fn reply, void *reply_arg,
+                  const char *ok_text)
+{
+	struct change *c = calloc(1, sizeof *c);
+	if (!c)
+		return -ENOMEM;
+	c->d = d;
+	memcpy(c->qid, m->qid, QUEUE_ID_SIZE);
+	c->removed = remove || queue_msg_due(m) < 0;
+	c->reply = reply;
+	c->reply_arg = reply_arg;
+	snprintf(c->ok_text, sizeof c->ok_text, "%s", ok_text ? ok_text : "");
+	struct busy *b = busy_find(d, m->qid);
+	if (!b && !(b = busy_add(d, m->qid))) {
+		free(c);
+		return -ENOMEM;
+	}
+	b->job = NULL;
+	b->in_session = false;
+	int r = c->removed ? queue_remove(d->q, m->qid, change_cb, c)
+	                   : queue_update(d->q, m, change_cb, c);
+	if (r) {
+		busy_del(d, m->qid);
+		free(c);
+		log_err("%s: cannot record the delivery state: %s", m->qid,
+		        strerror(-r));
+		return r;
+	}
+	d->inflight++;
+	return 0;
+}
+
+/* ---- DSNs --------------------------------------------------------------- */
+
+struct dsn_work {
+	uv_work_t w;
+	struct deliver *d;
+	struct queue_msg *orig;      /* copy of the original's envelope */
+	char to[320];                /* the DSN's recipient */
+	bool delayed, headers_only;
+	int64_t retry_until;
+	size_t n;
+	struct deliver_dsn_rcpt *rcpt;
+	char **strs;                 /* owned strings of rcpt[] */
+	size_t nstrs;
+	char path[PATH_MAX];
+	char newqid[QUEUE_ID_SIZE];
+	char host[256];
+	struct queue_body *body;
+	int err;
+};
+
+static void dsn_work_free(struct dsn_work *w)
+{
+	for (size_t i = 0; i < w->nstrs; i++)
+		free(w->strs[i]);
+	free(w->strs);
+	free(w->rcpt);
+	queue_msg_free(w->orig);
+	free(w);
+}
+
+/* On a pool thread: composes the DSN into its body file, reading the
+ * original as it goes (never whole in memory). */
+static void dsn_compose(uv_work_t *req)
+{
+	struct dsn_work *w = req->data;
+	char msgid[QUEUE_ID_SIZE + 300], boundary[320];
+	snprintf(msgid, sizeof msgid, "<%s@%s>", w->newqid, w->orig->qid[0] ?
+	         w->host : "localhost");
+	snprintf(boundary, sizeof boundary, "%s.%" PRId64 "/%s", w->orig->qid,
+	         (int64_t)time(NULL), w->host);
+	struct deliver_dsn dsn = {
+		.reporting_mta = w->host,
+		.qid = w->orig->qid,
+		.envid = w->orig->envid,
+		.sender = w->to,
+		.message_id = msgid,
+		.boundary = boundary,
+		.arrival = w->orig->arrival,
+		.now = (int64_t)time(NULL),
+		.delayed = w->delayed,
+		.retry_until = w->retry_until,
+		.headers_only = w->headers_only,
+		.utf8 = w->orig->flags & (QUEUE_F_SMTPUTF8 | QUEUE_F_8BITMIME),
+		.nrcpt = w->n,
+		.rcpt = w->rcpt,
+	};
+	struct buf out;
+	buf_init(&out, 4 * DSN_CHUNK);
+	int r = deliver_dsn_head(&dsn, &out);
+	if (r == 0)
+		r = queue_body_write(w->body, out.data, out.len);
+	buf_reset(&out);
+
+	struct deliver_dsn_orig o;
+	deliver_dsn_orig_init(&o, w->headers_only);
+	int fd = r == 0 ? open(w->path, O_RDONLY | O_CLOEXEC) : -1;
+	if (r == 0 && fd < 0)
+		r = -errno;
+	uint8_t *chunk = r == 0 ? malloc(DSN_CHUNK) : NULL;
+	if (r == 0 && !chunk)
+		r = -ENOMEM;
+	while (r == 0) {
+		ssize_t n = read(fd, chunk, DSN_CHUNK);
+		if (n < 0) {
+			r = -errno;
+			break;
+		}
+		if (n == 0)
+			break;
+		int f = deliver_dsn_orig_feed(&o, chunk, (size_t)n, &out);
+		if (f < 0) {
+			r = f;
+			break;
+		}
+		r = queue_body_write(w->body, out.data, out.len);
+		buf_reset(&out);
+		if (f == 1)
+			break;
+	}
+	free(chunk);
+	if (fd >= 0)
+		close(fd);
+	if (r == 0)
+		r = deliver_dsn_tail(&dsn, &o, &out);
+	if (r == 0)
+		r = queue_body_write(w->body, out.data, out.len);
+	buf_free(&out);
+	w->err = r;
+}
+
+static void dsn_committed(void *arg, int status)
+{
+	struct dsn_work *w = arg;
+	struct deliver *d = w->d;
+	d->inflight--;
+	if (status == 0) {
+		d->n_dsn++;
+		log_info("%s: sender %s notification: %s", w->orig->qid,
+		         w->delayed ? "delay" : "non-delivery", w->newqid);
+	} else {
+		log_err("%s: the %s notification could not be queued: %s",
+		        w->orig->qid, w->delayed ? "delay" : "non-delivery",
+		        strerror(-status));
+	}
+	dsn_work_free(w);
+	maybe_done(d);
+}
+
+static void dsn_composed(uv_work_t *req, int status)
+{
+	struct dsn_work *w = req->data;
+	struct deliver *d = w->d;
+	if (status == 0 && w->err == 0) {
+		struct queue_rcpt rc = {.addr = w->to};
+		struct queue_msg m = {
+			.arrival = wall_now(),
+			.state = QUEUE_MSG_ACTIVE,
+			.flags = w->orig->flags & (QUEUE_F_SMTPUTF8 | QUEUE_F_8BITMIME),
+			.sender = "",
+			.nrcpt = 1,
+			.rcpt = &rc,
+		};
+		memcpy(m.qid, w->newqid, QUEUE_ID_SIZE);
+		int r = queue_commit(d->q, w->body, &m, dsn_committed, w);
+		if (r == 0)
+			return;   /* dsn_committed runs */
+		w->err = r;
+	} else {
+		queue_body_abort(w->body);
+		if (w->err == 0)
+			w->err = status;
+	}
+	log_err("%s: the %s notification could not be written: %s",
+	        w->orig->qid, w->delayed ? "delay" : "non-delivery",
+	        strerror(-w->err));
+	d->inflight--;
+	dsn_work_free(w);
+	maybe_done(d);
+}
+
+static char *keep(struct dsn_work *w, const char *s)
+{
+	if (!s)
+		return NULL;
+	char *c = strdup(s);
+	if (c)
+		w->strs[w->nstrs++] = c;
+	return c;
+}
+
+/*
+ * Queues one DSN about m for the recipients in which[] (n of them, with
+ * their action and status). To the envelope sender; for a null sender, to
+ * the postmaster when one is configured and the message was not already
+ * for the postmaster; otherwise it is dropped with a log line. Never loops:
+ * a DSN has the null sender itself.
+ */
+struct dsn_item {
+	size_t i;              /* recipient index in m */
+	const char *status;    /* "5.1.1" */
+	const char *reason;    /* our words, or NULL */
+	bool remote;           /* last_reply came from the smarthost */
+};
+
+static void send_dsn(struct deliver *d, const struct queue_msg *m,
+                     const struct dsn_item *items, size_t n, bool delayed,
+                     int64_t retry_until)
+{
+	const char *to = m->sender;
+	if (!to[0]) {
+		bool for_pm = false;
+		for (size_t k = 0; k < m->nrcpt && d->cfg->postmaster; k++)
+			for_pm |= strcasecmp(m->rcpt[k].addr, d->cfg->postmaster) == 0;
+		if (delayed || !d->cfg->postmaster || for_pm) {
+			log_info("%s: no %s notification: the sender is <>",
+			         m->qid, delayed ? "delay" : "non-delivery");
+			return;
+		}
+		to = d->cfg->postmaster;
+	}
+	struct dsn_work *w = calloc(1, sizeof *w);
+	if (!w)
+		goto nomem;
+	w->w.data = w;
+	w->d = d;
+	w->delayed = delayed;
+	w->retry_until = retry_until;
+	/* RFC 3461 §4.3: RET=FULL asks for the whole message; without RET we
+	 * return the headers, as for RET=HDRS. */
+	w->headers_only = !(m->flags & QUEUE_F_RET_FULL);
+	snprintf(w->to, sizeof w->to, "%s", to);
+	snprintf(w->host, sizeof w->host, "%s", d->cfg->hostname);
+	w->orig = queue_msg_dup(m);
+	w->rcpt = calloc(n, sizeof *w->rcpt);
+	w->strs = calloc(n * 3, sizeof *w->strs);
+	if (!w->orig || !w->rcpt || !w->strs ||
+	    queue_body_path(d->cfg->spool_dir, m->qid, w->path, sizeof w->path))
+		goto nomem;
+	for (size_t k = 0; k < n; k++) {
+		const struct queue_rcpt *r = &w->orig->rcpt[items[k].i];
+		struct deliver_dsn_rcpt *o = &w->rcpt[k];
+		o->addr = r->addr;
+		o->orcpt = r->orcpt;
+		o->action = delayed ? DELIVER_DSN_DELAYED : DELIVER_DSN_FAILED;
+		o->status = keep(w, items[k].status);
+		o->remote_mta = items[k].remote ? d->cfg->host : NULL;
+		o->diag = items[k].remote ? r->last_reply : NULL;
+		o->reason = keep(w, items[k].reason ? items[k].reason :
+		                 (!items[k].remote ? r->last_reply : NULL));
+		o->last_attempt = r->attempts ? wall_now() : 0;
+	}
+	w->n = n;
+	queue_new_id(d->q, w->newqid);
+	int r = queue_body_open(d->q, w->newqid, &w->body);
+	if (r) {
+		log_err("%s: cannot queue a notification: %s", m->qid, strerror(-r));
+		dsn_work_free(w);
+		return;
+	}
+	r = uv_queue_work(d->loop, &w->w, dsn_compose, dsn_composed);
+	if (r < 0) {
+		queue_body_abort(w->body);
+		log_err("%s: cannot queue a notification: %s", m->qid, uv_strerror(r));
+		dsn_work_free(w);
+		return;
+	}
+	d->inflight++;
+	return;
+nomem:
+	log_err("%s: no notification: out of memory", m->qid);
+	if (w)
+		dsn_work_free(w);
+}
+
+static bool wants(const struct queue_rcpt *r, uint8_t bit)
+{
+	if (r->notify & QUEUE_NOTIFY_NEVER)
+		return false;
+	/* No NOTIFY: failures, and delays when delay warnings are on (as
+	 * Postfix does with delay_warning_time). */
+	return r->notify == 0 || (r->notify & bit);
+}
+
+/* ---- results ------------------------------------------------------------ */
+
+static int reply_code(const struct deliver_reply *r)
+{
+	if (r->code)
+		return r->code;
+	/* Our own refusal texts start with a code ("553 5.6.7 ..."). */
+	if (r->text[0] >= '2' && r->text[0] <= '5' && r->text[1] >= '0' &&
+	    r->text[1] <= '9' && r->text[2] >= '0' && r->text[2] <= '9' &&
+	    r->text[3] == ' ')
+		return (r->text[0] - '0') * 100 + (r->text[1] - '0') * 10 +
+		       (r->text[2] - '0');
+	return 0;   /* a local, temporary failure */
+}
+
+static double rnd01(void)
+{
+	return (double)(random() % 1000000) / 1000000.0;
+}
+
+static void set_reply(struct queue_rcpt *r, const char *text)
+{
+	char *t = strdup(text);
+	if (!t)
+		return;   /* keep the old one */
+	free(r->last_reply);
+	r->last_reply = t;
+}
+
+/* The log line of one recipient, in Postfix's shape. */
+static void log_result(const struct queue_msg *m, const struct queue_rcpt *r,
+                       const char *relay, const struct deliver_times *t,
+                       const char *dsn, const char *status, const char *text)
+{
+	char esc[DELIVER_REPLY_TEXT_MAX * 4 + 16], to[1024];
+	double delay = wall_now_f() - (double)m->arrival;
+	if (delay < 0)
+		delay = 0;
+	double conn = t ? t->conn_ms / 1000.0 : 0, xfer = t ? t->xfer_ms / 1000.0 : 0;
+	double queued = delay - conn - xfer;
+	log_escape(to, sizeof to, r->addr, strlen(r->addr));
+	log_escape(esc, sizeof esc, text, strlen(text));
+	log_info("%s: to=<%s>, relay=%s, delay=%.2f, delays=%.2f/%.2f/%.2f, "
+	         "dsn=%s, status=%s (%s)", m->qid, to, relay ? relay : "none",
+	         delay, queued < 0 ? 0 : queued, conn, xfer, dsn, status, esc);
+}
+
+/*
+ * Applies one attempt's outcome to job j's message and records it:
+ * results[k] for recipient j->idx[k]. route_until (unix seconds, or 0):
+ * the route is paused until then, so deferred recipients wait for it.
+ */
+static void finish(struct deliver *d, struct deliver_job *j,
+                   const struct deliver_reply *const *results,
+                   const char *relay, const struct deliver_times *t,
+                   bool remote)
+{
+	struct queue_msg *m = j->m;
+	struct deliver_cfg *g = d->cfg;
+	int64_t now = wall_now();
+	bool expired = (uint64_t)(now - m->arrival) * 1000 >= g->lifetime;
+	struct dsn_item *fail = calloc(j->n ? j->n : 1, sizeof *fail);
+	struct dsn_item *late = calloc(j->n ? j->n : 1, sizeof *late);
+	size_t nfail = 0, nlate = 0;
+	char st[16];
+
+	for (size_t k = 0; k < j->n; k++) {
+		struct queue_rcpt *r = &m->rcpt[j->idx[k]];
+		const struct deliver_reply *rep = results[k];
+		int code = reply_code(rep);
+		r->attempts++;
+		set_reply(r, rep->text);
+		deliver_reply_status(rep, st);
+		if (code >= 200 && code < 300) {
+			r->state = QUEUE_RCPT_SENT;
+			d->n_sent++;
+			log_result(m, r, relay, t, st, "sent", rep->text);
+		} else if (code >= 500 || expired) {
+			r->state = QUEUE_RCPT_BOUNCED;
+			d->n_bounced++;
+			const char *status = code >= 500 ? st : "4.4.7";
+			char why[DELIVER_REPLY_TEXT_MAX + 80];
+			if (code >= 500)
+				snprintf(why, sizeof why, "%s", rep->text);
+			else
+				snprintf(why, sizeof why, "message expired after %" PRId64
+				         " s in the queue; last reply: %s",
+				         now - m->arrival, rep->text);
+			log_result(m, r, relay, t, status, "bounced", why);
+			if (fail && wants(r, QUEUE_NOTIFY_FAILURE)) {
+				fail[nfail].i = j->idx[k];
+				fail[nfail].status = code >= 500 ? NULL : "4.4.7";
+				fail[nfail].reason = code >= 500 ? NULL :
+				                     "the message expired in the queue";
+				fail[nfail].remote = remote && code;
+				nfail++;
+			}
+		} else {
+			r->state = QUEUE_RCPT_DEFERRED;
+			d->n_deferred++;
+			uint64_t wait = deliver_backoff(g->retry_min, g->retry_max,
+			                                r->attempts, rnd01());
+			int64_t next = now + (int64_t)((wait + 999) / 1000);
+			if (d->paused && d->pause_until_wall > next)
+				next = d->pause_until_wall;
+			/* Never past the lifetime, nor past the delay warning. */
+			int64_t end = m->arrival + (int64_t)(g->lifetime / 1000);
+			if (next > end)
+				next = end;
+			if (g->warn_after && !(m->flags & QUEUE_F_WARNED)) {
+				int64_t w = m->arrival + (int64_t)(g->warn_after / 1000);
+				if (w > now && next > w)
+					next = w;
+			}
+			if (next <= now)
+				next = now + 1;
+			r->next_attempt = next;
+			log_result(m, r, relay, t, st, "deferred", rep->text);
+			if (late && g->warn_after && !(m->flags & QUEUE_F_WARNED) &&
+			    (uint64_t)(now - m->arrival) * 1000 >= g->warn_after &&
+			    wants(r, QUEUE_NOTIFY_DELAY)) {
+				late[nlate].i = j->idx[k];
+				late[nlate].status = NULL;
+				late[nlate].remote = remote && code;
+				nlate++;
+			}
+		}
+	}
+	if (nfail)
+		send_dsn(d, m, fail, nfail, false, 0);
+	if (nlate) {
+		m->flags |= QUEUE_F_WARNED;
+		send_dsn(d, m, late, nlate, true,
+		         m->arrival + (int64_t)(g->lifetime / 1000));
+	} else if (g->warn_after &&
+	           (uint64_t)(now - m->arrival) * 1000 >= g->warn_after) {
+		m->flags |= QUEUE_F_WARNED;   /* nobody wanted one */
+	}
+	free(fail);
+	free(late);
+}
+
+/* Operator actions that waited for the attempt. */
+static bool apply_pending(struct deliver *d, struct deliver_job *j);
+
+static void job_end(struct deliver *d, struct deliver_job *j)
+{
+	bool removed = apply_pending(d, j);
+	if (!removed)
+		record(d, j->m, false, NULL, NULL, NULL);
+	job_free(j);
+}
+
+void deliver_job_done(struct deliver *d, struct deliver_job *j,
+                      const struct deliver_reply *const *results,
+                      const char *relay, const struct deliver_times *t)
+{
+	d->n_attempts++;
+	finish(d, j, results, relay, t, true);
+	job_end(d, j);
+}
+
+void deliver_job_failed(struct deliver *d, struct deliver_job *j,
+                        const struct deliver_reply *r, const char *relay)
+{
+	/* Whatever went wrong with the session is temporary for every
+	 * recipient (never a bounce for a connection, TLS or AUTH problem). */
+	struct deliver_reply tmp = *r;
+	if (tmp.code >= 500 || tmp.code == 0) {
+		tmp.code = 0;
+		if (r->code >= 500)
+			snprintf(tmp.text, sizeof tmp.text, "%s", r->text);
+	}
+	if (tmp.code == 0 && reply_code(&tmp) >= 500)
+		memmove(tmp.text, tmp.text + 4, strlen(tmp.text + 4) + 1);
+	const struct deliver_reply **res = calloc(j->n ? j->n : 1, sizeof *res);
+	if (!res) {
+		busy_del(d, j->m->qid);
+		job_free(j);
+		return;
+	}
+	for (size_t k = 0; k < j->n; k++)
+		res[k] = &tmp;
+	d->n_attempts++;
+	finish(d, j, res, relay, NULL, false);
+	free(res);
+	job_end(d, j);
+}
+
+/* ---- sessions and the route --------------------------------------------- */
+
+struct deliver_job *deliver_take_job(struct deliver *d)
+{
+	if (d->stopping || d->paused || !d->ready)
+		return NULL;
+	uint64_t now = uv_now(d->loop);
+	if (rate_wait(&d->rate_min, now) || rate_wait(&d->rate_hour, now)) {
+		schedule(d);   /* arms the timer for when one may go */
+		return NULL;
+	}
+	struct deliver_job *j = d->ready;
+	d->ready = j->next;
+	if (!d->ready)
+		d->ready_tail = &d->ready;
+	d->nready--;
+	j->next = NULL;
+	struct busy *b = busy_find(d, j->m->qid);
+	if (b)
+		b->in_session = true;
+	rate_note(&d->rate_min, now);
+	rate_note(&d->rate_hour, now);
+	return j;
+}
+
+void deliver_session_up(struct deliver *d, struct deliver_session *s)
+{
+	for (struct snode *n = d->sessions; n; n = n->next)
+		if (n->s == s && !n->up) {
+			n->up = true;
+			d->nconnecting--;
+		}
+	if (d->route_fails || d->probing)
+		log_info("smarthost %s:%u: delivering again", d->cfg->host,
+		         d->cfg->port);
+	d->route_fails = 0;
+	d->probing = false;
+	d->route_reason[0] = '\0';
+	schedule(d);
+}
+
+/* Puts the ready jobs back (they stay in the schedule; busy ends). */
+static void drop_ready(struct deliver *d)
+{
+	while (d->ready) {
+		struct deliver_job *j = d->ready;
+		d->ready = j->next;
+		busy_del(d, j->m->qid);
+		job_free(j);
+	}
+	d->ready_tail = &d->ready;
+	d->nready = 0;
+}
+
+static void route_pause(struct deliver *d, bool auth, const char *why)
+{
+	struct deliver_cfg *g = d->cfg;
+	d->route_fails++;
+	uint64_t ms = deliver_backoff(g->retry_min, g->retry_max, d->route_fails,
+	                              rnd01());
+	d->paused = true;
+	d->pause_until = uv_now(d->loop) + ms;
+	d->pause_until_wall = wall_now() + (int64_t)((ms + 999) / 1000);
+	snprintf(d->route_reason, sizeof d->route_reason, "%s%s",
+	         auth ? "authentication failed: " : "", why);
+	char esc[sizeof d->route_reason * 4];
+	log_escape(esc, sizeof esc, d->route_reason, strlen(d->route_reason));
+	if (auth)
+		log_err("smarthost %s:%u: AUTH as %s refused; delivery paused for "
+		        "%.0f s: %s", g->host, g->port, g->user ? g->user : "?",
+		        ms / 1000.0, esc);
+	else
+		log_warn("smarthost %s:%u: delivery paused for %.0f s: %s",
+		         g->host, g->port, ms / 1000.0, esc);
+	drop_ready(d);
+}
+
+void deliver_session_gone(struct deliver *d, struct deliver_session *s,
+                          bool route_fail, bool auth_fail,
+                          const struct deliver_reply *r)
+{
+	for (struct snode **p = &d->sessions; *p; p = &(*p)->next) {
+		if ((*p)->s != s)
+			continue;
+		struct snode *n = *p;
+		if (!n->up)
+			d->nconnecting--;
+		*p = n->next;
+		free(n);
+		d->nsessions--;
+		break;
+	}
+	if (route_fail && !d->stopping && !d->paused)
+		route_pause(d, auth_fail, r ? r->text : "session failed");
+	maybe_done(d);
+	schedule(d);
+}
+
+static void start_session(struct deliver *d)
+{
+	struct snode *n = calloc(1, sizeof *n);
+	if (!n)
+		return;
+	int r = deliver_session_new(d, d->cfg, d->loop, &n->s);
+	if (r) {
+		log_err("smarthost: cannot start a session: %s", strerror(-r));
+		free(n);
+		return;
+	}
+	n->next = d->sessions;
+	d->sessions = n;
+	d->nsessions++;
+	d->nconnecting++;
+}
+
+/* ---- the schedule ------------------------------------------------------- */
+
+/* Takes a due message into the ready list, or settles it without an
+ * attempt (expired). */
+static void load(struct deliver *d, const char *qid)
+{
+	struct queue_msg *m;
+	int r = queue_get(d->q, qid, &m);
+	if (r) {
+		if (r != -ENOENT)
+			log_err("%s: cannot load: %s", qid, strerror(-r));
+		return;
+	}
+	if (m->state != QUEUE_MSG_ACTIVE) {
+		queue_msg_free(m);
+		return;
+	}
+	struct busy *b = busy_add(d, qid);
+	if (!b) {
+		queue_msg_free(m);
+		return;
+	}
+	struct deliver_job *j = job_new(d, m);
+	if (!j) {
+		busy_del(d, qid);
+		return;
+	}
+	b->job = j;
+	*d->ready_tail = j;
+	d->ready_tail = &j->next;
+	d->nready++;
+}
+
+struct scan {
+	struct deliver *d;
+	char (*ids)[QUEUE_ID_SIZE];
+	size_t n, want, visited, max_visit;
+};
+
+static int scan_cb(void *arg, const char *qid, int64_t due)
+{
+	(void)due;
+	struct scan *s = arg;
+	if (++s->visited > s->max_visit)
+		return 1;
+	if (busy_find(s->d, qid))
+		return 0;
+	memcpy(s->ids[s->n++], qid, QUEUE_ID_SIZE);
+	return s->n >= s->want;
+}
+
+static void timer_cb(uv_timer_t *t)
+{
+	schedule(t->data);
+}
+
+static void arm(struct deliver *d, uint64_t ms)
+{
+	if (d->stopping || !d->timer_inited)
+		return;
+	uint64_t due = uv_now(d->loop) + ms;
+	if (uv_is_active((uv_handle_t *)&d->timer) &&
+	    uv_timer_get_due_in(&d->timer) <= ms)
+		return;
+	(void)due;
+	uv_timer_start(&d->timer, timer_cb, ms, 0);
+}
+
+static void schedule(struct deliver *d)
+{
+	struct deliver_cfg *g = d->cfg;
+	if (d->stopping || g->mode != CONF_DELIVERY_SMARTHOST)
+		return;
+	uint64_t nowms = uv_now(d->loop);
+	if (d->paused) {
+		if (nowms < d->pause_until) {
+			arm(d, d->pause_until - nowms);
+			return;
+		}
+		d->paused = false;
+		d->probing = true;
+		log_info("smarthost %s:%u: trying again", g->host, g->port);
+	}
+
+	/* Fill the ready list: flushed messages first, then the schedule. */
+	unsigned slots = d->probing ? 1 : g->concurrency;
+	size_t want_total = (size_t)slots * READY_PER_SESSION + 8;
+	while (d->flush && d->flush_pos < d->nflush && d->nready < want_total) {
+		const char *qid = d->flush[d->flush_pos++];
+		if (!busy_find(d, qid))
+			load(d, qid);
+	}
+	if (d->flush && d->flush_pos >= d->nflush) {
+		free(d->flush);
+		d->flush = NULL;
+		d->nflush = d->flush_pos = 0;
+	}
+	int64_t next = -1;
+	if (d->nready < want_total) {
+		size_t want = want_total - d->nready;
+		struct scan s = {d, calloc(want, QUEUE_ID_SIZE), 0, want, 0,
+		                 want + d->nbusy + 64};
+		if (s.ids) {
+			int r = queue_scan_due(d->q, wall_now(), &next, scan_cb, &s);
+			if (r)
+				log_err("deliver: cannot read the schedule: %s",
+				        strerror(-r));
+			for (size_t i = 0; i < s.n; i++)
+				load(d, s.ids[i]);
+			if (s.visited > s.max_visit || s.n >= s.want)
+				next = wall_now();   /* more is due */
+			free(s.ids);
+		}
+	} else {
+		next = wall_now();
+	}
+
+	/* Sessions: idle ones take work; new ones while there is more work
+	 * than sessions on their way. */
+	for (struct snode *n = d->sessions; n && d->ready; n = n->next)
+		deliver_session_kick(n->s);
+	while (d->ready && d->nsessions < slots && d->nready > d->nconnecting)
+		start_session(d);
+
+	uint64_t wait = SCAN_MAX_MS;
+	if (next >= 0) {
+		int64_t sec = next - wall_now();
+		wait = sec <= 0 ? 1000 : (uint64_t)sec * 1000;
+		if (wait > SCAN_MAX_MS)
+			wait = SCAN_MAX_MS;
+	}
+	uint64_t rw = rate_wait(&d->rate_min, nowms);
+	uint64_t rh = rate_wait(&d->rate_hour, nowms);
+	if (rh > rw)
+		rw = rh;
+	if (d->ready && rw)
+		wait = rw < wait ? rw : wait;
+	arm(d, wait);
+}
+
+static void notify_cb(void *arg)
+{
+	struct deliver *d = arg;
+	/* New mail: look now (the scan is cheap; the timer debounces). */
+	if (!d->stopping && d->cfg->mode == CONF_DELIVERY_SMARTHOST &&
+	    !d->paused)
+		arm(d, 0);
+}
+
+/* ---- operator actions --------------------------------------------------- */
+
+static void fail_open(struct deliver *d, struct queue_msg *m, const char *why)
+{
+	/* relayctl bounce: every open recipient fails now, with a DSN. */
+	struct dsn_item *items = calloc(m->nrcpt ? m->nrcpt : 1, sizeof *items);
+	size_t n = 0;
+	for (size_t i = 0; i < m->nrcpt; i++) {
+		struct queue_rcpt *r = &m->rcpt[i];
+		if (!rcpt_open(r))
+			continue;
+		r->state = QUEUE_RCPT_BOUNCED;
+		set_reply(r, why);
+		d->n_bounced++;
+		log_result(m, r, NULL, NULL, "5.0.0", "bounced", why);
+		if (items && wants(r, QUEUE_NOTIFY_FAILURE)) {
+			items[n].i = i;
+			items[n].status = "5.0.0";
+			items[n].reason = why;
+			n++;
+		}
+	}
+	if (n)
+		send_dsn(d, m, items, n, false, 0);
+	free(items);
+}
+
+static bool apply_pending(struct deliver *d, struct deliver_job *j)
+{
+	if (j->pend & DELIVER_PEND_DELETE) {
+		record(d, j->m, true, NULL, NULL, NULL);
+		return true;
+	}
+	if (j->pend & DELIVER_PEND_BOUNCE)
+		fail_open(d, j->m, "bounced by the operator");
+	if (j->pend & DELIVER_PEND_HOLD)
+		j->m->state = QUEUE_MSG_HOLD;
+	return false;
+}
+
+/* Takes a message out of the ready list, if it is there. */
+static struct deliver_job *unready(struct deliver *d, const char *qid)
+{
+	for (struct deliver_job **p = &d->ready; *p; p = &(*p)->next) {
+		if (strcmp((*p)->m->qid, qid) != 0)
+			continue;
+		struct deliver_job *j = *p;
+		*p = j->next;
+		if (!*p)
+			d->ready_tail = p;
+		d->nready--;
+		j->next = NULL;
+		return j;
+	}
+	return NULL;
+}
+
+static void flush_all(struct deliver *d, deliver_ctl_reply_fn reply, void *arg)
+{
+	/* Every scheduled message, whatever its next attempt. */
+	struct flushscan { size_t n, cap; char (*ids)[QUEUE_ID_SIZE]; int err; };
+	uint64_t nmsg = 0, nsched = 0;
+	queue_count(d->q, &nmsg, &nsched);
+	struct scan s = {d, NULL, 0, 0, 0, 0};
+	s.want = (size_t)nsched + 1;
+	s.max_visit = (size_t)nsched + 1;
+	s.ids = calloc(s.want, QUEUE_ID_SIZE);
+	if (!s.ids) {
+		reply(arg, "err out of memory");
+		return;
+	}
+	int64_t next;
+	queue_scan_due(d->q, INT64_MAX, &next, scan_cb, &s);
+	free(d->flush);
+	d->flush = s.ids;
+	d->nflush = s.n;
+	d->flush_pos = 0;
+	d->paused = false;
+	d->probing = false;
+	d->route_fails = 0;
+	d->route_reason[0] = '\0';
+	char t[96];
+	snprintf(t, sizeof t, "ok flushing %zu messages", s.n);
+	reply(arg, t);
+	schedule(d);
+}
+
+void deliver_ctl_run(struct deliver *d, const char *line,
+                     deliver_ctl_reply_fn reply, void *arg)
+{
+	char verb[16] = "", qid[64] = "", t[160];
+	int n = sscanf(line, "%15s %63s", verb, qid);
+	if (n < 1) {
+		reply(arg, "err empty request");
+		return;
+	}
+	if (strcmp(verb, "stats") == 0) {
+		char js[4096];
+		deliver_stats_json(d, js, sizeof js);
+		snprintf(t, sizeof t, "ok ");
+		char out[4200];
+		snprintf(out, sizeof out, "ok %s", js);
+		reply(arg, out);
+		return;
+	}
+	if (strcmp(verb, "flush") == 0 && n == 1) {
+		flush_all(d, reply, arg);
+		return;
+	}
+	static const char *const verbs[] = {"flush", "hold", "release", "delete",
+	                                    "bounce", "requeue", NULL};
+	size_t v = 0;
+	while (verbs[v] && strcmp(verbs[v], verb) != 0)
+		v++;
+	if (!verbs[v]) {
+		reply(arg, "err unknown request");
+		return;
+	}
+	if (n < 2 || !queue_id_valid(qid)) {
+		reply(arg, "err a queue id is needed");
+		return;
+	}
+	struct busy *b = busy_find(d, qid);
+	struct deliver_job *j = NULL;
+	if (b && b->job && !b->in_session) {
+		j = unready(d, qid);
+		if (j)
+			busy_del(d, qid);
+		b = NULL;
+	}
+	if (b) {
+		if (b->in_session && b->job && (v == 1 || v == 3 || v == 4)) {
+			/* Delivery is under way: act when it ends. */
+			b->job->pend |= v == 1 ? DELIVER_PEND_HOLD :
+			                v == 3 ? DELIVER_PEND_DELETE : DELIVER_PEND_BOUNCE;
+			snprintf(t, sizeof t, "ok %s: being delivered; will be %s when "
+			         "the attempt ends", qid, v == 1 ? "held" :
+			         v == 3 ? "deleted" : "bounced");
+			reply(arg, t);
+			return;
+		}
+		snprintf(t, sizeof t, "err %s: being delivered; try again shortly",
+		         qid);
+		reply(arg, t);
+		return;
+	}
+	struct queue_msg *m = NULL;
+	if (j) {
+		m = j->m;
+		j->m = NULL;
+		job_free(j);
+	} else {
+		int r = queue_get(d->q, qid, &m);
+		if (r) {
+			snprintf(t, sizeof t, "err %s: %s", qid,
+			         r == -ENOENT ? "no such message" : strerror(-r));
+			reply(arg, t);
+			return;
+		}
+	}
+	int64_t now = wall_now();
+	char ok[96];
+	bool remove = false;
+	switch (v) {
+	case 0:   /* flush */
+		if (m->state == QUEUE_MSG_HOLD) {
+			snprintf(t, sizeof t, "err %s: on hold; release it first", qid);
+			reply(arg, t);
+			queue_msg_free(m);
+			return;
+		}
+		for (size_t i = 0; i < m->nrcpt; i++)
+			if (rcpt_open(&m->rcpt[i]))
+				m->rcpt[i].next_attempt = now;
+		d->paused = false;
+		d->probing = false;
+		d->route_fails = 0;
+		snprintf(ok, sizeof ok, "%s: flushed", qid);
+		break;
+	case 1:   /* hold */
+		m->state = QUEUE_MSG_HOLD;
+		snprintf(ok, sizeof ok, "%s: held", qid);
+		break;
+	case 2:   /* release */
+		m->state = QUEUE_MSG_ACTIVE;
+		for (size_t i = 0; i < m->nrcpt; i++)
+			if (rcpt_open(&m->rcpt[i]))
+				m->rcpt[i].next_attempt = now;
+		snprintf(ok, sizeof ok, "%s: released", qid);
+		break;
+	case 3:   /* delete */
+		remove = true;
+		snprintf(ok, sizeof ok, "%s: deleted", qid);
+		break;
+	case 4:   /* bounce */
+		fail_open(d, m, "bounced by the operator");
+		remove = true;
+		snprintf(ok, sizeof ok, "%s: bounced", qid);
+		break;
+	case 5:   /* requeue */
+		for (size_t i = 0; i < m->nrcpt; i++) {
+			struct queue_rcpt *r = &m->rcpt[i];
+			if (!rcpt_open(r))
+				continue;
+			r->state = QUEUE_RCPT_PENDING;
+			r->attempts = 0;
+			r->next_attempt = now;
+			free(r->last_reply);
+			r->last_reply = NULL;
+		}
+		m->flags &= (uint8_t)~QUEUE_F_WARNED;
+		snprintf(ok, sizeof ok, "%s: requeued", qid);
+		break;
+	}
+	if (record(d, m, remove, reply, arg, ok)) {
+		snprintf(t, sizeof t, "err %s: cannot record the change", qid);
+		reply(arg, t);
+	}
+	queue_msg_free(m);
+}
+
+/* ---- stats -------------------------------------------------------------- */
+
+static void json_str(char *out, size_t outlen, const char *s)
+{
+	size_t o = 0;
+	if (outlen < 3)
+		return;
+	out[o++] = '"';
+	for (; *s && o + 8 < outlen; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\') {
+			out[o++] = '\\';
+			out[o++] = (char)c;
+		} else if (c < 0x20 || c >= 0x7f) {
+			o += (size_t)snprintf(out + o, outlen - o, "\\u%04x", c);
+		} else {
+			out[o++] = (char)c;
+		}
+	}
+	out[o++] = '"';
+	out[o] = '\0';
+}
+
+void deliver_stats_json(struct deliver *d, char *out, size_t outlen)
+{
+	uint64_t nmsg = 0, nsched = 0;
+	queue_count(d->q, &nmsg, &nsched);
+	struct deliver_cfg *g = d->cfg;
+	char name[300], reason[sizeof d->route_reason * 6 + 4];
+	snprintf(name, sizeof name, "%s:%u", g->host, g->port);
+	json_str(reason, sizeof reason, d->route_reason);
+	char route[sizeof reason + 400];
+	if (g->mode != CONF_DELIVERY_SMARTHOST)
+		snprintf(route, sizeof route, "{\"state\":\"hold\"}");
+	else
+		snprintf(route, sizeof route,
+		         "{\"name\":\"%s\",\"state\":\"%s\",\"until\":%" PRId64
+		         ",\"failures\":%u,\"reason\":%s}", name,
+		         d->paused ? "paused" : "ok",
+		         d->paused ? d->pause_until_wall : 0, d->route_fails, reason);
+	snprintf(out, outlen,
+	         "{\"running\":true,\"pid\":%d,\"uptime\":%" PRId64
+	         ",\"delivery\":\"%s\",\"queue\":{\"messages\":%" PRIu64
+	         ",\"scheduled\":%" PRIu64 ",\"in_flight\":%zu},"
+	         "\"sessions\":%u,\"attempts\":%" PRIu64 ",\"sent\":%" PRIu64
+	         ",\"deferred\":%" PRIu64 ",\"bounced\":%" PRIu64
+	         ",\"notifications\":%" PRIu64 ",\"route\":%s}",
+	         (int)getpid(), wall_now() - d->started,
+	         g->mode == CONF_DELIVERY_SMARTHOST ? "smarthost" : "hold",
+	         nmsg, nsched, d->nbusy, d->nsessions, d->n_attempts, d->n_sent,
+	         d->n_deferred, d->n_bounced, d->n_dsn, route);
+}
+
+/* ---- life cycle --------------------------------------------------------- */
+
+int deliver_new(uv_loop_t *loop, struct queue *q, const struct conf *conf,
+                struct deliver **out)
+{
+	char err[512] = "";
+	struct deliver *d = calloc(1, sizeof *d);
+	if (!d)
+		return -ENOMEM;
+	d->loop = loop;
+	d->q = q;
+	d->ready_tail = &d->ready;
+	d->started = wall_now();
+	d->cfg = deliver_cfg_new(conf, err, sizeof err);
+	if (!d->cfg) {
+		log_err("delivery: %s", err);
+		free(d);
+		return -EINVAL;
+	}
+	if (rate_init(&d->rate_min, d->cfg->rate_minute, 60000) ||
+	    rate_init(&d->rate_hour, d->cfg->rate_hour, 3600000)) {
+		deliver_cfg_unref(d->cfg);
+		free(d);
+		return -ENOMEM;
+	}
+	srandom((unsigned)(getpid() ^ time(NULL)));
+	int r = uv_timer_init(loop, &d->timer);
+	if (r < 0) {
+		log_err("delivery: uv_timer_init: %s", uv_strerror(r));
+		deliver_cfg_unref(d->cfg);
+		free(d);
+		return r;
+	}
+	d->timer.data = d;
+	d->timer_inited = true;
+	r = deliver_ctl_open(d, loop, conf->spool_dir, &d->ctl);
+	if (r)
+		log_warn("control socket unavailable: relayctl flush/hold/... "
+		         "will not reach this relayd");
+	queue_set_notify(q, notify_cb, d);
+	if (d->cfg->mode == CONF_DELIVERY_SMARTHOST)
+		log_info("delivery through smarthost %s:%u (TLS %s%s%s)",
+		         d->cfg->host, d->cfg->port,
+		         d->cfg->tls == CONF_TLS_IMPLICIT ? "implicit" :
+		         d->cfg->tls == CONF_TLS_STARTTLS ? "starttls" : "none",
+		         d->cfg->user ? ", AUTH as " : "",
+		         d->cfg->user ? d->cfg->user : "");
+	*out = d;
+	arm(d, 0);
+	return 0;
+}
+
+int deliver_set_conf(struct deliver *d, const struct conf *conf)
+{
+	char err[512] = "";
+	struct deliver_cfg *g = deliver_cfg_new(conf, err, sizeof err);
+	if (!g) {
+		log_err("SIGHUP: delivery settings kept: %s", err);
+		return -EINVAL;
+	}
+	if (rate_init(&d->rate_min, g->rate_minute, 60000) ||
+	    rate_init(&d->rate_hour, g->rate_hour, 3600000))
+		log_warn("SIGHUP: smarthost_rate: out of memory");
+	deliver_cfg_unref(d->cfg);
+	d->cfg = g;
+	/* A new password or certificate deserves a try now. */
+	d->paused = false;
+	d->probing = d->route_fails > 0;
+	arm(d, 0);
+	return 0;
+}
+
+static void maybe_done(struct deliver *d)
+{
+	if (!d->stopping || d->nsessions || d->inflight || d->ctl ||
+	    d->timer_inited)
+		return;
+	void (*cb)(void *) = d->done_cb;
+	void *arg = d->done_arg;
+	for (size_t i = 0; i < BUSY_BUCKETS; i++)
+		while (d->busy[i]) {
+			struct busy *b = d->busy[i];
+			d->busy[i] = b->next;
+			free(b);
+		}
+	free(d->flush);
+	free(d->rate_min.t);
+	free(d->rate_hour.t);
+	deliver_cfg_unref(d->cfg);
+	free(d);
+	if (cb)
+		cb(arg);
+}
+
+static void timer_closed_cb(uv_handle_t *h)
+{
+	struct deliver *d = h->data;
+	d->timer_inited = false;
+	maybe_done(d);
+}
+
+static void ctl_closed_cb(void *arg)
+{
+	struct deliver *d = arg;
+	d->ctl = NULL;
+	maybe_done(d);
+}
+
+void deliver_stop(struct deliver *d, void (*done_cb)(void *arg), void *arg)
+{
+	d->stopping = true;
+	d->done_cb = done_cb;
+	d->done_arg = arg;
+	queue_set_notify(d->q, NULL, NULL);
+	drop_ready(d);
+	for (struct snode *n = d->sessions; n; n = n->next)
+		deliver_session_close(n->s);
+	uv_timer_stop(&d->timer);
+	uv_close((uv_handle_t *)&d->timer, timer_closed_cb);
+	if (d->ctl)
+		deliver_ctl_close(d->ctl, ctl_closed_cb, d);
+	maybe_done(d);
+}

@@ -1,0 +1,39 @@
+/*
+ * deliver/deliver.h - The delivery scheduler: takes due messages from the
+ * queue, sends them through the smarthost over a bounded pool of SMTP
+ * client sessions, records each recipient's result durably, retries with
+ * backoff, bounces with RFC 3464 DSNs, and serves the control socket that
+ * relayctl steers it with (deliver_ctl.h).
+ */
+#ifndef RELAY_DELIVER_H
+#define RELAY_DELIVER_H
+
+#include <uv.h>
+
+#include "common/conf.h"
+#include "queue/queue.h"
+
+struct deliver;
+
+/* Checks the delivery settings beyond what conf checks key by key
+ * (delivery = smarthost needs a smarthost, AUTH needs a password, the CA
+ * file must load). 0, or -EINVAL with the reason in err. */
+int deliver_check_conf(const struct conf *conf, char *err, size_t errlen);
+
+/* Reads what it needs from conf (copied: conf may go away), opens the
+ * control socket in spool_dir and starts scheduling (with delivery =
+ * hold it only serves the control socket). Returns 0 or -errno with a
+ * log line. */
+int deliver_new(uv_loop_t *loop, struct queue *q, const struct conf *conf,
+                struct deliver **out);
+
+/* SIGHUP: settings for new sessions and the scheduler from now on.
+ * Returns 0, or -errno (a log line says why) and keeps the old ones. */
+int deliver_set_conf(struct deliver *d, const struct conf *conf);
+
+/* Stops: no new sessions, sessions are closed (a message in flight is
+ * simply retried later), the control socket is closed; done_cb runs
+ * when every handle is gone, after which d is freed. */
+void deliver_stop(struct deliver *d, void (*done_cb)(void *arg), void *arg);
+
+#endif

@@ -1,0 +1,803 @@
+/*
+ * deliver/deliver_session.c - One SMTP client session to the smarthost:
+ * the I/O shell around deliver_client.c. Owns a TCP handle, a timer, TLS
+ * (OpenSSL over memory BIOs, so libuv does all socket I/O), and the body
+ * file being sent (read with uv_fs on the thread pool). Takes jobs from
+ * the scheduler until max_messages_per_connection, or until it has been
+ * idle for SESSION_IDLE_MS, then QUITs.
+ *
+ * Lifetime: the session is freed when its handles are closed and no
+ * write, fs or getaddrinfo request is outstanding (each holds a count).
+ */
+#include "deliver/deliver_int.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+#include "common/log.h"
+
+/* No session idles open longer than this (the issue: a few seconds). */
+#define SESSION_IDLE_MS 2000
+/* Body read size; also bounds what one session buffers for the socket. */
+#define BODY_CHUNK (64 * 1024)
+/* Largest header section rewritten for rewrite_from_header; bigger ones
+ * are sent as they are (with a warning). */
+#define REWRITE_MAX (1024 * 1024)
+/* Plaintext waiting to be written is bounded: commands are small, and the
+ * body goes one chunk at a time. */
+#define OUT_LIMIT (4 * BODY_CHUNK)
+
+struct wreq {
+	uv_write_t req;
+	struct deliver_session *s;
+	size_t len;
+	char data[];
+};
+
+struct deliver_session {
+	struct deliver *d;
+	struct deliver_cfg *cfg;
+	uv_loop_t *loop;
+	uv_tcp_t tcp;
+	uv_timer_t timer;
+	uv_connect_t conn;
+	uv_getaddrinfo_t gai;
+	uv_fs_t fs;
+	int handles;            /* open handles (tcp, timer) */
+	int reqs;               /* writes, fs, gai, connect in flight */
+	bool closing, gone, tcp_inited;
+
+	struct deliver_client *cl;
+	struct buf out;         /* commands/body not yet written (plaintext) */
+	SSL *ssl;
+	BIO *rbio, *wbio;
+	bool tls_handshake, tls_on;
+	bool starttls;          /* the handshake answers a STARTTLS */
+
+	char ip[64];
+	char relay[340];        /* "host[ip]:port" */
+	struct deliver_job *job;
+	int body_fd;
+	uint64_t body_off;
+	bool body_wait;         /* body: waiting for the socket to drain */
+	bool in_body;
+	struct buf hdr;         /* rewrite_from_header: the header section */
+	bool hdr_done;
+	unsigned sent;          /* transactions on this session */
+	bool up;                /* reached READY once */
+	bool idle;
+	uint64_t t_start, t_up, t_job;
+
+	/* Why it ended. */
+	bool failed, route_fail, auth_fail;
+	struct deliver_reply why;
+	char rbuf[BODY_CHUNK];
+};
+
+static void session_fail(struct deliver_session *s, bool route_fail,
+                         const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void read_body(struct deliver_session *s);
+static void drive(struct deliver_session *s);
+static void flush_out(struct deliver_session *s);
+
+/* ---- lifetime ----------------------------------------------------------- */
+
+static void maybe_free(struct deliver_session *s)
+{
+	if (!s->closing || s->handles > 0 || s->reqs > 0 || s->gone)
+		return;
+	s->gone = true;
+	if (s->job) {
+		/* Never sent, or cut off: the recipients are retried. */
+		struct deliver_reply r = s->why;
+		if (!s->failed) {
+			r.code = 0;
+			snprintf(r.text, sizeof r.text, "delivery stopped");
+		}
+		deliver_job_failed(s->d, s->job, &r, s->relay);
+		s->job = NULL;
+	}
+	if (s->body_fd >= 0)
+		close(s->body_fd);
+	deliver_session_gone(s->d, s, s->route_fail, s->auth_fail,
+	                     s->failed ? &s->why : NULL);
+	deliver_client_free(s->cl);
+	if (s->ssl)
+		SSL_free(s->ssl);   /* frees both BIOs */
+	buf_free(&s->out);
+	buf_free(&s->hdr);
+	deliver_cfg_unref(s->cfg);
+	free(s);
+}
+
+static void handle_closed_cb(uv_handle_t *h)
+{
+	struct deliver_session *s = h->data;
+	s->handles--;
+	maybe_free(s);
+}
+
+static void session_close(struct deliver_session *s)
+{
+	if (s->closing)
+		return;
+	s->closing = true;
+	uv_timer_stop(&s->timer);
+	if (!uv_is_closing((uv_handle_t *)&s->timer))
+		uv_close((uv_handle_t *)&s->timer, handle_closed_cb);
+	if (s->tcp_inited && !uv_is_closing((uv_handle_t *)&s->tcp)) {
+		uv_read_stop((uv_stream_t *)&s->tcp);
+		uv_close((uv_handle_t *)&s->tcp, handle_closed_cb);
+	}
+	if (s->reqs && s->gai.data == s)
+		uv_cancel((uv_req_t *)&s->gai);
+	maybe_free(s);
+}
+
+static void session_fail(struct deliver_session *s, bool route_fail,
+                         const char *fmt, ...)
+{
+	if (s->failed || s->closing)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	s->why.code = 0;
+	vsnprintf(s->why.text, sizeof s->why.text, fmt, ap);
+	va_end(ap);
+	s->failed = true;
+	s->route_fail = route_fail;
+	session_close(s);
+}
+
+void deliver_session_close(struct deliver_session *s)
+{
+	session_close(s);
+}
+
+/* ---- timer -------------------------------------------------------------- */
+
+static void timer_cb(uv_timer_t *t)
+{
+	struct deliver_session *s = t->data;
+	if (s->idle && deliver_client_waiting(s->cl) == false && !s->job) {
+		/* Idle long enough: say goodbye. */
+		s->idle = false;
+		deliver_client_quit(s->cl, &s->out);
+		flush_out(s);
+		uv_timer_start(&s->timer, timer_cb, s->cfg->timeout, 0);
+		return;
+	}
+	session_fail(s, !s->up, "timeout after %llu s %s",
+	             (unsigned long long)(s->cfg->timeout / 1000),
+	             !s->tcp_inited || !s->up ? "connecting to the smarthost"
+	                                      : "waiting for the smarthost");
+}
+
+static void arm_timer(struct deliver_session *s, uint64_t ms)
+{
+	uv_timer_start(&s->timer, timer_cb, ms, 0);
+}
+
+/* ---- writing ------------------------------------------------------------ */
+
+static void write_cb(uv_write_t *req, int status)
+{
+	struct wreq *w = (struct wreq *)req;
+	struct deliver_session *s = w->s;
+	free(w);
+	s->reqs--;
+	if (status < 0 && !s->closing)
+		session_fail(s, !s->up, "write to %s: %s", s->relay,
+		             uv_strerror(status));
+	if (s->closing) {
+		maybe_free(s);
+		return;
+	}
+	if (s->body_wait && s->tcp.write_queue_size < BODY_CHUNK) {
+		s->body_wait = false;
+		read_body(s);
+	}
+}
+
+static void raw_write(struct deliver_session *s, const void *p, size_t n)
+{
+	if (n == 0 || s->closing)
+		return;
+	struct wreq *w = malloc(sizeof *w + n);
+	if (!w) {
+		session_fail(s, false, "out of memory");
+		return;
+	}
+	w->s = s;
+	w->len = n;
+	memcpy(w->data, p, n);
+	uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
+	int r = uv_write(&w->req, (uv_stream_t *)&s->tcp, &b, 1, write_cb);
+	if (r < 0) {
+		free(w);
+		session_fail(s, !s->up, "write to %s: %s", s->relay, uv_strerror(r));
+		return;
+	}
+	s->reqs++;
+}
+
+/* Whatever TLS produced for the wire. */
+static void drain_wbio(struct deliver_session *s)
+{
+	char tmp[16384];
+	int n;
+	while ((n = BIO_read(s->wbio, tmp, sizeof tmp)) > 0)
+		raw_write(s, tmp, (size_t)n);
+}
+
+static void flush_out(struct deliver_session *s)
+{
+	if (s->closing || s->out.len == 0)
+		return;
+	if (s->tls_handshake)
+		return;   /* after the handshake */
+	if (s->tls_on) {
+		size_t off = 0;
+		while (off < s->out.len) {
+			size_t chunk = s->out.len - off;
+			if (chunk > 16384)
+				chunk = 16384;
+			int n = SSL_write(s->ssl, s->out.data + off, (int)chunk);
+			if (n <= 0) {
+				session_fail(s, false, "TLS write failed");
+				return;
+			}
+			off += (size_t)n;
+		}
+		drain_wbio(s);
+	} else {
+		raw_write(s, s->out.data, s->out.len);
+	}
+	buf_reset(&s->out);
+}
+
+/* ---- TLS ---------------------------------------------------------------- */
+
+static void tls_error(struct deliver_session *s, const char *what)
+{
+	char e[200] = "";
+	unsigned long code = ERR_get_error();
+	if (code)
+		ERR_error_string_n(code, e, sizeof e);
+	long v = SSL_get_verify_result(s->ssl);
+	ERR_clear_error();
+	/* A TLS failure is the route's problem, never plaintext instead. */
+	if (v != X509_V_OK)
+		session_fail(s, true, "TLS %s with %s failed: certificate: %s",
+		             what, s->relay, X509_verify_cert_error_string(v));
+	else
+		session_fail(s, true, "TLS %s with %s failed: %s", what, s->relay,
+		             e[0] ? e : "connection closed");
+}
+
+static void tls_handshake(struct deliver_session *s)
+{
+	int r = SSL_do_handshake(s->ssl);
+	drain_wbio(s);
+	if (r == 1) {
+		s->tls_handshake = false;
+		s->tls_on = true;
+		log_debug("smarthost %s: %s %s", s->relay, SSL_get_version(s->ssl),
+		          SSL_get_cipher_name(s->ssl));
+		if (s->starttls)
+			deliver_client_tls_ready(s->cl, &s->out);
+		arm_timer(s, s->cfg->timeout);
+		flush_out(s);
+		return;
+	}
+	int e = SSL_get_error(s->ssl, r);
+	if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+		return;
+	tls_error(s, "handshake");
+}
+
+static int tls_start(struct deliver_session *s)
+{
+	s->ssl = SSL_new(s->cfg->ssl);
+	s->rbio = BIO_new(BIO_s_mem());
+	s->wbio = BIO_new(BIO_s_mem());
+	if (!s->ssl || !s->rbio || !s->wbio) {
+		BIO_free(s->rbio);
+		BIO_free(s->wbio);
+		session_fail(s, false, "TLS: out of memory");
+		return -ENOMEM;
+	}
+	SSL_set_bio(s->ssl, s->rbio, s->wbio);
+	SSL_set_connect_state(s->ssl);
+	const char *name = s->cfg->tls_name;
+	struct in6_addr a6;
+	struct in_addr a4;
+	bool is_ip = inet_pton(AF_INET, name, &a4) == 1 ||
+	             inet_pton(AF_INET6, name, &a6) == 1;
+	if (!is_ip)
+		SSL_set_tlsext_host_name(s->ssl, name);
+	if (SSL_CTX_get_verify_mode(s->cfg->ssl) & SSL_VERIFY_PEER) {
+		/* The certificate must name the host we meant (RFC 6125). */
+		X509_VERIFY_PARAM *vp = SSL_get0_param(s->ssl);
+		X509_VERIFY_PARAM_set_hostflags(vp,
+		                                X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+		int ok = is_ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, name)
+		               : X509_VERIFY_PARAM_set1_host(vp, name, 0);
+		if (!ok) {
+			session_fail(s, true, "TLS: cannot check the name %s", name);
+			return -EINVAL;
+		}
+	}
+	s->tls_handshake = true;
+	tls_handshake(s);
+	return 0;
+}
+
+/* ---- reading ------------------------------------------------------------ */
+
+static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *b)
+{
+	(void)h;
+	(void)hint;
+	static char rb[65536];   /* the loop thread's; consumed in read_cb */
+	*b = uv_buf_init(rb, sizeof rb);
+}
+
+static void feed_plain(struct deliver_session *s, const char *p, size_t n)
+{
+	if (deliver_client_input(s->cl, p, n) < 0) {
+		session_fail(s, !s->up, "reply from %s too long", s->relay);
+		return;
+	}
+}
+
+static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
+{
+	struct deliver_session *s = st->data;
+	if (s->closing)
+		return;
+	if (nread < 0) {
+		session_fail(s, !s->up, "%s from %s%s",
+		             nread == UV_EOF ? "connection closed" :
+		             uv_strerror((int)nread), s->relay,
+		             s->in_body ? " while sending the message" : "");
+		return;
+	}
+	if (nread == 0)
+		return;
+	if (!s->ssl) {
+		feed_plain(s, b->base, (size_t)nread);
+	} else {
+		BIO_write(s->rbio, b->base, (int)nread);
+		if (s->tls_handshake) {
+			tls_handshake(s);
+			if (s->closing || s->tls_handshake)
+				return;
+		}
+		char tmp[16384];
+		for (;;) {
+			int n = SSL_read(s->ssl, tmp, sizeof tmp);
+			if (n > 0) {
+				feed_plain(s, tmp, (size_t)n);
+				if (s->closing)
+					return;
+				continue;
+			}
+			int e = SSL_get_error(s->ssl, n);
+			if (e == SSL_ERROR_WANT_READ)
+				break;
+			if (e == SSL_ERROR_ZERO_RETURN) {
+				session_fail(s, !s->up, "TLS closed by %s", s->relay);
+				return;
+			}
+			tls_error(s, "read");
+			return;
+		}
+		drain_wbio(s);
+	}
+	drive(s);
+}
+
+/* ---- the body ----------------------------------------------------------- */
+
+/* Hands bytes to the client core, through the From: rewrite first when
+ * configured. */
+static void body_bytes(struct deliver_session *s, const uint8_t *p, size_t n)
+{
+	if (!s->cfg->rewrite_from || !s->cfg->rewrite_sender || s->hdr_done) {
+		deliver_client_body(s->cl, p, n, &s->out);
+		return;
+	}
+	/* Collect the header section: it ends at the first CRLF CRLF. */
+	size_t old = s->hdr.len;
+	if (buf_append(&s->hdr, p, n) < 0) {
+		log_warn("%s: header section over %d bytes: From: not rewritten",
+		         s->job->m->qid, REWRITE_MAX);
+		s->hdr_done = true;
+		deliver_client_body(s->cl, s->hdr.data, old, &s->out);
+		deliver_client_body(s->cl, p, n, &s->out);
+		buf_reset(&s->hdr);
+		return;
+	}
+	uint8_t *end = NULL;
+	if (s->hdr.len >= 4)
+		end = memmem(s->hdr.data, s->hdr.len, "\r\n\r\n", 4);
+	if (!end && n)
+		return;   /* more to come (n == 0: end of the message) */
+	size_t hlen = end ? (size_t)(end - s->hdr.data) + 2 : s->hdr.len;
+	struct buf nh;
+	buf_init(&nh, REWRITE_MAX * 2);
+	if (deliver_rewrite_from(s->hdr.data, hlen, s->cfg->rewrite_sender,
+	                         &nh) == 0) {
+		deliver_client_body(s->cl, nh.data, nh.len, &s->out);
+	} else {
+		log_warn("%s: From: not rewritten", s->job->m->qid);
+		deliver_client_body(s->cl, s->hdr.data, hlen, &s->out);
+	}
+	buf_free(&nh);
+	deliver_client_body(s->cl, s->hdr.data + hlen, s->hdr.len - hlen, &s->out);
+	s->hdr_done = true;
+	buf_reset(&s->hdr);
+}
+
+static void body_read_cb(uv_fs_t *req)
+{
+	struct deliver_session *s = req->data;
+	ssize_t n = req->result;
+	uv_fs_req_cleanup(req);
+	s->reqs--;
+	if (s->closing) {
+		maybe_free(s);
+		return;
+	}
+	if (n < 0) {
+		log_err("%s: cannot read %s: %s", s->job->m->qid, s->job->path,
+		        uv_strerror((int)n));
+		session_fail(s, false, "cannot read the message file");
+		return;
+	}
+	if (n == 0) {
+		if (s->cfg->rewrite_from && !s->hdr_done)
+			body_bytes(s, NULL, 0);
+		close(s->body_fd);
+		s->body_fd = -1;
+		s->in_body = false;
+		deliver_client_body_end(s->cl, &s->out);
+		flush_out(s);
+		arm_timer(s, 2 * s->cfg->timeout);   /* RFC 5321 §4.5.3.2.6 */
+		return;
+	}
+	s->body_off += (uint64_t)n;
+	body_bytes(s, (const uint8_t *)s->rbuf, (size_t)n);
+	flush_out(s);
+	arm_timer(s, s->cfg->timeout);
+	if (s->tcp.write_queue_size >= BODY_CHUNK)
+		s->body_wait = true;   /* write_cb resumes */
+	else
+		read_body(s);
+}
+
+static void read_body(struct deliver_session *s)
+{
+	if (s->closing)
+		return;
+	uv_buf_t b = uv_buf_init(s->rbuf, sizeof s->rbuf);
+	s->fs.data = s;
+	int r = uv_fs_read(s->loop, &s->fs, s->body_fd, &b, 1,
+	                   (int64_t)s->body_off, body_read_cb);
+	if (r < 0) {
+		session_fail(s, false, "cannot read the message: %s", uv_strerror(r));
+		return;
+	}
+	s->reqs++;
+}
+
+/* ---- jobs --------------------------------------------------------------- */
+
+static void open_cb(uv_fs_t *req)
+{
+	struct deliver_session *s = req->data;
+	ssize_t fd = req->result;
+	uv_fs_req_cleanup(req);
+	s->reqs--;
+	if (s->closing) {
+		if (fd >= 0)
+			close((int)fd);
+		maybe_free(s);
+		return;
+	}
+	if (fd < 0) {
+		/* Gone (deleted meanwhile) or unreadable: not this session's
+		 * fault; the scheduler hears of it and the session goes on. */
+		struct deliver_reply r = {0, ""};
+		snprintf(r.text, sizeof r.text, "cannot open the message file: %s",
+		         uv_strerror((int)fd));
+		log_err("%s: %s", s->job->m->qid, r.text);
+		deliver_job_failed(s->d, s->job, &r, s->relay);
+		s->job = NULL;
+		drive(s);
+		return;
+	}
+	s->body_fd = (int)fd;
+	s->body_off = 0;
+	s->hdr_done = false;
+	s->t_job = uv_now(s->loop);
+	deliver_client_send(s->cl, &s->job->cm, &s->out);
+	drive(s);
+}
+
+static bool start_job(struct deliver_session *s)
+{
+	struct deliver_job *j = deliver_take_job(s->d);
+	if (!j)
+		return false;
+	s->job = j;
+	s->sent++;
+	s->fs.data = s;
+	int r = uv_fs_open(s->loop, &s->fs, j->path, O_RDONLY | O_CLOEXEC, 0,
+	                   open_cb);
+	if (r < 0) {
+		session_fail(s, false, "cannot open the message: %s", uv_strerror(r));
+		return true;
+	}
+	s->reqs++;
+	return true;
+}
+
+static void job_done(struct deliver_session *s)
+{
+	struct deliver_job *j = s->job;
+	const struct deliver_reply **res = calloc(j->n ? j->n : 1, sizeof *res);
+	if (!res) {
+		session_fail(s, false, "out of memory");
+		return;
+	}
+	for (size_t k = 0; k < j->n; k++)
+		res[k] = deliver_client_result(s->cl, k);
+	uint64_t now = uv_now(s->loop);
+	struct deliver_times t = {
+		.conn_ms = s->sent == 1 && s->t_up > s->t_start ? s->t_up - s->t_start : 0,
+		.xfer_ms = now - s->t_job,
+	};
+	s->job = NULL;
+	if (s->body_fd >= 0) {
+		close(s->body_fd);
+		s->body_fd = -1;
+	}
+	/* A provider's "slow down" ends this session (and pauses the
+	 * route, see deliver_session_gone). */
+	bool throttled = false;
+	for (size_t k = 0; k < j->n && !throttled; k++)
+		if (deliver_reply_is_throttle(res[k])) {
+			throttled = true;
+			s->why = *res[k];
+		}
+	deliver_job_done(s->d, j, res, s->relay, &t);
+	free(res);
+	if (throttled) {
+		s->failed = true;
+		s->route_fail = true;
+		session_close(s);
+	}
+}
+
+/* ---- the protocol driver ----------------------------------------------- */
+
+static void drive(struct deliver_session *s)
+{
+	while (!s->closing) {
+		enum deliver_client_ev ev = deliver_client_step(s->cl, &s->out);
+		switch (ev) {
+		case DELIVER_CL_WAIT:
+			if (s->job && s->in_body) {
+				/* streaming: read_body drives */
+			}
+			flush_out(s);
+			if (deliver_client_waiting(s->cl))
+				arm_timer(s, deliver_client_in_final(s->cl) ?
+				             2 * s->cfg->timeout : s->cfg->timeout);
+			return;
+		case DELIVER_CL_STARTTLS:
+			flush_out(s);
+			s->starttls = true;
+			tls_start(s);
+			return;
+		case DELIVER_CL_READY:
+			if (!s->up) {
+				s->up = true;
+				s->t_up = uv_now(s->loop);
+				deliver_session_up(s->d, s);
+				if (s->closing)
+					return;
+			}
+			if (s->job)
+				return;   /* opening its body */
+			if (s->sent < s->cfg->per_conn && start_job(s)) {
+				s->idle = false;
+				if (s->job)
+					return;   /* open_cb continues */
+				continue;
+			}
+			if (s->sent >= s->cfg->per_conn) {
+				deliver_client_quit(s->cl, &s->out);
+				continue;
+			}
+			/* Nothing to do: wait a little for more work. */
+			flush_out(s);
+			s->idle = true;
+			arm_timer(s, SESSION_IDLE_MS);
+			return;
+		case DELIVER_CL_BODY:
+			flush_out(s);
+			s->in_body = true;
+			read_body(s);
+			return;
+		case DELIVER_CL_DONE:
+			job_done(s);
+			continue;
+		case DELIVER_CL_FAILED: {
+			const struct deliver_reply *r;
+			enum deliver_client_fail f = deliver_client_error(s->cl, &r);
+			flush_out(s);
+			s->why = *r;
+			s->failed = true;
+			s->auth_fail = f == DELIVER_FAIL_AUTH;
+			/* Everything before a working session is the route's
+			 * problem; so are AUTH and a provider that hangs up. */
+			s->route_fail = !s->up || f == DELIVER_FAIL_AUTH ||
+			                f == DELIVER_FAIL_NO_AUTH ||
+			                f == DELIVER_FAIL_NO_TLS ||
+			                (f == DELIVER_FAIL_CLOSED &&
+			                 deliver_reply_is_throttle(r));
+			session_close(s);
+			return;
+		}
+		case DELIVER_CL_CLOSED:
+			session_close(s);
+			return;
+		}
+	}
+}
+
+void deliver_session_kick(struct deliver_session *s)
+{
+	if (s->closing || !s->idle || s->job)
+		return;
+	s->idle = false;
+	uv_timer_stop(&s->timer);
+	drive(s);
+}
+
+/* ---- connecting --------------------------------------------------------- */
+
+static void connect_cb(uv_connect_t *req, int status)
+{
+	struct deliver_session *s = req->data;
+	s->reqs--;
+	if (s->closing) {
+		maybe_free(s);
+		return;
+	}
+	if (status < 0) {
+		session_fail(s, true, "connect to %s: %s", s->relay,
+		             uv_strerror(status));
+		return;
+	}
+	int r = uv_read_start((uv_stream_t *)&s->tcp, alloc_cb, read_cb);
+	if (r < 0) {
+		session_fail(s, true, "read from %s: %s", s->relay, uv_strerror(r));
+		return;
+	}
+	arm_timer(s, s->cfg->timeout);
+	if (s->cfg->tls == CONF_TLS_IMPLICIT)
+		tls_start(s);
+}
+
+static void connect_to(struct deliver_session *s, const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET)
+		uv_ip4_name((const struct sockaddr_in *)sa, s->ip, sizeof s->ip);
+	else
+		uv_ip6_name((const struct sockaddr_in6 *)sa, s->ip, sizeof s->ip);
+	snprintf(s->relay, sizeof s->relay, "%s[%s]:%u", s->cfg->host, s->ip,
+	         s->cfg->port);
+	int r = uv_tcp_init(s->loop, &s->tcp);
+	if (r < 0) {
+		session_fail(s, false, "uv_tcp_init: %s", uv_strerror(r));
+		return;
+	}
+	s->tcp.data = s;
+	s->tcp_inited = true;
+	s->handles++;
+	uv_tcp_nodelay(&s->tcp, 1);
+	s->conn.data = s;
+	r = uv_tcp_connect(&s->conn, &s->tcp, sa, connect_cb);
+	if (r < 0) {
+		session_fail(s, true, "connect to %s: %s", s->relay, uv_strerror(r));
+		return;
+	}
+	s->reqs++;
+}
+
+static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+	struct deliver_session *s = req->data;
+	s->reqs--;
+	if (s->closing || status < 0) {
+		if (!s->closing)
+			session_fail(s, true, "cannot resolve %s: %s", s->cfg->host,
+			             uv_strerror(status));
+		uv_freeaddrinfo(res);
+		maybe_free(s);
+		return;
+	}
+	connect_to(s, res->ai_addr);
+	uv_freeaddrinfo(res);
+}
+
+int deliver_session_new(struct deliver *d, struct deliver_cfg *cfg,
+                        uv_loop_t *loop, struct deliver_session **out)
+{
+	struct deliver_session *s = calloc(1, sizeof *s);
+	if (!s)
+		return -ENOMEM;
+	s->d = d;
+	s->cfg = cfg;
+	deliver_cfg_ref(cfg);
+	s->loop = loop;
+	s->body_fd = -1;
+	s->t_start = uv_now(loop);
+	buf_init(&s->out, 0);
+	buf_init(&s->hdr, REWRITE_MAX);
+	(void)OUT_LIMIT;
+	snprintf(s->relay, sizeof s->relay, "%s:%u", cfg->host, cfg->port);
+	struct deliver_client_opts o = {
+		.helo = cfg->hostname,
+		.starttls = cfg->tls == CONF_TLS_STARTTLS,
+		.user = cfg->user,
+		.password = cfg->password,
+	};
+	s->cl = deliver_client_new(&o);
+	int r = s->cl ? uv_timer_init(loop, &s->timer) : -ENOMEM;
+	if (r < 0) {
+		deliver_client_free(s->cl);
+		buf_free(&s->out);
+		buf_free(&s->hdr);
+		deliver_cfg_unref(cfg);
+		free(s);
+		return r;
+	}
+	s->timer.data = s;
+	s->handles++;
+	*out = s;
+
+	arm_timer(s, cfg->timeout);
+	struct sockaddr_storage ss;
+	if (uv_ip4_addr(cfg->host, cfg->port, (struct sockaddr_in *)&ss) == 0 ||
+	    uv_ip6_addr(cfg->host, cfg->port, (struct sockaddr_in6 *)&ss) == 0) {
+		connect_to(s, (struct sockaddr *)&ss);
+		return 0;
+	}
+	char port[8];
+	snprintf(port, sizeof port, "%u", cfg->port);
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM,
+	                         .ai_family = AF_UNSPEC};
+	s->gai.data = s;
+	r = uv_getaddrinfo(loop, &s->gai, gai_cb, cfg->host, port, &hints);
+	if (r < 0)
+		session_fail(s, true, "cannot resolve %s: %s", cfg->host,
+		             uv_strerror(r));
+	else
+		s->reqs++;
+	return 0;
+}
