@@ -101,6 +101,7 @@ struct deliver {
 
 static void schedule(struct deliver *d);
 static void maybe_done(struct deliver *d);
+static void arm(struct deliver *d, uint64_t ms);
 
 /* ---- settings ----------------------------------------------------------- */
 
@@ -990,7 +991,9 @@ void deliver_session_up(struct deliver *d, struct deliver_session *s)
 	d->route_fails = 0;
 	d->probing = false;
 	d->route_reason[0] = '\0';
-	schedule(d);
+	/* No schedule() here: the session takes a job right after this, and
+	 * other sessions may start once it did (a probe is over now). */
+	arm(d, 0);
 }
 
 /* Puts the ready jobs back (they stay in the schedule; busy ends). */
@@ -1184,6 +1187,9 @@ static void schedule(struct deliver *d)
 		next = wall_now();
 	}
 
+	log_debug("deliver: %u ready, %zu busy, %u sessions (%u connecting), "
+	          "next due %" PRId64, d->nready, d->nbusy, d->nsessions,
+	          d->nconnecting, next);
 	/* Sessions: idle ones take work; new ones while there is more work
 	 * than sessions on their way. */
 	for (struct snode *n = d->sessions; n && d->ready; n = n->next)

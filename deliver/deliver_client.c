@@ -60,6 +60,7 @@ struct deliver_client {
 	bool mail_ok, data_ok, empty_body;
 	size_t accepted;
 	bool need_rset;             /* a transaction happened on this session */
+	bool txn_rset;              /* this transaction starts with RSET */
 	bool body_bol, body_crlf;   /* at a line start; ended with CRLF */
 	int body_cr;                /* the last byte was CR */
 
@@ -348,7 +349,7 @@ static void after_ehlo(struct deliver_client *c, struct buf *out)
 static enum cl_cmd txn_cmd(const struct deliver_client *c, size_t k,
                            size_t *rcpt)
 {
-	if (c->need_rset) {
+	if (c->txn_rset) {
 		if (k == 0)
 			return CMD_RSET;
 		k--;
@@ -451,7 +452,8 @@ void deliver_client_send(struct deliver_client *c,
 	}
 	c->mail_ok = c->data_ok = c->empty_body = false;
 	c->accepted = 0;
-	c->ncmd = (c->need_rset ? 1 : 0) + 1 + m->nrcpt + 1;
+	c->txn_rset = c->need_rset;
+	c->ncmd = (c->txn_rset ? 1 : 0) + 1 + m->nrcpt + 1;
 	c->nsent = c->nanswered = 0;
 	c->need_rset = true;
 	c->st = CL_TXN;
@@ -719,26 +721,32 @@ static enum deliver_client_ev on_reply(struct deliver_client *c,
 enum deliver_client_ev deliver_client_step(struct deliver_client *c,
                                            struct buf *out)
 {
-	if (c->st == CL_FAILED)
-		return DELIVER_CL_FAILED;
-	if (c->st == CL_CLOSED)
-		return DELIVER_CL_CLOSED;
-	if (c->st == CL_TXN && c->ncmd == 0) {
-		/* Refused locally in deliver_client_send(). */
-		c->st = CL_READY;
-		return DELIVER_CL_DONE;
+	/* Every complete reply buffered is consumed (pipelined replies come
+	 * in one read) until one needs the shell or input runs out. */
+	for (;;) {
+		if (c->st == CL_FAILED)
+			return DELIVER_CL_FAILED;
+		if (c->st == CL_CLOSED)
+			return DELIVER_CL_CLOSED;
+		if (c->st == CL_TXN && c->ncmd == 0) {
+			/* Refused locally in deliver_client_send(). */
+			c->st = CL_READY;
+			return DELIVER_CL_DONE;
+		}
+		if (c->st == CL_TLS || c->st == CL_BODY)
+			return DELIVER_CL_WAIT;   /* the shell's turn */
+		int r = next_reply(c);
+		if (r < 0) {
+			fail(c, DELIVER_FAIL_PROTOCOL, NULL,
+			     r == -ENOBUFS ? "reply too long" : "malformed reply");
+			return DELIVER_CL_FAILED;
+		}
+		if (r == 0)
+			return c->st == CL_READY ? DELIVER_CL_READY : DELIVER_CL_WAIT;
+		enum deliver_client_ev ev = on_reply(c, out);
+		if (ev != DELIVER_CL_WAIT)
+			return ev;
 	}
-	if (c->st == CL_TLS || c->st == CL_BODY)
-		return DELIVER_CL_WAIT;   /* the shell's turn */
-	int r = next_reply(c);
-	if (r < 0) {
-		fail(c, DELIVER_FAIL_PROTOCOL, NULL,
-		     r == -ENOBUFS ? "reply too long" : "malformed reply");
-		return DELIVER_CL_FAILED;
-	}
-	if (r == 0)
-		return c->st == CL_READY ? DELIVER_CL_READY : DELIVER_CL_WAIT;
-	return on_reply(c, out);
 }
 
 const struct deliver_reply *deliver_client_result(const struct deliver_client *c,

@@ -597,6 +597,7 @@ static void drive(struct deliver_session *s)
 {
 	while (!s->closing) {
 		enum deliver_client_ev ev = deliver_client_step(s->cl, &s->out);
+		log_debug("smarthost %s: event %d", s->relay, (int)ev);
 		switch (ev) {
 		case DELIVER_CL_WAIT:
 			if (s->job && s->in_body) {
@@ -757,9 +758,8 @@ int deliver_session_new(struct deliver *d, struct deliver_cfg *cfg,
 	s->loop = loop;
 	s->body_fd = -1;
 	s->t_start = uv_now(loop);
-	buf_init(&s->out, 0);
+	buf_init(&s->out, OUT_LIMIT);
 	buf_init(&s->hdr, REWRITE_MAX);
-	(void)OUT_LIMIT;
 	snprintf(s->relay, sizeof s->relay, "%s:%u", cfg->host, cfg->port);
 	struct deliver_client_opts o = {
 		.helo = cfg->hostname,

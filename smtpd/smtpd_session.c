@@ -333,7 +333,9 @@ static void start_commit(struct smtpd_session *s)
 	struct queue_msg m = {0};
 	memcpy(m.qid, t->qid, sizeof m.qid);
 	m.arrival = time(NULL);
-	m.state = QUEUE_MSG_HOLD;   /* delivery = hold: the spool is the end */
+	/* Always ACTIVE: with delivery = hold the scheduler just does not run,
+	 * and mail queued then is delivered once delivery is turned on. */
+	m.state = QUEUE_MSG_ACTIVE;
 	m.flags = t->flags;
 	m.sender = t->sender;
 	m.envid = t->envid;

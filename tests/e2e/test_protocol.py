@@ -26,11 +26,11 @@ def _check_relayctl(relayd, qid, sender, rcpts):
     out = relayd.relayctl("list").stdout.decode()
     rows = [l for l in out.splitlines() if l.startswith(qid)]
     assert len(rows) == 1, out
-    assert "hold" in rows[0] and "<%s>" % sender in rows[0], rows[0]
+    assert "active" in rows[0] and "<%s>" % sender in rows[0], rows[0]
 
     show = relayd.relayctl("show", qid).stdout.decode()
     assert re.search(r"^id:\s+%s$" % qid, show, re.M), show
-    assert re.search(r"^state:\s+hold$", show, re.M), show
+    assert re.search(r"^state:\s+active$", show, re.M), show
     assert re.search(r"^sender:\s+<%s>$" % re.escape(sender), show, re.M), show
     for r in rcpts:
         assert "recipient:    <%s>" % r in show, show
@@ -44,7 +44,7 @@ def _check_relayctl(relayd, qid, sender, rcpts):
     j = show_json(relayd, qid)
     assert j["id"] == qid
     assert j["sender"] == sender
-    assert j["state"] == "hold"
+    assert j["state"] == "active"
     assert [x["address"] for x in j["recipients"]] == rcpts
     assert all(x["state"] == "pending" and x["attempts"] == 0
                for x in j["recipients"])
@@ -54,7 +54,7 @@ def _check_relayctl(relayd, qid, sender, rcpts):
     lj = list_json(relayd)
     assert [m["id"] for m in lj["messages"]].count(qid) == 1
     m = [m for m in lj["messages"] if m["id"] == qid][0]
-    assert m["sender"] == sender and m["state"] == "hold"
+    assert m["sender"] == sender and m["state"] == "active"
     assert [x["address"] for x in m["recipients"]] == rcpts
     return stored
 

@@ -54,9 +54,9 @@ def test_list_show_cat_running_and_stopped(relayd):
     running = _snapshot(relayd, [q1, q2])
     lines = running["list"].decode().splitlines()
     assert re.match(r"^ID +AGE +SIZE +STATE +SENDER +RECIPIENTS$", lines[0])
-    assert re.match(r"^%s +\S+ +%d hold +<s1@client.test> +<a@dest.test>$"
+    assert re.match(r"^%s +\S+ +%d active +<s1@client.test> +<a@dest.test>$"
                     % (q1, len(files[q1])), lines[1]), lines[1]
-    assert re.match(r"^%s +\S+ +%d hold +<s2@client.test> +<b@dest.test> "
+    assert re.match(r"^%s +\S+ +%d active +<s2@client.test> +<b@dest.test> "
                     r"\(\+2 more\)$" % (q2, len(files[q2])), lines[2]), lines[2]
     kib = (len(files[q1]) + len(files[q2]) + 1023) // 1024
     assert lines[3] == "2 messages, %d KiB" % kib
@@ -73,7 +73,7 @@ def test_list_show_cat_running_and_stopped(relayd):
     sj = running["show_json " + q1]
     assert "X-Note: tab\there\r\n" in sj["headers"]
     assert sj["headers_truncated"] is False
-    assert sj["sender"] == "s1@client.test" and sj["state"] == "hold"
+    assert sj["sender"] == "s1@client.test" and sj["state"] == "active"
     assert running["cat " + q1] == files[q1]
     assert running["cat " + q2] == files[q2]
 
