@@ -41,6 +41,8 @@ def _spool_mentions(r, needle):
     hits = []
     for root, _, files in os.walk(r.spool):
         for f in files:
+            if not os.path.isfile(os.path.join(root, f)):
+                continue   # the control socket
             with open(os.path.join(root, f), "rb") as fh:
                 if needle in fh.read():
                     hits.append(os.path.join(root, f))
