@@ -680,7 +680,7 @@ static char *keep(struct dsn_work *w, const char *s)
  */
 struct dsn_item {
 	size_t i;              /* recipient index in m */
-	const char *status;    /* "5.1.1" */
+	char status[16];       /* "5.1.1" */
 	const char *reason;    /* our words, or NULL */
 	bool remote;           /* last_reply came from the smarthost */
 };
@@ -855,7 +855,8 @@ static void finish(struct deliver *d, struct deliver_job *j,
 			log_result(m, r, relay, t, status, "bounced", why);
 			if (fail && wants(r, QUEUE_NOTIFY_FAILURE)) {
 				fail[nfail].i = j->idx[k];
-				fail[nfail].status = code >= 500 ? NULL : "4.4.7";
+				snprintf(fail[nfail].status, sizeof fail[nfail].status,
+				         "%s", status);
 				fail[nfail].reason = code >= 500 ? NULL :
 				                     "the message expired in the queue";
 				fail[nfail].remote = remote && code;
@@ -886,7 +887,8 @@ static void finish(struct deliver *d, struct deliver_job *j,
 			    (uint64_t)(now - m->arrival) * 1000 >= g->warn_after &&
 			    wants(r, QUEUE_NOTIFY_DELAY)) {
 				late[nlate].i = j->idx[k];
-				late[nlate].status = NULL;
+				snprintf(late[nlate].status, sizeof late[nlate].status,
+				         "%s", st);
 				late[nlate].remote = remote && code;
 				nlate++;
 			}
@@ -1029,7 +1031,21 @@ static void route_pause(struct deliver *d, bool auth, const char *why)
 	else
 		log_warn("smarthost %s:%u: delivery paused for %.0f s: %s",
 		         g->host, g->port, ms / 1000.0, esc);
-	drop_ready(d);
+	/* As Postfix does for a dead destination: the messages waiting for
+	 * this route are deferred now with the reason, so that `relayctl
+	 * list` says why they wait and each one's backoff grows. */
+	struct deliver_reply r = {0, ""};
+	snprintf(r.text, sizeof r.text, "delivery temporarily suspended: %s",
+	         d->route_reason);
+	while (d->ready) {
+		struct deliver_job *j = d->ready;
+		d->ready = j->next;
+		d->nready--;
+		j->next = NULL;
+		if (!d->ready)
+			d->ready_tail = &d->ready;
+		deliver_job_failed(d, j, &r, NULL);
+	}
 }
 
 void deliver_session_gone(struct deliver *d, struct deliver_session *s,
@@ -1239,7 +1255,7 @@ static void fail_open(struct deliver *d, struct queue_msg *m, const char *why)
 		log_result(m, r, NULL, NULL, "5.0.0", "bounced", why);
 		if (items && wants(r, QUEUE_NOTIFY_FAILURE)) {
 			items[n].i = i;
-			items[n].status = "5.0.0";
+			snprintf(items[n].status, sizeof items[n].status, "5.0.0");
 			items[n].reason = why;
 			n++;
 		}

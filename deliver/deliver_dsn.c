@@ -782,19 +782,15 @@ int deliver_dsn_tail(const struct deliver_dsn *d,
 	size_t start = out->len;
 	struct dsn_w w = {out, 0, 0, false, " ", d->utf8};
 	/* RFC 2046 §5.1.1: the CRLF before "--" belongs to the delimiter,
-	 * so the copy's last line needs one of its own to stay whole. A CR
-	 * left at the end is a line end, as the feed would have made it: in
-	 * a field or the body it gives the CRLF; at a line start or after a
-	 * held name in the header section it would end that section, so
-	 * nothing of it is copied. */
-	bool nl;
+	 * so it is always written: the copy keeps its last line end, and an
+	 * unfinished last line stays unfinished. A CR left pending in a
+	 * field or the body is the line end the feed would have made of it;
+	 * at a line start or after a held name in the header section it
+	 * would end that section, so nothing of it is copied. */
 	if (o->pending_cr && (o->state == DELIVER_DSN_ORIG_FIELD ||
 	                      o->state == DELIVER_DSN_ORIG_BODY))
-		nl = true;
-	else
-		nl = o->copied == 0 || o->col != 0;
-	if (nl)
 		dsn_nl(&w);
+	dsn_nl(&w);
 	dsn_lit_put(&w, "--");
 	dsn_lit_put(&w, bnd);
 	dsn_lit_put(&w, "--");
