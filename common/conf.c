@@ -135,6 +135,9 @@ static const struct conf_keydef conf_keys[] = {
 	 NULL, "longest a batch waits for concurrent commits; 0: never"},
 	{"user", CT_STRING, OFF(user), "", 0, 0, NULL, NULL,
 	 "user to switch to after binding; empty: stay"},
+	{"credentials_file", CT_STRING, OFF(credentials_file),
+	 "/etc/relayd/credentials", 0, 0, NULL, check_nonempty,
+	 "SMTP AUTH credentials, managed with 'relayctl user'"},
 };
 
 #define NKEYS (sizeof conf_keys / sizeof *conf_keys)

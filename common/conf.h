@@ -59,6 +59,9 @@ struct conf {
 	enum conf_spool_sync spool_sync;   /* default syncfs */
 	uint64_t commit_delay;             /* ms; group-commit gathering: 1ms */
 	char *user;                        /* drop privileges to; default "" */
+	char *credentials_file;            /* SMTP AUTH credentials (see
+	                                      smtpd/smtpd_cred.h); default
+	                                      /etc/relayd/credentials */
 };
 
 /* Fills defaults. Returns 0 or -ENOMEM. */
