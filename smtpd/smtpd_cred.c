@@ -47,6 +47,9 @@
 #define CRED_LABEL_MAX 63
 #define CRED_LOCAL_MAX 64
 #define QUOTE_MAX 72
+/* A valid hash of the longest kind relayd writes, for dry runs. */
+#define H_STANDIN "$pbkdf2-sha256$i=1000000$AAAAAAAAAAAAAAAAAAAAAA$" \
+                  "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
 
 const struct smtpd_cred_kdf smtpd_cred_kdf_scrypt = {
 	.alg = SMTPD_CRED_SCRYPT, .ln = 15, .r = 8, .p = 1};
@@ -1128,14 +1131,17 @@ bool smtpd_cred_rcpt_ok(const struct smtpd_cred *c, const char *addr)
 
 /* ---- editing ------------------------------------------------------------- */
 
-int smtpd_creds_add(struct smtpd_creds *t, const struct smtpd_cred_spec *s,
-                    char *err, size_t errlen)
+/* A credential from a spec, every field checked (the hash only when
+ * given), the name not in t, its line short enough to load again. */
+static int cred_build(const struct smtpd_creds *t,
+                      const struct smtpd_cred_spec *s,
+                      struct smtpd_cred **out, char *err, size_t errlen)
 {
 	char q[QUOTE_MAX];
 	int rc;
-	RELAY_ASSERT(__atomic_load_n(&t->refs, __ATOMIC_RELAXED) == 1);
-	if (!s->name || !s->hash) {
-		fmt(err, errlen, "name and hash are required");
+	*out = NULL;
+	if (!s->name) {
+		fmt(err, errlen, "no name given");
 		return -EINVAL;
 	}
 	struct smtpd_cred *c = calloc(1, sizeof *c);
@@ -1146,7 +1152,6 @@ int smtpd_creds_add(struct smtpd_creds *t, const struct smtpd_cred_spec *s,
 	const char *owner = s->owner ? s->owner : "";
 	if ((rc = set_name(c->name, s->name, strlen(s->name), 1, "name", err,
 	                   errlen)) < 0 ||
-	    (rc = set_hash(c, s->hash, strlen(s->hash), err, errlen)) < 0 ||
 	    (rc = set_name(c->owner, owner, strlen(owner), 0, "owner", err,
 	                   errlen)) < 0)
 		goto fail;
@@ -1172,32 +1177,71 @@ int smtpd_creds_add(struct smtpd_creds *t, const struct smtpd_cred_spec *s,
 		rc = -EEXIST;
 		goto fail;
 	}
+	/* Checked after the rest, so a dry run (no hash) sees the same
+	 * errors first. A stand-in keeps the length check below exact
+	 * enough: no hash is longer than SMTPD_CRED_HASH_MAX. */
+	if ((rc = set_hash(c, s->hash ? s->hash : H_STANDIN,
+	                   strlen(s->hash ? s->hash : H_STANDIN), err,
+	                   errlen)) < 0)
+		goto fail;
 	/* The line must load again. */
 	struct buf b = BUF_INIT(1u << 20);
 	rc = cred_format(c, &b);
 	size_t linelen = b.len;
 	buf_free(&b);
-	if (rc == 0 && linelen > SMTPD_CRED_LINE_MAX + 1) {
+	if (rc < 0) {
+		fmt(err, errlen, "out of memory");
+		goto fail;
+	}
+	if (linelen > SMTPD_CRED_LINE_MAX + 1) {
 		fmt(err, errlen, "the credential's line would be longer than %d "
 		    "characters", SMTPD_CRED_LINE_MAX);
 		rc = -EINVAL;
 		goto fail;
 	}
-	if (rc < 0 || (rc = line_append(t, NULL, c)) < 0) {
-		fmt(err, errlen, "out of memory");
-		goto fail;
-	}
-	const struct smtpd_cred *d1, *d2;
-	if ((rc = index_build(t, &d1, &d2)) < 0) {
-		/* Only -ENOMEM: the name was checked above. */
-		t->nlines--;
-		fmt(err, errlen, "out of memory");
-		goto fail;
-	}
+	*out = c;
 	return 0;
 fail:
 	cred_free(c);
 	return rc;
+}
+
+int smtpd_creds_check(const struct smtpd_creds *t,
+                      const struct smtpd_cred_spec *s, char *err,
+                      size_t errlen)
+{
+	struct smtpd_cred *c;
+	int rc = cred_build(t, s, &c, err, errlen);
+	cred_free(c);
+	return rc;
+}
+
+int smtpd_creds_add(struct smtpd_creds *t, const struct smtpd_cred_spec *s,
+                    char *err, size_t errlen)
+{
+	struct smtpd_cred *c;
+	const struct smtpd_cred *d1, *d2;
+	RELAY_ASSERT(__atomic_load_n(&t->refs, __ATOMIC_RELAXED) == 1);
+	if (!s->hash) {
+		fmt(err, errlen, "no password hash given");
+		return -EINVAL;
+	}
+	int rc = cred_build(t, s, &c, err, errlen);
+	if (rc < 0)
+		return rc;
+	if ((rc = line_append(t, NULL, c)) < 0) {
+		fmt(err, errlen, "out of memory");
+		cred_free(c);
+		return rc;
+	}
+	if ((rc = index_build(t, &d1, &d2)) < 0) {
+		/* Only -ENOMEM: cred_build checked the name. */
+		t->nlines--;
+		fmt(err, errlen, "out of memory");
+		cred_free(c);
+		return rc;
+	}
+	return 0;
 }
 
 int smtpd_creds_del(struct smtpd_creds *t, const char *name)

@@ -224,10 +224,17 @@ struct smtpd_cred_spec {
 };
 
 /* Appends a credential (after the file's last line). Returns 0, -EEXIST
- * (the name exists), -EINVAL (a field is bad; err says which, naming the
- * value unless it is the hash) or -ENOMEM. */
+ * (the name exists), -EINVAL (a field is bad, or its line would be longer
+ * than SMTPD_CRED_LINE_MAX; err says which, naming the value unless it is
+ * the hash) or -ENOMEM. */
 int smtpd_creds_add(struct smtpd_creds *t, const struct smtpd_cred_spec *s,
                     char *err, size_t errlen);
+/* The checks of smtpd_creds_add without adding: lets relayctl refuse a
+ * bad name or option before it asks for a password. s->hash may be NULL
+ * (not checked then). Same returns and messages as smtpd_creds_add. */
+int smtpd_creds_check(const struct smtpd_creds *t,
+                      const struct smtpd_cred_spec *s, char *err,
+                      size_t errlen);
 /* Removes one; its line goes, comments stay. 0 or -ENOENT. */
 int smtpd_creds_del(struct smtpd_creds *t, const char *name);
 /* Replaces the hash. 0, -ENOENT, -EINVAL (not a valid hash) or -ENOMEM. */

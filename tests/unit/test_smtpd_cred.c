@@ -671,8 +671,8 @@ static void test_add_errors(void **state)
 		 "quota above 1000000000"},
 		{{.name = "b", .hash = H_SCRYPT, .from = longlist}, -EINVAL,
 		 "the credential's line would be longer than 4096 characters"},
-		{{.name = NULL, .hash = H_SCRYPT}, -EINVAL,
-		 "name and hash are required"},
+		{{.name = NULL, .hash = H_SCRYPT}, -EINVAL, "no name given"},
+		{{.name = "b"}, -EINVAL, "no password hash given"},
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
 		int rc = smtpd_creds_add(t, &cases[i].s, err, sizeof err);
@@ -682,6 +682,23 @@ static void test_add_errors(void **state)
 	}
 	assert_int_equal(smtpd_creds_count(t), 1);
 	char *out = format(t);
+	assert_string_equal(out, "alice:" H_SCRYPT "::\n");
+	free(out);
+
+	/* the dry run: the same checks, nothing added; the hash optional */
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		bool nohash = strcmp(cases[i].err, "no password hash given") == 0;
+		int rc = smtpd_creds_check(t, &cases[i].s, err, sizeof err);
+		if (nohash ? rc != 0 : rc != cases[i].rc ||
+		             strcmp(err, cases[i].err) != 0)
+			fail_msg("check %zu: rc %d '%s'", i, rc, err);
+	}
+	struct smtpd_cred_spec ok = {.name = "bob", .from = "x.example"};
+	assert_int_equal(smtpd_creds_check(t, &ok, err, sizeof err), 0);
+	ok.hash = "bad";
+	assert_int_equal(smtpd_creds_check(t, &ok, err, sizeof err), -EINVAL);
+	assert_int_equal(smtpd_creds_count(t), 1);
+	out = format(t);
 	assert_string_equal(out, "alice:" H_SCRYPT "::\n");
 	free(out);
 	smtpd_creds_free(t);
