@@ -184,6 +184,9 @@ static const struct conf_keydef conf_keys[] = {
 	 NULL, NULL, "limit for connect, TLS handshake and each reply"},
 	{"postmaster", CT_STRING, OFF(postmaster), "", 0, 0, NULL, check_address,
 	 "where bounces that fail go; empty: dropped with a log line"},
+	{"credentials_file", CT_STRING, OFF(credentials_file),
+	 "/etc/relayd/credentials", 0, 0, NULL, check_nonempty,
+	 "SMTP AUTH credentials, managed with 'relayctl user'"},
 };
 
 #define NKEYS (sizeof conf_keys / sizeof *conf_keys)

@@ -80,6 +80,9 @@ struct conf {
 	uint64_t delay_warning_after;      /* ms; default 4h, 0: never */
 	uint64_t delivery_timeout;         /* ms; default 5m */
 	char *postmaster;                  /* default "" */
+	char *credentials_file;            /* SMTP AUTH credentials (see
+	                                      smtpd/smtpd_cred.h); default
+	                                      /etc/relayd/credentials */
 };
 
 /* Fills defaults. Returns 0 or -ENOMEM. */

@@ -52,6 +52,8 @@ typedef int (*ctl_cmd_fn)(struct ctl_ctx *c, int argc, char **argv);
 int ctl_cmd_list(struct ctl_ctx *c, int argc, char **argv);
 int ctl_cmd_show(struct ctl_ctx *c, int argc, char **argv);
 int ctl_cmd_cat(struct ctl_ctx *c, int argc, char **argv);
+/* user add|del|list|passwd|disable|enable|test (ctl_user.c) */
+int ctl_cmd_user(struct ctl_ctx *c, int argc, char **argv);
 
 /* "relayctl: " + message + newline on stderr. */
 void ctl_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -45,6 +45,10 @@ static const struct ctl_cmd ctl_cmds[] = {
 	 CTL_F_JSON | CTL_F_CONF, 1, 1, ctl_cmd_show, NULL},
 	{"cat", "ID", "the stored message, byte for byte, to stdout",
 	 CTL_F_CONF, 1, 1, ctl_cmd_cat, NULL},
+	{"user", "SUBCOMMAND [NAME]", "SMTP AUTH credentials (below)",
+	 CTL_F_JSON | CTL_F_CONF, 1, 2, ctl_cmd_user,
+	 "--owner= --from-domains= --to-domains= --hourly= --daily= "
+	 "--generate"},
 	{"help", "", "this text", 0, 0, 1, ctl_cmd_help, NULL},
 };
 
@@ -62,7 +66,7 @@ static void ctl_usage(FILE *f)
 	        "usage: " CTL_PROG " [-c FILE] COMMAND [ARGS] [--json]\n"
 	        "\n"
 	        "Inspects relayd's mail queue, whether relayd is running or "
-	        "stopped.\n"
+	        "stopped,\nand manages its SMTP AUTH credentials.\n"
 	        "\n"
 	        "Commands:\n");
 	for (size_t i = 0; i < CTL_NCMDS; i++) {
@@ -73,13 +77,27 @@ static void ctl_usage(FILE *f)
 	}
 	fprintf(f,
 	        "\n"
+	        "User subcommands (on credentials_file; passwords are read "
+	        "from the terminal,\nor as one line from standard input):\n"
+	        "  user add NAME [--owner O] [--from-domains LIST] "
+	        "[--to-domains LIST]\n"
+	        "           [--hourly N] [--daily N] [--generate]\n"
+	        "  user del NAME\n"
+	        "  user list [--json]          never shows hashes\n"
+	        "  user passwd NAME [--generate]\n"
+	        "  user disable NAME | user enable NAME\n"
+	        "  user test NAME              exit 0 and \"ok\" if the "
+	        "password is right\n"
+	        "LIST: domains or addresses separated by ','; --generate "
+	        "prints a new random\npassword once.\n"
+	        "\n"
 	        "Options:\n"
 	        "  -c FILE     relayd's configuration file (default: "
 	        "$RELAYD_CONFIG, else\n"
 	        "              " CTL_DEFAULT_CONF "); RELAYD_<KEY> variables "
 	        "override its keys,\n"
 	        "              e.g. RELAYD_SPOOL_DIR=/var/spool/relayd\n"
-	        "  --json      JSON output for scripts (list, show)\n"
+	        "  --json      JSON output for scripts (list, show, user list)\n"
 	        "  -h, --help  this text\n"
 	        "\n"
 	        "ID is a 16-character queue id as shown by 'list'.\n"
