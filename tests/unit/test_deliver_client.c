@@ -884,7 +884,10 @@ static const struct script scripts[] = {
 	{"421 while READY", O_PLAIN, {T_GREET, T_EHLO, T_421}},
 	{"421 to QUIT is a close", O_PLAIN, {T_GREET, T_EHLO,
 		{QUIT, .ev = "WAIT", .out = "QUIT\r\n"},
-		{SRV, "421 4.3.2 bye\r\n", .ev = "CLOSED", .flags = "wf"}}},
+		{SRV, "421 4.3.2 bye\r\n", .ev = "CLOSED", .flags = "wf"},
+		/* Closed stays closed: input ignored, nothing sent. */
+		{SRV, "250 late\r\n", .ev = "CLOSED"},
+		{QUIT, .ev = "CLOSED"}}},
 	{"anything to QUIT is a close", O_PLAIN, {T_GREET, T_EHLO,
 		{QUIT, .ev = "WAIT", .out = "QUIT\r\n"},
 		{SRV, "500 5.5.1 what\r\n", .ev = "CLOSED"}}},
