@@ -60,7 +60,7 @@ struct deliver_client {
 	bool mail_ok, data_ok, empty_body;
 	size_t accepted;
 	bool need_rset;             /* a transaction happened on this session */
-	bool txn_rset;              /* this transaction starts with RSET */
+	bool txn_rset;              /* this one starts with RSET */
 	bool body_bol, body_crlf;   /* at a line start; ended with CRLF */
 	int body_cr;                /* the last byte was CR */
 
@@ -82,7 +82,11 @@ struct deliver_client *deliver_client_new(const struct deliver_client_opts *o)
 	c->user = dup_or_null(o->user);
 	c->password = dup_or_null(o->password ? o->password : (o->user ? "" : NULL));
 	c->starttls = o->starttls;
-	buf_init(&c->in, DELIVER_REPLY_LINE_MAX * 4);
+	/* Room for a whole reply at its bounds (the shell hands over what
+	 * one read got, and step() consumes complete lines); 4 lines of the
+	 * maximum were too few for a legitimate multi-line reply, or for a
+	 * long run of pipelined replies, arriving in one read. */
+	buf_init(&c->in, DELIVER_REPLY_LINES_MAX * (DELIVER_REPLY_LINE_MAX + 2));
 	if (!c->helo || (o->user && (!c->user || !c->password))) {
 		deliver_client_free(c);
 		return NULL;
@@ -108,13 +112,6 @@ void deliver_client_free(struct deliver_client *c)
 	free(c);
 }
 
-int deliver_client_input(struct deliver_client *c, const void *p, size_t n)
-{
-	if (c->st == CL_FAILED || c->st == CL_CLOSED)
-		return 0;
-	return buf_append(&c->in, p, n);
-}
-
 /* ---- replies ------------------------------------------------------------ */
 
 static void set_text(struct deliver_reply *r, const char *s)
@@ -133,6 +130,21 @@ static void fail(struct deliver_client *c, enum deliver_client_fail f,
 		set_text(&c->err, why);
 	}
 	c->st = CL_FAILED;
+}
+
+int deliver_client_input(struct deliver_client *c, const void *p, size_t n)
+{
+	if (c->st == CL_FAILED || c->st == CL_CLOSED)
+		return 0;
+	/* RFC 3207 §5: plaintext that arrives after the 220 to STARTTLS,
+	 * before the handshake, is dropped like what came with the 220. */
+	if (c->st == CL_TLS)
+		return 0;
+	int r = buf_append(&c->in, p, n);
+	if (r < 0)   /* the header promises that step() reports it */
+		fail(c, DELIVER_FAIL_PROTOCOL, NULL,
+		     r == -ENOBUFS ? "reply too long" : "out of memory");
+	return r;
 }
 
 /* Adds one line's text to the reply being collected: printable ASCII
@@ -197,7 +209,8 @@ static int next_reply(struct deliver_client *c)
 			return 0;
 		uint8_t *nl = memchr(c->in.data, '\n', c->in.len);
 		if (!nl) {
-			if (c->in.len > DELIVER_REPLY_LINE_MAX)
+			/* + 1: the CR of a line at the limit, LF to come. */
+			if (c->in.len > DELIVER_REPLY_LINE_MAX + 1)
 				return -ENOBUFS;
 			return 0;
 		}
@@ -225,12 +238,16 @@ static int next_reply(struct deliver_client *c)
 			c->cur_lines = 0;
 			c->cur.text[0] = '\0';
 			add_text(c, line, n);      /* "250 first line" */
+			if (more)   /* "550-5.1.1 a" kept as "550 5.1.1 a ..." */
+				c->cur.text[3] = ' ';
 			if (c->st == CL_EHLO || c->st == CL_EHLO2)
 				c->ext = 0;
 		} else {
 			const char *t = n > 4 ? line + 4 : "";
 			size_t tn = n > 4 ? n - 4 : 0;
-			if (c->st == CL_EHLO || c->st == CL_EHLO2)
+			/* Keywords in a 250; a refusal's lines are text. */
+			if ((c->st == CL_EHLO || c->st == CL_EHLO2) &&
+			    c->cur.code / 100 == 2)
 				parse_ext(c, t, tn);
 			else
 				add_text(c, t, tn);
@@ -251,7 +268,9 @@ void deliver_reply_status(const struct deliver_reply *r, char out[16])
 	if (strlen(p) > 4 && p[3] == ' ') {
 		p += 4;
 		int a, b, cc, len = 0;
+		/* strspn: %d alone would take "5.-1.1" and " 5.1.1". */
 		if (sscanf(p, "%1d.%3d.%3d%n", &a, &b, &cc, &len) == 3 &&
+		    strspn(p, "0123456789.") == (size_t)len &&
 		    (p[len] == ' ' || p[len] == '\0') && a == r->code / 100 &&
 		    (a == 2 || a == 4 || a == 5)) {
 			snprintf(out, 16, "%d.%d.%d", a, b, cc);
@@ -260,6 +279,16 @@ void deliver_reply_status(const struct deliver_reply *r, char out[16])
 	}
 	int cls = r->code / 100;
 	snprintf(out, 16, "%d.0.0", cls >= 2 && cls <= 5 && cls != 3 ? cls : 4);
+}
+
+/* w in s (case-insensitively) at the start of a word: "rate" is in "rate
+ * limit" and "Ratelimit", not in "generated", "migrate" or "separate". */
+static bool has_word(const char *s, const char *w)
+{
+	for (const char *p = s; (p = strcasestr(p, w)) != NULL; p++)
+		if (p == s || !isalpha((unsigned char)p[-1]))
+			return true;
+	return false;
 }
 
 bool deliver_reply_is_throttle(const struct deliver_reply *r)
@@ -274,7 +303,7 @@ bool deliver_reply_is_throttle(const struct deliver_reply *r)
 		"rate", "too many", "throttl", "limit exceeded", "slow down",
 		"try again later", NULL};
 	for (size_t i = 0; words[i]; i++)
-		if (strcasestr(r->text, words[i]))
+		if (has_word(r->text, words[i]))
 			return true;
 	return false;
 }
@@ -452,10 +481,11 @@ void deliver_client_send(struct deliver_client *c,
 	}
 	c->mail_ok = c->data_ok = c->empty_body = false;
 	c->accepted = 0;
+	/* txn_cmd() reads txn_rset, not need_rset, which already says "RSET
+	 * before the next one" while this one is under way. */
 	c->txn_rset = c->need_rset;
 	c->ncmd = (c->txn_rset ? 1 : 0) + 1 + m->nrcpt + 1;
 	c->nsent = c->nanswered = 0;
-	c->need_rset = true;
 	c->st = CL_TXN;
 
 	/* RFC 6531 §3.4: never send an SMTPUTF8 message to a server that does
@@ -469,6 +499,7 @@ void deliver_client_send(struct deliver_client *c,
 		c->ncmd = 0;   /* DONE on the next step */
 		return;
 	}
+	c->need_rset = true;
 	txn_send(c, out);
 }
 
@@ -721,18 +752,19 @@ static enum deliver_client_ev on_reply(struct deliver_client *c,
 enum deliver_client_ev deliver_client_step(struct deliver_client *c,
                                            struct buf *out)
 {
-	/* Every complete reply buffered is consumed (pipelined replies come
-	 * in one read) until one needs the shell or input runs out. */
+	if (c->st == CL_TXN && c->ncmd == 0) {
+		/* Refused locally in deliver_client_send(). */
+		c->st = CL_READY;
+		return DELIVER_CL_DONE;
+	}
+	/* WAIT must mean "needs more input": a reply that only moves us on
+	 * (EHLO answered, now READY; one of several pipelined replies that
+	 * arrived together) is followed by the next one at once. */
 	for (;;) {
 		if (c->st == CL_FAILED)
 			return DELIVER_CL_FAILED;
 		if (c->st == CL_CLOSED)
 			return DELIVER_CL_CLOSED;
-		if (c->st == CL_TXN && c->ncmd == 0) {
-			/* Refused locally in deliver_client_send(). */
-			c->st = CL_READY;
-			return DELIVER_CL_DONE;
-		}
 		if (c->st == CL_TLS || c->st == CL_BODY)
 			return DELIVER_CL_WAIT;   /* the shell's turn */
 		int r = next_reply(c);
@@ -742,7 +774,8 @@ enum deliver_client_ev deliver_client_step(struct deliver_client *c,
 			return DELIVER_CL_FAILED;
 		}
 		if (r == 0)
-			return c->st == CL_READY ? DELIVER_CL_READY : DELIVER_CL_WAIT;
+			return c->st == CL_READY ? DELIVER_CL_READY
+			                         : DELIVER_CL_WAIT;
 		enum deliver_client_ev ev = on_reply(c, out);
 		if (ev != DELIVER_CL_WAIT)
 			return ev;
