@@ -834,6 +834,13 @@ static void finish(struct deliver *d, struct deliver_job *j,
 		struct queue_rcpt *r = &m->rcpt[j->idx[k]];
 		const struct deliver_reply *rep = results[k];
 		int code = reply_code(rep);
+		struct deliver_reply local;
+		if (rep->code == 0 && code) {
+			/* Our own refusal ("553 5.6.7 ..."): its code counts. */
+			local = *rep;
+			local.code = code;
+			rep = &local;
+		}
 		r->attempts++;
 		set_reply(r, rep->text);
 		deliver_reply_status(rep, st);
