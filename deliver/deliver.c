@@ -82,7 +82,7 @@ struct deliver {
 	uint64_t pause_until;       /* uv_now() ms */
 	int64_t pause_until_wall;   /* unix seconds, for stats */
 	unsigned route_fails;
-	char route_reason[DELIVER_REPLY_TEXT_MAX + 64];
+	char route_reason[DELIVER_REPLY_TEXT_MAX - 64];
 
 	struct rate rate_min, rate_hour;
 
@@ -471,8 +471,8 @@ static void change_cb(void *arg, int status)
 		c->reply(c->reply_arg, t);
 	}
 	free(c);
-	maybe_done(d);
 	schedule(d);
+	maybe_done(d);   /* last: it may free d */
 }
 
 /* Writes m back (or removes it when nothing is left); the message stays
@@ -938,6 +938,15 @@ void deliver_job_done(struct deliver *d, struct deliver_job *j,
 void deliver_job_failed(struct deliver *d, struct deliver_job *j,
                         const struct deliver_reply *r, const char *relay)
 {
+	if (d->stopping) {
+		/* Shutdown cut the attempt off: the message stays as it is in
+		 * the index and is tried first thing after the restart (if the
+		 * smarthost had taken it already, that is a duplicate, never a
+		 * loss). */
+		busy_del(d, j->m->qid);
+		job_free(j);
+		return;
+	}
 	/* Whatever went wrong with the session is temporary for every
 	 * recipient (never a bounce for a connection, TLS or AUTH problem). */
 	struct deliver_reply tmp = *r;
@@ -1072,8 +1081,8 @@ void deliver_session_gone(struct deliver *d, struct deliver_session *s,
 	}
 	if (route_fail && !d->stopping && !d->paused)
 		route_pause(d, auth_fail, r ? r->text : "session failed");
-	maybe_done(d);
 	schedule(d);
+	maybe_done(d);   /* last: it may free d */
 }
 
 static void start_session(struct deliver *d)
