@@ -21,6 +21,7 @@ struct ctl_json {
 	size_t n, i;
 	int depth;
 	int in_array;           /* > 0: inside an array, no leaves */
+	int members;            /* > 0: inside an object member's value */
 	struct buf path;        /* dotted key path of the current value */
 	struct buf tmp;         /* decoded strings, compacted arrays */
 	/* flatten: */
@@ -228,16 +229,18 @@ static int ctl_json_leaf(struct ctl_json *j, size_t start)
 	if (j->in_array)
 		return 0;
 	if (j->want) {
-		if (!j->found && j->path.len == j->wantlen &&
-		    memcmp(j->path.data, j->want, j->wantlen) == 0) {
+		if (!j->found && j->members > 0 && j->path.len == j->wantlen &&
+		    (j->wantlen == 0 ||
+		     memcmp(j->path.data, j->want, j->wantlen) == 0)) {
 			j->found = v;
 			j->foundn = vn;
 		}
 		return 0;
 	}
-	if (!j->o || j->path.len == 0)
-		return 0;
-	ctl_out_text(j->o, j->path.data, j->path.len, 0);
+	if (!j->o || j->members == 0)
+		return 0;           /* the top level's "{}" */
+	if (j->path.len > 0)    /* a key may be "" */
+		ctl_out_text(j->o, j->path.data, j->path.len, 0);
 	ctl_out_str(j->o, ": ");
 	buf_reset(&j->tmp);
 	int r = 0;
@@ -251,7 +254,8 @@ static int ctl_json_leaf(struct ctl_json *j, size_t start)
 	}
 	if (r < 0)
 		return r;
-	ctl_out_text(j->o, j->tmp.data, j->tmp.len, 0);
+	if (j->tmp.len > 0)     /* "": tmp.data may still be NULL */
+		ctl_out_text(j->o, j->tmp.data, j->tmp.len, 0);
 	ctl_out_str(j->o, "\n");
 	return 0;
 }
@@ -278,8 +282,10 @@ static int ctl_json_object(struct ctl_json *j, size_t start)
 		if (j->i >= j->n || j->p[j->i] != ':')
 			return -EPROTO;
 		j->i++;
+		j->members++;
 		if ((r = ctl_json_value(j)) < 0)
 			return r;
+		j->members--;
 		j->path.len = plen;
 		ctl_json_ws(j);
 		if (j->i >= j->n)

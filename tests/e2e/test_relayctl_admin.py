@@ -455,6 +455,10 @@ def test_protocol_stats(relayd_factory):
             assert res.returncode == 1, (reply, args, res)
             assert res.stdout == b"", (reply, res)
             assert b"malformed stats reply" in res.stderr, (reply, res.stderr)
+    # Empty strings and keys (an empty string once reached ctl_out_text
+    # as NULL: UBSan caught it under a fuzzer).
+    res, _ = _ctl(r, [b'ok {"e":"","":1,"o":{"":[]}}\n'], "stats")
+    assert res.returncode == 0 and res.stdout == b"e: \n: 1\no.: []\n", res
     # Nesting up to the limit is fine.
     deep = b'{"a":' * 31 + b"1" + b"}" * 31
     res, _ = _ctl(r, [b"ok " + deep + b"\n"], "stats")
