@@ -1,9 +1,11 @@
 /*
  * tools/ctl.h - relayctl's internal interface: the context a command runs
  * in, the command handlers (one ctl_cmd_* per subcommand, listed in the
- * table in relayctl.c), and the output helpers of ctl_out.c (an in-memory
+ * table in relayctl.c), the output helpers of ctl_out.c (an in-memory
  * output buffer with a sticky error, terminal-safe text, JSON strings,
- * ages and timestamps). Not a public header: only tools/ includes it.
+ * ages and timestamps), the control socket client (ctl_control.c) and the
+ * reader of its JSON replies (ctl_json.c). Not a public header: only
+ * tools/ includes it.
  */
 #ifndef RELAY_CTL_H
 #define RELAY_CTL_H
@@ -137,6 +139,7 @@ void ctl_fmt_time(char *dst, size_t n, int64_t t);
  *   -ECONNREFUSED relayd is not running (no socket, or nobody listening)
  *   -EPROTO       a malformed reply (no LF within DELIVER_CTL_REPLY_MAX
  *                 bytes, a NUL byte, an unknown status word)
+ *   -EINVAL       line too long (DELIVER_CTL_LINE_MAX), or has CR/LF
  *   -ETIMEDOUT, or another -errno (EACCES: not relayd's user or root)
  * In the error cases other than -EREMOTEIO, reply is "". */
 int ctl_control_request(const char *spool_dir, const char *line,

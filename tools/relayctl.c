@@ -39,15 +39,15 @@ struct ctl_cmd {
 static int ctl_cmd_help(struct ctl_ctx *c, int argc, char **argv);
 
 static const struct ctl_cmd ctl_cmds[] = {
-	{"list", "[--json] [FILTERS]", "messages, oldest first, with their "
-	 "undelivered recipients", CTL_F_JSON | CTL_F_CONF, 0, 0,
+	{"list", "[--json] [FILTERS]", "messages, oldest first, with undelivered "
+	 "recipients", CTL_F_JSON | CTL_F_CONF, 0, 0,
 	 ctl_cmd_list, "--state= --to= --older= --from="},
 	{"show", "ID [--json]", "envelope, recipients and headers of a message",
 	 CTL_F_JSON | CTL_F_CONF, 1, 1, ctl_cmd_show, NULL},
 	{"cat", "ID", "the stored message, byte for byte, to stdout",
 	 CTL_F_CONF, 1, 1, ctl_cmd_cat, NULL},
-	{"flush", "[ID]", "deliver ID (or every active message) now, ignoring "
-	 "backoff", CTL_F_CONF, 0, 1, ctl_cmd_flush, NULL},
+	{"flush", "[ID]", "make ID (or every active message) due now",
+	 CTL_F_CONF, 0, 1, ctl_cmd_flush, NULL},
 	{"hold", "ID", "keep ID from delivery until released", CTL_F_CONF, 1, 1,
 	 ctl_cmd_hold, NULL},
 	{"release", "ID", "release a held message; it is due now", CTL_F_CONF,
