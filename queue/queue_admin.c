@@ -147,9 +147,13 @@ void queue_admin_close(struct queue_admin *a)
 	free(a);
 }
 
+static int sched_del_any(struct queue_admin *a, MDB_txn *txn,
+                         const char *qid);
+
 /* Deletes the "sched" entry of m when it has one: ACTIVE and something
- * left to deliver (queue_msg_due). A missing entry is not an error: the
- * goal is its absence. */
+ * left to deliver (queue_msg_due). Where the invariant says it is, or, if
+ * it is not there, wherever it is: a stale entry would have the scheduler
+ * look at a held or deleted message. */
 static int sched_del(struct queue_admin *a, MDB_txn *txn,
                      const struct queue_msg *m)
 {
@@ -160,7 +164,7 @@ static int sched_del(struct queue_admin *a, MDB_txn *txn,
 	queue_sched_key(due, m->qid, sk);
 	MDB_val k = {sizeof sk, sk};
 	int rc = mdb_del(txn, a->dbi_sched, &k, NULL);
-	return rc == MDB_NOTFOUND ? 0 : rc;
+	return rc == MDB_NOTFOUND ? sched_del_any(a, txn, m->qid) : rc;
 }
 
 static int sched_put(struct queue_admin *a, MDB_txn *txn,
@@ -175,9 +179,9 @@ static int sched_put(struct queue_admin *a, MDB_txn *txn,
 	return mdb_put(txn, a->dbi_sched, &k, &empty, 0);
 }
 
-/* A record that cannot be decoded has lost its due time: its schedule
- * entry (if any) is found by qid instead. A full scan, but only for a
- * corrupt record being deleted. */
+/* Every schedule entry of qid, found by a full scan: only for a record
+ * that cannot be decoded (its due time is lost) or an entry that is not
+ * where queue_msg_due() says, both signs of a broken index. */
 static int sched_del_any(struct queue_admin *a, MDB_txn *txn, const char *qid)
 {
 	MDB_cursor *cur;

@@ -5,9 +5,9 @@
  * through the read side, straight from LMDB (the queue module's own tests
  * may look: the "sched" invariant of queue.h), and by reopening the spool
  * with queue_open(): recovery must find nothing to repair. Also: a
- * missing spool, an index another process has open, a corrupt record, and
- * the map size surviving the admin's commits. Every test that opens a
- * loop ends with uv_loop_close() == 0.
+ * missing spool, an index another process has open, a corrupt record, a
+ * misplaced schedule entry, and the map size surviving the admin's
+ * commits. Every test that opens a loop ends with uv_loop_close() == 0.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -519,6 +519,40 @@ static void test_corrupt_record(void **state)
 	rm_tree(s.dir);
 }
 
+/* An ACTIVE message whose schedule entry is not at queue_msg_due() (a
+ * writer that broke the invariant): hold and delete still leave no entry
+ * behind. */
+static void test_misplaced_sched(void **state)
+{
+	(void)state;
+	struct spool s;
+	char q[2][QUEUE_ID_SIZE];
+	struct queue_admin *a;
+	struct raw r;
+	spool_setup(&s, 2, 0, q);
+	raw_open(&r, s.dir, true);
+	for (size_t i = 0; i < 2; i++) {
+		uint8_t sk[QUEUE_SCHED_KEY_LEN];
+		queue_sched_key(ARRIVAL, q[i], sk);
+		MDB_val k = {sizeof sk, sk}, empty = {0, NULL};
+		assert_int_equal(mdb_del(r.txn, r.sched, &k, NULL), 0);
+		queue_sched_key(ARRIVAL + 99, q[i], sk);
+		assert_int_equal(mdb_put(r.txn, r.sched, &k, &empty, 0), 0);
+	}
+	raw_close(&r, true);
+
+	assert_int_equal(queue_admin_open(s.dir, &a), 0);
+	assert_int_equal(queue_admin_hold(a, q[0]), 0);
+	assert_int_equal(queue_admin_delete(a, q[1]), 0);
+	queue_admin_close(a);
+	assert_int_equal(check_sched(s.dir), 0);
+	assert_int_equal(queue_admin_open(s.dir, &a), 0);
+	assert_int_equal(queue_admin_release(a, q[0], NOW), 0);
+	queue_admin_close(a);
+	assert_int_equal(check_sched(s.dir), 1);
+	rm_tree(s.dir);
+}
+
 int main(void)
 {
 	/* Expected errors (corrupt record) stay out of the output. */
@@ -530,6 +564,7 @@ int main(void)
 		cmocka_unit_test(test_missing_spool),
 		cmocka_unit_test(test_busy),
 		cmocka_unit_test(test_corrupt_record),
+		cmocka_unit_test(test_misplaced_sched),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
