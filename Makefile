@@ -159,3 +159,10 @@ clean:
 .PHONY: all deps deps-bench build run test unit-bins check-unit check-e2e bench install clean
 
 -include $(LIB_OBJ:.o=.d) $(CTL_OBJ:.o=.d) $(BUILD)/smtpd/relayd.d
+
+# bench/fill_queue: a spool with N messages, to time relayctl on it.
+bench-fill: $(BUILD)/bench/fill_queue
+$(BUILD)/bench/fill_queue: bench/fill_queue.c $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+.PHONY: bench-fill

@@ -1518,13 +1518,15 @@ void deliver_stats_json(struct deliver *d, char *out, size_t outlen)
 	snprintf(out, outlen,
 	         "{\"running\":true,\"pid\":%d,\"uptime\":%" PRId64
 	         ",\"delivery\":\"%s\",\"queue\":{\"messages\":%" PRIu64
-	         ",\"scheduled\":%" PRIu64 ",\"in_flight\":%zu},"
+	         ",\"active\":%" PRIu64 ",\"hold\":%" PRIu64
+	         ",\"in_flight\":%zu},"
 	         "\"sessions\":%u,\"attempts\":%" PRIu64 ",\"sent\":%" PRIu64
 	         ",\"deferred\":%" PRIu64 ",\"bounced\":%" PRIu64
 	         ",\"notifications\":%" PRIu64 ",\"route\":%s}",
 	         (int)getpid(), wall_now() - d->started,
 	         g->mode == CONF_DELIVERY_SMARTHOST ? "smarthost" : "hold",
-	         nmsg, nsched, d->nbusy, d->nsessions, d->n_attempts, d->n_sent,
+	         nmsg, nsched, nmsg > nsched ? nmsg - nsched : 0, d->nbusy,
+	         d->nsessions, d->n_attempts, d->n_sent,
 	         d->n_deferred, d->n_bounced, d->n_dsn, route);
 }
 

@@ -1,9 +1,11 @@
 /*
  * tools/ctl.h - relayctl's internal interface: the context a command runs
  * in, the command handlers (one ctl_cmd_* per subcommand, listed in the
- * table in relayctl.c), and the output helpers of ctl_out.c (an in-memory
+ * table in relayctl.c), the output helpers of ctl_out.c (an in-memory
  * output buffer with a sticky error, terminal-safe text, JSON strings,
- * ages and timestamps). Not a public header: only tools/ includes it.
+ * ages and timestamps), the control socket client (ctl_control.c) and the
+ * reader of its JSON replies (ctl_json.c). Not a public header: only
+ * tools/ includes it.
  */
 #ifndef RELAY_CTL_H
 #define RELAY_CTL_H
@@ -45,18 +47,35 @@ struct ctl_ctx {
 const char *ctl_opt(const struct ctl_ctx *c, const char *name);
 
 /* A command handler: argv holds the positional arguments only (options
- * were parsed by relayctl.c against the command's table entry). Returns 0
- * or -errno after printing its own "relayctl: ..." message to stderr. */
+ * were parsed by relayctl.c against the command's table entry). Returns 0,
+ * -errno after printing its own "relayctl: ..." message to stderr, or
+ * CTL_EXIT_USAGE from ctl_usage_error() for a bad argument or option
+ * value (exit status 2). */
 typedef int (*ctl_cmd_fn)(struct ctl_ctx *c, int argc, char **argv);
 
+/* ctl_queue.c: reading the spool. */
 int ctl_cmd_list(struct ctl_ctx *c, int argc, char **argv);
 int ctl_cmd_show(struct ctl_ctx *c, int argc, char **argv);
 int ctl_cmd_cat(struct ctl_ctx *c, int argc, char **argv);
 /* user add|del|list|passwd|disable|enable|test (ctl_user.c) */
 int ctl_cmd_user(struct ctl_ctx *c, int argc, char **argv);
 
+/* ctl_control.c: changes through relayd's control socket (hold, release
+ * and delete also offline, while relayd is stopped), and stats. */
+int ctl_cmd_flush(struct ctl_ctx *c, int argc, char **argv);
+int ctl_cmd_hold(struct ctl_ctx *c, int argc, char **argv);
+int ctl_cmd_release(struct ctl_ctx *c, int argc, char **argv);
+int ctl_cmd_delete(struct ctl_ctx *c, int argc, char **argv);
+int ctl_cmd_bounce(struct ctl_ctx *c, int argc, char **argv);
+int ctl_cmd_requeue(struct ctl_ctx *c, int argc, char **argv);
+int ctl_cmd_stats(struct ctl_ctx *c, int argc, char **argv);
+
 /* "relayctl: " + message + newline on stderr. */
 void ctl_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* "relayctl: " + message, then the usage text, on stderr; returns
+ * CTL_EXIT_USAGE. Callers pass user-typed text through log_escape(). */
+int ctl_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* ---- output (ctl_out.c) ---------------------------------------------- */
 
@@ -85,6 +104,10 @@ int ctl_out_flush(struct ctl_out *o, FILE *f);
 #define CTL_TEXT_TAB 0x1        /* keep horizontal tabs */
 size_t ctl_out_text(struct ctl_out *o, const void *p, size_t n,
                     unsigned flags);
+/* Same, for at most max characters: longer text is cut at a character
+ * boundary and ends in "...". */
+size_t ctl_out_text_max(struct ctl_out *o, const void *p, size_t n,
+                        size_t max);
 /* Same, pads with spaces to at least `width` columns. */
 void ctl_out_text_pad(struct ctl_out *o, const char *s, size_t width);
 
@@ -104,5 +127,46 @@ size_t ctl_utf8_len(const unsigned char *p, size_t n);
 void ctl_fmt_age(char *dst, size_t n, int64_t secs);
 /* "2024-05-01T12:00:00Z". */
 void ctl_fmt_time(char *dst, size_t n, int64_t t);
+
+/* ---- control socket (ctl_control.c) ---------------------------------- */
+
+/* Total time a request may take (connect, send, the reply). */
+#define CTL_CONTROL_TIMEOUT_MS 30000
+
+/* Sends one request line (no LF; deliver/deliver_ctl.h) to relayd on
+ * spool_dir/control and reads its one-line reply, within timeout_ms.
+ * reply (replysz >= 1) gets the reply's text, NUL-terminated:
+ *   0             "ok[ TEXT]": TEXT, or ""
+ *   -EREMOTEIO    "err TEXT": TEXT (relayd refused; TEXT says why)
+ *   -ECONNREFUSED relayd is not running (no socket, or nobody listening)
+ *   -EPROTO       a malformed reply (no LF within DELIVER_CTL_REPLY_MAX
+ *                 bytes, a NUL byte, an unknown status word)
+ *   -EINVAL       line too long (DELIVER_CTL_LINE_MAX), or has CR/LF
+ *   -ETIMEDOUT, or another -errno (EACCES: not relayd's user or root)
+ * In the error cases other than -EREMOTEIO, reply is "". */
+int ctl_control_request(const char *spool_dir, const char *line,
+                        int timeout_ms, char *reply, size_t replysz);
+
+/* ---- JSON replies (ctl_json.c) --------------------------------------- */
+/* All take the text of one JSON object (as in "ok {JSON}") and return
+ * -EPROTO when it is not exactly that. */
+
+/* 0 when p[0..n) is one well-formed object. */
+int ctl_json_check(const char *p, size_t n);
+/* One "key: value" line per leaf, nested keys joined by '.' ("route.state:
+ * paused"); strings unquoted, arrays compact, all of it made safe for a
+ * terminal (ctl_out_text). Prints nothing for a malformed object. */
+int ctl_json_flatten(struct ctl_out *o, const char *p, size_t n);
+/* The text of the value at a dotted path ("route.state"; not an object
+ * that has members): 0, -ENOENT or -EPROTO. */
+int ctl_json_find(const char *p, size_t n, const char *path,
+                  const char **v, size_t *vn);
+/* A string value, decoded (UTF-8), appended to out; -EPROTO if the value
+ * is not a string. */
+int ctl_json_get_str(const char *p, size_t n, const char *path,
+                     struct buf *out);
+/* An integer value; -EPROTO for another type or a fraction, -ERANGE. */
+int ctl_json_get_int(const char *p, size_t n, const char *path,
+                     int64_t *out);
 
 #endif

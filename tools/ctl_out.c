@@ -159,6 +159,24 @@ size_t ctl_out_text(struct ctl_out *o, const void *src, size_t n,
 	return cols;
 }
 
+size_t ctl_out_text_max(struct ctl_out *o, const void *src, size_t n,
+                        size_t max)
+{
+	const unsigned char *p = src;
+	size_t i = 0, chars = 0;
+	while (i < n && chars < max) {
+		size_t k = ctl_utf8_len(p + i, n - i);
+		i += k ? k : 1;
+		chars++;
+	}
+	size_t cols = ctl_out_text(o, p, i, 0);
+	if (i < n) {
+		ctl_out_str(o, "...");
+		cols += 3;
+	}
+	return cols;
+}
+
 void ctl_out_text_pad(struct ctl_out *o, const char *s, size_t width)
 {
 	size_t cols = ctl_out_text(o, s, strlen(s), 0);

@@ -1,9 +1,12 @@
 /*
- * tools/ctl_queue.c - The read-only queue commands: list, show and cat.
- * Envelopes come from the index through queue.h's read side (queue_ro_*),
- * which is safe beside a running relayd; bodies are read from
- * spool_dir/msg/QID (show reads only the header section, cat streams the
- * file). list never opens body files, so it stays fast on large queues.
+ * tools/ctl_queue.c - The read-only queue commands: list (with its
+ * filters and per-recipient lines), show and cat. Envelopes come from the
+ * index through queue.h's read side (queue_ro_*), which is safe beside a
+ * running relayd; bodies are read from spool_dir/msg/QID (show reads only
+ * the header section, cat streams the file). list never opens body files
+ * and makes no system call per message, so it stays fast on large queues;
+ * the one thing it asks a running relayd (ctl_control.c) is whether
+ * delivery is paused.
  */
 #include "ctl.h"
 
@@ -15,11 +18,13 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/log.h"
+#include "deliver/deliver_ctl.h"
 #include "queue/queue.h"
 
 /* show prints at most this much of the header section. */
@@ -164,11 +169,129 @@ static void ctl_json_msg(struct ctl_out *o, const struct queue_msg *m,
 /* ---- list ------------------------------------------------------------ */
 
 #define CTL_COL_SENDER 32
+/* A recipient line shows this much of the last reply. */
+#define CTL_REPLY_CHARS 72
+/* list asks a running relayd whether delivery is paused; it does not wait
+ * long for the answer, which is only a banner. */
+#define CTL_LIST_STATS_MS 2000
+
+/* The list filters (command options); all that are given must match. */
+struct ctl_filter {
+	bool any;               /* at least one filter given */
+	int rcpt_state;         /* --state pending|...: a recipient in it; -1 */
+	int msg_state;          /* --state active|hold: the message's; -1 */
+	const char *to;         /* --to DOMAIN: a recipient's domain */
+	const char *from;       /* --from ADDR (without <>) */
+	size_t fromlen;
+	bool older_set;         /* --older AGE: arrival <= now - older */
+	int64_t older;          /* seconds */
+};
+
+static int ctl_filter_parse(const struct ctl_ctx *c, struct ctl_filter *f)
+{
+	const char *v;
+	char esc[128];
+	*f = (struct ctl_filter){.rcpt_state = -1, .msg_state = -1};
+	if ((v = ctl_opt(c, "--state"))) {
+		for (int i = 0; i <= QUEUE_RCPT_BOUNCED; i++)
+			if (strcasecmp(v, queue_rcpt_state_names[i]) == 0)
+				f->rcpt_state = i;
+		for (int i = 0; i <= QUEUE_MSG_HOLD; i++)
+			if (strcasecmp(v, queue_msg_state_names[i]) == 0)
+				f->msg_state = i;
+		if (f->rcpt_state < 0 && f->msg_state < 0)
+			return ctl_usage_error("--state: '%s' is none of pending, "
+			                       "deferred, sent, bounced, active, hold",
+			                       log_escape(esc, sizeof esc, v, strlen(v)));
+		f->any = true;
+	}
+	if ((v = ctl_opt(c, "--to"))) {
+		if (v[0] == '@')        /* "@example.com" reads as meant */
+			v++;
+		if (!v[0] || strchr(v, '@'))
+			return ctl_usage_error("--to takes a domain, like example.com");
+		f->to = v;
+		f->any = true;
+	}
+	if ((v = ctl_opt(c, "--from"))) {
+		size_t n = strlen(v);
+		if (n >= 2 && v[0] == '<' && v[n - 1] == '>') {
+			v++;
+			n -= 2;
+		}
+		f->from = v;
+		f->fromlen = n;
+		f->any = true;
+	}
+	if ((v = ctl_opt(c, "--older"))) {
+		uint64_t ms;
+		if (conf_parse_duration(v, &ms) < 0 || ms / 1000 > INT64_MAX / 2)
+			return ctl_usage_error("--older: '%s' is not an age like 30s, "
+			                       "15m, 2h or 3d",
+			                       log_escape(esc, sizeof esc, v, strlen(v)));
+		f->older_set = true;
+		f->older = (int64_t)(ms / 1000);
+		f->any = true;
+	}
+	return 0;
+}
+
+/* The domain of an address: after its last '@' (a quoted local part may
+ * hold one), or "" without one. */
+static const char *ctl_domain(const char *addr)
+{
+	const char *at = strrchr(addr, '@');
+	return at ? at + 1 : "";
+}
+
+/* Addresses compare exactly in the local part (RFC 5321 2.4: it may be
+ * case-sensitive) and without case in the domain. */
+static bool ctl_addr_eq(const char *a, const char *b, size_t blen)
+{
+	size_t alen = strlen(a);
+	const char *aat = strrchr(a, '@');
+	const char *bat = blen ? memrchr(b, '@', blen) : NULL;
+	if (!aat || !bat)
+		return alen == blen && memcmp(a, b, blen) == 0;
+	size_t al = (size_t)(aat - a), bl = (size_t)(bat - b);
+	return al == bl && memcmp(a, b, al) == 0 && alen - al == blen - bl &&
+	       strncasecmp(aat, bat, alen - al) == 0;
+}
+
+static bool ctl_filter_match(const struct ctl_filter *f,
+                             const struct queue_msg *m, int64_t now)
+{
+	if (!f->any)
+		return true;
+	if (f->msg_state >= 0 && m->state != f->msg_state)
+		return false;
+	if (f->older_set && !(m->arrival <= now - f->older))
+		return false;
+	if (f->from && !ctl_addr_eq(m->sender ? m->sender : "", f->from,
+	                            f->fromlen))
+		return false;
+	if (f->rcpt_state < 0 && !f->to)
+		return true;
+	/* One recipient must satisfy both (--state deferred --to x.org:
+	 * a deferred recipient at x.org). */
+	for (size_t i = 0; i < m->nrcpt; i++) {
+		const struct queue_rcpt *r = &m->rcpt[i];
+		if (f->rcpt_state >= 0 && r->state != f->rcpt_state)
+			continue;
+		if (f->to && strcasecmp(ctl_domain(r->addr ? r->addr : ""),
+		                        f->to) != 0)
+			continue;
+		return true;
+	}
+	return false;
+}
 
 struct ctl_list {
 	struct ctl_out *o;
 	const struct ctl_ctx *c;
-	uint64_t count;
+	struct ctl_filter f;
+	uint64_t total;         /* messages in the queue */
+	uint64_t count;         /* messages listed */
 	uint64_t bytes;
 	int err;
 };
@@ -197,9 +320,50 @@ static void ctl_list_row(struct ctl_out *o, const struct queue_msg *m,
 	ctl_out_str(o, "\n");
 }
 
+/* Under the message's line, one per recipient not yet delivered, as in
+ * Postfix's queue listing but on one line each:
+ *   "  deferred   3 tries  next in 4m   <b@example.org> (451 4.7.1 ...)" */
+static void ctl_list_rcpts(struct ctl_out *o, const struct queue_msg *m,
+                           int64_t now)
+{
+	for (size_t i = 0; i < m->nrcpt; i++) {
+		const struct queue_rcpt *r = &m->rcpt[i];
+		char next[48], age[32];
+		if (r->state == QUEUE_RCPT_SENT)
+			continue;
+		if (r->state != QUEUE_RCPT_PENDING && r->state != QUEUE_RCPT_DEFERRED) {
+			snprintf(next, sizeof next, "-");
+		} else if (m->state == QUEUE_MSG_HOLD) {
+			snprintf(next, sizeof next, "on hold");
+		} else {
+			/* queue_msg_due(): no next attempt yet means at arrival. */
+			int64_t t = r->next_attempt ? r->next_attempt : m->arrival;
+			ctl_fmt_age(age, sizeof age, t - now);
+			snprintf(next, sizeof next, t <= now ? "next now" : "next in %s",
+			         age);
+		}
+		ctl_out_printf(o, "  %-8s %3" PRIu32 " %-5s  %-11s <",
+		               ctl_rcpt_state(r->state), r->attempts,
+		               r->attempts == 1 ? "try" : "tries", next);
+		const char *a = r->addr ? r->addr : "";
+		ctl_out_text(o, a, strlen(a), 0);
+		ctl_out_str(o, ">");
+		if (r->last_reply) {
+			ctl_out_str(o, " (");
+			ctl_out_text_max(o, r->last_reply, strlen(r->last_reply),
+			                 CTL_REPLY_CHARS);
+			ctl_out_str(o, ")");
+		}
+		ctl_out_str(o, "\n");
+	}
+}
+
 static int ctl_list_cb(void *arg, const struct queue_msg *m)
 {
 	struct ctl_list *l = arg;
+	l->total++;
+	if (!ctl_filter_match(&l->f, m, l->c->now))
+		return 0;
 	if (l->c->json) {
 		if (l->count > 0)
 			ctl_out_str(l->o, ",\n");
@@ -211,6 +375,7 @@ static int ctl_list_cb(void *arg, const struct queue_msg *m)
 			               "ID", "AGE", "SIZE", "STATE",
 			               CTL_COL_SENDER, "SENDER", "RECIPIENTS");
 		ctl_list_row(l->o, m, l->c->now);
+		ctl_list_rcpts(l->o, m, l->c->now);
 	}
 	l->count++;
 	l->bytes += m->size;
@@ -228,20 +393,60 @@ static int ctl_list_cb(void *arg, const struct queue_msg *m)
 	return 0;
 }
 
+/* "delivery paused until TIME (in 4m): REASON" when a running relayd says
+ * so in its stats (route.state "paused"). Silent when relayd is not
+ * running, does not answer in time, or says anything else. */
+static void ctl_list_paused(const struct ctl_ctx *c, struct ctl_out *o)
+{
+	char *reply = malloc(DELIVER_CTL_REPLY_MAX);
+	struct buf st = BUF_INIT(64), why = BUF_INIT(DELIVER_CTL_REPLY_MAX);
+	int64_t until = 0;
+	if (!reply)
+		return;
+	if (ctl_control_request(c->conf.spool_dir, "stats", CTL_LIST_STATS_MS,
+	                        reply, DELIVER_CTL_REPLY_MAX) != 0)
+		goto out;
+	size_t n = strlen(reply);
+	if (ctl_json_get_str(reply, n, "route.state", &st) < 0 ||
+	    st.len != 6 || memcmp(st.data, "paused", 6) != 0)
+		goto out;
+	ctl_out_str(o, "delivery paused");
+	if (ctl_json_get_int(reply, n, "route.until", &until) == 0 && until > 0) {
+		char ts[64], age[32];
+		ctl_fmt_time(ts, sizeof ts, until);
+		ctl_fmt_age(age, sizeof age, until - c->now);
+		ctl_out_printf(o, " until %s (in %s)", ts, age);
+	}
+	if (ctl_json_get_str(reply, n, "route.reason", &why) == 0 && why.len) {
+		ctl_out_str(o, ": ");
+		ctl_out_text_max(o, why.data, why.len, 2 * CTL_REPLY_CHARS);
+	}
+	ctl_out_str(o, "\n");
+out:
+	buf_free(&st);
+	buf_free(&why);
+	free(reply);
+}
+
 int ctl_cmd_list(struct ctl_ctx *c, int argc, char **argv)
 {
 	(void)argc;
 	(void)argv;
 	struct queue_ro *ro;
-	int r = ctl_ro_open(c->conf.spool_dir, &ro);
-	if (r < 0)
+	struct ctl_list l = {.c = c};
+	int r = ctl_filter_parse(c, &l.f);
+	if (r != 0)
+		return r;
+	if ((r = ctl_ro_open(c->conf.spool_dir, &ro)) < 0)
 		return r;
 
 	struct ctl_out o;
 	ctl_out_init(&o);
-	struct ctl_list l = {.o = &o, .c = c};
+	l.o = &o;
 	if (c->json)
 		ctl_out_str(&o, "{\"messages\":[\n");
+	else
+		ctl_list_paused(c, &o);
 	r = queue_ro_foreach(ro, ctl_list_cb, &l);
 	queue_ro_close(ro);
 	if (l.err) {
@@ -259,12 +464,17 @@ int ctl_cmd_list(struct ctl_ctx *c, int argc, char **argv)
 		ctl_out_printf(&o, "%s],\"count\":%" PRIu64
 		               ",\"total_size\":%" PRIu64 "}\n",
 		               l.count ? "\n" : "", l.count, l.bytes);
-	else if (l.count == 0)
+	else if (l.total == 0)
 		ctl_out_str(&o, "Mail queue is empty\n");
+	else if (l.count == 0)
+		ctl_out_printf(&o, "No message matches (%" PRIu64 " in the "
+		               "queue)\n", l.total);
 	else
-		ctl_out_printf(&o, "%" PRIu64 " message%s, %" PRIu64 " KiB\n",
+		ctl_out_printf(&o, "%" PRIu64 " message%s, %" PRIu64 " KiB%s",
 		               l.count, l.count == 1 ? "" : "s",
-		               (l.bytes + 1023) / 1024);
+		               (l.bytes + 1023) / 1024, l.f.any ? "" : "\n");
+	if (!c->json && l.count > 0 && l.f.any)
+		ctl_out_printf(&o, " (of %" PRIu64 " in the queue)\n", l.total);
 	r = ctl_out_flush(&o, stdout);
 	if (r < 0)
 		ctl_err("writing the listing: %s", strerror(-r));

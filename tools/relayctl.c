@@ -39,12 +39,27 @@ struct ctl_cmd {
 static int ctl_cmd_help(struct ctl_ctx *c, int argc, char **argv);
 
 static const struct ctl_cmd ctl_cmds[] = {
-	{"list", "[--json]", "one line per queued message, oldest first",
-	 CTL_F_JSON | CTL_F_CONF, 0, 0, ctl_cmd_list, NULL},
+	{"list", "[--json] [FILTERS]", "messages, oldest first, with undelivered "
+	 "recipients", CTL_F_JSON | CTL_F_CONF, 0, 0,
+	 ctl_cmd_list, "--state= --to= --older= --from="},
 	{"show", "ID [--json]", "envelope, recipients and headers of a message",
 	 CTL_F_JSON | CTL_F_CONF, 1, 1, ctl_cmd_show, NULL},
 	{"cat", "ID", "the stored message, byte for byte, to stdout",
 	 CTL_F_CONF, 1, 1, ctl_cmd_cat, NULL},
+	{"flush", "[ID]", "make ID (or every active message) due now",
+	 CTL_F_CONF, 0, 1, ctl_cmd_flush, NULL},
+	{"hold", "ID", "keep ID from delivery until released", CTL_F_CONF, 1, 1,
+	 ctl_cmd_hold, NULL},
+	{"release", "ID", "release a held message; it is due now", CTL_F_CONF,
+	 1, 1, ctl_cmd_release, NULL},
+	{"delete", "ID", "remove ID from the queue, without a DSN", CTL_F_CONF,
+	 1, 1, ctl_cmd_delete, NULL},
+	{"bounce", "ID", "fail ID's undelivered recipients, with a DSN",
+	 CTL_F_CONF, 1, 1, ctl_cmd_bounce, NULL},
+	{"requeue", "ID", "retry ID's undelivered recipients from scratch, now",
+	 CTL_F_CONF, 1, 1, ctl_cmd_requeue, NULL},
+	{"stats", "[--json]", "queue counts and the state of delivery",
+	 CTL_F_JSON | CTL_F_CONF, 0, 0, ctl_cmd_stats, NULL},
 	{"user", "SUBCOMMAND [NAME]", "SMTP AUTH credentials (below)",
 	 CTL_F_JSON | CTL_F_CONF, 1, 2, ctl_cmd_user,
 	 "--owner= --from-domains= --to-domains= --hourly= --daily= "
@@ -65,8 +80,10 @@ static void ctl_usage(FILE *f)
 	fprintf(f,
 	        "usage: " CTL_PROG " [-c FILE] COMMAND [ARGS] [--json]\n"
 	        "\n"
-	        "Inspects relayd's mail queue, whether relayd is running or "
-	        "stopped,\nand manages its SMTP AUTH credentials.\n"
+	        "Inspects and changes relayd's mail queue, and manages its SMTP AUTH\n"
+	        "credentials. Reading works whether relayd is running or stopped.\n"
+	        "Queue changes go through relayd's control socket; while relayd is\n"
+	        "stopped, hold, release and delete change the spool directly.\n"
 	        "\n"
 	        "Commands:\n");
 	for (size_t i = 0; i < CTL_NCMDS; i++) {
@@ -97,8 +114,16 @@ static void ctl_usage(FILE *f)
 	        "              " CTL_DEFAULT_CONF "); RELAYD_<KEY> variables "
 	        "override its keys,\n"
 	        "              e.g. RELAYD_SPOOL_DIR=/var/spool/relayd\n"
-	        "  --json      JSON output for scripts (list, show, user list)\n"
+	        "  --json      JSON output for scripts (list, show, stats, user list)\n"
 	        "  -h, --help  this text\n"
+	        "\n"
+	        "List filters (all given must match):\n"
+	        "  --state STATE  pending, deferred, sent or bounced: a "
+	        "recipient in that state;\n"
+	        "                 active or hold: the message's state\n"
+	        "  --to DOMAIN    a recipient at exactly DOMAIN (any case)\n"
+	        "  --older AGE    arrived at least AGE ago: 30s, 15m, 2h, 3d\n"
+	        "  --from ADDR    the sender is ADDR ('<>' for bounces)\n"
 	        "\n"
 	        "ID is a 16-character queue id as shown by 'list'.\n"
 	        "Exit status: 0 success, 1 error, 2 usage error.\n");
@@ -106,8 +131,7 @@ static void ctl_usage(FILE *f)
 
 /* Prints "relayctl: <message>" and the usage text to stderr; returns the
  * usage exit status. Callers pass user-typed text through ctl_esc(). */
-__attribute__((format(printf, 1, 2)))
-static int ctl_usage_error(const char *fmt, ...)
+int ctl_usage_error(const char *fmt, ...)
 {
 	char msg[512];
 	va_list ap;
@@ -339,5 +363,7 @@ int main(int argc, char **argv)
 	}
 	if (c.conf_loaded)
 		conf_free(&c.conf);
+	if (r == CTL_EXIT_USAGE)
+		return CTL_EXIT_USAGE;      /* from ctl_usage_error() */
 	return r < 0 ? CTL_EXIT_ERR : CTL_EXIT_OK;
 }

@@ -56,11 +56,17 @@ def test_list_show_cat_running_and_stopped(relayd):
     assert re.match(r"^ID +AGE +SIZE +STATE +SENDER +RECIPIENTS$", lines[0])
     assert re.match(r"^%s +\S+ +%d active +<s1@client.test> +<a@dest.test>$"
                     % (q1, len(files[q1])), lines[1]), lines[1]
+    # Under each message, a line per recipient not yet delivered.
+    assert re.match(r"^  pending +0 tries +next now +<a@dest.test>$", lines[2]), \
+        lines[2]
     assert re.match(r"^%s +\S+ +%d active +<s2@client.test> +<b@dest.test> "
-                    r"\(\+2 more\)$" % (q2, len(files[q2])), lines[2]), lines[2]
+                    r"\(\+2 more\)$" % (q2, len(files[q2])), lines[3]), lines[3]
+    for i, x in enumerate("bcd"):
+        assert re.match(r"^  pending +0 tries +next now +<%s@dest.test>$" % x,
+                        lines[4 + i]), lines[4 + i]
     kib = (len(files[q1]) + len(files[q2]) + 1023) // 1024
-    assert lines[3] == "2 messages, %d KiB" % kib
-    assert len(lines) == 4
+    assert lines[7] == "2 messages, %d KiB" % kib
+    assert len(lines) == 8
     lj = running["list_json"]
     assert lj["count"] == 2
     assert lj["total_size"] == len(files[q1]) + len(files[q2])
