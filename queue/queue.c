@@ -62,8 +62,8 @@ struct queue_req {
 	char part[PART_NAME_SIZE];  /* its name until placed; "" if unnamed */
 	uint8_t *rec;           /* encoded envelope, the "msg" value */
 	size_t reclen;
-	int64_t arrival;
-	bool sched;             /* ACTIVE: gets a "sched" entry */
+	int64_t due;            /* its "sched" time: queue_msg_due() */
+	bool sched;             /* ACTIVE with recipients left: an entry */
 	bool placed;            /* the body is msg/QID now */
 	bool indexed;           /* its record went into the batch's txn */
 	int status;
@@ -473,8 +473,12 @@ int queue_commit(struct queue *q, struct queue_body *b,
 	memcpy(req->qid, b->qid, QUEUE_ID_SIZE);
 	memcpy(req->part, b->part, PART_NAME_SIZE);
 	req->fd = b->fd;        /* the fd now belongs to the request */
-	req->arrival = m->arrival;
-	req->sched = m->state == QUEUE_MSG_ACTIVE;
+	/* The entry goes where queue_msg_due() says, as for every other
+	 * writer of the index: keyed by the arrival, it was wrong for a
+	 * recipient committed already deferred (and a later update, which
+	 * deletes the entry at queue_msg_due(), left it behind). */
+	req->due = queue_msg_due(&copy);
+	req->sched = m->state == QUEUE_MSG_ACTIVE && req->due >= 0;
 	req->cb = cb;
 	req->arg = arg;
 	free(b);
@@ -640,7 +644,7 @@ int queue_count(struct queue *q, uint64_t *messages, uint64_t *scheduled)
 /* ---- the writer thread ------------------------------------------------ */
 
 /* One LMDB write transaction for the whole batch: a record per message,
- * and a schedule entry (next attempt = arrival) per ACTIVE message. */
+ * and a schedule entry (at queue_msg_due()) per ACTIVE message. */
 static int index_batch(struct queue *q, struct queue_req *batch,
                        char *why, size_t whylen)
 {
@@ -665,7 +669,7 @@ static int index_batch(struct queue *q, struct queue_req *batch,
 			goto abort;
 		if (req->sched) {
 			uint8_t sk[QUEUE_SCHED_KEY_LEN];
-			queue_sched_key(req->arrival, req->qid, sk);
+			queue_sched_key(req->due, req->qid, sk);
 			MDB_val skv = {sizeof sk, sk}, empty = {0, NULL};
 			rc = mdb_put(txn, q->dbi_sched, &skv, &empty, 0);
 			if (rc)
@@ -694,7 +698,9 @@ fail:
  * makes this and the bodies' removal durable (settle_failures). */
 static void unindex(struct queue *q, struct queue_req *batch)
 {
-	MDB_txn *txn;
+	/* NULL: mdb_txn_begin leaves it unset when it fails, and the abort
+	 * below must not be handed garbage. */
+	MDB_txn *txn = NULL;
 	int rc = mdb_txn_begin(q->env, NULL, 0, &txn);
 	for (struct queue_req *req = batch; rc == 0 && req; req = req->next) {
 		if (req->status == 0 || !req->indexed)
@@ -704,7 +710,7 @@ static void unindex(struct queue *q, struct queue_req *batch)
 		rc = mdb_del(txn, q->dbi_msg, &k, NULL);
 		if (rc == 0 && req->sched) {
 			uint8_t sk[QUEUE_SCHED_KEY_LEN];
-			queue_sched_key(req->arrival, req->qid, sk);
+			queue_sched_key(req->due, req->qid, sk);
 			MDB_val skv = {sizeof sk, sk};
 			rc = mdb_del(txn, q->dbi_sched, &skv, NULL);
 		}
@@ -713,7 +719,7 @@ static void unindex(struct queue *q, struct queue_req *batch)
 	}
 	if (rc == 0)
 		rc = mdb_txn_commit(txn);
-	else
+	else if (txn)
 		mdb_txn_abort(txn);
 	if (rc)
 		log_err("queue: cannot take back failed records: %s",
@@ -951,7 +957,9 @@ static struct queue_op *apply_ops(struct queue *q, struct queue_op *ops,
                                   uint64_t *syncs)
 {
 	struct queue_op *last = NULL;
-	MDB_txn *txn;
+	/* NULL: a failed mdb_txn_begin (MDB_MAP_RESIZED when another process
+	 * grew the map) leaves it unset, and aborting garbage crashed. */
+	MDB_txn *txn = NULL;
 	int rc = mdb_txn_begin(q->env, NULL, 0, &txn);
 	for (struct queue_op *op = ops; op; op = op->next) {
 		last = op;
@@ -985,7 +993,7 @@ static struct queue_op *apply_ops(struct queue *q, struct queue_op *ops,
 			(*syncs)++;
 			rc = mdb_env_sync(q->env, 1);
 		}
-	} else {
+	} else if (txn) {
 		mdb_txn_abort(txn);
 	}
 	if (rc) {
@@ -1496,6 +1504,10 @@ static int recover_index(struct queue *q, size_t *nmsg, size_t *repaired,
 				queue_sched_key(due, qid, want);
 				if (due >= 0 && memcmp(want, k.mv_data, sizeof want) == 0)
 					continue;
+				/* A repair like any other: one log line, counted
+				 * (it used to go silently). */
+				log_warn("%s: dropped a stale schedule entry", qid);
+				(*repaired)++;
 			} else if (rc != MDB_NOTFOUND) {
 				goto abort;
 			}

@@ -106,6 +106,11 @@ int64_t queue_msg_due(const struct queue_msg *m)
 		if (r->state != QUEUE_RCPT_PENDING && r->state != QUEUE_RCPT_DEFERRED)
 			continue;
 		int64_t t = r->next_attempt ? r->next_attempt : m->arrival;
+		/* A negative time is due at once (the schedule key clamps it to
+		 * 0 too); left negative it read as "nothing left", and recovery
+		 * removed the message, body and all. */
+		if (t < 0)
+			t = 0;
 		if (due < 0 || t < due)
 			due = t;
 	}
