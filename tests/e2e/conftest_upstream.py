@@ -33,7 +33,8 @@ from conftest import wait_until
 from dsn import parse_dsn
 from upstream import TLS_NAME, Upstream, make_test_ca, new_upstream_dir
 
-__all__ = ["test_ca", "upstream_factory", "relay_to"]
+__all__ = ["test_ca", "upstream_factory", "relay_to",
+           "pytest_runtest_makereport"]
 
 SENDER = "sender@client.test"
 
@@ -45,9 +46,26 @@ def test_ca(tmp_path_factory):
     return make_test_ca(str(tmp_path_factory.mktemp("ca")))
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """When a delivery test fails, its report ends with the tail of each
+    relayd log and upstream stderr it used (their files are removed at
+    teardown)."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when != "call" or not rep.failed:
+        return
+    for i, r in enumerate(getattr(item, "_delivery_relays", [])):
+        rep.sections.append(("relayd %d log (tail)" % i, r.log_text()[-6000:]))
+    for i, u in enumerate(getattr(item, "_delivery_upstreams", [])):
+        rep.sections.append(("upstream %d %s (tail)" % (i, u.smarthost),
+                             u.stderr_text()[-4000:]))
+
+
 @pytest.fixture
-def upstream_factory(test_ca):
+def upstream_factory(test_ca, request):
     made = []
+    request.node._delivery_upstreams = made
 
     def make(start=True, **kw):
         u = Upstream(new_upstream_dir(), test_ca, **kw)
@@ -70,9 +88,11 @@ def upstream_factory(test_ca):
 
 
 @pytest.fixture
-def relay_to(upstream_factory, relayd_factory, test_ca, tmp_path):
+def relay_to(upstream_factory, relayd_factory, test_ca, tmp_path, request):
     # upstream_factory comes first so that relayd is stopped before the
     # upstreams are.
+    relays = request.node._delivery_relays = []
+
     def make(upstream, start=True, env=None, spool=None, user=None,
              password=None, password_via="file", **conf):
         base = {
@@ -101,8 +121,11 @@ def relay_to(upstream_factory, relayd_factory, test_ca, tmp_path):
                 base["smarthost_password_file"] = path
         base.update(conf)
         base = {k: v for k, v in base.items() if v is not None}
-        return relayd_factory(start=start, env=env or None, spool=spool,
-                              **base)
+        r = relayd_factory(start=False, spool=spool, **base)
+        relays.append(r)
+        if start:
+            r.start(env=env or None)
+        return r
 
     return make
 
@@ -172,10 +195,12 @@ def rcpt_entry(entry, addr):
 
 
 def wait_gone(relayd, qid, timeout=30.0):
-    """Waits until qid is no longer listed."""
+    """Waits until qid is no longer listed and `QID: removed` is logged
+    (after every status line of the message)."""
     try:
-        wait_until(lambda: queue_entry(relayd, qid) is None, timeout=timeout,
-                   step=0.1, what="%s to leave the queue" % qid)
+        wait_until(lambda: queue_entry(relayd, qid) is None
+                   and removed(relayd, qid), timeout=timeout, step=0.1,
+                   what="%s to leave the queue, and '%s: removed'" % (qid, qid))
     except AssertionError as e:
         raise AssertionError("%s: %r\nlog:\n%s" % (
             e, queue_entry(relayd, qid), relayd.log_text()[-4000:]))
@@ -251,10 +276,26 @@ def wait_log(relayd, regex, timeout=30.0, count=1):
     return found
 
 
-def wait_status(relayd, qid, rcpt, status, timeout=30.0, count=1):
-    return wait_log(relayd, r"\b%s: to=<%s>,.*\bstatus=%s\b" % (
-        re.escape(qid), re.escape(rcpt), status), timeout=timeout,
-        count=count)
+def wait_status(relayd, qid, rcpt, status, timeout=30.0, count=1,
+                fail_on=()):
+    """Waits for count `QID: to=<rcpt>, ... status=STATUS` lines; fails at
+    once when a status in fail_on shows up for that recipient instead."""
+    def check():
+        for st, line in delivery_lines(relayd, qid, rcpt):
+            if st in fail_on:
+                raise AssertionError("%s got status=%s:\n%s\nlog:\n%s" % (
+                    rcpt, st, line, relayd.log_text()[-3000:]))
+        return sum(1 for st, _ in delivery_lines(relayd, qid, rcpt)
+                   if st == status) >= count
+    try:
+        wait_until(check, timeout=timeout, step=0.05,
+                   what="%d status=%s line(s) for %s of %s" % (
+                       count, status, rcpt, qid))
+    except AssertionError as e:
+        if "timed out" not in str(e):
+            raise
+        raise AssertionError("%s\nlog:\n%s" % (e, relayd.log_text()[-4000:]))
+    return delivery_lines(relayd, qid, rcpt)
 
 
 def removed(relayd, qid):
@@ -310,7 +351,8 @@ def wait_dsn(upstream, qid, timeout=30.0):
     return rec, parse_dsn(rec["data"])
 
 
-def settle(relayd, upstream, sender=SENDER, rcpt="sentinel@dest.test"):
+def settle(relayd, upstream, sender="settle@client.test",
+           rcpt="sentinel@dest.test"):
     """Sends one more message and waits until it arrives and is removed:
     anything relayd had queued before it (a DSN it should not have sent)
     has had its chance to arrive too. Returns the sentinel's queue id."""
@@ -319,3 +361,15 @@ def settle(relayd, upstream, sender=SENDER, rcpt="sentinel@dest.test"):
     upstream.wait_messages(1, match=lambda r: message_id(r["data"]) == mid)
     wait_gone(relayd, qid)
     return qid
+
+
+def assert_same_bytes(got, want, what="message"):
+    """got == want, or an error naming the first difference."""
+    if got == want:
+        return
+    n = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b),
+             min(len(got), len(want)))
+    raise AssertionError(
+        "%s differs at byte %d (got %d bytes, want %d):\n got  %r\n want %r"
+        % (what, n, len(got), len(want), got[max(0, n - 60):n + 60],
+           want[max(0, n - 60):n + 60]))

@@ -72,7 +72,17 @@ import subprocess
 import tempfile
 import time
 
-from conftest import _next_endpoint, wait_until
+
+def _conftest():
+    """tests/e2e/conftest.py, for its address picking and bounded waits.
+    Imported when first needed: conftest.py imports conftest_upstream.py,
+    which imports this module."""
+    import conftest
+    return conftest
+
+
+def wait_until(*args, **kw):
+    return _conftest().wait_until(*args, **kw)
 
 PYTHON = "/usr/bin/python3"
 SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -168,7 +178,7 @@ class Upstream:
         self.cert = cert
         self.users = dict(users or {})
         self.mechs = tuple(mechs)
-        self.addr, self.port = endpoint or _next_endpoint()
+        self.addr, self.port = endpoint or _conftest()._next_endpoint()
         self.record = os.path.join(workdir, "record")
         self.behaviour_path = os.path.join(workdir, "behaviour.json")
         self.users_path = os.path.join(workdir, "users.json")

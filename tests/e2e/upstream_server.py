@@ -185,6 +185,7 @@ class UpstreamSMTP(SMTP):
         self._data_seen = 0
         self._drop_at = None
         self._dropped = False
+        self.mail_auth_param = None
         super().__init__(**kw)
 
     # ---- the connection record ----
@@ -326,6 +327,19 @@ class UpstreamSMTP(SMTP):
         self.conn["greeting"] = "220"
         await super()._handle_client()
 
+    async def smtp_MAIL(self, arg):
+        # RFC 4954 §5: a server that offers AUTH accepts MAIL's AUTH=
+        # parameter; aiosmtpd 1.4 answers 555 to it. Set it aside (the
+        # handler records it with the other options).
+        self.mail_auth_param = None
+        if arg:
+            words = arg.split(" ")
+            keep = [w for w in words[1:] if not w.upper().startswith("AUTH=")]
+            if len(keep) < len(words) - 1:
+                self.mail_auth_param = [w for w in words[1:] if w not in keep][0]
+                arg = " ".join(words[:1] + keep)
+        await super().smtp_MAIL(arg)
+
     async def smtp_STARTTLS(self, arg):
         try:
             await super().smtp_STARTTLS(arg)
@@ -385,6 +399,8 @@ class Handler:
         if r.startswith("2"):
             envelope.mail_from = address
             envelope.mail_options.extend(options)
+            if server.mail_auth_param:
+                envelope.mail_options.append(server.mail_auth_param)
             envelope.rcpt_rejected = []
         return r
 
