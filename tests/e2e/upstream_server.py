@@ -201,11 +201,11 @@ class UpstreamSMTP(SMTP):
         return self.implicit or self._tls_protocol is not None
 
     def connection_made(self, transport):
-        first = self.conn is None or "opened_smtp" not in self.conn
+        # Called again when STARTTLS completes, with the TLS transport.
+        first = self not in self.st.open
         if self.conn is None:
             self._new_conn(transport)
         if first:
-            self.conn["opened_smtp"] = True
             self.st.open.add(self)
             self.conn["concurrent"] = len(self.st.open)
         super().connection_made(transport)
@@ -537,7 +537,16 @@ async def serve(args):
     os.replace(args.ready + ".tmp", args.ready)
     note("listening on %s (tls %s, auth %s, mechanisms %s)", args.listen,
          args.tls, "required" if auth else "off", ",".join(mechs) or "-")
-    await stop.wait()
+    # Never outlive the test run that started us (a killed pytest leaves
+    # no teardown behind).
+    parent = os.getppid()
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=0.5)
+        except asyncio.TimeoutError:
+            if os.getppid() != parent:
+                note("parent %d gone; stopping", parent)
+                stop.set()
     server.close()
     for c in list(state.open):
         if c.transport is not None:
