@@ -18,7 +18,7 @@ from upstream import TLS_NAME
 NO_SUCH_USER = "550 5.1.1 <bad@dest.test>: Recipient address rejected: no such user"
 
 
-def check_common(d, rec, qid, up):
+def check_common(d, rec, qid):
     """What every DSN about qid carries, whatever happened."""
     assert rec["mail_from"] == "" and rec["rcpt_tos"] == [SENDER]
     assert d.msg["From"] is not None and d.msg["Date"] is not None
@@ -47,7 +47,7 @@ def test_550_for_one_of_three(upstream_factory, relay_to):
     qid = submit(r, SENDER, ["good1@dest.test", "bad@dest.test",
                              "good2@dest.test"], content)
     rec, d = wait_dsn(up, qid)
-    check_common(d, rec, qid, up)
+    check_common(d, rec, qid)
     arrival = email.utils.parsedate_to_datetime(d.fields["arrival-date"])
     assert t0 - 60 <= arrival.timestamp() <= time.time() + 60
 
@@ -91,7 +91,7 @@ def test_552_after_data_bounces_every_recipient(upstream_factory, relay_to):
     rcpts = ["x@dest.test", "y@dest.test"]
     qid = submit(r, SENDER, rcpts, content)
     rec, d = wait_dsn(up, qid)
-    check_common(d, rec, qid, up)
+    check_common(d, rec, qid)
     assert d.final_recipients() == rcpts
     for a in rcpts:
         b = d.recipient(a)
@@ -133,7 +133,7 @@ def test_queue_lifetime_expiry(upstream_factory, relay_to):
     content, mid = make_message("never gets through")
     qid = submit(r, SENDER, ["slow@dest.test"], content)
     rec, d = wait_dsn(up, qid)
-    check_common(d, rec, qid, up)
+    check_common(d, rec, qid)
     b = d.recipient("slow@dest.test")
     assert b["action"] == "failed" and b["status"] == "4.4.7", b
     wait_gone(r, qid)
@@ -150,7 +150,7 @@ def test_delay_warning_then_delivery(upstream_factory, relay_to):
     content, mid = make_message("slow but sure")
     qid = submit(r, SENDER, ["later@dest.test"], content)
     rec, d = wait_dsn(up, qid)
-    check_common(d, rec, qid, up)
+    check_common(d, rec, qid)
     b = d.recipient("later@dest.test")
     assert b["action"] == "delayed", b
     assert b["status"].startswith("4."), b
@@ -180,7 +180,7 @@ def test_ret_full_hdrs_and_default(upstream_factory, relay_to):
                             mail_options=opts), mid, content)
     for ret, (qid, mid, content) in qids.items():
         rec, d = wait_dsn(up, qid)
-        check_common(d, rec, qid, up)
+        check_common(d, rec, qid)
         assert d.recipient("bad@dest.test")["status"] == "5.1.1"
         assert d.returned["Message-ID"] == mid
         assert d.returned["Subject"] == "ret %s" % ret
@@ -206,7 +206,7 @@ def test_notify_never(upstream_factory, relay_to):
     q_mixed = submit(r, SENDER, ["never@dest.test", "bad@dest.test"], mixed,
                      rcpt_options=never)
     rec, d = wait_dsn(up, q_mixed)
-    check_common(d, rec, q_mixed, up)
+    check_common(d, rec, q_mixed)
     assert d.final_recipients() == ["bad@dest.test"]
     wait_gone(r, q_alone)
     wait_gone(r, q_mixed)
@@ -225,6 +225,6 @@ def test_envid_is_original_envelope_id(upstream_factory, relay_to):
     qid = submit(r, SENDER, ["bad@dest.test"], content,
                  mail_options=["ENVID=client-env-42"])
     rec, d = wait_dsn(up, qid)
-    check_common(d, rec, qid, up)
+    check_common(d, rec, qid)
     assert d.fields.get("original-envelope-id") == "client-env-42", d.fields
     wait_log(r, r"\b%s: removed\b" % qid)

@@ -16,7 +16,11 @@ own 127.0.x.y address and port, stopped by its PID; every wait is bounded.
                                   also the ones whose DATA got a non-2xx)
   u.wait_messages(n, timeout, match=None)
   u.connections()                 one record per connection
-  u.stop() / u.kill()
+  u.wait_connections(n, timeout)
+  u.commands_in_clear()           [(connection seq, verb)] sent before TLS
+  u.mail_in_clear()               the MAIL/RCPT/DATA/BDAT/AUTH among them
+  u.stop() / u.kill()             by PID (the server also stops by itself
+                                  when the process that started it is gone)
 
 Behaviour file (JSON object; absent keys mean the defaults). A reply spec
 is a string (that reply every time), a list (one per use, in order, then
@@ -47,6 +51,12 @@ lists. A reply starting with 421 closes the connection after it is sent.
                                 MAIL gets REPLY (default 421, which closes)
 Defaults: 220 greeting, "250 2.1.0 Ok", "250 2.1.5 Ok",
 "250 2.0.0 Ok: queued as N".
+
+What aiosmtpd 1.4 offers a client: EHLO with SIZE, 8BITMIME, SMTPUTF8,
+STARTTLS (starttls mode, before TLS) and AUTH (after TLS, or always in
+"none" mode); no PIPELINING, DSN or CHUNKING ("ehlo_add" only advertises).
+MAIL parameters other than SIZE, BODY, SMTPUTF8 and AUTH, and every RCPT
+parameter, get 555; a DATA line over 1000 bytes gets 500.
 
 Records (under workdir/record):
   msg/NNNNNN.json + .eml  one per completed DATA: seq, conn (connection
