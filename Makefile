@@ -15,7 +15,7 @@ DEPS_BUILD := build-essential pkg-config libuv1-dev liblmdb-dev libc-ares-dev \
               libssl-dev libopendkim-dev
 # Only what today's tests use; the delivery and TLS work adds its peers
 # (aiosmtpd, dkimpy, dnsmasq, openssl) with the tests that need them.
-DEPS_TEST  := libcmocka-dev python3 python3-pytest swaks mount
+DEPS_TEST  := libcmocka-dev python3 python3-pytest swaks mount python3-aiosmtpd openssl
 DEPS_BENCH := postfix
 
 ifeq ($(SANITIZE),1)

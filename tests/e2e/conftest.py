@@ -412,3 +412,6 @@ def show_json(relayd, qid):
     import json
     r = relayd.relayctl("show", qid, "--json")
     return json.loads(r.stdout.decode())
+
+
+from conftest_upstream import *  # noqa: E402,F401,F403 (delivery-test fixtures)
