@@ -46,6 +46,9 @@ struct busy {
 	char qid[QUEUE_ID_SIZE];
 	struct deliver_job *job;   /* NULL: an index change is on its way */
 	bool in_session;
+	/* uv_now() ms until which the message is left alone after its
+	 * index change failed (no resend loop on a full disk); 0: none. */
+	uint64_t cool_until;
 };
 
 struct snode {
@@ -286,6 +289,21 @@ static struct busy *busy_add(struct deliver *d, const char *qid)
 	return b;
 }
 
+static void busy_del(struct deliver *d, const char *qid);
+
+/* Whether qid is taken; an expired cool-down ends here. */
+static bool busy_is(struct deliver *d, const char *qid, uint64_t now)
+{
+	struct busy *b = busy_find(d, qid);
+	if (!b)
+		return false;
+	if (b->cool_until && b->cool_until <= now && !b->job) {
+		busy_del(d, qid);
+		return false;
+	}
+	return true;
+}
+
 static void busy_del(struct deliver *d, const char *qid)
 {
 	for (struct busy **p = &d->busy[busy_hash(qid)]; *p; p = &(*p)->next) {
@@ -361,6 +379,7 @@ static void job_free(struct deliver_job *j)
 	free(j->notify);
 	free(j->orcpt);
 	free(j->notify_txt);
+	free(j->sender);
 	free(j);
 }
 
@@ -423,8 +442,15 @@ static struct deliver_job *job_new(struct deliver *d, struct queue_msg *m)
 	}
 	/* Null senders stay null: a bounce is never given an address to
 	 * bounce back to. */
-	j->cm.sender = m->sender[0] && d->cfg->rewrite_sender
-	               ? d->cfg->rewrite_sender : m->sender;
+	if (m->sender[0] && d->cfg->rewrite_sender) {
+		/* A copy: a SIGHUP may free the settings while j waits. */
+		j->sender = strdup(d->cfg->rewrite_sender);
+		if (!j->sender) {
+			job_free(j);
+			return NULL;
+		}
+	}
+	j->cm.sender = j->sender ? j->sender : m->sender;
 	j->cm.size = m->size;
 	j->cm.body_8bit = m->flags & (QUEUE_F_8BITMIME | QUEUE_F_BINARYMIME);
 	j->cm.smtputf8 = m->flags & QUEUE_F_SMTPUTF8;
@@ -454,7 +480,16 @@ static void change_cb(void *arg, int status)
 {
 	struct change *c = arg;
 	struct deliver *d = c->d;
-	busy_del(d, c->qid);
+	struct busy *b = busy_find(d, c->qid);
+	if (status && status != -ENOENT && b) {
+		/* The index still says "due": without a pause, the message
+		 * would be sent again at once, and again. */
+		b->cool_until = uv_now(d->loop) + d->cfg->retry_min;
+		b->job = NULL;
+		b->in_session = false;
+	} else {
+		busy_del(d, c->qid);
+	}
 	d->inflight--;
 	if (status == 0 && c->removed)
 		log_info("%s: removed", c->qid);
@@ -498,10 +533,11 @@ static int record(struct deliver *d, const struct queue_msg *m, bool remove,
 	}
 	b->job = NULL;
 	b->in_session = false;
+	b->cool_until = 0;
 	int r = c->removed ? queue_remove(d->q, m->qid, change_cb, c)
 	                   : queue_update(d->q, m, change_cb, c);
 	if (r) {
-		busy_del(d, m->qid);
+		b->cool_until = uv_now(d->loop) + d->cfg->retry_min;
 		free(c);
 		log_err("%s: cannot record the delivery state: %s", m->qid,
 		        strerror(-r));
@@ -529,10 +565,24 @@ struct dsn_work {
 	char host[256];
 	struct queue_body *body;
 	int err;
+	/* A failure report is durable before the original changes: the
+	 * original's new state (after) is recorded only once the DSN is
+	 * committed. If the DSN cannot be queued, the recipients it was
+	 * about (after_idx) are deferred instead, so nothing is lost. */
+	struct queue_msg *after;
+	bool after_remove;
+	size_t *after_idx, nafter;
+	deliver_ctl_reply_fn reply;
+	void *reply_arg;
+	char ok_text[96];
 };
+
+static void settle_after(struct deliver *d, struct dsn_work *w, bool dsn_ok);
 
 static void dsn_work_free(struct dsn_work *w)
 {
+	queue_msg_free(w->after);
+	free(w->after_idx);
 	for (size_t i = 0; i < w->nstrs; i++)
 		free(w->strs[i]);
 	free(w->strs);
@@ -625,6 +675,7 @@ static void dsn_committed(void *arg, int status)
 		        w->orig->qid, w->delayed ? "delay" : "non-delivery",
 		        strerror(-status));
 	}
+	settle_after(d, w, status == 0);
 	dsn_work_free(w);
 	maybe_done(d);
 }
@@ -657,6 +708,7 @@ static void dsn_composed(uv_work_t *req, int status)
 	        w->orig->qid, w->delayed ? "delay" : "non-delivery",
 	        strerror(-w->err));
 	d->inflight--;
+	settle_after(d, w, false);
 	dsn_work_free(w);
 	maybe_done(d);
 }
@@ -685,11 +737,80 @@ struct dsn_item {
 	bool remote;           /* last_reply came from the smarthost */
 };
 
+/* The original's new state, once its failure report is durable (or
+ * could not be made: then the recipients it was about are deferred). */
+static void settle_after(struct deliver *d, struct dsn_work *w, bool dsn_ok)
+{
+	struct queue_msg *m = w->after;
+	if (!m)
+		return;
+	w->after = NULL;
+	deliver_ctl_reply_fn reply = w->reply;
+	void *arg = w->reply_arg;
+	bool remove = w->after_remove;
+	if (!dsn_ok) {
+		int64_t next = wall_now() + (int64_t)(d->cfg->retry_min / 1000);
+		for (size_t k = 0; k < w->nafter; k++) {
+			struct queue_rcpt *r = &m->rcpt[w->after_idx[k]];
+			r->state = QUEUE_RCPT_DEFERRED;
+			r->next_attempt = next > wall_now() ? next : wall_now() + 1;
+		}
+		remove = false;
+		if (reply) {
+			char t[160];
+			snprintf(t, sizeof t, "err %s: the bounce could not be "
+			         "queued; the message stays", m->qid);
+			reply(arg, t);
+			reply = NULL;
+		}
+	}
+	if (record(d, m, remove, reply, arg, w->ok_text) && reply) {
+		char t[160];
+		snprintf(t, sizeof t, "err %s: cannot record the change", m->qid);
+		reply(arg, t);
+	}
+	queue_msg_free(m);
+}
+
+/*
+ * Queues one DSN about m for the recipients in items[]. To the envelope
+ * sender; for a null sender, to the postmaster when one is configured and
+ * the message was not already for the postmaster; otherwise there is none
+ * (a log line says so). Never loops: a DSN has the null sender itself.
+ *
+ * after (owned, may be NULL): m's new state, recorded (or removed, with
+ * remove) only once the DSN is committed, then reply(arg, "ok ok_text").
+ */
 static void send_dsn(struct deliver *d, const struct queue_msg *m,
                      const struct dsn_item *items, size_t n, bool delayed,
-                     int64_t retry_until)
+                     int64_t retry_until, struct queue_msg *after,
+                     bool remove, deliver_ctl_reply_fn reply, void *reply_arg,
+                     const char *ok_text)
 {
 	const char *to = m->sender;
+	struct dsn_work *w = calloc(1, sizeof *w);
+	if (!w) {
+		log_err("%s: no notification: out of memory", m->qid);
+		if (after) {   /* stays as it is in the index */
+			busy_del(d, after->qid);
+			queue_msg_free(after);
+		}
+		if (reply)
+			reply(reply_arg, "err out of memory");
+		return;
+	}
+	w->d = d;
+	w->after = after;
+	w->after_remove = remove;
+	w->reply = reply;
+	w->reply_arg = reply_arg;
+	snprintf(w->ok_text, sizeof w->ok_text, "%s", ok_text ? ok_text : "");
+	w->after_idx = calloc(n ? n : 1, sizeof *w->after_idx);
+	if (!w->after_idx)
+		goto fail;
+	for (size_t k = 0; k < n; k++)
+		w->after_idx[k] = items[k].i;
+	w->nafter = n;
 	if (!to[0]) {
 		bool for_pm = false;
 		for (size_t k = 0; k < m->nrcpt && d->cfg->postmaster; k++)
@@ -697,15 +818,13 @@ static void send_dsn(struct deliver *d, const struct queue_msg *m,
 		if (delayed || !d->cfg->postmaster || for_pm) {
 			log_info("%s: no %s notification: the sender is <>",
 			         m->qid, delayed ? "delay" : "non-delivery");
+			settle_after(d, w, true);
+			dsn_work_free(w);
 			return;
 		}
 		to = d->cfg->postmaster;
 	}
-	struct dsn_work *w = calloc(1, sizeof *w);
-	if (!w)
-		goto nomem;
 	w->w.data = w;
-	w->d = d;
 	w->delayed = delayed;
 	w->retry_until = retry_until;
 	/* RFC 3461 §4.3: RET=FULL asks for the whole message; without RET we
@@ -715,10 +834,10 @@ static void send_dsn(struct deliver *d, const struct queue_msg *m,
 	snprintf(w->host, sizeof w->host, "%s", d->cfg->hostname);
 	w->orig = queue_msg_dup(m);
 	w->rcpt = calloc(n, sizeof *w->rcpt);
-	w->strs = calloc(n * 3, sizeof *w->strs);
+	w->strs = calloc(n * 4, sizeof *w->strs);
 	if (!w->orig || !w->rcpt || !w->strs ||
 	    queue_body_path(d->cfg->spool_dir, m->qid, w->path, sizeof w->path))
-		goto nomem;
+		goto fail;
 	for (size_t k = 0; k < n; k++) {
 		const struct queue_rcpt *r = &w->orig->rcpt[items[k].i];
 		struct deliver_dsn_rcpt *o = &w->rcpt[k];
@@ -726,7 +845,9 @@ static void send_dsn(struct deliver *d, const struct queue_msg *m,
 		o->orcpt = r->orcpt;
 		o->action = delayed ? DELIVER_DSN_DELAYED : DELIVER_DSN_FAILED;
 		o->status = keep(w, items[k].status);
-		o->remote_mta = items[k].remote ? d->cfg->host : NULL;
+		/* A copy: the settings may change (SIGHUP) while the report
+		 * is composed on a pool thread. */
+		o->remote_mta = items[k].remote ? keep(w, d->cfg->host) : NULL;
 		o->diag = items[k].remote ? r->last_reply : NULL;
 		o->reason = keep(w, items[k].reason ? items[k].reason :
 		                 (!items[k].remote ? r->last_reply : NULL));
@@ -737,22 +858,19 @@ static void send_dsn(struct deliver *d, const struct queue_msg *m,
 	int r = queue_body_open(d->q, w->newqid, &w->body);
 	if (r) {
 		log_err("%s: cannot queue a notification: %s", m->qid, strerror(-r));
-		dsn_work_free(w);
-		return;
+		goto fail;
 	}
 	r = uv_queue_work(d->loop, &w->w, dsn_compose, dsn_composed);
 	if (r < 0) {
 		queue_body_abort(w->body);
 		log_err("%s: cannot queue a notification: %s", m->qid, uv_strerror(r));
-		dsn_work_free(w);
-		return;
+		goto fail;
 	}
 	d->inflight++;
 	return;
-nomem:
-	log_err("%s: no notification: out of memory", m->qid);
-	if (w)
-		dsn_work_free(w);
+fail:
+	settle_after(d, w, false);
+	dsn_work_free(w);
 }
 
 static bool wants(const struct queue_rcpt *r, uint8_t bit)
@@ -811,31 +929,40 @@ static void log_result(const struct queue_msg *m, const struct queue_rcpt *r,
 	         delay, queued < 0 ? 0 : queued, conn, xfer, dsn, status, esc);
 }
 
+/* Seconds since arrival, never negative (the wall clock may step back). */
+static uint64_t age_ms(const struct queue_msg *m, int64_t now)
+{
+	return now > m->arrival ? (uint64_t)(now - m->arrival) * 1000 : 0;
+}
+
 /*
- * Applies one attempt's outcome to job j's message and records it:
- * results[k] for recipient j->idx[k]. route_until (unix seconds, or 0):
- * the route is paused until then, so deferred recipients wait for it.
+ * Applies one attempt's outcome to job j's message: results[k] for
+ * recipient j->idx[k]. temp: the attempt failed as a whole (session,
+ * TLS, AUTH, shutdown of the route): every recipient is deferred whatever
+ * the reply says. A "delayed" DSN goes out here; the failure report's
+ * items are returned in *fail (the caller records the message after the
+ * report is durable: settle()).
  */
 static void finish(struct deliver *d, struct deliver_job *j,
                    const struct deliver_reply *const *results,
                    const char *relay, const struct deliver_times *t,
-                   bool remote)
+                   bool temp, struct dsn_item *fail, size_t *nfail)
 {
 	struct queue_msg *m = j->m;
 	struct deliver_cfg *g = d->cfg;
 	int64_t now = wall_now();
-	bool expired = (uint64_t)(now - m->arrival) * 1000 >= g->lifetime;
-	struct dsn_item *fail = calloc(j->n ? j->n : 1, sizeof *fail);
+	bool expired = age_ms(m, now) >= g->lifetime;
 	struct dsn_item *late = calloc(j->n ? j->n : 1, sizeof *late);
-	size_t nfail = 0, nlate = 0;
+	size_t nlate = 0;
 	char st[16];
 
+	*nfail = 0;
 	for (size_t k = 0; k < j->n; k++) {
 		struct queue_rcpt *r = &m->rcpt[j->idx[k]];
 		const struct deliver_reply *rep = results[k];
-		int code = reply_code(rep);
+		int code = temp ? 0 : reply_code(rep);
 		struct deliver_reply local;
-		if (rep->code == 0 && code) {
+		if (!temp && rep->code == 0 && code) {
 			/* Our own refusal ("553 5.6.7 ..."): its code counts. */
 			local = *rep;
 			local.code = code;
@@ -844,6 +971,9 @@ static void finish(struct deliver *d, struct deliver_job *j,
 		r->attempts++;
 		set_reply(r, rep->text);
 		deliver_reply_status(rep, st);
+		if (temp || (code >= 400 && code < 500) || code == 0)
+			if (st[0] != '4')
+				snprintf(st, sizeof st, "4.0.0");
 		if (code >= 200 && code < 300) {
 			r->state = QUEUE_RCPT_SENT;
 			d->n_sent++;
@@ -856,18 +986,17 @@ static void finish(struct deliver *d, struct deliver_job *j,
 			if (code >= 500)
 				snprintf(why, sizeof why, "%s", rep->text);
 			else
-				snprintf(why, sizeof why, "message expired after %" PRId64
+				snprintf(why, sizeof why, "message expired after %" PRIu64
 				         " s in the queue; last reply: %s",
-				         now - m->arrival, rep->text);
+				         age_ms(m, now) / 1000, rep->text);
 			log_result(m, r, relay, t, status, "bounced", why);
-			if (fail && wants(r, QUEUE_NOTIFY_FAILURE)) {
-				fail[nfail].i = j->idx[k];
-				snprintf(fail[nfail].status, sizeof fail[nfail].status,
-				         "%s", status);
-				fail[nfail].reason = code >= 500 ? NULL :
-				                     "the message expired in the queue";
-				fail[nfail].remote = remote && code;
-				nfail++;
+			if (wants(r, QUEUE_NOTIFY_FAILURE)) {
+				struct dsn_item *it = &fail[(*nfail)++];
+				it->i = j->idx[k];
+				snprintf(it->status, sizeof it->status, "%s", status);
+				it->reason = code >= 500 ? NULL :
+				             "the message expired in the queue";
+				it->remote = !temp && code;
 			}
 		} else {
 			r->state = QUEUE_RCPT_DEFERRED;
@@ -891,38 +1020,97 @@ static void finish(struct deliver *d, struct deliver_job *j,
 			r->next_attempt = next;
 			log_result(m, r, relay, t, st, "deferred", rep->text);
 			if (late && g->warn_after && !(m->flags & QUEUE_F_WARNED) &&
-			    (uint64_t)(now - m->arrival) * 1000 >= g->warn_after &&
+			    age_ms(m, now) >= g->warn_after &&
 			    wants(r, QUEUE_NOTIFY_DELAY)) {
 				late[nlate].i = j->idx[k];
 				snprintf(late[nlate].status, sizeof late[nlate].status,
 				         "%s", st);
-				late[nlate].remote = remote && code;
+				late[nlate].remote = !temp && code;
 				nlate++;
 			}
 		}
 	}
-	if (nfail)
-		send_dsn(d, m, fail, nfail, false, 0);
 	if (nlate) {
 		m->flags |= QUEUE_F_WARNED;
 		send_dsn(d, m, late, nlate, true,
-		         m->arrival + (int64_t)(g->lifetime / 1000));
-	} else if (g->warn_after &&
-	           (uint64_t)(now - m->arrival) * 1000 >= g->warn_after) {
+		         m->arrival + (int64_t)(g->lifetime / 1000), NULL, false,
+		         NULL, NULL, NULL);
+	} else if (g->warn_after && age_ms(m, now) >= g->warn_after) {
 		m->flags |= QUEUE_F_WARNED;   /* nobody wanted one */
 	}
-	free(fail);
 	free(late);
 }
 
-/* Operator actions that waited for the attempt. */
-static bool apply_pending(struct deliver *d, struct deliver_job *j);
-
-static void job_end(struct deliver *d, struct deliver_job *j)
+/* Records m (owned) - or removes it - after the failure report about
+ * fail[] is durable, then answers reply(arg, "ok ok_text"). */
+static void settle(struct deliver *d, struct queue_msg *m, bool remove,
+                   const struct dsn_item *fail, size_t nfail,
+                   deliver_ctl_reply_fn reply, void *arg, const char *ok_text)
 {
-	bool removed = apply_pending(d, j);
-	if (!removed)
-		record(d, j->m, false, NULL, NULL, NULL);
+	/* Busy until the change is durable: the schedule still has it. */
+	struct busy *b = busy_find(d, m->qid);
+	if (!b)
+		b = busy_add(d, m->qid);
+	if (b) {
+		b->job = NULL;          /* an index change is on its way */
+		b->in_session = false;
+	}
+	if (nfail) {
+		send_dsn(d, m, fail, nfail, false, 0, m, remove, reply, arg,
+		         ok_text);
+		return;
+	}
+	if (record(d, m, remove, reply, arg, ok_text) && reply) {
+		char t[160];
+		snprintf(t, sizeof t, "err %s: cannot record the change", m->qid);
+		reply(arg, t);
+	}
+	queue_msg_free(m);
+}
+
+/* relayctl bounce: every open recipient of m fails now; appended to
+ * fail[] (room for m->nrcpt). */
+static void fail_open(struct deliver *d, struct queue_msg *m, const char *why,
+                      struct dsn_item *fail, size_t *nfail)
+{
+	for (size_t i = 0; i < m->nrcpt; i++) {
+		struct queue_rcpt *r = &m->rcpt[i];
+		if (!rcpt_open(r))
+			continue;
+		r->state = QUEUE_RCPT_BOUNCED;
+		set_reply(r, why);
+		d->n_bounced++;
+		log_result(m, r, NULL, NULL, "5.0.0", "bounced", why);
+		if (wants(r, QUEUE_NOTIFY_FAILURE)) {
+			struct dsn_item *it = &fail[(*nfail)++];
+			it->i = i;
+			snprintf(it->status, sizeof it->status, "5.0.0");
+			it->reason = why;
+			it->remote = false;
+		}
+	}
+}
+
+/* The end of a job: operator actions that waited for it (hold, delete,
+ * bounce), then the record. fail[] has room for m->nrcpt items. */
+static void job_end(struct deliver *d, struct deliver_job *j,
+                    struct dsn_item *fail, size_t nfail)
+{
+	struct queue_msg *m = j->m;
+	j->m = NULL;
+	bool remove = false;
+	if (j->pend & DELIVER_PEND_DELETE) {
+		remove = true;
+		nfail = 0;   /* deleted by the operator: silently */
+	} else {
+		if (j->pend & DELIVER_PEND_BOUNCE) {
+			fail_open(d, m, "bounced by the operator", fail, &nfail);
+			remove = true;
+		}
+		if (j->pend & DELIVER_PEND_HOLD)
+			m->state = QUEUE_MSG_HOLD;
+	}
+	settle(d, m, remove, fail, nfail, NULL, NULL, NULL);
 	job_free(j);
 }
 
@@ -930,45 +1118,63 @@ void deliver_job_done(struct deliver *d, struct deliver_job *j,
                       const struct deliver_reply *const *results,
                       const char *relay, const struct deliver_times *t)
 {
+	struct dsn_item *fail = calloc(j->m->nrcpt ? j->m->nrcpt : 1,
+	                               sizeof *fail);
+	size_t nfail = 0;
+	if (!fail) {
+		busy_del(d, j->m->qid);   /* retried: a duplicate, not a loss */
+		job_free(j);
+		return;
+	}
 	d->n_attempts++;
-	finish(d, j, results, relay, t, true);
-	job_end(d, j);
+	finish(d, j, results, relay, t, false, fail, &nfail);
+	job_end(d, j, fail, nfail);
+	free(fail);
 }
 
 void deliver_job_failed(struct deliver *d, struct deliver_job *j,
                         const struct deliver_reply *r, const char *relay)
 {
+	struct dsn_item *fail = calloc(j->m->nrcpt ? j->m->nrcpt : 1,
+	                               sizeof *fail);
+	size_t nfail = 0;
+	if (!fail) {
+		busy_del(d, j->m->qid);
+		job_free(j);
+		return;
+	}
 	if (d->stopping) {
 		/* Shutdown cut the attempt off: the message stays as it is in
 		 * the index and is tried first thing after the restart (if the
 		 * smarthost had taken it already, that is a duplicate, never a
-		 * loss). */
-		busy_del(d, j->m->qid);
-		job_free(j);
+		 * loss) - unless the operator acted on it meanwhile: that was
+		 * acknowledged and is recorded now. */
+		if (j->pend)
+			job_end(d, j, fail, 0);
+		else {
+			busy_del(d, j->m->qid);
+			job_free(j);
+		}
+		free(fail);
 		return;
 	}
 	/* Whatever went wrong with the session is temporary for every
-	 * recipient (never a bounce for a connection, TLS or AUTH problem). */
-	struct deliver_reply tmp = *r;
-	if (tmp.code >= 500 || tmp.code == 0) {
-		tmp.code = 0;
-		if (r->code >= 500)
-			snprintf(tmp.text, sizeof tmp.text, "%s", r->text);
-	}
-	if (tmp.code == 0 && reply_code(&tmp) >= 500)
-		memmove(tmp.text, tmp.text + 4, strlen(tmp.text + 4) + 1);
+	 * recipient, whatever its code (never a bounce, nor a "sent", for a
+	 * connection, TLS or AUTH problem or an unexpected reply). */
 	const struct deliver_reply **res = calloc(j->n ? j->n : 1, sizeof *res);
 	if (!res) {
 		busy_del(d, j->m->qid);
 		job_free(j);
+		free(fail);
 		return;
 	}
 	for (size_t k = 0; k < j->n; k++)
-		res[k] = &tmp;
+		res[k] = r;
 	d->n_attempts++;
-	finish(d, j, res, relay, NULL, false);
+	finish(d, j, res, relay, NULL, true, fail, &nfail);
 	free(res);
-	job_end(d, j);
+	job_end(d, j, fail, nfail);
+	free(fail);
 }
 
 /* ---- sessions and the route --------------------------------------------- */
@@ -1003,6 +1209,8 @@ void deliver_session_up(struct deliver *d, struct deliver_session *s)
 			n->up = true;
 			d->nconnecting--;
 		}
+	if (d->paused)
+		return;   /* started before the pause: proves nothing */
 	if (d->route_fails || d->probing)
 		log_info("smarthost %s:%u: delivering again", d->cfg->host,
 		         d->cfg->port);
@@ -1085,21 +1293,22 @@ void deliver_session_gone(struct deliver *d, struct deliver_session *s,
 	maybe_done(d);   /* last: it may free d */
 }
 
-static void start_session(struct deliver *d)
+static int start_session(struct deliver *d)
 {
 	struct snode *n = calloc(1, sizeof *n);
 	if (!n)
-		return;
+		return -ENOMEM;
 	int r = deliver_session_new(d, d->cfg, d->loop, &n->s);
 	if (r) {
 		log_err("smarthost: cannot start a session: %s", strerror(-r));
 		free(n);
-		return;
+		return r;
 	}
 	n->next = d->sessions;
 	d->sessions = n;
 	d->nsessions++;
 	d->nconnecting++;
+	return 0;
 }
 
 /* ---- the schedule ------------------------------------------------------- */
@@ -1147,7 +1356,7 @@ static int scan_cb(void *arg, const char *qid, int64_t due)
 	struct scan *s = arg;
 	if (++s->visited > s->max_visit)
 		return 1;
-	if (busy_find(s->d, qid))
+	if (busy_is(s->d, qid, uv_now(s->d->loop)))
 		return 0;
 	memcpy(s->ids[s->n++], qid, QUEUE_ID_SIZE);
 	return s->n >= s->want;
@@ -1191,7 +1400,7 @@ static void schedule(struct deliver *d)
 	size_t want_total = (size_t)slots * READY_PER_SESSION + 8;
 	while (d->flush && d->flush_pos < d->nflush && d->nready < want_total) {
 		const char *qid = d->flush[d->flush_pos++];
-		if (!busy_find(d, qid))
+		if (!busy_is(d, qid, nowms))
 			load(d, qid);
 	}
 	if (d->flush && d->flush_pos >= d->nflush) {
@@ -1226,8 +1435,14 @@ static void schedule(struct deliver *d)
 	 * than sessions on their way. */
 	for (struct snode *n = d->sessions; n && d->ready; n = n->next)
 		deliver_session_kick(n->s);
-	while (d->ready && d->nsessions < slots && d->nready > d->nconnecting)
-		start_session(d);
+	/* Not while the rate cap holds everything back: a session would only
+	 * connect, idle and leave (a reconnect storm at the provider). */
+	bool capped = rate_wait(&d->rate_min, nowms) ||
+	              rate_wait(&d->rate_hour, nowms);
+	while (!capped && d->ready && d->nsessions < slots &&
+	       d->nready > d->nconnecting)
+		if (start_session(d) < 0)
+			break;
 
 	uint64_t wait = SCAN_MAX_MS;
 	if (next >= 0) {
@@ -1255,44 +1470,6 @@ static void notify_cb(void *arg)
 }
 
 /* ---- operator actions --------------------------------------------------- */
-
-static void fail_open(struct deliver *d, struct queue_msg *m, const char *why)
-{
-	/* relayctl bounce: every open recipient fails now, with a DSN. */
-	struct dsn_item *items = calloc(m->nrcpt ? m->nrcpt : 1, sizeof *items);
-	size_t n = 0;
-	for (size_t i = 0; i < m->nrcpt; i++) {
-		struct queue_rcpt *r = &m->rcpt[i];
-		if (!rcpt_open(r))
-			continue;
-		r->state = QUEUE_RCPT_BOUNCED;
-		set_reply(r, why);
-		d->n_bounced++;
-		log_result(m, r, NULL, NULL, "5.0.0", "bounced", why);
-		if (items && wants(r, QUEUE_NOTIFY_FAILURE)) {
-			items[n].i = i;
-			snprintf(items[n].status, sizeof items[n].status, "5.0.0");
-			items[n].reason = why;
-			n++;
-		}
-	}
-	if (n)
-		send_dsn(d, m, items, n, false, 0);
-	free(items);
-}
-
-static bool apply_pending(struct deliver *d, struct deliver_job *j)
-{
-	if (j->pend & DELIVER_PEND_DELETE) {
-		record(d, j->m, true, NULL, NULL, NULL);
-		return true;
-	}
-	if (j->pend & DELIVER_PEND_BOUNCE)
-		fail_open(d, j->m, "bounced by the operator");
-	if (j->pend & DELIVER_PEND_HOLD)
-		j->m->state = QUEUE_MSG_HOLD;
-	return false;
-}
 
 /* Takes a message out of the ready list, if it is there. */
 static struct deliver_job *unready(struct deliver *d, const char *qid)
@@ -1417,6 +1594,8 @@ void deliver_ctl_run(struct deliver *d, const char *line,
 	int64_t now = wall_now();
 	char ok[96];
 	bool remove = false;
+	struct dsn_item *fail = NULL;
+	size_t nfail = 0;
 	switch (v) {
 	case 0:   /* flush */
 		if (m->state == QUEUE_MSG_HOLD) {
@@ -1449,7 +1628,13 @@ void deliver_ctl_run(struct deliver *d, const char *line,
 		snprintf(ok, sizeof ok, "%s: deleted", qid);
 		break;
 	case 4:   /* bounce */
-		fail_open(d, m, "bounced by the operator");
+		fail = calloc(m->nrcpt ? m->nrcpt : 1, sizeof *fail);
+		if (!fail) {
+			reply(arg, "err out of memory");
+			queue_msg_free(m);
+			return;
+		}
+		fail_open(d, m, "bounced by the operator", fail, &nfail);
 		remove = true;
 		snprintf(ok, sizeof ok, "%s: bounced", qid);
 		break;
@@ -1468,11 +1653,10 @@ void deliver_ctl_run(struct deliver *d, const char *line,
 		snprintf(ok, sizeof ok, "%s: requeued", qid);
 		break;
 	}
-	if (record(d, m, remove, reply, arg, ok)) {
-		snprintf(t, sizeof t, "err %s: cannot record the change", qid);
-		reply(arg, t);
-	}
-	queue_msg_free(m);
+	/* The reply goes out when the change (and a bounce's report) is
+	 * durable. */
+	settle(d, m, remove, fail, nfail, reply, arg, ok);
+	free(fail);
 }
 
 /* ---- stats -------------------------------------------------------------- */
@@ -1590,8 +1774,12 @@ int deliver_set_conf(struct deliver *d, const struct conf *conf)
 		log_err("SIGHUP: delivery settings kept: %s", err);
 		return -EINVAL;
 	}
-	if (rate_init(&d->rate_min, g->rate_minute, 60000) ||
-	    rate_init(&d->rate_hour, g->rate_hour, 3600000))
+	/* The windows keep their history unless the caps change (a nightly
+	 * logrotate HUP must not hand out a fresh hour). */
+	if ((g->rate_minute != d->cfg->rate_minute &&
+	     rate_init(&d->rate_min, g->rate_minute, 60000)) ||
+	    (g->rate_hour != d->cfg->rate_hour &&
+	     rate_init(&d->rate_hour, g->rate_hour, 3600000)))
 		log_warn("SIGHUP: smarthost_rate: out of memory");
 	deliver_cfg_unref(d->cfg);
 	d->cfg = g;

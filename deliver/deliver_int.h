@@ -59,6 +59,7 @@ struct deliver_job {
 	size_t *idx;                   /* their indices in m->rcpt */
 	const char **rcpt, **notify, **orcpt;
 	char (*notify_txt)[32];
+	char *sender;                  /* rewrite_sender's copy, or NULL */
 	struct deliver_client_msg cm;
 	char path[PATH_MAX];           /* the body */
 	uint64_t t_ready;              /* uv_now when it was loaded */

@@ -34,7 +34,9 @@
 #define REWRITE_MAX (1024 * 1024)
 /* Plaintext waiting to be written is bounded: commands are small, and the
  * body goes one chunk at a time. */
-#define OUT_LIMIT (4 * BODY_CHUNK)
+/* Bounded by what we append ourselves: a pipelined batch of RCPTs, one
+ * body chunk doubled by dot-stuffing, or a rewritten header section. */
+#define OUT_LIMIT (4 * REWRITE_MAX + 4 * BODY_CHUNK)
 
 struct wreq {
 	uv_write_t req;
@@ -385,6 +387,7 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 				return;
 		}
 		char tmp[16384];
+		int end = 0;   /* 1: close_notify, 2: TLS error */
 		for (;;) {
 			int n = SSL_read(s->ssl, tmp, sizeof tmp);
 			if (n > 0) {
@@ -394,16 +397,23 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 				continue;
 			}
 			int e = SSL_get_error(s->ssl, n);
-			if (e == SSL_ERROR_WANT_READ)
-				break;
-			if (e == SSL_ERROR_ZERO_RETURN) {
-				session_fail(s, !s->up, "TLS closed by %s", s->relay);
-				return;
-			}
-			tls_error(s, "read");
-			return;
+			if (e != SSL_ERROR_WANT_READ)
+				end = e == SSL_ERROR_ZERO_RETURN ? 1 : 2;
+			break;
 		}
 		drain_wbio(s);
+		if (end) {
+			/* Replies that came with the close count first (a 250
+			 * for the message must not be lost to the close). */
+			drive(s);
+			if (s->closing)
+				return;
+			if (end == 1)
+				session_fail(s, !s->up, "TLS closed by %s", s->relay);
+			else
+				tls_error(s, "read");
+			return;
+		}
 	}
 	drive(s);
 }
