@@ -13,9 +13,10 @@ PYTHON   := /usr/bin/python3
 # Debian packages the build, the tests and the benchmarks need.
 DEPS_BUILD := build-essential pkg-config libuv1-dev liblmdb-dev libc-ares-dev \
               libssl-dev libopendkim-dev
-# Only what today's tests use; the delivery and TLS work adds its peers
-# (aiosmtpd, dkimpy, dnsmasq, openssl) with the tests that need them.
-DEPS_TEST  := libcmocka-dev python3 python3-pytest swaks mount
+# Only what today's tests use; the delivery work adds its peers
+# (aiosmtpd, dkimpy, dnsmasq) with the tests that need them. openssl: the
+# TLS tests make their throw-away CA with it.
+DEPS_TEST  := libcmocka-dev python3 python3-pytest swaks mount openssl
 DEPS_BENCH := postfix
 
 ifeq ($(SANITIZE),1)
