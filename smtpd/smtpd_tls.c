@@ -18,12 +18,13 @@
  * AEAD first, then AES-CBC for older MTAs. Port 25 is opportunistic TLS
  * (RFC 7435): a peer refused here sends in plaintext instead, so the list
  * is wider than a web server's would be; RC4, 3DES, static RSA key
- * exchange, anonymous and export suites are never offered. TLS 1.3 uses
- * OpenSSL's default suites, all AEAD.
+ * exchange, anonymous, export and CCM8 (short tag) suites are never
+ * offered. TLS 1.3 uses OpenSSL's default suites, all AEAD.
  */
 #define TLS12_CIPHERS \
 	"ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:ECDHE+AES:DHE+AES:" \
-	"!aNULL:!eNULL:!MD5:!DSS:!PSK:!SRP:!RC4:!3DES:!CAMELLIA:!ARIA:!SEED"
+	"!aNULL:!eNULL:!MD5:!DSS:!PSK:!SRP:!RC4:!3DES:!CAMELLIA:!ARIA:!SEED:" \
+	"!AESCCM8"
 
 /* Sessions cached for TLS 1.2 resumption by id. OpenSSL's default
  * (20480) would let a connection flood pin tens of megabytes. */

@@ -259,3 +259,29 @@ def test_plaintext_listener_keeps_working_beside_tls(relayd_factory, ca):
     rec = _received(list(r.stored().values())[0])
     assert " with ESMTP id " in rec, rec
     assert os.path.exists(r.cert[0])
+
+
+def test_large_message_and_pipelining_over_tls(relayd_factory, ca):
+    """Flow control holds in TLS: a 6 MB body (many TLS records, more than
+    relayd buffers) and a burst of pipelined transactions arrive intact."""
+    r = tls_relayd(relayd_factory, ca)
+    line = b"0123456789abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRST\r\n"
+    body = b"Subject: big\r\n\r\n" + line * (6 * 1024 * 1024 // len(line))
+    with _SMTP_SSL(r.addr, r.ports["smtps"], timeout=30,
+                   context=ca.client_context()) as s:
+        s.sendmail("a@client.test", ["b@dest.test"], body)
+    with connect(r, "smtps", ca.client_context()) as c:
+        c.cmd("EHLO client.test")
+        burst = b""
+        for i in range(20):
+            burst += (b"MAIL FROM:<a@client.test>\r\nRCPT TO:<b%d@dest.test>\r\n"
+                      b"DATA\r\n" % i)
+            burst += b"Subject: %d\r\n\r\nsmall\r\n.\r\n" % i
+        c.send(burst)
+        reps = c.replies(20 * 4)
+        assert [x.code for x in reps] == [250, 250, 354, 250] * 20, reps
+    stored = r.stored()
+    assert len(stored) == 21
+    big = [v for v in stored.values() if len(v) > 1000000]
+    assert len(big) == 1 and big[0].endswith(line * 10)
+    assert big[0].count(line) == 6 * 1024 * 1024 // len(line)
