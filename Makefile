@@ -13,8 +13,9 @@ PYTHON   := /usr/bin/python3
 # Debian packages the build, the tests and the benchmarks need.
 DEPS_BUILD := build-essential pkg-config libuv1-dev liblmdb-dev libc-ares-dev \
               libssl-dev libopendkim-dev
-# Only what today's tests use; the delivery and TLS work adds its peers
-# (aiosmtpd, dkimpy, dnsmasq, openssl) with the tests that need them.
+# Only what today's tests use: aiosmtpd is the test smarthost, openssl
+# makes the tests' throw-away CAs (dkimpy and dnsmasq come with the DKIM
+# and direct-delivery work).
 DEPS_TEST  := libcmocka-dev python3 python3-pytest swaks mount python3-aiosmtpd openssl
 DEPS_BENCH := postfix
 

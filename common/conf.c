@@ -82,6 +82,12 @@ static const struct conf_enum bare_newline_vals[] = {
 	{NULL, 0}};
 static const struct conf_enum spool_sync_vals[] = {
 	{"syncfs", CONF_SYNC_SYNCFS}, {"fsync", CONF_SYNC_FSYNC}, {NULL, 0}};
+const char *const conf_listen_mode_names[CONF_LISTEN__COUNT] = {
+	[CONF_LISTEN_SMTP] = "smtp",
+	[CONF_LISTEN_SUBMISSION] = "submission",
+	[CONF_LISTEN_SMTPS] = "smtps",
+};
+
 static const struct conf_enum log_level_vals[] = {
 	{"error", LOG_ERR}, {"warning", LOG_WARN}, {"info", LOG_INFO},
 	{"debug", LOG_DEBUG}, {NULL, 0}};
@@ -98,7 +104,8 @@ static const struct conf_keydef conf_keys[] = {
 	{"hostname", CT_STRING, OFF(hostname), NULL, 0, 0, NULL, check_hostname,
 	 "name in the greeting, EHLO reply and Received: (default: gethostname())"},
 	{"listen", CT_LISTEN, OFF(listen), "127.0.0.1:2525", 0, 0, NULL, NULL,
-	 "comma-separated ADDR:PORT to accept SMTP on; IPv6 as [::1]:2525"},
+	 "comma-separated ADDR:PORT[/smtp|/submission|/smtps] to accept SMTP "
+	 "on; IPv6 as [::1]:2525"},
 	{"spool_dir", CT_STRING, OFF(spool_dir), "/var/spool/relayd", 0, 0, NULL,
 	 check_nonempty, "directory holding message bodies and the queue index"},
 	{"log_file", CT_STRING, OFF(log_file), "", 0, 0, NULL, NULL,
@@ -187,9 +194,15 @@ static const struct conf_keydef conf_keys[] = {
 	{"credentials_file", CT_STRING, OFF(credentials_file),
 	 "/etc/relayd/credentials", 0, 0, NULL, check_nonempty,
 	 "SMTP AUTH credentials, managed with 'relayctl user'"},
+	/* TLS for the listeners (smtpd/smtpd_tls.c); checked by conf_check. */
+	{"tls_cert_file", CT_STRING, OFF(tls_cert_file), "", 0, 0, NULL, NULL,
+	 "PEM certificate (with its chain) for STARTTLS and smtps; empty: no TLS"},
+	{"tls_key_file", CT_STRING, OFF(tls_key_file), "", 0, 0, NULL, NULL,
+	 "PEM private key of tls_cert_file"},
 };
 
 #define NKEYS (sizeof conf_keys / sizeof *conf_keys)
+_Static_assert(NKEYS <= CONF_KEYS_MAX, "raise CONF_KEYS_MAX");
 
 /* ---- small helpers ----------------------------------------------------- */
 
@@ -512,6 +525,26 @@ static int listen_item(void *ctx, const char *s, size_t n, char *msg,
 		fmt(msg, msglen, "empty address in list");
 		return -EINVAL;
 	}
+	/* ADDR:PORT/MODE; no suffix is smtp, so older files keep working. */
+	enum conf_listen_mode mode = CONF_LISTEN_SMTP;
+	const char *slash = memchr(s, '/', n);
+	if (slash) {
+		const char *m = slash + 1;
+		size_t ml = n - (size_t)(m - s);
+		int found = -1;
+		for (int i = 0; i < CONF_LISTEN__COUNT; i++)
+			if (strlen(conf_listen_mode_names[i]) == ml &&
+			    strncasecmp(m, conf_listen_mode_names[i], ml) == 0)
+				found = i;
+		if (found < 0) {
+			char qm[QUOTE_MAX];
+			fmt(msg, msglen, "unknown listener mode '%s' in '%s' (expected "
+			    "smtp, submission or smtps)", quote(qm, m, ml), q);
+			return -EINVAL;
+		}
+		mode = (enum conf_listen_mode)found;
+		n = (size_t)(slash - s);
+	}
 	if (s[0] == '[') {
 		const char *rb = memchr(s, ']', n);
 		if (!rb) {
@@ -578,7 +611,7 @@ static int listen_item(void *ctx, const char *s, size_t n, char *msg,
 	}
 	l->port = (uint16_t)pv;
 	l->ipv6 = v6;
-	l->mode = CONF_LISTEN_SMTP;
+	l->mode = mode;
 	for (size_t i = 0; i < ll->n; i++)
 		if (ll->l[i].port == l->port && strcmp(ll->l[i].host, l->host) == 0) {
 			fmt(msg, msglen, "duplicate address '%s'", q);
@@ -912,9 +945,14 @@ static int parse_line(struct conf *c, const char *name, size_t lineno,
 	((char *)val)[vlen] = '\0';
 
 	int rc = conf_set(c, key, val, msg, sizeof msg);
-	if (rc < 0)
+	if (rc < 0) {
 		fmt(err, errlen, "%s:%zu: %s", name, lineno, msg);
-	return rc;
+		return rc;
+	}
+	const struct conf_keydef *k = find_key(key);
+	c->set_at[k - conf_keys] = lineno < CONF_SET_ENV ? (uint32_t)lineno
+	                                                 : CONF_SET_ENV - 1;
+	return 0;
 }
 
 int conf_parse(struct conf *c, const char *name, const char *text, size_t len,
@@ -989,6 +1027,63 @@ int conf_apply_env(struct conf *c, char *const *envp, char *err, size_t errlen)
 			fmt(err, errlen, "environment %.*s: %s", (int)(eq - e), e, msg);
 			return rc;
 		}
+		c->set_at[k - conf_keys] = CONF_SET_ENV;
+	}
+	return 0;
+}
+
+/* ---- checks across keys ------------------------------------------------ */
+
+/* An error about key `ki`, prefixed with where it was set, in the forms of
+ * conf_parse ("file:line: key: why") and conf_apply_env. */
+static void where_fmt(const struct conf *c, const char *name, size_t ki,
+                      char *err, size_t errlen, const char *why)
+{
+	const char *key = conf_keys[ki].name;
+	uint32_t at = c->set_at[ki];
+	if (at == CONF_SET_ENV) {
+		char env[64];
+		size_t o = 0;
+		for (const char *p = key; *p && o + 1 < sizeof env; p++)
+			env[o++] = *p >= 'a' && *p <= 'z' ? (char)(*p - 32) : *p;
+		env[o] = '\0';
+		fmt(err, errlen, "environment " CONF_ENV_PREFIX "%s: %s", env, why);
+	} else if (at > 0) {
+		fmt(err, errlen, "%s:%u: %s: %s", name ? name : "(config)",
+		    (unsigned)at, key, why);
+	} else {
+		fmt(err, errlen, "%s: %s", key, why);
+	}
+}
+
+int conf_check(const struct conf *c, const char *name, char *err,
+               size_t errlen)
+{
+	char why[256];
+	size_t k_listen = (size_t)(find_key("listen") - conf_keys);
+	size_t k_cert = (size_t)(find_key("tls_cert_file") - conf_keys);
+	size_t k_key = (size_t)(find_key("tls_key_file") - conf_keys);
+	bool cert = c->tls_cert_file && *c->tls_cert_file;
+	bool key = c->tls_key_file && *c->tls_key_file;
+	if (cert && !key) {
+		where_fmt(c, name, k_cert, err, errlen, "needs tls_key_file as well");
+		return -EINVAL;
+	}
+	if (key && !cert) {
+		where_fmt(c, name, k_key, err, errlen, "needs tls_cert_file as well");
+		return -EINVAL;
+	}
+	for (size_t i = 0; i < c->nlisten && !cert; i++) {
+		const struct conf_listen *l = &c->listen[i];
+		if (l->mode != CONF_LISTEN_SMTPS)
+			continue;
+		/* RFC 8314 §3: TLS from the first byte; without a certificate
+		 * the port would accept connections and fail every one. */
+		fmt(why, sizeof why, "%s%s%s:%u/smtps is implicit TLS: it needs "
+		    "tls_cert_file and tls_key_file", l->ipv6 ? "[" : "", l->host,
+		    l->ipv6 ? "]" : "", l->port);
+		where_fmt(c, name, k_listen, err, errlen, why);
+		return -EINVAL;
 	}
 	return 0;
 }
@@ -1062,6 +1157,8 @@ int conf_load(struct conf *c, const char *path, char *err, size_t errlen)
 			goto fail;
 	}
 	if ((rc = conf_apply_env(c, environ, err, errlen)) < 0)
+		goto fail;
+	if ((rc = conf_check(c, path, err, errlen)) < 0)
 		goto fail;
 	return 0;
 fail:

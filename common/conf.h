@@ -24,7 +24,14 @@ enum conf_tls { CONF_TLS_AUTO, CONF_TLS_IMPLICIT, CONF_TLS_STARTTLS,
                 CONF_TLS_NONE };
 enum conf_bare_newline { CONF_BARE_REJECT, CONF_BARE_NORMALIZE };
 enum conf_spool_sync { CONF_SYNC_SYNCFS, CONF_SYNC_FSYNC };
-enum conf_listen_mode { CONF_LISTEN_SMTP };
+/* What a listener is for (`listen = ADDR:PORT/MODE`): smtp (relay and
+ * MX, STARTTLS offered when a certificate is set; the default), submission
+ * (RFC 6409: clients submitting mail, STARTTLS offered), smtps (implicit
+ * TLS from the first byte, RFC 8314; needs a certificate). */
+enum conf_listen_mode { CONF_LISTEN_SMTP, CONF_LISTEN_SUBMISSION,
+                        CONF_LISTEN_SMTPS, CONF_LISTEN__COUNT };
+/* "smtp", "submission", "smtps": the suffixes, also for log lines. */
+extern const char *const conf_listen_mode_names[CONF_LISTEN__COUNT];
 
 struct conf_listen {
 	char host[64];   /* "127.0.0.1", "::1", "0.0.0.0" (no brackets) */
@@ -32,6 +39,11 @@ struct conf_listen {
 	bool ipv6;
 	enum conf_listen_mode mode;
 };
+
+/* Room for every key of the table (conf.c checks the count). */
+#define CONF_KEYS_MAX 64
+/* conf.set_at[]: the key came from the environment. */
+#define CONF_SET_ENV UINT32_MAX
 
 struct conf {
 	char *hostname;                    /* default: gethostname() */
@@ -83,6 +95,14 @@ struct conf {
 	char *credentials_file;            /* SMTP AUTH credentials (see
 	                                      smtpd/smtpd_cred.h); default
 	                                      /etc/relayd/credentials */
+	/* TLS for the listeners (smtpd/smtpd_tls.c). Both empty: no TLS. */
+	char *tls_cert_file;               /* PEM: certificate, then chain */
+	char *tls_key_file;                /* PEM private key */
+
+	/* Where each key (by table index) was last set: its line in the
+	 * file, CONF_SET_ENV, or 0 for the default. For conf_check's
+	 * messages, which involve more than one key. */
+	uint32_t set_at[CONF_KEYS_MAX];
 };
 
 /* Fills defaults. Returns 0 or -ENOMEM. */
@@ -102,9 +122,18 @@ int conf_parse(struct conf *c, const char *name, const char *text, size_t len,
 /* Applies RELAYD_<KEY> variables from envp (NULL-terminated "K=V" list). */
 int conf_apply_env(struct conf *c, char *const *envp, char *err, size_t errlen);
 
-/* conf_init + the file (unreadable: error naming it) + environ. path NULL:
- * defaults and environment only. On error c is freed (conf_free again is
- * harmless). Unknown RELAYD_* variables are ignored. */
+/* Checks that need several keys at once, after the file and the
+ * environment: an smtps listener needs a certificate; tls_cert_file and
+ * tls_key_file go together. Errors name where the offending key was set:
+ * "relayd.conf:3: listen: 0.0.0.0:465/smtps needs ..." (`name` is the
+ * file's name, as for conf_parse). 0 or -EINVAL. */
+int conf_check(const struct conf *c, const char *name, char *err,
+               size_t errlen);
+
+/* conf_init + the file (unreadable: error naming it) + environ +
+ * conf_check. path NULL: defaults and environment only. On error c is
+ * freed (conf_free again is harmless). Unknown RELAYD_* variables are
+ * ignored. */
 int conf_load(struct conf *c, const char *path, char *err, size_t errlen);
 
 /* The i-th key of the table (0-based) with its default text (NULL when

@@ -1,8 +1,9 @@
 /*
  * smtpd/relayd.c - main(): reads the configuration, opens the log and the
  * spool, binds the listeners (as root if needed, then drops to `user`),
- * and runs the event loop until SIGTERM/SIGINT. SIGHUP reloads the
- * configuration for new sessions and reopens the log.
+ * loads the TLS certificate (as `user`), and runs the event loop until
+ * SIGTERM/SIGINT. SIGHUP reloads the configuration and the TLS
+ * certificate for new sessions and reopens the log.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -316,6 +317,12 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (check_only) {
+		/* The daemon loads them in smtpd_start, as its user. */
+		if (smtpd_check_tls(&d.conf, err, sizeof err) < 0) {
+			fprintf(stderr, "relayd: %s: %s\n", path, err);
+			conf_free(&d.conf);
+			return 1;
+		}
 		printf("relayd: configuration %s is valid\n", path);
 		conf_free(&d.conf);
 		return 0;

@@ -1,7 +1,8 @@
 /*
- * smtpd/smtpd.h - The SMTP listener: binds the configured addresses,
- * accepts connections (enforcing max_connections and
- * max_connections_per_ip), and runs one session per client on the loop.
+ * smtpd/smtpd.h - The SMTP listener: binds the configured addresses (each
+ * smtp, submission or smtps), accepts connections (enforcing
+ * max_connections and max_connections_per_ip), and runs one session per
+ * client on the loop, with STARTTLS or implicit TLS.
  */
 #ifndef RELAY_SMTPD_H
 #define RELAY_SMTPD_H
@@ -25,14 +26,22 @@ const struct conf *smtpd_conf(const struct smtpd *s);
 
 /* SIGHUP: new sessions use conf from now on (moved in, as for smtpd_new);
  * sessions already running keep the configuration they started with. The
- * listeners stay as they are. */
+ * listeners stay as they are. The TLS certificate and key are read again
+ * on the thread pool and used for new handshakes once loaded; if they do
+ * not load, the ones loaded before stay (logged). */
 void smtpd_set_conf(struct smtpd *s, struct conf *conf);
+
+/* relayd -t: loads tls_cert_file and tls_key_file as smtpd_start would.
+ * 0, or -EINVAL with the reason in err. */
+int smtpd_check_tls(const struct conf *conf, char *err, size_t errlen);
 
 /* The spool sessions commit to; set before smtpd_start (the listeners are
  * bound before privileges are dropped and the spool is opened). */
 void smtpd_set_queue(struct smtpd *s, struct queue *q);
 
-/* Starts accepting. */
+/* Loads the TLS certificate and key (as the user relayd runs as: call
+ * it after dropping privileges), then starts accepting. A certificate
+ * that does not load is an error (logged). */
 int smtpd_start(struct smtpd *s);
 
 /* Stops accepting, answers idle sessions 421 and closes them, lets a

@@ -1,13 +1,15 @@
 /*
  * smtpd/smtpd_proto.h - SMTP server protocol core. Turns client bytes into
- * replies and at most one request at a time (commit a message, close the
- * connection); no sockets, no libuv. smtpd_session.c feeds it and carries
- * out its requests. The message body streams through the DATA reader and
+ * replies and at most one request at a time (commit a message, start TLS,
+ * close the connection); no sockets, no libuv. smtpd_session.c feeds it
+ * and carries out its requests. The message body streams through the DATA reader and
  * the header scrubber into a sink the caller supplies.
  *
  * RFC 5321 with PIPELINING (2920), SIZE (1870), 8BITMIME (6152),
- * ENHANCEDSTATUSCODES (2034/3463), SMTPUTF8 (6531), CHUNKING (3030) and
- * DSN (3461). Limits: common/smtp.h.
+ * ENHANCEDSTATUSCODES (2034/3463), SMTPUTF8 (6531), CHUNKING (3030),
+ * DSN (3461) and STARTTLS (3207). The core knows whether the session is
+ * in TLS and which kind of listener it came in on; the handshake itself
+ * is the shell's. Limits: common/smtp.h.
  */
 #ifndef RELAY_SMTPD_PROTO_H
 #define RELAY_SMTPD_PROTO_H
@@ -17,12 +19,17 @@
 #include <stdint.h>
 
 #include "common/buf.h"
+#include "common/conf.h"
 #include "queue/queue.h"
 
 enum smtpd_req {
 	SMTPD_REQ_NONE,
 	SMTPD_REQ_COMMIT,   /* message complete: make it durable, then done() */
 	SMTPD_REQ_CLOSE,    /* send what is in `out`, then close */
+	/* "220 Ready to start TLS" is in `out`: send it in plaintext, then run
+	 * the TLS handshake and report with done() (RFC 3207). Everything the
+	 * client sent after the STARTTLS line was consumed and thrown away. */
+	SMTPD_REQ_STARTTLS,
 };
 
 enum smtpd_state {
@@ -34,6 +41,7 @@ enum smtpd_state {
 	SMTPD_ST_BDAT,      /* reading a BDAT chunk's octets */
 	SMTPD_ST_BDAT_NEXT, /* between BDAT chunks */
 	SMTPD_ST_COMMIT,    /* waiting for smtpd_proto_done() */
+	SMTPD_ST_STARTTLS,  /* 220 sent; waiting for the handshake's done() */
 	SMTPD_ST_CLOSED,    /* QUIT or fatal: nothing more is read */
 	SMTPD_ST__COUNT
 };
@@ -78,6 +86,12 @@ struct smtpd_proto_cfg {
 	bool bare_normalize;
 	const char *const *scrub;     /* header names to remove */
 	size_t nscrub;
+	/* The listener the client came in on: submission vs smtp is what the
+	 * AUTH policy will go by; smtps sessions start inside TLS. */
+	enum conf_listen_mode mode;
+	/* A certificate is loaded: STARTTLS is offered (outside TLS) and
+	 * answered; without one STARTTLS gets 454 and is not advertised. */
+	bool tls_available;
 };
 
 struct smtpd_proto;
@@ -89,7 +103,8 @@ struct smtpd_proto *smtpd_proto_new(const struct smtpd_proto_cfg *cfg,
 /* Aborts a body in progress. NULL: no-op. */
 void smtpd_proto_free(struct smtpd_proto *p);
 
-/* The 220 greeting. */
+/* The 220 greeting. On an smtps listener the shell sends it once the
+ * handshake is done, inside TLS (RFC 8314 §3.3). */
 void smtpd_proto_greet(struct smtpd_proto *p, struct buf *out);
 
 /*
@@ -98,12 +113,22 @@ void smtpd_proto_greet(struct smtpd_proto *p, struct buf *out);
  * request is raised (*req != NONE) or when only a partial command line is
  * left (fewer than SMTP_CMD_LINE_MAX bytes without LF). While a request is
  * pending it consumes nothing.
+ *
+ * SMTPD_REQ_STARTTLS is the exception: it consumes all n bytes. What
+ * follows the STARTTLS line was sent before the TLS handshake and must
+ * never be executed inside TLS (CVE-2011-0411): it is discarded here, and
+ * the shell must feed nothing it read before the handshake afterwards.
  */
 size_t smtpd_proto_feed(struct smtpd_proto *p, const uint8_t *in, size_t n,
                         struct buf *out, enum smtpd_req *req);
 
-/* Result of SMTPD_REQ_COMMIT: 0 (250 queued as), -ENOSPC (452) or other
- * -errno (451). The transaction is reset either way. */
+/* Result of the pending request.
+ * SMTPD_REQ_COMMIT: 0 (250 queued as), -ENOSPC (452) or other -errno
+ * (451). The transaction is reset either way.
+ * SMTPD_REQ_STARTTLS: 0 when the handshake completed: the session starts
+ * over in TLS (RFC 3207 §4.2: no HELO/EHLO, no transaction; the client
+ * must EHLO again) and nothing is written. Any other status: the session
+ * is CLOSED (the shell closes the connection; nothing can be said). */
 void smtpd_proto_done(struct smtpd_proto *p, int status, struct buf *out);
 
 /* Timer fired: 421 4.4.2, body aborted; returns SMTPD_REQ_CLOSE. */
@@ -114,8 +139,13 @@ enum smtpd_req smtpd_proto_shutdown(struct smtpd_proto *p, struct buf *out);
 
 enum smtpd_state smtpd_proto_state(const struct smtpd_proto *p);
 const struct smtpd_txn *smtpd_proto_txn(const struct smtpd_proto *p);
-/* "ESMTP" or "SMTP", for the Received header (RFC 3848). */
+/* "ESMTPS", "ESMTP" or "SMTP", for the Received header (RFC 3848). */
 const char *smtpd_proto_with(const struct smtpd_proto *p);
+/* The session is inside TLS (after STARTTLS, or from the start on smtps).
+ * The AUTH work offers AUTH only when this is true (issue 4 §2). */
+bool smtpd_proto_tls(const struct smtpd_proto *p);
+/* The listener's mode, from the configuration. */
+enum conf_listen_mode smtpd_proto_mode(const struct smtpd_proto *p);
 /* Client's HELO/EHLO argument ("" before it). */
 const char *smtpd_proto_helo(const struct smtpd_proto *p);
 

@@ -1,9 +1,12 @@
 /*
  * smtpd/smtpd_session.c - The I/O shell around smtpd_proto: listeners,
- * one session per TCP connection (libuv), timeouts, flow control, and the
- * sink that streams the body into the spool and asks the queue to commit.
- * Owns each session's uv_tcp_t and uv_timer_t; a session is freed only
- * when both handles are closed and no commit is in flight.
+ * one session per TCP connection (libuv), TLS (STARTTLS and smtps; OpenSSL
+ * over memory BIOs, so libuv does all socket I/O and nothing blocks),
+ * timeouts, flow control, and the sink that streams the body into the
+ * spool and asks the queue to commit. Owns each session's uv_tcp_t,
+ * uv_timer_t and SSL; a session is freed only when both handles are
+ * closed and no commit is in flight. Owns the server's TLS context and
+ * its reloads (smtpd_tls.c loads it).
  */
 #include "smtpd/smtpd.h"
 
@@ -14,9 +17,13 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #include "common/log.h"
 #include "common/smtp.h"
 #include "smtpd/smtpd_proto.h"
+#include "smtpd/smtpd_tls.h"
 
 #define READ_CHUNK   (64 * 1024)
 /* Unconsumed input kept while a commit is pending or a line is partial. */
@@ -27,6 +34,9 @@
 /* A graceful close waits this long for queued replies to drain; a peer
  * that stopped reading must not hold its session slot forever. */
 #define LINGER_MS    10000
+/* Ciphertext is moved between the socket and OpenSSL in pieces this big
+ * (a TLS record is at most 16 KiB plus overhead). */
+#define TLS_CHUNK    (16 * 1024 + 512)
 
 struct smtpd_listener {
 	struct smtpd *srv;
@@ -58,10 +68,26 @@ static void conf_drop(struct smtpd_conf *c)
 
 struct smtpd_session;
 
+/* A certificate being loaded on the thread pool (SIGHUP). */
+struct tls_load {
+	uv_work_t req;
+	struct smtpd *srv;
+	uint64_t gen;
+	char *cert, *key;
+	SSL_CTX *ctx;          /* the result, or NULL with err */
+	char err[512];
+};
+
 struct smtpd {
 	uv_loop_t *loop;
 	struct smtpd_conf *conf;     /* for new sessions */
 	struct queue *q;
+	/* TLS for new sessions (a reference); NULL: no certificate. A reload
+	 * replaces it; sessions hold their own references. */
+	SSL_CTX *tls;
+	uint64_t tls_gen;            /* the load that produced tls */
+	uint64_t tls_next_gen;       /* the last load started */
+	unsigned tls_loading;        /* loads on the thread pool */
 	struct smtpd_listener lst[CONF_LISTEN_MAX];
 	size_t nlst;
 	size_t open_listeners;
@@ -73,9 +99,18 @@ struct smtpd {
 	void *stop_arg;
 };
 
+/* A session's TLS, as the shell sees it (the core only knows in or out). */
+enum sess_tls {
+	SESS_TLS_OFF,        /* plaintext */
+	SESS_TLS_HANDSHAKE,  /* bytes go to OpenSSL, none to the core */
+	SESS_TLS_ON,
+	SESS_TLS_FAILED,     /* nothing more is read or written through it */
+};
+
 struct smtpd_session {
 	struct smtpd *srv;
 	struct smtpd_conf *cf;     /* the configuration this session runs on */
+	enum conf_listen_mode mode;
 	uv_tcp_t tcp;
 	uv_timer_t timer;
 	int open_handles;
@@ -85,7 +120,13 @@ struct smtpd_session {
 	bool reading;
 	bool eof;              /* the client shut down its side */
 	struct smtpd_proto *proto;
+	/* Plaintext: in is what the core has yet to consume (decrypted when
+	 * in TLS), out the replies it wrote (encrypted on the way out). */
 	struct buf in, out;
+	enum sess_tls tls;
+	SSL_CTX *tls_ctx;      /* the server's when the session began (a ref) */
+	SSL *ssl;              /* owns rbio (ciphertext in), wbio (out) */
+	BIO *rbio, *wbio;
 	struct queue_body *body;
 	uint64_t commit_size;  /* body size of the message being committed */
 	char sid[20];
@@ -146,7 +187,13 @@ static int sink_begin(void *ctx, struct smtpd_txn *t)
 	} else {
 		buf_printf(&h, "Received: by %s (relayd)", cf->hostname);
 	}
-	buf_printf(&h, " with %s id %s", smtpd_proto_with(s->proto), t->qid);
+	buf_printf(&h, " with %s", smtpd_proto_with(s->proto));
+	/* RFC 8314 §4.3: the TLS version and cipher suite, as a comment
+	 * after the protocol (OpenSSL's names: no parentheses in them). */
+	if (s->tls == SESS_TLS_ON)
+		buf_printf(&h, " (%s %s)", SSL_get_version(s->ssl),
+		           SSL_get_cipher_name(s->ssl));
+	buf_printf(&h, " id %s", t->qid);
 	if (t->nrcpt == 1)
 		buf_printf(&h, "\r\n\tfor <%s>", t->rcpt[0].addr);
 	r = buf_printf(&h, "; %s\r\n", t->date);
@@ -195,35 +242,36 @@ static void write_cb(uv_write_t *req, int status)
 		session_process(s);
 }
 
-static void flush(struct smtpd_session *s)
+/* Bytes for the wire, in order after everything sent before. */
+static void send_raw(struct smtpd_session *s, const uint8_t *p, size_t n)
 {
-	if (s->out.len == 0 || s->closing)
+	if (n == 0 || s->closing)
 		return;
 	/* Most replies fit the socket buffer: write them now, with no request
 	 * to allocate and no write callback (which costs libuv an epoll_ctl
-	 * per write). Only what the kernel did not take is queued. */
-	uv_buf_t now = uv_buf_init((char *)s->out.data, (unsigned)s->out.len);
-	int n = uv_try_write((uv_stream_t *)&s->tcp, &now, 1);
-	if (n == (int)s->out.len) {
-		buf_reset(&s->out);
+	 * per write). Only what the kernel did not take is queued. (libuv
+	 * refuses a try_write while writes are queued, keeping the order.) */
+	uv_buf_t now = uv_buf_init((char *)p, (unsigned)n);
+	int k = uv_try_write((uv_stream_t *)&s->tcp, &now, 1);
+	if (k == (int)n)
 		return;
-	}
-	if (n < 0 && n != UV_EAGAIN) {
-		log_info("s=%s: write error: %s", s->sid, uv_strerror(n));
+	if (k < 0 && k != UV_EAGAIN) {
+		log_info("s=%s: write error: %s", s->sid, uv_strerror(k));
 		session_close(s, false);
 		return;
 	}
-	if (n > 0)
-		buf_consume(&s->out, (size_t)n);
-	struct write_req *w = malloc(sizeof *w + s->out.len);
+	if (k > 0) {
+		p += k;
+		n -= (size_t)k;
+	}
+	struct write_req *w = malloc(sizeof *w + n);
 	if (!w) {
 		session_close(s, false);
 		return;
 	}
 	w->s = s;
-	w->len = s->out.len;
-	memcpy(w->data, s->out.data, s->out.len);
-	buf_reset(&s->out);
+	w->len = n;
+	memcpy(w->data, p, n);
 	uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)w->len);
 	int r = uv_write(&w->req, (uv_stream_t *)&s->tcp, &b, 1, write_cb);
 	if (r < 0) {
@@ -233,10 +281,64 @@ static void flush(struct smtpd_session *s)
 	}
 }
 
+/* What OpenSSL wrote for the peer (handshake, records, alerts). */
+static void tls_drain(struct smtpd_session *s)
+{
+	uint8_t tmp[TLS_CHUNK];
+	int n;
+	while ((n = BIO_read(s->wbio, tmp, sizeof tmp)) > 0)
+		send_raw(s, tmp, (size_t)n);
+}
+
+static void tls_fail(struct smtpd_session *s, const char *what);
+
+static void flush(struct smtpd_session *s)
+{
+	if (s->out.len == 0 || s->closing)
+		return;
+	switch (s->tls) {
+	case SESS_TLS_OFF:
+		send_raw(s, s->out.data, s->out.len);
+		break;
+	case SESS_TLS_ON: {
+		/* A memory BIO never pushes back: SSL_write takes it all. */
+		size_t off = 0;
+		while (off < s->out.len) {
+			size_t k = s->out.len - off;
+			if (k > 4 * TLS_CHUNK)
+				k = 4 * TLS_CHUNK;
+			ERR_clear_error();
+			int n = SSL_write(s->ssl, s->out.data + off, (int)k);
+			if (n <= 0) {
+				buf_reset(&s->out);
+				tls_fail(s, "write");
+				return;
+			}
+			off += (size_t)n;
+		}
+		tls_drain(s);
+		break;
+	}
+	case SESS_TLS_HANDSHAKE:
+	case SESS_TLS_FAILED:
+		/* Nothing can be said: a plaintext reply in the middle of a
+		 * handshake would only be garbage to the peer's TLS. */
+		break;
+	}
+	buf_reset(&s->out);
+}
+
 static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *b)
 {
 	struct smtpd_session *s = h->data;
 	(void)hint;
+	if (s->tls != SESS_TLS_OFF) {
+		/* Ciphertext: read_cb hands it to OpenSSL at once, so one
+		 * buffer serves every session on the loop thread. */
+		static uint8_t raw[READ_CHUNK];
+		*b = uv_buf_init((char *)raw, sizeof raw);
+		return;
+	}
 	if (buf_reserve(&s->in, READ_CHUNK) < 0) {
 		*b = uv_buf_init(NULL, 0);
 		return;
@@ -250,6 +352,8 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b);
 static uint64_t current_timeout(const struct smtpd_session *s)
 {
 	const struct conf *cf = &s->cf->conf;
+	if (s->tls == SESS_TLS_HANDSHAKE)
+		return cf->timeout_command;
 	switch (smtpd_proto_state(s->proto)) {
 	case SMTPD_ST_INIT:
 		return cf->timeout_greeting;
@@ -282,9 +386,13 @@ static void update_reading(struct smtpd_session *s)
 		uv_read_stop((uv_stream_t *)&s->tcp);
 		s->reading = false;
 	}
-	if (!s->closing && !s->commit_pending)
+	/* The handshake has one deadline, set when it starts: a peer that
+	 * trickles bytes does not push it back. */
+	if (s->closing || s->tls == SESS_TLS_HANDSHAKE)
+		return;
+	if (!s->commit_pending)
 		uv_timer_start(&s->timer, timer_cb, current_timeout(s), 0);
-	else if (!s->closing)
+	else
 		uv_timer_stop(&s->timer);
 }
 
@@ -365,13 +473,159 @@ static void start_commit(struct smtpd_session *s)
 	s->commit_pending = true;
 }
 
+/* ---- TLS -------------------------------------------------------------------- */
+
+/* A handshake or TLS read/write went wrong: logged with the peer and
+ * OpenSSL's reason; the alert OpenSSL wrote, if any, goes out; closed.
+ * Nothing reaches the core any more. */
+static void tls_fail(struct smtpd_session *s, const char *what)
+{
+	char why[256];
+	smtpd_tls_reason(why, sizeof why, "protocol error");
+	log_info("s=%s: TLS %s failed with [%s]:%d: %s", s->sid, what, s->ip,
+	         s->port, why);
+	bool handshake = s->tls == SESS_TLS_HANDSHAKE;
+	tls_drain(s);
+	s->tls = SESS_TLS_FAILED;
+	if (handshake && smtpd_proto_state(s->proto) == SMTPD_ST_STARTTLS)
+		smtpd_proto_done(s->proto, -EPROTO, &s->out);
+	session_close(s, true);
+}
+
+/* The context a handshake uses: the server's newest (a certificate
+ * renewed since the client connected is the better one), else the one
+ * the session began with (TLS was turned off by a reload since). */
+static SSL_CTX *tls_ctx_for(const struct smtpd_session *s)
+{
+	return s->srv->tls ? s->srv->tls : s->tls_ctx;
+}
+
+/* Starts a server-side handshake: the client speaks first (ClientHello).
+ * The whole handshake must end within timeout_command. */
+static int tls_begin(struct smtpd_session *s)
+{
+	SSL_CTX *ctx = tls_ctx_for(s);
+	if (!ctx)
+		return -EINVAL;
+	s->ssl = SSL_new(ctx);
+	s->rbio = BIO_new(BIO_s_mem());
+	s->wbio = BIO_new(BIO_s_mem());
+	if (!s->ssl || !s->rbio || !s->wbio) {
+		BIO_free(s->rbio);
+		BIO_free(s->wbio);
+		SSL_free(s->ssl);
+		s->ssl = NULL;
+		s->rbio = s->wbio = NULL;
+		ERR_clear_error();
+		return -ENOMEM;
+	}
+	SSL_set_bio(s->ssl, s->rbio, s->wbio);   /* s->ssl owns both now */
+	SSL_set_accept_state(s->ssl);
+	s->tls = SESS_TLS_HANDSHAKE;
+	uv_timer_start(&s->timer, timer_cb, s->cf->conf.timeout_command, 0);
+	return 0;
+}
+
+/* Moves decrypted input into s->in, as far as it has room (IN_HIGH);
+ * the rest waits in OpenSSL and the socket stops being read (flow
+ * control as in plaintext). Returns 0, or -1 when the session closed. */
+static int tls_pull(struct smtpd_session *s)
+{
+	while (s->in.len < IN_HIGH) {
+		if (buf_reserve(&s->in, READ_CHUNK) < 0)
+			break;
+		size_t room = s->in.cap - s->in.len;
+		if (room > READ_CHUNK)
+			room = READ_CHUNK;
+		ERR_clear_error();
+		int n = SSL_read(s->ssl, s->in.data + s->in.len, (int)room);
+		if (n > 0) {
+			s->in.len += (size_t)n;
+			continue;
+		}
+		int e = SSL_get_error(s->ssl, n);
+		if (e == SSL_ERROR_WANT_READ)
+			break;
+		if (e == SSL_ERROR_ZERO_RETURN) {
+			s->eof = true;   /* close_notify: as a TCP half-close */
+			break;
+		}
+		tls_fail(s, "read");
+		return -1;
+	}
+	tls_drain(s);   /* TLS 1.3 key updates, alerts */
+	return s->closing ? -1 : 0;
+}
+
+static void tls_handshake(struct smtpd_session *s)
+{
+	ERR_clear_error();
+	int r = SSL_do_handshake(s->ssl);
+	if (r != 1) {
+		int e = SSL_get_error(s->ssl, r);
+		if (e == SSL_ERROR_WANT_READ) {
+			tls_drain(s);
+			return;
+		}
+		tls_fail(s, "handshake");
+		return;
+	}
+	tls_drain(s);
+	if (s->closing)
+		return;
+	s->tls = SESS_TLS_ON;
+	const char *sni = SSL_get_servername(s->ssl, TLSEXT_NAMETYPE_host_name);
+	char name[128] = "";
+	if (sni)
+		log_escape(name, sizeof name, sni, strlen(sni));
+	log_info("s=%s: TLS established: %s %s%s%s", s->sid,
+	         SSL_get_version(s->ssl), SSL_get_cipher_name(s->ssl),
+	         sni ? ", sni=" : "", name);
+	if (s->mode == CONF_LISTEN_SMTPS)
+		smtpd_proto_greet(s->proto, &s->out);   /* RFC 8314 §3.3 */
+	else
+		smtpd_proto_done(s->proto, 0, &s->out);   /* back to no EHLO */
+	/* Application data may have come with the client's Finished. */
+	session_process(s);
+}
+
+/* STARTTLS accepted by the core: its 220 goes out in plaintext, then
+ * every byte read is the handshake's. */
+static void starttls(struct smtpd_session *s)
+{
+	flush(s);
+	if (s->closing)
+		return;
+	/* CVE-2011-0411: the core consumed (and threw away) what followed
+	 * the STARTTLS line; from here on, s->in only ever receives
+	 * decrypted bytes, so nothing read before the handshake can reach
+	 * the core after it. */
+	buf_reset(&s->in);
+	int r = tls_begin(s);
+	if (r < 0) {
+		log_err("s=%s: cannot start TLS: %s", s->sid, strerror(-r));
+		smtpd_proto_done(s->proto, r, &s->out);
+		session_close(s, false);
+		return;
+	}
+	update_reading(s);
+}
+
 /* ---- input ----------------------------------------------------------------- */
 
 /* Runs the protocol over buffered input until it needs more, raises a
  * request, or closes; then sends the replies (batched: RFC 2920). */
 static void session_process(struct smtpd_session *s)
 {
-	while (!s->closing && !s->commit_pending && s->in.len > 0) {
+	if (s->closing || s->tls == SESS_TLS_HANDSHAKE)
+		return;   /* the handshake drives the session until it ends */
+	for (;;) {
+		/* In TLS, decrypt even while a commit runs: input waits in
+		 * s->in, bounded, as plaintext would. */
+		if (s->tls == SESS_TLS_ON && tls_pull(s) < 0)
+			return;
+		if (s->closing || s->commit_pending || s->in.len == 0)
+			break;
 		enum smtpd_req req;
 		size_t k = smtpd_proto_feed(s->proto, s->in.data, s->in.len,
 		                            &s->out, &req);
@@ -383,6 +637,10 @@ static void session_process(struct smtpd_session *s)
 		if (req == SMTPD_REQ_CLOSE) {
 			flush(s);
 			session_close(s, true);
+			return;
+		}
+		if (req == SMTPD_REQ_STARTTLS) {
+			starttls(s);
 			return;
 		}
 		if (k == 0)
@@ -401,10 +659,16 @@ static void session_process(struct smtpd_session *s)
 static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 {
 	struct smtpd_session *s = st->data;
-	(void)b;
-	if (nread == 0)
+	if (nread == 0 || s->closing)
 		return;
 	if (nread == UV_EOF) {
+		if (s->tls == SESS_TLS_HANDSHAKE) {
+			log_info("s=%s: TLS handshake failed with [%s]:%d: connection "
+			         "closed by the client", s->sid, s->ip, s->port);
+			s->tls = SESS_TLS_FAILED;
+			session_close(s, false);
+			return;
+		}
 		/* A half-close: what the client sent before it still gets
 		 * processed and answered (pipelined input, a commit running). */
 		s->eof = true;
@@ -416,13 +680,42 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 		session_close(s, false);
 		return;
 	}
-	s->in.len += (size_t)nread;
-	session_process(s);
+	switch (s->tls) {
+	case SESS_TLS_OFF:
+		s->in.len += (size_t)nread;   /* read into s->in by alloc_cb */
+		session_process(s);
+		return;
+	case SESS_TLS_FAILED:
+		return;
+	case SESS_TLS_HANDSHAKE:
+	case SESS_TLS_ON:
+		/* A memory BIO takes everything (it only grows); what it holds
+		 * is bounded because reading stops while s->in is full. */
+		if (BIO_write(s->rbio, b->base, (int)nread) != (int)nread) {
+			log_err("s=%s: TLS: out of memory", s->sid);
+			session_close(s, false);
+			return;
+		}
+		if (s->tls == SESS_TLS_HANDSHAKE)
+			tls_handshake(s);
+		else
+			session_process(s);
+		return;
+	}
 }
 
 static void timer_cb(uv_timer_t *t)
 {
 	struct smtpd_session *s = t->data;
+	if (s->tls == SESS_TLS_HANDSHAKE) {
+		log_info("s=%s: TLS handshake timed out with [%s]:%d", s->sid, s->ip,
+		         s->port);
+		s->tls = SESS_TLS_FAILED;
+		if (smtpd_proto_state(s->proto) == SMTPD_ST_STARTTLS)
+			smtpd_proto_done(s->proto, -ETIMEDOUT, &s->out);
+		session_close(s, false);
+		return;
+	}
 	log_info("s=%s: timeout in state %s from [%s]:%d", s->sid,
 	         smtpd_state_names[smtpd_proto_state(s->proto)], s->ip, s->port);
 	smtpd_proto_timeout(s->proto, &s->out);
@@ -449,6 +742,8 @@ static void session_maybe_free(struct smtpd_session *s)
 		s->next->prev = s->prev;
 	srv->nsessions--;
 	smtpd_proto_free(s->proto);
+	SSL_free(s->ssl);            /* and its BIOs; NULL: no-op */
+	SSL_CTX_free(s->tls_ctx);
 	conf_drop(s->cf);
 	buf_free(&s->in);
 	buf_free(&s->out);
@@ -492,10 +787,20 @@ static void session_close(struct smtpd_session *s, bool graceful)
 {
 	if (s->closing)
 		return;
+	if (graceful && s->tls == SESS_TLS_ON) {
+		/* close_notify: the client can tell our close from a cut. */
+		ERR_clear_error();
+		SSL_shutdown(s->ssl);
+		ERR_clear_error();
+		tls_drain(s);
+		if (s->closing)
+			return;
+	}
 	s->closing = true;
 	if (s->proto)
-		log_info("s=%s: disconnect from [%s]:%d in state %s", s->sid, s->ip,
-		         s->port, smtpd_state_names[smtpd_proto_state(s->proto)]);
+		log_info("s=%s: disconnect from [%s]:%d in state %s%s", s->sid, s->ip,
+		         s->port, smtpd_state_names[smtpd_proto_state(s->proto)],
+		         s->tls == SESS_TLS_HANDSHAKE ? " (TLS handshake)" : "");
 	uv_timer_stop(&s->timer);
 	if (s->reading)
 		uv_read_stop((uv_stream_t *)&s->tcp);
@@ -562,6 +867,9 @@ static void connection_cb(uv_stream_t *server, int status)
 	}
 	s->srv = srv;
 	s->cf = conf_hold(srv->conf);
+	s->mode = l->cl.mode;
+	if (srv->tls && SSL_CTX_up_ref(srv->tls))
+		s->tls_ctx = srv->tls;
 	buf_init(&s->in, IN_HIGH + READ_CHUNK);
 	buf_init(&s->out, SIZE_MAX);
 	snprintf(s->sid, sizeof s->sid, "%" PRIx64, ++srv->next_sid);
@@ -594,6 +902,8 @@ static void connection_cb(uv_stream_t *server, int status)
 		.bare_normalize = cf->bare_newline == CONF_BARE_NORMALIZE,
 		.scrub = (const char *const *)cf->scrub_headers,
 		.nscrub = cf->nscrub_headers,
+		.mode = s->mode,
+		.tls_available = s->tls_ctx != NULL,
 	};
 	s->proto = smtpd_proto_new(&pc, &sink_ops, s);
 	if (!s->proto) {
@@ -612,14 +922,31 @@ static void connection_cb(uv_stream_t *server, int status)
 		const struct smtp_reply_def *d = &smtp_replies[refuse];
 		log_info("s=%s: refused [%s]:%d: %u %s %s", s->sid, s->ip, s->port,
 		         d->code, d->enh, d->text);
-		buf_printf(&s->out, "%u %s %s\r\n", d->code, d->enh, d->text);
+		/* On smtps a plaintext reply would be garbage to the client's
+		 * TLS, and a handshake just to refuse costs what the limit is
+		 * there to save: the connection is closed without a word. */
+		if (s->mode != CONF_LISTEN_SMTPS)
+			buf_printf(&s->out, "%u %s %s\r\n", d->code, d->enh, d->text);
 		flush(s);
 		session_close(s, true);
 		return;
 	}
-	log_info("s=%s: connect from [%s]:%d", s->sid, s->ip, s->port);
-	smtpd_proto_greet(s->proto, &s->out);
-	flush(s);
+	log_info("s=%s: connect from [%s]:%d to %s", s->sid, s->ip, s->port,
+	         conf_listen_mode_names[s->mode]);
+	if (s->mode == CONF_LISTEN_SMTPS) {
+		/* RFC 8314: TLS from the first byte; the greeting comes after
+		 * the handshake, inside it. */
+		r = tls_begin(s);
+		if (r < 0) {
+			log_err("s=%s: cannot start TLS: %s", s->sid,
+			        r == -EINVAL ? "no certificate loaded" : strerror(-r));
+			session_close(s, false);
+			return;
+		}
+	} else {
+		smtpd_proto_greet(s->proto, &s->out);
+		flush(s);
+	}
 	update_reading(s);
 }
 
@@ -689,6 +1016,125 @@ const struct conf *smtpd_conf(const struct smtpd *srv)
 	return &srv->conf->conf;
 }
 
+/* ---- the TLS context ------------------------------------------------------ */
+
+static void server_maybe_done(struct smtpd *srv);
+
+static void tls_install(struct smtpd *srv, SSL_CTX *ctx, uint64_t gen,
+                        const char *cert_file)
+{
+	char desc[512];
+	if (smtpd_tls_ctx_describe(ctx, desc, sizeof desc))
+		log_warn("TLS certificate in %s has expired: %s", cert_file, desc);
+	log_info("TLS certificate loaded from %s: %s", cert_file, desc);
+	SSL_CTX_free(srv->tls);   /* sessions using it hold their own refs */
+	srv->tls = ctx;
+	srv->tls_gen = gen;
+}
+
+static bool any_smtps(const struct smtpd *srv)
+{
+	for (size_t i = 0; i < srv->nlst; i++)
+		if (srv->lst[i].cl.mode == CONF_LISTEN_SMTPS)
+			return true;
+	return false;
+}
+
+static void tls_load_work_cb(uv_work_t *req)
+{
+	struct tls_load *ld = req->data;
+	ld->ctx = smtpd_tls_ctx_new(ld->cert, ld->key, ld->err, sizeof ld->err);
+}
+
+static void tls_load_done_cb(uv_work_t *req, int status)
+{
+	struct tls_load *ld = req->data;
+	struct smtpd *srv = ld->srv;
+	srv->tls_loading--;
+	if (status < 0 || srv->stopping) {
+		SSL_CTX_free(ld->ctx);
+	} else if (!ld->ctx) {
+		/* A renewal gone wrong (a missing file, a key that does not
+		 * match) must not take TLS down: the old context stays. */
+		log_err("SIGHUP: TLS certificate not reloaded: %s; %s", ld->err,
+		        srv->tls ? "keeping the one loaded before"
+		                 : "TLS stays off");
+	} else if (ld->gen < srv->tls_gen) {
+		SSL_CTX_free(ld->ctx);   /* a later reload got there first */
+	} else {
+		tls_install(srv, ld->ctx, ld->gen, ld->cert);
+	}
+	free(ld->cert);
+	free(ld->key);
+	free(ld);
+	server_maybe_done(srv);
+}
+
+/* SIGHUP: the certificate is read again (certbot and acme.sh renew it in
+ * place) on the thread pool, so the loop never waits for the disk, and
+ * installed for new sessions when it loads; sessions in TLS keep their
+ * SSL, which holds its own reference to the old context. */
+static void tls_reload(struct smtpd *srv)
+{
+	const struct conf *cf = &srv->conf->conf;
+	if (!cf->tls_cert_file[0]) {
+		if (!srv->tls)
+			return;
+		if (any_smtps(srv)) {
+			/* listen needs a restart, so the smtps port stays. */
+			log_warn("SIGHUP: tls_cert_file is empty but an smtps listener "
+			         "is open; keeping the loaded certificate");
+			return;
+		}
+		log_info("SIGHUP: tls_cert_file is empty: no TLS for new sessions");
+		SSL_CTX_free(srv->tls);
+		srv->tls = NULL;
+		srv->tls_gen = ++srv->tls_next_gen;
+		return;
+	}
+	struct tls_load *ld = calloc(1, sizeof *ld);
+	if (ld) {
+		ld->cert = strdup(cf->tls_cert_file);
+		ld->key = strdup(cf->tls_key_file);
+	}
+	if (!ld || !ld->cert || !ld->key) {
+		if (ld) {
+			free(ld->cert);
+			free(ld->key);
+			free(ld);
+		}
+		log_err("SIGHUP: TLS certificate not reloaded: out of memory");
+		return;
+	}
+	ld->srv = srv;
+	ld->gen = ++srv->tls_next_gen;
+	ld->req.data = ld;
+	int r = uv_queue_work(srv->loop, &ld->req, tls_load_work_cb,
+	                      tls_load_done_cb);
+	if (r < 0) {
+		log_err("SIGHUP: TLS certificate not reloaded: %s", uv_strerror(r));
+		free(ld->cert);
+		free(ld->key);
+		free(ld);
+		return;
+	}
+	srv->tls_loading++;
+}
+
+int smtpd_check_tls(const struct conf *conf, char *err, size_t errlen)
+{
+	if (!conf->tls_cert_file[0])
+		return 0;
+	SSL_CTX *ctx = smtpd_tls_ctx_new(conf->tls_cert_file, conf->tls_key_file,
+	                                 err, errlen);
+	if (!ctx)
+		return -EINVAL;
+	SSL_CTX_free(ctx);
+	return 0;
+}
+
+/* ---- configuration -------------------------------------------------------- */
+
 void smtpd_set_conf(struct smtpd *srv, struct conf *conf)
 {
 	struct smtpd_conf *c = calloc(1, sizeof *c);
@@ -702,10 +1148,26 @@ void smtpd_set_conf(struct smtpd *srv, struct conf *conf)
 	c->refs = 1;
 	conf_drop(srv->conf);
 	srv->conf = c;
+	tls_reload(srv);
 }
 
 int smtpd_start(struct smtpd *srv)
 {
+	/* Loaded here, after privileges are dropped, rather than with the
+	 * listeners: a key relayd's user cannot read fails now, at start,
+	 * not at the first SIGHUP after a renewal. Blocking is fine: the
+	 * loop is not serving anyone yet. */
+	const struct conf *cf = &srv->conf->conf;
+	if (cf->tls_cert_file[0]) {
+		char err[512];
+		SSL_CTX *ctx = smtpd_tls_ctx_new(cf->tls_cert_file,
+		                                 cf->tls_key_file, err, sizeof err);
+		if (!ctx) {
+			log_err("%s", err);
+			return -EINVAL;
+		}
+		tls_install(srv, ctx, ++srv->tls_next_gen, cf->tls_cert_file);
+	}
 	for (size_t i = 0; i < srv->nlst; i++) {
 		struct smtpd_listener *l = &srv->lst[i];
 		int r = uv_listen((uv_stream_t *)&l->tcp, BACKLOG, connection_cb);
@@ -714,19 +1176,24 @@ int smtpd_start(struct smtpd *srv)
 			        uv_strerror(r));
 			return r;
 		}
-		log_info("listening on %s%s%s:%u", l->cl.ipv6 ? "[" : "",
-		         l->cl.host, l->cl.ipv6 ? "]" : "", l->cl.port);
+		log_info("listening on %s%s%s:%u (%s%s)", l->cl.ipv6 ? "[" : "",
+		         l->cl.host, l->cl.ipv6 ? "]" : "", l->cl.port,
+		         conf_listen_mode_names[l->cl.mode],
+		         l->cl.mode != CONF_LISTEN_SMTPS && srv->tls ? ", STARTTLS"
+		                                                     : "");
 	}
 	return 0;
 }
 
 static void server_maybe_done(struct smtpd *srv)
 {
-	if (!srv->stopping || srv->nsessions > 0 || srv->open_listeners > 0)
+	if (!srv->stopping || srv->nsessions > 0 || srv->open_listeners > 0 ||
+	    srv->tls_loading > 0)
 		return;
 	void (*cb)(void *) = srv->stop_cb;
 	void *arg = srv->stop_arg;
 	conf_drop(srv->conf);
+	SSL_CTX_free(srv->tls);
 	free(srv);
 	if (cb)
 		cb(arg);

@@ -93,7 +93,7 @@ static void test_key_table(void **state)
 		if (def && conf_set(c, k, def, err, sizeof err) != 0)
 			fail_msg("default of %s: %s", k, err);
 	}
-	assert_int_equal(n, 41);
+	assert_int_equal(n, 43);
 	assert_null(conf_key(n, NULL, NULL));
 }
 
@@ -445,6 +445,20 @@ static const struct listen_case listen_cases[] = {
 	 "listen: duplicate address '127.0.0.1:25'", 0, {{0}}},
 	{"[::1]:25,[0::1]:25", -EINVAL, "listen: duplicate address '[0::1]:25'",
 	 0, {{0}}},
+	/* Listener modes (test_listen_modes has the good ones). */
+	{"127.0.0.1:25/imap", -EINVAL, "listen: unknown listener mode 'imap' in "
+	 "'127.0.0.1:25/imap' (expected smtp, submission or smtps)", 0, {{0}}},
+	{"127.0.0.1:25/", -EINVAL, "listen: unknown listener mode '' in "
+	 "'127.0.0.1:25/' (expected smtp, submission or smtps)", 0, {{0}}},
+	{"127.0.0.1:25/smtps/smtp", -EINVAL, "listen: unknown listener mode "
+	 "'smtps/smtp' in '127.0.0.1:25/smtps/smtp' (expected smtp, submission "
+	 "or smtps)", 0, {{0}}},
+	{"127.0.0.1/smtps", -EINVAL, "listen: expected ADDR:PORT: "
+	 "'127.0.0.1/smtps'", 0, {{0}}},
+	{"[::1]/smtps", -EINVAL, "listen: expected ADDR:PORT: '[::1]/smtps'", 0,
+	 {{0}}},
+	{"127.0.0.1:25/smtp, 127.0.0.1:25/smtps", -EINVAL,
+	 "listen: duplicate address '127.0.0.1:25/smtps'", 0, {{0}}},
 };
 
 static void test_listen(void **state)
@@ -467,8 +481,40 @@ static void test_listen(void **state)
 			assert_string_equal(c->listen[k].host, t->l[k].host);
 			assert_int_equal(c->listen[k].port, t->l[k].port);
 			assert_int_equal(c->listen[k].ipv6, t->l[k].v6);
+			assert_int_equal(c->listen[k].mode, CONF_LISTEN_SMTP);
 		}
 	}
+}
+
+/* ADDR:PORT/MODE; no suffix is smtp, so older files keep working. */
+static void test_listen_modes(void **state)
+{
+	struct conf *c = *state;
+	char err[ERRLEN];
+	static const struct {
+		const char *value;
+		size_t n;
+		struct { uint16_t port; bool v6; enum conf_listen_mode mode; } l[3];
+	} cases[] = {
+		{"0.0.0.0:25/smtp, 0.0.0.0:587/submission, 0.0.0.0:465/smtps", 3,
+		 {{25, false, CONF_LISTEN_SMTP}, {587, false, CONF_LISTEN_SUBMISSION},
+		  {465, false, CONF_LISTEN_SMTPS}}},
+		{"[::1]:465/smtps,127.0.0.1:587/Submission, 127.0.0.1:25", 3,
+		 {{465, true, CONF_LISTEN_SMTPS}, {587, false, CONF_LISTEN_SUBMISSION},
+		  {25, false, CONF_LISTEN_SMTP}}},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		if (conf_set(c, "listen", cases[i].value, err, sizeof err) != 0)
+			fail_msg("listen = '%s': %s", cases[i].value, err);
+		assert_int_equal(c->nlisten, cases[i].n);
+		for (size_t k = 0; k < cases[i].n; k++) {
+			assert_int_equal(c->listen[k].port, cases[i].l[k].port);
+			assert_int_equal(c->listen[k].ipv6, cases[i].l[k].v6);
+			assert_int_equal(c->listen[k].mode, cases[i].l[k].mode);
+		}
+	}
+	assert_string_equal(conf_listen_mode_names[CONF_LISTEN_SUBMISSION],
+	                    "submission");
 }
 
 static void test_listen_max(void **state)
@@ -842,6 +888,107 @@ static void test_load(void **state)
 	conf_free(&c);
 }
 
+
+/* ---- conf_check: keys that go together ---------------------------------- */
+
+struct check_case {
+	const char *name, *text;
+	const char *err;       /* NULL: valid */
+};
+
+static const struct check_case check_cases[] = {
+	{"smtps without a certificate", "listen = 127.0.0.1:465/smtps\n",
+	 "x.conf:1: listen: 127.0.0.1:465/smtps is implicit TLS: it needs "
+	 "tls_cert_file and tls_key_file"},
+	{"names the line and the listener",
+	 "# relayd\nhostname = mx.test\nlisten = 127.0.0.1:25, [::1]:465/smtps\n",
+	 "x.conf:3: listen: [::1]:465/smtps is implicit TLS: it needs "
+	 "tls_cert_file and tls_key_file"},
+	{"the last listen counts",
+	 "listen = 127.0.0.1:465/smtps\nlisten = 127.0.0.1:25\n", NULL},
+	{"smtps with a certificate",
+	 "listen = 127.0.0.1:465/smtps\ntls_cert_file = /c.pem\n"
+	 "tls_key_file = /k.pem\n", NULL},
+	{"certificate before listen",
+	 "tls_cert_file = /c.pem\ntls_key_file = /k.pem\n"
+	 "listen = 0.0.0.0:25/smtp, 0.0.0.0:587/submission, 0.0.0.0:465/smtps\n",
+	 NULL},
+	{"submission without a certificate",
+	 "listen = 127.0.0.1:587/submission\n", NULL},
+	{"certificate without key", "tls_cert_file = /c.pem\n",
+	 "x.conf:1: tls_cert_file: needs tls_key_file as well"},
+	{"key without certificate", "\ntls_key_file = /k.pem\n",
+	 "x.conf:2: tls_key_file: needs tls_cert_file as well"},
+	{"certificate emptied again",
+	 "tls_cert_file = /c.pem\ntls_cert_file =\n", NULL},
+};
+
+static void test_check(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof check_cases / sizeof *check_cases; i++) {
+		const struct check_case *t = &check_cases[i];
+		struct conf c;
+		char err[ERRLEN] = "";
+		assert_int_equal(conf_init(&c), 0);
+		if (conf_parse(&c, "x.conf", t->text, strlen(t->text), err,
+		               sizeof err) != 0)
+			fail_msg("%s: %s", t->name, err);
+		int rc = conf_check(&c, "x.conf", err, sizeof err);
+		if (t->err && (rc != -EINVAL || strcmp(err, t->err) != 0))
+			fail_msg("%s: rc %d\n got  '%s'\n want '%s'", t->name, rc, err,
+			         t->err);
+		if (!t->err && rc != 0)
+			fail_msg("%s: rc %d (%s)", t->name, rc, err);
+		conf_free(&c);
+	}
+
+	/* Set from the environment: the variable is named. */
+	struct conf c;
+	char err[ERRLEN];
+	assert_int_equal(conf_init(&c), 0);
+	char *const env[] = {"RELAYD_LISTEN=127.0.0.1:465/smtps", NULL};
+	assert_int_equal(conf_apply_env(&c, env, err, sizeof err), 0);
+	assert_int_equal(conf_check(&c, "x.conf", err, sizeof err), -EINVAL);
+	assert_string_equal(err, "environment RELAYD_LISTEN: 127.0.0.1:465/smtps "
+	                         "is implicit TLS: it needs tls_cert_file and "
+	                         "tls_key_file");
+	char *const env2[] = {"RELAYD_TLS_CERT_FILE=/c.pem",
+	                      "RELAYD_TLS_KEY_FILE=/k.pem", NULL};
+	assert_int_equal(conf_apply_env(&c, env2, err, sizeof err), 0);
+	assert_int_equal(conf_check(&c, "x.conf", err, sizeof err), 0);
+	conf_free(&c);
+}
+
+/* conf_load runs conf_check: relayd (and relayd -t) refuse such a file. */
+static void test_load_checks(void **state)
+{
+	(void)state;
+	struct conf c;
+	char err[ERRLEN], path[] = "/tmp/test_conf_XXXXXX";
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	static const char text[] = "max_recipients = 5\n"
+	                           "listen = 127.0.0.1:2525, 127.0.0.1:4650/smtps\n";
+	assert_int_equal(write(fd, text, sizeof text - 1), sizeof text - 1);
+	close(fd);
+	assert_int_equal(conf_load(&c, path, err, sizeof err), -EINVAL);
+	char want[ERRLEN];
+	snprintf(want, sizeof want, "%s:2: listen: 127.0.0.1:4650/smtps is "
+	         "implicit TLS: it needs tls_cert_file and tls_key_file", path);
+	assert_string_equal(err, want);
+	/* The environment may supply what the file lacks. */
+	assert_int_equal(setenv("RELAYD_TLS_CERT_FILE", "/c.pem", 1), 0);
+	assert_int_equal(setenv("RELAYD_TLS_KEY_FILE", "/k.pem", 1), 0);
+	assert_int_equal(conf_load(&c, path, err, sizeof err), 0);
+	assert_int_equal(c.listen[1].mode, CONF_LISTEN_SMTPS);
+	assert_string_equal(c.tls_cert_file, "/c.pem");
+	conf_free(&c);
+	unsetenv("RELAYD_TLS_CERT_FILE");
+	unsetenv("RELAYD_TLS_KEY_FILE");
+	unlink(path);
+}
+
 /* ---- etc/relayd.conf --------------------------------------------------- */
 
 /* The repository's default file parses, sets what `make run` needs, and
@@ -902,6 +1049,7 @@ int main(void)
 		                                teardown),
 		cmocka_unit_test_setup_teardown(test_strings, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_listen, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_listen_modes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_listen_max, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_headers, setup, teardown),
 		cmocka_unit_test(test_parse_units),
@@ -912,6 +1060,8 @@ int main(void)
 		cmocka_unit_test(test_file_garbage),
 		cmocka_unit_test_setup_teardown(test_env, setup, teardown),
 		cmocka_unit_test(test_load),
+		cmocka_unit_test(test_check),
+		cmocka_unit_test(test_load_checks),
 		cmocka_unit_test(test_default_file),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

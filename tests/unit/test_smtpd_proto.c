@@ -1,7 +1,8 @@
 /*
  * tests/unit/test_smtpd_proto.c - The SMTP server core fed bytes: command
  * parsing, the state table, every error reply, pipelining, DATA and BDAT
- * into a memory sink, DSN parameters. No sockets.
+ * into a memory sink, DSN parameters, STARTTLS (RFC 3207 and the
+ * CVE-2011-0411 injection). No sockets.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -63,14 +64,16 @@ struct fixture {
 	enum smtpd_req req;
 };
 
-static struct fixture *fx_new(unsigned max_rcpt, uint64_t max_size,
-                              unsigned max_bad)
+static struct fixture *fx_mode(unsigned max_rcpt, uint64_t max_size,
+                               unsigned max_bad, bool tls,
+                               enum conf_listen_mode mode)
 {
 	struct fixture *f = calloc(1, sizeof *f);
 	f->cfg = (struct smtpd_proto_cfg){
 		.hostname = "relay.test", .sid = "t1",
 		.max_message_size = max_size, .max_recipients = max_rcpt,
 		.max_bad_commands = max_bad, .scrub = scrub, .nscrub = 2,
+		.mode = mode, .tls_available = tls,
 	};
 	buf_init(&f->sink.body, SIZE_MAX);
 	buf_init(&f->out, SIZE_MAX);
@@ -78,9 +81,21 @@ static struct fixture *fx_new(unsigned max_rcpt, uint64_t max_size,
 	return f;
 }
 
+static struct fixture *fx_new(unsigned max_rcpt, uint64_t max_size,
+                              unsigned max_bad)
+{
+	return fx_mode(max_rcpt, max_size, max_bad, false, CONF_LISTEN_SMTP);
+}
+
 static struct fixture *fx(void)
 {
 	return fx_new(100, 1000000, 20);
+}
+
+/* A certificate is loaded: STARTTLS is offered. */
+static struct fixture *fx_tls(void)
+{
+	return fx_mode(100, 1000000, 20, true, CONF_LISTEN_SUBMISSION);
 }
 
 static void fx_free(struct fixture *f)
@@ -179,7 +194,7 @@ static const struct reply_case reply_cases[] = {
 	{"rcpt after rset", "EHLO x\r\nMAIL FROM:<a@b>\r\nRSET\r\n", "RCPT TO:<a@b>\r\n", "503 5.5.1"},
 	{"lowercase verbs", "ehlo x\r\n", "mail from:<a@b>\r\n", "250 2.1.0"},
 	{"bare LF command", "EHLO x\n", "NOOP\n", "250 2.0.0"},
-	{"starttls unavailable", "EHLO x\r\n", "STARTTLS\r\n", "502 5.5.1"},
+	{"starttls unavailable", "EHLO x\r\n", "STARTTLS\r\n", "454 4.7.0"},
 	{"data with argument", "EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n", "DATA x\r\n", "501 5.5.4"},
 	{"bdat before rcpt", "EHLO x\r\nMAIL FROM:<a@b>\r\n", "BDAT 0\r\n", "503 5.5.1"},
 	{"data after bdat", "EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 1\r\nx", "DATA\r\n", "503 5.5.1"},
@@ -532,6 +547,228 @@ static void test_byte_by_byte(void **state)
 	fx_free(f);
 }
 
+
+/* ---- STARTTLS (RFC 3207) -------------------------------------------------- */
+
+/* Feeds what the client sent up to and including STARTTLS; checks the
+ * request and that exactly the 220 came out. */
+static void starttls_ok(struct fixture *f, const char *in)
+{
+	assert_int_equal(feed(f, in), strlen(in));
+	assert_int_equal(f->req, SMTPD_REQ_STARTTLS);
+	assert_string_equal(take(f), "220 2.0.0 Ready to start TLS\r\n");
+	assert_int_equal(smtpd_proto_state(f->p), SMTPD_ST_STARTTLS);
+}
+
+struct tls_case {
+	const char *name;
+	bool tls;              /* a certificate is loaded */
+	const char *setup;
+	const char *input;
+	const char *expect;    /* the whole output */
+};
+
+static const struct tls_case tls_cases[] = {
+	{"no certificate", false, "EHLO x\r\n", "STARTTLS\r\n",
+	 "454 4.7.0 TLS not available due to temporary reason\r\n"},
+	{"with an argument", true, "EHLO x\r\n", "STARTTLS now\r\n",
+	 "501 5.5.4 Syntax: STARTTLS\r\n"},
+	{"before EHLO", true, "", "STARTTLS\r\n",
+	 "503 5.5.1 Error: send HELO/EHLO first\r\n"},
+	{"after MAIL", true, "EHLO x\r\nMAIL FROM:<a@b>\r\n", "STARTTLS\r\n",
+	 "503 5.5.1 Error: STARTTLS not allowed inside a mail transaction\r\n"},
+	{"after RCPT", true, "EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n",
+	 "STARTTLS\r\n",
+	 "503 5.5.1 Error: STARTTLS not allowed inside a mail transaction\r\n"},
+	{"between BDAT chunks", true,
+	 "EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 1\r\nx",
+	 "STARTTLS\r\n", "503 5.5.1 Error: only BDAT, RSET, NOOP or QUIT "
+	 "during a BDAT transfer\r\n"},
+	{"after RSET", true, "EHLO x\r\nMAIL FROM:<a@b>\r\nRSET\r\n",
+	 "STARTTLS\r\n", "220 2.0.0 Ready to start TLS\r\n"},
+	{"after HELO", true, "HELO x\r\n", "starttls\r\n",
+	 "220 2.0.0 Ready to start TLS\r\n"},
+};
+
+static void test_starttls_table(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof tls_cases / sizeof *tls_cases; i++) {
+		const struct tls_case *c = &tls_cases[i];
+		struct fixture *f = fx_mode(100, 1000000, 20, c->tls,
+		                            CONF_LISTEN_SMTP);
+		feed(f, c->setup);
+		take(f);
+		feed(f, c->input);
+		const char *out = take(f);
+		if (strcmp(out, c->expect) != 0)
+			fail_msg("case '%s': expected '%s', got '%s'", c->name,
+			         c->expect, out);
+		bool started = strncmp(c->expect, "220", 3) == 0;
+		assert_int_equal(f->req, started ? SMTPD_REQ_STARTTLS
+		                                 : SMTPD_REQ_NONE);
+		fx_free(f);
+	}
+}
+
+static void test_starttls_advertised(void **state)
+{
+	(void)state;
+	/* Only with a certificate, and only outside TLS. */
+	struct fixture *f = fx();
+	feed(f, "EHLO x\r\n");
+	assert_lacks(take(f), "STARTTLS");
+	fx_free(f);
+
+	f = fx_tls();
+	feed(f, "EHLO x\r\n");
+	char *o = take(f);
+	assert_has(o, "250-STARTTLS\r\n");
+	assert_has(o, "250 DSN\r\n");
+	assert_false(smtpd_proto_tls(f->p));
+	assert_string_equal(smtpd_proto_with(f->p), "ESMTP");
+	starttls_ok(f, "STARTTLS\r\n");
+	smtpd_proto_done(f->p, 0, &f->out);
+	assert_string_equal(take(f), "");
+	assert_true(smtpd_proto_tls(f->p));
+	feed(f, "EHLO x\r\n");
+	o = take(f);
+	assert_has(o, "250-relay.test\r\n");
+	assert_lacks(o, "STARTTLS");
+	assert_string_equal(smtpd_proto_with(f->p), "ESMTPS");
+	/* Not offered, and refused, once in TLS. */
+	feed(f, "STARTTLS\r\n");
+	assert_string_equal(take(f), "503 5.5.1 Error: TLS already active\r\n");
+	assert_int_equal(f->req, SMTPD_REQ_NONE);
+	assert_int_equal(smtpd_proto_mode(f->p), CONF_LISTEN_SUBMISSION);
+	fx_free(f);
+}
+
+static void test_starttls_resets_session(void **state)
+{
+	(void)state;
+	struct fixture *f = fx_tls();
+	feed(f, "EHLO before.tls\r\n");
+	take(f);
+	starttls_ok(f, "STARTTLS\r\n");
+	/* Nothing is consumed while the handshake runs. */
+	assert_int_equal(feed(f, "NOOP\r\n"), 0);
+	assert_string_equal(take(f), "");
+	smtpd_proto_done(f->p, 0, &f->out);
+	assert_string_equal(take(f), "");
+	/* RFC 3207 §4.2: the EHLO from before TLS is forgotten. */
+	assert_int_equal(smtpd_proto_state(f->p), SMTPD_ST_INIT);
+	assert_string_equal(smtpd_proto_helo(f->p), "");
+	feed(f, "MAIL FROM:<a@b>\r\n");
+	assert_string_equal(take(f), "503 5.5.1 Error: send HELO/EHLO first\r\n");
+	feed(f, "EHLO after.tls\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n"
+	        "DATA\r\nSubject: x\r\n\r\ny\r\n.\r\n");
+	assert_int_equal(f->req, SMTPD_REQ_COMMIT);
+	assert_string_equal(smtpd_proto_helo(f->p), "after.tls");
+	smtpd_proto_done(f->p, 0, &f->out);
+	assert_has(take(f), "250 2.0.0 Ok: queued as");
+	fx_free(f);
+}
+
+static void test_starttls_pipelined_input_discarded(void **state)
+{
+	(void)state;
+	/* CVE-2011-0411: a man in the middle appends a command to the
+	 * client's STARTTLS; it must never run inside TLS. */
+	static const char *const tails[] = {
+		"MAIL FROM:<a@b>\r\n",
+		"RSET\r\n",
+		"EHLO evil\r\nMAIL FROM:<evil@x>\r\nRCPT TO:<v@x>\r\nDATA\r\n"
+		"evil\r\n.\r\n",
+		"QUIT\r\n",
+		"partial line without end",
+	};
+	for (size_t i = 0; i < sizeof tails / sizeof *tails; i++) {
+		struct fixture *f = fx_tls();
+		feed(f, "EHLO x\r\n");
+		take(f);
+		char in[512];
+		snprintf(in, sizeof in, "STARTTLS\r\n%s", tails[i]);
+		/* Everything is consumed; only the 220 comes out. */
+		starttls_ok(f, in);
+		smtpd_proto_done(f->p, 0, &f->out);
+		assert_string_equal(take(f), "");
+		assert_int_equal(f->req, SMTPD_REQ_STARTTLS);
+		assert_int_equal(smtpd_proto_state(f->p), SMTPD_ST_INIT);
+		assert_null(smtpd_proto_txn(f->p)->sender);
+		assert_string_equal(smtpd_proto_helo(f->p), "");
+		assert_int_equal(f->sink.begins, 0);
+		/* The first reply inside TLS answers the client's own EHLO. */
+		feed(f, "EHLO x\r\n");
+		assert_int_equal(strncmp(take(f), "250-relay.test\r\n", 16), 0);
+		fx_free(f);
+	}
+
+	/* The same with the STARTTLS line split across reads: what follows
+	 * its end in the read that completes it is still dropped. */
+	struct fixture *f = fx_tls();
+	feed(f, "EHLO x\r\n");
+	take(f);
+	assert_int_equal(feed(f, "STARTT"), 0);
+	starttls_ok(f, "STARTTLS\r\nRSET\r\n");
+	smtpd_proto_done(f->p, 0, &f->out);
+	assert_string_equal(take(f), "");
+	fx_free(f);
+
+	/* Pipelined before STARTTLS, answered in plaintext; after, dropped. */
+	f = fx_tls();
+	const char *in = "EHLO x\r\nNOOP\r\nSTARTTLS\r\nNOOP\r\n";
+	assert_int_equal(feed(f, in), strlen(in));
+	assert_int_equal(f->req, SMTPD_REQ_STARTTLS);
+	char *o = take(f);
+	assert_has(o, "250 2.0.0 Ok\r\n220 2.0.0 Ready to start TLS\r\n");
+	assert_int_equal(count_lines(o), 9 + 1 + 1);
+	fx_free(f);
+}
+
+static void test_starttls_handshake_failed(void **state)
+{
+	(void)state;
+	struct fixture *f = fx_tls();
+	feed(f, "EHLO x\r\n");
+	take(f);
+	starttls_ok(f, "STARTTLS\r\n");
+	smtpd_proto_done(f->p, -EPROTO, &f->out);
+	assert_string_equal(take(f), "");
+	assert_int_equal(smtpd_proto_state(f->p), SMTPD_ST_CLOSED);
+	assert_false(smtpd_proto_tls(f->p));
+	assert_int_equal(feed(f, "EHLO x\r\n"), 0);
+	fx_free(f);
+
+	/* Timed out during the handshake: closed (the shell says nothing). */
+	f = fx_tls();
+	feed(f, "EHLO x\r\n");
+	take(f);
+	starttls_ok(f, "STARTTLS\r\n");
+	assert_int_equal(smtpd_proto_timeout(f->p, &f->out), SMTPD_REQ_CLOSE);
+	assert_int_equal(smtpd_proto_state(f->p), SMTPD_ST_CLOSED);
+	fx_free(f);
+}
+
+static void test_smtps_session(void **state)
+{
+	(void)state;
+	/* Implicit TLS: in TLS from the first command, STARTTLS is neither
+	 * offered nor accepted, and Received says ESMTPS. */
+	struct fixture *f = fx_mode(100, 1000000, 20, true, CONF_LISTEN_SMTPS);
+	assert_true(smtpd_proto_tls(f->p));
+	assert_int_equal(smtpd_proto_mode(f->p), CONF_LISTEN_SMTPS);
+	feed(f, "EHLO x\r\n");
+	assert_lacks(take(f), "STARTTLS");
+	assert_string_equal(smtpd_proto_with(f->p), "ESMTPS");
+	feed(f, "STARTTLS\r\n");
+	assert_string_equal(take(f), "503 5.5.1 Error: TLS already active\r\n");
+	feed(f, "HELO x\r\n");
+	take(f);
+	assert_string_equal(smtpd_proto_with(f->p), "SMTP");
+	fx_free(f);
+}
+
 int main(void)
 {
 	log_open(NULL, false, LOG_ERR);
@@ -553,6 +790,12 @@ int main(void)
 		cmocka_unit_test(test_dsn_params),
 		cmocka_unit_test(test_timeout_and_shutdown),
 		cmocka_unit_test(test_byte_by_byte),
+		cmocka_unit_test(test_starttls_table),
+		cmocka_unit_test(test_starttls_advertised),
+		cmocka_unit_test(test_starttls_resets_session),
+		cmocka_unit_test(test_starttls_pipelined_input_discarded),
+		cmocka_unit_test(test_starttls_handshake_failed),
+		cmocka_unit_test(test_smtps_session),
 	};
 	return cmocka_run_group_tests_name("smtpd_proto", tests, NULL, NULL);
 }
