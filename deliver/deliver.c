@@ -1783,6 +1783,8 @@ int deliver_set_conf(struct deliver *d, const struct conf *conf)
 		log_warn("SIGHUP: smarthost_rate: out of memory");
 	deliver_cfg_unref(d->cfg);
 	d->cfg = g;
+	if (g->mode != CONF_DELIVERY_SMARTHOST)
+		drop_ready(d);   /* back to hold: waiting jobs go back */
 	/* A new password or certificate deserves a try now. */
 	d->paused = false;
 	d->probing = d->route_fails > 0;
