@@ -87,7 +87,8 @@ struct queue_discard {
 
 /* A change to a committed message (delivery results, hold, removal) on
  * its way through the writer. */
-enum op_kind { OP_UPDATE, OP_REMOVE };
+enum op_kind { OP_UPDATE, OP_REMOVE,
+	OP_QUOTA };   /* a quota charge or refund: queue_quota.c */
 
 struct queue_op {
 	struct queue_op *next;
@@ -96,6 +97,7 @@ struct queue_op {
 	uint8_t *rec;           /* OP_UPDATE: the new "msg" value */
 	size_t reclen;
 	int64_t due;            /* OP_UPDATE: its sched time, or -1 for none */
+	struct queue_quota_req *quota;   /* OP_QUOTA: owned by op->arg's cb */
 	int status;
 	queue_op_cb cb;
 	void *arg;
@@ -115,6 +117,7 @@ struct queue {
 	bool tmpfile;           /* bodies start as O_TMPFILE files (probed) */
 	MDB_env *env;
 	MDB_dbi dbi_msg, dbi_sched;
+	MDB_dbi dbi_quota;      /* quota counters (queue_quota.c) */
 	struct queue_idgen idgen;   /* loop thread only */
 
 	pthread_t writer;
@@ -562,6 +565,37 @@ int queue_remove(struct queue *q, const char *qid, queue_op_cb cb, void *arg)
 	return r;
 }
 
+/* ---- quota ops (queue_quota.c; glue declared in queue_int.h) ------- */
+
+int queue_push_quota(struct queue *q, struct queue_quota_req *r,
+                     queue_op_cb done_cb)
+{
+	if (q->closing)
+		return -ESHUTDOWN;
+	struct queue_op *op = calloc(1, sizeof *op);
+	if (!op)
+		return -ENOMEM;
+	op->kind = OP_QUOTA;
+	op->due = -1;
+	op->quota = r;
+	op->cb = done_cb;
+	op->arg = r;
+	int rc = push_op(q, op);
+	if (rc)
+		free(op);
+	return rc;
+}
+
+MDB_env *queue_mdb_env(struct queue *q)
+{
+	return q->env;
+}
+
+unsigned queue_dbi_quota(struct queue *q)
+{
+	return q->dbi_quota;
+}
+
 void queue_set_notify(struct queue *q, queue_notify_cb cb, void *arg)
 {
 	q->notify = cb;
@@ -965,6 +999,12 @@ static struct queue_op *apply_ops(struct queue *q, struct queue_op *ops,
 		last = op;
 		if (rc)
 			continue;
+		if (op->kind == OP_QUOTA) {
+			/* Its outcome (charged or over quota) is in op->quota;
+			 * rc only when the transaction itself failed. */
+			rc = queue_quota_apply(op->quota, txn, q->dbi_quota);
+			continue;
+		}
 		MDB_val k = {QUEUE_ID_LEN, op->qid}, v;
 		int g = mdb_get(txn, q->dbi_msg, &k, &v);
 		if (g == MDB_NOTFOUND) {
@@ -1354,6 +1394,12 @@ static int open_index(struct queue *q, const char *spool, uint64_t map_size)
 		goto fail;
 	if ((rc = mdb_dbi_open(txn, QUEUE_DB_MSG, MDB_CREATE, &q->dbi_msg)) ||
 	    (rc = mdb_dbi_open(txn, QUEUE_DB_SCHED, MDB_CREATE, &q->dbi_sched))) {
+		mdb_txn_abort(txn);
+		goto fail;
+	}
+	/* Quota counters (queue_quota.c): a DB of their own in the same
+	 * environment, so a charge can share a transaction with other ops. */
+	if ((rc = mdb_dbi_open(txn, QUEUE_DB_QUOTA, MDB_CREATE, &q->dbi_quota))) {
 		mdb_txn_abort(txn);
 		goto fail;
 	}

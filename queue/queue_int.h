@@ -55,4 +55,32 @@ void queue_sched_key(int64_t t, const char *qid,
  * mdb_strerror(rc) themselves. */
 int queue_mdb_errno(int rc);
 
+/* ---- quotas: the glue between queue.c and queue_quota.c ------------- */
+
+/* Named DB of the quota counters (layout: queue_quota.h). */
+#define QUEUE_DB_QUOTA "quota"
+
+struct MDB_env;
+struct MDB_txn;
+struct queue_quota_req;   /* one charge or refund; queue_quota.c */
+
+/* queue.c: hands r to the writer thread as an OP_QUOTA op, applied in the
+ * next ops transaction by queue_quota_apply(); then done_cb(r, status)
+ * runs on the loop thread, status 0 or the -errno of a failed
+ * transaction (the op's own outcome is in r). 0 or -ESHUTDOWN/-ENOMEM
+ * (done_cb will not run; r stays the caller's). */
+int queue_push_quota(struct queue *q, struct queue_quota_req *r,
+                     queue_op_cb done_cb);
+
+/* queue_quota.c, on the writer thread inside apply_ops' write
+ * transaction: applies r to the "quota" DB. Returns an LMDB code: not 0
+ * only when the transaction must fail. */
+int queue_quota_apply(struct queue_quota_req *r, struct MDB_txn *txn,
+                      unsigned dbi);
+
+/* The environment and the quota DB handle, for read transactions on the
+ * loop thread (queue_quota_peek). */
+struct MDB_env *queue_mdb_env(struct queue *q);
+unsigned queue_dbi_quota(struct queue *q);
+
 #endif
