@@ -199,6 +199,19 @@ static const struct conf_keydef conf_keys[] = {
 	 "PEM certificate (with its chain) for STARTTLS and smtps; empty: no TLS"},
 	{"tls_key_file", CT_STRING, OFF(tls_key_file), "", 0, 0, NULL, NULL,
 	 "PEM private key of tls_cert_file"},
+	/* Relay policy (issue 4 §3). Parsed and checked by smtpd/
+	 * (smtpd_policy_net.h), which owns the list and rate parsers; errors
+	 * still name file:line (conf_where). */
+	{"deny_networks", CT_STRING, OFF(deny_networks), "", 0, 0, NULL, NULL,
+	 "CIDR list (IPv4, IPv6) refused at connect with 554 5.7.1; empty: none"},
+	{"sender_domains", CT_STRING, OFF(sender_domains), "", 0, 0, NULL, NULL,
+	 "MAIL FROM domains allowed (exact match, <> always); empty: any"},
+	{"recipient_domains", CT_STRING, OFF(recipient_domains), "", 0, 0, NULL,
+	 NULL, "RCPT TO domains allowed (exact match); empty: any"},
+	{"rate_connections", CT_STRING, OFF(rate_connections), "0", 0, 0, NULL,
+	 NULL, "new connections per client IP (IPv6 /64), e.g. 60/1m; 0: no limit"},
+	{"rate_messages", CT_STRING, OFF(rate_messages), "0", 0, 0, NULL, NULL,
+	 "messages accepted per client IP (IPv6 /64), e.g. 100/1h; 0: no limit"},
 };
 
 #define NKEYS (sizeof conf_keys / sizeof *conf_keys)
@@ -1054,6 +1067,17 @@ static void where_fmt(const struct conf *c, const char *name, size_t ki,
 	} else {
 		fmt(err, errlen, "%s: %s", key, why);
 	}
+}
+
+void conf_where(const struct conf *c, const char *name, const char *key,
+                const char *why, char *err, size_t errlen)
+{
+	const struct conf_keydef *k = find_key(key);
+	if (!k) {
+		fmt(err, errlen, "%s: %s", key, why);
+		return;
+	}
+	where_fmt(c, name, (size_t)(k - conf_keys), err, errlen, why);
 }
 
 int conf_check(const struct conf *c, const char *name, char *err,

@@ -98,6 +98,12 @@ struct conf {
 	/* TLS for the listeners (smtpd/smtpd_tls.c). Both empty: no TLS. */
 	char *tls_cert_file;               /* PEM: certificate, then chain */
 	char *tls_key_file;                /* PEM private key */
+	/* Relay policy (smtpd/smtpd_policy_net.h parses these). */
+	char *deny_networks;               /* CIDR list; default "" */
+	char *sender_domains;              /* default "" (any) */
+	char *recipient_domains;           /* default "" (any) */
+	char *rate_connections;            /* "N/DURATION"; default "0" */
+	char *rate_messages;               /* "N/DURATION"; default "0" */
 
 	/* Where each key (by table index) was last set: its line in the
 	 * file, CONF_SET_ENV, or 0 for the default. For conf_check's
@@ -129,6 +135,13 @@ int conf_apply_env(struct conf *c, char *const *envp, char *err, size_t errlen);
  * file's name, as for conf_parse). 0 or -EINVAL. */
 int conf_check(const struct conf *c, const char *name, char *err,
                size_t errlen);
+
+/* An error about key, prefixed with where it was set, in conf_check's
+ * forms ("file:line: key: why", "environment RELAYD_KEY: why", or "key:
+ * why" for a default): for checks made outside conf (the relay policy's
+ * parsers live in smtpd/). */
+void conf_where(const struct conf *c, const char *name, const char *key,
+                const char *why, char *err, size_t errlen);
 
 /* conf_init + the file (unreadable: error naming it) + environ +
  * conf_check. path NULL: defaults and environment only. On error c is

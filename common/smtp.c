@@ -42,4 +42,9 @@ const struct smtp_reply_def smtp_replies[SMTP_R__COUNT] = {
 	[SMTP_R_NEED_UTF8]       = {553, "5.6.7", "Non-ASCII address requires SMTPUTF8"},
 	[SMTP_R_BARE_NEWLINE]    = {554, "5.6.0", "Message contains bare CR or LF; lines must end with CRLF"},
 	[SMTP_R_NUL]             = {554, "5.6.0", "Message contains NUL characters"},
+	[SMTP_R_ACCESS_DENIED]   = {554, "5.7.1", "Access denied"},
+	[SMTP_R_CONN_RATE]       = {421, "4.7.0", "Too many connections, slow down"},
+	[SMTP_R_SENDER_DOMAIN]   = {553, "5.7.1", "Sender domain not allowed"},
+	[SMTP_R_RCPT_DOMAIN]     = {550, "5.7.1", "Recipient domain not allowed"},
+	[SMTP_R_MSG_RATE]        = {450, "4.7.1", "Message rate limit exceeded, try again later"},
 };

@@ -65,6 +65,12 @@ enum smtp_reply_id {
 	SMTP_R_NEED_UTF8,       /* 553 5.6.7 */
 	SMTP_R_BARE_NEWLINE,    /* 554 5.6.0 */
 	SMTP_R_NUL,             /* 554 5.6.0 */
+	/* Relay policy (issue 4 §3; smtpd/smtpd_policy_net.h). */
+	SMTP_R_ACCESS_DENIED,   /* 554 5.7.1 deny_networks, at connect */
+	SMTP_R_CONN_RATE,       /* 421 4.7.0 rate_connections, at connect */
+	SMTP_R_SENDER_DOMAIN,   /* 553 5.7.1 sender_domains */
+	SMTP_R_RCPT_DOMAIN,     /* 550 5.7.1 recipient_domains */
+	SMTP_R_MSG_RATE,        /* 450 4.7.1 rate_messages, at MAIL */
 	SMTP_R__COUNT
 };
 

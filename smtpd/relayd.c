@@ -25,6 +25,7 @@
 #include "queue/queue.h"
 #include "deliver/deliver.h"
 #include "smtpd/smtpd.h"
+#include "smtpd/smtpd_policy_net.h"
 
 struct relayd {
 	uv_loop_t loop;
@@ -161,6 +162,11 @@ static void reload(struct relayd *d)
 		int r = log_reopen();
 		if (r < 0)
 			log_err("SIGHUP: cannot reopen log file: %s", strerror(-r));
+		log_err("SIGHUP: %s; keeping the running configuration", err);
+		return;
+	}
+	if (smtpd_relay_check_conf(&nc, d->conf_path, err, sizeof err) < 0) {
+		conf_free(&nc);
 		log_err("SIGHUP: %s; keeping the running configuration", err);
 		return;
 	}
@@ -313,6 +319,12 @@ int main(int argc, char **argv)
 	}
 	if (deliver_check_conf(&d.conf, err, sizeof err) < 0) {
 		fprintf(stderr, "relayd: %s: %s\n", path, err);
+		conf_free(&d.conf);
+		return 1;
+	}
+	/* The relay policy's lists and rates (errors name file:line). */
+	if (smtpd_relay_check_conf(&d.conf, path, err, sizeof err) < 0) {
+		fprintf(stderr, "relayd: %s\n", err);
 		conf_free(&d.conf);
 		return 1;
 	}

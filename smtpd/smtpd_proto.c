@@ -374,6 +374,20 @@ static bool parse_u64(const char *s, size_t n, uint64_t *v)
 
 #define MAX_PARAMS 16
 
+/* A relay policy hook (cfg.policy): true when it refused (reply sent). */
+static bool policy_refuses(struct smtpd_proto *p, struct buf *out,
+                           enum smtp_reply_id (*hook)(void *, const char *),
+                           const char *addr)
+{
+	if (!hook)
+		return false;
+	enum smtp_reply_id e = hook(p->cfg.policy_ctx, addr);
+	if (e == SMTP_R__COUNT)
+		return false;
+	reply(p, out, e);
+	return true;
+}
+
 static void cmd_mail(struct cmd_ctx *c)
 {
 	struct smtpd_proto *p = c->p;
@@ -457,6 +471,9 @@ static void cmd_mail(struct cmd_ctx *c)
 		reply(p, c->out, SMTP_R_SIZE_TOO_BIG);
 		return;
 	}
+	if (policy_refuses(p, c->out, p->cfg.policy ? p->cfg.policy->mail : NULL,
+	                   addr))
+		return;
 	t->sender = strdup(addr);
 	t->envid = envid ? strndup(envid, envidlen) : NULL;
 	if (!t->sender || (envid && !t->envid)) {
@@ -578,6 +595,9 @@ static void cmd_rcpt(struct cmd_ctx *c)
 			return;
 		}
 	}
+	if (policy_refuses(p, c->out, p->cfg.policy ? p->cfg.policy->rcpt : NULL,
+	                   addr))
+		return;
 	if (t->nrcpt == t->rcpt_cap) {
 		size_t cap = t->rcpt_cap ? t->rcpt_cap * 2 : 4;
 		struct smtpd_rcpt *nr = realloc(t->rcpt, cap * sizeof *nr);

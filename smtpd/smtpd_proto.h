@@ -20,6 +20,7 @@
 
 #include "common/buf.h"
 #include "common/conf.h"
+#include "common/smtp.h"
 #include "queue/queue.h"
 
 enum smtpd_req {
@@ -77,6 +78,15 @@ struct smtpd_sink_ops {
 	void (*abort)(void *ctx);
 };
 
+/* Relay policy hooks (smtpd_policy_net.h gives them). Each returns
+ * SMTP_R__COUNT to go on, or the refusal the core sends (and logs); a
+ * refusal is not a protocol error. Called once the command's syntax and
+ * parameters are good, before the sender or recipient is taken. */
+struct smtpd_policy_ops {
+	enum smtp_reply_id (*mail)(void *ctx, const char *sender); /* "" for <> */
+	enum smtp_reply_id (*rcpt)(void *ctx, const char *rcpt);
+};
+
 struct smtpd_proto_cfg {
 	const char *hostname;
 	const char *sid;              /* session id, for log lines */
@@ -92,6 +102,9 @@ struct smtpd_proto_cfg {
 	/* A certificate is loaded: STARTTLS is offered (outside TLS) and
 	 * answered; without one STARTTLS gets 454 and is not advertised. */
 	bool tls_available;
+	/* NULL: no relay policy. */
+	const struct smtpd_policy_ops *policy;
+	void *policy_ctx;
 };
 
 struct smtpd_proto;

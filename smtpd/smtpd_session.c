@@ -22,6 +22,7 @@
 
 #include "common/log.h"
 #include "common/smtp.h"
+#include "smtpd/smtpd_policy_net.h"
 #include "smtpd/smtpd_proto.h"
 #include "smtpd/smtpd_tls.h"
 
@@ -49,6 +50,7 @@ struct smtpd_listener {
  * the one it started with until it ends, so nothing changes under it. */
 struct smtpd_conf {
 	struct conf conf;
+	struct smtpd_relay *relay;   /* conf's relay policy, parsed */
 	unsigned refs;
 };
 
@@ -61,9 +63,30 @@ static struct smtpd_conf *conf_hold(struct smtpd_conf *c)
 static void conf_drop(struct smtpd_conf *c)
 {
 	if (c && --c->refs == 0) {
+		smtpd_relay_free(c->relay);
 		conf_free(&c->conf);
 		free(c);
 	}
+}
+
+/* A shared configuration made from conf, which is moved in (and left
+ * zeroed) on success. NULL when its relay policy does not parse (the
+ * callers checked it before: only out of memory) with conf untouched. */
+static struct smtpd_conf *conf_new(struct conf *conf)
+{
+	char err[512];
+	struct smtpd_conf *c = calloc(1, sizeof *c);
+	if (!c)
+		return NULL;
+	if (smtpd_relay_new(conf, NULL, &c->relay, err, sizeof err) < 0) {
+		log_err("relay policy: %s", err);
+		free(c);
+		return NULL;
+	}
+	c->conf = *conf;
+	memset(conf, 0, sizeof *conf);
+	c->refs = 1;
+	return c;
 }
 
 struct smtpd_session;
@@ -90,6 +113,8 @@ struct smtpd {
 	unsigned tls_loading;        /* loads on the thread pool */
 	struct smtpd_listener lst[CONF_LISTEN_MAX];
 	size_t nlst;
+	/* Per-client-IP rates: the listener's, so SIGHUP keeps them. */
+	struct smtpd_relay_limits *limits;
 	size_t open_listeners;
 	struct smtpd_session *sessions;   /* doubly linked */
 	unsigned nsessions;
@@ -120,6 +145,7 @@ struct smtpd_session {
 	bool reading;
 	bool eof;              /* the client shut down its side */
 	struct smtpd_proto *proto;
+	struct smtpd_relay_sess relay;   /* relay policy of this client */
 	/* Plaintext: in is what the core has yet to consume (decrypted when
 	 * in TLS), out the replies it wrote (encrypted on the way out). */
 	struct buf in, out;
@@ -415,6 +441,7 @@ static void commit_cb(void *arg, int status)
 		log_info("%s: from=<%s>, size=%" PRIu64 ", nrcpt=%zu, client=%s, "
 		         "scrubbed=%u (s=%s)", t->qid, from, s->commit_size,
 		         t->nrcpt, client, t->scrubbed, s->sid);
+		smtpd_relay_committed(&s->relay, smtpd_relay_now());
 	} else {
 		log_warn("%s: not queued: %s (s=%s)", t->qid, strerror(-status),
 		         s->sid);
@@ -831,14 +858,19 @@ static unsigned count_ip(const struct smtpd *srv, const char *ip)
 	return n;
 }
 
-static void peer_name(uv_tcp_t *t, char *ip, size_t n, int *port)
+/* The peer's address as text and port; *ss gets it whole (AF_UNSPEC when
+ * it cannot be had). */
+static void peer_name(uv_tcp_t *t, char *ip, size_t n, int *port,
+                      struct sockaddr_storage *pss)
 {
 	struct sockaddr_storage ss;
 	int len = sizeof ss;
 	snprintf(ip, n, "unknown");
 	*port = 0;
+	memset(pss, 0, sizeof *pss);
 	if (uv_tcp_getpeername(t, (struct sockaddr *)&ss, &len) < 0)
 		return;
+	*pss = ss;
 	if (ss.ss_family == AF_INET) {
 		struct sockaddr_in *a = (struct sockaddr_in *)&ss;
 		uv_ip4_name(a, ip, n);
@@ -891,7 +923,10 @@ static void connection_cb(uv_stream_t *server, int status)
 		return;
 	}
 	uv_tcp_nodelay(&s->tcp, 1);
-	peer_name(&s->tcp, s->ip, sizeof s->ip, &s->port);
+	struct sockaddr_storage peer;
+	peer_name(&s->tcp, s->ip, sizeof s->ip, &s->port, &peer);
+	smtpd_relay_sess_init(&s->relay, s->cf->relay, srv->limits,
+	                      (const struct sockaddr *)&peer, s->ip, s->sid);
 
 	struct smtpd_proto_cfg pc = {
 		.hostname = cf->hostname,
@@ -904,6 +939,8 @@ static void connection_cb(uv_stream_t *server, int status)
 		.nscrub = cf->nscrub_headers,
 		.mode = s->mode,
 		.tls_available = s->tls_ctx != NULL,
+		.policy = &smtpd_relay_policy_ops,
+		.policy_ctx = &s->relay,
 	};
 	s->proto = smtpd_proto_new(&pc, &sink_ops, s);
 	if (!s->proto) {
@@ -913,15 +950,21 @@ static void connection_cb(uv_stream_t *server, int status)
 		return;
 	}
 
-	enum smtp_reply_id refuse = SMTP_R__COUNT;
-	if (srv->nsessions > cf->max_connections)
+	/* deny_networks, rate_connections: logged there, with the reason. */
+	enum smtp_reply_id refuse = smtpd_relay_connect(&s->relay,
+	                                                smtpd_relay_now());
+	bool logged = refuse != SMTP_R__COUNT;
+	if (logged)
+		(void)0;
+	else if (srv->nsessions > cf->max_connections)
 		refuse = SMTP_R_TOO_MANY_CONN;
 	else if (count_ip(srv, s->ip) > cf->max_connections_per_ip)
 		refuse = SMTP_R_TOO_MANY_CONN_IP;
 	if (refuse != SMTP_R__COUNT) {
 		const struct smtp_reply_def *d = &smtp_replies[refuse];
-		log_info("s=%s: refused [%s]:%d: %u %s %s", s->sid, s->ip, s->port,
-		         d->code, d->enh, d->text);
+		if (!logged)
+			log_info("s=%s: refused [%s]:%d: %u %s %s", s->sid, s->ip,
+			         s->port, d->code, d->enh, d->text);
 		/* On smtps a plaintext reply would be garbage to the client's
 		 * TLS, and a handshake just to refuse costs what the limit is
 		 * there to save: the connection is closed without a word. */
@@ -956,15 +999,16 @@ int smtpd_new(uv_loop_t *loop, struct conf *conf, struct queue *q,
               struct smtpd **out)
 {
 	struct smtpd *srv = calloc(1, sizeof *srv);
-	struct smtpd_conf *c = calloc(1, sizeof *c);
-	if (!srv || !c) {
+	struct smtpd_relay_limits *lim =
+		smtpd_relay_limits_new(SMTPD_RELAY_RATE_KEYS);
+	struct smtpd_conf *c = srv && lim ? conf_new(conf) : NULL;
+	if (!c) {
+		/* conf stays the caller's */
 		free(srv);
-		free(c);
+		smtpd_relay_limits_free(lim);
 		return -ENOMEM;
 	}
-	c->conf = *conf;            /* moved: the server owns it now */
-	memset(conf, 0, sizeof *conf);
-	c->refs = 1;
+	srv->limits = lim;
 	srv->loop = loop;
 	srv->conf = c;
 	srv->q = q;
@@ -1137,15 +1181,12 @@ int smtpd_check_tls(const struct conf *conf, char *err, size_t errlen)
 
 void smtpd_set_conf(struct smtpd *srv, struct conf *conf)
 {
-	struct smtpd_conf *c = calloc(1, sizeof *c);
+	struct smtpd_conf *c = conf_new(conf);
 	if (!c) {
 		log_err("reload: out of memory; keeping the running configuration");
 		conf_free(conf);
 		return;
 	}
-	c->conf = *conf;
-	memset(conf, 0, sizeof *conf);
-	c->refs = 1;
 	conf_drop(srv->conf);
 	srv->conf = c;
 	tls_reload(srv);
@@ -1194,6 +1235,7 @@ static void server_maybe_done(struct smtpd *srv)
 	void *arg = srv->stop_arg;
 	conf_drop(srv->conf);
 	SSL_CTX_free(srv->tls);
+	smtpd_relay_limits_free(srv->limits);
 	free(srv);
 	if (cb)
 		cb(arg);
