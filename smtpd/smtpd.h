@@ -1,8 +1,9 @@
 /*
  * smtpd/smtpd.h - The SMTP listener: binds the configured addresses (each
  * smtp, submission or smtps), accepts connections (enforcing
- * max_connections and max_connections_per_ip), and runs one session per
- * client on the loop, with STARTTLS or implicit TLS.
+ * max_connections, max_connections_per_ip and the relay policy of
+ * smtpd_policy_net.h, whose rate tables it owns across SIGHUPs), and runs
+ * one session per client on the loop, with STARTTLS or implicit TLS.
  */
 #ifndef RELAY_SMTPD_H
 #define RELAY_SMTPD_H

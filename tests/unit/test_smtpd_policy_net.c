@@ -3,8 +3,8 @@
  * (smtpd/smtpd_policy_net.h): a table of CIDR matches (IPv4, IPv6,
  * IPv4-mapped IPv6 both as entry and as client, /0, /32, /128), a table
  * of bad lists, the policy parsed from configuration keys (errors naming
- * file:line), and the connect / MAIL / RCPT / commit decisions with an
- * explicit clock.
+ * file:line), the connect / MAIL / RCPT / commit decisions with an
+ * explicit clock, and the hooks as the protocol core calls them.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -20,8 +20,10 @@
 
 #include <cmocka.h>
 
+#include "common/buf.h"
 #include "common/conf.h"
 #include "smtpd/smtpd_policy_net.h"
+#include "smtpd/smtpd_proto.h"
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -405,6 +407,82 @@ static void test_limits_bounds(void **state)
 	fixture_free(&f);
 }
 
+/* ---- the hooks in the protocol core --------------------------------------- */
+
+static int nop_begin(void *ctx, struct smtpd_txn *t)
+{
+	(void)ctx;
+	snprintf(t->qid, sizeof t->qid, "0000000000000001");
+	return 0;
+}
+
+static int nop_write(void *ctx, const uint8_t *p, size_t n)
+{
+	(void)ctx, (void)p, (void)n;
+	return 0;
+}
+
+static void nop_abort(void *ctx)
+{
+	(void)ctx;
+}
+
+static const struct smtpd_sink_ops nop_sink = {nop_begin, nop_write,
+                                               nop_abort};
+
+/* Feeds the lines; out gets the replies. */
+static void feed(struct smtpd_proto *p, struct buf *out, const char *s)
+{
+	enum smtpd_req req;
+	buf_reset(out);
+	size_t n = smtpd_proto_feed(p, (const uint8_t *)s, strlen(s), out, &req);
+	assert_int_equal(n, strlen(s));
+	assert_int_equal(req, SMTPD_REQ_NONE);
+	buf_append(out, (const uint8_t *)"", 1);   /* NUL-terminated */
+}
+
+static void test_proto_hooks(void **state)
+{
+	(void)state;
+	struct fixture f;
+	fixture_init(&f, "sender_domains = example.com\n"
+	                 "recipient_domains = dest.test\n");
+	struct smtpd_relay_sess rs;
+	sess(&f, &rs, "127.0.0.1");
+	struct smtpd_proto_cfg cfg = {
+		.hostname = "relay.test", .sid = "t", .max_message_size = 1000,
+		.max_recipients = 10, .max_bad_commands = 2,
+		.policy = &smtpd_relay_policy_ops, .policy_ctx = &rs,
+	};
+	struct smtpd_proto *p = smtpd_proto_new(&cfg, &nop_sink, NULL);
+	assert_non_null(p);
+	struct buf out;
+	buf_init(&out, SIZE_MAX);
+	feed(p, &out, "EHLO c\r\n");
+	/* three refusals in a row: not protocol errors (max_bad_commands 2) */
+	feed(p, &out, "MAIL FROM:<a@evil.test>\r\nMAIL FROM:<a@evil.test>\r\n"
+	              "MAIL FROM:<a@example.com.evil.org> SIZE=10\r\n");
+	assert_string_equal((char *)out.data,
+	                    "553 5.7.1 Sender domain not allowed\r\n"
+	                    "553 5.7.1 Sender domain not allowed\r\n"
+	                    "553 5.7.1 Sender domain not allowed\r\n");
+	assert_int_equal(smtpd_proto_state(p), SMTPD_ST_READY);
+	feed(p, &out, "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@other.test>\r\n"
+	              "RCPT TO:<b@dest.test>\r\nRCPT TO:<c@other.test>\r\n");
+	assert_string_equal((char *)out.data,
+	                    "250 2.1.0 Sender ok\r\n"
+	                    "550 5.7.1 Recipient domain not allowed\r\n"
+	                    "250 2.1.5 Recipient ok\r\n"
+	                    "550 5.7.1 Recipient domain not allowed\r\n");
+	assert_int_equal(smtpd_proto_txn(p)->nrcpt, 1);
+	feed(p, &out, "RSET\r\nMAIL FROM:<>\r\n");
+	assert_string_equal((char *)out.data, "250 2.0.0 Ok\r\n"
+	                                      "250 2.1.0 Sender ok\r\n");
+	smtpd_proto_free(p);
+	buf_free(&out);
+	fixture_free(&f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -416,6 +494,7 @@ int main(void)
 		cmocka_unit_test(test_domains),
 		cmocka_unit_test(test_message_rate),
 		cmocka_unit_test(test_limits_bounds),
+		cmocka_unit_test(test_proto_hooks),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
