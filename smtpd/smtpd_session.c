@@ -845,13 +845,15 @@ static void auth_after_cb(uv_work_t *req, int status)
 	struct auth_job *j = req->data;
 	struct smtpd *srv = j->srv;
 	struct smtpd_session *s = j->s;
-	srv->auth_jobs--;
+	/* srv->auth_jobs drops last, just before server_maybe_done: until
+	 * then nothing (session_maybe_free included) can free srv. */
 	if (j->check)
 		srv->creds_checking = false;
 	if (status == 0 && !srv->stopping)
 		creds_install(srv, j, s ? "" : "SIGHUP: ");
 	if (!s) {
 		auth_job_free(j);
+		srv->auth_jobs--;
 		server_maybe_done(srv);
 		return;
 	}
@@ -865,6 +867,7 @@ static void auth_after_cb(uv_work_t *req, int status)
 			session_maybe_free(s);
 		else
 			session_process(s);
+		srv->auth_jobs--;
 		server_maybe_done(srv);
 		return;
 	}
@@ -919,6 +922,7 @@ static void auth_after_cb(uv_work_t *req, int status)
 	auth_job_free(j);
 	smtpd_proto_done(s->proto, result, &s->out);
 	session_process(s);
+	srv->auth_jobs--;
 	server_maybe_done(srv);
 }
 

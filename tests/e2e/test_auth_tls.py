@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from authutil import PASSWORD, add_user, auth_login, auth_plain, ctl_user
+from authutil import (PASSWORD, add_user, auth_login, auth_plain, ctl_user,
+                      plain)
 from conftest import smtp_connect, wait_until
 from tlsutil import TLS_NAME, TestCA, connect, starttls, tls_relayd
 
@@ -267,3 +268,21 @@ def test_credentials_file_changes_without_restart(relayd_factory, tmp_path):
     c = _ehlo(r, None)
     assert auth_plain(c, "app").pair == (235, "2.7.0")
     c.close()
+
+
+def test_disconnect_and_shutdown_during_password_check(relayd_factory,
+                                                       tmp_path):
+    """The check runs on the thread pool for ~0.1 s: a client that leaves
+    meanwhile, or a SIGTERM, must find nothing freed under it."""
+    r = _locked_relayd(relayd_factory, tmp_path)
+    c = _ehlo(r, None)
+    c.send(("AUTH PLAIN %s\r\n" % plain("app", PASSWORD)).encode())
+    c.close()
+    c = _ehlo(r, None)
+    assert auth_plain(c, "app").pair == (235, "2.7.0")
+    c.close()
+    c = _ehlo(r, None)
+    c.send(("AUTH PLAIN %s\r\n" % plain("other", PASSWORD)).encode())
+    r.stop()    # a clean exit (and no sanitizer report) is checked
+    c.close()
+    assert "relayd stopped" in r.log_text()
