@@ -169,3 +169,19 @@ def test_credential_restrictions(relayd_factory, ca, tmp_path):
     assert auth_plain(c, "app").pair == (235, "2.7.0")
     assert c.cmd("MAIL FROM:<x@evil.example>").pair == (250, "2.1.0")
     c.close()
+
+
+@pytest.mark.parametrize("key,value,why", [
+    ("trusted_networks", "10.1.2.3/8", "'10.1.2.3/8': host bits set"),
+    ("trusted_networks", "example.com", "'example.com': not an address"),
+    ("auth_plaintext_networks", "::1/129", "'::1/129': prefix longer than"),
+])
+def test_bad_network_lists_refused_at_start(relayd_factory, key, value, why):
+    import subprocess
+    from conftest import RELAYD
+    r = relayd_factory(start=False, **{key: value})
+    res = subprocess.run([RELAYD, "-t", "-c", r.conf_path], timeout=30,
+                         capture_output=True, stdin=subprocess.DEVNULL)
+    assert res.returncode == 1
+    err = res.stderr.decode()
+    assert "%s: %s" % (key, why) in err, err
