@@ -92,7 +92,7 @@ static void conf_lists(struct smtpd_conf *c)
 
 int smtpd_check_conf(const struct conf *conf, char *err, size_t errlen)
 {
-	static struct smtpd_cidr_list l;   /* big; this runs on one thread */
+	struct smtpd_cidr_list l;
 	char msg[256];
 	if (smtpd_cidr_parse(conf->trusted_networks, &l, msg, sizeof msg) < 0) {
 		snprintf(err, errlen, "trusted_networks: %s", msg);
