@@ -212,6 +212,19 @@ static const struct conf_keydef conf_keys[] = {
 	 NULL, "new connections per client IP (IPv6 /64), e.g. 60/1m; 0: no limit"},
 	{"rate_messages", CT_STRING, OFF(rate_messages), "0", 0, 0, NULL, NULL,
 	 "messages accepted per client IP (IPv6 /64), e.g. 100/1h; 0: no limit"},
+	/* Relay access and AUTH (smtpd/); CIDR lists checked by smtpd. */
+	{"trusted_networks", CT_STRING, OFF(trusted_networks),
+	 "127.0.0.0/8, ::1/128", 0, 0, NULL, NULL,
+	 "CIDR list of clients that may relay without AUTH; others must AUTH"},
+	{"auth_plaintext_networks", CT_STRING, OFF(auth_plaintext_networks), "",
+	 0, 0, NULL, NULL,
+	 "CIDR list of clients offered AUTH outside TLS; empty: none"},
+	{"auth_fail_limit", CT_UNSIGNED, OFF(auth_fail_limit), "5", 1, 1000000,
+	 NULL, NULL, "failed AUTHs per client IP or credential before a lockout"},
+	{"auth_fail_window", CT_DURATION, OFF(auth_fail_window), "10m", SEC, DAY,
+	 NULL, NULL, "the window in which auth_fail_limit failures count"},
+	{"auth_lockout", CT_DURATION, OFF(auth_lockout), "15m", SEC, DAY, NULL,
+	 NULL, "first lockout; doubles on each repeat, up to 24h"},
 };
 
 #define NKEYS (sizeof conf_keys / sizeof *conf_keys)

@@ -104,6 +104,15 @@ struct conf {
 	char *recipient_domains;           /* default "" (any) */
 	char *rate_connections;            /* "N/DURATION"; default "0" */
 	char *rate_messages;               /* "N/DURATION"; default "0" */
+	/* Relay access and AUTH (smtpd/). The CIDR lists are checked by
+	 * smtpd_check_conf (smtpd/smtpd_cidr.c is their one parser). */
+	char *trusted_networks;            /* relay without AUTH; default
+	                                      "127.0.0.0/8, ::1/128" */
+	char *auth_plaintext_networks;     /* AUTH allowed outside TLS;
+	                                      default "" (nowhere) */
+	unsigned auth_fail_limit;          /* failures per window: 5 */
+	uint64_t auth_fail_window;         /* ms; default 10m */
+	uint64_t auth_lockout;             /* ms; first lockout: 15m */
 
 	/* Where each key (by table index) was last set: its line in the
 	 * file, CONF_SET_ENV, or 0 for the default. For conf_check's

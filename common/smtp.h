@@ -71,6 +71,29 @@ enum smtp_reply_id {
 	SMTP_R_SENDER_DOMAIN,   /* 553 5.7.1 sender_domains */
 	SMTP_R_RCPT_DOMAIN,     /* 550 5.7.1 recipient_domains */
 	SMTP_R_MSG_RATE,        /* 450 4.7.1 rate_messages, at MAIL */
+	/* STARTTLS (RFC 3207 §4) */
+	SMTP_R_TLS_READY,       /* 220 2.0.0 */
+	SMTP_R_TLS_UNAVAILABLE, /* 454 4.7.0 */
+	SMTP_R_TLS_ACTIVE,      /* 503 5.5.1 */
+	SMTP_R_TLS_IN_TXN,      /* 503 5.5.1 */
+	/* AUTH (RFC 4954 §4-6) */
+	SMTP_R_AUTH_CHALLENGE,  /* 334 %s (base64; may be empty) */
+	SMTP_R_AUTH_OK,         /* 235 2.7.0 */
+	SMTP_R_AUTH_FAILED,     /* 535 5.7.8 */
+	SMTP_R_AUTH_TEMP,       /* 454 4.7.0 */
+	SMTP_R_AUTH_LOCKED,     /* 454 4.7.0 (a credential locked out) */
+	SMTP_R_AUTH_LOCKED_IP,  /* 421 4.7.0 (the client locked out) */
+	SMTP_R_AUTH_CANCELLED,  /* 501 5.7.0 */
+	SMTP_R_AUTH_BAD_B64,    /* 501 5.5.2 */
+	SMTP_R_AUTH_MECH,       /* 504 5.5.4 */
+	SMTP_R_AUTH_ALREADY,    /* 503 5.5.1 */
+	SMTP_R_AUTH_IN_TXN,     /* 503 5.5.1 */
+	SMTP_R_AUTH_ENCRYPT,    /* 538 5.7.11 */
+	SMTP_R_AUTH_REQUIRED,   /* 530 5.7.0 */
+	/* Relay access (issue 4 §3) */
+	SMTP_R_RELAY_DENIED,    /* 554 5.7.1 */
+	SMTP_R_CRED_SENDER,     /* 553 5.7.1 */
+	SMTP_R_CRED_RCPT,       /* 550 5.7.1 */
 	SMTP_R__COUNT
 };
 

@@ -170,6 +170,12 @@ static void reload(struct relayd *d)
 		log_err("SIGHUP: %s; keeping the running configuration", err);
 		return;
 	}
+	if (smtpd_check_conf(&nc, err, sizeof err) < 0) {
+		log_err("SIGHUP: %s: %s; keeping the running configuration",
+		        d->conf_path, err);
+		conf_free(&nc);
+		return;
+	}
 	keep_restart_keys(&nc, smtpd_conf(d->smtpd));
 	int r = log_open(nc.log_file, nc.log_stderr, nc.log_level);
 	if (r < 0)
@@ -317,7 +323,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "relayd: %s\n", err);
 		return 1;
 	}
-	if (deliver_check_conf(&d.conf, err, sizeof err) < 0) {
+	if (deliver_check_conf(&d.conf, err, sizeof err) < 0 ||
+	    smtpd_check_conf(&d.conf, err, sizeof err) < 0) {
 		fprintf(stderr, "relayd: %s: %s\n", path, err);
 		conf_free(&d.conf);
 		return 1;

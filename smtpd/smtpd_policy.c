@@ -1,8 +1,8 @@
 /*
- * smtpd/smtpd_policy.c - Relay policy building blocks: domain allowlists,
- * the sliding-window rate limiter and the lockout tracker (contracts in
- * smtpd_policy.h). Pure: no sockets, no libuv, no clock. The rate and
- * lockout tables share one bounded key table: a fixed array of entries
+ * smtpd/smtpd_policy.c - Relay policy building blocks: domain allowlists
+ * and the sliding-window rate limiter (contracts in smtpd_policy.h).
+ * Pure: no sockets, no libuv, no clock. The rate table is a bounded key
+ * table: a fixed array of entries
  * allocated up front, chained in hash buckets (SipHash-2-4 with a random
  * seed, so a client cannot pick keys that pile into one bucket) and in an
  * LRU list whose tail is evicted when the table is full.
@@ -318,11 +318,6 @@ struct kent {
 	uint32_t prev, cur;      /* hits in the previous and current window */
 	uint64_t start;          /* the current window's start */
 	uint64_t window;
-	/* lockout tracker */
-	uint32_t fails;
-	uint32_t level;
-	uint64_t fail_start;
-	uint64_t until;          /* end of the last lockout; 0: none */
 	uint8_t klen;
 	char key[SMTPD_RATE_KEY_MAX];
 };
@@ -626,135 +621,4 @@ size_t smtpd_rate_count(const struct smtpd_rate *r)
 uint64_t smtpd_rate_evicted(const struct smtpd_rate *r)
 {
 	return r->t.evicted;
-}
-
-/* ---- lockout tracker ------------------------------------------------------ */
-
-const struct smtpd_lockout_opts smtpd_lockout_defaults = {
-	.max_failures = 5,
-	.window_ms = 10 * 60 * 1000,
-	.base_ms = 60 * 1000,
-	.max_ms = 3600 * 1000,
-};
-
-struct smtpd_lockout {
-	struct ktab t;
-	struct smtpd_lockout_opts o;
-};
-
-static bool lockout_opts_ok(const struct smtpd_lockout_opts *o)
-{
-	return o->max_failures >= 1 && o->window_ms >= 1 && o->base_ms >= 1 &&
-	       o->max_ms >= o->base_ms;
-}
-
-int smtpd_lockout_set_opts(struct smtpd_lockout *l,
-                           const struct smtpd_lockout_opts *o)
-{
-	if (!lockout_opts_ok(o))
-		return -EINVAL;
-	l->o = *o;
-	return 0;
-}
-
-struct smtpd_lockout *smtpd_lockout_new(size_t max_keys,
-                                        const struct smtpd_lockout_opts *o)
-{
-	if (!o)
-		o = &smtpd_lockout_defaults;
-	if (!lockout_opts_ok(o))
-		return NULL;
-	struct smtpd_lockout *l = malloc(sizeof *l);
-	if (!l)
-		return NULL;
-	if (ktab_init(&l->t, max_keys)) {
-		free(l);
-		return NULL;
-	}
-	l->o = *o;
-	return l;
-}
-
-void smtpd_lockout_free(struct smtpd_lockout *l)
-{
-	if (!l)
-		return;
-	ktab_fini(&l->t);
-	free(l);
-}
-
-/* A key whose last lockout ended max_ms or more ago starts again at
- * base_ms: the doubling punishes persistence, not one bad day. */
-static void lockout_decay(const struct smtpd_lockout *l, struct kent *e,
-                          uint64_t now)
-{
-	if (e->level > 0 && e->until <= now && now - e->until >= l->o.max_ms)
-		e->level = 0;
-}
-
-bool smtpd_lockout_check(struct smtpd_lockout *l, const char *key,
-                         uint64_t now_ms, uint64_t *until_ms)
-{
-	struct kent *e = ktab_get(&l->t, key, false);
-	if (!e || e->until <= now_ms)
-		return false;
-	if (until_ms)
-		*until_ms = e->until;
-	return true;
-}
-
-bool smtpd_lockout_fail(struct smtpd_lockout *l, const char *key,
-                        uint64_t now_ms, uint64_t *until_ms)
-{
-	struct kent *e = ktab_get(&l->t, key, true);
-	if (e->until > now_ms) {
-		if (until_ms)
-			*until_ms = e->until;
-		return true;
-	}
-	lockout_decay(l, e, now_ms);
-	if (e->fails == 0 || now_ms < e->fail_start ||
-	    now_ms - e->fail_start >= l->o.window_ms) {
-		e->fails = 0;
-		e->fail_start = now_ms;
-	}
-	if (++e->fails < l->o.max_failures)
-		return false;
-	/* base_ms doubled once per earlier lockout in a row, capped. */
-	uint64_t d = l->o.base_ms;
-	for (uint32_t i = 0; i < e->level && d < l->o.max_ms; i++)
-		d *= 2;
-	if (d > l->o.max_ms)
-		d = l->o.max_ms;
-	e->until = now_ms + d;
-	if (e->level < 64)
-		e->level++;
-	e->fails = 0;
-	if (until_ms)
-		*until_ms = e->until;
-	return true;
-}
-
-void smtpd_lockout_success(struct smtpd_lockout *l, const char *key,
-                           uint64_t now_ms)
-{
-	(void)now_ms;
-	struct kent *e = ktab_get(&l->t, key, false);
-	if (e)
-		e->fails = 0;
-}
-
-unsigned smtpd_lockout_level(struct smtpd_lockout *l, const char *key,
-                             uint64_t now_ms)
-{
-	struct kent *e = ktab_get(&l->t, key, false);
-	if (!e)
-		return 0;
-	lockout_decay(l, e, now_ms);
-	return e->level;
-}
-
-size_t smtpd_lockout_count(const struct smtpd_lockout *l)
-{
-	return l->t.n;
 }

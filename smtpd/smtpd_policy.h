@@ -1,8 +1,8 @@
 /*
  * smtpd/smtpd_policy.h - Pure building blocks of the relay policy (issue
- * 4 §3): the global sender and recipient domain allowlists, a bounded
- * sliding-window rate limiter, and a failure tracker with growing
- * lockouts. No sockets, no libuv, no clock, no logging: every call takes
+ * 4 §3): the global sender and recipient domain allowlists and a
+ * bounded sliding-window rate limiter (failed-AUTH lockouts live in
+ * smtpd_lockout.h). No sockets, no libuv, no clock, no logging: every call takes
  * the time (milliseconds, any monotonic origin, e.g. uv_now()) from the
  * caller, and callers log refusals themselves. Not thread-safe: one table
  * belongs to the loop thread.
@@ -32,8 +32,8 @@
  * nginx-style limiters use: O(1) memory per key, no timestamp list).
  * A hit is allowed when the estimate, counting this hit, stays within the
  * limit; an allowed hit counts, a refused one does not (a client that
- * keeps knocking is not locked out forever by its own refusals; use the
- * lockout tracker for that). Lookup is a seeded hash (O(1) expected).
+ * keeps knocking is not locked out forever by its own refusals; the AUTH
+ * lockout is smtpd_lockout.h). Lookup is a seeded hash (O(1) expected).
  * When the table is full the least recently hit key is forgotten: a key
  * being hammered is always recent and so never the one evicted, but an
  * attacker with many addresses can churn the table, so size max_keys well
@@ -44,20 +44,7 @@
  *   new connections per IP            smtpd_rate_hit at accept; over: 421
  *   messages per client IP per window smtpd_rate_hit at MAIL;
  *                                     over: 450 4.7.1
- *   failed AUTH per IP / credential   smtpd_lockout_* below
- *
- * ---- Lockout tracker --------------------------------------------------
- *
- * Counts failures per key in a fixed window that starts at the key's
- * first failure; the max_failures-th failure within window_ms locks the
- * key out for base_ms, the next lockout for 2*base_ms, then 4*base_ms ...
- * up to max_ms. A key whose last lockout ended max_ms or more ago starts
- * again at base_ms (the doubling punishes persistence, not one bad day).
- * While locked out, the
- * caller refuses without checking the password (421 4.7.0 / 454 4.7.0),
- * so the KDF is not spent on a guesser either. Bounded like the rate
- * table (least recently touched key evicted; a locked key that keeps
- * knocking stays recent).
+ *   failed AUTH per IP / credential   smtpd/smtpd_lockout.h
  */
 #ifndef RELAY_SMTPD_POLICY_H
 #define RELAY_SMTPD_POLICY_H
@@ -155,51 +142,5 @@ bool smtpd_rate_peek(struct smtpd_rate *t, const char *key, uint64_t now_ms,
 /* Keys in the table, and keys evicted so far (metrics, tests). */
 size_t smtpd_rate_count(const struct smtpd_rate *t);
 uint64_t smtpd_rate_evicted(const struct smtpd_rate *t);
-
-/* ---- lockout tracker ------------------------------------------------------ */
-
-struct smtpd_lockout_opts {
-	uint32_t max_failures;   /* failures within window_ms that lock; >= 1 */
-	uint64_t window_ms;      /* >= 1 */
-	uint64_t base_ms;        /* first lockout; >= 1 */
-	uint64_t max_ms;         /* cap of the doubling; >= base_ms */
-};
-
-/* Safe defaults: 5 failures in 10 minutes lock for 1 minute, doubling up
- * to 1 hour. */
-extern const struct smtpd_lockout_opts smtpd_lockout_defaults;
-
-struct smtpd_lockout;
-
-/* A tracker for at most max_keys keys; o NULL: the defaults. NULL when out
- * of memory or the options are out of range. The options are copied. */
-struct smtpd_lockout *smtpd_lockout_new(size_t max_keys,
-                                        const struct smtpd_lockout_opts *o);
-void smtpd_lockout_free(struct smtpd_lockout *l);   /* NULL: no-op */
-/* New options (SIGHUP); running lockouts keep their end. -EINVAL. */
-int smtpd_lockout_set_opts(struct smtpd_lockout *l,
-                           const struct smtpd_lockout_opts *o);
-
-/* Is key locked out at now_ms? If so *until_ms (when not NULL) gets the
- * release time. A released key answers false at and after until_ms. */
-bool smtpd_lockout_check(struct smtpd_lockout *l, const char *key,
-                         uint64_t now_ms, uint64_t *until_ms);
-
-/* Records one failure (a wrong password). Returns true when the key is
- * locked out after it (this failure started a lockout, or one was already
- * running: a failure during a lockout neither extends nor counts), with
- * *until_ms the release time. */
-bool smtpd_lockout_fail(struct smtpd_lockout *l, const char *key,
-                        uint64_t now_ms, uint64_t *until_ms);
-
-/* A success: the key's failure count restarts (its lockout level stays,
- * and decays as above). A running lockout is not lifted. */
-void smtpd_lockout_success(struct smtpd_lockout *l, const char *key,
-                           uint64_t now_ms);
-
-/* The current level of key: lockouts in a row so far (0: none; tests). */
-unsigned smtpd_lockout_level(struct smtpd_lockout *l, const char *key,
-                             uint64_t now_ms);
-size_t smtpd_lockout_count(const struct smtpd_lockout *l);
 
 #endif

@@ -3,7 +3,10 @@
  * replies and requests (commit, start TLS, close); no sockets, no libuv.
  * smtpd_session.c feeds it. The session state lives here, the mail
  * transaction in struct smtpd_txn; which command may run in which state is
- * one table (cmd_seq). Limits: common/smtp.h.
+ * one table (cmd_seq). AUTH PLAIN/LOGIN exchanges (RFC 4954) are parsed
+ * here and handed to the shell as (user, password); the relay rule and a
+ * credential's sender/recipient restrictions are applied at MAIL and
+ * RCPT. Limits: common/smtp.h.
  */
 #include "smtpd/smtpd_proto.h"
 
@@ -26,7 +29,9 @@ const char *const smtpd_state_names[SMTPD_ST__COUNT] = {
 	[SMTPD_ST_MAIL] = "mail",         [SMTPD_ST_RCPT] = "rcpt",
 	[SMTPD_ST_DATA] = "data",         [SMTPD_ST_BDAT] = "bdat",
 	[SMTPD_ST_BDAT_NEXT] = "bdat-next", [SMTPD_ST_COMMIT] = "commit",
-	[SMTPD_ST_STARTTLS] = "starttls", [SMTPD_ST_CLOSED] = "closed",
+	[SMTPD_ST_STARTTLS] = "starttls", [SMTPD_ST_AUTH_PLAIN] = "auth-plain",
+	[SMTPD_ST_AUTH_USER] = "auth-user", [SMTPD_ST_AUTH_PASS] = "auth-pass",
+	[SMTPD_ST_AUTH] = "auth",         [SMTPD_ST_CLOSED] = "closed",
 };
 
 enum cmd {
@@ -68,27 +73,17 @@ struct smtpd_proto {
 	 * command. SMTP_R__COUNT when none. */
 	enum smtp_reply_id bdat_fail;
 	bool bdat_nocount;
+
+	/* AUTH (RFC 4954). auth_name is set once authenticated; the user and
+	 * password of an exchange live until done() and are wiped then. */
+	char auth_name[SMTPD_CRED_NAME_MAX + 1];
+	const struct smtpd_cred *cred;   /* the shell's; NULL: none */
+	char auth_user[SMTP_CMD_LINE_MAX];
+	uint8_t auth_pw[SMTP_CMD_LINE_MAX];
+	size_t auth_pwlen;
 };
 
 /* ---- replies ------------------------------------------------------------ */
-
-/* The STARTTLS replies (RFC 3207 §4). They belong in common/smtp.h's one
- * table; they wait here until that table takes them (the listener-TLS
- * work was not to edit common/smtp.*). */
-enum tls_reply_id {
-	TLS_R_READY,          /* 220 2.0.0 */
-	TLS_R_UNAVAILABLE,    /* 454 4.7.0 */
-	TLS_R_ACTIVE,         /* 503 5.5.1 */
-	TLS_R_IN_TXN,         /* 503 5.5.1 */
-	TLS_R__COUNT
-};
-
-static const struct smtp_reply_def tls_replies[TLS_R__COUNT] = {
-	[TLS_R_READY]       = {220, "2.0.0", "Ready to start TLS"},
-	[TLS_R_UNAVAILABLE] = {454, "4.7.0", "TLS not available due to temporary reason"},
-	[TLS_R_ACTIVE]      = {503, "5.5.1", "Error: TLS already active"},
-	[TLS_R_IN_TXN]      = {503, "5.5.1", "Error: STARTTLS not allowed inside a mail transaction"},
-};
 
 /* Appends one reply line; refusals are logged with the command that drew
  * them, the queue id first once there is one. */
@@ -107,28 +102,22 @@ static void vreply_def(struct smtpd_proto *p, struct buf *out,
 		buf_printf(out, "%u %s\r\n", r->code, text);
 	if (r->code < 400 || !log_enabled(LOG_INFO))
 		return;
+	/* The credential, where known: every refusal names it (issue 4 §3). */
+	char who[SMTPD_CRED_NAME_MAX + 16] = "";
+	if (p->auth_name[0])
+		snprintf(who, sizeof who, ", auth=%s", p->auth_name);
 	if (p->txn.qid[0])
-		log_write(LOG_INFO, "%s: reject: %s: %u %s %s (s=%s)", p->txn.qid,
-		          p->cmd, r->code, r->enh, text, p->cfg.sid);
+		log_write(LOG_INFO, "%s: reject: %s: %u %s %s (s=%s%s)", p->txn.qid,
+		          p->cmd, r->code, r->enh, text, p->cfg.sid, who);
 	else
-		log_write(LOG_INFO, "s=%s: reject: %s: %u %s %s", p->cfg.sid,
-		          p->cmd, r->code, r->enh, text);
+		log_write(LOG_INFO, "s=%s: reject: %s: %u %s %s%s", p->cfg.sid,
+		          p->cmd, r->code, r->enh, text, who);
 }
 
 static void vreply(struct smtpd_proto *p, struct buf *out,
                    enum smtp_reply_id id, va_list ap)
 {
 	vreply_def(p, out, &smtp_replies[id], ap);
-}
-
-/* A STARTTLS reply; the texts take no arguments. */
-static void tls_reply(struct smtpd_proto *p, struct buf *out,
-                      enum tls_reply_id id, ...)
-{
-	va_list ap;
-	va_start(ap, id);
-	vreply_def(p, out, &tls_replies[id], ap);
-	va_end(ap);
 }
 
 static void reply(struct smtpd_proto *p, struct buf *out,
@@ -297,6 +286,12 @@ static bool needs_utf8(const char *s, bool smtputf8)
 	return eight && !smtputf8;
 }
 
+/* AUTH may be used here: inside TLS, or by an auth_plaintext client. */
+static bool auth_allowed(const struct smtpd_proto *p)
+{
+	return p->tls || p->cfg.auth_plaintext;
+}
+
 static void do_hello(struct cmd_ctx *c, bool ehlo)
 {
 	struct smtpd_proto *p = c->p;
@@ -325,7 +320,9 @@ static void do_hello(struct cmd_ctx *c, bool ehlo)
 		return;
 	}
 	/* RFC 3207 §4: STARTTLS is not offered once TLS is on (§4.2), nor
-	 * without a certificate. */
+	 * without a certificate. AUTH only where it may be used: inside TLS,
+	 * or for auth_plaintext clients (issue 4 §2). */
+	bool auth = p->cfg.auth_available && auth_allowed(p);
 	buf_printf(c->out,
 	           "250-%s\r\n"
 	           "250-PIPELINING\r\n"
@@ -334,10 +331,11 @@ static void do_hello(struct cmd_ctx *c, bool ehlo)
 	           "250-ENHANCEDSTATUSCODES\r\n"
 	           "250-SMTPUTF8\r\n"
 	           "250-CHUNKING\r\n"
-	           "%s"
+	           "%s%s"
 	           "250 DSN\r\n",
 	           p->cfg.hostname, p->cfg.max_message_size,
-	           p->cfg.tls_available && !p->tls ? "250-STARTTLS\r\n" : "");
+	           p->cfg.tls_available && !p->tls ? "250-STARTTLS\r\n" : "",
+	           auth ? "250-AUTH PLAIN LOGIN\r\n" : "");
 }
 
 static void cmd_helo(struct cmd_ctx *c) { do_hello(c, false); }
@@ -471,6 +469,20 @@ static void cmd_mail(struct cmd_ctx *c)
 		reply(p, c->out, SMTP_R_SIZE_TOO_BIG);
 		return;
 	}
+	/* Submission ports are for authenticated clients (RFC 6409 §4.3,
+	 * RFC 4954 §6: 530 5.7.0); trusted networks are exempt. */
+	if (!p->cfg.trusted && !p->auth_name[0] &&
+	    p->cfg.mode != CONF_LISTEN_SMTP) {
+		reply(p, c->out, SMTP_R_AUTH_REQUIRED);
+		return;
+	}
+	/* A credential restricted to some senders (from=): the null sender
+	 * matches none of them, so a restricted credential cannot send
+	 * bounces either. */
+	if (p->cred && !smtpd_cred_sender_ok(p->cred, addr)) {
+		reply(p, c->out, SMTP_R_CRED_SENDER);
+		return;
+	}
 	if (policy_refuses(p, c->out, p->cfg.policy ? p->cfg.policy->mail : NULL,
 	                   addr))
 		return;
@@ -483,6 +495,7 @@ static void cmd_mail(struct cmd_ctx *c)
 	}
 	t->flags = flags;
 	t->declared_size = size;
+	memcpy(t->auth, p->auth_name, sizeof t->auth);
 	p->st = SMTPD_ST_MAIL;
 	reply(p, c->out, SMTP_R_SENDER_OK);
 }
@@ -594,6 +607,16 @@ static void cmd_rcpt(struct cmd_ctx *c)
 			count_bad(p, c->out, c->req);
 			return;
 		}
+	}
+	/* Never an open relay: outside trusted_networks, only an
+	 * authenticated client may name recipients (issue 4 §3). */
+	if (!p->cfg.trusted && !p->auth_name[0]) {
+		reply(p, c->out, SMTP_R_RELAY_DENIED);
+		return;
+	}
+	if (p->cred && !smtpd_cred_rcpt_ok(p->cred, addr)) {
+		reply(p, c->out, SMTP_R_CRED_RCPT);
+		return;
 	}
 	if (policy_refuses(p, c->out, p->cfg.policy ? p->cfg.policy->rcpt : NULL,
 	                   addr))
@@ -795,29 +818,218 @@ static void cmd_starttls(struct cmd_ctx *c)
 		return;
 	}
 	if (p->tls) {
-		tls_reply(p, c->out, TLS_R_ACTIVE);
+		reply(p, c->out, SMTP_R_TLS_ACTIVE);
 		count_bad(p, c->out, c->req);
 		return;
 	}
 	if (p->st != SMTPD_ST_READY) {
 		/* MAIL or RCPT given: the envelope would straddle the switch. */
-		tls_reply(p, c->out, TLS_R_IN_TXN);
+		reply(p, c->out, SMTP_R_TLS_IN_TXN);
 		count_bad(p, c->out, c->req);
 		return;
 	}
 	if (!p->cfg.tls_available) {
-		tls_reply(p, c->out, TLS_R_UNAVAILABLE);
+		reply(p, c->out, SMTP_R_TLS_UNAVAILABLE);
 		return;
 	}
-	tls_reply(p, c->out, TLS_R_READY);
+	reply(p, c->out, SMTP_R_TLS_READY);
 	p->st = SMTPD_ST_STARTTLS;
 	*c->req = SMTPD_REQ_STARTTLS;
 }
 
-static void cmd_not_impl(struct cmd_ctx *c)
+/* ---- AUTH (RFC 4954) ------------------------------------------------------ */
+
+/* Strict base64 (RFC 4648 §4): the alphabet, '=' padding only at the end,
+ * a multiple of 4 characters, no white space. Returns the decoded length
+ * or -1. out needs room for 3 * n / 4 bytes. */
+static long b64_decode(const char *s, size_t n, uint8_t *out)
 {
-	/* AUTH arrives with the AUTH work (issue 4 §2). */
-	bad(c->p, c->out, c->req, SMTP_R_NOT_IMPL, "Command");
+	if (n % 4)
+		return -1;
+	size_t o = 0;
+	for (size_t i = 0; i < n; i += 4) {
+		uint32_t v = 0;
+		int pad = 0;
+		for (size_t j = 0; j < 4; j++) {
+			char ch = s[i + j];
+			int d;
+			if (ch >= 'A' && ch <= 'Z')
+				d = ch - 'A';
+			else if (ch >= 'a' && ch <= 'z')
+				d = ch - 'a' + 26;
+			else if (ch >= '0' && ch <= '9')
+				d = ch - '0' + 52;
+			else if (ch == '+')
+				d = 62;
+			else if (ch == '/')
+				d = 63;
+			else if (ch == '=' && i + 4 == n && j >= 2)
+				d = 0, pad++;
+			else
+				return -1;
+			if (pad && ch != '=')
+				return -1;   /* "ab=c" */
+			v = v << 6 | (uint32_t)d;
+		}
+		out[o++] = (uint8_t)(v >> 16);
+		if (pad < 2)
+			out[o++] = (uint8_t)(v >> 8);
+		if (pad < 1)
+			out[o++] = (uint8_t)v;
+	}
+	return (long)o;
+}
+
+/* Forgets the exchange's user and password. */
+static void auth_wipe(struct smtpd_proto *p)
+{
+	explicit_bzero(p->auth_user, sizeof p->auth_user);
+	explicit_bzero(p->auth_pw, sizeof p->auth_pw);
+	p->auth_pwlen = 0;
+}
+
+/* The exchange ends without a verification: back to READY. */
+static void auth_end(struct smtpd_proto *p)
+{
+	auth_wipe(p);
+	p->st = p->helo[0] ? SMTPD_ST_READY : SMTPD_ST_INIT;
+}
+
+static bool auth_cont_state(enum smtpd_state st)
+{
+	return st == SMTPD_ST_AUTH_PLAIN || st == SMTPD_ST_AUTH_USER ||
+	       st == SMTPD_ST_AUTH_PASS;
+}
+
+/* A user name and password are ready: the shell verifies them. */
+static void auth_raise(struct smtpd_proto *p, enum smtpd_req *req)
+{
+	p->st = SMTPD_ST_AUTH;
+	*req = SMTPD_REQ_AUTH;
+}
+
+/* PLAIN (RFC 4616 §2): [authzid] NUL authcid NUL passwd. An authzid other
+ * than the authcid would be acting for someone else: not supported. */
+static void auth_plain(struct smtpd_proto *p, const uint8_t *m, size_t n,
+                       struct buf *out, enum smtpd_req *req)
+{
+	const uint8_t *z1 = memchr(m, '\0', n);
+	const uint8_t *z2 = z1 ? memchr(z1 + 1, '\0', n - (size_t)(z1 + 1 - m))
+	                       : NULL;
+	if (!z2) {
+		reply(p, out, SMTP_R_AUTH_BAD_B64);
+		auth_end(p);
+		count_bad(p, out, req);
+		return;
+	}
+	size_t zl = (size_t)(z1 - m), ul = (size_t)(z2 - z1 - 1);
+	size_t pl = n - (size_t)(z2 + 1 - m);
+	if (ul == 0 || memchr(z2 + 1, '\0', pl) ||
+	    (zl && (zl != ul || memcmp(m, z1 + 1, ul) != 0))) {
+		reply(p, out, SMTP_R_AUTH_FAILED);
+		auth_end(p);
+		return;
+	}
+	memcpy(p->auth_user, z1 + 1, ul);
+	p->auth_user[ul] = '\0';
+	memcpy(p->auth_pw, z2 + 1, pl);
+	p->auth_pwlen = pl;
+	auth_raise(p, req);
+}
+
+/* One response line, in an AUTH_* continuation state (or the initial
+ * response of the AUTH command itself). */
+static void auth_response(struct smtpd_proto *p, const char *line, size_t len,
+                          struct buf *out, enum smtpd_req *req)
+{
+	/* RFC 4954 §4: "*" cancels the exchange. */
+	if (len == 1 && line[0] == '*') {
+		reply(p, out, SMTP_R_AUTH_CANCELLED);
+		auth_end(p);
+		return;
+	}
+	uint8_t dec[SMTP_CMD_LINE_MAX];
+	long n = 0;
+	/* "=" is an empty initial response (§4); the empty line an empty
+	 * continuation. */
+	if (!(len == 1 && line[0] == '=') &&
+	    (n = b64_decode(line, len, dec)) < 0) {
+		reply(p, out, SMTP_R_AUTH_BAD_B64);
+		auth_end(p);
+		count_bad(p, out, req);
+		return;
+	}
+	switch (p->st) {
+	case SMTPD_ST_AUTH_PLAIN:
+		auth_plain(p, dec, (size_t)n, out, req);
+		break;
+	case SMTPD_ST_AUTH_USER:
+		if (n == 0 || memchr(dec, '\0', (size_t)n)) {
+			reply(p, out, SMTP_R_AUTH_FAILED);
+			auth_end(p);
+			break;
+		}
+		memcpy(p->auth_user, dec, (size_t)n);
+		p->auth_user[n] = '\0';
+		p->st = SMTPD_ST_AUTH_PASS;
+		reply(p, out, SMTP_R_AUTH_CHALLENGE, "UGFzc3dvcmQ6");  /* Password: */
+		break;
+	case SMTPD_ST_AUTH_PASS:
+		memcpy(p->auth_pw, dec, (size_t)n);
+		p->auth_pwlen = (size_t)n;
+		auth_raise(p, req);
+		break;
+	default:
+		RELAY_ASSERT(false);
+	}
+	explicit_bzero(dec, sizeof dec);
+}
+
+/* AUTH mechanism [initial-response]. The sequence (EHLO first, not inside
+ * a transaction, not during BDAT) is cmd_seq's. */
+static void cmd_auth(struct cmd_ctx *c)
+{
+	struct smtpd_proto *p = c->p;
+	size_t ml = strcspn(c->arg, " ");
+	const char *ir = c->arg[ml] == ' ' ? c->arg + ml + 1 : NULL;
+	char mech[24];
+	log_escape(mech, sizeof mech, c->arg, ml < 20 ? ml : 20);
+	snprintf(p->cmd, sizeof p->cmd, "AUTH %s", mech);
+	if (ml == 0 || (ir && (*ir == '\0' || strchr(ir, ' ')))) {
+		bad(p, c->out, c->req, SMTP_R_SYNTAX,
+		    "AUTH mechanism [initial-response]");
+		return;
+	}
+	/* RFC 4954 §4: one successful AUTH per session. */
+	if (p->auth_name[0]) {
+		reply(p, c->out, SMTP_R_AUTH_ALREADY);
+		count_bad(p, c->out, c->req);
+		return;
+	}
+	enum smtpd_state next;
+	if (streq_ci(c->arg, ml, "PLAIN"))
+		next = SMTPD_ST_AUTH_PLAIN;
+	else if (streq_ci(c->arg, ml, "LOGIN"))
+		next = SMTPD_ST_AUTH_USER;
+	else {
+		reply(p, c->out, SMTP_R_AUTH_MECH);
+		return;
+	}
+	/* Passwords never cross the wire in the clear (issue 4 §2). */
+	if (!auth_allowed(p)) {
+		reply(p, c->out, SMTP_R_AUTH_ENCRYPT);
+		return;
+	}
+	auth_wipe(p);
+	p->st = next;
+	if (ir) {
+		/* The initial response is the first (PLAIN: only) response;
+		 * LOGIN clients send the user name this way. */
+		auth_response(p, ir, strlen(ir), c->out, c->req);
+		return;
+	}
+	reply(p, c->out, SMTP_R_AUTH_CHALLENGE,
+	      next == SMTPD_ST_AUTH_PLAIN ? "" : "VXNlcm5hbWU6");  /* Username: */
 }
 
 struct cmd_def {
@@ -833,7 +1045,7 @@ static const struct cmd_def cmds[CMD__COUNT] = {
 	[CMD_QUIT] = {"QUIT", cmd_quit},     [CMD_HELP] = {"HELP", cmd_help},
 	[CMD_VRFY] = {"VRFY", cmd_vrfy},     [CMD_EXPN] = {"EXPN", cmd_expn},
 	[CMD_STARTTLS] = {"STARTTLS", cmd_starttls},
-	[CMD_AUTH] = {"AUTH", cmd_not_impl},
+	[CMD_AUTH] = {"AUTH", cmd_auth},
 };
 
 /* State x command: 0 = allowed, otherwise the sequence error reply + 1.
@@ -867,6 +1079,13 @@ static const uint8_t cmd_seq[CMD__COUNT][SMTPD_ST__COUNT] = {
 		[SMTPD_ST_INIT] = E(SMTP_R_SEQ_HELO),
 		[SMTPD_ST_BDAT_NEXT] = E(SMTP_R_SEQ_IN_BDAT),
 	},
+	/* RFC 4954 §4: after EHLO, never inside a transaction. */
+	[CMD_AUTH] = {
+		[SMTPD_ST_INIT] = E(SMTP_R_SEQ_HELO),
+		[SMTPD_ST_MAIL] = E(SMTP_R_AUTH_IN_TXN),
+		[SMTPD_ST_RCPT] = E(SMTP_R_AUTH_IN_TXN),
+		[SMTPD_ST_BDAT_NEXT] = E(SMTP_R_SEQ_IN_BDAT),
+	},
 };
 #undef E
 
@@ -874,6 +1093,12 @@ static const uint8_t cmd_seq[CMD__COUNT][SMTPD_ST__COUNT] = {
 static void handle_line(struct smtpd_proto *p, char *line, size_t len,
                         struct buf *out, enum smtpd_req *req)
 {
+	if (auth_cont_state(p->st)) {
+		/* A response in an AUTH exchange: credentials, never logged. */
+		snprintf(p->cmd, sizeof p->cmd, "(AUTH response)");
+		auth_response(p, line, len, out, req);
+		return;
+	}
 	size_t vl = strcspn(line, " ");
 	int cmd = -1;
 	/* AUTH arguments are credentials: never logged. */
@@ -920,12 +1145,16 @@ static size_t feed_command(struct smtpd_proto *p, const uint8_t *in, size_t n,
 			return 0;   /* wait for the rest of the line */
 		p->discard_line = true;
 		snprintf(p->cmd, sizeof p->cmd, "(line too long)");
+		if (auth_cont_state(p->st))
+			auth_end(p);   /* an over-long response ends the exchange */
 		bad(p, out, req, SMTP_R_LINE_TOO_LONG);
 		return n;
 	}
 	size_t used = (size_t)(lf - in) + 1;
 	if (used > SMTP_CMD_LINE_MAX) {
 		snprintf(p->cmd, sizeof p->cmd, "(line too long)");
+		if (auth_cont_state(p->st))
+			auth_end(p);
 		bad(p, out, req, SMTP_R_LINE_TOO_LONG);
 		return used;
 	}
@@ -937,6 +1166,8 @@ static size_t feed_command(struct smtpd_proto *p, const uint8_t *in, size_t n,
 	line[len] = '\0';
 	if (memchr(line, '\0', len)) {
 		snprintf(p->cmd, sizeof p->cmd, "(command with NUL)");
+		if (auth_cont_state(p->st))
+			auth_end(p);
 		bad(p, out, req, SMTP_R_UNKNOWN_CMD);
 		return used;
 	}
@@ -953,6 +1184,7 @@ size_t smtpd_proto_feed(struct smtpd_proto *p, const uint8_t *in, size_t n,
 		switch (p->st) {
 		case SMTPD_ST_COMMIT:
 		case SMTPD_ST_STARTTLS:
+		case SMTPD_ST_AUTH:
 		case SMTPD_ST_CLOSED:
 			return off;
 		case SMTPD_ST_DATA: {
@@ -1030,6 +1262,7 @@ void smtpd_proto_free(struct smtpd_proto *p)
 	if (!p)
 		return;
 	txn_reset(p);
+	auth_wipe(p);
 	free(p);
 }
 
@@ -1053,8 +1286,48 @@ static void starttls_done(struct smtpd_proto *p, int status)
 	p->helo[0] = '\0';
 	p->esmtp = false;
 	p->bdat_fail = SMTP_R__COUNT;
+	/* An AUTH done in plaintext (auth_plaintext) is forgotten too. */
+	auth_wipe(p);
+	p->auth_name[0] = '\0';
+	p->cred = NULL;
 	p->tls = true;
 	p->st = SMTPD_ST_INIT;
+}
+
+/* The shell checked the user and password of SMTPD_REQ_AUTH. */
+static void auth_done(struct smtpd_proto *p, int status, struct buf *out)
+{
+	snprintf(p->cmd, sizeof p->cmd, "AUTH");
+	switch (status) {
+	case SMTPD_AUTH_OK:
+	{
+		/* The name as the file spells it (names match any case). */
+		const char *n = p->cred ? smtpd_cred_name(p->cred) : p->auth_user;
+		log_escape(p->auth_name, sizeof p->auth_name, n,
+		           strnlen(n, sizeof p->auth_name - 1));
+	}
+		reply(p, out, SMTP_R_AUTH_OK);
+		break;
+	case SMTPD_AUTH_FAILED:
+		p->cred = NULL;
+		reply(p, out, SMTP_R_AUTH_FAILED);
+		break;
+	case SMTPD_AUTH_LOCKED:
+		p->cred = NULL;
+		reply(p, out, SMTP_R_AUTH_LOCKED);
+		break;
+	case SMTPD_AUTH_LOCKED_IP:
+		p->cred = NULL;
+		auth_wipe(p);
+		reply(p, out, SMTP_R_AUTH_LOCKED_IP);
+		p->st = SMTPD_ST_CLOSED;
+		return;
+	default:
+		p->cred = NULL;
+		reply(p, out, SMTP_R_AUTH_TEMP);
+		break;
+	}
+	auth_end(p);
 }
 
 void smtpd_proto_done(struct smtpd_proto *p, int status, struct buf *out)
@@ -1062,10 +1335,15 @@ void smtpd_proto_done(struct smtpd_proto *p, int status, struct buf *out)
 	if (p->st == SMTPD_ST_CLOSED) {
 		/* Timed out or shut down while the commit was running. */
 		txn_reset(p);
+		auth_wipe(p);
 		return;
 	}
 	if (p->st == SMTPD_ST_STARTTLS) {
 		starttls_done(p, status);
+		return;
+	}
+	if (p->st == SMTPD_ST_AUTH) {
+		auth_done(p, status, out);
 		return;
 	}
 	RELAY_ASSERT(p->st == SMTPD_ST_COMMIT);
@@ -1112,10 +1390,31 @@ const struct smtpd_txn *smtpd_proto_txn(const struct smtpd_proto *p)
 
 const char *smtpd_proto_with(const struct smtpd_proto *p)
 {
-	/* RFC 3848 §2: ESMTPS for ESMTP over TLS. HELO has no such keyword. */
+	/* RFC 3848 §2: ESMTPS for ESMTP over TLS, ESMTPA with AUTH,
+	 * ESMTPSA with both. HELO has no such keyword. */
 	if (!p->esmtp)
 		return "SMTP";
+	if (p->auth_name[0])
+		return p->tls ? "ESMTPSA" : "ESMTPA";
 	return p->tls ? "ESMTPS" : "ESMTP";
+}
+
+void smtpd_proto_auth_request(const struct smtpd_proto *p, const char **user,
+                              const void **pw, size_t *pwlen)
+{
+	*user = p->auth_user;
+	*pw = p->auth_pw;
+	*pwlen = p->auth_pwlen;
+}
+
+void smtpd_proto_set_cred(struct smtpd_proto *p, const struct smtpd_cred *c)
+{
+	p->cred = c;
+}
+
+const char *smtpd_proto_auth_name(const struct smtpd_proto *p)
+{
+	return p->auth_name;
 }
 
 bool smtpd_proto_tls(const struct smtpd_proto *p)

@@ -7,9 +7,12 @@
  *
  * RFC 5321 with PIPELINING (2920), SIZE (1870), 8BITMIME (6152),
  * ENHANCEDSTATUSCODES (2034/3463), SMTPUTF8 (6531), CHUNKING (3030),
- * DSN (3461) and STARTTLS (3207). The core knows whether the session is
- * in TLS and which kind of listener it came in on; the handshake itself
- * is the shell's. Limits: common/smtp.h.
+ * DSN (3461), STARTTLS (3207) and AUTH PLAIN/LOGIN (4954). The core
+ * knows whether the session is in TLS and which kind of listener it came
+ * in on; the handshake itself is the shell's, and so is checking a
+ * password (slow: the thread pool's). The relay rule is here too: a
+ * client neither trusted nor authenticated may not relay (issue 4 §3).
+ * Limits: common/smtp.h.
  */
 #ifndef RELAY_SMTPD_PROTO_H
 #define RELAY_SMTPD_PROTO_H
@@ -22,6 +25,7 @@
 #include "common/conf.h"
 #include "common/smtp.h"
 #include "queue/queue.h"
+#include "smtpd/smtpd_cred.h"
 
 enum smtpd_req {
 	SMTPD_REQ_NONE,
@@ -31,6 +35,19 @@ enum smtpd_req {
 	 * the TLS handshake and report with done() (RFC 3207). Everything the
 	 * client sent after the STARTTLS line was consumed and thrown away. */
 	SMTPD_REQ_STARTTLS,
+	/* AUTH PLAIN or LOGIN has a user name and a password (read them with
+	 * smtpd_proto_auth_request()): check them, then answer with done()
+	 * and an enum smtpd_auth_result. Nothing was written to `out`. */
+	SMTPD_REQ_AUTH,
+};
+
+/* The status smtpd_proto_done() takes for SMTPD_REQ_AUTH. */
+enum smtpd_auth_result {
+	SMTPD_AUTH_OK = 0,      /* 235 2.7.0; call smtpd_proto_set_cred first */
+	SMTPD_AUTH_FAILED,      /* 535 5.7.8 (bad password, unknown, disabled) */
+	SMTPD_AUTH_TEMPFAIL,    /* 454 4.7.0 (no credentials, busy, KDF error) */
+	SMTPD_AUTH_LOCKED,      /* 454 4.7.0: the credential is locked out */
+	SMTPD_AUTH_LOCKED_IP,   /* 421 4.7.0, then the session is CLOSED */
 };
 
 enum smtpd_state {
@@ -43,6 +60,10 @@ enum smtpd_state {
 	SMTPD_ST_BDAT_NEXT, /* between BDAT chunks */
 	SMTPD_ST_COMMIT,    /* waiting for smtpd_proto_done() */
 	SMTPD_ST_STARTTLS,  /* 220 sent; waiting for the handshake's done() */
+	SMTPD_ST_AUTH_PLAIN,/* 334 sent; waiting for the PLAIN response line */
+	SMTPD_ST_AUTH_USER, /* LOGIN: 334 Username sent */
+	SMTPD_ST_AUTH_PASS, /* LOGIN: 334 Password sent */
+	SMTPD_ST_AUTH,      /* SMTPD_REQ_AUTH raised; waiting for done() */
 	SMTPD_ST_CLOSED,    /* QUIT or fatal: nothing more is read */
 	SMTPD_ST__COUNT
 };
@@ -65,6 +86,9 @@ struct smtpd_txn {
 	struct smtpd_rcpt *rcpt;
 	size_t nrcpt, rcpt_cap;
 	unsigned scrubbed;         /* header fields removed */
+	/* The credential the client authenticated as (set with MAIL), or
+	 * "": for log lines, the queue and policy. */
+	char auth[SMTPD_CRED_NAME_MAX + 1];
 };
 
 struct smtpd_sink_ops {
@@ -105,6 +129,16 @@ struct smtpd_proto_cfg {
 	/* NULL: no relay policy. */
 	const struct smtpd_policy_ops *policy;
 	void *policy_ctx;
+	/* The client may relay without AUTH (trusted_networks). Otherwise it
+	 * must authenticate: RCPT gets 554 5.7.1 until it has, and on
+	 * submission and smtps listeners MAIL gets 530 5.7.0. */
+	bool trusted;
+	/* AUTH is offered and accepted outside TLS too
+	 * (auth_plaintext_networks); inside TLS it always is. */
+	bool auth_plaintext;
+	/* Credentials are loaded: EHLO advertises AUTH (where allowed). AUTH
+	 * is answered either way (the shell says 454 without credentials). */
+	bool auth_available;
 };
 
 struct smtpd_proto;
@@ -138,11 +172,29 @@ size_t smtpd_proto_feed(struct smtpd_proto *p, const uint8_t *in, size_t n,
 /* Result of the pending request.
  * SMTPD_REQ_COMMIT: 0 (250 queued as), -ENOSPC (452) or other -errno
  * (451). The transaction is reset either way.
+ * SMTPD_REQ_AUTH: an enum smtpd_auth_result; the reply is written.
  * SMTPD_REQ_STARTTLS: 0 when the handshake completed: the session starts
  * over in TLS (RFC 3207 §4.2: no HELO/EHLO, no transaction; the client
  * must EHLO again) and nothing is written. Any other status: the session
  * is CLOSED (the shell closes the connection; nothing can be said). */
 void smtpd_proto_done(struct smtpd_proto *p, int status, struct buf *out);
+
+/* SMTPD_REQ_AUTH: the user name (NUL-terminated, no NUL inside) and the
+ * password (pwlen bytes; may contain anything). Valid until done(); they
+ * are wiped then. Never log the password. */
+void smtpd_proto_auth_request(const struct smtpd_proto *p, const char **user,
+                              const void **pw, size_t *pwlen);
+
+/* Before done(p, SMTPD_AUTH_OK): the credential verified, whose sender
+ * (from=) and recipient (to=) restrictions then apply to MAIL and RCPT.
+ * It must stay valid for the rest of the session (the shell holds a
+ * reference to its table). NULL: authenticated under the name given, with
+ * no restrictions (tests). */
+void smtpd_proto_set_cred(struct smtpd_proto *p, const struct smtpd_cred *c);
+
+/* The credential's name once authenticated, else "". STARTTLS forgets
+ * it (RFC 3207 §4.2). */
+const char *smtpd_proto_auth_name(const struct smtpd_proto *p);
 
 /* Timer fired: 421 4.4.2, body aborted; returns SMTPD_REQ_CLOSE. */
 enum smtpd_req smtpd_proto_timeout(struct smtpd_proto *p, struct buf *out);
@@ -152,10 +204,11 @@ enum smtpd_req smtpd_proto_shutdown(struct smtpd_proto *p, struct buf *out);
 
 enum smtpd_state smtpd_proto_state(const struct smtpd_proto *p);
 const struct smtpd_txn *smtpd_proto_txn(const struct smtpd_proto *p);
-/* "ESMTPS", "ESMTP" or "SMTP", for the Received header (RFC 3848). */
+/* "ESMTPSA", "ESMTPA", "ESMTPS", "ESMTP" or "SMTP", for the Received
+ * header (RFC 3848). */
 const char *smtpd_proto_with(const struct smtpd_proto *p);
 /* The session is inside TLS (after STARTTLS, or from the start on smtps).
- * The AUTH work offers AUTH only when this is true (issue 4 §2). */
+ * AUTH is offered only then, or to auth_plaintext clients (issue 4 §2). */
 bool smtpd_proto_tls(const struct smtpd_proto *p);
 /* The listener's mode, from the configuration. */
 enum conf_listen_mode smtpd_proto_mode(const struct smtpd_proto *p);

@@ -5,8 +5,11 @@
  * timeouts, flow control, and the sink that streams the body into the
  * spool and asks the queue to commit. Owns each session's uv_tcp_t,
  * uv_timer_t and SSL; a session is freed only when both handles are
- * closed and no commit is in flight. Owns the server's TLS context and
- * its reloads (smtpd_tls.c loads it).
+ * closed and no commit or password check is in flight. Owns the
+ * server's TLS context and its reloads (smtpd_tls.c loads it), and the
+ * AUTH side: the credentials table (loaded at start, on SIGHUP and when
+ * the file changes), password checks on the thread pool, and the
+ * failed-AUTH lockout table.
  */
 #include "smtpd/smtpd.h"
 
@@ -15,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include <openssl/err.h>
@@ -23,6 +27,9 @@
 #include "common/log.h"
 #include "common/smtp.h"
 #include "smtpd/smtpd_policy_net.h"
+#include "smtpd/smtpd_cidr.h"
+#include "smtpd/smtpd_cred.h"
+#include "smtpd/smtpd_lockout.h"
 #include "smtpd/smtpd_proto.h"
 #include "smtpd/smtpd_tls.h"
 
@@ -38,6 +45,15 @@
 /* Ciphertext is moved between the socket and OpenSSL in pieces this big
  * (a TLS record is at most 16 KiB plus overhead). */
 #define TLS_CHUNK    (16 * 1024 + 512)
+/* Password checks on the thread pool at once (each one scrypt run: about
+ * 0.1 s and 32 MiB). More AUTHs meanwhile get 454 4.7.0: a guesser
+ * cannot queue up unbounded work, and memory stays bounded. */
+#define AUTH_MAX_INFLIGHT 16
+/* The credentials file is looked at (stat) at most this often, when an
+ * AUTH arrives: relayctl's edits apply without a restart. */
+#define CREDS_CHECK_MS 1000
+/* Keys (client addresses and credential names) the lockout table holds. */
+#define LOCKOUT_CAP 4096
 
 struct smtpd_listener {
 	struct smtpd *srv;
@@ -51,6 +67,8 @@ struct smtpd_listener {
 struct smtpd_conf {
 	struct conf conf;
 	struct smtpd_relay *relay;   /* conf's relay policy, parsed */
+	struct smtpd_cidr_list trusted;     /* trusted_networks */
+	struct smtpd_cidr_list plaintext;   /* auth_plaintext_networks */
 	unsigned refs;
 };
 
@@ -58,6 +76,36 @@ static struct smtpd_conf *conf_hold(struct smtpd_conf *c)
 {
 	c->refs++;
 	return c;
+}
+
+/* The access lists, parsed once per configuration. smtpd_check_conf
+ * refused bad ones before; should one slip through, the list is empty:
+ * nobody trusted, AUTH nowhere in plaintext (the safe side). */
+static void conf_lists(struct smtpd_conf *c)
+{
+	char err[256];
+	if (smtpd_cidr_parse(c->conf.trusted_networks, &c->trusted, err,
+	                     sizeof err) < 0)
+		log_err("trusted_networks: %s; trusting nobody", err);
+	if (smtpd_cidr_parse(c->conf.auth_plaintext_networks, &c->plaintext,
+	                     err, sizeof err) < 0)
+		log_err("auth_plaintext_networks: %s; AUTH only in TLS", err);
+}
+
+int smtpd_check_conf(const struct conf *conf, char *err, size_t errlen)
+{
+	struct smtpd_cidr_list l;
+	char msg[256];
+	if (smtpd_cidr_parse(conf->trusted_networks, &l, msg, sizeof msg) < 0) {
+		snprintf(err, errlen, "trusted_networks: %s", msg);
+		return -EINVAL;
+	}
+	if (smtpd_cidr_parse(conf->auth_plaintext_networks, &l, msg,
+	                     sizeof msg) < 0) {
+		snprintf(err, errlen, "auth_plaintext_networks: %s", msg);
+		return -EINVAL;
+	}
+	return 0;
 }
 
 static void conf_drop(struct smtpd_conf *c)
@@ -86,10 +134,47 @@ static struct smtpd_conf *conf_new(struct conf *conf)
 	c->conf = *conf;
 	memset(conf, 0, sizeof *conf);
 	c->refs = 1;
+	conf_lists(c);
 	return c;
 }
 
 struct smtpd_session;
+
+/* Which credentials file is loaded: a change of any field (relayctl
+ * renames a new file over the old) means it is read again. */
+struct creds_id {
+	bool exists;
+	dev_t dev;
+	ino_t ino;
+	off_t size;
+	struct timespec mtime, ctime;
+};
+
+/* A password check (and maybe a look at the credentials file first) on
+ * the thread pool. s is NULL for a reload alone (SIGHUP). */
+struct auth_job {
+	uv_work_t req;
+	struct smtpd *srv;
+	struct smtpd_session *s;
+	struct smtpd_creds *creds;   /* a reference to the table in use */
+	char user[SMTP_CMD_LINE_MAX];
+	uint8_t pw[SMTP_CMD_LINE_MAX];
+	size_t pwlen;
+	/* The file check: known is what is loaded; the rest are results. */
+	bool check;
+	bool force;                  /* SIGHUP: read it even if unchanged */
+	uint64_t gen;
+	char *path;
+	struct creds_id known, found;
+	bool changed;
+	struct smtpd_creds *loaded;   /* the file read again, or NULL */
+	int load_err;
+	char err[512];
+	/* The verification. */
+	bool verified;
+	enum smtpd_cred_result res;
+	const struct smtpd_cred *cred;
+};
 
 /* A certificate being loaded on the thread pool (SIGHUP). */
 struct tls_load {
@@ -111,6 +196,16 @@ struct smtpd {
 	uint64_t tls_gen;            /* the load that produced tls */
 	uint64_t tls_next_gen;       /* the last load started */
 	unsigned tls_loading;        /* loads on the thread pool */
+	/* AUTH. creds NULL: no credentials (AUTH gets 454). */
+	struct smtpd_creds *creds;
+	struct creds_id creds_id;    /* the file creds came from */
+	uint64_t creds_gen;          /* the check that produced them */
+	uint64_t creds_next_gen;
+	uint64_t creds_checked;      /* uv_now() of the last check started */
+	bool creds_checking;         /* a check is on the pool */
+	unsigned auth_inflight;      /* password checks on the pool */
+	unsigned auth_jobs;          /* every job on the pool */
+	struct smtpd_lockout *lockout;
 	struct smtpd_listener lst[CONF_LISTEN_MAX];
 	size_t nlst;
 	/* Per-client-IP rates: the listener's, so SIGHUP keeps them. */
@@ -141,6 +236,11 @@ struct smtpd_session {
 	int open_handles;
 	bool closing;          /* close started: no more input or output */
 	bool commit_pending;   /* the queue holds a callback to us */
+	bool auth_pending;     /* a password check holds a pointer to us */
+	/* The table the authenticated credential lives in (a reference):
+	 * the core reads its restrictions for the rest of the session. */
+	struct smtpd_creds *auth_creds;
+	struct sockaddr_storage peer;
 	bool stop_after_commit;
 	bool reading;
 	bool eof;              /* the client shut down its side */
@@ -416,7 +516,7 @@ static void update_reading(struct smtpd_session *s)
 	 * trickles bytes does not push it back. */
 	if (s->closing || s->tls == SESS_TLS_HANDSHAKE)
 		return;
-	if (!s->commit_pending)
+	if (!s->commit_pending && !s->auth_pending)
 		uv_timer_start(&s->timer, timer_cb, current_timeout(s), 0);
 	else
 		uv_timer_stop(&s->timer);
@@ -438,9 +538,12 @@ static void commit_cb(void *arg, int status)
 		else
 			snprintf(client, sizeof client, "hidden");
 		log_escape(from, sizeof from, t->sender, strlen(t->sender));
+		char auth[SMTPD_CRED_NAME_MAX + 16] = "";
+		if (t->auth[0])
+			snprintf(auth, sizeof auth, ", auth=%s", t->auth);
 		log_info("%s: from=<%s>, size=%" PRIu64 ", nrcpt=%zu, client=%s, "
-		         "scrubbed=%u (s=%s)", t->qid, from, s->commit_size,
-		         t->nrcpt, client, t->scrubbed, s->sid);
+		         "scrubbed=%u%s (s=%s)", t->qid, from, s->commit_size,
+		         t->nrcpt, client, t->scrubbed, auth, s->sid);
 		smtpd_relay_committed(&s->relay, smtpd_relay_now());
 	} else {
 		log_warn("%s: not queued: %s (s=%s)", t->qid, strerror(-status),
@@ -638,6 +741,341 @@ static void starttls(struct smtpd_session *s)
 	update_reading(s);
 }
 
+/* ---- AUTH: credentials, password checks, lockout ---------------------------- */
+
+static void server_maybe_done(struct smtpd *srv);
+
+static bool creds_id_eq(const struct creds_id *a, const struct creds_id *b)
+{
+	if (a->exists != b->exists)
+		return false;
+	return !a->exists ||
+	       (a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
+	        a->mtime.tv_sec == b->mtime.tv_sec &&
+	        a->mtime.tv_nsec == b->mtime.tv_nsec &&
+	        a->ctime.tv_sec == b->ctime.tv_sec &&
+	        a->ctime.tv_nsec == b->ctime.tv_nsec);
+}
+
+/* stat(path) as a creds_id; errno other than ENOENT counts as missing
+ * too (logged by the load that follows a change). */
+static void creds_stat(const char *path, struct creds_id *id)
+{
+	struct stat st;
+	memset(id, 0, sizeof *id);
+	if (stat(path, &st) < 0)
+		return;
+	id->exists = true;
+	id->dev = st.st_dev;
+	id->ino = st.st_ino;
+	id->size = st.st_size;
+	id->mtime = st.st_mtim;
+	id->ctime = st.st_ctim;
+}
+
+/* Looks at the file and reads it again if it changed. Blocking: on the
+ * thread pool, or at start before the loop serves anyone. */
+static void creds_check(struct auth_job *j)
+{
+	creds_stat(j->path, &j->found);
+	if (!j->force && creds_id_eq(&j->found, &j->known))
+		return;
+	j->changed = true;
+	if (!j->found.exists) {
+		j->load_err = -ENOENT;
+		snprintf(j->err, sizeof j->err, "cannot read %s: %s", j->path,
+		         strerror(ENOENT));
+		return;
+	}
+	j->load_err = smtpd_creds_load(j->path, &j->loaded, j->err,
+	                               sizeof j->err);
+}
+
+/* The result of a check, on the loop: the new table goes in (a missing
+ * file means no AUTH; a broken one keeps the table loaded before). Logged
+ * once per change of the file. */
+static void creds_install(struct smtpd *srv, struct auth_job *j,
+                          const char *why)
+{
+	if (!j->changed || j->gen < srv->creds_gen)
+		return;   /* unchanged, or a later check got there first */
+	srv->creds_gen = j->gen;
+	srv->creds_id = j->found;
+	if (j->loaded) {
+		size_t n = smtpd_creds_count(j->loaded);
+		smtpd_creds_free(srv->creds);
+		srv->creds = smtpd_creds_ref(j->loaded);
+		log_info("%scredentials loaded from %s: %zu credential%s", why,
+		         j->path, n, n == 1 ? "" : "s");
+	} else if (j->load_err == -ENOENT) {
+		if (srv->creds)
+			log_warn("%scredentials file %s is gone: AUTH unavailable",
+			         why, j->path);
+		else
+			log_info("%s%s: AUTH unavailable", why, j->err);
+		smtpd_creds_free(srv->creds);
+		srv->creds = NULL;
+	} else {
+		log_err("%scredentials not loaded: %s; %s", why, j->err,
+		        srv->creds ? "keeping those loaded before"
+		                   : "AUTH unavailable");
+	}
+}
+
+static void auth_job_free(struct auth_job *j)
+{
+	explicit_bzero(j->pw, sizeof j->pw);
+	smtpd_creds_free(j->creds);
+	smtpd_creds_free(j->loaded);
+	free(j->path);
+	free(j);
+}
+
+static void auth_work_cb(uv_work_t *req)
+{
+	struct auth_job *j = req->data;
+	if (j->check)
+		creds_check(j);
+	if (!j->s)
+		return;
+	/* A file that failed to load leaves the table in use. */
+	const struct smtpd_creds *t = j->loaded ? j->loaded : j->creds;
+	if (t) {
+		j->res = smtpd_creds_verify(t, j->user, j->pw, j->pwlen, &j->cred);
+		j->verified = true;
+	}
+	explicit_bzero(j->pw, sizeof j->pw);
+}
+
+/* Lockout keys: the client address, and the credential name as typed
+ * (ASCII lower case: names match any case). */
+static void key_ip(char *k, size_t n, const struct smtpd_session *s)
+{
+	snprintf(k, n, "ip:%s", s->ip);
+}
+
+static void key_name(char *k, size_t n, const char *user)
+{
+	size_t o = (size_t)snprintf(k, n, "name:");
+	for (; *user && o + 1 < n; user++)
+		k[o++] = (*user >= 'A' && *user <= 'Z') ? (char)(*user + 32) : *user;
+	k[o] = '\0';
+}
+
+/* The user name for log lines: escaped and cut like a credential name. */
+static void log_user(char *d, size_t n, const char *user)
+{
+	log_escape(d, n, user, strnlen(user, SMTPD_CRED_NAME_MAX + 1));
+}
+
+static void auth_after_cb(uv_work_t *req, int status)
+{
+	struct auth_job *j = req->data;
+	struct smtpd *srv = j->srv;
+	struct smtpd_session *s = j->s;
+	/* srv->auth_jobs drops last, just before server_maybe_done: until
+	 * then nothing (session_maybe_free included) can free srv. */
+	if (j->check)
+		srv->creds_checking = false;
+	if (status == 0 && !srv->stopping)
+		creds_install(srv, j, s ? "" : "SIGHUP: ");
+	if (!s) {
+		auth_job_free(j);
+		srv->auth_jobs--;
+		server_maybe_done(srv);
+		return;
+	}
+	srv->auth_inflight--;
+	s->auth_pending = false;
+	if (s->closing || smtpd_proto_state(s->proto) != SMTPD_ST_AUTH) {
+		/* Gone, timed out or shut down while the KDF ran. */
+		smtpd_proto_done(s->proto, SMTPD_AUTH_TEMPFAIL, &s->out);
+		auth_job_free(j);
+		if (s->closing)
+			session_maybe_free(s);
+		else
+			session_process(s);
+		srv->auth_jobs--;
+		server_maybe_done(srv);
+		return;
+	}
+	char user[SMTPD_CRED_NAME_MAX * 4 + 8], kn[SMTPD_LOCKOUT_KEY_MAX],
+	     ki[SMTPD_LOCKOUT_KEY_MAX];
+	log_user(user, sizeof user, j->user);
+	key_name(kn, sizeof kn, j->user);
+	key_ip(ki, sizeof ki, s);
+	uint64_t now = uv_now(srv->loop);
+	int result;
+	if (status < 0 || !j->verified) {
+		log_info("s=%s: AUTH as %s: unavailable (%s)", s->sid, user,
+		         status < 0 ? uv_strerror(status) : "no credentials loaded");
+		result = SMTPD_AUTH_TEMPFAIL;
+	} else {
+		log_info("s=%s: AUTH as %s: %s, client=[%s]", s->sid, user,
+		         smtpd_cred_result_names[j->res], s->ip);
+		switch (j->res) {
+		case SMTPD_CRED_OK: {
+			const struct smtpd_creds *t = j->loaded ? j->loaded : j->creds;
+			smtpd_lockout_clear(srv->lockout, kn, now);
+			smtpd_creds_free(s->auth_creds);
+			s->auth_creds = smtpd_creds_ref((struct smtpd_creds *)t);
+			smtpd_proto_set_cred(s->proto, j->cred);
+			result = SMTPD_AUTH_OK;
+			break;
+		}
+		case SMTPD_CRED_BAD_PASSWORD:
+		case SMTPD_CRED_UNKNOWN: {
+			/* Guesses count against the client and the name. */
+			uint64_t d = smtpd_lockout_fail(srv->lockout, ki, now);
+			if (d)
+				log_warn("s=%s: AUTH lockout of client [%s] for %" PRIu64
+				         "s after too many failures", s->sid, s->ip,
+				         d / 1000);
+			d = smtpd_lockout_fail(srv->lockout, kn, now);
+			if (d)
+				log_warn("s=%s: AUTH lockout of credential %s for %" PRIu64
+				         "s after too many failures", s->sid, user,
+				         d / 1000);
+			result = SMTPD_AUTH_FAILED;
+			break;
+		}
+		case SMTPD_CRED_DISABLED:
+			result = SMTPD_AUTH_FAILED;
+			break;
+		default:
+			result = SMTPD_AUTH_TEMPFAIL;
+			break;
+		}
+	}
+	auth_job_free(j);
+	smtpd_proto_done(s->proto, result, &s->out);
+	session_process(s);
+	srv->auth_jobs--;
+	server_maybe_done(srv);
+}
+
+/* A look at the credentials file is due: start one with this job. */
+static int creds_check_begin(struct smtpd *srv, struct auth_job *j,
+                             bool force)
+{
+	const char *path = srv->conf->conf.credentials_file;
+	j->srv = srv;
+	j->path = strdup(path);
+	if (!j->path)
+		return -ENOMEM;
+	j->check = true;
+	j->gen = ++srv->creds_next_gen;
+	/* force (SIGHUP): read it even if it looks the same. */
+	j->known = srv->creds_id;
+	j->force = force;
+	srv->creds_checking = true;
+	srv->creds_checked = uv_now(srv->loop);
+	return 0;
+}
+
+static int auth_queue(struct smtpd *srv, struct auth_job *j)
+{
+	j->req.data = j;
+	int r = uv_queue_work(srv->loop, &j->req, auth_work_cb, auth_after_cb);
+	if (r < 0)
+		return r;
+	srv->auth_jobs++;
+	return 0;
+}
+
+/* SMTPD_REQ_AUTH: the lockouts first (no password check for a locked-out
+ * client or name), then the check on the thread pool. */
+static void start_auth(struct smtpd_session *s)
+{
+	struct smtpd *srv = s->srv;
+	const char *user;
+	const void *pw;
+	size_t pwlen;
+	smtpd_proto_auth_request(s->proto, &user, &pw, &pwlen);
+	char who[SMTPD_CRED_NAME_MAX * 4 + 8], kn[SMTPD_LOCKOUT_KEY_MAX],
+	     ki[SMTPD_LOCKOUT_KEY_MAX];
+	log_user(who, sizeof who, user);
+	key_ip(ki, sizeof ki, s);
+	key_name(kn, sizeof kn, user);
+	uint64_t now = uv_now(srv->loop);
+	uint64_t left = smtpd_lockout_check(srv->lockout, ki, now);
+	if (left) {
+		log_info("s=%s: AUTH as %s: refused: client [%s] locked out for "
+		         "%" PRIu64 "s more", s->sid, who, s->ip, (left + 999) / 1000);
+		smtpd_proto_done(s->proto, SMTPD_AUTH_LOCKED_IP, &s->out);
+		return;
+	}
+	left = smtpd_lockout_check(srv->lockout, kn, now);
+	if (left) {
+		log_info("s=%s: AUTH as %s: refused: credential locked out for "
+		         "%" PRIu64 "s more", s->sid, who, (left + 999) / 1000);
+		smtpd_proto_done(s->proto, SMTPD_AUTH_LOCKED, &s->out);
+		return;
+	}
+	bool check = !srv->creds_checking && !srv->stopping &&
+	             now - srv->creds_checked >= CREDS_CHECK_MS;
+	const char *why = NULL;
+	if (!srv->creds && !check)
+		why = "no credentials loaded";
+	else if (srv->auth_inflight >= AUTH_MAX_INFLIGHT)
+		why = "too many password checks in progress";
+	struct auth_job *j = why ? NULL : calloc(1, sizeof *j);
+	if (!why && !j)
+		why = "out of memory";
+	if (j) {
+		j->srv = srv;
+		j->s = s;
+		j->creds = srv->creds ? smtpd_creds_ref(srv->creds) : NULL;
+		snprintf(j->user, sizeof j->user, "%s", user);
+		memcpy(j->pw, pw, pwlen);
+		j->pwlen = pwlen;
+		int r = check ? creds_check_begin(srv, j, false) : 0;
+		if (r == 0)
+			r = auth_queue(srv, j);
+		if (r < 0) {
+			if (j->check)
+				srv->creds_checking = false;
+			auth_job_free(j);
+			why = "cannot queue the password check";
+		}
+	}
+	if (why) {
+		log_info("s=%s: AUTH as %s: unavailable (%s)", s->sid, who, why);
+		smtpd_proto_done(s->proto, SMTPD_AUTH_TEMPFAIL, &s->out);
+		return;
+	}
+	s->auth_pending = true;
+	srv->auth_inflight++;
+}
+
+/* SIGHUP: the credentials file is read again on the thread pool (it may
+ * also have moved: credentials_file is reloadable). */
+static void creds_reload(struct smtpd *srv)
+{
+	struct auth_job *j = calloc(1, sizeof *j);
+	if (!j || creds_check_begin(srv, j, true) < 0 ||
+	    auth_queue(srv, j) < 0) {
+		if (j && j->check)
+			srv->creds_checking = false;
+		if (j)
+			auth_job_free(j);
+		log_err("SIGHUP: credentials not reloaded: cannot queue the work");
+	}
+}
+
+/* At start, before the loop serves anyone: blocking is fine. */
+static void creds_load_now(struct smtpd *srv)
+{
+	struct auth_job j = {.srv = srv};
+	j.path = srv->conf->conf.credentials_file;
+	j.force = true;
+	j.gen = ++srv->creds_next_gen;
+	creds_check(&j);
+	srv->creds_checked = uv_now(srv->loop);
+	creds_install(srv, &j, "");
+	smtpd_creds_free(j.loaded);
+}
+
 /* ---- input ----------------------------------------------------------------- */
 
 /* Runs the protocol over buffered input until it needs more, raises a
@@ -651,7 +1089,8 @@ static void session_process(struct smtpd_session *s)
 		 * s->in, bounded, as plaintext would. */
 		if (s->tls == SESS_TLS_ON && tls_pull(s) < 0)
 			return;
-		if (s->closing || s->commit_pending || s->in.len == 0)
+		if (s->closing || s->commit_pending || s->auth_pending ||
+		    s->in.len == 0)
 			break;
 		enum smtpd_req req;
 		size_t k = smtpd_proto_feed(s->proto, s->in.data, s->in.len,
@@ -670,13 +1109,22 @@ static void session_process(struct smtpd_session *s)
 			starttls(s);
 			return;
 		}
+		if (req == SMTPD_REQ_AUTH) {
+			start_auth(s);
+			if (smtpd_proto_state(s->proto) == SMTPD_ST_CLOSED) {
+				flush(s);   /* 421: locked out */
+				session_close(s, true);
+				return;
+			}
+			continue;
+		}
 		if (k == 0)
 			break;
 	}
 	flush(s);
 	if (s->closing)
 		return;
-	if (s->eof && !s->commit_pending) {
+	if (s->eof && !s->commit_pending && !s->auth_pending) {
 		session_close(s, true);
 		return;
 	}
@@ -758,7 +1206,7 @@ static void server_maybe_done(struct smtpd *srv);
  * callback to it. The body in progress, if any, is aborted here. */
 static void session_maybe_free(struct smtpd_session *s)
 {
-	if (s->open_handles > 0 || s->commit_pending)
+	if (s->open_handles > 0 || s->commit_pending || s->auth_pending)
 		return;
 	struct smtpd *srv = s->srv;
 	if (s->prev)
@@ -771,6 +1219,7 @@ static void session_maybe_free(struct smtpd_session *s)
 	smtpd_proto_free(s->proto);
 	SSL_free(s->ssl);            /* and its BIOs; NULL: no-op */
 	SSL_CTX_free(s->tls_ctx);
+	smtpd_creds_free(s->auth_creds);
 	conf_drop(s->cf);
 	buf_free(&s->in);
 	buf_free(&s->out);
@@ -858,19 +1307,17 @@ static unsigned count_ip(const struct smtpd *srv, const char *ip)
 	return n;
 }
 
-/* The peer's address as text and port; *ss gets it whole (AF_UNSPEC when
- * it cannot be had). */
-static void peer_name(uv_tcp_t *t, char *ip, size_t n, int *port,
-                      struct sockaddr_storage *pss)
+static void peer_name(uv_tcp_t *t, struct sockaddr_storage *peer, char *ip,
+                      size_t n, int *port)
 {
 	struct sockaddr_storage ss;
 	int len = sizeof ss;
 	snprintf(ip, n, "unknown");
 	*port = 0;
-	memset(pss, 0, sizeof *pss);
+	memset(peer, 0, sizeof *peer);
 	if (uv_tcp_getpeername(t, (struct sockaddr *)&ss, &len) < 0)
 		return;
-	*pss = ss;
+	*peer = ss;
 	if (ss.ss_family == AF_INET) {
 		struct sockaddr_in *a = (struct sockaddr_in *)&ss;
 		uv_ip4_name(a, ip, n);
@@ -923,10 +1370,11 @@ static void connection_cb(uv_stream_t *server, int status)
 		return;
 	}
 	uv_tcp_nodelay(&s->tcp, 1);
-	struct sockaddr_storage peer;
-	peer_name(&s->tcp, s->ip, sizeof s->ip, &s->port, &peer);
-	smtpd_relay_sess_init(&s->relay, s->cf->relay, srv->limits,
-	                      (const struct sockaddr *)&peer, s->ip, s->sid);
+	peer_name(&s->tcp, &s->peer, s->ip, sizeof s->ip, &s->port);
+	const struct sockaddr *peer = (const struct sockaddr *)&s->peer;
+	bool trusted = smtpd_cidr_match(&srv->conf->trusted, peer);
+	smtpd_relay_sess_init(&s->relay, s->cf->relay, srv->limits, peer,
+	                      s->ip, s->sid);
 
 	struct smtpd_proto_cfg pc = {
 		.hostname = cf->hostname,
@@ -941,6 +1389,9 @@ static void connection_cb(uv_stream_t *server, int status)
 		.tls_available = s->tls_ctx != NULL,
 		.policy = &smtpd_relay_policy_ops,
 		.policy_ctx = &s->relay,
+		.trusted = trusted,
+		.auth_plaintext = smtpd_cidr_match(&srv->conf->plaintext, peer),
+		.auth_available = srv->creds != NULL,
 	};
 	s->proto = smtpd_proto_new(&pc, &sink_ops, s);
 	if (!s->proto) {
@@ -974,8 +1425,8 @@ static void connection_cb(uv_stream_t *server, int status)
 		session_close(s, true);
 		return;
 	}
-	log_info("s=%s: connect from [%s]:%d to %s", s->sid, s->ip, s->port,
-	         conf_listen_mode_names[s->mode]);
+	log_info("s=%s: connect from [%s]:%d to %s%s", s->sid, s->ip, s->port,
+	         conf_listen_mode_names[s->mode], trusted ? " (trusted)" : "");
 	if (s->mode == CONF_LISTEN_SMTPS) {
 		/* RFC 8314: TLS from the first byte; the greeting comes after
 		 * the handshake, inside it. */
@@ -1013,6 +1464,13 @@ int smtpd_new(uv_loop_t *loop, struct conf *conf, struct queue *q,
 	srv->conf = c;
 	srv->q = q;
 	conf = &c->conf;
+	srv->lockout = smtpd_lockout_new(LOCKOUT_CAP);
+	if (!srv->lockout) {
+		*out = srv;
+		return -ENOMEM;
+	}
+	smtpd_lockout_set(srv->lockout, conf->auth_fail_limit,
+	                  conf->auth_fail_window, conf->auth_lockout);
 	int r = 0;
 	for (size_t i = 0; i < conf->nlisten; i++) {
 		const struct conf_listen *cl = &conf->listen[i];
@@ -1189,7 +1647,10 @@ void smtpd_set_conf(struct smtpd *srv, struct conf *conf)
 	}
 	conf_drop(srv->conf);
 	srv->conf = c;
+	smtpd_lockout_set(srv->lockout, c->conf.auth_fail_limit,
+	                  c->conf.auth_fail_window, c->conf.auth_lockout);
 	tls_reload(srv);
+	creds_reload(srv);
 }
 
 int smtpd_start(struct smtpd *srv)
@@ -1209,6 +1670,9 @@ int smtpd_start(struct smtpd *srv)
 		}
 		tls_install(srv, ctx, ++srv->tls_next_gen, cf->tls_cert_file);
 	}
+	/* Also as relayd's user; a missing or broken file only means no
+	 * AUTH (logged), never a relayd that does not start. */
+	creds_load_now(srv);
 	for (size_t i = 0; i < srv->nlst; i++) {
 		struct smtpd_listener *l = &srv->lst[i];
 		int r = uv_listen((uv_stream_t *)&l->tcp, BACKLOG, connection_cb);
@@ -1229,13 +1693,15 @@ int smtpd_start(struct smtpd *srv)
 static void server_maybe_done(struct smtpd *srv)
 {
 	if (!srv->stopping || srv->nsessions > 0 || srv->open_listeners > 0 ||
-	    srv->tls_loading > 0)
+	    srv->tls_loading > 0 || srv->auth_jobs > 0)
 		return;
 	void (*cb)(void *) = srv->stop_cb;
 	void *arg = srv->stop_arg;
 	conf_drop(srv->conf);
 	SSL_CTX_free(srv->tls);
 	smtpd_relay_limits_free(srv->limits);
+	smtpd_creds_free(srv->creds);
+	smtpd_lockout_free(srv->lockout);
 	free(srv);
 	if (cb)
 		cb(arg);

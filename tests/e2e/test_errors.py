@@ -79,7 +79,8 @@ def test_unknown_command_and_parameters(relayd):
         assert c.cmd("EHLO client.test").code == 250
         # No certificate configured: RFC 3207's 454 (issue 4 §1).
         assert c.cmd("STARTTLS").pair == (454, "4.7.0")
-        assert c.cmd("AUTH PLAIN").pair == (502, "5.5.1")
+        # AUTH exists, but never in plaintext (issue 4 §2): 538.
+        assert c.cmd("AUTH PLAIN").pair == (538, "5.7.11")
         r = c.cmd("MAIL FROM:<a@client.test> FOO=BAR")
         assert r.pair == (555, "5.5.4") and "FOO" in r.text
         assert c.cmd("MAIL FROM:<a@client.test> SIZE=abc").pair == \

@@ -71,6 +71,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		.hostname = "fuzz.test", .sid = "f", .max_message_size = 4096,
 		.max_recipients = 5, .max_bad_commands = 50,
 		.bare_normalize = seg & 1, .scrub = scrub, .nscrub = 2,
+		/* Trusted, so the corpus still reaches DATA; AUTH is usable in
+		 * plaintext on half the runs. */
+		.trusted = true, .auth_plaintext = (seg & 4) != 0,
+		.auth_available = true,
 	};
 	struct smtpd_proto *p = smtpd_proto_new(&cfg, &ops, &total);
 	struct buf out = BUF_INIT(SIZE_MAX);
@@ -90,6 +94,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			buf_consume(&pend, k);
 			if (req == SMTPD_REQ_COMMIT) {
 				smtpd_proto_done(p, (seg & 2) ? 0 : -28, &out);
+				continue;
+			}
+			if (req == SMTPD_REQ_AUTH) {
+				const char *u;
+				const void *pw;
+				size_t pl;
+				smtpd_proto_auth_request(p, &u, &pw, &pl);
+				if (strlen(u) >= 2048 || pl > 2048)
+					abort();
+				smtpd_proto_done(p, (int)(seg / 8 % 5), &out);
+				if (smtpd_proto_state(p) == SMTPD_ST_CLOSED) {
+					closed = 1;
+					break;
+				}
 				continue;
 			}
 			if (req == SMTPD_REQ_CLOSE) {

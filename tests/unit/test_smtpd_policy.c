@@ -368,113 +368,6 @@ static void test_rate_window_change_and_clock(void **state)
 	smtpd_rate_free(r);
 }
 
-/* ---- lockout tracker ------------------------------------------------------ */
-
-static void test_lockout_growth(void **state)
-{
-	(void)state;
-	const struct smtpd_lockout_opts o = {
-		.max_failures = 3, .window_ms = 10000, .base_ms = 1000,
-		.max_ms = 5000};
-	struct smtpd_lockout *l = smtpd_lockout_new(16, &o);
-	assert_non_null(l);
-	uint64_t until = 0, t = T;
-	assert_false(smtpd_lockout_check(l, "ip", t, &until));
-	assert_false(smtpd_lockout_fail(l, "ip", t, &until));
-	assert_false(smtpd_lockout_fail(l, "ip", t + 1, &until));
-	assert_false(smtpd_lockout_check(l, "ip", t + 2, NULL));
-	assert_true(smtpd_lockout_fail(l, "ip", t + 2, &until));
-	assert_int_equal(until, t + 2 + 1000);
-	assert_int_equal(smtpd_lockout_level(l, "ip", t + 2), 1);
-	until = 0;
-	assert_true(smtpd_lockout_check(l, "ip", t + 500, &until));
-	assert_int_equal(until, t + 1002);
-	/* A failure during a lockout neither counts nor extends it. */
-	assert_true(smtpd_lockout_fail(l, "ip", t + 600, &until));
-	assert_int_equal(until, t + 1002);
-	assert_true(smtpd_lockout_check(l, "ip", t + 1001, NULL));
-	/* Released at until. */
-	assert_false(smtpd_lockout_check(l, "ip", t + 1002, NULL));
-
-	/* Lockouts in a row double: 2 s, 4 s, then the 5 s cap. */
-	static const uint64_t want[] = {2000, 4000, 5000, 5000};
-	t += 1002;
-	for (size_t i = 0; i < ARRAY_LEN(want); i++) {
-		assert_false(smtpd_lockout_fail(l, "ip", t, NULL));
-		assert_false(smtpd_lockout_fail(l, "ip", t, NULL));
-		assert_true(smtpd_lockout_fail(l, "ip", t, &until));
-		assert_int_equal(until - t, want[i]);
-		assert_true(smtpd_lockout_check(l, "ip", until - 1, NULL));
-		assert_false(smtpd_lockout_check(l, "ip", until, NULL));
-		t = until;
-	}
-	assert_int_equal(smtpd_lockout_level(l, "ip", t), 5);
-	/* Quiet for max_ms after the last lockout ended: back to base. */
-	assert_int_equal(smtpd_lockout_level(l, "ip", t + 4999), 5);
-	t += 5000;
-	assert_int_equal(smtpd_lockout_level(l, "ip", t), 0);
-	assert_false(smtpd_lockout_fail(l, "ip", t, NULL));
-	assert_false(smtpd_lockout_fail(l, "ip", t, NULL));
-	assert_true(smtpd_lockout_fail(l, "ip", t, &until));
-	assert_int_equal(until - t, 1000);
-	smtpd_lockout_free(l);
-	smtpd_lockout_free(NULL);
-}
-
-static void test_lockout_window_and_success(void **state)
-{
-	(void)state;
-	const struct smtpd_lockout_opts o = {
-		.max_failures = 3, .window_ms = 10000, .base_ms = 1000,
-		.max_ms = 8000};
-	struct smtpd_lockout *l = smtpd_lockout_new(2, &o);
-	/* Failures spread beyond the window never lock. */
-	for (int i = 0; i < 20; i++)
-		assert_false(smtpd_lockout_fail(l, "c:user", T + (uint64_t)i * 5000,
-		                                 NULL));
-	/* A success restarts the count. */
-	uint64_t t = T + 200000;
-	assert_false(smtpd_lockout_fail(l, "c:user", t, NULL));
-	assert_false(smtpd_lockout_fail(l, "c:user", t + 1, NULL));
-	smtpd_lockout_success(l, "c:user", t + 2);
-	assert_false(smtpd_lockout_fail(l, "c:user", t + 3, NULL));
-	assert_false(smtpd_lockout_fail(l, "c:user", t + 4, NULL));
-	assert_true(smtpd_lockout_fail(l, "c:user", t + 5, NULL));
-	/* A success does not lift a running lockout. */
-	smtpd_lockout_success(l, "c:user", t + 6);
-	assert_true(smtpd_lockout_check(l, "c:user", t + 6, NULL));
-	smtpd_lockout_success(l, "unknown", t + 6);   /* harmless */
-	/* Bounded: a third key evicts the least recent. */
-	assert_false(smtpd_lockout_fail(l, "a", t, NULL));
-	assert_false(smtpd_lockout_fail(l, "b", t, NULL));
-	assert_int_equal(smtpd_lockout_count(l), 2);
-	assert_false(smtpd_lockout_check(l, "c:user", t + 6, NULL));
-
-	/* Options: bad ones refused; new ones apply to new lockouts. */
-	struct smtpd_lockout_opts bad = o;
-	bad.max_ms = 10;
-	assert_int_equal(smtpd_lockout_set_opts(l, &bad), -EINVAL);
-	assert_null(smtpd_lockout_new(4, &bad));
-	bad = o;
-	bad.max_failures = 0;
-	assert_null(smtpd_lockout_new(4, &bad));
-	struct smtpd_lockout_opts one = o;
-	one.max_failures = 1;
-	assert_int_equal(smtpd_lockout_set_opts(l, &one), 0);
-	uint64_t until;
-	assert_true(smtpd_lockout_fail(l, "z", t, &until));
-	assert_int_equal(until, t + 1000);
-	smtpd_lockout_free(l);
-
-	/* Defaults. */
-	l = smtpd_lockout_new(8, NULL);
-	for (int i = 0; i < 4; i++)
-		assert_false(smtpd_lockout_fail(l, "ip", T, NULL));
-	assert_true(smtpd_lockout_fail(l, "ip", T, &until));
-	assert_int_equal(until, T + 60000);
-	smtpd_lockout_free(l);
-}
-
 /* ---- client IP keys ----------------------------------------------------- */
 
 static void test_ip_key(void **state)
@@ -526,8 +419,6 @@ int main(void)
 		cmocka_unit_test(test_rate_next_exact),
 		cmocka_unit_test(test_rate_evict),
 		cmocka_unit_test(test_rate_window_change_and_clock),
-		cmocka_unit_test(test_lockout_growth),
-		cmocka_unit_test(test_lockout_window_and_success),
 		cmocka_unit_test(test_ip_key),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -2,7 +2,9 @@
  * tests/unit/test_smtpd_proto.c - The SMTP server core fed bytes: command
  * parsing, the state table, every error reply, pipelining, DATA and BDAT
  * into a memory sink, DSN parameters, STARTTLS (RFC 3207 and the
- * CVE-2011-0411 injection). No sockets.
+ * CVE-2011-0411 injection), AUTH PLAIN/LOGIN (RFC 4954: every reply
+ * code, cancel, base64, TLS required, reset by STARTTLS) and the relay
+ * rule with a credential's restrictions. No sockets.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +19,7 @@
 
 #include "common/buf.h"
 #include "common/log.h"
+#include "common/smtp.h"
 #include "smtpd/smtpd_proto.h"
 
 struct sink {
@@ -73,7 +76,7 @@ static struct fixture *fx_mode(unsigned max_rcpt, uint64_t max_size,
 		.hostname = "relay.test", .sid = "t1",
 		.max_message_size = max_size, .max_recipients = max_rcpt,
 		.max_bad_commands = max_bad, .scrub = scrub, .nscrub = 2,
-		.mode = mode, .tls_available = tls,
+		.mode = mode, .tls_available = tls, .trusted = true,
 	};
 	buf_init(&f->sink.body, SIZE_MAX);
 	buf_init(&f->out, SIZE_MAX);
@@ -769,6 +772,458 @@ static void test_smtps_session(void **state)
 	fx_free(f);
 }
 
+/* ---- AUTH (RFC 4954) and the relay rule ---------------------------------- */
+
+/* Base64 of n bytes, for building responses. */
+static const char *b64(const void *data, size_t n)
+{
+	static char out[4][512];
+	static int k;
+	static const char al[] =
+	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	char *o = out[k++ % 4];
+	const uint8_t *s = data;
+	size_t j = 0;
+	for (size_t i = 0; i < n; i += 3) {
+		uint32_t v = (uint32_t)s[i] << 16;
+		if (i + 1 < n)
+			v |= (uint32_t)s[i + 1] << 8;
+		if (i + 2 < n)
+			v |= s[i + 2];
+		o[j++] = al[v >> 18 & 63];
+		o[j++] = al[v >> 12 & 63];
+		o[j++] = i + 1 < n ? al[v >> 6 & 63] : '=';
+		o[j++] = i + 2 < n ? al[v & 63] : '=';
+	}
+	o[j] = '\0';
+	return o;
+}
+
+#define B64S(s) b64((s), sizeof(s) - 1)
+
+/* A session for AUTH: mode smtps starts in TLS. Not trusted unless said. */
+static struct fixture *fx_auth(enum conf_listen_mode mode, bool plaintext,
+                               bool trusted)
+{
+	struct fixture *f = calloc(1, sizeof *f);
+	f->cfg = (struct smtpd_proto_cfg){
+		.hostname = "relay.test", .sid = "t1",
+		.max_message_size = 1000000, .max_recipients = 100,
+		.max_bad_commands = 20, .scrub = scrub, .nscrub = 2,
+		.mode = mode, .tls_available = true, .trusted = trusted,
+		.auth_plaintext = plaintext, .auth_available = true,
+	};
+	buf_init(&f->sink.body, SIZE_MAX);
+	buf_init(&f->out, SIZE_MAX);
+	f->p = smtpd_proto_new(&f->cfg, &ops, &f->sink);
+	return f;
+}
+
+/* Expects SMTPD_REQ_AUTH with this user and password, then answers. */
+static void auth_expect(struct fixture *f, const char *user, const char *pw,
+                        enum smtpd_auth_result res, const char *reply)
+{
+	assert_int_equal(f->req, SMTPD_REQ_AUTH);
+	assert_int_equal(smtpd_proto_state(f->p), SMTPD_ST_AUTH);
+	assert_string_equal(take(f), "");
+	const char *u;
+	const void *p;
+	size_t pl;
+	smtpd_proto_auth_request(f->p, &u, &p, &pl);
+	assert_string_equal(u, user);
+	assert_int_equal(pl, strlen(pw));
+	assert_memory_equal(p, pw, pl);
+	/* Nothing is read while the password is being checked. */
+	assert_int_equal(feed(f, "NOOP\r\n"), 0);
+	smtpd_proto_done(f->p, res, &f->out);
+	assert_string_equal(take(f), reply);
+}
+
+struct auth_case {
+	const char *name;
+	enum conf_listen_mode mode;
+	bool plaintext, trusted;
+	const char *setup;     /* fed first, output discarded */
+	const char *input;
+	const char *expect;    /* the whole output */
+	enum smtpd_state st;   /* afterwards */
+};
+
+static const struct auth_case auth_cases[] = {
+	{"unknown mechanism", CONF_LISTEN_SMTPS, false, false, "EHLO x\r\n",
+	 "AUTH CRAM-MD5\r\n", "504 5.5.4 Unrecognized authentication type\r\n",
+	 SMTPD_ST_READY},
+	{"no mechanism", CONF_LISTEN_SMTPS, false, false, "EHLO x\r\n",
+	 "AUTH\r\n", "501 5.5.4 Syntax: AUTH mechanism [initial-response]\r\n",
+	 SMTPD_ST_READY},
+	{"two initial responses", CONF_LISTEN_SMTPS, false, false, "EHLO x\r\n",
+	 "AUTH PLAIN AA== AA==\r\n",
+	 "501 5.5.4 Syntax: AUTH mechanism [initial-response]\r\n",
+	 SMTPD_ST_READY},
+	{"before EHLO", CONF_LISTEN_SMTPS, false, false, "",
+	 "AUTH PLAIN\r\n", "503 5.5.1 Error: send HELO/EHLO first\r\n",
+	 SMTPD_ST_INIT},
+	{"inside a transaction", CONF_LISTEN_SMTPS, false, true,
+	 "EHLO x\r\nMAIL FROM:<a@b>\r\n", "AUTH PLAIN\r\n",
+	 "503 5.5.1 Error: AUTH not allowed inside a mail transaction\r\n",
+	 SMTPD_ST_MAIL},
+	{"after RCPT", CONF_LISTEN_SMTPS, false, true,
+	 "EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n", "AUTH LOGIN\r\n",
+	 "503 5.5.1 Error: AUTH not allowed inside a mail transaction\r\n",
+	 SMTPD_ST_RCPT},
+	{"outside TLS", CONF_LISTEN_SUBMISSION, false, false, "EHLO x\r\n",
+	 "AUTH PLAIN AHUAcA==\r\n",
+	 "538 5.7.11 Encryption required for requested authentication "
+	 "mechanism\r\n", SMTPD_ST_READY},
+	{"outside TLS, LOGIN", CONF_LISTEN_SMTP, false, true, "EHLO x\r\n",
+	 "AUTH LOGIN\r\n",
+	 "538 5.7.11 Encryption required for requested authentication "
+	 "mechanism\r\n", SMTPD_ST_READY},
+	{"plaintext allowed", CONF_LISTEN_SMTP, true, false, "EHLO x\r\n",
+	 "AUTH PLAIN\r\n", "334 \r\n", SMTPD_ST_AUTH_PLAIN},
+	{"plain challenge", CONF_LISTEN_SMTPS, false, false, "EHLO x\r\n",
+	 "auth plain\r\n", "334 \r\n", SMTPD_ST_AUTH_PLAIN},
+	{"login challenge", CONF_LISTEN_SMTPS, false, false, "EHLO x\r\n",
+	 "AUTH LOGIN\r\n", "334 VXNlcm5hbWU6\r\n", SMTPD_ST_AUTH_USER},
+	{"login initial response", CONF_LISTEN_SMTPS, false, false, "EHLO x\r\n",
+	 "AUTH LOGIN dXNlcg==\r\n", "334 UGFzc3dvcmQ6\r\n", SMTPD_ST_AUTH_PASS},
+	{"plain cancelled", CONF_LISTEN_SMTPS, false, false,
+	 "EHLO x\r\nAUTH PLAIN\r\n", "*\r\n",
+	 "501 5.7.0 Authentication cancelled\r\n", SMTPD_ST_READY},
+	{"login cancelled at user", CONF_LISTEN_SMTPS, false, false,
+	 "EHLO x\r\nAUTH LOGIN\r\n", "*\r\n",
+	 "501 5.7.0 Authentication cancelled\r\n", SMTPD_ST_READY},
+	{"login cancelled at password", CONF_LISTEN_SMTPS, false, false,
+	 "EHLO x\r\nAUTH LOGIN\r\ndXNlcg==\r\n", "*\r\n",
+	 "501 5.7.0 Authentication cancelled\r\n", SMTPD_ST_READY},
+	{"bad base64 initial", CONF_LISTEN_SMTPS, false, false, "EHLO x\r\n",
+	 "AUTH PLAIN !!!!\r\n", "501 5.5.2 Cannot decode response\r\n",
+	 SMTPD_ST_READY},
+	{"bad base64 continuation", CONF_LISTEN_SMTPS, false, false,
+	 "EHLO x\r\nAUTH PLAIN\r\n", "AHUAcA\r\n",
+	 "501 5.5.2 Cannot decode response\r\n", SMTPD_ST_READY},
+	{"base64 padding inside", CONF_LISTEN_SMTPS, false, false,
+	 "EHLO x\r\nAUTH LOGIN\r\n", "dX=lcg==\r\n",
+	 "501 5.5.2 Cannot decode response\r\n", SMTPD_ST_READY},
+	{"base64 with a space", CONF_LISTEN_SMTPS, false, false,
+	 "EHLO x\r\nAUTH LOGIN\r\n", "dXNl cg==\r\n",
+	 "501 5.5.2 Cannot decode response\r\n", SMTPD_ST_READY},
+	{"plain without NULs", CONF_LISTEN_SMTPS, false, false, "EHLO x\r\n",
+	 "AUTH PLAIN dXNlcg==\r\n", "501 5.5.2 Cannot decode response\r\n",
+	 SMTPD_ST_READY},
+	{"plain empty user", CONF_LISTEN_SMTPS, false, false, "EHLO x\r\n",
+	 "AUTH PLAIN AABw\r\n", "535 5.7.8 Authentication credentials invalid\r\n",
+	 SMTPD_ST_READY},
+	{"plain other authzid", CONF_LISTEN_SMTPS, false, false, "EHLO x\r\n",
+	 /* "admin\0user\0pw" */
+	 "AUTH PLAIN YWRtaW4AdXNlcgBwdw==\r\n",
+	 "535 5.7.8 Authentication credentials invalid\r\n", SMTPD_ST_READY},
+	{"plain empty initial response", CONF_LISTEN_SMTPS, false, false,
+	 "EHLO x\r\n", "AUTH PLAIN =\r\n", "501 5.5.2 Cannot decode response\r\n",
+	 SMTPD_ST_READY},
+	{"login empty user", CONF_LISTEN_SMTPS, false, false,
+	 "EHLO x\r\nAUTH LOGIN\r\n", "\r\n",
+	 "535 5.7.8 Authentication credentials invalid\r\n", SMTPD_ST_READY},
+	/* The relay rule. */
+	{"untrusted rcpt", CONF_LISTEN_SMTP, false, false,
+	 "EHLO x\r\nMAIL FROM:<a@b>\r\n", "RCPT TO:<c@d>\r\n",
+	 "554 5.7.1 Relay access denied\r\n", SMTPD_ST_MAIL},
+	{"untrusted mail on smtp", CONF_LISTEN_SMTP, false, false, "EHLO x\r\n",
+	 "MAIL FROM:<a@b>\r\n", "250 2.1.0 Sender ok\r\n", SMTPD_ST_MAIL},
+	{"untrusted mail on submission", CONF_LISTEN_SUBMISSION, false, false,
+	 "EHLO x\r\n", "MAIL FROM:<a@b>\r\n",
+	 "530 5.7.0 Authentication required\r\n", SMTPD_ST_READY},
+	{"untrusted mail on smtps", CONF_LISTEN_SMTPS, false, false,
+	 "EHLO x\r\n", "MAIL FROM:<a@b>\r\n",
+	 "530 5.7.0 Authentication required\r\n", SMTPD_ST_READY},
+	{"trusted mail on submission", CONF_LISTEN_SUBMISSION, false, true,
+	 "EHLO x\r\n", "MAIL FROM:<a@b>\r\n", "250 2.1.0 Sender ok\r\n",
+	 SMTPD_ST_MAIL},
+	{"trusted rcpt", CONF_LISTEN_SMTP, false, true,
+	 "EHLO x\r\nMAIL FROM:<a@b>\r\n", "RCPT TO:<c@d>\r\n",
+	 "250 2.1.5 Recipient ok\r\n", SMTPD_ST_RCPT},
+};
+
+static void test_auth_table(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof auth_cases / sizeof *auth_cases; i++) {
+		const struct auth_case *c = &auth_cases[i];
+		struct fixture *f = fx_auth(c->mode, c->plaintext, c->trusted);
+		feed(f, c->setup);
+		take(f);
+		feed(f, c->input);
+		const char *out = take(f);
+		if (strcmp(out, c->expect) != 0)
+			fail_msg("case '%s': expected '%s', got '%s'", c->name,
+			         c->expect, out);
+		if (smtpd_proto_state(f->p) != c->st)
+			fail_msg("case '%s': state %s, want %s", c->name,
+			         smtpd_state_names[smtpd_proto_state(f->p)],
+			         smtpd_state_names[c->st]);
+		assert_int_equal(f->req, SMTPD_REQ_NONE);
+		assert_string_equal(smtpd_proto_auth_name(f->p), "");
+		fx_free(f);
+	}
+}
+
+static void test_auth_plain(void **state)
+{
+	(void)state;
+	/* With an initial response (RFC 4954 §4). */
+	struct fixture *f = fx_auth(CONF_LISTEN_SMTPS, false, false);
+	feed(f, "EHLO x\r\n");
+	assert_has(take(f), "250-AUTH PLAIN LOGIN\r\n");
+	char line[256];
+	snprintf(line, sizeof line, "AUTH PLAIN %s\r\nNOOP\r\n",
+	         B64S("\0app\0s3cret pass"));
+	size_t n = feed(f, line);
+	/* Stops at the request: the NOOP waits for the answer. */
+	assert_int_equal(n, strlen(line) - strlen("NOOP\r\n"));
+	auth_expect(f, "app", "s3cret pass", SMTPD_AUTH_OK,
+	            "235 2.7.0 Authentication successful\r\n");
+	assert_string_equal(smtpd_proto_auth_name(f->p), "app");
+	assert_string_equal(smtpd_proto_with(f->p), "ESMTPSA");
+	/* RFC 4954 §4: no second AUTH. */
+	feed(f, "AUTH PLAIN\r\n");
+	assert_string_equal(take(f), "503 5.5.1 Error: already authenticated\r\n");
+	/* Authenticated and untrusted: MAIL and RCPT pass; the txn knows. */
+	feed(f, "MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n");
+	assert_string_equal(take(f), "250 2.1.0 Sender ok\r\n"
+	                             "250 2.1.5 Recipient ok\r\n");
+	assert_string_equal(smtpd_proto_txn(f->p)->auth, "app");
+	fx_free(f);
+
+	/* Without: an empty 334, then the response; authzid = authcid. */
+	f = fx_auth(CONF_LISTEN_SMTPS, false, false);
+	feed(f, "EHLO x\r\nAUTH PLAIN\r\n");
+	assert_has(take(f), "334 \r\n");
+	snprintf(line, sizeof line, "%s\r\n", B64S("app\0app\0pw"));
+	feed(f, line);
+	auth_expect(f, "app", "pw", SMTPD_AUTH_FAILED,
+	            "535 5.7.8 Authentication credentials invalid\r\n");
+	assert_int_equal(smtpd_proto_state(f->p), SMTPD_ST_READY);
+	assert_string_equal(smtpd_proto_auth_name(f->p), "");
+	/* A failure leaves AUTH open for another try; the password went. */
+	const char *u;
+	const void *p;
+	size_t pl;
+	smtpd_proto_auth_request(f->p, &u, &p, &pl);
+	assert_int_equal(pl, 0);
+	assert_string_equal(u, "");
+	feed(f, "AUTH PLAIN\r\n");
+	assert_string_equal(take(f), "334 \r\n");
+	/* An empty password is a password (it just never verifies). */
+	snprintf(line, sizeof line, "%s\r\n", B64S("\0app\0"));
+	feed(f, line);
+	auth_expect(f, "app", "", SMTPD_AUTH_TEMPFAIL,
+	            "454 4.7.0 Temporary authentication failure\r\n");
+	fx_free(f);
+}
+
+static void test_auth_login(void **state)
+{
+	(void)state;
+	struct fixture *f = fx_auth(CONF_LISTEN_SMTPS, false, false);
+	feed(f, "EHLO x\r\nAUTH LOGIN\r\n");
+	assert_has(take(f), "334 VXNlcm5hbWU6\r\n");   /* Username: */
+	char line[128];
+	snprintf(line, sizeof line, "%s\r\n", B64S("shop"));
+	feed(f, line);
+	assert_string_equal(take(f), "334 UGFzc3dvcmQ6\r\n");   /* Password: */
+	assert_int_equal(smtpd_proto_state(f->p), SMTPD_ST_AUTH_PASS);
+	snprintf(line, sizeof line, "%s\r\n", B64S("pa:ss\0word"));
+	feed(f, line);
+	assert_int_equal(f->req, SMTPD_REQ_AUTH);
+	const char *u;
+	const void *p;
+	size_t pl;
+	smtpd_proto_auth_request(f->p, &u, &p, &pl);
+	assert_string_equal(u, "shop");
+	assert_int_equal(pl, 10);
+	assert_memory_equal(p, "pa:ss\0word", 10);
+	smtpd_proto_done(f->p, SMTPD_AUTH_OK, &f->out);
+	assert_string_equal(take(f), "235 2.7.0 Authentication successful\r\n");
+	assert_string_equal(smtpd_proto_auth_name(f->p), "shop");
+	fx_free(f);
+}
+
+static void test_auth_results(void **state)
+{
+	(void)state;
+	static const struct {
+		enum smtpd_auth_result r;
+		const char *reply;
+		enum smtpd_state st;
+	} cases[] = {
+		{SMTPD_AUTH_FAILED, "535 5.7.8 Authentication credentials invalid\r\n",
+		 SMTPD_ST_READY},
+		{SMTPD_AUTH_TEMPFAIL, "454 4.7.0 Temporary authentication failure\r\n",
+		 SMTPD_ST_READY},
+		{SMTPD_AUTH_LOCKED, "454 4.7.0 Too many failed authentications, try "
+		 "again later\r\n", SMTPD_ST_READY},
+		{SMTPD_AUTH_LOCKED_IP, "421 4.7.0 Too many failed authentications "
+		 "from your address, closing connection\r\n", SMTPD_ST_CLOSED},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		struct fixture *f = fx_auth(CONF_LISTEN_SMTPS, false, false);
+		char line[128];
+		snprintf(line, sizeof line, "EHLO x\r\nAUTH PLAIN %s\r\n",
+		         B64S("\0u\0p"));
+		feed(f, line);
+		take(f);
+		auth_expect(f, "u", "p", cases[i].r, cases[i].reply);
+		assert_int_equal(smtpd_proto_state(f->p), cases[i].st);
+		assert_string_equal(smtpd_proto_auth_name(f->p), "");
+		fx_free(f);
+	}
+}
+
+static void test_auth_line_limit(void **state)
+{
+	(void)state;
+	/* A response is bounded like a command line; an over-long one ends
+	 * the exchange. */
+	struct fixture *f = fx_auth(CONF_LISTEN_SMTPS, false, false);
+	feed(f, "EHLO x\r\nAUTH PLAIN\r\n");
+	take(f);
+	static char big[SMTP_CMD_LINE_MAX + 64];
+	memset(big, 'A', sizeof big - 3);
+	memcpy(big + sizeof big - 3, "\r\n", 3);
+	feed(f, big);
+	assert_string_equal(take(f), "500 5.5.2 Line too long\r\n");
+	assert_int_equal(smtpd_proto_state(f->p), SMTPD_ST_READY);
+	feed(f, "NOOP\r\n");
+	assert_string_equal(take(f), "250 2.0.0 Ok\r\n");
+	fx_free(f);
+}
+
+static void test_auth_advertised(void **state)
+{
+	(void)state;
+	/* Outside TLS: not offered... */
+	struct fixture *f = fx_auth(CONF_LISTEN_SUBMISSION, false, false);
+	feed(f, "EHLO x\r\n");
+	assert_lacks(take(f), "AUTH");
+	/* ...but after STARTTLS, yes. */
+	starttls_ok(f, "STARTTLS\r\n");
+	smtpd_proto_done(f->p, 0, &f->out);
+	feed(f, "EHLO x\r\n");
+	assert_has(take(f), "250-AUTH PLAIN LOGIN\r\n");
+	fx_free(f);
+	/* auth_plaintext clients see it in plaintext. */
+	f = fx_auth(CONF_LISTEN_SMTP, true, false);
+	feed(f, "EHLO x\r\n");
+	assert_has(take(f), "250-AUTH PLAIN LOGIN\r\n");
+	fx_free(f);
+	/* No credentials loaded: not offered. */
+	f = fx_new(100, 1000000, 20);
+	feed(f, "EHLO x\r\n");
+	assert_lacks(take(f), "AUTH");
+	fx_free(f);
+}
+
+static void test_auth_starttls_resets(void **state)
+{
+	(void)state;
+	/* Authenticated in plaintext (auth_plaintext), then STARTTLS: RFC
+	 * 3207 §4.2, the AUTH is forgotten with the rest. */
+	struct fixture *f = fx_auth(CONF_LISTEN_SUBMISSION, true, false);
+	char line[128];
+	snprintf(line, sizeof line, "EHLO x\r\nAUTH PLAIN %s\r\n",
+	         B64S("\0app\0pw"));
+	feed(f, line);
+	take(f);
+	auth_expect(f, "app", "pw", SMTPD_AUTH_OK,
+	            "235 2.7.0 Authentication successful\r\n");
+	assert_string_equal(smtpd_proto_with(f->p), "ESMTPA");
+	starttls_ok(f, "STARTTLS\r\n");
+	smtpd_proto_done(f->p, 0, &f->out);
+	assert_string_equal(smtpd_proto_auth_name(f->p), "");
+	feed(f, "EHLO x\r\nMAIL FROM:<a@b>\r\n");
+	assert_has(take(f), "530 5.7.0 Authentication required\r\n");
+	assert_string_equal(smtpd_proto_with(f->p), "ESMTPS");
+	/* AUTH may be done again, inside TLS now. */
+	feed(f, line + strlen("EHLO x\r\n"));
+	auth_expect(f, "app", "pw", SMTPD_AUTH_OK,
+	            "235 2.7.0 Authentication successful\r\n");
+	assert_string_equal(smtpd_proto_with(f->p), "ESMTPSA");
+	fx_free(f);
+
+	/* Inside an exchange, "STARTTLS" is only a response (valid base64
+	 * here: a user name); no handshake starts. */
+	f = fx_auth(CONF_LISTEN_SUBMISSION, true, false);
+	feed(f, "EHLO x\r\nAUTH LOGIN\r\n");
+	take(f);
+	feed(f, "STARTTLS\r\n");
+	assert_string_equal(take(f), "334 UGFzc3dvcmQ6\r\n");
+	assert_int_equal(f->req, SMTPD_REQ_NONE);
+	assert_false(smtpd_proto_tls(f->p));
+	fx_free(f);
+}
+
+static void test_auth_cred_restrictions(void **state)
+{
+	(void)state;
+	char hash[SMTPD_CRED_HASH_MAX], text[1024], err[256];
+	struct smtpd_cred_kdf k = smtpd_cred_kdf_scrypt;
+	k.ln = 10;
+	assert_int_equal(smtpd_cred_hash("pw", 2, &k, hash, sizeof hash), 0);
+	snprintf(text, sizeof text,
+	         "shop:%s:acme:from=shop.example|noreply@other.example,"
+	         "to=dest.example\n", hash);
+	struct smtpd_creds *t = NULL;
+	assert_int_equal(smtpd_creds_parse("creds", text, strlen(text), &t, err,
+	                                   sizeof err), 0);
+	const struct smtpd_cred *cred = smtpd_creds_find(t, "SHOP");
+	assert_non_null(cred);
+
+	struct fixture *f = fx_auth(CONF_LISTEN_SMTPS, false, false);
+	char line[128];
+	snprintf(line, sizeof line, "EHLO x\r\nAUTH PLAIN %s\r\n",
+	         B64S("\0SHOP\0pw"));
+	feed(f, line);
+	take(f);
+	assert_int_equal(f->req, SMTPD_REQ_AUTH);
+	smtpd_proto_set_cred(f->p, cred);
+	smtpd_proto_done(f->p, SMTPD_AUTH_OK, &f->out);
+	assert_string_equal(take(f), "235 2.7.0 Authentication successful\r\n");
+	/* The name as the file has it. */
+	assert_string_equal(smtpd_proto_auth_name(f->p), "shop");
+
+	static const struct {
+		const char *in, *out;
+	} steps[] = {
+		{"MAIL FROM:<x@evil.example>\r\n",
+		 "553 5.7.1 Sender address not allowed for this credential\r\n"},
+		{"MAIL FROM:<x@shop.example.evil.org>\r\n",
+		 "553 5.7.1 Sender address not allowed for this credential\r\n"},
+		{"MAIL FROM:<>\r\n",
+		 "553 5.7.1 Sender address not allowed for this credential\r\n"},
+		{"MAIL FROM:<other@other.example>\r\n",
+		 "553 5.7.1 Sender address not allowed for this credential\r\n"},
+		{"MAIL FROM:<noreply@other.example>\r\n", "250 2.1.0 Sender ok\r\n"},
+		{"RSET\r\n", "250 2.0.0 Ok\r\n"},
+		{"MAIL FROM:<x@SHOP.example>\r\n", "250 2.1.0 Sender ok\r\n"},
+		{"RCPT TO:<a@elsewhere.example>\r\n",
+		 "550 5.7.1 Recipient not allowed for this credential\r\n"},
+		{"RCPT TO:<a@sub.dest.example>\r\n",
+		 "550 5.7.1 Recipient not allowed for this credential\r\n"},
+		{"RCPT TO:<a@dest.example>\r\n", "250 2.1.5 Recipient ok\r\n"},
+		{"RCPT TO:<b@DEST.EXAMPLE>\r\n", "250 2.1.5 Recipient ok\r\n"},
+	};
+	for (size_t i = 0; i < sizeof steps / sizeof *steps; i++) {
+		feed(f, steps[i].in);
+		const char *o = take(f);
+		if (strcmp(o, steps[i].out) != 0)
+			fail_msg("'%s': got '%s', want '%s'", steps[i].in, o,
+			         steps[i].out);
+	}
+	assert_int_equal(smtpd_proto_txn(f->p)->nrcpt, 2);
+	fx_free(f);
+	smtpd_creds_free(t);
+}
+
 int main(void)
 {
 	log_open(NULL, false, LOG_ERR);
@@ -796,6 +1251,14 @@ int main(void)
 		cmocka_unit_test(test_starttls_pipelined_input_discarded),
 		cmocka_unit_test(test_starttls_handshake_failed),
 		cmocka_unit_test(test_smtps_session),
+		cmocka_unit_test(test_auth_table),
+		cmocka_unit_test(test_auth_plain),
+		cmocka_unit_test(test_auth_login),
+		cmocka_unit_test(test_auth_results),
+		cmocka_unit_test(test_auth_line_limit),
+		cmocka_unit_test(test_auth_advertised),
+		cmocka_unit_test(test_auth_starttls_resets),
+		cmocka_unit_test(test_auth_cred_restrictions),
 	};
 	return cmocka_run_group_tests_name("smtpd_proto", tests, NULL, NULL);
 }
