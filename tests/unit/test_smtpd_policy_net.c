@@ -453,6 +453,8 @@ static void test_proto_hooks(void **state)
 		.hostname = "relay.test", .sid = "t", .max_message_size = 1000,
 		.max_recipients = 10, .max_bad_commands = 2,
 		.policy = &smtpd_relay_policy_ops, .policy_ctx = &rs,
+		/* a client that may relay: only the domain policy decides */
+		.trusted = true,
 	};
 	struct smtpd_proto *p = smtpd_proto_new(&cfg, &nop_sink, NULL);
 	assert_non_null(p);
