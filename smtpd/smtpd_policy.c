@@ -622,3 +622,24 @@ uint64_t smtpd_rate_evicted(const struct smtpd_rate *r)
 {
 	return r->t.evicted;
 }
+
+/* ---- credential quotas ------------------------------------------------- */
+
+const char *smtpd_policy_quota_over(uint32_t hour, uint32_t day,
+                                    uint32_t hourly, uint32_t daily,
+                                    uint32_t n, uint32_t *used,
+                                    uint32_t *limit)
+{
+	/* 64-bit sums: a count near UINT32_MAX plus n must not wrap. */
+	if (hourly && (uint64_t)hour + n > hourly) {
+		*used = hour;
+		*limit = hourly;
+		return "hourly";
+	}
+	if (daily && (uint64_t)day + n > daily) {
+		*used = day;
+		*limit = daily;
+		return "daily";
+	}
+	return NULL;
+}

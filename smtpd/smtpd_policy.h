@@ -143,4 +143,17 @@ bool smtpd_rate_peek(struct smtpd_rate *t, const char *key, uint64_t now_ms,
 size_t smtpd_rate_count(const struct smtpd_rate *t);
 uint64_t smtpd_rate_evicted(const struct smtpd_rate *t);
 
+/* ---- credential quotas ------------------------------------------------- */
+
+/* Which of a credential's quotas (issue 4 §3; counters and the charge are
+ * queue/queue_quota.h's) n more messages would exceed, given the counts
+ * of the current hour and day: "hourly" (looked at first) or "daily",
+ * with *used and *limit set to that period's count and limit for the log
+ * line; NULL when neither would (a limit of 0 is no limit). The same rule
+ * as queue_quota_exceeded. */
+const char *smtpd_policy_quota_over(uint32_t hour, uint32_t day,
+                                    uint32_t hourly, uint32_t daily,
+                                    uint32_t n, uint32_t *used,
+                                    uint32_t *limit);
+
 #endif

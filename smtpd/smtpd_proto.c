@@ -486,6 +486,15 @@ static void cmd_mail(struct cmd_ctx *c)
 	if (policy_refuses(p, c->out, p->cfg.policy ? p->cfg.policy->mail : NULL,
 	                   addr))
 		return;
+	/* The credential's hourly and daily quotas: a transaction that could
+	 * not be charged is refused whole here, before its body is sent. */
+	if (p->cred && p->auth_name[0] && p->cfg.quota) {
+		enum smtp_reply_id e = p->cfg.quota(p->cfg.quota_ctx, p->cred);
+		if (e != SMTP_R__COUNT) {
+			reply(p, c->out, e);
+			return;
+		}
+	}
 	t->sender = strdup(addr);
 	t->envid = envid ? strndup(envid, envidlen) : NULL;
 	if (!t->sender || (envid && !t->envid)) {
@@ -1349,6 +1358,8 @@ void smtpd_proto_done(struct smtpd_proto *p, int status, struct buf *out)
 	RELAY_ASSERT(p->st == SMTPD_ST_COMMIT);
 	if (status == 0)
 		reply(p, out, SMTP_R_QUEUED, p->txn.qid);
+	else if (status == -EDQUOT)
+		reply(p, out, SMTP_R_QUOTA);   /* the charge was refused */
 	else
 		reply(p, out, storage_reply(status));
 	txn_end(p);
@@ -1415,6 +1426,11 @@ void smtpd_proto_set_cred(struct smtpd_proto *p, const struct smtpd_cred *c)
 const char *smtpd_proto_auth_name(const struct smtpd_proto *p)
 {
 	return p->auth_name;
+}
+
+const struct smtpd_cred *smtpd_proto_cred(const struct smtpd_proto *p)
+{
+	return p->auth_name[0] ? p->cred : NULL;
 }
 
 bool smtpd_proto_tls(const struct smtpd_proto *p)

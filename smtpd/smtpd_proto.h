@@ -139,6 +139,14 @@ struct smtpd_proto_cfg {
 	/* Credentials are loaded: EHLO advertises AUTH (where allowed). AUTH
 	 * is answered either way (the shell says 454 without credentials). */
 	bool auth_available;
+	/* The per-credential quota at MAIL (issue 4 §3), called only for a
+	 * client authenticated with a credential (smtpd_proto_set_cred), after
+	 * the relay policy's MAIL hook: SMTP_R__COUNT to go on, or the
+	 * refusal the core sends (SMTP_R_QUOTA; the hook logs why). Trusted
+	 * clients that did not authenticate have no quota. NULL: none. The
+	 * authoritative check is the charge at commit: a done() of -EDQUOT. */
+	enum smtp_reply_id (*quota)(void *ctx, const struct smtpd_cred *c);
+	void *quota_ctx;
 };
 
 struct smtpd_proto;
@@ -170,8 +178,10 @@ size_t smtpd_proto_feed(struct smtpd_proto *p, const uint8_t *in, size_t n,
                         struct buf *out, enum smtpd_req *req);
 
 /* Result of the pending request.
- * SMTPD_REQ_COMMIT: 0 (250 queued as), -ENOSPC (452) or other -errno
- * (451). The transaction is reset either way.
+ * SMTPD_REQ_COMMIT: 0 (250 queued as), -EDQUOT (450 4.7.1: the
+ * credential's quota is used up; the shell charges it before committing),
+ * -ENOSPC (452) or other -errno (451). The transaction is reset either
+ * way.
  * SMTPD_REQ_AUTH: an enum smtpd_auth_result; the reply is written.
  * SMTPD_REQ_STARTTLS: 0 when the handshake completed: the session starts
  * over in TLS (RFC 3207 §4.2: no HELO/EHLO, no transaction; the client
@@ -195,6 +205,10 @@ void smtpd_proto_set_cred(struct smtpd_proto *p, const struct smtpd_cred *c);
 /* The credential's name once authenticated, else "". STARTTLS forgets
  * it (RFC 3207 §4.2). */
 const char *smtpd_proto_auth_name(const struct smtpd_proto *p);
+
+/* The credential set with smtpd_proto_set_cred once authenticated, else
+ * NULL (not authenticated, or authenticated without one: tests). */
+const struct smtpd_cred *smtpd_proto_cred(const struct smtpd_proto *p);
 
 /* Timer fired: 421 4.4.2, body aborted; returns SMTPD_REQ_CLOSE. */
 enum smtpd_req smtpd_proto_timeout(struct smtpd_proto *p, struct buf *out);

@@ -9,7 +9,8 @@
  * server's TLS context and its reloads (smtpd_tls.c loads it), and the
  * AUTH side: the credentials table (loaded at start, on SIGHUP and when
  * the file changes), password checks on the thread pool, and the
- * failed-AUTH lockout table.
+ * failed-AUTH lockout table; and the wiring of the per-credential quotas
+ * (queue/queue_quota.h): a peek at MAIL, a charge before each commit.
  */
 #include "smtpd/smtpd.h"
 
@@ -26,6 +27,8 @@
 
 #include "common/log.h"
 #include "common/smtp.h"
+#include "queue/queue_quota.h"
+#include "smtpd/smtpd_policy.h"
 #include "smtpd/smtpd_policy_net.h"
 #include "smtpd/smtpd_cidr.h"
 #include "smtpd/smtpd_cred.h"
@@ -190,6 +193,8 @@ struct smtpd {
 	uv_loop_t *loop;
 	struct smtpd_conf *conf;     /* for new sessions */
 	struct queue *q;
+	/* Per-credential quota counters: the LMDB store of q. */
+	struct queue_quota_store quota;
 	/* TLS for new sessions (a reference); NULL: no certificate. A reload
 	 * replaces it; sessions hold their own references. */
 	SSL_CTX *tls;
@@ -255,6 +260,11 @@ struct smtpd_session {
 	BIO *rbio, *wbio;
 	struct queue_body *body;
 	uint64_t commit_size;  /* body size of the message being committed */
+	/* The message being committed was charged to this credential's
+	 * quota at quota_now: a failed commit gives the unit back. */
+	bool quota_charged;
+	int64_t quota_now;
+	char quota_key[SMTPD_CRED_NAME_MAX + 1];
 	char sid[20];
 	char ip[64];           /* "127.0.0.1" / "::1" */
 	int port;
@@ -522,15 +532,128 @@ static void update_reading(struct smtpd_session *s)
 		uv_timer_stop(&s->timer);
 }
 
+/* ---- quotas --------------------------------------------------------------- */
+
+/* The credential's limits; both 0: it has no quota. */
+static struct queue_quota_limits quota_limits(const struct smtpd_cred *c)
+{
+	struct queue_quota_limits lim = {0, 0};
+	if (c) {
+		lim.hourly = smtpd_cred_hourly(c);
+		lim.daily = smtpd_cred_daily(c);
+	}
+	return lim;
+}
+
+/* "s=N: quota: credential NAME over its hourly limit (2/2): 450 4.7.1",
+ * the queue id first once there is one (qid NULL: none yet). */
+static void quota_log_over(const struct smtpd_session *s, const char *qid,
+                           const char *name,
+                           const struct queue_quota_usage *u,
+                           const struct queue_quota_limits *lim)
+{
+	if (!log_enabled(LOG_INFO))
+		return;
+	uint32_t used = 0, limit = 0;
+	const char *which = smtpd_policy_quota_over(u->hour, u->day, lim->hourly,
+	                                            lim->daily, 1, &used, &limit);
+	const struct smtp_reply_def *d = &smtp_replies[SMTP_R_QUOTA];
+	if (!which)
+		which = "hourly or daily";   /* a store that refused on its own */
+	if (qid)
+		log_info("%s: quota: credential %s over its %s limit (%" PRIu32
+		         "/%" PRIu32 "): %u %s (s=%s)", qid, name, which, used,
+		         limit, d->code, d->enh, s->sid);
+	else
+		log_info("s=%s: quota: credential %s over its %s limit (%" PRIu32
+		         "/%" PRIu32 "): %u %s", s->sid, name, which, used, limit,
+		         d->code, d->enh);
+}
+
+/* The core's quota hook at MAIL (smtpd_proto_cfg.quota): a short read
+ * transaction on the loop thread (it never waits for the writer). It only
+ * spares the client a body that could not be charged; the charge before
+ * the commit is what holds under concurrent sessions. */
+static enum smtp_reply_id quota_mail(void *ctx, const struct smtpd_cred *c)
+{
+	struct smtpd_session *s = ctx;
+	struct smtpd *srv = s->srv;
+	struct queue_quota_limits lim = quota_limits(c);
+	if ((!lim.hourly && !lim.daily) || !srv->quota.ops)
+		return SMTP_R__COUNT;
+	const char *name = smtpd_cred_name(c);
+	struct queue_quota_usage u;
+	int r = srv->quota.ops->peek(srv->quota.ctx, name, (int64_t)time(NULL),
+	                             &u);
+	if (r < 0) {
+		/* Fail closed, as the charge does (start_charge). */
+		log_warn("s=%s: quota: credential %s: cannot read the %s counters: "
+		         "%s", s->sid, name, srv->quota.ops->name, strerror(-r));
+		return SMTP_R_STORAGE_ERR;
+	}
+	if (!queue_quota_exceeded(&u, &lim, 1))
+		return SMTP_R__COUNT;
+	quota_log_over(s, NULL, name, &u, &lim);
+	return SMTP_R_QUOTA;
+}
+
+static void quota_refund_cb(void *arg, int status,
+                            const struct queue_quota_usage *u)
+{
+	(void)arg;
+	(void)u;
+	if (status < 0)
+		log_warn("quota: a refund failed: %s", strerror(-status));
+}
+
+/* The charged message was not queued: its unit goes back (to the hour and
+ * day it was charged in). */
+static void quota_refund(struct smtpd_session *s, const char *qid)
+{
+	if (!s->quota_charged)
+		return;
+	s->quota_charged = false;
+	struct smtpd *srv = s->srv;
+	int r = srv->quota.ops->refund(srv->quota.ctx, s->quota_key,
+	                               s->quota_now, 1, quota_refund_cb, NULL);
+	if (r < 0)
+		log_warn("%s: quota: credential %s: the unit charged for this "
+		         "message not given back: %s (s=%s)", qid, s->quota_key,
+		         strerror(-r), s->sid);
+}
+
 /* ---- commit ------------------------------------------------------------- */
 
 static void session_maybe_free(struct smtpd_session *s);
+
+/* After a commit or a charge: go on reading, or finish the close or the
+ * shutdown that waited for it. */
+static void commit_next(struct smtpd_session *s)
+{
+	if (s->closing) {
+		session_maybe_free(s);
+		return;
+	}
+	if (s->commit_pending)
+		return;   /* the charged message went on to the queue */
+	if (s->stop_after_commit) {
+		smtpd_proto_shutdown(s->proto, &s->out);
+		flush(s);
+		session_close(s, true);
+		return;
+	}
+	session_process(s);
+}
 
 static void commit_cb(void *arg, int status)
 {
 	struct smtpd_session *s = arg;
 	const struct smtpd_txn *t = smtpd_proto_txn(s->proto);
 	s->commit_pending = false;
+	/* -EDQUOT from the core's done() means "over quota"; the queue says
+	 * "no space" as -ENOSPC, but keep the two apart whatever it says. */
+	if (status == -EDQUOT)
+		status = -ENOSPC;
 	if (status == 0) {
 		char client[80], from[SMTP_PATH_MAX * 4 + 8];
 		if (s->cf->conf.received_client)
@@ -545,27 +668,20 @@ static void commit_cb(void *arg, int status)
 		         "scrubbed=%u%s (s=%s)", t->qid, from, s->commit_size,
 		         t->nrcpt, client, t->scrubbed, auth, s->sid);
 		smtpd_relay_committed(&s->relay, smtpd_relay_now());
+		s->quota_charged = false;   /* spent: this message has its 250 */
 	} else {
 		log_warn("%s: not queued: %s (s=%s)", t->qid, strerror(-status),
 		         s->sid);
+		quota_refund(s, t->qid);
 	}
 	/* A client that left before its 250 may send the message again: a
 	 * duplicate, never a loss (DESIGN.md). */
 	smtpd_proto_done(s->proto, status, &s->out);
-	if (s->closing) {
-		session_maybe_free(s);
-		return;
-	}
-	if (s->stop_after_commit) {
-		smtpd_proto_shutdown(s->proto, &s->out);
-		flush(s);
-		session_close(s, true);
-		return;
-	}
-	session_process(s);
+	commit_next(s);
 }
 
-static void start_commit(struct smtpd_session *s)
+/* The body is complete and durable on disk: index it (queue_commit). */
+static void queue_message(struct smtpd_session *s)
 {
 	const struct smtpd_txn *t = smtpd_proto_txn(s->proto);
 	struct queue_msg m = {0};
@@ -597,10 +713,88 @@ static void start_commit(struct smtpd_session *s)
 	free(m.rcpt);
 	if (r < 0) {
 		log_warn("%s: commit failed: %s (s=%s)", t->qid, strerror(-r), s->sid);
-		smtpd_proto_done(s->proto, r, &s->out);
+		quota_refund(s, t->qid);
+		smtpd_proto_done(s->proto, r == -EDQUOT ? -ENOSPC : r, &s->out);
 		return;
 	}
 	s->commit_pending = true;
+}
+
+/* The message will not be queued: the body goes, the core answers. */
+static void commit_refuse(struct smtpd_session *s, int status)
+{
+	queue_body_abort(s->body);
+	s->body = NULL;
+	smtpd_proto_done(s->proto, status, &s->out);
+}
+
+/* The charge before the commit came back. */
+static void charge_cb(void *arg, int status, const struct queue_quota_usage *u)
+{
+	struct smtpd_session *s = arg;
+	const struct smtpd_txn *t = smtpd_proto_txn(s->proto);
+	s->commit_pending = false;
+	if (status == 0)
+		s->quota_charged = true;
+	if (s->closing) {
+		/* The client is gone (timeout, error) and never got a 250:
+		 * nothing is queued, and the unit goes back. */
+		quota_refund(s, t->qid);
+		commit_refuse(s, -ECONNABORTED);
+	} else if (status == -EDQUOT) {
+		/* Another session of this credential took the last unit since
+		 * our MAIL's peek. Nothing was charged. */
+		struct queue_quota_limits lim = quota_limits(smtpd_proto_cred(s->proto));
+		quota_log_over(s, t->qid, s->quota_key, u, &lim);
+		commit_refuse(s, -EDQUOT);
+	} else if (status < 0) {
+		/* The store failed: fail closed (451 4.3.0, or 452 4.3.1 when
+		 * it is full). Over-sending on a provider's account is worse
+		 * than a retry: the client keeps the message and tries later. */
+		log_warn("%s: quota: credential %s: cannot charge the %s counters: "
+		         "%s; not queued (s=%s)", t->qid, s->quota_key,
+		         s->srv->quota.ops->name, strerror(-status), s->sid);
+		commit_refuse(s, status);
+	} else {
+		queue_message(s);
+	}
+	commit_next(s);
+}
+
+/* A credential with a quota: charge one message before the commit, so a
+ * message that gets its 250 was charged exactly once (a failed commit is
+ * refunded). The charge checks and counts in one write transaction on the
+ * queue's writer thread: concurrent sessions of one credential never
+ * overshoot its limits. */
+static void start_charge(struct smtpd_session *s, const struct smtpd_cred *c,
+                         const struct queue_quota_limits *lim)
+{
+	struct smtpd *srv = s->srv;
+	const struct smtpd_txn *t = smtpd_proto_txn(s->proto);
+	snprintf(s->quota_key, sizeof s->quota_key, "%s", smtpd_cred_name(c));
+	s->quota_now = (int64_t)time(NULL);
+	s->quota_charged = false;
+	int r = srv->quota.ops->charge(srv->quota.ctx, s->quota_key, s->quota_now,
+	                               1, lim, charge_cb, s);
+	if (r < 0) {
+		/* Fail closed, as charge_cb does. */
+		log_warn("%s: quota: credential %s: cannot charge the %s counters: "
+		         "%s; not queued (s=%s)", t->qid, s->quota_key,
+		         srv->quota.ops->name, strerror(-r), s->sid);
+		commit_refuse(s, r == -EDQUOT ? -EIO : r);
+		return;
+	}
+	s->commit_pending = true;   /* the queue holds a callback to us */
+}
+
+static void start_commit(struct smtpd_session *s)
+{
+	const struct smtpd_cred *c = smtpd_proto_cred(s->proto);
+	struct queue_quota_limits lim = quota_limits(c);
+	if ((lim.hourly || lim.daily) && s->srv->quota.ops)
+		start_charge(s, c, &lim);
+	else
+		queue_message(s);
 }
 
 /* ---- TLS -------------------------------------------------------------------- */
@@ -1392,6 +1586,8 @@ static void connection_cb(uv_stream_t *server, int status)
 		.trusted = trusted,
 		.auth_plaintext = smtpd_cidr_match(&srv->conf->plaintext, peer),
 		.auth_available = srv->creds != NULL,
+		.quota = quota_mail,
+		.quota_ctx = s,
 	};
 	s->proto = smtpd_proto_new(&pc, &sink_ops, s);
 	if (!s->proto) {
@@ -1463,6 +1659,8 @@ int smtpd_new(uv_loop_t *loop, struct conf *conf, struct queue *q,
 	srv->loop = loop;
 	srv->conf = c;
 	srv->q = q;
+	if (q)
+		queue_quota_store_lmdb(q, &srv->quota);
 	conf = &c->conf;
 	srv->lockout = smtpd_lockout_new(LOCKOUT_CAP);
 	if (!srv->lockout) {
@@ -1511,6 +1709,8 @@ int smtpd_new(uv_loop_t *loop, struct conf *conf, struct queue *q,
 void smtpd_set_queue(struct smtpd *srv, struct queue *q)
 {
 	srv->q = q;
+	if (q)
+		queue_quota_store_lmdb(q, &srv->quota);
 }
 
 const struct conf *smtpd_conf(const struct smtpd *srv)

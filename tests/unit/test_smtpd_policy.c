@@ -409,6 +409,44 @@ static void test_ip_key(void **state)
 	                 -EAFNOSUPPORT);
 }
 
+static void test_quota_over(void **state)
+{
+	(void)state;
+	static const struct {
+		uint32_t hour, day, hourly, daily, n;
+		const char *which;
+		uint32_t used, limit;
+	} cases[] = {
+		{0, 0, 0, 0, 1, NULL, 0, 0},            /* no limits */
+		{1000, 5000, 0, 0, 1, NULL, 0, 0},
+		{1, 1, 2, 0, 1, NULL, 0, 0},            /* the last unit */
+		{2, 2, 2, 0, 1, "hourly", 2, 2},
+		{2, 2, 2, 3, 1, "hourly", 2, 2},        /* hourly looked at first */
+		{0, 3, 2, 3, 1, "daily", 3, 3},
+		{1, 2, 2, 3, 1, NULL, 0, 0},
+		{1, 2, 2, 3, 2, "hourly", 1, 2},        /* n counts */
+		{0, 2, 0, 3, 2, "daily", 2, 3},
+		{UINT32_MAX, 0, UINT32_MAX, 0, 1, "hourly", UINT32_MAX,
+		 UINT32_MAX},                           /* no wrap */
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		uint32_t used = 0, limit = 0;
+		const char *w = smtpd_policy_quota_over(
+			cases[i].hour, cases[i].day, cases[i].hourly, cases[i].daily,
+			cases[i].n, &used, &limit);
+		if (!cases[i].which) {
+			if (w)
+				fail_msg("case %zu: got %s", i, w);
+			continue;
+		}
+		if (!w || strcmp(w, cases[i].which) != 0)
+			fail_msg("case %zu: got %s, want %s", i, w ? w : "NULL",
+			         cases[i].which);
+		assert_int_equal(used, cases[i].used);
+		assert_int_equal(limit, cases[i].limit);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -420,6 +458,7 @@ int main(void)
 		cmocka_unit_test(test_rate_evict),
 		cmocka_unit_test(test_rate_window_change_and_clock),
 		cmocka_unit_test(test_ip_key),
+		cmocka_unit_test(test_quota_over),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,8 +3,9 @@
  * parsing, the state table, every error reply, pipelining, DATA and BDAT
  * into a memory sink, DSN parameters, STARTTLS (RFC 3207 and the
  * CVE-2011-0411 injection), AUTH PLAIN/LOGIN (RFC 4954: every reply
- * code, cancel, base64, TLS required, reset by STARTTLS) and the relay
- * rule with a credential's restrictions. No sockets.
+ * code, cancel, base64, TLS required, reset by STARTTLS), the relay
+ * rule with a credential's restrictions, and the quota hook at MAIL and
+ * a refused charge at commit. No sockets.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -1224,6 +1225,145 @@ static void test_auth_cred_restrictions(void **state)
 	smtpd_creds_free(t);
 }
 
+/* ---- quotas --------------------------------------------------------------- */
+
+struct quota_hook {
+	int calls;
+	enum smtp_reply_id answer;
+	const struct smtpd_cred *seen;
+};
+
+static enum smtp_reply_id quota_hook_cb(void *ctx, const struct smtpd_cred *c)
+{
+	struct quota_hook *q = ctx;
+	q->calls++;
+	q->seen = c;
+	return q->answer;
+}
+
+/* An AUTH fixture whose core has the quota hook. */
+static struct fixture *fx_quota(struct quota_hook *q, bool trusted)
+{
+	struct fixture *f = fx_auth(CONF_LISTEN_SMTPS, false, trusted);
+	smtpd_proto_free(f->p);
+	f->cfg.quota = quota_hook_cb;
+	f->cfg.quota_ctx = q;
+	f->p = smtpd_proto_new(&f->cfg, &ops, &f->sink);
+	return f;
+}
+
+static void quota_auth(struct fixture *f, const struct smtpd_cred *cred)
+{
+	char line[128];
+	snprintf(line, sizeof line, "EHLO x\r\nAUTH PLAIN %s\r\n",
+	         B64S("\0app\0pw"));
+	feed(f, line);
+	take(f);
+	assert_int_equal(f->req, SMTPD_REQ_AUTH);
+	assert_null(smtpd_proto_cred(f->p));
+	smtpd_proto_set_cred(f->p, cred);
+	smtpd_proto_done(f->p, SMTPD_AUTH_OK, &f->out);
+	assert_has(take(f), "235 2.7.0");
+}
+
+#define QUOTA_REPLY \
+	"450 4.7.1 Sending quota exceeded for this credential, try again later\r\n"
+
+static void test_quota(void **state)
+{
+	(void)state;
+	char hash[SMTPD_CRED_HASH_MAX], text[1024], err[256];
+	struct smtpd_cred_kdf k = smtpd_cred_kdf_scrypt;
+	k.ln = 10;
+	assert_int_equal(smtpd_cred_hash("pw", 2, &k, hash, sizeof hash), 0);
+	snprintf(text, sizeof text, "app:%s::hourly=2,daily=3\n", hash);
+	struct smtpd_creds *t = NULL;
+	assert_int_equal(smtpd_creds_parse("creds", text, strlen(text), &t, err,
+	                                   sizeof err), 0);
+	const struct smtpd_cred *cred = smtpd_creds_find(t, "app");
+	assert_non_null(cred);
+
+	/* A trusted client that did not authenticate has no quota: the hook
+	 * is never asked. */
+	struct quota_hook q = {.answer = SMTP_R_QUOTA};
+	struct fixture *f = fx_quota(&q, true);
+	feed(f, "EHLO x\r\nMAIL FROM:<a@b.test>\r\n");
+	assert_has(take(f), "250 2.1.0");
+	assert_int_equal(q.calls, 0);
+	fx_free(f);
+
+	/* Authenticated with a credential: asked at MAIL, after the syntax
+	 * and the credential's sender check. */
+	q = (struct quota_hook){.answer = SMTP_R__COUNT};
+	f = fx_quota(&q, false);
+	quota_auth(f, cred);
+	assert_ptr_equal(smtpd_proto_cred(f->p), cred);
+	feed(f, "MAIL FROM:<a@@b>\r\n");
+	assert_has(take(f), "501 5.1.7");
+	assert_int_equal(q.calls, 0);
+	feed(f, "MAIL FROM:<a@b.test>\r\n");
+	assert_string_equal(take(f), "250 2.1.0 Sender ok\r\n");
+	assert_int_equal(q.calls, 1);
+	assert_ptr_equal(q.seen, cred);
+	/* The charge at commit refused (another session took the last
+	 * unit): 450 4.7.1, the transaction is over. */
+	feed(f, "RCPT TO:<c@d.test>\r\nDATA\r\nx\r\n.\r\n");
+	take(f);
+	assert_int_equal(f->req, SMTPD_REQ_COMMIT);
+	smtpd_proto_done(f->p, -EDQUOT, &f->out);
+	assert_string_equal(take(f), QUOTA_REPLY);
+	assert_int_equal(smtpd_proto_state(f->p), SMTPD_ST_READY);
+	assert_int_equal(smtpd_proto_txn(f->p)->nrcpt, 0);
+	/* Over quota at MAIL: refused whole, not a protocol error; the
+	 * session goes on and may try again later. */
+	q.answer = SMTP_R_QUOTA;
+	unsigned refused = 0;
+	for (int i = 0; i < 30; i++) {   /* more than max_bad_commands */
+		feed(f, "MAIL FROM:<a@b.test>\r\n");
+		assert_string_equal(take(f), QUOTA_REPLY);
+		refused++;
+	}
+	assert_int_equal(smtpd_proto_state(f->p), SMTPD_ST_READY);
+	feed(f, "RCPT TO:<c@d.test>\r\n");
+	assert_has(take(f), "503 5.5.1");
+	/* A store error at the peek: what the hook says is sent. */
+	q.answer = SMTP_R_STORAGE_ERR;
+	feed(f, "MAIL FROM:<a@b.test>\r\n");
+	assert_has(take(f), "451 4.3.0");
+	q.answer = SMTP_R__COUNT;
+	feed(f, "MAIL FROM:<a@b.test>\r\n");
+	assert_has(take(f), "250 2.1.0");
+	assert_int_equal(q.calls, 1 + (int)refused + 2);
+	fx_free(f);
+
+	/* Authenticated without a credential (tests): no quota. */
+	q = (struct quota_hook){.answer = SMTP_R_QUOTA};
+	f = fx_quota(&q, false);
+	quota_auth(f, NULL);
+	assert_null(smtpd_proto_cred(f->p));
+	feed(f, "MAIL FROM:<a@b.test>\r\n");
+	assert_has(take(f), "250 2.1.0");
+	assert_int_equal(q.calls, 0);
+	fx_free(f);
+
+	/* Without a hook, a refused charge still answers 450 4.7.1; other
+	 * commit errors keep their replies. */
+	f = fx();
+	start(f);
+	feed(f, "DATA\r\nx\r\n.\r\n");
+	take(f);
+	smtpd_proto_done(f->p, -EDQUOT, &f->out);
+	assert_string_equal(take(f), QUOTA_REPLY);
+	feed(f, "MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\n"
+	     "DATA\r\nx\r\n.\r\n");
+	take(f);
+	assert_int_equal(f->req, SMTPD_REQ_COMMIT);
+	smtpd_proto_done(f->p, -EIO, &f->out);
+	assert_has(take(f), "451 4.3.0");
+	fx_free(f);
+	smtpd_creds_free(t);
+}
+
 int main(void)
 {
 	log_open(NULL, false, LOG_ERR);
@@ -1259,6 +1399,7 @@ int main(void)
 		cmocka_unit_test(test_auth_advertised),
 		cmocka_unit_test(test_auth_starttls_resets),
 		cmocka_unit_test(test_auth_cred_restrictions),
+		cmocka_unit_test(test_quota),
 	};
 	return cmocka_run_group_tests_name("smtpd_proto", tests, NULL, NULL);
 }
