@@ -144,6 +144,7 @@ check-e2e: all
 
 bench: deps-bench all
 	bench/accept
+	bench/relay
 
 PREFIX  ?= /usr/local
 install: all
