@@ -37,7 +37,8 @@ void smtpd_set_conf(struct smtpd *s, struct conf *conf);
 int smtpd_check_tls(const struct conf *conf, char *err, size_t errlen);
 
 /* relayd -t, start and SIGHUP: the access lists (trusted_networks,
- * auth_plaintext_networks) parse. 0, or -EINVAL with the reason in err. */
+ * auth_plaintext_networks) parse. 0, or -EINVAL (-ENOMEM) with the
+ * reason in err. */
 int smtpd_check_conf(const struct conf *conf, char *err, size_t errlen);
 
 /* The spool sessions commit to; set before smtpd_start (the listeners are

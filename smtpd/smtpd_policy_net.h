@@ -1,14 +1,15 @@
 /*
  * smtpd/smtpd_policy_net.h - The relay policy of issue 4 §3 that needs no
- * credential, wired: CIDR lists (deny_networks), the global sender and
- * recipient domain allowlists, and the per-client-IP rates of new
- * connections and accepted messages. Owns the parsing of those keys into
+ * credential, wired: deny_networks (a list of smtpd_cidr.h), the global
+ * sender and recipient domain allowlists, and the per-client-IP rates of
+ * new connections and accepted messages. Owns the parsing of those keys into
  * one struct smtpd_relay per configuration load, the listener's rate
  * tables (struct smtpd_relay_limits, which live as long as the listener
  * and so survive SIGHUP; in memory only: a restart forgets them), and the
  * decisions with their log lines. No sockets, no libuv: the shell gives
  * the client's address and the time. The building blocks (domain lists,
- * the limiter, rate specs, IP keys) are smtpd_policy.h's.
+ * the limiter, rate specs, IP keys) are smtpd_policy.h's; CIDR lists are
+ * smtpd_cidr.h's, shared with trusted_networks.
  *
  *   deny_networks      at connect: 554 5.7.1, then close
  *   rate_connections   at connect: 421 4.7.0, then close (every new
@@ -34,42 +35,14 @@
 
 #include "common/conf.h"
 #include "common/smtp.h"
+#include "smtpd/smtpd_cidr.h"
 #include "smtpd/smtpd_policy.h"
 #include "smtpd/smtpd_proto.h"
-
-/* ---- CIDR lists ----------------------------------------------------------- */
-
-/* Longest list entry accepted ("ffff:...:ffff/128" fits). */
-#define SMTPD_NET_TEXT_MAX 64
-
-struct smtpd_nets;
-
-/* Parses a comma-separated list of networks: "192.0.2.0/24, 10.1.2.3,
- * 2001:db8::/32, ::1". Items are trimmed of blanks. An address without
- * "/N" is one host (/32 or /128). N is decimal, 0..32 for IPv4 and 0..128
- * for IPv6, no sign, no leading zero. Bits set past the prefix are an
- * error ("192.0.2.1/24": write 192.0.2.0/24), so nobody believes a
- * host entry means the whole network or the reverse. An IPv4-mapped IPv6
- * network with a prefix of at least 96 ("::ffff:192.0.2.0/120") is stored
- * as the IPv4 network it names. "" or only blanks: the empty list (matches
- * nothing). Errors: -EINVAL with one line in err naming the item
- * (escaped); -ENOMEM. On success *out is the caller's. */
-int smtpd_nets_parse(const char *list, struct smtpd_nets **out, char *err,
-                     size_t errlen);
-void smtpd_nets_free(struct smtpd_nets *n);   /* NULL: no-op */
-size_t smtpd_nets_count(const struct smtpd_nets *n);
-
-/* Does sa (AF_INET or AF_INET6; an IPv4-mapped IPv6 address counts as
- * its IPv4 address) lie in one of the networks? n NULL or empty: no.
- * When it does and which is not NULL, which gets the first matching entry
- * in canonical form ("192.0.2.0/24"), for log lines. */
-bool smtpd_nets_match(const struct smtpd_nets *n, const struct sockaddr *sa,
-                      char *which, size_t whichlen);
 
 /* ---- one configuration's policy -------------------------------------------- */
 
 struct smtpd_relay {
-	struct smtpd_nets *deny;            /* deny_networks */
+	struct smtpd_cidr_list deny;        /* deny_networks */
 	struct smtpd_domains *senders;      /* sender_domains; empty: any */
 	struct smtpd_domains *recipients;   /* recipient_domains; empty: any */
 	struct smtpd_rate_spec conn;        /* rate_connections; 0: none */

@@ -82,8 +82,9 @@ static struct smtpd_conf *conf_hold(struct smtpd_conf *c)
 }
 
 /* The access lists, parsed once per configuration. smtpd_check_conf
- * refused bad ones before; should one slip through, the list is empty:
- * nobody trusted, AUTH nowhere in plaintext (the safe side). */
+ * refused bad ones before; should one slip through (or memory run out),
+ * the list is empty: nobody trusted, AUTH nowhere in plaintext (the safe
+ * side). */
 static void conf_lists(struct smtpd_conf *c)
 {
 	char err[256];
@@ -99,15 +100,19 @@ int smtpd_check_conf(const struct conf *conf, char *err, size_t errlen)
 {
 	struct smtpd_cidr_list l;
 	char msg[256];
-	if (smtpd_cidr_parse(conf->trusted_networks, &l, msg, sizeof msg) < 0) {
+	int r;
+	if ((r = smtpd_cidr_parse(conf->trusted_networks, &l, msg,
+	                          sizeof msg)) < 0) {
 		snprintf(err, errlen, "trusted_networks: %s", msg);
-		return -EINVAL;
+		return r;
 	}
-	if (smtpd_cidr_parse(conf->auth_plaintext_networks, &l, msg,
-	                     sizeof msg) < 0) {
+	smtpd_cidr_list_free(&l);
+	if ((r = smtpd_cidr_parse(conf->auth_plaintext_networks, &l, msg,
+	                          sizeof msg)) < 0) {
 		snprintf(err, errlen, "auth_plaintext_networks: %s", msg);
-		return -EINVAL;
+		return r;
 	}
+	smtpd_cidr_list_free(&l);
 	return 0;
 }
 
@@ -115,6 +120,8 @@ static void conf_drop(struct smtpd_conf *c)
 {
 	if (c && --c->refs == 0) {
 		smtpd_relay_free(c->relay);
+		smtpd_cidr_list_free(&c->trusted);
+		smtpd_cidr_list_free(&c->plaintext);
 		conf_free(&c->conf);
 		free(c);
 	}
