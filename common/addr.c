@@ -443,3 +443,244 @@ bool addr_xtext_valid(const char *s, size_t n)
 	}
 	return true;
 }
+
+/* ---- RFC 5322 §3.4 address-list (a From: field's value) ------------------ */
+
+struct mbl {
+	const unsigned char *p, *end;
+};
+
+/* RFC 5322 §3.2.3 atext; 8-bit bytes as UTF-8 (RFC 6532 §3.2). */
+static bool mbl_atext(unsigned char c)
+{
+	if (c >= 0x80 || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+	    (c >= '0' && c <= '9'))
+		return true;
+	return c && strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL;
+}
+
+/* CFWS: blanks, the CR LF of folded lines, and comments (nested, with
+ * quoted-pairs). False on an unterminated comment or a NUL in one. */
+static bool mbl_cfws(struct mbl *m)
+{
+	unsigned depth = 0;
+	while (m->p < m->end) {
+		unsigned char c = *m->p;
+		if (depth == 0) {
+			if (c != ' ' && c != '\t' && c != '\r' && c != '\n' &&
+			    c != '(')
+				return true;
+			if (c == '(')
+				depth = 1;
+			m->p++;
+			continue;
+		}
+		if (c == '\\') {
+			if (m->end - m->p < 2)
+				return false;
+			m->p++;
+		} else if (c == '(') {
+			depth++;
+		} else if (c == ')') {
+			depth--;
+		} else if (c == 0) {
+			return false;
+		}
+		m->p++;
+	}
+	return depth == 0;
+}
+
+/* A quoted-string at m->p (on the opening '"'), through the closing '"'.
+ * fold: CR and LF (folding white space) may appear inside. */
+static bool mbl_quoted(struct mbl *m, bool fold)
+{
+	m->p++;
+	while (m->p < m->end) {
+		unsigned char c = *m->p++;
+		if (c == '"')
+			return true;
+		if (c == '\\') {
+			if (m->p == m->end || *m->p == 0)
+				return false;
+			m->p++;
+		} else if (c == 0 || (!fold && (c == '\r' || c == '\n'))) {
+			return false;
+		}
+	}
+	return false;
+}
+
+/* dot-atom-text: 1*atext *("." 1*atext). */
+static bool mbl_dot_atom(struct mbl *m)
+{
+	for (;;) {
+		const unsigned char *s = m->p;
+		while (m->p < m->end && mbl_atext(*m->p))
+			m->p++;
+		if (m->p == s)
+			return false;
+		if (m->p == m->end || *m->p != '.')
+			return true;
+		m->p++;
+	}
+}
+
+/* addr-spec with the CFWS around it; out gets "local@domain" with the
+ * local part as written (quotes kept, as addr_parse_path does). */
+static int mbl_addr_spec(struct mbl *m, char *out, size_t outsz)
+{
+	if (!mbl_cfws(m) || m->p == m->end)
+		return -EINVAL;
+	const unsigned char *ls = m->p;
+	if (*m->p == '"' ? !mbl_quoted(m, false) : !mbl_dot_atom(m))
+		return -EINVAL;
+	size_t llen = (size_t)(m->p - ls);
+	if (!mbl_cfws(m) || m->p == m->end || *m->p != '@')
+		return -EINVAL;
+	m->p++;
+	if (!mbl_cfws(m) || m->p == m->end)
+		return -EINVAL;
+	const unsigned char *ds = m->p;
+	if (*m->p == '[') {
+		/* domain-literal: dtext is %d33-90 / %d94-126. */
+		m->p++;
+		while (m->p < m->end && *m->p >= 33 && *m->p <= 126 &&
+		       *m->p != '[' && *m->p != ']' && *m->p != '\\')
+			m->p++;
+		if (m->p == m->end || *m->p != ']')
+			return -EINVAL;
+		m->p++;
+	} else if (!mbl_dot_atom(m)) {
+		return -EINVAL;
+	}
+	size_t dlen = (size_t)(m->p - ds);
+	if (!mbl_cfws(m))
+		return -EINVAL;
+	if (llen > SMTP_LOCAL_MAX || dlen > SMTP_DOMAIN_MAX ||
+	    llen + 1 + dlen > SMTP_PATH_MAX || llen + 1 + dlen >= outsz)
+		return -ENAMETOOLONG;
+	memcpy(out, ls, llen);
+	out[llen] = '@';
+	memcpy(out + llen + 1, ds, dlen);
+	out[llen + 1 + dlen] = '\0';
+	return 0;
+}
+
+/* The end of one mailbox: the end of the list, ',' or, in a group, ';'. */
+static bool mbl_at_sep(const struct mbl *m, bool in_group)
+{
+	return m->p == m->end || *m->p == ',' || (in_group && *m->p == ';');
+}
+
+/* display-name: obs-phrase, 0 or more words (atoms, quoted strings) and
+ * dots with CFWS between. Returns the number of words. */
+static int mbl_phrase(struct mbl *m)
+{
+	int words = 0;
+	for (;;) {
+		if (!mbl_cfws(m))
+			return -EINVAL;
+		if (m->p == m->end)
+			return words;
+		if (*m->p == '"') {
+			if (!mbl_quoted(m, true))
+				return -EINVAL;
+		} else if (mbl_atext(*m->p) || *m->p == '.') {
+			while (m->p < m->end && (mbl_atext(*m->p) || *m->p == '.'))
+				m->p++;
+		} else {
+			return words;
+		}
+		words++;
+	}
+}
+
+static int mbl_emit(const char *addr, addr_mailbox_cb cb, void *ctx,
+                    int *count)
+{
+	if (*count == INT_MAX)
+		return -E2BIG;
+	(*count)++;
+	return cb ? cb(ctx, addr) : 0;
+}
+
+/* One address: a mailbox (addr-spec or [display-name] angle-addr) or, at
+ * the top level, a group "display-name : [mailbox-list] ;". */
+static int mbl_address(struct mbl *m, bool in_group, addr_mailbox_cb cb,
+                       void *ctx, int *count)
+{
+	char addr[SMTP_PATH_MAX + 1];
+	const unsigned char *start = m->p;
+	/* A bare addr-spec, if it is followed by the end of the mailbox;
+	 * else the same bytes are read again as a display name. */
+	int r = mbl_addr_spec(m, addr, sizeof addr);
+	if (r == -ENAMETOOLONG)
+		return r;
+	if (r == 0 && mbl_at_sep(m, in_group))
+		return mbl_emit(addr, cb, ctx, count);
+	m->p = start;
+	int words = mbl_phrase(m);
+	if (words < 0 || m->p == m->end)
+		return -EINVAL;
+	if (*m->p == '<') {
+		/* angle-addr; no obs-route: a restricted credential's
+		 * author has no business with source routes. */
+		m->p++;
+		r = mbl_addr_spec(m, addr, sizeof addr);
+		if (r < 0)
+			return r;
+		if (m->p == m->end || *m->p != '>')
+			return -EINVAL;
+		m->p++;
+		if (!mbl_cfws(m) || !mbl_at_sep(m, in_group))
+			return -EINVAL;
+		return mbl_emit(addr, cb, ctx, count);
+	}
+	if (*m->p != ':' || in_group || words == 0)
+		return -EINVAL;
+	/* group: its mailboxes, possibly none ("undisclosed-recipients:;"). */
+	m->p++;
+	for (;;) {
+		if (!mbl_cfws(m) || m->p == m->end)
+			return -EINVAL;
+		if (*m->p == ';')
+			break;
+		if (*m->p == ',') {   /* obs-mbox-list: empty elements */
+			m->p++;
+			continue;
+		}
+		r = mbl_address(m, true, cb, ctx, count);
+		if (r < 0)
+			return r;
+		if (m->p < m->end && *m->p == ',')
+			m->p++;
+	}
+	m->p++;
+	if (!mbl_cfws(m) || !mbl_at_sep(m, false))
+		return -EINVAL;
+	return 0;
+}
+
+int addr_parse_mailbox_list(const char *in, size_t n, addr_mailbox_cb cb,
+                            void *ctx)
+{
+	struct mbl m = {(const unsigned char *)in,
+	                (const unsigned char *)in + n};
+	int count = 0;
+	for (;;) {
+		if (!mbl_cfws(&m))
+			return -EINVAL;
+		if (m.p == m.end)
+			return count;
+		if (*m.p == ',') {    /* obs-addr-list: empty elements */
+			m.p++;
+			continue;
+		}
+		int r = mbl_address(&m, false, cb, ctx, &count);
+		if (r < 0)
+			return r;
+		if (m.p < m.end)
+			m.p++;    /* the ',' mbl_address stopped at */
+	}
+}

@@ -1,6 +1,7 @@
 /*
  * common/addr.h - RFC 5321 mailbox and path parsing (MAIL FROM / RCPT TO
- * arguments), ESMTP parameter splitting and RFC 3461 xtext checks. Pure.
+ * arguments), ESMTP parameter splitting, RFC 3461 xtext checks and RFC 5322
+ * address-list parsing (the From: header). Pure.
  */
 #ifndef RELAY_ADDR_H
 #define RELAY_ADDR_H
@@ -53,5 +54,27 @@ int addr_parse_params(const char *s, size_t n, bool utf8,
 /* RFC 3461 §4: xtext = *( xchar / hexchar ), xchar = %d33-42 / %d44-60 /
  * %d62-126, hexchar = "+" 2HEXDIG (uppercase). True when valid. */
 bool addr_xtext_valid(const char *s, size_t n);
+
+/*
+ * RFC 5322 §3.4 address-list, as in a From: field's value (everything after
+ * the colon, folded lines and their CR LF included): "a@b", "Name <a@b>",
+ * "\"Doe, J. <x>\" <a@b>", comments, several mailboxes separated by ',',
+ * groups "team: a@b, c@d;". Calls cb (when not NULL) with each mailbox's
+ * addr-spec as addr_parse_path writes it ("local@domain", a quoted local
+ * part kept with its quotes, a domain literal with its brackets), in order;
+ * a negative return from cb stops the walk and is returned. Returns the
+ * number of mailboxes (0 for an empty field or an empty group such as
+ * "undisclosed-recipients:;"), or
+ *   -EINVAL        a syntax error (an unquoted '@' or '<' in a display
+ *                  name, unbalanced quotes, comments or brackets, an
+ *                  obs-route, a NUL, ...): nothing reliable can be said
+ *   -ENAMETOOLONG  a local part > 64, domain > 255 or address > 256 octets
+ * cb may have been called for earlier mailboxes before an error. 8-bit
+ * bytes are taken as UTF-8 text (RFC 6532) and not checked here. Linear
+ * in n; uses no memory beyond one address on the stack.
+ */
+typedef int (*addr_mailbox_cb)(void *ctx, const char *addr);
+int addr_parse_mailbox_list(const char *in, size_t n, addr_mailbox_cb cb,
+                            void *ctx);
 
 #endif

@@ -67,5 +67,6 @@ const struct smtp_reply_def smtp_replies[SMTP_R__COUNT] = {
 	[SMTP_R_RELAY_DENIED]    = {554, "5.7.1", "Relay access denied"},
 	[SMTP_R_CRED_SENDER]     = {553, "5.7.1", "Sender address not allowed for this credential"},
 	[SMTP_R_CRED_RCPT]       = {550, "5.7.1", "Recipient not allowed for this credential"},
+	[SMTP_R_CRED_FROM]       = {553, "5.7.1", "From: header address not allowed for this credential"},
 	[SMTP_R_QUOTA]           = {450, "4.7.1", "Sending quota exceeded for this credential, try again later"},
 };

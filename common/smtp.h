@@ -94,6 +94,7 @@ enum smtp_reply_id {
 	SMTP_R_RELAY_DENIED,    /* 554 5.7.1 */
 	SMTP_R_CRED_SENDER,     /* 553 5.7.1 */
 	SMTP_R_CRED_RCPT,       /* 550 5.7.1 */
+	SMTP_R_CRED_FROM,       /* 553 5.7.1 From: header, at end of data */
 	SMTP_R_QUOTA,           /* 450 4.7.1 a credential's hourly/daily quota */
 	SMTP_R__COUNT
 };

@@ -6,7 +6,8 @@
  * one table (cmd_seq). AUTH PLAIN/LOGIN exchanges (RFC 4954) are parsed
  * here and handed to the shell as (user, password); the relay rule and a
  * credential's sender/recipient restrictions are applied at MAIL and
- * RCPT. Limits: common/smtp.h.
+ * RCPT, and its sender restriction to the From: header at the end of the
+ * data. Limits: common/smtp.h.
  */
 #include "smtpd/smtpd_proto.h"
 
@@ -57,6 +58,9 @@ struct smtpd_proto {
 	struct smtpd_data data;
 	struct smtpd_scrub scrub;
 	char msgid_line[QUEUE_ID_SIZE + SMTP_DOMAIN_MAX + 32];
+	/* The From: field's value, captured by the scrubber for a credential
+	 * with sender restrictions (else NULL); FROM_CAP_MAX bytes. */
+	char *from_cap;
 	char date_line[80];
 
 	/* BDAT (RFC 3030): octets left in the current chunk; a rejected chunk
@@ -82,6 +86,10 @@ struct smtpd_proto {
 	uint8_t auth_pw[SMTP_CMD_LINE_MAX];
 	size_t auth_pwlen;
 };
+
+/* A From: field's value longer than this (four full RFC 5322 lines) is
+ * not read as addresses: the message is refused. */
+#define FROM_CAP_MAX (998 * 4)
 
 /* ---- replies ------------------------------------------------------------ */
 
@@ -169,6 +177,8 @@ static void txn_reset(struct smtpd_proto *p)
 	}
 	free(t->rcpt);
 	memset(t, 0, sizeof *t);
+	free(p->from_cap);
+	p->from_cap = NULL;
 	p->bdat_total = 0;
 }
 
@@ -205,6 +215,15 @@ static int body_begin(struct smtpd_proto *p, enum smtpd_data_mode mode)
 	                p->cfg.bare_normalize);
 	smtpd_scrub_init(&p->scrub, p->cfg.scrub, p->cfg.nscrub, p->msgid_line,
 	                 p->date_line, scrub_emit, p);
+	/* A credential restricted to some senders must also name an allowed
+	 * author (issue 4 §3): keep the From: value for body_end. Others,
+	 * and trusted clients, are not checked. */
+	if (p->cred && p->auth_name[0] && smtpd_cred_nfrom(p->cred) > 0) {
+		p->from_cap = malloc(FROM_CAP_MAX);
+		if (!p->from_cap)
+			return -ENOMEM;
+		smtpd_scrub_capture_from(&p->scrub, p->from_cap, FROM_CAP_MAX);
+	}
 	return 0;
 }
 
@@ -228,6 +247,71 @@ static enum smtp_reply_id data_error_reply(const struct smtpd_data *d)
 	return SMTP_R__COUNT;
 }
 
+struct from_check {
+	const struct smtpd_cred *cred;
+	char bad[SMTP_PATH_MAX + 1];   /* the first address refused */
+};
+
+static int from_addr_cb(void *ctx, const char *addr)
+{
+	struct from_check *fc = ctx;
+	if (smtpd_cred_sender_ok(fc->cred, addr))
+		return 0;
+	snprintf(fc->bad, sizeof fc->bad, "%s", addr);
+	return -EPERM;
+}
+
+/* The From: header against the credential's allowed senders: every
+ * mailbox in it must be allowed, and there must be exactly one From:
+ * field (RFC 5322 §3.6) naming at least one mailbox. Logs and returns
+ * SMTP_R_CRED_FROM when refused, else SMTP_R__COUNT. */
+static enum smtp_reply_id from_check(struct smtpd_proto *p)
+{
+	const struct smtpd_scrub *s = &p->scrub;
+	struct from_check fc = {.cred = p->cred};
+	const char *why = NULL;
+	if (s->nfrom == 0) {
+		why = "no From: header";
+	} else if (s->nfrom > 1) {
+		why = "several From: headers";
+	} else if (s->cap_over) {
+		why = "From: header too long";
+	} else {
+		int r = addr_parse_mailbox_list(p->from_cap, s->caplen,
+		                                from_addr_cb, &fc);
+		if (r == -EPERM)
+			why = "address not allowed";
+		else if (r == 0)
+			why = "no address in From: header";
+		else if (r < 0)
+			why = "unparsable From: header";
+	}
+	if (!why)
+		return SMTP_R__COUNT;
+	if (log_enabled(LOG_INFO)) {
+		/* The refused address, or else the field's value without the
+		 * blanks and line ends around it; escaped, cut at 512. */
+		const char *v = fc.bad;
+		size_t n = strlen(fc.bad);
+		if (!n && s->nfrom == 1) {
+			v = p->from_cap;
+			n = s->caplen;
+			while (n && strchr(" \t\r\n", *v) && *v) {
+				v++;
+				n--;
+			}
+			while (n && strchr(" \t\r\n", v[n - 1]) && v[n - 1])
+				n--;
+		}
+		char from[512];
+		log_escape(from, sizeof from, v, n);
+		log_write(LOG_INFO, "%s: reject: header From: <%s>: %s (s=%s, "
+		          "auth=%s)", p->txn.qid, from, why, p->cfg.sid,
+		          smtpd_cred_name(p->cred));
+	}
+	return SMTP_R_CRED_FROM;
+}
+
 /* End of DATA or the LAST BDAT chunk: hand the message over or refuse it. */
 static void body_end(struct smtpd_proto *p, struct buf *out,
                      enum smtpd_req *req)
@@ -237,6 +321,8 @@ static void body_end(struct smtpd_proto *p, struct buf *out,
 		int r = smtpd_scrub_finish(&p->scrub);
 		if (r < 0)
 			e = storage_reply(r);
+		else if (p->from_cap)
+			e = from_check(p);
 	}
 	if (e != SMTP_R__COUNT) {
 		reply(p, out, e);

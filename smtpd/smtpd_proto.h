@@ -196,7 +196,10 @@ void smtpd_proto_auth_request(const struct smtpd_proto *p, const char **user,
                               const void **pw, size_t *pwlen);
 
 /* Before done(p, SMTPD_AUTH_OK): the credential verified, whose sender
- * (from=) and recipient (to=) restrictions then apply to MAIL and RCPT.
+ * (from=) and recipient (to=) restrictions then apply to MAIL and RCPT;
+ * from= also to the From: header, at the end of the data (exactly one
+ * From: field, every mailbox in it allowed; else 553 5.7.1, the body
+ * aborted, no commit).
  * It must stay valid for the rest of the session (the shell holds a
  * reference to its table). NULL: authenticated under the name given, with
  * no restrictions (tests). */

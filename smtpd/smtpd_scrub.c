@@ -45,6 +45,10 @@
  *     scrubs them gets its own lines instead).
  *   - Bytes after the colon are not inspected: 8-bit field bodies pass
  *     unchanged, and header lines have no length limit here.
+ *   - With capture on, the kept From: fields are counted and the first
+ *     one's value (from after the colon through its last line's CR LF) is
+ *     copied into the caller's bounded buffer as it passes; a dropped
+ *     From: is not in the message and is not seen.
  */
 #include "smtpd_scrub.h"
 
@@ -89,6 +93,29 @@ void smtpd_scrub_init(struct smtpd_scrub *s, const char *const *names,
 	s->emit = emit;
 	s->ctx = ctx;
 	s->state = SCRUB_ST_FIRST;
+}
+
+void smtpd_scrub_capture_from(struct smtpd_scrub *s, char *buf, size_t max)
+{
+	s->cap = buf;
+	s->cap_max = max;
+	s->caplen = 0;
+	s->cap_on = s->cap_over = false;
+	s->nfrom = 0;
+}
+
+/* Bytes of the captured From: field's value. */
+static void cap_add(struct smtpd_scrub *s, const uint8_t *p, size_t n)
+{
+	if (!s->cap_on || n == 0)
+		return;
+	size_t room = s->cap_max - s->caplen;
+	if (n > room) {
+		n = room;
+		s->cap_over = true;
+	}
+	memcpy(s->cap + s->caplen, p, n);
+	s->caplen += n;
 }
 
 static inline bool is_wsp(uint8_t c)
@@ -166,6 +193,8 @@ static void decide(struct smtpd_scrub *s)
 			s->have_msgid = true;
 		else if (name_eq(s->name, len, "Date"))
 			s->have_date = true;
+		else if (s->cap && name_eq(s->name, len, "From"))
+			s->cap_on = ++s->nfrom == 1;
 		out(s, s->name, s->namelen);
 	}
 	s->namelen = 0;
@@ -206,9 +235,11 @@ int smtpd_scrub_feed(struct smtpd_scrub *s, const uint8_t *p, size_t n)
 		case SCRUB_ST_FIELD: {
 			const uint8_t *cr = memchr(p + i, '\r', n - i);
 			if (!cr) {
+				cap_add(s, p + i, n - i);
 				i = n;
 				break;
 			}
+			cap_add(s, p + i, (size_t)(cr - p) + 1 - i);
 			i = (size_t)(cr - p) + 1;
 			st = SCRUB_ST_FIELD_CR;
 			break;
@@ -216,6 +247,7 @@ int smtpd_scrub_feed(struct smtpd_scrub *s, const uint8_t *p, size_t n)
 
 		case SCRUB_ST_FIELD_CR:
 			if (c == '\n') {
+				cap_add(s, p + i, 1);
 				i++;
 				st = SCRUB_ST_LSTART;
 			} else {
@@ -228,6 +260,7 @@ int smtpd_scrub_feed(struct smtpd_scrub *s, const uint8_t *p, size_t n)
 			if (is_wsp(c) && st == SCRUB_ST_LSTART) {
 				/* Folded continuation: same fate as its field,
 				 * so the run stays as it is. */
+				cap_add(s, p + i, 1);
 				i++;
 				st = SCRUB_ST_FIELD;
 				break;
@@ -236,6 +269,7 @@ int smtpd_scrub_feed(struct smtpd_scrub *s, const uint8_t *p, size_t n)
 				out(s, run, (size_t)(p + i - run));
 				run = NULL;
 			}
+			s->cap_on = false;   /* the captured field has ended */
 			if (c == '\r') {
 				i++;
 				st = SCRUB_ST_EMPTY_CR;

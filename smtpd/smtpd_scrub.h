@@ -17,6 +17,10 @@
  * is inserted, except before a first line that starts with SP/HT, which
  * would otherwise fold into the added field. The held field name and the
  * blanks before its colon must fit in name[] (else: a non-header line).
+ *
+ * Optionally (smtpd_scrub_capture_from) it also keeps a copy of the first
+ * kept From: field's value, for the credential's author check (issue 4
+ * §3), and counts the kept From: fields.
  */
 #ifndef RELAY_SMTPD_SCRUB_H
 #define RELAY_SMTPD_SCRUB_H
@@ -44,12 +48,25 @@ struct smtpd_scrub {
 	char name[SMTPD_SCRUB_NAME_MAX + 2];
 	unsigned dropped;          /* number of fields removed (for the log) */
 	int err;                   /* first emit error */
+	/* From: capture (smtpd_scrub_capture_from); cap NULL: off. */
+	char *cap;                 /* the caller's buffer, not owned */
+	size_t cap_max, caplen;
+	bool cap_on;               /* inside the captured field */
+	bool cap_over;             /* the value was longer than cap_max */
+	unsigned nfrom;            /* kept From: fields seen */
 };
 
 void smtpd_scrub_init(struct smtpd_scrub *s, const char *const *names,
                       size_t nnames, const char *msgid_line,
                       const char *date_line, smtpd_scrub_emit_fn emit,
                       void *ctx);
+
+/* After init: copy the value of the first kept From: field (the bytes
+ * after its colon, continuation lines and their CR LF included, up to the
+ * end of its last line) into buf, at most max bytes (then cap_over is set
+ * and caplen stays at max); caplen is its length, nfrom the number of kept
+ * From: fields. buf is not NUL-terminated and must outlive the feeding. */
+void smtpd_scrub_capture_from(struct smtpd_scrub *s, char *buf, size_t max);
 
 /* Returns 0 or the first emit error. */
 int smtpd_scrub_feed(struct smtpd_scrub *s, const uint8_t *p, size_t n);

@@ -33,9 +33,9 @@ def _relayd(factory, ca, tmp_path, modes=("smtp", "submission"), **conf):
     return r
 
 
-def _send(c):
+def _send(c, msg=MSG):
     assert c.cmd("DATA").code == 354
-    c.send(MSG)
+    c.send(msg)
     rep = c.reply()
     assert rep.pair == (250, "2.0.0"), rep
     return rep.queued_id()
@@ -154,7 +154,8 @@ def test_credential_restrictions(relayd_factory, ca, tmp_path):
         assert rep.pair == (550, "5.7.1"), (rcpt, rep)
     assert c.cmd("RCPT TO:<a@dest.example>").pair == (250, "2.1.5")
     assert c.cmd("RCPT TO:<b@DEST.example>").pair == (250, "2.1.5")
-    qid = _send(c)
+    # The From: header must name allowed senders too (test_auth_from.py).
+    qid = _send(c, b"From: news@shop.example\r\n" + MSG)
     c.close()
     log = r.log_text()
     assert re.search(r"reject: MAIL FROM:<x@evil.example>: 553 5.7.1 .*"

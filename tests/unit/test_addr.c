@@ -474,6 +474,148 @@ static void test_xtext(void **state)
 	assert_false(addr_xtext_valid("+2B", 2));
 }
 
+/* ---- addr_parse_mailbox_list --------------------------------------------- */
+
+struct mbl_case {
+	const char *name;
+	const char *in;
+	int rc;              /* count, or -errno */
+	const char *out;     /* the addresses joined by " " (rc > 0) */
+};
+
+static const struct mbl_case mbl_cases[] = {
+	{"plain", " a@example.com\r\n", 1, "a@example.com"},
+	{"no blanks", "a@example.com", 1, "a@example.com"},
+	{"display name", " Alice Smith <alice@example.com>\r\n", 1,
+	 "alice@example.com"},
+	{"no display name", " <alice@example.com>", 1, "alice@example.com"},
+	{"obs-phrase dot", " John Q. Public <jqp@example.com>", 1,
+	 "jqp@example.com"},
+	{"quoted name with < and ,", " \"Evil <x@evil.org>, Inc.\" <a@example.com>",
+	 1, "a@example.com"},
+	{"quoted name with escaped quote", " \"a \\\" <b@evil.org>\" <a@example.com>",
+	 1, "a@example.com"},
+	{"quoted name with @", " \"x@evil.org\" <a@example.com>", 1,
+	 "a@example.com"},
+	{"encoded word", " =?UTF-8?B?w6lsw6g=?= <a@example.com>", 1,
+	 "a@example.com"},
+	{"utf-8 name", " \xc3\xa9l\xc3\xa8ve <a@example.com>", 1, "a@example.com"},
+	{"two mailboxes", " a@example.com, Bob <b@example.org>", 2,
+	 "a@example.com b@example.org"},
+	{"three, empty elements", " a@x, , b@y,c@z", 3, "a@x b@y c@z"},
+	{"comment after", " a@example.com (Alice)", 1, "a@example.com"},
+	{"comment with < and @", " a@example.com (x <y@evil.org>)", 1,
+	 "a@example.com"},
+	{"nested comment", " (a (b) c) a@example.com", 1, "a@example.com"},
+	{"comments around @", " a (x) @ (y) example.com", 1, "a@example.com"},
+	{"comment in angle", " Al <(c) a@example.com (d)>", 1, "a@example.com"},
+	{"folded", " Alice\r\n Smith\r\n\t<alice@example.com>\r\n", 1,
+	 "alice@example.com"},
+	{"folded between mailboxes", " a@x,\r\n b@y\r\n", 2, "a@x b@y"},
+	{"quoted local part", " \"a b\"@example.com", 1, "\"a b\"@example.com"},
+	{"domain literal", " <a@[192.0.2.1]>", 1, "a@[192.0.2.1]"},
+	{"dotted local", " first.last@example.com", 1, "first.last@example.com"},
+	{"group", " team: a@x, B <b@y>;", 2, "a@x b@y"},
+	{"group and mailbox", " team: a@x;, c@z", 2, "a@x c@z"},
+	{"empty group", " undisclosed-recipients:;", 0, NULL},
+	{"empty group blanks", " undisclosed recipients: ; \r\n", 0, NULL},
+	{"empty", "", 0, NULL},
+	{"blank", " \r\n", 0, NULL},
+	{"only comment", " (nobody)", 0, NULL},
+
+	/* refused: nothing reliable can be said */
+	{"bare name", " Alice", -EINVAL, NULL},
+	{"unquoted @ in name", " a@evil.org <a@example.com>", -EINVAL, NULL},
+	{"two angle addrs", " <a@x> <b@y>", -EINVAL, NULL},
+	{"missing comma", " a@x b@y", -EINVAL, NULL},
+	{"unclosed angle", " Al <a@example.com", -EINVAL, NULL},
+	{"unclosed quote", " \"Al <a@example.com>", -EINVAL, NULL},
+	{"unclosed comment", " a@example.com (x", -EINVAL, NULL},
+	{"unbalanced comment", " a@example.com x)", -EINVAL, NULL},
+	{"no domain", " <alice>", -EINVAL, NULL},
+	{"empty angle", " <>", -EINVAL, NULL},
+	{"empty domain", " a@", -EINVAL, NULL},
+	{"double dot", " a..b@x", -EINVAL, NULL},
+	{"trailing dot domain", " a@x.", -EINVAL, NULL},
+	{"obs-route", " <@relay:a@x>", -EINVAL, NULL},
+	{"nested group", " g: h: a@x;;", -EINVAL, NULL},
+	{"unterminated group", " g: a@x", -EINVAL, NULL},
+	{"semicolon at top", " a@x;", -EINVAL, NULL},
+	{"group without name", " : a@x;", -EINVAL, NULL},
+	{"garbage", " <<>>@@", -EINVAL, NULL},
+	{"stray >", " a@x>", -EINVAL, NULL},
+	{"text after angle", " <a@x> y", -EINVAL, NULL},
+	{"NUL in comment", " a@x (\0)", -EINVAL, NULL},
+	{"CR in quoted local", " \"a\r\n b\"@x", -EINVAL, NULL},
+};
+
+struct mbl_out {
+	char s[1024];
+};
+
+static int mbl_collect_cb(void *ctx, const char *addr)
+{
+	struct mbl_out *o = ctx;
+	size_t n = strlen(o->s);
+	snprintf(o->s + n, sizeof o->s - n, "%s%s", n ? " " : "", addr);
+	return 0;
+}
+
+static int mbl_stop_cb(void *ctx, const char *addr)
+{
+	(void)addr;
+	return ++*(int *)ctx == 2 ? -ECANCELED : 0;
+}
+
+static void test_mailbox_list(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof mbl_cases / sizeof *mbl_cases; i++) {
+		const struct mbl_case *c = &mbl_cases[i];
+		/* "NUL in comment" has a NUL inside: its length is fixed. */
+		size_t n = strcmp(c->name, "NUL in comment") ? strlen(c->in) : 8;
+		char *in = malloc(n ? n : 1);
+		assert_non_null(in);
+		memcpy(in, c->in, n);
+		struct mbl_out o = {""};
+		int rc = addr_parse_mailbox_list(in, n, mbl_collect_cb, &o);
+		if (rc != c->rc)
+			fail_msg("case '%s': rc %d, want %d", c->name, rc, c->rc);
+		if (rc > 0 && strcmp(o.s, c->out) != 0)
+			fail_msg("case '%s': got '%s', want '%s'", c->name, o.s,
+			         c->out);
+		free(in);
+	}
+}
+
+static void test_mailbox_list_limits(void **state)
+{
+	(void)state;
+	char in[600];
+	/* a local part of 64 passes, 65 does not */
+	memset(in, 'a', 65);
+	strcpy(in + 64, "@x");
+	assert_int_equal(addr_parse_mailbox_list(in, strlen(in), NULL, NULL), 1);
+	memset(in, 'a', 65);
+	strcpy(in + 65, "@x");
+	assert_int_equal(addr_parse_mailbox_list(in, strlen(in), NULL, NULL),
+	                 -ENAMETOOLONG);
+	/* an address over 256 octets */
+	strcpy(in, "a@");
+	memset(in + 2, 'b', 300);
+	in[302] = '\0';
+	assert_int_equal(addr_parse_mailbox_list(in, strlen(in), NULL, NULL),
+	                 -ENAMETOOLONG);
+	/* the length is honoured: "a@x, b" cut after "a@x" */
+	assert_int_equal(addr_parse_mailbox_list("a@x, b", 3, NULL, NULL), 1);
+	/* the callback stops the walk */
+	int seen = 0;
+	assert_int_equal(addr_parse_mailbox_list("a@x, b@y, c@z", 13,
+	                                         mbl_stop_cb, &seen),
+	                 -ECANCELED);
+	assert_int_equal(seen, 2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -484,6 +626,8 @@ int main(void)
 		cmocka_unit_test(test_domain),
 		cmocka_unit_test(test_params),
 		cmocka_unit_test(test_xtext),
+		cmocka_unit_test(test_mailbox_list),
+		cmocka_unit_test(test_mailbox_list_limits),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

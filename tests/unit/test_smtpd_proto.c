@@ -1225,6 +1225,162 @@ static void test_auth_cred_restrictions(void **state)
 	smtpd_creds_free(t);
 }
 
+/* The From: header against a credential's allowed senders, at the end of
+ * DATA and of BDAT LAST (issue 4 §3). */
+#define FROM_REFUSED \
+	"553 5.7.1 From: header address not allowed for this credential\r\n"
+
+struct from_case {
+	const char *name;
+	const char *head;   /* header section, without the empty line */
+	bool ok;
+};
+
+static const struct from_case from_cases[] = {
+	{"plain", "From: a@shop.example\r\n", true},
+	{"display name", "Subject: s\r\nFrom: Shop <a@shop.example>\r\n", true},
+	{"case", "FROM: a@SHOP.Example\r\n", true},
+	{"all allowed", "From: noreply@other.example, b <b@shop.example>\r\n",
+	 true},
+	{"folded", "From: \"Shop, Inc.\"\r\n <a@shop.example>\r\n (c)\r\n", true},
+	{"other domain", "From: x@evil.example\r\n", false},
+	{"lookalike domain", "From: a@shop.example.evil.org\r\n", false},
+	{"allowed name, other address",
+	 "From: \"a@shop.example\" <x@evil.example>\r\n", false},
+	{"allowed address in a comment",
+	 "From: x@evil.example (a@shop.example)\r\n", false},
+	{"one of two refused", "From: a@shop.example, x@evil.example\r\n",
+	 false},
+	{"other address at an allowed domain",
+	 "From: other@other.example\r\n", false},
+	{"missing", "Subject: s\r\n", false},
+	{"two From fields", "From: a@shop.example\r\nFrom: x@evil.example\r\n",
+	 false},
+	{"empty group", "From: undisclosed-recipients:;\r\n", false},
+	{"empty", "From:\r\n", false},
+	{"garbage", "From: <<a@shop.example\r\n", false},
+	{"scrubbed away", "X-Originating-IP: 1\r\nReceived: x\r\n", false},
+};
+
+static struct fixture *fx_cred(const struct smtpd_cred *cred,
+                               const char *name)
+{
+	struct fixture *f = fx_auth(CONF_LISTEN_SMTPS, false, false);
+	char line[128], plain[32];
+	size_t n = (size_t)snprintf(plain, sizeof plain, "%c%s%cpw", 0, name, 0);
+	char b64[64];
+	static const char tb[] =
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	size_t o = 0;
+	for (size_t i = 0; i < n; i += 3) {
+		unsigned v = (unsigned char)plain[i] << 16;
+		if (i + 1 < n) v |= (unsigned char)plain[i + 1] << 8;
+		if (i + 2 < n) v |= (unsigned char)plain[i + 2];
+		b64[o++] = tb[v >> 18 & 63];
+		b64[o++] = tb[v >> 12 & 63];
+		b64[o++] = i + 1 < n ? tb[v >> 6 & 63] : '=';
+		b64[o++] = i + 2 < n ? tb[v & 63] : '=';
+	}
+	b64[o] = '\0';
+	snprintf(line, sizeof line, "EHLO x\r\nAUTH PLAIN %s\r\n", b64);
+	feed(f, line);
+	take(f);
+	assert_int_equal(f->req, SMTPD_REQ_AUTH);
+	smtpd_proto_set_cred(f->p, cred);
+	smtpd_proto_done(f->p, SMTPD_AUTH_OK, &f->out);
+	assert_string_equal(take(f), "235 2.7.0 Authentication successful\r\n");
+	return f;
+}
+
+/* One transaction with the header section head; DATA or BDAT LAST. */
+static void from_txn(struct fixture *f, const char *head, bool bdat,
+                     bool ok, const char *name)
+{
+	feed(f, "MAIL FROM:<a@shop.example>\r\nRCPT TO:<r@dest.example>\r\n");
+	take(f);
+	int aborts = f->sink.aborts;
+	char msg[8192];
+	if (bdat) {
+		char data[8000];
+		int n = snprintf(data, sizeof data, "%s\r\nbody\r\n", head);
+		snprintf(msg, sizeof msg, "BDAT %d LAST\r\n%s", n, data);
+	} else {
+		feed(f, "DATA\r\n");
+		assert_has(take(f), "354 ");
+		snprintf(msg, sizeof msg, "%s\r\nbody\r\n.\r\n", head);
+	}
+	feed(f, msg);
+	if (ok) {
+		if (f->req != SMTPD_REQ_COMMIT)
+			fail_msg("case '%s' (%s): no commit: %s", name,
+			         bdat ? "BDAT" : "DATA", take(f));
+		smtpd_proto_done(f->p, 0, &f->out);
+		assert_has(take(f), "250 2.0.0 Ok: queued as");
+	} else {
+		const char *o = take(f);
+		if (f->req != SMTPD_REQ_NONE || strcmp(o, FROM_REFUSED) != 0)
+			fail_msg("case '%s' (%s): got '%s'", name,
+			         bdat ? "BDAT" : "DATA", o);
+		assert_int_equal(f->sink.aborts, aborts + 1);
+	}
+	assert_int_equal(smtpd_proto_state(f->p), SMTPD_ST_READY);
+}
+
+static void test_auth_cred_from(void **state)
+{
+	(void)state;
+	char hash[SMTPD_CRED_HASH_MAX], text[1024], err[256];
+	struct smtpd_cred_kdf k = smtpd_cred_kdf_scrypt;
+	k.ln = 10;
+	assert_int_equal(smtpd_cred_hash("pw", 2, &k, hash, sizeof hash), 0);
+	snprintf(text, sizeof text,
+	         "shop:%s:acme:from=shop.example|noreply@other.example\n"
+	         "free:%s::to=dest.example\n", hash, hash);
+	struct smtpd_creds *t = NULL;
+	assert_int_equal(smtpd_creds_parse("creds", text, strlen(text), &t, err,
+	                                   sizeof err), 0);
+	const struct smtpd_cred *shop = smtpd_creds_find(t, "shop");
+	const struct smtpd_cred *free_cred = smtpd_creds_find(t, "free");
+	assert_non_null(shop);
+	assert_non_null(free_cred);
+
+	for (size_t i = 0; i < sizeof from_cases / sizeof *from_cases; i++) {
+		const struct from_case *c = &from_cases[i];
+		for (int bdat = 0; bdat < 2; bdat++) {
+			struct fixture *f = fx_cred(shop, "shop");
+			from_txn(f, c->head, bdat, c->ok, c->name);
+			/* The session goes on: an allowed message passes. */
+			from_txn(f, "From: a@shop.example\r\n", bdat, true, "after");
+			fx_free(f);
+		}
+	}
+
+	/* A From: value past the bound is not parsed: refused. */
+	char head[6000];
+	int n = snprintf(head, sizeof head, "From: a@shop.example");
+	while (n < 998 * 4)
+		n += snprintf(head + n, sizeof head - (size_t)n,
+		              ",\r\n b@shop.example");
+	snprintf(head + n, sizeof head - (size_t)n, "\r\n");
+	struct fixture *f = fx_cred(shop, "shop");
+	from_txn(f, head, false, false, "too long");
+	fx_free(f);
+
+	/* A credential without from=: no From: check at all. */
+	f = fx_cred(free_cred, "free");
+	from_txn(f, "From: x@evil.example\r\n", false, true, "unrestricted");
+	from_txn(f, "Subject: no From\r\n", true, true, "unrestricted");
+	fx_free(f);
+
+	/* A trusted client that did not authenticate: none either. */
+	f = fx();
+	feed(f, "EHLO x\r\n");
+	take(f);
+	from_txn(f, "From: x@evil.example\r\n", false, true, "trusted");
+	fx_free(f);
+	smtpd_creds_free(t);
+}
+
 /* ---- quotas --------------------------------------------------------------- */
 
 struct quota_hook {
@@ -1399,6 +1555,7 @@ int main(void)
 		cmocka_unit_test(test_auth_advertised),
 		cmocka_unit_test(test_auth_starttls_resets),
 		cmocka_unit_test(test_auth_cred_restrictions),
+		cmocka_unit_test(test_auth_cred_from),
 		cmocka_unit_test(test_quota),
 	};
 	return cmocka_run_group_tests_name("smtpd_proto", tests, NULL, NULL);

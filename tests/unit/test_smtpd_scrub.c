@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -311,6 +312,72 @@ static void test_finish_twice(void **state)
 	buf_free(&k.out);
 }
 
+/* ---- From: capture --------------------------------------------------------- */
+
+static int null_emit(void *ctx, const uint8_t *p, size_t n)
+{
+	(void)ctx; (void)p; (void)n;
+	return 0;
+}
+
+struct cap_case {
+	const char *name;
+	const char *in;
+	size_t max;
+	const char *value;   /* expected capture */
+	unsigned nfrom;
+	bool over;
+};
+
+static const struct cap_case cap_cases[] = {
+	{"plain", "Subject: s\r\nFrom: a@b\r\nTo: c@d\r\n\r\nFrom: x@y\r\n", 64,
+	 " a@b\r\n", 1, false},
+	{"folded", "from : A\r\n <a@b>\r\n\t(c)\r\nTo: c\r\n\r\n", 64,
+	 " A\r\n <a@b>\r\n\t(c)\r\n", 1, false},
+	{"two From fields", "From: a@b\r\nFrom: x@y\r\n\r\n", 64, " a@b\r\n", 2,
+	 false},
+	{"From-X is not From", "From-X: x@y\r\nX-From: z\r\n\r\n", 64, "", 0,
+	 false},
+	{"dropped From not seen", "Received: a\r\nFrom: a@b\r\n\r\n", 64,
+	 " a@b\r\n", 1, false},
+	{"over the bound", "From: 0123456789\r\n\r\n", 8, " 0123456", 1, true},
+	{"in the body only", "Subject: s\r\n\r\nFrom: a@b\r\n", 64, "", 0, false},
+	{"no colon ends headers", "Subject: s\r\nxx\r\nFrom: a@b\r\n", 64, "", 0,
+	 false},
+	{"bare CR inside", "From: a\rb\r\n\r\n", 64, " a\rb\r\n", 1, false},
+	{"cut at the end", "From: a@b", 64, " a@b", 1, false},
+};
+
+static void test_capture_from(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof cap_cases / sizeof *cap_cases; i++) {
+		const struct cap_case *c = &cap_cases[i];
+		size_t n = strlen(c->in);
+		/* whole, and byte by byte */
+		for (int split = 0; split < 2; split++) {
+			struct smtpd_scrub s;
+			char buf[64];
+			smtpd_scrub_init(&s, dflt, 7, NULL, NULL, null_emit, NULL);
+			smtpd_scrub_capture_from(&s, buf, c->max);
+			if (split) {
+				for (size_t k = 0; k < n; k++)
+					smtpd_scrub_feed(&s, (const uint8_t *)c->in + k, 1);
+			} else {
+				smtpd_scrub_feed(&s, (const uint8_t *)c->in, n);
+			}
+			assert_int_equal(smtpd_scrub_finish(&s), 0);
+			if (s.caplen != strlen(c->value) ||
+			    memcmp(buf, c->value, s.caplen) != 0)
+				fail_msg("case '%s' (split %d): got '%.*s'", c->name,
+				         split, (int)s.caplen, buf);
+			if (s.nfrom != c->nfrom || s.cap_over != c->over)
+				fail_msg("case '%s': nfrom %u over %d", c->name, s.nfrom,
+				         s.cap_over);
+		}
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -318,6 +385,7 @@ int main(void)
 		cmocka_unit_test(test_body_zero_copy),
 		cmocka_unit_test(test_write_error),
 		cmocka_unit_test(test_finish_twice),
+		cmocka_unit_test(test_capture_from),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
