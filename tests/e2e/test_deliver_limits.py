@@ -28,10 +28,20 @@ def test_concurrency_and_messages_per_connection(upstream_factory, relay_to):
         content, mid = make_message("load %d" % i)
         submit(r, SENDER, ["rcpt@dest.test"], content)
         mids.append(mid)
-    up.wait_messages(8, timeout=60)
+    # relayd's own count of sessions, sampled until everything arrived.
+    seen = []
+
+    def arrived():
+        seen.append(json.loads(r.relayctl("stats", "--json").stdout)["sessions"])
+        return len(up.messages()) >= 8
+    wait_until(arrived, timeout=60, step=0.05, what="8 messages upstream")
     assert sorted(_ids(up)) == sorted(mids)
+    assert max(seen) <= 2, seen
     conns = up.connections()
-    assert max(c["concurrent"] for c in conns) <= 2, conns
+    # The upstream may still count a connection relayd has already left
+    # (after QUIT and 221, before the server sees the close): one extra at
+    # most, never more.
+    assert max(c["concurrent"] for c in conns) <= 3, conns
     assert max(c["messages"] for c in conns) <= 2, conns
     assert len([c for c in conns if c["messages"]]) >= 4, conns
     wait_until(lambda: queue_list(r) == [], timeout=30, what="an empty queue")
