@@ -354,6 +354,18 @@ static uint64_t rate_wait(const struct rate *r, uint64_t now)
 	return oldest + r->window_ms > now ? oldest + r->window_ms - now : 0;
 }
 
+/* Sends that may still go in the current window (UINT_MAX: no cap). */
+static unsigned rate_room(const struct rate *r, uint64_t now)
+{
+	if (!r->cap)
+		return UINT_MAX;
+	unsigned used = 0;
+	for (unsigned i = 0; i < r->n; i++)
+		if (r->t[(r->head + i) % r->cap] + r->window_ms > now)
+			used++;
+	return used < r->cap ? r->cap - used : 0;
+}
+
 static void rate_note(struct rate *r, uint64_t now)
 {
 	if (!r->cap)
@@ -1439,8 +1451,12 @@ static void schedule(struct deliver *d)
 	 * connect, idle and leave (a reconnect storm at the provider). */
 	bool capped = rate_wait(&d->rate_min, nowms) ||
 	              rate_wait(&d->rate_hour, nowms);
+	unsigned room = rate_room(&d->rate_min, nowms);
+	unsigned room_h = rate_room(&d->rate_hour, nowms);
+	if (room_h < room)
+		room = room_h;
 	while (!capped && d->ready && d->nsessions < slots &&
-	       d->nready > d->nconnecting)
+	       d->nready > d->nconnecting && d->nconnecting < room)
 		if (start_session(d) < 0)
 			break;
 
