@@ -13,6 +13,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/b64.h"
 #include "common/smtp.h"
 
 enum cl_state {
@@ -310,21 +311,15 @@ bool deliver_reply_is_throttle(const struct deliver_reply *r)
 
 /* ---- commands ----------------------------------------------------------- */
 
+/* Appends p in padded base64 (AUTH, RFC 4954 §4). */
 static void b64(struct buf *out, const uint8_t *p, size_t n)
 {
-	static const char tab[] =
-		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-	for (size_t i = 0; i < n; i += 3) {
-		uint32_t v = (uint32_t)p[i] << 16;
-		if (i + 1 < n)
-			v |= (uint32_t)p[i + 1] << 8;
-		if (i + 2 < n)
-			v |= p[i + 2];
-		char q[4] = {tab[v >> 18 & 63], tab[v >> 12 & 63],
-		             i + 1 < n ? tab[v >> 6 & 63] : '=',
-		             i + 2 < n ? tab[v & 63] : '='};
-		buf_append(out, q, 4);
-	}
+	char *t = malloc(B64_ENCODED_LEN(n, 1) + 1);
+	if (!t)
+		return;   /* the server refuses the short line: the session fails */
+	size_t len = b64_encode(p, n, B64_PAD, t);
+	buf_append(out, t, len);
+	free(t);
 }
 
 static void put(struct buf *out, const char *s)

@@ -23,6 +23,7 @@
 #include <openssl/rand.h>
 
 #include "common/addr.h"
+#include "common/b64.h"
 #include "common/buf.h"
 #include "common/log.h"
 
@@ -221,67 +222,6 @@ static bool parse_num(const char **pp, const char *end, uint64_t *v)
 	return true;
 }
 
-/* ---- base64 (RFC 4648), no padding -------------------------------------- */
-
-static const char b64_std[] =
-	"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-static const char b64_url[] =
-	"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-/* out needs (n * 4 + 2) / 3 + 1 bytes; returns the length written. */
-static size_t b64_encode(const uint8_t *in, size_t n, const char *alpha,
-                         char *out)
-{
-	size_t o = 0;
-	for (size_t i = 0; i < n; i += 3) {
-		uint32_t v = (uint32_t)in[i] << 16;
-		if (i + 1 < n)
-			v |= (uint32_t)in[i + 1] << 8;
-		if (i + 2 < n)
-			v |= in[i + 2];
-		out[o++] = alpha[(v >> 18) & 63];
-		out[o++] = alpha[(v >> 12) & 63];
-		if (i + 1 < n)
-			out[o++] = alpha[(v >> 6) & 63];
-		if (i + 2 < n)
-			out[o++] = alpha[v & 63];
-	}
-	out[o] = '\0';
-	return o;
-}
-
-static int b64_val(char c)
-{
-	const char *p = c ? strchr(b64_std, c) : NULL;
-	return p ? (int)(p - b64_std) : -1;
-}
-
-/* Strict: standard alphabet, no padding, unused bits zero (one text per
- * value). Returns the decoded length, or -1. */
-static int b64_decode(const char *s, size_t n, uint8_t *out, size_t cap)
-{
-	if (n % 4 == 1 || (n / 4) * 3 + (n % 4 ? n % 4 - 1 : 0) > cap)
-		return -1;
-	size_t o = 0;
-	uint32_t acc = 0;
-	unsigned bits = 0;
-	for (size_t i = 0; i < n; i++) {
-		int v = b64_val(s[i]);
-		if (v < 0)
-			return -1;
-		acc = (acc << 6) | (uint32_t)v;
-		bits += 6;
-		if (bits >= 8) {
-			bits -= 8;
-			out[o++] = (uint8_t)(acc >> bits);
-			acc &= (1u << bits) - 1;
-		}
-	}
-	if (acc != 0)
-		return -1;
-	return (int)o;
-}
-
 /* ---- KDF ----------------------------------------------------------------- */
 
 /* Within the bounds of smtpd_cred.h? why says what is not. */
@@ -403,8 +343,9 @@ static bool hash_parse(const char *s, size_t n, struct cred_hash *h,
 	const char *d = memchr(p, '$', (size_t)(end - p));
 	if (!d)
 		return false;
-	int sl = b64_decode(p, (size_t)(d - p), h->salt, sizeof h->salt);
-	int dl = b64_decode(d + 1, (size_t)(end - d - 1), h->dk, sizeof h->dk);
+	int sl = (int)b64_decode(p, (size_t)(d - p), 0, h->salt, sizeof h->salt);
+	int dl = (int)b64_decode(d + 1, (size_t)(end - d - 1), 0, h->dk,
+	                         sizeof h->dk);
 	if (sl < 0 || dl < 0)
 		return false;
 	if (sl < CRED_SALT_MIN || dl < CRED_DK_MIN) {
@@ -435,8 +376,8 @@ int smtpd_cred_hash(const void *pw, size_t pwlen,
 	rc = kdf_run(kdf, pw, pwlen, salt, sizeof salt, dk, sizeof dk);
 	if (rc < 0)
 		goto done;
-	b64_encode(salt, sizeof salt, b64_std, s64);
-	b64_encode(dk, sizeof dk, b64_std, d64);
+	b64_encode(salt, sizeof salt, 0, s64);
+	b64_encode(dk, sizeof dk, 0, d64);
 	if (kdf->alg == SMTPD_CRED_SCRYPT)
 		w = snprintf(out, outlen, "$scrypt$ln=%u,r=%u,p=%u$%s$%s", kdf->ln,
 		             kdf->r, kdf->p, s64, d64);
@@ -459,7 +400,7 @@ int smtpd_cred_generate(char *out, size_t outlen)
 		return -ENOBUFS;
 	if (RAND_bytes(r, sizeof r) != 1)
 		return -EIO;
-	b64_encode(r, sizeof r, b64_url, out);
+	b64_encode(r, sizeof r, B64_URL, out);
 	OPENSSL_cleanse(r, sizeof r);
 	return 0;
 }

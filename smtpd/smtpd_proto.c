@@ -20,6 +20,7 @@
 #include <strings.h>
 
 #include "common/addr.h"
+#include "common/b64.h"
 #include "common/log.h"
 #include "common/smtp.h"
 #include "smtpd/smtpd_data.h"
@@ -934,47 +935,6 @@ static void cmd_starttls(struct cmd_ctx *c)
 
 /* ---- AUTH (RFC 4954) ------------------------------------------------------ */
 
-/* Strict base64 (RFC 4648 §4): the alphabet, '=' padding only at the end,
- * a multiple of 4 characters, no white space. Returns the decoded length
- * or -1. out needs room for 3 * n / 4 bytes. */
-static long b64_decode(const char *s, size_t n, uint8_t *out)
-{
-	if (n % 4)
-		return -1;
-	size_t o = 0;
-	for (size_t i = 0; i < n; i += 4) {
-		uint32_t v = 0;
-		int pad = 0;
-		for (size_t j = 0; j < 4; j++) {
-			char ch = s[i + j];
-			int d;
-			if (ch >= 'A' && ch <= 'Z')
-				d = ch - 'A';
-			else if (ch >= 'a' && ch <= 'z')
-				d = ch - 'a' + 26;
-			else if (ch >= '0' && ch <= '9')
-				d = ch - '0' + 52;
-			else if (ch == '+')
-				d = 62;
-			else if (ch == '/')
-				d = 63;
-			else if (ch == '=' && i + 4 == n && j >= 2)
-				d = 0, pad++;
-			else
-				return -1;
-			if (pad && ch != '=')
-				return -1;   /* "ab=c" */
-			v = v << 6 | (uint32_t)d;
-		}
-		out[o++] = (uint8_t)(v >> 16);
-		if (pad < 2)
-			out[o++] = (uint8_t)(v >> 8);
-		if (pad < 1)
-			out[o++] = (uint8_t)v;
-	}
-	return (long)o;
-}
-
 /* Forgets the exchange's user and password. */
 static void auth_wipe(struct smtpd_proto *p)
 {
@@ -1048,7 +1008,7 @@ static void auth_response(struct smtpd_proto *p, const char *line, size_t len,
 	/* "=" is an empty initial response (§4); the empty line an empty
 	 * continuation. */
 	if (!(len == 1 && line[0] == '=') &&
-	    (n = b64_decode(line, len, dec)) < 0) {
+	    (n = b64_decode(line, len, B64_PAD, dec, sizeof dec)) < 0) {
 		reply(p, out, SMTP_R_AUTH_BAD_B64);
 		auth_end(p);
 		count_bad(p, out, req);

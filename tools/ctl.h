@@ -17,6 +17,7 @@
 
 #include "common/buf.h"
 #include "common/conf.h"
+#include "queue/queue.h"
 
 #define CTL_PROG "relayctl"
 #define CTL_DEFAULT_CONF "/etc/relayd/relayd.conf"
@@ -122,6 +123,10 @@ void ctl_out_json_strz(struct ctl_out *o, const char *s);
 /* Length of the valid UTF-8 sequence at p (1-4), or 0 if p[0] does not
  * start one (RFC 3629: no overlongs, surrogates or > U+10FFFF). */
 size_t ctl_utf8_len(const unsigned char *p, size_t n);
+
+/* A queue id as typed: copied upper-cased into out (Crockford base32 is
+ * case-insensitive for people typing it); false when it is not one. */
+bool ctl_qid_norm(const char *arg, char out[QUEUE_ID_SIZE]);
 
 /* "5s", "3m", "2h", "4d" (negative: "0s"). */
 void ctl_fmt_age(char *dst, size_t n, int64_t secs);

@@ -201,21 +201,15 @@ static const struct {
 	[CTL_REQUEUE] = {"requeue", "requeued", false},
 };
 
-/* A queue id argument, upper-cased (Crockford base32 is case-insensitive
- * for people typing it); anything else is a usage error. */
+/* A queue id argument for the queue changes: a usage error (exit 2)
+ * when malformed. */
 static int ctl_id_arg(const char *arg, char out[QUEUE_ID_SIZE])
 {
-	size_t n = strlen(arg);
-	if (n == QUEUE_ID_LEN) {
-		for (size_t i = 0; i < n; i++)
-			out[i] = (char)toupper((unsigned char)arg[i]);
-		out[n] = '\0';
-		if (queue_id_valid(out))
-			return 0;
-	}
+	if (ctl_qid_norm(arg, out))
+		return 0;
 	char esc[128];
 	return ctl_usage_error("'%s' is not a queue id",
-	                       log_escape(esc, sizeof esc, arg, n));
+	                       log_escape(esc, sizeof esc, arg, strlen(arg)));
 }
 
 /* relayd's own words (a reply text) on stderr, made safe. */

@@ -6,6 +6,7 @@
  */
 #include "ctl.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <string.h>
@@ -251,4 +252,15 @@ void ctl_fmt_time(char *dst, size_t n, int64_t t)
 	if (!gmtime_r(&tt, &tm) ||
 	    strftime(dst, n, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
 		snprintf(dst, n, "@%lld", (long long)t);
+}
+
+bool ctl_qid_norm(const char *arg, char out[QUEUE_ID_SIZE])
+{
+	size_t n = strlen(arg);
+	if (n != QUEUE_ID_LEN)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		out[i] = (char)toupper((unsigned char)arg[i]);
+	out[n] = '\0';
+	return queue_id_valid(out);
 }

@@ -75,20 +75,13 @@ static const struct {
 
 #define CTL_NNOTIFY (sizeof ctl_notify_names / sizeof *ctl_notify_names)
 
-/* Checks a queue id argument and copies it, upper-cased (Crockford base32
- * is case-insensitive for people typing it), into out. */
+/* A queue id argument for show/cat: an error (exit 1) when malformed. */
 static int ctl_qid_arg(const char *arg, char out[QUEUE_ID_SIZE])
 {
-	size_t n = strlen(arg);
-	if (n == QUEUE_ID_LEN) {
-		for (size_t i = 0; i < n; i++)
-			out[i] = (char)toupper((unsigned char)arg[i]);
-		out[n] = '\0';
-		if (queue_id_valid(out))
-			return 0;
-	}
+	if (ctl_qid_norm(arg, out))
+		return 0;
 	char esc[128];
-	log_escape(esc, sizeof esc, arg, n);
+	log_escape(esc, sizeof esc, arg, strlen(arg));
 	ctl_err("'%s' is not a queue id", esc);
 	return -EINVAL;
 }
