@@ -16,7 +16,8 @@ DEPS_BUILD := build-essential pkg-config libuv1-dev liblmdb-dev libc-ares-dev \
 # Only what today's tests use: aiosmtpd is the test smarthost, openssl
 # makes the tests' throw-away CAs (dkimpy and dnsmasq come with the DKIM
 # and direct-delivery work).
-DEPS_TEST  := libcmocka-dev python3 python3-pytest swaks mount python3-aiosmtpd openssl
+DEPS_TEST  := libcmocka-dev python3 python3-pytest swaks libnet-ssleay-perl mount \
+              python3-aiosmtpd openssl
 DEPS_BENCH := postfix
 
 ifeq ($(SANITIZE),1)
