@@ -295,7 +295,7 @@ int main(int argc, char **argv)
 		goto fail;
 	const struct conf *c = smtpd_conf(d.smtpd);
 	raise_fd_limit(c);
-	if (smtpd_priv_drop(c) < 0)
+	if (smtpd_priv_make_spool(c) < 0 || smtpd_priv_drop(c) < 0)
 		goto fail;
 	struct queue_opts qo = {
 		.spool_dir = c->spool_dir,

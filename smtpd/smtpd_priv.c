@@ -1,8 +1,9 @@
 /*
  * smtpd/smtpd_priv.c - Who relayd runs as (smtpd_priv.h): the `user`
- * account and the spool_dir checks of `relayd -t` and of the start, and
- * the drop from root after binding, with the hand-over of a spool that
- * root (or another account) created before.
+ * account and the spool_dir checks of `relayd -t` and of the start, the
+ * creation of a missing spool_dir (and parents), and the drop from root
+ * after binding, with the hand-over of a spool that root (or another
+ * account) created before.
  *
  * The hand-over runs as root inside a directory tree the target account
  * may already control, so it never resolves a name twice: each entry is
@@ -83,10 +84,9 @@ static int priv_lookup(const struct conf *c, struct priv_account *a,
 	return 0;
 }
 
-/* spool_dir is a directory, or relayd can make it: its parent exists, is
- * a directory and is writable. Parents are never created: a mistyped
- * spool_dir must not grow a tree of root's directories, and their owners
- * and modes are the administrator's choice (mkdir -p is one command).
+/* spool_dir is a directory, or relayd can make it: the nearest ancestor
+ * that exists is a directory it may write to. Missing parents are made
+ * at start (smtpd_priv_make_spool), as `install -d` would.
  * handover: relayd will give the spool away as root, which it does
  * without following links, so a link as spool_dir is refused here. */
 static int spool_check(const char *spool, bool handover, char *err,
@@ -118,24 +118,36 @@ static int spool_check(const char *spool, bool handover, char *err,
 			           (unsigned)me, strerror(errno));
 		return 0;
 	}
-	if (errno != ENOENT)
+	if (errno != ENOENT && errno != ENOTDIR)
 		return fmt(err, errlen, -errno, "spool_dir %s: %s", spool,
 		           strerror(errno));
 
-	char parent[PATH_MAX];
-	if (snprintf(parent, sizeof parent, "%s", spool) >= (int)sizeof parent)
+	/* The nearest ancestor that exists (at most one step per '/'). */
+	char dir[PATH_MAX];
+	if (snprintf(dir, sizeof dir, "%s", spool) >= (int)sizeof dir)
 		return fmt(err, errlen, -ENAMETOOLONG, "spool_dir %s: name too long",
 		           spool);
-	char *dir = dirname(parent);
-	if (stat(dir, &st) < 0) {
+	for (;;) {
+		char *slash = strrchr(dir, '/');
+		while (slash && slash > dir && slash[1] == '\0') {
+			*slash = '\0';              /* "a/b/" is "a/b" */
+			slash = strrchr(dir, '/');
+		}
+		if (!slash)
+			snprintf(dir, sizeof dir, ".");
+		else
+			slash[slash == dir ? 1 : 0] = '\0';
+		if (stat(dir, &st) == 0)
+			break;
 		int e = errno;
-		if (e == ENOENT || e == ENOTDIR)
-			return fmt(err, errlen, -e,
-			           "spool_dir %s cannot be created: its parent "
-			           "directory %s does not exist (create it first, e.g. "
-			           "mkdir -p %s, or fix spool_dir)", spool, dir, dir);
-		return fmt(err, errlen, -e, "spool_dir %s cannot be created: %s: %s",
-		           spool, dir, strerror(e));
+		if (e == ENOTDIR)
+			continue;               /* named below, at the non-directory */
+		if (e != ENOENT)
+			return fmt(err, errlen, -e, "spool_dir %s cannot be created: "
+			           "%s: %s", spool, dir, strerror(e));
+		if (strcmp(dir, ".") == 0 || strcmp(dir, "/") == 0)
+			return fmt(err, errlen, -e, "spool_dir %s cannot be created: "
+			           "%s: %s", spool, dir, strerror(e));
 	}
 	if (!S_ISDIR(st.st_mode))
 		return fmt(err, errlen, -ENOTDIR, "spool_dir %s cannot be created: "
@@ -325,8 +337,8 @@ static int hand_over_spool(const char *spool, const struct priv_account *a)
 	}
 	close(dfd);
 	if (r == 0 && h.changed)
-		log_info("spool %s handed over to user %s: %zu files and "
-		         "directories had another owner", spool, a->name, h.changed);
+		log_info("spool %s handed over to user %s (%zu entries had another "
+		         "owner)", spool, a->name, h.changed);
 	return r;
 }
 
@@ -354,26 +366,69 @@ static void hand_over_log(const char *path, const struct priv_account *a)
 		close(fd);
 }
 
-/* Creates the spool (as root: the account may not be allowed to write
- * its parent, e.g. /var/spool) and makes its entry durable. */
-static int make_spool(const char *spool)
+/* fsync of the directory holding path, so a new entry survives a crash. */
+static int sync_parent(const char *path)
 {
-	if (mkdir(spool, 0700) < 0) {
-		if (errno == EEXIST)
-			return 0;
-		log_err("cannot create spool %s: %s", spool, strerror(errno));
-		return -errno;
-	}
 	char parent[PATH_MAX];
-	snprintf(parent, sizeof parent, "%s", spool);
+	snprintf(parent, sizeof parent, "%s", path);
 	int fd = open(dirname(parent), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	int r = fd < 0 || fsync(fd) < 0 ? -errno : 0;
 	if (fd >= 0)
 		close(fd);
 	if (r < 0)
-		log_err("cannot sync the directory of spool %s: %s", spool,
+		log_err("cannot sync the directory holding %s: %s", path,
 		        strerror(-r));
 	return r;
+}
+
+/* mkdir with exactly `mode` (not narrowed by the umask: a parent made
+ * 0700 would keep the account out), its entry synced. *made: it was
+ * created now. */
+static int make_dir(const char *path, mode_t mode, bool *made)
+{
+	*made = false;
+	if (mkdir(path, mode) < 0)
+		return errno == EEXIST ? 0 : -errno;
+	*made = true;
+	if (chmod(path, mode) < 0)
+		return -errno;
+	return sync_parent(path);
+}
+
+int smtpd_priv_make_spool(const struct conf *c)
+{
+	const char *spool = c->spool_dir;
+	char path[PATH_MAX];
+	size_t n = strlen(spool);
+	bool made;
+	int r;
+	if (n >= sizeof path) {
+		log_err("spool_dir %s: name too long", spool);
+		return -ENAMETOOLONG;
+	}
+	memcpy(path, spool, n + 1);
+	while (n > 1 && path[n - 1] == '/')
+		path[--n] = '\0';
+	/* Each missing parent, from the top, mode 0755 as `install -d`. */
+	for (char *p = path + 1; (p = strchr(p, '/')); p++) {
+		*p = '\0';
+		r = make_dir(path, 0755, &made);
+		if (r == 0 && made)
+			log_info("created directory %s (mode 0755) for spool_dir",
+			         path);
+		*p = '/';
+		if (r < 0) {
+			log_err("cannot create directory %.*s for spool_dir: %s",
+			        (int)(p - path), path, strerror(-r));
+			return r;
+		}
+	}
+	r = make_dir(path, 0700, &made);
+	if (r < 0) {
+		log_err("cannot create spool %s: %s", spool, strerror(-r));
+		return r;
+	}
+	return 0;
 }
 
 /* Drops to a for good: supplementary groups of the account (a group such
@@ -422,8 +477,7 @@ int smtpd_priv_drop(const struct conf *c)
 		log_info("running as root (user = %s)", c->user);
 		return 0;
 	}
-	if ((r = make_spool(c->spool_dir)) < 0 ||
-	    (r = hand_over_spool(c->spool_dir, &a)) < 0)
+	if ((r = hand_over_spool(c->spool_dir, &a)) < 0)
 		return r;
 	hand_over_log(c->log_file, &a);
 	if ((r = drop_to(&a)) < 0)
