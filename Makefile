@@ -159,7 +159,7 @@ bench: deps-bench all
 # the spool, its own. With DESTDIR (packaging) no account is made and the
 # spool is left to the package's maintainer scripts.
 PREFIX  ?= /usr/local
-RELAYD_ACCOUNT := relayd
+INSTALL_USER := relayd
 install: all
 	install -D -m 0755 $(BUILD)/relayd $(DESTDIR)$(PREFIX)/sbin/relayd
 	install -D -m 0755 $(BUILD)/relayctl $(DESTDIR)$(PREFIX)/bin/relayctl
@@ -168,20 +168,20 @@ install: all
 	  sed -i 's|^spool_dir = .*|spool_dir = /var/spool/relayd|' \
 	    $(DESTDIR)/etc/relayd/relayd.conf; fi
 ifeq ($(DESTDIR),)
-	@if ! getent passwd $(RELAYD_ACCOUNT) >/dev/null; then \
+	@if ! getent passwd $(INSTALL_USER) >/dev/null; then \
 	  if command -v adduser >/dev/null; then \
 	    adduser --system --group --home /var/spool/relayd --no-create-home \
-	      $(RELAYD_ACCOUNT); \
+	      $(INSTALL_USER); \
 	  else \
 	    useradd --system --user-group --home-dir /var/spool/relayd \
-	      --no-create-home --shell /usr/sbin/nologin $(RELAYD_ACCOUNT); \
+	      --no-create-home --shell /usr/sbin/nologin $(INSTALL_USER); \
 	  fi; \
-	  echo "install: created the system account $(RELAYD_ACCOUNT)"; fi
-	install -d -m 0700 -o $(RELAYD_ACCOUNT) -g $(RELAYD_ACCOUNT) /var/spool/relayd
+	  echo "install: created the system account $(INSTALL_USER)"; fi
+	install -d -m 0700 -o $(INSTALL_USER) -g $(INSTALL_USER) /var/spool/relayd
 	@# relayd (as its account) reads the credentials through the group;
 	@# relayctl user keeps an existing file's owner, group and mode.
 	@if [ ! -e /etc/relayd/credentials ]; then \
-	  install -m 0640 -o root -g $(RELAYD_ACCOUNT) /dev/null /etc/relayd/credentials; fi
+	  install -m 0640 -o root -g $(INSTALL_USER) /dev/null /etc/relayd/credentials; fi
 else
 	install -d -m 0700 $(DESTDIR)/var/spool/relayd
 endif
