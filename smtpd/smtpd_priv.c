@@ -299,6 +299,10 @@ static int give_dir(struct handover *h, int dfd, const char *rel, int depth)
 		while (r == 0 && (e = readdir(d))) {
 			if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
 				continue;
+			/* A spool on its own file system: fsck's pieces of other
+			 * files stay root's. */
+			if (depth == 0 && strcmp(e->d_name, "lost+found") == 0)
+				continue;
 			r = give_entry(h, dfd, rel, e->d_name, depth);
 			errno = 0;
 		}
