@@ -226,6 +226,10 @@ struct smtpd {
 	struct smtpd_session *sessions;   /* doubly linked */
 	unsigned nsessions;
 	uint64_t next_sid;
+	/* The delivery side's limit on message size (the smarthost's SIZE,
+	 * issue 8 §10); 0: none. New sessions advertise and enforce the
+	 * smaller of this and max_message_size. */
+	uint64_t size_cap;
 	bool stopping;
 	void (*stop_cb)(void *arg);
 	void *stop_arg;
@@ -1580,7 +1584,9 @@ static void connection_cb(uv_stream_t *server, int status)
 	struct smtpd_proto_cfg pc = {
 		.hostname = cf->hostname,
 		.sid = s->sid,
-		.max_message_size = cf->max_message_size,
+		.max_message_size = srv->size_cap &&
+		                    srv->size_cap < cf->max_message_size
+		                    ? srv->size_cap : cf->max_message_size,
 		.max_recipients = cf->max_recipients,
 		.max_bad_commands = cf->max_bad_commands,
 		.bare_normalize = cf->bare_newline == CONF_BARE_NORMALIZE,
@@ -1711,6 +1717,11 @@ int smtpd_new(uv_loop_t *loop, struct conf *conf, struct queue *q,
 	}
 	*out = srv;
 	return 0;
+}
+
+void smtpd_set_size_cap(struct smtpd *srv, uint64_t cap)
+{
+	srv->size_cap = cap;
 }
 
 void smtpd_set_queue(struct smtpd *srv, struct queue *q)
