@@ -13,6 +13,8 @@
  * msg/ that the writer links as msg/QID before the batch's syncfs; a crash
  * leaves nothing of it behind.
  *   index/       LMDB environment (data.mdb, lock.mdb)
+ *   smarthost.size  not the queue's: the smarthost's SIZE as deliver/
+ *                last saw it (a cache; deliver.h)
  *
  * Durability contract (DESIGN.md): queue_commit()'s callback reports 0 only
  * after the body is on stable storage under msg/, the directory entry is
