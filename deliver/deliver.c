@@ -98,6 +98,9 @@ struct deliver {
 	uint64_t sh_size;
 	deliver_size_cb size_cb;
 	void *size_arg;
+	/* One write of smarthost.size at a time (two on the pool would
+	 * share its temp file); a change meanwhile is written after it. */
+	bool size_storing, size_dirty;
 
 	uint64_t n_sent, n_deferred, n_bounced, n_dsn, n_attempts;
 	/* Failure reports that nobody will get: for a null-sender message
@@ -1351,6 +1354,8 @@ static void size_store_work(uv_work_t *req)
 	close(dfd);
 }
 
+static void size_store(struct deliver *d);
+
 static void size_stored(uv_work_t *req, int status)
 {
 	struct size_store *st = req->data;
@@ -1359,12 +1364,20 @@ static void size_stored(uv_work_t *req, int status)
 		log_warn("cannot keep the smarthost's SIZE in %s/%s: %s", st->dir,
 		         SIZE_FILE, strerror(-st->err));
 	d->inflight--;
+	d->size_storing = false;
 	free(st);
+	if (d->size_dirty && !d->stopping)
+		size_store(d);
 	maybe_done(d);
 }
 
 static void size_store(struct deliver *d)
 {
+	if (d->size_storing) {
+		d->size_dirty = true;
+		return;
+	}
+	d->size_dirty = false;
 	struct size_store *st = calloc(1, sizeof *st);
 	if (!st)
 		return;   /* a cache: the next session tries again */
@@ -1378,6 +1391,7 @@ static void size_store(struct deliver *d)
 		free(st);
 		return;
 	}
+	d->size_storing = true;
 	d->inflight++;
 }
 
