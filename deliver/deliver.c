@@ -11,6 +11,10 @@
  * message finding out for itself; after a pause one session probes before
  * the others follow. The state shows in `relayctl stats` and `list`.
  *
+ * The smarthost's SIZE: each session reports what its EHLO named; the
+ * scheduler keeps it (and spool_dir/smarthost.size) and tells smtpd, which
+ * offers clients no more (deliver.h).
+ *
  * Invariant: a message is in at most one place at a time: the busy table
  * holds every message loaded as a job, in a session, or with an index
  * change on its way; the schedule scan skips them.
@@ -31,6 +35,7 @@
 #include <openssl/err.h>
 
 #include "common/log.h"
+#include "common/smtp.h"
 #include "deliver/deliver_dsn.h"
 
 #define BUSY_BUCKETS 1024
@@ -892,7 +897,8 @@ static void send_dsn(struct deliver *d, const struct queue_msg *m,
 	 * its header section: whole, the report would carry the same 8-bit
 	 * body to the same smarthost and fail the same way. */
 	for (size_t k = 0; k < n; k++)
-		if (strcmp(items[k].status, "5.6.3") == 0)
+		if (strcmp(items[k].status,
+		           smtp_replies[SMTP_R_DLV_NO_8BIT].enh) == 0)
 			w->headers_only = true;
 	snprintf(w->to, sizeof w->to, "%s", to);
 	snprintf(w->host, sizeof w->host, "%s", d->cfg->hostname);
