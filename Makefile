@@ -4,6 +4,9 @@
 #                        run relayd in the foreground on etc/relayd.conf
 #   make test            the same install step, then every test
 #   make test SANITIZE=1 the same under ASan + UBSan (separate build dir)
+#   make test-fresh      `make test`, then the `make run` check, in a brand-new
+#                        Debian 12 root holding only a clone of HEAD (CI runs
+#                        this; tests/fresh/run says how)
 #   make bench           benchmarks against Postfix (bench/RESULTS.md)
 
 CC       ?= gcc
@@ -16,7 +19,8 @@ DEPS_BUILD := build-essential pkg-config libuv1-dev liblmdb-dev libc-ares-dev \
 # Only what today's tests use: aiosmtpd is the test smarthost, openssl
 # makes the tests' throw-away CAs (dkimpy and dnsmasq come with the DKIM
 # and direct-delivery work).
-DEPS_TEST  := libcmocka-dev python3 python3-pytest swaks mount python3-aiosmtpd openssl
+DEPS_TEST  := libcmocka-dev python3 python3-pytest swaks libnet-ssleay-perl mount \
+              python3-aiosmtpd openssl
 DEPS_BENCH := postfix
 
 ifeq ($(SANITIZE),1)
@@ -142,6 +146,11 @@ check-e2e: all
 	RELAYD_BIN=$(CURDIR)/$(BUILD)/relayd RELAYCTL_BIN=$(CURDIR)/$(BUILD)/relayctl \
 	SANITIZE=$(SANITIZE) $(PYTHON) -m pytest -q -p no:cacheprovider tests/e2e
 
+# What CI runs: the README's two commands on a machine that has nothing
+# installed by hand (tests/fresh/run).
+test-fresh:
+	tests/fresh/run make test
+
 bench: deps-bench all
 	bench/accept
 	bench/relay
@@ -158,7 +167,7 @@ install: all
 clean:
 	rm -rf build build-san
 
-.PHONY: all deps deps-bench build run test unit-bins check-unit check-e2e bench install clean
+.PHONY: all deps deps-bench build run test test-fresh unit-bins check-unit check-e2e bench install clean
 
 -include $(LIB_OBJ:.o=.d) $(CTL_OBJ:.o=.d) $(BUILD)/smtpd/relayd.d
 

@@ -93,7 +93,7 @@ struct conf {
 	uint64_t delivery_timeout;         /* ms; default 5m */
 	char *postmaster;                  /* default "" */
 	char *credentials_file;            /* SMTP AUTH credentials (see
-	                                      smtpd/smtpd_cred.h); default
+	                                      common/cred.h); default
 	                                      /etc/relayd/credentials */
 	/* TLS for the listeners (smtpd/smtpd_tls.c). Both empty: no TLS. */
 	char *tls_cert_file;               /* PEM: certificate, then chain */
