@@ -60,6 +60,7 @@ struct snode {
 	struct snode *next;
 	struct deliver_session *s;
 	bool up;
+	char name[300];     /* "host:port" it went to (a SIGHUP may change) */
 };
 
 /* Sends in the last window, for smarthost_rate: a ring of timestamps. */
@@ -1430,12 +1431,16 @@ void deliver_session_up(struct deliver *d, struct deliver_session *s,
                         uint64_t size)
 {
 	/* Every session's EHLO counts, a probe's too: the provider may
-	 * change its limit at any time. */
-	size_learn(d, size);
+	 * change its limit at any time. Not one to a smarthost replaced by
+	 * a SIGHUP since it started. */
+	char name[300];
+	size_name(d->cfg, name, sizeof name);
 	for (struct snode *n = d->sessions; n; n = n->next)
 		if (n->s == s && !n->up) {
 			n->up = true;
 			d->nconnecting--;
+			if (strcmp(n->name, name) == 0)
+				size_learn(d, size);
 		}
 	if (d->paused)
 		return;   /* started before the pause: proves nothing */
@@ -1526,6 +1531,7 @@ static int start_session(struct deliver *d)
 	struct snode *n = calloc(1, sizeof *n);
 	if (!n)
 		return -ENOMEM;
+	size_name(d->cfg, n->name, sizeof n->name);
 	int r = deliver_session_new(d, d->cfg, d->loop, &n->s);
 	if (r) {
 		log_err("smarthost: cannot start a session: %s", strerror(-r));

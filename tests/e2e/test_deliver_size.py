@@ -8,7 +8,7 @@ smarthost when it changes, and is forgotten for another smarthost."""
 import os
 import smtplib
 
-from conftest import wait_until
+from conftest import smtp_connect, wait_until
 from conftest_upstream import (SENDER, body_of, make_message, message_id,
                                queue_list, stats, submit, wait_gone, wait_log)
 
@@ -86,6 +86,14 @@ def test_smarthost_size_offered_and_enforced(upstream_factory, relay_to):
         assert (code, msg[:5]) == (552, b"5.3.4"), (code, msg)
         # The session goes on.
         assert s.noop()[0] == 250
+    # BDAT LAST (RFC 3030) likewise.
+    with smtp_connect(r) as c:
+        assert c.cmd("EHLO client.test").code == 250
+        assert c.cmd("MAIL FROM:<%s>" % SENDER).code == 250
+        assert c.cmd("RCPT TO:<rcpt@dest.test>").code == 250
+        c.send(b"BDAT %d LAST\r\n" % len(big) + big)
+        rep = c.reply(timeout=30)
+        assert rep.pair == (552, "5.3.4"), rep
     assert queue_list(r) == []
 
     # Exactly the limit: accepted, and it fits under the smarthost's SIZE
