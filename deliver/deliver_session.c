@@ -618,7 +618,8 @@ static void drive(struct deliver_session *s)
 			if (!s->up) {
 				s->up = true;
 				s->t_up = uv_now(s->loop);
-				deliver_session_up(s->d, s);
+				deliver_session_up(s->d, s,
+				                   deliver_client_size_max(s->cl));
 				if (s->closing)
 					return;
 			}

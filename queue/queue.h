@@ -13,6 +13,8 @@
  * msg/ that the writer links as msg/QID before the batch's syncfs; a crash
  * leaves nothing of it behind.
  *   index/       LMDB environment (data.mdb, lock.mdb)
+ *   smarthost.size  not the queue's: the smarthost's SIZE as deliver/
+ *                last saw it (a cache; deliver.h)
  *
  * Durability contract (DESIGN.md): queue_commit()'s callback reports 0 only
  * after the body is on stable storage under msg/, the directory entry is
@@ -58,6 +60,13 @@ extern const char *const queue_msg_state_names[];
 #define QUEUE_F_RET_HDRS  0x08  /* RET=HDRS */
 #define QUEUE_F_BINARYMIME 0x10 /* BODY=BINARYMIME (RFC 3030) */
 #define QUEUE_F_WARNED    0x20  /* the "delayed" DSN has been sent */
+/* The stored body holds no octet >= 0x80: set by queue_commit() from what
+ * queue_body_write() saw (callers' values are ignored), so the client can
+ * send a message declared BODY=8BITMIME to a server without 8BITMIME when
+ * its content is in fact 7-bit (RFC 6152 §3). A flag bit, not a new field:
+ * records written before it existed lack it, which reads as "may hold
+ * 8-bit", the safe answer, so no record version bump is needed. */
+#define QUEUE_F_7BIT      0x40
 
 /* RFC 3461 NOTIFY bits; 0 means NOTIFY was not given. */
 #define QUEUE_NOTIFY_NEVER   0x01
@@ -160,6 +169,8 @@ int queue_body_open(struct queue *q, const char *qid, struct queue_body **out);
 int queue_body_write(struct queue_body *b, const void *p, size_t n);
 /* Bytes written so far. */
 uint64_t queue_body_size(const struct queue_body *b);
+/* Whether any byte written so far is >= 0x80. */
+bool queue_body_8bit(const struct queue_body *b);
 /* Closes and unlinks the temp file and frees b. NULL: no-op. */
 void queue_body_abort(struct queue_body *b);
 
@@ -169,8 +180,8 @@ void queue_body_abort(struct queue_body *b);
 typedef void (*queue_commit_cb)(void *arg, int status);
 
 /* Hands the body (ownership passes to the queue, whatever the result) and
- * a copy of the envelope (m->qid must equal the body's qid; m->size is
- * taken from the body) to the writer thread. The callback always runs,
+ * a copy of the envelope (m->qid must equal the body's qid; m->size and
+ * the QUEUE_F_7BIT flag are taken from the body) to the writer thread. The callback always runs,
  * exactly once, on the loop thread, later (never from inside this call).
  * Returns 0 or -errno (then the callback will not run and the body has
  * been aborted). */

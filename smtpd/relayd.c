@@ -84,6 +84,13 @@ static void close_queue(struct relayd *d)
 /* Shutdown order: the listener (sessions finish their commits), then
  * delivery (sessions close, index changes and DSNs in flight finish),
  * then the spool. */
+/* The delivery side learnt a new limit (the smarthost's SIZE): smtpd
+ * advertises and enforces it for new sessions. */
+static void size_cap_cb(void *arg, uint64_t cap)
+{
+	smtpd_set_size_cap(arg, cap);
+}
+
 static void deliver_stopped_cb(void *arg)
 {
 	struct relayd *d = arg;
@@ -313,6 +320,7 @@ int main(int argc, char **argv)
 	r = deliver_new(&d.loop, d.q, c, &d.deliver);
 	if (r < 0)
 		goto fail;
+	deliver_set_size_cb(d.deliver, size_cap_cb, d.smtpd);
 	if (smtpd_start(d.smtpd) < 0)
 		goto fail;
 

@@ -106,6 +106,10 @@ struct smtpd {
 	struct smtpd_session *sessions;   /* doubly linked */
 	unsigned nsessions;
 	uint64_t next_sid;
+	/* The delivery side's limit on message size (the smarthost's SIZE,
+	 * issue 8 §10); 0: none. New sessions advertise and enforce the
+	 * smaller of this and max_message_size. */
+	uint64_t size_cap;
 	bool stopping;
 	void (*stop_cb)(void *arg);
 	void *stop_arg;

@@ -620,7 +620,9 @@ void smtpd_session_accept_cb(uv_stream_t *server, int status)
 	struct smtpd_proto_cfg pc = {
 		.hostname = cf->hostname,
 		.sid = s->sid,
-		.max_message_size = cf->max_message_size,
+		.max_message_size = srv->size_cap &&
+		                    srv->size_cap < cf->max_message_size
+		                    ? srv->size_cap : cf->max_message_size,
 		.max_recipients = cf->max_recipients,
 		.max_bad_commands = cf->max_bad_commands,
 		.bare_normalize = cf->bare_newline == CONF_BARE_NORMALIZE,

@@ -6,6 +6,7 @@
  * opens a loop ends with uv_loop_close() == 0.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -689,6 +690,7 @@ static void test_commit(void **state)
 		check_body_file(s.dir, qid, commit_cases[i].size);
 		assert_int_equal(count_dir(s.dir, "tmp"), 0);
 		m.size = commit_cases[i].size;      /* taken from the body */
+		m.flags |= QUEUE_F_7BIT;            /* so is this: ASCII bodies */
 		ro_check_in_child(s.dir, &m);
 
 		struct queue_stats st;
@@ -711,6 +713,70 @@ static void test_commit(void **state)
 		queue_msg_free(got);
 		assert_int_equal(queue_ro_get(ro, "0000000000000000", &got), -ENOENT);
 		assert_int_equal(queue_ro_get(ro, "bad", &got), -EINVAL);
+		queue_ro_close(ro);
+		rm_tree(s.dir);
+	}
+}
+
+/* QUEUE_F_7BIT is the queue's finding, from every byte written, whatever
+ * the caller's flags say (issue 8 §10). */
+static const struct {
+	const char *name;
+	const char *chunks[4];     /* written in turn; NULL ends */
+	uint8_t flags_in;          /* what the caller passes */
+	uint8_t flags_out;         /* what the record holds */
+} bit7_cases[] = {
+	{"ascii body", {"Subject: x\r\n\r\nhi\r\n"}, 0, QUEUE_F_7BIT},
+	{"ascii, declared 8BITMIME", {"Subject: x\r\n\r\nhi\r\n"},
+	 QUEUE_F_8BITMIME, QUEUE_F_8BITMIME | QUEUE_F_7BIT},
+	{"utf-8 in the body, caller claims 7BIT",
+	 {"Subject: x\r\n\r\n", "caf\xc3\xa9\r\n"},
+	 QUEUE_F_8BITMIME | QUEUE_F_7BIT, QUEUE_F_8BITMIME},
+	{"one 8-bit byte in the last chunk",
+	 {"Subject: x\r\n\r\n", "a\r\n", "\x80"}, 0, 0},
+	{"0x7f and controls are 7-bit", {"\x7f\x01\t\r\n"}, 0, QUEUE_F_7BIT},
+	{"empty body", {NULL}, QUEUE_F_SMTPUTF8, QUEUE_F_SMTPUTF8 | QUEUE_F_7BIT},
+};
+
+static void test_commit_7bit(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < ARRAY_LEN(bit7_cases); i++) {
+		struct queue_opts o = {.map_size = 16 << 20,
+		                       .sync = QUEUE_SYNC_FSYNC};
+		struct spool s;
+		struct result res = {0};
+		char qid[QUEUE_ID_SIZE];
+		spool_setup(&s, &o);
+		queue_new_id(s.q, qid);
+		struct queue_body *b;
+		assert_int_equal(queue_body_open(s.q, qid, &b), 0);
+		size_t size = 0;
+		for (size_t k = 0; k < 4 && bit7_cases[i].chunks[k]; k++) {
+			const char *c = bit7_cases[i].chunks[k];
+			assert_int_equal(queue_body_write(b, c, strlen(c)), 0);
+			size += strlen(c);
+		}
+		bool want8 = !(bit7_cases[i].flags_out & QUEUE_F_7BIT);
+		if (queue_body_8bit(b) != want8)
+			fail_msg("%s: queue_body_8bit %d", bit7_cases[i].name,
+			         !want8);
+		struct queue_msg m = env_of(qid, 1700000000, QUEUE_MSG_ACTIVE);
+		m.flags = bit7_cases[i].flags_in;
+		assert_int_equal(queue_commit(s.q, b, &m, commit_cb, &res), 0);
+		run_until(&s, &res.calls, 1);
+		assert_int_equal(res.status, 0);
+		spool_close(&s);
+
+		struct queue_ro *ro;
+		struct queue_msg *got;
+		assert_int_equal(queue_ro_open(s.dir, &ro), 0);
+		assert_int_equal(queue_ro_get(ro, qid, &got), 0);
+		if (got->flags != bit7_cases[i].flags_out || got->size != size)
+			fail_msg("%s: flags 0x%02x size %" PRIu64 ", want 0x%02x %zu",
+			         bit7_cases[i].name, got->flags, got->size,
+			         bit7_cases[i].flags_out, size);
+		queue_msg_free(got);
 		queue_ro_close(ro);
 		rm_tree(s.dir);
 	}
@@ -1020,6 +1086,7 @@ int main(void)
 		cmocka_unit_test(test_state_names),
 		cmocka_unit_test(test_body_path),
 		cmocka_unit_test(test_commit),
+		cmocka_unit_test(test_commit_7bit),
 		cmocka_unit_test(test_group_commit),
 		cmocka_unit_test(test_map_full),
 		cmocka_unit_test(test_refused),
