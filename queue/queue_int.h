@@ -1,6 +1,8 @@
 /*
  * queue/queue_int.h - Pure functions of the queue module, exposed for the
- * unit tests: the id generator and the index record codec.
+ * unit tests: the id generator, the index record codec and the spool
+ * check's verdicts; and what the module's files share (LMDB layout, the
+ * read side's handle, the quota glue).
  */
 #ifndef RELAY_QUEUE_INT_H
 #define RELAY_QUEUE_INT_H
