@@ -33,7 +33,7 @@ LOAD_S = (0.2, 0.7) if SANITIZE else (0.3, 1.0)
 # than the slow smarthost (about 35 messages a second here) drains. The
 # sanitized daemon is several times slower: the load is scaled down, not
 # the assertions.
-PAUSE_S = (0.8, 1.6) if SANITIZE else (0.5, 1.0)
+PAUSE_S = (0.8, 1.6) if SANITIZE else (0.6, 1.2)
 SLOW_REPLY_MS = 40
 
 
