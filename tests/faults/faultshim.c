@@ -16,7 +16,7 @@
  * whenever it changes (mtime, size or inode; write it elsewhere and
  * rename it over, or just rewrite it). One rule per line:
  *
- *     OPS ERRNO PATH COUNT
+ *     OPS ERRNO PATH COUNT [after=OP]
  *
  *   OPS    comma list of the call names above, or "*" for all of them
  *   ERRNO  EIO, ENOSPC or EDQUOT
@@ -26,6 +26,12 @@
  *          old or the new path (relative names resolved against their
  *          directory descriptor). msync has no path: only "*" matches it.
  *   COUNT  how many calls fail before the rule is spent; -1: all of them
+ *   after=OP  fail a call only when the call before it on a matching
+ *          path was OP. LMDB's commit is pages (pwrite/writev),
+ *          fdatasync, then the meta page (pwrite): "pwrite EIO
+ *          index/data.mdb 1 after=fdatasync" fails the meta page write
+ *          alone, the one failure that makes LMDB mark its environment
+ *          fatal (MDB_PANIC for every later transaction).
  *
  * Lines starting with '#' and empty lines are ignored. An empty or
  * missing file: no faults. Counts restart when the file changes.
@@ -68,6 +74,8 @@ struct rule {
 	int err;
 	char path[PATH_MAX];    /* "" matches any */
 	long left;          /* -1: forever */
+	int after;          /* -1, or the op that must come just before */
+	int last;           /* the last op seen on a matching path, or -1 */
 };
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
@@ -162,13 +170,25 @@ static void reload(void)
 		return;
 	char line[PATH_MAX + 128];
 	while (nrules < MAX_RULES && fgets(line, sizeof line, f)) {
-		char ops[256], err[32], path[PATH_MAX];
+		char ops[256], err[32], path[PATH_MAX], after[64] = "";
 		long count;
 		if (line[0] == '#' || line[0] == '\n')
 			continue;
-		if (sscanf(line, "%255s %31s %4095s %ld", ops, err, path, &count) != 4)
+		int got = sscanf(line, "%255s %31s %4095s %ld %63s", ops, err, path,
+		                 &count, after);
+		if (got < 4)
 			continue;
 		struct rule *r = &rules[nrules];
+		r->after = r->last = -1;
+		if (after[0]) {
+			if (strncmp(after, "after=", 6) != 0)
+				continue;
+			for (int i = 0; i < OP__COUNT; i++)
+				if (!strcmp(after + 6, op_names[i]))
+					r->after = i;
+			if (r->after < 0)
+				continue;
+		}
 		r->ops = parse_ops(ops);
 		r->err = parse_errno(err);
 		if (!r->ops || !r->err || count == 0)
@@ -216,18 +236,25 @@ static int fault(enum op op, const char *a, const char *b)
 	reload();
 	for (size_t i = 0; i < nrules && !err; i++) {
 		struct rule *r = &rules[i];
-		if (!(r->ops & (1u << op)) || r->left == 0)
-			continue;
+		const char *m;
 		if (r->path[0]) {
 			if (a && strstr(a, r->path))
-				hit = a;
+				m = a;
 			else if (b && strstr(b, r->path))
-				hit = b;
+				m = b;
 			else
 				continue;
 		} else {
-			hit = a ? a : b;
+			m = a ? a : b;
 		}
+		/* The sequence on this path, for after=. */
+		int prev = r->last;
+		r->last = (int)op;
+		if (!(r->ops & (1u << op)) || r->left == 0)
+			continue;
+		if (r->after >= 0 && prev != r->after)
+			continue;
+		hit = m;
 		err = r->err;
 		if (r->left > 0)
 			r->left--;
