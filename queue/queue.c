@@ -70,6 +70,10 @@ struct unindex_item {
 
 static uint64_t now_us(void);
 
+/* How soon the writer tries again, when idle, to take back records of
+ * failed commits or to reopen an index it could not reopen. */
+#define UNINDEX_RETRY_US (1000 * 1000)
+
 /* One commit on its way through the writer. */
 struct queue_req {
 	struct queue_req *next;
@@ -957,7 +961,11 @@ static int unindex_items(struct queue *q, const struct unindex_item *it,
 			rc = 0;
 	}
 	if (rc == 0) {
-		if ((rc = mdb_txn_commit(txn)))
+		rc = mdb_txn_commit(txn);
+		/* In syncfs mode the meta page needs its own sync. */
+		if (rc == 0 && q->sync == QUEUE_SYNC_SYNCFS)
+			rc = mdb_env_sync(q->env, 1);
+		if (rc)
 			env_failed(q, rc);
 	} else if (txn) {
 		mdb_txn_abort(txn);
@@ -1322,8 +1330,25 @@ static void *writer_main(void *arg)
 
 	pthread_mutex_lock(&q->mu);
 	for (;;) {
-		while (!q->pending && !q->discard && !q->ops && !q->stop)
-			pthread_cond_wait(&q->cond, &q->mu);
+		while (!q->pending && !q->discard && !q->ops && !q->stop) {
+			if (q->nunindex_left == 0 && !q->env_broken) {
+				pthread_cond_wait(&q->cond, &q->mu);
+				continue;
+			}
+			/* Records of failed commits are still in the index, or
+			 * the index is closed: try again within a second rather
+			 * than at the next commit, which may be hours away while
+			 * the scheduler keeps finding them. */
+			struct timespec t;
+			us_timespec(now_us() + UNINDEX_RETRY_US, &t);
+			if (pthread_cond_timedwait(&q->cond, &q->mu, &t) != ETIMEDOUT)
+				continue;
+			pthread_mutex_unlock(&q->mu);
+			if (q->env_broken)
+				env_reopen(q);
+			unindex_retry(q);
+			pthread_mutex_lock(&q->mu);
+		}
 		if (q->ops) {
 			/* Changes to committed messages: one transaction for all
 			 * of them, ahead of new commits (they are few and free

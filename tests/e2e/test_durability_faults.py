@@ -215,6 +215,43 @@ def test_failed_meta_page_write_reopens_the_index(relayd_factory, sync):
 
 
 @needs_shim
+def test_records_of_a_failed_batch_are_taken_back(relayd_factory):
+    """syncfs fails after the batch's index commit, so relayd takes the
+    record back; that transaction fails too (once). The record of a
+    message nobody got a 250 for must still go, and soon - not at the next
+    commit, which may never come - and before anything else is sent."""
+    relayd, faults = start_faulty(relayd_factory, spool_sync="syncfs")
+    acked = {}
+    code, text, qid = send(relayd, "before")
+    assert code == 250, (code, text)
+    acked[qid] = "before"
+
+    faults.set("syncfs EIO /spool -1",
+               "pwrite,writev EIO /spool 1 after=syncfs")
+    code, text, qid = send(relayd, "failed-batch")
+    assert (code, qid) == (451, None), (code, text)
+    hits = [h.split()[0] for h in faults.hits()]
+    assert hits[:2] == ["syncfs", "pwrite"] or \
+        hits[:2] == ["syncfs", "writev"], hits
+    assert re.search(r"cannot take back 1 failed record", relayd.log_text())
+    wait_until(lambda: re.search(r"[0-9A-Z]{16}: record of the failed commit "
+                                 r"taken back", relayd.log_text()),
+               timeout=10, what="the record taken back without a new commit")
+    faults.set()
+    assert_spool_consistent(relayd, acked)
+
+    code, text, qid = send(relayd, "after")
+    assert code == 250, (code, text)
+    acked[qid] = "after"
+    assert_spool_consistent(relayd, acked)
+    relayd.stop()
+    relayd.start()
+    assert_spool_consistent(relayd, acked)
+    assert re.search(r"recovery: 2 messages in queue, 0 repaired",
+                     relayd.log_text()), relayd.log_text()[-3000:]
+
+
+@needs_shim
 def test_index_fault_during_delivery(upstream_factory, relay_to):
     """Through a smarthost: a message accepted before the fault is deferred
     by the upstream, the index fails while relayd records deliveries and

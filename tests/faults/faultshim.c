@@ -234,7 +234,9 @@ static int fault(enum op op, const char *a, const char *b)
 	const char *hit = NULL;
 	pthread_mutex_lock(&mu);
 	reload();
-	for (size_t i = 0; i < nrules && !err; i++) {
+	/* Every rule sees every call on its path (after= needs the whole
+	 * sequence); the first one that fires decides. */
+	for (size_t i = 0; i < nrules; i++) {
 		struct rule *r = &rules[i];
 		const char *m;
 		if (r->path[0]) {
@@ -250,7 +252,7 @@ static int fault(enum op op, const char *a, const char *b)
 		/* The sequence on this path, for after=. */
 		int prev = r->last;
 		r->last = (int)op;
-		if (!(r->ops & (1u << op)) || r->left == 0)
+		if (err || !(r->ops & (1u << op)) || r->left == 0)
 			continue;
 		if (r->after >= 0 && prev != r->after)
 			continue;
