@@ -215,6 +215,44 @@ def test_failed_meta_page_write_reopens_the_index(relayd_factory, sync):
 
 
 @needs_shim
+def test_index_that_cannot_be_reopened_yet(relayd_factory):
+    """The commit fails and so does the reopen (the index directory's
+    fsync fails too): relayd runs without an index, answering 451, and
+    reopens it by itself within a second of the fault going away - before
+    any new message arrives."""
+    relayd, faults = start_faulty(relayd_factory)
+    acked = {}
+    code, text, qid = send(relayd, "before")
+    assert code == 250, (code, text)
+    acked[qid] = "before"
+
+    faults.set("fdatasync EIO /spool/index/data.mdb 1",
+               "fsync EIO /spool/index -1")
+    for i in range(2):
+        code, text, qid = send(relayd, "no-index-%d" % i)
+        assert (code, qid) == (451, None), (code, text)
+    log = relayd.log_text()
+    assert "queue: cannot reopen the index" in log, log[-3000:]
+    assert "queue: index reopened after a failed write" not in log
+    ops = sorted({h.split()[0] for h in faults.hits()})
+    assert ops == ["fdatasync", "fsync"], faults.hits()
+
+    faults.set()
+    wait_until(lambda: "queue: index reopened after a failed write"
+               in relayd.log_text(), timeout=10,
+               what="the index reopened with no new message")
+    code, text, qid = send(relayd, "after")
+    assert code == 250, (code, text, relayd.log_text()[-3000:])
+    acked[qid] = "after"
+    assert_spool_consistent(relayd, acked)
+    relayd.stop()
+    relayd.start()
+    assert_spool_consistent(relayd, acked)
+    assert re.search(r"recovery: 2 messages in queue, 0 repaired",
+                     relayd.log_text()), relayd.log_text()[-3000:]
+
+
+@needs_shim
 def test_records_of_a_failed_batch_are_taken_back(relayd_factory):
     """syncfs fails after the batch's index commit, so relayd takes the
     record back; that transaction fails too (once). The record of a
