@@ -292,10 +292,11 @@ def test_records_of_a_failed_batch_are_taken_back(relayd_factory):
 @needs_shim
 def test_index_fault_during_delivery(upstream_factory, relay_to):
     """Through a smarthost: a message accepted before the fault is deferred
-    by the upstream, the index fails while relayd records deliveries and
-    accepts new mail (451), then recovers: the earlier 250 and the next
-    message are delivered, the refused one never is."""
-    up = upstream_factory(behaviour={"data": ["451 4.3.0 not yet"]})
+    by the upstream (every attempt, until the end), the index fails while
+    relayd records those attempts and accepts new mail (451), then
+    recovers: the earlier 250 and the next message are delivered, the
+    refused one never is."""
+    up = upstream_factory(behaviour={"data": "451 4.3.0 not yet"})
     relayd = relay_to(up, start=False)
     faults = Faults(relayd.workdir)
     relayd.start(env=faults.env())
@@ -309,11 +310,13 @@ def test_index_fault_during_delivery(upstream_factory, relay_to):
     faults.set("pwrite,writev,fdatasync EIO /spool/index/data.mdb -1")
     code, text, refused = send(relayd, "refused-mail")
     assert (code, refused) == (451, None), (code, text)
-    # The retry (retry_min 1s) runs into the fault too, or has already
-    # been recorded: either way the shim must have been hit.
-    wait_until(lambda: len(faults.hits()) >= 2, timeout=15,
-               what="the index fault to be hit")
+    # The retries (retry_min 1s) run into the fault too: recording their
+    # result fails, and the message stays due.
+    wait_until(lambda: len(faults.hits()) >= 2 and "cannot record the "
+               "delivery state" in relayd.log_text(), timeout=15,
+               what="a delivery result hitting the index fault")
     faults.set()
+    up.set_behaviour({})
 
     code, text, late = send(relayd, "late-mail")
     assert code == 250, (code, text, relayd.log_text()[-3000:])
@@ -325,13 +328,14 @@ def test_index_fault_during_delivery(upstream_factory, relay_to):
                timeout=40, step=0.2, what="both acknowledged messages "
                                           "delivered")
     wait_queue_empty(relayd, timeout=30)
-    assert "refused-mail" not in subjects()
+    assert "refused-mail" not in subjects(), subjects()
     dup = len(subjects()) - len(set(subjects()))
     print("duplicates delivered: %d" % dup)
-    assert "queue: index reopened after a failed write" in relayd.log_text()
+    log = relayd.log_text()
+    assert "queue: index reopened after a failed write" in log, log[-3000:]
     assert no_unfinished(relayd) == []
-    assert os.listdir(relayd.msg_dir()) == [] or all(
-        n.startswith(".p") for n in os.listdir(relayd.msg_dir()))
+    left = [n for n in os.listdir(relayd.msg_dir()) if not n.startswith(".p")]
+    assert left == [], left
 
 
 # ---- queue_min_free ---------------------------------------------------------
