@@ -289,6 +289,77 @@ def test_records_of_a_failed_batch_are_taken_back(relayd_factory):
                      relayd.log_text()), relayd.log_text()[-3000:]
 
 
+MIXED_RULES = [
+    "write EIO /spool/msg/ -1",
+    "syncfs EIO /spool -1",
+    "linkat,renameat2 ENOSPC /spool/msg/ -1",
+    "pwrite,writev EIO /spool/index/data.mdb -1",
+    "fdatasync EIO /spool/index/data.mdb -1",
+]
+
+
+@needs_shim
+def test_concurrent_clients_through_faults(relayd_factory):
+    """Six clients at once, so that batches hold several messages: while a
+    fault is on every one of them gets 4xx; then the fault goes away
+    while they are sending (batches with and without the fault). Whatever
+    mix results, the queue holds exactly the messages that got 250."""
+    import threading
+
+    relayd, faults = start_faulty(relayd_factory)
+    acked, refused, lock = {}, [], threading.Lock()
+
+    def sender(tag, n, out):
+        for i in range(n):
+            marker = "%s-%d" % (tag, i)
+            code, text, qid = send(relayd, marker)
+            with lock:
+                out.append((marker, code, text, qid))
+
+    def run(tag, n, switch_off_after=None):
+        out = []
+        threads = [threading.Thread(target=sender, args=("%s-c%d" % (tag, c),
+                                                         n, out))
+                   for c in range(6)]
+        for t in threads:
+            t.start()
+        if switch_off_after is not None:
+            wait_until(lambda: len(out) >= switch_off_after, timeout=60,
+                       what="%d replies" % switch_off_after)
+            faults.set()
+        for t in threads:
+            t.join(timeout=120)
+            assert not t.is_alive()
+        return out
+
+    for k, rule in enumerate(MIXED_RULES):
+        faults.set(rule)
+        for marker, code, text, qid in run("r%d-on" % k, 3):
+            assert code in (451, 452) and qid is None, (rule, code, text)
+            refused.append(marker)
+        assert faults.hits(), rule
+        for marker, code, text, qid in run("r%d-mixed" % k, 6,
+                                           switch_off_after=4):
+            if code == 250:
+                acked[qid] = marker
+            else:
+                assert code in (451, 452) and qid is None, (rule, code, text)
+                refused.append(marker)
+        faults.set()
+        code, text, qid = send(relayd, "r%d-after" % k)
+        assert code == 250, (rule, code, text, relayd.log_text()[-3000:])
+        acked[qid] = "r%d-after" % k
+
+    print("acknowledged %d, refused %d" % (len(acked), len(refused)))
+    assert len(refused) >= 6 * 3 * len(MIXED_RULES)
+    assert_spool_consistent(relayd, acked)
+    relayd.stop()
+    relayd.start()
+    assert_spool_consistent(relayd, acked)
+    assert re.search(r"recovery: %d messages in queue, 0 repaired" %
+                     len(acked), relayd.log_text()), relayd.log_text()[-3000:]
+
+
 @needs_shim
 def test_index_fault_during_delivery(upstream_factory, relay_to):
     """Through a smarthost: a message accepted before the fault is deferred
