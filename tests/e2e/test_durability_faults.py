@@ -15,6 +15,7 @@ The shim and ASan both interpose libc: the fault tests run in the plain
 pass only (skipped under SANITIZE=1). The queue_min_free tests need no shim
 and run in both passes.
 """
+import json
 import os
 import re
 import signal
@@ -89,10 +90,15 @@ def send(relayd, marker, size=2 * KB):
 
 
 def assert_spool_consistent(relayd, want):
-    """The queue holds exactly the messages in want ({qid: marker}), each
-    with its body under msg/ at the recorded size, and nothing else: no
-    stray body, no unfinished one. (relayctl check will say the same once
-    it exists; this reads the same facts through list.)"""
+    """relayctl check finds the spool clean, and the queue holds exactly
+    the messages in want ({qid: marker}), each with its body under msg/ at
+    the recorded size, and nothing else: no stray body, no unfinished
+    one."""
+    r = relayd.relayctl("check", "--json", check=False)
+    doc = json.loads(r.stdout.decode())
+    assert r.returncode == 0 and doc["clean"] and doc["problems"] == [], \
+        (r.returncode, doc, r.stderr.decode())
+    assert doc["messages"] == len(want), (doc, want)
     doc = list_json(relayd)
     listed = {m["id"]: m for m in doc["messages"]}
     assert sorted(listed) == sorted(want), (sorted(listed), sorted(want))
