@@ -174,7 +174,7 @@ struct queue {
 	bool reopened;          /* the index was reopened: tell the scheduler */
 	struct queue_stats st;
 	/* Free space in the spool's file system, for queue_min_free: read
-	 * by the opener thread every SPACE_REFRESH_MS (never on the loop
+	 * by the opener thread every SPACE_REFRESH_US (never on the loop
 	 * thread while the opener runs: statvfs of a network file system
 	 * can wait on the network). */
 	uint64_t min_free;      /* 0: no check, no readings */
