@@ -74,7 +74,7 @@ struct conf {
 	                                      it; default 100 MiB, 0: off */
 	enum conf_spool_sync spool_sync;   /* default syncfs */
 	uint64_t commit_delay;             /* ms; group-commit gathering: 1ms */
-	char *user;                        /* drop privileges to; default "" */
+	char *user;                        /* drop root for; default "relayd" */
 	/* Smarthost delivery. */
 	char *smarthost;                   /* "HOST:PORT"; default "" */
 	enum conf_tls smarthost_tls;       /* default auto (465: implicit) */
@@ -95,7 +95,7 @@ struct conf {
 	uint64_t delivery_timeout;         /* ms; default 5m */
 	char *postmaster;                  /* default "" */
 	char *credentials_file;            /* SMTP AUTH credentials (see
-	                                      smtpd/smtpd_cred.h); default
+	                                      common/cred.h); default
 	                                      /etc/relayd/credentials */
 	/* TLS for the listeners (smtpd/smtpd_tls.c). Both empty: no TLS. */
 	char *tls_cert_file;               /* PEM: certificate, then chain */

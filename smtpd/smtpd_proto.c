@@ -81,8 +81,8 @@ struct smtpd_proto {
 
 	/* AUTH (RFC 4954). auth_name is set once authenticated; the user and
 	 * password of an exchange live until done() and are wiped then. */
-	char auth_name[SMTPD_CRED_NAME_MAX + 1];
-	const struct smtpd_cred *cred;   /* the shell's; NULL: none */
+	char auth_name[CRED_NAME_MAX + 1];
+	const struct cred *cred;   /* the shell's; NULL: none */
 	char auth_user[SMTP_CMD_LINE_MAX];
 	uint8_t auth_pw[SMTP_CMD_LINE_MAX];
 	size_t auth_pwlen;
@@ -112,7 +112,7 @@ static void vreply_def(struct smtpd_proto *p, struct buf *out,
 	if (r->code < 400 || !log_enabled(LOG_INFO))
 		return;
 	/* The credential, where known: every refusal names it (issue 4 §3). */
-	char who[SMTPD_CRED_NAME_MAX + 16] = "";
+	char who[CRED_NAME_MAX + 16] = "";
 	if (p->auth_name[0])
 		snprintf(who, sizeof who, ", auth=%s", p->auth_name);
 	if (p->txn.qid[0])
@@ -219,7 +219,7 @@ static int body_begin(struct smtpd_proto *p, enum smtpd_data_mode mode)
 	/* A credential restricted to some senders must also name an allowed
 	 * author (issue 4 §3): keep the From: value for body_end. Others,
 	 * and trusted clients, are not checked. */
-	if (p->cred && p->auth_name[0] && smtpd_cred_nfrom(p->cred) > 0) {
+	if (p->cred && p->auth_name[0] && cred_nfrom(p->cred) > 0) {
 		p->from_cap = malloc(FROM_CAP_MAX);
 		if (!p->from_cap)
 			return -ENOMEM;
@@ -249,14 +249,14 @@ static enum smtp_reply_id data_error_reply(const struct smtpd_data *d)
 }
 
 struct from_check {
-	const struct smtpd_cred *cred;
+	const struct cred *cred;
 	char bad[SMTP_PATH_MAX + 1];   /* the first address refused */
 };
 
 static int from_addr_cb(void *ctx, const char *addr)
 {
 	struct from_check *fc = ctx;
-	if (smtpd_cred_sender_ok(fc->cred, addr))
+	if (cred_sender_ok(fc->cred, addr))
 		return 0;
 	snprintf(fc->bad, sizeof fc->bad, "%s", addr);
 	return -EPERM;
@@ -308,7 +308,7 @@ static enum smtp_reply_id from_check(struct smtpd_proto *p)
 		log_escape(from, sizeof from, v, n);
 		log_write(LOG_INFO, "%s: reject: header From: <%s>: %s (s=%s, "
 		          "auth=%s)", p->txn.qid, from, why, p->cfg.sid,
-		          smtpd_cred_name(p->cred));
+		          cred_name(p->cred));
 	}
 	return SMTP_R_CRED_FROM;
 }
@@ -566,7 +566,7 @@ static void cmd_mail(struct cmd_ctx *c)
 	/* A credential restricted to some senders (from=): the null sender
 	 * matches none of them, so a restricted credential cannot send
 	 * bounces either. */
-	if (p->cred && !smtpd_cred_sender_ok(p->cred, addr)) {
+	if (p->cred && !cred_sender_ok(p->cred, addr)) {
 		reply(p, c->out, SMTP_R_CRED_SENDER);
 		return;
 	}
@@ -720,7 +720,7 @@ static void cmd_rcpt(struct cmd_ctx *c)
 		reply(p, c->out, SMTP_R_RELAY_DENIED);
 		return;
 	}
-	if (p->cred && !smtpd_cred_rcpt_ok(p->cred, addr)) {
+	if (p->cred && !cred_rcpt_ok(p->cred, addr)) {
 		reply(p, c->out, SMTP_R_CRED_RCPT);
 		return;
 	}
@@ -1367,7 +1367,7 @@ static void auth_done(struct smtpd_proto *p, int status, struct buf *out)
 	case SMTPD_AUTH_OK:
 	{
 		/* The name as the file spells it (names match any case). */
-		const char *n = p->cred ? smtpd_cred_name(p->cred) : p->auth_user;
+		const char *n = p->cred ? cred_name(p->cred) : p->auth_user;
 		log_escape(p->auth_name, sizeof p->auth_name, n,
 		           strnlen(n, sizeof p->auth_name - 1));
 	}
@@ -1474,7 +1474,7 @@ void smtpd_proto_auth_request(const struct smtpd_proto *p, const char **user,
 	*pwlen = p->auth_pwlen;
 }
 
-void smtpd_proto_set_cred(struct smtpd_proto *p, const struct smtpd_cred *c)
+void smtpd_proto_set_cred(struct smtpd_proto *p, const struct cred *c)
 {
 	p->cred = c;
 }
@@ -1484,7 +1484,7 @@ const char *smtpd_proto_auth_name(const struct smtpd_proto *p)
 	return p->auth_name;
 }
 
-const struct smtpd_cred *smtpd_proto_cred(const struct smtpd_proto *p)
+const struct cred *smtpd_proto_cred(const struct smtpd_proto *p)
 {
 	return p->auth_name[0] ? p->cred : NULL;
 }

@@ -25,7 +25,7 @@
 #include "common/conf.h"
 #include "common/smtp.h"
 #include "queue/queue.h"
-#include "smtpd/smtpd_cred.h"
+#include "common/cred.h"
 
 enum smtpd_req {
 	SMTPD_REQ_NONE,
@@ -88,7 +88,7 @@ struct smtpd_txn {
 	unsigned scrubbed;         /* header fields removed */
 	/* The credential the client authenticated as (set with MAIL), or
 	 * "": for log lines, the queue and policy. */
-	char auth[SMTPD_CRED_NAME_MAX + 1];
+	char auth[CRED_NAME_MAX + 1];
 };
 
 struct smtpd_sink_ops {
@@ -145,7 +145,7 @@ struct smtpd_proto_cfg {
 	 * refusal the core sends (SMTP_R_QUOTA; the hook logs why). Trusted
 	 * clients that did not authenticate have no quota. NULL: none. The
 	 * authoritative check is the charge at commit: a done() of -EDQUOT. */
-	enum smtp_reply_id (*quota)(void *ctx, const struct smtpd_cred *c);
+	enum smtp_reply_id (*quota)(void *ctx, const struct cred *c);
 	void *quota_ctx;
 	/* Room in the spool at MAIL (queue_min_free), called with the
 	 * declared SIZE (0: none) once the command is good, before the
@@ -211,7 +211,7 @@ void smtpd_proto_auth_request(const struct smtpd_proto *p, const char **user,
  * It must stay valid for the rest of the session (the shell holds a
  * reference to its table). NULL: authenticated under the name given, with
  * no restrictions (tests). */
-void smtpd_proto_set_cred(struct smtpd_proto *p, const struct smtpd_cred *c);
+void smtpd_proto_set_cred(struct smtpd_proto *p, const struct cred *c);
 
 /* The credential's name once authenticated, else "". STARTTLS forgets
  * it (RFC 3207 §4.2). */
@@ -219,7 +219,7 @@ const char *smtpd_proto_auth_name(const struct smtpd_proto *p);
 
 /* The credential set with smtpd_proto_set_cred once authenticated, else
  * NULL (not authenticated, or authenticated without one: tests). */
-const struct smtpd_cred *smtpd_proto_cred(const struct smtpd_proto *p);
+const struct cred *smtpd_proto_cred(const struct smtpd_proto *p);
 
 /* Timer fired: 421 4.4.2, body aborted; returns SMTPD_REQ_CLOSE. */
 enum smtpd_req smtpd_proto_timeout(struct smtpd_proto *p, struct buf *out);

@@ -1,7 +1,7 @@
 /*
  * tools/ctl_user.c - relayctl user: add, del, list, passwd, disable, enable
  * and test on the SMTP AUTH credentials file (the credentials_file key),
- * through smtpd/smtpd_cred.h (format, hashing, atomic save).
+ * through common/cred.h (format, hashing, atomic save).
  *
  * An edit takes a lock (flock on the file's directory) from reading the
  * file to renaming the new one into place, so two relayctl runs never
@@ -23,7 +23,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
-#include "smtpd/smtpd_cred.h"
+#include "common/cred.h"
 
 struct ctl_user_sub {
 	const char *name;
@@ -42,7 +42,7 @@ static const char *ctl_user_esc(char *dst, size_t n, const char *s)
 	return log_escape(dst, n, s, strlen(s));
 }
 
-/* --hourly / --daily: absent 0 (no limit), else 1..SMTPD_CRED_QUOTA_MAX. */
+/* --hourly / --daily: absent 0 (no limit), else 1..CRED_QUOTA_MAX. */
 static int ctl_user_quota(const struct ctl_ctx *c, const char *opt,
                           uint32_t *out)
 {
@@ -56,9 +56,9 @@ static int ctl_user_quota(const struct ctl_ctx *c, const char *opt,
 	bool ok = n > 0 && n <= 10 && strspn(v, "0123456789") == n;
 	for (size_t i = 0; ok && i < n; i++)
 		x = x * 10 + (uint64_t)(v[i] - '0');
-	if (!ok || x < 1 || x > SMTPD_CRED_QUOTA_MAX) {
+	if (!ok || x < 1 || x > CRED_QUOTA_MAX) {
 		ctl_err("%s: expected a number from 1 to %u, not '%s'", opt,
-		        SMTPD_CRED_QUOTA_MAX, ctl_user_esc(esc, sizeof esc, v));
+		        CRED_QUOTA_MAX, ctl_user_esc(esc, sizeof esc, v));
 		return -EINVAL;
 	}
 	*out = (uint32_t)x;
@@ -67,12 +67,12 @@ static int ctl_user_quota(const struct ctl_ctx *c, const char *opt,
 
 /* Loads the file; a missing one is an empty table when missing_ok. */
 static int ctl_user_load(const char *path, bool missing_ok,
-                         struct smtpd_creds **t)
+                         struct cred_store **t)
 {
 	char err[1024];
-	int r = smtpd_creds_load(path, t, err, sizeof err);
+	int r = cred_store_load(path, t, err, sizeof err);
 	if (r == -ENOENT && missing_ok) {
-		if (!(*t = smtpd_creds_new())) {
+		if (!(*t = cred_store_new())) {
 			ctl_err("out of memory");
 			return -ENOMEM;
 		}
@@ -121,14 +121,14 @@ static int ctl_user_lock(const char *path)
 }
 
 /* The change an edit makes to the loaded table; prints its own error. */
-typedef int (*ctl_user_edit_fn)(struct smtpd_creds *t, const char *user,
+typedef int (*ctl_user_edit_fn)(struct cred_store *t, const char *user,
                                 void *arg);
 
 /* Lock, load, change, save, unlock. */
 static int ctl_user_edit(const char *path, bool missing_ok, const char *user,
                          ctl_user_edit_fn fn, void *arg)
 {
-	struct smtpd_creds *t = NULL;
+	struct cred_store *t = NULL;
 	char err[1024];
 	int lock = ctl_user_lock(path);
 	if (lock < 0)
@@ -136,9 +136,9 @@ static int ctl_user_edit(const char *path, bool missing_ok, const char *user,
 	int r = ctl_user_load(path, missing_ok, &t);
 	if (r == 0)
 		r = fn(t, user, arg);
-	if (r == 0 && (r = smtpd_creds_save(t, path, err, sizeof err)) < 0)
+	if (r == 0 && (r = cred_store_save(t, path, err, sizeof err)) < 0)
 		ctl_err("%s", err);
-	smtpd_creds_free(t);
+	cred_store_free(t);
 	close(lock);
 	return r;
 }
@@ -222,7 +222,7 @@ static ssize_t ctl_read_tty(const char *prompt, char *pw, size_t cap)
 static ssize_t ctl_read_password(const char *user, bool confirm, char *pw,
                                  size_t cap)
 {
-	char again[SMTPD_CRED_PASSWORD_MAX + 2], prompt[128];
+	char again[CRED_PASSWORD_MAX + 2], prompt[128];
 	bool tty = isatty(STDIN_FILENO);
 	ssize_t n;
 	if (tty) {
@@ -232,7 +232,7 @@ static ssize_t ctl_read_password(const char *user, bool confirm, char *pw,
 		n = ctl_read_line(STDIN_FILENO, pw, cap);
 	}
 	/* pw has room for a CR before the newline; without it, too long. */
-	if (n > SMTPD_CRED_PASSWORD_MAX)
+	if (n > CRED_PASSWORD_MAX)
 		n = -E2BIG;
 	if (n >= 0 && tty && confirm) {
 		ssize_t m = ctl_read_tty("Retype password: ", again, sizeof again);
@@ -247,7 +247,7 @@ static ssize_t ctl_read_password(const char *user, bool confirm, char *pw,
 		ctl_err("no password given on standard input");
 		break;
 	case -E2BIG:
-		ctl_err("password longer than %d bytes", SMTPD_CRED_PASSWORD_MAX);
+		ctl_err("password longer than %d bytes", CRED_PASSWORD_MAX);
 		break;
 	case -EILSEQ:
 		ctl_err("password contains a NUL byte");
@@ -272,22 +272,22 @@ static ssize_t ctl_read_password(const char *user, bool confirm, char *pw,
  * after the save), else it is read. */
 static int ctl_new_hash(const struct ctl_ctx *c, const char *user,
                         char *hash, size_t hashlen,
-                        char gen[SMTPD_CRED_GEN_LEN + 1])
+                        char gen[CRED_GEN_LEN + 1])
 {
-	char pw[SMTPD_CRED_PASSWORD_MAX + 2];
+	char pw[CRED_PASSWORD_MAX + 2];
 	ssize_t n;
 	int r;
 	gen[0] = '\0';
 	if (ctl_opt(c, "--generate")) {
-		if ((r = smtpd_cred_generate(gen, SMTPD_CRED_GEN_LEN + 1)) < 0) {
+		if ((r = cred_generate(gen, CRED_GEN_LEN + 1)) < 0) {
 			ctl_err("cannot generate a password: %s", strerror(-r));
 			return r;
 		}
-		r = smtpd_cred_hash(gen, strlen(gen), NULL, hash, hashlen);
+		r = cred_hash(gen, strlen(gen), NULL, hash, hashlen);
 	} else {
 		if ((n = ctl_read_password(user, true, pw, sizeof pw)) < 0)
 			return (int)n;
-		r = smtpd_cred_hash(pw, (size_t)n, NULL, hash, hashlen);
+		r = cred_hash(pw, (size_t)n, NULL, hash, hashlen);
 		explicit_bzero(pw, sizeof pw);
 	}
 	if (r < 0)
@@ -297,11 +297,11 @@ static int ctl_new_hash(const struct ctl_ctx *c, const char *user,
 
 /* ---- add, del, passwd, disable, enable ------------------------------------------ */
 
-static int ctl_add_fn(struct smtpd_creds *t, const char *user, void *arg)
+static int ctl_add_fn(struct cred_store *t, const char *user, void *arg)
 {
 	char err[1024];
 	(void)user;
-	int r = smtpd_creds_add(t, arg, err, sizeof err);
+	int r = cred_store_add(t, arg, err, sizeof err);
 	if (r < 0)
 		ctl_err("%s", err);
 	return r;
@@ -309,14 +309,14 @@ static int ctl_add_fn(struct smtpd_creds *t, const char *user, void *arg)
 
 static int ctl_user_add(struct ctl_ctx *c, const char *path, const char *user)
 {
-	struct smtpd_cred_spec s = {
+	struct cred_spec s = {
 		.name = user,
 		.owner = ctl_opt(c, "--owner"),
 		.from = ctl_opt(c, "--from-domains"),
 		.to = ctl_opt(c, "--to-domains"),
 	};
-	char hash[SMTPD_CRED_HASH_MAX], gen[SMTPD_CRED_GEN_LEN + 1], err[1024];
-	struct smtpd_creds *t = NULL;
+	char hash[CRED_HASH_MAX], gen[CRED_GEN_LEN + 1], err[1024];
+	struct cred_store *t = NULL;
 	int r;
 	if ((r = ctl_user_quota(c, "--hourly", &s.hourly)) < 0 ||
 	    (r = ctl_user_quota(c, "--daily", &s.daily)) < 0)
@@ -325,8 +325,8 @@ static int ctl_user_add(struct ctl_ctx *c, const char *path, const char *user)
 	/* Everything but the password is checked before asking for it. */
 	if ((r = ctl_user_load(path, true, &t)) < 0)
 		return r;
-	r = smtpd_creds_check(t, &s, err, sizeof err);
-	smtpd_creds_free(t);
+	r = cred_store_check(t, &s, err, sizeof err);
+	cred_store_free(t);
 	if (r < 0) {
 		ctl_err("%s", err);
 		return r;
@@ -343,10 +343,10 @@ static int ctl_user_add(struct ctl_ctx *c, const char *path, const char *user)
 	return r;
 }
 
-static int ctl_del_fn(struct smtpd_creds *t, const char *user, void *arg)
+static int ctl_del_fn(struct cred_store *t, const char *user, void *arg)
 {
 	(void)arg;
-	return smtpd_creds_del(t, user) < 0 ? ctl_user_unknown(user) : 0;
+	return cred_store_del(t, user) < 0 ? ctl_user_unknown(user) : 0;
 }
 
 static int ctl_user_del(struct ctl_ctx *c, const char *path, const char *user)
@@ -355,9 +355,9 @@ static int ctl_user_del(struct ctl_ctx *c, const char *path, const char *user)
 	return ctl_user_edit(path, false, user, ctl_del_fn, NULL);
 }
 
-static int ctl_passwd_fn(struct smtpd_creds *t, const char *user, void *arg)
+static int ctl_passwd_fn(struct cred_store *t, const char *user, void *arg)
 {
-	int r = smtpd_creds_set_hash(t, user, arg);
+	int r = cred_store_set_hash(t, user, arg);
 	if (r == -ENOENT)
 		return ctl_user_unknown(user);
 	if (r < 0)
@@ -368,14 +368,14 @@ static int ctl_passwd_fn(struct smtpd_creds *t, const char *user, void *arg)
 static int ctl_user_passwd(struct ctl_ctx *c, const char *path,
                            const char *user)
 {
-	char hash[SMTPD_CRED_HASH_MAX], gen[SMTPD_CRED_GEN_LEN + 1];
-	struct smtpd_creds *t = NULL;
+	char hash[CRED_HASH_MAX], gen[CRED_GEN_LEN + 1];
+	struct cred_store *t = NULL;
 	int r;
 	/* An unknown user is told before the password is asked for. */
 	if ((r = ctl_user_load(path, false, &t)) < 0)
 		return r;
-	bool known = smtpd_creds_find(t, user) != NULL;
-	smtpd_creds_free(t);
+	bool known = cred_store_find(t, user) != NULL;
+	cred_store_free(t);
 	if (!known)
 		return ctl_user_unknown(user);
 	if ((r = ctl_new_hash(c, user, hash, sizeof hash, gen)) < 0)
@@ -388,10 +388,10 @@ static int ctl_user_passwd(struct ctl_ctx *c, const char *path,
 	return r;
 }
 
-static int ctl_disable_fn(struct smtpd_creds *t, const char *user, void *arg)
+static int ctl_disable_fn(struct cred_store *t, const char *user, void *arg)
 {
 	bool disabled = arg != NULL;
-	return smtpd_creds_set_disabled(t, user, disabled) < 0 ?
+	return cred_store_set_disabled(t, user, disabled) < 0 ?
 	       ctl_user_unknown(user) : 0;
 }
 
@@ -413,37 +413,37 @@ static int ctl_user_enable(struct ctl_ctx *c, const char *path,
 
 static int ctl_user_test(struct ctl_ctx *c, const char *path, const char *user)
 {
-	char pw[SMTPD_CRED_PASSWORD_MAX + 2], esc[128];
-	struct smtpd_creds *t = NULL;
+	char pw[CRED_PASSWORD_MAX + 2], esc[128];
+	struct cred_store *t = NULL;
 	int r;
 	(void)c;
 	if ((r = ctl_user_load(path, false, &t)) < 0)
 		return r;
-	if (!smtpd_creds_find(t, user)) {
-		smtpd_creds_free(t);
+	if (!cred_store_find(t, user)) {
+		cred_store_free(t);
 		return ctl_user_unknown(user);
 	}
 	ssize_t n = ctl_read_password(user, false, pw, sizeof pw);
 	if (n < 0) {
-		smtpd_creds_free(t);
+		cred_store_free(t);
 		return (int)n;
 	}
-	enum smtpd_cred_result res = smtpd_creds_verify(t, user, pw, (size_t)n,
+	enum cred_result res = cred_store_verify(t, user, pw, (size_t)n,
 	                                                NULL);
 	explicit_bzero(pw, sizeof pw);
-	smtpd_creds_free(t);
+	cred_store_free(t);
 	ctl_user_esc(esc, sizeof esc, user);
 	switch (res) {
-	case SMTPD_CRED_OK:
+	case CRED_OK:
 		printf("ok\n");
 		return 0;
-	case SMTPD_CRED_DISABLED:
+	case CRED_DISABLED:
 		ctl_err("the password is right, but user '%s' is disabled", esc);
 		return -EACCES;
-	case SMTPD_CRED_BAD_PASSWORD:
+	case CRED_BAD_PASSWORD:
 		ctl_err("wrong password for user '%s'", esc);
 		return -EACCES;
-	case SMTPD_CRED_UNKNOWN:
+	case CRED_UNKNOWN:
 		return ctl_user_unknown(user);
 	default:
 		ctl_err("cannot verify the password (out of memory?)");
@@ -454,20 +454,20 @@ static int ctl_user_test(struct ctl_ctx *c, const char *path, const char *user)
 /* ---- list -------------------------------------------------------------------------- */
 
 /* "a,b,c", or "-" for none; returns the columns written. */
-static size_t ctl_list_items(struct ctl_out *o, const struct smtpd_cred *cr,
+static size_t ctl_list_items(struct ctl_out *o, const struct cred *cr,
                              bool from)
 {
-	size_t n = from ? smtpd_cred_nfrom(cr) : smtpd_cred_nto(cr), w = 0;
+	size_t n = from ? cred_nfrom(cr) : cred_nto(cr), w = 0;
 	if (n == 0) {
 		if (o)
 			ctl_out_str(o, "-");
 		return 1;
 	}
 	for (size_t i = 0; i < n; i++) {
-		const char *s = from ? smtpd_cred_from(cr, i) : smtpd_cred_to(cr, i);
+		const char *s = from ? cred_from(cr, i) : cred_to(cr, i);
 		if (o)
 			ctl_out_str(o, i ? "," : "");
-		/* Items are checked ASCII (smtpd_cred.h): one column a byte. */
+		/* Items are checked ASCII (cred.h): one column a byte. */
 		w += strlen(s) + (i ? 1 : 0);
 		if (o)
 			ctl_out_str(o, s);
@@ -475,28 +475,28 @@ static size_t ctl_list_items(struct ctl_out *o, const struct smtpd_cred *cr,
 	return w;
 }
 
-static void ctl_list_json(struct ctl_out *o, const struct smtpd_creds *t)
+static void ctl_list_json(struct ctl_out *o, const struct cred_store *t)
 {
-	size_t n = smtpd_creds_count(t);
+	size_t n = cred_store_count(t);
 	ctl_out_str(o, "{\"users\":[");
 	for (size_t i = 0; i < n; i++) {
-		const struct smtpd_cred *cr = smtpd_creds_at(t, i);
-		const char *owner = smtpd_cred_owner(cr);
+		const struct cred *cr = cred_store_at(t, i);
+		const char *owner = cred_owner(cr);
 		ctl_out_str(o, i ? ",{\"name\":" : "{\"name\":");
-		ctl_out_json_strz(o, smtpd_cred_name(cr));
+		ctl_out_json_strz(o, cred_name(cr));
 		ctl_out_str(o, ",\"owner\":");
 		ctl_out_json_strz(o, owner[0] ? owner : NULL);
 		for (int f = 1; f >= 0; f--) {
-			size_t k = f ? smtpd_cred_nfrom(cr) : smtpd_cred_nto(cr);
+			size_t k = f ? cred_nfrom(cr) : cred_nto(cr);
 			ctl_out_str(o, f ? ",\"from\":[" : "],\"to\":[");
 			for (size_t j = 0; j < k; j++) {
 				if (j)
 					ctl_out_str(o, ",");
-				ctl_out_json_strz(o, f ? smtpd_cred_from(cr, j)
-				                       : smtpd_cred_to(cr, j));
+				ctl_out_json_strz(o, f ? cred_from(cr, j)
+				                       : cred_to(cr, j));
 			}
 		}
-		uint32_t h = smtpd_cred_hourly(cr), d = smtpd_cred_daily(cr);
+		uint32_t h = cred_hourly(cr), d = cred_daily(cr);
 		ctl_out_str(o, "],\"hourly\":");
 		if (h)
 			ctl_out_printf(o, "%u", (unsigned)h);
@@ -508,22 +508,22 @@ static void ctl_list_json(struct ctl_out *o, const struct smtpd_creds *t)
 		else
 			ctl_out_str(o, "null");
 		ctl_out_printf(o, ",\"disabled\":%s}",
-		               smtpd_cred_disabled(cr) ? "true" : "false");
+		               cred_disabled(cr) ? "true" : "false");
 	}
 	ctl_out_printf(o, "],\"count\":%zu}\n", n);
 }
 
-static void ctl_list_text(struct ctl_out *o, const struct smtpd_creds *t)
+static void ctl_list_text(struct ctl_out *o, const struct cred_store *t)
 {
-	size_t n = smtpd_creds_count(t), wn = 4, wo = 5, wf = 4;
+	size_t n = cred_store_count(t), wn = 4, wo = 5, wf = 4;
 	if (n == 0) {
 		ctl_out_str(o, "No users\n");
 		return;
 	}
 	for (size_t i = 0; i < n; i++) {
-		const struct smtpd_cred *cr = smtpd_creds_at(t, i);
-		size_t a = strlen(smtpd_cred_name(cr));
-		size_t b = strlen(smtpd_cred_owner(cr));
+		const struct cred *cr = cred_store_at(t, i);
+		size_t a = strlen(cred_name(cr));
+		size_t b = strlen(cred_owner(cr));
 		size_t f = ctl_list_items(NULL, cr, true);
 		wn = a > wn ? a : wn;
 		wo = b > wo ? b : wo;
@@ -535,14 +535,14 @@ static void ctl_list_text(struct ctl_out *o, const struct smtpd_creds *t)
 	ctl_out_text_pad(o, "FROM", wf + 2);
 	ctl_out_str(o, "TO\n");
 	for (size_t i = 0; i < n; i++) {
-		const struct smtpd_cred *cr = smtpd_creds_at(t, i);
-		const char *owner = smtpd_cred_owner(cr);
+		const struct cred *cr = cred_store_at(t, i);
+		const char *owner = cred_owner(cr);
 		char q[16];
-		ctl_out_text_pad(o, smtpd_cred_name(cr), wn + 2);
+		ctl_out_text_pad(o, cred_name(cr), wn + 2);
 		ctl_out_text_pad(o, owner[0] ? owner : "-", wo + 2);
-		ctl_out_text_pad(o, smtpd_cred_disabled(cr) ? "disabled" : "enabled",
+		ctl_out_text_pad(o, cred_disabled(cr) ? "disabled" : "enabled",
 		                 10);
-		uint32_t h = smtpd_cred_hourly(cr), d = smtpd_cred_daily(cr);
+		uint32_t h = cred_hourly(cr), d = cred_daily(cr);
 		snprintf(q, sizeof q, "%u", (unsigned)h);
 		ctl_out_text_pad(o, h ? q : "-", 12);
 		snprintf(q, sizeof q, "%u", (unsigned)d);
@@ -557,7 +557,7 @@ static void ctl_list_text(struct ctl_out *o, const struct smtpd_creds *t)
 static int ctl_user_list(struct ctl_ctx *c, const char *path,
                          const char *user)
 {
-	struct smtpd_creds *t = NULL;
+	struct cred_store *t = NULL;
 	struct ctl_out o;
 	(void)user;
 	int r = ctl_user_load(path, false, &t);
@@ -568,7 +568,7 @@ static int ctl_user_list(struct ctl_ctx *c, const char *path,
 		ctl_list_json(&o, t);
 	else
 		ctl_list_text(&o, t);
-	smtpd_creds_free(t);
+	cred_store_free(t);
 	r = ctl_out_flush(&o, stdout);
 	ctl_out_free(&o);
 	if (r < 0)

@@ -1166,17 +1166,17 @@ static void test_auth_starttls_resets(void **state)
 static void test_auth_cred_restrictions(void **state)
 {
 	(void)state;
-	char hash[SMTPD_CRED_HASH_MAX], text[1024], err[256];
-	struct smtpd_cred_kdf k = smtpd_cred_kdf_scrypt;
+	char hash[CRED_HASH_MAX], text[1024], err[256];
+	struct cred_kdf k = cred_kdf_scrypt;
 	k.ln = 10;
-	assert_int_equal(smtpd_cred_hash("pw", 2, &k, hash, sizeof hash), 0);
+	assert_int_equal(cred_hash("pw", 2, &k, hash, sizeof hash), 0);
 	snprintf(text, sizeof text,
 	         "shop:%s:acme:from=shop.example|noreply@other.example,"
 	         "to=dest.example\n", hash);
-	struct smtpd_creds *t = NULL;
-	assert_int_equal(smtpd_creds_parse("creds", text, strlen(text), &t, err,
+	struct cred_store *t = NULL;
+	assert_int_equal(cred_store_parse("creds", text, strlen(text), &t, err,
 	                                   sizeof err), 0);
-	const struct smtpd_cred *cred = smtpd_creds_find(t, "SHOP");
+	const struct cred *cred = cred_store_find(t, "SHOP");
 	assert_non_null(cred);
 
 	struct fixture *f = fx_auth(CONF_LISTEN_SMTPS, false, false);
@@ -1222,7 +1222,7 @@ static void test_auth_cred_restrictions(void **state)
 	}
 	assert_int_equal(smtpd_proto_txn(f->p)->nrcpt, 2);
 	fx_free(f);
-	smtpd_creds_free(t);
+	cred_store_free(t);
 }
 
 /* The From: header against a credential's allowed senders, at the end of
@@ -1262,7 +1262,7 @@ static const struct from_case from_cases[] = {
 	{"scrubbed away", "X-Originating-IP: 1\r\nReceived: x\r\n", false},
 };
 
-static struct fixture *fx_cred(const struct smtpd_cred *cred,
+static struct fixture *fx_cred(const struct cred *cred,
                                const char *name)
 {
 	struct fixture *f = fx_auth(CONF_LISTEN_SMTPS, false, false);
@@ -1329,18 +1329,18 @@ static void from_txn(struct fixture *f, const char *head, bool bdat,
 static void test_auth_cred_from(void **state)
 {
 	(void)state;
-	char hash[SMTPD_CRED_HASH_MAX], text[1024], err[256];
-	struct smtpd_cred_kdf k = smtpd_cred_kdf_scrypt;
+	char hash[CRED_HASH_MAX], text[1024], err[256];
+	struct cred_kdf k = cred_kdf_scrypt;
 	k.ln = 10;
-	assert_int_equal(smtpd_cred_hash("pw", 2, &k, hash, sizeof hash), 0);
+	assert_int_equal(cred_hash("pw", 2, &k, hash, sizeof hash), 0);
 	snprintf(text, sizeof text,
 	         "shop:%s:acme:from=shop.example|noreply@other.example\n"
 	         "free:%s::to=dest.example\n", hash, hash);
-	struct smtpd_creds *t = NULL;
-	assert_int_equal(smtpd_creds_parse("creds", text, strlen(text), &t, err,
+	struct cred_store *t = NULL;
+	assert_int_equal(cred_store_parse("creds", text, strlen(text), &t, err,
 	                                   sizeof err), 0);
-	const struct smtpd_cred *shop = smtpd_creds_find(t, "shop");
-	const struct smtpd_cred *free_cred = smtpd_creds_find(t, "free");
+	const struct cred *shop = cred_store_find(t, "shop");
+	const struct cred *free_cred = cred_store_find(t, "free");
 	assert_non_null(shop);
 	assert_non_null(free_cred);
 
@@ -1378,7 +1378,7 @@ static void test_auth_cred_from(void **state)
 	take(f);
 	from_txn(f, "From: x@evil.example\r\n", false, true, "trusted");
 	fx_free(f);
-	smtpd_creds_free(t);
+	cred_store_free(t);
 }
 
 /* ---- queue_min_free: the spool hook at MAIL -------------------------------- */
@@ -1468,10 +1468,10 @@ static void test_spool_min_free(void **state)
 struct quota_hook {
 	int calls;
 	enum smtp_reply_id answer;
-	const struct smtpd_cred *seen;
+	const struct cred *seen;
 };
 
-static enum smtp_reply_id quota_hook_cb(void *ctx, const struct smtpd_cred *c)
+static enum smtp_reply_id quota_hook_cb(void *ctx, const struct cred *c)
 {
 	struct quota_hook *q = ctx;
 	q->calls++;
@@ -1490,7 +1490,7 @@ static struct fixture *fx_quota(struct quota_hook *q, bool trusted)
 	return f;
 }
 
-static void quota_auth(struct fixture *f, const struct smtpd_cred *cred)
+static void quota_auth(struct fixture *f, const struct cred *cred)
 {
 	char line[128];
 	snprintf(line, sizeof line, "EHLO x\r\nAUTH PLAIN %s\r\n",
@@ -1510,15 +1510,15 @@ static void quota_auth(struct fixture *f, const struct smtpd_cred *cred)
 static void test_quota(void **state)
 {
 	(void)state;
-	char hash[SMTPD_CRED_HASH_MAX], text[1024], err[256];
-	struct smtpd_cred_kdf k = smtpd_cred_kdf_scrypt;
+	char hash[CRED_HASH_MAX], text[1024], err[256];
+	struct cred_kdf k = cred_kdf_scrypt;
 	k.ln = 10;
-	assert_int_equal(smtpd_cred_hash("pw", 2, &k, hash, sizeof hash), 0);
+	assert_int_equal(cred_hash("pw", 2, &k, hash, sizeof hash), 0);
 	snprintf(text, sizeof text, "app:%s::hourly=2,daily=3\n", hash);
-	struct smtpd_creds *t = NULL;
-	assert_int_equal(smtpd_creds_parse("creds", text, strlen(text), &t, err,
+	struct cred_store *t = NULL;
+	assert_int_equal(cred_store_parse("creds", text, strlen(text), &t, err,
 	                                   sizeof err), 0);
-	const struct smtpd_cred *cred = smtpd_creds_find(t, "app");
+	const struct cred *cred = cred_store_find(t, "app");
 	assert_non_null(cred);
 
 	/* A trusted client that did not authenticate has no quota: the hook
@@ -1599,7 +1599,7 @@ static void test_quota(void **state)
 	smtpd_proto_done(f->p, -EIO, &f->out);
 	assert_has(take(f), "451 4.3.0");
 	fx_free(f);
-	smtpd_creds_free(t);
+	cred_store_free(t);
 }
 
 int main(void)

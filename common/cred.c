@@ -1,12 +1,12 @@
 /*
- * smtpd/smtpd_cred.c - SMTP AUTH credentials (smtpd_cred.h): the file's
+ * common/cred.c - The credentials store (common/cred.h): the file's
  * parser and writer, the table (credentials sorted by name for lookup,
  * plus the file's lines in order so comments survive a rewrite), password
  * hashing and constant-time verification with scrypt or PBKDF2-SHA256
  * from OpenSSL, and the sender/recipient domain checks. Owns the file
  * format and the bounds on KDF parameters read from it. Logs nothing.
  */
-#include "smtpd_cred.h"
+#include "common/cred.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -52,31 +52,31 @@
 #define H_STANDIN "$pbkdf2-sha256$i=1000000$AAAAAAAAAAAAAAAAAAAAAA$" \
                   "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
 
-const struct smtpd_cred_kdf smtpd_cred_kdf_scrypt = {
-	.alg = SMTPD_CRED_SCRYPT, .ln = 15, .r = 8, .p = 1};
-const struct smtpd_cred_kdf smtpd_cred_kdf_pbkdf2 = {
-	.alg = SMTPD_CRED_PBKDF2_SHA256, .iter = 600000};
+const struct cred_kdf cred_kdf_scrypt = {
+	.alg = CRED_SCRYPT, .ln = 15, .r = 8, .p = 1};
+const struct cred_kdf cred_kdf_pbkdf2 = {
+	.alg = CRED_PBKDF2_SHA256, .iter = 600000};
 
-const char *const smtpd_cred_result_names[] = {
-	[SMTPD_CRED_OK] = "ok",
-	[SMTPD_CRED_BAD_PASSWORD] = "bad password",
-	[SMTPD_CRED_UNKNOWN] = "unknown",
-	[SMTPD_CRED_DISABLED] = "disabled",
-	[SMTPD_CRED_ERROR] = "error",
+const char *const cred_result_names[] = {
+	[CRED_OK] = "ok",
+	[CRED_BAD_PASSWORD] = "bad password",
+	[CRED_UNKNOWN] = "unknown",
+	[CRED_DISABLED] = "disabled",
+	[CRED_ERROR] = "error",
 };
 
 /* A hash decoded once, at load. */
 struct cred_hash {
-	struct smtpd_cred_kdf kdf;
+	struct cred_kdf kdf;
 	uint8_t salt[CRED_SALT_MAX];
 	size_t saltlen;
 	uint8_t dk[CRED_DK_MAX];
 	size_t dklen;
 };
 
-struct smtpd_cred {
-	char name[SMTPD_CRED_NAME_MAX + 1];
-	char owner[SMTPD_CRED_NAME_MAX + 1];
+struct cred {
+	char name[CRED_NAME_MAX + 1];
+	char owner[CRED_NAME_MAX + 1];
 	char *hash;                 /* the text, written back as read */
 	struct cred_hash h;
 	char **from, **to;
@@ -89,14 +89,14 @@ struct smtpd_cred {
 /* One line of the file: a comment or blank line (text), or a credential. */
 struct cred_line {
 	char *text;
-	struct smtpd_cred *cred;
+	struct cred *cred;
 };
 
-struct smtpd_creds {
+struct cred_store {
 	int refs;                   /* atomic */
 	struct cred_line *lines;    /* file order */
 	size_t nlines, caplines;
-	struct smtpd_cred **byname; /* sorted, case-insensitive */
+	struct cred **byname; /* sorted, case-insensitive */
 	size_t n;
 	struct cred_hash dummy;     /* for unknown names */
 	uint64_t kdf_runs;          /* atomic */
@@ -136,7 +136,7 @@ static bool is_name_char(char c)
 /* NAME and OWNER: [A-Za-z0-9._@+-], min..64 characters. */
 static bool name_ok(const char *s, size_t n, size_t min)
 {
-	if (n < min || n > SMTPD_CRED_NAME_MAX)
+	if (n < min || n > CRED_NAME_MAX)
 		return false;
 	for (size_t i = 0; i < n; i++)
 		if (!is_name_char(s[i]))
@@ -224,10 +224,10 @@ static bool parse_num(const char **pp, const char *end, uint64_t *v)
 
 /* ---- KDF ----------------------------------------------------------------- */
 
-/* Within the bounds of smtpd_cred.h? why says what is not. */
-static bool kdf_ok(const struct smtpd_cred_kdf *k, const char **why)
+/* Within the bounds of cred.h? why says what is not. */
+static bool kdf_ok(const struct cred_kdf *k, const char **why)
 {
-	if (k->alg == SMTPD_CRED_SCRYPT) {
+	if (k->alg == CRED_SCRYPT) {
 		if (k->ln < CRED_SCRYPT_LN_MIN || k->ln > CRED_SCRYPT_LN_MAX) {
 			*why = "scrypt ln out of range (10-20)";
 			return false;
@@ -251,7 +251,7 @@ static bool kdf_ok(const struct smtpd_cred_kdf *k, const char **why)
 		}
 		return true;
 	}
-	if (k->alg == SMTPD_CRED_PBKDF2_SHA256) {
+	if (k->alg == CRED_PBKDF2_SHA256) {
 		if (k->iter < CRED_PBKDF2_ITER_MIN ||
 		    k->iter > CRED_PBKDF2_ITER_MAX) {
 			*why = "pbkdf2 iterations out of range (1000-2000000)";
@@ -264,11 +264,11 @@ static bool kdf_ok(const struct smtpd_cred_kdf *k, const char **why)
 }
 
 /* Derives outlen bytes. The parameters were checked by kdf_ok(). */
-static int kdf_run(const struct smtpd_cred_kdf *k, const void *pw,
+static int kdf_run(const struct cred_kdf *k, const void *pw,
                    size_t pwlen, const uint8_t *salt, size_t saltlen,
                    uint8_t *out, size_t outlen)
 {
-	if (k->alg == SMTPD_CRED_SCRYPT) {
+	if (k->alg == CRED_SCRYPT) {
 		uint64_t n = 1ull << k->ln;
 		/* What OpenSSL allocates (B and V, RFC 7914 §6), with room;
 		 * its default limit (32 MiB) is just below the default's need. */
@@ -293,7 +293,7 @@ static bool hash_parse(const char *s, size_t n, struct cred_hash *h,
 
 	memset(h, 0, sizeof *h);
 	*why = "not a password hash ($scrypt$... or $pbkdf2-sha256$...)";
-	if (n >= SMTPD_CRED_HASH_MAX)
+	if (n >= CRED_HASH_MAX)
 		return false;
 	if ((size_t)(end - p) > sizeof scrypt_pfx - 1 &&
 	    memcmp(p, scrypt_pfx, sizeof scrypt_pfx - 1) == 0) {
@@ -314,7 +314,7 @@ static bool hash_parse(const char *s, size_t n, struct cred_hash *h,
 			*why = "scrypt parameters out of range";
 			return false;
 		}
-		h->kdf.alg = SMTPD_CRED_SCRYPT;
+		h->kdf.alg = CRED_SCRYPT;
 		h->kdf.ln = (unsigned)a;
 		h->kdf.r = (unsigned)b;
 		h->kdf.p = (unsigned)c;
@@ -328,7 +328,7 @@ static bool hash_parse(const char *s, size_t n, struct cred_hash *h,
 			*why = "pbkdf2 iterations out of range";
 			return false;
 		}
-		h->kdf.alg = SMTPD_CRED_PBKDF2_SHA256;
+		h->kdf.alg = CRED_PBKDF2_SHA256;
 		h->kdf.iter = (unsigned)a;
 	} else {
 		return false;
@@ -357,8 +357,8 @@ static bool hash_parse(const char *s, size_t n, struct cred_hash *h,
 	return true;
 }
 
-int smtpd_cred_hash(const void *pw, size_t pwlen,
-                    const struct smtpd_cred_kdf *kdf, char *out,
+int cred_hash(const void *pw, size_t pwlen,
+                    const struct cred_kdf *kdf, char *out,
                     size_t outlen)
 {
 	uint8_t salt[CRED_SALT_LEN], dk[CRED_DK_LEN];
@@ -367,8 +367,8 @@ int smtpd_cred_hash(const void *pw, size_t pwlen,
 	int rc, w;
 
 	if (!kdf)
-		kdf = &smtpd_cred_kdf_scrypt;
-	if (!pw || pwlen == 0 || pwlen > SMTPD_CRED_PASSWORD_MAX ||
+		kdf = &cred_kdf_scrypt;
+	if (!pw || pwlen == 0 || pwlen > CRED_PASSWORD_MAX ||
 	    memchr(pw, '\0', pwlen) || !kdf_ok(kdf, &why))
 		return -EINVAL;
 	if (RAND_bytes(salt, sizeof salt) != 1)
@@ -378,7 +378,7 @@ int smtpd_cred_hash(const void *pw, size_t pwlen,
 		goto done;
 	b64_encode(salt, sizeof salt, 0, s64);
 	b64_encode(dk, sizeof dk, 0, d64);
-	if (kdf->alg == SMTPD_CRED_SCRYPT)
+	if (kdf->alg == CRED_SCRYPT)
 		w = snprintf(out, outlen, "$scrypt$ln=%u,r=%u,p=%u$%s$%s", kdf->ln,
 		             kdf->r, kdf->p, s64, d64);
 	else
@@ -393,10 +393,10 @@ done:
 	return rc;
 }
 
-int smtpd_cred_generate(char *out, size_t outlen)
+int cred_generate(char *out, size_t outlen)
 {
-	uint8_t r[SMTPD_CRED_GEN_LEN / 4 * 3];
-	if (outlen < SMTPD_CRED_GEN_LEN + 1)
+	uint8_t r[CRED_GEN_LEN / 4 * 3];
+	if (outlen < CRED_GEN_LEN + 1)
 		return -ENOBUFS;
 	if (RAND_bytes(r, sizeof r) != 1)
 		return -EIO;
@@ -407,7 +407,7 @@ int smtpd_cred_generate(char *out, size_t outlen)
 
 /* ---- credentials --------------------------------------------------------- */
 
-static void cred_free(struct smtpd_cred *c)
+static void cred_free(struct cred *c)
 {
 	if (!c)
 		return;
@@ -467,14 +467,14 @@ static bool quota_parse(const char *s, size_t n, uint32_t *v)
 	const char *p = s;
 	uint64_t x;
 	if (!parse_num(&p, s + n, &x) || p != s + n || x < 1 ||
-	    x > SMTPD_CRED_QUOTA_MAX)
+	    x > CRED_QUOTA_MAX)
 		return false;
 	*v = (uint32_t)x;
 	return true;
 }
 
 /* OPTIONS: comma-separated key=value, each key once. */
-static int options_parse(struct smtpd_cred *c, const char *s, size_t n,
+static int options_parse(struct cred *c, const char *s, size_t n,
                          char *msg, size_t msglen)
 {
 	static const char *const keys[] = {"from", "to", "hourly", "daily",
@@ -524,7 +524,7 @@ static int options_parse(struct smtpd_cred *c, const char *s, size_t n,
 		case 3:
 			if (!quota_parse(v, vl, k == 2 ? &c->hourly : &c->daily)) {
 				fmt(msg, msglen, "%s: not a number from 1 to %u: '%s'",
-				    keys[k], SMTPD_CRED_QUOTA_MAX, quote(q, v, vl));
+				    keys[k], CRED_QUOTA_MAX, quote(q, v, vl));
 				rc = -EINVAL;
 			}
 			break;
@@ -559,7 +559,7 @@ static int set_name(char *dst, const char *s, size_t n, size_t min,
 	return 0;
 }
 
-static int set_hash(struct smtpd_cred *c, const char *s, size_t n,
+static int set_hash(struct cred *c, const char *s, size_t n,
                     char *msg, size_t msglen)
 {
 	struct cred_hash h;
@@ -580,7 +580,7 @@ static int set_hash(struct smtpd_cred *c, const char *s, size_t n,
 }
 
 /* One credential line (no white space; checked by the caller). */
-static int cred_parse(const char *s, size_t n, struct smtpd_cred **out,
+static int cred_parse(const char *s, size_t n, struct cred **out,
                       char *msg, size_t msglen)
 {
 	const char *f[4];
@@ -599,7 +599,7 @@ static int cred_parse(const char *s, size_t n, struct smtpd_cred **out,
 			break;
 		p = c + 1;
 	}
-	struct smtpd_cred *cr = calloc(1, sizeof *cr);
+	struct cred *cr = calloc(1, sizeof *cr);
 	if (!cr) {
 		fmt(msg, msglen, "out of memory");
 		return -ENOMEM;
@@ -625,7 +625,7 @@ static int cred_parse(const char *s, size_t n, struct smtpd_cred **out,
 }
 
 /* NAME:HASH:OWNER:OPTIONS, canonical option order. */
-static int cred_format(const struct smtpd_cred *c, struct buf *b)
+static int cred_format(const struct cred *c, struct buf *b)
 {
 	int rc = buf_printf(b, "%s:%s:%s:", c->name, c->hash, c->owner);
 	const char *sep = "";
@@ -658,26 +658,26 @@ static int cred_format(const struct smtpd_cred *c, struct buf *b)
 
 /* ---- the table ----------------------------------------------------------- */
 
-struct smtpd_creds *smtpd_creds_new(void)
+struct cred_store *cred_store_new(void)
 {
-	struct smtpd_creds *t = calloc(1, sizeof *t);
+	struct cred_store *t = calloc(1, sizeof *t);
 	if (!t)
 		return NULL;
 	t->refs = 1;
 	/* The dummy for an empty table: default parameters, zero salt. */
-	t->dummy.kdf = smtpd_cred_kdf_scrypt;
+	t->dummy.kdf = cred_kdf_scrypt;
 	t->dummy.saltlen = CRED_SALT_LEN;
 	t->dummy.dklen = CRED_DK_LEN;
 	return t;
 }
 
-struct smtpd_creds *smtpd_creds_ref(struct smtpd_creds *t)
+struct cred_store *cred_store_ref(struct cred_store *t)
 {
 	__atomic_add_fetch(&t->refs, 1, __ATOMIC_RELAXED);
 	return t;
 }
 
-void smtpd_creds_free(struct smtpd_creds *t)
+void cred_store_free(struct cred_store *t)
 {
 	if (!t || __atomic_sub_fetch(&t->refs, 1, __ATOMIC_ACQ_REL) != 0)
 		return;
@@ -690,8 +690,8 @@ void smtpd_creds_free(struct smtpd_creds *t)
 	free(t);
 }
 
-static int line_append(struct smtpd_creds *t, char *text,
-                       struct smtpd_cred *cred)
+static int line_append(struct cred_store *t, char *text,
+                       struct cred *cred)
 {
 	if (t->nlines == t->caplines) {
 		size_t cap = t->caplines ? t->caplines * 2 : 16;
@@ -709,21 +709,21 @@ static int line_append(struct smtpd_creds *t, char *text,
 
 static int cred_cmp(const void *a, const void *b)
 {
-	const struct smtpd_cred *x = *(const struct smtpd_cred *const *)a;
-	const struct smtpd_cred *y = *(const struct smtpd_cred *const *)b;
+	const struct cred *x = *(const struct cred *const *)a;
+	const struct cred *y = *(const struct cred *const *)b;
 	return strcasecmp(x->name, y->name);
 }
 
 /* Rebuilds the sorted index and the dummy hash after a change. When two
  * credentials share a name, *dup1 and *dup2 point at them (file order) and
  * -EEXIST is returned. */
-static int index_build(struct smtpd_creds *t, const struct smtpd_cred **dup1,
-                       const struct smtpd_cred **dup2)
+static int index_build(struct cred_store *t, const struct cred **dup1,
+                       const struct cred **dup2)
 {
 	size_t n = 0;
 	for (size_t i = 0; i < t->nlines; i++)
 		n += t->lines[i].cred != NULL;
-	struct smtpd_cred **v = malloc((n ? n : 1) * sizeof *v);
+	struct cred **v = malloc((n ? n : 1) * sizeof *v);
 	if (!v)
 		return -ENOMEM;
 	n = 0;
@@ -746,7 +746,7 @@ static int index_build(struct smtpd_creds *t, const struct smtpd_cred **dup1,
 	/* Unknown names cost what a known one does: the first credential's
 	 * parameters, a zero salt and an expected value nothing derives. */
 	memset(&t->dummy, 0, sizeof t->dummy);
-	t->dummy.kdf = n ? v[0]->h.kdf : smtpd_cred_kdf_scrypt;
+	t->dummy.kdf = n ? v[0]->h.kdf : cred_kdf_scrypt;
 	t->dummy.saltlen = n ? v[0]->h.saltlen : CRED_SALT_LEN;
 	t->dummy.dklen = n ? v[0]->h.dklen : CRED_DK_LEN;
 	return 0;
@@ -757,14 +757,14 @@ static bool is_blank(char c)
 	return c == ' ' || c == '\t' || c == '\r';
 }
 
-static int parse_line(struct smtpd_creds *t, const char *name, size_t lineno,
+static int parse_line(struct cred_store *t, const char *name, size_t lineno,
                       const char *s, size_t n, char *err, size_t errlen)
 {
 	char msg[256];
 	int rc;
-	if (n > SMTPD_CRED_LINE_MAX) {
+	if (n > CRED_LINE_MAX) {
 		fmt(err, errlen, "%s:%zu: line longer than %d characters", name,
-		    lineno, SMTPD_CRED_LINE_MAX);
+		    lineno, CRED_LINE_MAX);
 		return -EINVAL;
 	}
 	if (memchr(s, '\0', n)) {
@@ -796,7 +796,7 @@ static int parse_line(struct smtpd_creds *t, const char *name, size_t lineno,
 			    "in a credential line", name, lineno);
 			return -EINVAL;
 		}
-	struct smtpd_cred *c = NULL;
+	struct cred *c = NULL;
 	if ((rc = cred_parse(p, m, &c, msg, sizeof msg)) < 0) {
 		fmt(err, errlen, "%s:%zu: %s", name, lineno, msg);
 		return rc;
@@ -810,10 +810,10 @@ static int parse_line(struct smtpd_creds *t, const char *name, size_t lineno,
 	return 0;
 }
 
-int smtpd_creds_parse(const char *name, const char *text, size_t len,
-                      struct smtpd_creds **out, char *err, size_t errlen)
+int cred_store_parse(const char *name, const char *text, size_t len,
+                      struct cred_store **out, char *err, size_t errlen)
 {
-	struct smtpd_creds *t = smtpd_creds_new();
+	struct cred_store *t = cred_store_new();
 	size_t lineno = 0, pos = 0;
 	int rc = 0;
 	*out = NULL;
@@ -834,7 +834,7 @@ int smtpd_creds_parse(const char *name, const char *text, size_t len,
 			goto fail;
 		pos += n + (nl ? 1 : 0);
 	}
-	const struct smtpd_cred *d1, *d2;
+	const struct cred *d1, *d2;
 	rc = index_build(t, &d1, &d2);
 	if (rc == -EEXIST) {
 		fmt(err, errlen, "%s:%zu: duplicate name '%s' (also on line %zu)",
@@ -848,7 +848,7 @@ int smtpd_creds_parse(const char *name, const char *text, size_t len,
 	*out = t;
 	return 0;
 fail:
-	smtpd_creds_free(t);
+	cred_store_free(t);
 	return rc;
 }
 
@@ -869,7 +869,7 @@ static int read_all(const char *path, char **text, size_t *len)
 		rc = -EINVAL;
 		goto fail;
 	}
-	if ((uint64_t)st.st_size > SMTPD_CRED_FILE_MAX) {
+	if ((uint64_t)st.st_size > CRED_FILE_MAX) {
 		rc = -EFBIG;
 		goto fail;
 	}
@@ -905,7 +905,7 @@ fail:
 	return rc;
 }
 
-int smtpd_creds_load(const char *path, struct smtpd_creds **out, char *err,
+int cred_store_load(const char *path, struct cred_store **out, char *err,
                      size_t errlen)
 {
 	char *text = NULL;
@@ -918,23 +918,23 @@ int smtpd_creds_load(const char *path, struct smtpd_creds **out, char *err,
 		    rc == -EAGAIN ? "file changed while read" : strerror(-rc));
 		return rc;
 	}
-	rc = smtpd_creds_parse(path, text, len, out, err, errlen);
+	rc = cred_store_parse(path, text, len, out, err, errlen);
 	free(text);
 	return rc;
 }
 
-size_t smtpd_creds_count(const struct smtpd_creds *t)
+size_t cred_store_count(const struct cred_store *t)
 {
 	return t->n;
 }
 
-const struct smtpd_cred *smtpd_creds_at(const struct smtpd_creds *t,
+const struct cred *cred_store_at(const struct cred_store *t,
                                         size_t i)
 {
 	return i < t->n ? t->byname[i] : NULL;
 }
 
-static struct smtpd_cred *creds_find(const struct smtpd_creds *t,
+static struct cred *creds_find(const struct cred_store *t,
                                      const char *name)
 {
 	if (!name || !name_ok(name, strlen(name), 1))
@@ -953,94 +953,94 @@ static struct smtpd_cred *creds_find(const struct smtpd_creds *t,
 	return NULL;
 }
 
-const struct smtpd_cred *smtpd_creds_find(const struct smtpd_creds *t,
+const struct cred *cred_store_find(const struct cred_store *t,
                                           const char *name)
 {
 	return creds_find(t, name);
 }
 
-enum smtpd_cred_result smtpd_creds_verify(const struct smtpd_creds *t,
+enum cred_result cred_store_verify(const struct cred_store *t,
                                           const char *name, const void *pw,
                                           size_t pwlen,
-                                          const struct smtpd_cred **cred)
+                                          const struct cred **cred)
 {
-	const struct smtpd_cred *c = creds_find(t, name);
+	const struct cred *c = creds_find(t, name);
 	const struct cred_hash *h = c ? &c->h : &t->dummy;
 	uint8_t dk[CRED_DK_MAX];
 	/* A password that can never be right (empty, too long, NUL inside:
-	 * smtpd_cred_hash refuses them) still costs one KDF run. */
-	bool pw_ok = pw && pwlen > 0 && pwlen <= SMTPD_CRED_PASSWORD_MAX &&
+	 * cred_hash refuses them) still costs one KDF run. */
+	bool pw_ok = pw && pwlen > 0 && pwlen <= CRED_PASSWORD_MAX &&
 	             !memchr(pw, '\0', pwlen);
 	int rc = kdf_run(&h->kdf, pw_ok ? pw : "", pw_ok ? pwlen : 0, h->salt,
 	                 h->saltlen, dk, h->dklen);
-	__atomic_add_fetch(&((struct smtpd_creds *)t)->kdf_runs, 1,
+	__atomic_add_fetch(&((struct cred_store *)t)->kdf_runs, 1,
 	                   __ATOMIC_RELAXED);
 	bool match = rc == 0 && CRYPTO_memcmp(dk, h->dk, h->dklen) == 0;
 	OPENSSL_cleanse(dk, sizeof dk);
 	if (cred)
 		*cred = c;
 	if (rc < 0)
-		return SMTPD_CRED_ERROR;
+		return CRED_ERROR;
 	if (!c)
-		return SMTPD_CRED_UNKNOWN;
+		return CRED_UNKNOWN;
 	if (!match || !pw_ok)
-		return SMTPD_CRED_BAD_PASSWORD;
-	return c->disabled ? SMTPD_CRED_DISABLED : SMTPD_CRED_OK;
+		return CRED_BAD_PASSWORD;
+	return c->disabled ? CRED_DISABLED : CRED_OK;
 }
 
-uint64_t smtpd_creds_kdf_count(const struct smtpd_creds *t)
+uint64_t cred_store_kdf_count(const struct cred_store *t)
 {
 	return __atomic_load_n(&t->kdf_runs, __ATOMIC_RELAXED);
 }
 
 /* ---- one credential ------------------------------------------------------ */
 
-const char *smtpd_cred_name(const struct smtpd_cred *c)
+const char *cred_name(const struct cred *c)
 {
 	return c->name;
 }
 
-const char *smtpd_cred_owner(const struct smtpd_cred *c)
+const char *cred_owner(const struct cred *c)
 {
 	return c->owner;
 }
 
-bool smtpd_cred_disabled(const struct smtpd_cred *c)
+bool cred_disabled(const struct cred *c)
 {
 	return c->disabled;
 }
 
-uint32_t smtpd_cred_hourly(const struct smtpd_cred *c)
+uint32_t cred_hourly(const struct cred *c)
 {
 	return c->hourly;
 }
 
-uint32_t smtpd_cred_daily(const struct smtpd_cred *c)
+uint32_t cred_daily(const struct cred *c)
 {
 	return c->daily;
 }
 
-size_t smtpd_cred_nfrom(const struct smtpd_cred *c)
+size_t cred_nfrom(const struct cred *c)
 {
 	return c->nfrom;
 }
 
-const char *smtpd_cred_from(const struct smtpd_cred *c, size_t i)
+const char *cred_from(const struct cred *c, size_t i)
 {
 	return i < c->nfrom ? c->from[i] : NULL;
 }
 
-size_t smtpd_cred_nto(const struct smtpd_cred *c)
+size_t cred_nto(const struct cred *c)
 {
 	return c->nto;
 }
 
-const char *smtpd_cred_to(const struct smtpd_cred *c, size_t i)
+const char *cred_to(const struct cred *c, size_t i)
 {
 	return i < c->nto ? c->to[i] : NULL;
 }
 
-bool smtpd_cred_sender_ok(const struct smtpd_cred *c, const char *addr)
+bool cred_sender_ok(const struct cred *c, const char *addr)
 {
 	if (c->nfrom == 0)
 		return true;
@@ -1057,7 +1057,7 @@ bool smtpd_cred_sender_ok(const struct smtpd_cred *c, const char *addr)
 	return false;
 }
 
-bool smtpd_cred_rcpt_ok(const struct smtpd_cred *c, const char *addr)
+bool cred_rcpt_ok(const struct cred *c, const char *addr)
 {
 	if (c->nto == 0)
 		return true;
@@ -1074,9 +1074,9 @@ bool smtpd_cred_rcpt_ok(const struct smtpd_cred *c, const char *addr)
 
 /* A credential from a spec, every field checked (the hash only when
  * given), the name not in t, its line short enough to load again. */
-static int cred_build(const struct smtpd_creds *t,
-                      const struct smtpd_cred_spec *s,
-                      struct smtpd_cred **out, char *err, size_t errlen)
+static int cred_build(const struct cred_store *t,
+                      const struct cred_spec *s,
+                      struct cred **out, char *err, size_t errlen)
 {
 	char q[QUOTE_MAX];
 	int rc;
@@ -1085,7 +1085,7 @@ static int cred_build(const struct smtpd_creds *t,
 		fmt(err, errlen, "no name given");
 		return -EINVAL;
 	}
-	struct smtpd_cred *c = calloc(1, sizeof *c);
+	struct cred *c = calloc(1, sizeof *c);
 	if (!c) {
 		fmt(err, errlen, "out of memory");
 		return -ENOMEM;
@@ -1104,8 +1104,8 @@ static int cred_build(const struct smtpd_creds *t,
 	    (rc = list_parse(s->to, strlen(s->to), ",|", domain_ok, "to",
 	                     &c->to, &c->nto, err, errlen)) < 0)
 		goto fail;
-	if (s->hourly > SMTPD_CRED_QUOTA_MAX || s->daily > SMTPD_CRED_QUOTA_MAX) {
-		fmt(err, errlen, "quota above %u", SMTPD_CRED_QUOTA_MAX);
+	if (s->hourly > CRED_QUOTA_MAX || s->daily > CRED_QUOTA_MAX) {
+		fmt(err, errlen, "quota above %u", CRED_QUOTA_MAX);
 		rc = -EINVAL;
 		goto fail;
 	}
@@ -1120,7 +1120,7 @@ static int cred_build(const struct smtpd_creds *t,
 	}
 	/* Checked after the rest, so a dry run (no hash) sees the same
 	 * errors first. A stand-in keeps the length check below exact
-	 * enough: no hash is longer than SMTPD_CRED_HASH_MAX. */
+	 * enough: no hash is longer than CRED_HASH_MAX. */
 	if ((rc = set_hash(c, s->hash ? s->hash : H_STANDIN,
 	                   strlen(s->hash ? s->hash : H_STANDIN), err,
 	                   errlen)) < 0)
@@ -1134,9 +1134,9 @@ static int cred_build(const struct smtpd_creds *t,
 		fmt(err, errlen, "out of memory");
 		goto fail;
 	}
-	if (linelen > SMTPD_CRED_LINE_MAX + 1) {
+	if (linelen > CRED_LINE_MAX + 1) {
 		fmt(err, errlen, "the credential's line would be longer than %d "
-		    "characters", SMTPD_CRED_LINE_MAX);
+		    "characters", CRED_LINE_MAX);
 		rc = -EINVAL;
 		goto fail;
 	}
@@ -1147,21 +1147,21 @@ fail:
 	return rc;
 }
 
-int smtpd_creds_check(const struct smtpd_creds *t,
-                      const struct smtpd_cred_spec *s, char *err,
+int cred_store_check(const struct cred_store *t,
+                      const struct cred_spec *s, char *err,
                       size_t errlen)
 {
-	struct smtpd_cred *c;
+	struct cred *c;
 	int rc = cred_build(t, s, &c, err, errlen);
 	cred_free(c);
 	return rc;
 }
 
-int smtpd_creds_add(struct smtpd_creds *t, const struct smtpd_cred_spec *s,
+int cred_store_add(struct cred_store *t, const struct cred_spec *s,
                     char *err, size_t errlen)
 {
-	struct smtpd_cred *c;
-	const struct smtpd_cred *d1, *d2;
+	struct cred *c;
+	const struct cred *d1, *d2;
 	RELAY_ASSERT(__atomic_load_n(&t->refs, __ATOMIC_RELAXED) == 1);
 	if (!s->hash) {
 		fmt(err, errlen, "no password hash given");
@@ -1185,10 +1185,10 @@ int smtpd_creds_add(struct smtpd_creds *t, const struct smtpd_cred_spec *s,
 	return 0;
 }
 
-int smtpd_creds_del(struct smtpd_creds *t, const char *name)
+int cred_store_del(struct cred_store *t, const char *name)
 {
 	RELAY_ASSERT(__atomic_load_n(&t->refs, __ATOMIC_RELAXED) == 1);
-	struct smtpd_cred *c = creds_find(t, name);
+	struct cred *c = creds_find(t, name);
 	if (!c)
 		return -ENOENT;
 	size_t i = 0;
@@ -1206,7 +1206,7 @@ int smtpd_creds_del(struct smtpd_creds *t, const char *name)
 	t->n--;
 	if (j == 0) {
 		memset(&t->dummy, 0, sizeof t->dummy);
-		t->dummy.kdf = t->n ? t->byname[0]->h.kdf : smtpd_cred_kdf_scrypt;
+		t->dummy.kdf = t->n ? t->byname[0]->h.kdf : cred_kdf_scrypt;
 		t->dummy.saltlen = t->n ? t->byname[0]->h.saltlen : CRED_SALT_LEN;
 		t->dummy.dklen = t->n ? t->byname[0]->h.dklen : CRED_DK_LEN;
 	}
@@ -1214,12 +1214,12 @@ int smtpd_creds_del(struct smtpd_creds *t, const char *name)
 	return 0;
 }
 
-int smtpd_creds_set_hash(struct smtpd_creds *t, const char *name,
+int cred_store_set_hash(struct cred_store *t, const char *name,
                          const char *hash)
 {
 	char msg[128];
 	RELAY_ASSERT(__atomic_load_n(&t->refs, __ATOMIC_RELAXED) == 1);
-	struct smtpd_cred *c = creds_find(t, name);
+	struct cred *c = creds_find(t, name);
 	if (!c)
 		return -ENOENT;
 	int rc = set_hash(c, hash, strlen(hash), msg, sizeof msg);
@@ -1231,11 +1231,11 @@ int smtpd_creds_set_hash(struct smtpd_creds *t, const char *name,
 	return rc;
 }
 
-int smtpd_creds_set_disabled(struct smtpd_creds *t, const char *name,
+int cred_store_set_disabled(struct cred_store *t, const char *name,
                              bool disabled)
 {
 	RELAY_ASSERT(__atomic_load_n(&t->refs, __ATOMIC_RELAXED) == 1);
-	struct smtpd_cred *c = creds_find(t, name);
+	struct cred *c = creds_find(t, name);
 	if (!c)
 		return -ENOENT;
 	c->disabled = disabled;
@@ -1244,7 +1244,7 @@ int smtpd_creds_set_disabled(struct smtpd_creds *t, const char *name,
 
 /* ---- writing --------------------------------------------------------------- */
 
-int smtpd_creds_format(const struct smtpd_creds *t, struct buf *out)
+int cred_store_format(const struct cred_store *t, struct buf *out)
 {
 	int rc = 0;
 	for (size_t i = 0; rc == 0 && i < t->nlines; i++) {
@@ -1271,7 +1271,7 @@ static int write_all(int fd, const uint8_t *p, size_t n)
 	return 0;
 }
 
-int smtpd_creds_save(const struct smtpd_creds *t, const char *path,
+int cred_store_save(const struct cred_store *t, const char *path,
                      char *err, size_t errlen)
 {
 	struct buf b = BUF_INIT(SIZE_MAX);
@@ -1281,7 +1281,7 @@ int smtpd_creds_save(const struct smtpd_creds *t, const char *path,
 	struct stat st;
 	mode_t mode = 0600;
 
-	if ((rc = smtpd_creds_format(t, &b)) < 0) {
+	if ((rc = cred_store_format(t, &b)) < 0) {
 		fmt(err, errlen, "out of memory");
 		goto done;
 	}

@@ -1,5 +1,5 @@
 /*
- * tests/unit/test_smtpd_cred.c - The credentials module (smtpd/smtpd_cred.h):
+ * tests/unit/test_cred.c - The credentials module (common/cred.h):
  * good files and a table of bad lines (each error names file and line and
  * never echoes a hash), hostile KDF parameters refused, hash and verify
  * round trips (also against vectors made by Python's hashlib), every
@@ -24,7 +24,7 @@
 #include <cmocka.h>
 
 #include "common/buf.h"
-#include "smtpd/smtpd_cred.h"
+#include "common/cred.h"
 
 #define ERRLEN 512
 
@@ -41,23 +41,23 @@
 /* The salt and hash parts, for "never in a message" checks. */
 #define SALT64 "cmVsYXlkLXRlc3Qtc2FsdA"
 
-static const struct smtpd_cred_kdf cheap = {
-	.alg = SMTPD_CRED_SCRYPT, .ln = 10, .r = 8, .p = 1};
+static const struct cred_kdf cheap = {
+	.alg = CRED_SCRYPT, .ln = 10, .r = 8, .p = 1};
 
-static struct smtpd_creds *parse_ok(const char *text)
+static struct cred_store *parse_ok(const char *text)
 {
 	char err[ERRLEN] = "";
-	struct smtpd_creds *t = NULL;
-	int rc = smtpd_creds_parse("t", text, strlen(text), &t, err, sizeof err);
+	struct cred_store *t = NULL;
+	int rc = cred_store_parse("t", text, strlen(text), &t, err, sizeof err);
 	if (rc != 0)
 		fail_msg("parse failed (%d): %s", rc, err);
 	return t;
 }
 
-static char *format(const struct smtpd_creds *t)
+static char *format(const struct cred_store *t)
 {
 	struct buf b = BUF_INIT(1 << 20);
-	assert_int_equal(smtpd_creds_format(t, &b), 0);
+	assert_int_equal(cred_store_format(t, &b), 0);
 	assert_int_equal(buf_append(&b, "", 1), 0);
 	return (char *)b.data;
 }
@@ -77,53 +77,53 @@ static void test_parse_good(void **state)
 		"bare:" H_SCRYPT "\n"
 		"  padded:" H_SCRYPT "::disabled=0  \n"
 		"x.y_z@a+b-c:" H_SCRYPT "::";   /* no final newline */
-	struct smtpd_creds *t = parse_ok(text);
-	assert_int_equal(smtpd_creds_count(t), 5);
+	struct cred_store *t = parse_ok(text);
+	assert_int_equal(cred_store_count(t), 5);
 
 	/* name order, case-insensitive */
 	static const char *const order[] = {"bare", "crm", "padded", "shop",
 	                                    "x.y_z@a+b-c"};
 	for (size_t i = 0; i < 5; i++)
-		assert_string_equal(smtpd_cred_name(smtpd_creds_at(t, i)), order[i]);
-	assert_null(smtpd_creds_at(t, 5));
+		assert_string_equal(cred_name(cred_store_at(t, i)), order[i]);
+	assert_null(cred_store_at(t, 5));
 
-	const struct smtpd_cred *c = smtpd_creds_find(t, "SHOP");
+	const struct cred *c = cred_store_find(t, "SHOP");
 	assert_non_null(c);
-	assert_ptr_equal(c, smtpd_creds_find(t, "shop"));
-	assert_string_equal(smtpd_cred_name(c), "shop");
-	assert_string_equal(smtpd_cred_owner(c), "acme");
-	assert_int_equal(smtpd_cred_nfrom(c), 2);
-	assert_string_equal(smtpd_cred_from(c, 0), "shop.example");
-	assert_string_equal(smtpd_cred_from(c, 1), "noreply@Example.com");
-	assert_null(smtpd_cred_from(c, 2));
-	assert_int_equal(smtpd_cred_nto(c), 1);
-	assert_string_equal(smtpd_cred_to(c, 0), "dest.example");
-	assert_int_equal(smtpd_cred_hourly(c), 100);
-	assert_int_equal(smtpd_cred_daily(c), 1000);
-	assert_false(smtpd_cred_disabled(c));
+	assert_ptr_equal(c, cred_store_find(t, "shop"));
+	assert_string_equal(cred_name(c), "shop");
+	assert_string_equal(cred_owner(c), "acme");
+	assert_int_equal(cred_nfrom(c), 2);
+	assert_string_equal(cred_from(c, 0), "shop.example");
+	assert_string_equal(cred_from(c, 1), "noreply@Example.com");
+	assert_null(cred_from(c, 2));
+	assert_int_equal(cred_nto(c), 1);
+	assert_string_equal(cred_to(c, 0), "dest.example");
+	assert_int_equal(cred_hourly(c), 100);
+	assert_int_equal(cred_daily(c), 1000);
+	assert_false(cred_disabled(c));
 
-	c = smtpd_creds_find(t, "crm");
-	assert_true(smtpd_cred_disabled(c));
-	assert_string_equal(smtpd_cred_owner(c), "acme");
-	c = smtpd_creds_find(t, "bare");
-	assert_string_equal(smtpd_cred_owner(c), "");
-	assert_int_equal(smtpd_cred_nfrom(c) + smtpd_cred_nto(c), 0);
-	assert_int_equal(smtpd_cred_hourly(c) + smtpd_cred_daily(c), 0);
-	assert_false(smtpd_cred_disabled(smtpd_creds_find(t, "padded")));
-	assert_non_null(smtpd_creds_find(t, "X.Y_Z@A+B-C"));
-	assert_null(smtpd_creds_find(t, "nobody"));
-	assert_null(smtpd_creds_find(t, "sh op"));
-	assert_null(smtpd_creds_find(t, ""));
-	assert_null(smtpd_creds_find(t, NULL));
-	smtpd_creds_free(t);
+	c = cred_store_find(t, "crm");
+	assert_true(cred_disabled(c));
+	assert_string_equal(cred_owner(c), "acme");
+	c = cred_store_find(t, "bare");
+	assert_string_equal(cred_owner(c), "");
+	assert_int_equal(cred_nfrom(c) + cred_nto(c), 0);
+	assert_int_equal(cred_hourly(c) + cred_daily(c), 0);
+	assert_false(cred_disabled(cred_store_find(t, "padded")));
+	assert_non_null(cred_store_find(t, "X.Y_Z@A+B-C"));
+	assert_null(cred_store_find(t, "nobody"));
+	assert_null(cred_store_find(t, "sh op"));
+	assert_null(cred_store_find(t, ""));
+	assert_null(cred_store_find(t, NULL));
+	cred_store_free(t);
 
 	/* empty and comment-only files */
 	t = parse_ok("");
-	assert_int_equal(smtpd_creds_count(t), 0);
-	smtpd_creds_free(t);
+	assert_int_equal(cred_store_count(t), 0);
+	cred_store_free(t);
 	t = parse_ok("# nothing\n\n   \n");
-	assert_int_equal(smtpd_creds_count(t), 0);
-	smtpd_creds_free(t);
+	assert_int_equal(cred_store_count(t), 0);
+	cred_store_free(t);
 }
 
 struct bad_case {
@@ -244,8 +244,8 @@ static void test_parse_bad(void **state)
 		const struct bad_case *bc = &bad_cases[i];
 		size_t len = strlen(bc->text);
 		char err[ERRLEN] = "";
-		struct smtpd_creds *t = (struct smtpd_creds *)1;
-		int rc = smtpd_creds_parse("t", bc->text, len, &t, err, sizeof err);
+		struct cred_store *t = (struct cred_store *)1;
+		int rc = cred_store_parse("t", bc->text, len, &t, err, sizeof err);
 		if (rc != -EINVAL || strcmp(err, bc->err) != 0)
 			fail_msg("case %zu: rc %d, err '%s', want '%s'", i, rc, err,
 			         bc->err);
@@ -255,15 +255,15 @@ static void test_parse_bad(void **state)
 	}
 
 	/* a line too long, counted without its newline */
-	char *big = malloc(SMTPD_CRED_LINE_MAX + 16);
+	char *big = malloc(CRED_LINE_MAX + 16);
 	assert_non_null(big);
-	memset(big, '#', SMTPD_CRED_LINE_MAX);
-	strcpy(big + SMTPD_CRED_LINE_MAX, "\n");
-	struct smtpd_creds *t = parse_ok(big);
-	smtpd_creds_free(t);
-	strcpy(big + SMTPD_CRED_LINE_MAX, "#\n");
+	memset(big, '#', CRED_LINE_MAX);
+	strcpy(big + CRED_LINE_MAX, "\n");
+	struct cred_store *t = parse_ok(big);
+	cred_store_free(t);
+	strcpy(big + CRED_LINE_MAX, "#\n");
 	char err[ERRLEN];
-	assert_int_equal(smtpd_creds_parse("t", big, strlen(big), &t, err,
+	assert_int_equal(cred_store_parse("t", big, strlen(big), &t, err,
 	                                   sizeof err), -EINVAL);
 	assert_string_equal(err, "t:1: line longer than 4096 characters");
 	free(big);
@@ -271,7 +271,7 @@ static void test_parse_bad(void **state)
 	/* the largest accepted parameters do parse */
 	t = parse_ok("a:" SC("ln=16,r=8,p=2") "\nb:" SC("ln=10,r=32,p=16") "\n"
 	             "c:$pbkdf2-sha256$i=2000000$" SALT64 "$" SALT64 "\n");
-	smtpd_creds_free(t);
+	cred_store_free(t);
 }
 
 /* A NUL byte, which a C string table cannot hold. */
@@ -280,8 +280,8 @@ static void test_parse_nul(void **state)
 	(void)state;
 	static const char text[] = "ok:" H_SCRYPT "\nb\0c:" H_SCRYPT "\n";
 	char err[ERRLEN];
-	struct smtpd_creds *t;
-	assert_int_equal(smtpd_creds_parse("f", text, sizeof text - 1, &t, err,
+	struct cred_store *t;
+	assert_int_equal(cred_store_parse("f", text, sizeof text - 1, &t, err,
 	                                   sizeof err), -EINVAL);
 	assert_string_equal(err, "f:2: NUL byte in line");
 }
@@ -290,13 +290,13 @@ static void test_load_errors(void **state)
 {
 	(void)state;
 	char err[ERRLEN];
-	struct smtpd_creds *t = (struct smtpd_creds *)1;
-	assert_int_equal(smtpd_creds_load("/nonexistent/creds", &t, err,
+	struct cred_store *t = (struct cred_store *)1;
+	assert_int_equal(cred_store_load("/nonexistent/creds", &t, err,
 	                                  sizeof err), -ENOENT);
 	assert_null(t);
 	assert_string_equal(err, "cannot read /nonexistent/creds: No such file "
 	                    "or directory");
-	assert_int_equal(smtpd_creds_load("/", &t, err, sizeof err), -EINVAL);
+	assert_int_equal(cred_store_load("/", &t, err, sizeof err), -EINVAL);
 	assert_string_equal(err, "cannot read /: not a regular file");
 }
 
@@ -315,7 +315,7 @@ static void check_hash_shape(const char *h, const char *prefix)
 			                       "qrstuvwxyz0123456789+/", h[i]));
 }
 
-static struct smtpd_creds *one(const char *name, const char *hash,
+static struct cred_store *one(const char *name, const char *hash,
                                const char *opts)
 {
 	char text[1024];
@@ -326,174 +326,174 @@ static struct smtpd_creds *one(const char *name, const char *hash,
 static void test_hash_verify(void **state)
 {
 	(void)state;
-	char h1[SMTPD_CRED_HASH_MAX], h2[SMTPD_CRED_HASH_MAX];
-	const struct smtpd_cred *c;
+	char h1[CRED_HASH_MAX], h2[CRED_HASH_MAX];
+	const struct cred *c;
 
 	/* cheap scrypt: round trip, random salt */
-	assert_int_equal(smtpd_cred_hash("s3cret", 6, &cheap, h1, sizeof h1), 0);
-	assert_int_equal(smtpd_cred_hash("s3cret", 6, &cheap, h2, sizeof h2), 0);
+	assert_int_equal(cred_hash("s3cret", 6, &cheap, h1, sizeof h1), 0);
+	assert_int_equal(cred_hash("s3cret", 6, &cheap, h2, sizeof h2), 0);
 	check_hash_shape(h1, "$scrypt$ln=10,r=8,p=1$");
 	assert_string_not_equal(h1, h2);
 	assert_int_not_equal(memcmp(h1, h2, 45), 0);  /* the salts differ */
-	struct smtpd_creds *t = one("alice", h1, "");
-	assert_int_equal(smtpd_creds_verify(t, "alice", "s3cret", 6, &c),
-	                 SMTPD_CRED_OK);
-	assert_ptr_equal(c, smtpd_creds_find(t, "alice"));
-	assert_int_equal(smtpd_creds_verify(t, "ALICE", "s3cret", 6, NULL),
-	                 SMTPD_CRED_OK);
-	assert_int_equal(smtpd_creds_verify(t, "alice", "s3cref", 6, &c),
-	                 SMTPD_CRED_BAD_PASSWORD);
-	assert_ptr_equal(c, smtpd_creds_find(t, "alice"));
-	assert_int_equal(smtpd_creds_verify(t, "alice", "s3cret", 5, NULL),
-	                 SMTPD_CRED_BAD_PASSWORD);
-	assert_int_equal(smtpd_creds_verify(t, "alice", "S3CRET", 6, NULL),
-	                 SMTPD_CRED_BAD_PASSWORD);
-	smtpd_creds_free(t);
+	struct cred_store *t = one("alice", h1, "");
+	assert_int_equal(cred_store_verify(t, "alice", "s3cret", 6, &c),
+	                 CRED_OK);
+	assert_ptr_equal(c, cred_store_find(t, "alice"));
+	assert_int_equal(cred_store_verify(t, "ALICE", "s3cret", 6, NULL),
+	                 CRED_OK);
+	assert_int_equal(cred_store_verify(t, "alice", "s3cref", 6, &c),
+	                 CRED_BAD_PASSWORD);
+	assert_ptr_equal(c, cred_store_find(t, "alice"));
+	assert_int_equal(cred_store_verify(t, "alice", "s3cret", 5, NULL),
+	                 CRED_BAD_PASSWORD);
+	assert_int_equal(cred_store_verify(t, "alice", "S3CRET", 6, NULL),
+	                 CRED_BAD_PASSWORD);
+	cred_store_free(t);
 
 	/* PBKDF2 when asked */
-	struct smtpd_cred_kdf pb = smtpd_cred_kdf_pbkdf2;
+	struct cred_kdf pb = cred_kdf_pbkdf2;
 	pb.iter = 1000;
-	assert_int_equal(smtpd_cred_hash("pw", 2, &pb, h1, sizeof h1), 0);
+	assert_int_equal(cred_hash("pw", 2, &pb, h1, sizeof h1), 0);
 	check_hash_shape(h1, "$pbkdf2-sha256$i=1000$");
 	t = one("bob", h1, "");
-	assert_int_equal(smtpd_creds_verify(t, "bob", "pw", 2, NULL), SMTPD_CRED_OK);
-	assert_int_equal(smtpd_creds_verify(t, "bob", "pW", 2, NULL),
-	                 SMTPD_CRED_BAD_PASSWORD);
-	smtpd_creds_free(t);
+	assert_int_equal(cred_store_verify(t, "bob", "pw", 2, NULL), CRED_OK);
+	assert_int_equal(cred_store_verify(t, "bob", "pW", 2, NULL),
+	                 CRED_BAD_PASSWORD);
+	cred_store_free(t);
 
 	/* hashes made elsewhere (Python's hashlib) */
 	t = parse_ok("s:" H_SCRYPT "\np:" H_PBKDF2 "\n");
-	assert_int_equal(smtpd_creds_verify(t, "s", PW_SCRYPT, strlen(PW_SCRYPT),
-	                                    NULL), SMTPD_CRED_OK);
-	assert_int_equal(smtpd_creds_verify(t, "p", PW_PBKDF2, strlen(PW_PBKDF2),
-	                                    NULL), SMTPD_CRED_OK);
-	assert_int_equal(smtpd_creds_verify(t, "s", PW_PBKDF2, strlen(PW_PBKDF2),
-	                                    NULL), SMTPD_CRED_BAD_PASSWORD);
-	assert_int_equal(smtpd_creds_verify(t, "p", PW_SCRYPT, strlen(PW_SCRYPT),
-	                                    NULL), SMTPD_CRED_BAD_PASSWORD);
-	smtpd_creds_free(t);
+	assert_int_equal(cred_store_verify(t, "s", PW_SCRYPT, strlen(PW_SCRYPT),
+	                                    NULL), CRED_OK);
+	assert_int_equal(cred_store_verify(t, "p", PW_PBKDF2, strlen(PW_PBKDF2),
+	                                    NULL), CRED_OK);
+	assert_int_equal(cred_store_verify(t, "s", PW_PBKDF2, strlen(PW_PBKDF2),
+	                                    NULL), CRED_BAD_PASSWORD);
+	assert_int_equal(cred_store_verify(t, "p", PW_SCRYPT, strlen(PW_SCRYPT),
+	                                    NULL), CRED_BAD_PASSWORD);
+	cred_store_free(t);
 
 	/* refused inputs */
-	assert_int_equal(smtpd_cred_hash("", 0, &cheap, h1, sizeof h1), -EINVAL);
-	assert_int_equal(smtpd_cred_hash("a\0b", 3, &cheap, h1, sizeof h1),
+	assert_int_equal(cred_hash("", 0, &cheap, h1, sizeof h1), -EINVAL);
+	assert_int_equal(cred_hash("a\0b", 3, &cheap, h1, sizeof h1),
 	                 -EINVAL);
-	static char longpw[SMTPD_CRED_PASSWORD_MAX + 1];
+	static char longpw[CRED_PASSWORD_MAX + 1];
 	memset(longpw, 'x', sizeof longpw);
-	assert_int_equal(smtpd_cred_hash(longpw, sizeof longpw, &cheap, h1,
+	assert_int_equal(cred_hash(longpw, sizeof longpw, &cheap, h1,
 	                                 sizeof h1), -EINVAL);
-	assert_int_equal(smtpd_cred_hash(longpw, SMTPD_CRED_PASSWORD_MAX, &cheap,
+	assert_int_equal(cred_hash(longpw, CRED_PASSWORD_MAX, &cheap,
 	                                 h1, sizeof h1), 0);
-	assert_int_equal(smtpd_cred_hash("pw", 2, &cheap, h1, 40), -ENOBUFS);
-	struct smtpd_cred_kdf bad = {.alg = SMTPD_CRED_SCRYPT, .ln = 40, .r = 8,
+	assert_int_equal(cred_hash("pw", 2, &cheap, h1, 40), -ENOBUFS);
+	struct cred_kdf bad = {.alg = CRED_SCRYPT, .ln = 40, .r = 8,
 	                             .p = 1};
-	assert_int_equal(smtpd_cred_hash("pw", 2, &bad, h1, sizeof h1), -EINVAL);
+	assert_int_equal(cred_hash("pw", 2, &bad, h1, sizeof h1), -EINVAL);
 	bad.ln = 15;
 	bad.p = 1000;
-	assert_int_equal(smtpd_cred_hash("pw", 2, &bad, h1, sizeof h1), -EINVAL);
+	assert_int_equal(cred_hash("pw", 2, &bad, h1, sizeof h1), -EINVAL);
 	bad.alg = 99;
-	assert_int_equal(smtpd_cred_hash("pw", 2, &bad, h1, sizeof h1), -EINVAL);
+	assert_int_equal(cred_hash("pw", 2, &bad, h1, sizeof h1), -EINVAL);
 }
 
 /* The default cost: the format, and how long one verification takes. */
 static void test_default_cost(void **state)
 {
 	(void)state;
-	char h[SMTPD_CRED_HASH_MAX];
+	char h[CRED_HASH_MAX];
 	struct timespec a, b;
-	assert_int_equal(smtpd_cred_hash("pw", 2, NULL, h, sizeof h), 0);
+	assert_int_equal(cred_hash("pw", 2, NULL, h, sizeof h), 0);
 	check_hash_shape(h, "$scrypt$ln=15,r=8,p=1$");
-	struct smtpd_creds *t = one("d", h, "");
+	struct cred_store *t = one("d", h, "");
 	clock_gettime(CLOCK_MONOTONIC, &a);
-	assert_int_equal(smtpd_creds_verify(t, "d", "pw", 2, NULL), SMTPD_CRED_OK);
+	assert_int_equal(cred_store_verify(t, "d", "pw", 2, NULL), CRED_OK);
 	clock_gettime(CLOCK_MONOTONIC, &b);
 	print_message("scrypt ln=15 r=8 p=1 verify: %.0f ms\n",
 	              (double)(b.tv_sec - a.tv_sec) * 1e3 +
 	              (double)(b.tv_nsec - a.tv_nsec) / 1e6);
-	smtpd_creds_free(t);
+	cred_store_free(t);
 }
 
 static void test_verify_outcomes(void **state)
 {
 	(void)state;
-	char h[SMTPD_CRED_HASH_MAX];
-	const struct smtpd_cred *c = (const struct smtpd_cred *)1;
-	assert_int_equal(smtpd_cred_hash("right", 5, &cheap, h, sizeof h), 0);
+	char h[CRED_HASH_MAX];
+	const struct cred *c = (const struct cred *)1;
+	assert_int_equal(cred_hash("right", 5, &cheap, h, sizeof h), 0);
 	char text[1024];
 	snprintf(text, sizeof text, "on:%s\noff:%s::disabled=1\n", h, h);
-	struct smtpd_creds *t = parse_ok(text);
-	uint64_t k = smtpd_creds_kdf_count(t);
+	struct cred_store *t = parse_ok(text);
+	uint64_t k = cred_store_kdf_count(t);
 	assert_int_equal(k, 0);
 
 	/* Every outcome costs exactly one KDF run. */
 	static const struct {
 		const char *name, *pw;
 		size_t pwlen;
-		enum smtpd_cred_result want;
+		enum cred_result want;
 		bool known;
 	} cases[] = {
-		{"on", "right", 5, SMTPD_CRED_OK, true},
-		{"on", "wrong", 5, SMTPD_CRED_BAD_PASSWORD, true},
-		{"off", "right", 5, SMTPD_CRED_DISABLED, true},
+		{"on", "right", 5, CRED_OK, true},
+		{"on", "wrong", 5, CRED_BAD_PASSWORD, true},
+		{"off", "right", 5, CRED_DISABLED, true},
 		/* a wrong guess does not learn that the credential is disabled */
-		{"off", "wrong", 5, SMTPD_CRED_BAD_PASSWORD, true},
-		{"nobody", "right", 5, SMTPD_CRED_UNKNOWN, false},
-		{"nobody", "", 0, SMTPD_CRED_UNKNOWN, false},
-		{"not a name", "right", 5, SMTPD_CRED_UNKNOWN, false},
-		{"", "right", 5, SMTPD_CRED_UNKNOWN, false},
-		{NULL, "right", 5, SMTPD_CRED_UNKNOWN, false},
-		{"on", "", 0, SMTPD_CRED_BAD_PASSWORD, true},
-		{"on", NULL, 0, SMTPD_CRED_BAD_PASSWORD, true},
-		{"on", "right\0x", 7, SMTPD_CRED_BAD_PASSWORD, true},
+		{"off", "wrong", 5, CRED_BAD_PASSWORD, true},
+		{"nobody", "right", 5, CRED_UNKNOWN, false},
+		{"nobody", "", 0, CRED_UNKNOWN, false},
+		{"not a name", "right", 5, CRED_UNKNOWN, false},
+		{"", "right", 5, CRED_UNKNOWN, false},
+		{NULL, "right", 5, CRED_UNKNOWN, false},
+		{"on", "", 0, CRED_BAD_PASSWORD, true},
+		{"on", NULL, 0, CRED_BAD_PASSWORD, true},
+		{"on", "right\0x", 7, CRED_BAD_PASSWORD, true},
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-		enum smtpd_cred_result r = smtpd_creds_verify(
+		enum cred_result r = cred_store_verify(
 			t, cases[i].name, cases[i].pw, cases[i].pwlen, &c);
 		if (r != cases[i].want)
-			fail_msg("case %zu: %s, want %s", i, smtpd_cred_result_names[r],
-			         smtpd_cred_result_names[cases[i].want]);
-		assert_int_equal(smtpd_creds_kdf_count(t), ++k);
+			fail_msg("case %zu: %s, want %s", i, cred_result_names[r],
+			         cred_result_names[cases[i].want]);
+		assert_int_equal(cred_store_kdf_count(t), ++k);
 		if (cases[i].known)
-			assert_ptr_equal(c, smtpd_creds_find(t, cases[i].name));
+			assert_ptr_equal(c, cred_store_find(t, cases[i].name));
 		else
 			assert_null(c);
 	}
 	/* too long: still one run */
-	static char longpw[SMTPD_CRED_PASSWORD_MAX + 1];
+	static char longpw[CRED_PASSWORD_MAX + 1];
 	memset(longpw, 'r', sizeof longpw);
-	assert_int_equal(smtpd_creds_verify(t, "on", longpw, sizeof longpw, NULL),
-	                 SMTPD_CRED_BAD_PASSWORD);
-	assert_int_equal(smtpd_creds_kdf_count(t), ++k);
-	smtpd_creds_free(t);
+	assert_int_equal(cred_store_verify(t, "on", longpw, sizeof longpw, NULL),
+	                 CRED_BAD_PASSWORD);
+	assert_int_equal(cred_store_kdf_count(t), ++k);
+	cred_store_free(t);
 
 	/* an empty table: unknown, at the default cost */
-	t = smtpd_creds_new();
+	t = cred_store_new();
 	assert_non_null(t);
-	assert_int_equal(smtpd_creds_verify(t, "x", "y", 1, &c),
-	                 SMTPD_CRED_UNKNOWN);
+	assert_int_equal(cred_store_verify(t, "x", "y", 1, &c),
+	                 CRED_UNKNOWN);
 	assert_null(c);
-	assert_int_equal(smtpd_creds_kdf_count(t), 1);
+	assert_int_equal(cred_store_kdf_count(t), 1);
 	/* references: the last free releases it */
-	assert_ptr_equal(smtpd_creds_ref(t), t);
-	smtpd_creds_free(t);
-	assert_int_equal(smtpd_creds_count(t), 0);
-	smtpd_creds_free(t);
-	smtpd_creds_free(NULL);
+	assert_ptr_equal(cred_store_ref(t), t);
+	cred_store_free(t);
+	assert_int_equal(cred_store_count(t), 0);
+	cred_store_free(t);
+	cred_store_free(NULL);
 
-	assert_string_equal(smtpd_cred_result_names[SMTPD_CRED_OK], "ok");
-	assert_string_equal(smtpd_cred_result_names[SMTPD_CRED_ERROR], "error");
+	assert_string_equal(cred_result_names[CRED_OK], "ok");
+	assert_string_equal(cred_result_names[CRED_ERROR], "error");
 }
 
 static void test_generate(void **state)
 {
 	(void)state;
-	char a[SMTPD_CRED_GEN_LEN + 1], b[SMTPD_CRED_GEN_LEN + 1];
-	assert_int_equal(smtpd_cred_generate(a, sizeof a), 0);
-	assert_int_equal(smtpd_cred_generate(b, sizeof b), 0);
+	char a[CRED_GEN_LEN + 1], b[CRED_GEN_LEN + 1];
+	assert_int_equal(cred_generate(a, sizeof a), 0);
+	assert_int_equal(cred_generate(b, sizeof b), 0);
 	assert_int_equal(strlen(a), 24);
 	assert_string_not_equal(a, b);
 	assert_int_equal(strspn(a, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop"
 	                           "qrstuvwxyz0123456789-_"), 24);
-	assert_int_equal(smtpd_cred_generate(a, SMTPD_CRED_GEN_LEN), -ENOBUFS);
+	assert_int_equal(cred_generate(a, CRED_GEN_LEN), -ENOBUFS);
 }
 
 /* ---- sender and recipient restrictions ----------------------------------- */
@@ -501,12 +501,12 @@ static void test_generate(void **state)
 static void test_domain_matching(void **state)
 {
 	(void)state;
-	struct smtpd_creds *t = parse_ok(
+	struct cred_store *t = parse_ok(
 		"r:" H_SCRYPT "::from=example.com|boss@Other.org,"
 		"to=dest.example|Example.NET\n"
 		"free:" H_SCRYPT "\n");
-	const struct smtpd_cred *r = smtpd_creds_find(t, "r");
-	const struct smtpd_cred *f = smtpd_creds_find(t, "free");
+	const struct cred *r = cred_store_find(t, "r");
+	const struct cred *f = cred_store_find(t, "free");
 	static const struct {
 		const char *addr;
 		bool from, to;
@@ -542,17 +542,17 @@ static void test_domain_matching(void **state)
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
 		const char *a = cases[i].addr;
-		if (smtpd_cred_sender_ok(r, a) != cases[i].from)
+		if (cred_sender_ok(r, a) != cases[i].from)
 			fail_msg("sender_ok(%s) != %d", a, cases[i].from);
-		if (smtpd_cred_rcpt_ok(r, a) != cases[i].to)
+		if (cred_rcpt_ok(r, a) != cases[i].to)
 			fail_msg("rcpt_ok(%s) != %d", a, cases[i].to);
 		/* no lists: anything goes */
-		assert_true(smtpd_cred_sender_ok(f, a));
-		assert_true(smtpd_cred_rcpt_ok(f, a));
+		assert_true(cred_sender_ok(f, a));
+		assert_true(cred_rcpt_ok(f, a));
 	}
-	assert_false(smtpd_cred_sender_ok(r, NULL));
-	assert_false(smtpd_cred_rcpt_ok(r, NULL));
-	smtpd_creds_free(t);
+	assert_false(cred_sender_ok(r, NULL));
+	assert_false(cred_rcpt_ok(r, NULL));
+	cred_store_free(t);
 }
 
 /* ---- editing, formatting, saving ------------------------------------------- */
@@ -574,10 +574,10 @@ static void test_format_roundtrip(void **state)
 		"   # indented\n"
 		"a:" H_PBKDF2 "::\n"
 		"c:" H_SCRYPT "::to=d.example|e.example\n";
-	struct smtpd_creds *t = parse_ok(in);
+	struct cred_store *t = parse_ok(in);
 	char *out = format(t);
 	assert_string_equal(out, want);
-	smtpd_creds_free(t);
+	cred_store_free(t);
 	t = parse_ok(out);
 	char *again = format(t);
 	assert_string_equal(again, want);
@@ -585,19 +585,19 @@ static void test_format_roundtrip(void **state)
 	free(out);
 
 	/* edits: comments stay where they were, new lines go last */
-	char h[SMTPD_CRED_HASH_MAX], err[ERRLEN];
-	assert_int_equal(smtpd_cred_hash("new", 3, &cheap, h, sizeof h), 0);
-	struct smtpd_cred_spec s = {.name = "New.One", .hash = h, .owner = "acme",
+	char h[CRED_HASH_MAX], err[ERRLEN];
+	assert_int_equal(cred_hash("new", 3, &cheap, h, sizeof h), 0);
+	struct cred_spec s = {.name = "New.One", .hash = h, .owner = "acme",
 	                            .from = "n.example,me@m.example|o.example",
 	                            .to = "t.example", .hourly = 7, .daily = 70};
-	assert_int_equal(smtpd_creds_add(t, &s, err, sizeof err), 0);
-	assert_int_equal(smtpd_creds_del(t, "B"), 0);
-	assert_int_equal(smtpd_creds_del(t, "b"), -ENOENT);
-	assert_int_equal(smtpd_creds_set_disabled(t, "a", true), 0);
-	assert_int_equal(smtpd_creds_set_disabled(t, "zz", true), -ENOENT);
-	assert_int_equal(smtpd_creds_set_hash(t, "c", H_PBKDF2), 0);
-	assert_int_equal(smtpd_creds_set_hash(t, "c", "$scrypt$bogus"), -EINVAL);
-	assert_int_equal(smtpd_creds_set_hash(t, "zz", H_PBKDF2), -ENOENT);
+	assert_int_equal(cred_store_add(t, &s, err, sizeof err), 0);
+	assert_int_equal(cred_store_del(t, "B"), 0);
+	assert_int_equal(cred_store_del(t, "b"), -ENOENT);
+	assert_int_equal(cred_store_set_disabled(t, "a", true), 0);
+	assert_int_equal(cred_store_set_disabled(t, "zz", true), -ENOENT);
+	assert_int_equal(cred_store_set_hash(t, "c", H_PBKDF2), 0);
+	assert_int_equal(cred_store_set_hash(t, "c", "$scrypt$bogus"), -EINVAL);
+	assert_int_equal(cred_store_set_hash(t, "zz", H_PBKDF2), -ENOENT);
 	char expect[2048];
 	snprintf(expect, sizeof expect,
 	         "# header comment\n"
@@ -609,43 +609,43 @@ static void test_format_roundtrip(void **state)
 	         "to=t.example,hourly=7,daily=70\n", h);
 	out = format(t);
 	assert_string_equal(out, expect);
-	assert_int_equal(smtpd_creds_count(t), 3);
-	assert_int_equal(smtpd_creds_verify(t, "new.one", "new", 3, NULL),
-	                 SMTPD_CRED_OK);
-	assert_int_equal(smtpd_creds_verify(t, "c", PW_PBKDF2, strlen(PW_PBKDF2),
-	                                    NULL), SMTPD_CRED_OK);
-	smtpd_creds_free(t);
+	assert_int_equal(cred_store_count(t), 3);
+	assert_int_equal(cred_store_verify(t, "new.one", "new", 3, NULL),
+	                 CRED_OK);
+	assert_int_equal(cred_store_verify(t, "c", PW_PBKDF2, strlen(PW_PBKDF2),
+	                                    NULL), CRED_OK);
+	cred_store_free(t);
 	t = parse_ok(out);
-	assert_int_equal(smtpd_creds_count(t), 3);
-	assert_true(smtpd_cred_sender_ok(smtpd_creds_find(t, "new.one"),
+	assert_int_equal(cred_store_count(t), 3);
+	assert_true(cred_sender_ok(cred_store_find(t, "new.one"),
 	                                 "ME@m.example"));
 	free(out);
 
 	/* delete everything: only the comments remain */
-	assert_int_equal(smtpd_creds_del(t, "a"), 0);
-	assert_int_equal(smtpd_creds_del(t, "c"), 0);
-	assert_int_equal(smtpd_creds_del(t, "new.one"), 0);
-	assert_int_equal(smtpd_creds_count(t), 0);
+	assert_int_equal(cred_store_del(t, "a"), 0);
+	assert_int_equal(cred_store_del(t, "c"), 0);
+	assert_int_equal(cred_store_del(t, "new.one"), 0);
+	assert_int_equal(cred_store_count(t), 0);
 	out = format(t);
 	assert_string_equal(out, "# header comment\n\n   # indented\n");
 	free(out);
-	assert_int_equal(smtpd_creds_verify(t, "a", "x", 1, NULL),
-	                 SMTPD_CRED_UNKNOWN);
-	smtpd_creds_free(t);
+	assert_int_equal(cred_store_verify(t, "a", "x", 1, NULL),
+	                 CRED_UNKNOWN);
+	cred_store_free(t);
 }
 
 static void test_add_errors(void **state)
 {
 	(void)state;
 	char err[ERRLEN];
-	struct smtpd_creds *t = parse_ok("alice:" H_SCRYPT "\n");
-	static char longlist[SMTPD_CRED_LINE_MAX + 100];
+	struct cred_store *t = parse_ok("alice:" H_SCRYPT "\n");
+	static char longlist[CRED_LINE_MAX + 100];
 	for (size_t i = 0; i + 10 < sizeof longlist; i += 10)
 		memcpy(longlist + i, "ab.example", 10), longlist[i + 9] = ',';
 	longlist[sizeof longlist - 20] = '\0';
 	longlist[sizeof longlist - 21] = 'e';
 	static const struct {
-		struct smtpd_cred_spec s;
+		struct cred_spec s;
 		int rc;
 		const char *err;
 	} cases[] = {
@@ -675,12 +675,12 @@ static void test_add_errors(void **state)
 		{{.name = "b"}, -EINVAL, "no password hash given"},
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-		int rc = smtpd_creds_add(t, &cases[i].s, err, sizeof err);
+		int rc = cred_store_add(t, &cases[i].s, err, sizeof err);
 		if (rc != cases[i].rc || strcmp(err, cases[i].err) != 0)
 			fail_msg("case %zu: rc %d '%s', want %d '%s'", i, rc, err,
 			         cases[i].rc, cases[i].err);
 	}
-	assert_int_equal(smtpd_creds_count(t), 1);
+	assert_int_equal(cred_store_count(t), 1);
 	char *out = format(t);
 	assert_string_equal(out, "alice:" H_SCRYPT "::\n");
 	free(out);
@@ -688,20 +688,20 @@ static void test_add_errors(void **state)
 	/* the dry run: the same checks, nothing added; the hash optional */
 	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
 		bool nohash = strcmp(cases[i].err, "no password hash given") == 0;
-		int rc = smtpd_creds_check(t, &cases[i].s, err, sizeof err);
+		int rc = cred_store_check(t, &cases[i].s, err, sizeof err);
 		if (nohash ? rc != 0 : rc != cases[i].rc ||
 		             strcmp(err, cases[i].err) != 0)
 			fail_msg("check %zu: rc %d '%s'", i, rc, err);
 	}
-	struct smtpd_cred_spec ok = {.name = "bob", .from = "x.example"};
-	assert_int_equal(smtpd_creds_check(t, &ok, err, sizeof err), 0);
+	struct cred_spec ok = {.name = "bob", .from = "x.example"};
+	assert_int_equal(cred_store_check(t, &ok, err, sizeof err), 0);
 	ok.hash = "bad";
-	assert_int_equal(smtpd_creds_check(t, &ok, err, sizeof err), -EINVAL);
-	assert_int_equal(smtpd_creds_count(t), 1);
+	assert_int_equal(cred_store_check(t, &ok, err, sizeof err), -EINVAL);
+	assert_int_equal(cred_store_count(t), 1);
 	out = format(t);
 	assert_string_equal(out, "alice:" H_SCRYPT "::\n");
 	free(out);
-	smtpd_creds_free(t);
+	cred_store_free(t);
 }
 
 static void test_save_load(void **state)
@@ -711,10 +711,10 @@ static void test_save_load(void **state)
 	assert_non_null(mkdtemp(dir));
 	snprintf(path, sizeof path, "%s/credentials", dir);
 
-	struct smtpd_creds *t = parse_ok("# kept\nalice:" H_SCRYPT ":o:hourly=3\n");
-	if (smtpd_creds_save(t, path, err, sizeof err) != 0)
+	struct cred_store *t = parse_ok("# kept\nalice:" H_SCRYPT ":o:hourly=3\n");
+	if (cred_store_save(t, path, err, sizeof err) != 0)
 		fail_msg("%s", err);
-	smtpd_creds_free(t);
+	cred_store_free(t);
 	struct stat st;
 	assert_int_equal(stat(path, &st), 0);
 	assert_int_equal(st.st_mode & 07777, 0600);
@@ -722,16 +722,16 @@ static void test_save_load(void **state)
 	/* a group-readable file stays group-readable, never world-readable */
 	assert_int_equal(chmod(path, 0644), 0);
 	t = NULL;
-	if (smtpd_creds_load(path, &t, err, sizeof err) != 0)
+	if (cred_store_load(path, &t, err, sizeof err) != 0)
 		fail_msg("%s", err);
-	assert_int_equal(smtpd_creds_count(t), 1);
-	assert_int_equal(smtpd_creds_set_disabled(t, "alice", true), 0);
-	if (smtpd_creds_save(t, path, err, sizeof err) != 0)
+	assert_int_equal(cred_store_count(t), 1);
+	assert_int_equal(cred_store_set_disabled(t, "alice", true), 0);
+	if (cred_store_save(t, path, err, sizeof err) != 0)
 		fail_msg("%s", err);
-	smtpd_creds_free(t);
+	cred_store_free(t);
 	assert_int_equal(stat(path, &st), 0);
 	assert_int_equal(st.st_mode & 07777, 0640);
-	if (smtpd_creds_load(path, &t, err, sizeof err) != 0)
+	if (cred_store_load(path, &t, err, sizeof err) != 0)
 		fail_msg("%s", err);
 	char *out = format(t);
 	assert_string_equal(out, "# kept\nalice:" H_SCRYPT ":o:hourly=3,"
@@ -752,21 +752,21 @@ static void test_save_load(void **state)
 	/* a directory that does not exist: an error naming it */
 	char bad[300];
 	snprintf(bad, sizeof bad, "%s/nodir/credentials", dir);
-	assert_int_equal(smtpd_creds_save(t, bad, err, sizeof err), -ENOENT);
+	assert_int_equal(cred_store_save(t, bad, err, sizeof err), -ENOENT);
 	char want[400];
 	snprintf(want, sizeof want, "cannot create a temporary file in %s/nodir: "
 	         "No such file or directory", dir);
 	assert_string_equal(err, want);
-	smtpd_creds_free(t);
+	cred_store_free(t);
 
 	/* a relative path saves in the current directory */
 	char cwd[256];
 	assert_non_null(getcwd(cwd, sizeof cwd));
 	assert_int_equal(chdir(dir), 0);
 	t = parse_ok("rel:" H_SCRYPT "\n");
-	if (smtpd_creds_save(t, "creds2", err, sizeof err) != 0)
+	if (cred_store_save(t, "creds2", err, sizeof err) != 0)
 		fail_msg("%s", err);
-	smtpd_creds_free(t);
+	cred_store_free(t);
 	assert_int_equal(unlink("creds2"), 0);
 	assert_int_equal(chdir(cwd), 0);
 

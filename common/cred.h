@@ -1,5 +1,6 @@
 /*
- * smtpd/smtpd_cred.h - SMTP AUTH credentials: the credentials file parsed
+ * common/cred.h - The credentials store that smtpd/ (AUTH) and relayctl
+ * (tools/: user add/del/list/passwd) share: the credentials file parsed
  * into a table, password hashing and verification with a slow KDF
  * (scrypt, or PBKDF2-SHA256, from OpenSSL), and the per-credential sender
  * and recipient restrictions and quotas. No sockets, no libuv, no logging:
@@ -34,7 +35,7 @@
  * all four fields. No white space or control character may appear inside
  * a credential line (leading and trailing blanks and a final CR are
  * ignored), ':' appears only as the separator, and a line is at most
- * SMTPD_CRED_LINE_MAX characters. Domains are ASCII (A-labels for IDNs):
+ * CRED_LINE_MAX characters. Domains are ASCII (A-labels for IDNs):
  * labels of letters, digits and '-' (not first or last), 1-63 characters,
  * at most 253 in all. An address's local part is 1-64 characters of RFC
  * 5322 atext (without '|') and dots. Unknown option keys are errors, so a
@@ -62,7 +63,7 @@
  * ---- Threads and lifetime -----------------------------------------------
  *
  * A loaded table is immutable: any number of threads may look up and
- * verify at once. It is reference counted (smtpd_creds_ref / _free), so a
+ * verify at once. It is reference counted (cred_store_ref / _free), so a
  * reload can swap in a new table while verifications on pool threads
  * finish with the old one. The editing functions (add, del, set_*) are for
  * relayctl, need the only reference, and are not thread-safe.
@@ -70,96 +71,96 @@
  * Verification costs one KDF run (tens to hundreds of milliseconds and up
  * to 64 MiB): never call it on the event loop thread.
  */
-#ifndef RELAY_SMTPD_CRED_H
-#define RELAY_SMTPD_CRED_H
+#ifndef RELAY_CRED_H
+#define RELAY_CRED_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-#define SMTPD_CRED_NAME_MAX 64       /* NAME and OWNER */
-#define SMTPD_CRED_LINE_MAX 4096     /* one line, without its newline */
-#define SMTPD_CRED_FILE_MAX (16u << 20)
-#define SMTPD_CRED_PASSWORD_MAX 1024 /* bytes; longer never verifies */
-#define SMTPD_CRED_HASH_MAX 256      /* longest hash text, with its NUL */
-#define SMTPD_CRED_QUOTA_MAX 1000000000u
-/* smtpd_cred_generate(): 18 random bytes as base64url, plus the NUL. */
-#define SMTPD_CRED_GEN_LEN 24
+#define CRED_NAME_MAX 64       /* NAME and OWNER */
+#define CRED_LINE_MAX 4096     /* one line, without its newline */
+#define CRED_FILE_MAX (16u << 20)
+#define CRED_PASSWORD_MAX 1024 /* bytes; longer never verifies */
+#define CRED_HASH_MAX 256      /* longest hash text, with its NUL */
+#define CRED_QUOTA_MAX 1000000000u
+/* cred_generate(): 18 random bytes as base64url, plus the NUL. */
+#define CRED_GEN_LEN 24
 
-struct smtpd_creds;  /* the table */
-struct smtpd_cred;   /* one credential, owned by its table */
+struct cred_store;  /* the table */
+struct cred;   /* one credential, owned by its table */
 
 /* ---- hashing ------------------------------------------------------------ */
 
-enum smtpd_cred_alg { SMTPD_CRED_SCRYPT = 1, SMTPD_CRED_PBKDF2_SHA256 };
+enum cred_alg { CRED_SCRYPT = 1, CRED_PBKDF2_SHA256 };
 
 /* KDF parameters. scrypt uses ln, r, p; PBKDF2 uses iter. */
-struct smtpd_cred_kdf {
-	enum smtpd_cred_alg alg;
+struct cred_kdf {
+	enum cred_alg alg;
 	unsigned ln, r, p;
 	unsigned iter;
 };
 
 /* The defaults: scrypt ln=15 r=8 p=1; PBKDF2-SHA256 600000 iterations. */
-extern const struct smtpd_cred_kdf smtpd_cred_kdf_scrypt;
-extern const struct smtpd_cred_kdf smtpd_cred_kdf_pbkdf2;
+extern const struct cred_kdf cred_kdf_scrypt;
+extern const struct cred_kdf cred_kdf_pbkdf2;
 
-/* Hashes pw (pwlen bytes, 1..SMTPD_CRED_PASSWORD_MAX, no NUL) with a new
+/* Hashes pw (pwlen bytes, 1..CRED_PASSWORD_MAX, no NUL) with a new
  * 16-byte random salt into out as "$scrypt$..." text. kdf NULL: the
  * scrypt default; otherwise its parameters must be within the bounds
  * above (tests use a cheap ln=10). Returns 0, -EINVAL (bad password or
- * parameters), -ENOBUFS (outlen too small; SMTPD_CRED_HASH_MAX is enough)
+ * parameters), -ENOBUFS (outlen too small; CRED_HASH_MAX is enough)
  * or -EIO (the KDF or the random generator failed). */
-int smtpd_cred_hash(const void *pw, size_t pwlen,
-                    const struct smtpd_cred_kdf *kdf, char *out,
+int cred_hash(const void *pw, size_t pwlen,
+                    const struct cred_kdf *kdf, char *out,
                     size_t outlen);
 
-/* A strong random password: SMTPD_CRED_GEN_LEN characters of base64url
+/* A strong random password: CRED_GEN_LEN characters of base64url
  * (A-Z a-z 0-9 - _) from 18 random bytes (144 bits). outlen must be at
- * least SMTPD_CRED_GEN_LEN + 1. Returns 0, -ENOBUFS or -EIO. */
-int smtpd_cred_generate(char *out, size_t outlen);
+ * least CRED_GEN_LEN + 1. Returns 0, -ENOBUFS or -EIO. */
+int cred_generate(char *out, size_t outlen);
 
 /* ---- the table ---------------------------------------------------------- */
 
 /* An empty table with one reference, or NULL when out of memory. */
-struct smtpd_creds *smtpd_creds_new(void);
+struct cred_store *cred_store_new(void);
 
 /* Reads and parses the file at path into a new table (one reference).
  * Errors are one line in err: "cannot read PATH: No such file or
  * directory" (returns -errno, -ENOENT for a missing file, -EFBIG past
- * SMTPD_CRED_FILE_MAX), or "PATH:LINE: why" for a bad line (-EINVAL).
+ * CRED_FILE_MAX), or "PATH:LINE: why" for a bad line (-EINVAL).
  * A message quotes names and options (escaped) but never a hash. */
-int smtpd_creds_load(const char *path, struct smtpd_creds **out, char *err,
+int cred_store_load(const char *path, struct cred_store **out, char *err,
                      size_t errlen);
 
 /* The same on text in memory; name stands for the file in messages. */
-int smtpd_creds_parse(const char *name, const char *text, size_t len,
-                      struct smtpd_creds **out, char *err, size_t errlen);
+int cred_store_parse(const char *name, const char *text, size_t len,
+                      struct cred_store **out, char *err, size_t errlen);
 
 /* Another reference; returns t. */
-struct smtpd_creds *smtpd_creds_ref(struct smtpd_creds *t);
+struct cred_store *cred_store_ref(struct cred_store *t);
 /* Drops one reference; the last frees the table and its credentials.
  * NULL is a no-op. */
-void smtpd_creds_free(struct smtpd_creds *t);
+void cred_store_free(struct cred_store *t);
 
 /* Number of credentials, and the i-th in name order (NULL past the end). */
-size_t smtpd_creds_count(const struct smtpd_creds *t);
-const struct smtpd_cred *smtpd_creds_at(const struct smtpd_creds *t,
+size_t cred_store_count(const struct cred_store *t);
+const struct cred *cred_store_at(const struct cred_store *t,
                                         size_t i);
 
 /* The credential called name (case-insensitive), or NULL. */
-const struct smtpd_cred *smtpd_creds_find(const struct smtpd_creds *t,
+const struct cred *cred_store_find(const struct cred_store *t,
                                           const char *name);
 
-enum smtpd_cred_result {
-	SMTPD_CRED_OK,            /* name known, password right, enabled */
-	SMTPD_CRED_BAD_PASSWORD,  /* name known, password wrong */
-	SMTPD_CRED_UNKNOWN,       /* no such name (or not a valid name) */
-	SMTPD_CRED_DISABLED,      /* password right, credential disabled */
-	SMTPD_CRED_ERROR,         /* the KDF failed (out of memory) */
+enum cred_result {
+	CRED_OK,            /* name known, password right, enabled */
+	CRED_BAD_PASSWORD,  /* name known, password wrong */
+	CRED_UNKNOWN,       /* no such name (or not a valid name) */
+	CRED_DISABLED,      /* password right, credential disabled */
+	CRED_ERROR,         /* the KDF failed (out of memory) */
 };
 /* "ok", "bad password", "unknown", "disabled", "error": for log lines. */
-extern const char *const smtpd_cred_result_names[];
+extern const char *const cred_result_names[];
 
 /* Checks name's password. Every call runs the KDF exactly once, whatever
  * the outcome: an unknown name is checked against a dummy hash with the
@@ -170,28 +171,28 @@ extern const char *const smtpd_cred_result_names[];
  * NULL) is set to the credential when the name is known (OK, BAD_PASSWORD,
  * DISABLED; for per-credential failure counts), else NULL; it lives as
  * long as the caller's reference to t. Thread-safe; blocks for the KDF. */
-enum smtpd_cred_result smtpd_creds_verify(const struct smtpd_creds *t,
+enum cred_result cred_store_verify(const struct cred_store *t,
                                           const char *name, const void *pw,
                                           size_t pwlen,
-                                          const struct smtpd_cred **cred);
+                                          const struct cred **cred);
 
-/* KDF runs done by smtpd_creds_verify on this table (for tests and
+/* KDF runs done by cred_store_verify on this table (for tests and
  * metrics). */
-uint64_t smtpd_creds_kdf_count(const struct smtpd_creds *t);
+uint64_t cred_store_kdf_count(const struct cred_store *t);
 
 /* ---- one credential ----------------------------------------------------- */
 
-const char *smtpd_cred_name(const struct smtpd_cred *c);
-const char *smtpd_cred_owner(const struct smtpd_cred *c);   /* "" if none */
-bool smtpd_cred_disabled(const struct smtpd_cred *c);
+const char *cred_name(const struct cred *c);
+const char *cred_owner(const struct cred *c);   /* "" if none */
+bool cred_disabled(const struct cred *c);
 /* Quotas; 0 = no limit. What a unit counts is the quota code's business. */
-uint32_t smtpd_cred_hourly(const struct smtpd_cred *c);
-uint32_t smtpd_cred_daily(const struct smtpd_cred *c);
+uint32_t cred_hourly(const struct cred *c);
+uint32_t cred_daily(const struct cred *c);
 /* The from= and to= lists as written (0 entries: no restriction). */
-size_t smtpd_cred_nfrom(const struct smtpd_cred *c);
-const char *smtpd_cred_from(const struct smtpd_cred *c, size_t i);
-size_t smtpd_cred_nto(const struct smtpd_cred *c);
-const char *smtpd_cred_to(const struct smtpd_cred *c, size_t i);
+size_t cred_nfrom(const struct cred *c);
+const char *cred_from(const struct cred *c, size_t i);
+size_t cred_nto(const struct cred *c);
+const char *cred_to(const struct cred *c, size_t i);
 
 /* May this credential use addr (as parsed by addr_parse_path: no angle
  * brackets) as envelope sender? Without a from= list: yes. Otherwise an
@@ -203,19 +204,19 @@ const char *smtpd_cred_to(const struct smtpd_cred *c, size_t i);
  * domain do not match any entry (a caller that wants to allow "<>" for
  * restricted credentials says so itself). Also fit for the From: header's
  * address. */
-bool smtpd_cred_sender_ok(const struct smtpd_cred *c, const char *addr);
+bool cred_sender_ok(const struct cred *c, const char *addr);
 
 /* May this credential send to addr? Without a to= list: yes; otherwise
  * addr's domain must equal an entry (ASCII case-insensitive), as above. */
-bool smtpd_cred_rcpt_ok(const struct smtpd_cred *c, const char *addr);
+bool cred_rcpt_ok(const struct cred *c, const char *addr);
 
 /* ---- editing (relayctl) -------------------------------------------------- */
 
 /* A credential to add. Lists are items separated by ',' or '|' (NULL or
  * "": no restriction); quotas 0 = no limit. */
-struct smtpd_cred_spec {
+struct cred_spec {
 	const char *name;
-	const char *hash;     /* text as made by smtpd_cred_hash() */
+	const char *hash;     /* text as made by cred_hash() */
 	const char *owner;    /* NULL or "": none */
 	const char *from;
 	const char *to;
@@ -225,23 +226,23 @@ struct smtpd_cred_spec {
 
 /* Appends a credential (after the file's last line). Returns 0, -EEXIST
  * (the name exists), -EINVAL (a field is bad, or its line would be longer
- * than SMTPD_CRED_LINE_MAX; err says which, naming the value unless it is
+ * than CRED_LINE_MAX; err says which, naming the value unless it is
  * the hash) or -ENOMEM. */
-int smtpd_creds_add(struct smtpd_creds *t, const struct smtpd_cred_spec *s,
+int cred_store_add(struct cred_store *t, const struct cred_spec *s,
                     char *err, size_t errlen);
-/* The checks of smtpd_creds_add without adding: lets relayctl refuse a
+/* The checks of cred_store_add without adding: lets relayctl refuse a
  * bad name or option before it asks for a password. s->hash may be NULL
- * (not checked then). Same returns and messages as smtpd_creds_add. */
-int smtpd_creds_check(const struct smtpd_creds *t,
-                      const struct smtpd_cred_spec *s, char *err,
+ * (not checked then). Same returns and messages as cred_store_add. */
+int cred_store_check(const struct cred_store *t,
+                      const struct cred_spec *s, char *err,
                       size_t errlen);
 /* Removes one; its line goes, comments stay. 0 or -ENOENT. */
-int smtpd_creds_del(struct smtpd_creds *t, const char *name);
+int cred_store_del(struct cred_store *t, const char *name);
 /* Replaces the hash. 0, -ENOENT, -EINVAL (not a valid hash) or -ENOMEM. */
-int smtpd_creds_set_hash(struct smtpd_creds *t, const char *name,
+int cred_store_set_hash(struct cred_store *t, const char *name,
                          const char *hash);
 /* 0 or -ENOENT. */
-int smtpd_creds_set_disabled(struct smtpd_creds *t, const char *name,
+int cred_store_set_disabled(struct cred_store *t, const char *name,
                              bool disabled);
 
 /* The file's text: comment and blank lines as read, credentials in the
@@ -249,7 +250,7 @@ int smtpd_creds_set_disabled(struct smtpd_creds *t, const char *name,
  * the order from, to, hourly, daily, disabled), added ones at the end.
  * Appends to a struct buf (common/buf.h). Returns 0 or -ENOMEM/-ENOBUFS. */
 struct buf;
-int smtpd_creds_format(const struct smtpd_creds *t, struct buf *out);
+int cred_store_format(const struct cred_store *t, struct buf *out);
 
 /* Writes the table to path atomically: a temporary file in the same
  * directory, mode 0600 (an existing file's owner and group are kept, and
@@ -257,7 +258,7 @@ int smtpd_creds_format(const struct smtpd_creds *t, struct buf *out);
  * still read it; "other" never gets access), fsync, rename over path,
  * fsync of the directory. On error the old file is untouched and err
  * names the path and the failing step. Returns 0 or -errno. */
-int smtpd_creds_save(const struct smtpd_creds *t, const char *path,
+int cred_store_save(const struct cred_store *t, const char *path,
                      char *err, size_t errlen);
 
 #endif

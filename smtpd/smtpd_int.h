@@ -1,0 +1,193 @@
+/*
+ * smtpd/smtpd_int.h - What the SMTP server's files share: the server
+ * (smtpd.c: listeners, configurations, the TLS context), its sessions
+ * (smtpd_session.c: I/O, TLS, flow control, timeouts), the commit path
+ * (smtpd_commit.c: the body sink, quotas, queue commits) and AUTH
+ * (smtpd_auth.c: credentials, password checks, lockouts). Not for use
+ * outside smtpd/.
+ */
+#ifndef RELAY_SMTPD_INT_H
+#define RELAY_SMTPD_INT_H
+
+#include "smtpd/smtpd.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <openssl/ssl.h>
+
+#include "common/buf.h"
+#include "common/tls_stream.h"
+#include "queue/queue_quota.h"
+#include "smtpd/smtpd_cidr.h"
+#include "common/cred.h"
+#include "smtpd/smtpd_lockout.h"
+#include "smtpd/smtpd_policy_net.h"
+#include "smtpd/smtpd_proto.h"
+
+
+#define READ_CHUNK   (64 * 1024)
+/* Unconsumed input kept while a commit is pending or a line is partial. */
+#define IN_HIGH      (256 * 1024)
+/* Stop reading while this much output waits for a slow reader. */
+#define OUT_HIGH     (256 * 1024)
+#define BACKLOG      511
+/* A graceful close waits this long for queued replies to drain; a peer
+ * that stopped reading must not hold its session slot forever. */
+#define LINGER_MS    10000
+/* Password checks on the thread pool at once (each one scrypt run: about
+ * 0.1 s and 32 MiB). More AUTHs meanwhile get 454 4.7.0: a guesser
+ * cannot queue up unbounded work, and memory stays bounded. */
+#define AUTH_MAX_INFLIGHT 16
+/* The credentials file is looked at (stat) at most this often, when an
+ * AUTH arrives: relayctl's edits apply without a restart. */
+#define CREDS_CHECK_MS 1000
+/* Keys (client addresses and credential names) the lockout table holds. */
+#define LOCKOUT_CAP 4096
+
+struct smtpd_listener {
+	struct smtpd *srv;
+	uv_tcp_t tcp;
+	struct conf_listen cl;     /* a copy: configurations come and go */
+};
+
+/* A configuration shared by the server and the sessions that started
+ * under it. SIGHUP installs a new one for new sessions; a session keeps
+ * the one it started with until it ends, so nothing changes under it. */
+struct smtpd_conf {
+	struct conf conf;
+	struct smtpd_relay *relay;   /* conf's relay policy, parsed */
+	struct smtpd_cidr_list trusted;     /* trusted_networks */
+	struct smtpd_cidr_list plaintext;   /* auth_plaintext_networks */
+	unsigned refs;
+};
+
+struct smtpd_session;
+
+/* Which credentials file is loaded: a change of any field (relayctl
+ * renames a new file over the old) means it is read again. */
+struct creds_id {
+	bool exists;
+	dev_t dev;
+	ino_t ino;
+	off_t size;
+	struct timespec mtime, ctime;
+};
+
+struct smtpd {
+	uv_loop_t *loop;
+	struct smtpd_conf *conf;     /* for new sessions */
+	struct queue *q;
+	/* Per-credential quota counters: the LMDB store of q. */
+	struct queue_quota_store quota;
+	/* TLS for new sessions (a reference); NULL: no certificate. A reload
+	 * replaces it; sessions hold their own references. */
+	SSL_CTX *tls;
+	uint64_t tls_gen;            /* the load that produced tls */
+	uint64_t tls_next_gen;       /* the last load started */
+	unsigned tls_loading;        /* loads on the thread pool */
+	/* AUTH. creds NULL: no credentials (AUTH gets 454). */
+	struct cred_store *creds;
+	struct creds_id creds_id;    /* the file creds came from */
+	uint64_t creds_gen;          /* the check that produced them */
+	uint64_t creds_next_gen;
+	uint64_t creds_checked;      /* uv_now() of the last check started */
+	bool creds_checking;         /* a check is on the pool */
+	unsigned auth_inflight;      /* password checks on the pool */
+	unsigned auth_jobs;          /* every job on the pool */
+	struct smtpd_lockout *lockout;
+	struct smtpd_listener lst[CONF_LISTEN_MAX];
+	size_t nlst;
+	/* Per-client-IP rates: the listener's, so SIGHUP keeps them. */
+	struct smtpd_relay_limits *limits;
+	size_t open_listeners;
+	struct smtpd_session *sessions;   /* doubly linked */
+	unsigned nsessions;
+	uint64_t next_sid;
+	bool stopping;
+	void (*stop_cb)(void *arg);
+	void *stop_arg;
+};
+
+/* A session's TLS, as the shell sees it (the core only knows in or out). */
+enum sess_tls {
+	SESS_TLS_OFF,        /* plaintext */
+	SESS_TLS_HANDSHAKE,  /* bytes go to OpenSSL, none to the core */
+	SESS_TLS_ON,
+	SESS_TLS_FAILED,     /* nothing more is read or written through it */
+};
+
+struct smtpd_session {
+	struct smtpd *srv;
+	struct smtpd_conf *cf;     /* the configuration this session runs on */
+	enum conf_listen_mode mode;
+	uv_tcp_t tcp;
+	uv_timer_t timer;
+	int open_handles;
+	bool closing;          /* close started: no more input or output */
+	bool commit_pending;   /* the queue holds a callback to us */
+	bool auth_pending;     /* a password check holds a pointer to us */
+	/* The table the authenticated credential lives in (a reference):
+	 * the core reads its restrictions for the rest of the session. */
+	struct cred_store *auth_creds;
+	struct sockaddr_storage peer;
+	bool stop_after_commit;
+	bool reading;
+	bool eof;              /* the client shut down its side */
+	struct smtpd_proto *proto;
+	struct smtpd_relay_sess relay;   /* relay policy of this client */
+	/* Plaintext: in is what the core has yet to consume (decrypted when
+	 * in TLS), out the replies it wrote (encrypted on the way out). */
+	struct buf in, out;
+	enum sess_tls tls;
+	SSL_CTX *tls_ctx;      /* the server's when the session began (a ref) */
+	struct tls_stream tls_s;   /* TLS over memory BIOs, when tls != OFF */
+	struct queue_body *body;
+	uint64_t commit_size;  /* body size of the message being committed */
+	/* The message being committed was charged to this credential's
+	 * quota at quota_now: a failed commit gives the unit back. */
+	bool quota_charged;
+	int64_t quota_now;
+	char quota_key[CRED_NAME_MAX + 1];
+	char sid[20];
+	char ip[64];           /* "127.0.0.1" / "::1" */
+	int port;
+	struct smtpd_session *prev, *next;
+};
+
+/* smtpd.c */
+struct smtpd_conf *smtpd_conf_hold(struct smtpd_conf *c);
+void smtpd_conf_drop(struct smtpd_conf *c);
+/* Frees the server once it is stopping and nothing refers to it. */
+void smtpd_server_maybe_done(struct smtpd *srv);
+
+/* smtpd_session.c */
+void smtpd_session_accept_cb(uv_stream_t *server, int status);
+/* Runs the protocol over buffered input; sends the replies. */
+void smtpd_session_process(struct smtpd_session *s);
+/* graceful: the replies already queued are sent before the close. */
+void smtpd_session_close(struct smtpd_session *s, bool graceful);
+/* Frees s once its handles are closed and nothing holds a callback. */
+void smtpd_session_maybe_free(struct smtpd_session *s);
+/* The core's replies in s->out go to the wire (through TLS if on). */
+void smtpd_session_flush(struct smtpd_session *s);
+
+/* smtpd_commit.c */
+extern const struct smtpd_sink_ops smtpd_sink_ops;
+enum smtp_reply_id smtpd_quota_mail(void *ctx, const struct cred *c);
+/* queue_min_free at MAIL (smtpd_proto_cfg.spool). */
+enum smtp_reply_id smtpd_spool_mail(void *ctx, uint64_t size);
+/* SMTPD_REQ_COMMIT: charge the quota if any, then commit to the queue. */
+void smtpd_commit_start(struct smtpd_session *s);
+
+/* smtpd_auth.c */
+/* SMTPD_REQ_AUTH: lockouts first, then the password check on the pool. */
+void smtpd_auth_start(struct smtpd_session *s);
+/* SIGHUP: the credentials file is read again on the thread pool. */
+void smtpd_auth_reload(struct smtpd *srv);
+/* At start: the credentials file is read (blocking). */
+void smtpd_auth_load_now(struct smtpd *srv);
+
+#endif
