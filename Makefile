@@ -60,7 +60,7 @@ UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN  := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 
-all: $(BUILD)/relayd $(BUILD)/relayctl
+all: $(BUILD)/relayd $(BUILD)/relayctl $(BUILD)/faultshim.so
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -79,6 +79,15 @@ $(BUILD)/relayctl: $(CTL_OBJ) $(LIB)
 $(BUILD)/tests/%: tests/unit/%.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS) -lcmocka
+
+# The disk-fault shim (tests/faults/faultshim.c), LD_PRELOADed by
+# tests/e2e/test_durability_faults.py. Never with the sanitizers: it must
+# not pull the ASan runtime into a plain relayd, and those tests skip under
+# SANITIZE=1.
+$(BUILD)/faultshim.so: tests/faults/faultshim.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c17 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -fPIC -shared \
+	  -o $@ $< -ldl -lpthread
 
 # Fuzz harnesses built with a replay main() (tests/fuzz/replay.c) so the
 # corpora run as ordinary tests under the sanitizers.

@@ -637,6 +637,8 @@ void smtpd_session_accept_cb(uv_stream_t *server, int status)
 		.auth_available = srv->creds != NULL,
 		.quota = smtpd_quota_mail,
 		.quota_ctx = s,
+		.spool = smtpd_spool_mail,
+		.spool_ctx = s,
 	};
 	s->proto = smtpd_proto_new(&pc, &smtpd_sink_ops, s);
 	if (!s->proto) {
