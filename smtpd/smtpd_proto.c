@@ -1448,12 +1448,19 @@ const struct smtpd_txn *smtpd_proto_txn(const struct smtpd_proto *p)
 const char *smtpd_proto_with(const struct smtpd_proto *p)
 {
 	/* RFC 3848 §2: ESMTPS for ESMTP over TLS, ESMTPA with AUTH,
-	 * ESMTPSA with both. HELO has no such keyword. */
+	 * ESMTPSA with both. RFC 6531 §3.7.3: a transaction that used the
+	 * SMTPUTF8 extension (MAIL FROM ... SMTPUTF8) is UTF8SMTP, with the
+	 * same S and A suffixes. HELO has no such keyword (and no extension:
+	 * a HELO client's SMTPUTF8 parameter does not make it ESMTP). */
+	static const char *const kw[2][2][2] = {
+		/* [utf8][tls][auth] */
+		{{"ESMTP", "ESMTPA"}, {"ESMTPS", "ESMTPSA"}},
+		{{"UTF8SMTP", "UTF8SMTPA"}, {"UTF8SMTPS", "UTF8SMTPSA"}},
+	};
 	if (!p->esmtp)
 		return "SMTP";
-	if (p->auth_name[0])
-		return p->tls ? "ESMTPSA" : "ESMTPA";
-	return p->tls ? "ESMTPS" : "ESMTP";
+	bool utf8 = (p->txn.flags & QUEUE_F_SMTPUTF8) != 0;
+	return kw[utf8][p->tls][p->auth_name[0] != '\0'];
 }
 
 void smtpd_proto_auth_request(const struct smtpd_proto *p, const char **user,

@@ -221,8 +221,10 @@ enum smtpd_req smtpd_proto_shutdown(struct smtpd_proto *p, struct buf *out);
 
 enum smtpd_state smtpd_proto_state(const struct smtpd_proto *p);
 const struct smtpd_txn *smtpd_proto_txn(const struct smtpd_proto *p);
-/* "ESMTPSA", "ESMTPA", "ESMTPS", "ESMTP" or "SMTP", for the Received
- * header (RFC 3848). */
+/* The "with" keyword of the Received header: "ESMTPSA", "ESMTPA",
+ * "ESMTPS", "ESMTP" (RFC 3848) or "SMTP" (HELO); inside a transaction
+ * whose MAIL FROM had SMTPUTF8, "UTF8SMTPSA", "UTF8SMTPA", "UTF8SMTPS" or
+ * "UTF8SMTP" (RFC 6531 §3.7.3). */
 const char *smtpd_proto_with(const struct smtpd_proto *p);
 /* The session is inside TLS (after STARTTLS, or from the start on smtps).
  * AUTH is offered only then, or to auth_plaintext clients (issue 4 §2). */

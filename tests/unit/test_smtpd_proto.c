@@ -1163,6 +1163,64 @@ static void test_auth_starttls_resets(void **state)
 	fx_free(f);
 }
 
+/* The Received "with" keyword: RFC 3848 (ESMTP, S for TLS, A for AUTH),
+ * RFC 6531 §3.7.3 (UTF8SMTP... for a transaction with SMTPUTF8); HELO is
+ * plain SMTP. Checked inside the transaction (where the sink's begin()
+ * reads it) and after it, when SMTPUTF8 no longer applies. */
+struct with_case {
+	bool tls, auth, utf8, ehlo;
+	const char *in_txn, *after;
+};
+
+static const struct with_case with_cases[] = {
+	{false, false, false, true, "ESMTP", "ESMTP"},
+	{true, false, false, true, "ESMTPS", "ESMTPS"},
+	{false, true, false, true, "ESMTPA", "ESMTPA"},
+	{true, true, false, true, "ESMTPSA", "ESMTPSA"},
+	{false, false, true, true, "UTF8SMTP", "ESMTP"},
+	{true, false, true, true, "UTF8SMTPS", "ESMTPS"},
+	{false, true, true, true, "UTF8SMTPA", "ESMTPA"},
+	{true, true, true, true, "UTF8SMTPSA", "ESMTPSA"},
+	{false, false, true, false, "SMTP", "SMTP"},
+	{true, false, true, false, "SMTP", "SMTP"},
+};
+
+static void test_with_keyword(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof with_cases / sizeof *with_cases; i++) {
+		const struct with_case *c = &with_cases[i];
+		struct fixture *f = fx_auth(c->tls ? CONF_LISTEN_SMTPS
+		                                   : CONF_LISTEN_SMTP, true, true);
+		feed(f, c->ehlo ? "EHLO x\r\n" : "HELO x\r\n");
+		take(f);
+		if (c->auth) {
+			char line[128];
+			snprintf(line, sizeof line, "AUTH PLAIN %s\r\n",
+			         B64S("\0app\0pw"));
+			feed(f, line);
+			auth_expect(f, "app", "pw", SMTPD_AUTH_OK,
+			            "235 2.7.0 Authentication successful\r\n");
+		}
+		feed(f, c->utf8 ? "MAIL FROM:<a@b.test> SMTPUTF8\r\n"
+		                : "MAIL FROM:<a@b.test>\r\n");
+		assert_has(take(f), "250 2.1.0");
+		feed(f, "RCPT TO:<c@d.test>\r\nDATA\r\n");
+		assert_has(take(f), "354 ");
+		if (strcmp(smtpd_proto_with(f->p), c->in_txn) != 0)
+			fail_msg("case %zu: in the transaction '%s', want '%s'", i,
+			         smtpd_proto_with(f->p), c->in_txn);
+		feed(f, "Subject: s\r\n\r\nb\r\n.\r\n");
+		assert_int_equal(f->req, SMTPD_REQ_COMMIT);
+		smtpd_proto_done(f->p, 0, &f->out);
+		assert_has(take(f), "250 2.0.0 Ok: queued as");
+		if (strcmp(smtpd_proto_with(f->p), c->after) != 0)
+			fail_msg("case %zu: after the transaction '%s', want '%s'",
+			         i, smtpd_proto_with(f->p), c->after);
+		fx_free(f);
+	}
+}
+
 static void test_auth_cred_restrictions(void **state)
 {
 	(void)state;
@@ -1555,6 +1613,7 @@ int main(void)
 		cmocka_unit_test(test_auth_advertised),
 		cmocka_unit_test(test_auth_starttls_resets),
 		cmocka_unit_test(test_auth_cred_restrictions),
+		cmocka_unit_test(test_with_keyword),
 		cmocka_unit_test(test_auth_cred_from),
 		cmocka_unit_test(test_quota),
 	};
