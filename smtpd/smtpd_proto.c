@@ -331,6 +331,10 @@ static void body_end(struct smtpd_proto *p, struct buf *out,
 		return;
 	}
 	p->txn.scrubbed = p->scrub.dropped;
+	if (p->scrub.inserted)
+		log_info("%s: header section ends at a line that is not a header "
+		         "field: empty line inserted (s=%s)", p->txn.qid,
+		         p->cfg.sid);
 	p->body_open = false;   /* the session hands the body to the queue */
 	p->st = SMTPD_ST_COMMIT;
 	*req = SMTPD_REQ_COMMIT;

@@ -32,13 +32,15 @@
  *   - Names compare ASCII case-insensitively and whole: "Received-SPF"
  *     is kept when "Received" is dropped.
  *   - A line at a line start that is not a header field (no colon, a bad
- *     character, a leading blank on the first line)
- *     ends the header section: the missing Message-ID/Date lines are
- *     added, then that line and the rest pass as body. No blank line is
- *     inserted before it; it is not ours to reshape the message. The one
- *     exception: a first line that starts with SP/HT, after an added
- *     field, would become that field's continuation, so an empty line
- *     goes between them (only then).
+ *     character, a leading blank on the first line, a bare CR) ends the
+ *     header section: the missing Message-ID/Date lines are added, then
+ *     an empty line is inserted, then that line and the rest pass as
+ *     body (issue 8 §7; Postfix's cleanup does the same). Without the
+ *     empty line a lenient reader (Python's email, many MUAs) goes on
+ *     reading "X-Originating-IP:" or "Received:" lines after it as header
+ *     fields that were never scrubbed, and a first line starting with
+ *     SP/HT would fold into an added field. With it, every reader sees
+ *     the header section relayd scrubbed and the From: check judged.
  *   - An empty line ends the header section: missing lines are added
  *     before it.
  *   - Message-ID and Date count as present only if kept (a caller that
@@ -201,10 +203,16 @@ static void decide(struct smtpd_scrub *s)
 }
 
 /* The current line is not a header field: the header section ends before
- * it, and it begins the body with the held bytes. */
+ * it, and it begins the body with the held bytes. The empty line that
+ * separates them is inserted (issue 8 §7, as Postfix's cleanup does): a
+ * reader more lenient than we are must not take the lines after it for
+ * header fields we did not scrub, and the From: check must not judge a
+ * header section other than the one delivered. */
 static void begin_body(struct smtpd_scrub *s, const void *held, size_t n)
 {
 	add_missing(s);
+	out(s, "\r\n", 2);
+	s->inserted = true;
 	out(s, held, n);
 	s->namelen = 0;
 	s->state = SCRUB_ST_BODY;
@@ -279,13 +287,9 @@ int smtpd_scrub_feed(struct smtpd_scrub *s, const uint8_t *p, size_t n)
 				i++;
 				st = SCRUB_ST_NAME;
 			} else {
-				/* Not a header field: the body starts here.
-				 * Only a first line can start with a blank
-				 * here; after an added field it would fold into
-				 * it, so an empty line keeps it in the body. */
-				if (add_missing(s) && is_wsp(c))
-					out(s, "\r\n", 2);
-				s->state = SCRUB_ST_BODY;
+				/* Not a header field: the body starts here,
+				 * after the empty line we insert. */
+				begin_body(s, NULL, 0);
 				goto body;
 			}
 			break;

@@ -9,14 +9,16 @@
  * Input is the message as CRLF lines, in chunks of any size (a field name
  * may be split across calls). The header section ends at the first empty
  * line, or at the first line that is not a header field (no colon, bad
- * field-name characters, or a field name longer than SMTPD_SCRUB_NAME_MAX),
- * which then begins the body as-is. Header lines are not length-limited
- * here; the bytes after the field name are streamed.
+ * field-name characters, a leading blank on the first line), which then
+ * begins the body after an inserted empty line (issue 8 §7): the output
+ * always separates header and body with an empty line, so no reader can
+ * take a line of the body for a header field. Header lines are not
+ * length-limited here; the bytes after the field name are streamed.
  *
- * Added lines go right before that empty or non-header line; no empty line
- * is inserted, except before a first line that starts with SP/HT, which
- * would otherwise fold into the added field. The held field name and the
- * blanks before its colon must fit in name[] (else: a non-header line).
+ * Added lines go right before that empty line (the client's or ours).
+ * A field name longer than SMTPD_SCRUB_NAME_MAX, or followed by more
+ * blanks than name[] holds, is judged by the part held and keeps the line
+ * in the header section (scrubbing goes on).
  *
  * Optionally (smtpd_scrub_capture_from) it also keeps a copy of the first
  * kept From: field's value, for the credential's author check (issue 4
@@ -47,6 +49,7 @@ struct smtpd_scrub {
 	size_t namelen;
 	char name[SMTPD_SCRUB_NAME_MAX + 2];
 	unsigned dropped;          /* number of fields removed (for the log) */
+	bool inserted;             /* we inserted the empty line (§7) */
 	int err;                   /* first emit error */
 	/* From: capture (smtpd_scrub_capture_from); cap NULL: off. */
 	char *cap;                 /* the caller's buffer, not owned */

@@ -1318,6 +1318,14 @@ static const struct from_case from_cases[] = {
 	{"empty", "From:\r\n", false},
 	{"garbage", "From: <<a@shop.example\r\n", false},
 	{"scrubbed away", "X-Originating-IP: 1\r\nReceived: x\r\n", false},
+	/* issue 8 §7: after a line that is not a header field the body
+	 * starts (an empty line is inserted there): a From: below it is
+	 * body, for the check as for every reader downstream. */
+	{"allowed From: after a malformed line",
+	 "Subject: s\r\nno colon here\r\nFrom: a@shop.example\r\n", false},
+	{"refused From: after a malformed line is body",
+	 "From: a@shop.example\r\nno colon here\r\nFrom: x@evil.example\r\n",
+	 true},
 };
 
 static struct fixture *fx_cred(const struct smtpd_cred *cred,
