@@ -118,6 +118,11 @@ struct smtpd_proto_cfg {
 	unsigned max_recipients;
 	unsigned max_bad_commands;
 	bool bare_normalize;
+	/* long_lines = reject: a line over 998 octets (RFC 5322 §2.1.1)
+	 * refuses the message at the end of the data (554 5.6.0). Else
+	 * (wrap) such lines are folded or broken before they are stored
+	 * (smtpd_wrap.h). */
+	bool long_lines_reject;
 	const char *const *scrub;     /* header names to remove */
 	size_t nscrub;
 	/* The listener the client came in on: submission vs smtp is what the

@@ -24,11 +24,15 @@
  *   BODY       pass-through, zero-copy: each feed is one emit call.
  *
  * Decisions:
- *   - A field name is 1..SMTPD_SCRUB_NAME_MAX characters 33..126 except
- *     ':' (RFC 5322 §3.6.8). A longer name, or a name followed by more
- *     blanks than s->name holds, is decided on the part held and the
- *     line stays a header field: ending the header section there would
- *     let the fields after it through unscrubbed.
+ *   - A field name is 1 or more characters 33..126 except ':' (RFC 5322
+ *     §3.6.8), then optional blanks (obs-optional), then the colon, which
+ *     must be one of the first 998 octets of the line (RFC 5322 §2.1.1;
+ *     SMTPD_SCRUB_HOLD_MAX octets before it). A line whose name and
+ *     blanks run on past that has no colon where a field would: it is not
+ *     a header field, and the body starts at it, behind the inserted empty
+ *     line, for every reader alike (issue 8 §7). Field names are not
+ *     otherwise limited: a long one keeps the line in the header section,
+ *     so the fields after it are still scrubbed.
  *   - Names compare ASCII case-insensitively and whole: "Received-SPF"
  *     is kept when "Received" is dropped.
  *   - A line at a line start that is not a header field (no colon, a bad
@@ -320,20 +324,12 @@ int smtpd_scrub_feed(struct smtpd_scrub *s, const uint8_t *p, size_t n)
 				i++;
 				st = SCRUB_ST_NAME_WSP;
 			} else if (st == SCRUB_ST_NAME && is_ftext(c) &&
-			           s->namelen < SMTPD_SCRUB_NAME_MAX) {
+			           s->namelen < sizeof(s->name)) {
 				s->name[s->namelen++] = (char)c;
 				i++;
-			} else if (is_wsp(c) || (st == SCRUB_ST_NAME && is_ftext(c))) {
-				/* The name (or the blanks after it) outgrew
-				 * s->name. Decide on what is held and keep the
-				 * line in the header section: taking it for the
-				 * body would stop scrubbing and leak the fields
-				 * after it. */
-				decide(s);
-				if (!s->drop)
-					run = p + i;
-				st = SCRUB_ST_FIELD;
 			} else {
+				/* A bad character, or no colon among the first
+				 * 998 octets: not a header field. */
 				begin_body(s, s->name, s->namelen);
 				goto body;
 			}

@@ -16,9 +16,10 @@
  * length-limited here; the bytes after the field name are streamed.
  *
  * Added lines go right before that empty line (the client's or ours).
- * A field name longer than SMTPD_SCRUB_NAME_MAX, or followed by more
- * blanks than name[] holds, is judged by the part held and keeps the line
- * in the header section (scrubbing goes on).
+ * A header field's colon is one of the first 998 octets of its line (RFC
+ * 5322 §2.1.1): name[] holds the name and blanks before it, at most
+ * SMTPD_SCRUB_HOLD_MAX octets; a line without a colon there is not a
+ * header field.
  *
  * Optionally (smtpd_scrub_capture_from) it also keeps a copy of the first
  * kept From: field's value, for the credential's author check (issue 4
@@ -31,7 +32,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SMTPD_SCRUB_NAME_MAX 76  /* RFC 5322 §2.1.1: fields fit in 78 */
+#include "common/smtp.h"
+
+/* Name and blanks before the colon: the colon is at most the 998th
+ * octet of the line (RFC 5322 §2.1.1). */
+#define SMTPD_SCRUB_HOLD_MAX (SMTP_TEXT_LINE_MAX - 1)
 
 typedef int (*smtpd_scrub_emit_fn)(void *ctx, const uint8_t *p, size_t n);
 
@@ -47,7 +52,7 @@ struct smtpd_scrub {
 	bool drop;                 /* current field (and its folds) dropped */
 	bool have_msgid, have_date;
 	size_t namelen;
-	char name[SMTPD_SCRUB_NAME_MAX + 2];
+	char name[SMTPD_SCRUB_HOLD_MAX];
 	unsigned dropped;          /* number of fields removed (for the log) */
 	bool inserted;             /* we inserted the empty line (§7) */
 	int err;                   /* first emit error */

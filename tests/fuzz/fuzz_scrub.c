@@ -88,12 +88,10 @@ static bool in_list(const struct cfg *c, const uint8_t *name, size_t len)
 	return false;
 }
 
-/* If a header field starts at in[i], returns the length of the name it is
- * judged by and sets *colon to a point inside the line from which its end
- * is searched; else returns 0. A name longer than SMTPD_SCRUB_NAME_MAX, or
- * one followed by more blanks than the scrubber holds (name and blanks in
- * SMTPD_SCRUB_NAME_MAX + 2 bytes), is judged by what is held and the line
- * stays a header field. */
+/* If a header field starts at in[i], returns the length of its name and
+ * sets *colon to the colon's index; else returns 0. A field is a name of
+ * ftext, optional blanks, and a colon among the first 998 octets of the
+ * line (at most SMTPD_SCRUB_HOLD_MAX octets before it). */
 static size_t field_at(const uint8_t *in, size_t n, size_t i, size_t *colon)
 {
 	size_t j = i;
@@ -102,18 +100,10 @@ static size_t field_at(const uint8_t *in, size_t n, size_t i, size_t *colon)
 	size_t namelen = j - i;
 	if (namelen == 0)
 		return 0;
-	if (namelen > SMTPD_SCRUB_NAME_MAX) {
-		*colon = i + SMTPD_SCRUB_NAME_MAX;
-		return SMTPD_SCRUB_NAME_MAX;
-	}
 	size_t k = j;
 	while (k < n && is_wsp(in[k]))
 		k++;
-	if (k - i > SMTPD_SCRUB_NAME_MAX + 2) {
-		*colon = k;
-		return namelen;
-	}
-	if (k == n || in[k] != ':')
+	if (k == n || in[k] != ':' || k - i > SMTPD_SCRUB_HOLD_MAX)
 		return 0;
 	*colon = k;
 	return namelen;

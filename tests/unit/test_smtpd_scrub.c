@@ -330,6 +330,57 @@ static void test_finish_twice(void **state)
 	buf_free(&k.out);
 }
 
+/* A header field's colon is one of the first 998 octets of its line
+ * (RFC 5322 §2.1.1): a name of 997 octets is a field, one of 998 is not,
+ * and then the body starts behind an inserted empty line (issue 8 §7).
+ * The same for blanks between the name and the colon. */
+static void test_colon_limit(void **state)
+{
+	(void)state;
+	struct buf in = BUF_INIT(1 << 20), want = BUF_INIT(1 << 20);
+	for (size_t len = 990; len <= 1000; len++) {
+		for (int blanks = 0; blanks < 2; blanks++) {
+			/* "XXX...: v" or "Received      : v", the colon at
+			 * index len */
+			buf_reset(&in);
+			buf_appends(&in, blanks ? "Received" : "X");
+			while (in.len < len)
+				buf_append(&in, blanks ? " " : "X", 1);
+			buf_appends(&in, ": v\r\nReceived: r\r\n\r\nb\r\n");
+			bool field = len <= 997;
+			buf_reset(&want);
+			if (field && blanks) {
+				buf_appends(&want, "\r\nb\r\n");
+			} else if (field) {
+				buf_append(&want, in.data, len + 5);
+				buf_appends(&want, "\r\nb\r\n");
+			} else {
+				buf_appends(&want, "\r\n");
+				buf_append(&want, in.data, in.len);
+			}
+			for (int bytewise = 0; bytewise < 2; bytewise++) {
+				struct smtpd_scrub s;
+				struct sink k = {BUF_INIT(1 << 20), 0, 0};
+				smtpd_scrub_init(&s, dflt, 7, NULL, NULL, sink_emit, &k);
+				for (size_t i = 0; i < in.len; i += bytewise ? 1 : in.len)
+					smtpd_scrub_feed(&s, in.data + i,
+					                 bytewise ? 1 : in.len);
+				assert_int_equal(smtpd_scrub_finish(&s), 0);
+				if (k.out.len != want.len ||
+				    memcmp(k.out.data, want.data, want.len))
+					fail_msg("colon at %zu, blanks %d, bytewise %d: "
+					         "%zu bytes, want %zu", len, blanks,
+					         bytewise, k.out.len, want.len);
+				assert_int_equal(s.dropped, field ? 1 + blanks : 0);
+				assert_int_equal(s.inserted, !field);
+				buf_free(&k.out);
+			}
+		}
+	}
+	buf_free(&in);
+	buf_free(&want);
+}
+
 /* ---- From: capture --------------------------------------------------------- */
 
 static int null_emit(void *ctx, const uint8_t *p, size_t n)
@@ -403,6 +454,7 @@ int main(void)
 		cmocka_unit_test(test_body_zero_copy),
 		cmocka_unit_test(test_write_error),
 		cmocka_unit_test(test_finish_twice),
+		cmocka_unit_test(test_colon_limit),
 		cmocka_unit_test(test_capture_from),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
