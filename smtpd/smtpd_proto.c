@@ -290,6 +290,22 @@ static int from_addr_cb(void *ctx, const char *addr)
 	return -EPERM;
 }
 
+/* Whether a line of the captured From: field (its first one counted with
+ * the name and colon before the value) is longer than 998 octets. */
+static bool from_line_too_long(const struct smtpd_scrub *s, const char *v)
+{
+	size_t col = s->cap_lead;
+	for (size_t i = 0; i < s->caplen; i++) {
+		if (v[i] == '\n' && i > 0 && v[i - 1] == '\r') {
+			col = 0;
+			continue;
+		}
+		if (++col > SMTP_TEXT_LINE_MAX + (v[i] == '\r'))
+			return true;
+	}
+	return false;
+}
+
 /* The From: header against the credential's allowed senders: every
  * mailbox in it must be allowed, and there must be exactly one From:
  * field (RFC 5322 §3.6) naming at least one mailbox. Logs and returns
@@ -305,6 +321,11 @@ static enum smtp_reply_id from_check(struct smtpd_proto *p)
 		why = "several From: headers";
 	} else if (s->cap_over) {
 		why = "From: header too long";
+	} else if (from_line_too_long(s, p->from_cap)) {
+		/* long_lines = wrap would break it after this check, and
+		 * a CRLF SP inside an address makes another one: judge only
+		 * a field that is delivered as it was checked. */
+		why = "From: header line longer than 998 octets";
 	} else {
 		int r = addr_parse_mailbox_list(p->from_cap, s->caplen,
 		                                from_addr_cb, &fc);

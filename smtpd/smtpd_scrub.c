@@ -199,8 +199,11 @@ static void decide(struct smtpd_scrub *s)
 			s->have_msgid = true;
 		else if (name_eq(s->name, len, "Date"))
 			s->have_date = true;
-		else if (s->cap && name_eq(s->name, len, "From"))
+		else if (s->cap && name_eq(s->name, len, "From")) {
 			s->cap_on = ++s->nfrom == 1;
+			if (s->cap_on)
+				s->cap_lead = s->namelen + 1;   /* and ':' */
+		}
 		out(s, s->name, s->namelen);
 	}
 	s->namelen = 0;

@@ -61,6 +61,8 @@ struct smtpd_scrub {
 	size_t cap_max, caplen;
 	bool cap_on;               /* inside the captured field */
 	bool cap_over;             /* the value was longer than cap_max */
+	size_t cap_lead;           /* octets before the value on its first
+	                              line: the name, blanks and colon */
 	unsigned nfrom;            /* kept From: fields seen */
 };
 
@@ -73,7 +75,9 @@ void smtpd_scrub_init(struct smtpd_scrub *s, const char *const *names,
  * after its colon, continuation lines and their CR LF included, up to the
  * end of its last line) into buf, at most max bytes (then cap_over is set
  * and caplen stays at max); caplen is its length, nfrom the number of kept
- * From: fields. buf is not NUL-terminated and must outlive the feeding. */
+ * From: fields, cap_lead the octets before the value on the field's first
+ * line (name, blanks, colon). buf is not NUL-terminated and must outlive
+ * the feeding. */
 void smtpd_scrub_capture_from(struct smtpd_scrub *s, char *buf, size_t max);
 
 /* Returns 0 or the first emit error. */

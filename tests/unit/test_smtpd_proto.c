@@ -1603,6 +1603,37 @@ static void test_auth_cred_from(void **state)
 	from_txn(f, head, false, false, "too long");
 	fx_free(f);
 
+	/* A line of the From: field over 998 octets (issue 8 §2): wrapping
+	 * would change the field after the check, so it is refused; up to
+	 * 998 octets, or folded by the client, it is judged as it is. The
+	 * first line counts "From:" and any blanks before the colon. */
+	struct {
+		const char *name;   /* before the comment */
+		size_t comment;     /* octets of the comment's text */
+		const char *after;  /* after the comment */
+		bool ok;
+	} longs[] = {
+		{"From: (", 975, ") a@shop.example", true},        /* 998 */
+		{"From: (", 976, ") a@shop.example", false},       /* 999 */
+		{"From  : (", 973, ") a@shop.example", true},      /* 998 */
+		{"From  : (", 974, ") a@shop.example", false},     /* 999 */
+		{"From: (", 990, ")\r\n a@shop.example", true},    /* 998 + */
+		{"From: a@shop.example,\r\n (", 995, ")", true},   /* + 998 */
+		{"From: a@shop.example,\r\n (", 996, ")", false},  /* + 999 */
+	};
+	for (size_t i = 0; i < sizeof longs / sizeof *longs; i++) {
+		n = snprintf(head, sizeof head, "%s", longs[i].name);
+		for (size_t j = 0; j < longs[i].comment; j++)
+			head[n++] = 'c';
+		snprintf(head + n, sizeof head - (size_t)n, "%s\r\n",
+		         longs[i].after);
+		for (int bdat = 0; bdat < 2; bdat++) {
+			f = fx_cred(shop, "shop");
+			from_txn(f, head, bdat, longs[i].ok, longs[i].name);
+			fx_free(f);
+		}
+	}
+
 	/* A credential without from=: no From: check at all. */
 	f = fx_cred(free_cred, "free");
 	from_txn(f, "From: x@evil.example\r\n", false, true, "unrestricted");
