@@ -40,11 +40,13 @@
  *     header section: the missing Message-ID/Date lines are added, then
  *     an empty line is inserted, then that line and the rest pass as
  *     body (issue 8 §7; Postfix's cleanup does the same). Without the
- *     empty line a lenient reader (Python's email, many MUAs) goes on
- *     reading "X-Originating-IP:" or "Received:" lines after it as header
- *     fields that were never scrubbed, and a first line starting with
- *     SP/HT would fold into an added field. With it, every reader sees
- *     the header section relayd scrubbed and the From: check judged.
+ *     empty line a reader more lenient than relayd (one that skips a
+ *     malformed line; Python's email with a first line that starts with
+ *     a blank, which it takes for a continuation) goes on reading
+ *     "X-Originating-IP:" or "Received:" lines after it as header fields
+ *     that were never scrubbed, and a first line starting with SP/HT
+ *     would fold into an added field. With it, every reader sees the
+ *     header section relayd scrubbed and the From: check judged.
  *   - An empty line ends the header section: missing lines are added
  *     before it.
  *   - Message-ID and Date count as present only if kept (a caller that
