@@ -261,11 +261,13 @@ def test_malformed_line_ends_header_section(relayd):
                      relayd.log_text()), relayd.log_text()[-2000:]
 
 
-def test_indented_first_line_gets_empty_line_with_nothing_added(relayd):
+def test_indented_first_line_is_body(relayd):
     """A first line that starts with a blank is not a header field (there
-    is nothing to continue): the empty line goes before it even when the
-    message has its own Message-ID and Date lines later... which are then
-    body, so relayd adds its own."""
+    is nothing for it to continue): the body starts there, behind an
+    empty line, so the client's trace and Message-ID lines after it are
+    body text to Python's email parser (which would otherwise take the
+    first line for a continuation and read on), and relayd adds its own
+    Message-ID."""
     content = (b" indented\r\nX-Originating-IP: [10.9.9.9]\r\n"
                b"Message-ID: <own@client.test>\r\n\r\nbody\r\n")
     qid, msg = _send(relayd, content)
