@@ -90,7 +90,8 @@ $(BUILD)/fuzz/%: tests/fuzz/%.c tests/fuzz/replay.c $(LIB)
 # coverage instrumentation into build-fuzz/, the harness linked with
 # libFuzzer's main (not replay.c). The run works on a copy of the corpus
 # (build-fuzz/run-NAME/), nice'd; then -merge=1 adds to the committed
-# corpus only the inputs that reach new coverage, so it stays small.
+# corpus only the inputs that reach new edges (-use_counters=0: hit counts
+# are not new coverage), so it stays small.
 # Crashes are left in build-fuzz/run-NAME/ (crash-*), and the run fails.
 
 FUZZ_CC    ?= clang
@@ -138,7 +139,8 @@ fuzz: deps-fuzz
 	  -artifact_prefix=./ corpus >fuzz.log 2>&1; rc=$$?; \
 	  grep -E '^#[0-9]+.*(pulse|DONE)|ERROR|SUMMARY|stat::' fuzz.log \
 	    | tail -30; exit $$rc; }
-	$(FUZZ_NICE) $(FUZZ_DIR)/fuzz_$(NAME) -merge=1 tests/fuzz/corpus/$(NAME) \
+	$(FUZZ_NICE) $(FUZZ_DIR)/fuzz_$(NAME) -merge=1 -use_counters=0 \
+	  tests/fuzz/corpus/$(NAME) \
 	  $(FUZZ_DIR)/run-$(NAME)/corpus 2>&1 | tail -2
 
 # ---- dependencies ------------------------------------------------------
