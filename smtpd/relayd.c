@@ -369,6 +369,12 @@ int main(int argc, char **argv)
 		.commit_delay_us = c->commit_delay * 1000,
 		.sync = c->spool_sync == CONF_SYNC_FSYNC ? QUEUE_SYNC_FSYNC
 		                                         : QUEUE_SYNC_SYNCFS,
+		/* Listening must not wait for the spool's recovery (a
+		 * million messages take a minute to check). */
+		.recover_async = true,
+		/* Test hook: tests/e2e/test_recovery_async.py holds recovery
+		 * at this gate to see what happens while it runs. */
+		.recover_gate = getenv("RELAYD_TEST_RECOVERY_GATE"),
 	};
 	r = queue_open(&d.loop, &qo, &d.q);
 	if (r < 0) {
