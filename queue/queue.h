@@ -123,9 +123,9 @@ struct queue_opts {
 	                               after queue_open() returns (relayd), so
 	                               listening never waits for a big spool;
 	                               false: queue_open() does it all first */
-	const char *recover_gate;   /* tests only (recover_async): recovery's
-	                               index phases wait until this path
-	                               exists (at most 120 s); NULL: none */
+	const char *recover_gate;   /* tests only (recover_async): recovery
+	                               waits before its first step until this
+	                               path exists (at most 120 s); NULL: none */
 };
 
 struct queue_stats {
