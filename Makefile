@@ -14,9 +14,11 @@ PYTHON   := /usr/bin/python3
 DEPS_BUILD := build-essential pkg-config libuv1-dev liblmdb-dev libc-ares-dev \
               libssl-dev libopendkim-dev
 # Only what today's tests use: aiosmtpd is the test smarthost, openssl
-# makes the tests' throw-away CAs (dkimpy and dnsmasq come with the DKIM
+# makes the tests' throw-away CAs, python3-lmdb lets the relayctl check
+# tests damage a spool's index (dkimpy and dnsmasq come with the DKIM
 # and direct-delivery work).
-DEPS_TEST  := libcmocka-dev python3 python3-pytest swaks mount python3-aiosmtpd openssl
+DEPS_TEST  := libcmocka-dev python3 python3-pytest swaks mount python3-aiosmtpd openssl \
+              python3-lmdb
 DEPS_BENCH := postfix
 
 ifeq ($(SANITIZE),1)

@@ -58,6 +58,11 @@ typedef int (*ctl_cmd_fn)(struct ctl_ctx *c, int argc, char **argv);
 int ctl_cmd_list(struct ctl_ctx *c, int argc, char **argv);
 int ctl_cmd_show(struct ctl_ctx *c, int argc, char **argv);
 int ctl_cmd_cat(struct ctl_ctx *c, int argc, char **argv);
+/* Opens the index read-only; on failure prints why (no spool, ...). */
+int ctl_ro_open(const char *spool, struct queue_ro **out);
+/* ctl_check.c: verifies the spool; exit 0 clean, 1 problems, 2 could not
+ * check. */
+int ctl_cmd_check(struct ctl_ctx *c, int argc, char **argv);
 /* user add|del|list|passwd|disable|enable|test (ctl_user.c) */
 int ctl_cmd_user(struct ctl_ctx *c, int argc, char **argv);
 

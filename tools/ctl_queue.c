@@ -86,7 +86,7 @@ static int ctl_qid_arg(const char *arg, char out[QUEUE_ID_SIZE])
 	return -EINVAL;
 }
 
-static int ctl_ro_open(const char *spool, struct queue_ro **out)
+int ctl_ro_open(const char *spool, struct queue_ro **out)
 {
 	int r = queue_ro_open(spool, out);
 	if (r == -ENOENT)

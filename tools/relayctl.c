@@ -22,6 +22,8 @@ extern char **environ;
 
 #define CTL_F_JSON 0x1   /* accepts --json */
 #define CTL_F_CONF 0x2   /* needs the configuration (spool_dir, ...) */
+#define CTL_F_EXIT2 0x4  /* a configuration error exits 2, not 1 (check:
+                            1 means problems found) */
 
 struct ctl_cmd {
 	const char *name;
@@ -46,6 +48,9 @@ static const struct ctl_cmd ctl_cmds[] = {
 	 CTL_F_JSON | CTL_F_CONF, 1, 1, ctl_cmd_show, NULL},
 	{"cat", "ID", "the stored message, byte for byte, to stdout",
 	 CTL_F_CONF, 1, 1, ctl_cmd_cat, NULL},
+	{"check", "[--json]", "verify the spool: index, bodies, schedule, temp "
+	 "files", CTL_F_JSON | CTL_F_CONF | CTL_F_EXIT2, 0, 0, ctl_cmd_check,
+	 NULL},
 	{"flush", "[ID]", "make ID (or every active message) due now",
 	 CTL_F_CONF, 0, 1, ctl_cmd_flush, NULL},
 	{"hold", "ID", "keep ID from delivery until released", CTL_F_CONF, 1, 1,
@@ -114,7 +119,8 @@ static void ctl_usage(FILE *f)
 	        "              " CTL_DEFAULT_CONF "); RELAYD_<KEY> variables "
 	        "override its keys,\n"
 	        "              e.g. RELAYD_SPOOL_DIR=/var/spool/relayd\n"
-	        "  --json      JSON output for scripts (list, show, stats, user list)\n"
+	        "  --json      JSON output for scripts (list, show, stats, check, "
+	        "user list)\n"
 	        "  -h, --help  this text\n"
 	        "\n"
 	        "List filters (all given must match):\n"
@@ -126,7 +132,9 @@ static void ctl_usage(FILE *f)
 	        "  --from ADDR    the sender is ADDR ('<>' for bounces)\n"
 	        "\n"
 	        "ID is a 16-character queue id as shown by 'list'.\n"
-	        "Exit status: 0 success, 1 error, 2 usage error.\n");
+	        "Exit status: 0 success, 1 error, 2 usage error; check: 0 clean,\n"
+	        "1 problems found (one line each), 2 the spool could not be "
+	        "checked.\n");
 }
 
 /* Prints "relayctl: <message>" and the usage text to stderr; returns the
@@ -346,7 +354,7 @@ int main(int argc, char **argv)
 		if (!c.conf_path)
 			c.conf_path = CTL_DEFAULT_CONF;
 		if (ctl_conf_load(&c, explicit_conf) < 0)
-			return CTL_EXIT_ERR;
+			return cmd->flags & CTL_F_EXIT2 ? CTL_EXIT_USAGE : CTL_EXIT_ERR;
 	}
 
 	/* Output is written in large blocks (commands render into memory
