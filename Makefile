@@ -5,6 +5,7 @@
 #   make test            the same install step, then every test
 #   make test SANITIZE=1 the same under ASan + UBSan (separate build dir)
 #   make bench           benchmarks against Postfix (bench/RESULTS.md)
+#   make bench-scale     relayd with 1 000 000 queued messages (bench/scale)
 
 CC       ?= gcc
 PKGS     := libuv lmdb libcares openssl opendkim
@@ -170,3 +171,8 @@ $(BUILD)/bench/fill_queue: bench/fill_queue.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 .PHONY: bench-fill
+
+# bench/scale: relayd holding 1 000 000 messages (bench/README.md).
+bench-scale: deps-bench all bench-fill
+	bench/scale
+.PHONY: bench-scale
