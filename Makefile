@@ -12,6 +12,7 @@
 #                        run tests/fuzz/fuzz_NAME.c under libFuzzer (clang,
 #                        ASan + UBSan) on a copy of its corpus, then merge
 #                        what adds coverage back into tests/fuzz/corpus/NAME
+#   make bench-scale     relayd with 1 000 000 queued messages (bench/scale)
 
 CC       ?= gcc
 PKGS     := libuv lmdb libcares openssl opendkim
@@ -283,3 +284,8 @@ $(BUILD)/bench/fill_queue: bench/fill_queue.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 .PHONY: bench-fill
+
+# bench/scale: relayd holding 1 000 000 messages (bench/README.md).
+bench-scale: deps-bench all bench-fill
+	bench/scale
+.PHONY: bench-scale
