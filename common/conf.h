@@ -69,6 +69,8 @@ struct conf {
 	uint64_t timeout_greeting;         /* ms; idle before first command: 5m */
 	uint64_t timeout_command;          /* ms; RFC 5321 §4.5.3.2.7: 5m */
 	uint64_t timeout_data;             /* ms; §4.5.3.2.5-6: 3m per block */
+	unsigned data_min_rate;            /* bytes/s in DATA/BDAT; 500; 0: off */
+	uint64_t session_max_lifetime;     /* ms; default 1h */
 	uint64_t queue_map_size;           /* bytes; LMDB map; default 1 GiB */
 	enum conf_spool_sync spool_sync;   /* default syncfs */
 	uint64_t commit_delay;             /* ms; group-commit gathering: 1ms */
