@@ -726,18 +726,15 @@ void smtpd_session_close(struct smtpd_session *s, bool graceful)
 	close_handles(s);
 }
 
-/* Sessions from the client of `c`, counted as the rate limits count
- * them: IPv4 by address, IPv6 by /64 (its relay key), so one host cannot
+/* Sessions from the client of `c` (itself included), counted as the rate
+ * limits count clients: IPv4 by address, IPv6 by /64, so one host cannot
  * take max_connections_per_ip once for each of its 2^64 addresses. */
 static unsigned count_ip(const struct smtpd *srv, const struct smtpd_session *c)
 {
-	const char *key = c->relay.key[0] ? c->relay.key : c->ip;
 	unsigned n = 0;
-	for (const struct smtpd_session *s = srv->sessions; s; s = s->next) {
-		const char *k = s->relay.key[0] ? s->relay.key : s->ip;
-		if (strcmp(k, key) == 0)
+	for (const struct smtpd_session *s = srv->sessions; s; s = s->next)
+		if (smtpd_relay_same_client(&s->relay, &c->relay))
 			n++;
-	}
 	return n;
 }
 
