@@ -39,6 +39,11 @@
 #define IN_HIGH      (32 * 1024)
 /* Stop processing input and reading while this much output waits. */
 #define OUT_HIGH     (16 * 1024)
+/* The kernel's send buffer of a session (SO_SNDBUF; Linux doubles it).
+ * Replies are small: without a cap, autotuning lets a client that does
+ * not read make relayd generate megabytes of them per connection into
+ * kernel memory (and spend the CPU to) before OUT_HIGH is ever reached. */
+#define SESS_SNDBUF  (32 * 1024)
 #define BACKLOG      511
 /* A graceful close waits this long for queued replies to drain; a peer
  * that stopped reading must not hold its session slot forever. */

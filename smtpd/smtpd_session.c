@@ -802,6 +802,10 @@ void smtpd_session_accept_cb(uv_stream_t *server, int status)
 		return;
 	}
 	uv_tcp_nodelay(&s->tcp, 1);
+	int sndbuf = SESS_SNDBUF;
+	r = uv_send_buffer_size((uv_handle_t *)&s->tcp, &sndbuf);
+	if (r < 0)
+		log_warn("s=%s: SO_SNDBUF: %s", s->sid, uv_strerror(r));
 	peer_name(&s->tcp, &s->peer, s->ip, sizeof s->ip, &s->port);
 	const struct sockaddr *peer = (const struct sockaddr *)&s->peer;
 	bool trusted = smtpd_cidr_match(&srv->conf->trusted, peer);
