@@ -104,6 +104,58 @@ def test_flooding_clients_that_never_read(relayd_factory):
     assert _mail(r, "after") in r.stored()
 
 
+def test_tls_flooders_that_never_read(relayd_factory, tmp_path):
+    """The same inside TLS (smtps): replies encrypted and waiting count
+    against the same bound."""
+    import ssl
+    from tlsutil import TLS_NAME, TestCA, tls_relayd
+    ca = TestCA(str(tmp_path / "ca"))
+    r = tls_relayd(relayd_factory, ca, max_connections=1000,
+                   max_connections_per_ip=1000)
+    ctx = ca.client_context()
+    _mail(r, "warm-up")
+    before = rss_anon_kb(r)
+    socks, sent = [], []
+    try:
+        for _ in range(40):
+            raw = socket.socket()
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            raw.connect((r.addr, r.ports["smtps"]))
+            s = ctx.wrap_socket(raw, server_hostname=TLS_NAME)
+            s.settimeout(10)
+            assert s.recv(512).startswith(b"220 ")
+            s.setblocking(False)
+            socks.append(s)
+            sent.append(0)
+        for _ in range(40):
+            progress = False
+            for i, s in enumerate(socks):
+                if sent[i] >= 16 << 20:
+                    continue
+                try:
+                    k = s.send(FLOOD)
+                except (ssl.SSLWantWriteError, ssl.SSLWantReadError,
+                        BlockingIOError):
+                    continue
+                sent[i] += k
+                progress = progress or k > 0
+            if not progress:
+                break
+            time.sleep(0.05)
+        assert min(sent) >= 8192, sent
+        assert _mail(r, "during the TLS flood") in r.stored()
+        time.sleep(0.5)
+        grown_kb = rss_anon_kb(r) - before
+        print("TLSGROWN", grown_kb)
+        if not SANITIZE:
+            assert grown_kb < 16 * 1024, \
+                "RssAnon grew %d KiB for %d TLS flooders" % (grown_kb,
+                                                            len(socks))
+    finally:
+        for s in socks:
+            s.close()
+
+
 def test_pipelined_commands_all_answered(relayd_factory):
     """The bound does not lose replies: 5 000 commands in one go, read
     only afterwards, each answered in order; then the half-close path."""
