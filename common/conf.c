@@ -158,8 +158,8 @@ static const struct conf_keydef conf_keys[] = {
 	 NULL, "how a batch of bodies is made durable: syncfs or fsync each"},
 	{"commit_delay", CT_DURATION, OFF(commit_delay), "1ms", 0, 100, NULL,
 	 NULL, "longest a batch waits for concurrent commits; 0: never"},
-	{"user", CT_STRING, OFF(user), "", 0, 0, NULL, NULL,
-	 "user to switch to after binding; empty: stay"},
+	{"user", CT_STRING, OFF(user), "relayd", 0, 0, NULL, NULL,
+	 "account relayd started as root runs as after binding; root: stay"},
 	/* Delivery through a smarthost (deliver/). */
 	{"smarthost", CT_STRING, OFF(smarthost), "", 0, 0, NULL, check_hostport,
 	 "HOST:PORT of the provider's submission server ([v6addr]:PORT)"},

@@ -74,7 +74,7 @@ struct conf {
 	uint64_t queue_map_size;           /* bytes; LMDB map; default 1 GiB */
 	enum conf_spool_sync spool_sync;   /* default syncfs */
 	uint64_t commit_delay;             /* ms; group-commit gathering: 1ms */
-	char *user;                        /* drop privileges to; default "" */
+	char *user;                        /* drop root for; default "relayd" */
 	/* Smarthost delivery. */
 	char *smarthost;                   /* "HOST:PORT"; default "" */
 	enum conf_tls smarthost_tls;       /* default auto (465: implicit) */

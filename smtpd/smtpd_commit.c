@@ -68,8 +68,8 @@ static int sink_begin(void *ctx, struct smtpd_txn *t)
 	/* RFC 8314 §4.3: the TLS version and cipher suite, as a comment
 	 * after the protocol (OpenSSL's names: no parentheses in them). */
 	if (s->tls == SESS_TLS_ON)
-		buf_printf(&h, " (%s %s)", SSL_get_version(s->ssl),
-		           SSL_get_cipher_name(s->ssl));
+		buf_printf(&h, " (%s %s)", tls_stream_version(&s->tls_s),
+		           tls_stream_cipher(&s->tls_s));
 	buf_printf(&h, " id %s", t->qid);
 	if (t->nrcpt == 1)
 		buf_printf(&h, "\r\n\tfor <%s>", t->rcpt[0].addr);

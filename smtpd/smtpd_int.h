@@ -19,6 +19,7 @@
 #include <openssl/ssl.h>
 
 #include "common/buf.h"
+#include "common/tls_stream.h"
 #include "queue/queue_quota.h"
 #include "smtpd/smtpd_cidr.h"
 #include "common/cred.h"
@@ -48,9 +49,6 @@
 /* A graceful close waits this long for queued replies to drain; a peer
  * that stopped reading must not hold its session slot forever. */
 #define LINGER_MS    10000
-/* Ciphertext is moved between the socket and OpenSSL in pieces this big
- * (a TLS record is at most 16 KiB plus overhead). */
-#define TLS_CHUNK    (16 * 1024 + 512)
 /* Password checks on the thread pool at once (each one scrypt run: about
  * 0.1 s and 32 MiB). More AUTHs meanwhile get 454 4.7.0: a guesser
  * cannot queue up unbounded work, and memory stays bounded. */
@@ -120,6 +118,10 @@ struct smtpd {
 	struct smtpd_session *sessions;   /* doubly linked */
 	unsigned nsessions;
 	uint64_t next_sid;
+	/* The delivery side's limit on message size (the smarthost's SIZE,
+	 * issue 8 §10); 0: none. New sessions advertise and enforce the
+	 * smaller of this and max_message_size. */
+	uint64_t size_cap;
 	bool stopping;
 	void (*stop_cb)(void *arg);
 	void *stop_arg;
@@ -178,8 +180,7 @@ struct smtpd_session {
 	struct buf in, out;
 	enum sess_tls tls;
 	SSL_CTX *tls_ctx;      /* the server's when the session began (a ref) */
-	SSL *ssl;              /* owns rbio (ciphertext in), wbio (out) */
-	BIO *rbio, *wbio;
+	struct tls_stream tls_s;   /* TLS over memory BIOs, when tls != OFF */
 	struct queue_body *body;
 	uint64_t commit_size;  /* body size of the message being committed */
 	/* The message being committed was charged to this credential's

@@ -22,6 +22,7 @@
 #include "common/log.h"
 #include "common/smtp.h"
 #include "smtpd/smtpd_policy.h"
+#include "common/tls_stream.h"
 #include "smtpd/smtpd_tls.h"
 
 struct write_req {
@@ -87,12 +88,16 @@ static void send_raw(struct smtpd_session *s, const uint8_t *p, size_t n)
 }
 
 /* What OpenSSL wrote for the peer (handshake, records, alerts). */
+static int drain_out(void *arg, const uint8_t *p, size_t n)
+{
+	struct smtpd_session *s = arg;
+	send_raw(s, p, n);
+	return s->closing;
+}
+
 static void tls_drain(struct smtpd_session *s)
 {
-	uint8_t tmp[TLS_CHUNK];
-	int n;
-	while ((n = BIO_read(s->wbio, tmp, sizeof tmp)) > 0)
-		send_raw(s, tmp, (size_t)n);
+	tls_stream_drain(&s->tls_s, drain_out, s);
 }
 
 static void tls_fail(struct smtpd_session *s, const char *what);
@@ -105,25 +110,14 @@ void smtpd_session_flush(struct smtpd_session *s)
 	case SESS_TLS_OFF:
 		send_raw(s, s->out.data, s->out.len);
 		break;
-	case SESS_TLS_ON: {
-		/* A memory BIO never pushes back: SSL_write takes it all. */
-		size_t off = 0;
-		while (off < s->out.len) {
-			size_t k = s->out.len - off;
-			if (k > 4 * TLS_CHUNK)
-				k = 4 * TLS_CHUNK;
-			ERR_clear_error();
-			int n = SSL_write(s->ssl, s->out.data + off, (int)k);
-			if (n <= 0) {
-				buf_reset(&s->out);
-				tls_fail(s, "write");
-				return;
-			}
-			off += (size_t)n;
+	case SESS_TLS_ON:
+		if (tls_stream_write(&s->tls_s, s->out.data, s->out.len) < 0) {
+			buf_reset(&s->out);
+			tls_fail(s, "write");
+			return;
 		}
 		tls_drain(s);
 		break;
-	}
 	case SESS_TLS_HANDSHAKE:
 	case SESS_TLS_FAILED:
 		/* Nothing can be said: a plaintext reply in the middle of a
@@ -139,8 +133,12 @@ static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *b)
 	(void)hint;
 	if (s->tls != SESS_TLS_OFF) {
 		/* Ciphertext: read_cb hands it to OpenSSL at once, so one
-		 * buffer serves every session on the loop thread. */
-		static uint8_t raw[READ_CHUNK];
+		 * buffer serves every session on the loop thread. Two records
+		 * at a time: what OpenSSL holds undecrypted when s->in is full
+		 * or the client does not read (reading stops then) stays
+		 * within that, and so does its memory BIO's buffer, which
+		 * never shrinks. */
+		static uint8_t raw[2 * TLS_STREAM_CHUNK];
 		*b = uv_buf_init((char *)raw, sizeof raw);
 		return;
 	}
@@ -171,11 +169,9 @@ static void release_idle(struct smtpd_session *s)
  * and what OpenSSL wrote and tls_drain has not passed on. */
 static size_t pending_output(struct smtpd_session *s)
 {
-	size_t n = s->out.len +
-	           uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp);
-	if (s->wbio)
-		n += BIO_ctrl_pending(s->wbio);
-	return n;
+	return s->out.len +
+	       uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp) +
+	       tls_stream_pending(&s->tls_s);
 }
 
 /* The client is not reading its replies: stop taking its commands. */
@@ -344,20 +340,9 @@ static int tls_begin(struct smtpd_session *s)
 	SSL_CTX *ctx = tls_ctx_for(s);
 	if (!ctx)
 		return -EINVAL;
-	s->ssl = SSL_new(ctx);
-	s->rbio = BIO_new(BIO_s_mem());
-	s->wbio = BIO_new(BIO_s_mem());
-	if (!s->ssl || !s->rbio || !s->wbio) {
-		BIO_free(s->rbio);
-		BIO_free(s->wbio);
-		SSL_free(s->ssl);
-		s->ssl = NULL;
-		s->rbio = s->wbio = NULL;
-		ERR_clear_error();
-		return -ENOMEM;
-	}
-	SSL_set_bio(s->ssl, s->rbio, s->wbio);   /* s->ssl owns both now */
-	SSL_set_accept_state(s->ssl);
+	int r = tls_stream_init(&s->tls_s, ctx, true);
+	if (r < 0)
+		return r;
 	s->tls = SESS_TLS_HANDSHAKE;
 	uv_timer_start(&s->timer, timer_cb, s->cf->conf.timeout_command, 0);
 	return 0;
@@ -369,21 +354,20 @@ static int tls_begin(struct smtpd_session *s)
 static int tls_pull(struct smtpd_session *s)
 {
 	while (s->in.len < IN_HIGH) {
-		if (buf_reserve(&s->in, READ_CHUNK) < 0)
-			break;
-		size_t room = s->in.cap - s->in.len;
+		size_t room = IN_HIGH - s->in.len;
 		if (room > READ_CHUNK)
 			room = READ_CHUNK;
-		ERR_clear_error();
-		int n = SSL_read(s->ssl, s->in.data + s->in.len, (int)room);
+		if (buf_reserve(&s->in, room) < 0)
+			break;
+		ssize_t n = tls_stream_read(&s->tls_s, s->in.data + s->in.len,
+		                            room);
 		if (n > 0) {
 			s->in.len += (size_t)n;
 			continue;
 		}
-		int e = SSL_get_error(s->ssl, n);
-		if (e == SSL_ERROR_WANT_READ)
+		if (n == 0)
 			break;
-		if (e == SSL_ERROR_ZERO_RETURN) {
+		if (n == TLS_STREAM_EOF) {
 			s->eof = true;   /* close_notify: as a TCP half-close */
 			break;
 		}
@@ -396,14 +380,12 @@ static int tls_pull(struct smtpd_session *s)
 
 static void tls_handshake(struct smtpd_session *s)
 {
-	ERR_clear_error();
-	int r = SSL_do_handshake(s->ssl);
-	if (r != 1) {
-		int e = SSL_get_error(s->ssl, r);
-		if (e == SSL_ERROR_WANT_READ) {
-			tls_drain(s);
-			return;
-		}
+	int r = tls_stream_handshake(&s->tls_s);
+	if (r == 0) {
+		tls_drain(s);
+		return;
+	}
+	if (r < 0) {
 		tls_fail(s, "handshake");
 		return;
 	}
@@ -411,12 +393,13 @@ static void tls_handshake(struct smtpd_session *s)
 	if (s->closing)
 		return;
 	s->tls = SESS_TLS_ON;
-	const char *sni = SSL_get_servername(s->ssl, TLSEXT_NAMETYPE_host_name);
+	const char *sni = SSL_get_servername(s->tls_s.ssl,
+	                                     TLSEXT_NAMETYPE_host_name);
 	char name[128] = "";
 	if (sni)
 		log_escape(name, sizeof name, sni, strlen(sni));
 	log_info("s=%s: TLS established: %s %s%s%s", s->sid,
-	         SSL_get_version(s->ssl), SSL_get_cipher_name(s->ssl),
+	         tls_stream_version(&s->tls_s), tls_stream_cipher(&s->tls_s),
 	         sni ? ", sni=" : "", name);
 	if (s->mode == CONF_LISTEN_SMTPS)
 		smtpd_proto_greet(s->proto, &s->out);   /* RFC 8314 §3.3 */
@@ -567,7 +550,7 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 	case SESS_TLS_ON:
 		/* A memory BIO takes everything (it only grows); what it holds
 		 * is bounded because reading stops while s->in is full. */
-		if (BIO_write(s->rbio, b->base, (int)nread) != (int)nread) {
+		if (tls_stream_put(&s->tls_s, b->base, (size_t)nread) < 0) {
 			log_err("s=%s: TLS: out of memory", s->sid);
 			smtpd_session_close(s, false);
 			return;
@@ -645,7 +628,7 @@ void smtpd_session_maybe_free(struct smtpd_session *s)
 		s->next->prev = s->prev;
 	srv->nsessions--;
 	smtpd_proto_free(s->proto);
-	SSL_free(s->ssl);            /* and its BIOs; NULL: no-op */
+	tls_stream_free(&s->tls_s);
 	SSL_CTX_free(s->tls_ctx);
 	cred_store_free(s->auth_creds);
 	smtpd_conf_drop(s->cf);
@@ -693,9 +676,7 @@ void smtpd_session_close(struct smtpd_session *s, bool graceful)
 		return;
 	if (graceful && s->tls == SESS_TLS_ON) {
 		/* close_notify: the client can tell our close from a cut. */
-		ERR_clear_error();
-		SSL_shutdown(s->ssl);
-		ERR_clear_error();
+		tls_stream_shutdown(&s->tls_s);
 		tls_drain(s);
 		if (s->closing)
 			return;
@@ -815,7 +796,9 @@ void smtpd_session_accept_cb(uv_stream_t *server, int status)
 	struct smtpd_proto_cfg pc = {
 		.hostname = cf->hostname,
 		.sid = s->sid,
-		.max_message_size = cf->max_message_size,
+		.max_message_size = srv->size_cap &&
+		                    srv->size_cap < cf->max_message_size
+		                    ? srv->size_cap : cf->max_message_size,
 		.max_recipients = cf->max_recipients,
 		.max_bad_commands = cf->max_bad_commands,
 		.bare_normalize = cf->bare_newline == CONF_BARE_NORMALIZE,

@@ -146,7 +146,6 @@ def test_tls_flooders_that_never_read(relayd_factory, tmp_path):
         assert _mail(r, "during the TLS flood") in r.stored()
         time.sleep(0.5)
         grown_kb = rss_anon_kb(r) - before
-        print("TLSGROWN", grown_kb)
         if not SANITIZE:
             assert grown_kb < 16 * 1024, \
                 "RssAnon grew %d KiB for %d TLS flooders" % (grown_kb,

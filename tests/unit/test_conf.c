@@ -79,7 +79,7 @@ static void test_defaults(void **state)
 	assert_int_equal(c->session_max_lifetime, 3600000);
 	assert_int_equal(c->queue_map_size, 1024ull * 1024 * 1024);
 	assert_int_equal(c->spool_sync, CONF_SYNC_SYNCFS);
-	assert_string_equal(c->user, "");
+	assert_string_equal(c->user, "relayd");
 }
 
 /* Every key's default text is accepted by its own parser, and the table
