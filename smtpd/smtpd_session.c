@@ -155,11 +155,19 @@ static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *b)
 	*b = uv_buf_init((char *)s->in.data + s->in.len, (unsigned)room);
 }
 
+static bool data_state(enum smtpd_state st)
+{
+	return st == SMTPD_ST_DATA || st == SMTPD_ST_BDAT;
+}
+
 /* Buffers an idle session does not need go back to malloc: thousands of
- * idle connections cost their structs, not their buffers (issue 8 §4). */
+ * idle connections cost their structs, not their buffers (issue 8 §4).
+ * Message data keeps its input buffer to the end (one allocation per
+ * message, not per read). */
 static void release_idle(struct smtpd_session *s)
 {
-	if (s->in.len == 0 && s->in.data)
+	if (s->in.len == 0 && s->in.data &&
+	    !data_state(smtpd_proto_state(s->proto)))
 		buf_free(&s->in);
 	if (s->out.len == 0 && s->out.data)
 		buf_free(&s->out);
@@ -183,11 +191,6 @@ static bool out_blocked(struct smtpd_session *s)
 static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b);
 
 static void timer_cb(uv_timer_t *t);
-
-static bool data_state(enum smtpd_state st)
-{
-	return st == SMTPD_ST_DATA || st == SMTPD_ST_BDAT;
-}
 
 /* No mail transaction is open: a session past its lifetime can be
  * closed here without cutting a message short. */
