@@ -134,10 +134,9 @@ static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *b)
 	if (s->tls != SESS_TLS_OFF) {
 		/* Ciphertext: read_cb hands it to OpenSSL at once, so one
 		 * buffer serves every session on the loop thread. Two records
-		 * at a time: what OpenSSL holds undecrypted when s->in is full
-		 * or the client does not read (reading stops then) stays
-		 * within that, and so does its memory BIO's buffer, which
-		 * never shrinks. */
+		 * at a time (not READ_CHUNK): what OpenSSL holds undecrypted
+		 * when s->in is full or the client does not read (reading
+		 * stops then) stays within about that. */
 		static uint8_t raw[2 * TLS_STREAM_CHUNK];
 		*b = uv_buf_init((char *)raw, sizeof raw);
 		return;
