@@ -68,6 +68,7 @@ struct conf_keydef {
 /* The enum fields are written through an int. */
 _Static_assert(sizeof(enum conf_delivery) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum conf_bare_newline) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum conf_long_lines) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum conf_spool_sync) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum conf_tls) == sizeof(int), "enum size");
 
@@ -79,6 +80,9 @@ static const struct conf_enum smarthost_tls_vals[] = {
 	{"starttls", CONF_TLS_STARTTLS}, {"none", CONF_TLS_NONE}, {NULL, 0}};
 static const struct conf_enum bare_newline_vals[] = {
 	{"reject", CONF_BARE_REJECT}, {"normalize", CONF_BARE_NORMALIZE},
+	{NULL, 0}};
+static const struct conf_enum long_lines_vals[] = {
+	{"wrap", CONF_LONG_LINES_WRAP}, {"reject", CONF_LONG_LINES_REJECT},
 	{NULL, 0}};
 static const struct conf_enum spool_sync_vals[] = {
 	{"syncfs", CONF_SYNC_SYNCFS}, {"fsync", CONF_SYNC_FSYNC}, {NULL, 0}};
@@ -137,6 +141,9 @@ static const struct conf_keydef conf_keys[] = {
 	{"bare_newline", CT_ENUM, OFF(bare_newline), "reject", 0, 0,
 	 bare_newline_vals, NULL,
 	 "bare CR or LF in DATA: reject (554) or normalize to CRLF"},
+	{"long_lines", CT_ENUM, OFF(long_lines), "wrap", 0, 0, long_lines_vals,
+	 NULL, "lines over 998 octets (RFC 5322 2.1.1): wrap (fold headers, "
+	 "break body lines) or reject (554 5.6.0)"},
 	{"timeout_greeting", CT_DURATION, OFF(timeout_greeting), "5m", 1, DAY,
 	 NULL, NULL, "idle time allowed before the first command"},
 	{"timeout_command", CT_DURATION, OFF(timeout_command), "5m", 1, DAY, NULL,
@@ -154,6 +161,15 @@ static const struct conf_keydef conf_keys[] = {
 	 "messages; one still in a message at twice this age is cut off"},
 	{"queue_map_size", CT_SIZE, OFF(queue_map_size), "1G", MIB, 1ull << 44,
 	 NULL, NULL, "largest size of the LMDB queue index"},
+	/* Like Postfix's queue_minfree. 100M: room, above the reserve, for
+	 * one message of the default max_message_size (50M) in flight and
+	 * its index pages, and for what relayd itself must still write when
+	 * clients are refused - delivery state, bounces (DSNs bypass MAIL),
+	 * the LMDB free-page churn of removals - plus log files that often
+	 * share the file system. 0 turns the check off. */
+	{"queue_min_free", CT_SIZE, OFF(queue_min_free), "100M", 0, 1ull << 50,
+	 NULL, NULL, "free space the spool's file system must keep; less: MAIL "
+	 "gets 452 4.3.1; 0: no check"},
 	{"spool_sync", CT_ENUM, OFF(spool_sync), "syncfs", 0, 0, spool_sync_vals,
 	 NULL, "how a batch of bodies is made durable: syncfs or fsync each"},
 	{"commit_delay", CT_DURATION, OFF(commit_delay), "1ms", 0, 100, NULL,

@@ -128,6 +128,9 @@ struct queue_opts {
 	enum queue_sync sync;       /* how the writer makes bodies durable:
 	                               one syncfs(2) per batch, or fdatasync(2)
 	                               per body plus one fsync of msg/ */
+	uint64_t min_free;          /* queue_min_free: bytes the spool's file
+	                               system must keep free for MAIL to be
+	                               accepted (queue_space_check); 0: off */
 };
 
 struct queue_stats {
@@ -155,6 +158,18 @@ void queue_get_stats(const struct queue *q, struct queue_stats *st);
 
 /* Changes commit_delay_us (SIGHUP). */
 void queue_set_commit_delay(struct queue *q, uint64_t us);
+
+/* Changes min_free (SIGHUP); the free space is read again at once. */
+void queue_set_min_free(struct queue *q, uint64_t bytes);
+
+/* At MAIL (loop thread): -ENOSPC (452 4.3.1) when the spool's file system
+ * has less than min_free + need bytes available (need: the declared SIZE,
+ * or 0), else 0; always 0 when min_free is 0. Costs a mutex, no system
+ * call: the free space is read at most a second apart by the queue's
+ * opener thread (statvfs can wait on a network file system), so a disk
+ * filling faster than that is still caught by the writes themselves
+ * (-ENOSPC at the end of DATA). */
+int queue_space_check(struct queue *q, uint64_t need);
 
 /* Next queue id (loop thread only). */
 void queue_new_id(struct queue *q, char out[QUEUE_ID_SIZE]);

@@ -80,9 +80,14 @@ int queue_push_quota(struct queue *q, struct queue_quota_req *r,
 int queue_quota_apply(struct queue_quota_req *r, struct MDB_txn *txn,
                       unsigned dbi);
 
-/* The environment and the quota DB handle, for read transactions on the
- * loop thread (queue_quota_peek). */
-struct MDB_env *queue_mdb_env(struct queue *q);
+/* A read transaction on q's index, from any thread (queue_quota_peek on
+ * the loop thread): begin returns an LMDB code (0: *txn is open); end
+ * aborts it. Between the two the writer cannot reopen the environment
+ * (queue.c: env_reopen after a failed write), so keep it short and never
+ * across a callback. */
+int queue_env_read_begin(struct queue *q, struct MDB_txn **txn);
+void queue_env_read_end(struct queue *q, struct MDB_txn *txn);
+/* The quota DB handle, valid inside such a transaction. */
 unsigned queue_dbi_quota(struct queue *q);
 
 /* ---- the read side: queue_ro.c and queue_check.c ------------------- */

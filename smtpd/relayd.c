@@ -187,6 +187,7 @@ static void reload(struct relayd *d)
 		log_err("SIGHUP: cannot open log file %s: %s", nc.log_file,
 		        strerror(-r));
 	queue_set_commit_delay(d->q, nc.commit_delay * 1000);
+	queue_set_min_free(d->q, nc.queue_min_free);
 	if (d->deliver)
 		deliver_set_conf(d->deliver, &nc);
 	smtpd_set_conf(d->smtpd, &nc);
@@ -308,6 +309,7 @@ int main(int argc, char **argv)
 		.spool_dir = c->spool_dir,
 		.map_size = c->queue_map_size,
 		.commit_delay_us = c->commit_delay * 1000,
+		.min_free = c->queue_min_free,
 		.sync = c->spool_sync == CONF_SYNC_FSYNC ? QUEUE_SYNC_FSYNC
 		                                         : QUEUE_SYNC_SYNCFS,
 	};

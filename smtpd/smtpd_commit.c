@@ -141,6 +141,17 @@ static void quota_log_over(const struct smtpd_session *s, const char *qid,
 		         d->code, d->enh);
 }
 
+/* The core's spool hook at MAIL (smtpd_proto_cfg.spool): queue_min_free. */
+enum smtp_reply_id smtpd_spool_mail(void *ctx, uint64_t size)
+{
+	struct smtpd_session *s = ctx;
+	if (!s->srv->q || queue_space_check(s->srv->q, size) == 0)
+		return SMTP_R__COUNT;
+	log_info("s=%s: MAIL refused: less than queue_min_free free in the "
+	         "spool (SIZE=%" PRIu64 "): 452 4.3.1", s->sid, size);
+	return SMTP_R_STORAGE_FULL;
+}
+
 /* The core's quota hook at MAIL (smtpd_proto_cfg.quota): a short read
  * transaction on the loop thread (it never waits for the writer). It only
  * spares the client a body that could not be charged; the charge before

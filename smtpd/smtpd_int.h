@@ -214,6 +214,8 @@ void smtpd_session_flush(struct smtpd_session *s);
 /* smtpd_commit.c */
 extern const struct smtpd_sink_ops smtpd_sink_ops;
 enum smtp_reply_id smtpd_quota_mail(void *ctx, const struct cred *c);
+/* queue_min_free at MAIL (smtpd_proto_cfg.spool). */
+enum smtp_reply_id smtpd_spool_mail(void *ctx, uint64_t size);
 /* SMTPD_REQ_COMMIT: charge the quota if any, then commit to the queue. */
 void smtpd_commit_start(struct smtpd_session *s);
 

@@ -118,6 +118,11 @@ struct smtpd_proto_cfg {
 	unsigned max_recipients;
 	unsigned max_bad_commands;
 	bool bare_normalize;
+	/* long_lines = reject: a line over 998 octets (RFC 5322 §2.1.1)
+	 * refuses the message at the end of the data (554 5.6.0). Else
+	 * (wrap) such lines are folded or broken before they are stored
+	 * (smtpd_wrap.h). */
+	bool long_lines_reject;
 	const char *const *scrub;     /* header names to remove */
 	size_t nscrub;
 	/* The listener the client came in on: submission vs smtp is what the
@@ -147,6 +152,14 @@ struct smtpd_proto_cfg {
 	 * authoritative check is the charge at commit: a done() of -EDQUOT. */
 	enum smtp_reply_id (*quota)(void *ctx, const struct cred *c);
 	void *quota_ctx;
+	/* Room in the spool at MAIL (queue_min_free), called with the
+	 * declared SIZE (0: none) once the command is good, before the
+	 * relay policy and quota hooks (so a refused MAIL charges no rate
+	 * or quota): SMTP_R__COUNT to go on, or the refusal the core sends
+	 * (SMTP_R_STORAGE_FULL, 452 4.3.1; the hook logs why) before any
+	 * data is sent. NULL: no check. */
+	enum smtp_reply_id (*spool)(void *ctx, uint64_t size);
+	void *spool_ctx;
 };
 
 struct smtpd_proto;
@@ -241,8 +254,10 @@ enum smtpd_state smtpd_proto_state(const struct smtpd_proto *p);
  * command has begun (its timeout runs from its first byte). */
 bool smtpd_proto_in_line(const struct smtpd_proto *p);
 const struct smtpd_txn *smtpd_proto_txn(const struct smtpd_proto *p);
-/* "ESMTPSA", "ESMTPA", "ESMTPS", "ESMTP" or "SMTP", for the Received
- * header (RFC 3848). */
+/* The "with" keyword of the Received header: "ESMTPSA", "ESMTPA",
+ * "ESMTPS", "ESMTP" (RFC 3848) or "SMTP" (HELO); inside a transaction
+ * whose MAIL FROM had SMTPUTF8, "UTF8SMTPSA", "UTF8SMTPA", "UTF8SMTPS" or
+ * "UTF8SMTP" (RFC 6531 §3.7.3). */
 const char *smtpd_proto_with(const struct smtpd_proto *p);
 /* The session is inside TLS (after STARTTLS, or from the start on smtps).
  * AUTH is offered only then, or to auth_plaintext clients (issue 4 §2). */

@@ -52,8 +52,7 @@ static const struct ctl_cmd ctl_cmds[] = {
 	 "--raw"},
 	{"check", "[--json]", "verify the spool: index, bodies, schedule, temp "
 	 "files", CTL_F_JSON | CTL_F_CONF | CTL_F_SPOOL | CTL_F_EXIT2, 0, 0,
-	 ctl_cmd_check,
-	 NULL},
+	 ctl_cmd_check, NULL},
 	{"flush", "[ID]", "make ID (or every active message) due now",
 	 CTL_F_CONF | CTL_F_SPOOL, 0, 1, ctl_cmd_flush, NULL},
 	{"hold", "ID", "keep ID from delivery until released", CTL_F_CONF | CTL_F_SPOOL, 1, 1,

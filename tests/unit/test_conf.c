@@ -72,12 +72,14 @@ static void test_defaults(void **state)
 		assert_string_equal(c->scrub_headers[i], scrub[i]);
 	assert_false(c->received_client);
 	assert_int_equal(c->bare_newline, CONF_BARE_REJECT);
+	assert_int_equal(c->long_lines, CONF_LONG_LINES_WRAP);
 	assert_int_equal(c->timeout_greeting, 300000);
 	assert_int_equal(c->timeout_command, 300000);
 	assert_int_equal(c->timeout_data, 180000);
 	assert_int_equal(c->data_min_rate, 500);
 	assert_int_equal(c->session_max_lifetime, 3600000);
 	assert_int_equal(c->queue_map_size, 1024ull * 1024 * 1024);
+	assert_int_equal(c->queue_min_free, 100ull * 1024 * 1024);
 	assert_int_equal(c->spool_sync, CONF_SYNC_SYNCFS);
 	assert_string_equal(c->user, "relayd");
 }
@@ -95,7 +97,9 @@ static void test_key_table(void **state)
 		if (def && conf_set(c, k, def, err, sizeof err) != 0)
 			fail_msg("default of %s: %s", k, err);
 	}
-	assert_int_equal(n, 55);
+	/* + queue_min_free, long_lines, data_min_rate, session_max_lifetime
+	 * (issue 8) */
+	assert_int_equal(n, 57);
 	assert_null(conf_key(n, NULL, NULL));
 }
 
@@ -125,6 +129,7 @@ static uint64_t field_value(const struct conf *c, const char *key)
 		{"delay_warning_after", offsetof(struct conf, delay_warning_after),
 		 'q'},
 		{"bare_newline", offsetof(struct conf, bare_newline), 'i'},
+		{"long_lines", offsetof(struct conf, long_lines), 'i'},
 		{"spool_sync", offsetof(struct conf, spool_sync), 'i'},
 		{"max_recipients", offsetof(struct conf, max_recipients), 'u'},
 		{"max_connections", offsetof(struct conf, max_connections), 'u'},
@@ -133,6 +138,7 @@ static uint64_t field_value(const struct conf *c, const char *key)
 		{"max_bad_commands", offsetof(struct conf, max_bad_commands), 'u'},
 		{"max_message_size", offsetof(struct conf, max_message_size), 'q'},
 		{"queue_map_size", offsetof(struct conf, queue_map_size), 'q'},
+		{"queue_min_free", offsetof(struct conf, queue_min_free), 'q'},
 		{"timeout_greeting", offsetof(struct conf, timeout_greeting), 'q'},
 		{"timeout_command", offsetof(struct conf, timeout_command), 'q'},
 		{"timeout_data", offsetof(struct conf, timeout_data), 'q'},
@@ -220,6 +226,11 @@ static const struct set_case set_cases[] = {
 	{"max_message_size", "1000", 0, NULL, 1000},
 	{"queue_map_size", "1M", 0, NULL, M},
 	{"queue_map_size", "16G", 0, NULL, 16 * G},
+	{"queue_min_free", "0", 0, NULL, 0},
+	{"queue_min_free", "100M", 0, NULL, 100 * M},
+	{"queue_min_free", "2G", 0, NULL, 2 * G},
+	{"queue_min_free", "-1", -EINVAL,
+	 "queue_min_free: not a size: '-1' (expected e.g. 512k, 50M, 1G)", 0},
 	{"max_message_size", "10 M", -EINVAL,
 	 "max_message_size: not a size: '10 M' (expected e.g. 512k, 50M, 1G)",
 	 0},
@@ -269,6 +280,10 @@ static const struct set_case set_cases[] = {
 	{"log_level", "INFO", 0, NULL, LOG_INFO},
 	{"bare_newline", "normalize", 0, NULL, CONF_BARE_NORMALIZE},
 	{"bare_newline", "reject", 0, NULL, CONF_BARE_REJECT},
+	{"long_lines", "reject", 0, NULL, CONF_LONG_LINES_REJECT},
+	{"long_lines", "WRAP", 0, NULL, CONF_LONG_LINES_WRAP},
+	{"long_lines", "truncate", -EINVAL,
+	 "long_lines: unsupported value 'truncate' (expected: wrap, reject)", 0},
 	{"spool_sync", "fsync", 0, NULL, CONF_SYNC_FSYNC},
 	{"spool_sync", "syncfs", 0, NULL, CONF_SYNC_SYNCFS},
 	{"delivery", "hold", 0, NULL, CONF_DELIVERY_HOLD},
