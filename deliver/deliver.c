@@ -1405,10 +1405,21 @@ static void size_store(struct deliver *d)
 /* A session's EHLO named size (0: none): the new limit, if it changed. */
 static void size_learn(struct deliver *d, uint64_t size)
 {
-	if (size == d->sh_size || d->cfg->mode != CONF_DELIVERY_SMARTHOST)
+	if (d->cfg->mode != CONF_DELIVERY_SMARTHOST)
 		return;
 	char name[300];
 	size_name(d->cfg, name, sizeof name);
+	/* A SIZE below any real provider's (a misconfiguration, or a
+	 * man in the middle of smarthost_tls = none) would make relayd
+	 * refuse every message, and with nothing queued no session would
+	 * ever learn a corrected one: not taken, not kept. */
+	if (size && size < DELIVER_SIZE_FLOOR) {
+		log_warn("smarthost %s: SIZE %" PRIu64 " is below %u bytes; "
+		         "ignored", name, size, DELIVER_SIZE_FLOOR);
+		return;
+	}
+	if (size == d->sh_size)
+		return;
 	d->sh_size = size;
 	if (size)
 		log_info("smarthost %s: SIZE %" PRIu64 "; clients are offered "

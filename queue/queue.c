@@ -889,7 +889,8 @@ int queue_count(struct queue *q, uint64_t *messages, uint64_t *scheduled)
 
 /* ---- the writer thread ------------------------------------------------ */
 
-static int open_index(struct queue *q, const char *spool, uint64_t map_size);
+static int open_index(struct queue *q, const char *spool, uint64_t map_size,
+                      bool reopen);
 static void unindex_retry(struct queue *q);
 
 /* A write transaction or a sync of the index failed. LMDB may now refuse
@@ -909,7 +910,8 @@ static void env_failed(struct queue *q, int rc)
 /* Writer thread: closes and reopens the environment. Readers on other
  * threads (the loop's scheduler, quota peeks) hold envlock for reading
  * around each short read transaction; this waits for them, and they for
- * it (mdb_env_open of an existing index is a few system calls). LMDB
+ * it (mdb_env_open of an existing index is a few system calls, and no
+ * sync: open_index's reopen). LMDB
  * allows one environment per file per process: the old one is closed
  * before the new one opens (its fcntl locks go with it). Returns 0 or
  * -errno; on failure env is NULL and the next write tries again. */
@@ -919,7 +921,7 @@ static int env_reopen(struct queue *q)
 	if (q->env)
 		mdb_env_close(q->env);
 	q->env = NULL;
-	int r = open_index(q, q->spool_path, q->map_size);
+	int r = open_index(q, q->spool_path, q->map_size, true);
 	if (r && q->env) {
 		mdb_env_close(q->env);
 		q->env = NULL;
@@ -1393,14 +1395,33 @@ static struct queue_op *apply_ops(struct queue *q, struct queue_op *ops,
  * so neither starves the other. Called and returns with q->mu held. */
 static void writer_recover(struct queue *q, bool *turn)
 {
-	if (q->rec.phase == RECOVER_DONE || q->stop ||
+	/* While the index is closed (a failed write, reopen pending) no
+	 * step can run: the idle writer reopens it first. */
+	if (q->rec.phase == RECOVER_DONE || q->stop || q->env_broken ||
 	    (!*turn && (q->pending || q->ops)) || recover_gated(q))
 		return;
 	*turn = false;
 	pthread_mutex_unlock(&q->mu);
 	uint64_t syncs = 0;
 	bool index_done = false;
+	struct recovery saved = q->rec;
 	int r = recover_step(q, &index_done, &syncs);
+	if (r && q->env_broken && saved.phase != RECOVER_BODIES) {
+		/* The index failed under an index step: nothing of it was
+		 * committed, so the same step runs again once the index is
+		 * reopened (a disk fault must not turn delivery off). The
+		 * bodies phase reads a directory and cannot go back; it is
+		 * not restored: a failed read there only leaves an orphan
+		 * for the next start. */
+		q->rec.phase = saved.phase;
+		memcpy(q->rec.key, saved.key, sizeof q->rec.key);
+		q->rec.keylen = saved.keylen;
+		q->rec.nmsg = saved.nmsg;
+		q->rec.repaired = saved.repaired;
+		r = 0;
+	} else if (r && q->env_broken) {
+		r = 0;
+	}
 	if (r) {
 		/* Delivery stays off (the index may be inconsistent); mail
 		 * is still accepted and kept. A restart tries again. */
@@ -1427,7 +1448,8 @@ static void writer_recover(struct queue *q, bool *turn)
 static void writer_wait(struct queue *q)
 {
 	while (!q->pending && !q->discard && !q->ops && !q->stop) {
-		if (q->rec.phase != RECOVER_DONE && !recover_gated(q))
+		if (q->rec.phase != RECOVER_DONE && !q->env_broken &&
+		    !recover_gated(q))
 			return;
 		/* Records of failed commits are still in the index, or the
 		 * index is closed: try again within a second rather than at
@@ -1439,8 +1461,8 @@ static void writer_wait(struct queue *q)
 			continue;
 		}
 		/* A gated recovery (tests) is looked at every 50 ms. */
-		uint64_t wait_us = q->rec.phase != RECOVER_DONE ? 50 * 1000
-		                                                : UNINDEX_RETRY_US;
+		uint64_t wait_us = q->rec.phase != RECOVER_DONE && !retry
+		                   ? 50 * 1000 : UNINDEX_RETRY_US;
 		struct timespec t;
 		us_timespec(now_us() + wait_us, &t);
 		if (pthread_cond_timedwait(&q->cond, &q->mu, &t) != ETIMEDOUT ||
@@ -1793,7 +1815,11 @@ fail:
 	return r;
 }
 
-static int open_index(struct queue *q, const char *spool, uint64_t map_size)
+/* reopen: the index exists and was open in this process (env_reopen,
+ * under envlock, which the loop's readers wait for): no directory sync,
+ * which could hold the loop for as long as a slow disk takes. */
+static int open_index(struct queue *q, const char *spool, uint64_t map_size,
+                      bool reopen)
 {
 	char path[PATH_MAX];
 	MDB_txn *txn;
@@ -1821,7 +1847,7 @@ static int open_index(struct queue *q, const char *spool, uint64_t map_size)
 	/* LMDB syncs the files it writes but not the directory it may just
 	 * have created data.mdb in: make that entry durable before any
 	 * commit relies on it. */
-	int r = fsync_path(path);
+	int r = reopen ? 0 : fsync_path(path);
 	if (r) {
 		log_err("queue: cannot sync %s: %s", path, strerror(-r));
 		return r;
@@ -2154,6 +2180,7 @@ fail:
 	if (r)
 		return r;
 fail_committed:
+	env_failed(q, rc);   /* LMDB may refuse this environment from now on */
 	log_err("queue: recovery: index: %s", mdb_strerror(rc));
 	return queue_mdb_errno(rc);
 }
@@ -2396,7 +2423,7 @@ int queue_open(uv_loop_t *loop, const struct queue_opts *o, struct queue **out)
 	}
 
 	if ((r = open_dirs(q, o->spool_dir)) ||
-	    (r = open_index(q, o->spool_dir, o->map_size)) ||
+	    (r = open_index(q, o->spool_dir, o->map_size, false)) ||
 	    (r = index_floor(q, floor)))
 		goto fail;
 	queue_idgen_init(&q->idgen, floor);

@@ -4,7 +4,9 @@ EHLO and offers clients min(max_message_size, SIZE - 16 KiB) - the 16 KiB
 leave room for the header fields relayd adds - refusing larger messages
 at MAIL (SIZE=) and at the end of DATA with 552 5.3.4, nothing queued.
 The value survives a restart (spool_dir/smarthost.size), follows the
-smarthost when it changes, and is forgotten for another smarthost."""
+smarthost when it changes, and is forgotten for another smarthost. A SIZE
+below 1 MiB (a misconfigured or hostile smarthost) is ignored, so it
+cannot make relayd refuse every message."""
 import os
 import smtplib
 
@@ -12,7 +14,7 @@ from conftest import smtp_connect, wait_until
 from conftest_upstream import (SENDER, body_of, make_message, message_id,
                                queue_list, stats, submit, wait_gone, wait_log)
 
-SIZE = 100000
+SIZE = 1500000   # above DELIVER_SIZE_FLOOR (1 MiB): a SIZE below it is ignored
 HEADROOM = 16 * 1024
 OFFERED = SIZE - HEADROOM
 DEFAULT_MAX = 50 * 1024 * 1024
@@ -145,3 +147,22 @@ def test_size_below_max_message_size_only(upstream_factory, relay_to):
     r.start()
     assert ehlo_size(r) == 200000   # up's SIZE is not up2's
     assert stats(r)["smarthost_size"] == 0
+
+
+def test_tiny_smarthost_size_ignored(upstream_factory, relay_to):
+    """A smarthost offering SIZE 1 would make relayd refuse all mail with
+    552, and with nothing queued no session would ever learn better: it
+    is logged and ignored, not kept across a restart."""
+    up = upstream_factory(behaviour={"ehlo_remove": ["SIZE"],
+                                     "ehlo_add": ["SIZE 1"]})
+    r = relay_to(up)
+    learn(r, up, "tiny")
+    wait_log(r, r"smarthost [^:]+:\d+: SIZE 1 is below 1048576 bytes; "
+             r"ignored")
+    assert ehlo_size(r) == DEFAULT_MAX
+    assert stats(r)["smarthost_size"] == 0
+    # Mail still goes through it.
+    learn(r, up, "still delivered")
+    r.stop()
+    r.start()
+    assert ehlo_size(r) == DEFAULT_MAX

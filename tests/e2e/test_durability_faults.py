@@ -506,3 +506,79 @@ def test_min_free_follows_the_spool_filesystem(relayd_factory, tmpfs8m):
     assert "accepting mail" in relayd.log_text()
     assert sorted(m["id"] for m in list_json(relayd)["messages"]) == \
         sorted(acked)
+
+
+# ---- faults while startup recovery runs (the writer alternates recovery
+# steps with commits; an index that failed under it is reopened first) ----
+
+def _gated_start(r, tmp_path):
+    faults = Faults(r.workdir)
+    gate = str(tmp_path / "gate")
+    env = faults.env()
+    env["RELAYD_TEST_RECOVERY_GATE"] = gate
+    seen = len(r.log_text())
+    r.start(env=env, wait_recovery=False)
+    wait_until(lambda: "recovery: waiting for gate" in r.log_text()[seen:],
+               timeout=20, what="recovery to wait at its gate")
+    return faults, gate, seen
+
+
+@needs_shim
+def test_recovery_waits_for_a_failed_index_reopen(relayd_factory, tmp_path):
+    """A commit fails while recovery is held (the index is marked broken):
+    recovery's next step must not run on it before the writer has
+    reopened it; then recovery finishes, and both the earlier run's
+    message and new mail are kept. (queue.c's writer_recover also waits
+    while a reopen keeps failing; the shim cannot make mdb_env_open fail,
+    so that path is not driven here.)"""
+    r = relayd_factory(start=False, spool_sync="fsync")
+    r.start()
+    code, _, old = send(r, "earlier")
+    assert code == 250
+    r.stop()
+    faults, gate, seen = _gated_start(r, tmp_path)
+    faults.set("fdatasync EIO /spool/index/data.mdb 1")
+    code, _, _ = send(r, "refused")
+    assert code == 451
+    wait_until(lambda: "index write failed" in r.log_text()[seen:],
+               timeout=20, what="the failed index write")
+    open(gate, "w").close()
+    faults.set()
+    wait_until(lambda: "recovery: 1 messages in queue, 0 repaired"
+               in r.log_text()[seen:], timeout=30, what="recovery to finish")
+    assert r.proc.poll() is None
+    log = r.log_text()[seen:]
+    assert "delivery stays off" not in log
+    assert log.index("index reopened") < log.index("index consistent")
+    code, _, new = send(r, "after")
+    assert code == 250
+    assert_spool_consistent(r, {old: "earlier", new: "after"})
+
+
+@needs_shim
+def test_transient_fault_in_a_recovery_step(relayd_factory, tmp_path):
+    """One failed sync under the recovery step that drops a record without
+    its body: the index is reopened and the step runs again; delivery is
+    not turned off, the record is dropped once, the other message kept."""
+    r = relayd_factory(start=False, spool_sync="fsync")
+    r.start()
+    acked = []
+    for m in ("gone", "kept"):
+        code, _, qid = send(r, m)
+        assert code == 250
+        acked.append(qid)
+    r.stop()
+    os.unlink(os.path.join(r.msg_dir(), acked[0]))
+    faults, gate, seen = _gated_start(r, tmp_path)
+    faults.set("fdatasync EIO /spool/index/data.mdb 1")
+    open(gate, "w").close()
+    wait_until(lambda: "recovery: 1 messages in queue, 1 repaired"
+               in r.log_text()[seen:], timeout=30, what="recovery to finish")
+    log = r.log_text()[seen:]
+    assert any("fdatasync" in h for h in faults.hits()), faults.hits()
+    assert "delivery stays off" not in log
+    assert "index reopened" in log
+    assert "index consistent" in log
+    code, _, new = send(r, "after")
+    assert code == 250
+    assert_spool_consistent(r, {acked[1]: "kept", new: "after"})
