@@ -222,8 +222,8 @@ def test_failed_meta_page_write_reopens_the_index(relayd_factory, sync):
 
 @needs_shim
 def test_index_that_cannot_be_reopened_yet(relayd_factory):
-    """The commit fails and so does the reopen (the index directory's
-    fsync fails too): relayd runs without an index, answering 451, and
+    """The commit fails and so does the reopen (opening the index's data
+    file fails too): relayd runs without an index, answering 451, and
     reopens it by itself within a second of the fault going away - before
     any new message arrives."""
     relayd, faults = start_faulty(relayd_factory)
@@ -233,7 +233,7 @@ def test_index_that_cannot_be_reopened_yet(relayd_factory):
     acked[qid] = "before"
 
     faults.set("fdatasync EIO /spool/index/data.mdb 1",
-               "fsync EIO /spool/index -1")
+               "open EIO /spool/index/data.mdb -1")
     for i in range(2):
         code, text, qid = send(relayd, "no-index-%d" % i)
         assert (code, qid) == (451, None), (code, text)
@@ -241,7 +241,7 @@ def test_index_that_cannot_be_reopened_yet(relayd_factory):
     assert "queue: cannot reopen the index" in log, log[-3000:]
     assert "queue: index reopened after a failed write" not in log
     ops = sorted({h.split()[0] for h in faults.hits()})
-    assert ops == ["fdatasync", "fsync"], faults.hits()
+    assert ops == ["fdatasync", "open"], faults.hits()
 
     faults.set()
     wait_until(lambda: "queue: index reopened after a failed write"
@@ -525,23 +525,23 @@ def _gated_start(r, tmp_path):
 
 @needs_shim
 def test_recovery_waits_for_a_failed_index_reopen(relayd_factory, tmp_path):
-    """A commit fails while recovery is held (the index is marked broken):
-    recovery's next step must not run on it before the writer has
-    reopened it; then recovery finishes, and both the earlier run's
-    message and new mail are kept. (queue.c's writer_recover also waits
-    while a reopen keeps failing; the shim cannot make mdb_env_open fail,
-    so that path is not driven here.)"""
+    """A commit fails while recovery is held and the reopen fails too (the
+    index is closed): recovery's next step must not run on the closed
+    index (it crashed relayd); once the fault goes the index is reopened,
+    recovery finishes, and both the earlier run's message and new mail
+    are kept."""
     r = relayd_factory(start=False, spool_sync="fsync")
     r.start()
     code, _, old = send(r, "earlier")
     assert code == 250
     r.stop()
     faults, gate, seen = _gated_start(r, tmp_path)
-    faults.set("fdatasync EIO /spool/index/data.mdb 1")
+    faults.set("fdatasync EIO /spool/index/data.mdb 1",
+               "open EIO /spool/index/data.mdb -1")
     code, _, _ = send(r, "refused")
     assert code == 451
-    wait_until(lambda: "index write failed" in r.log_text()[seen:],
-               timeout=20, what="the failed index write")
+    wait_until(lambda: "cannot reopen the index" in r.log_text()[seen:],
+               timeout=20, what="the failed reopen")
     open(gate, "w").close()
     faults.set()
     wait_until(lambda: "recovery: 1 messages in queue, 0 repaired"

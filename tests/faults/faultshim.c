@@ -6,7 +6,9 @@
  * tests that use it run in the plain pass only.
  *
  * Wrapped: write, pwrite(64), writev, pwritev(64), fsync, fdatasync,
- * syncfs, sync_file_range, msync, rename, renameat, renameat2, linkat.
+ * syncfs, sync_file_range, msync, rename, renameat, renameat2, linkat,
+ * and open(64) by path ("open": LMDB opens its files with open(), so a
+ * rule on "index/data.mdb" makes an index reopen fail).
  * LMDB (liblmdb0 0.9) writes its pages with pwrite/writev, syncs them with
  * fdatasync, and writes the meta page with pwrite (through an O_DSYNC
  * descriptor unless MDB_NOMETASYNC): a rule on "index/data.mdb" fails its
@@ -47,6 +49,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,12 +64,13 @@
 enum op {
 	OP_WRITE, OP_PWRITE, OP_WRITEV, OP_PWRITEV, OP_FSYNC, OP_FDATASYNC,
 	OP_SYNCFS, OP_SYNC_FILE_RANGE, OP_MSYNC, OP_RENAME, OP_RENAMEAT,
-	OP_RENAMEAT2, OP_LINKAT, OP__COUNT
+	OP_RENAMEAT2, OP_LINKAT, OP_OPEN, OP__COUNT
 };
 
 static const char *const op_names[OP__COUNT] = {
 	"write", "pwrite", "writev", "pwritev", "fsync", "fdatasync", "syncfs",
 	"sync_file_range", "msync", "rename", "renameat", "renameat2", "linkat",
+	"open",
 };
 
 struct rule {
@@ -100,6 +104,8 @@ static int (*real_rename)(const char *, const char *);
 static int (*real_renameat)(int, const char *, int, const char *);
 static int (*real_renameat2)(int, const char *, int, const char *, unsigned);
 static int (*real_linkat)(int, const char *, int, const char *, int);
+static int (*real_open)(const char *, int, ...);
+static int (*real_open64)(const char *, int, ...);
 
 #define RESOLVE(name) (real_##name = (__typeof__(real_##name))dlsym(RTLD_NEXT, #name))
 
@@ -120,6 +126,8 @@ __attribute__((constructor)) static void shim_init(void)
 	RESOLVE(renameat);
 	RESOLVE(renameat2);
 	RESOLVE(linkat);
+	RESOLVE(open);
+	RESOLVE(open64);
 }
 
 static int parse_errno(const char *s)
@@ -213,7 +221,7 @@ static void log_hit(enum op op, int err, const char *path)
 		return;
 	if ((size_t)n >= sizeof line)
 		n = (int)sizeof line - 1;
-	int fd = open(lp, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+	int fd = real_open(lp, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return;
 	/* One write with O_APPEND: lines from several threads do not mix. */
@@ -434,4 +442,39 @@ int linkat(int fd1, const char *from, int fd2, const char *to, int flags)
 		return -1;
 	}
 	return real_linkat(fd1, from, fd2, to, flags);
+}
+
+static mode_t open_mode(int flags, va_list ap)
+{
+	return (flags & (O_CREAT | O_TMPFILE)) ? (mode_t)va_arg(ap, int) : 0;
+}
+
+int open(const char *path, int flags, ...)
+{
+	va_list ap;
+	va_start(ap, flags);
+	mode_t mode = open_mode(flags, ap);
+	va_end(ap);
+	char a[PATH_MAX];
+	int e = fault(OP_OPEN, at_path(AT_FDCWD, path, a, sizeof a), NULL);
+	if (e) {
+		errno = e;
+		return -1;
+	}
+	return real_open(path, flags, mode);
+}
+
+int open64(const char *path, int flags, ...)
+{
+	va_list ap;
+	va_start(ap, flags);
+	mode_t mode = open_mode(flags, ap);
+	va_end(ap);
+	char a[PATH_MAX];
+	int e = fault(OP_OPEN, at_path(AT_FDCWD, path, a, sizeof a), NULL);
+	if (e) {
+		errno = e;
+		return -1;
+	}
+	return (real_open64 ? real_open64 : real_open)(path, flags, mode);
 }
