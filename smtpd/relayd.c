@@ -3,7 +3,9 @@
  * spool, binds the listeners (as root if needed, then drops to `user`),
  * loads the TLS certificate (as `user`), and runs the event loop until
  * SIGTERM/SIGINT. SIGHUP reloads the configuration and the TLS
- * certificate for new sessions and reopens the log.
+ * certificate for new sessions and reopens the log. Wires the control
+ * socket's "lockout" verb (deliver/) to the SMTP server's lockout tables
+ * (smtpd/), so neither module includes the other.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -20,6 +22,7 @@
 
 #include <uv.h>
 
+#include "common/buf.h"
 #include "common/conf.h"
 #include "common/log.h"
 #include "queue/queue.h"
@@ -37,6 +40,16 @@ struct relayd {
 	uv_signal_t sig_term, sig_int, sig_hup;
 	bool stopping;
 };
+
+/* relayctl lockout list|clear, from the control socket: the SMTP server
+ * answers while it runs (it stops first at shutdown; the socket last). */
+static int lockout_ctl_cb(void *arg, const char *args, struct buf *out)
+{
+	struct relayd *d = arg;
+	if (!d->smtpd || d->stopping)
+		return buf_appends(out, "err relayd is stopping");
+	return smtpd_auth_ctl(d->smtpd, args, out);
+}
 
 static void usage(FILE *f)
 {
@@ -379,6 +392,11 @@ int main(int argc, char **argv)
 	r = deliver_new(&d.loop, d.q, c, &d.deliver);
 	if (r < 0)
 		goto fail;
+	r = deliver_ctl_verb(d.deliver, "lockout", lockout_ctl_cb, &d);
+	if (r < 0) {
+		log_err("control: cannot add the lockout verb: %s", strerror(-r));
+		goto fail;
+	}
 	if (smtpd_start(d.smtpd) < 0)
 		goto fail;
 
