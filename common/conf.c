@@ -230,6 +230,9 @@ static const struct conf_keydef conf_keys[] = {
 	 "that failed before may try it; doubles per failure"},
 	{"auth_slow_delay_max", CT_DURATION, OFF(auth_slow_delay_max), "1m", 0,
 	 DAY, NULL, NULL, "longest auth_slow_delay doubling reaches"},
+	{"auth_lockout_table", CT_UNSIGNED, OFF(auth_lockout_table), "4096", 1,
+	 1048576, NULL, NULL, "entries in each failed-AUTH table (clients, "
+	 "names tried); restart to change"},
 };
 
 #define NKEYS (sizeof conf_keys / sizeof *conf_keys)

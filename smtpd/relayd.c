@@ -155,6 +155,11 @@ static void keep_restart_keys(struct conf *nc, const struct conf *old)
 			*strs[i].nv = copy;
 		}
 	}
+	if (nc->auth_lockout_table != old->auth_lockout_table) {
+		log_warn("SIGHUP: auth_lockout_table changed; restart relayd to "
+		         "apply it");
+		nc->auth_lockout_table = old->auth_lockout_table;
+	}
 	if (nc->spool_sync != old->spool_sync ||
 	    nc->queue_map_size != old->queue_map_size) {
 		log_warn("SIGHUP: spool_sync/queue_map_size changed; restart "

@@ -125,7 +125,7 @@ int smtpd_new(uv_loop_t *loop, struct conf *conf, struct queue *q,
 	srv->limits = lim;
 	srv->loop = loop;
 	/* The slow lane's timer exists from here: smtpd_stop closes it. */
-	int ra = smtpd_auth_init(srv);
+	int ra = smtpd_auth_init(srv, c->conf.auth_lockout_table);
 	srv->conf = c;
 	srv->q = q;
 	if (q)

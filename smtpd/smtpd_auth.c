@@ -497,9 +497,10 @@ static void auth_after_cb(uv_work_t *req, int status)
 		log_warn("s=%s: AUTH lockout of client [%s] for %" PRIu64
 		         "s after too many failures", s->sid, j->kc, lock / 1000);
 	if (full) {
-		log_warn("s=%s: AUTH lockout table full (%d clients locked out or "
+		log_warn("s=%s: AUTH lockout table full (%u clients locked out or "
 		         "checking): failure of untracked client [%s] not "
-		         "recorded; disconnecting it", s->sid, LOCKOUT_CAP, j->kc);
+		         "recorded; disconnecting it", s->sid, srv->lockout_cap,
+		         j->kc);
 		result = SMTPD_AUTH_UNTRACKED;
 	}
 	auth_answer(j, result);
@@ -716,16 +717,17 @@ void smtpd_auth_load_now(struct smtpd *srv)
 
 /* ---- setup ------------------------------------------------------------------ */
 
-int smtpd_auth_init(struct smtpd *srv)
+int smtpd_auth_init(struct smtpd *srv, unsigned table_size)
 {
+	srv->lockout_cap = table_size;
 	srv->wait_tail = &srv->wait_head;
 	int r = uv_timer_init(srv->loop, &srv->lane_timer);
 	if (r < 0)
 		return r;
 	srv->lane_timer.data = srv;
 	srv->lane_timer_open = true;
-	srv->lockout = smtpd_lockout_new(LOCKOUT_CAP);
-	srv->names = smtpd_lockout_new(LOCKOUT_CAP);
+	srv->lockout = smtpd_lockout_new(table_size);
+	srv->names = smtpd_lockout_new(table_size);
 	return srv->lockout && srv->names ? 0 : -ENOMEM;
 }
 
@@ -849,8 +851,8 @@ int smtpd_auth_ctl(struct smtpd *srv, const char *args, struct buf *out)
 			r = l.err;
 		}
 		if (r == 0)
-			r = buf_printf(out, "],\"limit\":%u,\"capacity\":%d}",
-			               srv->conf->conf.auth_fail_limit, LOCKOUT_CAP);
+			r = buf_printf(out, "],\"limit\":%u,\"capacity\":%u}",
+			               srv->conf->conf.auth_fail_limit, srv->lockout_cap);
 		return r;
 	}
 	if (n >= 1 && strcmp(verb, "clear") == 0 && n <= 2) {

@@ -59,8 +59,6 @@
 /* The credentials file is looked at (stat) at most this often, when an
  * AUTH arrives: relayctl's edits apply without a restart. */
 #define CREDS_CHECK_MS 1000
-/* Entries in each lockout table: client addresses, credential names. */
-#define LOCKOUT_CAP 4096
 
 struct smtpd_listener {
 	struct smtpd *srv;
@@ -116,6 +114,7 @@ struct smtpd {
 	 * and credential names as typed, each with its lane. */
 	struct smtpd_lockout *lockout;
 	struct smtpd_lockout *names;
+	unsigned lockout_cap;        /* entries in each (auth_lockout_table) */
 	unsigned auth_fast;          /* fast-lane checks on the pool */
 	unsigned auth_slow;          /* slow-lane checks on the pool */
 	unsigned auth_untracked;     /* checks of untracked clients */
@@ -214,7 +213,7 @@ void smtpd_auth_start(struct smtpd_session *s);
  * slow lane is dropped (454 4.7.0 to the core). True if there was one. */
 bool smtpd_auth_cancel(struct smtpd_session *s);
 /* smtpd_new and smtpd_stop: the slow lane's timer. */
-int smtpd_auth_init(struct smtpd *srv);
+int smtpd_auth_init(struct smtpd *srv, unsigned table_size);
 void smtpd_auth_stop(struct smtpd *srv);
 /* The lockout tables' settings from conf (start, SIGHUP). */
 void smtpd_auth_set_conf(struct smtpd *srv, const struct conf *conf);

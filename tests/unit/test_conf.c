@@ -93,7 +93,7 @@ static void test_key_table(void **state)
 		if (def && conf_set(c, k, def, err, sizeof err) != 0)
 			fail_msg("default of %s: %s", k, err);
 	}
-	assert_int_equal(n, 55);
+	assert_int_equal(n, 56);
 	assert_null(conf_key(n, NULL, NULL));
 }
 
