@@ -105,12 +105,17 @@ static unsigned live_fails(const struct smtpd_lockout *t,
 	return e->nfail && now - e->window_start < t->window ? e->nfail : 0;
 }
 
-/* Locked out before, and not yet clean for as long as that lasted (so
- * the doubling forgets a key that behaved for that long). */
+/* Locked out before, and not yet clean for as long as that lockout
+ * lasted, or for the failure window if that is longer (so the doubling
+ * forgets a key that behaved for that long, and a key failing again
+ * within the window of its release doubles). */
 static bool recent_strike(const struct smtpd_lockout *t,
                           const struct entry *e, uint64_t now)
 {
-	return e->strikes && now < e->locked_until + lockout_len(t, e->strikes - 1);
+	if (!e->strikes)
+		return false;
+	uint64_t d = lockout_len(t, e->strikes - 1);
+	return now < e->locked_until + (d > t->window ? d : t->window);
 }
 
 /* An entry can go once it locks nothing, counts nothing, holds nothing,

@@ -6,7 +6,9 @@
  *
  * An entry counts failures within a window. A table with a limit locks a
  * key at limit failures for a while, twice as long on each repeat (up to
- * SMTPD_LOCKOUT_MAX_MS): the client table. A table with limit 0 never
+ * SMTPD_LOCKOUT_MAX_MS) until the key has been clean for as long as its
+ * last lockout lasted or for the window, whichever is longer: the client
+ * table. A table with limit 0 never
  * locks: the name table, where failures only slow the name's "lane" down
  * (below), so nobody can lock a user out by guessing her password.
  *

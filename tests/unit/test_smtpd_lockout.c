@@ -88,6 +88,20 @@ static void test_window(void **state)
 	assert_int_equal(smtpd_lockout_begin(t, "j", 20 * S, NULL),
 	                 SMTPD_LOCKOUT_CLEAN);
 	smtpd_lockout_free(t);
+
+	/* The doubling is remembered for the window after a release when
+	 * the window is longer than the lockout: failing again 30 s after a
+	 * 10 s lockout ended doubles; clean for the window (60 s) after the
+	 * second one ended, it starts over. */
+	t = smtpd_lockout_new(16);
+	smtpd_lockout_set(t, 1, 60 * S, 10 * S);
+	assert_int_equal(fail1(t, "w", 0), 10 * S);
+	assert_int_equal(fail1(t, "w", 40 * S), 20 * S);
+	assert_int_equal(smtpd_lockout_begin(t, "w", 119 * S, NULL),
+	                 SMTPD_LOCKOUT_FAILED);
+	smtpd_lockout_end(t, "w", 119 * S, false);
+	assert_int_equal(fail1(t, "w", 60 * S + 61 * S), 10 * S);
+	smtpd_lockout_free(t);
 }
 
 static void test_cap_24h(void **state)
