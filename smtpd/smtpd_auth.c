@@ -817,11 +817,14 @@ static int ctl_addr_key(const char *arg, char *k, size_t n)
 	struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
 	struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
 	char a[INET6_ADDRSTRLEN + 8];
-	snprintf(a, sizeof a, "%s", arg);
-	size_t l = strlen(a);
-	if (l > 3 && strcmp(a + l - 3, "/64") == 0)
+	size_t l = strlen(arg);
+	if (l >= sizeof a)
+		return -EINVAL;
+	memcpy(a, arg, l + 1);
+	bool slash64 = l > 3 && strcmp(a + l - 3, "/64") == 0;
+	if (slash64)
 		a[l - 3] = '\0';
-	if (inet_pton(AF_INET, a, &s4->sin_addr) == 1 && l == strlen(a))
+	if (!slash64 && inet_pton(AF_INET, a, &s4->sin_addr) == 1)
 		ss.ss_family = AF_INET;
 	else if (inet_pton(AF_INET6, a, &s6->sin6_addr) == 1)
 		ss.ss_family = AF_INET6;
