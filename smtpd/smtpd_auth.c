@@ -552,6 +552,8 @@ void smtpd_auth_start(struct smtpd_session *s)
 	uint64_t now = uv_now(srv->loop), left = 0;
 	enum smtpd_lockout_admit a = smtpd_lockout_begin(srv->lockout, kc, now,
 	                                                 &left);
+	log_debug("s=%s: AUTH as %s: client [%s] %s", s->sid, who, kc,
+	          smtpd_lockout_admit_names[a]);
 	enum auth_lane lane = AUTH_LANE_FAST;
 	bool tracked = true;
 	int refuse = -1;
