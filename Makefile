@@ -4,6 +4,9 @@
 #                        run relayd in the foreground on etc/relayd.conf
 #   make test            the same install step, then every test
 #   make test SANITIZE=1 the same under ASan + UBSan (separate build dir)
+#   make test-fresh      `make test`, then the `make run` check, in a brand-new
+#                        Debian 12 root holding only a clone of HEAD (CI runs
+#                        this; tests/fresh/run says how)
 #   make bench           benchmarks against Postfix (bench/RESULTS.md)
 
 CC       ?= gcc
@@ -15,10 +18,13 @@ DEPS_BUILD := build-essential pkg-config libuv1-dev liblmdb-dev libc-ares-dev \
               libssl-dev libopendkim-dev
 # Only what today's tests use: aiosmtpd is the test smarthost, openssl
 # makes the tests' throw-away CAs (dkimpy and dnsmasq come with the DKIM
-# and direct-delivery work).
+# and direct-delivery work); swaks needs libnet-ssleay-perl for TLS;
+# adduser makes the account test_privdrop.py drops to.
 DEPS_TEST  := libcmocka-dev python3 python3-pytest swaks libnet-ssleay-perl mount \
-              python3-aiosmtpd openssl
+              python3-aiosmtpd openssl adduser
 DEPS_BENCH := postfix
+# The relayctl check tests damage a spool's LMDB index with python3-lmdb.
+DEPS_TEST  += python3-lmdb
 
 ifeq ($(SANITIZE),1)
 BUILD    := build-san
@@ -54,7 +60,7 @@ UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN  := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 
-all: $(BUILD)/relayd $(BUILD)/relayctl
+all: $(BUILD)/relayd $(BUILD)/relayctl $(BUILD)/faultshim.so
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -73,6 +79,15 @@ $(BUILD)/relayctl: $(CTL_OBJ) $(LIB)
 $(BUILD)/tests/%: tests/unit/%.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS) -lcmocka
+
+# The disk-fault shim (tests/faults/faultshim.c), LD_PRELOADed by
+# tests/e2e/test_durability_faults.py. Never with the sanitizers: it must
+# not pull the ASan runtime into a plain relayd, and those tests skip under
+# SANITIZE=1.
+$(BUILD)/faultshim.so: tests/faults/faultshim.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c17 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -fPIC -shared \
+	  -o $@ $< -ldl -lpthread
 
 # Fuzz harnesses built with a replay main() (tests/fuzz/replay.c) so the
 # corpora run as ordinary tests under the sanitizers.
@@ -117,9 +132,16 @@ deps-bench: deps
 build: deps
 	@$(MAKE) --no-print-directory all
 
+# The development instance runs as whoever runs make. As root it stays
+# root, explicitly (RELAYD_USER=root overrides `user`, default relayd):
+# a checkout under a 0700 home would be out of the relayd account's reach,
+# and a fresh machine has no such account before `make install`.
 run: build
-	@mkdir -p var/spool
-	./$(BUILD)/relayd -c etc/relayd.conf
+	@if [ "$$(id -u)" = 0 ]; then \
+	  echo "make run: running the development relayd as root (RELAYD_USER=root); an installed relayd runs as the relayd account"; \
+	  export RELAYD_USER=root; \
+	fi; \
+	exec ./$(BUILD)/relayd -c etc/relayd.conf
 
 # In CI (CI=true) the suite runs twice: plain, then under ASan + UBSan.
 test: deps
@@ -143,11 +165,20 @@ check-e2e: all
 	RELAYD_BIN=$(CURDIR)/$(BUILD)/relayd RELAYCTL_BIN=$(CURDIR)/$(BUILD)/relayctl \
 	SANITIZE=$(SANITIZE) $(PYTHON) -m pytest -q -p no:cacheprovider tests/e2e
 
+# What CI runs: the README's two commands on a machine that has nothing
+# installed by hand (tests/fresh/run).
+test-fresh:
+	tests/fresh/run make test
+
 bench: deps-bench all
 	bench/accept
 	bench/relay
 
+# Also the relayd system account (relayd drops to it after binding) and
+# the spool, its own. With DESTDIR (packaging) no account is made and the
+# spool is left to the package's maintainer scripts.
 PREFIX  ?= /usr/local
+INSTALL_USER := relayd
 install: all
 	install -D -m 0755 $(BUILD)/relayd $(DESTDIR)$(PREFIX)/sbin/relayd
 	install -D -m 0755 $(BUILD)/relayctl $(DESTDIR)$(PREFIX)/bin/relayctl
@@ -155,11 +186,29 @@ install: all
 	  install -D -m 0644 etc/relayd.conf $(DESTDIR)/etc/relayd/relayd.conf; \
 	  sed -i 's|^spool_dir = .*|spool_dir = /var/spool/relayd|' \
 	    $(DESTDIR)/etc/relayd/relayd.conf; fi
+ifeq ($(DESTDIR),)
+	@if ! getent passwd $(INSTALL_USER) >/dev/null; then \
+	  if command -v adduser >/dev/null; then \
+	    adduser --system --group --home /var/spool/relayd --no-create-home \
+	      $(INSTALL_USER); \
+	  else \
+	    useradd --system --user-group --home-dir /var/spool/relayd \
+	      --no-create-home --shell /usr/sbin/nologin $(INSTALL_USER); \
+	  fi; \
+	  echo "install: created the system account $(INSTALL_USER)"; fi
+	install -d -m 0700 -o $(INSTALL_USER) -g $(INSTALL_USER) /var/spool/relayd
+	@# relayd (as its account) reads the credentials through the group;
+	@# relayctl user keeps an existing file's owner, group and mode.
+	@if [ ! -e /etc/relayd/credentials ]; then \
+	  install -m 0640 -o root -g $(INSTALL_USER) /dev/null /etc/relayd/credentials; fi
+else
+	install -d -m 0700 $(DESTDIR)/var/spool/relayd
+endif
 
 clean:
 	rm -rf build build-san
 
-.PHONY: all deps deps-bench build run test unit-bins check-unit check-e2e bench install clean
+.PHONY: all deps deps-bench build run test test-fresh unit-bins check-unit check-e2e bench install clean
 
 -include $(LIB_OBJ:.o=.d) $(CTL_OBJ:.o=.d) $(BUILD)/smtpd/relayd.d
 

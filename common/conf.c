@@ -145,12 +145,21 @@ static const struct conf_keydef conf_keys[] = {
 	 "idle time allowed inside DATA/BDAT (RFC 5321 §4.5.3.2.5-6)"},
 	{"queue_map_size", CT_SIZE, OFF(queue_map_size), "1G", MIB, 1ull << 44,
 	 NULL, NULL, "largest size of the LMDB queue index"},
+	/* Like Postfix's queue_minfree. 100M: room, above the reserve, for
+	 * one message of the default max_message_size (50M) in flight and
+	 * its index pages, and for what relayd itself must still write when
+	 * clients are refused - delivery state, bounces (DSNs bypass MAIL),
+	 * the LMDB free-page churn of removals - plus log files that often
+	 * share the file system. 0 turns the check off. */
+	{"queue_min_free", CT_SIZE, OFF(queue_min_free), "100M", 0, 1ull << 50,
+	 NULL, NULL, "free space the spool's file system must keep; less: MAIL "
+	 "gets 452 4.3.1; 0: no check"},
 	{"spool_sync", CT_ENUM, OFF(spool_sync), "syncfs", 0, 0, spool_sync_vals,
 	 NULL, "how a batch of bodies is made durable: syncfs or fsync each"},
 	{"commit_delay", CT_DURATION, OFF(commit_delay), "1ms", 0, 100, NULL,
 	 NULL, "longest a batch waits for concurrent commits; 0: never"},
-	{"user", CT_STRING, OFF(user), "", 0, 0, NULL, NULL,
-	 "user to switch to after binding; empty: stay"},
+	{"user", CT_STRING, OFF(user), "relayd", 0, 0, NULL, NULL,
+	 "account relayd started as root runs as after binding; root: stay"},
 	/* Delivery through a smarthost (deliver/). */
 	{"smarthost", CT_STRING, OFF(smarthost), "", 0, 0, NULL, check_hostport,
 	 "HOST:PORT of the provider's submission server ([v6addr]:PORT)"},

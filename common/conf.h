@@ -70,9 +70,11 @@ struct conf {
 	uint64_t timeout_command;          /* ms; RFC 5321 §4.5.3.2.7: 5m */
 	uint64_t timeout_data;             /* ms; §4.5.3.2.5-6: 3m per block */
 	uint64_t queue_map_size;           /* bytes; LMDB map; default 1 GiB */
+	uint64_t queue_min_free;           /* bytes; MAIL gets 452 4.3.1 below
+	                                      it; default 100 MiB, 0: off */
 	enum conf_spool_sync spool_sync;   /* default syncfs */
 	uint64_t commit_delay;             /* ms; group-commit gathering: 1ms */
-	char *user;                        /* drop privileges to; default "" */
+	char *user;                        /* drop root for; default "relayd" */
 	/* Smarthost delivery. */
 	char *smarthost;                   /* "HOST:PORT"; default "" */
 	enum conf_tls smarthost_tls;       /* default auto (465: implicit) */

@@ -70,4 +70,6 @@ const struct smtp_reply_def smtp_replies[SMTP_R__COUNT] = {
 	[SMTP_R_CRED_RCPT]       = {550, "5.7.1", "Recipient not allowed for this credential"},
 	[SMTP_R_CRED_FROM]       = {553, "5.7.1", "From: header address not allowed for this credential"},
 	[SMTP_R_QUOTA]           = {450, "4.7.1", "Sending quota exceeded for this credential, try again later"},
+	[SMTP_R_DLV_NO_UTF8]     = {553, "5.6.7", "the server does not offer SMTPUTF8, which this message needs"},
+	[SMTP_R_DLV_NO_8BIT]     = {554, "5.6.3", "the server does not offer 8BITMIME and the message has 8-bit content (not converted: that would break its signatures)"},
 };

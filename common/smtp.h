@@ -98,6 +98,11 @@ enum smtp_reply_id {
 	SMTP_R_CRED_RCPT,       /* 550 5.7.1 */
 	SMTP_R_CRED_FROM,       /* 553 5.7.1 From: header, at end of data */
 	SMTP_R_QUOTA,           /* 450 4.7.1 a credential's hourly/daily quota */
+	/* The SMTP client's own refusals (deliver/deliver_client.c), given as
+	 * a recipient's result when a message cannot go to a server as it is
+	 * (issue 8 §10). */
+	SMTP_R_DLV_NO_UTF8,     /* 553 5.6.7 SMTPUTF8 not offered (RFC 6531 §3.4) */
+	SMTP_R_DLV_NO_8BIT,     /* 554 5.6.3 8BITMIME not offered, 8-bit body */
 	SMTP_R__COUNT
 };
 

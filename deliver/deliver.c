@@ -11,6 +11,10 @@
  * message finding out for itself; after a pause one session probes before
  * the others follow. The state shows in `relayctl stats` and `list`.
  *
+ * The smarthost's SIZE: each session reports what its EHLO named; the
+ * scheduler keeps it (and spool_dir/smarthost.size) and tells smtpd, which
+ * offers clients no more (deliver.h).
+ *
  * Invariant: a message is in at most one place at a time: the busy table
  * holds every message loaded as a job, in a session, or with an index
  * change on its way; the schedule scan skips them.
@@ -31,6 +35,7 @@
 #include <openssl/err.h>
 
 #include "common/log.h"
+#include "common/smtp.h"
 #include "deliver/deliver_dsn.h"
 
 #define BUSY_BUCKETS 1024
@@ -55,6 +60,7 @@ struct snode {
 	struct snode *next;
 	struct deliver_session *s;
 	bool up;
+	char name[300];     /* "host:port" it went to (a SIGHUP may change) */
 };
 
 /* Sends in the last window, for smarthost_rate: a ring of timestamps. */
@@ -94,7 +100,18 @@ struct deliver {
 	char (*flush)[QUEUE_ID_SIZE];
 	size_t nflush, flush_pos;
 
+	/* The smarthost's SIZE (0: none known) and who hears of it. */
+	uint64_t sh_size;
+	deliver_size_cb size_cb;
+	void *size_arg;
+	/* One write of smarthost.size at a time (two on the pool would
+	 * share its temp file); a change meanwhile is written after it. */
+	bool size_storing, size_dirty;
+
 	uint64_t n_sent, n_deferred, n_bounced, n_dsn, n_attempts;
+	/* Failure reports that nobody will get: for a null-sender message
+	 * (a bounce itself) with no postmaster to tell. */
+	uint64_t n_dsn_dropped;
 	int64_t started;
 	unsigned inflight;          /* DSN works and index changes */
 	bool stopping;
@@ -465,6 +482,7 @@ static struct deliver_job *job_new(struct deliver *d, struct queue_msg *m)
 	j->cm.sender = j->sender ? j->sender : m->sender;
 	j->cm.size = m->size;
 	j->cm.body_8bit = m->flags & (QUEUE_F_8BITMIME | QUEUE_F_BINARYMIME);
+	j->cm.body_7bit = m->flags & QUEUE_F_7BIT;
 	j->cm.smtputf8 = m->flags & QUEUE_F_SMTPUTF8;
 	j->cm.ret = (m->flags & QUEUE_F_RET_FULL) ? "FULL" :
 	            (m->flags & QUEUE_F_RET_HDRS) ? "HDRS" : NULL;
@@ -626,6 +644,7 @@ static void dsn_compose(uv_work_t *req)
 		.retry_until = w->retry_until,
 		.headers_only = w->headers_only,
 		.utf8 = w->orig->flags & (QUEUE_F_SMTPUTF8 | QUEUE_F_8BITMIME),
+		.global = w->orig->flags & QUEUE_F_SMTPUTF8,
 		.nrcpt = w->n,
 		.rcpt = w->rcpt,
 	};
@@ -673,6 +692,14 @@ static void dsn_compose(uv_work_t *req)
 	w->err = r;
 }
 
+static bool is_ascii(const char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s >= 0x80)
+			return false;
+	return true;
+}
+
 static void dsn_committed(void *arg, int status)
 {
 	struct dsn_work *w = arg;
@@ -698,10 +725,22 @@ static void dsn_composed(uv_work_t *req, int status)
 	struct deliver *d = w->d;
 	if (status == 0 && w->err == 0) {
 		struct queue_rcpt rc = {.addr = w->to};
+		/* The report's own needs, not the original's flags (issue 8
+		 * §10): SMTPUTF8 only for a recipient (its envelope and its
+		 * To:) that is not ASCII - UTF-8 in the report's body parts is
+		 * RFC 6533's message/global*, which needs none (RFC 6532
+		 * §3.7); BODY=8BITMIME only when its content is 8-bit. Copying
+		 * the original's SMTPUTF8 made a bounce for an ASCII sender
+		 * fail at a smarthost without SMTPUTF8, and nobody heard. */
+		uint8_t flags = 0;
+		if (!is_ascii(w->to))
+			flags |= QUEUE_F_SMTPUTF8;
+		if (queue_body_8bit(w->body))
+			flags |= QUEUE_F_8BITMIME;
 		struct queue_msg m = {
 			.arrival = wall_now(),
 			.state = QUEUE_MSG_ACTIVE,
-			.flags = w->orig->flags & (QUEUE_F_SMTPUTF8 | QUEUE_F_8BITMIME),
+			.flags = flags,
 			.sender = "",
 			.nrcpt = 1,
 			.rcpt = &rc,
@@ -827,9 +866,22 @@ static void send_dsn(struct deliver *d, const struct queue_msg *m,
 		bool for_pm = false;
 		for (size_t k = 0; k < m->nrcpt && d->cfg->postmaster; k++)
 			for_pm |= strcasecmp(m->rcpt[k].addr, d->cfg->postmaster) == 0;
-		if (delayed || !d->cfg->postmaster || for_pm) {
-			log_info("%s: no %s notification: the sender is <>",
-			         m->qid, delayed ? "delay" : "non-delivery");
+		if (delayed) {
+			/* RFC 3461 §6.2: no warnings about a bounce. */
+			log_info("%s: no delay notification: the sender is <>",
+			         m->qid);
+			settle_after(d, w, true);
+			dsn_work_free(w);
+			return;
+		}
+		if (!d->cfg->postmaster || for_pm) {
+			/* A bounce (or other null-sender mail) that failed, and
+			 * nobody left to tell: the failure is final and lost. */
+			d->n_dsn_dropped++;
+			log_err("%s: non-delivery notification dropped: the sender "
+			        "is <> and %s", m->qid, for_pm
+			        ? "it was for the postmaster already"
+			        : "no postmaster is configured");
 			settle_after(d, w, true);
 			dsn_work_free(w);
 			return;
@@ -842,6 +894,13 @@ static void send_dsn(struct deliver *d, const struct queue_msg *m,
 	/* RFC 3461 §4.3: RET=FULL asks for the whole message; without RET we
 	 * return the headers, as for RET=HDRS. */
 	w->headers_only = !(m->flags & QUEUE_F_RET_FULL);
+	/* A message refused for its 8-bit content (5.6.3) comes back as
+	 * its header section: whole, the report would carry the same 8-bit
+	 * body to the same smarthost and fail the same way. */
+	for (size_t k = 0; k < n; k++)
+		if (strcmp(items[k].status,
+		           smtp_replies[SMTP_R_DLV_NO_8BIT].enh) == 0)
+			w->headers_only = true;
 	snprintf(w->to, sizeof w->to, "%s", to);
 	snprintf(w->host, sizeof w->host, "%s", d->cfg->hostname);
 	w->orig = queue_msg_dup(m);
@@ -1214,12 +1273,174 @@ struct deliver_job *deliver_take_job(struct deliver *d)
 	return j;
 }
 
-void deliver_session_up(struct deliver *d, struct deliver_session *s)
+/* ---- the smarthost's SIZE ---------------------------------------------- */
+
+/* spool_dir/smarthost.size: "HOST:PORT BYTES\n", the SIZE the smarthost
+ * named in its last EHLO. A cache, not state: written with a rename but
+ * no fsync (a crash loses at most the last change, and the first session
+ * after the restart learns it again); it names the smarthost so that a
+ * new one is not judged by the old one's limit. */
+#define SIZE_FILE "smarthost.size"
+#define SIZE_FILE_TMP ".smarthost.size.tmp"
+
+static void size_name(const struct deliver_cfg *g, char *out, size_t n)
 {
+	snprintf(out, n, "%s:%u", g->host, g->port);
+}
+
+static uint64_t size_cap(const struct deliver *d)
+{
+	if (d->cfg->mode != CONF_DELIVERY_SMARTHOST || d->sh_size == 0)
+		return 0;
+	/* A SIZE too small for the headroom: half of it, still a limit. */
+	if (d->sh_size <= 2 * (uint64_t)DELIVER_SIZE_HEADROOM)
+		return d->sh_size / 2 ? d->sh_size / 2 : 1;
+	return d->sh_size - DELIVER_SIZE_HEADROOM;
+}
+
+static void size_notify(struct deliver *d)
+{
+	if (d->size_cb)
+		d->size_cb(d->size_arg, size_cap(d));
+}
+
+/* At start and SIGHUP (the loop is not serving yet, or the read is one
+ * small file): the smarthost's SIZE as last seen, if it is this one's. */
+static void size_load(struct deliver *d)
+{
+	char path[PATH_MAX], name[300], want[300];
+	unsigned long long v = 0;
+	d->sh_size = 0;
+	if (d->cfg->mode != CONF_DELIVERY_SMARTHOST)
+		return;
+	snprintf(path, sizeof path, "%s/%s", d->cfg->spool_dir, SIZE_FILE);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return;
+	FILE *f = fdopen(fd, "r");
+	if (!f) {
+		close(fd);
+		return;
+	}
+	size_name(d->cfg, want, sizeof want);
+	if (fscanf(f, "%299s %llu", name, &v) == 2 && strcmp(name, want) == 0)
+		d->sh_size = v;
+	fclose(f);
+	if (d->sh_size)
+		log_info("smarthost %s: SIZE %" PRIu64 " as last seen; clients "
+		         "are offered SIZE %" PRIu64, want, d->sh_size, size_cap(d));
+}
+
+struct size_store {
+	uv_work_t w;
+	struct deliver *d;
+	char dir[PATH_MAX];
+	char line[340];
+	int err;
+};
+
+static void size_store_work(uv_work_t *req)
+{
+	struct size_store *st = req->data;
+	int dfd = open(st->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0) {
+		st->err = -errno;
+		return;
+	}
+	int fd = openat(dfd, SIZE_FILE_TMP, O_WRONLY | O_CREAT | O_TRUNC |
+	                O_NOFOLLOW | O_CLOEXEC, 0600);
+	size_t n = strlen(st->line);
+	if (fd < 0 || write(fd, st->line, n) != (ssize_t)n)
+		st->err = -errno;
+	if (fd >= 0 && close(fd) < 0 && !st->err)
+		st->err = -errno;
+	if (!st->err && renameat(dfd, SIZE_FILE_TMP, dfd, SIZE_FILE) < 0)
+		st->err = -errno;
+	if (st->err)
+		unlinkat(dfd, SIZE_FILE_TMP, 0);
+	close(dfd);
+}
+
+static void size_store(struct deliver *d);
+
+static void size_stored(uv_work_t *req, int status)
+{
+	struct size_store *st = req->data;
+	struct deliver *d = st->d;
+	if (status == 0 && st->err)
+		log_warn("cannot keep the smarthost's SIZE in %s/%s: %s", st->dir,
+		         SIZE_FILE, strerror(-st->err));
+	d->inflight--;
+	d->size_storing = false;
+	free(st);
+	if (d->size_dirty && !d->stopping)
+		size_store(d);
+	maybe_done(d);
+}
+
+static void size_store(struct deliver *d)
+{
+	if (d->size_storing) {
+		d->size_dirty = true;
+		return;
+	}
+	d->size_dirty = false;
+	struct size_store *st = calloc(1, sizeof *st);
+	if (!st)
+		return;   /* a cache: the next session tries again */
+	char name[300];
+	size_name(d->cfg, name, sizeof name);
+	st->w.data = st;
+	st->d = d;
+	snprintf(st->dir, sizeof st->dir, "%s", d->cfg->spool_dir);
+	snprintf(st->line, sizeof st->line, "%s %" PRIu64 "\n", name, d->sh_size);
+	if (uv_queue_work(d->loop, &st->w, size_store_work, size_stored) < 0) {
+		free(st);
+		return;
+	}
+	d->size_storing = true;
+	d->inflight++;
+}
+
+/* A session's EHLO named size (0: none): the new limit, if it changed. */
+static void size_learn(struct deliver *d, uint64_t size)
+{
+	if (size == d->sh_size || d->cfg->mode != CONF_DELIVERY_SMARTHOST)
+		return;
+	char name[300];
+	size_name(d->cfg, name, sizeof name);
+	d->sh_size = size;
+	if (size)
+		log_info("smarthost %s: SIZE %" PRIu64 "; clients are offered "
+		         "SIZE %" PRIu64 " at most", name, size, size_cap(d));
+	else
+		log_info("smarthost %s: no SIZE limit; clients are offered "
+		         "max_message_size", name);
+	size_notify(d);
+	size_store(d);
+}
+
+void deliver_set_size_cb(struct deliver *d, deliver_size_cb cb, void *arg)
+{
+	d->size_cb = cb;
+	d->size_arg = arg;
+	size_notify(d);
+}
+
+void deliver_session_up(struct deliver *d, struct deliver_session *s,
+                        uint64_t size)
+{
+	/* Every session's EHLO counts, a probe's too: the provider may
+	 * change its limit at any time. Not one to a smarthost replaced by
+	 * a SIGHUP since it started. */
+	char name[300];
+	size_name(d->cfg, name, sizeof name);
 	for (struct snode *n = d->sessions; n; n = n->next)
 		if (n->s == s && !n->up) {
 			n->up = true;
 			d->nconnecting--;
+			if (strcmp(n->name, name) == 0)
+				size_learn(d, size);
 		}
 	if (d->paused)
 		return;   /* started before the pause: proves nothing */
@@ -1310,6 +1531,7 @@ static int start_session(struct deliver *d)
 	struct snode *n = calloc(1, sizeof *n);
 	if (!n)
 		return -ENOMEM;
+	size_name(d->cfg, n->name, sizeof n->name);
 	int r = deliver_session_new(d, d->cfg, d->loop, &n->s);
 	if (r) {
 		log_err("smarthost: cannot start a session: %s", strerror(-r));
@@ -1733,12 +1955,15 @@ void deliver_stats_json(struct deliver *d, char *out, size_t outlen)
 	         ",\"in_flight\":%zu},"
 	         "\"sessions\":%u,\"attempts\":%" PRIu64 ",\"sent\":%" PRIu64
 	         ",\"deferred\":%" PRIu64 ",\"bounced\":%" PRIu64
-	         ",\"notifications\":%" PRIu64 ",\"route\":%s}",
+	         ",\"notifications\":%" PRIu64
+	         ",\"notifications_dropped\":%" PRIu64
+	         ",\"smarthost_size\":%" PRIu64 ",\"route\":%s}",
 	         (int)getpid(), wall_now() - d->started,
 	         g->mode == CONF_DELIVERY_SMARTHOST ? "smarthost" : "hold",
 	         nmsg, nsched, nmsg > nsched ? nmsg - nsched : 0, d->nbusy,
 	         d->nsessions, d->n_attempts, d->n_sent,
-	         d->n_deferred, d->n_bounced, d->n_dsn, route);
+	         d->n_deferred, d->n_bounced, d->n_dsn, d->n_dsn_dropped,
+	         d->sh_size, route);
 }
 
 /* ---- life cycle --------------------------------------------------------- */
@@ -1766,6 +1991,7 @@ int deliver_new(uv_loop_t *loop, struct queue *q, const struct conf *conf,
 		free(d);
 		return -ENOMEM;
 	}
+	size_load(d);
 	srandom((unsigned)(getpid() ^ time(NULL)));
 	int r = uv_timer_init(loop, &d->timer);
 	if (r < 0) {
@@ -1808,8 +2034,15 @@ int deliver_set_conf(struct deliver *d, const struct conf *conf)
 	    (g->rate_hour != d->cfg->rate_hour &&
 	     rate_init(&d->rate_hour, g->rate_hour, 3600000)))
 		log_warn("SIGHUP: smarthost_rate: out of memory");
+	bool same = g->mode == d->cfg->mode && g->port == d->cfg->port &&
+	            strcmp(g->host, d->cfg->host) == 0;
 	deliver_cfg_unref(d->cfg);
 	d->cfg = g;
+	if (!same) {
+		/* Another smarthost (or none): its SIZE, if known. */
+		size_load(d);
+		size_notify(d);
+	}
 	if (g->mode != CONF_DELIVERY_SMARTHOST)
 		drop_ready(d);   /* back to hold: waiting jobs go back */
 	/* A new password or certificate deserves a try now. */

@@ -27,6 +27,20 @@ int deliver_check_conf(const struct conf *conf, char *err, size_t errlen);
 int deliver_new(uv_loop_t *loop, struct queue *q, const struct conf *conf,
                 struct deliver **out);
 
+/* Room left under the smarthost's SIZE for what relayd adds to a message
+ * between the client's DATA and the smarthost (Received:, Message-ID:,
+ * Date:, a From: rewrite, folding of over-long lines). */
+#define DELIVER_SIZE_HEADROOM (16 * 1024)
+
+/* The largest message clients may hand us for the smarthost: learnt from
+ * the SIZE in its EHLO (every session's; RFC 1870), minus
+ * DELIVER_SIZE_HEADROOM; 0 when it gives none (or delivery = hold). The
+ * last value is kept in spool_dir/smarthost.size, so a restart knows it
+ * before the first session. cb(arg, bytes) runs at once with the current
+ * value and on the loop whenever it changes. */
+typedef void (*deliver_size_cb)(void *arg, uint64_t bytes);
+void deliver_set_size_cb(struct deliver *d, deliver_size_cb cb, void *arg);
+
 /* SIGHUP: settings for new sessions and the scheduler from now on.
  * Returns 0, or -errno (a log line says why) and keeps the old ones. */
 int deliver_set_conf(struct deliver *d, const struct conf *conf);

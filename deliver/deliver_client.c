@@ -46,6 +46,7 @@ struct deliver_client {
 	char *helo, *user, *password;
 	bool starttls, tls_done, pipelining;
 	unsigned ext;
+	uint64_t size_max;          /* SIZE in the last EHLO; 0: none */
 
 	/* Input: raw bytes, and the reply being collected. */
 	struct buf in;
@@ -162,6 +163,33 @@ static void add_text(struct deliver_client *c, const char *p, size_t n)
 	r->text[c->cur_len] = '\0';
 }
 
+/* RFC 1870 §4: "SIZE" [SP size-value], size-value = 1*20DIGIT; 0 (or
+ * no value) means no fixed maximum. Returns the limit, or 0 for none or
+ * for a value that is not a number of bytes we can hold (a malformed
+ * value tells us nothing, and refusing to learn from it is safer than
+ * guessing a limit). */
+uint64_t deliver_client_parse_size(const char *p, size_t n)
+{
+	size_t i = 0;
+	while (i < n && p[i] == ' ')
+		i++;
+	if (i == n)
+		return 0;
+	uint64_t v = 0;
+	size_t digits = 0;
+	for (; i < n && p[i] != ' '; i++, digits++) {
+		if (p[i] < '0' || p[i] > '9' || digits >= 20)
+			return 0;
+		uint64_t d = (uint64_t)(p[i] - '0');
+		if (v > (UINT64_MAX - d) / 10)
+			return 0;
+		v = v * 10 + d;
+	}
+	while (i < n && p[i] == ' ')
+		i++;
+	return i == n ? v : 0;   /* trailing words: not RFC 1870's */
+}
+
 /* EHLO keywords (RFC 5321 §4.1.1.1): one per line after the first. */
 static void parse_ext(struct deliver_client *c, const char *p, size_t n)
 {
@@ -176,8 +204,10 @@ static void parse_ext(struct deliver_client *c, const char *p, size_t n)
 		c->ext |= DELIVER_EXT_PIPELINING;
 	else if (strcmp(kw, "STARTTLS") == 0)
 		c->ext |= DELIVER_EXT_STARTTLS;
-	else if (strcmp(kw, "SIZE") == 0)
+	else if (strcmp(kw, "SIZE") == 0 && (k == n || p[k] == ' ')) {
 		c->ext |= DELIVER_EXT_SIZE;
+		c->size_max = deliver_client_parse_size(p + k, n - k);
+	}
 	else if (strcmp(kw, "8BITMIME") == 0)
 		c->ext |= DELIVER_EXT_8BITMIME;
 	else if (strcmp(kw, "DSN") == 0)
@@ -241,8 +271,10 @@ static int next_reply(struct deliver_client *c)
 			add_text(c, line, n);      /* "250 first line" */
 			if (more)   /* "550-5.1.1 a" kept as "550 5.1.1 a ..." */
 				c->cur.text[3] = ' ';
-			if (c->st == CL_EHLO || c->st == CL_EHLO2)
+			if (c->st == CL_EHLO || c->st == CL_EHLO2) {
 				c->ext = 0;
+				c->size_max = 0;
+			}
 		} else {
 			const char *t = n > 4 ? line + 4 : "";
 			size_t tn = n > 4 ? n - 4 : 0;
@@ -405,6 +437,8 @@ static void write_cmd(struct deliver_client *c, size_t k, struct buf *out)
 			         (unsigned long long)m->size);
 			put(out, num);
 		}
+		/* Without 8BITMIME only a 7-bit body gets here (see
+		 * deliver_client_send), and it goes without BODY=. */
 		if (m->body_8bit && (c->ext & DELIVER_EXT_8BITMIME))
 			put(out, " BODY=8BITMIME");
 		if (m->smtputf8)
@@ -484,12 +518,23 @@ void deliver_client_send(struct deliver_client *c,
 	c->st = CL_TXN;
 
 	/* RFC 6531 §3.4: never send an SMTPUTF8 message to a server that does
-	 * not offer it; the message cannot go this way. */
-	if (m->smtputf8 && !(c->ext & DELIVER_EXT_SMTPUTF8)) {
+	 * not offer it; the message cannot go this way. RFC 6152 §3: nor
+	 * 8-bit content to one without 8BITMIME. A message declared 8BITMIME
+	 * whose body is in fact 7-bit goes without BODY= (write_cmd); a
+	 * truly 8-bit one is refused, not converted to quoted-printable or
+	 * base64: that would break its DKIM signatures. */
+	enum smtp_reply_id refuse = SMTP_R__COUNT;
+	if (m->smtputf8 && !(c->ext & DELIVER_EXT_SMTPUTF8))
+		refuse = SMTP_R_DLV_NO_UTF8;
+	else if (m->body_8bit && !m->body_7bit &&
+	         !(c->ext & DELIVER_EXT_8BITMIME))
+		refuse = SMTP_R_DLV_NO_8BIT;
+	if (refuse != SMTP_R__COUNT) {
+		const struct smtp_reply_def *d = &smtp_replies[refuse];
 		for (size_t i = 0; i < m->nrcpt; i++) {
 			c->res[i].code = 0;
-			set_text(&c->res[i], "553 5.6.7 the server does not offer "
-			         "SMTPUTF8, which this message needs");
+			snprintf(c->res[i].text, sizeof c->res[i].text, "%u %s %s",
+			         d->code, d->enh, d->text);
 		}
 		c->ncmd = 0;   /* DONE on the next step */
 		return;
@@ -545,6 +590,7 @@ void deliver_client_tls_ready(struct deliver_client *c, struct buf *out)
 	c->tls_done = true;
 	/* RFC 3207 §4.2: forget everything learnt before TLS. */
 	c->ext = 0;
+	c->size_max = 0;
 	send_ehlo(c, out);
 	c->st = CL_EHLO2;
 }
@@ -676,6 +722,7 @@ static enum deliver_client_ev on_reply(struct deliver_client *c,
 			return DELIVER_CL_FAILED;
 		}
 		c->ext = 0;
+		c->size_max = 0;
 		c->st = CL_READY;
 		return DELIVER_CL_WAIT;
 	case CL_STARTTLS:
@@ -805,4 +852,9 @@ bool deliver_client_in_final(const struct deliver_client *c)
 unsigned deliver_client_ext(const struct deliver_client *c)
 {
 	return c->ext;
+}
+
+uint64_t deliver_client_size_max(const struct deliver_client *c)
+{
+	return c->size_max;
 }

@@ -70,7 +70,11 @@ enum deliver_client_fail {
 struct deliver_client_msg {
 	const char *sender;     /* reverse-path without <>; "" = <> */
 	uint64_t size;          /* SIZE= when offered; 0: not sent */
-	bool body_8bit;         /* BODY=8BITMIME when offered */
+	bool body_8bit;         /* declared BODY=8BITMIME: sent when offered;
+	                           when not, the message goes without BODY=
+	                           if body_7bit, else it is refused (554
+	                           5.6.3, RFC 6152 §3) */
+	bool body_7bit;         /* the body holds no octet >= 0x80 */
 	bool smtputf8;          /* SMTPUTF8 (fails if not offered) */
 	const char *ret;        /* "FULL", "HDRS" or NULL (sent with DSN) */
 	const char *envid;      /* xtext or NULL (sent with DSN) */
@@ -114,8 +118,9 @@ void deliver_client_body_end(struct deliver_client *c, struct buf *out);
 void deliver_client_quit(struct deliver_client *c, struct buf *out);
 
 /* After DONE: recipient i's reply (the RCPT reply if refused, else the
- * MAIL, DATA or final reply that decided it; code 0 with our own text for
- * local refusals such as SMTPUTF8 not offered). */
+ * MAIL, DATA or final reply that decided it; code 0 with our own text,
+ * from common/smtp.h's table, for local refusals: SMTPUTF8 not offered,
+ * 553 5.6.7; an 8-bit body and no 8BITMIME, 554 5.6.3). */
 const struct deliver_reply *deliver_client_result(const struct deliver_client *c,
                                                   size_t i);
 
@@ -150,5 +155,16 @@ void deliver_reply_status(const struct deliver_reply *r, char out[16]);
 #define DELIVER_EXT_AUTH_PLAIN 0x40
 #define DELIVER_EXT_AUTH_LOGIN 0x80
 unsigned deliver_client_ext(const struct deliver_client *c);
+
+/* The server's SIZE (RFC 1870) in the last EHLO reply: its limit in
+ * bytes, or 0 when it gave none, said 0 (no fixed limit), or gave a value
+ * that is not a number. Read it in READY: after STARTTLS only the second
+ * EHLO counts (RFC 3207 §4.2). */
+uint64_t deliver_client_size_max(const struct deliver_client *c);
+
+/* The size-value of an EHLO "SIZE" line, p being what follows the
+ * keyword (" 10485760"): the number, or 0 as above. Pure, for the tests
+ * and the fuzzer. */
+uint64_t deliver_client_parse_size(const char *p, size_t n);
 
 #endif

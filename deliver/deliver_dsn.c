@@ -24,9 +24,14 @@
  *     safe, never extended: it has to be the same in head and tail, and
  *     appending a counter or hash would add nothing the queue id does not
  *     already give.
- *   - No RFC 6533 (message/global-delivery-status) yet: with utf8 the
- *     report stays message/delivery-status carrying UTF-8, as Postfix
- *     does, which the email package and common clients read.
+ *   - RFC 6533 for reports about SMTPUTF8 messages (global): their
+ *     recipients may have UTF-8 addresses and their header sections
+ *     UTF-8, which message/delivery-status and message/rfc822 cannot
+ *     carry; the global types can, as body parts, so the report needs
+ *     SMTPUTF8 only when its own envelope does (deliver.c decides).
+ *     A report about an 8BITMIME-only message (utf8 without global)
+ *     stays message/delivery-status, as Postfix does: its addresses
+ *     are ASCII, only a remote reply may carry UTF-8.
  */
 #include "deliver_dsn.h"
 
@@ -482,6 +487,39 @@ static void dsn_human(struct dsn_w *w, const struct deliver_dsn *d)
 	w->cont = " ";
 }
 
+/* RFC 6533 §3 utf-8-addr-unitext: UTF-8 as is; '+', '=', '\\', space
+ * and controls as \x{HEX} (EmbeddedUnicodeChar). False when out is too
+ * small. */
+static bool dsn_unitext(const char *a, char *out, size_t n)
+{
+	size_t o = 0;
+	for (const unsigned char *p = (const unsigned char *)a; *p; p++) {
+		char e[16];
+		size_t k;
+		if (*p == '+' || *p == '=' || *p == '\\' || *p <= ' ' ||
+		    *p == 0x7f)
+			k = (size_t)snprintf(e, sizeof e, "\\x{%X}", *p);
+		else {
+			e[0] = (char)*p;
+			k = 1;
+		}
+		if (o + k >= n)
+			return false;
+		memcpy(out + o, e, k);
+		o += k;
+	}
+	out[o] = '\0';
+	return true;
+}
+
+static bool dsn_ascii(const char *a)
+{
+	for (; *a; a++)
+		if ((unsigned char)*a >= 0x80)
+			return false;
+	return true;
+}
+
 /* Part 2: RFC 3464 §2.2 per-message and §2.3 per-recipient fields. */
 static void dsn_status_part(struct dsn_w *w, const struct deliver_dsn *d)
 {
@@ -502,8 +540,16 @@ static void dsn_status_part(struct dsn_w *w, const struct deliver_dsn *d)
 		if (dsn_has_text(DSN_SEGS(dsn_xtext(r->orcpt)), w->utf8))
 			dsn_field(w, "Original-Recipient: ",
 			          DSN_SEGS(dsn_xtext(r->orcpt)));
-		dsn_field(w, "Final-Recipient: ",
-		          DSN_SEGS(dsn_lit("rfc822;"), dsn_lit(r->addr)));
+		/* One too long to escape here (longer than any the queue
+		 * takes) stays rfc822;, cut by dsn_text like any value. */
+		char uaddr[6 * 512 + 1];
+		if (d->global && !dsn_ascii(r->addr) &&
+		    dsn_unitext(r->addr, uaddr, sizeof uaddr))
+			dsn_field(w, "Final-Recipient: ",
+			          DSN_SEGS(dsn_lit("utf-8;"), dsn_lit(uaddr)));
+		else
+			dsn_field(w, "Final-Recipient: ",
+			          DSN_SEGS(dsn_lit("rfc822;"), dsn_lit(r->addr)));
 		dsn_lit_put(w, delayed ? "Action: delayed" : "Action: failed");
 		dsn_nl(w);
 		dsn_lit_put(w, "Status: ");
@@ -583,7 +629,8 @@ int deliver_dsn_head(const struct deliver_dsn *d, struct buf *out)
 	dsn_nl(&w);
 	dsn_lit_put(&w, "Content-Description: Delivery report");
 	dsn_nl(&w);
-	dsn_lit_put(&w, "Content-Type: message/delivery-status");
+	dsn_lit_put(&w, d->global ? "Content-Type: message/global-delivery-status"
+	                          : "Content-Type: message/delivery-status");
 	dsn_nl(&w);
 	dsn_put(&w, cte, strlen(cte));
 	dsn_nl(&w);
@@ -598,8 +645,11 @@ int deliver_dsn_head(const struct deliver_dsn *d, struct buf *out)
 	if (d->headers_only)
 		dsn_lit_put(&w, " Headers");
 	dsn_nl(&w);
-	dsn_lit_put(&w, d->headers_only ? "Content-Type: text/rfc822-headers"
-	                                : "Content-Type: message/rfc822");
+	dsn_lit_put(&w, d->global
+		? (d->headers_only ? "Content-Type: message/global-headers"
+		                   : "Content-Type: message/global")
+		: (d->headers_only ? "Content-Type: text/rfc822-headers"
+		                   : "Content-Type: message/rfc822"));
 	dsn_nl(&w);
 	dsn_put(&w, cte, strlen(cte));
 	dsn_nl(&w);

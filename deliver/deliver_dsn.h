@@ -127,6 +127,15 @@ struct deliver_dsn {
 	 * text part in charset=utf-8). Otherwise it is 7-bit apart from
 	 * whatever the original itself contains. */
 	bool utf8;
+	/* RFC 6533, for a report about an internationalized (SMTPUTF8)
+	 * message: part 2 is message/global-delivery-status, where a
+	 * recipient address that is not ASCII is given as
+	 * "utf-8;ADDR" (§3 utf-8-addr-unitext: the UTF-8 as is, with '+',
+	 * '=', '\\' and controls as \x{HEX}); part 3 is message/global or
+	 * message/global-headers. These are body parts: the report itself
+	 * needs no SMTPUTF8 for them, only 8BITMIME (RFC 6532 §3.5-3.7).
+	 * Meant with utf8. */
+	bool global;
 	size_t nrcpt;          /* at least 1 (RFC 3464 §2.1) */
 	const struct deliver_dsn_rcpt *rcpt;
 };

@@ -99,8 +99,10 @@ void deliver_job_done(struct deliver *d, struct deliver_job *j,
 void deliver_job_failed(struct deliver *d, struct deliver_job *j,
                         const struct deliver_reply *r, const char *relay);
 
-/* The session reached READY (connected, TLS, AUTH): the route works. */
-void deliver_session_up(struct deliver *d, struct deliver_session *s);
+/* The session reached READY (connected, TLS, AUTH): the route works.
+ * size: the SIZE of the server's last EHLO (deliver_client_size_max). */
+void deliver_session_up(struct deliver *d, struct deliver_session *s,
+                        uint64_t size);
 
 /* The session is gone. route_fail: it failed in a way that says the route
  * is down or refuses us (connect, TLS, AUTH, greeting, throttling), with

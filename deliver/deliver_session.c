@@ -24,6 +24,7 @@
 #include <openssl/x509v3.h>
 
 #include "common/log.h"
+#include "common/tls_stream.h"
 
 /* No session idles open longer than this (the issue: a few seconds). */
 #define SESSION_IDLE_MS 2000
@@ -60,8 +61,7 @@ struct deliver_session {
 
 	struct deliver_client *cl;
 	struct buf out;         /* commands/body not yet written (plaintext) */
-	SSL *ssl;
-	BIO *rbio, *wbio;
+	struct tls_stream tls;  /* TLS over memory BIOs; tls.ssl NULL: none */
 	bool tls_handshake, tls_on;
 	bool starttls;          /* the handshake answers a STARTTLS */
 
@@ -114,8 +114,7 @@ static void maybe_free(struct deliver_session *s)
 	deliver_session_gone(s->d, s, s->route_fail, s->auth_fail,
 	                     s->failed ? &s->why : NULL);
 	deliver_client_free(s->cl);
-	if (s->ssl)
-		SSL_free(s->ssl);   /* frees both BIOs */
+	tls_stream_free(&s->tls);
 	buf_free(&s->out);
 	buf_free(&s->hdr);
 	deliver_cfg_unref(s->cfg);
@@ -234,12 +233,16 @@ static void raw_write(struct deliver_session *s, const void *p, size_t n)
 }
 
 /* Whatever TLS produced for the wire. */
+static int drain_out(void *arg, const uint8_t *p, size_t n)
+{
+	struct deliver_session *s = arg;
+	raw_write(s, p, n);
+	return s->closing;
+}
+
 static void drain_wbio(struct deliver_session *s)
 {
-	char tmp[16384];
-	int n;
-	while ((n = BIO_read(s->wbio, tmp, sizeof tmp)) > 0)
-		raw_write(s, tmp, (size_t)n);
+	tls_stream_drain(&s->tls, drain_out, s);
 }
 
 static void flush_out(struct deliver_session *s)
@@ -249,17 +252,9 @@ static void flush_out(struct deliver_session *s)
 	if (s->tls_handshake)
 		return;   /* after the handshake */
 	if (s->tls_on) {
-		size_t off = 0;
-		while (off < s->out.len) {
-			size_t chunk = s->out.len - off;
-			if (chunk > 16384)
-				chunk = 16384;
-			int n = SSL_write(s->ssl, s->out.data + off, (int)chunk);
-			if (n <= 0) {
-				session_fail(s, false, "TLS write failed");
-				return;
-			}
-			off += (size_t)n;
+		if (tls_stream_write(&s->tls, s->out.data, s->out.len) < 0) {
+			session_fail(s, false, "TLS write failed");
+			return;
 		}
 		drain_wbio(s);
 	} else {
@@ -276,7 +271,7 @@ static void tls_error(struct deliver_session *s, const char *what)
 	unsigned long code = ERR_get_error();
 	if (code)
 		ERR_error_string_n(code, e, sizeof e);
-	long v = SSL_get_verify_result(s->ssl);
+	long v = SSL_get_verify_result(s->tls.ssl);
 	ERR_clear_error();
 	/* A TLS failure is the route's problem, never plaintext instead. */
 	if (v != X509_V_OK)
@@ -289,48 +284,42 @@ static void tls_error(struct deliver_session *s, const char *what)
 
 static void tls_handshake(struct deliver_session *s)
 {
-	int r = SSL_do_handshake(s->ssl);
+	int r = tls_stream_handshake(&s->tls);
 	drain_wbio(s);
+	if (s->closing)
+		return;
 	if (r == 1) {
 		s->tls_handshake = false;
 		s->tls_on = true;
-		log_debug("smarthost %s: %s %s", s->relay, SSL_get_version(s->ssl),
-		          SSL_get_cipher_name(s->ssl));
+		log_debug("smarthost %s: %s %s", s->relay,
+		          tls_stream_version(&s->tls), tls_stream_cipher(&s->tls));
 		if (s->starttls)
 			deliver_client_tls_ready(s->cl, &s->out);
 		arm_timer(s, s->cfg->timeout);
 		flush_out(s);
 		return;
 	}
-	int e = SSL_get_error(s->ssl, r);
-	if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+	if (r == 0)
 		return;
 	tls_error(s, "handshake");
 }
 
 static int tls_start(struct deliver_session *s)
 {
-	s->ssl = SSL_new(s->cfg->ssl);
-	s->rbio = BIO_new(BIO_s_mem());
-	s->wbio = BIO_new(BIO_s_mem());
-	if (!s->ssl || !s->rbio || !s->wbio) {
-		BIO_free(s->rbio);
-		BIO_free(s->wbio);
+	if (tls_stream_init(&s->tls, s->cfg->ssl, false) < 0) {
 		session_fail(s, false, "TLS: out of memory");
 		return -ENOMEM;
 	}
-	SSL_set_bio(s->ssl, s->rbio, s->wbio);
-	SSL_set_connect_state(s->ssl);
 	const char *name = s->cfg->tls_name;
 	struct in6_addr a6;
 	struct in_addr a4;
 	bool is_ip = inet_pton(AF_INET, name, &a4) == 1 ||
 	             inet_pton(AF_INET6, name, &a6) == 1;
 	if (!is_ip)
-		SSL_set_tlsext_host_name(s->ssl, name);
+		SSL_set_tlsext_host_name(s->tls.ssl, name);
 	if (SSL_CTX_get_verify_mode(s->cfg->ssl) & SSL_VERIFY_PEER) {
 		/* The certificate must name the host we meant (RFC 6125). */
-		X509_VERIFY_PARAM *vp = SSL_get0_param(s->ssl);
+		X509_VERIFY_PARAM *vp = SSL_get0_param(s->tls.ssl);
 		X509_VERIFY_PARAM_set_hostflags(vp,
 		                                X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
 		int ok = is_ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, name)
@@ -377,10 +366,13 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 	}
 	if (nread == 0)
 		return;
-	if (!s->ssl) {
+	if (!s->tls.ssl) {
 		feed_plain(s, b->base, (size_t)nread);
 	} else {
-		BIO_write(s->rbio, b->base, (int)nread);
+		if (tls_stream_put(&s->tls, b->base, (size_t)nread) < 0) {
+			session_fail(s, false, "TLS: out of memory");
+			return;
+		}
 		if (s->tls_handshake) {
 			tls_handshake(s);
 			if (s->closing || s->tls_handshake)
@@ -389,16 +381,15 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 		char tmp[16384];
 		int end = 0;   /* 1: close_notify, 2: TLS error */
 		for (;;) {
-			int n = SSL_read(s->ssl, tmp, sizeof tmp);
+			ssize_t n = tls_stream_read(&s->tls, tmp, sizeof tmp);
 			if (n > 0) {
 				feed_plain(s, tmp, (size_t)n);
 				if (s->closing)
 					return;
 				continue;
 			}
-			int e = SSL_get_error(s->ssl, n);
-			if (e != SSL_ERROR_WANT_READ)
-				end = e == SSL_ERROR_ZERO_RETURN ? 1 : 2;
+			if (n < 0)
+				end = n == TLS_STREAM_EOF ? 1 : 2;
 			break;
 		}
 		drain_wbio(s);
@@ -627,7 +618,8 @@ static void drive(struct deliver_session *s)
 			if (!s->up) {
 				s->up = true;
 				s->t_up = uv_now(s->loop);
-				deliver_session_up(s->d, s);
+				deliver_session_up(s->d, s,
+				                   deliver_client_size_max(s->cl));
 				if (s->closing)
 					return;
 			}

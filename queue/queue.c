@@ -24,6 +24,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <libgen.h>
 #include <limits.h>
 #include <pthread.h>
@@ -32,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -53,6 +55,24 @@
 /* User-space buffer per body: bounded, whatever the message size. */
 #define BODY_BUF_SIZE (64 * 1024)
 #define DEFAULT_MAP_SIZE (UINT64_C(1) << 30)
+
+/* A record to take back (unindex): its body did not become durable. */
+struct unindex_item {
+	char qid[QUEUE_ID_SIZE];
+	int64_t due;
+	bool sched;
+};
+
+/* How often the opener thread reads the spool's free space when
+ * queue_min_free is set: often enough that a filling disk is seen within
+ * a second, rarely enough to cost nothing. */
+#define SPACE_REFRESH_US (1000 * 1000)
+
+static uint64_t now_us(void);
+
+/* How soon the writer tries again, when idle, to take back records of
+ * failed commits or to reopen an index it could not reopen. */
+#define UNINDEX_RETRY_US (1000 * 1000)
 
 /* One commit on its way through the writer. */
 struct queue_req {
@@ -115,9 +135,22 @@ struct queue {
 	uint64_t commit_delay_us;
 	int spool_fd, tmp_fd, msg_fd;
 	bool tmpfile;           /* bodies start as O_TMPFILE files (probed) */
+	/* The index. After a failed write LMDB may refuse every later write
+	 * transaction on the same environment (a failed meta page write marks
+	 * it fatal: MDB_PANIC), so the writer closes and reopens it
+	 * (env_reopen). Readers on other threads hold envlock for reading
+	 * around each read transaction (queue_env_read_begin/_end); the
+	 * reopen holds it for writing. env is NULL while a reopen failed. */
+	pthread_rwlock_t envlock;
 	MDB_env *env;
 	MDB_dbi dbi_msg, dbi_sched;
 	MDB_dbi dbi_quota;      /* quota counters (queue_quota.c) */
+	char *spool_path;       /* for env_reopen */
+	uint64_t map_size;
+	/* Writer thread only: */
+	bool env_broken;        /* a write failed: reopen before the next one */
+	struct unindex_item *unindex_left;  /* records still to take back */
+	size_t nunindex_left;
 	struct queue_idgen idgen;   /* loop thread only */
 
 	pthread_t writer;
@@ -138,7 +171,16 @@ struct queue {
 	struct queue_op *ops, **ops_tail;        /* changes waiting */
 	struct queue_op *ops_done, **ops_done_tail;
 	bool stop;
+	bool reopened;          /* the index was reopened: tell the scheduler */
 	struct queue_stats st;
+	/* Free space in the spool's file system, for queue_min_free: read
+	 * by the opener thread every SPACE_REFRESH_US (never on the loop
+	 * thread while the opener runs: statvfs of a network file system
+	 * can wait on the network). */
+	uint64_t min_free;      /* 0: no check, no readings */
+	uint64_t space_free;    /* bytes available to relayd (f_bavail) */
+	uint64_t space_at;      /* now_us() of that reading; 0: none yet */
+	bool space_low;         /* below min_free at the last reading */
 
 	/* Loop thread: */
 	bool closing;
@@ -156,6 +198,7 @@ struct queue_body {
 	int err;                /* sticky: the first write error */
 	size_t len;             /* bytes waiting in buf */
 	uint64_t size;          /* bytes accepted so far */
+	uint8_t high;           /* every byte written, OR-ed: bit 7 = 8-bit */
 	uint8_t buf[BODY_BUF_SIZE];
 };
 
@@ -266,6 +309,84 @@ static bool pool_take(struct queue *q, int *fd, char part[PART_NAME_SIZE])
 	return got;
 }
 
+/* CLOCK_MONOTONIC microseconds (now_us) as a deadline for the queue's
+ * condition variables, which wait on that clock. */
+static void us_timespec(uint64_t us, struct timespec *t)
+{
+	t->tv_sec = (time_t)(us / 1000000);
+	t->tv_nsec = (long)(us % 1000000) * 1000;
+}
+
+/* Reads the free space of msg/'s file system (where bodies go) and logs
+ * when it crosses queue_min_free, either way. Not on the loop thread once
+ * the opener runs. A failed statvfs keeps the last reading. */
+static void space_read(struct queue *q)
+{
+	struct statvfs sv;
+	int r = fstatvfs(q->msg_fd, &sv) < 0 ? -errno : 0;
+	/* f_bavail: what an unprivileged relayd may use (root's reserve is
+	 * not ours to fill). */
+	uint64_t avail = r ? 0 : (uint64_t)sv.f_bavail * sv.f_frsize;
+	pthread_mutex_lock(&q->mu);
+	uint64_t min = q->min_free;
+	bool was = q->space_low, low = was;
+	q->space_at = now_us();
+	if (r == 0) {
+		q->space_free = avail;
+		q->space_low = low = min && avail < min;
+	}
+	pthread_mutex_unlock(&q->mu);
+	if (r)
+		log_warn("queue: cannot read the spool's free space: %s",
+		         strerror(-r));
+	else if (low && !was)
+		log_warn("queue: %" PRIu64 " bytes free in the spool's file "
+		         "system, below queue_min_free (%" PRIu64 "): MAIL is "
+		         "answered 452 4.3.1", avail, min);
+	else if (!low && was)
+		log_info("queue: %" PRIu64 " bytes free in the spool's file "
+		         "system again (queue_min_free %" PRIu64 "): accepting "
+		         "mail", avail, min);
+}
+
+int queue_space_check(struct queue *q, uint64_t need)
+{
+	pthread_mutex_lock(&q->mu);
+	uint64_t min = q->min_free, at = q->space_at;
+	bool opener = q->opener_running;
+	pthread_mutex_unlock(&q->mu);
+	if (min == 0)
+		return 0;
+	/* Without the opener thread nobody else reads it: once a second
+	 * here, on the loop thread. */
+	if (!opener && now_us() - at >= SPACE_REFRESH_US)
+		space_read(q);
+	pthread_mutex_lock(&q->mu);
+	uint64_t avail = q->space_free;
+	at = q->space_at;
+	pthread_mutex_unlock(&q->mu);
+	if (at == 0)
+		return 0;   /* never read: refuse nothing on a guess */
+	/* The declared SIZE must fit above the reserve too (as Postfix
+	 * checks SIZE against queue_minfree). */
+	if (avail < min || avail - min < need)
+		return -ENOSPC;
+	return 0;
+}
+
+void queue_set_min_free(struct queue *q, uint64_t bytes)
+{
+	pthread_mutex_lock(&q->mu);
+	bool changed = q->min_free != bytes;
+	q->min_free = bytes;
+	if (changed) {
+		q->space_at = 0;        /* read again at once */
+		q->space_low = false;
+		pthread_cond_signal(&q->opener_cond);
+	}
+	pthread_mutex_unlock(&q->mu);
+}
+
 /* The opener thread keeps the pool between POOL_LOW and POOL_MAX files.
  * A failure (disk full) is not reported here: the loop then creates the
  * body itself and answers the client with the error. */
@@ -275,8 +396,20 @@ static void *opener_main(void *arg)
 	uint64_t seq = 0;
 	pthread_mutex_lock(&q->mu);
 	while (!q->stop) {
+		if (q->min_free && now_us() - q->space_at >= SPACE_REFRESH_US) {
+			pthread_mutex_unlock(&q->mu);
+			space_read(q);
+			pthread_mutex_lock(&q->mu);
+			continue;
+		}
 		if (q->npool >= POOL_LOW) {
-			pthread_cond_wait(&q->opener_cond, &q->mu);
+			if (q->min_free) {
+				struct timespec t;
+				us_timespec(q->space_at + SPACE_REFRESH_US, &t);
+				pthread_cond_timedwait(&q->opener_cond, &q->mu, &t);
+			} else {
+				pthread_cond_wait(&q->opener_cond, &q->mu);
+			}
 			continue;
 		}
 		size_t want = POOL_MAX - q->npool;
@@ -338,6 +471,7 @@ int queue_body_open(struct queue *q, const char *qid, struct queue_body **out)
 	b->err = 0;
 	b->len = 0;
 	b->size = 0;
+	b->high = 0;
 	*out = b;
 	return 0;
 }
@@ -355,10 +489,22 @@ static int body_flush(struct queue_body *b)
 	return b->err;
 }
 
+/* OR of the bytes (bit 7 tells 8-bit content): one pass the compiler
+ * vectorizes, cheaper than a branch per byte. */
+static uint8_t or_bytes(const uint8_t *p, size_t n)
+{
+	uint8_t acc = 0;
+	for (size_t i = 0; i < n; i++)
+		acc |= p[i];
+	return acc;
+}
+
 int queue_body_write(struct queue_body *b, const void *p, size_t n)
 {
 	if (b->err)
 		return b->err;
+	if (!(b->high & 0x80))
+		b->high |= or_bytes(p, n);
 	if (n > sizeof b->buf - b->len && body_flush(b))
 		return b->err;
 	if (n >= sizeof b->buf) {
@@ -381,6 +527,11 @@ int queue_body_write(struct queue_body *b, const void *p, size_t n)
 uint64_t queue_body_size(const struct queue_body *b)
 {
 	return b->size;
+}
+
+bool queue_body_8bit(const struct queue_body *b)
+{
+	return b->high & 0x80;
 }
 
 /* Closes and removes an unfinished body. On the loop thread this could
@@ -470,6 +621,8 @@ int queue_commit(struct queue *q, struct queue_body *b,
 	}
 	struct queue_msg copy = *m;
 	copy.size = b->size;
+	copy.flags = (uint8_t)((copy.flags & ~QUEUE_F_7BIT) |
+	                       ((b->high & 0x80) ? 0 : QUEUE_F_7BIT));
 	r = queue_msg_encode(&copy, &req->rec, &req->reclen);
 	if (r)
 		goto fail;
@@ -586,9 +739,24 @@ int queue_push_quota(struct queue *q, struct queue_quota_req *r,
 	return rc;
 }
 
-MDB_env *queue_mdb_env(struct queue *q)
+/* A read transaction on any thread. envlock keeps the environment from
+ * being closed under it by env_reopen (writer thread): held for reading
+ * from begin to end, never across a callback. */
+int queue_env_read_begin(struct queue *q, struct MDB_txn **txn)
 {
-	return q->env;
+	pthread_rwlock_rdlock(&q->envlock);
+	/* NULL while a reopen failed: the index is unusable until the next
+	 * one works. */
+	int rc = q->env ? mdb_txn_begin(q->env, NULL, MDB_RDONLY, txn) : EIO;
+	if (rc)
+		pthread_rwlock_unlock(&q->envlock);
+	return rc;
+}
+
+void queue_env_read_end(struct queue *q, struct MDB_txn *txn)
+{
+	mdb_txn_abort(txn);
+	pthread_rwlock_unlock(&q->envlock);
 }
 
 unsigned queue_dbi_quota(struct queue *q)
@@ -609,14 +777,14 @@ int queue_get(struct queue *q, const char *qid, struct queue_msg **out)
 	MDB_txn *txn;
 	if (!queue_id_valid(qid))
 		return -EINVAL;
-	int rc = mdb_txn_begin(q->env, NULL, MDB_RDONLY, &txn);
+	int rc = queue_env_read_begin(q, &txn);
 	if (rc)
 		return queue_mdb_errno(rc);
 	MDB_val k = {QUEUE_ID_LEN, (void *)qid}, v;
 	rc = mdb_get(txn, q->dbi_msg, &k, &v);
 	int r = rc ? queue_mdb_errno(rc) : queue_msg_decode(qid, v.mv_data,
 	                                                   v.mv_size, out);
-	mdb_txn_abort(txn);
+	queue_env_read_end(q, txn);
 	return r;
 }
 
@@ -628,11 +796,11 @@ int queue_scan_due(struct queue *q, int64_t until, int64_t *next,
 	MDB_cursor *cur;
 	MDB_val k, v;
 	*next = -1;
-	int rc = mdb_txn_begin(q->env, NULL, MDB_RDONLY, &txn);
+	int rc = queue_env_read_begin(q, &txn);
 	if (rc)
 		return queue_mdb_errno(rc);
 	if ((rc = mdb_cursor_open(txn, q->dbi_sched, &cur))) {
-		mdb_txn_abort(txn);
+		queue_env_read_end(q, txn);
 		return queue_mdb_errno(rc);
 	}
 	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
@@ -655,7 +823,7 @@ int queue_scan_due(struct queue *q, int64_t until, int64_t *next,
 	}
 	int r = rc == 0 || rc == MDB_NOTFOUND ? 0 : queue_mdb_errno(rc);
 	mdb_cursor_close(cur);
-	mdb_txn_abort(txn);
+	queue_env_read_end(q, txn);
 	return r;
 }
 
@@ -663,7 +831,7 @@ int queue_count(struct queue *q, uint64_t *messages, uint64_t *scheduled)
 {
 	MDB_txn *txn;
 	MDB_stat st;
-	int rc = mdb_txn_begin(q->env, NULL, MDB_RDONLY, &txn);
+	int rc = queue_env_read_begin(q, &txn);
 	if (rc)
 		return queue_mdb_errno(rc);
 	if ((rc = mdb_stat(txn, q->dbi_msg, &st)) == 0) {
@@ -671,11 +839,68 @@ int queue_count(struct queue *q, uint64_t *messages, uint64_t *scheduled)
 		if ((rc = mdb_stat(txn, q->dbi_sched, &st)) == 0)
 			*scheduled = st.ms_entries;
 	}
-	mdb_txn_abort(txn);
+	queue_env_read_end(q, txn);
 	return rc ? queue_mdb_errno(rc) : 0;
 }
 
 /* ---- the writer thread ------------------------------------------------ */
+
+static int open_index(struct queue *q, const char *spool, uint64_t map_size);
+static void unindex_retry(struct queue *q);
+
+/* A write transaction or a sync of the index failed. LMDB may now refuse
+ * every write on this environment: a failed meta page write marks it
+ * fatal (MDB_PANIC from then on), and after a failed fdatasync the page
+ * cache may hold pages the disk does not. So the writer closes it and
+ * opens it again before its next write; LMDB's copy-on-write pages and
+ * its two meta pages make the last durable transaction the current one. */
+static void env_failed(struct queue *q, int rc)
+{
+	if (!q->env_broken)
+		log_err("queue: index write failed (%s): reopening the index",
+		        mdb_strerror(rc));
+	q->env_broken = true;
+}
+
+/* Writer thread: closes and reopens the environment. Readers on other
+ * threads (the loop's scheduler, quota peeks) hold envlock for reading
+ * around each short read transaction; this waits for them, and they for
+ * it (mdb_env_open of an existing index is a few system calls). LMDB
+ * allows one environment per file per process: the old one is closed
+ * before the new one opens (its fcntl locks go with it). Returns 0 or
+ * -errno; on failure env is NULL and the next write tries again. */
+static int env_reopen(struct queue *q)
+{
+	pthread_rwlock_wrlock(&q->envlock);
+	if (q->env)
+		mdb_env_close(q->env);
+	q->env = NULL;
+	int r = open_index(q, q->spool_path, q->map_size);
+	if (r && q->env) {
+		mdb_env_close(q->env);
+		q->env = NULL;
+	}
+	pthread_rwlock_unlock(&q->envlock);
+	if (r) {
+		log_err("queue: cannot reopen the index: %s (tried again at the "
+		        "next write)", strerror(-r));
+		return r;
+	}
+	q->env_broken = false;
+	log_warn("queue: index reopened after a failed write");
+	pthread_mutex_lock(&q->mu);
+	q->reopened = true;
+	pthread_mutex_unlock(&q->mu);
+	return 0;
+}
+
+/* Before a write transaction: an LMDB code, 0 when the index is usable. */
+static int env_ready(struct queue *q)
+{
+	if (q->env_broken && env_reopen(q))
+		return EIO;
+	return 0;
+}
 
 /* One LMDB write transaction for the whole batch: a record per message,
  * and a schedule entry (at queue_msg_due()) per ACTIVE message. */
@@ -683,9 +908,13 @@ static int index_batch(struct queue *q, struct queue_req *batch,
                        char *why, size_t whylen)
 {
 	MDB_txn *txn;
-	int rc = mdb_txn_begin(q->env, NULL, 0, &txn);
+	int rc = env_ready(q);
 	if (rc)
 		goto fail;
+	if ((rc = mdb_txn_begin(q->env, NULL, 0, &txn))) {
+		env_failed(q, rc);
+		goto fail;
+	}
 	for (struct queue_req *req = batch; req; req = req->next) {
 		if (req->status)
 			continue;
@@ -715,8 +944,10 @@ static int index_batch(struct queue *q, struct queue_req *batch,
 	 * LMDB synced its pages: records never point at pages that did not
 	 * reach the disk. */
 	rc = mdb_txn_commit(txn);
-	if (rc)
+	if (rc) {
+		env_failed(q, rc);
 		goto fail;
+	}
 	return 0;
 abort:
 	mdb_txn_abort(txn);
@@ -727,37 +958,93 @@ fail:
 	return queue_mdb_errno(rc);
 }
 
-/* Takes back the records of requests that failed after the index commit
- * (their bodies did not become durable), and only theirs. The caller
- * makes this and the bodies' removal durable (settle_failures). */
-static void unindex(struct queue *q, struct queue_req *batch)
+/* Deletes the records (and schedule entries) of items in one write
+ * transaction: an LMDB code. */
+static int unindex_items(struct queue *q, const struct unindex_item *it,
+                         size_t n)
 {
 	/* NULL: mdb_txn_begin leaves it unset when it fails, and the abort
 	 * below must not be handed garbage. */
 	MDB_txn *txn = NULL;
-	int rc = mdb_txn_begin(q->env, NULL, 0, &txn);
-	for (struct queue_req *req = batch; rc == 0 && req; req = req->next) {
-		if (req->status == 0 || !req->indexed)
-			continue;
-		req->indexed = false;
-		MDB_val k = {QUEUE_ID_LEN, req->qid};
+	int rc = env_ready(q);
+	if (rc == 0 && (rc = mdb_txn_begin(q->env, NULL, 0, &txn)))
+		env_failed(q, rc);
+	for (size_t i = 0; rc == 0 && i < n; i++) {
+		MDB_val k = {QUEUE_ID_LEN, (void *)it[i].qid};
 		rc = mdb_del(txn, q->dbi_msg, &k, NULL);
-		if (rc == 0 && req->sched) {
+		if (rc == 0 && it[i].sched) {
 			uint8_t sk[QUEUE_SCHED_KEY_LEN];
-			queue_sched_key(req->due, req->qid, sk);
+			queue_sched_key(it[i].due, it[i].qid, sk);
 			MDB_val skv = {sizeof sk, sk};
 			rc = mdb_del(txn, q->dbi_sched, &skv, NULL);
 		}
 		if (rc == MDB_NOTFOUND)
 			rc = 0;
 	}
-	if (rc == 0)
+	if (rc == 0) {
 		rc = mdb_txn_commit(txn);
-	else if (txn)
+		/* In syncfs mode the meta page needs its own sync. */
+		if (rc == 0 && q->sync == QUEUE_SYNC_SYNCFS)
+			rc = mdb_env_sync(q->env, 1);
+		if (rc)
+			env_failed(q, rc);
+	} else if (txn) {
 		mdb_txn_abort(txn);
-	if (rc)
-		log_err("queue: cannot take back failed records: %s",
+	}
+	return rc;
+}
+
+/* Takes back the records of requests that failed after the index commit
+ * (their bodies did not become durable), and only theirs. The caller
+ * makes this and the bodies' removal durable (settle_failures). If the
+ * index refuses (the fault that failed the batch may still be there),
+ * the writer keeps them and tries again before its next batch: a record
+ * whose body is gone must not stay, or the scheduler would find it. */
+static void unindex(struct queue *q, struct queue_req *batch)
+{
+	size_t n = 0;
+	for (struct queue_req *req = batch; req; req = req->next)
+		n += req->status != 0 && req->indexed;
+	if (n == 0)
+		return;
+	struct unindex_item *it = realloc(q->unindex_left,
+	                                  (q->nunindex_left + n) * sizeof *it);
+	if (!it) {
+		log_err("queue: out of memory taking back failed records; "
+		        "recovery drops them at the next start");
+		return;
+	}
+	q->unindex_left = it;
+	for (struct queue_req *req = batch; req; req = req->next) {
+		if (req->status == 0 || !req->indexed)
+			continue;
+		req->indexed = false;
+		struct unindex_item *u = &it[q->nunindex_left++];
+		memcpy(u->qid, req->qid, QUEUE_ID_SIZE);
+		u->due = req->due;
+		u->sched = req->sched;
+	}
+	unindex_retry(q);
+}
+
+/* Writer thread: takes back the records left by earlier failures. */
+static void unindex_retry(struct queue *q)
+{
+	if (q->nunindex_left == 0)
+		return;
+	int rc = unindex_items(q, q->unindex_left, q->nunindex_left);
+	if (rc) {
+		log_err("queue: cannot take back %zu failed record(s): %s (tried "
+		        "again before the next batch)", q->nunindex_left,
 		        mdb_strerror(rc));
+		return;
+	}
+	for (size_t i = 0; i < q->nunindex_left; i++)
+		log_info("%s: record of the failed commit taken back",
+		         q->unindex_left[i].qid);
+	free(q->unindex_left);
+	q->unindex_left = NULL;
+	q->nunindex_left = 0;
 }
 
 /* syncfs reports a writeback error to one caller only (the first to look,
@@ -852,7 +1139,7 @@ static void write_batch(struct queue *q, struct queue_req *batch,
 		/* The meta page was written without a sync of its own: its
 		 * writeback error, like a body's, is checked on its file. */
 		int mfd;
-		if (r == 0 && mdb_env_get_fd(q->env, &mfd) == 0 &&
+		if (r == 0 && q->env && mdb_env_get_fd(q->env, &mfd) == 0 &&
 		    sync_file_range(mfd, 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE |
 		                    SYNC_FILE_RANGE_WRITE |
 		                    SYNC_FILE_RANGE_WAIT_AFTER) < 0) {
@@ -901,10 +1188,12 @@ static void write_batch(struct queue *q, struct queue_req *batch,
 		/* A record and a body that did reach the disk must not outlive
 		 * the 451/452 the client is about to get: a corrupt body with
 		 * the recorded size would pass recovery. Rare; sync it all. */
-		int rc = mdb_env_sync(q->env, 1);
-		if (rc)
+		int rc = q->env && !q->env_broken ? mdb_env_sync(q->env, 1) : 0;
+		if (rc) {
 			log_err("queue: index sync after a failed batch: %s",
 			        mdb_strerror(rc));
+			env_failed(q, rc);
+		}
 		if (fsync(q->msg_fd) < 0)
 			log_err("queue: fsync msg/ after a failed batch: %s",
 			        strerror(errno));
@@ -994,7 +1283,9 @@ static struct queue_op *apply_ops(struct queue *q, struct queue_op *ops,
 	/* NULL: a failed mdb_txn_begin (MDB_MAP_RESIZED when another process
 	 * grew the map) leaves it unset, and aborting garbage crashed. */
 	MDB_txn *txn = NULL;
-	int rc = mdb_txn_begin(q->env, NULL, 0, &txn);
+	int rc = env_ready(q);
+	if (rc == 0 && (rc = mdb_txn_begin(q->env, NULL, 0, &txn)))
+		env_failed(q, rc);
 	for (struct queue_op *op = ops; op; op = op->next) {
 		last = op;
 		if (rc)
@@ -1033,6 +1324,8 @@ static struct queue_op *apply_ops(struct queue *q, struct queue_op *ops,
 			(*syncs)++;
 			rc = mdb_env_sync(q->env, 1);
 		}
+		if (rc)
+			env_failed(q, rc);
 	} else if (txn) {
 		mdb_txn_abort(txn);
 	}
@@ -1058,8 +1351,25 @@ static void *writer_main(void *arg)
 
 	pthread_mutex_lock(&q->mu);
 	for (;;) {
-		while (!q->pending && !q->discard && !q->ops && !q->stop)
-			pthread_cond_wait(&q->cond, &q->mu);
+		while (!q->pending && !q->discard && !q->ops && !q->stop) {
+			if (q->nunindex_left == 0 && !q->env_broken) {
+				pthread_cond_wait(&q->cond, &q->mu);
+				continue;
+			}
+			/* Records of failed commits are still in the index, or
+			 * the index is closed: try again within a second rather
+			 * than at the next commit, which may be hours away while
+			 * the scheduler keeps finding them. */
+			struct timespec t;
+			us_timespec(now_us() + UNINDEX_RETRY_US, &t);
+			if (pthread_cond_timedwait(&q->cond, &q->mu, &t) != ETIMEDOUT)
+				continue;
+			pthread_mutex_unlock(&q->mu);
+			if (q->env_broken)
+				env_reopen(q);
+			unindex_retry(q);
+			pthread_mutex_lock(&q->mu);
+		}
 		if (q->ops) {
 			/* Changes to committed messages: one transaction for all
 			 * of them, ahead of new commits (they are few and free
@@ -1069,7 +1379,12 @@ static void *writer_main(void *arg)
 			q->ops_tail = &q->ops;
 			pthread_mutex_unlock(&q->mu);
 			uint64_t t0 = now_us(), syncs = 0;
+			unindex_retry(q);
 			struct queue_op *last = apply_ops(q, ops, &syncs);
+			/* Reopened now, not at the next write: readers (the
+			 * scheduler) get a working index back at once. */
+			if (q->env_broken)
+				env_reopen(q);
 			uint64_t busy = now_us() - t0;
 			pthread_mutex_lock(&q->mu);
 			*q->ops_done_tail = ops;
@@ -1119,7 +1434,10 @@ static void *writer_main(void *arg)
 		uint64_t syncs = 0, ok = 0, n = 0;
 		struct queue_req *last = NULL;
 		uint64_t t0 = now_us();
+		unindex_retry(q);
 		write_batch(q, batch, &syncs);
+		if (q->env_broken)
+			env_reopen(q);
 		uint64_t busy = now_us() - t0;
 		for (struct queue_req *req = batch; req; req = req->next) {
 			n++;
@@ -1173,6 +1491,10 @@ static void run_done(struct queue *q)
 	struct queue_op *ops = q->ops_done;
 	q->ops_done = NULL;
 	q->ops_done_tail = &q->ops_done;
+	/* After a reopen the scheduler reads the schedule again: a scan that
+	 * failed while the index was down left nothing armed. */
+	committed |= q->reopened;
+	q->reopened = false;
 	pthread_mutex_unlock(&q->mu);
 	while (ops) {
 		struct queue_op *op = ops;
@@ -1197,6 +1519,9 @@ static void queue_free(struct queue *q)
 {
 	if (q->env)
 		mdb_env_close(q->env);
+	free(q->spool_path);
+	free(q->unindex_left);
+	pthread_rwlock_destroy(&q->envlock);
 	if (q->msg_fd >= 0)
 		close(q->msg_fd);
 	if (q->tmp_fd >= 0)
@@ -1703,7 +2028,20 @@ int queue_open(uv_loop_t *loop, const struct queue_opts *o, struct queue **out)
 	q->done_tail = &q->done;
 	q->ops_tail = &q->ops;
 	q->ops_done_tail = &q->ops_done;
+	q->map_size = o->map_size;
+	q->min_free = o->min_free;
+	if (!(q->spool_path = strdup(o->spool_dir))) {
+		free(q);
+		return -ENOMEM;
+	}
+	if ((r = pthread_rwlock_init(&q->envlock, NULL))) {
+		free(q->spool_path);
+		free(q);
+		return -r;
+	}
 	if ((r = pthread_mutex_init(&q->mu, NULL))) {
+		pthread_rwlock_destroy(&q->envlock);
+		free(q->spool_path);
 		free(q);
 		return -r;
 	}
@@ -1717,6 +2055,8 @@ int queue_open(uv_loop_t *loop, const struct queue_opts *o, struct queue **out)
 	pthread_condattr_destroy(&ca);
 	if (r) {
 		pthread_mutex_destroy(&q->mu);
+		pthread_rwlock_destroy(&q->envlock);
+		free(q->spool_path);
 		free(q);
 		return -r;
 	}
@@ -1726,6 +2066,10 @@ int queue_open(uv_loop_t *loop, const struct queue_opts *o, struct queue **out)
 	    (r = recover(q, floor)))
 		goto fail;
 	queue_idgen_init(&q->idgen, floor);
+	/* The first reading before any MAIL; the opener thread keeps it
+	 * fresh from here on. */
+	if (q->min_free)
+		space_read(q);
 	/* Unnamed bodies only where one syncfs makes the link, the inode and
 	 * the data durable together; fsync mode keeps named files, whose
 	 * fdatasync-then-rename order needs no inode sync of its own. */

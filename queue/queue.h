@@ -13,6 +13,8 @@
  * msg/ that the writer links as msg/QID before the batch's syncfs; a crash
  * leaves nothing of it behind.
  *   index/       LMDB environment (data.mdb, lock.mdb)
+ *   smarthost.size  not the queue's: the smarthost's SIZE as deliver/
+ *                last saw it (a cache; deliver.h)
  *
  * Durability contract (DESIGN.md): queue_commit()'s callback reports 0 only
  * after the body is on stable storage under msg/, the directory entry is
@@ -58,6 +60,13 @@ extern const char *const queue_msg_state_names[];
 #define QUEUE_F_RET_HDRS  0x08  /* RET=HDRS */
 #define QUEUE_F_BINARYMIME 0x10 /* BODY=BINARYMIME (RFC 3030) */
 #define QUEUE_F_WARNED    0x20  /* the "delayed" DSN has been sent */
+/* The stored body holds no octet >= 0x80: set by queue_commit() from what
+ * queue_body_write() saw (callers' values are ignored), so the client can
+ * send a message declared BODY=8BITMIME to a server without 8BITMIME when
+ * its content is in fact 7-bit (RFC 6152 §3). A flag bit, not a new field:
+ * records written before it existed lack it, which reads as "may hold
+ * 8-bit", the safe answer, so no record version bump is needed. */
+#define QUEUE_F_7BIT      0x40
 
 /* RFC 3461 NOTIFY bits; 0 means NOTIFY was not given. */
 #define QUEUE_NOTIFY_NEVER   0x01
@@ -119,6 +128,9 @@ struct queue_opts {
 	enum queue_sync sync;       /* how the writer makes bodies durable:
 	                               one syncfs(2) per batch, or fdatasync(2)
 	                               per body plus one fsync of msg/ */
+	uint64_t min_free;          /* queue_min_free: bytes the spool's file
+	                               system must keep free for MAIL to be
+	                               accepted (queue_space_check); 0: off */
 };
 
 struct queue_stats {
@@ -147,6 +159,18 @@ void queue_get_stats(const struct queue *q, struct queue_stats *st);
 /* Changes commit_delay_us (SIGHUP). */
 void queue_set_commit_delay(struct queue *q, uint64_t us);
 
+/* Changes min_free (SIGHUP); the free space is read again at once. */
+void queue_set_min_free(struct queue *q, uint64_t bytes);
+
+/* At MAIL (loop thread): -ENOSPC (452 4.3.1) when the spool's file system
+ * has less than min_free + need bytes available (need: the declared SIZE,
+ * or 0), else 0; always 0 when min_free is 0. Costs a mutex, no system
+ * call: the free space is read at most a second apart by the queue's
+ * opener thread (statvfs can wait on a network file system), so a disk
+ * filling faster than that is still caught by the writes themselves
+ * (-ENOSPC at the end of DATA). */
+int queue_space_check(struct queue *q, uint64_t need);
+
 /* Next queue id (loop thread only). */
 void queue_new_id(struct queue *q, char out[QUEUE_ID_SIZE]);
 
@@ -160,6 +184,8 @@ int queue_body_open(struct queue *q, const char *qid, struct queue_body **out);
 int queue_body_write(struct queue_body *b, const void *p, size_t n);
 /* Bytes written so far. */
 uint64_t queue_body_size(const struct queue_body *b);
+/* Whether any byte written so far is >= 0x80. */
+bool queue_body_8bit(const struct queue_body *b);
 /* Closes and unlinks the temp file and frees b. NULL: no-op. */
 void queue_body_abort(struct queue_body *b);
 
@@ -169,8 +195,8 @@ void queue_body_abort(struct queue_body *b);
 typedef void (*queue_commit_cb)(void *arg, int status);
 
 /* Hands the body (ownership passes to the queue, whatever the result) and
- * a copy of the envelope (m->qid must equal the body's qid; m->size is
- * taken from the body) to the writer thread. The callback always runs,
+ * a copy of the envelope (m->qid must equal the body's qid; m->size and
+ * the QUEUE_F_7BIT flag are taken from the body) to the writer thread. The callback always runs,
  * exactly once, on the loop thread, later (never from inside this call).
  * Returns 0 or -errno (then the callback will not run and the body has
  * been aborted). */
@@ -234,6 +260,95 @@ int queue_ro_foreach(struct queue_ro *r,
 /* Loads one message: 0, -ENOENT (unknown id) or -errno. *out is owned by
  * the caller (queue_msg_free). */
 int queue_ro_get(struct queue_ro *r, const char *qid, struct queue_msg **out);
+
+/* ---- integrity check (relayctl check) ------------------------------ */
+/* Checks the spool against the rules above: every index record has its
+ * body msg/QID with the recorded size, every body its record, the
+ * "sched" entries are exactly the ones queue_msg_due() gives the ACTIVE
+ * records, and no temp file is left. Read-only, in short read
+ * transactions: beside a running relayd an item may be a moment in the
+ * life of a message (a body placed just before its record is committed),
+ * which queue_ro_recheck() tells apart a little later. */
+
+enum queue_check_kind {
+	QUEUE_CHK_NO_BODY,      /* a record without msg/QID */
+	QUEUE_CHK_BODY_SIZE,    /* msg/QID's size is not the recorded one */
+	QUEUE_CHK_BODY_TYPE,    /* msg/QID is not a regular file */
+	QUEUE_CHK_BAD_RECORD,   /* a record that cannot be decoded, or whose
+	                           key is not a queue id */
+	QUEUE_CHK_UNSCHEDULED,  /* ACTIVE with recipients left, but no
+	                           "sched" entry at its due time */
+	QUEUE_CHK_STALE_SCHED,  /* a "sched" entry no record asks for */
+	QUEUE_CHK_DONE,         /* every recipient sent or bounced, but the
+	                           message is still in the index */
+	QUEUE_CHK_ORPHAN_BODY,  /* msg/QID without a record */
+	QUEUE_CHK_TEMP,         /* msg/.NAME or tmp/NAME: an unfinished body */
+	QUEUE_CHK_STRAY,        /* another file in msg/ */
+	QUEUE_CHK_NKINDS
+};
+/* "missing_body", "body_size", ...: the kinds' names in relayctl's JSON. */
+extern const char *const queue_check_kind_names[];
+
+/* Why a "sched" entry is stale. */
+enum queue_check_stale {
+	QUEUE_STALE_OK = 0,
+	QUEUE_STALE_NO_RECORD,  /* its message is not in the index */
+	QUEUE_STALE_BAD_RECORD, /* its record cannot be decoded */
+	QUEUE_STALE_HOLD,       /* its message is on hold */
+	QUEUE_STALE_DONE,       /* its message has nothing left to deliver */
+	QUEUE_STALE_TIME,       /* its message is due at another time */
+	QUEUE_STALE_BAD_KEY,    /* the key is not a time and a queue id */
+};
+
+#define QUEUE_CHECK_KEY_MAX 64
+
+struct queue_check_item {
+	enum queue_check_kind kind;
+	char qid[QUEUE_ID_SIZE];    /* the message, or "" */
+	char file[4 + 256];         /* "msg/QID", "tmp/NAME" (spool-relative),
+	                               or "" */
+	enum queue_check_stale stale;   /* QUEUE_CHK_STALE_SCHED */
+	int64_t at;                 /* STALE_SCHED: the entry's time */
+	int64_t due;                /* UNSCHEDULED, STALE_TIME: the due time */
+	uint64_t size, recorded;    /* BODY_SIZE: the file's, the record's */
+	/* BAD_RECORD and STALE_SCHED: the LMDB key (at most
+	 * QUEUE_CHECK_KEY_MAX bytes of it; keylen is the whole length) */
+	uint8_t key[QUEUE_CHECK_KEY_MAX];
+	size_t keylen;
+};
+
+struct queue_check_stats {
+	uint64_t messages;      /* index records */
+	uint64_t scheduled;     /* "sched" entries */
+	uint64_t bodies;        /* msg/QID files with a record */
+	uint64_t in_use;        /* QUEUE_CHECK_LIVE: relayd's temp files */
+};
+
+/* relayd is running: its temp files (msg/.QID, and the empty files it
+ * makes ahead of need) are bodies being received, not problems. */
+#define QUEUE_CHECK_LIVE 0x1
+
+/* Called once per item found; returns nonzero to stop the check. */
+typedef int (*queue_check_cb)(void *arg, const struct queue_check_item *it);
+
+/* Checks the spool r was opened on; st gets the counts. 0 or -errno
+ * (the check could not be completed: an index read or a directory
+ * failed). */
+int queue_ro_check(struct queue_ro *r, unsigned flags, queue_check_cb cb,
+                   void *arg, struct queue_check_stats *st);
+
+/* Looks at the subject of an earlier item again - its message (record,
+ * body and schedule entry), its "sched" entry, or its file - and calls cb
+ * for each problem it has now (none: it was a moment in a running
+ * relayd's work). 0 or -errno. */
+int queue_ro_recheck(struct queue_ro *r, unsigned flags,
+                     const struct queue_check_item *it, queue_check_cb cb,
+                     void *arg);
+
+/* True when a and b are about the same subject (one recheck covers
+ * both). */
+bool queue_check_same_subject(const struct queue_check_item *a,
+                              const struct queue_check_item *b);
 
 /* ---- offline changes (relayctl while relayd is stopped) ----------- */
 /* Direct writes to the index for when no daemon is running: each call is

@@ -1,6 +1,8 @@
 /*
  * queue/queue_int.h - Pure functions of the queue module, exposed for the
- * unit tests: the id generator and the index record codec.
+ * unit tests: the id generator, the index record codec and the spool
+ * check's verdicts; and what the module's files share (LMDB layout, the
+ * read side's handle, the quota glue).
  */
 #ifndef RELAY_QUEUE_INT_H
 #define RELAY_QUEUE_INT_H
@@ -78,9 +80,59 @@ int queue_push_quota(struct queue *q, struct queue_quota_req *r,
 int queue_quota_apply(struct queue_quota_req *r, struct MDB_txn *txn,
                       unsigned dbi);
 
-/* The environment and the quota DB handle, for read transactions on the
- * loop thread (queue_quota_peek). */
-struct MDB_env *queue_mdb_env(struct queue *q);
+/* A read transaction on q's index, from any thread (queue_quota_peek on
+ * the loop thread): begin returns an LMDB code (0: *txn is open); end
+ * aborts it. Between the two the writer cannot reopen the environment
+ * (queue.c: env_reopen after a failed write), so keep it short and never
+ * across a callback. */
+int queue_env_read_begin(struct queue *q, struct MDB_txn **txn);
+void queue_env_read_end(struct queue *q, struct MDB_txn *txn);
+/* The quota DB handle, valid inside such a transaction. */
 unsigned queue_dbi_quota(struct queue *q);
+
+/* ---- the read side: queue_ro.c and queue_check.c ------------------- */
+
+struct queue_ro {
+	struct MDB_env *env;
+	unsigned dbi_msg, dbi_sched;
+	char *spool_dir;
+};
+
+/* Begins a read transaction (adopting a map the daemon grew). An LMDB
+ * code. */
+int queue_ro_begin(struct queue_ro *r, struct MDB_txn **txn);
+
+/* ---- the integrity check's pure parts (queue_check.c) --------------- */
+
+/* What a name in msg/ is. */
+enum queue_check_name {
+	QUEUE_NAME_BODY,    /* a queue id: a committed body (or an orphan) */
+	QUEUE_NAME_PART,    /* ".QID" or ".p" + 16 hex digits: relayd's name
+	                       for a body being received, or made ahead of
+	                       need (queue.c's pool) */
+	QUEUE_NAME_TEMP,    /* another dot file (".probe123"): a temp file */
+	QUEUE_NAME_STRAY,   /* anything else */
+};
+enum queue_check_name queue_check_name(const char *name);
+
+/* One index record and its body, as the check saw them. */
+struct queue_check_rec {
+	bool decoded;           /* false: the record cannot be decoded */
+	bool active;            /* QUEUE_MSG_ACTIVE */
+	int64_t due;            /* queue_msg_due(): -1 when nothing is left */
+	bool sched_ok;          /* its "sched" entry at `due` exists */
+	uint64_t size;          /* the body size the record gives */
+	enum { QUEUE_BODY_FILE, QUEUE_BODY_MISSING, QUEUE_BODY_OTHER } body;
+	uint64_t body_size;     /* QUEUE_BODY_FILE: its size */
+};
+
+/* The problems of a record: a bit (1u << QUEUE_CHK_*) per problem, 0 when
+ * it is consistent. */
+unsigned queue_check_rec_eval(const struct queue_check_rec *r);
+
+/* Whether a "sched" entry at time `at` is the one queue_msg_due() gives
+ * the record rec (NULL: there is no record): QUEUE_STALE_OK or why not. */
+enum queue_check_stale queue_check_sched_eval(int64_t at,
+                                              const struct queue_check_rec *rec);
 
 #endif

@@ -213,13 +213,13 @@ int queue_quota_peek(struct queue *q, const char *key, int64_t now,
 	size_t dl = db_key(dk, 'D', queue_quota_day(now), k, klen);
 	/* A read transaction takes no lock and never waits for the writer. */
 	MDB_txn *txn;
-	int rc = mdb_txn_begin(queue_mdb_env(q), NULL, MDB_RDONLY, &txn);
+	int rc = queue_env_read_begin(q, &txn);
 	if (rc)
 		return queue_mdb_errno(rc);
 	MDB_dbi dbi = queue_dbi_quota(q);
 	if ((rc = get_count(txn, dbi, hk, hl, &out->hour)) == 0)
 		rc = get_count(txn, dbi, dk, dl, &out->day);
-	mdb_txn_abort(txn);
+	queue_env_read_end(q, txn);
 	if (rc) {
 		out->hour = out->day = 0;
 		return queue_mdb_errno(rc);
@@ -284,11 +284,11 @@ int queue_quota_entries(struct queue *q, uint64_t *entries)
 {
 	MDB_txn *txn;
 	MDB_stat st;
-	int rc = mdb_txn_begin(queue_mdb_env(q), NULL, MDB_RDONLY, &txn);
+	int rc = queue_env_read_begin(q, &txn);
 	if (rc)
 		return queue_mdb_errno(rc);
 	rc = mdb_stat(txn, queue_dbi_quota(q), &st);
-	mdb_txn_abort(txn);
+	queue_env_read_end(q, txn);
 	if (rc)
 		return queue_mdb_errno(rc);
 	*entries = st.ms_entries;

@@ -17,11 +17,6 @@
 
 #include "common/log.h"
 
-struct queue_ro {
-	MDB_env *env;
-	MDB_dbi dbi_msg;
-};
-
 int queue_body_path(const char *spool_dir, const char *qid,
                     char *out, size_t outsz)
 {
@@ -35,7 +30,7 @@ int queue_body_path(const char *spool_dir, const char *qid,
 
 /* Begins a read transaction. If the daemon grew the map since we opened
  * it, adopt the new size once and retry. */
-static int begin_read(struct queue_ro *r, MDB_txn **txn)
+int queue_ro_begin(struct queue_ro *r, MDB_txn **txn)
 {
 	int rc = mdb_txn_begin(r->env, NULL, MDB_RDONLY, txn);
 	if (rc == MDB_MAP_RESIZED) {
@@ -64,6 +59,10 @@ int queue_ro_open(const char *spool_dir, struct queue_ro **out)
 	r = calloc(1, sizeof *r);
 	if (!r)
 		return -ENOMEM;
+	if (!(r->spool_dir = strdup(spool_dir))) {
+		free(r);
+		return -ENOMEM;
+	}
 	if ((rc = mdb_env_create(&r->env)))
 		goto fail;
 	if ((rc = mdb_env_set_maxdbs(r->env, QUEUE_MAXDBS)))
@@ -71,9 +70,11 @@ int queue_ro_open(const char *spool_dir, struct queue_ro **out)
 	/* The map size comes from the environment itself when reading. */
 	if ((rc = mdb_env_open(r->env, path, MDB_RDONLY | MDB_NOTLS, 0600)))
 		goto fail;
-	if ((rc = begin_read(r, &txn)))
+	if ((rc = queue_ro_begin(r, &txn)))
 		goto fail;
 	rc = mdb_dbi_open(txn, QUEUE_DB_MSG, 0, &r->dbi_msg);
+	if (rc == 0)
+		rc = mdb_dbi_open(txn, QUEUE_DB_SCHED, 0, &r->dbi_sched);
 	if (rc) {
 		mdb_txn_abort(txn);
 		goto fail;
@@ -97,6 +98,7 @@ void queue_ro_close(struct queue_ro *r)
 		return;
 	if (r->env)
 		mdb_env_close(r->env);
+	free(r->spool_dir);
 	free(r);
 }
 
@@ -119,7 +121,7 @@ int queue_ro_foreach(struct queue_ro *r,
 	MDB_val k, v;
 	int rc, err = 0;
 
-	if ((rc = begin_read(r, &txn)))
+	if ((rc = queue_ro_begin(r, &txn)))
 		goto fail;
 	if ((rc = mdb_cursor_open(txn, r->dbi_msg, &cur))) {
 		mdb_txn_abort(txn);
@@ -162,7 +164,7 @@ int queue_ro_get(struct queue_ro *r, const char *qid, struct queue_msg **out)
 
 	if (!queue_id_valid(qid))
 		return -EINVAL;
-	if ((rc = begin_read(r, &txn)))
+	if ((rc = queue_ro_begin(r, &txn)))
 		goto fail;
 	rc = mdb_get(txn, r->dbi_msg, &k, &v);
 	if (rc == MDB_NOTFOUND) {

@@ -1,6 +1,7 @@
 /*
  * smtpd/relayd.c - main(): reads the configuration, opens the log and the
- * spool, binds the listeners (as root if needed, then drops to `user`),
+ * spool, binds the listeners (as root if needed, then drops to `user`:
+ * smtpd_priv.c),
  * loads the TLS certificate (as `user`), and runs the event loop until
  * SIGTERM/SIGINT. SIGHUP reloads the configuration and the TLS
  * certificate for new sessions and reopens the log. Wires the control
@@ -8,16 +9,12 @@
  * (smtpd/), so neither module includes the other.
  */
 #include <errno.h>
-#include <fcntl.h>
-#include <grp.h>
 #include <inttypes.h>
-#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <uv.h>
@@ -29,6 +26,7 @@
 #include "deliver/deliver.h"
 #include "smtpd/smtpd.h"
 #include "smtpd/smtpd_policy_net.h"
+#include "smtpd/smtpd_priv.h"
 
 struct relayd {
 	uv_loop_t loop;
@@ -99,6 +97,13 @@ static void close_queue(struct relayd *d)
 /* Shutdown order: the listener (sessions finish their commits), then
  * delivery (sessions close, index changes and DSNs in flight finish),
  * then the spool. */
+/* The delivery side learnt a new limit (the smarthost's SIZE): smtpd
+ * advertises and enforces it for new sessions. */
+static void size_cap_cb(void *arg, uint64_t cap)
+{
+	smtpd_set_size_cap(arg, cap);
+}
+
 static void deliver_stopped_cb(void *arg)
 {
 	struct relayd *d = arg;
@@ -200,6 +205,7 @@ static void reload(struct relayd *d)
 		log_err("SIGHUP: cannot open log file %s: %s", nc.log_file,
 		        strerror(-r));
 	queue_set_commit_delay(d->q, nc.commit_delay * 1000);
+	queue_set_min_free(d->q, nc.queue_min_free);
 	if (d->deliver)
 		deliver_set_conf(d->deliver, &nc);
 	smtpd_set_conf(d->smtpd, &nc);
@@ -243,77 +249,6 @@ static void raise_fd_limit(const struct conf *c)
 		         (unsigned long long)want);
 }
 
-/* Gives the spool's directories and index files to the user. Runs as
- * root inside a directory that user controls, so nothing is followed:
- * symlinks are never chowned through (AT_SYMLINK_NOFOLLOW), and only
- * directories and regular files are touched. */
-static int chown_spool(const char *spool, uid_t uid, gid_t gid)
-{
-	static const char *const sub[] = {".", "tmp", "msg", "index",
-	                                  "index/data.mdb", "index/lock.mdb"};
-	int dfd = open(spool, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (dfd < 0) {
-		log_err("cannot open spool %s: %s", spool, strerror(errno));
-		return -errno;
-	}
-	int r = 0;
-	for (size_t i = 0; i < sizeof sub / sizeof *sub && r == 0; i++) {
-		struct stat st;
-		if (fstatat(dfd, sub[i], &st, AT_SYMLINK_NOFOLLOW) < 0) {
-			if (errno == ENOENT)
-				continue;
-			r = -errno;
-		} else if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)) {
-			log_err("spool %s/%s is neither a file nor a directory; "
-			        "refusing to start", spool, sub[i]);
-			r = -EPERM;
-			break;
-		} else if (fchownat(dfd, sub[i], uid, gid, AT_SYMLINK_NOFOLLOW) < 0) {
-			r = -errno;
-		}
-		if (r < 0)
-			log_err("cannot chown %s/%s: %s", spool, sub[i], strerror(-r));
-	}
-	close(dfd);
-	return r;
-}
-
-/* Binding happens first (ports < 1024 need root); then the spool is made
- * the user's and privileges are dropped for good. */
-static int drop_privileges(const struct conf *c)
-{
-	if (!c->user || !*c->user)
-		return 0;
-	if (geteuid() != 0) {
-		log_warn("user = %s ignored: not running as root", c->user);
-		return 0;
-	}
-	struct passwd *pw = getpwnam(c->user);
-	if (!pw) {
-		log_err("user = %s: no such user", c->user);
-		return -ENOENT;
-	}
-	if (mkdir(c->spool_dir, 0700) < 0 && errno != EEXIST) {
-		log_err("cannot create %s: %s", c->spool_dir, strerror(errno));
-		return -errno;
-	}
-	if (chown_spool(c->spool_dir, pw->pw_uid, pw->pw_gid) < 0)
-		return -EPERM;
-	/* The log file was opened as root: hand it over so SIGHUP can reopen
-	 * it (logrotate should recreate it for the user: see contrib/). */
-	if (c->log_file && *c->log_file &&
-	    fchownat(AT_FDCWD, c->log_file, pw->pw_uid, pw->pw_gid,
-	             AT_SYMLINK_NOFOLLOW) < 0)
-		log_warn("cannot chown %s: %s", c->log_file, strerror(errno));
-	if (setgroups(0, NULL) < 0 || setgid(pw->pw_gid) < 0 ||
-	    setuid(pw->pw_uid) < 0) {
-		log_err("cannot drop privileges to %s: %s", c->user, strerror(errno));
-		return -errno;
-	}
-	log_info("running as user %s", c->user);
-	return 0;
-}
-
 int main(int argc, char **argv)
 {
 	const char *path = getenv("RELAYD_CONFIG");
@@ -353,6 +288,13 @@ int main(int argc, char **argv)
 		conf_free(&d.conf);
 		return 1;
 	}
+	/* As root, the account to drop to must exist; spool_dir must exist
+	 * or be creatable (-t says so too, before anything is bound). */
+	if (smtpd_priv_check(&d.conf, err, sizeof err) < 0) {
+		fprintf(stderr, "relayd: %s: %s\n", path, err);
+		conf_free(&d.conf);
+		return 1;
+	}
 	if (check_only) {
 		/* The daemon loads them in smtpd_start, as its user. */
 		if (smtpd_check_tls(&d.conf, err, sizeof err) < 0) {
@@ -379,12 +321,13 @@ int main(int argc, char **argv)
 		goto fail;
 	const struct conf *c = smtpd_conf(d.smtpd);
 	raise_fd_limit(c);
-	if (drop_privileges(c) < 0)
+	if (smtpd_priv_make_spool(c) < 0 || smtpd_priv_drop(c) < 0)
 		goto fail;
 	struct queue_opts qo = {
 		.spool_dir = c->spool_dir,
 		.map_size = c->queue_map_size,
 		.commit_delay_us = c->commit_delay * 1000,
+		.min_free = c->queue_min_free,
 		.sync = c->spool_sync == CONF_SYNC_FSYNC ? QUEUE_SYNC_FSYNC
 		                                         : QUEUE_SYNC_SYNCFS,
 	};
@@ -397,6 +340,7 @@ int main(int argc, char **argv)
 	r = deliver_new(&d.loop, d.q, c, &d.deliver);
 	if (r < 0)
 		goto fail;
+	deliver_set_size_cb(d.deliver, size_cap_cb, d.smtpd);
 	r = deliver_ctl_verb(d.deliver, "lockout", lockout_ctl_cb, &d);
 	if (r < 0) {
 		log_err("control: cannot add the lockout verb: %s", strerror(-r));

@@ -173,6 +173,11 @@ int smtpd_new(uv_loop_t *loop, struct conf *conf, struct queue *q,
 	return 0;
 }
 
+void smtpd_set_size_cap(struct smtpd *srv, uint64_t cap)
+{
+	srv->size_cap = cap;
+}
+
 void smtpd_set_queue(struct smtpd *srv, struct queue *q)
 {
 	srv->q = q;

@@ -45,6 +45,13 @@ int smtpd_check_conf(const struct conf *conf, char *err, size_t errlen);
  * bound before privileges are dropped and the spool is opened). */
 void smtpd_set_queue(struct smtpd *s, struct queue *q);
 
+/* A limit on message size from elsewhere (the smarthost's SIZE, which
+ * the delivery side learns), in bytes; 0: none. Sessions that start from
+ * now on advertise SIZE min(max_message_size, cap) and refuse larger
+ * messages at MAIL (SIZE=) and at the end of DATA/BDAT with 552 5.3.4;
+ * sessions already open keep the limit they started with. */
+void smtpd_set_size_cap(struct smtpd *s, uint64_t cap);
+
 /* Loads the TLS certificate and key (as the user relayd runs as: call
  * it after dropping privileges), then starts accepting. A certificate
  * that does not load is an error (logged). */

@@ -68,8 +68,8 @@ static int sink_begin(void *ctx, struct smtpd_txn *t)
 	/* RFC 8314 §4.3: the TLS version and cipher suite, as a comment
 	 * after the protocol (OpenSSL's names: no parentheses in them). */
 	if (s->tls == SESS_TLS_ON)
-		buf_printf(&h, " (%s %s)", SSL_get_version(s->ssl),
-		           SSL_get_cipher_name(s->ssl));
+		buf_printf(&h, " (%s %s)", tls_stream_version(&s->tls_s),
+		           tls_stream_cipher(&s->tls_s));
 	buf_printf(&h, " id %s", t->qid);
 	if (t->nrcpt == 1)
 		buf_printf(&h, "\r\n\tfor <%s>", t->rcpt[0].addr);
@@ -139,6 +139,17 @@ static void quota_log_over(const struct smtpd_session *s, const char *qid,
 		log_info("s=%s: quota: credential %s over its %s limit (%" PRIu32
 		         "/%" PRIu32 "): %u %s", s->sid, name, which, used, limit,
 		         d->code, d->enh);
+}
+
+/* The core's spool hook at MAIL (smtpd_proto_cfg.spool): queue_min_free. */
+enum smtp_reply_id smtpd_spool_mail(void *ctx, uint64_t size)
+{
+	struct smtpd_session *s = ctx;
+	if (!s->srv->q || queue_space_check(s->srv->q, size) == 0)
+		return SMTP_R__COUNT;
+	log_info("s=%s: MAIL refused: less than queue_min_free free in the "
+	         "spool (SIZE=%" PRIu64 "): 452 4.3.1", s->sid, size);
+	return SMTP_R_STORAGE_FULL;
 }
 
 /* The core's quota hook at MAIL (smtpd_proto_cfg.quota): a short read

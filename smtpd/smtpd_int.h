@@ -19,6 +19,7 @@
 #include <openssl/ssl.h>
 
 #include "common/buf.h"
+#include "common/tls_stream.h"
 #include "queue/queue_quota.h"
 #include "smtpd/smtpd_cidr.h"
 #include "common/cred.h"
@@ -36,9 +37,6 @@
 /* A graceful close waits this long for queued replies to drain; a peer
  * that stopped reading must not hold its session slot forever. */
 #define LINGER_MS    10000
-/* Ciphertext is moved between the socket and OpenSSL in pieces this big
- * (a TLS record is at most 16 KiB plus overhead). */
-#define TLS_CHUNK    (16 * 1024 + 512)
 /* Password checks (each one KDF run: with the default scrypt about 0.1 s
  * and 32 MiB) go through two lanes, so that failures - someone else's
  * guesses - never slow down or refuse a client without failures of its
@@ -130,6 +128,10 @@ struct smtpd {
 	struct smtpd_session *sessions;   /* doubly linked */
 	unsigned nsessions;
 	uint64_t next_sid;
+	/* The delivery side's limit on message size (the smarthost's SIZE,
+	 * issue 8 §10); 0: none. New sessions advertise and enforce the
+	 * smaller of this and max_message_size. */
+	uint64_t size_cap;
 	bool stopping;
 	void (*stop_cb)(void *arg);
 	void *stop_arg;
@@ -168,8 +170,7 @@ struct smtpd_session {
 	struct buf in, out;
 	enum sess_tls tls;
 	SSL_CTX *tls_ctx;      /* the server's when the session began (a ref) */
-	SSL *ssl;              /* owns rbio (ciphertext in), wbio (out) */
-	BIO *rbio, *wbio;
+	struct tls_stream tls_s;   /* TLS over memory BIOs, when tls != OFF */
 	struct queue_body *body;
 	uint64_t commit_size;  /* body size of the message being committed */
 	/* The message being committed was charged to this credential's
@@ -203,6 +204,8 @@ void smtpd_session_flush(struct smtpd_session *s);
 /* smtpd_commit.c */
 extern const struct smtpd_sink_ops smtpd_sink_ops;
 enum smtp_reply_id smtpd_quota_mail(void *ctx, const struct cred *c);
+/* queue_min_free at MAIL (smtpd_proto_cfg.spool). */
+enum smtp_reply_id smtpd_spool_mail(void *ctx, uint64_t size);
 /* SMTPD_REQ_COMMIT: charge the quota if any, then commit to the queue. */
 void smtpd_commit_start(struct smtpd_session *s);
 

@@ -570,6 +570,16 @@ static void cmd_mail(struct cmd_ctx *c)
 		reply(p, c->out, SMTP_R_CRED_SENDER);
 		return;
 	}
+	/* queue_min_free (like Postfix's queue_minfree): refused before the
+	 * body is sent, not after the client has sent it all. A refusal is
+	 * not a protocol error. */
+	if (p->cfg.spool) {
+		enum smtp_reply_id e = p->cfg.spool(p->cfg.spool_ctx, size);
+		if (e != SMTP_R__COUNT) {
+			reply(p, c->out, e);
+			return;
+		}
+	}
 	if (policy_refuses(p, c->out, p->cfg.policy ? p->cfg.policy->mail : NULL,
 	                   addr))
 		return;

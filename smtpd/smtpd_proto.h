@@ -150,6 +150,14 @@ struct smtpd_proto_cfg {
 	 * authoritative check is the charge at commit: a done() of -EDQUOT. */
 	enum smtp_reply_id (*quota)(void *ctx, const struct cred *c);
 	void *quota_ctx;
+	/* Room in the spool at MAIL (queue_min_free), called with the
+	 * declared SIZE (0: none) once the command is good, before the
+	 * relay policy and quota hooks (so a refused MAIL charges no rate
+	 * or quota): SMTP_R__COUNT to go on, or the refusal the core sends
+	 * (SMTP_R_STORAGE_FULL, 452 4.3.1; the hook logs why) before any
+	 * data is sent. NULL: no check. */
+	enum smtp_reply_id (*spool)(void *ctx, uint64_t size);
+	void *spool_ctx;
 };
 
 struct smtpd_proto;

@@ -22,6 +22,7 @@
 #include "common/log.h"
 #include "common/smtp.h"
 #include "smtpd/smtpd_policy.h"
+#include "common/tls_stream.h"
 #include "smtpd/smtpd_tls.h"
 
 struct write_req {
@@ -87,12 +88,16 @@ static void send_raw(struct smtpd_session *s, const uint8_t *p, size_t n)
 }
 
 /* What OpenSSL wrote for the peer (handshake, records, alerts). */
+static int drain_out(void *arg, const uint8_t *p, size_t n)
+{
+	struct smtpd_session *s = arg;
+	send_raw(s, p, n);
+	return s->closing;
+}
+
 static void tls_drain(struct smtpd_session *s)
 {
-	uint8_t tmp[TLS_CHUNK];
-	int n;
-	while ((n = BIO_read(s->wbio, tmp, sizeof tmp)) > 0)
-		send_raw(s, tmp, (size_t)n);
+	tls_stream_drain(&s->tls_s, drain_out, s);
 }
 
 static void tls_fail(struct smtpd_session *s, const char *what);
@@ -105,25 +110,14 @@ void smtpd_session_flush(struct smtpd_session *s)
 	case SESS_TLS_OFF:
 		send_raw(s, s->out.data, s->out.len);
 		break;
-	case SESS_TLS_ON: {
-		/* A memory BIO never pushes back: SSL_write takes it all. */
-		size_t off = 0;
-		while (off < s->out.len) {
-			size_t k = s->out.len - off;
-			if (k > 4 * TLS_CHUNK)
-				k = 4 * TLS_CHUNK;
-			ERR_clear_error();
-			int n = SSL_write(s->ssl, s->out.data + off, (int)k);
-			if (n <= 0) {
-				buf_reset(&s->out);
-				tls_fail(s, "write");
-				return;
-			}
-			off += (size_t)n;
+	case SESS_TLS_ON:
+		if (tls_stream_write(&s->tls_s, s->out.data, s->out.len) < 0) {
+			buf_reset(&s->out);
+			tls_fail(s, "write");
+			return;
 		}
 		tls_drain(s);
 		break;
-	}
 	case SESS_TLS_HANDSHAKE:
 	case SESS_TLS_FAILED:
 		/* Nothing can be said: a plaintext reply in the middle of a
@@ -235,20 +229,9 @@ static int tls_begin(struct smtpd_session *s)
 	SSL_CTX *ctx = tls_ctx_for(s);
 	if (!ctx)
 		return -EINVAL;
-	s->ssl = SSL_new(ctx);
-	s->rbio = BIO_new(BIO_s_mem());
-	s->wbio = BIO_new(BIO_s_mem());
-	if (!s->ssl || !s->rbio || !s->wbio) {
-		BIO_free(s->rbio);
-		BIO_free(s->wbio);
-		SSL_free(s->ssl);
-		s->ssl = NULL;
-		s->rbio = s->wbio = NULL;
-		ERR_clear_error();
-		return -ENOMEM;
-	}
-	SSL_set_bio(s->ssl, s->rbio, s->wbio);   /* s->ssl owns both now */
-	SSL_set_accept_state(s->ssl);
+	int r = tls_stream_init(&s->tls_s, ctx, true);
+	if (r < 0)
+		return r;
 	s->tls = SESS_TLS_HANDSHAKE;
 	uv_timer_start(&s->timer, timer_cb, s->cf->conf.timeout_command, 0);
 	return 0;
@@ -265,16 +248,15 @@ static int tls_pull(struct smtpd_session *s)
 		size_t room = s->in.cap - s->in.len;
 		if (room > READ_CHUNK)
 			room = READ_CHUNK;
-		ERR_clear_error();
-		int n = SSL_read(s->ssl, s->in.data + s->in.len, (int)room);
+		ssize_t n = tls_stream_read(&s->tls_s, s->in.data + s->in.len,
+		                            room);
 		if (n > 0) {
 			s->in.len += (size_t)n;
 			continue;
 		}
-		int e = SSL_get_error(s->ssl, n);
-		if (e == SSL_ERROR_WANT_READ)
+		if (n == 0)
 			break;
-		if (e == SSL_ERROR_ZERO_RETURN) {
+		if (n == TLS_STREAM_EOF) {
 			s->eof = true;   /* close_notify: as a TCP half-close */
 			break;
 		}
@@ -287,14 +269,12 @@ static int tls_pull(struct smtpd_session *s)
 
 static void tls_handshake(struct smtpd_session *s)
 {
-	ERR_clear_error();
-	int r = SSL_do_handshake(s->ssl);
-	if (r != 1) {
-		int e = SSL_get_error(s->ssl, r);
-		if (e == SSL_ERROR_WANT_READ) {
-			tls_drain(s);
-			return;
-		}
+	int r = tls_stream_handshake(&s->tls_s);
+	if (r == 0) {
+		tls_drain(s);
+		return;
+	}
+	if (r < 0) {
 		tls_fail(s, "handshake");
 		return;
 	}
@@ -302,12 +282,13 @@ static void tls_handshake(struct smtpd_session *s)
 	if (s->closing)
 		return;
 	s->tls = SESS_TLS_ON;
-	const char *sni = SSL_get_servername(s->ssl, TLSEXT_NAMETYPE_host_name);
+	const char *sni = SSL_get_servername(s->tls_s.ssl,
+	                                     TLSEXT_NAMETYPE_host_name);
 	char name[128] = "";
 	if (sni)
 		log_escape(name, sizeof name, sni, strlen(sni));
 	log_info("s=%s: TLS established: %s %s%s%s", s->sid,
-	         SSL_get_version(s->ssl), SSL_get_cipher_name(s->ssl),
+	         tls_stream_version(&s->tls_s), tls_stream_cipher(&s->tls_s),
 	         sni ? ", sni=" : "", name);
 	if (s->mode == CONF_LISTEN_SMTPS)
 		smtpd_proto_greet(s->proto, &s->out);   /* RFC 8314 §3.3 */
@@ -435,7 +416,7 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 	case SESS_TLS_ON:
 		/* A memory BIO takes everything (it only grows); what it holds
 		 * is bounded because reading stops while s->in is full. */
-		if (BIO_write(s->rbio, b->base, (int)nread) != (int)nread) {
+		if (tls_stream_put(&s->tls_s, b->base, (size_t)nread) < 0) {
 			log_err("s=%s: TLS: out of memory", s->sid);
 			smtpd_session_close(s, false);
 			return;
@@ -485,7 +466,7 @@ void smtpd_session_maybe_free(struct smtpd_session *s)
 		s->next->prev = s->prev;
 	srv->nsessions--;
 	smtpd_proto_free(s->proto);
-	SSL_free(s->ssl);            /* and its BIOs; NULL: no-op */
+	tls_stream_free(&s->tls_s);
 	SSL_CTX_free(s->tls_ctx);
 	cred_store_free(s->auth_creds);
 	smtpd_conf_drop(s->cf);
@@ -533,9 +514,7 @@ void smtpd_session_close(struct smtpd_session *s, bool graceful)
 		return;
 	if (graceful && s->tls == SESS_TLS_ON) {
 		/* close_notify: the client can tell our close from a cut. */
-		ERR_clear_error();
-		SSL_shutdown(s->ssl);
-		ERR_clear_error();
+		tls_stream_shutdown(&s->tls_s);
 		tls_drain(s);
 		if (s->closing)
 			return;
@@ -651,7 +630,9 @@ void smtpd_session_accept_cb(uv_stream_t *server, int status)
 	struct smtpd_proto_cfg pc = {
 		.hostname = cf->hostname,
 		.sid = s->sid,
-		.max_message_size = cf->max_message_size,
+		.max_message_size = srv->size_cap &&
+		                    srv->size_cap < cf->max_message_size
+		                    ? srv->size_cap : cf->max_message_size,
 		.max_recipients = cf->max_recipients,
 		.max_bad_commands = cf->max_bad_commands,
 		.bare_normalize = cf->bare_newline == CONF_BARE_NORMALIZE,
@@ -666,6 +647,8 @@ void smtpd_session_accept_cb(uv_stream_t *server, int status)
 		.auth_available = srv->creds != NULL,
 		.quota = smtpd_quota_mail,
 		.quota_ctx = s,
+		.spool = smtpd_spool_mail,
+		.spool_ctx = s,
 	};
 	s->proto = smtpd_proto_new(&pc, &smtpd_sink_ops, s);
 	if (!s->proto) {

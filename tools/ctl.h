@@ -58,6 +58,11 @@ typedef int (*ctl_cmd_fn)(struct ctl_ctx *c, int argc, char **argv);
 int ctl_cmd_list(struct ctl_ctx *c, int argc, char **argv);
 int ctl_cmd_show(struct ctl_ctx *c, int argc, char **argv);
 int ctl_cmd_cat(struct ctl_ctx *c, int argc, char **argv);
+/* Opens the index read-only; on failure prints why (no spool, ...). */
+int ctl_ro_open(const char *spool, struct queue_ro **out);
+/* ctl_check.c: verifies the spool; exit 0 clean, 1 problems, 2 could not
+ * check. */
+int ctl_cmd_check(struct ctl_ctx *c, int argc, char **argv);
 /* user add|del|list|passwd|disable|enable|test (ctl_user.c) */
 int ctl_cmd_user(struct ctl_ctx *c, int argc, char **argv);
 
@@ -73,6 +78,12 @@ int ctl_cmd_stats(struct ctl_ctx *c, int argc, char **argv);
 /* lockout list [--json] | lockout clear [ADDR|NAME]: relayd's failed-AUTH
  * tables, through the control socket. */
 int ctl_cmd_lockout(struct ctl_ctx *c, int argc, char **argv);
+
+/* ctl_priv.c: run as root, checks the spool (no links, one owner, safe
+ * modes and ancestors) and switches to its owner's uid and gid for good,
+ * before a command opens anything in it. Not root: nothing. 0, or -errno
+ * after printing why. */
+int ctl_spool_enter(struct ctl_ctx *c);
 
 /* "relayctl: " + message + newline on stderr. */
 void ctl_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -108,6 +119,12 @@ int ctl_out_flush(struct ctl_out *o, FILE *f);
 #define CTL_TEXT_TAB 0x1        /* keep horizontal tabs */
 size_t ctl_out_text(struct ctl_out *o, const void *p, size_t n,
                     unsigned flags);
+/* Same, for a whole message shown on a terminal (relayctl cat): tabs and
+ * line ends (LF, CRLF) are kept, a lone CR is escaped. more: another
+ * piece follows, so a character cut at the end, or a final CR, is left
+ * for it. Returns the bytes consumed (all of them unless more). */
+size_t ctl_out_text_lines(struct ctl_out *o, const void *p, size_t n,
+                          bool more);
 /* Same, for at most max characters: longer text is cut at a character
  * boundary and ends in "...". */
 size_t ctl_out_text_max(struct ctl_out *o, const void *p, size_t n,

@@ -160,6 +160,56 @@ size_t ctl_out_text(struct ctl_out *o, const void *src, size_t n,
 	return cols;
 }
 
+/* p[0..n) may be the start of a UTF-8 sequence that goes on past n. */
+static bool ctl_utf8_prefix(const unsigned char *p, size_t n)
+{
+	size_t need = p[0] >= 0xc2 && p[0] <= 0xdf ? 2
+	            : p[0] >= 0xe0 && p[0] <= 0xef ? 3
+	            : p[0] >= 0xf0 && p[0] <= 0xf4 ? 4 : 0;
+	if (need <= n)
+		return false;
+	for (size_t i = 1; i < n; i++)
+		if (p[i] < 0x80 || p[i] > 0xbf)
+			return false;
+	return true;
+}
+
+size_t ctl_out_text_lines(struct ctl_out *o, const void *src, size_t n,
+                          bool more)
+{
+	const unsigned char *p = src;
+	size_t i = 0, run = 0;   /* run: safe bytes not yet copied */
+	while (i < n) {
+		unsigned char c = p[i];
+		size_t k = ctl_utf8_len(p + i, n - i);
+		/* Held back for the next call: a character cut by the end of
+		 * this piece, and a CR whose LF may come next. */
+		if (more && ((k == 0 && ctl_utf8_prefix(p + i, n - i)) ||
+		             (c == '\r' && i + 1 == n)))
+			break;
+		/* As ctl_out_text, plus line ends: LF, and CR only before LF
+		 * (a lone CR would let text overwrite the line shown). */
+		bool safe = k > 1 ? !(c == 0xc2 && p[i + 1] < 0xa0)
+		          : k == 1 && ((c >= 0x20 && c != 0x7f) || c == '\t' ||
+		                       c == '\n' ||
+		                       (c == '\r' && i + 1 < n && p[i + 1] == '\n'));
+		if (safe) {
+			run += k;
+			i += k;
+			continue;
+		}
+		ctl_out_mem(o, p + i - run, run);
+		run = 0;
+		if (k == 0)
+			k = 1;
+		for (size_t j = 0; j < k; j++)
+			ctl_out_hexbyte(o, p[i + j]);
+		i += k;
+	}
+	ctl_out_mem(o, p + i - run, run);
+	return i;
+}
+
 size_t ctl_out_text_max(struct ctl_out *o, const void *src, size_t n,
                         size_t max)
 {

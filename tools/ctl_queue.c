@@ -86,7 +86,7 @@ static int ctl_qid_arg(const char *arg, char out[QUEUE_ID_SIZE])
 	return -EINVAL;
 }
 
-static int ctl_ro_open(const char *spool, struct queue_ro **out)
+int ctl_ro_open(const char *spool, struct queue_ro **out)
 {
 	int r = queue_ro_open(spool, out);
 	if (r == -ENOENT)
@@ -478,15 +478,37 @@ out:
 
 /* ---- show ------------------------------------------------------------ */
 
+/* Opens a body file: never through a symbolic link (relayd makes none;
+ * one planted in msg/ must not lead relayctl elsewhere), and only a
+ * regular file (O_NONBLOCK: a FIFO planted there cannot block the open).
+ * Returns the descriptor, -ELOOP for a link, -EINVAL for another kind of
+ * file, or -errno. */
+static int ctl_body_open(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK |
+	              O_NOCTTY);
+	if (fd < 0)
+		return -errno;
+	struct stat st;
+	int r = fstat(fd, &st) < 0 ? -errno : S_ISREG(st.st_mode) ? 0 : -EINVAL;
+	if (r == 0 && fcntl(fd, F_SETFL, 0) < 0)
+		r = -errno;
+	if (r < 0) {
+		close(fd);
+		return r;
+	}
+	return fd;
+}
+
 /* Reads the header section of the stored message at path: the bytes up to
  * the first empty line (CRLF or, leniently, LF), at most CTL_HDR_MAX of
  * them, cut at a line end when longer. dst holds CTL_HDR_MAX bytes. */
 static int ctl_read_headers(const char *path, char *dst, size_t *len,
                             bool *truncated)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = ctl_body_open(path);
 	if (fd < 0)
-		return -errno;
+		return fd;
 	struct stat st;
 	if (fstat(fd, &st) < 0) {
 		int e = -errno;
@@ -710,6 +732,12 @@ int ctl_cmd_show(struct ctl_ctx *c, int argc, char **argv)
 		ctl_err("%s: the message left the queue (no %s)", qid, path);
 		return hr;
 	}
+	if (hr == -ELOOP || hr == -EINVAL) {
+		ctl_err("%s: %s is %s, which relayd never makes; not reading it",
+		        qid, path, hr == -ELOOP ? "a symbolic link"
+		                                : "not a regular file");
+		return hr;
+	}
 	if (hr < 0) {
 		ctl_err("%s: reading the headers: %s", qid, strerror(-hr));
 		return hr;
@@ -794,6 +822,37 @@ static int ctl_copy_fd(int in, int out)
 	return r;
 }
 
+/* cat to a terminal: the bytes made safe to show (ctl_out_text_lines),
+ * a buffer at a time; a character cut by a read waits for the next. */
+static int ctl_copy_escaped(int in, FILE *out)
+{
+	unsigned char *b = malloc(CTL_COPY_BUF);
+	if (!b)
+		return -ENOMEM;
+	struct ctl_out o;
+	ctl_out_init(&o);
+	size_t have = 0;
+	int r = 0;
+	for (;;) {
+		ssize_t k = read(in, b + have, CTL_COPY_BUF - have);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0) {
+			r = -errno;
+			break;
+		}
+		have += (size_t)k;
+		size_t used = ctl_out_text_lines(&o, b, have, k > 0);
+		memmove(b, b + used, have - used);
+		have -= used;
+		if ((r = ctl_out_flush(&o, out)) < 0 || k == 0)
+			break;
+	}
+	ctl_out_free(&o);
+	free(b);
+	return r;
+}
+
 int ctl_cmd_cat(struct ctl_ctx *c, int argc, char **argv)
 {
 	(void)argc;
@@ -810,20 +869,31 @@ int ctl_cmd_cat(struct ctl_ctx *c, int argc, char **argv)
 		ctl_err("%s: %s", qid, strerror(-r));
 		return r;
 	}
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = ctl_body_open(path);
 	if (fd < 0) {
-		r = -errno;
+		r = fd;
 		struct stat st;
 		if (r == -ENOENT && stat(spool, &st) < 0 && errno == ENOENT)
 			ctl_err("no spool at %s (is spool_dir right? relayd "
 			        "creates it at first start)", spool);
 		else if (r == -ENOENT)
 			ctl_err("no message with id %s", qid);
+		else if (r == -ELOOP)
+			ctl_err("%s is a symbolic link, which relayd never makes; "
+			        "not following it", path);
+		else if (r == -EINVAL)
+			ctl_err("%s is not a regular file, which relayd never makes; "
+			        "not reading it", path);
 		else
 			ctl_err("%s: %s", path, strerror(-r));
 		return r;
 	}
-	r = ctl_copy_fd(fd, STDOUT_FILENO);
+	/* A terminal acts on escape sequences in what it shows: there the
+	 * message is shown escaped unless --raw asks for the bytes. */
+	if (!ctl_opt(c, "--raw") && isatty(STDOUT_FILENO))
+		r = ctl_copy_escaped(fd, stdout);
+	else
+		r = ctl_copy_fd(fd, STDOUT_FILENO);
 	close(fd);
 	if (r < 0)
 		ctl_err("%s: copying to stdout: %s", qid, strerror(-r));

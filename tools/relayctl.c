@@ -22,6 +22,9 @@ extern char **environ;
 
 #define CTL_F_JSON 0x1   /* accepts --json */
 #define CTL_F_CONF 0x2   /* needs the configuration (spool_dir, ...) */
+#define CTL_F_SPOOL 0x4  /* opens the spool: as root, becomes its owner */
+#define CTL_F_EXIT2 0x8  /* a configuration error exits 2, not 1 (check:
+                            1 means problems found) */
 
 struct ctl_cmd {
 	const char *name;
@@ -40,28 +43,32 @@ static int ctl_cmd_help(struct ctl_ctx *c, int argc, char **argv);
 
 static const struct ctl_cmd ctl_cmds[] = {
 	{"list", "[--json] [FILTERS]", "messages, oldest first, with undelivered "
-	 "recipients", CTL_F_JSON | CTL_F_CONF, 0, 0,
+	 "recipients", CTL_F_JSON | CTL_F_CONF | CTL_F_SPOOL, 0, 0,
 	 ctl_cmd_list, "--state= --to= --older= --from="},
 	{"show", "ID [--json]", "envelope, recipients and headers of a message",
-	 CTL_F_JSON | CTL_F_CONF, 1, 1, ctl_cmd_show, NULL},
-	{"cat", "ID", "the stored message, byte for byte, to stdout",
-	 CTL_F_CONF, 1, 1, ctl_cmd_cat, NULL},
+	 CTL_F_JSON | CTL_F_CONF | CTL_F_SPOOL, 1, 1, ctl_cmd_show, NULL},
+	{"cat", "ID [--raw]", "the stored message to stdout (escaped on a "
+	 "terminal unless --raw)", CTL_F_CONF | CTL_F_SPOOL, 1, 1, ctl_cmd_cat,
+	 "--raw"},
+	{"check", "[--json]", "verify the spool: index, bodies, schedule, temp "
+	 "files", CTL_F_JSON | CTL_F_CONF | CTL_F_SPOOL | CTL_F_EXIT2, 0, 0,
+	 ctl_cmd_check, NULL},
 	{"flush", "[ID]", "make ID (or every active message) due now",
-	 CTL_F_CONF, 0, 1, ctl_cmd_flush, NULL},
-	{"hold", "ID", "keep ID from delivery until released", CTL_F_CONF, 1, 1,
+	 CTL_F_CONF | CTL_F_SPOOL, 0, 1, ctl_cmd_flush, NULL},
+	{"hold", "ID", "keep ID from delivery until released", CTL_F_CONF | CTL_F_SPOOL, 1, 1,
 	 ctl_cmd_hold, NULL},
-	{"release", "ID", "release a held message; it is due now", CTL_F_CONF,
+	{"release", "ID", "release a held message; it is due now", CTL_F_CONF | CTL_F_SPOOL,
 	 1, 1, ctl_cmd_release, NULL},
-	{"delete", "ID", "remove ID from the queue, without a DSN", CTL_F_CONF,
+	{"delete", "ID", "remove ID from the queue, without a DSN", CTL_F_CONF | CTL_F_SPOOL,
 	 1, 1, ctl_cmd_delete, NULL},
 	{"bounce", "ID", "fail ID's undelivered recipients, with a DSN",
-	 CTL_F_CONF, 1, 1, ctl_cmd_bounce, NULL},
+	 CTL_F_CONF | CTL_F_SPOOL, 1, 1, ctl_cmd_bounce, NULL},
 	{"requeue", "ID", "retry ID's undelivered recipients from scratch, now",
-	 CTL_F_CONF, 1, 1, ctl_cmd_requeue, NULL},
+	 CTL_F_CONF | CTL_F_SPOOL, 1, 1, ctl_cmd_requeue, NULL},
 	{"stats", "[--json]", "queue counts and the state of delivery",
-	 CTL_F_JSON | CTL_F_CONF, 0, 0, ctl_cmd_stats, NULL},
+	 CTL_F_JSON | CTL_F_CONF | CTL_F_SPOOL, 0, 0, ctl_cmd_stats, NULL},
 	{"lockout", "SUBCOMMAND [ARG]", "failed-AUTH lockouts (below)",
-	 CTL_F_JSON | CTL_F_CONF, 1, 2, ctl_cmd_lockout, NULL},
+	 CTL_F_JSON | CTL_F_CONF | CTL_F_SPOOL, 1, 2, ctl_cmd_lockout, NULL},
 	{"user", "SUBCOMMAND [NAME]", "SMTP AUTH credentials (below)",
 	 CTL_F_JSON | CTL_F_CONF, 1, 2, ctl_cmd_user,
 	 "--owner= --from-domains= --to-domains= --hourly= --daily= "
@@ -127,7 +134,8 @@ static void ctl_usage(FILE *f)
 	        "              " CTL_DEFAULT_CONF "); RELAYD_<KEY> variables "
 	        "override its keys,\n"
 	        "              e.g. RELAYD_SPOOL_DIR=/var/spool/relayd\n"
-	        "  --json      JSON output for scripts (list, show, stats, user list,\n"
+	        "  --json      JSON output for scripts (list, show, stats, check, "
+	        "user list,\n"
 	        "              lockout list)\n"
 	        "  -h, --help  this text\n"
 	        "\n"
@@ -140,7 +148,9 @@ static void ctl_usage(FILE *f)
 	        "  --from ADDR    the sender is ADDR ('<>' for bounces)\n"
 	        "\n"
 	        "ID is a 16-character queue id as shown by 'list'.\n"
-	        "Exit status: 0 success, 1 error, 2 usage error.\n");
+	        "Exit status: 0 success, 1 error, 2 usage error; check: 0 clean,\n"
+	        "1 problems found (one line each), 2 the spool could not be "
+	        "checked.\n");
 }
 
 /* Prints "relayctl: <message>" and the usage text to stderr; returns the
@@ -360,7 +370,12 @@ int main(int argc, char **argv)
 		if (!c.conf_path)
 			c.conf_path = CTL_DEFAULT_CONF;
 		if (ctl_conf_load(&c, explicit_conf) < 0)
-			return CTL_EXIT_ERR;
+			return cmd->flags & CTL_F_EXIT2 ? CTL_EXIT_USAGE : CTL_EXIT_ERR;
+	}
+	/* Before the command opens the index, a body or the control socket. */
+	if ((cmd->flags & CTL_F_SPOOL) && ctl_spool_enter(&c) < 0) {
+		conf_free(&c.conf);
+		return cmd->flags & CTL_F_EXIT2 ? CTL_EXIT_USAGE : CTL_EXIT_ERR;
 	}
 
 	/* Output is written in large blocks (commands render into memory

@@ -63,6 +63,14 @@ class Relayd:
             "log_level": "info",
             "delivery": "hold",
         }
+        # Run as root, relayd drops to `user` (default relayd, an account
+        # a test machine may lack). Test daemons stay root, explicitly:
+        # their work directories are mkdtemp()'s 0700 directories of
+        # root's, and tests read and plant spool files as root.
+        # test_privdrop.py drops to a real account and checks the spool
+        # and the process from outside.
+        if os.geteuid() == 0:
+            self.conf["user"] = "root"
         self.conf.update({k: str(v) for k, v in conf.items()})
         self.conf_path = os.path.join(workdir, "relayd.conf")
         self.write_conf()

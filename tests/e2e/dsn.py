@@ -5,6 +5,12 @@ structure, the per-message fields, one dict per recipient, and the
 returned content (message/rfc822 or text/rfc822-headers). Field names are
 lower-cased; values are unfolded strings.
 
+Reports about internationalized mail use RFC 6533's types instead:
+message/global-delivery-status (UTF-8 fields, read here from the raw
+bytes, which must be valid UTF-8) and message/global or
+message/global-headers for the returned content (parsed from its UTF-8
+text, so header values are Unicode strings); d.is_global says which.
+
   d = parse_dsn(data)             asserts the RFC 3464 / 6522 structure
   d.fields["reporting-mta"]       "dns;relay.test"
   d.recipient("a@b.test")         {"final-recipient": ..., "action": ...}
@@ -21,6 +27,47 @@ def typed(value):
     kind, sep, rest = value.partition(";")
     assert sep, "no ';' in typed field %r" % value
     return kind.strip().lower(), rest.strip()
+
+
+def _raw_parts(data, boundary):
+    """The bytes of each body part of a multipart, headers included."""
+    delim = b"\r\n--" + boundary.encode()
+    chunks = data.split(delim)
+    out = []
+    for c in chunks[1:]:
+        if c.startswith(b"--"):
+            break
+        assert c.startswith(b"\r\n"), "delimiter line not ended: %r" % c[:40]
+        out.append(c[2:])
+    return out
+
+
+def _split_part(raw):
+    i = raw.find(b"\r\n\r\n")
+    assert i >= 0, "no end of part header in %r" % raw[:200]
+    return raw[:i + 2], raw[i + 4:]
+
+
+def _utf8_blocks(text):
+    """RFC 3464 §2.1 blocks of fields, separated by empty lines; folded
+    lines joined. One dict per block."""
+    out = []
+    for block in text.split("\r\n\r\n"):
+        if not block.strip():
+            continue
+        fields, name = {}, None
+        for line in block.strip("\r\n").split("\r\n"):
+            if line[:1] in (" ", "\t"):
+                assert name, "continuation before any field: %r" % line
+                fields[name] += " " + line.strip()
+                continue
+            k, sep, v = line.partition(":")
+            assert sep, "not a field: %r" % line
+            name = k.strip().lower()
+            assert name not in fields, "field %s repeated in one block" % k
+            fields[name] = v.strip()
+        out.append({k: " ".join(v.split()) for k, v in fields.items()})
+    return out
 
 
 def _fields(block):
@@ -49,14 +96,28 @@ class DSN:
         self.text = (parts[0].get_content()
                      if parts[0].get_content_maintype() == "text" else "")
         status = parts[1]
-        assert status.get_content_type() == "message/delivery-status", \
-            status.get_content_type()
-        blocks = status.get_payload()
-        assert isinstance(blocks, list) and len(blocks) >= 2, \
-            "delivery-status needs a per-message block and at least one " \
-            "per-recipient block, got %r" % (blocks,)
-        self.fields = _fields(blocks[0])
-        self.recipients = [_fields(b) for b in blocks[1:]]
+        self.status_type = status.get_content_type()
+        self.is_global = self.status_type == "message/global-delivery-status"
+        raw_parts = _raw_parts(data, m.get_param("boundary"))
+        assert len(raw_parts) == len(parts), (len(raw_parts), len(parts))
+        if self.is_global:
+            # RFC 6533 §6.1: UTF-8 fields, 8bit; not parsed by the email
+            # package as a report, so read here.
+            body = _split_part(raw_parts[1])[1]
+            blocks = _utf8_blocks(body.decode("utf-8"))
+            assert len(blocks) >= 2, "global-delivery-status blocks: %r" % (
+                blocks,)
+            self.fields = blocks[0]
+            self.recipients = blocks[1:]
+        else:
+            assert self.status_type == "message/delivery-status", \
+                self.status_type
+            blocks = status.get_payload()
+            assert isinstance(blocks, list) and len(blocks) >= 2, \
+                "delivery-status needs a per-message block and at least " \
+                "one per-recipient block, got %r" % (blocks,)
+            self.fields = _fields(blocks[0])
+            self.recipients = [_fields(b) for b in blocks[1:]]
         self.returned_type = None
         self.returned = None
         if len(parts) == 3:
@@ -69,6 +130,13 @@ class DSN:
                 self.returned = email.message_from_bytes(
                     text, policy=email.policy.default)
                 self.returned_raw = text
+            elif self.returned_type in ("message/global",
+                                        "message/global-headers"):
+                # RFC 6532 §3.7, RFC 6533 §6.3: UTF-8 header fields.
+                text = _split_part(raw_parts[2])[1]
+                self.returned_raw = text
+                self.returned = email.message_from_string(
+                    text.decode("utf-8"), policy=email.policy.default)
             else:
                 raise AssertionError("unexpected third part %s" %
                                      self.returned_type)

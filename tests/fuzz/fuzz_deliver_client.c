@@ -18,6 +18,11 @@
  *              per read; 3 cut at three places derived from the data
  *              (often ahead of the commands: unsolicited replies)
  *   bit 7      no QUIT: the session ends without one (a timeout)
+ * The message is declared BODY=8BITMIME; its body counts as 7-bit when the
+ * whole input's length is odd (so both answers to a server without
+ * 8BITMIME are reached: sent without BODY=, or refused 5.6.3).
+ * The EHLO SIZE value is checked against the extensions seen, and the
+ * pure SIZE parser is fed the input as it is.
  * Corpus: tests/fuzz/corpus/deliver_client/, replayed by `make test`:
  * server transcripts by name, min-* inputs the fuzzer found (edges the
  * transcripts miss, minimized with -merge=1 -use_counters=0).
@@ -113,10 +118,28 @@ static int drive(struct fz *z)
 				abort();
 			if (z->sent < z->nmsg) {
 				size_t before = z->out.len;
+				unsigned ext = deliver_client_ext(z->c);
 				deliver_client_send(z->c, &z->msg, &z->out);
 				z->sent++;
 				z->txns += z->out.len > before;
+				/* Refused locally (nothing sent) exactly when the
+				 * server lacks SMTPUTF8 for an SMTPUTF8 message,
+				 * or 8BITMIME for an 8-bit body; and BODY= only
+				 * where 8BITMIME is offered. */
+				bool refuse =
+					(z->msg.smtputf8 && !(ext & DELIVER_EXT_SMTPUTF8)) ||
+					(!z->msg.body_7bit && !(ext & DELIVER_EXT_8BITMIME));
+				if (refuse != (z->out.len == before))
+					abort();
+				if (!(ext & DELIVER_EXT_8BITMIME) &&
+				    memmem(z->out.data + before, z->out.len - before,
+				           "BODY=", 5))
+					abort();
 			} else if (z->quit == 0) {
+				/* An EHLO without SIZE leaves no limit. */
+				if (!(deliver_client_ext(z->c) & DELIVER_EXT_SIZE) &&
+				    deliver_client_size_max(z->c) != 0)
+					abort();
 				deliver_client_quit(z->c, &z->out);
 				z->quit = 1;
 				z->quit_len = z->out.len;
@@ -155,12 +178,13 @@ static int drive(struct fz *z)
 }
 
 /* CRLF lines only (the body is CRLF-clean), one final dot per
- * transaction at most (more would mean a dot line went unstuffed), and
- * nothing after QUIT. */
+ * transaction at most (more would mean a dot line went unstuffed), nothing
+ * after QUIT. */
 static void check_out(const struct fz *z)
 {
 	const uint8_t *p = z->out.data;
 	size_t n = z->out.len, dots = 0;
+
 	for (size_t i = 0; i < n; i++) {
 		if (p[i] == '\n' && (i == 0 || p[i - 1] != '\r'))
 			abort();
@@ -214,10 +238,34 @@ static size_t next_cut(unsigned mode, const uint8_t *p, size_t off, size_t n,
 	}
 }
 
+/* The SIZE parser: a limit only from a value of digits alone (and
+ * spaces), never more than the digits say. */
+static void check_size_parser(const uint8_t *p, size_t n)
+{
+	uint64_t v = deliver_client_parse_size((const char *)p, n);
+	if (v == 0)
+		return;
+	uint64_t ref = 0;
+	size_t digits = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (p[i] == ' ')
+			continue;
+		if (p[i] < '0' || p[i] > '9')
+			abort();
+		ref = ref * 10 + (uint64_t)(p[i] - '0');
+		if (++digits > 20)
+			abort();
+	}
+	if (ref != v)
+		abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (size < 1)
 		return 0;
+	check_size_parser(data, size);
+	bool body_7bit = size & 1;
 	uint8_t cfg = data[0];
 	data++;
 	size--;
@@ -228,7 +276,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	};
 	struct fz z = {
 		.msg = {.sender = "a@src.test", .size = 1234, .body_8bit = true,
-		        .smtputf8 = cfg & 4, .ret = "HDRS", .envid = "QID1",
+		        .body_7bit = body_7bit, .smtputf8 = cfg & 4, .ret = "HDRS", .envid = "QID1",
 		        .nrcpt = 3, .rcpt = rcpt, .notify = notify, .orcpt = orcpt},
 		.nmsg = (cfg & 8) ? 3 : 1,
 		.defer_tls = (cfg >> 4) & 1,

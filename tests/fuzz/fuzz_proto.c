@@ -33,6 +33,13 @@ static void f_abort(void *ctx)
 }
 
 static const struct smtpd_sink_ops ops = {f_begin, f_write, f_abort};
+
+/* queue_min_free at MAIL: "no room" for a declared SIZE over 1000. */
+static enum smtp_reply_id f_spool(void *ctx, uint64_t size)
+{
+	(void)ctx;
+	return size > 1000 ? SMTP_R_STORAGE_FULL : SMTP_R__COUNT;
+}
 static const char *const scrub[] = {"Received", "X-Originating-IP"};
 
 /* Each reply line: 3 digits, ' ' or '-', text, CRLF. */
@@ -75,6 +82,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		 * plaintext on half the runs. */
 		.trusted = true, .auth_plaintext = (seg & 4) != 0,
 		.auth_available = true,
+		/* The spool hook on half the runs. */
+		.spool = (seg & 8) ? f_spool : NULL,
 	};
 	struct smtpd_proto *p = smtpd_proto_new(&cfg, &ops, &total);
 	struct buf out = BUF_INIT(SIZE_MAX);

@@ -76,8 +76,9 @@ static void test_defaults(void **state)
 	assert_int_equal(c->timeout_command, 300000);
 	assert_int_equal(c->timeout_data, 180000);
 	assert_int_equal(c->queue_map_size, 1024ull * 1024 * 1024);
+	assert_int_equal(c->queue_min_free, 100ull * 1024 * 1024);
 	assert_int_equal(c->spool_sync, CONF_SYNC_SYNCFS);
-	assert_string_equal(c->user, "");
+	assert_string_equal(c->user, "relayd");
 }
 
 /* Every key's default text is accepted by its own parser, and the table
@@ -93,7 +94,7 @@ static void test_key_table(void **state)
 		if (def && conf_set(c, k, def, err, sizeof err) != 0)
 			fail_msg("default of %s: %s", k, err);
 	}
-	assert_int_equal(n, 56);
+	assert_int_equal(n, 57);
 	assert_null(conf_key(n, NULL, NULL));
 }
 
@@ -131,6 +132,7 @@ static uint64_t field_value(const struct conf *c, const char *key)
 		{"max_bad_commands", offsetof(struct conf, max_bad_commands), 'u'},
 		{"max_message_size", offsetof(struct conf, max_message_size), 'q'},
 		{"queue_map_size", offsetof(struct conf, queue_map_size), 'q'},
+		{"queue_min_free", offsetof(struct conf, queue_min_free), 'q'},
 		{"timeout_greeting", offsetof(struct conf, timeout_greeting), 'q'},
 		{"timeout_command", offsetof(struct conf, timeout_command), 'q'},
 		{"timeout_data", offsetof(struct conf, timeout_data), 'q'},
@@ -215,6 +217,11 @@ static const struct set_case set_cases[] = {
 	{"max_message_size", "1000", 0, NULL, 1000},
 	{"queue_map_size", "1M", 0, NULL, M},
 	{"queue_map_size", "16G", 0, NULL, 16 * G},
+	{"queue_min_free", "0", 0, NULL, 0},
+	{"queue_min_free", "100M", 0, NULL, 100 * M},
+	{"queue_min_free", "2G", 0, NULL, 2 * G},
+	{"queue_min_free", "-1", -EINVAL,
+	 "queue_min_free: not a size: '-1' (expected e.g. 512k, 50M, 1G)", 0},
 	{"max_message_size", "10 M", -EINVAL,
 	 "max_message_size: not a size: '10 M' (expected e.g. 512k, 50M, 1G)",
 	 0},

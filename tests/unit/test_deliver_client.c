@@ -45,6 +45,7 @@ struct turn {
 	const char *res;        /* "[code] text\n" per recipient of the last
 	                           message */
 	const char *flags;      /* W/w: waiting or not, F/f: in final or not */
+	const char *size;       /* deliver_client_size_max() in decimal */
 	size_t len;
 };
 
@@ -259,6 +260,13 @@ static void run_script(const struct run *r)
 				         "expected\n%s", s->name, how, i, got,
 				         t->res);
 		}
+		if (t->size) {
+			snprintf(got, sizeof got, "%llu",
+			         (unsigned long long)deliver_client_size_max(c));
+			if (strcmp(got, t->size) != 0)
+				fail_msg("%s (%s), turn %zu: SIZE %s, expected %s",
+				         s->name, how, i, got, t->size);
+		}
 		for (const char *f = t->flags; f && *f; f++) {
 			bool want_true = *f == 'W' || *f == 'F';
 			bool is = *f == 'W' || *f == 'w'
@@ -309,10 +317,19 @@ static const struct deliver_client_msg m3 = {
 	.sender = "a@src.test", .nrcpt = 3, .rcpt = rcpt3};
 static const struct deliver_client_msg m_null = {
 	.sender = "", .nrcpt = 1, .rcpt = rcpt1};
+/* Declared BODY=8BITMIME with a 7-bit body: BODY= only where offered. */
 static const struct deliver_client_msg m_params = {
-	.sender = "a@src.test", .size = 1234, .body_8bit = true, .ret = "HDRS",
-	.envid = "QID+2B1", .nrcpt = 3, .rcpt = rcpt3, .notify = notify3,
-	.orcpt = orcpt3};
+	.sender = "a@src.test", .size = 1234, .body_8bit = true, .body_7bit = true,
+	.ret = "HDRS", .envid = "QID+2B1", .nrcpt = 3, .rcpt = rcpt3,
+	.notify = notify3, .orcpt = orcpt3};
+/* Declared BODY=8BITMIME and 8-bit in fact. */
+static const struct deliver_client_msg m_8bit = {
+	.sender = "a@src.test", .size = 99, .body_8bit = true, .nrcpt = 3,
+	.rcpt = rcpt3};
+/* 8-bit content not declared (a client that did not say BODY=): sent as
+ * it is, as before; only a declaration is acted on. */
+static const struct deliver_client_msg m_8bit_undeclared = {
+	.sender = "a@src.test", .nrcpt = 1, .rcpt = rcpt1};
 static const struct deliver_client_msg m_size0 = {
 	.sender = "a@src.test", .size = 0, .nrcpt = 1, .rcpt = rcpt1};
 static const struct deliver_client_msg m_utf8 = {
@@ -344,6 +361,9 @@ static const struct deliver_client_msg m_utf8 = {
 
 #define UTF8_REFUSED "[0] 553 5.6.7 the server does not offer SMTPUTF8, " \
                      "which this message needs\n"
+#define BIT8_REFUSED "[0] 554 5.6.3 the server does not offer 8BITMIME and " \
+                     "the message has 8-bit content (not converted: that " \
+                     "would break its signatures)\n"
 
 /* ---- the scripts -------------------------------------------------------- */
 
@@ -783,6 +803,69 @@ static const struct script scripts[] = {
 		{SEND, .msg = &m_params, .ev = "WAIT",
 		 .out = MAIL RCPT1 RCPT2 RCPT3 DATA},
 	}},
+	/* -- 8BITMIME (RFC 6152 §3; issue 8 §10) --------------------------- */
+	{"8-bit body, 8BITMIME offered: BODY=8BITMIME", O_PLAIN, {
+		T_GREET,
+		{SRV, "250-mx.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
+		 .ev = "READY"},
+		{SEND, .msg = &m_8bit, .ev = "WAIT",
+		 .out = "MAIL FROM:<a@src.test> BODY=8BITMIME\r\n" RCPT1 RCPT2
+		        RCPT3 DATA},
+	}},
+	{"8-bit body, no 8BITMIME: refused 5.6.3, nothing sent", O_PLAIN, {
+		T_GREET,
+		{SRV, "250-mx.test\r\n250-PIPELINING\r\n250-SMTPUTF8\r\n"
+		      "250 SIZE 1000\r\n", .ev = "READY"},
+		{SEND, .msg = &m_8bit, .ev = "DONE READY",
+		 .res = BIT8_REFUSED BIT8_REFUSED BIT8_REFUSED},
+		/* The session goes on: the next message is sent. */
+		{SEND, .msg = &m1, .ev = "WAIT", .out = MAIL RCPT1 DATA},
+	}},
+	{"8-bit body, no 8BITMIME, without pipelining", O_PLAIN, {
+		T_GREET,
+		{SRV, "250 mx.test\r\n", .ev = "READY"},
+		{SEND, .msg = &m_8bit, .ev = "DONE READY",
+		 .res = BIT8_REFUSED BIT8_REFUSED BIT8_REFUSED},
+		{QUIT, .ev = "WAIT", .out = "QUIT\r\n"},
+	}},
+	{"7-bit body declared 8BITMIME, no 8BITMIME: sent without BODY=",
+	 O_PLAIN, {
+		T_GREET,
+		{SRV, "250-mx.test\r\n250 SIZE 5000\r\n", .ev = "READY"},
+		{SEND, .msg = &m_params, .ev = "WAIT",
+		 .out = "MAIL FROM:<a@src.test> SIZE=1234\r\n"},
+	}},
+	{"undeclared 8-bit body: no BODY=, not refused", O_PLAIN, {
+		T_GREET,
+		{SRV, "250 mx.test\r\n", .ev = "READY"},
+		{SEND, .msg = &m_8bit_undeclared, .ev = "WAIT", .out = MAIL},
+	}},
+	{"SMTPUTF8 is checked before 8BITMIME", O_PLAIN, {
+		T_GREET,
+		{SRV, "250 mx.test\r\n", .ev = "READY"},
+		{SEND, .msg = &m_utf8, .ev = "DONE READY",
+		 .res = UTF8_REFUSED UTF8_REFUSED UTF8_REFUSED},
+	}},
+	{"8BITMIME lost after STARTTLS: the second EHLO decides", O_TLS, {
+		T_GREET,
+		{SRV, "250-mx.test\r\n250-8BITMIME\r\n250-SIZE 900\r\n"
+		      "250 STARTTLS\r\n", .ev = "WAIT", .out = "STARTTLS\r\n",
+		 .size = "900"},
+		{SRV, "220 go\r\n", .ev = "STARTTLS", .size = "900"},
+		{TLS, .ev = "WAIT", .out = EHLO, .size = "0"},
+		{SRV, "250-mx.test\r\n250 SIZE 700\r\n", .ev = "READY",
+		 .ext = "SIZE", .size = "700"},
+		{SEND, .msg = &m_8bit, .ev = "DONE READY",
+		 .res = BIT8_REFUSED BIT8_REFUSED BIT8_REFUSED},
+	}},
+
+	/* -- SIZE (RFC 1870) ---------------------------------------------- */
+	{"SIZE learnt from EHLO; HELO forgets it", O_PLAIN, {
+		T_GREET,
+		{SRV, "250-mx.test\r\n250 SIZE 10485760\r\n", .ev = "READY",
+		 .size = "10485760"},
+		{SEND, .msg = &m1, .ev = "WAIT", .out = MAIL},
+	}},
 	{"SIZE only", O_PLAIN, {
 		T_GREET,
 		{SRV, "250-mx.test\r\n250-PIPELINING\r\n250 SIZE\r\n", .ev = "READY"},
@@ -992,6 +1075,71 @@ static const struct ext_case ext_cases[] = {
 	 "PIPELINING DSN"},
 	{"the last line is a keyword", "250-mx\r\n250 STARTTLS\r\n", "STARTTLS"},
 };
+
+/* SIZE's value as the session reports it (RFC 1870 §4). */
+static const struct {
+	const char *name, *reply, *size;
+} size_cases[] = {
+	{"no SIZE", "250-mx\r\n250 DSN\r\n", "0"},
+	{"SIZE alone: no fixed limit", "250-mx\r\n250 SIZE\r\n", "0"},
+	{"SIZE 0: no fixed limit", "250-mx\r\n250 SIZE 0\r\n", "0"},
+	{"a provider's 35M", "250-mx\r\n250-SIZE 36700160\r\n250 DSN\r\n",
+	 "36700160"},
+	{"lowercase, extra spaces", "250-mx\r\n250 size   1000  \r\n", "1000"},
+	{"leading zeros", "250-mx\r\n250 SIZE 000123\r\n", "123"},
+	{"20 digits, the most RFC 1870 allows",
+	 "250-mx\r\n250 SIZE 18446744073709551615\r\n", "18446744073709551615"},
+	{"past 2^64", "250-mx\r\n250 SIZE 18446744073709551616\r\n", "0"},
+	{"21 digits", "250-mx\r\n250 SIZE 000000000000000000001\r\n", "0"},
+	{"not a number", "250-mx\r\n250 SIZE ten\r\n", "0"},
+	{"negative", "250-mx\r\n250 SIZE -5\r\n", "0"},
+	{"a sign", "250-mx\r\n250 SIZE +5\r\n", "0"},
+	{"number and junk", "250-mx\r\n250 SIZE 5M\r\n", "0"},
+	{"two numbers", "250-mx\r\n250 SIZE 5 6\r\n", "0"},
+	{"SIZE=5 is not SIZE", "250-mx\r\n250 SIZE=5\r\n", "0"},
+	{"SIZED 5 is not SIZE", "250-mx\r\n250 SIZED 5\r\n", "0"},
+	{"the last SIZE line counts", "250-mx\r\n250-SIZE 5\r\n250 SIZE 7\r\n",
+	 "7"},
+	{"the domain line is not a keyword", "250-SIZE 5\r\n250 DSN\r\n", "0"},
+	{"in a refusal: text", "550-mx\r\n550 SIZE 5\r\n", NULL},
+};
+
+static void test_ehlo_size(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof size_cases / sizeof *size_cases; i++) {
+		if (!size_cases[i].size) {
+			/* A 5xx to EHLO: HELO, and nothing learnt. */
+			struct script s = {size_cases[i].name, O_PLAIN, {
+				T_GREET,
+				{SRV, size_cases[i].reply, .ev = "WAIT",
+				 .out = "HELO relay.test\r\n", .size = "0"},
+				{SRV, "250 mx\r\n", .ev = "READY", .size = "0"},
+			}};
+			run_all(&s);
+			continue;
+		}
+		struct script s = {size_cases[i].name, O_PLAIN, {
+			T_GREET,
+			{SRV, size_cases[i].reply, .ev = "READY",
+			 .size = size_cases[i].size},
+		}};
+		run_all(&s);
+	}
+	/* The pure parser, on what follows the keyword. */
+	static const struct { const char *in; uint64_t want; } p[] = {
+		{"", 0}, {" ", 0}, {" 1", 1}, {"1", 1}, {" 10240000", 10240000},
+		{" 1 ", 1}, {" 1x", 0}, {" x1", 0}, {" 1 2", 0}, {" \t1", 0},
+		{" 99999999999999999999", 0}, {" 18446744073709551615", UINT64_MAX},
+	};
+	for (size_t i = 0; i < sizeof p / sizeof *p; i++) {
+		uint64_t got = deliver_client_parse_size(p[i].in, strlen(p[i].in));
+		if (got != p[i].want)
+			fail_msg("parse_size('%s') = %llu, want %llu", p[i].in,
+			         (unsigned long long)got,
+			         (unsigned long long)p[i].want);
+	}
+}
 
 static void test_ehlo_keywords(void **state)
 {
@@ -1439,6 +1587,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_scripts),
 		cmocka_unit_test(test_ehlo_keywords),
+		cmocka_unit_test(test_ehlo_size),
 		cmocka_unit_test(test_malformed),
 		cmocka_unit_test(test_reply_line_bounds),
 		cmocka_unit_test(test_reply_text_cut),

@@ -1051,6 +1051,69 @@ static void test_utf8(void **state)
 	}
 }
 
+/* RFC 6533 (global): the part types, and a UTF-8 recipient as
+ * utf-8-addr-unitext; an ASCII one stays rfc822. */
+static const struct {
+	const char *addr, *want;
+} global_rcpts[] = {
+	{"j\xc3\xb6rg@b\xc3\xbc" "cher.example",
+	 "utf-8;j\xc3\xb6rg@b\xc3\xbc" "cher.example"},
+	{"j\xc3\xb6rg+tag=x\\y@b.example",
+	 "utf-8;j\xc3\xb6rg\\x{2B}tag\\x{3D}x\\x{5C}y@b.example"},
+	{"ascii+tag@b.example", "rfc822;ascii+tag@b.example"},
+	{"\xe7\x94\xa8\xe6\x88\xb7@\xe4\xbe\x8b\xe5\xad\x90.\xe5\x85\xac"
+	 "\xe5\x8f\xb8", "utf-8;\xe7\x94\xa8\xe6\x88\xb7@\xe4\xbe\x8b\xe5"
+	 "\xad\x90.\xe5\x85\xac\xe5\x8f\xb8"},
+};
+
+static void test_global(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof global_rcpts / sizeof *global_rcpts; i++)
+	for (int global = 0; global <= 1; global++)
+	for (int hdrs = 0; hdrs <= 1; hdrs++) {
+		const struct deliver_dsn_rcpt r = {
+			global_rcpts[i].addr, NULL, DELIVER_DSN_FAILED, "5.6.7",
+			NULL, NULL, "the server does not offer SMTPUTF8", 0,
+		};
+		struct deliver_dsn d = base_dsn();
+		d.utf8 = true;
+		d.global = global;
+		d.headers_only = hdrs;
+		d.nrcpt = 1;
+		d.rcpt = &r;
+		struct buf b = BUF_INIT(1 << 20);
+		compose(&d, S(ORIG), &b);
+		struct parsed ps;
+		parse_dsn(&b, BND, &ps);
+		char v[256];
+		assert_true(get_field(ps.part_hdr[1], "Content-Type", v,
+		                      sizeof(v)));
+		assert_string_equal(v, global ? "message/global-delivery-status"
+		                              : "message/delivery-status");
+		assert_true(get_field(ps.part_hdr[2], "Content-Type", v,
+		                      sizeof(v)));
+		assert_string_equal(v, global ? (hdrs ? "message/global-headers"
+		                                      : "message/global")
+		                              : (hdrs ? "text/rfc822-headers"
+		                                      : "message/rfc822"));
+		struct span rb = ds_block(ps.part_body[1], 1);
+		assert_true(get_field(rb, "Final-Recipient", v, sizeof(v)));
+		if (global) {
+			assert_string_equal(v, global_rcpts[i].want);
+		} else {
+			char want[256];
+			snprintf(want, sizeof want, "rfc822;%s",
+			         global_rcpts[i].addr);
+			assert_string_equal(v, want);
+		}
+		/* The report's own header section stays ASCII. */
+		for (size_t k = 0; k < ps.hdr.n; k++)
+			assert_true((unsigned char)ps.hdr.p[k] < 0x80);
+		buf_free(&b);
+	}
+}
+
 /* ---- xtext ------------------------------------------------------------ */
 
 struct xcase {
@@ -1373,6 +1436,7 @@ int main(void)
 		cmocka_unit_test(test_hostile_text),
 		cmocka_unit_test(test_fold),
 		cmocka_unit_test(test_utf8),
+		cmocka_unit_test(test_global),
 		cmocka_unit_test(test_xtext),
 		cmocka_unit_test(test_boundary),
 		cmocka_unit_test(test_dates),

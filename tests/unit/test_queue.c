@@ -6,6 +6,7 @@
  * opens a loop ends with uv_loop_close() == 0.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -689,6 +690,7 @@ static void test_commit(void **state)
 		check_body_file(s.dir, qid, commit_cases[i].size);
 		assert_int_equal(count_dir(s.dir, "tmp"), 0);
 		m.size = commit_cases[i].size;      /* taken from the body */
+		m.flags |= QUEUE_F_7BIT;            /* so is this: ASCII bodies */
 		ro_check_in_child(s.dir, &m);
 
 		struct queue_stats st;
@@ -711,6 +713,70 @@ static void test_commit(void **state)
 		queue_msg_free(got);
 		assert_int_equal(queue_ro_get(ro, "0000000000000000", &got), -ENOENT);
 		assert_int_equal(queue_ro_get(ro, "bad", &got), -EINVAL);
+		queue_ro_close(ro);
+		rm_tree(s.dir);
+	}
+}
+
+/* QUEUE_F_7BIT is the queue's finding, from every byte written, whatever
+ * the caller's flags say (issue 8 §10). */
+static const struct {
+	const char *name;
+	const char *chunks[4];     /* written in turn; NULL ends */
+	uint8_t flags_in;          /* what the caller passes */
+	uint8_t flags_out;         /* what the record holds */
+} bit7_cases[] = {
+	{"ascii body", {"Subject: x\r\n\r\nhi\r\n"}, 0, QUEUE_F_7BIT},
+	{"ascii, declared 8BITMIME", {"Subject: x\r\n\r\nhi\r\n"},
+	 QUEUE_F_8BITMIME, QUEUE_F_8BITMIME | QUEUE_F_7BIT},
+	{"utf-8 in the body, caller claims 7BIT",
+	 {"Subject: x\r\n\r\n", "caf\xc3\xa9\r\n"},
+	 QUEUE_F_8BITMIME | QUEUE_F_7BIT, QUEUE_F_8BITMIME},
+	{"one 8-bit byte in the last chunk",
+	 {"Subject: x\r\n\r\n", "a\r\n", "\x80"}, 0, 0},
+	{"0x7f and controls are 7-bit", {"\x7f\x01\t\r\n"}, 0, QUEUE_F_7BIT},
+	{"empty body", {NULL}, QUEUE_F_SMTPUTF8, QUEUE_F_SMTPUTF8 | QUEUE_F_7BIT},
+};
+
+static void test_commit_7bit(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < ARRAY_LEN(bit7_cases); i++) {
+		struct queue_opts o = {.map_size = 16 << 20,
+		                       .sync = QUEUE_SYNC_FSYNC};
+		struct spool s;
+		struct result res = {0};
+		char qid[QUEUE_ID_SIZE];
+		spool_setup(&s, &o);
+		queue_new_id(s.q, qid);
+		struct queue_body *b;
+		assert_int_equal(queue_body_open(s.q, qid, &b), 0);
+		size_t size = 0;
+		for (size_t k = 0; k < 4 && bit7_cases[i].chunks[k]; k++) {
+			const char *c = bit7_cases[i].chunks[k];
+			assert_int_equal(queue_body_write(b, c, strlen(c)), 0);
+			size += strlen(c);
+		}
+		bool want8 = !(bit7_cases[i].flags_out & QUEUE_F_7BIT);
+		if (queue_body_8bit(b) != want8)
+			fail_msg("%s: queue_body_8bit %d", bit7_cases[i].name,
+			         !want8);
+		struct queue_msg m = env_of(qid, 1700000000, QUEUE_MSG_ACTIVE);
+		m.flags = bit7_cases[i].flags_in;
+		assert_int_equal(queue_commit(s.q, b, &m, commit_cb, &res), 0);
+		run_until(&s, &res.calls, 1);
+		assert_int_equal(res.status, 0);
+		spool_close(&s);
+
+		struct queue_ro *ro;
+		struct queue_msg *got;
+		assert_int_equal(queue_ro_open(s.dir, &ro), 0);
+		assert_int_equal(queue_ro_get(ro, qid, &got), 0);
+		if (got->flags != bit7_cases[i].flags_out || got->size != size)
+			fail_msg("%s: flags 0x%02x size %" PRIu64 ", want 0x%02x %zu",
+			         bit7_cases[i].name, got->flags, got->size,
+			         bit7_cases[i].flags_out, size);
+		queue_msg_free(got);
 		queue_ro_close(ro);
 		rm_tree(s.dir);
 	}
@@ -985,6 +1051,156 @@ static void test_recovery(void **state)
 	rm_tree(s.dir);
 }
 
+/* ---- the spool check (queue_check.c) on real spools -------------------- */
+
+struct check_items {
+	size_t n;
+	struct queue_check_item v[16];
+};
+
+static int check_cb(void *arg, const struct queue_check_item *it)
+{
+	struct check_items *c = arg;
+	if (c->n < ARRAY_LEN(c->v))
+		c->v[c->n] = *it;
+	c->n++;
+	return 0;
+}
+
+/* More messages than one read transaction covers (CHECK_CHUNK = 256):
+ * the check resumes each chunk after the last key of the one before,
+ * missing nothing and seeing nothing twice, also at the edges. */
+static void test_check_chunks(void **state)
+{
+	(void)state;
+	enum { N = 600 };
+	struct queue_opts o = {.map_size = 64 << 20, .sync = QUEUE_SYNC_SYNCFS};
+	struct spool s;
+	static char qid[N][QUEUE_ID_SIZE];
+	struct result res[N];
+	memset(res, 0, sizeof res);
+	spool_setup(&s, &o);
+	for (int i = 0; i < N; i++) {
+		queue_new_id(s.q, qid[i]);
+		struct queue_body *b = make_body(&s, qid[i], 10 + (size_t)(i % 7));
+		struct queue_msg m = env_of(qid[i], 1700000000 + i, QUEUE_MSG_ACTIVE);
+		assert_int_equal(queue_commit(s.q, b, &m, commit_cb, &res[i]), 0);
+	}
+	for (int calls = 0; calls < N;) {
+		uv_run(&s.loop, UV_RUN_ONCE);
+		calls = 0;
+		for (int i = 0; i < N; i++)
+			calls += res[i].calls;
+	}
+	for (int i = 0; i < N; i++)
+		assert_int_equal(res[i].status, 0);
+	spool_close(&s);
+
+	struct queue_ro *ro;
+	struct queue_check_stats st;
+	struct check_items found = {0};
+	assert_int_equal(queue_ro_open(s.dir, &ro), 0);
+	assert_int_equal(queue_ro_check(ro, 0, check_cb, &found, &st), 0);
+	assert_int_equal(found.n, 0);
+	assert_int_equal(st.messages, N);
+	assert_int_equal(st.scheduled, N);
+	assert_int_equal(st.bodies, N);
+	assert_int_equal(st.in_use, 0);
+
+	/* Bodies gone at the chunk edges (records are in id order). */
+	static const int gone[] = {0, 255, 256, 257, 511, 512, 599};
+	for (size_t i = 0; i < ARRAY_LEN(gone); i++) {
+		char p[1024];
+		assert_int_equal(queue_body_path(s.dir, qid[gone[i]], p, sizeof p), 0);
+		assert_int_equal(unlink(p), 0);
+	}
+	found.n = 0;
+	assert_int_equal(queue_ro_check(ro, 0, check_cb, &found, &st), 0);
+	assert_int_equal(found.n, ARRAY_LEN(gone));
+	for (size_t i = 0; i < ARRAY_LEN(gone); i++) {
+		assert_int_equal(found.v[i].kind, QUEUE_CHK_NO_BODY);
+		assert_string_equal(found.v[i].qid, qid[gone[i]]);
+		/* Looked at again: still so. */
+		struct check_items again = {0};
+		assert_int_equal(queue_ro_recheck(ro, 0, &found.v[i], check_cb,
+		                                  &again), 0);
+		assert_int_equal(again.n, 1);
+		assert_int_equal(again.v[0].kind, QUEUE_CHK_NO_BODY);
+	}
+	assert_int_equal(st.messages, N);
+	assert_int_equal(st.bodies, N - ARRAY_LEN(gone));
+
+	/* A body put back in the meantime: the recheck judges what is there
+	 * now, not what the scan saw. */
+	put_file(s.dir, "msg", qid[0]);
+	struct check_items again = {0};
+	found.v[0].kind = QUEUE_CHK_NO_BODY;
+	assert_int_equal(queue_ro_recheck(ro, 0, &found.v[0], check_cb, &again), 0);
+	assert_int_equal(again.n, 1);         /* 3 bytes, not the recorded 10 */
+	assert_int_equal(again.v[0].kind, QUEUE_CHK_BODY_SIZE);
+	assert_int_equal(again.v[0].size, 3);
+	assert_int_equal(again.v[0].recorded, 10);
+	queue_ro_close(ro);
+	rm_tree(s.dir);
+}
+
+/* While the daemon side runs in fsync mode, its pool of empty msg/.p*
+ * files is there: in use with QUEUE_CHECK_LIVE, leftovers without. From a
+ * child process, as relayctl (LMDB: one open environment per process). */
+static void test_check_live_pool(void **state)
+{
+	(void)state;
+	struct queue_opts o = {.map_size = 16 << 20, .sync = QUEUE_SYNC_FSYNC};
+	struct spool s;
+	spool_setup(&s, &o);
+	char qid[QUEUE_ID_SIZE];
+	queue_new_id(s.q, qid);
+	commit_one(&s, qid, 50);
+	/* The opener fills the pool to 64 files (queue.c POOL_MAX); up to 30 s
+	 * on a loaded machine. */
+	char p[1024];
+	size_t npool = 0;
+	snprintf(p, sizeof p, "%s/msg", s.dir);
+	for (int i = 0; i < 30000 && npool < 64; i++) {
+		DIR *d = opendir(p);
+		assert_non_null(d);
+		struct dirent *e;
+		npool = 0;
+		while ((e = readdir(d)))
+			npool += strncmp(e->d_name, ".p", 2) == 0;
+		closedir(d);
+		if (npool < 64)
+			usleep(1000);
+	}
+	assert_int_equal(npool, 64);
+
+	fflush(NULL);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct queue_ro *ro;
+		struct queue_check_stats st;
+		struct check_items live = {0}, dead = {0};
+		int ok = queue_ro_open(s.dir, &ro) == 0 &&
+		         queue_ro_check(ro, QUEUE_CHECK_LIVE, check_cb, &live,
+		                        &st) == 0 &&
+		         live.n == 0 && st.in_use == 64 && st.messages == 1 &&
+		         st.bodies == 1 &&
+		         queue_ro_check(ro, 0, check_cb, &dead, &st) == 0 &&
+		         dead.n == 64 && st.in_use == 0;
+		for (size_t i = 0; ok && i < ARRAY_LEN(dead.v); i++)
+			ok = dead.v[i].kind == QUEUE_CHK_TEMP &&
+			     strncmp(dead.v[i].file, "msg/.p", 6) == 0;
+		_exit(ok ? 0 : 1);
+	}
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	spool_close(&s);
+	rm_tree(s.dir);
+}
+
 static void test_ro_missing(void **state)
 {
 	(void)state;
@@ -1020,12 +1236,15 @@ int main(void)
 		cmocka_unit_test(test_state_names),
 		cmocka_unit_test(test_body_path),
 		cmocka_unit_test(test_commit),
+		cmocka_unit_test(test_commit_7bit),
 		cmocka_unit_test(test_group_commit),
 		cmocka_unit_test(test_map_full),
 		cmocka_unit_test(test_refused),
 		cmocka_unit_test(test_duplicate_id),
 		cmocka_unit_test(test_recovery),
 		cmocka_unit_test(test_ro_missing),
+		cmocka_unit_test(test_check_chunks),
+		cmocka_unit_test(test_check_live_pool),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1383,6 +1383,88 @@ static void test_auth_cred_from(void **state)
 	cred_store_free(t);
 }
 
+/* ---- queue_min_free: the spool hook at MAIL -------------------------------- */
+
+struct spool_hook {
+	int calls;
+	uint64_t size;           /* the SIZE= it was asked about */
+	uint64_t room;           /* bytes above queue_min_free */
+	int policy_calls;        /* the relay policy's MAIL hook */
+};
+
+static enum smtp_reply_id spool_hook_cb(void *ctx, uint64_t size)
+{
+	struct spool_hook *h = ctx;
+	h->calls++;
+	h->size = size;
+	return size <= h->room && h->room > 0 ? SMTP_R__COUNT
+	                                      : SMTP_R_STORAGE_FULL;
+}
+
+static enum smtp_reply_id spool_policy_mail(void *ctx, const char *sender)
+{
+	(void)sender;
+	((struct spool_hook *)ctx)->policy_calls++;
+	return SMTP_R__COUNT;
+}
+
+static const struct smtpd_policy_ops spool_policy = {spool_policy_mail, NULL};
+
+#define STORAGE_FULL_REPLY \
+	"452 4.3.1 Insufficient system storage, try again later\r\n"
+
+static void test_spool_min_free(void **state)
+{
+	(void)state;
+	struct spool_hook h = {.room = 0};
+	struct fixture *f = fx();
+	smtpd_proto_free(f->p);
+	f->cfg.spool = spool_hook_cb;
+	f->cfg.spool_ctx = &h;
+	f->cfg.policy = &spool_policy;
+	f->cfg.policy_ctx = &h;
+	f->p = smtpd_proto_new(&f->cfg, &ops, &f->sink);
+
+	/* A bad command never reaches the hook. */
+	feed(f, "EHLO x\r\nMAIL FROM:<a@@b>\r\n");
+	assert_has(take(f), "501 5.1.7");
+	assert_int_equal(h.calls, 0);
+	/* Below the reserve: 452 4.3.1 at MAIL, before any data, and the
+	 * relay policy (rate counters) is not asked; not a protocol error
+	 * either (more refusals than max_bad_commands, the session lives). */
+	for (int i = 0; i < 30; i++) {
+		feed(f, "MAIL FROM:<a@b.test>\r\n");
+		assert_string_equal(take(f), STORAGE_FULL_REPLY);
+	}
+	assert_int_equal(h.calls, 30);
+	assert_int_equal(h.size, 0);
+	assert_int_equal(h.policy_calls, 0);
+	assert_int_equal(smtpd_proto_state(f->p), SMTPD_ST_READY);
+	feed(f, "RCPT TO:<c@d.test>\r\n");
+	assert_has(take(f), "503 5.5.1");
+	/* Room again, but not for the declared SIZE. */
+	h.room = 5000;
+	feed(f, "MAIL FROM:<a@b.test> SIZE=6000\r\n");
+	assert_string_equal(take(f), STORAGE_FULL_REPLY);
+	assert_int_equal(h.size, 6000);
+	assert_int_equal(h.policy_calls, 0);
+	/* Room for it: the transaction goes on, the policy asked after. */
+	feed(f, "MAIL FROM:<a@b.test> SIZE=4000\r\n");
+	assert_string_equal(take(f), "250 2.1.0 Sender ok\r\n");
+	assert_int_equal(h.size, 4000);
+	assert_int_equal(h.policy_calls, 1);
+	feed(f, "RCPT TO:<c@d.test>\r\nDATA\r\nx\r\n.\r\n");
+	take(f);
+	assert_int_equal(f->req, SMTPD_REQ_COMMIT);
+	fx_free(f);
+
+	/* No hook: no check. */
+	f = fx();
+	feed(f, "EHLO x\r\nMAIL FROM:<a@b.test>\r\n");
+	assert_has(take(f), "250 2.1.0");
+	fx_free(f);
+}
+
 /* ---- quotas --------------------------------------------------------------- */
 
 struct quota_hook {
@@ -1559,6 +1641,7 @@ int main(void)
 		cmocka_unit_test(test_auth_cred_restrictions),
 		cmocka_unit_test(test_auth_cred_from),
 		cmocka_unit_test(test_quota),
+		cmocka_unit_test(test_spool_min_free),
 	};
 	return cmocka_run_group_tests_name("smtpd_proto", tests, NULL, NULL);
 }

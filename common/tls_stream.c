@@ -1,0 +1,135 @@
+/*
+ * common/tls_stream.c - TLS over memory BIOs (tls_stream.h): one SSL with
+ * a memory BIO each way, shared by the SMTP server and client sessions.
+ * Owns the SSL and its BIOs; knows nothing of sockets, libuv or SMTP.
+ */
+#include "common/tls_stream.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <string.h>
+
+#include <openssl/err.h>
+
+int tls_stream_init(struct tls_stream *t, SSL_CTX *ctx, bool server)
+{
+	memset(t, 0, sizeof *t);
+	SSL *ssl = SSL_new(ctx);
+	BIO *rbio = BIO_new(BIO_s_mem());
+	BIO *wbio = BIO_new(BIO_s_mem());
+	if (!ssl || !rbio || !wbio) {
+		BIO_free(rbio);
+		BIO_free(wbio);
+		SSL_free(ssl);
+		ERR_clear_error();
+		return -ENOMEM;
+	}
+	SSL_set_bio(ssl, rbio, wbio);   /* ssl owns both now */
+	if (server)
+		SSL_set_accept_state(ssl);
+	else
+		SSL_set_connect_state(ssl);
+	t->ssl = ssl;
+	t->rbio = rbio;
+	t->wbio = wbio;
+	return 0;
+}
+
+void tls_stream_free(struct tls_stream *t)
+{
+	SSL_free(t->ssl);   /* and its BIOs; NULL: no-op */
+	memset(t, 0, sizeof *t);
+}
+
+int tls_stream_put(struct tls_stream *t, const void *p, size_t n)
+{
+	while (n > 0) {
+		int k = n > INT_MAX ? INT_MAX : (int)n;
+		/* A memory BIO takes everything or fails for lack of memory. */
+		if (BIO_write(t->rbio, p, k) != k)
+			return -ENOMEM;
+		p = (const uint8_t *)p + k;
+		n -= (size_t)k;
+	}
+	return 0;
+}
+
+int tls_stream_handshake(struct tls_stream *t)
+{
+	ERR_clear_error();
+	int r = SSL_do_handshake(t->ssl);
+	if (r == 1) {
+		t->done = true;
+		return 1;
+	}
+	int e = SSL_get_error(t->ssl, r);
+	if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+		return 0;
+	return -EPROTO;
+}
+
+ssize_t tls_stream_read(struct tls_stream *t, void *p, size_t n)
+{
+	if (n > INT_MAX)
+		n = INT_MAX;
+	ERR_clear_error();
+	int k = SSL_read(t->ssl, p, (int)n);
+	if (k > 0)
+		return k;
+	int e = SSL_get_error(t->ssl, k);
+	if (e == SSL_ERROR_WANT_READ)
+		return 0;
+	if (e == SSL_ERROR_ZERO_RETURN)
+		return TLS_STREAM_EOF;
+	return -EPROTO;
+}
+
+int tls_stream_write(struct tls_stream *t, const void *p, size_t n)
+{
+	const uint8_t *b = p;
+	while (n > 0) {
+		/* Records are at most 16 KiB; bigger calls only make OpenSSL
+		 * loop, smaller ones keep each BIO_write small. */
+		size_t k = n > 4 * TLS_STREAM_CHUNK ? 4 * TLS_STREAM_CHUNK : n;
+		ERR_clear_error();
+		int w = SSL_write(t->ssl, b, (int)k);
+		if (w <= 0)
+			return -EPROTO;
+		b += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+void tls_stream_shutdown(struct tls_stream *t)
+{
+	ERR_clear_error();
+	SSL_shutdown(t->ssl);
+	ERR_clear_error();
+}
+
+size_t tls_stream_pending(const struct tls_stream *t)
+{
+	return t->wbio ? BIO_ctrl_pending(t->wbio) : 0;
+}
+
+void tls_stream_drain(struct tls_stream *t,
+                      int (*out)(void *arg, const uint8_t *p, size_t n),
+                      void *arg)
+{
+	uint8_t tmp[TLS_STREAM_CHUNK];
+	int n;
+	while (t->wbio && (n = BIO_read(t->wbio, tmp, sizeof tmp)) > 0)
+		if (out(arg, tmp, (size_t)n) != 0)
+			return;
+}
+
+const char *tls_stream_version(const struct tls_stream *t)
+{
+	return SSL_get_version(t->ssl);
+}
+
+const char *tls_stream_cipher(const struct tls_stream *t)
+{
+	return SSL_get_cipher_name(t->ssl);
+}

@@ -1,0 +1,79 @@
+/*
+ * common/tls_stream.h - TLS over memory BIOs, for the SMTP server
+ * (smtpd/smtpd_session.c) and the SMTP client (deliver/deliver_session.c):
+ * libuv does every socket read and write, OpenSSL only turns ciphertext
+ * into plaintext and back, so nothing blocks and no socket is handed to
+ * OpenSSL. The caller owns the loop side: it puts what it read with
+ * tls_stream_put, drives the handshake, reads plaintext out, writes
+ * plaintext in, and sends what tls_stream_drain hands it.
+ *
+ * Memory: the inbound BIO holds what was put and not yet read; the caller
+ * bounds it by reading from the socket only while it has room for the
+ * plaintext (flow control). The outbound BIO is emptied by every drain.
+ *
+ * This is the one file besides the contexts' owners that includes
+ * OpenSSL for the sessions (STYLE.md: the TLS stream helper).
+ */
+#ifndef RELAY_TLS_STREAM_H
+#define RELAY_TLS_STREAM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <openssl/ssl.h>
+
+/* Ciphertext moves in pieces this big (a TLS record is at most 16 KiB
+ * plus overhead). */
+#define TLS_STREAM_CHUNK (16 * 1024 + 512)
+
+/* tls_stream_read: the peer sent close_notify. */
+#define TLS_STREAM_EOF (-1000)
+
+struct tls_stream {
+	SSL *ssl;          /* owns rbio (ciphertext in) and wbio (out) */
+	BIO *rbio, *wbio;
+	bool done;         /* the handshake completed */
+};
+
+/* A stream on ctx, as a server (accepts) or a client (connects). 0, or
+ * -ENOMEM with t left empty. */
+int tls_stream_init(struct tls_stream *t, SSL_CTX *ctx, bool server);
+
+/* Frees the SSL and both BIOs; an empty or freed stream is a no-op. */
+void tls_stream_free(struct tls_stream *t);
+
+/* Ciphertext read from the socket. 0, or -ENOMEM. */
+int tls_stream_put(struct tls_stream *t, const void *p, size_t n);
+
+/* One step of the handshake: 1 done, 0 more input needed, -EPROTO failed
+ * (OpenSSL's error queue says why; drain first: an alert may wait). */
+int tls_stream_handshake(struct tls_stream *t);
+
+/* Plaintext from what was put: > 0 bytes, 0 more input needed,
+ * TLS_STREAM_EOF on close_notify, -EPROTO on a TLS error. */
+ssize_t tls_stream_read(struct tls_stream *t, void *p, size_t n);
+
+/* Encrypts all of p (a memory BIO never pushes back); drain afterwards.
+ * 0, or -EPROTO. */
+int tls_stream_write(struct tls_stream *t, const void *p, size_t n);
+
+/* Queues close_notify (drain afterwards). */
+void tls_stream_shutdown(struct tls_stream *t);
+
+/* Ciphertext waiting for the socket. */
+size_t tls_stream_pending(const struct tls_stream *t);
+
+/* Hands every byte OpenSSL wrote for the peer to out(arg, p, n), in
+ * order, in pieces of at most TLS_STREAM_CHUNK; stops early when out
+ * returns non-zero (the caller closed). */
+void tls_stream_drain(struct tls_stream *t,
+                      int (*out)(void *arg, const uint8_t *p, size_t n),
+                      void *arg);
+
+/* "TLSv1.3 TLS_AES_256_GCM_SHA384" parts, for logs and Received:. */
+const char *tls_stream_version(const struct tls_stream *t);
+const char *tls_stream_cipher(const struct tls_stream *t);
+
+#endif
