@@ -227,6 +227,13 @@ def test_failed_client_limit_counts_waiting_checks(relayd_factory, tmp_path):
     for c in conns[2:]:
         assert auth(c, "x1", "more").pair == (454, "4.7.0")
     assert silent(conns[0]) and silent(conns[1])
+    # A shutdown with checks waiting: they leave the lane, the clients
+    # get 421 and the connections close; relayd exits cleanly (checked
+    # by stop(), sanitizers included).
+    r.stop()
+    for c in conns[:2]:
+        assert c.reply().pair == (421, "4.3.2")
+        assert c.closed_within(10)
     for c in conns:
         c.close()
 
