@@ -8,6 +8,10 @@
 #                        Debian 12 root holding only a clone of HEAD (CI runs
 #                        this; tests/fresh/run says how)
 #   make bench           benchmarks against Postfix (bench/RESULTS.md)
+#   make fuzz NAME=scrub SECONDS=1800
+#                        run tests/fuzz/fuzz_NAME.c under libFuzzer (clang,
+#                        ASan + UBSan) on a copy of its corpus, then merge
+#                        what adds coverage back into tests/fuzz/corpus/NAME
 
 CC       ?= gcc
 PKGS     := libuv lmdb libcares openssl opendkim
@@ -25,6 +29,8 @@ DEPS_TEST  := libcmocka-dev python3 python3-pytest swaks libnet-ssleay-perl moun
 DEPS_BENCH := postfix
 # The relayctl check tests damage a spool's LMDB index with python3-lmdb.
 DEPS_TEST  += python3-lmdb
+# `make fuzz` only: clang with libFuzzer (libclang-rt-14-dev comes with it).
+DEPS_FUZZ  := clang
 
 ifeq ($(SANITIZE),1)
 BUILD    := build-san
@@ -94,6 +100,64 @@ $(BUILD)/faultshim.so: tests/faults/faultshim.c
 $(BUILD)/fuzz/%: tests/fuzz/%.c tests/fuzz/replay.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< tests/fuzz/replay.c $(LIB) $(LDLIBS)
+
+# ---- libFuzzer ---------------------------------------------------------
+# `make fuzz NAME=x SECONDS=n`: the library built again with clang and
+# coverage instrumentation into build-fuzz/, the harness linked with
+# libFuzzer's main (not replay.c). The run works on a copy of the corpus
+# (build-fuzz/run-NAME/), nice'd; then -merge=1 adds to the committed
+# corpus only the inputs that reach new edges (-use_counters=0: hit counts
+# are not new coverage), so it stays small.
+# Crashes are left in build-fuzz/run-NAME/ (crash-*), and the run fails.
+
+FUZZ_CC    ?= clang
+FUZZ_DIR   := build-fuzz
+FUZZ_SAN   := -fsanitize=address,undefined -fno-sanitize-recover=all \
+              -fno-omit-frame-pointer
+FUZZ_CFLAGS = -O1 -g -std=c17 -D_GNU_SOURCE -Wall -Wextra -Werror -I. \
+              $(PKG_CFLAGS) $(FUZZ_SAN) -MMD -MP
+FUZZ_LIB_OBJ := $(LIB_SRC:%.c=$(FUZZ_DIR)/%.o)
+SECONDS    ?= 60
+FUZZ_NICE  ?= nice -n 19
+
+$(FUZZ_DIR)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
+
+$(FUZZ_DIR)/librelay.a: $(FUZZ_LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_DIR)/librelay.a
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< \
+	  $(FUZZ_DIR)/librelay.a $(LDLIBS)
+
+deps-fuzz:
+	@missing="$(call missing_pkgs,$(DEPS_FUZZ))"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
+	  else \
+	    echo "missing Debian packages: $$missing (run as root)"; exit 1; \
+	  fi; \
+	fi
+
+fuzz: deps-fuzz
+	@test -n "$(NAME)" -a -f tests/fuzz/fuzz_$(NAME).c || { \
+	  echo "usage: make fuzz NAME=<name> [SECONDS=60]; names:" \
+	    $(patsubst tests/fuzz/fuzz_%.c,%,$(FUZZ_SRC)); exit 2; }
+	@$(MAKE) --no-print-directory $(FUZZ_DIR)/fuzz_$(NAME)
+	@rm -rf $(FUZZ_DIR)/run-$(NAME) && mkdir -p $(FUZZ_DIR)/run-$(NAME)/corpus
+	@cp tests/fuzz/corpus/$(NAME)/* $(FUZZ_DIR)/run-$(NAME)/corpus/
+	cd $(FUZZ_DIR)/run-$(NAME) && { $(FUZZ_NICE) ../fuzz_$(NAME) \
+	  -max_total_time=$(SECONDS) -print_final_stats=1 \
+	  -artifact_prefix=./ corpus >fuzz.log 2>&1; rc=$$?; \
+	  grep -E '^#[0-9]+.*(pulse|DONE)|ERROR|SUMMARY|stat::' fuzz.log \
+	    | tail -30; exit $$rc; }
+	$(FUZZ_NICE) $(FUZZ_DIR)/fuzz_$(NAME) -merge=1 -use_counters=0 \
+	  tests/fuzz/corpus/$(NAME) \
+	  $(FUZZ_DIR)/run-$(NAME)/corpus 2>&1 | tail -2
 
 # ---- dependencies ------------------------------------------------------
 
@@ -206,11 +270,12 @@ else
 endif
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-fuzz
 
-.PHONY: all deps deps-bench build run test test-fresh unit-bins check-unit check-e2e bench install clean
+.PHONY: all deps deps-bench build run test test-fresh unit-bins check-unit check-e2e bench install clean fuzz deps-fuzz
 
--include $(LIB_OBJ:.o=.d) $(CTL_OBJ:.o=.d) $(BUILD)/smtpd/relayd.d
+-include $(LIB_OBJ:.o=.d) $(CTL_OBJ:.o=.d) $(BUILD)/smtpd/relayd.d \
+         $(wildcard $(FUZZ_DIR)/*/*.d)
 
 # bench/fill_queue: a spool with N messages, to time relayctl on it.
 bench-fill: $(BUILD)/bench/fill_queue

@@ -68,6 +68,7 @@ struct conf_keydef {
 /* The enum fields are written through an int. */
 _Static_assert(sizeof(enum conf_delivery) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum conf_bare_newline) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum conf_long_lines) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum conf_spool_sync) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum conf_tls) == sizeof(int), "enum size");
 
@@ -79,6 +80,9 @@ static const struct conf_enum smarthost_tls_vals[] = {
 	{"starttls", CONF_TLS_STARTTLS}, {"none", CONF_TLS_NONE}, {NULL, 0}};
 static const struct conf_enum bare_newline_vals[] = {
 	{"reject", CONF_BARE_REJECT}, {"normalize", CONF_BARE_NORMALIZE},
+	{NULL, 0}};
+static const struct conf_enum long_lines_vals[] = {
+	{"wrap", CONF_LONG_LINES_WRAP}, {"reject", CONF_LONG_LINES_REJECT},
 	{NULL, 0}};
 static const struct conf_enum spool_sync_vals[] = {
 	{"syncfs", CONF_SYNC_SYNCFS}, {"fsync", CONF_SYNC_FSYNC}, {NULL, 0}};
@@ -137,6 +141,9 @@ static const struct conf_keydef conf_keys[] = {
 	{"bare_newline", CT_ENUM, OFF(bare_newline), "reject", 0, 0,
 	 bare_newline_vals, NULL,
 	 "bare CR or LF in DATA: reject (554) or normalize to CRLF"},
+	{"long_lines", CT_ENUM, OFF(long_lines), "wrap", 0, 0, long_lines_vals,
+	 NULL, "lines over 998 octets (RFC 5322 2.1.1): wrap (fold headers, "
+	 "break body lines) or reject (554 5.6.0)"},
 	{"timeout_greeting", CT_DURATION, OFF(timeout_greeting), "5m", 1, DAY,
 	 NULL, NULL, "idle time allowed before the first command"},
 	{"timeout_command", CT_DURATION, OFF(timeout_command), "5m", 1, DAY, NULL,

@@ -16,13 +16,16 @@
 /* Longest line in a config file, without the newline. */
 #define CONF_LINE_MAX 4096
 /* Longest header name in scrub_headers (RFC 5322 §2.1.1: a field fits in
- * 78 characters; the same bound as SMTPD_SCRUB_NAME_MAX). */
+ * 78 characters). */
 #define CONF_HEADER_NAME_MAX 76
 
 enum conf_delivery { CONF_DELIVERY_HOLD, CONF_DELIVERY_SMARTHOST };
 enum conf_tls { CONF_TLS_AUTO, CONF_TLS_IMPLICIT, CONF_TLS_STARTTLS,
                 CONF_TLS_NONE };
 enum conf_bare_newline { CONF_BARE_REJECT, CONF_BARE_NORMALIZE };
+/* A message line over 998 octets (RFC 5322 §2.1.1): wrap it, or refuse
+ * the message. */
+enum conf_long_lines { CONF_LONG_LINES_WRAP, CONF_LONG_LINES_REJECT };
 enum conf_spool_sync { CONF_SYNC_SYNCFS, CONF_SYNC_FSYNC };
 /* What a listener is for (`listen = ADDR:PORT/MODE`): smtp (relay and
  * MX, STARTTLS offered when a certificate is set; the default), submission
@@ -66,6 +69,7 @@ struct conf {
 	size_t nscrub_headers;
 	bool received_client;              /* name client IP/host in Received */
 	enum conf_bare_newline bare_newline; /* default reject */
+	enum conf_long_lines long_lines;   /* default wrap */
 	uint64_t timeout_greeting;         /* ms; idle before first command: 5m */
 	uint64_t timeout_command;          /* ms; RFC 5321 §4.5.3.2.7: 5m */
 	uint64_t timeout_data;             /* ms; §4.5.3.2.5-6: 3m per block */

@@ -42,6 +42,13 @@ const struct smtp_reply_def smtp_replies[SMTP_R__COUNT] = {
 	[SMTP_R_NEED_UTF8]       = {553, "5.6.7", "Non-ASCII address requires SMTPUTF8"},
 	[SMTP_R_BARE_NEWLINE]    = {554, "5.6.0", "Message contains bare CR or LF; lines must end with CRLF"},
 	[SMTP_R_NUL]             = {554, "5.6.0", "Message contains NUL characters"},
+	/* A line over 998 octets (RFC 5322 §2.1.1) with long_lines = reject.
+	 * 554: RFC 5321 §4.2.5/§4.3.2, the transaction failed at the end of
+	 * the data (as for bare CR/LF and NUL above; 550 is for mailboxes and
+	 * policy). 5.6.0, RFC 3463 "other or undefined media error": the
+	 * content is malformed. Not 5.6.2/5.6.3: those name a conversion
+	 * between media types (8BITMIME to 7BIT), which this is not. */
+	[SMTP_R_LONG_LINE]       = {554, "5.6.0", "Message contains a line longer than 998 characters (RFC 5322 2.1.1)"},
 	[SMTP_R_ACCESS_DENIED]   = {554, "5.7.1", "Access denied"},
 	[SMTP_R_CONN_RATE]       = {421, "4.7.0", "Too many connections, slow down"},
 	[SMTP_R_SENDER_DOMAIN]   = {553, "5.7.1", "Sender domain not allowed"},

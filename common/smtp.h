@@ -13,6 +13,9 @@
  * extensions raise it (RFC 1869 §4, RFC 3461 §4: ENVID adds 100, ORCPT 500).
  * Like Postfix (line_length_limit) we accept 2048 including CRLF. */
 #define SMTP_CMD_LINE_MAX 2048
+/* RFC 5322 §2.1.1, RFC 5321 §4.5.3.1.6: a line of a message holds at most
+ * 998 octets before its CRLF (long_lines: wrap or reject). */
+#define SMTP_TEXT_LINE_MAX 998
 /* RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets with CRLF. */
 #define SMTP_REPLY_LINE_MAX 512
 /* RFC 5321 §4.5.3.1.1-3: local part 64, domain 255, path 256 octets. */
@@ -65,6 +68,7 @@ enum smtp_reply_id {
 	SMTP_R_NEED_UTF8,       /* 553 5.6.7 */
 	SMTP_R_BARE_NEWLINE,    /* 554 5.6.0 */
 	SMTP_R_NUL,             /* 554 5.6.0 */
+	SMTP_R_LONG_LINE,       /* 554 5.6.0 long_lines=reject, at end of data */
 	/* Relay policy (issue 4 §3; smtpd/smtpd_policy_net.h). */
 	SMTP_R_ACCESS_DENIED,   /* 554 5.7.1 deny_networks, at connect */
 	SMTP_R_CONN_RATE,       /* 421 4.7.0 rate_connections, at connect */

@@ -58,8 +58,9 @@
 /* RFC 2046 §5.1.1: a boundary is 1 to 70 bchars. */
 #define DELIVER_DSN_BOUNDARY_MAX 70
 /* A field name held back while deciding whether a line of the original is
- * a header field (headers_only): SMTPD_SCRUB_NAME_MAX (76) plus blanks
- * before the colon. A longer name is taken to be a field. */
+ * a header field (headers_only): a name of CONF_HEADER_NAME_MAX (76)
+ * plus blanks before the colon. A longer name is taken to be a field (the
+ * stored header section holds nothing else: smtpd_scrub.h). */
 #define DELIVER_DSN_NAME_MAX 78
 
 enum deliver_dsn_action { DELIVER_DSN_FAILED, DELIVER_DSN_DELAYED };

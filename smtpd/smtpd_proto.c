@@ -25,6 +25,7 @@
 #include "common/smtp.h"
 #include "smtpd/smtpd_data.h"
 #include "smtpd/smtpd_scrub.h"
+#include "smtpd/smtpd_wrap.h"
 
 const char *const smtpd_state_names[SMTPD_ST__COUNT] = {
 	[SMTPD_ST_INIT] = "init",         [SMTPD_ST_READY] = "ready",
@@ -57,7 +58,9 @@ struct smtpd_proto {
 
 	struct smtpd_txn txn;
 	struct smtpd_data data;
-	struct smtpd_scrub scrub;
+	/* The scrubber and the line-length limiter, allocated for the data
+	 * phase only (about 2 KiB that idle sessions do not hold). */
+	struct body_pipe *pipe;
 	char msgid_line[QUEUE_ID_SIZE + SMTP_DOMAIN_MAX + 32];
 	/* The From: field's value, captured by the scrubber for a credential
 	 * with sender restrictions (else NULL); FROM_CAP_MAX bytes. */
@@ -86,6 +89,11 @@ struct smtpd_proto {
 	char auth_user[SMTP_CMD_LINE_MAX];
 	uint8_t auth_pw[SMTP_CMD_LINE_MAX];
 	size_t auth_pwlen;
+};
+
+struct body_pipe {
+	struct smtpd_scrub scrub;
+	struct smtpd_wrap wrap;    /* after the scrubber: long_lines */
 };
 
 /* A From: field's value longer than this (four full RFC 5322 lines) is
@@ -180,6 +188,8 @@ static void txn_reset(struct smtpd_proto *p)
 	memset(t, 0, sizeof *t);
 	free(p->from_cap);
 	p->from_cap = NULL;
+	free(p->pipe);
+	p->pipe = NULL;
 	p->bdat_total = 0;
 }
 
@@ -190,16 +200,27 @@ static void txn_end(struct smtpd_proto *p)
 	p->st = p->helo[0] ? SMTPD_ST_READY : SMTPD_ST_INIT;
 }
 
-static int scrub_emit(void *ctx, const uint8_t *b, size_t n)
+/* The body's path: DATA reader -> scrubber -> line-length limiter ->
+ * sink. The limiter comes last so that it sees the header section the
+ * scrubber decided on (with the empty line it may insert) and the final
+ * bytes, and everything after the sink (the spool, DKIM) sees lines of at
+ * most 998 octets. */
+static int wrap_emit(void *ctx, const uint8_t *b, size_t n)
 {
 	struct smtpd_proto *p = ctx;
 	return p->ops->write(p->ctx, b, n);
 }
 
+static int scrub_emit(void *ctx, const uint8_t *b, size_t n)
+{
+	struct smtpd_proto *p = ctx;
+	return smtpd_wrap_feed(&p->pipe->wrap, b, n);
+}
+
 static int data_emit(void *ctx, const uint8_t *b, size_t n)
 {
 	struct smtpd_proto *p = ctx;
-	return smtpd_scrub_feed(&p->scrub, b, n);
+	return smtpd_scrub_feed(&p->pipe->scrub, b, n);
 }
 
 /* Opens the body through the sink and sets up reader and scrubber. */
@@ -212,10 +233,16 @@ static int body_begin(struct smtpd_proto *p, enum smtpd_data_mode mode)
 	snprintf(p->msgid_line, sizeof p->msgid_line, "Message-ID: <%s@%s>\r\n",
 	         p->txn.qid, p->cfg.hostname);
 	snprintf(p->date_line, sizeof p->date_line, "Date: %s\r\n", p->txn.date);
+	p->pipe = malloc(sizeof *p->pipe);
+	if (!p->pipe)
+		return -ENOMEM;
 	smtpd_data_init(&p->data, mode, p->cfg.max_message_size,
 	                p->cfg.bare_normalize);
-	smtpd_scrub_init(&p->scrub, p->cfg.scrub, p->cfg.nscrub, p->msgid_line,
+	smtpd_scrub_init(&p->pipe->scrub, p->cfg.scrub, p->cfg.nscrub, p->msgid_line,
 	                 p->date_line, scrub_emit, p);
+	smtpd_wrap_init(&p->pipe->wrap, p->cfg.long_lines_reject ? SMTPD_WRAP_CHECK
+	                                                   : SMTPD_WRAP_FOLD,
+	                wrap_emit, p);
 	/* A credential restricted to some senders must also name an allowed
 	 * author (issue 4 §3): keep the From: value for body_end. Others,
 	 * and trusted clients, are not checked. */
@@ -223,7 +250,8 @@ static int body_begin(struct smtpd_proto *p, enum smtpd_data_mode mode)
 		p->from_cap = malloc(FROM_CAP_MAX);
 		if (!p->from_cap)
 			return -ENOMEM;
-		smtpd_scrub_capture_from(&p->scrub, p->from_cap, FROM_CAP_MAX);
+		smtpd_scrub_capture_from(&p->pipe->scrub, p->from_cap,
+		                         FROM_CAP_MAX);
 	}
 	return 0;
 }
@@ -262,13 +290,29 @@ static int from_addr_cb(void *ctx, const char *addr)
 	return -EPERM;
 }
 
+/* Whether a line of the captured From: field (its first one counted with
+ * the name and colon before the value) is longer than 998 octets. */
+static bool from_line_too_long(const struct smtpd_scrub *s, const char *v)
+{
+	size_t col = s->cap_lead;
+	for (size_t i = 0; i < s->caplen; i++) {
+		if (v[i] == '\n' && i > 0 && v[i - 1] == '\r') {
+			col = 0;
+			continue;
+		}
+		if (++col > SMTP_TEXT_LINE_MAX + (v[i] == '\r'))
+			return true;
+	}
+	return false;
+}
+
 /* The From: header against the credential's allowed senders: every
  * mailbox in it must be allowed, and there must be exactly one From:
  * field (RFC 5322 §3.6) naming at least one mailbox. Logs and returns
  * SMTP_R_CRED_FROM when refused, else SMTP_R__COUNT. */
 static enum smtp_reply_id from_check(struct smtpd_proto *p)
 {
-	const struct smtpd_scrub *s = &p->scrub;
+	const struct smtpd_scrub *s = &p->pipe->scrub;
 	struct from_check fc = {.cred = p->cred};
 	const char *why = NULL;
 	if (s->nfrom == 0) {
@@ -277,6 +321,11 @@ static enum smtp_reply_id from_check(struct smtpd_proto *p)
 		why = "several From: headers";
 	} else if (s->cap_over) {
 		why = "From: header too long";
+	} else if (from_line_too_long(s, p->from_cap)) {
+		/* long_lines = wrap would break it after this check, and
+		 * a CRLF SP inside an address makes another one: judge only
+		 * a field that is delivered as it was checked. */
+		why = "From: header line longer than 998 octets";
 	} else {
 		int r = addr_parse_mailbox_list(p->from_cap, s->caplen,
 		                                from_addr_cb, &fc);
@@ -317,11 +366,16 @@ static enum smtp_reply_id from_check(struct smtpd_proto *p)
 static void body_end(struct smtpd_proto *p, struct buf *out,
                      enum smtpd_req *req)
 {
+	struct body_pipe *bp = p->pipe;
 	enum smtp_reply_id e = data_error_reply(&p->data);
 	if (e == SMTP_R__COUNT) {
-		int r = smtpd_scrub_finish(&p->scrub);
+		int r = smtpd_scrub_finish(&bp->scrub);
+		if (r == 0)
+			r = smtpd_wrap_finish(&bp->wrap);
 		if (r < 0)
 			e = storage_reply(r);
+		else if (bp->wrap.too_long)
+			e = SMTP_R_LONG_LINE;   /* long_lines = reject */
 		else if (p->from_cap)
 			e = from_check(p);
 	}
@@ -330,7 +384,15 @@ static void body_end(struct smtpd_proto *p, struct buf *out,
 		txn_end(p);
 		return;
 	}
-	p->txn.scrubbed = p->scrub.dropped;
+	p->txn.scrubbed = bp->scrub.dropped;
+	if (bp->wrap.breaks)
+		log_info("%s: lines longer than %d octets wrapped: %llu breaks "
+		         "inserted (s=%s)", p->txn.qid, SMTP_TEXT_LINE_MAX,
+		         bp->wrap.breaks, p->cfg.sid);
+	if (bp->scrub.inserted)
+		log_info("%s: header section ends at a line that is not a header "
+		         "field: empty line inserted (s=%s)", p->txn.qid,
+		         p->cfg.sid);
 	p->body_open = false;   /* the session hands the body to the queue */
 	p->st = SMTPD_ST_COMMIT;
 	*req = SMTPD_REQ_COMMIT;
@@ -1460,12 +1522,19 @@ const struct smtpd_txn *smtpd_proto_txn(const struct smtpd_proto *p)
 const char *smtpd_proto_with(const struct smtpd_proto *p)
 {
 	/* RFC 3848 §2: ESMTPS for ESMTP over TLS, ESMTPA with AUTH,
-	 * ESMTPSA with both. HELO has no such keyword. */
+	 * ESMTPSA with both. RFC 6531 §3.7.3: a transaction that used the
+	 * SMTPUTF8 extension (MAIL FROM ... SMTPUTF8) is UTF8SMTP, with the
+	 * same S and A suffixes. HELO has no such keyword (and no extension:
+	 * a HELO client's SMTPUTF8 parameter does not make it ESMTP). */
+	static const char *const kw[2][2][2] = {
+		/* [utf8][tls][auth] */
+		{{"ESMTP", "ESMTPA"}, {"ESMTPS", "ESMTPSA"}},
+		{{"UTF8SMTP", "UTF8SMTPA"}, {"UTF8SMTPS", "UTF8SMTPSA"}},
+	};
 	if (!p->esmtp)
 		return "SMTP";
-	if (p->auth_name[0])
-		return p->tls ? "ESMTPSA" : "ESMTPA";
-	return p->tls ? "ESMTPS" : "ESMTP";
+	bool utf8 = (p->txn.flags & QUEUE_F_SMTPUTF8) != 0;
+	return kw[utf8][p->tls][p->auth_name[0] != '\0'];
 }
 
 void smtpd_proto_auth_request(const struct smtpd_proto *p, const char **user,

@@ -121,6 +121,11 @@ struct smtpd_proto_cfg {
 	unsigned max_recipients;
 	unsigned max_bad_commands;
 	bool bare_normalize;
+	/* long_lines = reject: a line over 998 octets (RFC 5322 §2.1.1)
+	 * refuses the message at the end of the data (554 5.6.0). Else
+	 * (wrap) such lines are folded or broken before they are stored
+	 * (smtpd_wrap.h). */
+	bool long_lines_reject;
 	const char *const *scrub;     /* header names to remove */
 	size_t nscrub;
 	/* The listener the client came in on: submission vs smtp is what the
@@ -232,8 +237,10 @@ enum smtpd_req smtpd_proto_shutdown(struct smtpd_proto *p, struct buf *out);
 
 enum smtpd_state smtpd_proto_state(const struct smtpd_proto *p);
 const struct smtpd_txn *smtpd_proto_txn(const struct smtpd_proto *p);
-/* "ESMTPSA", "ESMTPA", "ESMTPS", "ESMTP" or "SMTP", for the Received
- * header (RFC 3848). */
+/* The "with" keyword of the Received header: "ESMTPSA", "ESMTPA",
+ * "ESMTPS", "ESMTP" (RFC 3848) or "SMTP" (HELO); inside a transaction
+ * whose MAIL FROM had SMTPUTF8, "UTF8SMTPSA", "UTF8SMTPA", "UTF8SMTPS" or
+ * "UTF8SMTP" (RFC 6531 §3.7.3). */
 const char *smtpd_proto_with(const struct smtpd_proto *p);
 /* The session is inside TLS (after STARTTLS, or from the start on smtps).
  * AUTH is offered only then, or to auth_plaintext clients (issue 4 §2). */

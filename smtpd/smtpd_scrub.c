@@ -24,21 +24,29 @@
  *   BODY       pass-through, zero-copy: each feed is one emit call.
  *
  * Decisions:
- *   - A field name is 1..SMTPD_SCRUB_NAME_MAX characters 33..126 except
- *     ':' (RFC 5322 §3.6.8). A longer name, or a name followed by more
- *     blanks than s->name holds, is decided on the part held and the
- *     line stays a header field: ending the header section there would
- *     let the fields after it through unscrubbed.
+ *   - A field name is 1 or more characters 33..126 except ':' (RFC 5322
+ *     §3.6.8), then optional blanks (obs-optional), then the colon, which
+ *     must be one of the first 998 octets of the line (RFC 5322 §2.1.1;
+ *     SMTPD_SCRUB_HOLD_MAX octets before it). A line whose name and
+ *     blanks run on past that has no colon where a field would: it is not
+ *     a header field, and the body starts at it, behind the inserted empty
+ *     line, for every reader alike (issue 8 §7). Field names are not
+ *     otherwise limited: a long one keeps the line in the header section,
+ *     so the fields after it are still scrubbed.
  *   - Names compare ASCII case-insensitively and whole: "Received-SPF"
  *     is kept when "Received" is dropped.
  *   - A line at a line start that is not a header field (no colon, a bad
- *     character, a leading blank on the first line)
- *     ends the header section: the missing Message-ID/Date lines are
- *     added, then that line and the rest pass as body. No blank line is
- *     inserted before it; it is not ours to reshape the message. The one
- *     exception: a first line that starts with SP/HT, after an added
- *     field, would become that field's continuation, so an empty line
- *     goes between them (only then).
+ *     character, a leading blank on the first line, a bare CR) ends the
+ *     header section: the missing Message-ID/Date lines are added, then
+ *     an empty line is inserted, then that line and the rest pass as
+ *     body (issue 8 §7; Postfix's cleanup does the same). Without the
+ *     empty line a reader more lenient than relayd (one that skips a
+ *     malformed line; Python's email with a first line that starts with
+ *     a blank, which it takes for a continuation) goes on reading
+ *     "X-Originating-IP:" or "Received:" lines after it as header fields
+ *     that were never scrubbed, and a first line starting with SP/HT
+ *     would fold into an added field. With it, every reader sees the
+ *     header section relayd scrubbed and the From: check judged.
  *   - An empty line ends the header section: missing lines are added
  *     before it.
  *   - Message-ID and Date count as present only if kept (a caller that
@@ -193,18 +201,27 @@ static void decide(struct smtpd_scrub *s)
 			s->have_msgid = true;
 		else if (name_eq(s->name, len, "Date"))
 			s->have_date = true;
-		else if (s->cap && name_eq(s->name, len, "From"))
+		else if (s->cap && name_eq(s->name, len, "From")) {
 			s->cap_on = ++s->nfrom == 1;
+			if (s->cap_on)
+				s->cap_lead = s->namelen + 1;   /* and ':' */
+		}
 		out(s, s->name, s->namelen);
 	}
 	s->namelen = 0;
 }
 
 /* The current line is not a header field: the header section ends before
- * it, and it begins the body with the held bytes. */
+ * it, and it begins the body with the held bytes. The empty line that
+ * separates them is inserted (issue 8 §7, as Postfix's cleanup does): a
+ * reader more lenient than we are must not take the lines after it for
+ * header fields we did not scrub, and the From: check must not judge a
+ * header section other than the one delivered. */
 static void begin_body(struct smtpd_scrub *s, const void *held, size_t n)
 {
 	add_missing(s);
+	out(s, "\r\n", 2);
+	s->inserted = true;
 	out(s, held, n);
 	s->namelen = 0;
 	s->state = SCRUB_ST_BODY;
@@ -279,13 +296,9 @@ int smtpd_scrub_feed(struct smtpd_scrub *s, const uint8_t *p, size_t n)
 				i++;
 				st = SCRUB_ST_NAME;
 			} else {
-				/* Not a header field: the body starts here.
-				 * Only a first line can start with a blank
-				 * here; after an added field it would fold into
-				 * it, so an empty line keeps it in the body. */
-				if (add_missing(s) && is_wsp(c))
-					out(s, "\r\n", 2);
-				s->state = SCRUB_ST_BODY;
+				/* Not a header field: the body starts here,
+				 * after the empty line we insert. */
+				begin_body(s, NULL, 0);
 				goto body;
 			}
 			break;
@@ -316,20 +329,12 @@ int smtpd_scrub_feed(struct smtpd_scrub *s, const uint8_t *p, size_t n)
 				i++;
 				st = SCRUB_ST_NAME_WSP;
 			} else if (st == SCRUB_ST_NAME && is_ftext(c) &&
-			           s->namelen < SMTPD_SCRUB_NAME_MAX) {
+			           s->namelen < sizeof(s->name)) {
 				s->name[s->namelen++] = (char)c;
 				i++;
-			} else if (is_wsp(c) || (st == SCRUB_ST_NAME && is_ftext(c))) {
-				/* The name (or the blanks after it) outgrew
-				 * s->name. Decide on what is held and keep the
-				 * line in the header section: taking it for the
-				 * body would stop scrubbing and leak the fields
-				 * after it. */
-				decide(s);
-				if (!s->drop)
-					run = p + i;
-				st = SCRUB_ST_FIELD;
 			} else {
+				/* A bad character, or no colon among the first
+				 * 998 octets: not a header field. */
 				begin_body(s, s->name, s->namelen);
 				goto body;
 			}

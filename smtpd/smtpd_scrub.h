@@ -9,14 +9,17 @@
  * Input is the message as CRLF lines, in chunks of any size (a field name
  * may be split across calls). The header section ends at the first empty
  * line, or at the first line that is not a header field (no colon, bad
- * field-name characters, or a field name longer than SMTPD_SCRUB_NAME_MAX),
- * which then begins the body as-is. Header lines are not length-limited
- * here; the bytes after the field name are streamed.
+ * field-name characters, a leading blank on the first line), which then
+ * begins the body after an inserted empty line (issue 8 §7): the output
+ * always separates header and body with an empty line, so no reader can
+ * take a line of the body for a header field. Header lines are not
+ * length-limited here; the bytes after the field name are streamed.
  *
- * Added lines go right before that empty or non-header line; no empty line
- * is inserted, except before a first line that starts with SP/HT, which
- * would otherwise fold into the added field. The held field name and the
- * blanks before its colon must fit in name[] (else: a non-header line).
+ * Added lines go right before that empty line (the client's or ours).
+ * A header field's colon is one of the first 998 octets of its line (RFC
+ * 5322 §2.1.1): name[] holds the name and blanks before it, at most
+ * SMTPD_SCRUB_HOLD_MAX octets; a line without a colon there is not a
+ * header field.
  *
  * Optionally (smtpd_scrub_capture_from) it also keeps a copy of the first
  * kept From: field's value, for the credential's author check (issue 4
@@ -29,7 +32,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SMTPD_SCRUB_NAME_MAX 76  /* RFC 5322 §2.1.1: fields fit in 78 */
+#include "common/smtp.h"
+
+/* Name and blanks before the colon: the colon is at most the 998th
+ * octet of the line (RFC 5322 §2.1.1). */
+#define SMTPD_SCRUB_HOLD_MAX (SMTP_TEXT_LINE_MAX - 1)
 
 typedef int (*smtpd_scrub_emit_fn)(void *ctx, const uint8_t *p, size_t n);
 
@@ -45,14 +52,17 @@ struct smtpd_scrub {
 	bool drop;                 /* current field (and its folds) dropped */
 	bool have_msgid, have_date;
 	size_t namelen;
-	char name[SMTPD_SCRUB_NAME_MAX + 2];
+	char name[SMTPD_SCRUB_HOLD_MAX];
 	unsigned dropped;          /* number of fields removed (for the log) */
+	bool inserted;             /* we inserted the empty line (§7) */
 	int err;                   /* first emit error */
 	/* From: capture (smtpd_scrub_capture_from); cap NULL: off. */
 	char *cap;                 /* the caller's buffer, not owned */
 	size_t cap_max, caplen;
 	bool cap_on;               /* inside the captured field */
 	bool cap_over;             /* the value was longer than cap_max */
+	size_t cap_lead;           /* octets before the value on its first
+	                              line: the name, blanks and colon */
 	unsigned nfrom;            /* kept From: fields seen */
 };
 
@@ -65,7 +75,9 @@ void smtpd_scrub_init(struct smtpd_scrub *s, const char *const *names,
  * after its colon, continuation lines and their CR LF included, up to the
  * end of its last line) into buf, at most max bytes (then cap_over is set
  * and caplen stays at max); caplen is its length, nfrom the number of kept
- * From: fields. buf is not NUL-terminated and must outlive the feeding. */
+ * From: fields, cap_lead the octets before the value on the field's first
+ * line (name, blanks, colon). buf is not NUL-terminated and must outlive
+ * the feeding. */
 void smtpd_scrub_capture_from(struct smtpd_scrub *s, char *buf, size_t max);
 
 /* Returns 0 or the first emit error. */

@@ -636,6 +636,7 @@ void smtpd_session_accept_cb(uv_stream_t *server, int status)
 		.max_recipients = cf->max_recipients,
 		.max_bad_commands = cf->max_bad_commands,
 		.bare_normalize = cf->bare_newline == CONF_BARE_NORMALIZE,
+		.long_lines_reject = cf->long_lines == CONF_LONG_LINES_REJECT,
 		.scrub = (const char *const *)cf->scrub_headers,
 		.nscrub = cf->nscrub_headers,
 		.mode = s->mode,

@@ -3,6 +3,8 @@ address headers are removed (with their continuation lines, any case),
 relayd's own Received is the only one and names no client, Received-SPF
 and body text stay, Message-ID and Date are added only when missing; a
 custom scrub_headers list and received_client=yes."""
+import email
+import email.policy
 import os
 import re
 
@@ -98,10 +100,11 @@ def test_message_id_and_date_not_duplicated(relayd):
     # Only one of each: the client's.
     names = [n.lower() for n in _headers(msg)]
     assert names.count(b"message-id") == 1 and names.count(b"date") == 1
-    # A message with no header section at all gets them before its body.
+    # A message with no header section at all gets them before its body,
+    # and the empty line that separates the two (issue 8 §7).
     qid2, msg2 = _send(relayd, b"just a body line\r\n")
     assert re.search(rb"\r\nMessage-ID: <%s@relay\.test>\r\nDate: " % qid2.encode()
-                     + DATE_RE + rb"\r\njust a body line\r\n$", msg2), msg2
+                     + DATE_RE + rb"\r\n\r\njust a body line\r\n$", msg2), msg2
 
 
 def test_custom_scrub_list(relayd_factory):
@@ -216,3 +219,59 @@ def test_scrub_after_normalizing_bare_lf(relayd_factory):
         rb"Message-ID: <\w{16}@relay\.test>\r\nDate: " + DATE_RE +
         rb"\r\n\r\n" + re.escape(BODY), msg)
     assert m, msg
+
+
+MALFORMED = (b"Subject: malformed\r\n"
+             b"From: a@client.test\r\n"
+             b"this line has no colon\r\n"
+             b"X-Originating-IP: [10.9.9.9]\r\n"
+             b"Received: from internal.corp ([10.1.2.3])\r\n"
+             b"To: c@dest.test\r\n"
+             b"\r\n"
+             b"body\r\n")
+
+
+def test_malformed_line_ends_header_section(relayd):
+    """Issue 8 §7: a header-section line without a colon (not a
+    continuation) starts the body; relayd inserts the empty line there
+    (as Postfix's cleanup does), so the trace lines after it are body for
+    a lenient parser too, which reads no header field after that point."""
+    # As submitted, the separator is missing (a parser has to guess).
+    sub = email.message_from_bytes(MALFORMED, policy=email.policy.default)
+    assert [type(d).__name__ for d in sub.defects] == [
+        "MissingHeaderBodySeparatorDefect"], sub.defects
+    qid, msg = _send(relayd, MALFORMED)
+    head, body = msg.split(b"\r\n\r\n", 1)
+    assert re.fullmatch(
+        rb"Received: by relay\.test \(relayd\) with ESMTP id \w{16}\r\n"
+        rb"\tfor <c@dest\.test>; " + DATE_RE + rb"\r\n"
+        rb"Subject: malformed\r\nFrom: a@client\.test\r\n"
+        rb"Message-ID: <\w{16}@relay\.test>\r\nDate: " + DATE_RE, head), head
+    # Everything from the malformed line on is the body, byte for byte.
+    assert body == MALFORMED[MALFORMED.index(b"this line"):], body
+    m = email.message_from_bytes(msg, policy=email.policy.default)
+    assert [k.lower() for k in m.keys()] == [
+        "received", "subject", "from", "message-id", "date"], m.keys()
+    assert m.defects == [], m.defects
+    assert m["To"] is None and m["X-Originating-IP"] is None
+    assert len(m.get_all("Received")) == 1
+    assert b"X-Originating-IP: [10.9.9.9]" in m.get_payload(decode=True)
+    assert re.search(r"%s: header section ends at a line that is not a "
+                     r"header field: empty line inserted" % qid,
+                     relayd.log_text()), relayd.log_text()[-2000:]
+
+
+def test_indented_first_line_is_body(relayd):
+    """A first line that starts with a blank is not a header field (there
+    is nothing for it to continue): the body starts there, behind an
+    empty line, so the client's trace and Message-ID lines after it are
+    body text to Python's email parser (which would otherwise take the
+    first line for a continuation and read on), and relayd adds its own
+    Message-ID."""
+    content = (b" indented\r\nX-Originating-IP: [10.9.9.9]\r\n"
+               b"Message-ID: <own@client.test>\r\n\r\nbody\r\n")
+    qid, msg = _send(relayd, content)
+    m = email.message_from_bytes(msg, policy=email.policy.default)
+    assert m["X-Originating-IP"] is None
+    assert m["Message-ID"] == "<%s@relay.test>" % qid
+    assert msg.endswith(b"\r\n\r\n" + content), msg

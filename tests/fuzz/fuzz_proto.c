@@ -2,7 +2,12 @@
  * tests/fuzz/fuzz_proto.c - libFuzzer harness for the SMTP server core:
  * arbitrary client bytes, fed in segments whose sizes come from the input,
  * must never crash, and every reply must be a well-formed SMTP reply line.
+ * Byte 0: the segment size (bits 0-5, also picking options), long_lines
+ * = reject (bit 6). Whatever the client sends, no line longer than 998
+ * octets (RFC 5322 §2.1.1) ever reaches the sink with long_lines = wrap,
+ * nor is committed with long_lines = reject (issue 8 §2).
  */
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,9 +16,21 @@
 #include "common/log.h"
 #include "smtpd/smtpd_proto.h"
 
+/* What the sink saw of the current body. */
+struct fsink {
+	size_t total;
+	size_t col;        /* octets on the current line, a last CR included */
+	bool cr;           /* the last of them is a CR */
+	size_t longest;    /* longest line so far (without its CRLF) */
+	bool wrap;         /* long_lines = wrap: no long line, ever */
+};
+
 static int f_begin(void *ctx, struct smtpd_txn *t)
 {
-	(void)ctx;
+	struct fsink *k = ctx;
+	k->col = 0;
+	k->cr = false;
+	k->longest = 0;
 	memcpy(t->qid, "0000000000000001", QUEUE_ID_SIZE);
 	strcpy(t->date, "Sat, 21 Nov 2026 06:00:00 +0000");
 	return 0;
@@ -21,9 +38,23 @@ static int f_begin(void *ctx, struct smtpd_txn *t)
 
 static int f_write(void *ctx, const uint8_t *p, size_t n)
 {
-	size_t *total = ctx;
-	(void)p;
-	*total += n;
+	struct fsink *k = ctx;
+	k->total += n;
+	for (size_t i = 0; i < n; i++) {
+		if (p[i] == '\n' && k->cr) {
+			k->col = 0;
+			k->cr = false;
+			continue;
+		}
+		k->col++;
+		k->cr = p[i] == '\r';
+		/* A last CR may still end the line. */
+		size_t len = k->col - (k->cr ? 1 : 0);
+		if (len > k->longest)
+			k->longest = len;
+		if (k->wrap && len > 998)
+			abort();
+	}
 	return 0;
 }
 
@@ -71,9 +102,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size < 1)
 		return 0;
 	size_t seg = (size_t)data[0] % 64 + 1;
+	struct fsink sink = {.wrap = !(data[0] & 64)};
 	data++;
 	size--;
-	size_t total = 0;
 	struct smtpd_proto_cfg cfg = {
 		.hostname = "fuzz.test", .sid = "f", .max_message_size = 4096,
 		.max_recipients = 5, .max_bad_commands = 50,
@@ -84,8 +115,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		.auth_available = true,
 		/* The spool hook on half the runs. */
 		.spool = (seg & 8) ? f_spool : NULL,
+		.long_lines_reject = !sink.wrap,
 	};
-	struct smtpd_proto *p = smtpd_proto_new(&cfg, &ops, &total);
+	struct smtpd_proto *p = smtpd_proto_new(&cfg, &ops, &sink);
 	struct buf out = BUF_INIT(SIZE_MAX);
 	struct buf pend = BUF_INIT(SIZE_MAX);
 	smtpd_proto_greet(p, &out);
@@ -102,6 +134,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				abort();
 			buf_consume(&pend, k);
 			if (req == SMTPD_REQ_COMMIT) {
+				if (sink.longest > 998)
+					abort();
 				smtpd_proto_done(p, (seg & 2) ? 0 : -28, &out);
 				continue;
 			}

@@ -11,10 +11,17 @@
  *     for long inputs), the output is the same;
  *   - in the output's header section no field has a scrubbed name, and
  *     Message-ID / Date are there when the caller gave lines for them;
+ *   - the output's header section holds only header fields and their
+ *     continuation lines and ends at an empty line or the end (issue 8
+ *     §7: the empty line is inserted where the body was decided to
+ *     start), so a lenient reader (Python's email: any line matching
+ *     ^(From |[!-9;-~]*:|[ \t]) is a header line until the first that
+ *     does not) sees no scrubbed field either;
  *   - the body of the input is the tail of the output, untouched;
  *   - scrubbing the output again changes nothing;
  *   - with nothing to drop or add, the output is the input (plus the CRLF
- *     that terminates a header line cut short).
+ *     that terminates a header line cut short, or the empty line inserted
+ *     before a body that starts at a line that is not a header field).
  * Any mismatch aborts.
  */
 #include <stdbool.h>
@@ -81,12 +88,10 @@ static bool in_list(const struct cfg *c, const uint8_t *name, size_t len)
 	return false;
 }
 
-/* If a header field starts at in[i], returns the length of the name it is
- * judged by and sets *colon to a point inside the line from which its end
- * is searched; else returns 0. A name longer than SMTPD_SCRUB_NAME_MAX, or
- * one followed by more blanks than the scrubber holds (name and blanks in
- * SMTPD_SCRUB_NAME_MAX + 2 bytes), is judged by what is held and the line
- * stays a header field. */
+/* If a header field starts at in[i], returns the length of its name and
+ * sets *colon to the colon's index; else returns 0. A field is a name of
+ * ftext, optional blanks, and a colon among the first 998 octets of the
+ * line (at most SMTPD_SCRUB_HOLD_MAX octets before it). */
 static size_t field_at(const uint8_t *in, size_t n, size_t i, size_t *colon)
 {
 	size_t j = i;
@@ -95,18 +100,10 @@ static size_t field_at(const uint8_t *in, size_t n, size_t i, size_t *colon)
 	size_t namelen = j - i;
 	if (namelen == 0)
 		return 0;
-	if (namelen > SMTPD_SCRUB_NAME_MAX) {
-		*colon = i + SMTPD_SCRUB_NAME_MAX;
-		return SMTPD_SCRUB_NAME_MAX;
-	}
 	size_t k = j;
 	while (k < n && is_wsp(in[k]))
 		k++;
-	if (k - i > SMTPD_SCRUB_NAME_MAX + 2) {
-		*colon = k;
-		return namelen;
-	}
-	if (k == n || in[k] != ':')
+	if (k == n || in[k] != ':' || k - i > SMTPD_SCRUB_HOLD_MAX)
 		return 0;
 	*colon = k;
 	return namelen;
@@ -124,12 +121,14 @@ static size_t line_end(const uint8_t *in, size_t n, size_t i)
 /* The reference scrubber. *body_at: where the input's body begins (n if
  * it has none). */
 static void model(const struct cfg *c, const uint8_t *in, size_t n,
-                  struct buf *out, unsigned *dropped, size_t *body_at)
+                  struct buf *out, unsigned *dropped, size_t *body_at,
+                  bool *inserted)
 {
 	bool first = true, drop = false, mid = false, date = false;
 	size_t i = 0;
 	*dropped = 0;
 	*body_at = n;
+	*inserted = false;
 	for (;;) {
 		size_t colon, namelen;
 		bool blank = i + 1 < n && in[i] == '\r' && in[i + 1] == '\n';
@@ -146,8 +145,13 @@ static void model(const struct cfg *c, const uint8_t *in, size_t n,
 				vec_add(out, c->date, strlen(c->date));
 				added = true;
 			}
-			if (added && !blank && i < n && is_wsp(in[i]))
-				vec_add(out, "\r\n", 2);  /* no fold into it */
+			(void)added;
+			if (!blank && i < n) {
+				/* §7: the body starts at a line that is not a
+				 * header field; an empty line goes before it. */
+				vec_add(out, "\r\n", 2);
+				*inserted = true;
+			}
 			vec_add(out, in + i, n - i);
 			*body_at = i + (blank ? 2 : 0);
 			return;
@@ -219,8 +223,10 @@ static void check_headers(const struct cfg *c, const struct buf *o)
 			i = line_end(p, n, i);
 			continue;
 		}
-		if (!(namelen = field_at(p, n, i, &colon)))
-			break;
+		/* §7: nothing but fields and continuations before the
+		 * empty line. */
+		namelen = field_at(p, n, i, &colon);
+		CHECK(namelen > 0);
 		size_t e = line_end(p, n, colon);
 		if (in_list(c, p + i, namelen)) {
 			/* only as the line the caller asked us to add */
@@ -240,6 +246,38 @@ static void check_headers(const struct cfg *c, const struct buf *o)
 	CHECK(!c->date || date);
 }
 
+/* A lenient reader, as Python's email.feedparser: header lines are those
+ * matching ^(From |[\041-\071\073-\176]*:|[ \t]) up to the first that does
+ * not (an empty line or not). None it takes for a field may have a
+ * scrubbed name, but for the lines the caller asked us to add. */
+static void check_lenient(const struct cfg *c, const struct buf *o)
+{
+	size_t i = 0, n = o->len;
+	const uint8_t *p = o->data;
+	while (i < n) {
+		size_t e = line_end(p, n, i);
+		if (e - i >= 5 && !memcmp(p + i, "From ", 5)) {
+			i = e;
+			continue;
+		}
+		if (is_wsp(p[i])) {
+			i = e;
+			continue;
+		}
+		size_t j = i;
+		while (j < e && p[j] >= 33 && p[j] <= 126 && p[j] != ':')
+			j++;
+		if (j == e || p[j] != ':')
+			break;  /* the lenient reader's body starts here */
+		if (in_list(c, p + i, j - i)) {
+			const char *add = j - i == 4 ? c->date : c->mid;
+			CHECK(add && strlen(add) == e - i &&
+			      !memcmp(add, p + i, e - i));
+		}
+		i = e;
+	}
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	uint8_t flags = size > 0 ? data[0] : 0;
@@ -255,7 +293,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct buf want = {0}, got, again;
 	unsigned want_dropped;
 	size_t body_at;
-	model(&c, in, n, &want, &want_dropped, &body_at);
+	bool inserted;
+	model(&c, in, n, &want, &want_dropped, &body_at, &inserted);
 
 	CHECK(scrub(&c, in, n, NULL, 0, &got) == want_dropped);
 	same(&want, &got);
@@ -279,6 +318,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	free(cuts);
 
 	check_headers(&c, &want);
+	check_lenient(&c, &want);
 
 	/* The body is passed untouched. */
 	size_t blen = n - body_at;
@@ -290,15 +330,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	same(&want, &again);
 	free(again.data);
 
-	/* Nothing to drop or add: the input comes back. */
+	/* Nothing to drop or add: the input comes back, with the empty line
+	 * inserted before a body that starts at a non-header line. */
 	struct cfg none = {NULL, 0, NULL, NULL};
 	CHECK(scrub(&none, in, n, NULL, 0, &got) == 0);
-	CHECK(got.len >= n && got.len <= n + 2);
-	CHECK(n == 0 || !memcmp(got.data, in, n));
-	if (got.len == n + 2)
-		CHECK(!memcmp(got.data + n, "\r\n", 2));
-	else if (got.len == n + 1)
-		CHECK(got.data[n] == '\n' && in[n - 1] == '\r');
+	if (inserted) {
+		CHECK(got.len == n + 2);
+		CHECK(!memcmp(got.data, in, body_at));
+		CHECK(!memcmp(got.data + body_at, "\r\n", 2));
+		CHECK(!memcmp(got.data + body_at + 2, in + body_at, n - body_at));
+	} else {
+		CHECK(got.len >= n && got.len <= n + 2);
+		CHECK(n == 0 || !memcmp(got.data, in, n));
+		if (got.len == n + 2)
+			CHECK(!memcmp(got.data + n, "\r\n", 2));
+		else if (got.len == n + 1)
+			CHECK(got.data[n] == '\n' && in[n - 1] == '\r');
+	}
 	free(got.data);
 
 	free(want.data);

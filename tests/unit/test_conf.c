@@ -72,6 +72,7 @@ static void test_defaults(void **state)
 		assert_string_equal(c->scrub_headers[i], scrub[i]);
 	assert_false(c->received_client);
 	assert_int_equal(c->bare_newline, CONF_BARE_REJECT);
+	assert_int_equal(c->long_lines, CONF_LONG_LINES_WRAP);
 	assert_int_equal(c->timeout_greeting, 300000);
 	assert_int_equal(c->timeout_command, 300000);
 	assert_int_equal(c->timeout_data, 180000);
@@ -94,7 +95,9 @@ static void test_key_table(void **state)
 		if (def && conf_set(c, k, def, err, sizeof err) != 0)
 			fail_msg("default of %s: %s", k, err);
 	}
-	assert_int_equal(n, 57);
+	assert_int_equal(n, 58);   /* + queue_min_free, long_lines, auth_slow_delay,
+	                              auth_slow_delay_max, auth_lockout_table
+	                              (issue 8) */
 	assert_null(conf_key(n, NULL, NULL));
 }
 
@@ -124,6 +127,7 @@ static uint64_t field_value(const struct conf *c, const char *key)
 		{"delay_warning_after", offsetof(struct conf, delay_warning_after),
 		 'q'},
 		{"bare_newline", offsetof(struct conf, bare_newline), 'i'},
+		{"long_lines", offsetof(struct conf, long_lines), 'i'},
 		{"spool_sync", offsetof(struct conf, spool_sync), 'i'},
 		{"max_recipients", offsetof(struct conf, max_recipients), 'u'},
 		{"max_connections", offsetof(struct conf, max_connections), 'u'},
@@ -266,6 +270,10 @@ static const struct set_case set_cases[] = {
 	{"log_level", "INFO", 0, NULL, LOG_INFO},
 	{"bare_newline", "normalize", 0, NULL, CONF_BARE_NORMALIZE},
 	{"bare_newline", "reject", 0, NULL, CONF_BARE_REJECT},
+	{"long_lines", "reject", 0, NULL, CONF_LONG_LINES_REJECT},
+	{"long_lines", "WRAP", 0, NULL, CONF_LONG_LINES_WRAP},
+	{"long_lines", "truncate", -EINVAL,
+	 "long_lines: unsupported value 'truncate' (expected: wrap, reject)", 0},
 	{"spool_sync", "fsync", 0, NULL, CONF_SYNC_FSYNC},
 	{"spool_sync", "syncfs", 0, NULL, CONF_SYNC_SYNCFS},
 	{"delivery", "hold", 0, NULL, CONF_DELIVERY_HOLD},

@@ -1165,6 +1165,235 @@ static void test_auth_starttls_resets(void **state)
 	fx_free(f);
 }
 
+/* ---- long_lines (issue 8 §2) ---------------------------------------- */
+
+/* "<N:c>" -> N copies of c. */
+static void expand(const char *s, struct buf *b)
+{
+	buf_reset(b);
+	while (*s) {
+		char c;
+		unsigned n;
+		int used;
+		if (*s == '<' && sscanf(s, "<%u:%c>%n", &n, &c, &used) == 2 &&
+		    used > 0) {
+			for (unsigned i = 0; i < n; i++)
+				assert_int_equal(buf_append(b, &c, 1), 0);
+			s += used;
+		} else {
+			assert_int_equal(buf_append(b, s, 1), 0);
+			s++;
+		}
+	}
+}
+
+#define LL_MID "Message-ID: <0000000000000001@relay.test>\r\n"
+#define LL_DATE "Date: Sat, 21 Nov 2026 06:00:00 +0000\r\n"
+#define LL_REFUSED "554 5.6.0 Message contains a line longer than 998 " \
+	"characters (RFC 5322 2.1.1)\r\n"
+
+struct ll_case {
+	const char *name;
+	bool reject;        /* long_lines = reject */
+	const char *msg;    /* the message, "<N:c>" expanded */
+	const char *stored; /* after "Received: test\r\n"; NULL: refused */
+};
+
+static const struct ll_case ll_cases[] = {
+	{"wrap: body line of 1200", false,
+	 "Subject: s\r\n\r\n<1200:x>\r\nend\r\n",
+	 "Subject: s\r\n" LL_MID LL_DATE "\r\n<998:x>\r\n<202:x>\r\nend\r\n"},
+	{"wrap: header folded at a blank", false,
+	 "Subject: <600:a> <600:b>\r\n\r\nbody\r\n",
+	 "Subject: <600:a>\r\n <600:b>\r\n" LL_MID LL_DATE "\r\nbody\r\n"},
+	/* A long field cannot smuggle a field in at a line start: every
+	 * break in the header section makes a continuation line. */
+	{"wrap: no field made at a break", false,
+	 "Subject: <989:a>X-Originating-IP: 10.1.2.3\r\n\r\nb\r\n",
+	 "Subject:\r\n <989:a>X-Origin\r\n ating-IP: 10.1.2.3\r\n" LL_MID
+	 LL_DATE "\r\nb\r\n"},
+	/* §7 and §2 together: the long line has no colon, so the body
+	 * starts at it (after the inserted empty line), and body lines are
+	 * broken, not folded. */
+	{"wrap: long non-header line starts the body", false,
+	 "Subject: s\r\n<1200:x>\r\nX-Originating-IP: 1\r\n",
+	 "Subject: s\r\n" LL_MID LL_DATE "\r\n<998:x>\r\n<202:x>\r\n"
+	 "X-Originating-IP: 1\r\n"},
+	{"wrap: dot after the break", false, "S: s\r\n\r\n<998:x>.\r\n..\r\n",
+	 "S: s\r\n" LL_MID LL_DATE "\r\n<998:x>\r\n.\r\n..\r\n"},
+	{"wrap: dropped long field is not wrapped", false,
+	 "Received: <2000:r>\r\nS: s\r\n\r\nb\r\n",
+	 "S: s\r\n" LL_MID LL_DATE "\r\nb\r\n"},
+	{"reject: 998 octets pass", true,
+	 "S: <995:a>\r\n\r\n<998:x>\r\n<998:y>\r\n",
+	 "S: <995:a>\r\n" LL_MID LL_DATE "\r\n<998:x>\r\n<998:y>\r\n"},
+	{"reject: body line of 999", true, "S: s\r\n\r\n<999:x>\r\n", NULL},
+	{"reject: header line of 999", true, "S: <996:a>\r\n\r\nb\r\n", NULL},
+	{"reject: long line at the very end", true, "S: s\r\n\r\nb\r\n<5000:x>",
+	 NULL},
+	{"reject: dropped long field is not refused", true,
+	 "Received: <2000:r>\r\nS: s\r\n\r\nb\r\n",
+	 "S: s\r\n" LL_MID LL_DATE "\r\nb\r\n"},
+};
+
+/* One transaction: DATA (dot-stuffed), or BDAT in chunks of `chunk`
+ * octets (0: one chunk), LAST on the last. */
+static void ll_txn(const struct ll_case *c, int via, size_t chunk)
+{
+	struct fixture *f = calloc(1, sizeof *f);
+	f->cfg = (struct smtpd_proto_cfg){
+		.hostname = "relay.test", .sid = "t1",
+		.max_message_size = 1000000, .max_recipients = 100,
+		.max_bad_commands = 20, .scrub = scrub, .nscrub = 2,
+		.trusted = true, .long_lines_reject = c->reject,
+	};
+	buf_init(&f->sink.body, SIZE_MAX);
+	buf_init(&f->out, SIZE_MAX);
+	f->p = smtpd_proto_new(&f->cfg, &ops, &f->sink);
+	struct buf msg = BUF_INIT(1 << 20), want = BUF_INIT(1 << 20),
+	           wire = BUF_INIT(1 << 20);
+	expand(c->msg, &msg);
+	if (c->stored) {
+		buf_appends(&want, "Received: test\r\n");
+		struct buf tail = BUF_INIT(1 << 20);
+		expand(c->stored, &tail);
+		buf_append(&want, tail.data, tail.len);
+		buf_free(&tail);
+	}
+	start(f);
+	if (via == 0) {
+		feed(f, "DATA\r\n");
+		assert_has(take(f), "354 ");
+		bool bol = true;
+		for (size_t i = 0; i < msg.len; i++) {
+			if (bol && msg.data[i] == '.')
+				buf_append(&wire, ".", 1);
+			buf_append(&wire, &msg.data[i], 1);
+			bol = msg.data[i] == '\n';
+		}
+		if (!bol)
+			buf_appends(&wire, "\r\n");   /* the reader needs CRLF . */
+		buf_appends(&wire, ".\r\n");
+		if (!bol && c->stored)
+			buf_appends(&want, "\r\n");
+	} else {
+		size_t step = chunk ? chunk : msg.len;
+		for (size_t i = 0; i < msg.len; i += step) {
+			size_t k = msg.len - i < step ? msg.len - i : step;
+			char cmd[64];
+			snprintf(cmd, sizeof cmd, "BDAT %zu%s\r\n", k,
+			         i + k == msg.len ? " LAST" : "");
+			buf_appends(&wire, cmd);
+			buf_append(&wire, msg.data + i, k);
+		}
+	}
+	assert_int_equal(feedn(f, (const char *)wire.data, wire.len), wire.len);
+	/* The last reply line (a BDAT per octet makes many). */
+	char o[512];
+	size_t end = f->out.len, from = end ? end - 1 : 0;
+	while (from > 0 && f->out.data[from - 1] != '\n')
+		from--;
+	snprintf(o, sizeof o, "%.*s", (int)(end - from),
+	         (const char *)f->out.data + from);
+	const char *last = o;
+	buf_reset(&f->out);
+	if (c->stored) {
+		if (f->req != SMTPD_REQ_COMMIT)
+			fail_msg("case '%s' (via %d/%zu): no commit: %s", c->name,
+			         via, chunk, o);
+		if (f->sink.body.len != want.len ||
+		    memcmp(f->sink.body.data, want.data, want.len) != 0)
+			fail_msg("case '%s' (via %d/%zu): stored %zu bytes, want "
+			         "%zu", c->name, via, chunk, f->sink.body.len,
+			         want.len);
+		smtpd_proto_done(f->p, 0, &f->out);
+		assert_has(take(f), "250 2.0.0 Ok: queued as");
+	} else {
+		if (f->req != SMTPD_REQ_NONE || strcmp(last, LL_REFUSED) != 0)
+			fail_msg("case '%s' (via %d/%zu): got '%s'", c->name, via,
+			         chunk, o);
+		assert_int_equal(f->sink.aborts, 1);
+		assert_int_equal(f->sink.body.len, 0);
+		/* Not a protocol error, and the session goes on. */
+		assert_int_equal(smtpd_proto_state(f->p), SMTPD_ST_READY);
+		feed(f, "MAIL FROM:<a@b.test>\r\n");
+		assert_has(take(f), "250 2.1.0");
+	}
+	buf_free(&msg);
+	buf_free(&want);
+	buf_free(&wire);
+	fx_free(f);
+}
+
+static void test_long_lines(void **state)
+{
+	(void)state;
+	static const size_t chunks[] = {0, 1, 7, 997, 998, 999, 1000};
+	for (size_t i = 0; i < sizeof ll_cases / sizeof *ll_cases; i++) {
+		ll_txn(&ll_cases[i], 0, 0);
+		for (size_t k = 0; k < sizeof chunks / sizeof *chunks; k++)
+			ll_txn(&ll_cases[i], 1, chunks[k]);
+	}
+}
+
+/* The Received "with" keyword: RFC 3848 (ESMTP, S for TLS, A for AUTH),
+ * RFC 6531 §3.7.3 (UTF8SMTP... for a transaction with SMTPUTF8); HELO is
+ * plain SMTP. Checked inside the transaction (where the sink's begin()
+ * reads it) and after it, when SMTPUTF8 no longer applies. */
+struct with_case {
+	bool tls, auth, utf8, ehlo;
+	const char *in_txn, *after;
+};
+
+static const struct with_case with_cases[] = {
+	{false, false, false, true, "ESMTP", "ESMTP"},
+	{true, false, false, true, "ESMTPS", "ESMTPS"},
+	{false, true, false, true, "ESMTPA", "ESMTPA"},
+	{true, true, false, true, "ESMTPSA", "ESMTPSA"},
+	{false, false, true, true, "UTF8SMTP", "ESMTP"},
+	{true, false, true, true, "UTF8SMTPS", "ESMTPS"},
+	{false, true, true, true, "UTF8SMTPA", "ESMTPA"},
+	{true, true, true, true, "UTF8SMTPSA", "ESMTPSA"},
+	{false, false, true, false, "SMTP", "SMTP"},
+	{true, false, true, false, "SMTP", "SMTP"},
+};
+
+static void test_with_keyword(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof with_cases / sizeof *with_cases; i++) {
+		const struct with_case *c = &with_cases[i];
+		struct fixture *f = fx_auth(c->tls ? CONF_LISTEN_SMTPS
+		                                   : CONF_LISTEN_SMTP, true, true);
+		feed(f, c->ehlo ? "EHLO x\r\n" : "HELO x\r\n");
+		take(f);
+		if (c->auth) {
+			char line[128];
+			snprintf(line, sizeof line, "AUTH PLAIN %s\r\n",
+			         B64S("\0app\0pw"));
+			feed(f, line);
+			auth_expect(f, "app", "pw", SMTPD_AUTH_OK,
+			            "235 2.7.0 Authentication successful\r\n");
+		}
+		feed(f, c->utf8 ? "MAIL FROM:<a@b.test> SMTPUTF8\r\n"
+		                : "MAIL FROM:<a@b.test>\r\n");
+		assert_has(take(f), "250 2.1.0");
+		feed(f, "RCPT TO:<c@d.test>\r\nDATA\r\n");
+		assert_has(take(f), "354 ");
+		if (strcmp(smtpd_proto_with(f->p), c->in_txn) != 0)
+			fail_msg("case %zu: in the transaction '%s', want '%s'", i,
+			         smtpd_proto_with(f->p), c->in_txn);
+		feed(f, "Subject: s\r\n\r\nb\r\n.\r\n");
+		assert_int_equal(f->req, SMTPD_REQ_COMMIT);
+		smtpd_proto_done(f->p, 0, &f->out);
+		assert_has(take(f), "250 2.0.0 Ok: queued as");
+		if (strcmp(smtpd_proto_with(f->p), c->after) != 0)
+			fail_msg("case %zu: after the transaction '%s', want '%s'",
+			         i, smtpd_proto_with(f->p), c->after);
+		fx_free(f);
+	}
+}
+
 static void test_auth_cred_restrictions(void **state)
 {
 	(void)state;
@@ -1262,6 +1491,14 @@ static const struct from_case from_cases[] = {
 	{"empty", "From:\r\n", false},
 	{"garbage", "From: <<a@shop.example\r\n", false},
 	{"scrubbed away", "X-Originating-IP: 1\r\nReceived: x\r\n", false},
+	/* issue 8 §7: after a line that is not a header field the body
+	 * starts (an empty line is inserted there): a From: below it is
+	 * body, for the check as for every reader downstream. */
+	{"allowed From: after a malformed line",
+	 "Subject: s\r\nno colon here\r\nFrom: a@shop.example\r\n", false},
+	{"refused From: after a malformed line is body",
+	 "From: a@shop.example\r\nno colon here\r\nFrom: x@evil.example\r\n",
+	 true},
 };
 
 static struct fixture *fx_cred(const struct cred *cred,
@@ -1367,6 +1604,37 @@ static void test_auth_cred_from(void **state)
 	struct fixture *f = fx_cred(shop, "shop");
 	from_txn(f, head, false, false, "too long");
 	fx_free(f);
+
+	/* A line of the From: field over 998 octets (issue 8 §2): wrapping
+	 * would change the field after the check, so it is refused; up to
+	 * 998 octets, or folded by the client, it is judged as it is. The
+	 * first line counts "From:" and any blanks before the colon. */
+	struct {
+		const char *name;   /* before the comment */
+		size_t comment;     /* octets of the comment's text */
+		const char *after;  /* after the comment */
+		bool ok;
+	} longs[] = {
+		{"From: (", 975, ") a@shop.example", true},        /* 998 */
+		{"From: (", 976, ") a@shop.example", false},       /* 999 */
+		{"From  : (", 973, ") a@shop.example", true},      /* 998 */
+		{"From  : (", 974, ") a@shop.example", false},     /* 999 */
+		{"From: (", 990, ")\r\n a@shop.example", true},    /* 998 + */
+		{"From: a@shop.example,\r\n (", 995, ")", true},   /* + 998 */
+		{"From: a@shop.example,\r\n (", 996, ")", false},  /* + 999 */
+	};
+	for (size_t i = 0; i < sizeof longs / sizeof *longs; i++) {
+		n = snprintf(head, sizeof head, "%s", longs[i].name);
+		for (size_t j = 0; j < longs[i].comment; j++)
+			head[n++] = 'c';
+		snprintf(head + n, sizeof head - (size_t)n, "%s\r\n",
+		         longs[i].after);
+		for (int bdat = 0; bdat < 2; bdat++) {
+			f = fx_cred(shop, "shop");
+			from_txn(f, head, bdat, longs[i].ok, longs[i].name);
+			fx_free(f);
+		}
+	}
 
 	/* A credential without from=: no From: check at all. */
 	f = fx_cred(free_cred, "free");
@@ -1639,6 +1907,8 @@ int main(void)
 		cmocka_unit_test(test_auth_advertised),
 		cmocka_unit_test(test_auth_starttls_resets),
 		cmocka_unit_test(test_auth_cred_restrictions),
+		cmocka_unit_test(test_with_keyword),
+		cmocka_unit_test(test_long_lines),
 		cmocka_unit_test(test_auth_cred_from),
 		cmocka_unit_test(test_quota),
 		cmocka_unit_test(test_spool_min_free),

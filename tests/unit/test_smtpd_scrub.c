@@ -112,25 +112,25 @@ static const struct scase cases[] = {
 	 ALT_LIST, S("Subject: s\r\n" MID DATE "\r\n"), 2},
 	{"non-header first line",
 	 S("hello world\r\nReceived: x\r\n\r\nb\r\n"), BOTH,
-	 S(MID DATE "hello world\r\nReceived: x\r\n\r\nb\r\n"), 0},
+	 S(MID DATE "\r\nhello world\r\nReceived: x\r\n\r\nb\r\n"), 0},
 	{"mbox From_ line", S("From a@b Mon Jan 1\r\nSubject: s\r\n\r\n"), BOTH,
-	 S(MID DATE "From a@b Mon Jan 1\r\nSubject: s\r\n\r\n"), 0},
+	 S(MID DATE "\r\nFrom a@b Mon Jan 1\r\nSubject: s\r\n\r\n"), 0},
 	{"non-header line ends the headers",
 	 S("Subject: s\r\nReceived: a\r\nnot a header\r\nReceived: b\r\n"),
-	 BOTH, S("Subject: s\r\n" MID DATE "not a header\r\nReceived: b\r\n"),
+	 BOTH, S("Subject: s\r\n" MID DATE "\r\nnot a header\r\nReceived: b\r\n"),
 	 1},
 	{"colon at the line start", S("Subject: s\r\n: x\r\nReceived: b\r\n"),
-	 NONE, S("Subject: s\r\n: x\r\nReceived: b\r\n"), 0},
+	 NONE, S("Subject: s\r\n\r\n: x\r\nReceived: b\r\n"), 0},
 	{"8-bit in a field name", S("Subj\xe9" "ct: s\r\nReceived: b\r\n"), NONE,
-	 S("Subj\xe9" "ct: s\r\nReceived: b\r\n"), 0},
+	 S("\r\nSubj\xe9" "ct: s\r\nReceived: b\r\n"), 0},
 	{"control in a field name", S("A: 1\r\nSub\x01: s\r\nReceived: b\r\n"),
-	 NONE, S("A: 1\r\nSub\x01: s\r\nReceived: b\r\n"), 0},
+	 NONE, S("A: 1\r\n\r\nSub\x01: s\r\nReceived: b\r\n"), 0},
 	{"blank inside a field name", S("Rec eived: x\r\nReceived: b\r\n"),
-	 NONE, S("Rec eived: x\r\nReceived: b\r\n"), 0},
+	 NONE, S("\r\nRec eived: x\r\nReceived: b\r\n"), 0},
 	{"leading blank on the first line", S(" Received: x\r\n\r\n"), BOTH,
 	 S(MID DATE "\r\n Received: x\r\n\r\n"), 0},
 	{"leading blank on the first line, nothing added",
-	 S(" Received: x\r\n\r\n"), NONE, S(" Received: x\r\n\r\n"), 0},
+	 S(" Received: x\r\n\r\n"), NONE, S("\r\n Received: x\r\n\r\n"), 0},
 	{"leading blank on the first line, Message-ID added",
 	 S("\tx\r\n"), ONLY_MID, S(MID "\r\n\tx\r\n"), 0},
 	{"field name of 76 characters",
@@ -156,15 +156,33 @@ static const struct scase cases[] = {
 	{"partial scrubbed field at the end after CR", S("Received: s\r"),
 	 NONE, S(""), 1},
 	{"name without colon at the end", S("A: 1\r\nSubject"), BOTH,
-	 S("A: 1\r\n" MID DATE "Subject"), 0},
+	 S("A: 1\r\n" MID DATE "\r\nSubject"), 0},
 	{"name and blank without colon at the end", S("A: 1\r\nReceived "),
-	 NONE, S("A: 1\r\nReceived "), 0},
+	 NONE, S("A: 1\r\n\r\nReceived "), 0},
 	{"CR alone at a line start at the end", S("A: 1\r\n\r"), NONE,
-	 S("A: 1\r\n\r"), 0},
+	 S("A: 1\r\n\r\n\r"), 0},
 	{"bare CR at a line start", S("A: 1\r\n\rReceived: x\r\n"), BOTH,
-	 S("A: 1\r\n" MID DATE "\rReceived: x\r\n"), 0},
+	 S("A: 1\r\n" MID DATE "\r\n\rReceived: x\r\n"), 0},
 	{"CR inside a field", S("Subject: a\rb\r\nReceived: x\rReceived: y\r\n"
 	   "\r\n"), NONE, S("Subject: a\rb\r\n\r\n"), 1},
+	/* issue 8 §7: the empty line goes where the body was decided to
+	 * start, so the fields after a malformed line are body for every
+	 * reader, and never scrubbed or counted as header fields. */
+	{"malformed line, trace fields after it",
+	 S("Subject: s\r\nthis line has no colon\r\n"
+	   "X-Originating-IP: [10.1.2.3]\r\nReceived: from x ([10.1.2.4])\r\n"
+	   "\r\nbody\r\n"), BOTH,
+	 S("Subject: s\r\n" MID DATE "\r\nthis line has no colon\r\n"
+	   "X-Originating-IP: [10.1.2.3]\r\nReceived: from x ([10.1.2.4])\r\n"
+	   "\r\nbody\r\n"), 0},
+	{"malformed line after a dropped folded field",
+	 S("Received: a\r\n b\r\n<no colon>\r\n\tX-Real-IP: 1\r\n"), NONE,
+	 S("\r\n<no colon>\r\n\tX-Real-IP: 1\r\n"), 1},
+	{"malformed line, nothing added, Message-ID after it",
+	 S("Date: d\r\nMessage-ID: <a>\r\n--\r\nMessage-ID: <b>\r\n"), BOTH,
+	 S("Date: d\r\nMessage-ID: <a>\r\n\r\n--\r\nMessage-ID: <b>\r\n"), 0},
+	{"no header section at all", S("just a body line\r\n"), NONE,
+	 S("\r\njust a body line\r\n"), 0},
 	{"continuation right after the blank line is body",
 	 S("A: 1\r\n\r\n Received: x\r\n"), NONE,
 	 S("A: 1\r\n\r\n Received: x\r\n"), 0},
@@ -312,6 +330,57 @@ static void test_finish_twice(void **state)
 	buf_free(&k.out);
 }
 
+/* A header field's colon is one of the first 998 octets of its line
+ * (RFC 5322 §2.1.1): a name of 997 octets is a field, one of 998 is not,
+ * and then the body starts behind an inserted empty line (issue 8 §7).
+ * The same for blanks between the name and the colon. */
+static void test_colon_limit(void **state)
+{
+	(void)state;
+	struct buf in = BUF_INIT(1 << 20), want = BUF_INIT(1 << 20);
+	for (size_t len = 990; len <= 1000; len++) {
+		for (int blanks = 0; blanks < 2; blanks++) {
+			/* "XXX...: v" or "Received      : v", the colon at
+			 * index len */
+			buf_reset(&in);
+			buf_appends(&in, blanks ? "Received" : "X");
+			while (in.len < len)
+				buf_append(&in, blanks ? " " : "X", 1);
+			buf_appends(&in, ": v\r\nReceived: r\r\n\r\nb\r\n");
+			bool field = len <= 997;
+			buf_reset(&want);
+			if (field && blanks) {
+				buf_appends(&want, "\r\nb\r\n");
+			} else if (field) {
+				buf_append(&want, in.data, len + 5);
+				buf_appends(&want, "\r\nb\r\n");
+			} else {
+				buf_appends(&want, "\r\n");
+				buf_append(&want, in.data, in.len);
+			}
+			for (int bytewise = 0; bytewise < 2; bytewise++) {
+				struct smtpd_scrub s;
+				struct sink k = {BUF_INIT(1 << 20), 0, 0};
+				smtpd_scrub_init(&s, dflt, 7, NULL, NULL, sink_emit, &k);
+				for (size_t i = 0; i < in.len; i += bytewise ? 1 : in.len)
+					smtpd_scrub_feed(&s, in.data + i,
+					                 bytewise ? 1 : in.len);
+				assert_int_equal(smtpd_scrub_finish(&s), 0);
+				if (k.out.len != want.len ||
+				    memcmp(k.out.data, want.data, want.len))
+					fail_msg("colon at %zu, blanks %d, bytewise %d: "
+					         "%zu bytes, want %zu", len, blanks,
+					         bytewise, k.out.len, want.len);
+				assert_int_equal(s.dropped, field ? 1 + blanks : 0);
+				assert_int_equal(s.inserted, !field);
+				buf_free(&k.out);
+			}
+		}
+	}
+	buf_free(&in);
+	buf_free(&want);
+}
+
 /* ---- From: capture --------------------------------------------------------- */
 
 static int null_emit(void *ctx, const uint8_t *p, size_t n)
@@ -385,6 +454,7 @@ int main(void)
 		cmocka_unit_test(test_body_zero_copy),
 		cmocka_unit_test(test_write_error),
 		cmocka_unit_test(test_finish_twice),
+		cmocka_unit_test(test_colon_limit),
 		cmocka_unit_test(test_capture_from),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
