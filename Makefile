@@ -12,6 +12,7 @@
 #                        run tests/fuzz/fuzz_NAME.c under libFuzzer (clang,
 #                        ASan + UBSan) on a copy of its corpus, then merge
 #                        what adds coverage back into tests/fuzz/corpus/NAME
+#   make bench-scale     relayd with 1 000 000 queued messages (bench/scale)
 
 CC       ?= gcc
 PKGS     := libuv lmdb libcares openssl opendkim
@@ -238,6 +239,11 @@ bench: deps-bench all
 	bench/accept
 	bench/relay
 
+# Memory per connection: 5 000 idle ones, 200 that flood and never read
+# (no Postfix needed; bench/RESULTS.md).
+bench-conns: all
+	bench/conns
+
 # Also the relayd system account (relayd drops to it after binding) and
 # the spool, its own. With DESTDIR (packaging) no account is made and the
 # spool is left to the package's maintainer scripts.
@@ -272,7 +278,7 @@ endif
 clean:
 	rm -rf build build-san build-fuzz
 
-.PHONY: all deps deps-bench build run test test-fresh unit-bins check-unit check-e2e bench install clean fuzz deps-fuzz
+.PHONY: all deps deps-bench build run test test-fresh unit-bins check-unit check-e2e bench bench-conns install clean fuzz deps-fuzz
 
 -include $(LIB_OBJ:.o=.d) $(CTL_OBJ:.o=.d) $(BUILD)/smtpd/relayd.d \
          $(wildcard $(FUZZ_DIR)/*/*.d)
@@ -283,3 +289,8 @@ $(BUILD)/bench/fill_queue: bench/fill_queue.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 .PHONY: bench-fill
+
+# bench/scale: relayd holding 1 000 000 messages (bench/README.md).
+bench-scale: deps-bench all bench-fill
+	bench/scale
+.PHONY: bench-scale

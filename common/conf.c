@@ -150,6 +150,15 @@ static const struct conf_keydef conf_keys[] = {
 	 NULL, "idle time allowed between commands (RFC 5321 §4.5.3.2.7)"},
 	{"timeout_data", CT_DURATION, OFF(timeout_data), "3m", 1, DAY, NULL, NULL,
 	 "idle time allowed inside DATA/BDAT (RFC 5321 §4.5.3.2.5-6)"},
+	/* Like Postfix's smtpd_min_data_rate with smtpd_per_record_deadline:
+	 * each byte of message data buys 1/rate s more time, never more than
+	 * timeout_data ahead, so a trickle slower than this runs out. */
+	{"data_min_rate", CT_UNSIGNED, OFF(data_min_rate), "500", 0, 1000000000,
+	 NULL, NULL, "message data must arrive at this many bytes/s on average "
+	 "(timeout_data is the grace); 0: only the idle timeout_data"},
+	{"session_max_lifetime", CT_DURATION, OFF(session_max_lifetime), "1h", 1,
+	 30 * DAY, NULL, NULL, "a session this old is closed (421) between "
+	 "messages; one still in a message at twice this age is cut off"},
 	{"queue_map_size", CT_SIZE, OFF(queue_map_size), "1G", MIB, 1ull << 44,
 	 NULL, NULL, "largest size of the LMDB queue index"},
 	/* Like Postfix's queue_minfree. 100M: room, above the reserve, for

@@ -45,6 +45,8 @@ enum smtp_reply_id {
 	SMTP_R_TOO_MANY_CONN_IP,/* 421 4.7.0 */
 	SMTP_R_TOO_MANY_ERRORS, /* 421 4.7.0 */
 	SMTP_R_TIMEOUT,         /* 421 4.4.2 */
+	SMTP_R_DATA_SLOW,       /* 421 4.4.2 below data_min_rate */
+	SMTP_R_LIFETIME,        /* 421 4.4.2 session_max_lifetime */
 	SMTP_R_STORAGE_ERR,     /* 451 4.3.0 */
 	SMTP_R_STORAGE_FULL,    /* 452 4.3.1 */
 	SMTP_R_TOO_MANY_RCPT,   /* 452 4.5.3 */

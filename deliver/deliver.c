@@ -1618,6 +1618,11 @@ static void schedule(struct deliver *d)
 	struct deliver_cfg *g = d->cfg;
 	if (d->stopping || g->mode != CONF_DELIVERY_SMARTHOST)
 		return;
+	/* Not before startup recovery has made the index consistent: a
+	 * schedule entry may still name a record without its body. The
+	 * queue's notify callback calls us again when it has. */
+	if (!queue_recovered(d->q))
+		return;
 	uint64_t nowms = uv_now(d->loop);
 	if (d->paused) {
 		if (nowms < d->pause_until) {

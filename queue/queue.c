@@ -48,9 +48,10 @@
 #define POOL_LOW 32
 /* A body's name until it is placed as msg/QID: "" for an unnamed file
  * (O_TMPFILE: no directory entry at all until linkat places it, and
- * nothing to clean up after a crash), else ".QID" or ".p" + 16 hex digits
- * where the file system has no O_TMPFILE. */
-#define PART_NAME_SIZE 24
+ * nothing to clean up after a crash), else ".QID" or ".p" + this run's
+ * boundary id + 16 hex digits where the file system has no O_TMPFILE
+ * (recovery tells this run's names from an earlier one's by them). */
+#define PART_NAME_SIZE 40
 
 /* User-space buffer per body: bounded, whatever the message size. */
 #define BODY_BUF_SIZE (64 * 1024)
@@ -123,6 +124,38 @@ struct queue_op {
 	void *arg;
 };
 
+/* Items (records, entries, directory entries) per step: a few
+ * milliseconds of work, so a commit waits at most that long for it. */
+#define RECOVER_STEP 1024
+/* Longest wait for the test gate (RELAYD_TEST_RECOVERY_GATE). */
+#define RECOVER_GATE_MAX_US (120 * 1000000ull)
+
+enum recover_phase {
+	RECOVER_TMP,      /* tmp/: every file is an unfinished body */
+	RECOVER_RECORDS,  /* "msg" records below the boundary: body present,
+	                     of the recorded size */
+	RECOVER_SCHED,    /* "sched" entries: each is its record's due time */
+	RECOVER_RESTORE,  /* records below the boundary: finished ones removed,
+	                     missing entries restored */
+	RECOVER_BODIES,   /* msg/: orphan bodies and old dot files removed */
+	RECOVER_DONE,
+};
+static const char *const recover_phase_names[] = {
+	"tmp", "records", "schedule", "restore", "bodies", "done",
+};
+
+struct recovery {
+	enum recover_phase phase;
+	uint8_t key[QUEUE_SCHED_KEY_LEN];   /* resume after this key */
+	size_t keylen;                      /* 0: from the first */
+	DIR *dir;                           /* RECOVER_BODIES */
+	size_t nmsg;        /* records below the boundary that were kept */
+	size_t repaired;
+	uint64_t t0;        /* CLOCK_MONOTONIC us at the start */
+	uint64_t gate_t0;   /* when the gate was first found closed */
+	char *gate;         /* test only: wait until this path exists */
+};
+
 struct pool_file {
 	int fd;
 	char part[PART_NAME_SIZE];
@@ -152,6 +185,11 @@ struct queue {
 	struct unindex_item *unindex_left;  /* records still to take back */
 	size_t nunindex_left;
 	struct queue_idgen idgen;   /* loop thread only */
+	/* Every id this run gives out is above it (set in queue_open, then
+	 * read-only): see the recovery section. */
+	char boundary[QUEUE_ID_SIZE];
+	bool recover_async;         /* recovery runs on the writer thread */
+	struct recovery rec;        /* writer thread (queue_open before it) */
 
 	pthread_t writer;
 	pthread_mutex_t mu;
@@ -172,6 +210,7 @@ struct queue {
 	struct queue_op *ops_done, **ops_done_tail;
 	bool stop;
 	bool reopened;          /* the index was reopened: tell the scheduler */
+	bool index_ready;       /* recovery's index phases are done */
 	struct queue_stats st;
 	/* Free space in the spool's file system, for queue_min_free: read
 	 * by the opener thread every SPACE_REFRESH_US (never on the loop
@@ -184,6 +223,7 @@ struct queue {
 
 	/* Loop thread: */
 	bool closing;
+	bool ready_told;        /* index_ready seen, notify called */
 	queue_notify_cb notify;    /* after each successful commit */
 	void *notify_arg;
 	void (*done_cb)(void *arg);
@@ -201,6 +241,10 @@ struct queue_body {
 	uint8_t high;           /* every byte written, OR-ed: bit 7 = 8-bit */
 	uint8_t buf[BODY_BUF_SIZE];
 };
+
+/* Startup recovery (its own section below), run by the writer. */
+static bool recover_gated(struct queue *q);
+static int recover_step(struct queue *q, bool *index_done, uint64_t *syncs);
 
 /* A full disk and an exhausted quota both mean "no space" (452 4.3.1). */
 static int io_errno(int e)
@@ -418,7 +462,7 @@ static void *opener_main(void *arg)
 		size_t n = 0;
 		while (n < want) {
 			char hint[PART_NAME_SIZE];
-			snprintf(hint, sizeof hint, ".p%016llx",
+			snprintf(hint, sizeof hint, ".p%s%016llx", q->boundary,
 			         (unsigned long long)++seq);
 			made[n].fd = body_create(q, hint, made[n].part);
 			if (made[n].fd < 0)
@@ -1344,32 +1388,85 @@ static struct queue_op *apply_ops(struct queue *q, struct queue_op *ops,
 	return last;
 }
 
+/* Recovery (with recover_async) takes turns with the work below: a step
+ * runs when nothing else waits, or after each batch or set of changes,
+ * so neither starves the other. Called and returns with q->mu held. */
+static void writer_recover(struct queue *q, bool *turn)
+{
+	if (q->rec.phase == RECOVER_DONE || q->stop ||
+	    (!*turn && (q->pending || q->ops)) || recover_gated(q))
+		return;
+	*turn = false;
+	pthread_mutex_unlock(&q->mu);
+	uint64_t syncs = 0;
+	bool index_done = false;
+	int r = recover_step(q, &index_done, &syncs);
+	if (r) {
+		/* Delivery stays off (the index may be inconsistent); mail
+		 * is still accepted and kept. A restart tries again. */
+		log_err("recovery: stopped; delivery stays off until relayd "
+		        "restarts");
+		q->rec.phase = RECOVER_DONE;
+	}
+	/* Its syncs count (they are the writer's); its time is not in
+	 * busy_us, which is about making mail durable. */
+	pthread_mutex_lock(&q->mu);
+	q->st.syncs += syncs;
+	if (index_done) {
+		q->index_ready = true;
+		pthread_mutex_unlock(&q->mu);
+		int e = uv_async_send(&q->async);
+		if (e < 0)
+			log_err("queue: uv_async_send: %s", uv_strerror(e));
+		pthread_mutex_lock(&q->mu);
+	}
+}
+
+/* Sleeps until there is work; while recovery waits at its test gate,
+ * looks again every 50 ms. Called and returns with q->mu held. */
+static void writer_wait(struct queue *q)
+{
+	while (!q->pending && !q->discard && !q->ops && !q->stop) {
+		if (q->rec.phase != RECOVER_DONE && !recover_gated(q))
+			return;
+		/* Records of failed commits are still in the index, or the
+		 * index is closed: try again within a second rather than at
+		 * the next commit, which may be hours away while the
+		 * scheduler keeps finding them. */
+		bool retry = q->nunindex_left > 0 || q->env_broken;
+		if (q->rec.phase == RECOVER_DONE && !retry) {
+			pthread_cond_wait(&q->cond, &q->mu);
+			continue;
+		}
+		/* A gated recovery (tests) is looked at every 50 ms. */
+		uint64_t wait_us = q->rec.phase != RECOVER_DONE ? 50 * 1000
+		                                                : UNINDEX_RETRY_US;
+		struct timespec t;
+		us_timespec(now_us() + wait_us, &t);
+		if (pthread_cond_timedwait(&q->cond, &q->mu, &t) != ETIMEDOUT ||
+		    !retry)
+			continue;
+		pthread_mutex_unlock(&q->mu);
+		if (q->env_broken)
+			env_reopen(q);
+		unindex_retry(q);
+		pthread_mutex_lock(&q->mu);
+	}
+}
+
 static void *writer_main(void *arg)
 {
 	struct queue *q = arg;
 	uint64_t last_batch = 0;
+	bool recover_turn = true;
 
 	pthread_mutex_lock(&q->mu);
 	for (;;) {
-		while (!q->pending && !q->discard && !q->ops && !q->stop) {
-			if (q->nunindex_left == 0 && !q->env_broken) {
-				pthread_cond_wait(&q->cond, &q->mu);
-				continue;
-			}
-			/* Records of failed commits are still in the index, or
-			 * the index is closed: try again within a second rather
-			 * than at the next commit, which may be hours away while
-			 * the scheduler keeps finding them. */
-			struct timespec t;
-			us_timespec(now_us() + UNINDEX_RETRY_US, &t);
-			if (pthread_cond_timedwait(&q->cond, &q->mu, &t) != ETIMEDOUT)
-				continue;
-			pthread_mutex_unlock(&q->mu);
-			if (q->env_broken)
-				env_reopen(q);
-			unindex_retry(q);
-			pthread_mutex_lock(&q->mu);
-		}
+		writer_wait(q);
+		writer_recover(q, &recover_turn);
+		if (!q->pending && !q->discard && !q->ops && !q->stop)
+			continue;
+		recover_turn = true;
 		if (q->ops) {
 			/* Changes to committed messages: one transaction for all
 			 * of them, ahead of new commits (they are few and free
@@ -1504,8 +1601,19 @@ static void run_done(struct queue *q)
 		free(op->rec);
 		free(op);
 	}
-	if (committed && q->notify && !q->closing)
+	/* Recovery made the index consistent: delivery may start. */
+	pthread_mutex_lock(&q->mu);
+	bool ready = q->index_ready && !q->ready_told;
+	pthread_mutex_unlock(&q->mu);
+	if (ready)
+		q->ready_told = true;
+	if ((committed || ready) && q->notify && !q->closing)
 		q->notify(q->notify_arg);
+}
+
+bool queue_recovered(const struct queue *q)
+{
+	return q->ready_told;
 }
 
 static void async_cb(uv_async_t *h)
@@ -1517,6 +1625,9 @@ static void async_cb(uv_async_t *h)
 
 static void queue_free(struct queue *q)
 {
+	if (q->rec.dir)
+		closedir(q->rec.dir);
+	free(q->rec.gate);
 	if (q->env)
 		mdb_env_close(q->env);
 	free(q->spool_path);
@@ -1563,6 +1674,10 @@ void queue_close(struct queue *q, void (*done_cb)(void *arg), void *arg)
 	if (r)
 		log_err("queue: pthread_join: %s", strerror(r));
 	q->writer_running = false;
+	if (q->rec.phase != RECOVER_DONE)
+		log_info("recovery: interrupted by shutdown in the %s phase; "
+		         "the next start does it again",
+		         recover_phase_names[q->rec.phase]);
 	if (q->opener_running) {
 		pthread_join(q->opener, NULL);
 		q->opener_running = false;
@@ -1736,7 +1851,44 @@ fail:
 	return queue_mdb_errno(rc);
 }
 
-/* ---- startup recovery (queue_open, before the writer starts) ---------- */
+/* ---- startup recovery ------------------------------------------------- */
+/*
+ * Recovery restores the spool's rules after a crash: index records
+ * without their body (or with a body of another size) are dropped,
+ * schedule entries agree with their records, finished records are
+ * removed, and files under msg/ and tmp/ that belong to no message are
+ * removed. It runs in steps of at most RECOVER_STEP items, each its own
+ * short LMDB transaction, through the phases below.
+ *
+ * relayd runs it on the writer thread after queue_open() has returned
+ * (opts.recover_async), so listening never waits for a big spool: the
+ * writer alternates recovery steps with commit batches and changes, and
+ * queue_recovered() turns true once the index phases are done (delivery
+ * waits for that; the msg/ pass that follows is cleanup only). Without
+ * recover_async, queue_open() runs every step itself before returning.
+ *
+ * Why a message accepted while recovery runs is never taken for an
+ * orphan or an unfinished body:
+ * - Ids: `boundary` is an id drawn from the generator in queue_open(),
+ *   before any other; every id this run gives out is above it. The index
+ *   phases look only at records below the boundary (a new record is
+ *   consistent by construction: the writer commits it with its entry).
+ * - Bodies being received are unnamed O_TMPFILE files (nothing to find),
+ *   or msg/.QID with QID above the boundary, or pool files named
+ *   ".p" + boundary + a counter: queue_recover_classify() keeps all of
+ *   them. Only dot files of earlier runs are removed.
+ * - A body gets its msg/QID name only on the writer thread, inside
+ *   write_batch(), which returns with its record committed or with the
+ *   body unlinked again. Recovery steps run on the same thread between
+ *   batches, and the msg/ pass opens its read transaction per step,
+ *   after the last batch's commit: a placed body always has its record
+ *   by then. A msg/QID above the boundary without a record is therefore
+ *   not expected at all; it is kept and logged, never removed.
+ * - Changes (delivery results, relayctl hold/release/delete) go through
+ *   the same thread; each step re-reads what it checks in its own
+ *   transaction, so it sees them. Delivery itself starts only once the
+ *   index phases are done.
+ */
 
 static void log_removed(const char *dir, const char *name, const char *what)
 {
@@ -1750,8 +1902,8 @@ static void log_removed(const char *dir, const char *name, const char *what)
 }
 
 /* Every tmp/ file is a body whose commit never completed: no client got
- * a 250 for it. */
-static int recover_tmp(struct queue *q, size_t *repaired)
+ * a 250 for it. relayd puts nothing in tmp/ any more, so one step. */
+static int recover_tmp(struct queue *q)
 {
 	int fd = openat(q->tmp_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	DIR *d = fd < 0 ? NULL : fdopendir(fd);
@@ -1767,14 +1919,14 @@ static int recover_tmp(struct queue *q, size_t *repaired)
 	while ((e = readdir(d))) {
 		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
 			continue;
-		if (unlinkat(q->tmp_fd, e->d_name, 0) < 0) {
+		if (unlinkat(q->tmp_fd, e->d_name, 0) < 0 && errno != ENOENT) {
 			r = -errno;
 			log_err("queue: cannot remove tmp/%s: %s", e->d_name,
 			        strerror(-r));
 			break;
 		}
 		log_removed("tmp", e->d_name, "unfinished body");
-		(*repaired)++;
+		q->rec.repaired++;
 	}
 	closedir(d);
 	return r;
@@ -1789,190 +1941,266 @@ static bool key_qid(const MDB_val *k, char qid[QUEUE_ID_SIZE])
 	return queue_id_valid(qid);
 }
 
-/* Drops index records whose body is missing, then schedule entries whose
- * record is gone; one write transaction. *floor gets the largest qid. */
-static int recover_index(struct queue *q, size_t *nmsg, size_t *repaired,
-                         char floor[QUEUE_ID_SIZE])
+/* Positions cur on the first key after the step's resume point. */
+static int recover_seek(struct recovery *rc_, MDB_cursor *cur, MDB_val *k,
+                        MDB_val *v)
 {
-	MDB_txn *txn;
+	if (rc_->keylen == 0)
+		return mdb_cursor_get(cur, k, v, MDB_FIRST);
+	k->mv_size = rc_->keylen;
+	k->mv_data = rc_->key;
+	int rc = mdb_cursor_get(cur, k, v, MDB_SET_RANGE);
+	if (rc == 0 && k->mv_size == rc_->keylen &&
+	    memcmp(k->mv_data, rc_->key, rc_->keylen) == 0)
+		rc = mdb_cursor_get(cur, k, v, MDB_NEXT);
+	return rc;
+}
+
+static void recover_mark(struct recovery *rc_, const MDB_val *k)
+{
+	rc_->keylen = k->mv_size < sizeof rc_->key ? k->mv_size
+	                                           : sizeof rc_->key;
+	memcpy(rc_->key, k->mv_data, rc_->keylen);
+}
+
+/* True when the key is a record of this run (at or above the boundary):
+ * the index phases stop there. */
+static bool above_boundary(const struct queue *q, const MDB_val *k)
+{
+	size_t n = k->mv_size < QUEUE_ID_LEN ? k->mv_size : QUEUE_ID_LEN;
+	int c = memcmp(k->mv_data, q->boundary, n);
+	return c > 0 || (c == 0 && k->mv_size >= QUEUE_ID_LEN);
+}
+
+/* One item of RECOVER_RECORDS: keeps the record (0, *del false), or asks
+ * for it to be deleted (*del true), or fails (-errno). */
+static int check_record(struct queue *q, const MDB_val *k, const MDB_val *v,
+                        bool *del)
+{
+	char qid[QUEUE_ID_SIZE];
+	*del = true;
+	if (!key_qid(k, qid)) {
+		char esc[64];
+		log_warn("queue: dropped index record with bad key %s",
+		         log_escape(esc, sizeof esc, k->mv_data, k->mv_size));
+		return 0;
+	}
+	struct stat st;
+	if (fstatat(q->msg_fd, qid, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+		if (errno != ENOENT) {
+			int r = -errno;
+			log_err("%s: cannot stat msg/%s: %s", qid, qid, strerror(-r));
+			return r;
+		}
+		log_warn("%s: dropped index record without body", qid);
+		return 0;
+	}
+	struct queue_msg *m;
+	int d = queue_msg_decode(qid, v->mv_data, v->mv_size, &m);
+	/* A record whose body is shorter or longer than it says was
+	 * committed in the window before its batch's syncfs returned: no
+	 * 250 went out for it. */
+	bool short_body = d == 0 && (uint64_t)st.st_size != m->size;
+	if (d == 0)
+		queue_msg_free(m);
+	else  /* kept: dropping it would lose the mail */
+		log_warn("%s: index record cannot be decoded: %s", qid,
+		         strerror(-d));
+	if (!short_body) {
+		*del = false;
+		q->rec.nmsg++;
+		return 0;
+	}
+	log_warn("%s: dropped index record: body has %lld bytes, not the size "
+	         "recorded (unfinished commit)", qid, (long long)st.st_size);
+	if (unlinkat(q->msg_fd, qid, 0) < 0 && errno != ENOENT)
+		log_err("%s: cannot remove msg/%s: %s", qid, qid, strerror(errno));
+	return 0;
+}
+
+/* One item of RECOVER_SCHED: *del when the entry is not the one its
+ * record's queue_msg_due() gives (or the record is gone). */
+static int check_entry(struct queue *q, MDB_txn *txn, const MDB_val *k,
+                       bool *del)
+{
+	*del = true;
+	if (k->mv_size != QUEUE_SCHED_KEY_LEN)
+		return 0;
+	MDB_val mk = {QUEUE_ID_LEN, (uint8_t *)k->mv_data + 8}, mv;
+	int rc = mdb_get(txn, q->dbi_msg, &mk, &mv);
+	if (rc == MDB_NOTFOUND)
+		return 0;  /* the record's own log line said why */
+	if (rc)
+		return rc;
+	char qid[QUEUE_ID_SIZE];
+	uint8_t want[QUEUE_SCHED_KEY_LEN];
+	memcpy(qid, mk.mv_data, QUEUE_ID_LEN);
+	qid[QUEUE_ID_LEN] = '\0';
+	int64_t due = stored_due(qid, &mv);
+	queue_sched_key(due, qid, want);
+	if (due >= 0 && memcmp(want, k->mv_data, sizeof want) == 0) {
+		*del = false;
+		return 0;
+	}
+	/* A repair like any other: one log line, counted. */
+	log_warn("%s: dropped a stale schedule entry", qid);
+	q->rec.repaired++;
+	return 0;
+}
+
+/* One item of RECOVER_RESTORE: a record with nothing left to deliver is
+ * finished business (*del, and its body goes); an ACTIVE one gets its
+ * entry if it has none. */
+static int restore_record(struct queue *q, MDB_txn *txn, const MDB_val *k,
+                          const MDB_val *v, bool *del)
+{
+	char qid[QUEUE_ID_SIZE];
+	struct queue_msg *m;
+	*del = false;
+	if (!key_qid(k, qid) || queue_msg_decode(qid, v->mv_data, v->mv_size, &m))
+		return 0;
+	int64_t due = queue_msg_due(m);
+	bool active = m->state == QUEUE_MSG_ACTIVE;
+	queue_msg_free(m);
+	if (due < 0) {
+		log_warn("%s: removed: every recipient was done", qid);
+		if (unlinkat(q->msg_fd, qid, 0) < 0 && errno != ENOENT)
+			log_err("%s: cannot remove msg/%s: %s", qid, qid,
+			        strerror(errno));
+		*del = true;
+		q->rec.nmsg--;
+		q->rec.repaired++;
+		return 0;
+	}
+	if (!active)
+		return 0;
+	uint8_t sk[QUEUE_SCHED_KEY_LEN];
+	queue_sched_key(due, qid, sk);
+	MDB_val skv = {sizeof sk, sk}, empty = {0, NULL};
+	int rc = mdb_put(txn, q->dbi_sched, &skv, &empty, MDB_NOOVERWRITE);
+	if (rc == MDB_KEYEXIST)
+		return 0;
+	if (rc == 0) {
+		log_warn("%s: restored its schedule entry", qid);
+		q->rec.repaired++;
+	}
+	return rc;
+}
+
+/* One step of an index phase: up to RECOVER_STEP items in one write
+ * transaction (synchronous, like every index change; a step that
+ * changed nothing writes nothing). *more is false when the phase is
+ * finished. */
+static int recover_index_step(struct queue *q, bool *more, uint64_t *syncs)
+{
+	struct recovery *rs = &q->rec;
+	MDB_txn *txn = NULL;
 	MDB_cursor *cur = NULL;
 	MDB_val k, v;
-	int rc, r = 0;
+	size_t n = 0, changed = 0;
+	int r = 0;
+	MDB_dbi dbi = rs->phase == RECOVER_SCHED ? q->dbi_sched : q->dbi_msg;
 
-	if ((rc = mdb_txn_begin(q->env, NULL, 0, &txn)))
+	int rc = mdb_txn_begin(q->env, NULL, 0, &txn);
+	if (rc || (rc = mdb_cursor_open(txn, dbi, &cur)))
 		goto fail;
-	if ((rc = mdb_cursor_open(txn, q->dbi_msg, &cur)))
-		goto abort;
-	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+	*more = false;
+	for (rc = recover_seek(rs, cur, &k, &v); rc == 0;
 	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-		char qid[QUEUE_ID_SIZE];
-		if (key_qid(&k, qid)) {
-			struct stat st;
-			bool short_body = false;
-			if (fstatat(q->msg_fd, qid, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-				struct queue_msg *m;
-				int d = queue_msg_decode(qid, v.mv_data, v.mv_size, &m);
-				/* A record whose body is shorter or longer than it
-				 * says was committed in the window before its batch's
-				 * syncfs returned: no 250 went out for it. */
-				short_body = d == 0 && (uint64_t)st.st_size != m->size;
-				if (d == 0)
-					queue_msg_free(m);
-				else  /* kept: dropping it would lose the mail */
-					log_warn("%s: index record cannot be decoded: %s",
-					         qid, strerror(-d));
-				if (!short_body) {
-					(*nmsg)++;
-					memcpy(floor, qid, QUEUE_ID_SIZE);  /* key order */
-					continue;
-				}
-				log_warn("%s: dropped index record: body has %lld "
-				         "bytes, not the size recorded (unfinished commit)",
-				         qid, (long long)st.st_size);
-				if (unlinkat(q->msg_fd, qid, 0) < 0 && errno != ENOENT)
-					log_err("%s: cannot remove msg/%s: %s", qid, qid,
-					        strerror(errno));
-			} else if (errno != ENOENT) {
-				r = -errno;
-				log_err("%s: cannot stat msg/%s: %s", qid, qid,
-				        strerror(-r));
-				goto abort;
-			} else {
-				log_warn("%s: dropped index record without body", qid);
-			}
+		if (n == RECOVER_STEP) {
+			*more = true;
+			break;
+		}
+		if (rs->phase != RECOVER_SCHED && above_boundary(q, &k))
+			break;
+		n++;
+		recover_mark(rs, &k);
+		bool del = false;
+		if (rs->phase == RECOVER_RECORDS) {
+			if ((r = check_record(q, &k, &v, &del)))
+				goto fail;
+			rs->repaired += del;
+		} else if (rs->phase == RECOVER_SCHED) {
+			rc = check_entry(q, txn, &k, &del);
 		} else {
-			char esc[64];
-			log_warn("queue: dropped index record with bad key %s",
-			         log_escape(esc, sizeof esc, k.mv_data, k.mv_size));
+			size_t before = rs->repaired;
+			rc = restore_record(q, txn, &k, &v, &del);
+			changed += rs->repaired != before;
 		}
-		/* After a delete the cursor already stands on the next record,
-		 * and LMDB's MDB_NEXT knows it (C_DEL): nothing is skipped. */
-		if ((rc = mdb_cursor_del(cur, 0)))
-			goto abort;
-		(*repaired)++;
-	}
-	if (rc != MDB_NOTFOUND)
-		goto abort;
-	mdb_cursor_close(cur);
-	cur = NULL;
-
-	if ((rc = mdb_cursor_open(txn, q->dbi_sched, &cur)))
-		goto abort;
-	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
-	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-		MDB_val mk = {QUEUE_ID_LEN, (uint8_t *)k.mv_data + 8}, mv;
-		if (k.mv_size == QUEUE_SCHED_KEY_LEN) {
-			rc = mdb_get(txn, q->dbi_msg, &mk, &mv);
-			if (rc == 0) {
-				/* An entry must be the one queue_msg_due() gives
-				 * its record (see queue_msg_due); a stale one is
-				 * dropped here and the right one restored below. */
-				char qid[QUEUE_ID_SIZE];
-				uint8_t want[QUEUE_SCHED_KEY_LEN];
-				memcpy(qid, mk.mv_data, QUEUE_ID_LEN);
-				qid[QUEUE_ID_LEN] = '\0';
-				int64_t due = stored_due(qid, &mv);
-				queue_sched_key(due, qid, want);
-				if (due >= 0 && memcmp(want, k.mv_data, sizeof want) == 0)
-					continue;
-				/* A repair like any other: one log line, counted
-				 * (it used to go silently). */
-				log_warn("%s: dropped a stale schedule entry", qid);
-				(*repaired)++;
-			} else if (rc != MDB_NOTFOUND) {
-				goto abort;
-			}
-		}
-		/* The record's own log line said why (dropped above). */
-		if ((rc = mdb_cursor_del(cur, 0)))
-			goto abort;
-	}
-	if (rc != MDB_NOTFOUND)
-		goto abort;
-	mdb_cursor_close(cur);
-	cur = NULL;
-
-	/* Every ACTIVE message with recipients left has its entry; a record
-	 * with nothing left to deliver is finished business. */
-	if ((rc = mdb_cursor_open(txn, q->dbi_msg, &cur)))
-		goto abort;
-	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
-	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-		char qid[QUEUE_ID_SIZE];
-		struct queue_msg *m;
-		if (!key_qid(&k, qid) ||
-		    queue_msg_decode(qid, v.mv_data, v.mv_size, &m))
-			continue;
-		int64_t due = queue_msg_due(m);
-		bool active = m->state == QUEUE_MSG_ACTIVE;
-		queue_msg_free(m);
-		if (due < 0) {
-			log_warn("%s: removed: every recipient was done", qid);
-			if ((rc = mdb_cursor_del(cur, 0)))
-				goto abort;
-			if (unlinkat(q->msg_fd, qid, 0) < 0 && errno != ENOENT)
-				log_err("%s: cannot remove msg/%s: %s", qid, qid,
-				        strerror(errno));
-			(*nmsg)--;
-			(*repaired)++;
-			continue;
-		}
-		if (!active)
-			continue;
-		uint8_t sk[QUEUE_SCHED_KEY_LEN];
-		queue_sched_key(due, qid, sk);
-		MDB_val skv = {sizeof sk, sk}, empty = {0, NULL};
-		rc = mdb_put(txn, q->dbi_sched, &skv, &empty, MDB_NOOVERWRITE);
-		if (rc == MDB_KEYEXIST)
-			continue;
 		if (rc)
-			goto abort;
-		log_warn("%s: restored its schedule entry", qid);
-		(*repaired)++;
+			goto fail;
+		/* After a delete the cursor already stands on the next item,
+		 * and LMDB's MDB_NEXT knows it (C_DEL): nothing is skipped. */
+		if (del) {
+			if ((rc = mdb_cursor_del(cur, 0)))
+				goto fail;
+			changed++;
+		}
 	}
-	if (rc != MDB_NOTFOUND)
-		goto abort;
+	if (rc != 0 && rc != MDB_NOTFOUND)
+		goto fail;
 	mdb_cursor_close(cur);
 	cur = NULL;
+	if (changed)
+		*syncs += 2;
 	if ((rc = mdb_txn_commit(txn)))
-		goto fail;
+		goto fail_committed;
 	return 0;
-abort:
+fail:
 	if (cur)
 		mdb_cursor_close(cur);
-	mdb_txn_abort(txn);
+	if (txn)
+		mdb_txn_abort(txn);
 	if (r)
 		return r;
-fail:
+fail_committed:
 	log_err("queue: recovery: index: %s", mdb_strerror(rc));
 	return queue_mdb_errno(rc);
 }
 
-/* Removes msg/ files without an index record: their commit never reached
- * the index, so no client got a 250 for them. */
-static int recover_bodies(struct queue *q, size_t *repaired)
+/* One step of RECOVER_BODIES: up to RECOVER_STEP directory entries of
+ * msg/. A body below the boundary without a record is an orphan: its
+ * commit never reached the index, so no client got a 250 for it. */
+static int recover_bodies_step(struct queue *q, bool *more)
 {
+	struct recovery *rs = &q->rec;
+	*more = false;
+	if (!rs->dir) {
+		int fd = openat(q->msg_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		rs->dir = fd < 0 ? NULL : fdopendir(fd);
+		if (!rs->dir) {
+			int r = -errno;
+			if (fd >= 0)
+				close(fd);
+			log_err("queue: cannot read msg/: %s", strerror(-r));
+			return r;
+		}
+	}
+	/* Per step, after the last batch's commit (see above). */
 	MDB_txn *txn;
 	int rc = mdb_txn_begin(q->env, NULL, MDB_RDONLY, &txn);
 	if (rc) {
 		log_err("queue: recovery: index: %s", mdb_strerror(rc));
 		return queue_mdb_errno(rc);
 	}
-	int fd = openat(q->msg_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	DIR *d = fd < 0 ? NULL : fdopendir(fd);
 	int r = 0;
-	if (!d) {
-		r = -errno;
-		if (fd >= 0)
-			close(fd);
-		log_err("queue: cannot read msg/: %s", strerror(-r));
-		goto out;
-	}
 	struct dirent *e;
-	while ((e = readdir(d))) {
-		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+	for (size_t n = 0; n < RECOVER_STEP; n++) {
+		errno = 0;
+		if (!(e = readdir(rs->dir))) {
+			if (errno) {
+				r = -errno;
+				log_err("queue: cannot read msg/: %s", strerror(-r));
+			}
+			goto out;
+		}
+		const char *what = "unfinished body";
+		switch (queue_recover_classify(e->d_name, q->boundary)) {
+		case QUEUE_RECOVER_SKIP:
+		case QUEUE_RECOVER_KEEP:
 			continue;
-		if (queue_id_valid(e->d_name)) {
+		case QUEUE_RECOVER_OLD_BODY:
+		case QUEUE_RECOVER_NEW_BODY: {
 			MDB_val k = {QUEUE_ID_LEN, e->d_name}, v;
 			rc = mdb_get(txn, q->dbi_msg, &k, &v);
 			if (rc == 0)
@@ -1980,35 +2208,141 @@ static int recover_bodies(struct queue *q, size_t *repaired)
 			if (rc != MDB_NOTFOUND) {
 				log_err("queue: recovery: index: %s", mdb_strerror(rc));
 				r = queue_mdb_errno(rc);
-				break;
+				goto out;
 			}
+			if (q->recover_async &&
+			    strcmp(e->d_name, q->boundary) > 0) {
+				/* Not expected (see above): kept, never lost. */
+				log_warn("%s: body without a record from this run; "
+				         "kept", e->d_name);
+				continue;
+			}
+			what = "orphan body";
+			break;
+		}
+		case QUEUE_RECOVER_REMOVE:
+			break;
 		}
 		if (unlinkat(q->msg_fd, e->d_name, 0) < 0) {
+			if (errno == ENOENT)   /* removed meanwhile (a delete) */
+				continue;
 			r = -errno;
 			log_err("queue: cannot remove msg/%s: %s", e->d_name,
 			        strerror(-r));
-			break;
+			goto out;
 		}
-		log_removed("msg", e->d_name, e->d_name[0] == '.' ?
-		            "unfinished body" : "orphan body");
-		(*repaired)++;
+		log_removed("msg", e->d_name, what);
+		rs->repaired++;
 	}
-	closedir(d);
+	*more = true;
 out:
 	mdb_txn_abort(txn);
+	if (!*more) {
+		closedir(rs->dir);
+		rs->dir = NULL;
+	}
 	return r;
 }
 
-static int recover(struct queue *q, char floor[QUEUE_ID_SIZE])
+/* Test hook: with a gate path set, recovery waits before its first step
+ * until that file exists (bounded), so a test can see what happens while
+ * recovery runs.
+ * Returns true while closed. */
+static bool recover_gated(struct queue *q)
 {
-	size_t nmsg = 0, repaired = 0;
-	int r;
-	if ((r = recover_tmp(q, &repaired)) ||
-	    (r = recover_index(q, &nmsg, &repaired, floor)) ||
-	    (r = recover_bodies(q, &repaired)))
+	struct recovery *rs = &q->rec;
+	if (!rs->gate || rs->phase != RECOVER_TMP)
+		return false;
+	if (access(rs->gate, F_OK) == 0) {
+		log_info("recovery: gate %s open", rs->gate);
+		free(rs->gate);
+		rs->gate = NULL;
+		return false;
+	}
+	uint64_t t = now_us();
+	if (!rs->gate_t0) {
+		rs->gate_t0 = t;
+		log_info("recovery: waiting for gate %s", rs->gate);
+	} else if (t - rs->gate_t0 > RECOVER_GATE_MAX_US) {
+		log_warn("recovery: gate %s still closed; going on", rs->gate);
+		free(rs->gate);
+		rs->gate = NULL;
+		return false;
+	}
+	return true;
+}
+
+/* Runs one step. Returns 0 (more to do unless rec.phase is
+ * RECOVER_DONE) or -errno (recovery failed; relayd cannot go on safely
+ * with a spool it could not read). Sets *index_done when the index
+ * phases have just finished. Writer thread (or queue_open). */
+static int recover_step(struct queue *q, bool *index_done, uint64_t *syncs)
+{
+	struct recovery *rs = &q->rec;
+	bool more = false;
+	int r = 0;
+	*index_done = false;
+	switch (rs->phase) {
+	case RECOVER_TMP:
+		r = recover_tmp(q);
+		break;
+	case RECOVER_RECORDS:
+	case RECOVER_SCHED:
+	case RECOVER_RESTORE:
+		r = recover_index_step(q, &more, syncs);
+		break;
+	case RECOVER_BODIES:
+		r = recover_bodies_step(q, &more);
+		break;
+	case RECOVER_DONE:
+		return 0;
+	}
+	if (r) {
+		log_err("recovery: failed in the %s phase: %s",
+		        recover_phase_names[rs->phase], strerror(-r));
 		return r;
-	log_info("recovery: %zu messages in queue, %zu repaired", nmsg, repaired);
+	}
+	if (more)
+		return 0;
+	rs->keylen = 0;
+	rs->phase++;
+	log_debug("recovery: %s phase", recover_phase_names[rs->phase]);
+	if (rs->phase == RECOVER_BODIES) {
+		*index_done = true;
+		log_info("queue: index consistent after %.3f s of recovery, "
+		         "%zu messages from before this start; delivery may begin",
+		         (double)(now_us() - rs->t0) / 1e6, rs->nmsg);
+	} else if (rs->phase == RECOVER_DONE) {
+		log_info("recovery: %zu messages in queue, %zu repaired",
+		         rs->nmsg, rs->repaired);
+	}
 	return 0;
+}
+
+/* The largest qid in the index: the id generator starts above it. */
+static int index_floor(struct queue *q, char floor[QUEUE_ID_SIZE])
+{
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	int rc = mdb_txn_begin(q->env, NULL, MDB_RDONLY, &txn);
+	if (rc)
+		goto fail;
+	if ((rc = mdb_cursor_open(txn, q->dbi_msg, &cur)) == 0) {
+		for (rc = mdb_cursor_get(cur, &k, &v, MDB_LAST); rc == 0;
+		     rc = mdb_cursor_get(cur, &k, &v, MDB_PREV))
+			if (key_qid(&k, floor))
+				break;
+		mdb_cursor_close(cur);
+	}
+	mdb_txn_abort(txn);
+	if (rc == MDB_NOTFOUND)
+		floor[0] = '\0';
+	if (rc == 0 || rc == MDB_NOTFOUND)
+		return 0;
+fail:
+	log_err("queue: cannot read the index: %s", mdb_strerror(rc));
+	return queue_mdb_errno(rc);
 }
 
 int queue_open(uv_loop_t *loop, const struct queue_opts *o, struct queue **out)
@@ -2063,19 +2397,40 @@ int queue_open(uv_loop_t *loop, const struct queue_opts *o, struct queue **out)
 
 	if ((r = open_dirs(q, o->spool_dir)) ||
 	    (r = open_index(q, o->spool_dir, o->map_size)) ||
-	    (r = recover(q, floor)))
+	    (r = index_floor(q, floor)))
 		goto fail;
 	queue_idgen_init(&q->idgen, floor);
 	/* The first reading before any MAIL; the opener thread keeps it
 	 * fresh from here on. */
 	if (q->min_free)
 		space_read(q);
+	/* The first id is never given out: it divides this run's ids and
+	 * file names from those of earlier runs (recovery section). */
+	queue_new_id(q, q->boundary);
 	/* Unnamed bodies only where one syncfs makes the link, the inode and
 	 * the data durable together; fsync mode keeps named files, whose
 	 * fdatasync-then-rename order needs no inode sync of its own. */
 	if (q->sync == QUEUE_SYNC_SYNCFS && !probe_tmpfile(q))
 		log_info("queue: no O_TMPFILE in %s/msg; bodies start as "
 		         "msg/.NAME files", o->spool_dir);
+
+	q->rec.t0 = now_us();
+	q->recover_async = o->recover_async;
+	if (!q->recover_async) {
+		uint64_t syncs = 0;
+		bool index_done;
+		while (q->rec.phase != RECOVER_DONE)
+			if ((r = recover_step(q, &index_done, &syncs)))
+				goto fail;
+		q->index_ready = q->ready_told = true;
+	} else {
+		if (o->recover_gate && !(q->rec.gate = strdup(o->recover_gate))) {
+			r = -ENOMEM;
+			goto fail;
+		}
+		log_info("recovery: started in the background (spool %s)",
+		         o->spool_dir);
+	}
 
 	if ((r = uv_async_init(loop, &q->async, async_cb)) < 0) {
 		log_err("queue: uv_async_init: %s", uv_strerror(r));

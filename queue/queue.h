@@ -131,6 +131,13 @@ struct queue_opts {
 	uint64_t min_free;          /* queue_min_free: bytes the spool's file
 	                               system must keep free for MAIL to be
 	                               accepted (queue_space_check); 0: off */
+	bool recover_async;         /* startup recovery on the writer thread
+	                               after queue_open() returns (relayd), so
+	                               listening never waits for a big spool;
+	                               false: queue_open() does it all first */
+	const char *recover_gate;   /* tests only (recover_async): recovery
+	                               waits before its first step until this
+	                               path exists (at most 120 s); NULL: none */
 };
 
 struct queue_stats {
@@ -142,12 +149,22 @@ struct queue_stats {
 	uint64_t gather_us;   /* time it spent waiting for a batch to fill */
 };
 
-/* Creates the spool directories if needed, opens the index, runs startup
+/* Creates the spool directories if needed, opens the index, starts startup
  * recovery (logs one line per repaired item: index records without a body
  * are dropped, bodies without an index record and every tmp/ file are
- * removed), and starts the writer thread, which reports to `loop` through
- * a uv_async_t. Returns 0 or -errno (with a log line saying why). */
+ * removed; at the end "recovery: N messages in queue, M repaired"), and
+ * starts the writer thread, which reports to `loop` through a uv_async_t.
+ * With o->recover_async, recovery runs on the writer thread, in steps
+ * between commits: new mail is accepted meanwhile and never mistaken for
+ * an orphan (queue.c explains why). Returns 0 or -errno (with a log line
+ * saying why). */
 int queue_open(uv_loop_t *loop, const struct queue_opts *o, struct queue **out);
+
+/* True once recovery has made the index consistent (at once without
+ * recover_async): records have their bodies and the schedule agrees with
+ * them. Delivery must not start before; the notify callback runs when it
+ * turns true. Loop thread. */
+bool queue_recovered(const struct queue *q);
 
 /* Waits for the writer to finish queued commits (their callbacks run),
  * stops it, and closes the async handle; done_cb runs from the handle's

@@ -66,9 +66,17 @@ enum queue_check_name queue_check_name(const char *name)
 		return QUEUE_NAME_BODY;
 	if (name[0] != '.')
 		return QUEUE_NAME_STRAY;
-	/* queue.c: part_name() and the opener's ".p%016llx". */
+	/* queue.c: part_name() and the opener's ".p" + the run's boundary
+	 * id + "%016llx" (".p%016llx" before the boundary existed). */
 	if (queue_id_valid(name + 1) || (name[1] == 'p' && hex16(name + 2)))
 		return QUEUE_NAME_PART;
+	if (name[1] == 'p' && strnlen(name + 2, QUEUE_ID_LEN) == QUEUE_ID_LEN) {
+		char id[QUEUE_ID_SIZE];
+		memcpy(id, name + 2, QUEUE_ID_LEN);
+		id[QUEUE_ID_LEN] = '\0';
+		if (queue_id_valid(id) && hex16(name + 2 + QUEUE_ID_LEN))
+			return QUEUE_NAME_PART;
+	}
 	return QUEUE_NAME_TEMP;
 }
 

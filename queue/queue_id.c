@@ -4,7 +4,8 @@
  * (20 bits). The alphabet is in ASCII order, so ids sort by time as plain
  * strings (and as LMDB keys). The generator never goes backwards: not when
  * the clock stands still or steps back, and not across restarts (seeded
- * with the largest id in the index).
+ * with the largest id in the index). Also how startup recovery tells this
+ * run's names in msg/ from an earlier run's (queue_recover_classify).
  */
 #include "queue/queue_int.h"
 
@@ -73,4 +74,25 @@ void queue_idgen_next(struct queue_idgen *g, uint64_t now_us,
 	put_b32(out, g->last_us, ID_TIME_CHARS);
 	put_b32(out + ID_TIME_CHARS, g->seq, ID_SEQ_CHARS);
 	out[QUEUE_ID_LEN] = '\0';
+}
+
+enum queue_recover_kind queue_recover_classify(const char *name,
+                                               const char *boundary)
+{
+	if (!strcmp(name, ".") || !strcmp(name, ".."))
+		return QUEUE_RECOVER_SKIP;
+	if (queue_id_valid(name))
+		return strcmp(name, boundary) < 0 ? QUEUE_RECOVER_OLD_BODY
+		                                  : QUEUE_RECOVER_NEW_BODY;
+	if (name[0] != '.')
+		return QUEUE_RECOVER_REMOVE;        /* a stray file */
+	/* msg/.QID: a body this run creates on the spot. */
+	if (queue_id_valid(name + 1) && strcmp(name + 1, boundary) > 0)
+		return QUEUE_RECOVER_KEEP;
+	/* ".p" + boundary + counter: this run's pool file. */
+	size_t bl = strlen(boundary);
+	if (name[1] == 'p' && !strncmp(name + 2, boundary, bl) &&
+	    name[2 + bl] != '\0')
+		return QUEUE_RECOVER_KEEP;
+	return QUEUE_RECOVER_REMOVE;            /* an earlier run's */
 }

@@ -32,6 +32,22 @@ int queue_msg_encode(const struct queue_msg *m, uint8_t **out, size_t *outlen);
 int queue_msg_decode(const char *qid, const uint8_t *p, size_t n,
                      struct queue_msg **out);
 
+/* What startup recovery does with a name it finds in msg/, given the
+ * run's boundary id (queue.c: every id this run gives out is above it). */
+enum queue_recover_kind {
+	QUEUE_RECOVER_SKIP,      /* "." or ".." */
+	QUEUE_RECOVER_KEEP,      /* this run's body being received or pool
+	                            file (".QID" above the boundary, or ".p" +
+	                            boundary + counter) */
+	QUEUE_RECOVER_OLD_BODY,  /* msg/QID below the boundary: removed when
+	                            it has no record (an orphan) */
+	QUEUE_RECOVER_NEW_BODY,  /* msg/QID of this run: never removed while
+	                            this run accepts mail */
+	QUEUE_RECOVER_REMOVE,    /* an earlier run's dot file, or a stray */
+};
+enum queue_recover_kind queue_recover_classify(const char *name,
+                                               const char *boundary);
+
 /* ---- shared by queue.c (daemon) and queue_ro.c (readers) ----------- */
 
 /* LMDB layout of spool_dir/index: named databases

@@ -330,6 +330,12 @@ int main(int argc, char **argv)
 		.min_free = c->queue_min_free,
 		.sync = c->spool_sync == CONF_SYNC_FSYNC ? QUEUE_SYNC_FSYNC
 		                                         : QUEUE_SYNC_SYNCFS,
+		/* Listening must not wait for the spool's recovery (a
+		 * million messages take a minute to check). */
+		.recover_async = true,
+		/* Test hook: tests/e2e/test_recovery_async.py holds recovery
+		 * at this gate to see what happens while it runs. */
+		.recover_gate = getenv("RELAYD_TEST_RECOVERY_GATE"),
 	};
 	r = queue_open(&d.loop, &qo, &d.q);
 	if (r < 0) {

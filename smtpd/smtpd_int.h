@@ -28,11 +28,23 @@
 #include "smtpd/smtpd_proto.h"
 
 
+/* Memory per session is bounded for a client that does not read
+ * (issue 8 §4): at most IN_HIGH of its input is held (plaintext), and
+ * input stops being processed, and read, while OUT_HIGH of replies wait
+ * to be sent (s->out, libuv's write queue, OpenSSL's output); the core
+ * writes at most SMTPD_OUT_BATCH (plus one reply) before they are sent.
+ * About 53 KiB in all; an idle session holds neither buffer. */
 #define READ_CHUNK   (64 * 1024)
-/* Unconsumed input kept while a commit is pending or a line is partial. */
-#define IN_HIGH      (256 * 1024)
-/* Stop reading while this much output waits for a slow reader. */
-#define OUT_HIGH     (256 * 1024)
+/* Unconsumed input kept while a commit is pending, a line is partial or
+ * replies wait for a slow reader. */
+#define IN_HIGH      (32 * 1024)
+/* Stop processing input and reading while this much output waits. */
+#define OUT_HIGH     (16 * 1024)
+/* The kernel's send buffer of a session (SO_SNDBUF; Linux doubles it).
+ * Replies are small: without a cap, autotuning lets a client that does
+ * not read make relayd generate megabytes of them per connection into
+ * kernel memory (and spend the CPU to) before OUT_HIGH is ever reached. */
+#define SESS_SNDBUF  (32 * 1024)
 #define BACKLOG      511
 /* A graceful close waits this long for queued replies to drain; a peer
  * that stopped reading must not hold its session slot forever. */
@@ -137,6 +149,13 @@ struct smtpd {
 	void *stop_arg;
 };
 
+/* Which deadline the session's timer runs for (besides its lifetime). */
+enum sess_phase {
+	SESS_PH_NONE,    /* a commit or password check runs: no deadline */
+	SESS_PH_CMD,     /* waiting for a command line, or inside one */
+	SESS_PH_DATA,    /* DATA or a BDAT chunk: data_min_rate applies */
+};
+
 /* A session's TLS, as the shell sees it (the core only knows in or out). */
 enum sess_tls {
 	SESS_TLS_OFF,        /* plaintext */
@@ -163,6 +182,20 @@ struct smtpd_session {
 	bool stop_after_commit;
 	bool reading;
 	bool eof;              /* the client shut down its side */
+	/* Deadlines (uv_now() milliseconds; smtpd_session.c's
+	 * update_timer). born: accepted, for session_max_lifetime. deadline:
+	 * the current phase's: the idle wait and the command line begun
+	 * (timeout_command from its first byte), or the data's budget
+	 * (timeout_data, topped up by data_min_rate). */
+	uint64_t born;
+	uint64_t deadline;
+	enum sess_phase phase;
+	bool line_started;     /* a command line's first byte has come */
+	bool cmd_done;         /* a command completed since update_timer */
+	uint64_t data_new;     /* data bytes consumed since update_timer */
+	uint64_t data_total;   /* and in this data phase so far */
+	uint64_t data_start;   /* uv_now() when it began */
+	uint64_t data_last;    /* uv_now() when data last came */
 	struct smtpd_proto *proto;
 	struct smtpd_relay_sess relay;   /* relay policy of this client */
 	/* Plaintext: in is what the core has yet to consume (decrypted when

@@ -155,6 +155,14 @@ void smtpd_relay_sess_init(struct smtpd_relay_sess *rs,
 		rs->key[0] = '\0';
 }
 
+bool smtpd_relay_same_client(const struct smtpd_relay_sess *a,
+                             const struct smtpd_relay_sess *b)
+{
+	if (a->key[0] || b->key[0])
+		return strcmp(a->key, b->key) == 0;
+	return strcmp(a->ip, b->ip) == 0;
+}
+
 uint64_t smtpd_relay_now(void)
 {
 	struct timespec ts;

@@ -91,6 +91,13 @@ void smtpd_relay_sess_init(struct smtpd_relay_sess *rs,
                            const struct sockaddr *sa, const char *ip,
                            const char *sid);
 
+/* a and b come from the same client as the limits count clients (the
+ * rates, max_connections_per_ip): the same IPv4 address, or the same
+ * IPv6 /64 (an IPv4-mapped address counts as IPv4); without a rate key
+ * (an unknown family), the same address text. */
+bool smtpd_relay_same_client(const struct smtpd_relay_sess *a,
+                             const struct smtpd_relay_sess *b);
+
 /* Milliseconds on a monotonic clock: the `now_ms` of the calls below. */
 uint64_t smtpd_relay_now(void);
 

@@ -1307,7 +1307,10 @@ size_t smtpd_proto_feed(struct smtpd_proto *p, const uint8_t *in, size_t n,
 {
 	size_t off = 0;
 	*req = SMTPD_REQ_NONE;
-	while (off < n && *req == SMTPD_REQ_NONE) {
+	/* Replies are bounded per call: a client that pipelines commands and
+	 * never reads gets no more than SMTPD_OUT_BATCH (plus one reply)
+	 * written for it before the shell has sent them. */
+	while (off < n && *req == SMTPD_REQ_NONE && out->len < SMTPD_OUT_BATCH) {
 		switch (p->st) {
 		case SMTPD_ST_COMMIT:
 		case SMTPD_ST_STARTTLS:
@@ -1485,28 +1488,38 @@ void smtpd_proto_done(struct smtpd_proto *p, int status, struct buf *out)
 	txn_end(p);
 }
 
-static enum smtpd_req close_with(struct smtpd_proto *p, struct buf *out,
-                                 enum smtp_reply_id id)
+enum smtpd_req smtpd_proto_close(struct smtpd_proto *p, enum smtp_reply_id id,
+                                 struct buf *out)
 {
 	if (p->st != SMTPD_ST_CLOSED) {
 		if (p->st != SMTPD_ST_COMMIT)
 			txn_reset(p);
 		snprintf(p->cmd, sizeof p->cmd, "(%s)",
-		         id == SMTP_R_TIMEOUT ? "timeout" : "shutdown");
+		         id == SMTP_R_TIMEOUT     ? "timeout"
+		         : id == SMTP_R_DATA_SLOW ? "data rate"
+		         : id == SMTP_R_LIFETIME  ? "lifetime"
+		                                  : "shutdown");
 		reply(p, out, id);
 		p->st = SMTPD_ST_CLOSED;
+		/* A line being skipped is not waited for any more. */
+		p->discard_line = false;
 	}
 	return SMTPD_REQ_CLOSE;
 }
 
 enum smtpd_req smtpd_proto_timeout(struct smtpd_proto *p, struct buf *out)
 {
-	return close_with(p, out, SMTP_R_TIMEOUT);
+	return smtpd_proto_close(p, SMTP_R_TIMEOUT, out);
 }
 
 enum smtpd_req smtpd_proto_shutdown(struct smtpd_proto *p, struct buf *out)
 {
-	return close_with(p, out, SMTP_R_SHUTDOWN);
+	return smtpd_proto_close(p, SMTP_R_SHUTDOWN, out);
+}
+
+bool smtpd_proto_in_line(const struct smtpd_proto *p)
+{
+	return p->discard_line;
 }
 
 enum smtpd_state smtpd_proto_state(const struct smtpd_proto *p)

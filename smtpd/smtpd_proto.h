@@ -178,12 +178,19 @@ void smtpd_proto_free(struct smtpd_proto *p);
  * handshake is done, inside TLS (RFC 8314 §3.3). */
 void smtpd_proto_greet(struct smtpd_proto *p, struct buf *out);
 
+/* smtpd_proto_feed stops once `out` holds this many bytes: the shell
+ * sends them (or queues them, up to its own high-water mark) before it
+ * feeds the rest, so a client that pipelines commands and never reads
+ * cannot make replies pile up in memory. One reply may go past it. */
+#define SMTPD_OUT_BATCH 4096
+
 /*
  * Consumes client bytes, appending replies to out. Returns the number of
  * bytes consumed; stops early (leaving the rest for a later call) when a
- * request is raised (*req != NONE) or when only a partial command line is
- * left (fewer than SMTP_CMD_LINE_MAX bytes without LF). While a request is
- * pending it consumes nothing.
+ * request is raised (*req != NONE), when only a partial command line is
+ * left (fewer than SMTP_CMD_LINE_MAX bytes without LF), or when out holds
+ * SMTPD_OUT_BATCH bytes or more (then possibly consuming nothing). While a
+ * request is pending it consumes nothing.
  *
  * SMTPD_REQ_STARTTLS is the exception: it consumes all n bytes. What
  * follows the STARTTLS line was sent before the TLS handshake and must
@@ -229,6 +236,14 @@ const char *smtpd_proto_auth_name(const struct smtpd_proto *p);
  * NULL (not authenticated, or authenticated without one: tests). */
 const struct cred *smtpd_proto_cred(const struct smtpd_proto *p);
 
+/* The shell ends the session with the 421 reply id (SMTP_R_TIMEOUT,
+ * SMTP_R_DATA_SLOW, SMTP_R_LIFETIME, SMTP_R_SHUTDOWN), logged as a
+ * refusal; the body in progress, if any, is aborted (a commit already
+ * requested is left to its done()). The state becomes CLOSED; returns
+ * SMTPD_REQ_CLOSE. Once CLOSED, it writes nothing. */
+enum smtpd_req smtpd_proto_close(struct smtpd_proto *p, enum smtp_reply_id id,
+                                 struct buf *out);
+
 /* Timer fired: 421 4.4.2, body aborted; returns SMTPD_REQ_CLOSE. */
 enum smtpd_req smtpd_proto_timeout(struct smtpd_proto *p, struct buf *out);
 
@@ -236,6 +251,11 @@ enum smtpd_req smtpd_proto_timeout(struct smtpd_proto *p, struct buf *out);
 enum smtpd_req smtpd_proto_shutdown(struct smtpd_proto *p, struct buf *out);
 
 enum smtpd_state smtpd_proto_state(const struct smtpd_proto *p);
+/* The core is in the middle of a command line the shell no longer holds:
+ * it consumed the start of an over-long line and skips the rest up to
+ * its LF. With the bytes the shell still holds, this tells whether a
+ * command has begun (its timeout runs from its first byte). */
+bool smtpd_proto_in_line(const struct smtpd_proto *p);
 const struct smtpd_txn *smtpd_proto_txn(const struct smtpd_proto *p);
 /* The "with" keyword of the Received header: "ESMTPSA", "ESMTPA",
  * "ESMTPS", "ESMTP" (RFC 3848) or "SMTP" (HELO); inside a transaction

@@ -133,46 +133,164 @@ static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *b)
 	(void)hint;
 	if (s->tls != SESS_TLS_OFF) {
 		/* Ciphertext: read_cb hands it to OpenSSL at once, so one
-		 * buffer serves every session on the loop thread. */
-		static uint8_t raw[READ_CHUNK];
+		 * buffer serves every session on the loop thread. Two records
+		 * at a time (not READ_CHUNK): what OpenSSL holds undecrypted
+		 * when s->in is full or the client does not read (reading
+		 * stops then) stays within about that. */
+		static uint8_t raw[2 * TLS_STREAM_CHUNK];
 		*b = uv_buf_init((char *)raw, sizeof raw);
 		return;
 	}
-	if (buf_reserve(&s->in, READ_CHUNK) < 0) {
+	/* Plaintext is read into s->in, allocated now (an idle session
+	 * holds no buffer: release_idle) and never past IN_HIGH. Reading
+	 * runs only while s->in is below it (update_reading). */
+	size_t room = s->in.len < IN_HIGH ? IN_HIGH - s->in.len : 0;
+	if (room > READ_CHUNK)
+		room = READ_CHUNK;
+	if (room == 0 || buf_reserve(&s->in, room) < 0) {
 		*b = uv_buf_init(NULL, 0);
 		return;
 	}
-	*b = uv_buf_init((char *)s->in.data + s->in.len,
-	                 (unsigned)(s->in.cap - s->in.len));
+	*b = uv_buf_init((char *)s->in.data + s->in.len, (unsigned)room);
+}
+
+static bool data_state(enum smtpd_state st)
+{
+	return st == SMTPD_ST_DATA || st == SMTPD_ST_BDAT;
+}
+
+/* Buffers an idle session does not need go back to malloc: thousands of
+ * idle connections cost their structs, not their buffers (issue 8 §4).
+ * Message data keeps its input buffer to the end (one allocation per
+ * message, not per read). */
+static void release_idle(struct smtpd_session *s)
+{
+	if (s->in.len == 0 && s->in.data &&
+	    !data_state(smtpd_proto_state(s->proto)))
+		buf_free(&s->in);
+	if (s->out.len == 0 && s->out.data)
+		buf_free(&s->out);
+}
+
+/* Replies not yet taken by the kernel: the core's, libuv's write queue
+ * and what OpenSSL wrote and tls_drain has not passed on. */
+static size_t pending_output(struct smtpd_session *s)
+{
+	return s->out.len +
+	       uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp) +
+	       tls_stream_pending(&s->tls_s);
+}
+
+/* The client is not reading its replies: stop taking its commands. */
+static bool out_blocked(struct smtpd_session *s)
+{
+	return pending_output(s) >= OUT_HIGH;
 }
 
 static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b);
 
-static uint64_t current_timeout(const struct smtpd_session *s)
+static void timer_cb(uv_timer_t *t);
+
+/* No mail transaction is open: a session past its lifetime can be
+ * closed here without cutting a message short. */
+static bool between_messages(enum smtpd_state st)
 {
-	const struct conf *cf = &s->cf->conf;
-	if (s->tls == SESS_TLS_HANDSHAKE)
-		return cf->timeout_command;
-	switch (smtpd_proto_state(s->proto)) {
-	case SMTPD_ST_INIT:
-		return cf->timeout_greeting;
-	case SMTPD_ST_DATA:
-	case SMTPD_ST_BDAT:
-		return cf->timeout_data;
-	default:
-		return cf->timeout_command;
-	}
+	return st == SMTPD_ST_INIT || st == SMTPD_ST_READY ||
+	       st == SMTPD_ST_AUTH_PLAIN || st == SMTPD_ST_AUTH_USER ||
+	       st == SMTPD_ST_AUTH_PASS;
 }
 
-static void timer_cb(uv_timer_t *t);
+static uint64_t add_sat(uint64_t a, uint64_t b)
+{
+	return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
+/* When the session is too old: at session_max_lifetime between
+ * messages, at twice that inside one. */
+static uint64_t lifetime_due(const struct smtpd_session *s)
+{
+	uint64_t l = s->cf->conf.session_max_lifetime;
+	if (between_messages(smtpd_proto_state(s->proto)))
+		return add_sat(s->born, l);
+	return add_sat(s->born, add_sat(l, l));
+}
+
+/*
+ * Sets the deadline of what the session waits for, and the timer to it or
+ * to the session's lifetime, whichever is first. Deadlines move only
+ * when the client makes progress, never because time passes or a write
+ * completes:
+ * - a command: timeout_greeting/timeout_command from the previous command
+ *   (or the start) to the first byte of the next, and timeout_command from
+ *   that first byte to its end: a line trickled a byte at a time ends at
+ *   its deadline (issue 8 §4);
+ * - message data (DATA, a BDAT chunk): timeout_data at first; each byte
+ *   then buys 1000/data_min_rate ms, never beyond timeout_data from now
+ *   (Postfix's smtpd_min_data_rate), so data slower than the rate runs
+ *   out, and idle data runs out after timeout_data.
+ * A commit or password check in flight has no deadline; the TLS
+ * handshake keeps the one tls_begin set.
+ */
+static void update_timer(struct smtpd_session *s)
+{
+	if (s->closing || s->tls == SESS_TLS_HANDSHAKE)
+		return;
+	if (s->commit_pending || s->auth_pending) {
+		s->phase = SESS_PH_NONE;
+		uv_timer_stop(&s->timer);
+		return;
+	}
+	const struct conf *cf = &s->cf->conf;
+	uint64_t now = uv_now(s->srv->loop);
+	enum smtpd_state st = smtpd_proto_state(s->proto);
+	if (data_state(st)) {
+		if (s->phase != SESS_PH_DATA) {
+			s->phase = SESS_PH_DATA;
+			s->deadline = now + cf->timeout_data;
+			s->data_start = s->data_last = now;
+			s->data_total = 0;
+		} else if (s->data_new > 0) {
+			s->data_last = now;
+			uint64_t d = cf->data_min_rate == 0
+			           ? UINT64_MAX
+			           : add_sat(s->deadline, s->data_new * 1000 /
+			                                      cf->data_min_rate);
+			if (d > now + cf->timeout_data)
+				d = now + cf->timeout_data;
+			if (d > s->deadline)
+				s->deadline = d;
+		}
+		s->data_total += s->data_new;
+	} else {
+		bool mid = s->in.len > 0 || smtpd_proto_in_line(s->proto);
+		uint64_t idle = st == SMTPD_ST_INIT ? cf->timeout_greeting
+		                                    : cf->timeout_command;
+		if (s->phase != SESS_PH_CMD || s->cmd_done) {
+			s->phase = SESS_PH_CMD;
+			s->deadline = now + (mid ? cf->timeout_command : idle);
+			s->line_started = mid;
+		} else if (mid && !s->line_started) {
+			s->line_started = true;
+			s->deadline = now + cf->timeout_command;
+		}
+	}
+	s->data_new = 0;
+	s->cmd_done = false;
+	uint64_t due = s->deadline;
+	uint64_t life = lifetime_due(s);
+	if (life < due)
+		due = life;
+	uv_timer_start(&s->timer, timer_cb, due > now ? due - now : 0, 0);
+}
 
 /* Reads only when the protocol can take input and the peer reads ours. */
 static void update_reading(struct smtpd_session *s)
 {
 	/* Reading goes on during a commit: pipelined commands wait in s->in
-	 * (bounded by IN_HIGH), and no epoll change is paid per message. */
+	 * (bounded by IN_HIGH), and no epoll change is paid per message. A
+	 * client that does not read its replies is not read either. */
 	bool want = !s->closing && !s->eof && s->in.len < IN_HIGH &&
-	            uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp) < OUT_HIGH;
+	            !out_blocked(s);
 	if (want && !s->reading) {
 		int r = uv_read_start((uv_stream_t *)&s->tcp, alloc_cb, read_cb);
 		if (r < 0) {
@@ -187,12 +305,7 @@ static void update_reading(struct smtpd_session *s)
 	}
 	/* The handshake has one deadline, set when it starts: a peer that
 	 * trickles bytes does not push it back. */
-	if (s->closing || s->tls == SESS_TLS_HANDSHAKE)
-		return;
-	if (!s->commit_pending && !s->auth_pending)
-		uv_timer_start(&s->timer, timer_cb, current_timeout(s), 0);
-	else
-		uv_timer_stop(&s->timer);
+	update_timer(s);
 }
 
 /* ---- TLS -------------------------------------------------------------------- */
@@ -243,11 +356,11 @@ static int tls_begin(struct smtpd_session *s)
 static int tls_pull(struct smtpd_session *s)
 {
 	while (s->in.len < IN_HIGH) {
-		if (buf_reserve(&s->in, READ_CHUNK) < 0)
-			break;
-		size_t room = s->in.cap - s->in.len;
+		size_t room = IN_HIGH - s->in.len;
 		if (room > READ_CHUNK)
 			room = READ_CHUNK;
+		if (buf_reserve(&s->in, room) < 0)
+			break;
 		ssize_t n = tls_stream_read(&s->tls_s, s->in.data + s->in.len,
 		                            room);
 		if (n > 0) {
@@ -337,10 +450,30 @@ again:
 		if (s->closing || s->commit_pending || s->auth_pending ||
 		    s->in.len == 0)
 			break;
+		/* Past its lifetime between messages: no next command. */
+		if (lifetime_due(s) <= uv_now(s->srv->loop)) {
+			uv_timer_start(&s->timer, timer_cb, 0, 0);
+			break;
+		}
+		/* The client does not read: its commands wait (and so does
+		 * it: reading stops too) until the replies drain. */
+		if (out_blocked(s))
+			break;
+		enum smtpd_state st = smtpd_proto_state(s->proto);
 		enum smtpd_req req;
 		size_t k = smtpd_proto_feed(s->proto, s->in.data, s->in.len,
 		                            &s->out, &req);
 		buf_consume(&s->in, k);
+		if (k > 0 && data_state(st))
+			s->data_new += k;
+		else if (k > 0 && !smtpd_proto_in_line(s->proto))
+			s->cmd_done = true;
+		/* A batch of replies goes out now (the core stopped there). */
+		if (s->out.len >= SMTPD_OUT_BATCH) {
+			smtpd_session_flush(s);
+			if (s->closing)
+				return;
+		}
 		if (req == SMTPD_REQ_COMMIT) {
 			smtpd_commit_start(s);
 			continue;
@@ -374,18 +507,27 @@ again:
 	smtpd_session_flush(s);
 	if (s->closing)
 		return;
-	if (s->eof && !s->commit_pending && !s->auth_pending) {
+	/* After a half-close, commands waiting for their replies to drain
+	 * are still answered (write_cb comes back here). */
+	if (s->eof && !s->commit_pending && !s->auth_pending &&
+	    !(s->in.len > 0 && out_blocked(s))) {
 		smtpd_session_close(s, true);
 		return;
 	}
 	update_reading(s);
+	release_idle(s);
 }
 
 static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 {
 	struct smtpd_session *s = st->data;
-	if (nread == 0 || s->closing)
+	if (nread == 0 || s->closing) {
+		/* libuv ends each batch of reads with one that found nothing
+		 * (EAGAIN): the buffer alloc_cb made for it goes back. */
+		if (!s->closing)
+			release_idle(s);
 		return;
+	}
 	if (nread == UV_EOF) {
 		if (s->tls == SESS_TLS_HANDSHAKE) {
 			log_info("s=%s: TLS handshake failed with [%s]:%d: connection "
@@ -432,6 +574,8 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 static void timer_cb(uv_timer_t *t)
 {
 	struct smtpd_session *s = t->data;
+	if (s->closing)
+		return;
 	if (s->tls == SESS_TLS_HANDSHAKE) {
 		log_info("s=%s: TLS handshake timed out with [%s]:%d", s->sid, s->ip,
 		         s->port);
@@ -441,9 +585,35 @@ static void timer_cb(uv_timer_t *t)
 		smtpd_session_close(s, false);
 		return;
 	}
-	log_info("s=%s: timeout in state %s from [%s]:%d", s->sid,
-	         smtpd_state_names[smtpd_proto_state(s->proto)], s->ip, s->port);
-	smtpd_proto_timeout(s->proto, &s->out);
+	const struct conf *cf = &s->cf->conf;
+	uint64_t now = uv_now(s->srv->loop);
+	const char *state = smtpd_state_names[smtpd_proto_state(s->proto)];
+	enum smtp_reply_id why;
+	if (lifetime_due(s) <= now) {
+		why = SMTP_R_LIFETIME;
+		log_info("s=%s: session lifetime exceeded in state %s from "
+		         "[%s]:%d: %" PRIu64 " s old (session_max_lifetime %" PRIu64
+		         " s)", s->sid, state, s->ip, s->port,
+		         (now - s->born) / 1000, cf->session_max_lifetime / 1000);
+	} else if (s->deadline > now) {
+		update_timer(s);   /* the soft lifetime passed inside a message */
+		return;
+	} else if (s->phase == SESS_PH_DATA && cf->data_min_rate > 0 &&
+	           s->data_total > 0 && now - s->data_last < cf->timeout_data) {
+		/* Data kept coming, too slowly (idle data is a timeout). */
+		why = SMTP_R_DATA_SLOW;
+		log_info("s=%s: data too slow in state %s from [%s]:%d: %" PRIu64
+		         " bytes in %" PRIu64 " ms (data_min_rate %u bytes/s)",
+		         s->sid, state, s->ip, s->port, s->data_total,
+		         now - s->data_start, cf->data_min_rate);
+	} else {
+		why = SMTP_R_TIMEOUT;
+		log_info("s=%s: timeout in state %s from [%s]:%d%s", s->sid, state,
+		         s->ip, s->port,
+		         s->phase == SESS_PH_CMD && s->line_started
+		             ? " (command line not completed)" : "");
+	}
+	smtpd_proto_close(s->proto, why, &s->out);
 	smtpd_session_flush(s);
 	smtpd_session_close(s, true);
 }
@@ -549,11 +719,14 @@ void smtpd_session_close(struct smtpd_session *s, bool graceful)
 	close_handles(s);
 }
 
-static unsigned count_ip(const struct smtpd *srv, const char *ip)
+/* Sessions from the client of `c` (itself included), counted as the rate
+ * limits count clients: IPv4 by address, IPv6 by /64, so one host cannot
+ * take max_connections_per_ip once for each of its 2^64 addresses. */
+static unsigned count_ip(const struct smtpd *srv, const struct smtpd_session *c)
 {
 	unsigned n = 0;
 	for (const struct smtpd_session *s = srv->sessions; s; s = s->next)
-		if (strcmp(s->ip, ip) == 0)
+		if (smtpd_relay_same_client(&s->relay, &c->relay))
 			n++;
 	return n;
 }
@@ -607,6 +780,7 @@ void smtpd_session_accept_cb(uv_stream_t *server, int status)
 	uv_timer_init(srv->loop, &s->timer);
 	s->tcp.data = s->timer.data = s;
 	s->open_handles = 2;
+	s->born = uv_now(srv->loop);
 	s->next = srv->sessions;
 	if (s->next)
 		s->next->prev = s;
@@ -621,6 +795,10 @@ void smtpd_session_accept_cb(uv_stream_t *server, int status)
 		return;
 	}
 	uv_tcp_nodelay(&s->tcp, 1);
+	int sndbuf = SESS_SNDBUF;
+	r = uv_send_buffer_size((uv_handle_t *)&s->tcp, &sndbuf);
+	if (r < 0)
+		log_warn("s=%s: SO_SNDBUF: %s", s->sid, uv_strerror(r));
 	peer_name(&s->tcp, &s->peer, s->ip, sizeof s->ip, &s->port);
 	const struct sockaddr *peer = (const struct sockaddr *)&s->peer;
 	bool trusted = smtpd_cidr_match(&srv->conf->trusted, peer);
@@ -667,7 +845,7 @@ void smtpd_session_accept_cb(uv_stream_t *server, int status)
 		(void)0;
 	else if (srv->nsessions > cf->max_connections)
 		refuse = SMTP_R_TOO_MANY_CONN;
-	else if (count_ip(srv, s->ip) > cf->max_connections_per_ip)
+	else if (count_ip(srv, s) > cf->max_connections_per_ip)
 		refuse = SMTP_R_TOO_MANY_CONN_IP;
 	if (refuse != SMTP_R__COUNT) {
 		const struct smtp_reply_def *d = &smtp_replies[refuse];

@@ -81,7 +81,12 @@ class Relayd:
             for k, v in self.conf.items():
                 f.write("%s = %s\n" % (k, v))
 
-    def start(self, env=None):
+    def start(self, env=None, wait_recovery=True):
+        """Starts relayd and waits (bounded) until it listens and, unless
+        wait_recovery is false, until its startup recovery has finished:
+        relayd listens at once and recovers the spool in the background,
+        and most scenarios mean to look at a recovered spool."""
+        seen = len(self.log_text())
         e = dict(os.environ)
         if SANITIZE:
             e.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
@@ -93,7 +98,20 @@ class Relayd:
                                      stdout=self.stderr, stderr=self.stderr,
                                      stdin=subprocess.DEVNULL, env=e)
         wait_until(self._listening, timeout=20, what="relayd to listen")
+        if wait_recovery:
+            wait_until(lambda: self._recovered(seen), timeout=60,
+                       what="relayd's startup recovery to finish")
         return self
+
+    def _recovered(self, seen):
+        if self.proc.poll() is not None:
+            raise AssertionError("relayd exited with %s:\n%s" %
+                                 (self.proc.returncode, self.stderr_text()))
+        if self.conf.get("log_level", "info") not in ("info", "debug"):
+            return True     # the lines below are not logged
+        text = self.log_text()[seen:]
+        return ("messages in queue," in text and "recovery: " in text) or \
+            "recovery: stopped" in text
 
     def _listening(self):
         if self.proc.poll() is not None:

@@ -112,8 +112,10 @@ def test_command_timeout(relayd_factory):
 
 
 def test_data_timeout_queues_nothing(relayd_factory):
+    # The data below comes at about 20 bytes/s: above a data_min_rate of
+    # 10 (the default 500 would cut it off: test_timeouts.py).
     r = relayd_factory(timeout_greeting="60s", timeout_command="60s",
-                       timeout_data="1s")
+                       timeout_data="1s", data_min_rate=10)
     with smtp_connect(r) as c:
         assert c.cmd("EHLO client.test").code == 250
         assert c.cmd("MAIL FROM:<a@client.test>").pair == (250, "2.1.0")

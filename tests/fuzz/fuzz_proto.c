@@ -132,6 +132,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			size_t k = smtpd_proto_feed(p, pend.data, pend.len, &out, &req);
 			if (k > pend.len)
 				abort();
+			/* Replies per call are bounded (a client that never
+			 * reads); one reply may go past the batch. Then they
+			 * are "sent", as the shell does. */
+			if (out.len > SMTPD_OUT_BATCH + 1024)
+				abort();
+			check_replies(&out);
+			buf_reset(&out);
 			buf_consume(&pend, k);
 			if (req == SMTPD_REQ_COMMIT) {
 				if (sink.longest > 998)

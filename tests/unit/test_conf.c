@@ -76,6 +76,8 @@ static void test_defaults(void **state)
 	assert_int_equal(c->timeout_greeting, 300000);
 	assert_int_equal(c->timeout_command, 300000);
 	assert_int_equal(c->timeout_data, 180000);
+	assert_int_equal(c->data_min_rate, 500);
+	assert_int_equal(c->session_max_lifetime, 3600000);
 	assert_int_equal(c->queue_map_size, 1024ull * 1024 * 1024);
 	assert_int_equal(c->queue_min_free, 100ull * 1024 * 1024);
 	assert_int_equal(c->spool_sync, CONF_SYNC_SYNCFS);
@@ -95,9 +97,9 @@ static void test_key_table(void **state)
 		if (def && conf_set(c, k, def, err, sizeof err) != 0)
 			fail_msg("default of %s: %s", k, err);
 	}
-	assert_int_equal(n, 58);   /* + queue_min_free, long_lines, auth_slow_delay,
-	                              auth_slow_delay_max, auth_lockout_table
-	                              (issue 8) */
+	/* + queue_min_free, long_lines, data_min_rate, session_max_lifetime,
+	 * auth_slow_delay, auth_slow_delay_max, auth_lockout_table (issue 8) */
+	assert_int_equal(n, 60);
 	assert_null(conf_key(n, NULL, NULL));
 }
 
@@ -140,6 +142,9 @@ static uint64_t field_value(const struct conf *c, const char *key)
 		{"timeout_greeting", offsetof(struct conf, timeout_greeting), 'q'},
 		{"timeout_command", offsetof(struct conf, timeout_command), 'q'},
 		{"timeout_data", offsetof(struct conf, timeout_data), 'q'},
+		{"data_min_rate", offsetof(struct conf, data_min_rate), 'u'},
+		{"session_max_lifetime",
+		 offsetof(struct conf, session_max_lifetime), 'q'},
 		/* strings: their length */
 		{"smarthost", offsetof(struct conf, smarthost), 's'},
 		{"smarthost_rate", offsetof(struct conf, smarthost_rate), 's'},
@@ -249,6 +254,11 @@ static const struct set_case set_cases[] = {
 	{"timeout_command", "1d", 0, NULL, 86400000},
 	{"timeout_data", "500ms", 0, NULL, 500},
 	{"timeout_greeting", "1ms", 0, NULL, 1},
+	{"session_max_lifetime", "2h", 0, NULL, 7200000},
+	{"session_max_lifetime", "31d", -EINVAL,
+	 "session_max_lifetime: out of range: '31d' (expected 1ms-30d)", 0},
+	{"data_min_rate", "0", 0, NULL, 0},
+	{"data_min_rate", "500", 0, NULL, 500},
 	{"timeout_command", "5 m", -EINVAL,
 	 "timeout_command: not a duration: '5 m' (expected e.g. 30s, 5m, 2h, "
 	 "1d)", 0},

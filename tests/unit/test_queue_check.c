@@ -36,6 +36,11 @@ static void test_names(void **state)
 		{".p000000000000001", QUEUE_NAME_TEMP},     /* 15 digits */
 		{".p00000000000000001", QUEUE_NAME_TEMP},   /* 17 digits */
 		{".probe1234", QUEUE_NAME_TEMP},            /* probe_tmpfile() */
+		/* The opener's pool, tagged with the run's boundary id. */
+		{".p01K1WQ00000A00000000000000000001", QUEUE_NAME_PART},
+		{".p01K1WQ00000A0000000000000000001", QUEUE_NAME_TEMP},  /* 15 */
+		{".p01K1WQ00000a00000000000000000001", QUEUE_NAME_TEMP}, /* id */
+		{".p01K1WQ00000A000", QUEUE_NAME_TEMP},
 		{".01HX0000000B000", QUEUE_NAME_TEMP},
 		{".", QUEUE_NAME_TEMP},
 		{"01hx0000000b0000", QUEUE_NAME_STRAY},     /* ids are upper case */

@@ -189,6 +189,46 @@ static void test_connect(void **state)
 	fixture_free(&f);
 }
 
+/* max_connections_per_ip counts clients as the rates do: IPv6 by /64. */
+static void test_same_client(void **state)
+{
+	(void)state;
+	struct fixture f;
+	fixture_init(&f, "");
+	static const struct {
+		const char *a, *b;
+		bool same;
+	} cases[] = {
+		{"127.0.0.1", "127.0.0.1", true},
+		{"127.0.0.1", "127.0.0.2", false},
+		{"2001:db8:1:2::1", "2001:db8:1:2::1", true},
+		{"2001:db8:1:2::1", "2001:db8:1:2:ffff:ffff:ffff:fffe", true},
+		{"2001:db8:1:2::1", "2001:db8:1:3::1", false},
+		{"2001:db8:1:2::1", "2001:db9:1:2::1", false},
+		{"::1", "::2", true},
+		{"::ffff:127.0.0.1", "127.0.0.1", true},
+		{"::ffff:127.0.0.1", "::ffff:127.0.0.2", false},
+		{"::ffff:127.0.0.1", "::1", false},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		struct smtpd_relay_sess a, b;
+		sess(&f, &a, cases[i].a);
+		sess(&f, &b, cases[i].b);
+		if (smtpd_relay_same_client(&a, &b) != cases[i].same ||
+		    smtpd_relay_same_client(&b, &a) != cases[i].same)
+			fail_msg("%s vs %s: expected %s", cases[i].a, cases[i].b,
+			         cases[i].same ? "same" : "different");
+	}
+	/* No address known (no key): the text decides. */
+	struct smtpd_relay_sess a, b;
+	smtpd_relay_sess_init(&a, NULL, f.lim, NULL, "unknown", "t");
+	smtpd_relay_sess_init(&b, NULL, f.lim, NULL, "unknown", "t");
+	assert_true(smtpd_relay_same_client(&a, &b));
+	sess(&f, &b, "127.0.0.1");
+	assert_false(smtpd_relay_same_client(&a, &b));
+	fixture_free(&f);
+}
+
 /* deny_networks refusals name the entry that matched, in canonical form,
  * also for an IPv4-mapped entry or client. */
 static void test_connect_log(void **state)
@@ -404,6 +444,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_relay_conf, setup, teardown),
 		cmocka_unit_test(test_connect),
+		cmocka_unit_test(test_same_client),
 		cmocka_unit_test(test_connect_log),
 		cmocka_unit_test(test_domains),
 		cmocka_unit_test(test_message_rate),

@@ -530,6 +530,94 @@ static void test_timeout_and_shutdown(void **state)
 	fx_free(f);
 }
 
+/* A client that pipelines commands and never reads: each call writes at
+ * most SMTPD_OUT_BATCH bytes of replies (plus the one that crossed it),
+ * consumes only the commands it answered, and a full `out` consumes
+ * nothing; every command is still answered once the shell sends out. */
+static void test_out_batch(void **state)
+{
+	(void)state;
+	struct fixture *f = fx();
+	static char in[2000 * 8 + 1];
+	in[0] = '\0';
+	for (int i = 0; i < 2000; i++)
+		strcat(in, "EHLO x\r\n");
+	size_t n = strlen(in), off = 0;
+	int calls = 0, ehlo = 0;
+	while (off < n) {
+		size_t k = feedn(f, in + off, n - off);
+		assert_int_equal(f->req, SMTPD_REQ_NONE);
+		assert_true(k > 0);
+		assert_int_equal(k % 8, 0);          /* whole commands only */
+		assert_true(f->out.len >= SMTPD_OUT_BATCH || off + k == n);
+		assert_true(f->out.len < SMTPD_OUT_BATCH + 1024);
+		/* Not sent yet: nothing more is taken. */
+		if (off + k < n)
+			assert_int_equal(feedn(f, in + off + k, n - off - k), 0);
+		off += k;
+		calls++;
+		for (char *o = take(f); (o = strstr(o, "250-relay.test")); o++)
+			ehlo++;
+	}
+	assert_int_equal(ehlo, 2000);
+	assert_true(calls > 2000 * 100 / SMTPD_OUT_BATCH);
+	fx_free(f);
+}
+
+/* The core says when it is inside a line the shell no longer holds (an
+ * over-long one being skipped), so the command deadline keeps running. */
+static void test_in_line(void **state)
+{
+	(void)state;
+	struct fixture *f = fx();
+	feed(f, "EHLO x\r\n");
+	take(f);
+	assert_false(smtpd_proto_in_line(f->p));
+	assert_int_equal(feed(f, "NOO"), 0);         /* the shell holds it */
+	assert_false(smtpd_proto_in_line(f->p));
+	static char big[2 * 2048];
+	memset(big, 'A', sizeof big);
+	assert_int_equal(feedn(f, big, sizeof big), sizeof big);
+	assert_has(take(f), "500 5.5.2");
+	assert_true(smtpd_proto_in_line(f->p));
+	assert_int_equal(feedn(f, big, sizeof big), sizeof big);
+	assert_string_equal(take(f), "");
+	assert_true(smtpd_proto_in_line(f->p));
+	feed(f, "A\r\n");
+	assert_false(smtpd_proto_in_line(f->p));
+	/* Closing while skipping: no line is waited for any more. */
+	feedn(f, big, sizeof big);
+	take(f);
+	assert_true(smtpd_proto_in_line(f->p));
+	assert_int_equal(smtpd_proto_close(f->p, SMTP_R_LIFETIME, &f->out),
+	                 SMTPD_REQ_CLOSE);
+	assert_false(smtpd_proto_in_line(f->p));
+	assert_string_equal(take(f), "421 4.4.2 Session lasted too long, "
+	                             "closing connection\r\n");
+	fx_free(f);
+}
+
+/* The shell's other 421s: a data transfer too slow, a session too old;
+ * the body in progress is aborted, nothing more is read or said. */
+static void test_close_replies(void **state)
+{
+	(void)state;
+	struct fixture *f = fx();
+	start(f);
+	feed(f, "DATA\r\nSubject: slow\r\n");
+	take(f);
+	assert_int_equal(smtpd_proto_close(f->p, SMTP_R_DATA_SLOW, &f->out),
+	                 SMTPD_REQ_CLOSE);
+	assert_string_equal(take(f), "421 4.4.2 Data arriving too slowly, "
+	                             "closing connection\r\n");
+	assert_int_equal(f->sink.aborts, 1);
+	assert_int_equal(smtpd_proto_state(f->p), SMTPD_ST_CLOSED);
+	assert_int_equal(feed(f, "NOOP\r\n"), 0);
+	smtpd_proto_close(f->p, SMTP_R_TIMEOUT, &f->out);
+	assert_string_equal(take(f), "");
+	fx_free(f);
+}
+
 static void test_byte_by_byte(void **state)
 {
 	(void)state;
@@ -1287,16 +1375,27 @@ static void ll_txn(const struct ll_case *c, int via, size_t chunk)
 			buf_append(&wire, msg.data + i, k);
 		}
 	}
-	assert_int_equal(feedn(f, (const char *)wire.data, wire.len), wire.len);
-	/* The last reply line (a BDAT per octet makes many). */
-	char o[512];
-	size_t end = f->out.len, from = end ? end - 1 : 0;
-	while (from > 0 && f->out.data[from - 1] != '\n')
-		from--;
-	snprintf(o, sizeof o, "%.*s", (int)(end - from),
-	         (const char *)f->out.data + from);
+	/* Fed as the shell does: a BDAT per octet makes many replies, and
+	 * the core stops at SMTPD_OUT_BATCH of them until they are sent.
+	 * The last reply line is what counts. */
+	char o[512] = "";
+	size_t off = 0;
+	for (int guard = 0; off < wire.len && guard < 1000000; guard++) {
+		size_t k = feedn(f, (const char *)wire.data + off, wire.len - off);
+		off += k;
+		if (f->out.len) {
+			size_t end = f->out.len, from = end - 1;
+			while (from > 0 && f->out.data[from - 1] != '\n')
+				from--;
+			snprintf(o, sizeof o, "%.*s", (int)(end - from),
+			         (const char *)f->out.data + from);
+			buf_reset(&f->out);
+		}
+		if (k == 0 || f->req != SMTPD_REQ_NONE)
+			break;
+	}
+	assert_int_equal(off, wire.len);
 	const char *last = o;
-	buf_reset(&f->out);
 	if (c->stored) {
 		if (f->req != SMTPD_REQ_COMMIT)
 			fail_msg("case '%s' (via %d/%zu): no commit: %s", c->name,
@@ -1893,6 +1992,9 @@ int main(void)
 		cmocka_unit_test(test_dsn_params),
 		cmocka_unit_test(test_timeout_and_shutdown),
 		cmocka_unit_test(test_byte_by_byte),
+		cmocka_unit_test(test_out_batch),
+		cmocka_unit_test(test_in_line),
+		cmocka_unit_test(test_close_replies),
 		cmocka_unit_test(test_starttls_table),
 		cmocka_unit_test(test_starttls_advertised),
 		cmocka_unit_test(test_starttls_resets_session),
