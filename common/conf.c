@@ -245,11 +245,19 @@ static const struct conf_keydef conf_keys[] = {
 	 0, 0, NULL, NULL,
 	 "CIDR list of clients offered AUTH outside TLS; empty: none"},
 	{"auth_fail_limit", CT_UNSIGNED, OFF(auth_fail_limit), "5", 1, 1000000,
-	 NULL, NULL, "failed AUTHs per client IP or credential before a lockout"},
+	 NULL, NULL, "failed AUTHs per client IP (IPv6 /64) before a lockout"},
 	{"auth_fail_window", CT_DURATION, OFF(auth_fail_window), "10m", SEC, DAY,
 	 NULL, NULL, "the window in which auth_fail_limit failures count"},
 	{"auth_lockout", CT_DURATION, OFF(auth_lockout), "15m", SEC, DAY, NULL,
 	 NULL, "first lockout; doubles on each repeat, up to 24h"},
+	{"auth_slow_delay", CT_DURATION, OFF(auth_slow_delay), "1s", 0, HOUR,
+	 NULL, NULL, "per name: wait after its first failure before a client "
+	 "that failed before may try it; doubles per failure"},
+	{"auth_slow_delay_max", CT_DURATION, OFF(auth_slow_delay_max), "1m", 0,
+	 DAY, NULL, NULL, "longest auth_slow_delay doubling reaches"},
+	{"auth_lockout_table", CT_UNSIGNED, OFF(auth_lockout_table), "4096", 1,
+	 1048576, NULL, NULL, "entries in each failed-AUTH table (clients, "
+	 "names tried); restart to change"},
 };
 
 #define NKEYS (sizeof conf_keys / sizeof *conf_keys)

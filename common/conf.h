@@ -121,6 +121,9 @@ struct conf {
 	unsigned auth_fail_limit;          /* failures per window: 5 */
 	uint64_t auth_fail_window;         /* ms; default 10m */
 	uint64_t auth_lockout;             /* ms; first lockout: 15m */
+	uint64_t auth_slow_delay;          /* ms; a name's lane, 1st: 1s */
+	uint64_t auth_slow_delay_max;      /* ms; its cap: 1m */
+	unsigned auth_lockout_table;       /* entries per table: 4096 */
 
 	/* Where each key (by table index) was last set: its line in the
 	 * file, CONF_SET_ENV, or 0 for the default. For conf_check's

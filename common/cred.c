@@ -100,6 +100,7 @@ struct cred_store {
 	size_t n;
 	struct cred_hash dummy;     /* for unknown names */
 	uint64_t kdf_runs;          /* atomic */
+	uint64_t kdf_work;          /* atomic: hash_cost() of those runs */
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -280,6 +281,27 @@ static int kdf_run(const struct cred_kdf *k, const void *pw,
 	return PKCS5_PBKDF2_HMAC(pwlen ? pw : "", (int)pwlen, salt, (int)saltlen,
 	                         (int)k->iter, EVP_sha256(), (int)outlen,
 	                         out) == 1 ? 0 : -EIO;
+}
+
+/* What one KDF run with h's parameters costs, in PBKDF2-SHA256 iterations
+ * (cred.h: cred_kdf_cost). PBKDF2 derives its output in 32-byte blocks,
+ * each block a full run of the iterations. scrypt does 2^ln*r*p units of
+ * BlockMix work (RFC 7914 §5-6: 2N BlockMix calls of 2r Salsa20/8 cores,
+ * p times); one unit measured at about two PBKDF2-SHA256 iterations with
+ * OpenSSL 3 on x86-64 (SHA-NI or not), hence the weight 2. Within one
+ * algorithm the order is exact; across the two only the weight decides,
+ * and it only has to pick the costlier of two hashes for the dummy. */
+static uint64_t hash_cost(const struct cred_kdf *k, size_t dklen)
+{
+	if (k->alg == CRED_SCRYPT)
+		return (1ull << k->ln) * k->r * k->p * 2;
+	uint64_t blocks = (dklen + 31) / 32;
+	return (uint64_t)k->iter * (blocks ? blocks : 1);
+}
+
+uint64_t cred_kdf_cost(const struct cred_kdf *k, size_t dklen)
+{
+	return hash_cost(k, dklen);
 }
 
 /* "$scrypt$ln=15,r=8,p=1$SALT$HASH" or "$pbkdf2-sha256$i=N$SALT$HASH". */
@@ -714,6 +736,31 @@ static int cred_cmp(const void *a, const void *b)
 	return strcasecmp(x->name, y->name);
 }
 
+/* The hash unknown names are checked against: the parameters of the
+ * costliest hash in the table (hash_cost; the first by name on a tie), a
+ * zero salt of that hash's length and an expected value nothing derives.
+ * With PBKDF2 hashes imported beside scrypt ones, the first credential's
+ * parameters could be the cheap ones: an unknown name would then answer
+ * in a fraction of the time a known one takes, and tell a guesser which
+ * names exist. An empty table uses the default (scrypt). */
+static void dummy_update(struct cred_store *t)
+{
+	const struct cred_hash *best = NULL;
+	uint64_t max = 0;
+	for (size_t i = 0; i < t->n; i++) {
+		const struct cred_hash *h = &t->byname[i]->h;
+		uint64_t c = hash_cost(&h->kdf, h->dklen);
+		if (!best || c > max) {
+			best = h;
+			max = c;
+		}
+	}
+	memset(&t->dummy, 0, sizeof t->dummy);
+	t->dummy.kdf = best ? best->kdf : cred_kdf_scrypt;
+	t->dummy.saltlen = best ? best->saltlen : CRED_SALT_LEN;
+	t->dummy.dklen = best ? best->dklen : CRED_DK_LEN;
+}
+
 /* Rebuilds the sorted index and the dummy hash after a change. When two
  * credentials share a name, *dup1 and *dup2 point at them (file order) and
  * -EEXIST is returned. */
@@ -743,12 +790,7 @@ static int index_build(struct cred_store *t, const struct cred **dup1,
 	free(t->byname);
 	t->byname = v;
 	t->n = n;
-	/* Unknown names cost what a known one does: the first credential's
-	 * parameters, a zero salt and an expected value nothing derives. */
-	memset(&t->dummy, 0, sizeof t->dummy);
-	t->dummy.kdf = n ? v[0]->h.kdf : cred_kdf_scrypt;
-	t->dummy.saltlen = n ? v[0]->h.saltlen : CRED_SALT_LEN;
-	t->dummy.dklen = n ? v[0]->h.dklen : CRED_DK_LEN;
+	dummy_update(t);
 	return 0;
 }
 
@@ -975,6 +1017,8 @@ enum cred_result cred_store_verify(const struct cred_store *t,
 	                 h->saltlen, dk, h->dklen);
 	__atomic_add_fetch(&((struct cred_store *)t)->kdf_runs, 1,
 	                   __ATOMIC_RELAXED);
+	__atomic_add_fetch(&((struct cred_store *)t)->kdf_work,
+	                   hash_cost(&h->kdf, h->dklen), __ATOMIC_RELAXED);
 	bool match = rc == 0 && CRYPTO_memcmp(dk, h->dk, h->dklen) == 0;
 	OPENSSL_cleanse(dk, sizeof dk);
 	if (cred)
@@ -991,6 +1035,11 @@ enum cred_result cred_store_verify(const struct cred_store *t,
 uint64_t cred_store_kdf_count(const struct cred_store *t)
 {
 	return __atomic_load_n(&t->kdf_runs, __ATOMIC_RELAXED);
+}
+
+uint64_t cred_store_kdf_work(const struct cred_store *t)
+{
+	return __atomic_load_n(&t->kdf_work, __ATOMIC_RELAXED);
 }
 
 /* ---- one credential ------------------------------------------------------ */
@@ -1204,13 +1253,8 @@ int cred_store_del(struct cred_store *t, const char *name)
 	memmove(&t->byname[j], &t->byname[j + 1],
 	        (t->n - j - 1) * sizeof *t->byname);
 	t->n--;
-	if (j == 0) {
-		memset(&t->dummy, 0, sizeof t->dummy);
-		t->dummy.kdf = t->n ? t->byname[0]->h.kdf : cred_kdf_scrypt;
-		t->dummy.saltlen = t->n ? t->byname[0]->h.saltlen : CRED_SALT_LEN;
-		t->dummy.dklen = t->n ? t->byname[0]->h.dklen : CRED_DK_LEN;
-	}
 	cred_free(c);
+	dummy_update(t);
 	return 0;
 }
 
@@ -1223,11 +1267,8 @@ int cred_store_set_hash(struct cred_store *t, const char *name,
 	if (!c)
 		return -ENOENT;
 	int rc = set_hash(c, hash, strlen(hash), msg, sizeof msg);
-	if (rc == 0 && t->byname[0] == c) {
-		t->dummy.kdf = c->h.kdf;
-		t->dummy.saltlen = c->h.saltlen;
-		t->dummy.dklen = c->h.dklen;
-	}
+	if (rc == 0)
+		dummy_update(t);
 	return rc;
 }
 

@@ -164,7 +164,9 @@ extern const char *const cred_result_names[];
 
 /* Checks name's password. Every call runs the KDF exactly once, whatever
  * the outcome: an unknown name is checked against a dummy hash with the
- * parameters of the table's first credential (by name), and a wrong
+ * parameters of the table's costliest hash (cred_kdf_cost; the first by
+ * name among equals), so it costs at least as much as any known name, even
+ * with PBKDF2 hashes imported beside scrypt ones; and a wrong
  * password on a disabled credential is BAD_PASSWORD, so neither the time
  * taken nor the answer tells a guesser which names exist or are disabled.
  * The comparison is constant-time (CRYPTO_memcmp). *cred (when cred is not
@@ -179,6 +181,15 @@ enum cred_result cred_store_verify(const struct cred_store *t,
 /* KDF runs done by cred_store_verify on this table (for tests and
  * metrics). */
 uint64_t cred_store_kdf_count(const struct cred_store *t);
+/* The work of those runs, summed: cred_kdf_cost of each run's parameters. */
+uint64_t cred_store_kdf_work(const struct cred_store *t);
+
+/* What one KDF run with k, deriving dklen bytes, costs, in PBKDF2-SHA256
+ * iterations: PBKDF2 iter * ceil(dklen / 32) (one run of the iterations per
+ * 32-byte block); scrypt 2^ln * r * p * 2 (one unit of BlockMix work
+ * measured at about two PBKDF2-SHA256 iterations with OpenSSL 3 on
+ * x86-64). Orders hashes by cost; not a time. */
+uint64_t cred_kdf_cost(const struct cred_kdf *k, size_t dklen);
 
 /* ---- one credential ----------------------------------------------------- */
 

@@ -66,6 +66,7 @@ const struct smtp_reply_def smtp_replies[SMTP_R__COUNT] = {
 	[SMTP_R_AUTH_TEMP]       = {454, "4.7.0", "Temporary authentication failure"},
 	[SMTP_R_AUTH_LOCKED]     = {454, "4.7.0", "Too many failed authentications, try again later"},
 	[SMTP_R_AUTH_LOCKED_IP]  = {421, "4.7.0", "Too many failed authentications from your address, closing connection"},
+	[SMTP_R_AUTH_UNTRACKED]  = {421, "4.7.0", "Too many failed authentications, closing connection"},
 	[SMTP_R_AUTH_CANCELLED]  = {501, "5.7.0", "Authentication cancelled"},
 	[SMTP_R_AUTH_BAD_B64]    = {501, "5.5.2", "Cannot decode response"},
 	[SMTP_R_AUTH_MECH]       = {504, "5.5.4", "Unrecognized authentication type"},

@@ -87,8 +87,10 @@ enum smtp_reply_id {
 	SMTP_R_AUTH_OK,         /* 235 2.7.0 */
 	SMTP_R_AUTH_FAILED,     /* 535 5.7.8 */
 	SMTP_R_AUTH_TEMP,       /* 454 4.7.0 */
-	SMTP_R_AUTH_LOCKED,     /* 454 4.7.0 (a credential locked out) */
+	SMTP_R_AUTH_LOCKED,     /* 454 4.7.0 (a client or name slowed down) */
 	SMTP_R_AUTH_LOCKED_IP,  /* 421 4.7.0 (the client locked out) */
+	SMTP_R_AUTH_UNTRACKED,  /* 421 4.7.0 (a failure the full lockout
+	                         * table cannot record: fail closed) */
 	SMTP_R_AUTH_CANCELLED,  /* 501 5.7.0 */
 	SMTP_R_AUTH_BAD_B64,    /* 501 5.5.2 */
 	SMTP_R_AUTH_MECH,       /* 504 5.5.4 */

@@ -1772,6 +1772,17 @@ static void flush_all(struct deliver *d, deliver_ctl_reply_fn reply, void *arg)
 	schedule(d);
 }
 
+int deliver_ctl_verb(struct deliver *d, const char *verb,
+                     deliver_ctl_verb_fn fn, void *arg)
+{
+	static const char *const own[] = {"stats", "flush", "hold", "release",
+	                                  "delete", "bounce", "requeue"};
+	for (size_t i = 0; i < sizeof own / sizeof *own; i++)
+		if (strcmp(own[i], verb) == 0)
+			return -EEXIST;
+	return deliver_ctl_add_verb(d->ctl, verb, fn, arg);
+}
+
 void deliver_ctl_run(struct deliver *d, const char *line,
                      deliver_ctl_reply_fn reply, void *arg)
 {

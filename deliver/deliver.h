@@ -47,6 +47,21 @@ void deliver_set_size_cb(struct deliver *d, deliver_size_cb cb, void *arg);
  * Returns 0, or -errno (a log line says why) and keeps the old ones. */
 int deliver_set_conf(struct deliver *d, const struct conf *conf);
 
+/* A verb of the control socket (deliver_ctl.h) served by another module:
+ * relayd.c wires smtpd's "lockout" here, so deliver/ never includes
+ * smtpd/. fn runs on the loop with the request's arguments (after the
+ * verb and one space; "" for none) and appends the reply line without its
+ * LF to out: "ok[ TEXT]" or "err TEXT", and returns 0, or the error of
+ * an append (out is bounded: the reply line with its LF fits in
+ * DELIVER_CTL_REPLY_MAX; relayctl then gets "err reply too long"). At most
+ * DELIVER_CTL_VERBS_MAX verbs; a verb of the scheduler's own cannot be
+ * taken. Returns 0, -EEXIST or -ENOSPC. */
+struct buf;
+typedef int (*deliver_ctl_verb_fn)(void *arg, const char *args,
+                                   struct buf *out);
+int deliver_ctl_verb(struct deliver *d, const char *verb,
+                     deliver_ctl_verb_fn fn, void *arg);
+
 /* Stops: no new sessions, sessions are closed (a message in flight is
  * simply retried later), the control socket is closed; done_cb runs
  * when every handle is gone, after which d is freed. */

@@ -17,6 +17,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "common/buf.h"
 #include "common/log.h"
 
 /* A client has this long to send its request. */
@@ -24,8 +25,17 @@
 /* Connections at once; more are refused. */
 #define CTL_CONN_MAX 64
 
+/* A verb served by another module (deliver_ctl_verb). */
+struct ctl_verb {
+	char name[16];
+	deliver_ctl_verb_fn fn;
+	void *arg;
+};
+
 struct deliver_ctl {
 	struct deliver *d;
+	struct ctl_verb verbs[DELIVER_CTL_VERBS_MAX];
+	size_t nverbs;
 	uv_loop_t *loop;
 	uv_pipe_t srv;
 	char path[PATH_MAX];
@@ -123,6 +133,50 @@ static void reply_cb(void *arg, const char *text)
 	}
 }
 
+/* A verb of another module's: the handler answers at once. */
+static bool run_verb(struct ctl_conn *k)
+{
+	struct deliver_ctl *c = k->ctl;
+	size_t vl = strcspn(k->line, " ");
+	for (size_t i = 0; i < c->nverbs; i++) {
+		struct ctl_verb *v = &c->verbs[i];
+		if (strlen(v->name) != vl || memcmp(v->name, k->line, vl) != 0)
+			continue;
+		const char *args = k->line[vl] ? k->line + vl + 1 : "";
+		/* The text, its NUL here and its LF on the wire fit. */
+		struct buf out = BUF_INIT(DELIVER_CTL_REPLY_MAX);
+		int r = v->fn(v->arg, args, &out);
+		if (r == 0 && out.len > 0)
+			r = buf_append(&out, "", 1);
+		if (r < 0 || out.len == 0) {
+			reply_cb(k, r == -ENOBUFS ? "err reply too long" :
+			            r < 0 ? "err out of memory" : "err no reply");
+		} else {
+			reply_cb(k, (const char *)out.data);
+		}
+		buf_free(&out);
+		return true;
+	}
+	return false;
+}
+
+int deliver_ctl_add_verb(struct deliver_ctl *c, const char *verb,
+                         deliver_ctl_verb_fn fn, void *arg)
+{
+	if (strlen(verb) >= sizeof c->verbs[0].name || strchr(verb, ' '))
+		return -EINVAL;
+	for (size_t i = 0; i < c->nverbs; i++)
+		if (strcmp(c->verbs[i].name, verb) == 0)
+			return -EEXIST;
+	if (c->nverbs == DELIVER_CTL_VERBS_MAX)
+		return -ENOSPC;
+	struct ctl_verb *v = &c->verbs[c->nverbs++];
+	snprintf(v->name, sizeof v->name, "%s", verb);
+	v->fn = fn;
+	v->arg = arg;
+	return 0;
+}
+
 static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *b)
 {
 	(void)hint;
@@ -160,7 +214,8 @@ static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
 	char esc[DELIVER_CTL_LINE_MAX * 4];
 	log_escape(esc, sizeof esc, k->line, strlen(k->line));
 	log_info("control: %s", esc);
-	deliver_ctl_run(k->ctl->d, k->line, reply_cb, k);
+	if (!run_verb(k))
+		deliver_ctl_run(k->ctl->d, k->line, reply_cb, k);
 }
 
 static void timeout_cb(uv_timer_t *t)

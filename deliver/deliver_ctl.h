@@ -24,12 +24,40 @@
  *                 attempts reset; due now
  *   stats         ok {JSON}: counters and the state of the delivery route
  *                 (see deliver_ctl.c for the fields)
+ *
+ * Verbs served by the SMTP server (smtpd/smtpd_auth.c), wired by relayd.c
+ * through deliver_ctl_verb (deliver.h):
+ *   lockout list  ok {JSON}: the failed-AUTH tables (issue 8 §3):
+ *                 {"clients":[{"client":"192.0.2.7","failures":2,
+ *                   "locked":0,"lockouts":1,"checks":0},...],
+ *                  "names":[{"name":"alice","failures":50,"delay":60,
+ *                   "waiting":3},...],
+ *                  "limit":5,"capacity":4096}
+ *                 client: an address, or an IPv6 /64 as "2001:db8::/64";
+ *                 failures: within auth_fail_window; locked: seconds of
+ *                 lockout left (0: none); lockouts: how many are
+ *                 remembered (the next lasts 2^lockouts * auth_lockout);
+ *                 checks: password checks in flight or waiting; name:
+ *                 as typed, lower-cased (known or not); delay: seconds
+ *                 before the name's slow lane may start a check; waiting:
+ *                 checks in that lane (running or waiting). limit is
+ *                 auth_fail_limit, capacity each table's size.
+ *   lockout clear [ADDR|NAME]
+ *                 forgets failures, lockouts and lane delays: of every
+ *                 client and name, or of one client (an IPv6 address
+ *                 stands for its /64) or one name (case-insensitive); an
+ *                 argument that is both an address and a name clears
+ *                 both. ok {"cleared":N} (N entries had something to
+ *                 forget; checks in flight stay counted).
  */
 #ifndef RELAY_DELIVER_CTL_H
 #define RELAY_DELIVER_CTL_H
 
 #define DELIVER_CTL_LINE_MAX 512
-/* Longest reply line relayctl accepts, LF included. */
-#define DELIVER_CTL_REPLY_MAX 8192
+/* Longest reply line relayctl accepts, LF included: room for a lockout
+ * list of two full tables (4096 clients, 4096 names as typed, escaped). */
+#define DELIVER_CTL_REPLY_MAX (4u << 20)
+/* Verbs other modules may add (deliver_ctl_verb). */
+#define DELIVER_CTL_VERBS_MAX 4
 
 #endif

@@ -119,6 +119,9 @@ int deliver_ctl_open(struct deliver *d, uv_loop_t *loop, const char *spool_dir,
                      struct deliver_ctl **out);
 void deliver_ctl_close(struct deliver_ctl *c, void (*done_cb)(void *arg),
                        void *arg);
+/* deliver_ctl_verb (deliver.h) on the socket. */
+int deliver_ctl_add_verb(struct deliver_ctl *c, const char *verb,
+                         deliver_ctl_verb_fn fn, void *arg);
 
 /* A control request's answer arrives later, through this. text is the
  * reply line without the newline: "ok ..." or "err ...". */

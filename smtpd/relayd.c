@@ -4,7 +4,9 @@
  * smtpd_priv.c),
  * loads the TLS certificate (as `user`), and runs the event loop until
  * SIGTERM/SIGINT. SIGHUP reloads the configuration and the TLS
- * certificate for new sessions and reopens the log.
+ * certificate for new sessions and reopens the log. Wires the control
+ * socket's "lockout" verb (deliver/) to the SMTP server's lockout tables
+ * (smtpd/), so neither module includes the other.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -17,6 +19,7 @@
 
 #include <uv.h>
 
+#include "common/buf.h"
 #include "common/conf.h"
 #include "common/log.h"
 #include "queue/queue.h"
@@ -35,6 +38,16 @@ struct relayd {
 	uv_signal_t sig_term, sig_int, sig_hup;
 	bool stopping;
 };
+
+/* relayctl lockout list|clear, from the control socket: the SMTP server
+ * answers while it runs (it stops first at shutdown; the socket last). */
+static int lockout_ctl_cb(void *arg, const char *args, struct buf *out)
+{
+	struct relayd *d = arg;
+	if (!d->smtpd || d->stopping)
+		return buf_appends(out, "err relayd is stopping");
+	return smtpd_auth_ctl(d->smtpd, args, out);
+}
 
 static void usage(FILE *f)
 {
@@ -146,6 +159,11 @@ static void keep_restart_keys(struct conf *nc, const struct conf *old)
 			free(*strs[i].nv);
 			*strs[i].nv = copy;
 		}
+	}
+	if (nc->auth_lockout_table != old->auth_lockout_table) {
+		log_warn("SIGHUP: auth_lockout_table changed; restart relayd to "
+		         "apply it");
+		nc->auth_lockout_table = old->auth_lockout_table;
 	}
 	if (nc->spool_sync != old->spool_sync ||
 	    nc->queue_map_size != old->queue_map_size) {
@@ -329,6 +347,11 @@ int main(int argc, char **argv)
 	if (r < 0)
 		goto fail;
 	deliver_set_size_cb(d.deliver, size_cap_cb, d.smtpd);
+	r = deliver_ctl_verb(d.deliver, "lockout", lockout_ctl_cb, &d);
+	if (r < 0) {
+		log_err("control: cannot add the lockout verb: %s", strerror(-r));
+		goto fail;
+	}
 	if (smtpd_start(d.smtpd) < 0)
 		goto fail;
 

@@ -124,18 +124,18 @@ int smtpd_new(uv_loop_t *loop, struct conf *conf, struct queue *q,
 	}
 	srv->limits = lim;
 	srv->loop = loop;
+	/* The slow lane's timer exists from here: smtpd_stop closes it. */
+	int ra = smtpd_auth_init(srv, c->conf.auth_lockout_table);
 	srv->conf = c;
 	srv->q = q;
 	if (q)
 		queue_quota_store_lmdb(q, &srv->quota);
 	conf = &c->conf;
-	srv->lockout = smtpd_lockout_new(LOCKOUT_CAP);
-	if (!srv->lockout) {
+	if (ra < 0) {
 		*out = srv;
-		return -ENOMEM;
+		return ra;
 	}
-	smtpd_lockout_set(srv->lockout, conf->auth_fail_limit,
-	                  conf->auth_fail_window, conf->auth_lockout);
+	smtpd_auth_set_conf(srv, conf);
 	int r = 0;
 	for (size_t i = 0; i < conf->nlisten; i++) {
 		const struct conf_listen *cl = &conf->listen[i];
@@ -318,8 +318,7 @@ void smtpd_set_conf(struct smtpd *srv, struct conf *conf)
 	}
 	smtpd_conf_drop(srv->conf);
 	srv->conf = c;
-	smtpd_lockout_set(srv->lockout, c->conf.auth_fail_limit,
-	                  c->conf.auth_fail_window, c->conf.auth_lockout);
+	smtpd_auth_set_conf(srv, &c->conf);
 	tls_reload(srv);
 	smtpd_auth_reload(srv);
 }
@@ -364,7 +363,7 @@ int smtpd_start(struct smtpd *srv)
 void smtpd_server_maybe_done(struct smtpd *srv)
 {
 	if (!srv->stopping || srv->nsessions > 0 || srv->open_listeners > 0 ||
-	    srv->tls_loading > 0 || srv->auth_jobs > 0)
+	    srv->tls_loading > 0 || srv->auth_jobs > 0 || srv->lane_timer_open)
 		return;
 	void (*cb)(void *) = srv->stop_cb;
 	void *arg = srv->stop_arg;
@@ -373,6 +372,7 @@ void smtpd_server_maybe_done(struct smtpd *srv)
 	smtpd_relay_limits_free(srv->limits);
 	cred_store_free(srv->creds);
 	smtpd_lockout_free(srv->lockout);
+	smtpd_lockout_free(srv->names);
 	free(srv);
 	if (cb)
 		cb(arg);
@@ -406,6 +406,8 @@ void smtpd_stop(struct smtpd *srv, void (*done_cb)(void *arg), void *arg)
 		smtpd_session_flush(s);
 		smtpd_session_close(s, true);
 	}
+	/* The sessions' waiters left the slow lane as they closed. */
+	smtpd_auth_stop(srv);
 	if (srv->nlst == 0)
 		smtpd_server_maybe_done(srv);
 }

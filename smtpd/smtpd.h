@@ -57,6 +57,14 @@ void smtpd_set_size_cap(struct smtpd *s, uint64_t cap);
  * that does not load is an error (logged). */
 int smtpd_start(struct smtpd *s);
 
+/* relayctl lockout list|clear (deliver_ctl.h documents the verb and its
+ * JSON; relayd.c wires it to the control socket): answers the request's
+ * arguments ("list", "clear", "clear ADDR|NAME") with the reply line,
+ * "ok ..." or "err ...", appended to out. Returns 0 or the error of an
+ * append (-ENOBUFS: out's limit). On the loop thread. */
+struct buf;
+int smtpd_auth_ctl(struct smtpd *s, const char *args, struct buf *out);
+
 /* Stops accepting, answers idle sessions 421 and closes them, lets a
  * commit in flight finish (its client gets its 250 first); done_cb runs
  * when the last session is gone, after which s is freed. */

@@ -1,11 +1,52 @@
 /*
  * smtpd/smtpd_auth.c - SMTP AUTH for the sessions: the credentials table
  * (loaded at start, on SIGHUP and when the file changes), password
- * checks on the thread pool (bounded in number), and the failed-AUTH
- * lockout table (smtpd_lockout.c).
+ * checks on the thread pool, and what keeps guessing in check without
+ * letting anyone turn it against a user (issue 8 §3), over the two tables
+ * of smtpd_lockout.c. relayctl lockout list|clear reaches them here.
+ *
+ * ---- Lockouts that cannot be turned against a user ----------------------
+ *
+ * A lockout is per client: a client address (an IPv6 client by its /64,
+ * which one customer usually holds) with auth_fail_limit failures within
+ * auth_fail_window is locked out for auth_lockout, doubling per repeat:
+ * its AUTH gets 421 4.7.0 and the connection closes. A credential name is
+ * never locked: a stranger who types five wrong passwords for "alice"
+ * must not lock alice out.
+ *
+ * Guessing spread over many addresses is slowed per name instead, and
+ * only for clients that failed before. Every check goes through a lane:
+ *
+ * - The fast lane: a client with no failures of its own (none in the
+ *   window, no lockout remembered) is checked at once on the thread pool,
+ *   whatever anyone did with the name it tries. So alice, from her usual
+ *   address, is never refused or delayed for a stranger's guesses. A
+ *   guesser gets one fast try per fresh address (per fresh /64 in IPv6),
+ *   and each try costs it a connection and a KDF run's wait; AUTH_FAST_MAX
+ *   bounds the work queued.
+ * - The slow lane: a client that failed before waits in a per-name queue,
+ *   keyed by the name as typed (lower-cased), known or not, so the delay
+ *   reveals nothing about which names exist. A name's lane runs one check
+ *   at a time; after each failure of the name (from anyone, in either
+ *   lane) the next start waits auth_slow_delay, doubling per failure in
+ *   the window up to auth_slow_delay_max. At most AUTH_SLOW_PER_NAME wait
+ *   per name and AUTH_SLOW_MAX in all (more get 454 4.7.0 at once), a
+ *   waiter gives up with 454 after timeout_command, and the lane runs at
+ *   most AUTH_SLOW_ACTIVE checks on the pool, so it cannot crowd out the
+ *   fast lane's threads.
+ *
+ * A client's checks in flight or waiting count against its failures left:
+ * with the limit at 5, a client with 2 failures runs at most 3 checks at
+ * once, and a sixth concurrent AUTH gets 454 without a check (it used to
+ * be 16 at once). The tables are bounded and never evict a lockout in
+ * force or an entry holding checks; when the client table is full of
+ * them, a client it cannot track is still checked (at most
+ * AUTH_UNTRACKED_MAX at once), but a failure it cannot record gets 421
+ * and the connection closes (fail closed), logged.
  */
 #include "smtpd/smtpd_int.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -13,16 +54,19 @@
 #include <string.h>
 #include <time.h>
 
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-
 #include "common/log.h"
 #include "common/smtp.h"
 #include "smtpd/smtpd_policy.h"
-#include "smtpd/smtpd_tls.h"
+
+enum auth_lane {
+	AUTH_LANE_NONE,     /* a look at the credentials file alone */
+	AUTH_LANE_FAST,
+	AUTH_LANE_SLOW,
+};
 
 /* A password check (and maybe a look at the credentials file first) on
- * the thread pool. s is NULL for a reload alone (SIGHUP). */
+ * the thread pool, or waiting in the slow lane. s is NULL for a reload
+ * alone (SIGHUP). */
 struct auth_job {
 	uv_work_t req;
 	struct smtpd *srv;
@@ -31,6 +75,14 @@ struct auth_job {
 	char user[SMTP_CMD_LINE_MAX];
 	uint8_t pw[SMTP_CMD_LINE_MAX];
 	size_t pwlen;
+	/* The lanes. */
+	enum auth_lane lane;
+	bool tracked;                /* the client table holds the check */
+	bool waiting;                /* in the slow lane's queue, not running */
+	uint64_t deadline;           /* a waiter gives up then (uv_now) */
+	struct auth_job *next;       /* in the queue */
+	char kc[SMTPD_LOCKOUT_KEY_MAX];   /* client key */
+	char kn[SMTPD_LOCKOUT_KEY_MAX];   /* name key */
 	/* The file check: known is what is loaded; the rest are results. */
 	bool check;
 	bool force;                  /* SIGHUP: read it even if unchanged */
@@ -47,8 +99,7 @@ struct auth_job {
 	const struct cred *cred;
 };
 
-/* ---- AUTH: credentials, password checks, lockout ---------------------------- */
-
+/* ---- the credentials file --------------------------------------------------- */
 
 static bool creds_id_eq(const struct creds_id *a, const struct creds_id *b)
 {
@@ -127,6 +178,7 @@ static void creds_install(struct smtpd *srv, struct auth_job *j,
 	}
 }
 
+
 static void auth_job_free(struct auth_job *j)
 {
 	explicit_bzero(j->pw, sizeof j->pw);
@@ -152,16 +204,22 @@ static void auth_work_cb(uv_work_t *req)
 	explicit_bzero(j->pw, sizeof j->pw);
 }
 
-/* Lockout keys: the client address, and the credential name as typed
- * (ASCII lower case: names match any case). */
-static void key_ip(char *k, size_t n, const struct smtpd_session *s)
+/* ---- keys ------------------------------------------------------------------- */
+
+/* The client's key: its address, an IPv6 client's /64 ("2001:db8::/64"),
+ * as the rate limits count them. */
+static void key_client(char *k, size_t n, const struct sockaddr *sa,
+                       const char *ip)
 {
-	snprintf(k, n, "ip:%s", s->ip);
+	if (smtpd_policy_ip_key(sa, 64, k, n) < 0)
+		snprintf(k, n, "%s", ip);
 }
 
+/* A name's key: as typed, ASCII lower case (names match any case), cut
+ * to the table's key length. */
 static void key_name(char *k, size_t n, const char *user)
 {
-	size_t o = (size_t)snprintf(k, n, "name:");
+	size_t o = 0;
 	for (; *user && o + 1 < n; user++)
 		k[o++] = (*user >= 'A' && *user <= 'Z') ? (char)(*user + 32) : *user;
 	k[o] = '\0';
@@ -171,6 +229,198 @@ static void key_name(char *k, size_t n, const char *user)
 static void log_user(char *d, size_t n, const char *user)
 {
 	log_escape(d, n, user, strnlen(user, CRED_NAME_MAX + 1));
+}
+
+/* ---- the lanes ---------------------------------------------------------------- */
+
+static void lane_timer_cb(uv_timer_t *t);
+
+/* The slow lane looks at its queue on the next loop turn (never from
+ * inside a session's processing: no re-entry). */
+static void lane_kick(struct smtpd *srv)
+{
+	if (srv->stopping || !srv->lane_timer_open)
+		return;
+	int r = uv_timer_start(&srv->lane_timer, lane_timer_cb, 0, 0);
+	if (r < 0)
+		log_err("AUTH: slow lane timer: %s", uv_strerror(r));
+}
+
+/* A check that ran (or was started: status < 0) is over: the lanes and
+ * the tables are told. failed: a wrong password or an unknown name,
+ * counted against the client and the name. *lock_ms: the client's
+ * lockout this started; *full: a failure the client table had no room
+ * for. */
+static void lane_end(struct auth_job *j, bool failed, uint64_t now,
+                     uint64_t *lock_ms, bool *full)
+{
+	struct smtpd *srv = j->srv;
+	*lock_ms = 0;
+	*full = false;
+	if (j->lane == AUTH_LANE_FAST) {
+		srv->auth_fast--;
+	} else if (j->lane == AUTH_LANE_SLOW) {
+		srv->auth_slow--;
+		smtpd_lockout_lane_done(srv->names, j->kn, now);
+		smtpd_lockout_release(srv->names, j->kn, now);
+	}
+	if (j->tracked) {
+		*lock_ms = smtpd_lockout_end(srv->lockout, j->kc, now, failed);
+	} else {
+		srv->auth_untracked--;
+		if (failed &&
+		    smtpd_lockout_fail(srv->lockout, j->kc, now, lock_ms) < 0)
+			*full = true;
+	}
+	/* Before the lane looks again, so the delay already applies. A
+	 * name the full table cannot hold is not slowed: its lane cannot
+	 * hold waiters either (454). */
+	if (failed)
+		smtpd_lockout_fail(srv->names, j->kn, now, NULL);
+	if (j->lane == AUTH_LANE_SLOW)
+		lane_kick(srv);
+}
+
+/* A waiter leaves the queue without a check. */
+static void lane_unlink(struct auth_job *j)
+{
+	struct smtpd *srv = j->srv;
+	struct auth_job **pp = &srv->wait_head;
+	while (*pp && *pp != j)
+		pp = &(*pp)->next;
+	RELAY_ASSERT(*pp == j);
+	*pp = j->next;
+	if (!*pp)
+		srv->wait_tail = pp;
+	j->next = NULL;
+	j->waiting = false;
+	srv->auth_waiting--;
+}
+
+/* A waiter that never ran: it let go of everything it held. */
+static void lane_abandon(struct auth_job *j, uint64_t now)
+{
+	struct smtpd *srv = j->srv;
+	smtpd_lockout_release(srv->names, j->kn, now);
+	if (j->tracked)
+		smtpd_lockout_end(srv->lockout, j->kc, now, false);
+	else
+		srv->auth_untracked--;
+}
+
+/* The session's answer, and the job goes. The session was still
+ * waiting for it (not closing). */
+static void auth_answer(struct auth_job *j, int result)
+{
+	struct smtpd *srv = j->srv;
+	struct smtpd_session *s = j->s;
+	s->auth_pending = false;
+	s->auth_job = NULL;
+	auth_job_free(j);
+	smtpd_proto_done(s->proto, result, &s->out);
+	if (s->closing) {
+		smtpd_session_maybe_free(s);
+	} else if (smtpd_proto_state(s->proto) == SMTPD_ST_CLOSED) {
+		smtpd_session_flush(s);   /* 421: disconnected */
+		smtpd_session_close(s, true);
+	} else {
+		smtpd_session_process(s);
+	}
+	srv->auth_jobs--;
+	smtpd_server_maybe_done(srv);
+}
+
+static void auth_after_cb(uv_work_t *req, int status);
+
+/* Starts a slow-lane check on the pool: it checks against the table in
+ * use now, not the one of when it began to wait. */
+static void lane_run_one(struct auth_job *j, uint64_t now)
+{
+	struct smtpd *srv = j->srv;
+	cred_store_free(j->creds);
+	j->creds = srv->creds ? cred_store_ref(srv->creds) : NULL;
+	j->req.data = j;
+	int r = uv_queue_work(srv->loop, &j->req, auth_work_cb, auth_after_cb);
+	if (r == 0)
+		return;
+	uint64_t lock;
+	bool full;
+	char who[CRED_NAME_MAX * 4 + 8];
+	log_user(who, sizeof who, j->user);
+	log_err("s=%s: AUTH as %s: cannot queue the password check: %s",
+	        j->s->sid, who, uv_strerror(r));
+	lane_end(j, false, now, &lock, &full);
+	auth_answer(j, SMTPD_AUTH_TEMPFAIL);
+}
+
+/* The slow lane: starts what may start (per name one at a time, after
+ * the name's delay; AUTH_SLOW_ACTIVE at most), answers waiters past their
+ * deadline with 454, and sets the timer for the next of either. */
+static void lane_timer_cb(uv_timer_t *t)
+{
+	struct smtpd *srv = t->data;
+	uint64_t now = uv_now(srv->loop), next = UINT64_MAX;
+	struct auth_job *go = NULL, **go_tail = &go;
+	struct auth_job *late = NULL, **late_tail = &late;
+	struct auth_job **pp = &srv->wait_head;
+	while (*pp) {
+		struct auth_job *j = *pp;
+		bool take = false, expired = now >= j->deadline;
+		if (!expired && srv->auth_slow < AUTH_SLOW_ACTIVE) {
+			uint64_t w = smtpd_lockout_lane_wait(srv->names, j->kn, now);
+			if (w == 0) {
+				/* Marked running now: the next waiter for this
+				 * name, further down, sees it busy. */
+				smtpd_lockout_lane_start(srv->names, j->kn, now);
+				srv->auth_slow++;
+				take = true;
+			} else if (w != UINT64_MAX && now + w < next) {
+				next = now + w;
+			}
+		}
+		if (!take && !expired) {
+			if (j->deadline < next)
+				next = j->deadline;
+			pp = &j->next;
+			continue;
+		}
+		*pp = j->next;
+		j->next = NULL;
+		j->waiting = false;
+		srv->auth_waiting--;
+		if (take) {
+			j->lane = AUTH_LANE_SLOW;
+			*go_tail = j;
+			go_tail = &j->next;
+		} else {
+			*late_tail = j;
+			late_tail = &j->next;
+		}
+	}
+	srv->wait_tail = pp;
+	/* Armed before the answers below: a session they let go on may
+	 * queue a new AUTH and kick the timer to 0, which must win. */
+	if (next != UINT64_MAX)
+		uv_timer_start(&srv->lane_timer, lane_timer_cb, next - now, 0);
+	else
+		uv_timer_stop(&srv->lane_timer);
+	while (go) {
+		struct auth_job *j = go;
+		go = j->next;
+		j->next = NULL;
+		lane_run_one(j, now);
+	}
+	while (late) {
+		struct auth_job *j = late;
+		late = j->next;
+		j->next = NULL;
+		char who[CRED_NAME_MAX * 4 + 8];
+		log_user(who, sizeof who, j->user);
+		log_info("s=%s: AUTH as %s: refused: waited too long in the "
+		         "slow lane, client=[%s]", j->s->sid, who, j->s->ip);
+		lane_abandon(j, now);
+		auth_answer(j, SMTPD_AUTH_LOCKED);
+	}
 }
 
 static void auth_after_cb(uv_work_t *req, int status)
@@ -190,28 +440,27 @@ static void auth_after_cb(uv_work_t *req, int status)
 		smtpd_server_maybe_done(srv);
 		return;
 	}
-	srv->auth_inflight--;
-	s->auth_pending = false;
+	uint64_t now = uv_now(srv->loop);
+	bool ran = status == 0 && j->verified;
+	/* A guess counts even when its client left before the answer: the
+	 * KDF ran for it. */
+	bool failed = ran && (j->res == CRED_BAD_PASSWORD ||
+	                      j->res == CRED_UNKNOWN);
+	uint64_t lock;
+	bool full;
+	lane_end(j, failed, now, &lock, &full);
+	char user[CRED_NAME_MAX * 4 + 8];
+	log_user(user, sizeof user, j->user);
 	if (s->closing || smtpd_proto_state(s->proto) != SMTPD_ST_AUTH) {
 		/* Gone, timed out or shut down while the KDF ran. */
-		smtpd_proto_done(s->proto, SMTPD_AUTH_TEMPFAIL, &s->out);
-		auth_job_free(j);
-		if (s->closing)
-			smtpd_session_maybe_free(s);
-		else
-			smtpd_session_process(s);
-		srv->auth_jobs--;
-		smtpd_server_maybe_done(srv);
+		if (ran)
+			log_info("s=%s: AUTH as %s: %s, client=[%s] (gone)", s->sid, user,
+			         cred_result_names[j->res], s->ip);
+		auth_answer(j, SMTPD_AUTH_TEMPFAIL);
 		return;
 	}
-	char user[CRED_NAME_MAX * 4 + 8], kn[SMTPD_LOCKOUT_KEY_MAX],
-	     ki[SMTPD_LOCKOUT_KEY_MAX];
-	log_user(user, sizeof user, j->user);
-	key_name(kn, sizeof kn, j->user);
-	key_ip(ki, sizeof ki, s);
-	uint64_t now = uv_now(srv->loop);
 	int result;
-	if (status < 0 || !j->verified) {
+	if (!ran) {
 		log_info("s=%s: AUTH as %s: unavailable (%s)", s->sid, user,
 		         status < 0 ? uv_strerror(status) : "no credentials loaded");
 		result = SMTPD_AUTH_TEMPFAIL;
@@ -220,8 +469,12 @@ static void auth_after_cb(uv_work_t *req, int status)
 		         cred_result_names[j->res], s->ip);
 		switch (j->res) {
 		case CRED_OK: {
+			/* Neither table forgets: a client's failures stay for the
+			 * window (an attacker with a credential of its own must not
+			 * wipe its count between guesses), a name's too (alice's
+			 * logins must not reset the slowdown of those guessing her
+			 * password; she is never in their lane). */
 			const struct cred_store *t = j->loaded ? j->loaded : j->creds;
-			smtpd_lockout_clear(srv->lockout, kn, now);
 			cred_store_free(s->auth_creds);
 			s->auth_creds = cred_store_ref((struct cred_store *)t);
 			smtpd_proto_set_cred(s->proto, j->cred);
@@ -229,21 +482,9 @@ static void auth_after_cb(uv_work_t *req, int status)
 			break;
 		}
 		case CRED_BAD_PASSWORD:
-		case CRED_UNKNOWN: {
-			/* Guesses count against the client and the name. */
-			uint64_t d = smtpd_lockout_fail(srv->lockout, ki, now);
-			if (d)
-				log_warn("s=%s: AUTH lockout of client [%s] for %" PRIu64
-				         "s after too many failures", s->sid, s->ip,
-				         d / 1000);
-			d = smtpd_lockout_fail(srv->lockout, kn, now);
-			if (d)
-				log_warn("s=%s: AUTH lockout of credential %s for %" PRIu64
-				         "s after too many failures", s->sid, user,
-				         d / 1000);
+		case CRED_UNKNOWN:
 			result = SMTPD_AUTH_FAILED;
 			break;
-		}
 		case CRED_DISABLED:
 			result = SMTPD_AUTH_FAILED;
 			break;
@@ -252,11 +493,17 @@ static void auth_after_cb(uv_work_t *req, int status)
 			break;
 		}
 	}
-	auth_job_free(j);
-	smtpd_proto_done(s->proto, result, &s->out);
-	smtpd_session_process(s);
-	srv->auth_jobs--;
-	smtpd_server_maybe_done(srv);
+	if (lock)
+		log_warn("s=%s: AUTH lockout of client [%s] for %" PRIu64
+		         "s after too many failures", s->sid, j->kc, lock / 1000);
+	if (full) {
+		log_warn("s=%s: AUTH lockout table full (%u clients locked out or "
+		         "checking): failure of untracked client [%s] not "
+		         "recorded; disconnecting it", s->sid, srv->lockout_cap,
+		         j->kc);
+		result = SMTPD_AUTH_UNTRACKED;
+	}
+	auth_answer(j, result);
 }
 
 /* A look at the credentials file is due: start one with this job. */
@@ -288,8 +535,8 @@ static int auth_queue(struct smtpd *srv, struct auth_job *j)
 	return 0;
 }
 
-/* SMTPD_REQ_AUTH: the lockouts first (no password check for a locked-out
- * client or name), then the check on the thread pool. */
+/* SMTPD_REQ_AUTH: the client's lockout and its checks left first (no
+ * password check for a locked-out or busy client), then its lane. */
 void smtpd_auth_start(struct smtpd_session *s)
 {
 	struct smtpd *srv = s->srv;
@@ -297,43 +544,85 @@ void smtpd_auth_start(struct smtpd_session *s)
 	const void *pw;
 	size_t pwlen;
 	smtpd_proto_auth_request(s->proto, &user, &pw, &pwlen);
-	char who[CRED_NAME_MAX * 4 + 8], kn[SMTPD_LOCKOUT_KEY_MAX],
-	     ki[SMTPD_LOCKOUT_KEY_MAX];
+	char who[CRED_NAME_MAX * 4 + 8], kc[SMTPD_LOCKOUT_KEY_MAX],
+	     kn[SMTPD_LOCKOUT_KEY_MAX];
 	log_user(who, sizeof who, user);
-	key_ip(ki, sizeof ki, s);
+	key_client(kc, sizeof kc, (const struct sockaddr *)&s->peer, s->ip);
 	key_name(kn, sizeof kn, user);
-	uint64_t now = uv_now(srv->loop);
-	uint64_t left = smtpd_lockout_check(srv->lockout, ki, now);
-	if (left) {
+	uint64_t now = uv_now(srv->loop), left = 0;
+	enum smtpd_lockout_admit a = smtpd_lockout_begin(srv->lockout, kc, now,
+	                                                 &left);
+	log_debug("s=%s: AUTH as %s: client [%s] %s", s->sid, who, kc,
+	          smtpd_lockout_admit_names[a]);
+	enum auth_lane lane = AUTH_LANE_FAST;
+	bool tracked = true;
+	int refuse = -1;
+	const char *why = NULL;
+	switch (a) {
+	case SMTPD_LOCKOUT_LOCKED:
 		log_info("s=%s: AUTH as %s: refused: client [%s] locked out for "
-		         "%" PRIu64 "s more", s->sid, who, s->ip, (left + 999) / 1000);
+		         "%" PRIu64 "s more", s->sid, who, kc, (left + 999) / 1000);
 		smtpd_proto_done(s->proto, SMTPD_AUTH_LOCKED_IP, &s->out);
 		return;
-	}
-	left = smtpd_lockout_check(srv->lockout, kn, now);
-	if (left) {
-		log_info("s=%s: AUTH as %s: refused: credential locked out for "
-		         "%" PRIu64 "s more", s->sid, who, (left + 999) / 1000);
+	case SMTPD_LOCKOUT_BUSY:
+		log_info("s=%s: AUTH as %s: refused: client [%s] has as many checks "
+		         "in progress as failures left", s->sid, who, kc);
 		smtpd_proto_done(s->proto, SMTPD_AUTH_LOCKED, &s->out);
 		return;
+	case SMTPD_LOCKOUT_FULL:
+		tracked = false;
+		if (srv->auth_untracked >= AUTH_UNTRACKED_MAX) {
+			log_warn("s=%s: AUTH as %s: refused: lockout table full and "
+			         "%d untracked checks in progress, client=[%s]", s->sid,
+			         who, AUTH_UNTRACKED_MAX, kc);
+			smtpd_proto_done(s->proto, SMTPD_AUTH_TEMPFAIL, &s->out);
+			return;
+		}
+		break;
+	case SMTPD_LOCKOUT_FAILED:
+		lane = AUTH_LANE_SLOW;
+		break;
+	case SMTPD_LOCKOUT_CLEAN:
+		break;
 	}
-	bool check = !srv->creds_checking && !srv->stopping &&
-	             now - srv->creds_checked >= CREDS_CHECK_MS;
-	const char *why = NULL;
-	if (!srv->creds && !check)
+	/* From here the client table holds the check (when tracked): every
+	 * refusal below gives it back. */
+	bool check = lane == AUTH_LANE_FAST && !srv->creds_checking &&
+	             !srv->stopping && now - srv->creds_checked >= CREDS_CHECK_MS;
+	bool held_name = false;
+	if (!srv->creds && !check) {
 		why = "no credentials loaded";
-	else if (srv->auth_inflight >= AUTH_MAX_INFLIGHT)
+		refuse = SMTPD_AUTH_TEMPFAIL;
+	} else if (lane == AUTH_LANE_FAST && srv->auth_fast >= AUTH_FAST_MAX) {
 		why = "too many password checks in progress";
-	struct auth_job *j = why ? NULL : calloc(1, sizeof *j);
-	if (!why && !j)
+		refuse = SMTPD_AUTH_TEMPFAIL;
+	} else if (lane == AUTH_LANE_SLOW) {
+		int n = srv->auth_waiting < AUTH_SLOW_MAX
+		            ? smtpd_lockout_hold(srv->names, kn, now) : -ENOSPC;
+		held_name = n > 0;
+		if (n < 0 || n > AUTH_SLOW_PER_NAME) {
+			why = "too many checks waiting in the slow lane";
+			refuse = SMTPD_AUTH_LOCKED;
+		}
+	}
+	struct auth_job *j = refuse < 0 ? calloc(1, sizeof *j) : NULL;
+	if (refuse < 0 && !j) {
 		why = "out of memory";
+		refuse = SMTPD_AUTH_TEMPFAIL;
+	}
 	if (j) {
 		j->srv = srv;
 		j->s = s;
+		j->lane = lane;
+		j->tracked = tracked;
+		memcpy(j->kc, kc, sizeof kc);
+		memcpy(j->kn, kn, sizeof kn);
 		j->creds = srv->creds ? cred_store_ref(srv->creds) : NULL;
 		snprintf(j->user, sizeof j->user, "%s", user);
 		memcpy(j->pw, pw, pwlen);
 		j->pwlen = pwlen;
+	}
+	if (j && lane == AUTH_LANE_FAST) {
 		int r = check ? creds_check_begin(srv, j, false) : 0;
 		if (r == 0)
 			r = auth_queue(srv, j);
@@ -341,16 +630,63 @@ void smtpd_auth_start(struct smtpd_session *s)
 			if (j->check)
 				srv->creds_checking = false;
 			auth_job_free(j);
+			j = NULL;
 			why = "cannot queue the password check";
+			refuse = SMTPD_AUTH_TEMPFAIL;
+		} else {
+			srv->auth_fast++;
+			if (!tracked)
+				srv->auth_untracked++;
 		}
+	} else if (j) {
+		/* The slow lane: queued, started by lane_timer_cb. */
+		j->waiting = true;
+		j->deadline = now + s->cf->conf.timeout_command;
+		*srv->wait_tail = j;
+		srv->wait_tail = &j->next;
+		srv->auth_waiting++;
+		srv->auth_jobs++;
+		log_info("s=%s: AUTH as %s: client [%s] failed before: waiting in "
+		         "the name's slow lane (%" PRIu64 " ms)", s->sid, who, kc,
+		         smtpd_lockout_lane_wait(srv->names, kn, now) == UINT64_MAX
+		             ? 0 : smtpd_lockout_lane_wait(srv->names, kn, now));
+		lane_kick(srv);
 	}
-	if (why) {
-		log_info("s=%s: AUTH as %s: unavailable (%s)", s->sid, who, why);
-		smtpd_proto_done(s->proto, SMTPD_AUTH_TEMPFAIL, &s->out);
+	if (refuse >= 0) {
+		if (held_name)
+			smtpd_lockout_release(srv->names, kn, now);
+		if (tracked)
+			smtpd_lockout_end(srv->lockout, kc, now, false);
+		log_info("s=%s: AUTH as %s: %s (%s), client=[%s]", s->sid, who,
+		         refuse == SMTPD_AUTH_LOCKED ? "refused" : "unavailable", why,
+		         kc);
+		smtpd_proto_done(s->proto, refuse, &s->out);
 		return;
 	}
 	s->auth_pending = true;
-	srv->auth_inflight++;
+	s->auth_job = j;
+}
+
+bool smtpd_auth_cancel(struct smtpd_session *s)
+{
+	struct auth_job *j = s->auth_job;
+	if (!s->auth_pending || !j || !j->waiting)
+		return false;   /* none, or on the pool: it finishes there */
+	struct smtpd *srv = s->srv;
+	uint64_t now = uv_now(srv->loop);
+	lane_unlink(j);
+	lane_abandon(j, now);
+	char who[CRED_NAME_MAX * 4 + 8];
+	log_user(who, sizeof who, j->user);
+	log_info("s=%s: AUTH as %s: client [%s] left while waiting in the slow "
+	         "lane", s->sid, who, j->kc);
+	s->auth_pending = false;
+	s->auth_job = NULL;
+	auth_job_free(j);
+	srv->auth_jobs--;
+	smtpd_proto_done(s->proto, SMTPD_AUTH_TEMPFAIL, &s->out);
+	lane_kick(srv);
+	return true;
 }
 
 /* SIGHUP: the credentials file is read again on the thread pool (it may
@@ -381,3 +717,170 @@ void smtpd_auth_load_now(struct smtpd *srv)
 	cred_store_free(j.loaded);
 }
 
+/* ---- setup ------------------------------------------------------------------ */
+
+int smtpd_auth_init(struct smtpd *srv, unsigned table_size)
+{
+	srv->lockout_cap = table_size;
+	srv->wait_tail = &srv->wait_head;
+	int r = uv_timer_init(srv->loop, &srv->lane_timer);
+	if (r < 0)
+		return r;
+	srv->lane_timer.data = srv;
+	srv->lane_timer_open = true;
+	srv->lockout = smtpd_lockout_new(table_size);
+	srv->names = smtpd_lockout_new(table_size);
+	return srv->lockout && srv->names ? 0 : -ENOMEM;
+}
+
+static void lane_timer_closed_cb(uv_handle_t *h)
+{
+	struct smtpd *srv = h->data;
+	srv->lane_timer_open = false;
+	smtpd_server_maybe_done(srv);
+}
+
+/* After the sessions were closed (their waiters left the queue). */
+void smtpd_auth_stop(struct smtpd *srv)
+{
+	if (srv->lane_timer_open &&
+	    !uv_is_closing((uv_handle_t *)&srv->lane_timer))
+		uv_close((uv_handle_t *)&srv->lane_timer, lane_timer_closed_cb);
+}
+
+void smtpd_auth_set_conf(struct smtpd *srv, const struct conf *conf)
+{
+	smtpd_lockout_set(srv->lockout, conf->auth_fail_limit,
+	                  conf->auth_fail_window, conf->auth_lockout);
+	/* Names never lock; their failures count in the same window and
+	 * set the lane's delay. */
+	smtpd_lockout_set(srv->names, 0, conf->auth_fail_window, 0);
+	smtpd_lockout_set_delay(srv->names, conf->auth_slow_delay,
+	                        conf->auth_slow_delay_max);
+	/* The lane's delays may have changed. */
+	lane_kick(srv);
+}
+
+/* ---- relayctl lockout list|clear ---------------------------------------------- */
+
+/* A JSON string (RFC 8259) of peer text: quotes, backslash and controls
+ * escaped; bytes >= 0x7f as \u00XX (read as Latin-1), so the reply is
+ * always valid UTF-8 JSON whatever a client typed as a name. */
+static int json_str(struct buf *out, const char *s)
+{
+	int r = buf_appends(out, "\"");
+	for (; *s && r == 0; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\')
+			r = buf_printf(out, "\\%c", c);
+		else if (c < 0x20 || c >= 0x7f)
+			r = buf_printf(out, "\\u%04x", c);
+		else
+			r = buf_append(out, s, 1);
+	}
+	return r ? r : buf_appends(out, "\"");
+}
+
+struct list_ctx {
+	struct buf *out;
+	bool first;
+	bool names;
+	int err;
+};
+
+static void list_cb(void *arg, const struct smtpd_lockout_info *e)
+{
+	struct list_ctx *l = arg;
+	if (l->err)
+		return;
+	int r = buf_appends(l->out, l->first ? "" : ",");
+	l->first = false;
+	if (r == 0)
+		r = buf_printf(l->out, "{\"%s\":", l->names ? "name" : "client");
+	if (r == 0)
+		r = json_str(l->out, e->key);
+	if (r == 0 && l->names)
+		r = buf_printf(l->out, ",\"failures\":%u,\"delay\":%" PRIu64
+		               ",\"waiting\":%u}", e->failures,
+		               e->running ? 0 : (e->wait_ms + 999) / 1000, e->held);
+	else if (r == 0)
+		r = buf_printf(l->out, ",\"failures\":%u,\"locked\":%" PRIu64
+		               ",\"lockouts\":%u,\"checks\":%u}", e->failures,
+		               (e->locked_ms + 999) / 1000, e->strikes, e->held);
+	l->err = r;
+}
+
+/* The key an operator's ADDR stands for: an address as a client is
+ * keyed (IPv6 by /64), or "2001:db8::/64" as listed. 0, or -EINVAL. */
+static int ctl_addr_key(const char *arg, char *k, size_t n)
+{
+	struct sockaddr_storage ss;
+	memset(&ss, 0, sizeof ss);
+	struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+	struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+	char a[INET6_ADDRSTRLEN + 8];
+	size_t l = strlen(arg);
+	if (l >= sizeof a)
+		return -EINVAL;
+	memcpy(a, arg, l + 1);
+	bool slash64 = l > 3 && strcmp(a + l - 3, "/64") == 0;
+	if (slash64)
+		a[l - 3] = '\0';
+	if (!slash64 && inet_pton(AF_INET, a, &s4->sin_addr) == 1)
+		ss.ss_family = AF_INET;
+	else if (inet_pton(AF_INET6, a, &s6->sin6_addr) == 1)
+		ss.ss_family = AF_INET6;
+	else
+		return -EINVAL;
+	return smtpd_policy_ip_key((struct sockaddr *)&ss, 64, k, n);
+}
+
+int smtpd_auth_ctl(struct smtpd *srv, const char *args, struct buf *out)
+{
+	uint64_t now = uv_now(srv->loop);
+	char verb[8] = "", arg[256] = "", extra[2] = "";
+	int n = sscanf(args, "%7s %255s %1s", verb, arg, extra);
+	if (n >= 1 && strcmp(verb, "list") == 0 && n == 1) {
+		int r = buf_appends(out, "ok {\"clients\":[");
+		struct list_ctx l = {.out = out, .first = true};
+		if (r == 0) {
+			smtpd_lockout_foreach(srv->lockout, now, list_cb, &l);
+			r = l.err;
+		}
+		if (r == 0)
+			r = buf_appends(out, "],\"names\":[");
+		l.first = true;
+		l.names = true;
+		if (r == 0) {
+			smtpd_lockout_foreach(srv->names, now, list_cb, &l);
+			r = l.err;
+		}
+		if (r == 0)
+			r = buf_printf(out, "],\"limit\":%u,\"capacity\":%u}",
+			               srv->conf->conf.auth_fail_limit, srv->lockout_cap);
+		return r;
+	}
+	if (n >= 1 && strcmp(verb, "clear") == 0 && n <= 2) {
+		size_t cleared = 0;
+		if (n == 1) {
+			cleared = smtpd_lockout_clear(srv->lockout, NULL, now) +
+			          smtpd_lockout_clear(srv->names, NULL, now);
+			log_warn("control: AUTH lockouts cleared: %zu entr%s", cleared,
+			         cleared == 1 ? "y" : "ies");
+		} else {
+			char k[SMTPD_LOCKOUT_KEY_MAX], esc[SMTPD_LOCKOUT_KEY_MAX * 4];
+			if (ctl_addr_key(arg, k, sizeof k) == 0)
+				cleared += smtpd_lockout_clear(srv->lockout, k, now);
+			key_name(k, sizeof k, arg);
+			cleared += smtpd_lockout_clear(srv->names, k, now);
+			log_escape(esc, sizeof esc, arg, strlen(arg));
+			log_warn("control: AUTH lockout of %s cleared: %zu entr%s", esc,
+			         cleared, cleared == 1 ? "y" : "ies");
+		}
+		/* Delays lifted: waiters may go now. */
+		lane_kick(srv);
+		return buf_printf(out, "ok {\"cleared\":%zu}", cleared);
+	}
+	return buf_appends(out, "err usage: lockout list | lockout clear "
+	                        "[ADDR|NAME]");
+}

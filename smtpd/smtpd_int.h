@@ -49,15 +49,26 @@
 /* A graceful close waits this long for queued replies to drain; a peer
  * that stopped reading must not hold its session slot forever. */
 #define LINGER_MS    10000
-/* Password checks on the thread pool at once (each one scrypt run: about
- * 0.1 s and 32 MiB). More AUTHs meanwhile get 454 4.7.0: a guesser
- * cannot queue up unbounded work, and memory stays bounded. */
-#define AUTH_MAX_INFLIGHT 16
+/* Password checks (each one KDF run: with the default scrypt about 0.1 s
+ * and 32 MiB) go through two lanes, so that failures - someone else's
+ * guesses - never slow down or refuse a client without failures of its
+ * own (issue 8 §3; smtpd_auth.c says how). The fast lane, for such
+ * clients: at most this many checks on the thread pool at once; more
+ * AUTHs meanwhile get 454 4.7.0, so nobody queues up unbounded work. */
+#define AUTH_FAST_MAX 16
+/* The slow lane, for clients that failed before: at most this many of its
+ * checks on the pool at once (libuv's pool has 4 threads: the others stay
+ * free for the fast lane), at most AUTH_SLOW_PER_NAME waiting per name
+ * and AUTH_SLOW_MAX in all; more get 454 4.7.0. */
+#define AUTH_SLOW_ACTIVE 1
+#define AUTH_SLOW_PER_NAME 8
+#define AUTH_SLOW_MAX 256
+/* Checks at once of clients the full client table cannot track (every
+ * entry locked or busy); more get 454 4.7.0. */
+#define AUTH_UNTRACKED_MAX 4
 /* The credentials file is looked at (stat) at most this often, when an
  * AUTH arrives: relayctl's edits apply without a restart. */
 #define CREDS_CHECK_MS 1000
-/* Keys (client addresses and credential names) the lockout table holds. */
-#define LOCKOUT_CAP 4096
 
 struct smtpd_listener {
 	struct smtpd *srv;
@@ -77,6 +88,7 @@ struct smtpd_conf {
 };
 
 struct smtpd_session;
+struct auth_job;
 
 /* Which credentials file is loaded: a change of any field (relayctl
  * renames a new file over the old) means it is read again. */
@@ -107,9 +119,19 @@ struct smtpd {
 	uint64_t creds_next_gen;
 	uint64_t creds_checked;      /* uv_now() of the last check started */
 	bool creds_checking;         /* a check is on the pool */
-	unsigned auth_inflight;      /* password checks on the pool */
-	unsigned auth_jobs;          /* every job on the pool */
+	unsigned auth_jobs;          /* every job: on the pool or waiting */
+	/* Failed AUTH (smtpd_auth.c): clients (the address; IPv6 by /64)
+	 * and credential names as typed, each with its lane. */
 	struct smtpd_lockout *lockout;
+	struct smtpd_lockout *names;
+	unsigned lockout_cap;        /* entries in each (auth_lockout_table) */
+	unsigned auth_fast;          /* fast-lane checks on the pool */
+	unsigned auth_slow;          /* slow-lane checks on the pool */
+	unsigned auth_untracked;     /* checks of untracked clients */
+	unsigned auth_waiting;       /* slow-lane checks waiting */
+	struct auth_job *wait_head, **wait_tail;   /* FIFO */
+	uv_timer_t lane_timer;       /* the next slow-lane start or deadline */
+	bool lane_timer_open;
 	struct smtpd_listener lst[CONF_LISTEN_MAX];
 	size_t nlst;
 	/* Per-client-IP rates: the listener's, so SIGHUP keeps them. */
@@ -152,6 +174,7 @@ struct smtpd_session {
 	bool closing;          /* close started: no more input or output */
 	bool commit_pending;   /* the queue holds a callback to us */
 	bool auth_pending;     /* a password check holds a pointer to us */
+	struct auth_job *auth_job;   /* that check */
 	/* The table the authenticated credential lives in (a reference):
 	 * the core reads its restrictions for the rest of the session. */
 	struct cred_store *auth_creds;
@@ -222,6 +245,14 @@ void smtpd_commit_start(struct smtpd_session *s);
 /* smtpd_auth.c */
 /* SMTPD_REQ_AUTH: lockouts first, then the password check on the pool. */
 void smtpd_auth_start(struct smtpd_session *s);
+/* The client left (s->eof) or s is closing: a check still waiting in the
+ * slow lane is dropped (454 4.7.0 to the core). True if there was one. */
+bool smtpd_auth_cancel(struct smtpd_session *s);
+/* smtpd_new and smtpd_stop: the slow lane's timer. */
+int smtpd_auth_init(struct smtpd *srv, unsigned table_size);
+void smtpd_auth_stop(struct smtpd *srv);
+/* The lockout tables' settings from conf (start, SIGHUP). */
+void smtpd_auth_set_conf(struct smtpd *srv, const struct conf *conf);
 /* SIGHUP: the credentials file is read again on the thread pool. */
 void smtpd_auth_reload(struct smtpd *srv);
 /* At start: the credentials file is read (blocking). */

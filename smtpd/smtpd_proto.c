@@ -1447,9 +1447,11 @@ static void auth_done(struct smtpd_proto *p, int status, struct buf *out)
 		reply(p, out, SMTP_R_AUTH_LOCKED);
 		break;
 	case SMTPD_AUTH_LOCKED_IP:
+	case SMTPD_AUTH_UNTRACKED:
 		p->cred = NULL;
 		auth_wipe(p);
-		reply(p, out, SMTP_R_AUTH_LOCKED_IP);
+		reply(p, out, status == SMTPD_AUTH_LOCKED_IP ? SMTP_R_AUTH_LOCKED_IP
+		                                             : SMTP_R_AUTH_UNTRACKED);
 		p->st = SMTPD_ST_CLOSED;
 		return;
 	default:

@@ -46,8 +46,11 @@ enum smtpd_auth_result {
 	SMTPD_AUTH_OK = 0,      /* 235 2.7.0; call smtpd_proto_set_cred first */
 	SMTPD_AUTH_FAILED,      /* 535 5.7.8 (bad password, unknown, disabled) */
 	SMTPD_AUTH_TEMPFAIL,    /* 454 4.7.0 (no credentials, busy, KDF error) */
-	SMTPD_AUTH_LOCKED,      /* 454 4.7.0: the credential is locked out */
+	SMTPD_AUTH_LOCKED,      /* 454 4.7.0: too many checks waiting or in
+	                         * flight (the client's, or the name's) */
 	SMTPD_AUTH_LOCKED_IP,   /* 421 4.7.0, then the session is CLOSED */
+	SMTPD_AUTH_UNTRACKED,   /* 421 4.7.0, CLOSED: a failure the full
+	                         * lockout table could not record */
 };
 
 enum smtpd_state {

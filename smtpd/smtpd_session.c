@@ -441,6 +441,7 @@ void smtpd_session_process(struct smtpd_session *s)
 {
 	if (s->closing || s->tls == SESS_TLS_HANDSHAKE)
 		return;   /* the handshake drives the session until it ends */
+again:
 	for (;;) {
 		/* In TLS, decrypt even while a commit runs: input waits in
 		 * s->in, bounded, as plaintext would. */
@@ -498,6 +499,11 @@ void smtpd_session_process(struct smtpd_session *s)
 		if (k == 0)
 			break;
 	}
+	/* A client that left while its AUTH waits in the slow lane frees
+	 * its place there now (454); what it sent after still gets its
+	 * answers, as for any half-close. */
+	if (!s->closing && s->eof && s->auth_pending && smtpd_auth_cancel(s))
+		goto again;
 	smtpd_session_flush(s);
 	if (s->closing)
 		return;
@@ -684,6 +690,10 @@ void smtpd_session_close(struct smtpd_session *s, bool graceful)
 			return;
 	}
 	s->closing = true;
+	/* An AUTH waiting in the slow lane goes with the session (one on
+	 * the thread pool finishes there, then frees it). */
+	if (s->auth_pending)
+		smtpd_auth_cancel(s);
 	if (s->proto)
 		log_info("s=%s: disconnect from [%s]:%d in state %s%s", s->sid, s->ip,
 		         s->port, smtpd_state_names[smtpd_proto_state(s->proto)],

@@ -75,6 +75,9 @@ int ctl_cmd_delete(struct ctl_ctx *c, int argc, char **argv);
 int ctl_cmd_bounce(struct ctl_ctx *c, int argc, char **argv);
 int ctl_cmd_requeue(struct ctl_ctx *c, int argc, char **argv);
 int ctl_cmd_stats(struct ctl_ctx *c, int argc, char **argv);
+/* lockout list [--json] | lockout clear [ADDR|NAME]: relayd's failed-AUTH
+ * tables, through the control socket. */
+int ctl_cmd_lockout(struct ctl_ctx *c, int argc, char **argv);
 
 /* ctl_priv.c: run as root, checks the spool (no links, one owner, safe
  * modes and ancestors) and switches to its owner's uid and gid for good,
@@ -183,6 +186,11 @@ int ctl_json_flatten(struct ctl_out *o, const char *p, size_t n);
  * that has members): 0, -ENOENT or -EPROTO. */
 int ctl_json_find(const char *p, size_t n, const char *path,
                   const char **v, size_t *vn);
+/* Calls cb with the text of each element of the array at path, in order
+ * (an element is itself a JSON value: query it with the functions here).
+ * 0, -ENOENT, -EPROTO (not an array), or cb's first non-zero return. */
+int ctl_json_each(const char *p, size_t n, const char *path,
+                  int (*cb)(void *arg, const char *v, size_t vn), void *arg);
 /* A string value, decoded (UTF-8), appended to out; -EPROTO if the value
  * is not a string. */
 int ctl_json_get_str(const char *p, size_t n, const char *path,

@@ -6,7 +6,8 @@
  * line), so its schedule never goes stale. While it is stopped, hold,
  * release and delete change the spool directly (queue.h, queue_admin_*)
  * and say so; flush, bounce and requeue need the daemon; stats counts what
- * the index holds.
+ * the index holds. lockout list|clear shows and lifts the failed-AUTH
+ * lockouts relayd holds in memory.
  */
 #include "ctl.h"
 
@@ -472,6 +473,168 @@ int ctl_cmd_stats(struct ctl_ctx *c, int argc, char **argv)
 	}
 	free(reply);
 	ctl_out_free(&q);
+	if (r < 0) {
+		ctl_out_free(&o);
+		return r;
+	}
+	return ctl_print_line(&o);
+}
+
+/* ---- lockout ------------------------------------------------------------ */
+
+/* One row of "lockout list", from an element of the reply's arrays. */
+struct ctl_lock_rows {
+	struct ctl_out *o;
+	bool names;
+	size_t n;
+};
+
+static int ctl_lock_row(void *arg, const char *v, size_t vn)
+{
+	struct ctl_lock_rows *t = arg;
+	struct buf key = BUF_INIT(DELIVER_CTL_REPLY_MAX);
+	int64_t f = 0, a = 0, b = 0, c = 0;
+	int r = ctl_json_get_str(v, vn, t->names ? "name" : "client", &key);
+	if (r == 0)
+		r = ctl_json_get_int(v, vn, "failures", &f);
+	if (r == 0 && t->names)
+		r = ctl_json_get_int(v, vn, "delay", &a);
+	if (r == 0 && t->names)
+		r = ctl_json_get_int(v, vn, "waiting", &b);
+	if (r == 0 && !t->names)
+		r = ctl_json_get_int(v, vn, "locked", &a);
+	if (r == 0 && !t->names)
+		r = ctl_json_get_int(v, vn, "lockouts", &b);
+	if (r == 0 && !t->names)
+		r = ctl_json_get_int(v, vn, "checks", &c);
+	if (r == 0 && buf_append(&key, "", 1) < 0)
+		r = -ENOMEM;
+	if (r < 0) {
+		buf_free(&key);
+		return r == -ENOENT ? -EPROTO : r;
+	}
+	char age[32];
+	if (t->n++ == 0)
+		ctl_out_str(t->o, t->names ?
+		            "NAME                                      FAILURES   "
+		            "DELAY  WAITING\n" :
+		            "CLIENT                                    FAILURES  "
+		            "LOCKED  LOCKOUTS  CHECKS\n");
+	/* Names are what clients typed: made safe for the terminal. */
+	ctl_out_text_pad(t->o, (const char *)key.data, 40);
+	if (a > 0)
+		ctl_fmt_age(age, sizeof age, a);
+	else
+		snprintf(age, sizeof age, "-");
+	if (t->names)
+		ctl_out_printf(t->o, "  %8" PRId64 "  %6s  %7" PRId64 "\n", f, age,
+		               b);
+	else
+		ctl_out_printf(t->o, "  %8" PRId64 "  %6s  %8" PRId64 "  %6" PRId64
+		               "\n", f, age, b, c);
+	buf_free(&key);
+	return 0;
+}
+
+static int ctl_lockout_list(struct ctl_ctx *c, const char *reply,
+                            struct ctl_out *o)
+{
+	size_t n = strlen(reply);
+	int r = ctl_json_check(reply, n);
+	if (r == 0 && c->json) {
+		ctl_out_mem(o, reply, n);   /* valid JSON, as sent */
+		ctl_out_str(o, "\n");
+		return 0;
+	}
+	struct ctl_lock_rows t = {.o = o};
+	if (r == 0)
+		r = ctl_json_each(reply, n, "clients", ctl_lock_row, &t);
+	size_t nclients = t.n;
+	if (r == 0 && nclients)
+		ctl_out_str(o, "\n");
+	t.names = true;
+	t.n = 0;
+	if (r == 0)
+		r = ctl_json_each(reply, n, "names", ctl_lock_row, &t);
+	if (r == 0 && t.n)
+		ctl_out_str(o, "\n");
+	if (r == 0 && nclients + t.n == 0)
+		ctl_out_str(o, "no failed AUTH recorded\n");
+	else if (r == 0)
+		ctl_out_printf(o, "%zu client%s, %zu name%s\n", nclients,
+		               nclients == 1 ? "" : "s", t.n, t.n == 1 ? "" : "s");
+	if (r < 0)
+		ctl_err("relayd sent a malformed lockout list on %s/%s",
+		        c->conf.spool_dir, QUEUE_CONTROL_NAME);
+	return r;
+}
+
+int ctl_cmd_lockout(struct ctl_ctx *c, int argc, char **argv)
+{
+	const char *spool = c->conf.spool_dir;
+	char esc[1100], line[DELIVER_CTL_LINE_MAX];
+	bool list = strcmp(argv[0], "list") == 0;
+	if (!list && strcmp(argv[0], "clear") != 0)
+		return ctl_usage_error("unknown lockout subcommand '%s' (list or "
+		                       "clear)", log_escape(esc, sizeof esc, argv[0],
+		                                            strlen(argv[0])));
+	if (list && argc > 1)
+		return ctl_usage_error("lockout list takes no argument");
+	if (!list && c->json)
+		return ctl_usage_error("'lockout clear' has no --json output");
+	const char *arg = argc > 1 ? argv[1] : NULL;
+	if (arg) {
+		size_t n = strlen(arg);
+		bool ok = n > 0 && n < 256;
+		for (size_t i = 0; ok && i < n; i++)
+			ok = (unsigned char)arg[i] > ' ' && arg[i] != 0x7f;
+		if (!ok)
+			return ctl_usage_error("'%s' is not an address or a name",
+			                       log_escape(esc, sizeof esc, arg, n));
+	}
+	snprintf(line, sizeof line, "lockout %s%s%s", argv[0], arg ? " " : "",
+	         arg ? arg : "");
+	char *reply = malloc(DELIVER_CTL_REPLY_MAX);
+	if (!reply) {
+		ctl_err("%s", strerror(ENOMEM));
+		return -ENOMEM;
+	}
+	struct ctl_out o;
+	ctl_out_init(&o);
+	int r = ctl_control_request(spool, line, CTL_CONTROL_TIMEOUT_MS, reply,
+	                            DELIVER_CTL_REPLY_MAX);
+	if (r == -ECONNREFUSED) {
+		/* The tables live in relayd's memory: none while it is
+		 * stopped (a restart starts them empty). */
+		if (list && c->json)
+			ctl_out_str(&o, "{\"running\":false,\"clients\":[],"
+			            "\"names\":[]}\n");
+		else
+			ctl_out_printf(&o, "relayd is not running: no lockouts (they "
+			               "live in its memory)\n");
+		r = 0;
+	} else if (r == -EREMOTEIO) {
+		ctl_err_text("", reply[0] ? reply : "relayd refused the request");
+	} else if (r < 0) {
+		ctl_err_request(spool, r);
+	} else if (list) {
+		r = ctl_lockout_list(c, reply, &o);
+	} else {
+		int64_t n = 0;
+		r = ctl_json_get_int(reply, strlen(reply), "cleared", &n);
+		if (r < 0) {
+			ctl_err("relayd sent a malformed reply on %s/%s", spool,
+			        QUEUE_CONTROL_NAME);
+		} else if (arg) {
+			ctl_out_str(&o, n ? "cleared: " : "nothing recorded for ");
+			ctl_out_text(&o, arg, strlen(arg), 0);
+			ctl_out_str(&o, "\n");
+		} else {
+			ctl_out_printf(&o, "cleared: %" PRId64 " client%s and name%s\n",
+			               n, n == 1 ? "" : "s", n == 1 ? "" : "s");
+		}
+	}
+	free(reply);
 	if (r < 0) {
 		ctl_out_free(&o);
 		return r;

@@ -418,6 +418,50 @@ int ctl_json_find(const char *p, size_t n, const char *path,
 	return 0;
 }
 
+int ctl_json_each(const char *p, size_t n, const char *path,
+                  int (*cb)(void *arg, const char *v, size_t vn), void *arg)
+{
+	const char *v;
+	size_t vn;
+	int r = ctl_json_find(p, n, path, &v, &vn);
+	if (r < 0)
+		return r;
+	if (v[0] != '[')
+		return -EPROTO;
+	/* Already validated as a whole by the find: walk the elements. */
+	struct ctl_json j = {.p = (const unsigned char *)v, .n = vn, .i = 1,
+	                     .in_array = 1, .depth = 1};
+	buf_init(&j.path, vn + 1);
+	buf_init(&j.tmp, 2 * vn + 1);
+	ctl_json_ws(&j);
+	if (j.i < j.n && j.p[j.i] == ']')
+		goto out;
+	for (;;) {
+		ctl_json_ws(&j);
+		size_t start = j.i;
+		if ((r = ctl_json_value(&j)) < 0)
+			break;
+		if ((r = cb(arg, v + start, j.i - start)) != 0)
+			break;
+		ctl_json_ws(&j);
+		if (j.i >= j.n) {
+			r = -EPROTO;
+			break;
+		}
+		if (j.p[j.i] == ']')
+			break;
+		if (j.p[j.i] != ',') {
+			r = -EPROTO;
+			break;
+		}
+		j.i++;
+	}
+out:
+	buf_free(&j.path);
+	buf_free(&j.tmp);
+	return r == -ENOBUFS ? -EPROTO : r;
+}
+
 int ctl_json_get_str(const char *p, size_t n, const char *path,
                      struct buf *out)
 {

@@ -67,6 +67,8 @@ static const struct ctl_cmd ctl_cmds[] = {
 	 CTL_F_CONF | CTL_F_SPOOL, 1, 1, ctl_cmd_requeue, NULL},
 	{"stats", "[--json]", "queue counts and the state of delivery",
 	 CTL_F_JSON | CTL_F_CONF | CTL_F_SPOOL, 0, 0, ctl_cmd_stats, NULL},
+	{"lockout", "SUBCOMMAND [ARG]", "failed-AUTH lockouts (below)",
+	 CTL_F_JSON | CTL_F_CONF | CTL_F_SPOOL, 1, 2, ctl_cmd_lockout, NULL},
 	{"user", "SUBCOMMAND [NAME]", "SMTP AUTH credentials (below)",
 	 CTL_F_JSON | CTL_F_CONF, 1, 2, ctl_cmd_user,
 	 "--owner= --from-domains= --to-domains= --hourly= --daily= "
@@ -115,6 +117,17 @@ static void ctl_usage(FILE *f)
 	        "LIST: domains or addresses separated by ','; --generate "
 	        "prints a new random\npassword once.\n"
 	        "\n"
+	        "Lockout subcommands (relayd's failed-AUTH tables, held in its "
+	        "memory):\n"
+	        "  lockout list [--json]       clients locked out or with "
+	        "failures, and the\n"
+	        "                              names whose checks are slowed "
+	        "down\n"
+	        "  lockout clear [ADDR|NAME]   lift all of it, or one client's "
+	        "(an IPv6\n"
+	        "                              address stands for its /64) or "
+	        "one name's\n"
+	        "\n"
 	        "Options:\n"
 	        "  -c FILE     relayd's configuration file (default: "
 	        "$RELAYD_CONFIG, else\n"
@@ -122,7 +135,8 @@ static void ctl_usage(FILE *f)
 	        "override its keys,\n"
 	        "              e.g. RELAYD_SPOOL_DIR=/var/spool/relayd\n"
 	        "  --json      JSON output for scripts (list, show, stats, check, "
-	        "user list)\n"
+	        "user list,\n"
+	        "              lockout list)\n"
 	        "  -h, --help  this text\n"
 	        "\n"
 	        "List filters (all given must match):\n"

@@ -153,7 +153,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				smtpd_proto_auth_request(p, &u, &pw, &pl);
 				if (strlen(u) >= 2048 || pl > 2048)
 					abort();
-				smtpd_proto_done(p, (int)(seg / 8 % 5), &out);
+				/* Every enum smtpd_auth_result, UNTRACKED (5) included. */
+				smtpd_proto_done(p, (int)(seg / 8 % 6), &out);
 				if (smtpd_proto_state(p) == SMTPD_ST_CLOSED) {
 					closed = 1;
 					break;

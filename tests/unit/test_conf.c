@@ -97,9 +97,9 @@ static void test_key_table(void **state)
 		if (def && conf_set(c, k, def, err, sizeof err) != 0)
 			fail_msg("default of %s: %s", k, err);
 	}
-	/* + queue_min_free, long_lines, data_min_rate, session_max_lifetime
-	 * (issue 8) */
-	assert_int_equal(n, 57);
+	/* + queue_min_free, long_lines, data_min_rate, session_max_lifetime,
+	 * auth_slow_delay, auth_slow_delay_max, auth_lockout_table (issue 8) */
+	assert_int_equal(n, 60);
 	assert_null(conf_key(n, NULL, NULL));
 }
 

@@ -483,6 +483,109 @@ static void test_verify_outcomes(void **state)
 	assert_string_equal(cred_result_names[CRED_ERROR], "error");
 }
 
+/* Unknown names cost what the costliest known one does, whatever order
+ * and mix of hash parameters the table holds (issue 8 §3: PBKDF2 imported
+ * beside scrypt). Counted in KDF work (cred_store_kdf_work), not time. */
+#define Z22 "AAAAAAAAAAAAAAAAAAAAAA"       /* 16 zero bytes, base64 */
+#define Z43 Z22 "AAAAAAAAAAAAAAAAAAAAA"    /* 32 */
+#define Z86 Z43 Z43                        /* 64 */
+static void test_mixed_cost(void **state)
+{
+	(void)state;
+	/* The cost model itself. */
+	static const struct {
+		struct cred_kdf k;
+		size_t dklen;
+		uint64_t cost;
+	} costs[] = {
+		{{.alg = CRED_SCRYPT, .ln = 15, .r = 8, .p = 1}, 32, 524288},
+		{{.alg = CRED_SCRYPT, .ln = 10, .r = 8, .p = 1}, 32, 16384},
+		{{.alg = CRED_SCRYPT, .ln = 10, .r = 1, .p = 2}, 64, 4096},
+		{{.alg = CRED_PBKDF2_SHA256, .iter = 600000}, 32, 600000},
+		{{.alg = CRED_PBKDF2_SHA256, .iter = 1000}, 32, 1000},
+		{{.alg = CRED_PBKDF2_SHA256, .iter = 1000}, 33, 2000},
+		{{.alg = CRED_PBKDF2_SHA256, .iter = 1000}, 64, 2000},
+	};
+	for (size_t i = 0; i < sizeof costs / sizeof *costs; i++)
+		if (cred_kdf_cost(&costs[i].k, costs[i].dklen) != costs[i].cost)
+			fail_msg("cost case %zu: %llu, want %llu", i,
+			         (unsigned long long)cred_kdf_cost(&costs[i].k,
+			                                           costs[i].dklen),
+			         (unsigned long long)costs[i].cost);
+
+	/* Tables: the cost of checking each name (unknown ones too). */
+	static const struct {
+		const char *text;
+		const char *name[4];
+		uint64_t work[4];
+	} tables[] = {
+		/* the first by name is the cheap PBKDF2: before the fix an
+		 * unknown name cost 1000, a known scrypt one 16384 */
+		{"aaa:$pbkdf2-sha256$i=1000$" Z22 "$" Z43 "\n"
+		 "zzz:" H_SCRYPT "\n",
+		 {"aaa", "zzz", "nobody", "a"}, {1000, 16384, 16384, 16384}},
+		/* PBKDF2 the costlier one, last by name */
+		{"aaa:$scrypt$ln=10,r=1,p=1$" Z22 "$" Z43 "\n"
+		 "zzz:$pbkdf2-sha256$i=5000$" Z22 "$" Z43 "\n",
+		 {"aaa", "zzz", "mmm", "zzzz"}, {2048, 5000, 5000, 5000}},
+		/* the same iterations, a longer hash: twice the work */
+		{"p32:$pbkdf2-sha256$i=3000$" Z22 "$" Z43 "\n"
+		 "p64:$pbkdf2-sha256$i=3000$" Z22 "$" Z86 "\n",
+		 {"p32", "p64", "x", NULL}, {3000, 6000, 6000, 0}},
+		/* a disabled credential's hash counts too */
+		{"on:" H_PBKDF2 "\n"
+		 "off:$pbkdf2-sha256$i=9000$" Z22 "$" Z43 "::disabled=1\n",
+		 {"on", "off", "x", NULL}, {1000, 9000, 9000, 0}},
+	};
+	for (size_t i = 0; i < sizeof tables / sizeof *tables; i++) {
+		struct cred_store *t = parse_ok(tables[i].text);
+		for (size_t j = 0; j < 4 && tables[i].name[j]; j++) {
+			uint64_t w = cred_store_kdf_work(t);
+			uint64_t n = cred_store_kdf_count(t);
+			cred_store_verify(t, tables[i].name[j], "guess", 5, NULL);
+			assert_int_equal(cred_store_kdf_count(t), n + 1);
+			if (cred_store_kdf_work(t) - w != tables[i].work[j])
+				fail_msg("table %zu, %s: work %llu, want %llu", i,
+				         tables[i].name[j],
+				         (unsigned long long)(cred_store_kdf_work(t) - w),
+				         (unsigned long long)tables[i].work[j]);
+		}
+		cred_store_free(t);
+	}
+
+	/* Edits move the dummy: deleting the costliest, or rehashing. */
+	struct cred_store *t = parse_ok(
+		"aaa:$pbkdf2-sha256$i=1000$" Z22 "$" Z43 "\n"
+		"bbb:$pbkdf2-sha256$i=4000$" Z22 "$" Z43 "\n"
+		"ccc:$pbkdf2-sha256$i=2000$" Z22 "$" Z43 "\n");
+	uint64_t w = cred_store_kdf_work(t);
+	cred_store_verify(t, "nobody", "guess", 5, NULL);
+	assert_int_equal(cred_store_kdf_work(t) - w, 4000);
+	assert_int_equal(cred_store_del(t, "bbb"), 0);
+	w = cred_store_kdf_work(t);
+	cred_store_verify(t, "nobody", "guess", 5, NULL);
+	assert_int_equal(cred_store_kdf_work(t) - w, 2000);
+	assert_int_equal(cred_store_set_hash(t, "aaa", H_SCRYPT), 0);
+	w = cred_store_kdf_work(t);
+	cred_store_verify(t, "nobody", "guess", 5, NULL);
+	assert_int_equal(cred_store_kdf_work(t) - w, 16384);
+	struct cred_spec sp = {.name = "ddd",
+	                       .hash = "$pbkdf2-sha256$i=20000$" Z22 "$" Z43};
+	char err[ERRLEN];
+	assert_int_equal(cred_store_add(t, &sp, err, sizeof err), 0);
+	w = cred_store_kdf_work(t);
+	cred_store_verify(t, "nobody", "guess", 5, NULL);
+	assert_int_equal(cred_store_kdf_work(t) - w, 20000);
+	cred_store_free(t);
+
+	/* An empty table: the default scrypt. */
+	t = cred_store_new();
+	cred_store_verify(t, "nobody", "guess", 5, NULL);
+	assert_int_equal(cred_store_kdf_work(t),
+	                 cred_kdf_cost(&cred_kdf_scrypt, 32));
+	cred_store_free(t);
+}
+
 static void test_generate(void **state)
 {
 	(void)state;
@@ -784,6 +887,7 @@ int main(void)
 		cmocka_unit_test(test_hash_verify),
 		cmocka_unit_test(test_default_cost),
 		cmocka_unit_test(test_verify_outcomes),
+		cmocka_unit_test(test_mixed_cost),
 		cmocka_unit_test(test_generate),
 		cmocka_unit_test(test_domain_matching),
 		cmocka_unit_test(test_format_roundtrip),

@@ -1153,6 +1153,8 @@ static void test_auth_results(void **state)
 		 "again later\r\n", SMTPD_ST_READY},
 		{SMTPD_AUTH_LOCKED_IP, "421 4.7.0 Too many failed authentications "
 		 "from your address, closing connection\r\n", SMTPD_ST_CLOSED},
+		{SMTPD_AUTH_UNTRACKED, "421 4.7.0 Too many failed authentications, "
+		 "closing connection\r\n", SMTPD_ST_CLOSED},
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
 		struct fixture *f = fx_auth(CONF_LISTEN_SMTPS, false, false);
