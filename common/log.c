@@ -50,7 +50,11 @@ int log_reopen(void)
 {
 	int fd = -1;
 	if (log_path) {
-		fd = open(log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+		/* Never through a link: relayd opens it as root before it
+		 * drops privileges, perhaps in a directory its account can
+		 * write to. */
+		fd = open(log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC |
+		          O_NOFOLLOW, 0640);
 		if (fd < 0)
 			return -errno;
 	}

@@ -32,6 +32,7 @@
 
 #include "common/conf.h"
 #include "common/log.h"
+#include "common/path.h"
 
 /* The account relayd drops to. */
 struct priv_account {
@@ -321,12 +322,20 @@ static int give_dir(struct handover *h, int dfd, const char *rel, int depth)
  * becomes the account's. */
 static int hand_over_spool(const char *spool, const struct priv_account *a)
 {
-	int dfd = open(spool, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	/* No link is followed anywhere on the path (O_NOFOLLOW alone covers
+	 * only its last component): an account that can write to a
+	 * directory on the way must not make root give it another tree. */
+	char bad[PATH_MAX];
+	int dfd = path_open_dir_nofollow(spool, bad, sizeof bad);
 	if (dfd < 0) {
-		int e = errno;
-		log_err("cannot open spool %s: %s%s", spool, strerror(e),
-		        e == ELOOP || e == ENOTDIR ? " (relayd started as root does "
-		        "not follow a symbolic link as spool_dir)" : "");
+		int e = -dfd;
+		if (e == ELOOP || e == ENOTDIR)
+			log_err("cannot open spool %s: %s is a symbolic link or not a "
+			        "directory (relayd started as root follows no link on "
+			        "the way to spool_dir: set it to the real path)",
+			        spool, bad);
+		else
+			log_err("cannot open spool %s: %s", spool, strerror(e));
 		return -e;
 	}
 	struct handover h = {.spool = spool, .to = a};
@@ -391,11 +400,17 @@ static int sync_parent(const char *path)
 static int make_dir(const char *path, mode_t mode, bool *made)
 {
 	*made = false;
-	if (mkdir(path, mode) < 0)
-		return errno == EEXIST ? 0 : -errno;
+	/* The mode at creation, not by a chmod afterwards: between the two
+	 * an account that can write to the parent could put a link in the
+	 * new directory's place, and root would chmod its target. (At start,
+	 * before any thread: the umask is the process's.) */
+	mode_t old = umask(0);
+	int r = mkdir(path, mode);
+	int e = errno;
+	umask(old);
+	if (r < 0)
+		return e == EEXIST ? 0 : -e;
 	*made = true;
-	if (chmod(path, mode) < 0)
-		return -errno;
 	return sync_parent(path);
 }
 

@@ -439,8 +439,17 @@ static void starttls(struct smtpd_session *s)
  * request, or closes; then sends the replies (batched: RFC 2920). */
 void smtpd_session_process(struct smtpd_session *s)
 {
-	if (s->closing || s->tls == SESS_TLS_HANDSHAKE)
-		return;   /* the handshake drives the session until it ends */
+	if (s->closing)
+		return;
+	if (s->tls == SESS_TLS_HANDSHAKE) {
+		/* The handshake drives the session until it ends; but a write
+		 * that drained (write_cb) may let reading start again, or the
+		 * ClientHello would wait unread until the handshake times out
+		 * (a pipelined burst ending in STARTTLS). Its deadline is not
+		 * moved (update_timer). */
+		update_reading(s);
+		return;
+	}
 again:
 	for (;;) {
 		/* In TLS, decrypt even while a commit runs: input waits in

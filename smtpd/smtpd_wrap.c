@@ -121,6 +121,19 @@ static void head_fold(struct smtpd_wrap *w)
 		w->nhold = n - LIMIT + 1;
 	}
 	w->cont = true;
+	w->fold_cont = true;
+}
+
+/* The held line (ending in CR) is a continuation one of our folds started
+ * and holds nothing but blanks. */
+static bool head_blank_fold(const struct smtpd_wrap *w)
+{
+	if (!w->fold_cont)
+		return false;
+	for (size_t i = 0; i + 1 < w->nhold; i++)
+		if (!is_wsp(w->hold[i]))
+			return false;
+	return true;
 }
 
 /* Whether appending c would put a 999th octet on the held line. */
@@ -146,6 +159,11 @@ static size_t head_feed(struct smtpd_wrap *w, const uint8_t *p, size_t n)
 					w->state = WRAP_ST_BODY;
 				return i + 1;
 			}
+			if (head_blank_fold(w)) {
+				/* The line before ended with our CRLF already. */
+				w->nhold = 0;
+				continue;
+			}
 			w->hold[w->nhold++] = '\n';
 			out(w, w->hold, w->nhold);
 			w->nhold = 0;
@@ -153,6 +171,7 @@ static size_t head_feed(struct smtpd_wrap *w, const uint8_t *p, size_t n)
 		}
 		if (w->nhold == 0) {
 			w->cont = is_wsp(c);
+			w->fold_cont = false;
 			w->colon = NO_COLON;
 		}
 		while (head_full(w, c))

@@ -24,7 +24,10 @@
  *     continuation line, after a visible octet; unfolding gives the
  *     original line back. Without such a blank, CRLF SP is inserted after
  *     the 998th octet (the one octet added to the field), as Postfix does
- *     (smtp_line_length_limit);
+ *     (smtp_line_length_limit). A continuation line a fold started that
+ *     ends holding only blanks is dropped (the field's trailing blanks):
+ *     a blank-only line in the header section is one some readers take
+ *     for its end, and RFC 5322 §3.2.2 forbids it;
  *   - body lines get a CRLF after every 998 octets.
  * SMTPD_WRAP_CHECK (long_lines = reject): nothing is changed; the first
  * line longer than 998 octets sets too_long and stops all output (the
@@ -54,6 +57,7 @@ struct smtpd_wrap {
 	bool cr;             /* BODY: the last of them is a CR */
 	bool held_cr;        /* BODY: a CR past the limit, held back */
 	bool cont;           /* HEAD: the held line is a continuation */
+	bool fold_cont;      /* HEAD: ... that a fold of ours started */
 	size_t colon;        /* HEAD: first ':' of a field's first line */
 	size_t nhold;        /* HEAD: bytes in hold */
 	uint8_t hold[SMTP_TEXT_LINE_MAX + 2];

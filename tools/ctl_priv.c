@@ -21,6 +21,7 @@
  * cannot come back. A spool of root's is used as root.
  */
 #include "ctl.h"
+#include "common/path.h"
 
 #include <errno.h>
 #include <grp.h>
@@ -91,6 +92,23 @@ static int ctl_check_part(const char *spool, const char *name, bool dir,
 static int ctl_check_ancestors(const char *spool, uid_t owner)
 {
 	char real[PATH_MAX], w[96];
+	/* No link anywhere on the path as written: the directories checked
+	 * below are then the ones the path goes through, and none of them
+	 * can be swapped by another account (a link in the middle, flipped
+	 * between a tree of root's and the account's, made root open the
+	 * account's index as root). */
+	int fd = path_open_dir_nofollow(spool, real, sizeof real);
+	if (fd < 0) {
+		if (fd == -ELOOP || fd == -ENOTDIR)
+			ctl_err("%s, on the way to spool_dir %s, is a symbolic link "
+			        "or not a directory; run as root, relayctl refuses a "
+			        "spool reached through a link: set spool_dir to the "
+			        "real path", real, spool);
+		else
+			ctl_err("%s: %s", spool, strerror(-fd));
+		return fd;
+	}
+	close(fd);
 	if (!realpath(spool, real)) {
 		ctl_err("%s: %s", spool, strerror(errno));
 		return -errno;

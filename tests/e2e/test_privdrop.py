@@ -267,3 +267,26 @@ def test_spool_dir_not_writable_as_non_root(relayd_factory):
         "uid 65534 (Permission denied); create the spool as root and give it "
         "to that account, or fix spool_dir\n"
         % (r.conf_path, r.spool, r.workdir)), res.stderr
+
+
+def test_link_in_the_middle_of_spool_dir_stops_the_start(relayd_factory):
+    """relayd as root follows no link on the way to the spool it hands
+    over: a link in the middle of spool_dir (an account that can write
+    above the spool pointing it at a tree of root's) stops the start, and
+    that tree keeps its owner (found in review)."""
+    need_root()
+    acct = account()
+    r = relayd_factory()
+    _send(r)
+    r.stop()
+    hop = os.path.join(r.workdir, "hop")
+    os.symlink(r.workdir, hop)
+    via = os.path.join(hop, os.path.basename(r.spool))
+    os.chmod(r.workdir, 0o755)
+    r.conf["spool_dir"] = via
+    _with_user(r, acct.pw_name)
+    res = _run(r)
+    assert res.returncode == 1, res
+    assert ("cannot open spool %s: %s is a symbolic link or not a directory"
+            % (via, hop)) in res.stderr.decode(), res.stderr
+    assert set(owners(r.spool).values()) == {0}

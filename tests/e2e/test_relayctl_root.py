@@ -294,3 +294,29 @@ def test_cat_escapes_on_a_terminal(relayd):
     assert _cat_on_pty(relayd, q, "--raw") == data
     res = relayd.relayctl("cat", q)     # a pipe: the bytes
     assert res.stdout == data
+
+
+def test_link_in_the_middle_of_spool_dir_is_refused(relayd_factory):
+    """A link on the way to the spool (not its last component), as an
+    account that can write to a directory above it would plant and flip
+    it: relayctl as root follows none, so the directories it checks are
+    the ones the path goes through (found in review: the link flipped
+    between a tree of root's and the account's made root open the
+    account's index)."""
+    need_root()
+    r, (q,) = _stopped(relayd_factory)
+    hop = os.path.join(r.workdir, "hop")
+    os.symlink(r.workdir, hop)
+    via = os.path.join(hop, os.path.basename(r.spool))
+    r.conf["spool_dir"] = via
+    r.write_conf()
+    for cmd in (("list",), ("cat", q), ("check",)):
+        res = r.relayctl(*cmd, check=False)
+        assert res.returncode in (1, 2) and res.stdout == b"", (cmd, res)
+        err = res.stderr.decode()
+        assert ("relayctl: %s, on the way to spool_dir %s, is a symbolic "
+                "link" % (hop, via)) in err, (cmd, err)
+    # The real path works.
+    r.conf["spool_dir"] = r.spool
+    r.write_conf()
+    assert q.encode() in r.relayctl("list").stdout

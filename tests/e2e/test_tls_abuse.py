@@ -190,3 +190,37 @@ def test_many_failing_handshakes_do_not_leak(relayd_factory, ca):
     healthy = Healthy(r, ca)
     healthy.finish()
     assert len(r.stored()) == 1
+
+
+@pytest.mark.parametrize("n", [746, 838, 1000])
+def test_starttls_after_a_pipelined_burst(relayd_factory, tmp_path, n):
+    """A client pipelines n EHLOs and STARTTLS without reading: relayd
+    stops reading it while the replies wait (issue 8 §4), and once they
+    drain it must read the ClientHello again, not leave the handshake to
+    time out (found in review; n from the reproducer: the counts that
+    left the write queue at the high-water mark when STARTTLS was
+    accepted)."""
+    import socket
+    import time
+    ca = TestCA(str(tmp_path / "ca"))
+    r = tls_relayd(relayd_factory, ca, modes=("submission",),
+                   timeout_command="30s")
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect((r.addr, r.ports["submission"]))
+    s.settimeout(30)
+    buf = b""
+    while b"\r\n" not in buf:
+        buf += s.recv(4096)
+    s.sendall(b"EHLO client.test\r\n" * n + b"STARTTLS\r\n")
+    time.sleep(0.3)                  # relayd fills its queue meanwhile
+    buf = b""
+    while b"220 2.0.0" not in buf:   # now read every reply
+        d = s.recv(65536)
+        assert d, "closed before the STARTTLS reply"
+        buf += d
+    t = ca.client_context().wrap_socket(s, server_hostname=TLS_NAME)
+    t.sendall(b"EHLO again.test\r\n")
+    assert t.recv(4096).startswith(b"250")
+    t.close()
+    assert "TLS handshake timed out" not in r.log_text()

@@ -11,8 +11,8 @@
  *   - fed whole, byte by byte, and split at every point (16 points for
  *     long inputs), the output is the same;
  *   - FOLD: no output line holds more than 998 octets before its CRLF,
- *     and wrapping the output again changes nothing; CHECK on the output
- *     finds no long line;
+ *     no line a fold started is blank-only, and wrapping the output again
+ *     changes nothing; CHECK on the output finds no long line;
  *   - CHECK: too_long iff some input line is longer than 998 octets, and
  *     the output is a prefix of the input.
  * Any mismatch aborts.
@@ -69,7 +69,7 @@ static void fold_model(const uint8_t *L, size_t m, bool term, struct result *r)
 {
 	struct buf line = {0};
 	vec_add(&line, L, m);
-	bool cont = m > 0 && is_wsp(L[0]);
+	bool cont = m > 0 && is_wsp(L[0]), folded = false;
 	size_t colon = SIZE_MAX;
 	if (!cont) {
 		const uint8_t *c = memchr(L, ':', m);
@@ -113,11 +113,19 @@ static void fold_model(const uint8_t *L, size_t m, bool term, struct result *r)
 		free(line.data);
 		line = rest;
 		cont = true;
+		folded = true;
 	}
-	if (line.len)
-		vec_add(&r->out, line.data, line.len);
-	if (term)
-		vec_add(&r->out, "\r\n", 2);
+	/* A continuation a fold started that ends (CRLF) holding only
+	 * blanks is dropped: the field's trailing blanks. */
+	bool blank = folded && term;
+	for (size_t i = 0; blank && i < line.len; i++)
+		blank = is_wsp(line.data[i]);
+	if (!blank) {
+		if (line.len)
+			vec_add(&r->out, line.data, line.len);
+		if (term)
+			vec_add(&r->out, "\r\n", 2);
+	}
 	free(line.data);
 }
 

@@ -102,9 +102,16 @@ static const struct wcase cases[] = {
 	{"no visible octet after a blank", FOLD, "X: a<1500: >\r\n",
 	 /* The one blank that can start a line is before the "a"; the rest
 	  * is blanks, which no fold may leave alone on a line, so they are
-	  * cut (the last continuation line is blanks only: nothing is
-	  * dropped). */
-	 "X:\r\n a<996: >\r\n <504: >\r\n", 2, false},
+	  * cut, and the last continuation line, blanks only, is dropped (the
+	  * field's trailing blanks: a blank-only line ends the header
+	  * section for some readers). */
+	 "X:\r\n a<996: >\r\n", 2, false},
+	{"forced break before a last blank", FOLD, "X:<996:a>\t\r\nY: b\r\n",
+	 /* 998 octets, then a blank and the line end: CRLF SP goes in, and
+	  * the continuation would hold SP HT only: dropped, Y: follows. */
+	 "X:<996:a>\r\nY: b\r\n", 1, false},
+	{"a blank-only continuation of the input is kept", FOLD,
+	 "X: a\r\n \t\r\nY: b\r\n", "X: a\r\n \t\r\nY: b\r\n", 0, false},
 	{"continuation of blanks only", FOLD, "X: a\r\n<1: ><1200: >b\r\n",
 	 "X: a\r\n<998: >\r\n <203: >b\r\n", 1, false},
 	{"long header then long body", FOLD, "S: <1000:a>\r\n\r\n<1000:b>\r\n",
