@@ -44,7 +44,7 @@ struct conf_listen {
 };
 
 /* Room for every key of the table (conf.c checks the count). */
-#define CONF_KEYS_MAX 64
+#define CONF_KEYS_MAX 128
 /* conf.set_at[]: the key came from the environment. */
 #define CONF_SET_ENV UINT32_MAX
 
