@@ -9,6 +9,7 @@
 #include <limits.h>
 #include <string.h>
 
+#include <openssl/buffer.h>
 #include <openssl/err.h>
 
 int tls_stream_init(struct tls_stream *t, SSL_CTX *ctx, bool server)
@@ -111,6 +112,52 @@ void tls_stream_shutdown(struct tls_stream *t)
 size_t tls_stream_pending(const struct tls_stream *t)
 {
 	return t->wbio ? BIO_ctrl_pending(t->wbio) : 0;
+}
+
+size_t tls_stream_buffered(const struct tls_stream *t)
+{
+	if (!t->ssl)
+		return 0;
+	int p = SSL_pending(t->ssl);   /* decrypted, not yet read */
+	return BIO_ctrl_pending(t->rbio) + (p > 0 ? (size_t)p : 0);
+}
+
+/* A fresh BIO holding what b holds when b's buffer grew past
+ * TLS_STREAM_TRIM and is mostly unused, or NULL (keep b). */
+static BIO *trimmed(BIO *b)
+{
+	BUF_MEM *bm = NULL;
+	if (!b)
+		return NULL;
+	size_t held = BIO_ctrl_pending(b);
+	BIO_get_mem_ptr(b, &bm);
+	if (!bm || bm->max <= TLS_STREAM_TRIM || held > bm->max / 4)
+		return NULL;
+	BIO *n = BIO_new(BIO_s_mem());
+	if (n && held > 0 &&
+	    BIO_write(n, bm->data, (int)held) != (int)held) {
+		BIO_free(n);
+		n = NULL;
+	}
+	if (!n)
+		ERR_clear_error();   /* keep the big one; try again later */
+	return n;
+}
+
+void tls_stream_trim(struct tls_stream *t)
+{
+	if (!t->ssl)
+		return;
+	BIO *n = trimmed(t->rbio);
+	if (n) {
+		SSL_set0_rbio(t->ssl, n);   /* frees the old one */
+		t->rbio = n;
+	}
+	n = trimmed(t->wbio);
+	if (n) {
+		SSL_set0_wbio(t->ssl, n);
+		t->wbio = n;
+	}
 }
 
 void tls_stream_drain(struct tls_stream *t,

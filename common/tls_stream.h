@@ -65,6 +65,20 @@ void tls_stream_shutdown(struct tls_stream *t);
 /* Ciphertext waiting for the socket. */
 size_t tls_stream_pending(const struct tls_stream *t);
 
+/* Input from the peer not yet read: ciphertext put and not yet taken by
+ * OpenSSL, and the plaintext left of the record it decrypted last. A
+ * reader that stops reading the socket while this is a
+ * whole record or more holds at most about one record per stream. */
+size_t tls_stream_buffered(const struct tls_stream *t);
+
+/* Gives back the memory of a BIO whose buffer grew past TLS_STREAM_TRIM
+ * and is now at most a quarter used, keeping what it holds (a memory BIO
+ * never shrinks by itself: a burst of input or replies would otherwise
+ * stay allocated for the life of the connection). Cheap when there is
+ * nothing to do; call it when the session goes idle or stops reading. */
+#define TLS_STREAM_TRIM 4096
+void tls_stream_trim(struct tls_stream *t);
+
 /* Hands every byte OpenSSL wrote for the peer to out(arg, p, n), in
  * order, in pieces of at most TLS_STREAM_CHUNK; stops early when out
  * returns non-zero (the caller closed). */

@@ -33,13 +33,21 @@
  * input stops being processed, and read, while OUT_HIGH of replies wait
  * to be sent (s->out, libuv's write queue, OpenSSL's output); the core
  * writes at most SMTPD_OUT_BATCH (plus one reply) before they are sent.
- * About 53 KiB in all; an idle session holds neither buffer. */
+ * About 53 KiB in all; an idle session holds neither buffer (nor, with
+ * TLS, grown OpenSSL buffers: tls_stream_trim). */
 #define READ_CHUNK   (64 * 1024)
 /* Unconsumed input kept while a commit is pending, a line is partial or
  * replies wait for a slow reader. */
 #define IN_HIGH      (32 * 1024)
-/* Stop processing input and reading while this much output waits. */
+/* The same for a TLS session, whose input also waits in OpenSSL (at most
+ * about one record: the socket is read only while OpenSSL holds less than
+ * a record) and whose replies also wait encrypted: a TLS session that
+ * does not read stays within 64 KiB as well. */
+#define TLS_IN_HIGH  (8 * 1024)
+/* Stop processing input and reading while this much output waits (TLS:
+ * TLS_OUT_HIGH, for the reason above). */
 #define OUT_HIGH     (16 * 1024)
+#define TLS_OUT_HIGH (8 * 1024)
 /* The kernel's send buffer of a session (SO_SNDBUF; Linux doubles it).
  * Replies are small: without a cap, autotuning lets a client that does
  * not read make relayd generate megabytes of them per connection into

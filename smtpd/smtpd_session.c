@@ -133,12 +133,14 @@ static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *b)
 	(void)hint;
 	if (s->tls != SESS_TLS_OFF) {
 		/* Ciphertext: read_cb hands it to OpenSSL at once, so one
-		 * buffer serves every session on the loop thread. Two records
-		 * at a time (not READ_CHUNK): what OpenSSL holds undecrypted
-		 * when s->in is full or the client does not read (reading
-		 * stops then) stays within about that. */
-		static uint8_t raw[2 * TLS_STREAM_CHUNK];
-		*b = uv_buf_init((char *)raw, sizeof raw);
+		 * buffer serves every session on the loop thread. One record
+		 * at a time (not READ_CHUNK), and no more than makes what
+		 * OpenSSL holds undecrypted one record: reading stops at that
+		 * (update_reading). */
+		static uint8_t raw[TLS_STREAM_CHUNK];
+		size_t held = tls_stream_buffered(&s->tls_s);
+		size_t room = held < sizeof raw ? sizeof raw - held : 0;
+		*b = uv_buf_init((char *)raw, (unsigned)room);
 		return;
 	}
 	/* Plaintext is read into s->in, allocated now (an idle session
@@ -165,11 +167,20 @@ static bool data_state(enum smtpd_state st)
  * message, not per read). */
 static void release_idle(struct smtpd_session *s)
 {
+	if (s->tls == SESS_TLS_ON)
+		tls_stream_trim(&s->tls_s);
 	if (s->in.len == 0 && s->in.data &&
 	    !data_state(smtpd_proto_state(s->proto)))
 		buf_free(&s->in);
 	if (s->out.len == 0 && s->out.data)
 		buf_free(&s->out);
+}
+
+/* Decrypted or plaintext input held before it is processed: less for
+ * TLS, whose ciphertext waits in OpenSSL too. */
+static size_t in_high(const struct smtpd_session *s)
+{
+	return s->tls == SESS_TLS_OFF ? IN_HIGH : TLS_IN_HIGH;
 }
 
 /* Replies not yet taken by the kernel: the core's, libuv's write queue
@@ -184,7 +195,8 @@ static size_t pending_output(struct smtpd_session *s)
 /* The client is not reading its replies: stop taking its commands. */
 static bool out_blocked(struct smtpd_session *s)
 {
-	return pending_output(s) >= OUT_HIGH;
+	return pending_output(s) >=
+	       (s->tls == SESS_TLS_OFF ? OUT_HIGH : TLS_OUT_HIGH);
 }
 
 static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b);
@@ -289,8 +301,9 @@ static void update_reading(struct smtpd_session *s)
 	/* Reading goes on during a commit: pipelined commands wait in s->in
 	 * (bounded by IN_HIGH), and no epoll change is paid per message. A
 	 * client that does not read its replies is not read either. */
-	bool want = !s->closing && !s->eof && s->in.len < IN_HIGH &&
-	            !out_blocked(s);
+	bool want = !s->closing && !s->eof && s->in.len < in_high(s) &&
+	            !out_blocked(s) &&
+	            tls_stream_buffered(&s->tls_s) < TLS_STREAM_CHUNK;
 	if (want && !s->reading) {
 		int r = uv_read_start((uv_stream_t *)&s->tcp, alloc_cb, read_cb);
 		if (r < 0) {
@@ -350,13 +363,13 @@ static int tls_begin(struct smtpd_session *s)
 	return 0;
 }
 
-/* Moves decrypted input into s->in, as far as it has room (IN_HIGH);
+/* Moves decrypted input into s->in, as far as it has room (in_high);
  * the rest waits in OpenSSL and the socket stops being read (flow
  * control as in plaintext). Returns 0, or -1 when the session closed. */
 static int tls_pull(struct smtpd_session *s)
 {
-	while (s->in.len < IN_HIGH) {
-		size_t room = IN_HIGH - s->in.len;
+	while (s->in.len < in_high(s)) {
+		size_t room = in_high(s) - s->in.len;
 		if (room > READ_CHUNK)
 			room = READ_CHUNK;
 		if (buf_reserve(&s->in, room) < 0)
@@ -549,6 +562,17 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 		 * processed and answered (pipelined input, a commit running). */
 		s->eof = true;
 		smtpd_session_process(s);
+		return;
+	}
+	if (nread == UV_ENOBUFS) {
+		/* alloc_cb had no room: s->in or OpenSSL's input is full
+		 * (reading pauses until there is), or no memory (reading
+		 * would go on failing: close). */
+		update_reading(s);
+		if (s->reading) {
+			log_err("s=%s: out of memory for input", s->sid);
+			smtpd_session_close(s, false);
+		}
 		return;
 	}
 	if (nread < 0) {

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <openssl/buffer.h>
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -145,6 +146,52 @@ static void test_data_both_ways(void **state)
 	pair_free(&p);
 }
 
+static size_t bio_cap(BIO *b)
+{
+	BUF_MEM *bm = NULL;
+	BIO_get_mem_ptr(b, &bm);
+	return bm ? bm->max : 0;
+}
+
+/* A burst grows the memory BIOs; tls_stream_trim gives the memory back
+ * once they are mostly unused, and never loses or reorders what they
+ * hold (here: half a record left undecrypted in the server's rbio). */
+static void test_trim_keeps_bytes(void **state)
+{
+	(void)state;
+	struct pair p;
+	pair_up(&p);
+	static uint8_t big[100000];
+	for (size_t i = 0; i < sizeof big; i++)
+		big[i] = (uint8_t)(i * 13 + 1);
+	assert_int_equal(tls_stream_buffered(&p.s), 0);
+	assert_int_equal(tls_stream_write(&p.c, big, sizeof big), 0);
+	struct buf w = BUF_INIT(1 << 20);
+	tls_stream_drain(&p.c, collect, &w);
+	assert_true(bio_cap(p.c.wbio) > TLS_STREAM_TRIM);
+	tls_stream_trim(&p.c);   /* wbio empty: back to nothing */
+	assert_true(bio_cap(p.c.wbio) <= TLS_STREAM_TRIM);
+	/* All but the last 300 bytes of ciphertext reach the server. */
+	size_t first = w.len - 300;
+	assert_int_equal(tls_stream_put(&p.s, w.data, first), 0);
+	assert_int_equal(tls_stream_buffered(&p.s), first);
+	struct buf got = BUF_INIT(1 << 20);
+	assert_int_equal(read_all(&p.s, &got), 0);
+	size_t held = tls_stream_buffered(&p.s);
+	assert_true(held < TLS_STREAM_CHUNK);   /* the last record's part */
+	tls_stream_trim(&p.s);
+	assert_int_equal(tls_stream_buffered(&p.s), held);
+	assert_true(bio_cap(p.s.rbio) <= TLS_STREAM_TRIM + held);
+	assert_int_equal(tls_stream_put(&p.s, w.data + first, 300), 0);
+	assert_int_equal(read_all(&p.s, &got), 0);
+	assert_int_equal(got.len, sizeof big);
+	assert_memory_equal(got.data, big, sizeof big);
+	assert_int_equal(tls_stream_buffered(&p.s), 0);
+	buf_free(&got);
+	buf_free(&w);
+	pair_free(&p);
+}
+
 static void test_garbage_fails_handshake(void **state)
 {
 	(void)state;
@@ -164,6 +211,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_data_both_ways),
+		cmocka_unit_test(test_trim_keeps_bytes),
 		cmocka_unit_test(test_garbage_fails_handshake),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
