@@ -138,6 +138,11 @@ static const struct conf_keydef conf_keys[] = {
 	 "header fields removed from submitted mail; empty: none"},
 	{"received_client", CT_BOOL, OFF(received_client), "no", 0, 0, NULL, NULL,
 	 "name the client's address and HELO in the Received: line"},
+	/* Issue 9 §3: Postfix's hopcount_limit default; scrubbed Received:
+	 * fields still count (smtpd/smtpd_scrub.h). */
+	{"hop_limit", CT_UNSIGNED, OFF(hop_limit), "50", 1, 1000, NULL, NULL,
+	 "a message arriving with this many Received: header fields or more "
+	 "is refused (554 5.4.6, a mail loop)"},
 	{"bare_newline", CT_ENUM, OFF(bare_newline), "reject", 0, 0,
 	 bare_newline_vals, NULL,
 	 "bare CR or LF in DATA: reject (554) or normalize to CRLF"},

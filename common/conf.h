@@ -68,6 +68,7 @@ struct conf {
 	                                      X-Source-IP */
 	size_t nscrub_headers;
 	bool received_client;              /* name client IP/host in Received */
+	unsigned hop_limit;                /* Received: fields refused; 50 */
 	enum conf_bare_newline bare_newline; /* default reject */
 	enum conf_long_lines long_lines;   /* default wrap */
 	uint64_t timeout_greeting;         /* ms; idle before first command: 5m */

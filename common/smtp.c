@@ -51,6 +51,11 @@ const struct smtp_reply_def smtp_replies[SMTP_R__COUNT] = {
 	 * content is malformed. Not 5.6.2/5.6.3: those name a conversion
 	 * between media types (8BITMIME to 7BIT), which this is not. */
 	[SMTP_R_LONG_LINE]       = {554, "5.6.0", "Message contains a line longer than 998 characters (RFC 5322 2.1.1)"},
+	/* hop_limit (issue 9 §3): as many Received: fields as the limit or
+	 * more. 554, like Postfix's cleanup ("too many hops") at the end of
+	 * the data; 5.4.6, RFC 3463 "Routing loop detected". Both numbers are
+	 * relayd's own counts. */
+	[SMTP_R_TOO_MANY_HOPS]   = {554, "5.4.6", "Too many hops (%u Received: header fields, limit %u), mail loop suspected"},
 	[SMTP_R_ACCESS_DENIED]   = {554, "5.7.1", "Access denied"},
 	[SMTP_R_CONN_RATE]       = {421, "4.7.0", "Too many connections, slow down"},
 	[SMTP_R_SENDER_DOMAIN]   = {553, "5.7.1", "Sender domain not allowed"},

@@ -71,6 +71,8 @@ enum smtp_reply_id {
 	SMTP_R_BARE_NEWLINE,    /* 554 5.6.0 */
 	SMTP_R_NUL,             /* 554 5.6.0 */
 	SMTP_R_LONG_LINE,       /* 554 5.6.0 long_lines=reject, at end of data */
+	SMTP_R_TOO_MANY_HOPS,   /* 554 5.4.6 %u Received: fields, limit %u,
+	                         * at end of data (hop_limit, issue 9 §3) */
 	/* Relay policy (issue 4 §3; smtpd/smtpd_policy_net.h). */
 	SMTP_R_ACCESS_DENIED,   /* 554 5.7.1 deny_networks, at connect */
 	SMTP_R_CONN_RATE,       /* 421 4.7.0 rate_connections, at connect */

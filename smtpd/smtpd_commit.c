@@ -246,8 +246,9 @@ static void commit_cb(void *arg, int status)
 		if (t->auth[0])
 			snprintf(auth, sizeof auth, ", auth=%s", t->auth);
 		log_info("%s: from=<%s>, size=%" PRIu64 ", nrcpt=%zu, client=%s, "
-		         "scrubbed=%u%s (s=%s)", t->qid, from, s->commit_size,
-		         t->nrcpt, client, t->scrubbed, auth, s->sid);
+		         "scrubbed=%u, hops=%u%s (s=%s)", t->qid, from,
+		         s->commit_size, t->nrcpt, client, t->scrubbed, t->hops,
+		         auth, s->sid);
 		smtpd_relay_committed(&s->relay, smtpd_relay_now());
 		s->quota_charged = false;   /* spent: this message has its 250 */
 	} else {

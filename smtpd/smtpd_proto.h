@@ -89,6 +89,7 @@ struct smtpd_txn {
 	struct smtpd_rcpt *rcpt;
 	size_t nrcpt, rcpt_cap;
 	unsigned scrubbed;         /* header fields removed */
+	unsigned hops;             /* Received: fields it arrived with */
 	/* The credential the client authenticated as (set with MAIL), or
 	 * "": for log lines, the queue and policy. */
 	char auth[CRED_NAME_MAX + 1];
@@ -114,6 +115,10 @@ struct smtpd_policy_ops {
 	enum smtp_reply_id (*rcpt)(void *ctx, const char *rcpt);
 };
 
+/* Postfix's hopcount_limit default (RFC 5321 §6.3 suggests at least 100;
+ * Exim uses 30, sendmail 25). */
+#define SMTPD_HOP_LIMIT_DEFAULT 50
+
 struct smtpd_proto_cfg {
 	const char *hostname;
 	const char *sid;              /* session id, for log lines */
@@ -128,6 +133,13 @@ struct smtpd_proto_cfg {
 	bool long_lines_reject;
 	const char *const *scrub;     /* header names to remove */
 	size_t nscrub;
+	/* hop_limit (issue 9 §3): a message that arrives with this many
+	 * Received: fields or more is refused at the end of the data (554
+	 * 5.4.6), so one accepted leaves with at most this many, relayd's own
+	 * included. Each scrubbed Received: is replaced by an origin-free
+	 * line (smtpd_scrub_hops) so the count survives scrubbing. 0: the
+	 * default, SMTPD_HOP_LIMIT_DEFAULT. */
+	unsigned hop_limit;
 	/* The listener the client came in on: submission vs smtp is what the
 	 * AUTH policy will go by; smtps sessions start inside TLS. */
 	enum conf_listen_mode mode;

@@ -53,6 +53,12 @@
  *     scrubs them gets its own lines instead).
  *   - Bytes after the colon are not inspected: 8-bit field bodies pass
  *     unchanged, and header lines have no length limit here.
+ *   - Every Received: field of the header section counts as a hop, kept
+ *     or dropped, "Received :" (obs-optional) included, once however
+ *     many continuation lines it has; one in the body is not a field and
+ *     does not count. With hop lines on, a dropped one is replaced at its
+ *     place by the caller's line (its first hop_max only): the fields
+ *     stay in order, and the count the next MTA makes is the real one.
  *   - With capture on, the kept From: fields are counted and the first
  *     one's value (from after the colon through its last line's CR LF) is
  *     copied into the caller's bounded buffer as it passes; a dropped
@@ -60,6 +66,7 @@
  */
 #include "smtpd_scrub.h"
 
+#include <limits.h>
 #include <string.h>
 
 #include "common/log.h"
@@ -110,6 +117,12 @@ void smtpd_scrub_capture_from(struct smtpd_scrub *s, char *buf, size_t max)
 	s->caplen = 0;
 	s->cap_on = s->cap_over = false;
 	s->nfrom = 0;
+}
+
+void smtpd_scrub_hops(struct smtpd_scrub *s, const char *line, unsigned max)
+{
+	s->hop_line = line;
+	s->hop_max = max;
 }
 
 /* Bytes of the captured From: field's value. */
@@ -194,8 +207,16 @@ static void decide(struct smtpd_scrub *s)
 			break;
 		}
 	}
+	bool received = name_eq(s->name, len, "Received");
+	if (received && s->received < UINT_MAX)
+		s->received++;
 	if (s->drop) {
 		s->dropped++;
+		/* The hop stays counted, its content gone (issue 9 §3). */
+		if (received && s->hop_line && s->received <= s->hop_max) {
+			out(s, s->hop_line, strlen(s->hop_line));
+			s->hop_lines++;
+		}
 	} else {
 		if (name_eq(s->name, len, "Message-ID"))
 			s->have_msgid = true;

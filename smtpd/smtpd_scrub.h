@@ -24,6 +24,16 @@
  * Optionally (smtpd_scrub_capture_from) it also keeps a copy of the first
  * kept From: field's value, for the credential's author check (issue 4
  * §3), and counts the kept From: fields.
+ *
+ * Hops (issue 9 §3): it always counts the Received: fields of the header
+ * section, dropped or kept (`received`), the count Postfix's
+ * hopcount_limit and Exim's received_headers_max go by. Optionally
+ * (smtpd_scrub_hops) each dropped Received: field is replaced, where it
+ * stood, by the caller's origin-free line (relayd's own host name and
+ * date, nothing of the original), so the next MTA still counts every hop
+ * and a loop through relayds grows the count; at most hop_max of them, as
+ * a message with more is refused anyway (and a flood of tiny Received:
+ * lines must not grow into a far larger spool file).
  */
 #ifndef RELAY_SMTPD_SCRUB_H
 #define RELAY_SMTPD_SCRUB_H
@@ -64,6 +74,11 @@ struct smtpd_scrub {
 	size_t cap_lead;           /* octets before the value on its first
 	                              line: the name, blanks and colon */
 	unsigned nfrom;            /* kept From: fields seen */
+	/* Hops (smtpd_scrub_hops); hop_line NULL: dropped fields vanish. */
+	const char *hop_line;      /* "Received: ...\r\n" per dropped one */
+	unsigned hop_max;          /* no hop_line past this many Received */
+	unsigned received;         /* Received: fields seen, dropped or kept */
+	unsigned hop_lines;        /* hop_line emitted this many times */
 };
 
 void smtpd_scrub_init(struct smtpd_scrub *s, const char *const *names,
@@ -79,6 +94,13 @@ void smtpd_scrub_init(struct smtpd_scrub *s, const char *const *names,
  * line (name, blanks, colon). buf is not NUL-terminated and must outlive
  * the feeding. */
 void smtpd_scrub_capture_from(struct smtpd_scrub *s, char *buf, size_t max);
+
+/* After init: replace each dropped Received: field (the field and its
+ * continuation lines) by line, a whole header line with its CRLF that
+ * must itself be a Received: field, as long as at most max Received:
+ * fields have been seen; past that they are only dropped (and counted).
+ * line must outlive the feeding. */
+void smtpd_scrub_hops(struct smtpd_scrub *s, const char *line, unsigned max);
 
 /* Returns 0 or the first emit error. */
 int smtpd_scrub_feed(struct smtpd_scrub *s, const uint8_t *p, size_t n);

@@ -850,6 +850,7 @@ void smtpd_session_accept_cb(uv_stream_t *server, int status)
 		.long_lines_reject = cf->long_lines == CONF_LONG_LINES_REJECT,
 		.scrub = (const char *const *)cf->scrub_headers,
 		.nscrub = cf->nscrub_headers,
+		.hop_limit = cf->hop_limit,
 		.mode = s->mode,
 		.tls_available = s->tls_ctx != NULL,
 		.policy = &smtpd_relay_policy_ops,

@@ -1,8 +1,10 @@
 """tests/e2e/test_scrub.py - Header scrubbing: the client's trace and
 address headers are removed (with their continuation lines, any case),
-relayd's own Received is the only one and names no client, Received-SPF
-and body text stay, Message-ID and Date are added only when missing; a
-custom scrub_headers list and received_client=yes."""
+relayd's own Received is the only one naming a host and names no client
+(each scrubbed Received is replaced where it stood by a line naming only
+relayd, so the hop still counts: issue 9 §3, tests/e2e/test_hops.py),
+Received-SPF and body text stay, Message-ID and Date are added only when
+missing; a custom scrub_headers list and received_client=yes."""
 import email
 import email.policy
 import os
@@ -30,13 +32,22 @@ DIRTY_HEADERS = (
     b"From: a@client.test\r\n"
     b"To: c@dest.test\r\n"
 )
-KEPT_HEADERS = (
-    b"Subject: scrub me\r\n"
-    b"Received-SPF: pass (dest.test: domain of client.test designates "
-    b"192.0.2.1 as permitted sender)\r\n"
-    b"From: a@client.test\r\n"
-    b"To: c@dest.test\r\n"
-)
+# What a scrubbed Received becomes (issue 9 §3): relayd's name and the
+# date relayd took the message (the same as in its own Received), nothing
+# of the original.
+HOP = rb"Received: by relay\.test \(relayd: earlier hop, details removed\); "
+
+
+def kept_re(date):
+    """DIRTY_HEADERS as stored: the kept fields, with a hop line where each
+    of its three Received fields stood; date: the regex of their date."""
+    hop = HOP + date + rb"\r\n"
+    return (hop + rb"Subject: scrub me\r\n"
+            rb"Received-SPF: pass \(dest\.test: domain of client\.test "
+            rb"designates 192\.0\.2\.1 as permitted sender\)\r\n" +
+            hop + hop + rb"From: a@client\.test\r\nTo: c@dest\.test\r\n")
+
+
 BODY = (b"Body line one\r\n"
         b"Received: from body.text (this line is content)\r\n"
         b"X-Originating-IP: also content\r\n")
@@ -68,23 +79,27 @@ def test_default_scrub(relayd):
     qid, msg = _send(relayd, DIRTY_HEADERS + b"\r\n" + BODY)
     m = re.fullmatch(
         rb"Received: by relay\.test \(relayd\) with ESMTP id (\w{16})\r\n"
-        rb"\tfor <c@dest\.test>; (" + DATE_RE + rb")\r\n" +
-        re.escape(KEPT_HEADERS) +
+        rb"\tfor <c@dest\.test>; (?P<d>" + DATE_RE + rb")\r\n" +
+        kept_re(rb"(?P=d)") +
         rb"Message-ID: <(\w{16})@relay\.test>\r\n"
-        rb"Date: (" + DATE_RE + rb")\r\n"
+        rb"Date: (?P=d)\r\n"
         rb"\r\n" + re.escape(BODY), msg)
     assert m, msg.decode("utf-8", "replace")
     assert m.group(1) == m.group(3) == qid.encode()
-    assert m.group(2) == m.group(4)
     names = [n.lower() for n in _headers(msg)]
-    assert names.count(b"received") == 1
+    # relayd's own and the three that replace the client's: the hops
+    # still count (issue 9 §3).
+    assert names.count(b"received") == 4
     assert names.count(b"received-spf") == 1
     for gone in (b"10.1.2.3", b"10.9.9", b"internal.corp", b"mx.corp",
-                 b"HIDDENID1", b"second.corp", b"obsolete.corp"):
+                 b"HIDDENID1", b"second.corp", b"obsolete.corp",
+                 b"2024"):
         assert gone not in msg, gone
     # Nothing names the client: no address, no HELO name.
     assert b"127." not in msg
     assert b"helo-name" not in msg
+    assert re.search(r"%s: from=<a@client\.test>, .*scrubbed=9, hops=3 "
+                     % qid, relayd.log_text()), relayd.log_text()[-2000:]
 
 
 def test_message_id_and_date_not_duplicated(relayd):
@@ -175,7 +190,10 @@ def test_long_header_name_does_not_stop_scrubbing(relayd):
     qid, msg = _send(relayd, content)
     assert b"10.1.1.1" not in msg and b"10.2.2.2" not in msg, msg
     names = [n.lower() for n in _headers(msg)]
-    assert names.count(b"received") == 1, msg
+    # relayd's own, and the line that replaces the client's (issue 9 §3).
+    assert names.count(b"received") == 2, msg
+    assert re.search(re.escape(long_field) + HOP + DATE_RE +
+                     rb"\r\nMessage-ID: <own@client\.test>\r\n", msg), msg
     assert names.count(b"message-id") == 1 and names.count(b"date") == 1, msg
     assert long_field in msg
     assert b"<own@client.test>" in msg
@@ -215,7 +233,7 @@ def test_scrub_after_normalizing_bare_lf(relayd_factory):
     assert re.search(rb"\r(?!\n)|(?<!\r)\n", msg) is None, msg
     m = re.fullmatch(
         rb"Received: by relay\.test \(relayd\) [^\r]*\r\n\t[^\r]*\r\n" +
-        re.escape(KEPT_HEADERS) +
+        kept_re(DATE_RE) +
         rb"Message-ID: <\w{16}@relay\.test>\r\nDate: " + DATE_RE +
         rb"\r\n\r\n" + re.escape(BODY), msg)
     assert m, msg

@@ -1,12 +1,15 @@
 /*
  * tests/fuzz/fuzz_scrub.c - libFuzzer harness for the header scrubber
  * (smtpd/smtpd_scrub.c). Input: byte 0 = flags (bit 0 add Message-ID,
- * bit 1 add Date, bit 2 scrub list that also names Message-ID and Date),
- * the rest = the message.
+ * bit 1 add Date, bit 2 scrub list that also names Message-ID and Date,
+ * bit 3 hop lines on (smtpd_scrub_hops) with hop_max = bits 4-5, so that
+ * small inputs reach the cap), the rest = the message.
  *
  * Checks, on every input:
  *   - a reference model (whole message, line by line) gives the same
- *     output and count of dropped fields;
+ *     output, count of dropped fields, count of Received: fields (issue 9
+ *     §3: dropped or kept, header section only) and of hop lines put in
+ *     their place (the first hop_max dropped ones);
  *   - fed whole, byte by byte, and split at every point (or at 64 points
  *     for long inputs), the output is the same;
  *   - in the output's header section no field has a scrubbed name, and
@@ -51,11 +54,21 @@ static const char *const list_alt[] = {"received", "MESSAGE-ID", "Date",
                                        "x-real-ip"};
 #define MID "Message-ID: <fuzz@relay>\r\n"
 #define DATE "Date: Thu, 1 Jan 1970 00:00:00 +0000\r\n"
+#define HOP "Received: by relay (relayd: earlier hop, details removed); " \
+	"Thu, 1 Jan 1970 00:00:00 +0000\r\n"
 
 struct cfg {
 	const char *const *names;
 	size_t nnames;
 	const char *mid, *date;
+	const char *hop;    /* NULL: hop lines off */
+	unsigned hop_max;
+};
+
+/* What a run counted. */
+struct counts {
+	unsigned dropped, received, hop_lines;
+	unsigned kept_rcvd;   /* the model's only: Received: fields kept */
 };
 
 /* Output collected in the project's buffer (common/buf.h), unlimited: a
@@ -121,12 +134,12 @@ static size_t line_end(const uint8_t *in, size_t n, size_t i)
 /* The reference scrubber. *body_at: where the input's body begins (n if
  * it has none). */
 static void model(const struct cfg *c, const uint8_t *in, size_t n,
-                  struct buf *out, unsigned *dropped, size_t *body_at,
+                  struct buf *out, struct counts *ct, size_t *body_at,
                   bool *inserted)
 {
 	bool first = true, drop = false, mid = false, date = false;
 	size_t i = 0;
-	*dropped = 0;
+	memset(ct, 0, sizeof *ct);
 	*body_at = n;
 	*inserted = false;
 	for (;;) {
@@ -158,8 +171,18 @@ static void model(const struct cfg *c, const uint8_t *in, size_t n,
 		}
 		if (!cont) {
 			drop = in_list(c, in + i, namelen);
+			bool rcvd = namelen == 8 &&
+			            !strncasecmp((const char *)in + i, "Received", 8);
+			if (rcvd)
+				ct->received++;
 			if (drop) {
-				++*dropped;
+				ct->dropped++;
+				if (rcvd && c->hop && ct->received <= c->hop_max) {
+					vec_add(out, c->hop, strlen(c->hop));
+					ct->hop_lines++;
+				}
+			} else if (rcvd) {
+				ct->kept_rcvd++;
 			} else if (namelen == 10 &&
 			           !strncasecmp((const char *)in + i,
 			                        "Message-ID", 10)) {
@@ -183,13 +206,15 @@ static void model(const struct cfg *c, const uint8_t *in, size_t n,
 	}
 }
 
-static unsigned scrub(const struct cfg *c, const uint8_t *in, size_t n,
-                      const size_t *cuts, size_t ncuts, struct buf *out)
+static struct counts scrub(const struct cfg *c, const uint8_t *in, size_t n,
+                           const size_t *cuts, size_t ncuts, struct buf *out)
 {
 	struct smtpd_scrub s;
 	memset(out, 0, sizeof(*out));
 	smtpd_scrub_init(&s, c->names, c->nnames, c->mid, c->date, emit_cb,
 	                 out);
+	if (c->hop)
+		smtpd_scrub_hops(&s, c->hop, c->hop_max);
 	static const uint8_t none[1];
 	size_t pos = 0;
 	if (!in)
@@ -200,7 +225,26 @@ static unsigned scrub(const struct cfg *c, const uint8_t *in, size_t n,
 		pos = to;
 	}
 	CHECK(smtpd_scrub_finish(&s) == 0);
-	return s.dropped;
+	CHECK(s.hop_lines <= s.received);
+	return (struct counts){s.dropped, s.received, s.hop_lines, 0};
+}
+
+static bool same_counts(struct counts a, struct counts b)
+{
+	return a.dropped == b.dropped && a.received == b.received &&
+	       a.hop_lines == b.hop_lines;
+}
+
+/* A field with a scrubbed name in the output: only one of the lines the
+ * caller gave (Message-ID, Date, the hop line), whole. */
+static bool added_line(const struct cfg *c, const uint8_t *p, size_t len)
+{
+	const char *const lines[] = {c->mid, c->date, c->hop};
+	for (size_t k = 0; k < 3; k++)
+		if (lines[k] && strlen(lines[k]) == len &&
+		    !memcmp(lines[k], p, len))
+			return true;
+	return false;
 }
 
 static void same(const struct buf *a, const struct buf *b)
@@ -228,12 +272,9 @@ static void check_headers(const struct cfg *c, const struct buf *o)
 		namelen = field_at(p, n, i, &colon);
 		CHECK(namelen > 0);
 		size_t e = line_end(p, n, colon);
-		if (in_list(c, p + i, namelen)) {
-			/* only as the line the caller asked us to add */
-			const char *add = namelen == 4 ? c->date : c->mid;
-			CHECK(add && strlen(add) == e - i &&
-			      !memcmp(add, p + i, e - i));
-		}
+		if (in_list(c, p + i, namelen))
+			/* only as a line the caller asked us to add */
+			CHECK(added_line(c, p + i, e - i));
 		if (namelen == 10 && !strncasecmp((const char *)p + i,
 		                                  "Message-ID", 10))
 			mid = true;
@@ -269,11 +310,8 @@ static void check_lenient(const struct cfg *c, const struct buf *o)
 			j++;
 		if (j == e || p[j] != ':')
 			break;  /* the lenient reader's body starts here */
-		if (in_list(c, p + i, j - i)) {
-			const char *add = j - i == 4 ? c->date : c->mid;
-			CHECK(add && strlen(add) == e - i &&
-			      !memcmp(add, p + i, e - i));
-		}
+		if (in_list(c, p + i, j - i))
+			CHECK(added_line(c, p + i, e - i));
 		i = e;
 	}
 }
@@ -288,15 +326,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		.nnames = flags & 4 ? 4 : 7,
 		.mid = flags & 1 ? MID : NULL,
 		.date = flags & 2 ? DATE : NULL,
+		.hop = flags & 8 ? HOP : NULL,
+		.hop_max = (flags >> 4) & 3,
 	};
 
 	struct buf want = {0}, got, again;
-	unsigned want_dropped;
+	struct counts want_ct;
 	size_t body_at;
 	bool inserted;
-	model(&c, in, n, &want, &want_dropped, &body_at, &inserted);
+	model(&c, in, n, &want, &want_ct, &body_at, &inserted);
 
-	CHECK(scrub(&c, in, n, NULL, 0, &got) == want_dropped);
+	CHECK(same_counts(scrub(&c, in, n, NULL, 0, &got), want_ct));
 	same(&want, &got);
 	free(got.data);
 
@@ -304,14 +344,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	CHECK(cuts);
 	for (size_t i = 0; i < n; i++)
 		cuts[i] = i + 1;
-	CHECK(scrub(&c, in, n, cuts, n ? n - 1 : 0, &got) == want_dropped);
+	CHECK(same_counts(scrub(&c, in, n, cuts, n ? n - 1 : 0, &got), want_ct));
 	same(&want, &got);
 	free(got.data);
 
 	size_t step = n <= 256 ? 1 : n / 64;
 	for (size_t i = 0; i <= n; i += step) {
 		cuts[0] = i;
-		CHECK(scrub(&c, in, n, cuts, 1, &got) == want_dropped);
+		CHECK(same_counts(scrub(&c, in, n, cuts, 1, &got), want_ct));
 		same(&want, &got);
 		free(got.data);
 	}
@@ -325,15 +365,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	CHECK(want.len >= blen);
 	CHECK(blen == 0 || !memcmp(want.data + want.len - blen, in + body_at, blen));
 
-	/* Idempotent. */
-	scrub(&c, want.data, want.len, NULL, 0, &again);
+	/* Idempotent: a hop line put in is counted again and replaced by
+	 * itself, so the count a next relayd makes is the same. */
+	struct counts ct2 = scrub(&c, want.data, want.len, NULL, 0, &again);
 	same(&want, &again);
 	free(again.data);
+	if (c.hop)
+		CHECK(ct2.received == want_ct.hop_lines + want_ct.kept_rcvd);
 
 	/* Nothing to drop or add: the input comes back, with the empty line
 	 * inserted before a body that starts at a non-header line. */
-	struct cfg none = {NULL, 0, NULL, NULL};
-	CHECK(scrub(&none, in, n, NULL, 0, &got) == 0);
+	struct cfg none = {NULL, 0, NULL, NULL, NULL, 0};
+	struct counts nct = scrub(&none, in, n, NULL, 0, &got);
+	CHECK(nct.dropped == 0 && nct.hop_lines == 0);
+	CHECK(nct.received == want_ct.received);
 	if (inserted) {
 		CHECK(got.len == n + 2);
 		CHECK(!memcmp(got.data, in, body_at));

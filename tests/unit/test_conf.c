@@ -71,6 +71,7 @@ static void test_defaults(void **state)
 	for (size_t i = 0; i < 7; i++)
 		assert_string_equal(c->scrub_headers[i], scrub[i]);
 	assert_false(c->received_client);
+	assert_int_equal(c->hop_limit, 50);
 	assert_int_equal(c->bare_newline, CONF_BARE_REJECT);
 	assert_int_equal(c->long_lines, CONF_LONG_LINES_WRAP);
 	assert_int_equal(c->timeout_greeting, 300000);
@@ -98,8 +99,9 @@ static void test_key_table(void **state)
 			fail_msg("default of %s: %s", k, err);
 	}
 	/* + queue_min_free, long_lines, data_min_rate, session_max_lifetime,
-	 * auth_slow_delay, auth_slow_delay_max, auth_lockout_table (issue 8) */
-	assert_int_equal(n, 60);
+	 * auth_slow_delay, auth_slow_delay_max, auth_lockout_table (issue 8)
+	 * + hop_limit (issue 9 §3) */
+	assert_int_equal(n, 61);
 	assert_null(conf_key(n, NULL, NULL));
 }
 
@@ -136,6 +138,7 @@ static uint64_t field_value(const struct conf *c, const char *key)
 		{"max_connections_per_ip",
 		 offsetof(struct conf, max_connections_per_ip), 'u'},
 		{"max_bad_commands", offsetof(struct conf, max_bad_commands), 'u'},
+		{"hop_limit", offsetof(struct conf, hop_limit), 'u'},
 		{"max_message_size", offsetof(struct conf, max_message_size), 'q'},
 		{"queue_map_size", offsetof(struct conf, queue_map_size), 'q'},
 		{"queue_min_free", offsetof(struct conf, queue_min_free), 'q'},
@@ -199,6 +202,8 @@ static const struct set_case set_cases[] = {
 	{"max_connections", "5", 0, NULL, 5},
 	{"max_connections_per_ip", "2", 0, NULL, 2},
 	{"max_bad_commands", "3", 0, NULL, 3},
+	{"hop_limit", "1", 0, NULL, 1},
+	{"hop_limit", "1000", 0, NULL, 1000},
 	{"max_recipients", "abc", -EINVAL,
 	 "max_recipients: not a number: 'abc'", 0},
 	{"max_recipients", "", -EINVAL, "max_recipients: not a number: ''", 0},
@@ -214,6 +219,10 @@ static const struct set_case set_cases[] = {
 	 "max_recipients: out of range: '0' (expected 1-1000000)", 0},
 	{"max_recipients", "1000001", -EINVAL,
 	 "max_recipients: out of range: '1000001' (expected 1-1000000)", 0},
+	{"hop_limit", "0", -EINVAL,
+	 "hop_limit: out of range: '0' (expected 1-1000)", 0},
+	{"hop_limit", "1001", -EINVAL,
+	 "hop_limit: out of range: '1001' (expected 1-1000)", 0},
 	{"max_recipients", "99999999999999999999999", -EINVAL,
 	 "max_recipients: out of range: '99999999999999999999999' "
 	 "(expected 1-1000000)", 0},

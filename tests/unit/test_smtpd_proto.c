@@ -270,8 +270,12 @@ static void test_happy_path(void **state)
 	char body[512];
 	snprintf(body, sizeof body, "%.*s", (int)f->sink.body.len,
 	         (char *)f->sink.body.data);
+	/* The scrubbed Received: is replaced where it stood by a line naming
+	 * only relayd (issue 9 §3): the hop still counts downstream. */
 	assert_string_equal(body,
 	        "Received: test\r\nSubject: hi\r\n"
+	        "Received: by relay.test (relayd: earlier hop, details "
+	        "removed); Sat, 21 Nov 2026 06:00:00 +0000\r\n"
 	        "Message-ID: <0000000000000001@relay.test>\r\n"
 	        "Date: Sat, 21 Nov 2026 06:00:00 +0000\r\n"
 	        "\r\n.dot\r\nbody\r\n");
@@ -1277,6 +1281,9 @@ static void expand(const char *s, struct buf *b)
 
 #define LL_MID "Message-ID: <0000000000000001@relay.test>\r\n"
 #define LL_DATE "Date: Sat, 21 Nov 2026 06:00:00 +0000\r\n"
+/* What a scrubbed Received: becomes (issue 9 §3). */
+#define LL_HOP "Received: by relay.test (relayd: earlier hop, details " \
+	"removed); Sat, 21 Nov 2026 06:00:00 +0000\r\n"
 #define LL_REFUSED "554 5.6.0 Message contains a line longer than 998 " \
 	"characters (RFC 5322 2.1.1)\r\n"
 
@@ -1311,7 +1318,7 @@ static const struct ll_case ll_cases[] = {
 	 "S: s\r\n" LL_MID LL_DATE "\r\n<998:x>\r\n.\r\n..\r\n"},
 	{"wrap: dropped long field is not wrapped", false,
 	 "Received: <2000:r>\r\nS: s\r\n\r\nb\r\n",
-	 "S: s\r\n" LL_MID LL_DATE "\r\nb\r\n"},
+	 LL_HOP "S: s\r\n" LL_MID LL_DATE "\r\nb\r\n"},
 	{"reject: 998 octets pass", true,
 	 "S: <995:a>\r\n\r\n<998:x>\r\n<998:y>\r\n",
 	 "S: <995:a>\r\n" LL_MID LL_DATE "\r\n<998:x>\r\n<998:y>\r\n"},
@@ -1321,7 +1328,7 @@ static const struct ll_case ll_cases[] = {
 	 NULL},
 	{"reject: dropped long field is not refused", true,
 	 "Received: <2000:r>\r\nS: s\r\n\r\nb\r\n",
-	 "S: s\r\n" LL_MID LL_DATE "\r\nb\r\n"},
+	 LL_HOP "S: s\r\n" LL_MID LL_DATE "\r\nb\r\n"},
 };
 
 /* One transaction: DATA (dot-stuffed), or BDAT in chunks of `chunk`
@@ -1422,6 +1429,152 @@ static void ll_txn(const struct ll_case *c, int via, size_t chunk)
 	buf_free(&want);
 	buf_free(&wire);
 	fx_free(f);
+}
+
+/* ---- hop_limit (issue 9 §3) ------------------------------------------------ */
+
+struct hop_case {
+	const char *name;
+	unsigned limit;       /* cfg.hop_limit; 0: the default, 50 */
+	bool keep_received;   /* scrub list without Received */
+	unsigned nrcvd;       /* Received: fields in the header section */
+	bool in_body;         /* ... or in the body instead */
+	bool accepted;
+};
+
+static const struct hop_case hop_cases[] = {
+	{"default limit: 49 pass", 0, false, 49, false, true},
+	{"default limit: 50 refused", 0, false, 50, false, false},
+	{"default limit: 51 refused", 0, false, 51, false, false},
+	{"none at all", 0, false, 0, false, true},
+	{"hop_limit 3: 2 pass", 3, false, 2, false, true},
+	{"hop_limit 3: 3 refused", 3, false, 3, false, false},
+	{"hop_limit 1: 0 pass", 1, false, 0, false, true},
+	{"hop_limit 1: 1 refused", 1, false, 1, false, false},
+	{"kept Received count too: 49", 0, true, 49, false, true},
+	{"kept Received count too: 50", 0, true, 50, false, false},
+	{"Received in the body do not count", 0, false, 60, true, true},
+};
+
+/* One message with c->nrcvd Received: fields (folded, varied case),
+ * through DATA and through BDAT in 5-octet chunks. */
+static void hop_txn(const struct hop_case *c, bool bdat)
+{
+	static const char *const keep[] = {"X-Originating-IP"};
+	struct fixture *f = calloc(1, sizeof *f);
+	f->cfg = (struct smtpd_proto_cfg){
+		.hostname = "relay.test", .sid = "t1",
+		.max_message_size = 1000000, .max_recipients = 100,
+		.max_bad_commands = 20, .trusted = true,
+		.scrub = c->keep_received ? keep : scrub,
+		.nscrub = c->keep_received ? 1 : 2,
+		.hop_limit = c->limit,
+	};
+	buf_init(&f->sink.body, SIZE_MAX);
+	buf_init(&f->out, SIZE_MAX);
+	f->p = smtpd_proto_new(&f->cfg, &ops, &f->sink);
+	struct buf msg = BUF_INIT(1 << 20), trace = BUF_INIT(1 << 20),
+	           wire = BUF_INIT(1 << 20), want = BUF_INIT(1 << 20);
+	for (unsigned i = 0; i < c->nrcvd; i++)
+		buf_printf(&trace, "%s: from h%u.example ([10.0.0.%u])\r\n"
+		           "\tby mx.example; Mon, 1 Jan 2024 00:00:00 +0000\r\n",
+		           i % 2 ? "RECEIVED" : "Received", i, i % 250);
+	if (c->in_body) {
+		buf_appends(&msg, "Subject: s\r\n\r\n");
+		buf_append(&msg, trace.data, trace.len);
+	} else {
+		buf_append(&msg, trace.data, trace.len);
+		buf_appends(&msg, "Subject: s\r\n\r\nb\r\n");
+	}
+	buf_appends(&want, "Received: test\r\n");
+	if (c->in_body) {
+		buf_appends(&want, "Subject: s\r\n" LL_MID LL_DATE "\r\n");
+		buf_append(&want, trace.data, trace.len);
+	} else {
+		for (unsigned i = 0; i < c->nrcvd; i++)
+			buf_appends(&want, LL_HOP);
+		if (c->keep_received) {
+			buf_reset(&want);
+			buf_appends(&want, "Received: test\r\n");
+			buf_append(&want, trace.data, trace.len);
+		}
+		buf_appends(&want, "Subject: s\r\n" LL_MID LL_DATE "\r\nb\r\n");
+	}
+	start(f);
+	if (!bdat) {
+		buf_appends(&wire, "DATA\r\n");
+		buf_append(&wire, msg.data, msg.len);
+		buf_appends(&wire, ".\r\n");
+	} else {
+		for (size_t i = 0; i < msg.len; i += 5) {
+			size_t k = msg.len - i < 5 ? msg.len - i : 5;
+			char cmd[64];
+			snprintf(cmd, sizeof cmd, "BDAT %zu%s\r\n", k,
+			         i + k == msg.len ? " LAST" : "");
+			buf_appends(&wire, cmd);
+			buf_append(&wire, msg.data + i, k);
+		}
+	}
+	/* The last reply line is the verdict (see ll_txn). */
+	char o[512] = "";
+	size_t off = 0;
+	for (int guard = 0; off < wire.len && guard < 1000000; guard++) {
+		size_t k = feedn(f, (const char *)wire.data + off, wire.len - off);
+		off += k;
+		if (f->out.len) {
+			size_t end = f->out.len, from = end - 1;
+			while (from > 0 && f->out.data[from - 1] != '\n')
+				from--;
+			snprintf(o, sizeof o, "%.*s", (int)(end - from),
+			         (const char *)f->out.data + from);
+			buf_reset(&f->out);
+		}
+		if (k == 0 || f->req != SMTPD_REQ_NONE)
+			break;
+	}
+	assert_int_equal(off, wire.len);
+	if (c->accepted) {
+		if (f->req != SMTPD_REQ_COMMIT)
+			fail_msg("case '%s' (bdat %d): no commit: %s", c->name, bdat,
+			         o);
+		if (f->sink.body.len != want.len ||
+		    memcmp(f->sink.body.data, want.data, want.len) != 0)
+			fail_msg("case '%s' (bdat %d): stored '%.*s'", c->name, bdat,
+			         (int)f->sink.body.len, f->sink.body.data);
+		assert_int_equal(smtpd_proto_txn(f->p)->hops,
+		                 c->in_body ? 0 : c->nrcvd);
+		assert_int_equal(f->sink.aborts, 0);
+		smtpd_proto_done(f->p, 0, &f->out);
+		assert_has(take(f), "250 2.0.0 Ok: queued as");
+	} else {
+		char want_reply[160];
+		snprintf(want_reply, sizeof want_reply,
+		         "554 5.4.6 Too many hops (%u Received: header fields, "
+		         "limit %u), mail loop suspected\r\n", c->nrcvd,
+		         c->limit ? c->limit : SMTPD_HOP_LIMIT_DEFAULT);
+		if (f->req != SMTPD_REQ_NONE || strcmp(o, want_reply) != 0)
+			fail_msg("case '%s' (bdat %d): got '%s'", c->name, bdat, o);
+		/* Nothing queued: the body begun is thrown away. */
+		assert_int_equal(f->sink.aborts, 1);
+		assert_int_equal(f->sink.body.len, 0);
+		assert_int_equal(smtpd_proto_state(f->p), SMTPD_ST_READY);
+		feed(f, "MAIL FROM:<a@b.test>\r\n");
+		assert_has(take(f), "250 2.1.0");
+	}
+	buf_free(&msg);
+	buf_free(&trace);
+	buf_free(&wire);
+	buf_free(&want);
+	fx_free(f);
+}
+
+static void test_hop_limit(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof hop_cases / sizeof *hop_cases; i++) {
+		hop_txn(&hop_cases[i], false);
+		hop_txn(&hop_cases[i], true);
+	}
 }
 
 static void test_long_lines(void **state)
@@ -2011,6 +2164,7 @@ int main(void)
 		cmocka_unit_test(test_auth_cred_restrictions),
 		cmocka_unit_test(test_with_keyword),
 		cmocka_unit_test(test_long_lines),
+		cmocka_unit_test(test_hop_limit),
 		cmocka_unit_test(test_auth_cred_from),
 		cmocka_unit_test(test_quota),
 		cmocka_unit_test(test_spool_min_free),

@@ -447,6 +447,194 @@ static void test_capture_from(void **state)
 	}
 }
 
+/* ---- hops (issue 9 §3) ----------------------------------------------------- */
+
+#define HOP "Received: by relay.test (relayd: earlier hop, details removed); " \
+	"Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+
+/* The default list without Received: those are kept, and still count. */
+static const char *const keep_rcvd[] = {"X-Originating-IP", "X-Real-IP"};
+
+struct hcase {
+	const char *name;
+	const char *in;
+	size_t inlen;
+	bool keep;          /* keep_rcvd list instead of dflt */
+	unsigned hop_max;
+	const char *out;
+	size_t outlen;
+	unsigned received;  /* Received: fields counted */
+	unsigned hop_lines; /* replaced */
+};
+
+/* clang-format off */
+static const struct hcase hcases[] = {
+	{"replaced in place, order kept",
+	 S("A: 1\r\nReceived: from x ([10.0.0.1])\r\nB: 2\r\nreceived: y\r\n"
+	   "\r\nb\r\n"), false, 50,
+	 S("A: 1\r\n" HOP "B: 2\r\n" HOP "\r\nb\r\n"), 2, 2},
+	{"folded Received is one hop",
+	 S("Received: from a.example ([10.0.0.1])\r\n\tby b.example\r\n"
+	   "  with ESMTP id X1;\r\n Mon, 1 Jan\r\nS: s\r\n\r\n"), false, 50,
+	 S(HOP "S: s\r\n\r\n"), 1, 1},
+	{"case-insensitive names, blanks before the colon",
+	 S("RECEIVED: a\r\nrEcEiVeD : b\r\nReceived\t: c\r\n\r\n"), false, 50,
+	 S(HOP HOP HOP "\r\n"), 3, 3},
+	{"names that only start with Received do not count",
+	 S("Received-SPF: pass\r\nX-Received: x\r\nReceivedX: y\r\n"
+	   "Receive: z\r\n\r\n"), false, 50,
+	 S("Received-SPF: pass\r\nX-Received: x\r\nReceivedX: y\r\n"
+	   "Receive: z\r\n\r\n"), 0, 0},
+	{"kept Received fields count, unchanged",
+	 S("Received: from a\r\n b\r\nX-Real-IP: 1\r\nReceived: c\r\n\r\n"),
+	 true, 50, S("Received: from a\r\n b\r\nReceived: c\r\n\r\n"), 2, 0},
+	{"no more lines than hop_max, all counted",
+	 S("Received: 1\r\nReceived: 2\r\nReceived: 3\r\nReceived: 4\r\n\r\n"),
+	 false, 2, S(HOP HOP "\r\n"), 4, 2},
+	{"hop_max 0: dropped only",
+	 S("Received: 1\r\nS: s\r\n\r\n"), false, 0, S("S: s\r\n\r\n"), 1, 0},
+	{"empty value", S("Received:\r\n\r\n"), false, 50, S(HOP "\r\n"), 1, 1},
+	{"in the body: not counted",
+	 S("S: s\r\n\r\nReceived: a\r\nReceived: b\r\n"), false, 50,
+	 S("S: s\r\n\r\nReceived: a\r\nReceived: b\r\n"), 0, 0},
+	{"after a line without colon: body, not counted",
+	 S("Received: a\r\nno colon here\r\nReceived: b\r\n\r\n"), false, 50,
+	 S(HOP "\r\nno colon here\r\nReceived: b\r\n\r\n"), 1, 1},
+	{"first line starts with a blank: all body",
+	 S(" x\r\nReceived: a\r\n\r\n"), false, 50,
+	 S("\r\n x\r\nReceived: a\r\n\r\n"), 0, 0},
+	{"bare CR at a line start ends the header section",
+	 S("Received: a\r\n\rReceived: b\r\n"), false, 50,
+	 S(HOP "\r\n\rReceived: b\r\n"), 1, 1},
+	{"CR inside a Received field: still one",
+	 S("Received: a\rReceived: b\r\n\r\n"), false, 50, S(HOP "\r\n"), 1, 1},
+	{"cut short after the colon", S("S: s\r\nReceived: x"), false, 50,
+	 S("S: s\r\n" HOP), 1, 1},
+	{"name without colon at the end: body",
+	 S("S: s\r\nReceived"), false, 50, S("S: s\r\n\r\nReceived"), 0, 0},
+	{"bad character in the name: body",
+	 S("Recei ved: x\r\n\r\n"), false, 50, S("\r\nRecei ved: x\r\n\r\n"),
+	 0, 0},
+	{"replaced lines are counted again on the next pass",
+	 S(HOP HOP "S: s\r\n\r\n"), false, 50, S(HOP HOP "S: s\r\n\r\n"), 2, 2},
+};
+/* clang-format on */
+
+static void run_hop(const struct hcase *c, const size_t *cuts, size_t ncuts,
+                    const char *how)
+{
+	struct smtpd_scrub s;
+	struct sink k = {BUF_INIT(1 << 20), 0, 0};
+	smtpd_scrub_init(&s, c->keep ? keep_rcvd : dflt, c->keep ? 2 : 7, NULL,
+	                 NULL, sink_emit, &k);
+	smtpd_scrub_hops(&s, HOP, c->hop_max);
+	const uint8_t *in = (const uint8_t *)c->in;
+	size_t pos = 0;
+	for (size_t i = 0; i <= ncuts; i++) {
+		size_t stop = i < ncuts ? cuts[i] : c->inlen;
+		assert_int_equal(smtpd_scrub_feed(&s, in + pos, stop - pos), 0);
+		pos = stop;
+	}
+	assert_int_equal(smtpd_scrub_finish(&s), 0);
+	if (k.out.len != c->outlen ||
+	    (c->outlen && memcmp(k.out.data, c->out, c->outlen)) ||
+	    s.received != c->received || s.hop_lines != c->hop_lines)
+		fail_msg("case '%s' (%s): received %u (want %u), lines %u (want "
+		         "%u), got '%.*s'", c->name, how, s.received, c->received,
+		         s.hop_lines, c->hop_lines, (int)k.out.len,
+		         (const char *)k.out.data);
+	buf_free(&k.out);
+}
+
+static void test_hops_table(void **state)
+{
+	(void)state;
+	for (size_t t = 0; t < sizeof hcases / sizeof hcases[0]; t++) {
+		const struct hcase *c = &hcases[t];
+		size_t cuts[512];
+		char how[64];
+		run_hop(c, NULL, 0, "whole");
+		for (size_t i = 0; i <= c->inlen; i++) {
+			for (size_t j = i; j <= c->inlen; j++) {
+				cuts[0] = i;
+				cuts[1] = j;
+				snprintf(how, sizeof how, "split %zu,%zu", i, j);
+				run_hop(c, cuts, 2, how);
+			}
+		}
+		assert_true(c->inlen < 512);
+		for (size_t i = 0; i < c->inlen; i++)
+			cuts[i] = i + 1;
+		run_hop(c, cuts, c->inlen, "byte by byte");
+	}
+}
+
+/* The limit's boundary as the core uses it (hop_max = hop_limit = 50):
+ * 49, 50 and 51 Received: fields, folded and in mixed case, are all
+ * counted; no more than 50 lines replace them. Whole and byte by byte. */
+static void test_hops_boundary(void **state)
+{
+	(void)state;
+	static const unsigned counts[] = {0, 1, 49, 50, 51, 1000};
+	for (size_t t = 0; t < sizeof counts / sizeof *counts; t++) {
+		unsigned n = counts[t];
+		struct buf in = BUF_INIT(1 << 20), want = BUF_INIT(1 << 20);
+		buf_appends(&in, "From: a@b\r\n");
+		buf_appends(&want, "From: a@b\r\n");
+		for (unsigned i = 0; i < n; i++) {
+			buf_printf(&in, "%s: from h%u ([192.0.2.%u])\r\n\tby mx%u; "
+			           "Mon, 1 Jan 2024 00:00:00 +0000\r\n",
+			           i % 3 == 0 ? "Received" : i % 3 == 1 ? "RECEIVED"
+			                                              : "received",
+			           i, i % 250, i);
+			if (i < 50)
+				buf_appends(&want, HOP);
+		}
+		buf_appends(&in, "Subject: s\r\n\r\nbody\r\n");
+		buf_appends(&want, "Subject: s\r\n\r\nbody\r\n");
+		for (int bytewise = 0; bytewise < 2; bytewise++) {
+			struct smtpd_scrub s;
+			struct sink k = {BUF_INIT(1 << 22), 0, 0};
+			smtpd_scrub_init(&s, dflt, 7, NULL, NULL, sink_emit, &k);
+			smtpd_scrub_hops(&s, HOP, 50);
+			size_t step = bytewise ? 1 : in.len;
+			for (size_t i = 0; i < in.len; i += step)
+				assert_int_equal(smtpd_scrub_feed(&s, in.data + i,
+				                                  step), 0);
+			assert_int_equal(smtpd_scrub_finish(&s), 0);
+			assert_int_equal(s.received, n);
+			assert_int_equal(s.dropped, n);
+			assert_int_equal(s.hop_lines, n < 50 ? n : 50);
+			if (k.out.len != want.len ||
+			    memcmp(k.out.data, want.data, want.len))
+				fail_msg("%u Received (bytewise %d): %zu bytes, want "
+				         "%zu", n, bytewise, k.out.len, want.len);
+			buf_free(&k.out);
+		}
+		buf_free(&in);
+		buf_free(&want);
+	}
+}
+
+/* Without smtpd_scrub_hops dropped Received: fields vanish, but are
+ * counted all the same. */
+static void test_hops_count_without_lines(void **state)
+{
+	(void)state;
+	struct smtpd_scrub s;
+	struct sink k = {BUF_INIT(1 << 20), 0, 0};
+	smtpd_scrub_init(&s, dflt, 7, NULL, NULL, sink_emit, &k);
+	const char *in = "Received: a\r\nS: s\r\nReceived: b\r\n c\r\n\r\nx\r\n";
+	assert_int_equal(smtpd_scrub_feed(&s, (const uint8_t *)in, strlen(in)),
+	                 0);
+	assert_int_equal(smtpd_scrub_finish(&s), 0);
+	assert_int_equal(s.received, 2);
+	assert_int_equal(s.hop_lines, 0);
+	assert_int_equal(k.out.len, strlen("S: s\r\n\r\nx\r\n"));
+	assert_memory_equal(k.out.data, "S: s\r\n\r\nx\r\n", k.out.len);
+	buf_free(&k.out);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -456,6 +644,9 @@ int main(void)
 		cmocka_unit_test(test_finish_twice),
 		cmocka_unit_test(test_colon_limit),
 		cmocka_unit_test(test_capture_from),
+		cmocka_unit_test(test_hops_table),
+		cmocka_unit_test(test_hops_boundary),
+		cmocka_unit_test(test_hops_count_without_lines),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
