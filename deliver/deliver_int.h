@@ -1,8 +1,10 @@
 /*
- * deliver/deliver_int.h - What the scheduler (deliver.c), the SMTP client
- * sessions (deliver_session.c) and the control socket (deliver_ctl.c)
- * share inside deliver/: the settings, a job (one message on its way), and
- * the calls between them. Not for other modules.
+ * deliver/deliver_int.h - What the scheduler (deliver.c and the files it
+ * is split into: deliver_conf.c, deliver_bounce.c, deliver_size.c,
+ * deliver_verbs.c), the SMTP client sessions (deliver_session.c) and the
+ * control socket (deliver_ctl.c) share inside deliver/: the settings, a
+ * job (one message on its way), the scheduler's state, and the calls
+ * between them. Not for other modules.
  */
 #ifndef RELAY_DELIVER_INT_H
 #define RELAY_DELIVER_INT_H
@@ -134,6 +136,174 @@ void deliver_ctl_run(struct deliver *d, const char *line,
 
 /* The scheduler's counters as a JSON object, for "stats". */
 void deliver_stats_json(struct deliver *d, char *out, size_t outlen);
+
+/* ---- the scheduler's state (deliver.c; read by the files below) ------- */
+
+#define BUSY_BUCKETS 1024
+
+/* The busy table: every message loaded as a job, in a session, or with an
+ * index change on its way; the schedule scan skips them. */
+struct deliver_busy {
+	struct deliver_busy *next;
+	char qid[QUEUE_ID_SIZE];
+	struct deliver_job *job;   /* NULL: an index change is on its way */
+	bool in_session;
+	/* uv_now() ms until which the message is left alone after its
+	 * index change failed (no resend loop on a full disk); 0: none. */
+	uint64_t cool_until;
+};
+
+struct deliver_snode {
+	struct deliver_snode *next;
+	struct deliver_session *s;
+	bool up;
+	char name[300];     /* "host:port" it went to (a SIGHUP may change) */
+};
+
+/* Sends in the last window, for smarthost_rate: a ring of timestamps. */
+struct deliver_rate {
+	unsigned cap;
+	uint64_t window_ms;
+	uint64_t *t;
+	unsigned head, n;
+};
+
+struct deliver {
+	uv_loop_t *loop;
+	struct queue *q;
+	struct deliver_cfg *cfg;
+	struct deliver_ctl *ctl;
+	uv_timer_t timer;
+	bool timer_inited;
+
+	struct deliver_snode *sessions;
+	unsigned nsessions, nconnecting;
+	struct deliver_job *ready, **ready_tail;
+	unsigned nready;
+	struct deliver_busy *busy[BUSY_BUCKETS];
+	size_t nbusy;
+
+	/* The route. */
+	bool paused, probing;
+	uint64_t pause_until;       /* uv_now() ms */
+	int64_t pause_until_wall;   /* unix seconds, for stats */
+	unsigned route_fails;
+	char route_reason[DELIVER_REPLY_TEXT_MAX - 64];
+
+	struct deliver_rate rate_min, rate_hour;
+
+	/* relayctl flush: ids captured at the time, tried ahead of the
+	 * schedule. */
+	char (*flush)[QUEUE_ID_SIZE];
+	size_t nflush, flush_pos;
+
+	/* The smarthost's SIZE (0: none known) and who hears of it. */
+	uint64_t sh_size;
+	deliver_size_cb size_cb;
+	void *size_arg;
+	/* One write of smarthost.size at a time (two on the pool would
+	 * share its temp file); a change meanwhile is written after it. */
+	bool size_storing, size_dirty;
+
+	uint64_t n_sent, n_deferred, n_bounced, n_dsn, n_attempts;
+	/* Failure reports that nobody will get: for a null-sender message
+	 * (a bounce itself) with no postmaster to tell. */
+	uint64_t n_dsn_dropped;
+	int64_t started;
+	unsigned inflight;          /* DSN works and index changes */
+	bool stopping;
+	void (*done_cb)(void *);
+	void *done_arg;
+};
+
+/* Busy table (deliver.c). deliver_busy_is ends an expired cool-down. */
+struct deliver_busy *deliver_busy_find(struct deliver *d, const char *qid);
+struct deliver_busy *deliver_busy_add(struct deliver *d, const char *qid);
+void deliver_busy_del(struct deliver *d, const char *qid);
+bool deliver_busy_is(struct deliver *d, const char *qid, uint64_t now);
+
+/* A walk of the schedule collecting ids that are not busy
+ * (queue_scan_due's callback). */
+struct deliver_scan {
+	struct deliver *d;
+	char (*ids)[QUEUE_ID_SIZE];
+	size_t n, want, visited, max_visit;
+};
+int deliver_scan_cb(void *arg, const char *qid, int64_t due);
+
+void deliver_schedule(struct deliver *d);
+/* When stopping and nothing is left: frees d. Call last. */
+void deliver_maybe_done(struct deliver *d);
+/* The schedule runs within ms (never later than an earlier arming). */
+void deliver_arm(struct deliver *d, uint64_t ms);
+int64_t deliver_wall_now(void);
+void deliver_job_free(struct deliver_job *j);
+/* Pending or deferred. */
+bool deliver_rcpt_open(const struct queue_rcpt *r);
+void deliver_set_reply(struct queue_rcpt *r, const char *text);
+/* The log line of one recipient, in Postfix's shape. */
+void deliver_log_result(const struct queue_msg *m, const struct queue_rcpt *r,
+                        const char *relay, const struct deliver_times *t,
+                        const char *dsn, const char *status, const char *text);
+/* Writes m back (or removes it when nothing is left); the message stays
+ * busy until the change is durable, then reply(arg, "ok ok_text"). Takes
+ * a busy entry for qid if it has none. */
+int deliver_record(struct deliver *d, const struct queue_msg *m, bool remove,
+                   deliver_ctl_reply_fn reply, void *reply_arg,
+                   const char *ok_text);
+
+/* ---- DSN orchestration (deliver_bounce.c) ------------------------------ */
+
+/* One recipient a report is about. */
+struct deliver_dsn_item {
+	size_t i;              /* recipient index in m */
+	char status[16];       /* "5.1.1" */
+	const char *reason;    /* our words, or NULL */
+	bool remote;           /* last_reply came from the smarthost */
+};
+
+/* Whether r's NOTIFY asks for a report of kind bit (QUEUE_NOTIFY_*). */
+bool deliver_wants(const struct queue_rcpt *r, uint8_t bit);
+
+/*
+ * Queues one DSN about m for the recipients in items[]. To the envelope
+ * sender; for a null sender, to the postmaster when one is configured and
+ * the message was not already for the postmaster; otherwise there is none
+ * (a log line says so). Never loops: a DSN has the null sender itself.
+ *
+ * after (owned, may be NULL): m's new state, recorded (or removed, with
+ * remove) only once the DSN is committed, then reply(arg, "ok ok_text").
+ */
+void deliver_send_dsn(struct deliver *d, const struct queue_msg *m,
+                      const struct deliver_dsn_item *items, size_t n,
+                      bool delayed, int64_t retry_until,
+                      struct queue_msg *after, bool remove,
+                      deliver_ctl_reply_fn reply, void *reply_arg,
+                      const char *ok_text);
+
+/* Records m (owned) - or removes it - after the failure report about
+ * fail[] is durable, then answers reply(arg, "ok ok_text"). */
+void deliver_settle(struct deliver *d, struct queue_msg *m, bool remove,
+                    const struct deliver_dsn_item *fail, size_t nfail,
+                    deliver_ctl_reply_fn reply, void *arg,
+                    const char *ok_text);
+
+/* relayctl bounce: every open recipient of m fails now; appended to
+ * fail[] (room for m->nrcpt). */
+void deliver_fail_open(struct deliver *d, struct queue_msg *m,
+                       const char *why, struct deliver_dsn_item *fail,
+                       size_t *nfail);
+
+/* ---- the smarthost's SIZE (deliver_size.c) ----------------------------- */
+
+/* "HOST:PORT" of g's smarthost. */
+void deliver_size_name(const struct deliver_cfg *g, char *out, size_t n);
+/* Tells the size callback the current limit. */
+void deliver_size_notify(struct deliver *d);
+/* At start and SIGHUP: the SIZE as last seen, if it is this smarthost's. */
+void deliver_size_load(struct deliver *d);
+/* A session's EHLO named size (0: none): the new limit, if it changed. */
+void deliver_size_learn(struct deliver *d, uint64_t size);
 
 /* ---- pure helpers (deliver_util.c), unit-tested ------------------------ */
 
