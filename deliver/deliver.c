@@ -349,19 +349,6 @@ int deliver_record(struct deliver *d, const struct queue_msg *m, bool remove,
 
 /* ---- results ------------------------------------------------------------ */
 
-static int reply_code(const struct deliver_reply *r)
-{
-	if (r->code)
-		return r->code;
-	/* Our own refusal texts start with a code ("553 5.6.7 ..."). */
-	if (r->text[0] >= '2' && r->text[0] <= '5' && r->text[1] >= '0' &&
-	    r->text[1] <= '9' && r->text[2] >= '0' && r->text[2] <= '9' &&
-	    r->text[3] == ' ')
-		return (r->text[0] - '0') * 100 + (r->text[1] - '0') * 10 +
-		       (r->text[2] - '0');
-	return 0;   /* a local, temporary failure */
-}
-
 static double rnd01(void)
 {
 	return (double)(random() % 1000000) / 1000000.0;
@@ -425,14 +412,9 @@ static void finish(struct deliver *d, struct deliver_job *j,
 	for (size_t k = 0; k < j->n; k++) {
 		struct queue_rcpt *r = &m->rcpt[j->idx[k]];
 		const struct deliver_reply *rep = results[k];
-		int code = temp ? 0 : reply_code(rep);
-		struct deliver_reply local;
-		if (!temp && rep->code == 0 && code) {
-			/* Our own refusal ("553 5.6.7 ..."): its code counts. */
-			local = *rep;
-			local.code = code;
-			rep = &local;
-		}
+		/* Our own refusals ("553 5.6.7 ...") come with their codes
+		 * (deliver_client_result); 0 is a local, temporary failure. */
+		int code = temp ? 0 : rep->code;
 		r->attempts++;
 		deliver_set_reply(r, rep->text);
 		deliver_reply_status(rep, st);
@@ -681,7 +663,7 @@ static void route_pause(struct deliver *d, bool auth, const char *why)
 	/* As Postfix does for a dead destination: the messages waiting for
 	 * this route are deferred now with the reason, so that `relayctl
 	 * list` says why they wait and each one's backoff grows. */
-	struct deliver_reply r = {0, ""};
+	struct deliver_reply r = {.code = 0};
 	snprintf(r.text, sizeof r.text, "delivery temporarily suspended: %s",
 	         d->route_reason);
 	while (d->ready) {
