@@ -1,25 +1,26 @@
 /*
  * deliver/deliver.c - The delivery scheduler. Finds due messages in the
- * queue's schedule, loads them as jobs, hands them to a bounded pool of
- * SMTP client sessions (deliver_session.c), and turns each recipient's
- * result into a durable index change: sent, deferred (with backoff and
- * jitter), or bounced (with a DSN queued through the same spool:
- * deliver_bounce.c). Settings: deliver_conf.c; the smarthost's SIZE:
- * deliver_size.c; operator verbs and stats: deliver_verbs.c.
+ * queue's schedule, routes each open recipient to a destination
+ * (deliver_route, deliver_dest.c) and loads the message as one job per
+ * destination; each destination feeds its own SMTP client sessions
+ * (deliver_session.c). Turns each recipient's result into a durable index
+ * change: sent, deferred (with backoff and jitter), or bounced (with a DSN
+ * queued through the same spool: deliver_bounce.c). Settings:
+ * deliver_conf.c; the smarthost's SIZE: deliver_size.c; operator verbs
+ * and stats: deliver_verbs.c.
  *
- * Route state: one destination, the smarthost. When it cannot be reached,
- * refuses our TLS or AUTH, or asks us to slow down, the whole route pauses
- * (exponential backoff from retry_min to retry_max) instead of every
- * message finding out for itself; after a pause one session probes before
- * the others follow. The state shows in `relayctl stats` and `list`.
+ * Destinations pause on their own (deliver_dest.c): one that is down or
+ * throttled holds back only its own jobs. In smarthost mode there is one,
+ * and while it is paused nothing is loaded; its state shows in `relayctl
+ * stats` (route), `list` and `destinations`.
  *
- * The smarthost's SIZE: each session reports what its EHLO named; the
- * scheduler keeps it (and spool_dir/smarthost.size) and tells smtpd, which
- * offers clients no more (deliver.h).
- *
- * Invariant: a message is in at most one place at a time: the busy table
- * holds every message loaded as a job, in a session, or with an index
- * change on its way; the schedule scan skips them.
+ * Invariant: a message is loaded once at a time: the busy table holds
+ * every message with a job (waiting or in a session) or an index change
+ * on its way, and the schedule scan skips them. The jobs of one message
+ * share its record (busy->latest), each changing only its own
+ * recipients; writes of it are serialized, one in flight per message,
+ * and a failure report is durable before the record that bounces its
+ * recipients (deliver_busy_flush, deliver_settle).
  */
 #include "deliver/deliver_int.h"
 
@@ -76,15 +77,13 @@ struct deliver_busy *deliver_busy_add(struct deliver *d, const char *qid)
 	return b;
 }
 
-void deliver_busy_del(struct deliver *d, const char *qid);
-
 /* Whether qid is taken; an expired cool-down ends here. */
 bool deliver_busy_is(struct deliver *d, const char *qid, uint64_t now)
 {
 	struct deliver_busy *b = deliver_busy_find(d, qid);
 	if (!b)
 		return false;
-	if (b->cool_until && b->cool_until <= now && !b->job) {
+	if (b->cool_until && b->cool_until <= now && !b->njobs && !b->ops) {
 		deliver_busy_del(d, qid);
 		return false;
 	}
@@ -97,6 +96,7 @@ void deliver_busy_del(struct deliver *d, const char *qid)
 		if (memcmp((*p)->qid, qid, QUEUE_ID_LEN) == 0) {
 			struct deliver_busy *b = *p;
 			*p = b->next;
+			queue_msg_free(b->latest);
 			free(b);
 			d->nbusy--;
 			return;
@@ -104,7 +104,16 @@ void deliver_busy_del(struct deliver *d, const char *qid)
 	}
 }
 
-/* ---- time and rates ----------------------------------------------------- */
+/* Frees b when nothing is left of it: no job, nothing on its way, no
+ * change waiting, no cool-down. */
+static void busy_release(struct deliver *d, struct deliver_busy *b)
+{
+	if (b->njobs || b->ops || b->dirty || b->cool_until)
+		return;
+	deliver_busy_del(d, b->qid);
+}
+
+/* ---- time --------------------------------------------------------------- */
 
 int64_t deliver_wall_now(void)
 {
@@ -118,61 +127,12 @@ static double wall_now_f(void)
 	return (double)tv.tv_sec + tv.tv_usec / 1e6;
 }
 
-static int rate_init(struct deliver_rate *r, unsigned cap, uint64_t window_ms)
-{
-	free(r->t);
-	memset(r, 0, sizeof *r);
-	if (!cap)
-		return 0;
-	r->t = calloc(cap, sizeof *r->t);
-	if (!r->t)
-		return -ENOMEM;
-	r->cap = cap;
-	r->window_ms = window_ms;
-	return 0;
-}
-
-/* 0 when a send may go now, else the ms until one may. */
-static uint64_t rate_wait(const struct deliver_rate *r, uint64_t now)
-{
-	if (!r->cap || r->n < r->cap)
-		return 0;
-	uint64_t oldest = r->t[r->head];   /* ring full: head is the oldest */
-	return oldest + r->window_ms > now ? oldest + r->window_ms - now : 0;
-}
-
-/* Sends that may still go in the current window (UINT_MAX: no cap). */
-static unsigned rate_room(const struct deliver_rate *r, uint64_t now)
-{
-	if (!r->cap)
-		return UINT_MAX;
-	unsigned used = 0;
-	for (unsigned i = 0; i < r->n; i++)
-		if (r->t[(r->head + i) % r->cap] + r->window_ms > now)
-			used++;
-	return used < r->cap ? r->cap - used : 0;
-}
-
-static void rate_note(struct deliver_rate *r, uint64_t now)
-{
-	if (!r->cap)
-		return;
-	if (r->n < r->cap) {
-		r->t[(r->head + r->n) % r->cap] = now;
-		r->n++;
-	} else {
-		r->t[r->head] = now;
-		r->head = (r->head + 1) % r->cap;
-	}
-}
-
 /* ---- jobs --------------------------------------------------------------- */
 
 void deliver_job_free(struct deliver_job *j)
 {
 	if (!j)
 		return;
-	queue_msg_free(j->m);
 	free(j->idx);
 	free(j->rcpt);
 	free(j->notify);
@@ -180,6 +140,34 @@ void deliver_job_free(struct deliver_job *j)
 	free(j->notify_txt);
 	free(j->sender);
 	free(j);
+}
+
+/* Takes j out of its message's busy entry. */
+static void job_detach(struct deliver_job *j)
+{
+	struct deliver_busy *b = j->b;
+	if (!b)
+		return;
+	for (struct deliver_job **p = &b->jobs; *p; p = &(*p)->bnext)
+		if (*p == j) {
+			*p = j->bnext;
+			b->njobs--;
+			break;
+		}
+	if (j->in_session && j->dest)
+		j->dest->nbusy--;
+	j->in_session = false;
+	j->b = NULL;
+	j->m = NULL;
+}
+
+void deliver_job_drop(struct deliver *d, struct deliver_job *j)
+{
+	struct deliver_busy *b = j->b;
+	job_detach(j);
+	deliver_job_free(j);
+	if (b)
+		busy_release(d, b);
 }
 
 bool deliver_rcpt_open(const struct queue_rcpt *r)
@@ -202,19 +190,15 @@ static void notify_text(uint8_t bits, char out[32])
 		strcat(out, out[0] ? ",DELAY" : "DELAY");
 }
 
-/* A job for every open recipient of m (taken over). NULL: none open, or
- * out of memory (m freed). */
-static struct deliver_job *job_new(struct deliver *d, struct queue_msg *m)
+/* A job for the n recipients idx[] of b's message (open ones, all routed
+ * to one destination); attached to b. NULL: out of memory. */
+static struct deliver_job *job_new(struct deliver *d, struct deliver_busy *b,
+                                   const size_t *idx, size_t n)
 {
+	struct queue_msg *m = b->latest;
 	struct deliver_job *j = calloc(1, sizeof *j);
-	size_t n = 0;
-	for (size_t i = 0; i < m->nrcpt; i++)
-		n += deliver_rcpt_open(&m->rcpt[i]);
-	if (!j || n == 0) {
-		free(j);
-		queue_msg_free(m);
+	if (!j)
 		return NULL;
-	}
 	j->m = m;
 	j->idx = calloc(n, sizeof *j->idx);
 	j->rcpt = calloc(n, sizeof *j->rcpt);
@@ -226,11 +210,9 @@ static struct deliver_job *job_new(struct deliver *d, struct queue_msg *m)
 		deliver_job_free(j);
 		return NULL;
 	}
-	for (size_t i = 0; i < m->nrcpt; i++) {
-		const struct queue_rcpt *r = &m->rcpt[i];
-		if (!deliver_rcpt_open(r))
-			continue;
-		j->idx[j->n] = i;
+	for (size_t k = 0; k < n; k++) {
+		const struct queue_rcpt *r = &m->rcpt[idx[k]];
+		j->idx[j->n] = idx[k];
 		j->rcpt[j->n] = r->addr;
 		j->orcpt[j->n] = r->orcpt;
 		if (r->notify) {
@@ -262,6 +244,10 @@ static struct deliver_job *job_new(struct deliver *d, struct queue_msg *m)
 	j->cm.notify = j->notify;
 	j->cm.orcpt = j->orcpt;
 	j->t_ready = uv_now(d->loop);
+	j->b = b;
+	j->bnext = b->jobs;
+	b->jobs = j;
+	b->njobs++;
 	return j;
 }
 
@@ -281,16 +267,21 @@ static void change_cb(void *arg, int status)
 	struct change *c = arg;
 	struct deliver *d = c->d;
 	struct deliver_busy *b = deliver_busy_find(d, c->qid);
-	if (status && status != -ENOENT && b) {
-		/* The index still says "due": without a pause, the message
-		 * would be sent again at once, and again. */
-		b->cool_until = uv_now(d->loop) + d->cfg->retry_min;
-		b->job = NULL;
-		b->in_session = false;
-	} else {
-		deliver_busy_del(d, c->qid);
-	}
 	d->inflight--;
+	if (b) {
+		b->ops--;
+		if (status == 0 && c->removed)
+			b->removed = true;
+		if (status == -ENOENT)
+			b->removed = true;   /* gone: nothing more to write */
+		if (status && status != -ENOENT && !b->njobs && !b->dirty) {
+			/* The index still says "due": without a pause, the
+			 * message would be sent again at once, and again. */
+			b->cool_until = uv_now(d->loop) + d->cfg->retry_min;
+			queue_msg_free(b->latest);
+			b->latest = NULL;
+		}
+	}
 	if (status == 0 && c->removed)
 		log_info("%s: removed", c->qid);
 	else if (status && status != -ENOENT)
@@ -306,45 +297,64 @@ static void change_cb(void *arg, int status)
 		c->reply(c->reply_arg, t);
 	}
 	free(c);
+	if (b)
+		deliver_busy_flush(d, b);   /* results that waited; may free b */
 	deliver_schedule(d);
 	deliver_maybe_done(d);   /* last: it may free d */
 }
 
-/* Writes m back (or removes it when nothing is left); the message stays
- * busy until the change is durable. Takes a busy entry for qid if it has
- * none. */
-int deliver_record(struct deliver *d, const struct queue_msg *m, bool remove,
-                  deliver_ctl_reply_fn reply, void *reply_arg,
-                  const char *ok_text)
+/* Answers b's waiting control request with an error. */
+static void busy_reply_err(struct deliver_busy *b, const char *why)
 {
+	if (!b->reply)
+		return;
+	char t[160];
+	snprintf(t, sizeof t, "err %s: %s", b->qid, why);
+	b->reply(b->reply_arg, t);
+	b->reply = NULL;
+}
+
+void deliver_busy_flush(struct deliver *d, struct deliver_busy *b)
+{
+	if (b->ops || !b->dirty || !b->latest) {
+		busy_release(d, b);
+		return;
+	}
+	b->dirty = false;
+	if (b->removed) {
+		/* Deleted or bounced meanwhile: later results have no
+		 * record to go to. */
+		busy_reply_err(b, "no such message");
+		busy_release(d, b);
+		return;
+	}
 	struct change *c = calloc(1, sizeof *c);
-	if (!c)
-		return -ENOMEM;
-	c->d = d;
-	memcpy(c->qid, m->qid, QUEUE_ID_SIZE);
-	c->removed = remove || queue_msg_due(m) < 0;
-	c->reply = reply;
-	c->reply_arg = reply_arg;
-	snprintf(c->ok_text, sizeof c->ok_text, "%s", ok_text ? ok_text : "");
-	struct deliver_busy *b = deliver_busy_find(d, m->qid);
-	if (!b && !(b = deliver_busy_add(d, m->qid))) {
-		free(c);
-		return -ENOMEM;
+	int r = -ENOMEM;
+	if (c) {
+		c->d = d;
+		memcpy(c->qid, b->qid, QUEUE_ID_SIZE);
+		c->removed = b->remove || queue_msg_due(b->latest) < 0;
+		c->reply = b->reply;
+		c->reply_arg = b->reply_arg;
+		snprintf(c->ok_text, sizeof c->ok_text, "%s", b->ok_text);
+		r = c->removed ? queue_remove(d->q, b->qid, change_cb, c)
+		               : queue_update(d->q, b->latest, change_cb, c);
 	}
-	b->job = NULL;
-	b->in_session = false;
-	b->cool_until = 0;
-	int r = c->removed ? queue_remove(d->q, m->qid, change_cb, c)
-	                   : queue_update(d->q, m, change_cb, c);
 	if (r) {
-		b->cool_until = uv_now(d->loop) + d->cfg->retry_min;
 		free(c);
-		log_err("%s: cannot record the delivery state: %s", m->qid,
+		log_err("%s: cannot record the delivery state: %s", b->qid,
 		        strerror(-r));
-		return r;
+		busy_reply_err(b, "cannot record the change");
+		if (!b->njobs) {
+			b->cool_until = uv_now(d->loop) + d->cfg->retry_min;
+			queue_msg_free(b->latest);
+			b->latest = NULL;
+		}
+		return;
 	}
+	b->reply = NULL;
+	b->ops++;
 	d->inflight++;
-	return 0;
 }
 
 /* ---- results ------------------------------------------------------------ */
@@ -424,10 +434,14 @@ static void finish(struct deliver *d, struct deliver_job *j,
 		if (code >= 200 && code < 300) {
 			r->state = QUEUE_RCPT_SENT;
 			d->n_sent++;
+			j->dest->n_sent++;
 			deliver_log_result(m, r, relay, t, st, "sent", rep->text);
 		} else if (code >= 500 || expired) {
 			r->state = QUEUE_RCPT_BOUNCED;
 			d->n_bounced++;
+			j->dest->n_bounced++;
+			snprintf(j->dest->last_error, sizeof j->dest->last_error,
+			         "%s", rep->text);
 			const char *status = code >= 500 ? st : "4.4.7";
 			char why[DELIVER_REPLY_TEXT_MAX + 80];
 			if (code >= 500)
@@ -448,11 +462,14 @@ static void finish(struct deliver *d, struct deliver_job *j,
 		} else {
 			r->state = QUEUE_RCPT_DEFERRED;
 			d->n_deferred++;
+			j->dest->n_deferred++;
+			snprintf(j->dest->last_error, sizeof j->dest->last_error,
+			         "%s", rep->text);
 			uint64_t wait = deliver_backoff(g->retry_min, g->retry_max,
 			                                r->attempts, rnd01());
 			int64_t next = now + (int64_t)((wait + 999) / 1000);
-			if (d->paused && d->pause_until_wall > next)
-				next = d->pause_until_wall;
+			if (j->dest->paused && j->dest->pause_until_wall > next)
+				next = j->dest->pause_until_wall;
 			/* Never past the lifetime, nor past the delay warning. */
 			int64_t end = m->arrival + (int64_t)(g->lifetime / 1000);
 			if (next > end)
@@ -480,8 +497,8 @@ static void finish(struct deliver *d, struct deliver_job *j,
 	if (nlate) {
 		m->flags |= QUEUE_F_WARNED;
 		deliver_send_dsn(d, m, late, nlate, true,
-		         m->arrival + (int64_t)(g->lifetime / 1000), NULL, false,
-		         NULL, NULL, NULL);
+		                 m->arrival + (int64_t)(g->lifetime / 1000), NULL,
+		                 false);
 	} else if (g->warn_after && age_ms(m, now) >= g->warn_after) {
 		m->flags |= QUEUE_F_WARNED;   /* nobody wanted one */
 	}
@@ -493,8 +510,8 @@ static void finish(struct deliver *d, struct deliver_job *j,
 static void job_end(struct deliver *d, struct deliver_job *j,
                     struct deliver_dsn_item *fail, size_t nfail)
 {
-	struct queue_msg *m = j->m;
-	j->m = NULL;
+	struct deliver_busy *b = j->b;
+	struct queue_msg *m = b->latest;
 	bool remove = false;
 	if (j->pend & DELIVER_PEND_DELETE) {
 		remove = true;
@@ -507,8 +524,9 @@ static void job_end(struct deliver *d, struct deliver_job *j,
 		if (j->pend & DELIVER_PEND_HOLD)
 			m->state = QUEUE_MSG_HOLD;
 	}
-	deliver_settle(d, m, remove, fail, nfail, NULL, NULL, NULL);
+	job_detach(j);
 	deliver_job_free(j);
+	deliver_settle(d, b, remove, fail, nfail, NULL, NULL, NULL);
 }
 
 void deliver_job_done(struct deliver *d, struct deliver_job *j,
@@ -516,14 +534,14 @@ void deliver_job_done(struct deliver *d, struct deliver_job *j,
                       const char *relay, const struct deliver_times *t)
 {
 	struct deliver_dsn_item *fail = calloc(j->m->nrcpt ? j->m->nrcpt : 1,
-	                               sizeof *fail);
+	                                       sizeof *fail);
 	size_t nfail = 0;
 	if (!fail) {
-		deliver_busy_del(d, j->m->qid);   /* retried: a duplicate, not a loss */
-		deliver_job_free(j);
+		deliver_job_drop(d, j);   /* retried: a duplicate, not a loss */
 		return;
 	}
 	d->n_attempts++;
+	j->dest->n_attempts++;
 	finish(d, j, results, relay, t, false, fail, &nfail);
 	job_end(d, j, fail, nfail);
 	free(fail);
@@ -533,11 +551,10 @@ void deliver_job_failed(struct deliver *d, struct deliver_job *j,
                         const struct deliver_reply *r, const char *relay)
 {
 	struct deliver_dsn_item *fail = calloc(j->m->nrcpt ? j->m->nrcpt : 1,
-	                               sizeof *fail);
+	                                       sizeof *fail);
 	size_t nfail = 0;
 	if (!fail) {
-		deliver_busy_del(d, j->m->qid);
-		deliver_job_free(j);
+		deliver_job_drop(d, j);
 		return;
 	}
 	if (d->stopping) {
@@ -548,10 +565,8 @@ void deliver_job_failed(struct deliver *d, struct deliver_job *j,
 		 * acknowledged and is recorded now. */
 		if (j->pend)
 			job_end(d, j, fail, 0);
-		else {
-			deliver_busy_del(d, j->m->qid);
-			deliver_job_free(j);
-		}
+		else
+			deliver_job_drop(d, j);
 		free(fail);
 		return;
 	}
@@ -560,167 +575,26 @@ void deliver_job_failed(struct deliver *d, struct deliver_job *j,
 	 * connection, TLS or AUTH problem or an unexpected reply). */
 	const struct deliver_reply **res = calloc(j->n ? j->n : 1, sizeof *res);
 	if (!res) {
-		deliver_busy_del(d, j->m->qid);
-		deliver_job_free(j);
+		deliver_job_drop(d, j);
 		free(fail);
 		return;
 	}
 	for (size_t k = 0; k < j->n; k++)
 		res[k] = r;
 	d->n_attempts++;
+	j->dest->n_attempts++;
 	finish(d, j, res, relay, NULL, true, fail, &nfail);
 	free(res);
 	job_end(d, j, fail, nfail);
 	free(fail);
 }
 
-/* ---- sessions and the route --------------------------------------------- */
-
-struct deliver_job *deliver_take_job(struct deliver *d)
-{
-	if (d->stopping || d->paused || !d->ready)
-		return NULL;
-	uint64_t now = uv_now(d->loop);
-	if (rate_wait(&d->rate_min, now) || rate_wait(&d->rate_hour, now)) {
-		deliver_schedule(d);   /* arms the timer for when one may go */
-		return NULL;
-	}
-	struct deliver_job *j = d->ready;
-	d->ready = j->next;
-	if (!d->ready)
-		d->ready_tail = &d->ready;
-	d->nready--;
-	j->next = NULL;
-	struct deliver_busy *b = deliver_busy_find(d, j->m->qid);
-	if (b)
-		b->in_session = true;
-	rate_note(&d->rate_min, now);
-	rate_note(&d->rate_hour, now);
-	return j;
-}
-
-void deliver_session_up(struct deliver *d, struct deliver_session *s,
-                        uint64_t size)
-{
-	/* Every session's EHLO counts, a probe's too: the provider may
-	 * change its limit at any time. Not one to a smarthost replaced by
-	 * a SIGHUP since it started. */
-	char name[300];
-	deliver_size_name(d->cfg, name, sizeof name);
-	for (struct deliver_snode *n = d->sessions; n; n = n->next)
-		if (n->s == s && !n->up) {
-			n->up = true;
-			d->nconnecting--;
-			if (strcmp(n->name, name) == 0)
-				deliver_size_learn(d, size);
-		}
-	if (d->paused)
-		return;   /* started before the pause: proves nothing */
-	if (d->route_fails || d->probing)
-		log_info("smarthost %s:%u: delivering again", d->cfg->host,
-		         d->cfg->port);
-	d->route_fails = 0;
-	d->probing = false;
-	d->route_reason[0] = '\0';
-	/* No deliver_schedule() here: the session takes a job right after this, and
-	 * other sessions may start once it did (a probe is over now). */
-	deliver_arm(d, 0);
-}
-
-/* Puts the ready jobs back (they stay in the schedule; busy ends). */
-static void drop_ready(struct deliver *d)
-{
-	while (d->ready) {
-		struct deliver_job *j = d->ready;
-		d->ready = j->next;
-		deliver_busy_del(d, j->m->qid);
-		deliver_job_free(j);
-	}
-	d->ready_tail = &d->ready;
-	d->nready = 0;
-}
-
-static void route_pause(struct deliver *d, bool auth, const char *why)
-{
-	struct deliver_cfg *g = d->cfg;
-	d->route_fails++;
-	uint64_t ms = deliver_backoff(g->retry_min, g->retry_max, d->route_fails,
-	                              rnd01());
-	d->paused = true;
-	d->pause_until = uv_now(d->loop) + ms;
-	d->pause_until_wall = deliver_wall_now() + (int64_t)((ms + 999) / 1000);
-	snprintf(d->route_reason, sizeof d->route_reason, "%s%s",
-	         auth ? "authentication failed: " : "", why);
-	char esc[sizeof d->route_reason * 4];
-	log_escape(esc, sizeof esc, d->route_reason, strlen(d->route_reason));
-	if (auth)
-		log_err("smarthost %s:%u: AUTH as %s refused; delivery paused for "
-		        "%.0f s: %s", g->host, g->port, g->user ? g->user : "?",
-		        ms / 1000.0, esc);
-	else
-		log_warn("smarthost %s:%u: delivery paused for %.0f s: %s",
-		         g->host, g->port, ms / 1000.0, esc);
-	/* As Postfix does for a dead destination: the messages waiting for
-	 * this route are deferred now with the reason, so that `relayctl
-	 * list` says why they wait and each one's backoff grows. */
-	struct deliver_reply r = {.code = 0};
-	snprintf(r.text, sizeof r.text, "delivery temporarily suspended: %s",
-	         d->route_reason);
-	while (d->ready) {
-		struct deliver_job *j = d->ready;
-		d->ready = j->next;
-		d->nready--;
-		j->next = NULL;
-		if (!d->ready)
-			d->ready_tail = &d->ready;
-		deliver_job_failed(d, j, &r, NULL);
-	}
-}
-
-void deliver_session_gone(struct deliver *d, struct deliver_session *s,
-                          bool route_fail, bool auth_fail,
-                          const struct deliver_reply *r)
-{
-	for (struct deliver_snode **p = &d->sessions; *p; p = &(*p)->next) {
-		if ((*p)->s != s)
-			continue;
-		struct deliver_snode *n = *p;
-		if (!n->up)
-			d->nconnecting--;
-		*p = n->next;
-		free(n);
-		d->nsessions--;
-		break;
-	}
-	if (route_fail && !d->stopping && !d->paused)
-		route_pause(d, auth_fail, r ? r->text : "session failed");
-	deliver_schedule(d);
-	deliver_maybe_done(d);   /* last: it may free d */
-}
-
-static int start_session(struct deliver *d)
-{
-	struct deliver_snode *n = calloc(1, sizeof *n);
-	if (!n)
-		return -ENOMEM;
-	deliver_size_name(d->cfg, n->name, sizeof n->name);
-	int r = deliver_session_new(d, d->cfg, d->loop, &n->s);
-	if (r) {
-		log_err("smarthost: cannot start a session: %s", strerror(-r));
-		free(n);
-		return r;
-	}
-	n->next = d->sessions;
-	d->sessions = n;
-	d->nsessions++;
-	d->nconnecting++;
-	return 0;
-}
-
 /* ---- the schedule ------------------------------------------------------- */
 
-/* Takes a due message into the ready list, or settles it without an
- * attempt (expired). */
+/* Takes a due message in: its open recipients grouped by destination
+ * (deliver_route), one job per destination on that destination's ready
+ * list. Recipients of a paused destination wait in the index; a message
+ * with nothing to send now cools down until the first pause ends. */
 static void load(struct deliver *d, const char *qid)
 {
 	struct queue_msg *m;
@@ -735,19 +609,56 @@ static void load(struct deliver *d, const char *qid)
 		return;
 	}
 	struct deliver_busy *b = deliver_busy_add(d, qid);
-	if (!b) {
+	size_t *idx = calloc(m->nrcpt ? m->nrcpt : 1, sizeof *idx);
+	bool *done = calloc(m->nrcpt ? m->nrcpt : 1, sizeof *done);
+	if (!b || !idx || !done) {
+		if (b)
+			deliver_busy_del(d, qid);
 		queue_msg_free(m);
+		free(idx);
+		free(done);
 		return;
 	}
-	struct deliver_job *j = job_new(d, m);
-	if (!j) {
-		deliver_busy_del(d, qid);
-		return;
+	b->latest = m;
+	uint64_t paused_until = 0;
+	char key[DELIVER_DEST_KEY_MAX], other[DELIVER_DEST_KEY_MAX];
+	for (size_t i = 0; i < m->nrcpt; i++) {
+		if (done[i] || !deliver_rcpt_open(&m->rcpt[i]) ||
+		    deliver_route(d, m, i, key, sizeof key))
+			continue;
+		/* Every open recipient with the same key: one job. */
+		size_t n = 0;
+		for (size_t k = i; k < m->nrcpt; k++) {
+			if (done[k] || !deliver_rcpt_open(&m->rcpt[k]))
+				continue;
+			if (k != i && (deliver_route(d, m, k, other, sizeof other) ||
+			               strcmp(key, other) != 0))
+				continue;
+			done[k] = true;
+			idx[n++] = k;
+		}
+		struct deliver_dest *dst = deliver_dest_get(d, key, true);
+		if (!dst)
+			continue;
+		if (dst->paused) {
+			if (!paused_until || dst->pause_until < paused_until)
+				paused_until = dst->pause_until;
+			continue;
+		}
+		struct deliver_job *j = job_new(d, b, idx, n);
+		if (j)
+			deliver_dest_push(dst, j);
 	}
-	b->job = j;
-	*d->ready_tail = j;
-	d->ready_tail = &j->next;
-	d->nready++;
+	free(idx);
+	free(done);
+	if (b->njobs == 0) {
+		queue_msg_free(b->latest);
+		b->latest = NULL;
+		if (paused_until)
+			b->cool_until = paused_until;
+		else
+			deliver_busy_del(d, qid);
+	}
 }
 
 int deliver_scan_cb(void *arg, const char *qid, int64_t due)
@@ -790,18 +701,18 @@ void deliver_schedule(struct deliver *d)
 	if (!queue_recovered(d->q))
 		return;
 	uint64_t nowms = uv_now(d->loop);
-	if (d->paused) {
-		if (nowms < d->pause_until) {
-			deliver_arm(d, d->pause_until - nowms);
-			return;
-		}
-		d->paused = false;
-		d->probing = true;
-		log_info("smarthost %s:%u: trying again", g->host, g->port);
+	for (struct deliver_dest *t = d->dests; t; t = t->next)
+		deliver_dest_tick(t, nowms);
+	/* The smarthost is the only destination: while it is paused there is
+	 * nothing to load (the messages wait in the index). */
+	struct deliver_dest *sh = deliver_dest_smarthost(d);
+	if (sh && sh->paused) {
+		deliver_arm(d, sh->pause_until - nowms);
+		return;
 	}
 
-	/* Fill the ready list: flushed messages first, then the schedule. */
-	unsigned slots = d->probing ? 1 : g->concurrency;
+	/* Fill the ready lists: flushed messages first, then the schedule. */
+	unsigned slots = sh && sh->probing ? 1 : g->concurrency;
 	size_t want_total = (size_t)slots * READY_PER_SESSION + 8;
 	while (d->flush && d->flush_pos < d->nflush && d->nready < want_total) {
 		const char *qid = d->flush[d->flush_pos++];
@@ -833,26 +744,9 @@ void deliver_schedule(struct deliver *d)
 		next = deliver_wall_now();
 	}
 
-	log_debug("deliver: %u ready, %zu busy, %u sessions (%u connecting), "
+	log_debug("deliver: %u ready, %zu busy, %u sessions, %u destinations, "
 	          "next due %" PRId64, d->nready, d->nbusy, d->nsessions,
-	          d->nconnecting, next);
-	/* Sessions: idle ones take work; new ones while there is more work
-	 * than sessions on their way. */
-	for (struct deliver_snode *n = d->sessions; n && d->ready; n = n->next)
-		deliver_session_kick(n->s);
-	/* Not while the rate cap holds everything back: a session would only
-	 * connect, idle and leave (a reconnect storm at the provider). */
-	bool capped = rate_wait(&d->rate_min, nowms) ||
-	              rate_wait(&d->rate_hour, nowms);
-	unsigned room = rate_room(&d->rate_min, nowms);
-	unsigned room_h = rate_room(&d->rate_hour, nowms);
-	if (room_h < room)
-		room = room_h;
-	while (!capped && d->ready && d->nsessions < slots &&
-	       d->nready > d->nconnecting && d->nconnecting < room)
-		if (start_session(d) < 0)
-			break;
-
+	          d->ndests, next);
 	uint64_t wait = SCAN_MAX_MS;
 	if (next >= 0) {
 		int64_t sec = next - deliver_wall_now();
@@ -860,12 +754,18 @@ void deliver_schedule(struct deliver *d)
 		if (wait > SCAN_MAX_MS)
 			wait = SCAN_MAX_MS;
 	}
-	uint64_t rw = rate_wait(&d->rate_min, nowms);
-	uint64_t rh = rate_wait(&d->rate_hour, nowms);
-	if (rh > rw)
-		rw = rh;
-	if (d->ready && rw)
-		wait = rw < wait ? rw : wait;
+	/* Each destination starts and feeds its own sessions; one that is
+	 * paused or capped holds back only its own jobs. */
+	for (struct deliver_dest *t = d->dests; t; t = t->next) {
+		uint64_t rw;
+		deliver_dest_run(t, nowms, &rw);
+		if (rw && rw < wait)
+			wait = rw;
+		if (t->paused && t->pause_until > nowms &&
+		    t->pause_until - nowms < wait)
+			wait = t->pause_until - nowms;
+	}
+	deliver_dest_sweep(d, nowms);
 	deliver_arm(d, wait);
 }
 
@@ -873,8 +773,9 @@ static void notify_cb(void *arg)
 {
 	struct deliver *d = arg;
 	/* New mail: look now (the scan is cheap; the timer debounces). */
+	struct deliver_dest *sh = d->stopping ? NULL : deliver_dest_smarthost(d);
 	if (!d->stopping && d->cfg->mode == CONF_DELIVERY_SMARTHOST &&
-	    !d->paused)
+	    !(sh && sh->paused))
 		deliver_arm(d, 0);
 }
 
@@ -889,19 +790,12 @@ int deliver_new(uv_loop_t *loop, struct queue *q, const struct conf *conf,
 		return -ENOMEM;
 	d->loop = loop;
 	d->q = q;
-	d->ready_tail = &d->ready;
 	d->started = deliver_wall_now();
 	d->cfg = deliver_cfg_new(conf, err, sizeof err);
 	if (!d->cfg) {
 		log_err("delivery: %s", err);
 		free(d);
 		return -EINVAL;
-	}
-	if (rate_init(&d->rate_min, d->cfg->rate_minute, 60000) ||
-	    rate_init(&d->rate_hour, d->cfg->rate_hour, 3600000)) {
-		deliver_cfg_unref(d->cfg);
-		free(d);
-		return -ENOMEM;
 	}
 	deliver_size_load(d);
 	srandom((unsigned)(getpid() ^ time(NULL)));
@@ -939,13 +833,8 @@ int deliver_set_conf(struct deliver *d, const struct conf *conf)
 		log_err("SIGHUP: delivery settings kept: %s", err);
 		return -EINVAL;
 	}
-	/* The windows keep their history unless the caps change (a nightly
-	 * logrotate HUP must not hand out a fresh hour). */
-	if ((g->rate_minute != d->cfg->rate_minute &&
-	     rate_init(&d->rate_min, g->rate_minute, 60000)) ||
-	    (g->rate_hour != d->cfg->rate_hour &&
-	     rate_init(&d->rate_hour, g->rate_hour, 3600000)))
-		log_warn("SIGHUP: smarthost_rate: out of memory");
+	for (struct deliver_dest *t = d->dests; t; t = t->next)
+		deliver_dest_set_rates(t, g->rate_minute, g->rate_hour);
 	bool same = g->mode == d->cfg->mode && g->port == d->cfg->port &&
 	            strcmp(g->host, d->cfg->host) == 0;
 	deliver_cfg_unref(d->cfg);
@@ -955,11 +844,13 @@ int deliver_set_conf(struct deliver *d, const struct conf *conf)
 		deliver_size_load(d);
 		deliver_size_notify(d);
 	}
-	if (g->mode != CONF_DELIVERY_SMARTHOST)
-		drop_ready(d);   /* back to hold: waiting jobs go back */
-	/* A new password or certificate deserves a try now. */
-	d->paused = false;
-	d->probing = d->route_fails > 0;
+	for (struct deliver_dest *t = d->dests; t; t = t->next) {
+		if (g->mode != CONF_DELIVERY_SMARTHOST)
+			deliver_dest_drop_ready(t);   /* back to hold: waiting
+			                                 jobs go back */
+		/* A new password or certificate deserves a try now. */
+		deliver_dest_unpause(t, true);
+	}
 	deliver_arm(d, 0);
 	return 0;
 }
@@ -975,11 +866,11 @@ void deliver_maybe_done(struct deliver *d)
 		while (d->busy[i]) {
 			struct deliver_busy *b = d->busy[i];
 			d->busy[i] = b->next;
+			queue_msg_free(b->latest);
 			free(b);
 		}
+	deliver_dest_sweep(d, uv_now(d->loop));
 	free(d->flush);
-	free(d->rate_min.t);
-	free(d->rate_hour.t);
 	deliver_cfg_unref(d->cfg);
 	free(d);
 	if (cb)
@@ -1006,9 +897,10 @@ void deliver_stop(struct deliver *d, void (*done_cb)(void *arg), void *arg)
 	d->done_cb = done_cb;
 	d->done_arg = arg;
 	queue_set_notify(d->q, NULL, NULL);
-	drop_ready(d);
-	for (struct deliver_snode *n = d->sessions; n; n = n->next)
-		deliver_session_close(n->s);
+	for (struct deliver_dest *t = d->dests; t; t = t->next) {
+		deliver_dest_drop_ready(t);
+		deliver_dest_close_sessions(t);
+	}
 	uv_timer_stop(&d->timer);
 	uv_close((uv_handle_t *)&d->timer, timer_closed_cb);
 	if (d->ctl)

@@ -45,19 +45,16 @@ struct dsn_work {
 	 * original's new state (after) is recorded only once the DSN is
 	 * committed. If the DSN cannot be queued, the recipients it was
 	 * about (after_idx) are deferred instead, so nothing is lost. */
-	struct queue_msg *after;
+	bool after;                  /* the original's busy entry waits */
+	char after_qid[QUEUE_ID_SIZE];
 	bool after_remove;
 	size_t *after_idx, nafter;
-	deliver_ctl_reply_fn reply;
-	void *reply_arg;
-	char ok_text[96];
 };
 
 static void settle_after(struct deliver *d, struct dsn_work *w, bool dsn_ok);
 
 static void dsn_work_free(struct dsn_work *w)
 {
-	queue_msg_free(w->after);
 	free(w->after_idx);
 	for (size_t i = 0; i < w->nstrs; i++)
 		free(w->strs[i]);
@@ -224,35 +221,35 @@ static char *keep(struct dsn_work *w, const char *s)
  * could not be made: then the recipients it was about are deferred). */
 static void settle_after(struct deliver *d, struct dsn_work *w, bool dsn_ok)
 {
-	struct queue_msg *m = w->after;
-	if (!m)
+	if (!w->after)
 		return;
-	w->after = NULL;
-	deliver_ctl_reply_fn reply = w->reply;
-	void *arg = w->reply_arg;
-	bool remove = w->after_remove;
-	if (!dsn_ok) {
-		int64_t next = deliver_wall_now() + (int64_t)(d->cfg->retry_min / 1000);
+	w->after = false;
+	struct deliver_busy *b = deliver_busy_find(d, w->after_qid);
+	if (!b)
+		return;
+	b->ops--;
+	if (b->latest && !dsn_ok) {
+		struct queue_msg *m = b->latest;
+		int64_t next = deliver_wall_now() +
+		               (int64_t)(d->cfg->retry_min / 1000);
 		for (size_t k = 0; k < w->nafter; k++) {
 			struct queue_rcpt *r = &m->rcpt[w->after_idx[k]];
 			r->state = QUEUE_RCPT_DEFERRED;
-			r->next_attempt = next > deliver_wall_now() ? next : deliver_wall_now() + 1;
+			r->next_attempt = next > deliver_wall_now()
+			                  ? next : deliver_wall_now() + 1;
 		}
-		remove = false;
-		if (reply) {
+		if (b->reply) {
 			char t[160];
 			snprintf(t, sizeof t, "err %s: the bounce could not be "
 			         "queued; the message stays", m->qid);
-			reply(arg, t);
-			reply = NULL;
+			b->reply(b->reply_arg, t);
+			b->reply = NULL;
 		}
+	} else if (dsn_ok && w->after_remove) {
+		b->remove = true;
 	}
-	if (deliver_record(d, m, remove, reply, arg, w->ok_text) && reply) {
-		char t[160];
-		snprintf(t, sizeof t, "err %s: cannot record the change", m->qid);
-		reply(arg, t);
-	}
-	queue_msg_free(m);
+	b->dirty = true;
+	deliver_busy_flush(d, b);
 }
 
 /*
@@ -261,33 +258,42 @@ static void settle_after(struct deliver *d, struct dsn_work *w, bool dsn_ok)
  * the message was not already for the postmaster; otherwise there is none
  * (a log line says so). Never loops: a DSN has the null sender itself.
  *
- * after (owned, may be NULL): m's new state, recorded (or removed, with
- * remove) only once the DSN is committed, then reply(arg, "ok ok_text").
+ * after (may be NULL): the busy entry whose latest is m, written (or
+ * removed, with remove) only once the DSN is committed.
  */
 void deliver_send_dsn(struct deliver *d, const struct queue_msg *m,
                      const struct deliver_dsn_item *items, size_t n, bool delayed,
-                     int64_t retry_until, struct queue_msg *after,
-                     bool remove, deliver_ctl_reply_fn reply, void *reply_arg,
-                     const char *ok_text)
+                     int64_t retry_until, struct deliver_busy *after,
+                     bool remove)
 {
 	const char *to = m->sender;
 	struct dsn_work *w = calloc(1, sizeof *w);
 	if (!w) {
 		log_err("%s: no notification: out of memory", m->qid);
-		if (after) {   /* stays as it is in the index */
-			deliver_busy_del(d, after->qid);
-			queue_msg_free(after);
+		if (after) {   /* as if it could not be queued */
+			after->ops--;
+			if (after->latest) {
+				for (size_t k = 0; k < n; k++) {
+					struct queue_rcpt *r =
+						&after->latest->rcpt[items[k].i];
+					r->state = QUEUE_RCPT_DEFERRED;
+					r->next_attempt = deliver_wall_now() + 1;
+				}
+			}
+			if (after->reply) {
+				after->reply(after->reply_arg, "err out of memory");
+				after->reply = NULL;
+			}
+			after->dirty = true;
+			deliver_busy_flush(d, after);
 		}
-		if (reply)
-			reply(reply_arg, "err out of memory");
 		return;
 	}
 	w->d = d;
-	w->after = after;
+	w->after = after != NULL;
+	if (after)
+		memcpy(w->after_qid, after->qid, QUEUE_ID_SIZE);
 	w->after_remove = remove;
-	w->reply = reply;
-	w->reply_arg = reply_arg;
-	snprintf(w->ok_text, sizeof w->ok_text, "%s", ok_text ? ok_text : "");
 	w->after_idx = calloc(n ? n : 1, sizeof *w->after_idx);
 	if (!w->after_idx)
 		goto fail;
@@ -385,31 +391,29 @@ bool deliver_wants(const struct queue_rcpt *r, uint8_t bit)
 	return r->notify == 0 || (r->notify & bit);
 }
 
-/* Records m (owned) - or removes it - after the failure report about
- * fail[] is durable, then answers reply(arg, "ok ok_text"). */
-void deliver_settle(struct deliver *d, struct queue_msg *m, bool remove,
-                   const struct deliver_dsn_item *fail, size_t nfail,
-                   deliver_ctl_reply_fn reply, void *arg, const char *ok_text)
+void deliver_settle(struct deliver *d, struct deliver_busy *b, bool remove,
+                    const struct deliver_dsn_item *fail, size_t nfail,
+                    deliver_ctl_reply_fn reply, void *arg, const char *ok_text)
 {
-	/* Busy until the change is durable: the schedule still has it. */
-	struct deliver_busy *b = deliver_busy_find(d, m->qid);
-	if (!b)
-		b = deliver_busy_add(d, m->qid);
-	if (b) {
-		b->job = NULL;          /* an index change is on its way */
-		b->in_session = false;
+	if (reply) {
+		/* Operator verbs act only on messages with nothing else on
+		 * their way (deliver_verbs.c): no other request waits. */
+		b->reply = reply;
+		b->reply_arg = arg;
+		snprintf(b->ok_text, sizeof b->ok_text, "%s",
+		         ok_text ? ok_text : "");
 	}
 	if (nfail) {
-		deliver_send_dsn(d, m, fail, nfail, false, 0, m, remove, reply, arg,
-		         ok_text);
+		/* Counted before the report starts: it may end before
+		 * deliver_send_dsn returns. */
+		b->ops++;
+		deliver_send_dsn(d, b->latest, fail, nfail, false, 0, b, remove);
 		return;
 	}
-	if (deliver_record(d, m, remove, reply, arg, ok_text) && reply) {
-		char t[160];
-		snprintf(t, sizeof t, "err %s: cannot record the change", m->qid);
-		reply(arg, t);
-	}
-	queue_msg_free(m);
+	if (remove)
+		b->remove = true;
+	b->dirty = true;
+	deliver_busy_flush(d, b);
 }
 
 /* relayctl bounce: every open recipient of m fails now; appended to

@@ -48,6 +48,7 @@ struct wreq {
 
 struct deliver_session {
 	struct deliver *d;
+	struct deliver_dest *dst;   /* where it goes; outlives it */
 	struct deliver_cfg *cfg;
 	uv_loop_t *loop;
 	uv_tcp_t tcp;
@@ -110,7 +111,7 @@ static void maybe_free(struct deliver_session *s)
 	}
 	if (s->body_fd >= 0)
 		close(s->body_fd);
-	deliver_session_gone(s->d, s, s->route_fail, s->auth_fail,
+	deliver_session_gone(s->dst, s, s->route_fail, s->auth_fail,
 	                     s->failed ? &s->why : NULL);
 	deliver_client_free(s->cl);
 	tls_stream_free(&s->tls);
@@ -551,7 +552,7 @@ static void open_cb(uv_fs_t *req)
 
 static bool start_job(struct deliver_session *s)
 {
-	struct deliver_job *j = deliver_take_job(s->d);
+	struct deliver_job *j = deliver_take_job(s->dst);
 	if (!j)
 		return false;
 	s->job = j;
@@ -630,7 +631,7 @@ static void drive(struct deliver_session *s)
 			if (!s->up) {
 				s->up = true;
 				s->t_up = uv_now(s->loop);
-				deliver_session_up(s->d, s,
+				deliver_session_up(s->dst, s,
 				                   deliver_client_size_max(s->cl));
 				if (s->closing)
 					return;
@@ -761,13 +762,14 @@ static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 	uv_freeaddrinfo(res);
 }
 
-int deliver_session_new(struct deliver *d, struct deliver_cfg *cfg,
+int deliver_session_new(struct deliver_dest *dst, struct deliver_cfg *cfg,
                         uv_loop_t *loop, struct deliver_session **out)
 {
 	struct deliver_session *s = calloc(1, sizeof *s);
 	if (!s)
 		return -ENOMEM;
-	s->d = d;
+	s->d = deliver_dest_owner(dst);
+	s->dst = dst;
 	s->cfg = cfg;
 	deliver_cfg_ref(cfg);
 	s->loop = loop;

@@ -15,21 +15,29 @@
 
 #include "common/log.h"
 
-/* Takes a message out of the ready list, if it is there. */
-static struct deliver_job *unready(struct deliver *d, const char *qid)
+/* Every destination tries again now (relayctl flush). */
+static void unpause_all(struct deliver *d)
 {
-	for (struct deliver_job **p = &d->ready; *p; p = &(*p)->next) {
-		if (strcmp((*p)->m->qid, qid) != 0)
-			continue;
-		struct deliver_job *j = *p;
-		*p = j->next;
-		if (!*p)
-			d->ready_tail = p;
-		d->nready--;
-		j->next = NULL;
-		return j;
+	for (struct deliver_dest *t = d->dests; t; t = t->next)
+		deliver_dest_unpause(t, false);
+}
+
+/* Takes b's jobs that wait for a session back (their recipients stay as
+ * the index has them); those in a session are left. May free b (then
+ * returns true). */
+static bool drop_waiting(struct deliver *d, struct deliver_busy *b)
+{
+	unsigned n = b->njobs, in = 0;
+	for (struct deliver_job *j = b->jobs; j; j = j->bnext)
+		in += j->in_session;
+	for (unsigned k = 0; k < n - in; k++) {
+		struct deliver_job *j = b->jobs;
+		while (j->in_session)
+			j = j->bnext;
+		deliver_dest_unready(j->dest, j);
+		deliver_job_drop(d, j);   /* the last may free b */
 	}
-	return NULL;
+	return in == 0 && n > 0;
 }
 
 static void flush_all(struct deliver *d, deliver_ctl_reply_fn reply, void *arg)
@@ -52,10 +60,7 @@ static void flush_all(struct deliver *d, deliver_ctl_reply_fn reply, void *arg)
 	d->flush = s.ids;
 	d->nflush = s.n;
 	d->flush_pos = 0;
-	d->paused = false;
-	d->probing = false;
-	d->route_fails = 0;
-	d->route_reason[0] = '\0';
+	unpause_all(d);
 	char t[96];
 	snprintf(t, sizeof t, "ok flushing %zu messages", s.n);
 	reply(arg, t);
@@ -94,9 +99,7 @@ static int verb_flush(struct verb_msg *v)
 		return -1;
 	}
 	due_now(v->m, v->now);
-	v->d->paused = false;
-	v->d->probing = false;
-	v->d->route_fails = 0;
+	unpause_all(v->d);
 	snprintf(v->ok, sizeof v->ok, "%s: flushed", v->m->qid);
 	return 0;
 }
@@ -232,17 +235,31 @@ void deliver_ctl_run(struct deliver *d, const char *line,
 		return;
 	}
 	struct deliver_busy *b = deliver_busy_find(d, qid);
-	struct deliver_job *j = NULL;
-	if (b && b->job && !b->in_session) {
-		j = unready(d, qid);
-		if (j)
-			deliver_busy_del(d, qid);
-		b = NULL;
+	struct queue_msg *m = NULL;
+	if (b && b->njobs && !b->ops && !b->dirty) {
+		/* Jobs waiting for a session and none in one: the verb acts
+		 * on the message as loaded; the jobs go. */
+		bool in = false;
+		for (struct deliver_job *j = b->jobs; j; j = j->bnext)
+			in |= j->in_session;
+		if (!in) {
+			m = b->latest;
+			b->latest = NULL;
+			drop_waiting(d, b);   /* frees b */
+			b = NULL;
+		}
 	}
 	if (b) {
-		if (b->in_session && b->job && vb->pend) {
-			/* Delivery is under way: act when it ends. */
-			b->job->pend |= vb->pend;
+		bool in = false;
+		for (struct deliver_job *j = b->jobs; j; j = j->bnext)
+			in |= j->in_session;
+		if (in && vb->pend) {
+			/* Delivery is under way: act when it ends; what waits
+			 * for a session does not start. */
+			for (struct deliver_job *j = b->jobs; j; j = j->bnext)
+				if (j->in_session)
+					j->pend |= vb->pend;
+			drop_waiting(d, b);
 			snprintf(t, sizeof t, "ok %s: being delivered; will be %s when "
 			         "the attempt ends", qid, vb->pend_done);
 			reply(arg, t);
@@ -253,12 +270,8 @@ void deliver_ctl_run(struct deliver *d, const char *line,
 		reply(arg, t);
 		return;
 	}
-	struct verb_msg v = {.d = d, .now = deliver_wall_now()};
-	if (j) {
-		v.m = j->m;
-		j->m = NULL;
-		deliver_job_free(j);
-	} else {
+	struct verb_msg v = {.d = d, .now = deliver_wall_now(), .m = m};
+	if (!v.m) {
 		int r = queue_get(d->q, qid, &v.m);
 		if (r) {
 			snprintf(t, sizeof t, "err %s: %s", qid,
@@ -273,9 +286,17 @@ void deliver_ctl_run(struct deliver *d, const char *line,
 		free(v.fail);
 		return;
 	}
+	b = deliver_busy_add(d, qid);
+	if (!b) {
+		reply(arg, "err out of memory");
+		queue_msg_free(v.m);
+		free(v.fail);
+		return;
+	}
+	b->latest = v.m;
 	/* The reply goes out when the change (and a bounce's report) is
 	 * durable. */
-	deliver_settle(d, v.m, v.remove, v.fail, v.nfail, reply, arg, v.ok);
+	deliver_settle(d, b, v.remove, v.fail, v.nfail, reply, arg, v.ok);
 	free(v.fail);
 }
 
@@ -307,18 +328,23 @@ void deliver_stats_json(struct deliver *d, char *out, size_t outlen)
 	uint64_t nmsg = 0, nsched = 0;
 	queue_count(d->q, &nmsg, &nsched);
 	struct deliver_cfg *g = d->cfg;
-	char name[300], reason[sizeof d->route_reason * 6 + 4];
+	/* The route: the smarthost's destination (none yet, or forgotten
+	 * when idle: all is well). */
+	struct deliver_dest *sh = deliver_dest_smarthost(d);
+	char name[300], reason[(DELIVER_REPLY_TEXT_MAX - 64) * 6 + 4];
 	snprintf(name, sizeof name, "%s:%u", g->host, g->port);
-	json_str(reason, sizeof reason, d->route_reason);
+	json_str(reason, sizeof reason, sh ? sh->reason : "");
 	char route[sizeof reason + 400];
+	bool paused = sh && sh->paused;
 	if (g->mode != CONF_DELIVERY_SMARTHOST)
 		snprintf(route, sizeof route, "{\"state\":\"hold\"}");
 	else
 		snprintf(route, sizeof route,
 		         "{\"name\":\"%s\",\"state\":\"%s\",\"until\":%" PRId64
 		         ",\"failures\":%u,\"reason\":%s}", name,
-		         d->paused ? "paused" : "ok",
-		         d->paused ? d->pause_until_wall : 0, d->route_fails, reason);
+		         paused ? "paused" : "ok",
+		         paused ? sh->pause_until_wall : 0, sh ? sh->fails : 0,
+		         reason);
 	snprintf(out, outlen,
 	         "{\"running\":true,\"pid\":%d,\"uptime\":%" PRId64
 	         ",\"delivery\":\"%s\",\"queue\":{\"messages\":%" PRIu64
