@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "deliver/deliver_ctl.h"
 
 /* Every destination tries again now (relayctl flush). */
 static void unpause_all(struct deliver *d)
@@ -168,6 +169,26 @@ static void verb_stats(struct deliver *d, deliver_ctl_reply_fn reply,
 	reply(arg, out);
 }
 
+/* ok {"destinations":[...]}: each destination the scheduler holds now
+ * (deliver_dest_json). */
+static void verb_destinations(struct deliver *d, deliver_ctl_reply_fn reply,
+                              void *arg)
+{
+	struct buf out;
+	buf_init(&out, DELIVER_CTL_REPLY_MAX - 1);
+	int r = buf_appends(&out, "ok {\"destinations\":[");
+	int j = deliver_dest_json(d, &out);
+	if (r == 0)
+		r = j;
+	if (r == 0)
+		r = buf_append(&out, "]}", 3);   /* with the NUL */
+	if (r < 0)
+		reply(arg, r == -ENOBUFS ? "err reply too long" : "err out of memory");
+	else
+		reply(arg, (const char *)out.data);
+	buf_free(&out);
+}
+
 /* ---- the table ---------------------------------------------------------- */
 
 #define VERB_QID      0x1   /* takes a queue id */
@@ -188,6 +209,7 @@ struct deliver_verb {
 
 static const struct deliver_verb verbs[] = {
 	{"stats",   0,            verb_stats, NULL, 0, NULL},
+	{"destinations", 0,       verb_destinations, NULL, 0, NULL},
 	{"flush",   VERB_QID_OPT, flush_all, verb_flush, 0, NULL},
 	{"hold",    VERB_QID,     NULL, verb_hold, DELIVER_PEND_HOLD, "held"},
 	{"release", VERB_QID,     NULL, verb_release, 0, NULL},
