@@ -274,7 +274,8 @@ static void change_cb(void *arg, int status)
 			b->removed = true;
 		if (status == -ENOENT)
 			b->removed = true;   /* gone: nothing more to write */
-		if (status && status != -ENOENT && !b->njobs && !b->dirty) {
+		if (status && status != -ENOENT && !b->njobs && !b->dirty &&
+		    !b->ops) {
 			/* The index still says "due": without a pause, the
 			 * message would be sent again at once, and again. */
 			b->cool_until = uv_now(d->loop) + d->cfg->retry_min;
@@ -345,7 +346,7 @@ void deliver_busy_flush(struct deliver *d, struct deliver_busy *b)
 		log_err("%s: cannot record the delivery state: %s", b->qid,
 		        strerror(-r));
 		busy_reply_err(b, "cannot record the change");
-		if (!b->njobs) {
+		if (!b->njobs && !b->ops) {
 			b->cool_until = uv_now(d->loop) + d->cfg->retry_min;
 			queue_msg_free(b->latest);
 			b->latest = NULL;
