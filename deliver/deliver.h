@@ -31,7 +31,7 @@ int deliver_new(uv_loop_t *loop, struct queue *q, const struct conf *conf,
  * between the client's DATA and the smarthost (Received:, Message-ID:,
  * Date:, a From: rewrite, folding of over-long lines). */
 #define DELIVER_SIZE_HEADROOM (16 * 1024)
-/* A learned SIZE below this is ignored (deliver.c size_learn). */
+/* A learned SIZE below this is ignored (deliver_size.c). */
 #define DELIVER_SIZE_FLOOR (1024 * 1024)
 
 /* The largest message clients may hand us for the smarthost: learnt from

@@ -34,10 +34,66 @@ enum cl_state {
 	CL_QUIT,
 	CL_FAILED,
 	CL_CLOSED,
+	CL__COUNT
 };
 
 /* One command of a transaction, waiting for its reply. */
-enum cl_cmd { CMD_RSET, CMD_MAIL, CMD_RCPT, CMD_DATA };
+enum cl_cmd { CMD_RSET, CMD_MAIL, CMD_RCPT, CMD_DATA, CMD__COUNT };
+
+/*
+ * Each state: its name (for logs), how long the server may take (RFC 5321
+ * §4.5.3.2, in seconds, for the default delivery_timeout of 5 minutes:
+ * deliver_client_timeout() scales them), and what we wait for, for the
+ * error that ends a session on a timeout. 0 s: nothing to wait for.
+ * CL_TXN waits for the reply to one of its commands: cl_txn_waits[].
+ */
+struct cl_state_def {
+	const char *name;
+	unsigned timeout_s;
+	const char *desc;
+};
+
+static const struct cl_state_def cl_states[CL__COUNT] = {
+	/* §4.5.3.2.1: initial 220 message, 5 minutes. */
+	[CL_GREETING] = {"greeting", 300, "while waiting for the greeting"},
+	[CL_EHLO] = {"ehlo", 300, "while waiting for the reply to EHLO"},
+	[CL_HELO] = {"helo", 300, "while waiting for the reply to HELO"},
+	[CL_STARTTLS] = {"starttls", 300,
+	                 "while waiting for the reply to STARTTLS"},
+	[CL_TLS] = {"tls", 300, "during the TLS handshake"},
+	[CL_EHLO2] = {"ehlo-tls", 300,
+	              "while waiting for the reply to EHLO after STARTTLS"},
+	[CL_AUTH_PLAIN] = {"auth-plain", 300,
+	                   "while waiting for the reply to AUTH PLAIN"},
+	[CL_AUTH_LOGIN] = {"auth-login", 300,
+	                   "while waiting for the reply to AUTH LOGIN"},
+	[CL_AUTH_LOGIN_USER] = {"auth-login-user", 300,
+	                        "while waiting for the reply to the AUTH "
+	                        "LOGIN user name"},
+	[CL_AUTH_LOGIN_PASS] = {"auth-login-pass", 300,
+	                        "while waiting for the reply to the AUTH "
+	                        "LOGIN password"},
+	[CL_READY] = {"ready", 0, "while idle"},
+	[CL_TXN] = {"txn", 300, "while waiting for a reply in the transaction"},
+	/* §4.5.3.2.5: data block, 3 minutes (each write of the body). */
+	[CL_BODY] = {"body", 180, "while sending the message"},
+	/* §4.5.3.2.6: DATA termination, 10 minutes. */
+	[CL_DOT] = {"dot", 600,
+	            "while waiting for the reply to the end of the message"},
+	[CL_QUIT] = {"quit", 300, "while waiting for the reply to QUIT"},
+	[CL_FAILED] = {"failed", 0, "after the session failed"},
+	[CL_CLOSED] = {"closed", 0, "after the session closed"},
+};
+
+static const struct cl_state_def cl_txn_waits[CMD__COUNT] = {
+	[CMD_RSET] = {"rset", 300, "while waiting for the reply to RSET"},
+	/* §4.5.3.2.2: MAIL, 5 minutes. */
+	[CMD_MAIL] = {"mail", 300, "while waiting for the reply to MAIL FROM"},
+	/* §4.5.3.2.3: RCPT, 5 minutes. */
+	[CMD_RCPT] = {"rcpt", 300, "while waiting for the reply to RCPT TO"},
+	/* §4.5.3.2.4: DATA initiation, 2 minutes. */
+	[CMD_DATA] = {"data", 120, "while waiting for the reply to DATA"},
+};
 
 #define TXN_MAX_EXTRA 3   /* RSET, MAIL, DATA besides the RCPTs */
 
@@ -116,21 +172,65 @@ void deliver_client_free(struct deliver_client *c)
 
 /* ---- replies ------------------------------------------------------------ */
 
+/* A reply of ours: code 0 (no server reply; temporary), no enhanced
+ * code. */
 static void set_text(struct deliver_reply *r, const char *s)
 {
+	r->code = 0;
+	r->cls = 0;
+	r->subject = r->detail = 0;
 	snprintf(r->text, sizeof r->text, "%s", s);
+}
+
+/* The enhanced status code (RFC 3463) at the start of r's text after the
+ * basic code ("550 5.1.1 text"), into r's numbers: once, here, so that
+ * nobody downstream reads the text again. The class must match the
+ * reply's, and only 2, 4 and 5 are classes. */
+static void parse_enh(struct deliver_reply *r)
+{
+	r->cls = 0;
+	r->subject = r->detail = 0;
+	const char *p = r->text;
+	if (strlen(p) <= 4 || p[3] != ' ')
+		return;
+	p += 4;
+	int a, b, cc, len = 0;
+	/* strspn: %d alone would take "5.-1.1" and " 5.1.1". */
+	if (sscanf(p, "%1d.%3d.%3d%n", &a, &b, &cc, &len) == 3 &&
+	    strspn(p, "0123456789.") == (size_t)len &&
+	    (p[len] == ' ' || p[len] == '\0') && a == r->code / 100 &&
+	    (a == 2 || a == 4 || a == 5)) {
+		r->cls = (uint8_t)a;
+		r->subject = (uint16_t)b;
+		r->detail = (uint16_t)cc;
+	}
+}
+
+void deliver_reply_make(struct deliver_reply *r, int code, const char *text)
+{
+	r->code = code;
+	snprintf(r->text, sizeof r->text, "%s", text);
+	parse_enh(r);
+}
+
+/* Our own refusal from common/smtp.h's table ("553 5.6.7 ..."), with its
+ * numbers. */
+static void set_local(struct deliver_reply *r, enum smtp_reply_id id)
+{
+	const struct smtp_reply_def *d = &smtp_replies[id];
+	char t[DELIVER_REPLY_TEXT_MAX];
+	snprintf(t, sizeof t, "%u %s %s", d->code, d->enh, d->text);
+	deliver_reply_make(r, d->code, t);
 }
 
 static void fail(struct deliver_client *c, enum deliver_client_fail f,
                  const struct deliver_reply *r, const char *why)
 {
 	c->fail = f;
-	if (r) {
+	if (r)
 		c->err = *r;
-	} else {
-		c->err.code = 0;
+	else
 		set_text(&c->err, why);
-	}
 	c->st = CL_FAILED;
 }
 
@@ -289,26 +389,18 @@ static int next_reply(struct deliver_client *c)
 			return -ENOBUFS;
 		buf_consume(&c->in, linelen);
 		c->cur_open = more;
-		if (!more)
+		if (!more) {
+			parse_enh(&c->cur);
 			return 1;
+		}
 	}
 }
 
 void deliver_reply_status(const struct deliver_reply *r, char out[16])
 {
-	/* "550 5.1.1 text": the class must match the reply's. */
-	const char *p = r->text;
-	if (strlen(p) > 4 && p[3] == ' ') {
-		p += 4;
-		int a, b, cc, len = 0;
-		/* strspn: %d alone would take "5.-1.1" and " 5.1.1". */
-		if (sscanf(p, "%1d.%3d.%3d%n", &a, &b, &cc, &len) == 3 &&
-		    strspn(p, "0123456789.") == (size_t)len &&
-		    (p[len] == ' ' || p[len] == '\0') && a == r->code / 100 &&
-		    (a == 2 || a == 4 || a == 5)) {
-			snprintf(out, 16, "%d.%d.%d", a, b, cc);
-			return;
-		}
+	if (r->cls) {
+		snprintf(out, 16, "%u.%u.%u", r->cls, r->subject, r->detail);
+		return;
 	}
 	int cls = r->code / 100;
 	snprintf(out, 16, "%d.0.0", cls >= 2 && cls <= 5 && cls != 3 ? cls : 4);
@@ -328,9 +420,7 @@ bool deliver_reply_is_throttle(const struct deliver_reply *r)
 {
 	if (r->code != 421 && r->code != 450 && r->code != 451 && r->code != 452)
 		return false;
-	char st[16];
-	deliver_reply_status(r, st);
-	if (strncmp(st, "4.7.", 4) == 0)
+	if (r->cls == 4 && r->subject == 7)
 		return true;
 	static const char *const words[] = {
 		"rate", "too many", "throttl", "limit exceeded", "slow down",
@@ -474,6 +564,8 @@ static void write_cmd(struct deliver_client *c, size_t k, struct buf *out)
 	case CMD_DATA:
 		put(out, "DATA\r\n");
 		break;
+	case CMD__COUNT:
+		break;
 	}
 }
 
@@ -504,10 +596,8 @@ void deliver_client_send(struct deliver_client *c,
 		c->res = r;
 		c->res_cap = m->nrcpt;
 	}
-	for (size_t i = 0; i < m->nrcpt; i++) {
-		c->res[i].code = 0;
+	for (size_t i = 0; i < m->nrcpt; i++)
 		set_text(&c->res[i], "no reply");
-	}
 	c->mail_ok = c->data_ok = c->empty_body = false;
 	c->accepted = 0;
 	/* txn_cmd() reads txn_rset, not need_rset, which already says "RSET
@@ -530,12 +620,8 @@ void deliver_client_send(struct deliver_client *c,
 	         !(c->ext & DELIVER_EXT_8BITMIME))
 		refuse = SMTP_R_DLV_NO_8BIT;
 	if (refuse != SMTP_R__COUNT) {
-		const struct smtp_reply_def *d = &smtp_replies[refuse];
-		for (size_t i = 0; i < m->nrcpt; i++) {
-			c->res[i].code = 0;
-			snprintf(c->res[i].text, sizeof c->res[i].text, "%u %s %s",
-			         d->code, d->enh, d->text);
-		}
+		for (size_t i = 0; i < m->nrcpt; i++)
+			set_local(&c->res[i], refuse);
 		c->ncmd = 0;   /* DONE on the next step */
 		return;
 	}
@@ -654,6 +740,8 @@ static enum deliver_client_ev txn_reply(struct deliver_client *c,
 					c->res[k] = *r;
 		c->st = CL_READY;
 		return DELIVER_CL_DONE;
+	case CMD__COUNT:
+		break;
 	}
 	if (!c->pipelining) {
 		/* Without pipelining, stop early where the rest is moot. */
@@ -786,6 +874,7 @@ static enum deliver_client_ev on_reply(struct deliver_client *c,
 	case CL_FAILED:
 		return DELIVER_CL_FAILED;
 	case CL_CLOSED:
+	case CL__COUNT:
 		return DELIVER_CL_CLOSED;
 	}
 	return DELIVER_CL_WAIT;
@@ -847,6 +936,32 @@ bool deliver_client_waiting(const struct deliver_client *c)
 bool deliver_client_in_final(const struct deliver_client *c)
 {
 	return c->st == CL_DOT;
+}
+
+/* The table row for what c waits for now. */
+static const struct cl_state_def *cur_def(const struct deliver_client *c)
+{
+	if (c->st == CL_TXN && c->msg && c->nanswered < c->ncmd) {
+		size_t i = 0;
+		return &cl_txn_waits[txn_cmd(c, c->nanswered, &i)];
+	}
+	return &cl_states[c->st];
+}
+
+uint64_t deliver_client_timeout(const struct deliver_client *c,
+                                uint64_t base_ms)
+{
+	return base_ms * cur_def(c)->timeout_s / DELIVER_CLIENT_TIMEOUT_BASE_S;
+}
+
+const char *deliver_client_state_name(const struct deliver_client *c)
+{
+	return cur_def(c)->name;
+}
+
+const char *deliver_client_state_desc(const struct deliver_client *c)
+{
+	return cur_def(c)->desc;
 }
 
 unsigned deliver_client_ext(const struct deliver_client *c)

@@ -26,12 +26,24 @@
 /* The reply text kept for logs, DSNs and the index. */
 #define DELIVER_REPLY_TEXT_MAX 400
 
+/* A reply, as numbers plus text: the basic code and the enhanced status
+ * code (RFC 3463) are read once, by the parser; nobody reads the text for
+ * them again. */
 struct deliver_reply {
 	int code;                            /* 200..599, 0: local error */
+	/* The enhanced code class.subject.detail ("5.1.1" is 5, 1, 1) when
+	 * the reply had one whose class matches code's; cls 0: none. */
+	uint8_t cls;
+	uint16_t subject, detail;
 	char text[DELIVER_REPLY_TEXT_MAX];   /* "550 5.1.1 no such user": the
 	                                        lines joined by spaces, made
 	                                        printable */
 };
+
+/* Fills r from a reply's code and (printable, joined) text, reading the
+ * enhanced code from the text as the parser does. For tests and for
+ * replies relayd makes up. */
+void deliver_reply_make(struct deliver_reply *r, int code, const char *text);
 
 struct deliver_client_opts {
 	const char *helo;       /* our name for EHLO */
@@ -118,8 +130,8 @@ void deliver_client_body_end(struct deliver_client *c, struct buf *out);
 void deliver_client_quit(struct deliver_client *c, struct buf *out);
 
 /* After DONE: recipient i's reply (the RCPT reply if refused, else the
- * MAIL, DATA or final reply that decided it; code 0 with our own text,
- * from common/smtp.h's table, for local refusals: SMTPUTF8 not offered,
+ * MAIL, DATA or final reply that decided it; for local refusals our own
+ * reply from common/smtp.h's table, codes included: SMTPUTF8 not offered,
  * 553 5.6.7; an 8-bit body and no 8BITMIME, 554 5.6.3). */
 const struct deliver_reply *deliver_client_result(const struct deliver_client *c,
                                                   size_t i);
@@ -136,13 +148,29 @@ bool deliver_client_waiting(const struct deliver_client *c);
  * §4.5.3.2.6: 10 minutes against 5 for other replies). */
 bool deliver_client_in_final(const struct deliver_client *c);
 
+/* The state table (deliver_client.c): each state has a name, a timeout
+ * from RFC 5321 §4.5.3.2 and a description. The timeouts are given for
+ * base_ms = 5 minutes (DELIVER_CLIENT_TIMEOUT_BASE_S, delivery_timeout's
+ * default) and scale with it: greeting, EHLO, AUTH, MAIL, RCPT and the
+ * rest 1x base, DATA 0.4x (2 min), each write of the body 0.6x (3 min),
+ * the reply to the final dot 2x (10 min). 0 in READY, FAILED, CLOSED. */
+#define DELIVER_CLIENT_TIMEOUT_BASE_S 300
+uint64_t deliver_client_timeout(const struct deliver_client *c,
+                                uint64_t base_ms);
+/* The current state's name ("rcpt"), for debug logs. */
+const char *deliver_client_state_name(const struct deliver_client *c);
+/* What the client waits for now, for errors: "while waiting for the
+ * reply to RCPT TO". */
+const char *deliver_client_state_desc(const struct deliver_client *c);
+
 /* Whether a 4xx reply says "slow down" (a provider's rate limit): 421,
- * 450, 451 or 452 with a 4.7.x code or words like "rate", "too many",
+ * 450, 451 or 452 with an enhanced code 4.7.x or words like "rate", "too many",
  * "throttl", "limit exceeded". */
 bool deliver_reply_is_throttle(const struct deliver_reply *r);
 
-/* The enhanced status code in a reply ("5.1.1"), or one derived from the
- * basic code (RFC 3463: 2.0.0, 4.0.0, 5.0.0) when it has none. */
+/* The enhanced status code of a reply as text ("5.1.1"), from its numbers,
+ * or one derived from the basic code (RFC 3463: 2.0.0, 4.0.0, 5.0.0) when
+ * it has none. */
 void deliver_reply_status(const struct deliver_reply *r, char out[16]);
 
 /* Server extensions seen in the last EHLO reply (for logs and tests). */

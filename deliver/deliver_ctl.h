@@ -24,6 +24,9 @@
  *                 attempts reset; due now
  *   stats         ok {JSON}: counters and the state of the delivery route
  *                 (see deliver_ctl.c for the fields)
+ *   destinations  ok {"destinations":[{...},...]}: each destination the
+ *                 scheduler holds now (fields: deliver_dest_json in
+ *                 deliver_int.h)
  *
  * Verbs served by the SMTP server (smtpd/smtpd_auth.c), wired by relayd.c
  * through deliver_ctl_verb (deliver.h):

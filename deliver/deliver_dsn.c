@@ -28,7 +28,7 @@
  *     recipients may have UTF-8 addresses and their header sections
  *     UTF-8, which message/delivery-status and message/rfc822 cannot
  *     carry; the global types can, as body parts, so the report needs
- *     SMTPUTF8 only when its own envelope does (deliver.c decides).
+ *     SMTPUTF8 only when its own envelope does (deliver_bounce.c decides).
  *     A report about an 8BITMIME-only message (utf8 without global)
  *     stays message/delivery-status, as Postfix does: its addresses
  *     are ASCII, only a remote reply may carry UTF-8.

@@ -1,8 +1,10 @@
 /*
- * deliver/deliver_int.h - What the scheduler (deliver.c), the SMTP client
- * sessions (deliver_session.c) and the control socket (deliver_ctl.c)
- * share inside deliver/: the settings, a job (one message on its way), and
- * the calls between them. Not for other modules.
+ * deliver/deliver_int.h - What the scheduler (deliver.c and the files it
+ * is split into: deliver_conf.c, deliver_bounce.c, deliver_size.c,
+ * deliver_verbs.c), the SMTP client sessions (deliver_session.c) and the
+ * control socket (deliver_ctl.c) share inside deliver/: the settings, a
+ * job (one message on its way), the scheduler's state, and the calls
+ * between them. Not for other modules.
  */
 #ifndef RELAY_DELIVER_INT_H
 #define RELAY_DELIVER_INT_H
@@ -14,6 +16,7 @@
 #include <openssl/ssl.h>
 #include <uv.h>
 
+#include "common/buf.h"
 #include "common/conf.h"
 #include "deliver/deliver.h"
 #include "deliver/deliver_client.h"
@@ -50,11 +53,22 @@ void deliver_cfg_unref(struct deliver_cfg *cfg);
 #define DELIVER_PEND_DELETE 0x2
 #define DELIVER_PEND_BOUNCE 0x4
 
-/* One message on its way: loaded from the index, waiting for a session
- * or being sent by one. */
+struct deliver_dest;
+struct deliver_busy;
+
+/* One message on its way to one destination: the recipients of a message
+ * that route there, loaded from the index, waiting for a session of that
+ * destination or being sent by one. A message whose recipients route to
+ * several destinations is several jobs, independent of each other. */
 struct deliver_job {
-	struct deliver_job *next;      /* ready list */
-	struct queue_msg *m;
+	struct deliver_job *next;      /* its destination's ready list */
+	struct deliver_job *bnext;     /* the other jobs of the message */
+	struct deliver_dest *dest;
+	struct deliver_busy *b;        /* the message's busy entry */
+	bool in_session;
+	struct queue_msg *m;           /* b->latest: borrowed, shared by the
+	                                  message's jobs; each changes only
+	                                  its own recipients */
 	size_t n;                      /* recipients attempted */
 	size_t *idx;                   /* their indices in m->rcpt */
 	const char **rcpt, **notify, **orcpt;
@@ -68,9 +82,10 @@ struct deliver_job {
 
 struct deliver_session;
 
-/* Starts a session to cfg's smarthost; it asks for jobs with
- * deliver_take_job() and reports with the calls below. */
-int deliver_session_new(struct deliver *d, struct deliver_cfg *cfg,
+/* Starts a session to destination dst (cfg's smarthost); it asks dst for
+ * jobs with deliver_take_job() and reports with the calls below. dst
+ * outlives it. */
+int deliver_session_new(struct deliver_dest *dst, struct deliver_cfg *cfg,
                         uv_loop_t *loop, struct deliver_session **out);
 /* A job is ready: an idle session takes it. */
 void deliver_session_kick(struct deliver_session *s);
@@ -79,8 +94,10 @@ void deliver_session_close(struct deliver_session *s);
 
 /* ---- scheduler side, called by sessions -------------------------------- */
 
-/* The next job for a session, or NULL. */
-struct deliver_job *deliver_take_job(struct deliver *d);
+/* The next job of dst for one of its sessions, or NULL. */
+struct deliver_job *deliver_take_job(struct deliver_dest *dst);
+/* The scheduler a destination belongs to. */
+struct deliver *deliver_dest_owner(const struct deliver_dest *dst);
 
 /* Timing of an attempt, for the log's delays=a/b/c. */
 struct deliver_times {
@@ -101,13 +118,13 @@ void deliver_job_failed(struct deliver *d, struct deliver_job *j,
 
 /* The session reached READY (connected, TLS, AUTH): the route works.
  * size: the SIZE of the server's last EHLO (deliver_client_size_max). */
-void deliver_session_up(struct deliver *d, struct deliver_session *s,
+void deliver_session_up(struct deliver_dest *dst, struct deliver_session *s,
                         uint64_t size);
 
 /* The session is gone. route_fail: it failed in a way that says the route
  * is down or refuses us (connect, TLS, AUTH, greeting, throttling), with
  * r saying how. Called once, from the session's last close callback. */
-void deliver_session_gone(struct deliver *d, struct deliver_session *s,
+void deliver_session_gone(struct deliver_dest *dst, struct deliver_session *s,
                           bool route_fail, bool auth_fail,
                           const struct deliver_reply *r);
 
@@ -134,6 +151,269 @@ void deliver_ctl_run(struct deliver *d, const char *line,
 
 /* The scheduler's counters as a JSON object, for "stats". */
 void deliver_stats_json(struct deliver *d, char *out, size_t outlen);
+
+/* ---- the scheduler's state (deliver.c; read by the files below) ------- */
+
+#define BUSY_BUCKETS 1024
+
+/* The busy table: every message loaded as a job, in a session, or with an
+ * index change on its way; the schedule scan skips them. */
+struct deliver_busy {
+	struct deliver_busy *next;
+	char qid[QUEUE_ID_SIZE];
+	/* The record as it is to be: loaded with the message, changed in
+	 * place by each job for its own recipients (and by operator verbs),
+	 * and written from here. NULL once nothing is on its way. */
+	struct queue_msg *latest;
+	struct deliver_job *jobs;  /* loaded or in a session (bnext) */
+	unsigned njobs;
+	/* Index changes are serialized per message: ops counts the failure
+	 * reports (DSNs) and the index change on their way; while there are
+	 * any, results only mark latest dirty, and one write of latest
+	 * follows when they are done. A failure report is durable before
+	 * the original changes (deliver_bounce.c). */
+	unsigned ops;
+	bool dirty;
+	bool remove;               /* latest goes: deleted or bounced */
+	bool removed;              /* ... and is gone from the index */
+	/* The control request waiting for the next write, if any. */
+	deliver_ctl_reply_fn reply;
+	void *reply_arg;
+	char ok_text[96];
+	/* uv_now() ms until which the message is left alone after its
+	 * index change failed (no resend loop on a full disk); 0: none. */
+	uint64_t cool_until;
+};
+
+struct deliver_snode {
+	struct deliver_snode *next;
+	struct deliver_session *s;
+	bool up;
+	char name[300];     /* "host:port" it went to (a SIGHUP may change) */
+};
+
+/* Sends in the last window, for smarthost_rate: a ring of timestamps. */
+struct deliver_rate {
+	unsigned cap;
+	uint64_t window_ms;
+	uint64_t *t;
+	unsigned head, n;
+};
+
+/* The key of a destination: "smarthost:HOST:PORT" (direct mode: the MX
+ * set and TLS policy). */
+#define DELIVER_DEST_KEY_MAX 320
+
+/*
+ * A destination (deliver_dest.c): where jobs go, and everything that
+ * belongs to it rather than to a message: its sessions (and the idle ones
+ * waiting for work), its concurrency, its pause and backoff when it is
+ * down or refuses us, its rate caps, its TLS policy, its last error and
+ * counters. Smarthost mode has exactly one. Destinations exist for what
+ * is due or in flight, and go when idle with nothing worth keeping (a
+ * paused one keeps its pause until it expires; rate windows with recent
+ * sends are kept).
+ */
+struct deliver_dest {
+	struct deliver_dest *next;          /* d->dests */
+	struct deliver *d;
+	char key[DELIVER_DEST_KEY_MAX];
+	char name[300];                     /* "HOST:PORT", for logs */
+	enum conf_tls tls;                  /* TLS policy */
+
+	struct deliver_snode *sessions;
+	unsigned nsessions, nconnecting;
+	struct deliver_job *ready, **ready_tail;
+	unsigned nready;
+	unsigned nbusy;                     /* jobs in its sessions */
+
+	bool paused, probing;
+	uint64_t pause_until;               /* uv_now() ms */
+	int64_t pause_until_wall;           /* unix seconds, for stats */
+	unsigned fails;
+	char reason[DELIVER_REPLY_TEXT_MAX - 64];
+	char last_error[DELIVER_REPLY_TEXT_MAX];
+
+	struct deliver_rate rate_min, rate_hour;
+
+	uint64_t n_sent, n_deferred, n_bounced, n_attempts;
+};
+
+struct deliver {
+	uv_loop_t *loop;
+	struct queue *q;
+	struct deliver_cfg *cfg;
+	struct deliver_ctl *ctl;
+	uv_timer_t timer;
+	bool timer_inited;
+
+	struct deliver_dest *dests;
+	unsigned ndests;
+	unsigned nsessions;         /* over every destination */
+	unsigned nready;            /* jobs waiting, over every destination */
+	struct deliver_busy *busy[BUSY_BUCKETS];
+	size_t nbusy;
+
+	/* relayctl flush: ids captured at the time, tried ahead of the
+	 * schedule. */
+	char (*flush)[QUEUE_ID_SIZE];
+	size_t nflush, flush_pos;
+
+	/* The smarthost's SIZE (0: none known) and who hears of it. */
+	uint64_t sh_size;
+	deliver_size_cb size_cb;
+	void *size_arg;
+	/* One write of smarthost.size at a time (two on the pool would
+	 * share its temp file); a change meanwhile is written after it. */
+	bool size_storing, size_dirty;
+
+	uint64_t n_sent, n_deferred, n_bounced, n_dsn, n_attempts;
+	/* Failure reports that nobody will get: for a null-sender message
+	 * (a bounce itself) with no postmaster to tell. */
+	uint64_t n_dsn_dropped;
+	int64_t started;
+	unsigned inflight;          /* DSN works and index changes */
+	bool stopping;
+	void (*done_cb)(void *);
+	void *done_arg;
+};
+
+/* ---- destinations (deliver_dest.c) ------------------------------------ */
+
+/* The routing hook: the key of the destination recipient i of m goes to
+ * (smarthost mode: "smarthost:HOST:PORT" for every one). 0, or -errno
+ * (the recipient waits). */
+int deliver_route(struct deliver *d, const struct queue_msg *m, size_t i,
+                  char *key, size_t keylen);
+/* The destination with this key; created when create is set (NULL: out
+ * of memory, or none). */
+struct deliver_dest *deliver_dest_get(struct deliver *d, const char *key,
+                                      bool create);
+/* The smarthost's destination, if it exists now. */
+struct deliver_dest *deliver_dest_smarthost(struct deliver *d);
+/* Appends j to dst's ready list. */
+void deliver_dest_push(struct deliver_dest *dst, struct deliver_job *j);
+/* Takes j out of dst's ready list (true if it was there). */
+bool deliver_dest_unready(struct deliver_dest *dst, struct deliver_job *j);
+/* Kicks idle sessions, starts new ones within the concurrency limit and
+ * rate caps; *wait_ms: when to look again for the rate caps (0: no need). */
+void deliver_dest_run(struct deliver_dest *dst, uint64_t now,
+                      uint64_t *wait_ms);
+/* A paused destination whose pause is over probes with one session. */
+void deliver_dest_tick(struct deliver_dest *dst, uint64_t now);
+/* The destination is down or refuses us: pause it (backoff over its
+ * failures), and defer the jobs waiting for it. */
+void deliver_dest_pause(struct deliver_dest *dst, bool auth, const char *why);
+/* relayctl flush, SIGHUP: try now. probe: one session first. */
+void deliver_dest_unpause(struct deliver_dest *dst, bool probe);
+/* Puts dst's ready jobs back (they stay in the index as they are). */
+void deliver_dest_drop_ready(struct deliver_dest *dst);
+/* Closes dst's sessions (shutdown). */
+void deliver_dest_close_sessions(struct deliver_dest *dst);
+/* New rate caps (SIGHUP): windows keep their history unless the cap
+ * changes. */
+void deliver_dest_set_rates(struct deliver_dest *dst, unsigned per_minute,
+                            unsigned per_hour);
+/* Frees destinations that are idle with nothing worth keeping (all of
+ * them when stopping and idle). */
+void deliver_dest_sweep(struct deliver *d, uint64_t now);
+/* The destinations as JSON objects, comma-separated, for "destinations":
+ * {"name":KEY,"state":"active"|"probing"|"paused","until":UNIX (paused),
+ * "failures":N,"sessions":N,"connecting":N,"ready":N (jobs waiting),
+ * "in_flight":N (jobs in sessions),"attempts","sent","deferred",
+ * "bounced":N,"reason":TEXT (of the pause),"last_error":TEXT}. 0, or the
+ * first error of an append (out is bounded). */
+int deliver_dest_json(struct deliver *d, struct buf *out);
+
+/* Busy table (deliver.c). deliver_busy_is ends an expired cool-down. */
+struct deliver_busy *deliver_busy_find(struct deliver *d, const char *qid);
+/* Writes b->latest if it changed and nothing else is on its way for the
+ * message (one index change in flight per message); frees b when nothing
+ * is left. */
+void deliver_busy_flush(struct deliver *d, struct deliver_busy *b);
+/* A job leaves its message's busy entry without a result (shutdown, out
+ * of memory, back to hold): the recipients stay as the index has them. */
+void deliver_job_drop(struct deliver *d, struct deliver_job *j);
+struct deliver_busy *deliver_busy_add(struct deliver *d, const char *qid);
+void deliver_busy_del(struct deliver *d, const char *qid);
+bool deliver_busy_is(struct deliver *d, const char *qid, uint64_t now);
+
+/* A walk of the schedule collecting ids that are not busy
+ * (queue_scan_due's callback). */
+struct deliver_scan {
+	struct deliver *d;
+	char (*ids)[QUEUE_ID_SIZE];
+	size_t n, want, visited, max_visit;
+};
+int deliver_scan_cb(void *arg, const char *qid, int64_t due);
+
+void deliver_schedule(struct deliver *d);
+/* When stopping and nothing is left: frees d. Call last. */
+void deliver_maybe_done(struct deliver *d);
+/* The schedule runs within ms (never later than an earlier arming). */
+void deliver_arm(struct deliver *d, uint64_t ms);
+int64_t deliver_wall_now(void);
+void deliver_job_free(struct deliver_job *j);
+/* Pending or deferred. */
+bool deliver_rcpt_open(const struct queue_rcpt *r);
+void deliver_set_reply(struct queue_rcpt *r, const char *text);
+/* The log line of one recipient, in Postfix's shape. */
+void deliver_log_result(const struct queue_msg *m, const struct queue_rcpt *r,
+                        const char *relay, const struct deliver_times *t,
+                        const char *dsn, const char *status, const char *text);
+/* ---- DSN orchestration (deliver_bounce.c) ------------------------------ */
+
+/* One recipient a report is about. */
+struct deliver_dsn_item {
+	size_t i;              /* recipient index in m */
+	char status[16];       /* "5.1.1" */
+	const char *reason;    /* our words, or NULL */
+	bool remote;           /* last_reply came from the smarthost */
+};
+
+/* Whether r's NOTIFY asks for a report of kind bit (QUEUE_NOTIFY_*). */
+bool deliver_wants(const struct queue_rcpt *r, uint8_t bit);
+
+/*
+ * Queues one DSN about m for the recipients in items[]. To the envelope
+ * sender; for a null sender, to the postmaster when one is configured and
+ * the message was not already for the postmaster; otherwise there is none
+ * (a log line says so). Never loops: a DSN has the null sender itself.
+ *
+ * after (may be NULL): the busy entry whose latest is m; the report
+ * counts among its ops, and latest is written (or removed, with remove)
+ * only once the DSN is committed - or, if it cannot be, with the
+ * recipients it was about deferred instead, so nothing is lost.
+ */
+void deliver_send_dsn(struct deliver *d, const struct queue_msg *m,
+                      const struct deliver_dsn_item *items, size_t n,
+                      bool delayed, int64_t retry_until,
+                      struct deliver_busy *after, bool remove);
+
+/* b->latest has changed: written (or removed, with remove) after the
+ * failure report about fail[] is durable; reply (may be NULL) then gets
+ * "ok ok_text". */
+void deliver_settle(struct deliver *d, struct deliver_busy *b, bool remove,
+                    const struct deliver_dsn_item *fail, size_t nfail,
+                    deliver_ctl_reply_fn reply, void *arg,
+                    const char *ok_text);
+
+/* relayctl bounce: every open recipient of m fails now; appended to
+ * fail[] (room for m->nrcpt). */
+void deliver_fail_open(struct deliver *d, struct queue_msg *m,
+                       const char *why, struct deliver_dsn_item *fail,
+                       size_t *nfail);
+
+/* ---- the smarthost's SIZE (deliver_size.c) ----------------------------- */
+
+/* "HOST:PORT" of g's smarthost. */
+void deliver_size_name(const struct deliver_cfg *g, char *out, size_t n);
+/* Tells the size callback the current limit. */
+void deliver_size_notify(struct deliver *d);
+/* At start and SIGHUP: the SIZE as last seen, if it is this smarthost's. */
+void deliver_size_load(struct deliver *d);
+/* A session's EHLO named size (0: none): the new limit, if it changed. */
+void deliver_size_learn(struct deliver *d, uint64_t size);
 
 /* ---- pure helpers (deliver_util.c), unit-tested ------------------------ */
 

@@ -48,6 +48,7 @@ struct wreq {
 
 struct deliver_session {
 	struct deliver *d;
+	struct deliver_dest *dst;   /* where it goes; outlives it */
 	struct deliver_cfg *cfg;
 	uv_loop_t *loop;
 	uv_tcp_t tcp;
@@ -76,6 +77,7 @@ struct deliver_session {
 	bool hdr_done;
 	unsigned sent;          /* transactions on this session */
 	bool up;                /* reached READY once */
+	bool connected;         /* TCP is up: the client's timeouts apply */
 	bool idle;
 	uint64_t t_start, t_up, t_job;
 
@@ -102,16 +104,14 @@ static void maybe_free(struct deliver_session *s)
 	if (s->job) {
 		/* Never sent, or cut off: the recipients are retried. */
 		struct deliver_reply r = s->why;
-		if (!s->failed) {
-			r.code = 0;
-			snprintf(r.text, sizeof r.text, "delivery stopped");
-		}
+		if (!s->failed)
+			deliver_reply_make(&r, 0, "delivery stopped");
 		deliver_job_failed(s->d, s->job, &r, s->relay);
 		s->job = NULL;
 	}
 	if (s->body_fd >= 0)
 		close(s->body_fd);
-	deliver_session_gone(s->d, s, s->route_fail, s->auth_fail,
+	deliver_session_gone(s->dst, s, s->route_fail, s->auth_fail,
 	                     s->failed ? &s->why : NULL);
 	deliver_client_free(s->cl);
 	tls_stream_free(&s->tls);
@@ -150,11 +150,12 @@ static void session_fail(struct deliver_session *s, bool route_fail,
 {
 	if (s->failed || s->closing)
 		return;
+	char t[DELIVER_REPLY_TEXT_MAX];
 	va_list ap;
 	va_start(ap, fmt);
-	s->why.code = 0;
-	vsnprintf(s->why.text, sizeof s->why.text, fmt, ap);
+	vsnprintf(t, sizeof t, fmt, ap);
 	va_end(ap);
+	deliver_reply_make(&s->why, 0, t);
 	s->failed = true;
 	s->route_fail = route_fail;
 	session_close(s);
@@ -178,15 +179,25 @@ static void timer_cb(uv_timer_t *t)
 		uv_timer_start(&s->timer, timer_cb, s->cfg->timeout, 0);
 		return;
 	}
-	session_fail(s, !s->up, "timeout after %llu s %s",
-	             (unsigned long long)(s->cfg->timeout / 1000),
-	             !s->tcp_inited || !s->up ? "connecting to the smarthost"
-	                                      : "waiting for the smarthost");
+	/* The state table says what we waited for (RFC 5321 §4.5.3.2). */
+	uint64_t ms = s->connected ? deliver_client_timeout(s->cl, s->cfg->timeout)
+	                           : s->cfg->timeout;
+	session_fail(s, !s->up, "timeout after %.1f s %s", ms / 1000.0,
+	             s->connected ? deliver_client_state_desc(s->cl)
+	                          : "while connecting");
 }
 
 static void arm_timer(struct deliver_session *s, uint64_t ms)
 {
 	uv_timer_start(&s->timer, timer_cb, ms, 0);
+}
+
+/* The server's turn (or, in BODY, the socket's): the client's state
+ * table says how long it may take, scaled by delivery_timeout. */
+static void arm_wait(struct deliver_session *s)
+{
+	uint64_t ms = deliver_client_timeout(s->cl, s->cfg->timeout);
+	arm_timer(s, ms ? ms : s->cfg->timeout);
 }
 
 /* ---- writing ------------------------------------------------------------ */
@@ -295,7 +306,7 @@ static void tls_handshake(struct deliver_session *s)
 		          tls_stream_version(&s->tls), tls_stream_cipher(&s->tls));
 		if (s->starttls)
 			deliver_client_tls_ready(s->cl, &s->out);
-		arm_timer(s, s->cfg->timeout);
+		arm_wait(s);
 		flush_out(s);
 		return;
 	}
@@ -475,13 +486,13 @@ static void body_read_cb(uv_fs_t *req)
 		s->in_body = false;
 		deliver_client_body_end(s->cl, &s->out);
 		flush_out(s);
-		arm_timer(s, 2 * s->cfg->timeout);   /* RFC 5321 §4.5.3.2.6 */
+		arm_wait(s);   /* the final dot: RFC 5321 §4.5.3.2.6 */
 		return;
 	}
 	s->body_off += (uint64_t)n;
 	body_bytes(s, (const uint8_t *)s->rbuf, (size_t)n);
 	flush_out(s);
-	arm_timer(s, s->cfg->timeout);
+	arm_wait(s);   /* a data block: RFC 5321 §4.5.3.2.5 */
 	if (s->tcp.write_queue_size >= BODY_CHUNK)
 		s->body_wait = true;   /* write_cb resumes */
 	else
@@ -520,9 +531,11 @@ static void open_cb(uv_fs_t *req)
 	if (fd < 0) {
 		/* Gone (deleted meanwhile) or unreadable: not this session's
 		 * fault; the scheduler hears of it and the session goes on. */
-		struct deliver_reply r = {0, ""};
-		snprintf(r.text, sizeof r.text, "cannot open the message file: %s",
+		struct deliver_reply r;
+		char t[DELIVER_REPLY_TEXT_MAX];
+		snprintf(t, sizeof t, "cannot open the message file: %s",
 		         uv_strerror((int)fd));
+		deliver_reply_make(&r, 0, t);
 		log_err("%s: %s", s->job->m->qid, r.text);
 		deliver_job_failed(s->d, s->job, &r, s->relay);
 		s->job = NULL;
@@ -539,7 +552,7 @@ static void open_cb(uv_fs_t *req)
 
 static bool start_job(struct deliver_session *s)
 {
-	struct deliver_job *j = deliver_take_job(s->d);
+	struct deliver_job *j = deliver_take_job(s->dst);
 	if (!j)
 		return false;
 	s->job = j;
@@ -598,7 +611,8 @@ static void drive(struct deliver_session *s)
 {
 	while (!s->closing) {
 		enum deliver_client_ev ev = deliver_client_step(s->cl, &s->out);
-		log_debug("smarthost %s: event %d", s->relay, (int)ev);
+		log_debug("smarthost %s: event %d, state %s", s->relay, (int)ev,
+		          deliver_client_state_name(s->cl));
 		switch (ev) {
 		case DELIVER_CL_WAIT:
 			if (s->job && s->in_body) {
@@ -606,8 +620,7 @@ static void drive(struct deliver_session *s)
 			}
 			flush_out(s);
 			if (deliver_client_waiting(s->cl))
-				arm_timer(s, deliver_client_in_final(s->cl) ?
-				             2 * s->cfg->timeout : s->cfg->timeout);
+				arm_wait(s);
 			return;
 		case DELIVER_CL_STARTTLS:
 			flush_out(s);
@@ -618,7 +631,7 @@ static void drive(struct deliver_session *s)
 			if (!s->up) {
 				s->up = true;
 				s->t_up = uv_now(s->loop);
-				deliver_session_up(s->d, s,
+				deliver_session_up(s->dst, s,
 				                   deliver_client_size_max(s->cl));
 				if (s->closing)
 					return;
@@ -701,7 +714,8 @@ static void connect_cb(uv_connect_t *req, int status)
 		session_fail(s, true, "read from %s: %s", s->relay, uv_strerror(r));
 		return;
 	}
-	arm_timer(s, s->cfg->timeout);
+	s->connected = true;
+	arm_wait(s);
 	if (s->cfg->tls == CONF_TLS_IMPLICIT)
 		tls_start(s);
 }
@@ -748,13 +762,14 @@ static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 	uv_freeaddrinfo(res);
 }
 
-int deliver_session_new(struct deliver *d, struct deliver_cfg *cfg,
+int deliver_session_new(struct deliver_dest *dst, struct deliver_cfg *cfg,
                         uv_loop_t *loop, struct deliver_session **out)
 {
 	struct deliver_session *s = calloc(1, sizeof *s);
 	if (!s)
 		return -ENOMEM;
-	s->d = d;
+	s->d = deliver_dest_owner(dst);
+	s->dst = dst;
 	s->cfg = cfg;
 	deliver_cfg_ref(cfg);
 	s->loop = loop;

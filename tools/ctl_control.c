@@ -641,3 +641,126 @@ int ctl_cmd_lockout(struct ctl_ctx *c, int argc, char **argv)
 	}
 	return ctl_print_line(&o);
 }
+
+/* ---- destinations ------------------------------------------------------ */
+
+/* Characters of a pause reason or last error shown in the table. */
+#define CTL_DEST_TEXT_CHARS 144
+
+struct ctl_dest_row {
+	struct ctl_ctx *c;
+	struct ctl_out *o;
+	int err;
+};
+
+/* One destination of relayd's "destinations" reply, as a table row:
+ * DESTINATION STATE SESSIONS IN-FLIGHT, then what it waits for and its
+ * last error on lines of their own. */
+static int ctl_dest_row_cb(void *arg, const char *v, size_t vn)
+{
+	struct ctl_dest_row *t = arg;
+	struct buf name = BUF_INIT(4096), st = BUF_INIT(64),
+	           why = BUF_INIT(DELIVER_CTL_REPLY_MAX),
+	           last = BUF_INIT(DELIVER_CTL_REPLY_MAX);
+	int64_t until = 0, sessions = 0, flight = 0, ready = 0;
+	int r = ctl_json_get_str(v, vn, "name", &name);
+	if (r == 0)
+		r = ctl_json_get_str(v, vn, "state", &st);
+	if (r == 0)
+		r = ctl_json_get_int(v, vn, "sessions", &sessions);
+	if (r == 0)
+		r = ctl_json_get_int(v, vn, "in_flight", &flight);
+	if (r == 0)
+		r = ctl_json_get_int(v, vn, "ready", &ready);
+	if (r == 0)
+		r = ctl_json_get_int(v, vn, "until", &until);
+	if (r == 0)
+		r = ctl_json_get_str(v, vn, "reason", &why);
+	if (r == 0)
+		r = ctl_json_get_str(v, vn, "last_error", &last);
+	if (r == 0) {
+		struct ctl_out *o = t->o;
+		buf_append(&name, "", 1);
+		buf_append(&st, "", 1);
+		ctl_out_text_pad(o, (const char *)name.data, 40);
+		ctl_out_printf(o, " %-8s %8" PRId64 " %9" PRId64 " %7" PRId64 "\n",
+		               (const char *)st.data, sessions, flight, ready);
+		if (strcmp((const char *)st.data, "paused") == 0) {
+			char ts[64], age[32];
+			ctl_fmt_time(ts, sizeof ts, until);
+			ctl_fmt_age(age, sizeof age, until - t->c->now);
+			ctl_out_printf(o, "  paused until %s (in %s)", ts, age);
+			if (why.len) {
+				ctl_out_str(o, ": ");
+				ctl_out_text_max(o, why.data, why.len,
+				                 CTL_DEST_TEXT_CHARS);
+			}
+			ctl_out_str(o, "\n");
+		}
+		if (last.len) {
+			ctl_out_str(o, "  last error: ");
+			ctl_out_text_max(o, last.data, last.len, CTL_DEST_TEXT_CHARS);
+			ctl_out_str(o, "\n");
+		}
+	}
+	buf_free(&name);
+	buf_free(&st);
+	buf_free(&why);
+	buf_free(&last);
+	if (r < 0)
+		t->err = -EPROTO;
+	return r < 0 ? -EPROTO : 0;
+}
+
+int ctl_cmd_destinations(struct ctl_ctx *c, int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	const char *spool = c->conf.spool_dir;
+	struct ctl_out o;
+	char *reply = malloc(DELIVER_CTL_REPLY_MAX);
+	if (!reply) {
+		ctl_err("%s", strerror(ENOMEM));
+		return -ENOMEM;
+	}
+	ctl_out_init(&o);
+	int r = ctl_control_request(spool, "destinations", CTL_CONTROL_TIMEOUT_MS,
+	                            reply, DELIVER_CTL_REPLY_MAX);
+	if (r == 0) {
+		size_t n = strlen(reply);
+		r = ctl_json_check(reply, n);
+		if (r == 0 && c->json) {
+			ctl_out_mem(&o, reply, n);   /* valid JSON, as sent */
+			ctl_out_str(&o, "\n");
+		} else if (r == 0) {
+			struct ctl_dest_row t = {c, &o, 0};
+			ctl_out_printf(&o, "%-40s %-8s %8s %9s %7s\n", "DESTINATION",
+			               "STATE", "SESSIONS", "IN-FLIGHT", "WAITING");
+			r = ctl_json_each(reply, n, "destinations", ctl_dest_row_cb,
+			                  &t);
+			if (r == 0)
+				r = t.err;
+		}
+		if (r < 0)
+			ctl_err("relayd sent a malformed destinations reply on %s/%s",
+			        spool, QUEUE_CONTROL_NAME);
+	} else if (r == -ECONNREFUSED) {
+		/* Destinations live in the running daemon only. */
+		if (c->json)
+			ctl_out_str(&o, "{\"running\":false,\"destinations\":[]}\n");
+		else
+			ctl_out_str(&o, "relayd: not running (destinations exist "
+			            "only while it runs)\n");
+		r = 0;
+	} else if (r == -EREMOTEIO) {
+		ctl_err_text("", reply[0] ? reply : "relayd refused the request");
+	} else {
+		ctl_err_request(spool, r);
+	}
+	free(reply);
+	if (r < 0) {
+		ctl_out_free(&o);
+		return r;
+	}
+	return ctl_print_line(&o);
+}

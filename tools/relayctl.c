@@ -67,6 +67,9 @@ static const struct ctl_cmd ctl_cmds[] = {
 	 CTL_F_CONF | CTL_F_SPOOL, 1, 1, ctl_cmd_requeue, NULL},
 	{"stats", "[--json]", "queue counts and the state of delivery",
 	 CTL_F_JSON | CTL_F_CONF | CTL_F_SPOOL, 0, 0, ctl_cmd_stats, NULL},
+	{"destinations", "[--json]", "where delivery goes: sessions, state "
+	 "(paused until when, why), last error", CTL_F_JSON | CTL_F_CONF |
+	 CTL_F_SPOOL, 0, 0, ctl_cmd_destinations, NULL},
 	{"lockout", "SUBCOMMAND [ARG]", "failed-AUTH lockouts (below)",
 	 CTL_F_JSON | CTL_F_CONF | CTL_F_SPOOL, 1, 2, ctl_cmd_lockout, NULL},
 	{"user", "SUBCOMMAND [NAME]", "SMTP AUTH credentials (below)",
@@ -134,9 +137,9 @@ static void ctl_usage(FILE *f)
 	        "              " CTL_DEFAULT_CONF "); RELAYD_<KEY> variables "
 	        "override its keys,\n"
 	        "              e.g. RELAYD_SPOOL_DIR=/var/spool/relayd\n"
-	        "  --json      JSON output for scripts (list, show, stats, check, "
-	        "user list,\n"
-	        "              lockout list)\n"
+	        "  --json      JSON output for scripts (list, show, stats, "
+	        "destinations,\n"
+	        "              check, user list, lockout list)\n"
 	        "  -h, --help  this text\n"
 	        "\n"
 	        "List filters (all given must match):\n"

@@ -22,7 +22,9 @@
  * whole input's length is odd (so both answers to a server without
  * 8BITMIME are reached: sent without BODY=, or refused 5.6.3).
  * The EHLO SIZE value is checked against the extensions seen, and the
- * pure SIZE parser is fed the input as it is.
+ * pure SIZE parser is fed the input as it is. Every wait for the server
+ * has a timeout and a description from the state table (RFC 5321
+ * §4.5.3.2: between 2 and 10 minutes at the default base).
  * Corpus: tests/fuzz/corpus/deliver_client/, replayed by `make test`:
  * server transcripts by name, min-* inputs the fuzzer found (edges the
  * transcripts miss, minimized with -merge=1 -use_counters=0).
@@ -68,6 +70,12 @@ static void check_reply(const struct deliver_reply *r)
 	if (r->code != 0 && (r->code < 200 || r->code > 599))
 		abort();
 	check_text(r->text);
+	/* The enhanced code comes as numbers, of the reply's class. */
+	if (r->cls && (r->cls != r->code / 100 || r->subject > 999 ||
+	               r->detail > 999))
+		abort();
+	if (!r->cls && (r->subject || r->detail))
+		abort();
 	char st[16];
 	deliver_reply_status(r, st);
 	/* "c.s.d": a class 2, 4 or 5, then 1-3 digits twice. */
@@ -93,6 +101,13 @@ static int drive(struct fz *z)
 		switch (ev) {
 		case DELIVER_CL_WAIT: {
 			if (!deliver_client_waiting(z->c))
+				abort();
+			uint64_t t = deliver_client_timeout(z->c, 300000);
+			if (t < 120000 || t > 600000 ||
+			    !deliver_client_state_name(z->c) ||
+			    strncmp(deliver_client_state_desc(z->c), "while ", 6))
+				abort();
+			if (deliver_client_in_final(z->c) != (t == 600000))
 				abort();
 			/* Calls out of turn do nothing. */
 			size_t before = z->out.len;

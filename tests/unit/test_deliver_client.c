@@ -46,6 +46,9 @@ struct turn {
 	                           message */
 	const char *flags;      /* W/w: waiting or not, F/f: in final or not */
 	const char *size;       /* deliver_client_size_max() in decimal */
+	const char *wait;       /* "NAME SECONDS": deliver_client_state_name()
+	                           and deliver_client_timeout() at the default
+	                           base of 5 minutes */
 	size_t len;
 };
 
@@ -267,6 +270,15 @@ static void run_script(const struct run *r)
 				fail_msg("%s (%s), turn %zu: SIZE %s, expected %s",
 				         s->name, how, i, got, t->size);
 		}
+		if (t->wait) {
+			snprintf(got, sizeof got, "%s %llu",
+			         deliver_client_state_name(c),
+			         (unsigned long long)deliver_client_timeout(c,
+			                                                  300000) / 1000);
+			if (strcmp(got, t->wait) != 0)
+				fail_msg("%s (%s), turn %zu: wait '%s', expected '%s'",
+				         s->name, how, i, got, t->wait);
+		}
 		for (const char *f = t->flags; f && *f; f++) {
 			bool want_true = *f == 'W' || *f == 'F';
 			bool is = *f == 'W' || *f == 'w'
@@ -359,9 +371,9 @@ static const struct deliver_client_msg m_utf8 = {
 #define T_421 {SRV, "421 4.3.2 Service shutting down\r\n", .ev = "FAILED", \
                .err = "CLOSED 421 421 4.3.2 Service shutting down", .flags = "wf"}
 
-#define UTF8_REFUSED "[0] 553 5.6.7 the server does not offer SMTPUTF8, " \
+#define UTF8_REFUSED "[553] 553 5.6.7 the server does not offer SMTPUTF8, " \
                      "which this message needs\n"
-#define BIT8_REFUSED "[0] 554 5.6.3 the server does not offer 8BITMIME and " \
+#define BIT8_REFUSED "[554] 554 5.6.3 the server does not offer 8BITMIME and " \
                      "the message has 8-bit content (not converted: that " \
                      "would break its signatures)\n"
 
@@ -370,19 +382,29 @@ static const struct deliver_client_msg m_utf8 = {
 static const struct script scripts[] = {
 	{"greeting, EHLO, one message, QUIT", O_PLAIN, {
 		T_GREET,
-		T_EHLO,
-		{SEND, .msg = &m1, .ev = "WAIT", .out = MAIL, .flags = "Wf"},
-		{SRV, "250 2.1.0 Ok\r\n", .ev = "WAIT", .out = RCPT1},
-		{SRV, "250 2.1.5 Ok\r\n", .ev = "WAIT", .out = DATA},
+		{SRV, "250-mx.test\r\n250-ENHANCEDSTATUSCODES\r\n250 8BITMIME\r\n",
+		 .ev = "READY", .ext = "8BITMIME", .flags = "w", .wait = "ready 0"},
+		{SEND, .msg = &m1, .ev = "WAIT", .out = MAIL, .flags = "Wf",
+		 .wait = "mail 300"},
+		{SRV, "250 2.1.0 Ok\r\n", .ev = "WAIT", .out = RCPT1,
+		 .wait = "rcpt 300"},
+		/* RFC 5321 §4.5.3.2.4: DATA initiation, 2 minutes. */
+		{SRV, "250 2.1.5 Ok\r\n", .ev = "WAIT", .out = DATA,
+		 .wait = "data 120"},
+		/* §4.5.3.2.5: a data block, 3 minutes. */
 		{SRV, "354 End data with <CR><LF>.<CR><LF>\r\n", .ev = "BODY",
-		 .flags = "wf"},
+		 .flags = "wf", .wait = "body 180"},
 		{BODY, "Subject: hi\r\n\r\nhello\r\n", .ev = "WAIT",
 		 .out = "Subject: hi\r\n\r\nhello\r\n"},
-		{END, .ev = "WAIT", .out = ".\r\n", .flags = "WF"},
+		/* §4.5.3.2.6: DATA termination, 10 minutes. */
+		{END, .ev = "WAIT", .out = ".\r\n", .flags = "WF",
+		 .wait = "dot 600"},
 		{SRV, "250 2.0.0 Ok: queued as 4XyZ\r\n", .ev = "DONE READY",
 		 .res = "[250] 250 2.0.0 Ok: queued as 4XyZ\n", .flags = "wf"},
-		{QUIT, .ev = "WAIT", .out = "QUIT\r\n", .flags = "Wf"},
-		{SRV, "221 2.0.0 Bye\r\n", .ev = "CLOSED", .flags = "wf"},
+		{QUIT, .ev = "WAIT", .out = "QUIT\r\n", .flags = "Wf",
+		 .wait = "quit 300"},
+		{SRV, "221 2.0.0 Bye\r\n", .ev = "CLOSED", .flags = "wf",
+		 .wait = "closed 0"},
 	}},
 	{"multi-line greeting", O_PLAIN, {
 		{SRV, "220-mx.test ESMTP\r\n220-No UCE\r\n220 hello\r\n",
@@ -427,11 +449,11 @@ static const struct script scripts[] = {
 	{"STARTTLS: plaintext arriving before the handshake is discarded", O_TLS, {
 		T_GREET,
 		{SRV, "250-mx.test\r\n250 STARTTLS\r\n", .ev = "WAIT",
-		 .out = "STARTTLS\r\n"},
-		{SRV, "220 go ahead\r\n", .ev = "STARTTLS"},
+		 .out = "STARTTLS\r\n", .wait = "starttls 300"},
+		{SRV, "220 go ahead\r\n", .ev = "STARTTLS", .wait = "tls 300"},
 		/* Read off the socket in plaintext after the 220. */
 		{SRV, "250 PIPELINING\r\n", .ev = "WAIT"},
-		{TLS, .ev = "WAIT", .out = EHLO},
+		{TLS, .ev = "WAIT", .out = EHLO, .wait = "ehlo-tls 300"},
 		{SRV, "250-mx.test\r\n250 PIPELINING\r\n", .ev = "READY",
 		 .ext = "PIPELINING"},
 	}},
@@ -1519,8 +1541,8 @@ static void test_reply_status(void **state)
 	(void)state;
 	for (size_t i = 0; i < sizeof status_cases / sizeof *status_cases; i++) {
 		const struct status_case *k = &status_cases[i];
-		struct deliver_reply r = {.code = k->code};
-		snprintf(r.text, sizeof r.text, "%s", k->text);
+		struct deliver_reply r;
+		deliver_reply_make(&r, k->code, k->text);
 		char st[16];
 		memset(st, 'Z', sizeof st);
 		deliver_reply_status(&r, st);
@@ -1528,6 +1550,77 @@ static void test_reply_status(void **state)
 			fail_msg("'%s': status '%s', expected '%s'", k->text, st,
 			         k->status);
 	}
+}
+
+/* The parser hands codes over as numbers: the enhanced code of a
+ * multi-line refusal, of a pipelined RCPT refusal, and none when the class
+ * does not match. */
+static void test_reply_numbers(void **state)
+{
+	(void)state;
+	struct deliver_client_opts o = {.helo = "relay.test"};
+	struct deliver_client *c = deliver_client_new(&o);
+	struct buf out = BUF_INIT(SIZE_MAX);
+	const char *in = "220 mx.test\r\n";
+	deliver_client_input(c, in, strlen(in));
+	assert_int_equal(deliver_client_step(c, &out), DELIVER_CL_WAIT);
+	in = "250-mx.test\r\n250 PIPELINING\r\n";
+	deliver_client_input(c, in, strlen(in));
+	assert_int_equal(deliver_client_step(c, &out), DELIVER_CL_READY);
+	static const char *const rcpt[] = {"a@x.test", "b@x.test", "c@x.test"};
+	struct deliver_client_msg m = {.sender = "s@y.test", .nrcpt = 3,
+	                               .rcpt = rcpt};
+	deliver_client_send(c, &m, &out);
+	/* Pipelined: waiting for MAIL's reply first (5 minutes, scaled). */
+	assert_string_equal(deliver_client_state_name(c), "mail");
+	assert_int_equal(deliver_client_timeout(c, 10000), 10000);
+	assert_string_equal(deliver_client_state_desc(c),
+	                    "while waiting for the reply to MAIL FROM");
+	in = "250 2.1.0 ok\r\n";
+	deliver_client_input(c, in, strlen(in));
+	assert_int_equal(deliver_client_step(c, &out), DELIVER_CL_WAIT);
+	assert_string_equal(deliver_client_state_desc(c),
+	                    "while waiting for the reply to RCPT TO");
+	in = "550-5.1.1 no such\r\n550 5.1.1 user\r\n"
+	     "452 5.2.2 class mismatch\r\n250 2.1.5 ok\r\n";
+	deliver_client_input(c, in, strlen(in));
+	assert_int_equal(deliver_client_step(c, &out), DELIVER_CL_WAIT);
+	/* DATA initiation: 2 minutes of 5, scaled from a 10 s base. */
+	assert_string_equal(deliver_client_state_name(c), "data");
+	assert_int_equal(deliver_client_timeout(c, 10000), 4000);
+	in = "554 5.5.1 no valid recipients\r\n";
+	deliver_client_input(c, in, strlen(in));
+	assert_int_equal(deliver_client_step(c, &out), DELIVER_CL_DONE);
+	const struct deliver_reply *r = deliver_client_result(c, 0);
+	assert_int_equal(r->code, 550);
+	assert_int_equal(r->cls, 5);
+	assert_int_equal(r->subject, 1);
+	assert_int_equal(r->detail, 1);
+	r = deliver_client_result(c, 1);
+	assert_int_equal(r->code, 452);
+	assert_int_equal(r->cls, 0);   /* 5.2.2 in a 4xx: not taken */
+	char st[16];
+	deliver_reply_status(r, st);
+	assert_string_equal(st, "4.0.0");
+	r = deliver_client_result(c, 2);   /* accepted, then DATA refused */
+	assert_int_equal(r->code, 554);
+	assert_int_equal(r->cls, 5);
+	assert_int_equal(r->subject, 5);
+	assert_int_equal(r->detail, 1);
+	assert_int_equal(deliver_client_step(c, &out), DELIVER_CL_READY);
+	assert_int_equal(deliver_client_timeout(c, 10000), 0);
+	/* A local refusal carries the table's numbers. */
+	struct deliver_client_msg u = {.sender = "s@y.test", .nrcpt = 1,
+	                               .rcpt = rcpt, .smtputf8 = true};
+	deliver_client_send(c, &u, &out);
+	assert_int_equal(deliver_client_step(c, &out), DELIVER_CL_DONE);
+	r = deliver_client_result(c, 0);
+	assert_int_equal(r->code, 553);
+	assert_int_equal(r->cls, 5);
+	assert_int_equal(r->subject, 6);
+	assert_int_equal(r->detail, 7);
+	buf_free(&out);
+	deliver_client_free(c);
 }
 
 struct throttle_case {
@@ -1574,8 +1667,8 @@ static void test_throttle(void **state)
 	for (size_t i = 0; i < sizeof throttle_cases / sizeof *throttle_cases;
 	     i++) {
 		const struct throttle_case *k = &throttle_cases[i];
-		struct deliver_reply r = {.code = k->code};
-		snprintf(r.text, sizeof r.text, "%s", k->text);
+		struct deliver_reply r;
+		deliver_reply_make(&r, k->code, k->text);
 		if (deliver_reply_is_throttle(&r) != k->throttle)
 			fail_msg("'%s': throttle should be %s", k->text,
 			         k->throttle ? "true" : "false");
@@ -1598,6 +1691,7 @@ int main(void)
 		cmocka_unit_test(test_calls_out_of_turn),
 		cmocka_unit_test(test_default_helo),
 		cmocka_unit_test(test_reply_status),
+		cmocka_unit_test(test_reply_numbers),
 		cmocka_unit_test(test_throttle),
 	};
 	return cmocka_run_group_tests_name("deliver_client", tests, NULL, NULL);
