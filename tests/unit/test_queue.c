@@ -157,24 +157,32 @@ static void test_id_sortable(void **state)
 static const char *const QID = "01HX0000000A0000";
 
 static struct queue_rcpt rcpt_plain[] = {
-	{"a@example.org", NULL, 0, QUEUE_RCPT_PENDING, 0, 0, NULL},
+	{"a@example.org", NULL, 0, QUEUE_RCPT_PENDING, 0, 0, NULL, NULL, NULL,
+	 0, NULL, 0},
 };
+/* A TLV list (tag 7, 2 bytes; tag 300, 0 bytes): a later release's
+ * fields, kept verbatim. */
+static uint8_t ext_tlv[] = {7, 2, 'h', 'i', 0xac, 0x02, 0};
 static struct queue_rcpt rcpt_full[] = {
 	{"b@example.org", "rfc822;b@example.org", QUEUE_NOTIFY_SUCCESS |
 	 QUEUE_NOTIFY_FAILURE, QUEUE_RCPT_DEFERRED, 3, 1700000000,
-	 "451 4.7.1 try again later"},
+	 "451 4.7.1 try again later", "mx:mx1.example.org,mx2.example.org",
+	 "mx1.example.org[192.0.2.1]:25", 1699999000, ext_tlv, sizeof ext_tlv},
 	{"c@example.net", NULL, QUEUE_NOTIFY_NEVER, QUEUE_RCPT_SENT, 1, 0,
-	 "250 2.0.0 ok"},
+	 "250 2.0.0 ok", "smarthost:smtp.example.com:465", NULL, INT64_MIN,
+	 NULL, 0},
 	{"d@example.com", "utf-8;d@example.com", QUEUE_NOTIFY_DELAY,
-	 QUEUE_RCPT_BOUNCED, UINT32_MAX, -1, NULL},
+	 QUEUE_RCPT_BOUNCED, UINT32_MAX, -1, NULL, "", "", INT64_MAX, NULL, 0},
 };
 static struct queue_rcpt rcpt_utf8[] = {
-	{"j\xc3\xb6rg@b\xc3\xbc" "cher.example", NULL, 0, 0, 0, 0, NULL},
+	{"j\xc3\xb6rg@b\xc3\xbc" "cher.example", NULL, 0, 0, 0, 0, NULL, NULL,
+	 NULL, 0, NULL, 0},
 	{"\xe7\x94\xa8\xe6\x88\xb7@\xe4\xbe\x8b\xe5\xad\x90.\xe5\x85\xac\xe5\x8f\xb8",
-	 "utf-8;\xe7\x94\xa8\xe6\x88\xb7@x", 0, 0, 0, 0, "550 5.1.1 \xe2\x9c\x97"},
+	 "utf-8;\xe7\x94\xa8\xe6\x88\xb7@x", 0, 0, 0, 0, "550 5.1.1 \xe2\x9c\x97",
+	 "mx:\xc3\xa9.example", NULL, 1, NULL, 0},
 };
 static struct queue_rcpt rcpt_empty_strings[] = {
-	{"", "", 0, 0, 0, 0, ""},
+	{"", "", 0, 0, 0, 0, "", "", "", 0, NULL, 0},
 };
 
 static const struct {
@@ -185,11 +193,13 @@ static const struct {
 	  .sender = "", .nrcpt = 1, .rcpt = rcpt_plain}},
 	{"all fields", {.arrival = 1700000001, .size = 99, .state = QUEUE_MSG_HOLD,
 	  .flags = QUEUE_F_SMTPUTF8 | QUEUE_F_RET_HDRS, .sender = "s@example.org",
-	  .envid = "QQ+2B314", .nrcpt = 3, .rcpt = rcpt_full}},
+	  .envid = "QQ+2B314", .nrcpt = 3, .rcpt = rcpt_full,
+	  .arrival_ms = 999, .dkim_sig = "DKIM-Signature: v=1; a=rsa-sha256;\r\n"
+	  "\tb=abc\r\n", .ext = ext_tlv, .extlen = sizeof ext_tlv}},
 	{"utf-8 addresses", {.arrival = 1, .sender = "\xc3\xa9@\xc3\xa9.fr",
 	  .flags = QUEUE_F_SMTPUTF8, .nrcpt = 2, .rcpt = rcpt_utf8}},
 	{"empty strings are not NULL", {.sender = "", .envid = "", .nrcpt = 1,
-	  .rcpt = rcpt_empty_strings}},
+	  .dkim_sig = "", .rcpt = rcpt_empty_strings}},
 	{"extremes", {.arrival = INT64_MIN, .size = UINT64_MAX, .flags = 0xff,
 	  .sender = "x", .nrcpt = 0, .rcpt = NULL}},
 	{"max arrival", {.arrival = INT64_MAX, .sender = "y", .nrcpt = 0}},
@@ -200,12 +210,20 @@ static bool str_eq(const char *a, const char *b)
 	return (!a && !b) || (a && b && strcmp(a, b) == 0);
 }
 
+static bool blob_eq(const uint8_t *a, size_t an, const uint8_t *b, size_t bn)
+{
+	return an == bn && (an == 0 || memcmp(a, b, an) == 0);
+}
+
 static void assert_msg_equal(const char *name, const struct queue_msg *a,
                              const struct queue_msg *b)
 {
 	if (strcmp(a->qid, b->qid) || a->arrival != b->arrival ||
+	    a->arrival_ms != b->arrival_ms ||
 	    a->size != b->size || a->state != b->state || a->flags != b->flags ||
 	    !str_eq(a->sender, b->sender) || !str_eq(a->envid, b->envid) ||
+	    !str_eq(a->dkim_sig, b->dkim_sig) ||
+	    !blob_eq(a->ext, a->extlen, b->ext, b->extlen) ||
 	    a->nrcpt != b->nrcpt)
 		fail_msg("%s: message fields differ", name);
 	for (size_t i = 0; i < a->nrcpt; i++) {
@@ -214,7 +232,10 @@ static void assert_msg_equal(const char *name, const struct queue_msg *a,
 		    x->notify != y->notify || x->state != y->state ||
 		    x->attempts != y->attempts ||
 		    x->next_attempt != y->next_attempt ||
-		    !str_eq(x->last_reply, y->last_reply))
+		    !str_eq(x->last_reply, y->last_reply) ||
+		    !str_eq(x->dest, y->dest) || !str_eq(x->mx, y->mx) ||
+		    x->last_try != y->last_try ||
+		    !blob_eq(x->ext, x->extlen, y->ext, y->extlen))
 			fail_msg("%s: recipient %zu differs", name, i);
 	}
 }
@@ -228,7 +249,7 @@ static void test_codec_roundtrip(void **state)
 		size_t n;
 		memcpy(m.qid, QID, QUEUE_ID_SIZE);
 		assert_int_equal(queue_msg_encode(&m, &enc, &n), 0);
-		assert_int_equal(enc[0], 1);
+		assert_int_equal(enc[0], 2);
 		assert_int_equal(queue_msg_decode(QID, enc, n, &d), 0);
 		assert_msg_equal(codec_cases[i].name, &m, d);
 		queue_msg_free(d);
@@ -328,7 +349,7 @@ static const struct {
 	{"valid baseline", {1, 0, 0, 0, 0, 0, 0, 0}, 8},
 	{"empty", {0}, 0},
 	{"version 0", {0, 0, 0, 0, 0, 0, 0, 0}, 8},
-	{"version 2", {2, 0, 0, 0, 0, 0, 0, 0}, 8},
+	{"version 3", {3, 0, 0, 0, 0, 0, 0, 0}, 8},
 	{"version 255", {255, 0, 0, 0, 0, 0, 0, 0}, 8},
 	{"message state 2", {1, 0, 0, 2, 0, 0, 0, 0}, 8},
 	{"sender runs past end", {1, 0, 0, 0, 0, 5, 'a', 0, 0}, 9},

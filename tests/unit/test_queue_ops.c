@@ -64,12 +64,20 @@ static bool str_eq(const char *a, const char *b)
 	return (!a && !b) || (a && b && strcmp(a, b) == 0);
 }
 
+static bool blob_eq(const uint8_t *a, size_t an, const uint8_t *b, size_t bn)
+{
+	return an == bn && (an == 0 || memcmp(a, b, an) == 0);
+}
+
 static void assert_msg_equal(const char *name, const struct queue_msg *a,
                              const struct queue_msg *b)
 {
 	if (strcmp(a->qid, b->qid) || a->arrival != b->arrival ||
+	    a->arrival_ms != b->arrival_ms ||
 	    a->size != b->size || a->state != b->state || a->flags != b->flags ||
 	    !str_eq(a->sender, b->sender) || !str_eq(a->envid, b->envid) ||
+	    !str_eq(a->dkim_sig, b->dkim_sig) ||
+	    !blob_eq(a->ext, a->extlen, b->ext, b->extlen) ||
 	    a->nrcpt != b->nrcpt)
 		fail_msg("%s: message fields differ", name);
 	for (size_t i = 0; i < a->nrcpt; i++) {
@@ -78,7 +86,10 @@ static void assert_msg_equal(const char *name, const struct queue_msg *a,
 		    x->notify != y->notify || x->state != y->state ||
 		    x->attempts != y->attempts ||
 		    x->next_attempt != y->next_attempt ||
-		    !str_eq(x->last_reply, y->last_reply))
+		    !str_eq(x->last_reply, y->last_reply) ||
+		    !str_eq(x->dest, y->dest) || !str_eq(x->mx, y->mx) ||
+		    x->last_try != y->last_try ||
+		    !blob_eq(x->ext, x->extlen, y->ext, y->extlen))
 			fail_msg("%s: recipient %zu differs", name, i);
 	}
 }
@@ -164,15 +175,32 @@ static struct queue_msg *heap_msg(void)
 	m->nrcpt = 3;
 	m->rcpt = calloc(3, sizeof *m->rcpt);
 	assert_non_null(m->rcpt);
+	m->dkim_sig = strdup("DKIM-Signature: v=1; d=example.org\r\n");
+	m->arrival_ms = 123;
 	m->rcpt[0] = (struct queue_rcpt){strdup("a@example.org"),
 	                                 strdup("rfc822;a@example.org"),
 	                                 QUEUE_NOTIFY_FAILURE, QUEUE_RCPT_DEFERRED,
-	                                 2, T0 + 60, strdup("451 4.7.1 later")};
+	                                 2, T0 + 60, strdup("451 4.7.1 later"),
+	                                 strdup("mx:mx.example.org"),
+	                                 strdup("mx.example.org[192.0.2.1]:25"),
+	                                 T0 + 1, NULL, 0};
 	m->rcpt[1] = (struct queue_rcpt){strdup("b@example.org"), NULL, 0,
-	                                 QUEUE_RCPT_PENDING, 0, 0, NULL};
+	                                 QUEUE_RCPT_PENDING, 0, 0, NULL, NULL, NULL,
+	                                 0, NULL, 0};
 	m->rcpt[2] = (struct queue_rcpt){strdup("c@example.org"), NULL,
 	                                 QUEUE_NOTIFY_NEVER, QUEUE_RCPT_SENT, 1, 0,
-	                                 strdup("250 2.0.0 ok")};
+	                                 strdup("250 2.0.0 ok"), NULL, NULL, 0,
+	                                 NULL, 0};
+	/* A later release's field (tag 9, one byte) on the message and on
+	 * the last recipient. */
+	static const uint8_t tlv[] = {9, 1, 'x'};
+	m->ext = malloc(sizeof tlv);
+	m->rcpt[2].ext = malloc(sizeof tlv);
+	assert_non_null(m->ext);
+	assert_non_null(m->rcpt[2].ext);
+	memcpy(m->ext, tlv, sizeof tlv);
+	memcpy(m->rcpt[2].ext, tlv, sizeof tlv);
+	m->extlen = m->rcpt[2].extlen = sizeof tlv;
 	return m;
 }
 
@@ -187,6 +215,11 @@ static void test_msg_dup(void **state)
 	/* Every string is a copy of its own... */
 	assert_ptr_not_equal(d->sender, m->sender);
 	assert_ptr_not_equal(d->envid, m->envid);
+	assert_ptr_not_equal(d->dkim_sig, m->dkim_sig);
+	assert_ptr_not_equal(d->ext, m->ext);
+	assert_ptr_not_equal(d->rcpt[0].dest, m->rcpt[0].dest);
+	assert_ptr_not_equal(d->rcpt[0].mx, m->rcpt[0].mx);
+	assert_ptr_not_equal(d->rcpt[2].ext, m->rcpt[2].ext);
 	assert_ptr_not_equal(d->rcpt, m->rcpt);
 	for (size_t i = 0; i < m->nrcpt; i++) {
 		assert_ptr_not_equal(d->rcpt[i].addr, m->rcpt[i].addr);
@@ -210,6 +243,11 @@ static void test_msg_dup(void **state)
 	d->rcpt[0].state = QUEUE_RCPT_BOUNCED;
 	d->rcpt[0].attempts = 99;
 	d->rcpt[2].last_reply[0] = '5';
+	d->rcpt[0].dest[0] = 'X';
+	d->rcpt[0].mx[0] = 'X';
+	d->dkim_sig[0] = 'X';
+	d->ext[2] = 'y';
+	d->rcpt[2].ext[2] = 'y';
 	d->state = QUEUE_MSG_ACTIVE;
 	d->arrival = 1;
 	assert_msg_equal("original after the copy changed", ref, m);
@@ -226,6 +264,9 @@ static void test_msg_dup(void **state)
 		free(ref->rcpt[i].addr);
 		free(ref->rcpt[i].orcpt);
 		free(ref->rcpt[i].last_reply);
+		free(ref->rcpt[i].dest);
+		free(ref->rcpt[i].mx);
+		free(ref->rcpt[i].ext);
 	}
 	free(ref->rcpt);
 	ref->rcpt = NULL;
