@@ -2232,7 +2232,10 @@ static int restore_record(struct queue *q, MDB_txn *txn, MDB_cursor *cur,
 			        strerror(-r));
 			return r == -ENOMEM ? ENOMEM : EINVAL;
 		}
-		MDB_val kk = *k, nv = {len, rec};
+		/* The key from our own buffer: k points into the page this
+		 * put rewrites (a value of another size moves the node, and
+		 * LMDB would copy the key from memory it is shifting). */
+		MDB_val kk = {QUEUE_ID_LEN, qid}, nv = {len, rec};
 		rc = mdb_cursor_put(cur, &kk, &nv, MDB_CURRENT);
 		free(rec);
 		if (rc == 0)
