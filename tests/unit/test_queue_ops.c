@@ -1215,6 +1215,197 @@ static void test_ops_txn_fails(void **state)
 	rm_tree(s.dir);
 }
 
+
+/* Schedule entries of qid, read through the open queue. */
+static size_t idx_count_sched_open(struct spool *s, const char *qid)
+{
+	int64_t next;
+	struct hits h = scan(s, INT64_MAX, &next);
+	size_t n = 0;
+	for (size_t i = 0; i < h.n; i++)
+		n += strcmp(h.qid[i], qid) == 0;
+	return n;
+}
+
+/* ---- per-recipient changes (queue_update_rcpts) -------------------------- */
+
+static int rcpts_wait(struct spool *s, const char *qid,
+                      const struct queue_rcpt_change *ch, size_t n)
+{
+	struct result res = {0};
+	assert_int_equal(queue_update_rcpts(s->q, qid, ch, n, result_cb, &res), 0);
+	assert_int_equal(res.calls, 0);     /* never from inside */
+	run_until(s, &res.calls, 1);
+	return res.status;
+}
+
+static struct queue_msg *get_msg(struct spool *s, const char *qid)
+{
+	struct queue_msg *m = NULL;
+	assert_int_equal(queue_get(s->q, qid, &m), 0);
+	return m;
+}
+
+/* Two jobs, each holding a copy of the message read before either
+ * finished, report results for different recipients: both results are
+ * in the record, whether the writer applies them in one transaction or
+ * in two, and whichever comes first. */
+static void test_update_rcpts_interleaved(void **state)
+{
+	(void)state;
+	for (int variant = 0; variant < 3; variant++) {
+		struct spool s;
+		char a[QUEUE_ID_SIZE];
+		spool_setup(&s, variant == 1 ? &opts_fsync : &opts_syncfs);
+		commit_new(&s, a, T0, QUEUE_MSG_ACTIVE, 4);
+		/* The jobs' snapshots, from before either reported. */
+		struct queue_msg *snap_x = get_msg(&s, a), *snap_y = get_msg(&s, a);
+		assert_int_equal(snap_x->nrcpt, 4);
+
+		const struct queue_rcpt_change x[] = {
+			{.index = 0, .state = QUEUE_RCPT_SENT, .attempts = 1,
+			 .last_reply = "250 2.0.0 ok", .dest = "mx:mx.example.org",
+			 .mx = "mx.example.org[192.0.2.1]:25", .last_try = T0 + 5},
+		};
+		const struct queue_rcpt_change y[] = {
+			{.index = 2, .state = QUEUE_RCPT_DEFERRED, .attempts = 1,
+			 .next_attempt = T0 + 300, .last_reply = "451 4.7.1 later",
+			 .dest = "mx:mx.example.net", .mx = "mx.example.net[192.0.2.2]:25",
+			 .last_try = T0 + 6},
+			{.index = 3, .state = QUEUE_RCPT_BOUNCED, .attempts = 1,
+			 .last_reply = "550 5.1.1 no such user",
+			 .dest = "mx:mx.example.com", .mx = "mx.example.com[192.0.2.3]:25",
+			 .last_try = T0 + 7},
+		};
+		if (variant == 2) {
+			/* One batch: y then x, in the same transaction. */
+			struct oplog log = {0};
+			struct optag tag[2] = {{&log, 0}, {&log, 1}};
+			struct lock_child lc;
+			lock_writer(s.dir, &lc);
+			assert_int_equal(queue_update_rcpts(s.q, a, y, 2, oplog_cb,
+			                                    &tag[0]), 0);
+			assert_int_equal(queue_update_rcpts(s.q, a, x, 1, oplog_cb,
+			                                    &tag[1]), 0);
+			unlock_writer(&lc);
+			run_until(&s, &log.n, 2);
+			assert_int_equal(log.tag[0], 0);
+			assert_int_equal(log.tag[1], 1);
+			assert_int_equal(log.status[0], 0);
+			assert_int_equal(log.status[1], 0);
+		} else {
+			assert_int_equal(rcpts_wait(&s, a, x, 1), 0);
+			assert_int_equal(rcpts_wait(&s, a, y, 2), 0);
+		}
+
+		struct queue_msg *m = get_msg(&s, a);
+		const struct queue_rcpt *r = m->rcpt;
+		assert_int_equal(r[0].state, QUEUE_RCPT_SENT);
+		assert_string_equal(r[0].last_reply, "250 2.0.0 ok");
+		assert_string_equal(r[0].dest, "mx:mx.example.org");
+		assert_string_equal(r[0].mx, "mx.example.org[192.0.2.1]:25");
+		assert_int_equal(r[0].last_try, T0 + 5);
+		assert_int_equal(r[1].state, QUEUE_RCPT_PENDING);   /* untouched */
+		assert_null(r[1].last_reply);
+		assert_null(r[1].dest);
+		assert_int_equal(r[2].state, QUEUE_RCPT_DEFERRED);
+		assert_int_equal(r[2].next_attempt, T0 + 300);
+		assert_string_equal(r[2].mx, "mx.example.net[192.0.2.2]:25");
+		assert_int_equal(r[3].state, QUEUE_RCPT_BOUNCED);
+		assert_string_equal(r[3].last_reply, "550 5.1.1 no such user");
+		/* Message fields as committed. */
+		assert_int_equal(m->arrival, T0);
+		assert_string_equal(m->sender, snap_x->sender);
+		assert_int_equal(m->size, 100);
+		/* Still due at its arrival (recipient 1 is pending): one entry. */
+		assert_int_equal(queue_msg_due(m), T0);
+		assert_int_equal(idx_count_sched_open(&s, a), 1);
+		queue_msg_free(m);
+
+		/* The old way loses a result: a whole record from y's snapshot
+		 * undoes x's. queue_update keeps that meaning (one owner). */
+		snap_y->rcpt[2].state = QUEUE_RCPT_DEFERRED;
+		assert_int_equal(update_wait(&s, snap_y), 0);
+		m = get_msg(&s, a);
+		assert_int_equal(m->rcpt[0].state, QUEUE_RCPT_PENDING);
+		queue_msg_free(m);
+
+		/* The last open recipients done: QUEUE_RCPTS_DONE, the record
+		 * and body stay (for the DSN), without a schedule entry. */
+		const struct queue_rcpt_change done[] = {
+			{.index = 0, .state = QUEUE_RCPT_SENT, .attempts = 1},
+			{.index = 1, .state = QUEUE_RCPT_SENT, .attempts = 1},
+			{.index = 2, .state = QUEUE_RCPT_BOUNCED, .attempts = 2},
+			{.index = 3, .state = QUEUE_RCPT_BOUNCED, .attempts = 1},
+		};
+		assert_int_equal(rcpts_wait(&s, a, done, 4), QUEUE_RCPTS_DONE);
+		assert_counts(&s, 1, 0);
+		assert_true(has_body(s.dir, a));
+		assert_int_equal(remove_wait(&s, a), 0);
+		assert_counts(&s, 0, 0);
+		assert_false(has_body(s.dir, a));
+		queue_msg_free(snap_x);
+		queue_msg_free(snap_y);
+		spool_close(&s);
+		rm_tree(s.dir);
+	}
+}
+
+/* What queue_update_rcpts refuses, and that a refusal changes nothing. */
+static void test_update_rcpts_refused(void **state)
+{
+	(void)state;
+	struct spool s;
+	char a[QUEUE_ID_SIZE], h[QUEUE_ID_SIZE], gone[QUEUE_ID_SIZE];
+	spool_setup(&s, &opts_syncfs);
+	commit_new(&s, a, T0, QUEUE_MSG_ACTIVE, 2);
+	commit_new(&s, h, T0 + 1, QUEUE_MSG_HOLD, 2);
+	queue_new_id(s.q, gone);
+	struct queue_msg *before = get_msg(&s, a);
+
+	static char longdest[QUEUE_DEST_MAX + 2], longmx[QUEUE_MX_MAX + 2];
+	memset(longdest, 'd', QUEUE_DEST_MAX + 1);
+	memset(longmx, 'm', QUEUE_MX_MAX + 1);
+	const struct queue_rcpt_change bad_state = {.index = 0, .state = 4};
+	const struct queue_rcpt_change bad_dest = {.index = 0, .dest = longdest};
+	const struct queue_rcpt_change bad_mx = {.index = 0, .mx = longmx};
+	struct result res = {0};
+	assert_int_equal(queue_update_rcpts(s.q, a, &bad_state, 1, result_cb, &res),
+	                 -EINVAL);
+	assert_int_equal(queue_update_rcpts(s.q, a, &bad_dest, 1, result_cb, &res),
+	                 -EINVAL);
+	assert_int_equal(queue_update_rcpts(s.q, a, &bad_mx, 1, result_cb, &res),
+	                 -EINVAL);
+	assert_int_equal(queue_update_rcpts(s.q, "nope", &bad_mx, 1, result_cb,
+	                                    &res), -EINVAL);
+	assert_int_equal(res.calls, 0);
+
+	/* All or nothing: a valid change beside an index out of range. */
+	const struct queue_rcpt_change mixed[] = {
+		{.index = 0, .state = QUEUE_RCPT_SENT, .attempts = 1},
+		{.index = 2, .state = QUEUE_RCPT_SENT, .attempts = 1},
+	};
+	assert_int_equal(rcpts_wait(&s, a, mixed, 2), -EINVAL);
+	assert_int_equal(rcpts_wait(&s, gone, mixed, 1), -ENOENT);
+	struct queue_msg *after = get_msg(&s, a);
+	assert_msg_equal("refused changes", before, after);
+	queue_msg_free(after);
+	assert_counts(&s, 2, 1);
+
+	/* On hold: the change is recorded, and no entry appears. */
+	const struct queue_rcpt_change later = {.index = 1,
+		.state = QUEUE_RCPT_DEFERRED, .attempts = 1, .next_attempt = T0 + 60};
+	assert_int_equal(rcpts_wait(&s, h, &later, 1), 0);
+	assert_counts(&s, 2, 1);
+	after = get_msg(&s, h);
+	assert_int_equal(after->rcpt[1].state, QUEUE_RCPT_DEFERRED);
+	assert_int_equal(after->state, QUEUE_MSG_HOLD);
+	queue_msg_free(after);
+	queue_msg_free(before);
+	spool_close(&s);
+	rm_tree(s.dir);
+}
+
 /* ---- recovery of the schedule rule ---------------------------------------- */
 
 /* The index opened directly, read-write, while no queue is open. */
@@ -1444,6 +1635,8 @@ int main(void)
 		cmocka_unit_test(test_close_with_ops),
 		cmocka_unit_test(test_ops_txn_fails),
 		cmocka_unit_test(test_recovery_schedule),
+		cmocka_unit_test(test_update_rcpts_interleaved),
+		cmocka_unit_test(test_update_rcpts_refused),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
