@@ -148,6 +148,7 @@ unsigned queue_dbi_quota(struct queue *q);
 struct queue_ro {
 	struct MDB_env *env;
 	unsigned dbi_msg, dbi_sched;
+	unsigned format;        /* the index format ("meta"; 1 when absent) */
 	char *spool_dir;
 };
 

@@ -1618,6 +1618,191 @@ static void test_recovery_schedule(void **state)
 	rm_tree(s.dir);
 }
 
+
+/* ---- the in-place upgrade from index format 1 ----------------------------- */
+
+/* queue_open with the log going to a file; its text in out. Returns
+ * queue_open's result (the queue is open when 0). */
+static int open_log_text(struct spool *s, const struct queue_opts *tmpl,
+                         char *out, size_t outsz)
+{
+	char path[128];
+	snprintf(path, sizeof path, "%s/open.log", s->dir);
+	unlink(path);
+	assert_int_equal(log_open(path, false, LOG_INFO), 0);
+	struct queue_opts o = *tmpl;
+	o.spool_dir = s->dir;
+	assert_int_equal(uv_loop_init(&s->loop), 0);
+	int r = queue_open(&s->loop, &o, &s->q);
+	assert_int_equal(log_open(NULL, true, LOG_ERR), 0);
+	if (r) {
+		assert_int_equal(uv_loop_close(&s->loop), 0);
+		s->q = NULL;
+	}
+	FILE *f = fopen(path, "r");
+	assert_non_null(f);
+	size_t n = fread(out, 1, outsz - 1, f);
+	fclose(f);
+	unlink(path);
+	out[n] = '\0';
+	return r;
+}
+
+/* The "meta" format byte, straight from the index: -1 when absent. */
+static int idx_format(const char *dir)
+{
+	struct idx x;
+	MDB_dbi meta;
+	MDB_val k = {strlen(QUEUE_META_FORMAT), QUEUE_META_FORMAT}, v;
+	idx_begin(&x, dir);
+	int f = -1;
+	if (mdb_dbi_open(x.txn, QUEUE_DB_META, 0, &meta) == 0 &&
+	    mdb_get(x.txn, meta, &k, &v) == 0) {
+		assert_int_equal(v.mv_size, 1);
+		f = ((uint8_t *)v.mv_data)[0];
+	}
+	mdb_txn_abort(x.txn);
+	mdb_env_close(x.env);
+	return f;
+}
+
+/* Sets the "meta" format byte (-1: deletes the key). */
+static void idx_set_format(const char *dir, int f)
+{
+	struct idx x;
+	MDB_dbi meta;
+	MDB_val k = {strlen(QUEUE_META_FORMAT), QUEUE_META_FORMAT};
+	uint8_t b = (uint8_t)f;
+	MDB_val v = {1, &b};
+	idx_begin(&x, dir);
+	assert_int_equal(mdb_dbi_open(x.txn, QUEUE_DB_META, 0, &meta), 0);
+	if (f < 0)
+		assert_int_equal(mdb_del(x.txn, meta, &k, NULL), 0);
+	else
+		assert_int_equal(mdb_put(x.txn, meta, &k, &v, 0), 0);
+	idx_commit(&x);
+}
+
+static void count_cb(void *arg, int status)
+{
+	assert_int_equal(status, 0);
+	(*(int *)arg)++;
+}
+
+enum { UP_N = 1100 };   /* more than one recovery step (RECOVER_STEP) */
+
+/* A spool left by format 1 (every tenth record already rewritten, as a
+ * crash in the middle of an upgrade leaves it, and no "meta" format) is
+ * read as it is by queue_ro; queue_open rewrites the rest in place, logs
+ * the count once, records the format last, and loses nothing: every
+ * record decodes to what it was. The next start has nothing to do. */
+static void test_upgrade_v1(void **state)
+{
+	(void)state;
+	struct spool s;
+	static char qid[UP_N][QUEUE_ID_SIZE];
+	static char text[1 << 16];
+	spool_setup(&s, &opts_syncfs);
+	int done = 0;
+	for (int i = 0; i < UP_N; i++) {
+		struct tmsg m;
+		struct queue_body *b;
+		queue_new_id(s.q, qid[i]);
+		tmsg_init(&m, qid[i], T0 + i, i % 7 ? QUEUE_MSG_ACTIVE
+		                                     : QUEUE_MSG_HOLD, 1 + i % 4);
+		m.m.envid = i % 5 ? NULL : "ENV+2B1";
+		m.rc[0].orcpt = i % 3 ? NULL : "rfc822;r0@example.org";
+		m.rc[0].notify = (uint8_t)(i % 16);
+		assert_int_equal(queue_body_open(s.q, qid[i], &b), 0);
+		assert_int_equal(queue_body_write(b, "body\r\n", 6), 0);
+		assert_int_equal(queue_commit(s.q, b, &m.m, count_cb, &done), 0);
+	}
+	run_until(&s, &done, UP_N);
+	spool_close(&s);
+	assert_int_equal(idx_format(s.dir), QUEUE_FORMAT);
+
+	/* Back to format 1, but for every tenth record; originals kept. */
+	static struct queue_msg *orig[UP_N];
+	struct idx x;
+	idx_begin(&x, s.dir);
+	for (int i = 0; i < UP_N; i++) {
+		MDB_val k = {QUEUE_ID_LEN, qid[i]}, v;
+		uint8_t *enc;
+		size_t n;
+		assert_int_equal(mdb_get(x.txn, x.msg, &k, &v), 0);
+		assert_int_equal(((uint8_t *)v.mv_data)[0], 2);
+		assert_int_equal(queue_msg_decode(qid[i], v.mv_data, v.mv_size,
+		                                  &orig[i]), 0);
+		if (i % 10 == 0)
+			continue;
+		assert_int_equal(queue_msg_encode_v1(orig[i], &enc, &n), 0);
+		v = (MDB_val){n, enc};
+		assert_int_equal(mdb_put(x.txn, x.msg, &k, &v, 0), 0);
+		free(enc);
+		orig[i]->arrival_ms = 0;    /* format 1 has no milliseconds */
+	}
+	idx_commit(&x);
+	idx_set_format(s.dir, -1);
+	assert_int_equal(idx_format(s.dir), -1);
+
+	/* relayctl's side reads both formats before any upgrade. */
+	struct queue_ro *ro;
+	struct queue_msg *got;
+	assert_int_equal(queue_ro_open(s.dir, &ro), 0);
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(queue_ro_get(ro, qid[i], &got), 0);
+		assert_msg_equal("read by queue_ro before the upgrade", orig[i], got);
+		queue_msg_free(got);
+	}
+	queue_ro_close(ro);
+
+	assert_int_equal(open_log_text(&s, &opts_syncfs, text, sizeof text), 0);
+	const char *line = strstr(text, "index upgraded in place");
+	if (!line)
+		fail_msg("no upgrade line in:\n%s", text);
+	unsigned long long n = 0;
+	assert_int_equal(sscanf(line, "index upgraded in place from format 1 "
+	                        "to 2: %llu records rewritten", &n), 1);
+	assert_int_equal(n, UP_N - UP_N / 10);
+	assert_null(strstr(line + 1, "index upgraded in place"));   /* once */
+	assert_non_null(strstr(text, "recovery: 1100 messages in queue, 0 repaired"));
+	for (int i = 0; i < UP_N; i++) {
+		assert_int_equal(queue_get(s.q, qid[i], &got), 0);
+		assert_msg_equal("upgraded", orig[i], got);
+		queue_msg_free(got);
+	}
+	spool_close(&s);
+
+	idx_begin(&x, s.dir);
+	for (int i = 0; i < UP_N; i++) {
+		MDB_val k = {QUEUE_ID_LEN, qid[i]}, v;
+		assert_int_equal(mdb_get(x.txn, x.msg, &k, &v), 0);
+		if (((uint8_t *)v.mv_data)[0] != 2)
+			fail_msg("record %d still in format %u", i,
+			         ((uint8_t *)v.mv_data)[0]);
+	}
+	mdb_txn_abort(x.txn);
+	mdb_env_close(x.env);
+	assert_int_equal(idx_format(s.dir), QUEUE_FORMAT);
+
+	/* Nothing left to upgrade at the next start. */
+	assert_int_equal(open_log_text(&s, &opts_syncfs, text, sizeof text), 0);
+	assert_null(strstr(text, "upgraded"));
+	spool_close(&s);
+
+	/* A format from a later release is refused, by relayd and relayctl,
+	 * and refusing changes nothing. */
+	idx_set_format(s.dir, QUEUE_FORMAT + 1);
+	assert_int_equal(open_log_text(&s, &opts_syncfs, text, sizeof text),
+	                 -EPROTO);
+	assert_non_null(strstr(text, "newer than this relayd reads"));
+	assert_int_equal(queue_ro_open(s.dir, &ro), -EPROTO);
+	assert_int_equal(idx_format(s.dir), QUEUE_FORMAT + 1);
+	for (int i = 0; i < UP_N; i++)
+		queue_msg_free(orig[i]);
+	rm_tree(s.dir);
+}
+
 int main(void)
 {
 	/* Recovery's warnings are expected here; keep the output readable. */
@@ -1637,6 +1822,7 @@ int main(void)
 		cmocka_unit_test(test_recovery_schedule),
 		cmocka_unit_test(test_update_rcpts_interleaved),
 		cmocka_unit_test(test_update_rcpts_refused),
+		cmocka_unit_test(test_upgrade_v1),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
