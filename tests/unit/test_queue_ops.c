@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -1619,6 +1620,62 @@ static void test_recovery_schedule(void **state)
 }
 
 
+
+static int64_t realtime_ms(void)
+{
+	struct timespec ts;
+	assert_int_equal(clock_gettime(CLOCK_REALTIME, &ts), 0);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A caller that gives the arrival in seconds (smtpd: time(NULL)) gets
+ * the milliseconds from the commit's clock reading of that second: the
+ * stored time lies between the readings around the commit. */
+static void test_commit_arrival_ms(void **state)
+{
+	(void)state;
+	struct spool s;
+	spool_setup(&s, &opts_syncfs);
+	bool checked = false;
+	for (int i = 0; i < 20 && !checked; i++) {
+		char qid[QUEUE_ID_SIZE];
+		struct tmsg m;
+		queue_new_id(s.q, qid);
+		int64_t before = realtime_ms();
+		tmsg_init(&m, qid, before / 1000, QUEUE_MSG_ACTIVE, 1);
+		struct queue_body *b;
+		struct result res = {0};
+		assert_int_equal(queue_body_open(s.q, qid, &b), 0);
+		assert_int_equal(queue_body_write(b, "x\r\n", 3), 0);
+		assert_int_equal(queue_commit(s.q, b, &m.m, result_cb, &res), 0);
+		int64_t after = realtime_ms();
+		run_until(&s, &res.calls, 1);
+		assert_int_equal(res.status, 0);
+		struct queue_msg *got = get_msg(&s, qid);
+		int64_t stored = got->arrival * 1000 + got->arrival_ms;
+		assert_int_equal(got->arrival, before / 1000);
+		queue_msg_free(got);
+		if (before / 1000 != after / 1000)
+			continue;   /* the second turned: the ms are unknown (0) */
+		assert_true(stored >= before && stored <= after);
+		checked = true;
+	}
+	assert_true(checked);
+	/* Given milliseconds are kept. */
+	char qid[QUEUE_ID_SIZE];
+	struct tmsg m;
+	queue_new_id(s.q, qid);
+	tmsg_init(&m, qid, T0, QUEUE_MSG_ACTIVE, 1);
+	m.m.arrival_ms = 321;
+	assert_int_equal(commit_msg(&s, &m.m, 10), 0);
+	struct queue_msg *got = get_msg(&s, qid);
+	assert_int_equal(got->arrival, T0);
+	assert_int_equal(got->arrival_ms, 321);
+	queue_msg_free(got);
+	spool_close(&s);
+	rm_tree(s.dir);
+}
+
 /* ---- the in-place upgrade from index format 1 ----------------------------- */
 
 /* queue_open with the log going to a file; its text in out. Returns
@@ -1823,6 +1880,7 @@ int main(void)
 		cmocka_unit_test(test_update_rcpts_interleaved),
 		cmocka_unit_test(test_update_rcpts_refused),
 		cmocka_unit_test(test_upgrade_v1),
+		cmocka_unit_test(test_commit_arrival_ms),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
