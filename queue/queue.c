@@ -109,7 +109,8 @@ struct queue_discard {
 /* A change to a committed message (delivery results, hold, removal) on
  * its way through the writer. */
 enum op_kind { OP_UPDATE, OP_REMOVE,
-	OP_QUOTA };   /* a quota charge or refund: queue_quota.c */
+	OP_QUOTA,     /* a quota charge or refund: queue_quota.c */
+	OP_RCPTS };   /* per-recipient changes merged into the stored record */
 
 struct queue_op {
 	struct queue_op *next;
@@ -119,6 +120,8 @@ struct queue_op {
 	size_t reclen;
 	int64_t due;            /* OP_UPDATE: its sched time, or -1 for none */
 	struct queue_quota_req *quota;   /* OP_QUOTA: owned by op->arg's cb */
+	struct queue_rcpt_change *ch;    /* OP_RCPTS: deep copies */
+	size_t nch;
 	int status;
 	queue_op_cb cb;
 	void *arg;
@@ -151,6 +154,7 @@ struct recovery {
 	DIR *dir;                           /* RECOVER_BODIES */
 	size_t nmsg;        /* records below the boundary that were kept */
 	size_t repaired;
+	size_t upgraded;    /* format-1 records rewritten in format 2 */
 	uint64_t t0;        /* CLOCK_MONOTONIC us at the start */
 	uint64_t gate_t0;   /* when the gate was first found closed */
 	char *gate;         /* test only: wait until this path exists */
@@ -178,6 +182,9 @@ struct queue {
 	MDB_env *env;
 	MDB_dbi dbi_msg, dbi_sched;
 	MDB_dbi dbi_quota;      /* quota counters (queue_quota.c) */
+	MDB_dbi dbi_meta, dbi_stats;    /* index format; statistics (empty) */
+	unsigned format;        /* "meta" format at open: 0 absent (format 1) */
+	bool boundary_had_records;  /* the index had records at open */
 	char *spool_path;       /* for env_reopen */
 	uint64_t map_size;
 	/* Writer thread only: */
@@ -665,6 +672,13 @@ int queue_commit(struct queue *q, struct queue_body *b,
 	}
 	struct queue_msg copy = *m;
 	copy.size = b->size;
+	/* Arrival to the millisecond (format 2) for a caller that gave only
+	 * the second (smtpd: time(NULL) in the same loop turn): the clock's
+	 * milliseconds when it still reads that second, else 0. */
+	struct timespec ts;
+	if (copy.arrival_ms == 0 && clock_gettime(CLOCK_REALTIME, &ts) == 0 &&
+	    ts.tv_sec == copy.arrival)
+		copy.arrival_ms = (uint16_t)(ts.tv_nsec / 1000000);
 	copy.flags = (uint8_t)((copy.flags & ~QUEUE_F_7BIT) |
 	                       ((b->high & 0x80) ? 0 : QUEUE_F_7BIT));
 	r = queue_msg_encode(&copy, &req->rec, &req->reclen);
@@ -739,6 +753,54 @@ int queue_update(struct queue *q, const struct queue_msg *m,
 		free(op->rec);
 		free(op);
 	}
+	return r;
+}
+
+static void op_free(struct queue_op *op)
+{
+	for (size_t i = 0; op->ch && i < op->nch; i++) {
+		free((char *)op->ch[i].last_reply);
+		free((char *)op->ch[i].dest);
+		free((char *)op->ch[i].mx);
+	}
+	free(op->ch);
+	free(op->rec);
+	free(op);
+}
+
+int queue_update_rcpts(struct queue *q, const char *qid,
+                       const struct queue_rcpt_change *ch, size_t n,
+                       queue_op_cb cb, void *arg)
+{
+	if (q->closing)
+		return -ESHUTDOWN;
+	if (!queue_id_valid(qid) || (n && !ch) || queue_rcpt_change_check(ch, n))
+		return -EINVAL;
+	struct queue_op *op = calloc(1, sizeof *op);
+	if (!op)
+		return -ENOMEM;
+	op->kind = OP_RCPTS;
+	memcpy(op->qid, qid, QUEUE_ID_SIZE);
+	op->due = -1;
+	op->cb = cb;
+	op->arg = arg;
+	if (n && !(op->ch = calloc(n, sizeof *op->ch))) {
+		free(op);
+		return -ENOMEM;
+	}
+	op->nch = n;
+	bool fail = false;
+	for (size_t i = 0; i < n; i++) {
+		op->ch[i] = ch[i];
+		op->ch[i].last_reply = op->ch[i].dest = op->ch[i].mx = NULL;
+		if ((ch[i].last_reply && !(op->ch[i].last_reply = strdup(ch[i].last_reply))) ||
+		    (ch[i].dest && !(op->ch[i].dest = strdup(ch[i].dest))) ||
+		    (ch[i].mx && !(op->ch[i].mx = strdup(ch[i].mx))))
+			fail = true;
+	}
+	int r = fail ? -ENOMEM : push_op(q, op);
+	if (r)
+		op_free(op);
 	return r;
 }
 
@@ -1317,6 +1379,47 @@ static int64_t stored_due(const char *qid, const MDB_val *v)
 	return due;
 }
 
+/* OP_RCPTS inside apply_ops' transaction: the stored record (v), merged
+ * with the op's changes, written back with its "sched" entry moved. The
+ * op's own failures are its status (the transaction goes on); returns an
+ * LMDB code only when the transaction must fail. */
+static int apply_rcpts(struct queue *q, MDB_txn *txn, struct queue_op *op,
+                       const MDB_val *v)
+{
+	struct queue_msg *m;
+	int d = queue_msg_decode(op->qid, v->mv_data, v->mv_size, &m);
+	if (d) {
+		log_err("%s: index record cannot be decoded; recipients not "
+		        "updated", op->qid);
+		op->status = d == -ENOMEM ? -ENOMEM : -EIO;
+		return 0;
+	}
+	int64_t old = m->state == QUEUE_MSG_ACTIVE ? queue_msg_due(m) : -1;
+	uint8_t *rec = NULL;
+	size_t len = 0;
+	int r = queue_msg_apply_rcpts(m, op->ch, op->nch);
+	if (r == 0)
+		r = queue_msg_encode(m, &rec, &len);
+	if (r) {
+		op->status = r;
+		queue_msg_free(m);
+		return 0;
+	}
+	int64_t due = queue_msg_due(m);
+	int64_t sched = m->state == QUEUE_MSG_ACTIVE ? due : -1;
+	queue_msg_free(m);
+	MDB_val k = {QUEUE_ID_LEN, op->qid}, nv = {len, rec};
+	int rc = sched_set(q, txn, op->qid, old, false);
+	if (rc == 0)
+		rc = mdb_put(txn, q->dbi_msg, &k, &nv, 0);
+	if (rc == 0)
+		rc = sched_set(q, txn, op->qid, sched, true);
+	free(rec);
+	if (rc == 0 && due < 0)
+		op->status = QUEUE_RCPTS_DONE;
+	return rc;
+}
+
 /* Applies a list of changes in one write transaction and makes it
  * durable (a synchronous commit; in syncfs mode the meta page needs its
  * own sync), then unlinks the bodies of removed messages: a crash before
@@ -1352,6 +1455,10 @@ static struct queue_op *apply_ops(struct queue *q, struct queue_op *ops,
 			rc = g;
 			continue;
 		}
+		if (op->kind == OP_RCPTS) {
+			rc = apply_rcpts(q, txn, op, &v);
+			continue;
+		}
 		if ((rc = sched_set(q, txn, op->qid, stored_due(op->qid, &v), false)))
 			continue;
 		if (op->kind == OP_REMOVE) {
@@ -1378,7 +1485,7 @@ static struct queue_op *apply_ops(struct queue *q, struct queue_op *ops,
 	if (rc) {
 		log_err("queue: cannot record changes: %s", mdb_strerror(rc));
 		for (struct queue_op *op = ops; op; op = op->next)
-			if (op->status == 0)
+			if (op->status >= 0)   /* QUEUE_RCPTS_DONE too */
 				op->status = queue_mdb_errno(rc);
 		return last;
 	}
@@ -1620,8 +1727,7 @@ static void run_done(struct queue *q)
 		ops = op->next;
 		if (op->cb)
 			op->cb(op->arg, op->status);
-		free(op->rec);
-		free(op);
+		op_free(op);
 	}
 	/* Recovery made the index consistent: delivery may start. */
 	pthread_mutex_lock(&q->mu);
@@ -1869,6 +1975,30 @@ static int open_index(struct queue *q, const char *spool, uint64_t map_size,
 		mdb_txn_abort(txn);
 		goto fail;
 	}
+	/* Format 2: "meta" (the index format, written by recovery once every
+	 * record is in it) and "stats" (empty until the statistics issue). */
+	if ((rc = mdb_dbi_open(txn, QUEUE_DB_META, MDB_CREATE, &q->dbi_meta)) ||
+	    (rc = mdb_dbi_open(txn, QUEUE_DB_STATS, MDB_CREATE, &q->dbi_stats))) {
+		mdb_txn_abort(txn);
+		goto fail;
+	}
+	MDB_val fk = {strlen(QUEUE_META_FORMAT), QUEUE_META_FORMAT}, fv;
+	rc = mdb_get(txn, q->dbi_meta, &fk, &fv);
+	if (rc == MDB_NOTFOUND) {
+		q->format = 0;
+	} else if (rc) {
+		mdb_txn_abort(txn);
+		goto fail;
+	} else if (fv.mv_size != 1 || ((uint8_t *)fv.mv_data)[0] > QUEUE_FORMAT) {
+		mdb_txn_abort(txn);
+		log_err("queue: index %s is in format %u, newer than this relayd "
+		        "reads (%d); run the release that wrote it", path,
+		        fv.mv_size == 1 ? ((uint8_t *)fv.mv_data)[0] : 255u,
+		        QUEUE_FORMAT);
+		return -EPROTO;
+	} else {
+		q->format = ((uint8_t *)fv.mv_data)[0];
+	}
 	if ((rc = mdb_txn_commit(txn)))
 		goto fail;
 	return 0;
@@ -2076,9 +2206,12 @@ static int check_entry(struct queue *q, MDB_txn *txn, const MDB_val *k,
 
 /* One item of RECOVER_RESTORE: a record with nothing left to deliver is
  * finished business (*del, and its body goes); an ACTIVE one gets its
- * entry if it has none. */
-static int restore_record(struct queue *q, MDB_txn *txn, const MDB_val *k,
-                          const MDB_val *v, bool *del)
+ * entry if it has none. A record in an older format is rewritten in the
+ * current one (the in-place upgrade: one record at a time, each readable
+ * in either format, so a crash anywhere leaves a spool the next start
+ * upgrades further). */
+static int restore_record(struct queue *q, MDB_txn *txn, MDB_cursor *cur,
+                          const MDB_val *k, const MDB_val *v, bool *del)
 {
 	char qid[QUEUE_ID_SIZE];
 	struct queue_msg *m;
@@ -2087,7 +2220,30 @@ static int restore_record(struct queue *q, MDB_txn *txn, const MDB_val *k,
 		return 0;
 	int64_t due = queue_msg_due(m);
 	bool active = m->state == QUEUE_MSG_ACTIVE;
+	bool old = ((const uint8_t *)v->mv_data)[0] != QUEUE_REC_VERSION;
+	int rc = 0;
+	if (old && due >= 0) {
+		uint8_t *rec;
+		size_t len;
+		int r = queue_msg_encode(m, &rec, &len);
+		if (r) {
+			queue_msg_free(m);
+			log_err("%s: cannot upgrade index record: %s", qid,
+			        strerror(-r));
+			return r == -ENOMEM ? ENOMEM : EINVAL;
+		}
+		/* The key from our own buffer: k points into the page this
+		 * put rewrites (a value of another size moves the node, and
+		 * LMDB would copy the key from memory it is shifting). */
+		MDB_val kk = {QUEUE_ID_LEN, qid}, nv = {len, rec};
+		rc = mdb_cursor_put(cur, &kk, &nv, MDB_CURRENT);
+		free(rec);
+		if (rc == 0)
+			q->rec.upgraded++;
+	}
 	queue_msg_free(m);
+	if (rc)
+		return rc;
 	if (due < 0) {
 		log_warn("%s: removed: every recipient was done", qid);
 		if (unlinkat(q->msg_fd, qid, 0) < 0 && errno != ENOENT)
@@ -2103,7 +2259,7 @@ static int restore_record(struct queue *q, MDB_txn *txn, const MDB_val *k,
 	uint8_t sk[QUEUE_SCHED_KEY_LEN];
 	queue_sched_key(due, qid, sk);
 	MDB_val skv = {sizeof sk, sk}, empty = {0, NULL};
-	int rc = mdb_put(txn, q->dbi_sched, &skv, &empty, MDB_NOOVERWRITE);
+	rc = mdb_put(txn, q->dbi_sched, &skv, &empty, MDB_NOOVERWRITE);
 	if (rc == MDB_KEYEXIST)
 		return 0;
 	if (rc == 0) {
@@ -2149,9 +2305,9 @@ static int recover_index_step(struct queue *q, bool *more, uint64_t *syncs)
 		} else if (rs->phase == RECOVER_SCHED) {
 			rc = check_entry(q, txn, &k, &del);
 		} else {
-			size_t before = rs->repaired;
-			rc = restore_record(q, txn, &k, &v, &del);
-			changed += rs->repaired != before;
+			size_t before = rs->repaired + rs->upgraded;
+			rc = restore_record(q, txn, cur, &k, &v, &del);
+			changed += rs->repaired + rs->upgraded != before;
 		}
 		if (rc)
 			goto fail;
@@ -2167,10 +2323,32 @@ static int recover_index_step(struct queue *q, bool *more, uint64_t *syncs)
 		goto fail;
 	mdb_cursor_close(cur);
 	cur = NULL;
+	/* The end of the upgrade: every record below the boundary is in the
+	 * current format now (this run's records always were), so the
+	 * format is recorded, last, in the same transaction as the last
+	 * rewritten records. */
+	bool format_set = false;
+	if (rs->phase == RECOVER_RESTORE && !*more && q->format != QUEUE_FORMAT) {
+		uint8_t f = QUEUE_FORMAT;
+		MDB_val fk = {strlen(QUEUE_META_FORMAT), QUEUE_META_FORMAT},
+		        fv = {1, &f};
+		if ((rc = mdb_put(txn, q->dbi_meta, &fk, &fv, 0)))
+			goto fail;
+		format_set = true;
+		changed++;
+	}
 	if (changed)
 		*syncs += 2;
 	if ((rc = mdb_txn_commit(txn)))
 		goto fail_committed;
+	if (format_set) {
+		/* A new spool has no records of an older format to speak of. */
+		if (q->format != 0 || rs->upgraded || q->boundary_had_records)
+			log_info("queue: index upgraded in place from format %u to "
+			         "%d: %zu records rewritten", q->format ? q->format : 1,
+			         QUEUE_FORMAT, rs->upgraded);
+		q->format = QUEUE_FORMAT;
+	}
 	return 0;
 fail:
 	if (cur)
@@ -2427,6 +2605,7 @@ int queue_open(uv_loop_t *loop, const struct queue_opts *o, struct queue **out)
 	    (r = index_floor(q, floor)))
 		goto fail;
 	queue_idgen_init(&q->idgen, floor);
+	q->boundary_had_records = floor[0] != '\0';
 	/* The first reading before any MAIL; the opener thread keeps it
 	 * fresh from here on. */
 	if (q->min_free)

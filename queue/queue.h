@@ -82,18 +82,50 @@ struct queue_rcpt {
 	uint32_t attempts;
 	int64_t next_attempt;   /* unix seconds; 0 = none scheduled */
 	char *last_reply;       /* last remote reply or error, or NULL */
+	/* Index format 2 (queue_codec.c); NULL / 0 in records upgraded from
+	 * format 1 until delivery sets them. */
+	char *dest;             /* destination key ("smarthost:HOST:PORT",
+	                           "mx:HOST,HOST"), at most QUEUE_DEST_MAX
+	                           bytes, or NULL: not routed yet */
+	char *mx;               /* the host last tried (relayctl show, DSN
+	                           Remote-MTA), at most QUEUE_MX_MAX, or NULL */
+	int64_t last_try;       /* unix seconds of the last attempt; 0: none */
+	/* Fields of later releases this one does not know (a well-formed
+	 * TLV list, queue_codec.c), kept verbatim when the record is
+	 * written again; NULL/0 when none. */
+	uint8_t *ext;
+	size_t extlen;
 };
+
+/* Bounds of the format-2 fields (queue_msg_encode refuses longer ones,
+ * decode treats them as corrupt). A destination key names an MX set:
+ * up to about ten host names of at most 255 octets. */
+#define QUEUE_DEST_MAX 4096
+#define QUEUE_MX_MAX 512
+/* The stored DKIM-Signature header block (issue 10): two signatures
+ * (RSA-4096 and Ed25519, folded) take under 2 KiB. */
+#define QUEUE_DKIM_SIG_MAX 16384
+/* The unknown-field tails (message and recipient). */
+#define QUEUE_EXT_MAX 65536
 
 struct queue_msg {
 	char qid[QUEUE_ID_SIZE];
 	int64_t arrival;        /* unix seconds */
+	uint16_t arrival_ms;    /* milliseconds within that second (0-999);
+	                           0 in records upgraded from format 1 */
 	uint64_t size;          /* bytes of the stored body file */
 	uint8_t state;          /* enum queue_msg_state */
 	uint8_t flags;          /* QUEUE_F_* */
 	char *sender;           /* reverse-path without <>; "" for the null sender */
 	char *envid;            /* ENVID (xtext) or NULL */
+	/* The DKIM-Signature header block stored at acceptance (CRLF
+	 * lines), sent before the body on every attempt so retries carry
+	 * identical bytes; NULL when unsigned. At most QUEUE_DKIM_SIG_MAX. */
+	char *dkim_sig;
 	size_t nrcpt;
 	struct queue_rcpt *rcpt;
+	uint8_t *ext;           /* unknown fields kept verbatim (queue_rcpt) */
+	size_t extlen;
 };
 
 /* Frees every string and the recipient array, and m itself. NULL: no-op. */
@@ -232,6 +264,42 @@ typedef void (*queue_op_cb)(void *arg, int status);
  * changes. cb may be NULL. Returns 0 (cb will run) or -errno. */
 int queue_update(struct queue *q, const struct queue_msg *m,
                  queue_op_cb cb, void *arg);
+
+/* One recipient's new delivery state: every field is set (this is the
+ * recipient's state after the attempt, not a difference); strings are
+ * copied at the call, NULL clears the field. */
+struct queue_rcpt_change {
+	size_t index;           /* into queue_msg.rcpt */
+	uint8_t state;          /* enum queue_rcpt_state */
+	uint32_t attempts;
+	int64_t next_attempt;
+	const char *last_reply;
+	const char *dest;       /* <= QUEUE_DEST_MAX bytes */
+	const char *mx;         /* <= QUEUE_MX_MAX bytes */
+	int64_t last_try;
+};
+
+/* queue_update_rcpts' status when the change left no recipient PENDING
+ * or DEFERRED: the record stays (without a "sched" entry) so the caller
+ * can still read the body for a DSN; the caller then removes it with
+ * queue_remove(). */
+#define QUEUE_RCPTS_DONE 1
+
+/* Applies n changes to the message's recipients against the record as
+ * stored when the writer applies them (never a copy the caller read
+ * earlier), in one synchronous write transaction on the writer thread
+ * (batched with other changes), and moves its "sched" entry to the new
+ * queue_msg_due() (none when HOLD or nothing is left). Two callers
+ * changing different recipients of one message therefore never undo each
+ * other; every other field of the record is left as stored. All n apply
+ * or none. cb (may be NULL) gets 0, QUEUE_RCPTS_DONE, -ENOENT (the
+ * message is gone), -EINVAL (an index beyond the stored recipients;
+ * nothing changed), -EIO (the stored record cannot be decoded) or
+ * another -errno. Returns 0 (cb will run) or -errno (-EINVAL at once for
+ * a bad state or a string too long). */
+int queue_update_rcpts(struct queue *q, const char *qid,
+                       const struct queue_rcpt_change *ch, size_t n,
+                       queue_op_cb cb, void *arg);
 
 /* Removes the message: its record and "sched" entry in one durable step,
  * then its body file. cb may be NULL. 0 or -errno. */

@@ -23,14 +23,30 @@ void queue_idgen_init(struct queue_idgen *g, const char *floor_qid);
 void queue_idgen_next(struct queue_idgen *g, uint64_t now_us,
                       char out[QUEUE_ID_SIZE]);
 
-/* Index record codec: a version byte (1), then the fields. encode appends
- * to a malloc'd buffer (*out, *outlen); decode returns a new queue_msg
- * (qid taken from the key). -EINVAL for a corrupt or unknown record.
- * encode sets *out to a new buffer that the caller free()s; it fails with
- * -EINVAL when m->sender or a recipient's addr is NULL. */
+/* Index record codec (formats: queue_codec.c): a version byte, then the
+ * fields. encode writes format QUEUE_REC_VERSION to a malloc'd buffer
+ * (*out, *outlen) that the caller free()s; it fails with -EINVAL when
+ * m->sender or a recipient's addr is NULL, or a bounded field is too long
+ * (QUEUE_DEST_MAX, QUEUE_MX_MAX, QUEUE_DKIM_SIG_MAX, QUEUE_EXT_MAX), or an
+ * ext blob is not a TLV list. decode reads formats 1 and 2 and returns a
+ * new queue_msg (qid taken from the key); -EINVAL for a corrupt or
+ * unknown record. encode_v1 writes format 1 (what relayd up to bb1fcad
+ * wrote; the format-2 fields are dropped): for the upgrade's tests. */
 int queue_msg_encode(const struct queue_msg *m, uint8_t **out, size_t *outlen);
+int queue_msg_encode_v1(const struct queue_msg *m, uint8_t **out,
+                        size_t *outlen);
 int queue_msg_decode(const char *qid, const uint8_t *p, size_t n,
                      struct queue_msg **out);
+
+/* Applies n per-recipient changes to m (queue_update_rcpts' merge, on the
+ * writer thread against the stored record): all or nothing. -EINVAL (m
+ * unchanged) when an index is out of range, a state unknown or a string
+ * too long; -ENOMEM. */
+int queue_msg_apply_rcpts(struct queue_msg *m,
+                          const struct queue_rcpt_change *ch, size_t n);
+/* The checks of queue_msg_apply_rcpts that need no record (state, string
+ * bounds): 0 or -EINVAL. */
+int queue_rcpt_change_check(const struct queue_rcpt_change *ch, size_t n);
 
 /* What startup recovery does with a name it finds in msg/, given the
  * run's boundary id (queue.c: every id this run gives out is above it). */
@@ -53,14 +69,35 @@ enum queue_recover_kind queue_recover_classify(const char *name,
 /* LMDB layout of spool_dir/index: named databases
  *   "msg"    key = the 16-character qid, value = queue_msg_encode() record
  *   "sched"  key = queue_sched_key(next attempt, qid), empty value; one
- *            entry per ACTIVE message, none for HOLD. */
+ *            entry per ACTIVE message, none for HOLD.
+ *   "quota"  the quota counters (queue_quota.h).
+ *   "meta"   (format 2) key "format" = one byte, the index format: every
+ *            "msg" record is in it. Absent in a format-1 spool (releases
+ *            up to bb1fcad); written last by the in-place upgrade.
+ *   "stats"  (format 2, created empty; filled by the statistics issue)
+ *            key = u8 granularity (QUEUE_STATS_HOUR 'h', QUEUE_STATS_DAY
+ *            'd') + 8-byte big-endian bucket start (unix seconds, UTC,
+ *            a multiple of 3600 or 86400), so a cursor walks one
+ *            granularity in time order and old buckets are pruned from
+ *            the front; value = u8 version (1), then TLVs (varint
+ *            counter id, varint length, varint count): counters a
+ *            release does not know are kept, missing ones read as 0. */
 #define QUEUE_DB_MSG "msg"
 #define QUEUE_DB_SCHED "sched"
-#define QUEUE_MAXDBS 4
+#define QUEUE_DB_META "meta"
+#define QUEUE_DB_STATS "stats"
+#define QUEUE_META_FORMAT "format"
+#define QUEUE_STATS_HOUR 'h'
+#define QUEUE_STATS_DAY 'd'
+#define QUEUE_STATS_KEY_LEN 9
+/* msg, sched, quota, meta, stats, and room for three more. */
+#define QUEUE_MAXDBS 8
 #define QUEUE_SCHED_KEY_LEN (8 + QUEUE_ID_LEN)
 
-/* Record format version (first byte of every "msg" value). */
-#define QUEUE_REC_VERSION 1
+/* Record format version (first byte of every "msg" value written now),
+ * and the index format this release writes in "meta". */
+#define QUEUE_REC_VERSION 2
+#define QUEUE_FORMAT 2
 
 /* Writes the schedule key: 8-byte big-endian unix seconds (negative times
  * clamp to 0, so byte order = time order), then the qid. */
@@ -111,6 +148,7 @@ unsigned queue_dbi_quota(struct queue *q);
 struct queue_ro {
 	struct MDB_env *env;
 	unsigned dbi_msg, dbi_sched;
+	unsigned format;        /* the index format ("meta"; 1 when absent) */
 	char *spool_dir;
 };
 

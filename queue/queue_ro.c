@@ -79,6 +79,31 @@ int queue_ro_open(const char *spool_dir, struct queue_ro **out)
 		mdb_txn_abort(txn);
 		goto fail;
 	}
+	/* Both formats are read (queue_codec.c); a spool a later release
+	 * wrote is refused as a whole rather than record by record. No
+	 * "meta" DB: format 1 (a spool of relayd up to bb1fcad). */
+	MDB_dbi meta;
+	r->format = 1;
+	rc = mdb_dbi_open(txn, QUEUE_DB_META, 0, &meta);
+	if (rc == 0) {
+		MDB_val k = {strlen(QUEUE_META_FORMAT), QUEUE_META_FORMAT}, v;
+		rc = mdb_get(txn, meta, &k, &v);
+		if (rc == 0) {
+			unsigned f = v.mv_size == 1 ? ((uint8_t *)v.mv_data)[0] : 255;
+			if (f > QUEUE_FORMAT) {
+				mdb_txn_abort(txn);
+				log_err("queue: index %s is in format %u, newer than this "
+				        "relayctl reads (%d)", path, f, QUEUE_FORMAT);
+				queue_ro_close(r);
+				return -EPROTO;
+			}
+			r->format = f;
+		}
+	}
+	if (rc && rc != MDB_NOTFOUND) {
+		mdb_txn_abort(txn);
+		goto fail;
+	}
 	/* Committing the read transaction keeps the handle for later ones. */
 	if ((rc = mdb_txn_commit(txn)))
 		goto fail;

@@ -157,24 +157,32 @@ static void test_id_sortable(void **state)
 static const char *const QID = "01HX0000000A0000";
 
 static struct queue_rcpt rcpt_plain[] = {
-	{"a@example.org", NULL, 0, QUEUE_RCPT_PENDING, 0, 0, NULL},
+	{"a@example.org", NULL, 0, QUEUE_RCPT_PENDING, 0, 0, NULL, NULL, NULL,
+	 0, NULL, 0},
 };
+/* A TLV list (tag 7, 2 bytes; tag 300, 0 bytes): a later release's
+ * fields, kept verbatim. */
+static uint8_t ext_tlv[] = {7, 2, 'h', 'i', 0xac, 0x02, 0};
 static struct queue_rcpt rcpt_full[] = {
 	{"b@example.org", "rfc822;b@example.org", QUEUE_NOTIFY_SUCCESS |
 	 QUEUE_NOTIFY_FAILURE, QUEUE_RCPT_DEFERRED, 3, 1700000000,
-	 "451 4.7.1 try again later"},
+	 "451 4.7.1 try again later", "mx:mx1.example.org,mx2.example.org",
+	 "mx1.example.org[192.0.2.1]:25", 1699999000, ext_tlv, sizeof ext_tlv},
 	{"c@example.net", NULL, QUEUE_NOTIFY_NEVER, QUEUE_RCPT_SENT, 1, 0,
-	 "250 2.0.0 ok"},
+	 "250 2.0.0 ok", "smarthost:smtp.example.com:465", NULL, INT64_MIN,
+	 NULL, 0},
 	{"d@example.com", "utf-8;d@example.com", QUEUE_NOTIFY_DELAY,
-	 QUEUE_RCPT_BOUNCED, UINT32_MAX, -1, NULL},
+	 QUEUE_RCPT_BOUNCED, UINT32_MAX, -1, NULL, "", "", INT64_MAX, NULL, 0},
 };
 static struct queue_rcpt rcpt_utf8[] = {
-	{"j\xc3\xb6rg@b\xc3\xbc" "cher.example", NULL, 0, 0, 0, 0, NULL},
+	{"j\xc3\xb6rg@b\xc3\xbc" "cher.example", NULL, 0, 0, 0, 0, NULL, NULL,
+	 NULL, 0, NULL, 0},
 	{"\xe7\x94\xa8\xe6\x88\xb7@\xe4\xbe\x8b\xe5\xad\x90.\xe5\x85\xac\xe5\x8f\xb8",
-	 "utf-8;\xe7\x94\xa8\xe6\x88\xb7@x", 0, 0, 0, 0, "550 5.1.1 \xe2\x9c\x97"},
+	 "utf-8;\xe7\x94\xa8\xe6\x88\xb7@x", 0, 0, 0, 0, "550 5.1.1 \xe2\x9c\x97",
+	 "mx:\xc3\xa9.example", NULL, 1, NULL, 0},
 };
 static struct queue_rcpt rcpt_empty_strings[] = {
-	{"", "", 0, 0, 0, 0, ""},
+	{"", "", 0, 0, 0, 0, "", "", "", 0, NULL, 0},
 };
 
 static const struct {
@@ -185,11 +193,13 @@ static const struct {
 	  .sender = "", .nrcpt = 1, .rcpt = rcpt_plain}},
 	{"all fields", {.arrival = 1700000001, .size = 99, .state = QUEUE_MSG_HOLD,
 	  .flags = QUEUE_F_SMTPUTF8 | QUEUE_F_RET_HDRS, .sender = "s@example.org",
-	  .envid = "QQ+2B314", .nrcpt = 3, .rcpt = rcpt_full}},
+	  .envid = "QQ+2B314", .nrcpt = 3, .rcpt = rcpt_full,
+	  .arrival_ms = 999, .dkim_sig = "DKIM-Signature: v=1; a=rsa-sha256;\r\n"
+	  "\tb=abc\r\n", .ext = ext_tlv, .extlen = sizeof ext_tlv}},
 	{"utf-8 addresses", {.arrival = 1, .sender = "\xc3\xa9@\xc3\xa9.fr",
 	  .flags = QUEUE_F_SMTPUTF8, .nrcpt = 2, .rcpt = rcpt_utf8}},
 	{"empty strings are not NULL", {.sender = "", .envid = "", .nrcpt = 1,
-	  .rcpt = rcpt_empty_strings}},
+	  .dkim_sig = "", .rcpt = rcpt_empty_strings}},
 	{"extremes", {.arrival = INT64_MIN, .size = UINT64_MAX, .flags = 0xff,
 	  .sender = "x", .nrcpt = 0, .rcpt = NULL}},
 	{"max arrival", {.arrival = INT64_MAX, .sender = "y", .nrcpt = 0}},
@@ -200,12 +210,20 @@ static bool str_eq(const char *a, const char *b)
 	return (!a && !b) || (a && b && strcmp(a, b) == 0);
 }
 
+static bool blob_eq(const uint8_t *a, size_t an, const uint8_t *b, size_t bn)
+{
+	return an == bn && (an == 0 || memcmp(a, b, an) == 0);
+}
+
 static void assert_msg_equal(const char *name, const struct queue_msg *a,
                              const struct queue_msg *b)
 {
 	if (strcmp(a->qid, b->qid) || a->arrival != b->arrival ||
+	    a->arrival_ms != b->arrival_ms ||
 	    a->size != b->size || a->state != b->state || a->flags != b->flags ||
 	    !str_eq(a->sender, b->sender) || !str_eq(a->envid, b->envid) ||
+	    !str_eq(a->dkim_sig, b->dkim_sig) ||
+	    !blob_eq(a->ext, a->extlen, b->ext, b->extlen) ||
 	    a->nrcpt != b->nrcpt)
 		fail_msg("%s: message fields differ", name);
 	for (size_t i = 0; i < a->nrcpt; i++) {
@@ -214,7 +232,10 @@ static void assert_msg_equal(const char *name, const struct queue_msg *a,
 		    x->notify != y->notify || x->state != y->state ||
 		    x->attempts != y->attempts ||
 		    x->next_attempt != y->next_attempt ||
-		    !str_eq(x->last_reply, y->last_reply))
+		    !str_eq(x->last_reply, y->last_reply) ||
+		    !str_eq(x->dest, y->dest) || !str_eq(x->mx, y->mx) ||
+		    x->last_try != y->last_try ||
+		    !blob_eq(x->ext, x->extlen, y->ext, y->extlen))
 			fail_msg("%s: recipient %zu differs", name, i);
 	}
 }
@@ -228,7 +249,7 @@ static void test_codec_roundtrip(void **state)
 		size_t n;
 		memcpy(m.qid, QID, QUEUE_ID_SIZE);
 		assert_int_equal(queue_msg_encode(&m, &enc, &n), 0);
-		assert_int_equal(enc[0], 1);
+		assert_int_equal(enc[0], 2);
 		assert_int_equal(queue_msg_decode(QID, enc, n, &d), 0);
 		assert_msg_equal(codec_cases[i].name, &m, d);
 		queue_msg_free(d);
@@ -328,7 +349,7 @@ static const struct {
 	{"valid baseline", {1, 0, 0, 0, 0, 0, 0, 0}, 8},
 	{"empty", {0}, 0},
 	{"version 0", {0, 0, 0, 0, 0, 0, 0, 0}, 8},
-	{"version 2", {2, 0, 0, 0, 0, 0, 0, 0}, 8},
+	{"version 3", {3, 0, 0, 0, 0, 0, 0, 0}, 8},
 	{"version 255", {255, 0, 0, 0, 0, 0, 0, 0}, 8},
 	{"message state 2", {1, 0, 0, 2, 0, 0, 0, 0}, 8},
 	{"sender runs past end", {1, 0, 0, 0, 0, 5, 'a', 0, 0}, 9},
@@ -401,6 +422,217 @@ static void test_codec_mutations(void **state)
 			free(p);
 		}
 		free(enc);
+	}
+}
+
+
+/* Format 1 (what relayd up to bb1fcad wrote) decodes to the same
+ * envelope, with the format-2 fields empty; what it encodes to now is
+ * format 2 and decodes the same again. */
+static void test_codec_v1(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < ARRAY_LEN(codec_cases); i++) {
+		struct queue_msg m = codec_cases[i].m, *d = NULL, *d2 = NULL;
+		struct queue_rcpt rc[4];
+		uint8_t *enc, *enc2;
+		size_t n, n2;
+		memcpy(m.qid, QID, QUEUE_ID_SIZE);
+		assert_int_equal(queue_msg_encode_v1(&m, &enc, &n), 0);
+		assert_int_equal(enc[0], 1);
+		assert_int_equal(queue_msg_decode(QID, enc, n, &d), 0);
+		/* What format 1 keeps. */
+		assert_true(m.nrcpt <= ARRAY_LEN(rc));
+		m.arrival_ms = 0;
+		m.dkim_sig = NULL;
+		m.ext = NULL;
+		m.extlen = 0;
+		for (size_t k = 0; k < m.nrcpt; k++) {
+			rc[k] = m.rcpt[k];
+			rc[k].dest = rc[k].mx = NULL;
+			rc[k].last_try = 0;
+			rc[k].ext = NULL;
+			rc[k].extlen = 0;
+		}
+		m.rcpt = m.nrcpt ? rc : NULL;
+		assert_msg_equal(codec_cases[i].name, &m, d);
+		assert_int_equal(queue_msg_encode(d, &enc2, &n2), 0);
+		assert_int_equal(enc2[0], 2);
+		assert_int_equal(queue_msg_decode(QID, enc2, n2, &d2), 0);
+		assert_msg_equal(codec_cases[i].name, d, d2);
+		queue_msg_free(d);
+		queue_msg_free(d2);
+		free(enc);
+		free(enc2);
+	}
+}
+
+/* The format-2 fields' bounds: the longest allowed round-trips, one byte
+ * more is refused by encode and, hand-made, by decode. */
+static void test_codec_v2_bounds(void **state)
+{
+	(void)state;
+	static char dest[QUEUE_DEST_MAX + 2], mx[QUEUE_MX_MAX + 2];
+	static char sig[QUEUE_DKIM_SIG_MAX + 2];
+	static uint8_t ext[QUEUE_EXT_MAX + 8];
+	memset(dest, 'd', QUEUE_DEST_MAX);
+	memset(mx, 'm', QUEUE_MX_MAX);
+	memset(sig, 's', QUEUE_DKIM_SIG_MAX);
+	/* One TLV of QUEUE_EXT_MAX bytes in all: tag 1, a 3-byte length. */
+	size_t body = QUEUE_EXT_MAX - 4;
+	ext[0] = 1;
+	ext[1] = (uint8_t)(0x80 | (body & 0x7f));
+	ext[2] = (uint8_t)(0x80 | ((body >> 7) & 0x7f));
+	ext[3] = (uint8_t)(body >> 14);
+	struct queue_rcpt r = {.addr = "a@b", .dest = dest, .mx = mx,
+	                       .ext = ext, .extlen = QUEUE_EXT_MAX};
+	struct queue_msg m = {.sender = "s@t", .dkim_sig = sig, .nrcpt = 1,
+	                      .rcpt = &r, .ext = ext, .extlen = QUEUE_EXT_MAX,
+	                      .arrival_ms = 999};
+	memcpy(m.qid, QID, QUEUE_ID_SIZE);
+	uint8_t *enc;
+	size_t n;
+	struct queue_msg *d;
+	assert_int_equal(queue_msg_encode(&m, &enc, &n), 0);
+	assert_int_equal(queue_msg_decode(QID, enc, n, &d), 0);
+	assert_msg_equal("at the bounds", &m, d);
+	queue_msg_free(d);
+	free(enc);
+
+	static const struct {
+		const char *name;
+		char *field;
+		size_t len;
+	} over[] = {
+		{"dest", dest, QUEUE_DEST_MAX + 1},
+		{"mx", mx, QUEUE_MX_MAX + 1},
+		{"dkim_sig", sig, QUEUE_DKIM_SIG_MAX + 1},
+	};
+	for (size_t i = 0; i < ARRAY_LEN(over); i++) {
+		over[i].field[over[i].len - 1] = 'x';
+		over[i].field[over[i].len] = '\0';
+		if (queue_msg_encode(&m, &enc, &n) != -EINVAL)
+			fail_msg("%s one byte too long: encoded", over[i].name);
+		over[i].field[over[i].len - 1] = '\0';
+	}
+	m.arrival_ms = 1000;
+	assert_int_equal(queue_msg_encode(&m, &enc, &n), -EINVAL);
+	m.arrival_ms = 0;
+	m.extlen = QUEUE_EXT_MAX + 1;
+	assert_int_equal(queue_msg_encode(&m, &enc, &n), -EINVAL);
+	/* A blob that is not a TLV list (a length past its end). */
+	static uint8_t bad_tlv[] = {1, 5, 'x'};
+	m.ext = bad_tlv;
+	m.extlen = sizeof bad_tlv;
+	assert_int_equal(queue_msg_encode(&m, &enc, &n), -EINVAL);
+	m.ext = NULL;
+	m.extlen = 0;
+	r.ext = bad_tlv;
+	r.extlen = sizeof bad_tlv;
+	assert_int_equal(queue_msg_encode(&m, &enc, &n), -EINVAL);
+}
+
+/* Hand-made format-2 records, each wrong in one way. Baseline: version,
+ * arrival 0, ms 0, size 0, state, flags, sender "", envid NULL, dkim NULL,
+ * nrcpt 0, ext "". */
+static const struct {
+	const char *name;
+	uint8_t b[40];
+	size_t n;
+	int want;
+} corrupt_v2[] = {
+	{"valid baseline", {2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, 11, 0},
+	{"no ext length", {2, 0, 0, 0, 0, 0, 0, 0, 0, 0}, 10, -EINVAL},
+	{"ms 1000", {2, 0, 0xe8, 0x07, 0, 0, 0, 0, 0, 0, 0, 0}, 12, -EINVAL},
+	{"ms 999", {2, 0, 0xe7, 0x07, 0, 0, 0, 0, 0, 0, 0, 0}, 12, 0},
+	{"dkim past end", {2, 0, 0, 0, 0, 0, 0, 0, 9, 'a', 0, 0}, 12, -EINVAL},
+	{"ext TLV ok", {2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 7, 1, 'x'}, 14, 0},
+	{"ext TLV length past blob", {2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 7, 2,
+	  'x'}, 14, -EINVAL},
+	{"ext past end", {2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 7, 1, 'x'}, 14,
+	 -EINVAL},
+	{"ext TLV tag unterminated", {2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x80},
+	 12, -EINVAL},
+	/* one recipient: addr "", orcpt, notify, state, attempts, next,
+	 * reply, dest, mx, last_try, ext */
+	{"rcpt valid", {2, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0,
+	  0, 0, 0, 0}, 22, 0},
+	{"rcpt without ext", {2, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0,
+	  0, 0, 0, 0, 0}, 21, -EINVAL},
+	{"rcpt v1-shaped in v2", {2, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0,
+	  0, 0, 0}, 18, -EINVAL},
+	{"rcpt mx past end", {2, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0,
+	  0, 0, 30, 0, 0, 0}, 22, -EINVAL},
+};
+
+static void test_codec_v2_corrupt(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < ARRAY_LEN(corrupt_v2); i++) {
+		struct queue_msg *d = NULL;
+		uint8_t *p = malloc(corrupt_v2[i].n);
+		memcpy(p, corrupt_v2[i].b, corrupt_v2[i].n);
+		int r = queue_msg_decode(QID, p, corrupt_v2[i].n, &d);
+		if (r != corrupt_v2[i].want)
+			fail_msg("%s: decode = %d, want %d", corrupt_v2[i].name, r,
+			         corrupt_v2[i].want);
+		queue_msg_free(d);
+		free(p);
+	}
+}
+
+/* queue_msg_apply_rcpts: table of change sets against one message. */
+static void test_apply_rcpts(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *name;
+		struct queue_rcpt_change ch[3];
+		size_t n;
+		int want;
+	} cases[] = {
+		{"none", {{0}}, 0, 0},
+		{"one", {{.index = 1, .state = QUEUE_RCPT_SENT, .attempts = 1,
+		  .last_reply = "250 ok", .dest = "mx:m", .mx = "m[192.0.2.9]:25",
+		  .last_try = 77}}, 1, 0},
+		{"two, clearing a reply", {{.index = 0, .state = QUEUE_RCPT_DEFERRED,
+		  .attempts = 4, .next_attempt = 900},
+		  {.index = 2, .state = QUEUE_RCPT_BOUNCED, .last_reply = "550 no"}},
+		  2, 0},
+		{"index out of range", {{.index = 0, .state = QUEUE_RCPT_SENT},
+		  {.index = 3, .state = QUEUE_RCPT_SENT}}, 2, -EINVAL},
+		{"state 4", {{.index = 0, .state = 4}}, 1, -EINVAL},
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		struct queue_msg m0 = codec_cases[1].m;     /* three recipients */
+		memcpy(m0.qid, QID, QUEUE_ID_SIZE);
+		struct queue_msg *m = queue_msg_dup(&m0), *ref = queue_msg_dup(&m0);
+		assert_non_null(m);
+		assert_non_null(ref);
+		int r = queue_msg_apply_rcpts(m, cases[i].ch, cases[i].n);
+		if (r != cases[i].want)
+			fail_msg("%s: %d, want %d", cases[i].name, r, cases[i].want);
+		if (r == 0) {
+			for (size_t k = 0; k < cases[i].n; k++) {
+				const struct queue_rcpt_change *c = &cases[i].ch[k];
+				struct queue_rcpt *x = &ref->rcpt[c->index];
+				free(x->last_reply);
+				free(x->dest);
+				free(x->mx);
+				x->state = c->state;
+				x->attempts = c->attempts;
+				x->next_attempt = c->next_attempt;
+				x->last_try = c->last_try;
+				x->last_reply = c->last_reply ? strdup(c->last_reply) : NULL;
+				x->dest = c->dest ? strdup(c->dest) : NULL;
+				x->mx = c->mx ? strdup(c->mx) : NULL;
+			}
+		}
+		/* Unchanged on failure; exactly the changes on success (the
+		 * other recipients and every message field as they were). */
+		assert_msg_equal(cases[i].name, ref, m);
+		queue_msg_free(m);
+		queue_msg_free(ref);
 	}
 }
 
@@ -1357,6 +1589,10 @@ int main(void)
 		cmocka_unit_test(test_codec_truncated),
 		cmocka_unit_test(test_codec_corrupt),
 		cmocka_unit_test(test_codec_mutations),
+		cmocka_unit_test(test_codec_v1),
+		cmocka_unit_test(test_codec_v2_bounds),
+		cmocka_unit_test(test_codec_v2_corrupt),
+		cmocka_unit_test(test_apply_rcpts),
 		cmocka_unit_test(test_state_names),
 		cmocka_unit_test(test_body_path),
 		cmocka_unit_test(test_commit),

@@ -100,11 +100,16 @@ static void rm_tree(const char *dir)
  * arrival) makes the message due at its arrival, which is what the
  * daemon's commit schedules. */
 static struct queue_rcpt rcpts[] = {
-	{"a@example.org", NULL, 0, QUEUE_RCPT_PENDING, 0, 0, NULL},
+	{"a@example.org", NULL, 0, QUEUE_RCPT_PENDING, 0, 0, NULL, NULL, NULL,
+	 0, NULL, 0},
 	{"b@example.net", "rfc822;b@example.net", QUEUE_NOTIFY_FAILURE,
-	 QUEUE_RCPT_DEFERRED, 2, ARRIVAL + 500, "451 4.7.1 try again later"},
-	{"c@example.com", NULL, 0, QUEUE_RCPT_SENT, 1, 0, "250 2.0.0 ok"},
-	{"d@example.com", NULL, 0, QUEUE_RCPT_BOUNCED, 1, 0, "550 5.1.1 no"},
+	 QUEUE_RCPT_DEFERRED, 2, ARRIVAL + 500, "451 4.7.1 try again later",
+	 "mx:mx.example.net", "mx.example.net[192.0.2.7]:25", ARRIVAL + 20,
+	 NULL, 0},
+	{"c@example.com", NULL, 0, QUEUE_RCPT_SENT, 1, 0, "250 2.0.0 ok",
+	 NULL, NULL, 0, NULL, 0},
+	{"d@example.com", NULL, 0, QUEUE_RCPT_BOUNCED, 1, 0, "550 5.1.1 no",
+	 NULL, NULL, 0, NULL, 0},
 };
 
 static void commit_one(struct spool *s, char qid[QUEUE_ID_SIZE], uint8_t st)

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -64,12 +65,20 @@ static bool str_eq(const char *a, const char *b)
 	return (!a && !b) || (a && b && strcmp(a, b) == 0);
 }
 
+static bool blob_eq(const uint8_t *a, size_t an, const uint8_t *b, size_t bn)
+{
+	return an == bn && (an == 0 || memcmp(a, b, an) == 0);
+}
+
 static void assert_msg_equal(const char *name, const struct queue_msg *a,
                              const struct queue_msg *b)
 {
 	if (strcmp(a->qid, b->qid) || a->arrival != b->arrival ||
+	    a->arrival_ms != b->arrival_ms ||
 	    a->size != b->size || a->state != b->state || a->flags != b->flags ||
 	    !str_eq(a->sender, b->sender) || !str_eq(a->envid, b->envid) ||
+	    !str_eq(a->dkim_sig, b->dkim_sig) ||
+	    !blob_eq(a->ext, a->extlen, b->ext, b->extlen) ||
 	    a->nrcpt != b->nrcpt)
 		fail_msg("%s: message fields differ", name);
 	for (size_t i = 0; i < a->nrcpt; i++) {
@@ -78,7 +87,10 @@ static void assert_msg_equal(const char *name, const struct queue_msg *a,
 		    x->notify != y->notify || x->state != y->state ||
 		    x->attempts != y->attempts ||
 		    x->next_attempt != y->next_attempt ||
-		    !str_eq(x->last_reply, y->last_reply))
+		    !str_eq(x->last_reply, y->last_reply) ||
+		    !str_eq(x->dest, y->dest) || !str_eq(x->mx, y->mx) ||
+		    x->last_try != y->last_try ||
+		    !blob_eq(x->ext, x->extlen, y->ext, y->extlen))
 			fail_msg("%s: recipient %zu differs", name, i);
 	}
 }
@@ -164,15 +176,32 @@ static struct queue_msg *heap_msg(void)
 	m->nrcpt = 3;
 	m->rcpt = calloc(3, sizeof *m->rcpt);
 	assert_non_null(m->rcpt);
+	m->dkim_sig = strdup("DKIM-Signature: v=1; d=example.org\r\n");
+	m->arrival_ms = 123;
 	m->rcpt[0] = (struct queue_rcpt){strdup("a@example.org"),
 	                                 strdup("rfc822;a@example.org"),
 	                                 QUEUE_NOTIFY_FAILURE, QUEUE_RCPT_DEFERRED,
-	                                 2, T0 + 60, strdup("451 4.7.1 later")};
+	                                 2, T0 + 60, strdup("451 4.7.1 later"),
+	                                 strdup("mx:mx.example.org"),
+	                                 strdup("mx.example.org[192.0.2.1]:25"),
+	                                 T0 + 1, NULL, 0};
 	m->rcpt[1] = (struct queue_rcpt){strdup("b@example.org"), NULL, 0,
-	                                 QUEUE_RCPT_PENDING, 0, 0, NULL};
+	                                 QUEUE_RCPT_PENDING, 0, 0, NULL, NULL, NULL,
+	                                 0, NULL, 0};
 	m->rcpt[2] = (struct queue_rcpt){strdup("c@example.org"), NULL,
 	                                 QUEUE_NOTIFY_NEVER, QUEUE_RCPT_SENT, 1, 0,
-	                                 strdup("250 2.0.0 ok")};
+	                                 strdup("250 2.0.0 ok"), NULL, NULL, 0,
+	                                 NULL, 0};
+	/* A later release's field (tag 9, one byte) on the message and on
+	 * the last recipient. */
+	static const uint8_t tlv[] = {9, 1, 'x'};
+	m->ext = malloc(sizeof tlv);
+	m->rcpt[2].ext = malloc(sizeof tlv);
+	assert_non_null(m->ext);
+	assert_non_null(m->rcpt[2].ext);
+	memcpy(m->ext, tlv, sizeof tlv);
+	memcpy(m->rcpt[2].ext, tlv, sizeof tlv);
+	m->extlen = m->rcpt[2].extlen = sizeof tlv;
 	return m;
 }
 
@@ -187,6 +216,11 @@ static void test_msg_dup(void **state)
 	/* Every string is a copy of its own... */
 	assert_ptr_not_equal(d->sender, m->sender);
 	assert_ptr_not_equal(d->envid, m->envid);
+	assert_ptr_not_equal(d->dkim_sig, m->dkim_sig);
+	assert_ptr_not_equal(d->ext, m->ext);
+	assert_ptr_not_equal(d->rcpt[0].dest, m->rcpt[0].dest);
+	assert_ptr_not_equal(d->rcpt[0].mx, m->rcpt[0].mx);
+	assert_ptr_not_equal(d->rcpt[2].ext, m->rcpt[2].ext);
 	assert_ptr_not_equal(d->rcpt, m->rcpt);
 	for (size_t i = 0; i < m->nrcpt; i++) {
 		assert_ptr_not_equal(d->rcpt[i].addr, m->rcpt[i].addr);
@@ -210,6 +244,11 @@ static void test_msg_dup(void **state)
 	d->rcpt[0].state = QUEUE_RCPT_BOUNCED;
 	d->rcpt[0].attempts = 99;
 	d->rcpt[2].last_reply[0] = '5';
+	d->rcpt[0].dest[0] = 'X';
+	d->rcpt[0].mx[0] = 'X';
+	d->dkim_sig[0] = 'X';
+	d->ext[2] = 'y';
+	d->rcpt[2].ext[2] = 'y';
 	d->state = QUEUE_MSG_ACTIVE;
 	d->arrival = 1;
 	assert_msg_equal("original after the copy changed", ref, m);
@@ -226,6 +265,9 @@ static void test_msg_dup(void **state)
 		free(ref->rcpt[i].addr);
 		free(ref->rcpt[i].orcpt);
 		free(ref->rcpt[i].last_reply);
+		free(ref->rcpt[i].dest);
+		free(ref->rcpt[i].mx);
+		free(ref->rcpt[i].ext);
 	}
 	free(ref->rcpt);
 	ref->rcpt = NULL;
@@ -1174,6 +1216,197 @@ static void test_ops_txn_fails(void **state)
 	rm_tree(s.dir);
 }
 
+
+/* Schedule entries of qid, read through the open queue. */
+static size_t idx_count_sched_open(struct spool *s, const char *qid)
+{
+	int64_t next;
+	struct hits h = scan(s, INT64_MAX, &next);
+	size_t n = 0;
+	for (size_t i = 0; i < h.n; i++)
+		n += strcmp(h.qid[i], qid) == 0;
+	return n;
+}
+
+/* ---- per-recipient changes (queue_update_rcpts) -------------------------- */
+
+static int rcpts_wait(struct spool *s, const char *qid,
+                      const struct queue_rcpt_change *ch, size_t n)
+{
+	struct result res = {0};
+	assert_int_equal(queue_update_rcpts(s->q, qid, ch, n, result_cb, &res), 0);
+	assert_int_equal(res.calls, 0);     /* never from inside */
+	run_until(s, &res.calls, 1);
+	return res.status;
+}
+
+static struct queue_msg *get_msg(struct spool *s, const char *qid)
+{
+	struct queue_msg *m = NULL;
+	assert_int_equal(queue_get(s->q, qid, &m), 0);
+	return m;
+}
+
+/* Two jobs, each holding a copy of the message read before either
+ * finished, report results for different recipients: both results are
+ * in the record, whether the writer applies them in one transaction or
+ * in two, and whichever comes first. */
+static void test_update_rcpts_interleaved(void **state)
+{
+	(void)state;
+	for (int variant = 0; variant < 3; variant++) {
+		struct spool s;
+		char a[QUEUE_ID_SIZE];
+		spool_setup(&s, variant == 1 ? &opts_fsync : &opts_syncfs);
+		commit_new(&s, a, T0, QUEUE_MSG_ACTIVE, 4);
+		/* The jobs' snapshots, from before either reported. */
+		struct queue_msg *snap_x = get_msg(&s, a), *snap_y = get_msg(&s, a);
+		assert_int_equal(snap_x->nrcpt, 4);
+
+		const struct queue_rcpt_change x[] = {
+			{.index = 0, .state = QUEUE_RCPT_SENT, .attempts = 1,
+			 .last_reply = "250 2.0.0 ok", .dest = "mx:mx.example.org",
+			 .mx = "mx.example.org[192.0.2.1]:25", .last_try = T0 + 5},
+		};
+		const struct queue_rcpt_change y[] = {
+			{.index = 2, .state = QUEUE_RCPT_DEFERRED, .attempts = 1,
+			 .next_attempt = T0 + 300, .last_reply = "451 4.7.1 later",
+			 .dest = "mx:mx.example.net", .mx = "mx.example.net[192.0.2.2]:25",
+			 .last_try = T0 + 6},
+			{.index = 3, .state = QUEUE_RCPT_BOUNCED, .attempts = 1,
+			 .last_reply = "550 5.1.1 no such user",
+			 .dest = "mx:mx.example.com", .mx = "mx.example.com[192.0.2.3]:25",
+			 .last_try = T0 + 7},
+		};
+		if (variant == 2) {
+			/* One batch: y then x, in the same transaction. */
+			struct oplog log = {0};
+			struct optag tag[2] = {{&log, 0}, {&log, 1}};
+			struct lock_child lc;
+			lock_writer(s.dir, &lc);
+			assert_int_equal(queue_update_rcpts(s.q, a, y, 2, oplog_cb,
+			                                    &tag[0]), 0);
+			assert_int_equal(queue_update_rcpts(s.q, a, x, 1, oplog_cb,
+			                                    &tag[1]), 0);
+			unlock_writer(&lc);
+			run_until(&s, &log.n, 2);
+			assert_int_equal(log.tag[0], 0);
+			assert_int_equal(log.tag[1], 1);
+			assert_int_equal(log.status[0], 0);
+			assert_int_equal(log.status[1], 0);
+		} else {
+			assert_int_equal(rcpts_wait(&s, a, x, 1), 0);
+			assert_int_equal(rcpts_wait(&s, a, y, 2), 0);
+		}
+
+		struct queue_msg *m = get_msg(&s, a);
+		const struct queue_rcpt *r = m->rcpt;
+		assert_int_equal(r[0].state, QUEUE_RCPT_SENT);
+		assert_string_equal(r[0].last_reply, "250 2.0.0 ok");
+		assert_string_equal(r[0].dest, "mx:mx.example.org");
+		assert_string_equal(r[0].mx, "mx.example.org[192.0.2.1]:25");
+		assert_int_equal(r[0].last_try, T0 + 5);
+		assert_int_equal(r[1].state, QUEUE_RCPT_PENDING);   /* untouched */
+		assert_null(r[1].last_reply);
+		assert_null(r[1].dest);
+		assert_int_equal(r[2].state, QUEUE_RCPT_DEFERRED);
+		assert_int_equal(r[2].next_attempt, T0 + 300);
+		assert_string_equal(r[2].mx, "mx.example.net[192.0.2.2]:25");
+		assert_int_equal(r[3].state, QUEUE_RCPT_BOUNCED);
+		assert_string_equal(r[3].last_reply, "550 5.1.1 no such user");
+		/* Message fields as committed. */
+		assert_int_equal(m->arrival, T0);
+		assert_string_equal(m->sender, snap_x->sender);
+		assert_int_equal(m->size, 100);
+		/* Still due at its arrival (recipient 1 is pending): one entry. */
+		assert_int_equal(queue_msg_due(m), T0);
+		assert_int_equal(idx_count_sched_open(&s, a), 1);
+		queue_msg_free(m);
+
+		/* The old way loses a result: a whole record from y's snapshot
+		 * undoes x's. queue_update keeps that meaning (one owner). */
+		snap_y->rcpt[2].state = QUEUE_RCPT_DEFERRED;
+		assert_int_equal(update_wait(&s, snap_y), 0);
+		m = get_msg(&s, a);
+		assert_int_equal(m->rcpt[0].state, QUEUE_RCPT_PENDING);
+		queue_msg_free(m);
+
+		/* The last open recipients done: QUEUE_RCPTS_DONE, the record
+		 * and body stay (for the DSN), without a schedule entry. */
+		const struct queue_rcpt_change done[] = {
+			{.index = 0, .state = QUEUE_RCPT_SENT, .attempts = 1},
+			{.index = 1, .state = QUEUE_RCPT_SENT, .attempts = 1},
+			{.index = 2, .state = QUEUE_RCPT_BOUNCED, .attempts = 2},
+			{.index = 3, .state = QUEUE_RCPT_BOUNCED, .attempts = 1},
+		};
+		assert_int_equal(rcpts_wait(&s, a, done, 4), QUEUE_RCPTS_DONE);
+		assert_counts(&s, 1, 0);
+		assert_true(has_body(s.dir, a));
+		assert_int_equal(remove_wait(&s, a), 0);
+		assert_counts(&s, 0, 0);
+		assert_false(has_body(s.dir, a));
+		queue_msg_free(snap_x);
+		queue_msg_free(snap_y);
+		spool_close(&s);
+		rm_tree(s.dir);
+	}
+}
+
+/* What queue_update_rcpts refuses, and that a refusal changes nothing. */
+static void test_update_rcpts_refused(void **state)
+{
+	(void)state;
+	struct spool s;
+	char a[QUEUE_ID_SIZE], h[QUEUE_ID_SIZE], gone[QUEUE_ID_SIZE];
+	spool_setup(&s, &opts_syncfs);
+	commit_new(&s, a, T0, QUEUE_MSG_ACTIVE, 2);
+	commit_new(&s, h, T0 + 1, QUEUE_MSG_HOLD, 2);
+	queue_new_id(s.q, gone);
+	struct queue_msg *before = get_msg(&s, a);
+
+	static char longdest[QUEUE_DEST_MAX + 2], longmx[QUEUE_MX_MAX + 2];
+	memset(longdest, 'd', QUEUE_DEST_MAX + 1);
+	memset(longmx, 'm', QUEUE_MX_MAX + 1);
+	const struct queue_rcpt_change bad_state = {.index = 0, .state = 4};
+	const struct queue_rcpt_change bad_dest = {.index = 0, .dest = longdest};
+	const struct queue_rcpt_change bad_mx = {.index = 0, .mx = longmx};
+	struct result res = {0};
+	assert_int_equal(queue_update_rcpts(s.q, a, &bad_state, 1, result_cb, &res),
+	                 -EINVAL);
+	assert_int_equal(queue_update_rcpts(s.q, a, &bad_dest, 1, result_cb, &res),
+	                 -EINVAL);
+	assert_int_equal(queue_update_rcpts(s.q, a, &bad_mx, 1, result_cb, &res),
+	                 -EINVAL);
+	assert_int_equal(queue_update_rcpts(s.q, "nope", &bad_mx, 1, result_cb,
+	                                    &res), -EINVAL);
+	assert_int_equal(res.calls, 0);
+
+	/* All or nothing: a valid change beside an index out of range. */
+	const struct queue_rcpt_change mixed[] = {
+		{.index = 0, .state = QUEUE_RCPT_SENT, .attempts = 1},
+		{.index = 2, .state = QUEUE_RCPT_SENT, .attempts = 1},
+	};
+	assert_int_equal(rcpts_wait(&s, a, mixed, 2), -EINVAL);
+	assert_int_equal(rcpts_wait(&s, gone, mixed, 1), -ENOENT);
+	struct queue_msg *after = get_msg(&s, a);
+	assert_msg_equal("refused changes", before, after);
+	queue_msg_free(after);
+	assert_counts(&s, 2, 1);
+
+	/* On hold: the change is recorded, and no entry appears. */
+	const struct queue_rcpt_change later = {.index = 1,
+		.state = QUEUE_RCPT_DEFERRED, .attempts = 1, .next_attempt = T0 + 60};
+	assert_int_equal(rcpts_wait(&s, h, &later, 1), 0);
+	assert_counts(&s, 2, 1);
+	after = get_msg(&s, h);
+	assert_int_equal(after->rcpt[1].state, QUEUE_RCPT_DEFERRED);
+	assert_int_equal(after->state, QUEUE_MSG_HOLD);
+	queue_msg_free(after);
+	queue_msg_free(before);
+	spool_close(&s);
+	rm_tree(s.dir);
+}
+
 /* ---- recovery of the schedule rule ---------------------------------------- */
 
 /* The index opened directly, read-write, while no queue is open. */
@@ -1386,6 +1619,247 @@ static void test_recovery_schedule(void **state)
 	rm_tree(s.dir);
 }
 
+
+
+static int64_t realtime_ms(void)
+{
+	struct timespec ts;
+	assert_int_equal(clock_gettime(CLOCK_REALTIME, &ts), 0);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A caller that gives the arrival in seconds (smtpd: time(NULL)) gets
+ * the milliseconds from the commit's clock reading of that second: the
+ * stored time lies between the readings around the commit. */
+static void test_commit_arrival_ms(void **state)
+{
+	(void)state;
+	struct spool s;
+	spool_setup(&s, &opts_syncfs);
+	bool checked = false;
+	for (int i = 0; i < 20 && !checked; i++) {
+		char qid[QUEUE_ID_SIZE];
+		struct tmsg m;
+		queue_new_id(s.q, qid);
+		int64_t before = realtime_ms();
+		tmsg_init(&m, qid, before / 1000, QUEUE_MSG_ACTIVE, 1);
+		struct queue_body *b;
+		struct result res = {0};
+		assert_int_equal(queue_body_open(s.q, qid, &b), 0);
+		assert_int_equal(queue_body_write(b, "x\r\n", 3), 0);
+		assert_int_equal(queue_commit(s.q, b, &m.m, result_cb, &res), 0);
+		int64_t after = realtime_ms();
+		run_until(&s, &res.calls, 1);
+		assert_int_equal(res.status, 0);
+		struct queue_msg *got = get_msg(&s, qid);
+		int64_t stored = got->arrival * 1000 + got->arrival_ms;
+		assert_int_equal(got->arrival, before / 1000);
+		queue_msg_free(got);
+		if (before / 1000 != after / 1000)
+			continue;   /* the second turned: the ms are unknown (0) */
+		assert_true(stored >= before && stored <= after);
+		checked = true;
+	}
+	assert_true(checked);
+	/* Given milliseconds are kept. */
+	char qid[QUEUE_ID_SIZE];
+	struct tmsg m;
+	queue_new_id(s.q, qid);
+	tmsg_init(&m, qid, T0, QUEUE_MSG_ACTIVE, 1);
+	m.m.arrival_ms = 321;
+	assert_int_equal(commit_msg(&s, &m.m, 10), 0);
+	struct queue_msg *got = get_msg(&s, qid);
+	assert_int_equal(got->arrival, T0);
+	assert_int_equal(got->arrival_ms, 321);
+	queue_msg_free(got);
+	spool_close(&s);
+	rm_tree(s.dir);
+}
+
+/* ---- the in-place upgrade from index format 1 ----------------------------- */
+
+/* queue_open with the log going to a file; its text in out. Returns
+ * queue_open's result (the queue is open when 0). */
+static int open_log_text(struct spool *s, const struct queue_opts *tmpl,
+                         char *out, size_t outsz)
+{
+	char path[128];
+	snprintf(path, sizeof path, "%s/open.log", s->dir);
+	unlink(path);
+	assert_int_equal(log_open(path, false, LOG_INFO), 0);
+	struct queue_opts o = *tmpl;
+	o.spool_dir = s->dir;
+	assert_int_equal(uv_loop_init(&s->loop), 0);
+	int r = queue_open(&s->loop, &o, &s->q);
+	assert_int_equal(log_open(NULL, true, LOG_ERR), 0);
+	if (r) {
+		assert_int_equal(uv_loop_close(&s->loop), 0);
+		s->q = NULL;
+	}
+	FILE *f = fopen(path, "r");
+	assert_non_null(f);
+	size_t n = fread(out, 1, outsz - 1, f);
+	fclose(f);
+	unlink(path);
+	out[n] = '\0';
+	return r;
+}
+
+/* The "meta" format byte, straight from the index: -1 when absent. */
+static int idx_format(const char *dir)
+{
+	struct idx x;
+	MDB_dbi meta;
+	MDB_val k = {strlen(QUEUE_META_FORMAT), QUEUE_META_FORMAT}, v;
+	idx_begin(&x, dir);
+	int f = -1;
+	if (mdb_dbi_open(x.txn, QUEUE_DB_META, 0, &meta) == 0 &&
+	    mdb_get(x.txn, meta, &k, &v) == 0) {
+		assert_int_equal(v.mv_size, 1);
+		f = ((uint8_t *)v.mv_data)[0];
+	}
+	mdb_txn_abort(x.txn);
+	mdb_env_close(x.env);
+	return f;
+}
+
+/* Sets the "meta" format byte (-1: deletes the key). */
+static void idx_set_format(const char *dir, int f)
+{
+	struct idx x;
+	MDB_dbi meta;
+	MDB_val k = {strlen(QUEUE_META_FORMAT), QUEUE_META_FORMAT};
+	uint8_t b = (uint8_t)f;
+	MDB_val v = {1, &b};
+	idx_begin(&x, dir);
+	assert_int_equal(mdb_dbi_open(x.txn, QUEUE_DB_META, 0, &meta), 0);
+	if (f < 0)
+		assert_int_equal(mdb_del(x.txn, meta, &k, NULL), 0);
+	else
+		assert_int_equal(mdb_put(x.txn, meta, &k, &v, 0), 0);
+	idx_commit(&x);
+}
+
+static void count_cb(void *arg, int status)
+{
+	assert_int_equal(status, 0);
+	(*(int *)arg)++;
+}
+
+enum { UP_N = 1100 };   /* more than one recovery step (RECOVER_STEP) */
+
+/* A spool left by format 1 (every tenth record already rewritten, as a
+ * crash in the middle of an upgrade leaves it, and no "meta" format) is
+ * read as it is by queue_ro; queue_open rewrites the rest in place, logs
+ * the count once, records the format last, and loses nothing: every
+ * record decodes to what it was. The next start has nothing to do. */
+static void test_upgrade_v1(void **state)
+{
+	(void)state;
+	struct spool s;
+	static char qid[UP_N][QUEUE_ID_SIZE];
+	static char text[1 << 16];
+	spool_setup(&s, &opts_syncfs);
+	int done = 0;
+	for (int i = 0; i < UP_N; i++) {
+		struct tmsg m;
+		struct queue_body *b;
+		queue_new_id(s.q, qid[i]);
+		tmsg_init(&m, qid[i], T0 + i, i % 7 ? QUEUE_MSG_ACTIVE
+		                                     : QUEUE_MSG_HOLD, 1 + i % 4);
+		m.m.envid = i % 5 ? NULL : "ENV+2B1";
+		m.rc[0].orcpt = i % 3 ? NULL : "rfc822;r0@example.org";
+		m.rc[0].notify = (uint8_t)(i % 16);
+		assert_int_equal(queue_body_open(s.q, qid[i], &b), 0);
+		assert_int_equal(queue_body_write(b, "body\r\n", 6), 0);
+		assert_int_equal(queue_commit(s.q, b, &m.m, count_cb, &done), 0);
+	}
+	run_until(&s, &done, UP_N);
+	spool_close(&s);
+	assert_int_equal(idx_format(s.dir), QUEUE_FORMAT);
+
+	/* Back to format 1, but for every tenth record; originals kept. */
+	static struct queue_msg *orig[UP_N];
+	struct idx x;
+	idx_begin(&x, s.dir);
+	for (int i = 0; i < UP_N; i++) {
+		MDB_val k = {QUEUE_ID_LEN, qid[i]}, v;
+		uint8_t *enc;
+		size_t n;
+		assert_int_equal(mdb_get(x.txn, x.msg, &k, &v), 0);
+		assert_int_equal(((uint8_t *)v.mv_data)[0], 2);
+		assert_int_equal(queue_msg_decode(qid[i], v.mv_data, v.mv_size,
+		                                  &orig[i]), 0);
+		if (i % 10 == 0)
+			continue;
+		assert_int_equal(queue_msg_encode_v1(orig[i], &enc, &n), 0);
+		v = (MDB_val){n, enc};
+		assert_int_equal(mdb_put(x.txn, x.msg, &k, &v, 0), 0);
+		free(enc);
+		orig[i]->arrival_ms = 0;    /* format 1 has no milliseconds */
+	}
+	idx_commit(&x);
+	idx_set_format(s.dir, -1);
+	assert_int_equal(idx_format(s.dir), -1);
+
+	/* relayctl's side reads both formats before any upgrade. */
+	struct queue_ro *ro;
+	struct queue_msg *got;
+	assert_int_equal(queue_ro_open(s.dir, &ro), 0);
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(queue_ro_get(ro, qid[i], &got), 0);
+		assert_msg_equal("read by queue_ro before the upgrade", orig[i], got);
+		queue_msg_free(got);
+	}
+	queue_ro_close(ro);
+
+	assert_int_equal(open_log_text(&s, &opts_syncfs, text, sizeof text), 0);
+	const char *line = strstr(text, "index upgraded in place");
+	if (!line)
+		fail_msg("no upgrade line in:\n%s", text);
+	unsigned long long n = 0;
+	assert_int_equal(sscanf(line, "index upgraded in place from format 1 "
+	                        "to 2: %llu records rewritten", &n), 1);
+	assert_int_equal(n, UP_N - UP_N / 10);
+	assert_null(strstr(line + 1, "index upgraded in place"));   /* once */
+	assert_non_null(strstr(text, "recovery: 1100 messages in queue, 0 repaired"));
+	for (int i = 0; i < UP_N; i++) {
+		assert_int_equal(queue_get(s.q, qid[i], &got), 0);
+		assert_msg_equal("upgraded", orig[i], got);
+		queue_msg_free(got);
+	}
+	spool_close(&s);
+
+	idx_begin(&x, s.dir);
+	for (int i = 0; i < UP_N; i++) {
+		MDB_val k = {QUEUE_ID_LEN, qid[i]}, v;
+		assert_int_equal(mdb_get(x.txn, x.msg, &k, &v), 0);
+		if (((uint8_t *)v.mv_data)[0] != 2)
+			fail_msg("record %d still in format %u", i,
+			         ((uint8_t *)v.mv_data)[0]);
+	}
+	mdb_txn_abort(x.txn);
+	mdb_env_close(x.env);
+	assert_int_equal(idx_format(s.dir), QUEUE_FORMAT);
+
+	/* Nothing left to upgrade at the next start. */
+	assert_int_equal(open_log_text(&s, &opts_syncfs, text, sizeof text), 0);
+	assert_null(strstr(text, "upgraded"));
+	spool_close(&s);
+
+	/* A format from a later release is refused, by relayd and relayctl,
+	 * and refusing changes nothing. */
+	idx_set_format(s.dir, QUEUE_FORMAT + 1);
+	assert_int_equal(open_log_text(&s, &opts_syncfs, text, sizeof text),
+	                 -EPROTO);
+	assert_non_null(strstr(text, "newer than this relayd reads"));
+	assert_int_equal(queue_ro_open(s.dir, &ro), -EPROTO);
+	assert_int_equal(idx_format(s.dir), QUEUE_FORMAT + 1);
+	for (int i = 0; i < UP_N; i++)
+		queue_msg_free(orig[i]);
+	rm_tree(s.dir);
+}
+
 int main(void)
 {
 	/* Recovery's warnings are expected here; keep the output readable. */
@@ -1403,6 +1877,10 @@ int main(void)
 		cmocka_unit_test(test_close_with_ops),
 		cmocka_unit_test(test_ops_txn_fails),
 		cmocka_unit_test(test_recovery_schedule),
+		cmocka_unit_test(test_update_rcpts_interleaved),
+		cmocka_unit_test(test_update_rcpts_refused),
+		cmocka_unit_test(test_upgrade_v1),
+		cmocka_unit_test(test_commit_arrival_ms),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
