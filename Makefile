@@ -30,6 +30,9 @@ DEPS_TEST  := libcmocka-dev python3 python3-pytest swaks libnet-ssleay-perl moun
 DEPS_BENCH := postfix
 # The relayctl check tests damage a spool's LMDB index with python3-lmdb.
 DEPS_TEST  += python3-lmdb
+# The DNS tests (tests/e2e/dnsutil.py): dnsmasq as the authoritative server
+# for the zone `test`, a dnspython stub for what dnsmasq cannot answer.
+DEPS_TEST  += dnsmasq-base python3-dnspython
 # `make fuzz` only: clang with libFuzzer (libclang-rt-14-dev comes with it).
 DEPS_FUZZ  := clang
 
