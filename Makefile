@@ -70,7 +70,7 @@ UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN  := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 
-all: $(BUILD)/relayd $(BUILD)/relayctl $(BUILD)/faultshim.so
+all: $(BUILD)/relayd $(BUILD)/relayctl $(BUILD)/faultshim.so $(BUILD)/dnsq
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -89,6 +89,11 @@ $(BUILD)/relayctl: $(CTL_OBJ) $(LIB)
 $(BUILD)/tests/%: tests/unit/%.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS) -lcmocka
+
+# tests/dns/dnsq: queries through dns/ on a loop, for tests/e2e/test_dns.py
+# (test-only, not installed).
+$(BUILD)/dnsq: tests/dns/dnsq.c $(LIB)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
 # The disk-fault shim (tests/faults/faultshim.c), LD_PRELOADed by
 # tests/e2e/test_durability_faults.py. Never with the sanitizers: it must
