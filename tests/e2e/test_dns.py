@@ -228,3 +228,42 @@ def test_cname_chains(stub):
                      "  A 127.0.0.7",
                      "A loop.test tempfail ttl=0",
                      "A long.test tempfail ttl=0"]
+
+
+# ---- relayd: dns_servers, SIGHUP -------------------------------------------
+
+def test_relayd_checks_dns_servers(relayd_factory):
+    r = relayd_factory(start=False, dns_servers="ns.example.test:53")
+    res = subprocess.run([RELAYD, "-t", "-c", r.conf_path], capture_output=True,
+                         timeout=10, stdin=subprocess.DEVNULL)
+    assert res.returncode == 1
+    err = res.stderr.decode()
+    assert "dns_servers" in err and "'ns.example.test:53'" in err, err
+
+
+def test_relayd_reloads_resolver_on_sighup(relayd_factory, zone, workdir):
+    import signal
+    from conftest import wait_until
+    r = relayd_factory(dns_servers=zone.servers)
+    marker = "dns: resolver reloaded (servers: %s)" % zone.servers
+    r.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: marker in r.log_text(), timeout=10,
+               what="relayd to log %r" % marker)
+    # The file now names two servers: the next HUP uses them.
+    with DnsStub(workdir, STUB) as s:
+        both = "%s, %s" % (s.servers, zone.servers)
+        r.conf["dns_servers"] = both
+        r.write_conf()
+        marker = "dns: resolver reloaded (servers: %s)" % both
+        r.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: marker in r.log_text(), timeout=10,
+                   what="relayd to log %r" % marker)
+    # Back to resolv.conf when the key goes away.
+    del r.conf["dns_servers"]
+    r.write_conf()
+    marker = "dns: resolver reloaded (servers: /etc/resolv.conf)"
+    r.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: marker in r.log_text(), timeout=10,
+               what="relayd to log %r" % marker)
+    r.stop()
+    assert "dns: queries=0, sent=0" in r.log_text()
