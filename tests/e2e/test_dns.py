@@ -138,6 +138,18 @@ def test_reload_keeps_working(zone):
     assert zone.queries("mx2.example.test", "A") == 1
 
 
+def test_reload_with_queries_in_flight(zone):
+    # -p: the first query is on the wire when the channel is replaced;
+    # it is asked again on the new one and answered, nothing lost.
+    lines, st = dnsq(zone.servers, "A:mx1.example.test", "reload",
+                     "A:mx2.example.test", opts=("-p",))
+    assert lines == ["A mx1.example.test ok ttl=300", "  A 127.0.0.2",
+                     "reloaded",
+                     "A mx2.example.test ok ttl=300", "  A 127.0.0.3"]
+    assert st["sent"] == 3 and st["tempfails"] == 0
+    assert zone.queries("mx2.example.test", "A") == 1
+
+
 SOA = "test. 60 IN SOA ns.test. hostmaster.test. 1 3600 600 86400 30"
 
 STUB = {
