@@ -59,8 +59,9 @@ struct dns {
 	struct dns_opts o;
 	char *servers;             /* the dns_servers text in force */
 	struct dns_cache *cache;
-	struct dns_q *inflight, *done;
-	struct dns_req *ready;     /* cache hits to deliver */
+	struct dns_q *inflight;
+	struct dns_q *done, **done_tail;      /* FIFO: delivered in order */
+	struct dns_req *ready, **ready_tail;  /* cache hits to deliver */
 	struct dns_poll *polls;
 	uv_timer_t timer;
 	unsigned open_handles;
@@ -212,8 +213,9 @@ static void finish(struct dns_q *q, struct dns_result *res, const char *why)
 	q->finished = true;
 	q->res = res;
 	q->why = why;
-	q->next = d->done;
-	d->done = q;
+	q->next = NULL;
+	*d->done_tail = q;
+	d->done_tail = &q->next;
 	if (res->status == DNS_TEMPFAIL)
 		d->st.tempfails++;
 	if (log_enabled(LOG_DEBUG))
@@ -309,6 +311,7 @@ static void deliver_all(struct dns *d)
 	/* Take the lists: callbacks may add to them. */
 	struct dns_req *ready = d->ready;
 	d->ready = NULL;
+	d->ready_tail = &d->ready;
 	while (ready) {
 		struct dns_req *r = ready;
 		ready = r->next;
@@ -319,6 +322,7 @@ static void deliver_all(struct dns *d)
 	}
 	struct dns_q *done = d->done;
 	d->done = NULL;
+	d->done_tail = &d->done;
 	while (done) {
 		struct dns_q *q = done;
 		done = q->next;
@@ -434,6 +438,8 @@ int dns_new(uv_loop_t *loop, const struct dns_opts *o, struct dns **out,
 	}
 	d->loop = loop;
 	d->o = *o;
+	d->done_tail = &d->done;
+	d->ready_tail = &d->ready;
 	if (!d->o.timeout_ms) d->o.timeout_ms = 2000;
 	if (!d->o.tries) d->o.tries = 2;
 	if (!d->o.deadline_ms) d->o.deadline_ms = 15000;
@@ -553,8 +559,8 @@ struct dns_req *dns_query(struct dns *d, const char *name, uint16_t type,
 		if (hit->status != DNS_OK)
 			d->st.neg_hits++;
 		req->res = dns_result_ref(hit);
-		req->next = d->ready;
-		d->ready = req;
+		*d->ready_tail = req;
+		d->ready_tail = &req->next;
 		rearm(d);
 		return req;
 	}

@@ -81,8 +81,10 @@ def _wait_answer(addr, port, name, proc, what, timeout=10.0):
 
 
 class Dnsmasq:
-    def __init__(self, workdir, zone, auth_ttl=300, addr="127.0.0.1"):
+    def __init__(self, workdir, zone, auth_ttl=300, addr="127.0.0.1",
+                 as_user=None):
         self.workdir = workdir
+        self.as_user = as_user      # start it as this account (tests)
         self.zone = zone
         self.auth_ttl = auth_ttl
         self.addr = addr
@@ -126,7 +128,8 @@ class Dnsmasq:
         self.port = _free_port(self.addr)
         self.stderr = open(os.path.join(self.workdir, "dnsmasq.err"), "wb")
         self.proc = subprocess.Popen(self.args(), stdout=self.stderr,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT,
+                                     user=self.as_user)
         _wait_answer(self.addr, self.port, "test.", self.proc, "dnsmasq")
         return self
 
@@ -136,6 +139,14 @@ class Dnsmasq:
         finally:
             if self.proc is not None:
                 self.stderr.close()
+
+    def uid(self):
+        """The real uid the server runs as (from /proc)."""
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+        raise AssertionError("no Uid line")
 
     def queries(self, name, qtype):
         """How many times dnsmasq was asked (name, qtype)."""

@@ -55,6 +55,23 @@ def zone(workdir):
         yield z
 
 
+def test_dnsmasq_user_as_root_and_not(workdir):
+    """--user=nobody: as root dnsmasq drops to nobody; started as another
+    account it keeps running as that account. Both answer."""
+    import pwd
+    nobody = pwd.getpwnam("nobody").pw_uid
+    os.chmod(workdir, 0o711)
+    for as_user in ([None, "nobody"] if os.geteuid() == 0 else [None]):
+        sub = os.path.join(workdir, "as-%s" % (as_user or "self"))
+        os.mkdir(sub)
+        os.chmod(sub, 0o777)
+        with Dnsmasq(sub, ZONE, as_user=as_user) as z:
+            assert z.uid() == (nobody if os.geteuid() == 0 else os.geteuid())
+            lines, _ = dnsq(z.servers, "A:mx1.example.test")
+            assert lines == ["A mx1.example.test ok ttl=300",
+                             "  A 127.0.0.2"]
+
+
 def test_mx_records_and_preferences(zone):
     lines, st = dnsq(zone.servers, "MX:example.test")
     assert lines[0] == "MX example.test ok ttl=300"
