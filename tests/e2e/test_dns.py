@@ -145,6 +145,23 @@ def test_cancel_and_bad_names(zone):
                      "A mx1.example.test ok ttl=300", "  A 127.0.0.2"]
 
 
+def test_cancel_coalesced_and_cached(zone):
+    # A cancelled request that joined one in flight: the other still
+    # gets its answer, one query goes out.
+    lines, st = dnsq(zone.servers, "MX:example.test", "cancel:MX:example.test",
+                     opts=("-p",))
+    assert [l for l in lines if not l.startswith("  ")] == \
+        ["MX example.test ok ttl=300", "cancelled"]
+    assert st["sent"] == 1 and st["coalesced"] == 1
+    # A cancelled cache hit is never delivered either.
+    lines, st = dnsq(zone.servers, "A:mx1.example.test",
+                     "cancel:A:mx1.example.test", "A:mx1.example.test")
+    assert lines == ["A mx1.example.test ok ttl=300", "  A 127.0.0.2",
+                     "cancelled",
+                     "A mx1.example.test ok ttl=300", "  A 127.0.0.2"]
+    assert st["hits"] == 2 and st["sent"] == 1
+
+
 def test_reload_keeps_working(zone):
     lines, st = dnsq(zone.servers, "A:mx1.example.test", "reload",
                      "A:mx2.example.test", "A:mx1.example.test")
@@ -177,6 +194,8 @@ STUB = {
     "nullmx.test": {"records": ["nullmx.test. 3600 IN MX 0 ."]},
     "nodata.test": {"authority": [SOA]},
     "gone.test": {"rcode": "NXDOMAIN", "authority": [SOA]},
+    "many.test": {"records": ["many.test. 300 IN A 127.0.1.%d" % i
+                              for i in range(1, 66)]},
     "c0.test": {"records": ["c0.test. 300 IN CNAME c1.test.",
                             "c1.test. 120 IN CNAME c2.test.",
                             "c2.test. 300 IN A 127.0.0.7"]},
@@ -233,6 +252,10 @@ def test_truncated_then_tcp(workdir):
                          "  MX 10 mx1.example.test"]
         assert s.queries("trunc.test", "MX", "udp") == 1
         assert s.queries("trunc.test", "MX", "tcp") == 1
+        # 65 records (over TCP, too big for UDP): refused, temporary.
+        lines, _ = dnsq(s.servers, "A:many.test")
+        assert lines == ["A many.test tempfail ttl=0"]
+        assert s.queries("many.test", "A", "tcp") == 1
 
 
 def test_null_mx(stub):
