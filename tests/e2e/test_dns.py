@@ -109,6 +109,18 @@ def test_nxdomain_nodata_and_negative_cache(zone):
     assert st["neg_hits"] == 2 and st["hits"] == 2 and st["sent"] == 2
 
 
+def test_dnsmasq_negative_answers_carry_its_soa(workdir):
+    # With --auth-zone dnsmasq answers NODATA/NXDOMAIN with the zone's
+    # SOA (MINIMUM = --auth-ttl): 120 here, not the 300 s used without
+    # an SOA.
+    with Dnsmasq(workdir, ZONE, auth_ttl=120) as z:
+        lines, _ = dnsq(z.servers, "MX:mx1.example.test", "MX:nx.test",
+                        "A:mx1.example.test")
+        assert lines == ["MX mx1.example.test nodata ttl=120",
+                         "MX nx.test nxdomain ttl=120",
+                         "A mx1.example.test ok ttl=120", "  A 127.0.0.2"]
+
+
 def test_positive_cache_and_coalescing(zone):
     lines, st = dnsq(zone.servers, "A:mx2.example.test", "A:MX2.example.test.")
     assert lines[0] == lines[2] == "A mx2.example.test ok ttl=300"
