@@ -314,6 +314,8 @@ enum dns_status dns_parse(const uint8_t *m, size_t len, const char *qname,
 
 	/* The records of the type at the end of the chain. */
 	size_t nk = 0, txttotal = 0, pool = 0;
+	struct kept root;
+	bool root_seen = false;
 	for (size_t i = 0; i < nan; i++) {
 		const struct raw_rr *r = &rr[i];
 		if (!r->owner_ok || r->type != qtype || r->class != C_IN ||
@@ -350,6 +352,14 @@ enum dns_status dns_parse(const uint8_t *m, size_t len, const char *qname,
 			}
 			if (g != 0)
 				continue;   /* a target we would never use */
+			if (qtype == DNS_T_MX && k->name[0] == '\0') {
+				/* "." (RFC 7505): kept aside; it counts only
+				 * when there is no other MX. */
+				if (!root_seen || r->ttl < root.raw->ttl)
+					root = *k;
+				root_seen = true;
+				continue;
+			}
 			pool += strlen(k->name) + 1;
 			break;
 		case DNS_T_TXT: {
@@ -385,6 +395,18 @@ enum dns_status dns_parse(const uint8_t *m, size_t len, const char *qname,
 		if (r->ttl < ttl)
 			ttl = r->ttl;
 		nk++;
+	}
+
+	/* RFC 7505 §3: a domain whose only MX target is "." (the null MX,
+	 * "0 .") accepts no mail. A "." beside real MX hosts is dropped. */
+	bool nullmx = false;
+	if (nk == 0 && root_seen) {
+		kept[0] = root;
+		nk = 1;
+		pool += 1;
+		if (root.raw->ttl < ttl)
+			ttl = root.raw->ttl;
+		nullmx = true;
 	}
 
 	size_t qlen = strlen(qn), clen = strlen(canon);
@@ -439,10 +461,7 @@ enum dns_status dns_parse(const uint8_t *m, size_t len, const char *qname,
 			sp += nl + 1;
 		}
 	}
-	/* RFC 7505 §3: a null MX is the one MX record "0 .". */
-	if (qtype == DNS_T_MX && nk == 1 && orr[0].pref == 0 &&
-	    orr[0].name[0] == '\0')
-		res->nullmx = true;
+	res->nullmx = nullmx;
 
 	if (nk > 0) {
 		res->status = DNS_OK;

@@ -53,6 +53,11 @@ static const uint8_t m_mx_ptr2[] = {
 static const uint8_t m_nullmx[] = {
 	HDR(NOERR, 1, 1, 0), Q(15), PQ, RR(15, 3600, 3), 0, 0, 0,
 };
+/* Two "." targets, neither preference 0: still no mail (the lesser TTL). */
+static const uint8_t m_nullmx_two[] = {
+	HDR(NOERR, 1, 2, 0), Q(15), PQ, RR(15, 3600, 3), 0, 10, 0,
+	PQ, RR(15, 600, 3), 0, 20, 0,
+};
 /* "0 ." beside another MX is not a null MX; the "." is dropped. */
 static const uint8_t m_nullmx_mixed[] = {
 	HDR(NOERR, 1, 2, 0), Q(15), PQ, RR(15, 3600, 3), 0, 0, 0,
@@ -183,7 +188,8 @@ static const struct pcase pcases[] = {
 	{"MX with compression", M(m_mx), EXQ, 15, DNS_OK, 2, 200, ""},
 	{"MX pointer to a pointer", M(m_mx_ptr2), EXQ, 15, DNS_OK, 2, 300, ""},
 	{"null MX", M(m_nullmx), EXQ, 15, DNS_OK, 1, 3600, ""},
-	{"null MX beside another", M(m_nullmx_mixed), EXQ, 15, DNS_OK, 2, 300, ""},
+	{"null MX beside another", M(m_nullmx_mixed), EXQ, 15, DNS_OK, 1, 300, ""},
+	{"two \".\" MX", M(m_nullmx_two), EXQ, 15, DNS_OK, 1, 600, ""},
 	{"CNAME then A", M(m_cname), EXQ, 1, DNS_OK, 1, 60, ""},
 	{"CNAME, records out of order", M(m_cname_rev), EXQ, 1, DNS_OK, 1, 60, ""},
 	{"CNAME loop", M(m_cname_loop), EXQ, 1, DNS_TEMPFAIL, 0, 0, "CNAME loop"},
@@ -304,6 +310,12 @@ static void test_parse_fields(void **state)
 	dns_result_unref(r);
 	r = parse_ok(M(m_nullmx_mixed), 15);
 	assert_false(r->nullmx);
+	assert_string_equal(r->rr[0].name, "mx1.example.test");
+	dns_result_unref(r);
+	r = parse_ok(M(m_nullmx_two), 15);
+	assert_true(r->nullmx);
+	assert_int_equal(r->rr[0].pref, 20);
+	assert_string_equal(r->rr[0].name, "");
 	dns_result_unref(r);
 
 	r = parse_ok(M(m_upper_q), 15);
