@@ -201,7 +201,7 @@ struct kept {
 	const struct raw_rr *raw;
 	uint16_t pref;
 	char name[NAMEBUF];
-	size_t txtoff, txtlen;   /* into the scratch TXT buffer */
+	size_t txtlen;           /* TXT: the strings' bytes joined */
 };
 
 static enum dns_status fail(const char **why, const char *w)
@@ -313,7 +313,7 @@ enum dns_status dns_parse(const uint8_t *m, size_t len, const char *qname,
 	const char *canon = chain[nchain];
 
 	/* The records of the type at the end of the chain. */
-	size_t nk = 0, txttotal = 0, pool = 0;
+	size_t nk = 0, pool = 0;
 	struct kept root;
 	bool root_seen = false;
 	for (size_t i = 0; i < nan; i++) {
@@ -383,9 +383,7 @@ enum dns_status dns_parse(const uint8_t *m, size_t len, const char *qname,
 				*why = "TXT record too long";
 				goto out;
 			}
-			k->txtoff = txttotal;
 			k->txtlen = tl;
-			txttotal += tl;
 			pool += tl + 1;
 			break;
 		}
