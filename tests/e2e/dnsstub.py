@@ -5,7 +5,7 @@ arbitrary records), run as its own process by dnsutil.DnsStub:
 
     /usr/bin/python3 dnsstub.py CONFIG.json
 
-CONFIG: {"addr": "127.0.0.1", "port": 0, "tcp": false,
+CONFIG: {"addr": "127.0.0.1" or "::1", "port": 0, "tcp": false,
          "ready": "/path/ready", "log": "/path/queries",
          "names": {"name.test": BEHAVIOUR, ...}}
 BEHAVIOUR: {"rcode": "SERVFAIL"|"REFUSED"|"NXDOMAIN"|"NOERROR",
@@ -75,13 +75,14 @@ def answer(cfg, wire, proto):
 def main():
     cfg = load(sys.argv[1])
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    fam = socket.AF_INET6 if ":" in cfg["addr"] else socket.AF_INET
+    udp = socket.socket(fam, socket.SOCK_DGRAM)
     udp.bind((cfg["addr"], cfg.get("port", 0)))
     port = udp.getsockname()[1]
     sel = selectors.DefaultSelector()
     sel.register(udp, selectors.EVENT_READ, "udp")
     if cfg.get("tcp"):
-        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp = socket.socket(fam, socket.SOCK_STREAM)
         tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         tcp.bind((cfg["addr"], port))
         tcp.listen(16)

@@ -12,7 +12,8 @@ tests:
       address of a name, its PTR. NODATA answers carry the zone's SOA
       (negative TTL = auth_ttl). .servers is "127.0.0.1:PORT" for
       dns_servers; .queries(name, qtype) counts what it was asked.
-  DnsStub(workdir, names, tcp=False)   tests/e2e/dnsstub.py (dnspython)
+  DnsStub(workdir, names, tcp=False, addr="127.0.0.1")   (or "::1")
+      tests/e2e/dnsstub.py (dnspython)
       for what dnsmasq cannot answer: SERVFAIL, REFUSED, truncation
       without a TCP answer, null MX, silence, any records; names as
       documented there. Same .servers and .queries().
@@ -179,6 +180,8 @@ class DnsStub:
 
     @property
     def servers(self):
+        if ":" in self.addr:
+            return "[%s]:%d" % (self.addr, self.port)
         return "%s:%d" % (self.addr, self.port)
 
     def start(self):

@@ -331,3 +331,21 @@ def test_relayd_reloads_resolver_on_sighup(relayd_factory, zone, workdir):
                what="relayd to log %r" % marker)
     r.stop()
     assert "dns: queries=0, sent=0" in r.log_text()
+
+
+def test_ipv6_server_and_failover(workdir):
+    # dns_servers in brackets; a dead first server (REFUSED for every
+    # name) is passed over for the next one.
+    names = {"v6only.test": {"records": ["v6only.test. 300 IN A 127.0.0.8"]}}
+    d6 = os.path.join(workdir, "v6")
+    d4 = os.path.join(workdir, "v4")
+    os.mkdir(d6)
+    os.mkdir(d4)
+    with DnsStub(d6, names, addr="::1") as s6, DnsStub(d4, {}) as s4:
+        assert s6.servers.startswith("[::1]:")
+        lines, _ = dnsq(s6.servers, "A:v6only.test")
+        assert lines == ["A v6only.test ok ttl=300", "  A 127.0.0.8"]
+        lines, st = dnsq("%s, %s" % (s4.servers, s6.servers), "A:v6only.test")
+        assert lines == ["A v6only.test ok ttl=300", "  A 127.0.0.8"]
+        assert s4.queries("v6only.test", "A") == 1
+        assert s6.queries("v6only.test", "A") == 2
