@@ -69,7 +69,6 @@ struct dns_result {
 	                           NODATA/NXDOMAIN: RFC 2308 negative TTL */
 	bool neg_soa;           /* the negative TTL came from an SOA */
 	bool nullmx;            /* MX: the single record "0 ." (RFC 7505) */
-	bool from_cache;        /* set per delivery, see dns_cb */
 	const char *qname;      /* as asked, lower case, no trailing dot */
 	const char *canon;      /* the end of the CNAME chain (== qname if none) */
 	size_t nrr;
