@@ -184,7 +184,7 @@ static int read_lines(const char *name, const char *text, size_t len,
 	size_t pos = 0;
 	if (len > DELIVER_POLICY_FILE_MAX) {
 		fmt(err, errlen, "%s: larger than %u bytes", name,
-		    DELIVER_POLICY_FILE_MAX);
+		    (unsigned)DELIVER_POLICY_FILE_MAX);
 		return -E2BIG;
 	}
 	while (pos < len) {
@@ -197,7 +197,7 @@ static int read_lines(const char *name, const char *text, size_t len,
 			n--;
 		if (n > DELIVER_POLICY_LINE_MAX) {
 			fmt(err, errlen, "%s:%u: line longer than %u characters",
-			    name, (unsigned)line, DELIVER_POLICY_LINE_MAX);
+			    name, (unsigned)line, (unsigned)DELIVER_POLICY_LINE_MAX);
 			return -EINVAL;
 		}
 		const char *hash = memchr(s, '#', n);
@@ -253,7 +253,7 @@ static int names_add(struct names *t, const char *name, uint32_t line,
 	}
 	if (t->n == DELIVER_POLICY_ENTRIES_MAX) {
 		fmt(err, errlen, "%s:%u: more than %u entries", name,
-		    (unsigned)line, DELIVER_POLICY_ENTRIES_MAX);
+		    (unsigned)line, (unsigned)DELIVER_POLICY_ENTRIES_MAX);
 		return -E2BIG;
 	}
 	if (t->n == t->cap) {
