@@ -75,7 +75,7 @@ _Static_assert(sizeof(enum conf_ip_pref) == sizeof(int), "enum size");
 
 static const struct conf_enum delivery_vals[] = {
 	{"hold", CONF_DELIVERY_HOLD}, {"smarthost", CONF_DELIVERY_SMARTHOST},
-	{NULL, 0}};
+	{"direct", CONF_DELIVERY_DIRECT}, {NULL, 0}};
 static const struct conf_enum smarthost_tls_vals[] = {
 	{"auto", CONF_TLS_AUTO}, {"implicit", CONF_TLS_IMPLICIT},
 	{"starttls", CONF_TLS_STARTTLS}, {"none", CONF_TLS_NONE}, {NULL, 0}};
@@ -126,7 +126,8 @@ static const struct conf_keydef conf_keys[] = {
 	{"log_level", CT_ENUM, OFF(log_level), "info", 0, 0, log_level_vals, NULL,
 	 "least severe level logged: error, warning, info or debug"},
 	{"delivery", CT_ENUM, OFF(delivery), "hold", 0, 0, delivery_vals, NULL,
-	 "what to do with queued mail: hold (keep it) or smarthost"},
+	 "what to do with queued mail: hold (keep it), smarthost, or direct "
+	 "(to each recipient domain's MX hosts)"},
 	{"max_message_size", CT_SIZE, OFF(max_message_size), "50M", 1, 1ull << 40,
 	 NULL, NULL, "largest message accepted, advertised as SIZE"},
 	/* RFC 5321 §4.5.3.1.8 wants at least 100 (SMTP_RCPT_MIN); a smaller
@@ -600,6 +601,8 @@ static int check_dns_servers(const char *v, char *msg, size_t msglen)
 	struct conf_dns_server s[CONF_DNS_SERVERS_MAX];
 	return conf_parse_dns_servers(v, s, CONF_DNS_SERVERS_MAX, msg, msglen) < 0
 	       ? -EINVAL : 0;
+}
+
 /* smtp_bind_address(6): a literal address of the right family that a
  * socket can be bound to as a source (not multicast, not broadcast, not a
  * v4-mapped IPv6 address, which is IPv4 really); empty: the kernel's. */

@@ -19,7 +19,8 @@
  * 78 characters). */
 #define CONF_HEADER_NAME_MAX 76
 
-enum conf_delivery { CONF_DELIVERY_HOLD, CONF_DELIVERY_SMARTHOST };
+enum conf_delivery { CONF_DELIVERY_HOLD, CONF_DELIVERY_SMARTHOST,
+                     CONF_DELIVERY_DIRECT };
 enum conf_tls { CONF_TLS_AUTO, CONF_TLS_IMPLICIT, CONF_TLS_STARTTLS,
                 CONF_TLS_NONE };
 enum conf_bare_newline { CONF_BARE_REJECT, CONF_BARE_NORMALIZE };

@@ -102,4 +102,10 @@ const struct smtp_reply_def smtp_replies[SMTP_R__COUNT] = {
 	[SMTP_R_DLV_TLS_NOT_OFFERED] = {451, "4.7.4", "TLS is required for this destination (tls_policy_file), but the server does not offer STARTTLS"},
 	[SMTP_R_DLV_TLS_FAILED]  = {451, "4.7.5", "TLS is required for this destination (tls_policy_file), but the TLS handshake failed"},
 	[SMTP_R_DLV_TLS_UNVERIFIED] = {451, "4.7.5", "the server certificate does not verify for the MX host name (tls_policy_file: verify)"},
+	/* RFC 3463 X.1.2 "bad destination system address": NXDOMAIN is
+	 * permanent (issue 9 §2); X.4.3 "directory server failure" for a
+	 * lookup that failed (SERVFAIL, timeout): that only defers. */
+	[SMTP_R_DLV_NXDOMAIN]    = {550, "5.1.2", "%s: the recipient domain does not exist (NXDOMAIN)"},
+	[SMTP_R_DLV_DNS_TEMP]    = {451, "4.4.3", "%s: DNS lookup failed (%s); will retry"},
+	[SMTP_R_DLV_NO_MX_ADDR]  = {451, "4.4.3", "%s: no usable address for its MX hosts"},
 };

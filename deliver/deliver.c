@@ -388,8 +388,10 @@ void deliver_log_result(const struct queue_msg *m, const struct queue_rcpt *r,
 	log_escape(to, sizeof to, r->addr, strlen(r->addr));
 	log_escape(esc, sizeof esc, text, strlen(text));
 	log_info("%s: to=<%s>, relay=%s, delay=%.2f, delays=%.2f/%.2f/%.2f, "
-	         "dsn=%s, status=%s (%s)", m->qid, to, relay ? relay : "none",
-	         delay, queued < 0 ? 0 : queued, conn, xfer, dsn, status, esc);
+	         "dsn=%s, %s%s%sstatus=%s (%s)", m->qid, to, relay ? relay : "none",
+	         delay, queued < 0 ? 0 : queued, conn, xfer, dsn,
+	         t && t->tls ? "tls=" : "", t && t->tls ? t->tls : "",
+	         t && t->tls ? ", " : "", status, esc);
 }
 
 /* Seconds since arrival, never negative (the wall clock may step back). */
@@ -458,7 +460,9 @@ static void finish(struct deliver *d, struct deliver_job *j,
 				snprintf(it->status, sizeof it->status, "%s", status);
 				it->reason = code >= 500 ? NULL :
 				             "the message expired in the queue";
-				it->remote = !temp && code;
+				it->remote = !temp && code && !j->route_fail;
+				if (t && t->mta)
+					snprintf(it->mta, sizeof it->mta, "%s", t->mta);
 			}
 		} else {
 			r->state = QUEUE_RCPT_DEFERRED;
@@ -490,7 +494,10 @@ static void finish(struct deliver *d, struct deliver_job *j,
 				late[nlate].i = j->idx[k];
 				snprintf(late[nlate].status, sizeof late[nlate].status,
 				         "%s", st);
-				late[nlate].remote = !temp && code;
+				late[nlate].remote = !temp && code && !j->route_fail;
+				if (t && t->mta)
+					snprintf(late[nlate].mta, sizeof late[nlate].mta,
+					         "%s", t->mta);
 				nlate++;
 			}
 		}
@@ -592,6 +599,61 @@ void deliver_job_failed(struct deliver *d, struct deliver_job *j,
 
 /* ---- the schedule ------------------------------------------------------- */
 
+/*
+ * Direct mode: the recipients of b's message whose routing failed (null
+ * MX, NXDOMAIN, a loop, a failed lookup: deliver_direct.c) get that
+ * reply as their result, as if a server had given it, but from us: a 5xx
+ * bounces (the DSN names no Remote-MTA), a 4xx defers with backoff. They
+ * go through a job of the destination "dns:DOMAIN" that never has a
+ * session, so that `relayctl destinations` shows why they wait. idx is
+ * scratch room for m->nrcpt indices.
+ */
+static void route_failures(struct deliver *d, struct deliver_busy *b,
+                           bool *done, size_t *idx)
+{
+	struct queue_msg *m = b->latest;
+	for (size_t i = 0; i < m->nrcpt; i++) {
+		struct deliver_reply fail;
+		char key[DELIVER_DEST_KEY_MAX];
+		if (done[i] || !deliver_rcpt_open(&m->rcpt[i]) ||
+		    deliver_direct_route(d, m->rcpt[i].addr, key, sizeof key,
+		                         &fail) != -EPROTO)
+			continue;
+		const char *at = strrchr(m->rcpt[i].addr, '@');
+		snprintf(key, sizeof key, "dns:%s", at ? at + 1 : "");
+		/* Every recipient of that domain with the same outcome. */
+		size_t n = 0;
+		for (size_t k = i; k < m->nrcpt; k++) {
+			struct deliver_reply f2;
+			char k2[DELIVER_DEST_KEY_MAX];
+			const char *at2 = strrchr(m->rcpt[k].addr, '@');
+			if (done[k] || !deliver_rcpt_open(&m->rcpt[k]) ||
+			    strcasecmp(at2 ? at2 : "", at ? at : "") != 0 ||
+			    deliver_direct_route(d, m->rcpt[k].addr, k2, sizeof k2,
+			                         &f2) != -EPROTO)
+				continue;
+			done[k] = true;
+			idx[n++] = k;
+		}
+		struct deliver_dest *dst = deliver_dest_get(d, key, true);
+		struct deliver_job *j = dst ? job_new(d, b, idx, n) : NULL;
+		if (!j)
+			continue;
+		j->dest = dst;
+		j->route_fail = true;
+		const struct deliver_reply **res = calloc(n, sizeof *res);
+		if (!res) {
+			deliver_job_drop(d, j);
+			continue;
+		}
+		for (size_t k = 0; k < n; k++)
+			res[k] = &fail;
+		snprintf(dst->last_error, sizeof dst->last_error, "%s", fail.text);
+		deliver_job_done(d, j, res, NULL, NULL);
+		free(res);
+	}
+}
+
 /* Takes a due message in: its open recipients grouped by destination
  * (deliver_route), one job per destination on that destination's ready
  * list. Recipients of a paused destination wait in the index; a message
@@ -623,13 +685,22 @@ static void load(struct deliver *d, const char *qid)
 	b->latest = m;
 	uint64_t paused_until = 0;
 	char key[DELIVER_DEST_KEY_MAX], other[DELIVER_DEST_KEY_MAX];
+	/* Direct mode: at most max_recipients_per_transaction per job (one
+	 * job is one transaction). */
+	size_t per_job = d->cfg->mode == CONF_DELIVERY_DIRECT &&
+	                 d->cfg->max_rcpt_txn ? d->cfg->max_rcpt_txn : SIZE_MAX;
+	bool route_failed = false;
 	for (size_t i = 0; i < m->nrcpt; i++) {
-		if (done[i] || !deliver_rcpt_open(&m->rcpt[i]) ||
-		    deliver_route(d, m, i, key, sizeof key))
+		if (done[i] || !deliver_rcpt_open(&m->rcpt[i]))
+			continue;
+		int rr = deliver_route(d, m, i, key, sizeof key);
+		if (rr == -EPROTO)
+			route_failed = true;
+		if (rr)
 			continue;
 		/* Every open recipient with the same key: one job. */
 		size_t n = 0;
-		for (size_t k = i; k < m->nrcpt; k++) {
+		for (size_t k = i; k < m->nrcpt && n < per_job; k++) {
 			if (done[k] || !deliver_rcpt_open(&m->rcpt[k]))
 				continue;
 			if (k != i && (deliver_route(d, m, k, other, sizeof other) ||
@@ -650,8 +721,12 @@ static void load(struct deliver *d, const char *qid)
 		if (j)
 			deliver_dest_push(dst, j);
 	}
+	if (route_failed)
+		route_failures(d, b, done, idx);
 	free(idx);
 	free(done);
+	if (b->ops || b->dirty)
+		return;   /* the failures' record is on its way */
 	if (b->njobs == 0) {
 		queue_msg_free(b->latest);
 		b->latest = NULL;
@@ -694,7 +769,8 @@ void deliver_arm(struct deliver *d, uint64_t ms)
 void deliver_schedule(struct deliver *d)
 {
 	struct deliver_cfg *g = d->cfg;
-	if (d->stopping || g->mode != CONF_DELIVERY_SMARTHOST)
+	if (d->stopping || (g->mode != CONF_DELIVERY_SMARTHOST &&
+	                    g->mode != CONF_DELIVERY_DIRECT))
 		return;
 	/* Not before startup recovery has made the index consistent: a
 	 * schedule entry may still name a record without its body. The
@@ -704,6 +780,8 @@ void deliver_schedule(struct deliver *d)
 	uint64_t nowms = uv_now(d->loop);
 	for (struct deliver_dest *t = d->dests; t; t = t->next)
 		deliver_dest_tick(t, nowms);
+	if (g->mode == CONF_DELIVERY_DIRECT)
+		deliver_direct_sweep(d, nowms, false);
 	/* The smarthost is the only destination: while it is paused there is
 	 * nothing to load (the messages wait in the index). */
 	struct deliver_dest *sh = deliver_dest_smarthost(d);
@@ -714,6 +792,8 @@ void deliver_schedule(struct deliver *d)
 
 	/* Fill the ready lists: flushed messages first, then the schedule. */
 	unsigned slots = sh && sh->probing ? 1 : g->concurrency;
+	if (g->mode == CONF_DELIVERY_DIRECT)
+		slots = g->max_sessions < 64 ? g->max_sessions : 64;
 	size_t want_total = (size_t)slots * READY_PER_SESSION + 8;
 	while (d->flush && d->flush_pos < d->nflush && d->nready < want_total) {
 		const char *qid = d->flush[d->flush_pos++];
@@ -775,8 +855,9 @@ static void notify_cb(void *arg)
 	struct deliver *d = arg;
 	/* New mail: look now (the scan is cheap; the timer debounces). */
 	struct deliver_dest *sh = d->stopping ? NULL : deliver_dest_smarthost(d);
-	if (!d->stopping && d->cfg->mode == CONF_DELIVERY_SMARTHOST &&
-	    !(sh && sh->paused))
+	if (!d->stopping && (d->cfg->mode == CONF_DELIVERY_DIRECT ||
+	                     (d->cfg->mode == CONF_DELIVERY_SMARTHOST &&
+	                      !(sh && sh->paused))))
 		deliver_arm(d, 0);
 }
 
@@ -826,6 +907,13 @@ int deliver_new(uv_loop_t *loop, struct queue *q, const struct conf *conf,
 	return 0;
 }
 
+void deliver_set_dns(struct deliver *d, struct dns *dns)
+{
+	d->dns = dns;
+	if (d->cfg->mode == CONF_DELIVERY_DIRECT)
+		deliver_arm(d, 0);
+}
+
 int deliver_set_conf(struct deliver *d, const struct conf *conf)
 {
 	char err[512] = "";
@@ -840,13 +928,15 @@ int deliver_set_conf(struct deliver *d, const struct conf *conf)
 	            strcmp(g->host, d->cfg->host) == 0;
 	deliver_cfg_unref(d->cfg);
 	d->cfg = g;
+	/* Routing may change with the TLS policy or the MX settings. */
+	deliver_direct_sweep(d, UINT64_MAX, false);
 	if (!same) {
 		/* Another smarthost (or none): its SIZE, if known. */
 		deliver_size_load(d);
 		deliver_size_notify(d);
 	}
 	for (struct deliver_dest *t = d->dests; t; t = t->next) {
-		if (g->mode != CONF_DELIVERY_SMARTHOST)
+		if (g->mode == CONF_DELIVERY_HOLD)
 			deliver_dest_drop_ready(t);   /* back to hold: waiting
 			                                 jobs go back */
 		/* A new password or certificate deserves a try now. */
@@ -898,6 +988,8 @@ void deliver_stop(struct deliver *d, void (*done_cb)(void *arg), void *arg)
 	d->done_cb = done_cb;
 	d->done_arg = arg;
 	queue_set_notify(d->q, NULL, NULL);
+	/* Lookups in flight complete into nothing (dns_cancel). */
+	deliver_direct_sweep(d, 0, true);
 	for (struct deliver_dest *t = d->dests; t; t = t->next) {
 		deliver_dest_drop_ready(t);
 		deliver_dest_close_sessions(t);

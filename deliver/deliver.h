@@ -62,6 +62,12 @@ typedef int (*deliver_ctl_verb_fn)(void *arg, const char *args,
 int deliver_ctl_verb(struct deliver *d, const char *verb,
                      deliver_ctl_verb_fn fn, void *arg);
 
+/* delivery = direct looks recipient domains up through dns (owned by the
+ * caller, closed after deliver_stop); without it, their recipients
+ * defer. */
+struct dns;
+void deliver_set_dns(struct deliver *d, struct dns *dns);
+
 /* Stops: no new sessions, sessions are closed (a message in flight is
  * simply retried later), the control socket is closed; done_cb runs
  * when every handle is gone, after which d is freed. */

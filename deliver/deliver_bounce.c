@@ -356,7 +356,8 @@ void deliver_send_dsn(struct deliver *d, const struct queue_msg *m,
 		o->status = keep(w, items[k].status);
 		/* A copy: the settings may change (SIGHUP) while the report
 		 * is composed on a pool thread. */
-		o->remote_mta = items[k].remote ? keep(w, d->cfg->host) : NULL;
+		o->remote_mta = items[k].remote ? keep(w, items[k].mta[0] ?
+		                items[k].mta : d->cfg->host) : NULL;
 		o->diag = items[k].remote ? r->last_reply : NULL;
 		o->reason = keep(w, items[k].reason ? items[k].reason :
 		                 (!items[k].remote ? r->last_reply : NULL));

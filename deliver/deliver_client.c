@@ -100,7 +100,7 @@ static const struct cl_state_def cl_txn_waits[CMD__COUNT] = {
 struct deliver_client {
 	enum cl_state st;
 	char *helo, *user, *password;
-	bool starttls, tls_done, pipelining;
+	bool starttls, starttls_may, tls_done, pipelining;
 	unsigned ext;
 	uint64_t size_max;          /* SIZE in the last EHLO; 0: none */
 
@@ -140,6 +140,7 @@ struct deliver_client *deliver_client_new(const struct deliver_client_opts *o)
 	c->user = dup_or_null(o->user);
 	c->password = dup_or_null(o->password ? o->password : (o->user ? "" : NULL));
 	c->starttls = o->starttls;
+	c->starttls_may = o->starttls_may;
 	/* Room for a whole reply at its bounds (the shell hands over what
 	 * one read got, and step() consumes complete lines); 4 lines of the
 	 * maximum were too few for a legitimate multi-line reply, or for a
@@ -791,7 +792,8 @@ static enum deliver_client_ev on_reply(struct deliver_client *c,
 			fail(c, DELIVER_FAIL_GREETING, r, NULL);
 			return DELIVER_CL_FAILED;
 		}
-		if (c->starttls) {
+		if (c->starttls ||
+		    (c->starttls_may && (c->ext & DELIVER_EXT_STARTTLS))) {
 			if (!(c->ext & DELIVER_EXT_STARTTLS)) {
 				fail(c, DELIVER_FAIL_NO_TLS, NULL,
 				     "STARTTLS is required but the server does not "

@@ -49,6 +49,8 @@ struct deliver_client_opts {
 	const char *helo;       /* our name for EHLO */
 	bool starttls;          /* STARTTLS after the first EHLO (required:
 	                           the session fails if it is not offered) */
+	bool starttls_may;      /* STARTTLS when the server offers it, else
+	                           plaintext (RFC 7435; direct delivery) */
 	const char *user;       /* AUTH when non-NULL (required: the session
 	                           fails if no usable mechanism is offered) */
 	const char *password;

@@ -11,6 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <arpa/inet.h>
+#include <sys/socket.h>
+
 #include <openssl/err.h>
 
 static char *dup_nonempty(const char *s)
@@ -35,6 +38,10 @@ static int read_password(const char *path, char **out, char *err, size_t errlen)
 	memset(line, 0, sizeof line);
 	return *out ? 0 : -ENOMEM;
 }
+
+static struct deliver_cfg *direct_cfg(struct deliver_cfg *g,
+                                      const struct conf *c, char *err,
+                                      size_t errlen);
 
 struct deliver_cfg *deliver_cfg_new(const struct conf *c, char *err,
                                     size_t errlen)
@@ -61,6 +68,9 @@ struct deliver_cfg *deliver_cfg_new(const struct conf *c, char *err,
 	conf_parse_rate(c->smarthost_rate, &g->rate_minute, &g->rate_hour);
 	if (!g->hostname || !g->spool_dir)
 		goto nomem;
+	g->max_sessions = c->max_delivery_sessions;
+	if (g->mode == CONF_DELIVERY_DIRECT)
+		return direct_cfg(g, c, err, errlen);
 	if (g->mode != CONF_DELIVERY_SMARTHOST)
 		return g;
 
@@ -130,6 +140,54 @@ fail:
 	return NULL;
 }
 
+/* delivery = direct: the MX settings, relayd's own listeners (for the
+ * loop check), the TLS policy file, and an unverified client context
+ * for opportunistic STARTTLS (RFC 7435: a certificate is not checked
+ * at "may"; tls_policy_file's verify is not wired yet). */
+static struct deliver_cfg *direct_cfg(struct deliver_cfg *g,
+                                      const struct conf *c, char *err,
+                                      size_t errlen)
+{
+	g->concurrency = c->destination_concurrency;
+	g->mx_port = (uint16_t)c->mx_port;
+	g->mx_allow_private = c->mx_allow_private;
+	g->ip_pref = c->ip_preference;
+	g->max_rcpt_txn = c->max_recipients_per_transaction;
+	g->bind4 = dup_nonempty(c->smtp_bind_address);
+	g->bind6 = dup_nonempty(c->smtp_bind_address6);
+	g->tls = CONF_TLS_STARTTLS;
+	snprintf(g->host, sizeof g->host, "MX");
+	g->tls_name = strdup("");
+	if (!g->tls_name || (c->smtp_bind_address[0] && !g->bind4) ||
+	    (c->smtp_bind_address6[0] && !g->bind6))
+		goto nomem;
+	for (size_t i = 0; i < c->nlisten && g->nself < CONF_LISTEN_MAX; i++) {
+		struct deliver_endpoint *e = &g->self[g->nself];
+		memset(e, 0, sizeof *e);
+		e->addr.family = c->listen[i].ipv6 ? AF_INET6 : AF_INET;
+		if (inet_pton(e->addr.family, c->listen[i].host, e->addr.a) != 1)
+			continue;
+		e->port = c->listen[i].port;
+		g->nself++;
+	}
+	if (c->tls_policy_file[0] &&
+	    deliver_tlspol_load(c->tls_policy_file, &g->tls_policy, err,
+	                            errlen) < 0)
+		goto fail;
+	g->ssl = SSL_CTX_new(TLS_client_method());
+	if (!g->ssl)
+		goto nomem;
+	SSL_CTX_set_min_proto_version(g->ssl, TLS1_2_VERSION);
+	SSL_CTX_set_mode(g->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE);
+	SSL_CTX_set_verify(g->ssl, SSL_VERIFY_NONE, NULL);
+	return g;
+nomem:
+	snprintf(err, errlen, "out of memory");
+fail:
+	deliver_cfg_unref(g);
+	return NULL;
+}
+
 int deliver_check_conf(const struct conf *conf, char *err, size_t errlen)
 {
 	struct deliver_cfg *g = deliver_cfg_new(conf, err, errlen);
@@ -158,6 +216,9 @@ void deliver_cfg_unref(struct deliver_cfg *g)
 	}
 	free(g->rewrite_sender);
 	free(g->postmaster);
+	free(g->bind4);
+	free(g->bind6);
+	deliver_tlspol_free(g->tls_policy);
 	if (g->ssl)
 		SSL_CTX_free(g->ssl);
 	free(g);

@@ -82,11 +82,14 @@ static void rate_note(struct deliver_rate *r, uint64_t now)
 int deliver_route(struct deliver *d, const struct queue_msg *m, size_t i,
                   char *key, size_t keylen)
 {
-	(void)m;
-	(void)i;
-	/* Smarthost mode: every recipient goes the same way. Direct mode
-	 * plugs in here (the MX set and TLS policy of the recipient's
-	 * domain). */
+	/* Direct mode: the MX set and TLS level of the recipient's domain
+	 * (deliver_direct.c); its failures are asked for again by the
+	 * scheduler with deliver_direct_route. */
+	if (d->cfg->mode == CONF_DELIVERY_DIRECT && m) {
+		struct deliver_reply fail;
+		return deliver_direct_route(d, m->rcpt[i].addr, key, keylen, &fail);
+	}
+	/* Smarthost mode: every recipient goes the same way. */
 	int n = snprintf(key, keylen, "smarthost:%s:%u", d->cfg->host,
 	                 d->cfg->port);
 	return n < 0 || (size_t)n >= keylen ? -ENAMETOOLONG : 0;
@@ -115,6 +118,8 @@ struct deliver_dest *deliver_dest_get(struct deliver *d, const char *key,
 	snprintf(t->name, sizeof t->name, "%s", c ? c + 1 : key);
 	t->tls = d->cfg->tls;
 	t->ready_tail = &t->ready;
+	if (d->cfg->mode == CONF_DELIVERY_DIRECT)
+		deliver_direct_dest_init(d, t);
 	if (rate_init(&t->rate_min, d->cfg->rate_minute, 60000) ||
 	    rate_init(&t->rate_hour, d->cfg->rate_hour, 3600000)) {
 		free(t->rate_min.t);
@@ -169,8 +174,11 @@ void deliver_dest_sweep(struct deliver *d, uint64_t now)
 	for (struct deliver_dest **p = &d->dests; *p;) {
 		struct deliver_dest *t = *p;
 		bool empty = !t->nsessions && !t->nready && !t->nbusy;
-		bool go = d->stopping || strcmp(t->key, cur) != 0
-		          ? empty : dest_idle(t, now);
+		/* Direct mode: every destination is current while it
+		 * keeps something (a pause, a failure history). */
+		bool stale = d->cfg->mode == CONF_DELIVERY_DIRECT ? false
+		             : strcmp(t->key, cur) != 0;
+		bool go = d->stopping || stale ? empty : dest_idle(t, now);
 		if (!go) {
 			p = &t->next;
 			continue;
@@ -273,8 +281,9 @@ void deliver_dest_pause(struct deliver_dest *dst, bool auth, const char *why)
 		        "%.0f s: %s", dst->name, g->user ? g->user : "?",
 		        ms / 1000.0, esc);
 	else
-		log_warn("smarthost %s: delivery paused for %.0f s: %s",
-		         dst->name, ms / 1000.0, esc);
+		log_warn("%s %s: delivery paused for %.0f s: %s",
+		         dst->direct ? "destination" : "smarthost", dst->name,
+		         ms / 1000.0, esc);
 	/* As Postfix does for a dead destination: the messages waiting for
 	 * it are deferred now with the reason, so that `relayctl list` says
 	 * why they wait and each one's backoff grows. */
@@ -303,7 +312,8 @@ void deliver_dest_tick(struct deliver_dest *dst, uint64_t now)
 		return;
 	dst->paused = false;
 	dst->probing = true;
-	log_info("smarthost %s: trying again", dst->name);
+	log_info("%s %s: trying again", dst->direct ? "destination" : "smarthost",
+	         dst->name);
 }
 
 void deliver_dest_set_rates(struct deliver_dest *dst, unsigned per_minute,
@@ -361,7 +371,10 @@ void deliver_dest_run(struct deliver_dest *dst, uint64_t now,
 	unsigned room_h = rate_room(&dst->rate_hour, now);
 	if (room_h < room)
 		room = room_h;
+	/* max_delivery_sessions: all destinations together (direct). */
 	while (!capped && dst->ready && dst->nsessions < slots &&
+	       (!dst->d->cfg->max_sessions ||
+	        dst->d->nsessions < dst->d->cfg->max_sessions) &&
 	       dst->nready > dst->nconnecting && dst->nconnecting < room)
 		if (start_session(dst) < 0)
 			break;
@@ -396,7 +409,8 @@ void deliver_session_up(struct deliver_dest *dst, struct deliver_session *s,
 	if (dst->paused)
 		return;   /* started before the pause: proves nothing */
 	if (dst->fails || dst->probing)
-		log_info("smarthost %s: delivering again", dst->name);
+		log_info("%s %s: delivering again",
+		         dst->direct ? "destination" : "smarthost", dst->name);
 	dst->fails = 0;
 	dst->probing = false;
 	dst->reason[0] = '\0';
@@ -424,8 +438,24 @@ void deliver_session_gone(struct deliver_dest *dst, struct deliver_session *s,
 	}
 	if (r && r->text[0])
 		snprintf(dst->last_error, sizeof dst->last_error, "%s", r->text);
-	if (route_fail && !d->stopping && !dst->paused)
+	if (route_fail && !d->stopping && !dst->paused && dst->direct &&
+	    !deliver_session_was_up(s) && dst->addr_pos + 1 < dst->naddrs) {
+		/* Direct: the next address of the try list (next MX on a
+		 * connection failure or a 4xx greeting/EHLO), within the
+		 * same attempt; the destination pauses only when every
+		 * address failed. */
+		char a[64], esc[DELIVER_REPLY_TEXT_MAX * 4];
+		const char *why = r ? r->text : "session failed";
+		log_escape(esc, sizeof esc, why, strlen(why));
+		dst->addr_pos++;
+		log_info("destination %s: %s; trying %s[%s]", dst->name, esc,
+		         dst->addrs[dst->addr_pos].host,
+		         deliver_addr_str(&dst->addrs[dst->addr_pos].addr, a,
+		                          sizeof a));
+	} else if (route_fail && !d->stopping && !dst->paused) {
+		dst->addr_pos = 0;
 		deliver_dest_pause(dst, auth_fail, r ? r->text : "session failed");
+	}
 	deliver_schedule(d);
 	deliver_maybe_done(d);   /* last: it may free d */
 }

@@ -20,6 +20,8 @@
 #include "common/conf.h"
 #include "deliver/deliver.h"
 #include "deliver/deliver_client.h"
+#include "deliver/deliver_mx.h"
+#include "deliver/deliver_tlspol.h"
 #include "queue/queue.h"
 
 /* Settings taken from the configuration; refcounted, so that sessions
@@ -41,6 +43,17 @@ struct deliver_cfg {
 	unsigned rate_minute, rate_hour;   /* 0: no cap */
 	uint64_t retry_min, retry_max, lifetime, warn_after, timeout;
 	char *postmaster;       /* NULL: none */
+	/* delivery = direct (deliver_direct.c). ssl: unverified client
+	 * context for opportunistic STARTTLS. */
+	uint16_t mx_port;
+	bool mx_allow_private;
+	enum conf_ip_pref ip_pref;
+	unsigned max_rcpt_txn;      /* max_recipients_per_transaction */
+	unsigned max_sessions;      /* max_delivery_sessions */
+	char *bind4, *bind6;        /* NULL: the kernel's choice */
+	struct deliver_tls_policy *tls_policy;   /* NULL: every domain may */
+	struct deliver_endpoint self[CONF_LISTEN_MAX];  /* our listeners */
+	size_t nself;
 };
 
 struct deliver_cfg *deliver_cfg_new(const struct conf *c, char *err,
@@ -78,6 +91,8 @@ struct deliver_job {
 	char path[PATH_MAX];           /* the body */
 	uint64_t t_ready;              /* uv_now when it was loaded */
 	unsigned pend;                 /* DELIVER_PEND_* */
+	bool route_fail;               /* direct: the result is our routing
+	                                  failure, not a server's reply */
 };
 
 struct deliver_session;
@@ -87,6 +102,9 @@ struct deliver_session;
  * outlives it. */
 int deliver_session_new(struct deliver_dest *dst, struct deliver_cfg *cfg,
                         uv_loop_t *loop, struct deliver_session **out);
+/* Whether the session reached READY (direct: a failure before that
+ * moves on to the next address). */
+bool deliver_session_was_up(const struct deliver_session *s);
 /* A job is ready: an idle session takes it. */
 void deliver_session_kick(struct deliver_session *s);
 /* Shutdown: closes the session; its job (if any) is reported failed. */
@@ -103,6 +121,9 @@ struct deliver *deliver_dest_owner(const struct deliver_dest *dst);
 struct deliver_times {
 	uint64_t conn_ms;   /* connection setup this job waited for */
 	uint64_t xfer_ms;   /* MAIL to the final reply */
+	const char *tls;    /* direct: "none", "TLSv1.3/unverified"; NULL:
+	                       not logged (smarthost) */
+	const char *mta;    /* direct: the MX host, for DSNs' Remote-MTA */
 };
 
 /* The transaction is over: results[k] is the reply for recipient
@@ -127,6 +148,20 @@ void deliver_session_up(struct deliver_dest *dst, struct deliver_session *s,
 void deliver_session_gone(struct deliver_dest *dst, struct deliver_session *s,
                           bool route_fail, bool auth_fail,
                           const struct deliver_reply *r);
+
+/* ---- direct delivery (deliver_direct.c) -------------------------------- */
+
+struct deliver_domain;
+/* Direct mode's routing of recipient address rcpt: 0 with key (the MX
+ * set and effective TLS level), -EAGAIN while its domain is looked up
+ * (the scheduler is woken when it is done), -EPROTO when routing failed
+ * (*fail gets the reply: 5xx bounces, 4xx defers). */
+int deliver_direct_route(struct deliver *d, const char *rcpt, char *key,
+                         size_t keylen, struct deliver_reply *fail);
+/* A new direct destination: its try list, from the domain routed to it. */
+void deliver_direct_dest_init(struct deliver *d, struct deliver_dest *dst);
+/* Forgets expired domains (not those being resolved); all when stopping. */
+void deliver_direct_sweep(struct deliver *d, uint64_t now, bool all);
 
 /* ---- control socket (deliver_ctl.c) ------------------------------------ */
 
@@ -236,6 +271,18 @@ struct deliver_dest {
 
 	struct deliver_rate rate_min, rate_hour;
 
+	/* delivery = direct: the try list of one attempt (deliver_mx.h),
+	 * best first, each address with its MX host; new sessions go to
+	 * addrs[addr_pos], the next one after a connection, greeting or
+	 * EHLO failure; all failed: the destination pauses. */
+	bool direct;
+	int tls_level;                      /* deliver_tlspol.h */
+	struct deliver_dest_addr {
+		struct deliver_addr addr;
+		char host[SMTP_DOMAIN_MAX + 1];
+	} addrs[DELIVER_MX_ADDR_LIMIT];
+	size_t naddrs, addr_pos;
+
 	uint64_t n_sent, n_deferred, n_bounced, n_attempts;
 };
 
@@ -267,6 +314,12 @@ struct deliver {
 	 * share its temp file); a change meanwhile is written after it. */
 	bool size_storing, size_dirty;
 
+	/* delivery = direct (deliver_direct.c): the resolver (NULL until
+	 * deliver_set_dns) and each recipient domain's routing. */
+	struct dns *dns;
+	struct deliver_domain *domains;
+	size_t ndomains;
+
 	uint64_t n_sent, n_deferred, n_bounced, n_dsn, n_attempts;
 	/* Failure reports that nobody will get: for a null-sender message
 	 * (a bounce itself) with no postmaster to tell. */
@@ -281,8 +334,10 @@ struct deliver {
 /* ---- destinations (deliver_dest.c) ------------------------------------ */
 
 /* The routing hook: the key of the destination recipient i of m goes to
- * (smarthost mode: "smarthost:HOST:PORT" for every one). 0, or -errno
- * (the recipient waits). */
+ * (smarthost mode: "smarthost:HOST:PORT" for every one; direct mode:
+ * deliver_direct_route). 0, or -EAGAIN (the domain is being resolved:
+ * the recipient waits), -EPROTO (routing failed: deliver_direct_failure
+ * says how), or another -errno (the recipient waits). */
 int deliver_route(struct deliver *d, const struct queue_msg *m, size_t i,
                   char *key, size_t keylen);
 /* The destination with this key; created when create is set (NULL: out
@@ -369,6 +424,8 @@ struct deliver_dsn_item {
 	char status[16];       /* "5.1.1" */
 	const char *reason;    /* our words, or NULL */
 	bool remote;           /* last_reply came from the smarthost */
+	char mta[SMTP_DOMAIN_MAX + 1];  /* direct: the MX host that said it
+	                                   ("": the smarthost) */
 };
 
 /* Whether r's NOTIFY asks for a report of kind bit (QUEUE_NOTIFY_*). */

@@ -68,6 +68,9 @@ struct deliver_session {
 
 	char ip[64];
 	char relay[340];        /* "host[ip]:port" */
+	bool direct;            /* to an MX host (delivery = direct) */
+	char mx[SMTP_DOMAIN_MAX + 1];   /* that host's name */
+	char tls_desc[64];      /* "TLSv1.3/unverified", "none" (direct) */
 	struct deliver_job *job;
 	int body_fd;
 	uint64_t body_off;
@@ -321,7 +324,7 @@ static int tls_start(struct deliver_session *s)
 		session_fail(s, false, "TLS: out of memory");
 		return -ENOMEM;
 	}
-	const char *name = s->cfg->tls_name;
+	const char *name = s->direct ? s->mx : s->cfg->tls_name;
 	struct in6_addr a6;
 	struct in_addr a4;
 	bool is_ip = inet_pton(AF_INET, name, &a4) == 1 ||
@@ -583,6 +586,17 @@ static void job_done(struct deliver_session *s)
 		.conn_ms = s->sent == 1 && s->t_up > s->t_start ? s->t_up - s->t_start : 0,
 		.xfer_ms = now - s->t_job,
 	};
+	if (s->direct) {
+		/* tls_policy_file's verify is not wired: a direct session's
+		 * TLS is unverified. */
+		if (s->tls_on)
+			snprintf(s->tls_desc, sizeof s->tls_desc, "%s/unverified",
+			         tls_stream_version(&s->tls));
+		else
+			snprintf(s->tls_desc, sizeof s->tls_desc, "none");
+		t.tls = s->tls_desc;
+		t.mta = s->mx;
+	}
 	s->job = NULL;
 	if (s->body_fd >= 0) {
 		close(s->body_fd);
@@ -685,6 +699,11 @@ static void drive(struct deliver_session *s)
 	}
 }
 
+bool deliver_session_was_up(const struct deliver_session *s)
+{
+	return s->up;
+}
+
 void deliver_session_kick(struct deliver_session *s)
 {
 	if (s->closing || !s->idle || s->job)
@@ -726,8 +745,9 @@ static void connect_to(struct deliver_session *s, const struct sockaddr *sa)
 		uv_ip4_name((const struct sockaddr_in *)sa, s->ip, sizeof s->ip);
 	else
 		uv_ip6_name((const struct sockaddr_in6 *)sa, s->ip, sizeof s->ip);
-	snprintf(s->relay, sizeof s->relay, "%s[%s]:%u", s->cfg->host, s->ip,
-	         s->cfg->port);
+	uint16_t port = s->direct ? s->cfg->mx_port : s->cfg->port;
+	snprintf(s->relay, sizeof s->relay, "%s[%s]:%u",
+	         s->direct ? s->mx : s->cfg->host, s->ip, port);
 	int r = uv_tcp_init(s->loop, &s->tcp);
 	if (r < 0) {
 		session_fail(s, false, "uv_tcp_init: %s", uv_strerror(r));
@@ -737,6 +757,22 @@ static void connect_to(struct deliver_session *s, const struct sockaddr *sa)
 	s->tcp_inited = true;
 	s->handles++;
 	uv_tcp_nodelay(&s->tcp, 1);
+	/* smtp_bind_address(6): the source address toward MX hosts. */
+	const char *bind = !s->direct ? NULL
+	                   : sa->sa_family == AF_INET ? s->cfg->bind4
+	                                              : s->cfg->bind6;
+	if (bind) {
+		struct sockaddr_storage src;
+		r = sa->sa_family == AF_INET
+		    ? uv_ip4_addr(bind, 0, (struct sockaddr_in *)&src)
+		    : uv_ip6_addr(bind, 0, (struct sockaddr_in6 *)&src);
+		if (r == 0)
+			r = uv_tcp_bind(&s->tcp, (struct sockaddr *)&src, 0);
+		if (r < 0) {
+			session_fail(s, true, "bind to %s: %s", bind, uv_strerror(r));
+			return;
+		}
+	}
 	s->conn.data = s;
 	r = uv_tcp_connect(&s->conn, &s->tcp, sa, connect_cb);
 	if (r < 0) {
@@ -778,11 +814,21 @@ int deliver_session_new(struct deliver_dest *dst, struct deliver_cfg *cfg,
 	buf_init(&s->out, OUT_LIMIT);
 	buf_init(&s->hdr, REWRITE_MAX);
 	snprintf(s->relay, sizeof s->relay, "%s:%u", cfg->host, cfg->port);
+	s->direct = dst->direct;
+	const struct deliver_dest_addr *da = NULL;
+	if (s->direct && dst->addr_pos < dst->naddrs) {
+		da = &dst->addrs[dst->addr_pos];
+		snprintf(s->mx, sizeof s->mx, "%s", da->host);
+		snprintf(s->relay, sizeof s->relay, "%s:%u", s->mx, cfg->mx_port);
+	}
+	/* Direct: EHLO with hostname, STARTTLS when offered (RFC 7435),
+	 * never AUTH toward an MX host. */
 	struct deliver_client_opts o = {
 		.helo = cfg->hostname,
-		.starttls = cfg->tls == CONF_TLS_STARTTLS,
-		.user = cfg->user,
-		.password = cfg->password,
+		.starttls = !s->direct && cfg->tls == CONF_TLS_STARTTLS,
+		.starttls_may = s->direct && dst->tls_level != DELIVER_TLSPOL_NONE,
+		.user = s->direct ? NULL : cfg->user,
+		.password = s->direct ? NULL : cfg->password,
 	};
 	s->cl = deliver_client_new(&o);
 	int r = s->cl ? uv_timer_init(loop, &s->timer) : -ENOMEM;
@@ -800,6 +846,26 @@ int deliver_session_new(struct deliver_dest *dst, struct deliver_cfg *cfg,
 
 	arm_timer(s, cfg->timeout);
 	struct sockaddr_storage ss;
+	if (s->direct) {
+		if (!da) {
+			session_fail(s, true, "no address to try for %s", dst->name);
+			return 0;
+		}
+		memset(&ss, 0, sizeof ss);
+		if (da->addr.family == AF_INET) {
+			struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+			a->sin_family = AF_INET;
+			a->sin_port = htons(cfg->mx_port);
+			memcpy(&a->sin_addr, da->addr.a, 4);
+		} else {
+			struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+			a->sin6_family = AF_INET6;
+			a->sin6_port = htons(cfg->mx_port);
+			memcpy(&a->sin6_addr, da->addr.a, 16);
+		}
+		connect_to(s, (struct sockaddr *)&ss);
+		return 0;
+	}
 	if (uv_ip4_addr(cfg->host, cfg->port, (struct sockaddr_in *)&ss) == 0 ||
 	    uv_ip6_addr(cfg->host, cfg->port, (struct sockaddr_in6 *)&ss) == 0) {
 		connect_to(s, (struct sockaddr *)&ss);

@@ -393,6 +393,7 @@ int main(int argc, char **argv)
 		log_err("dns: %s", err);
 		goto fail;
 	}
+	deliver_set_dns(d.deliver, d.dns);
 	r = deliver_ctl_verb(d.deliver, "lockout", lockout_ctl_cb, &d);
 	if (r < 0) {
 		log_err("control: cannot add the lockout verb: %s", strerror(-r));
@@ -410,7 +411,8 @@ int main(int argc, char **argv)
 	uv_signal_start(&d.sig_hup, signal_cb, SIGHUP);
 	log_info("relayd started: hostname=%s, spool=%s, delivery=%s",
 	         c->hostname, c->spool_dir,
-	         c->delivery == CONF_DELIVERY_SMARTHOST ? "smarthost" : "hold");
+	         c->delivery == CONF_DELIVERY_SMARTHOST ? "smarthost" :
+	         c->delivery == CONF_DELIVERY_DIRECT ? "direct" : "hold");
 
 	uv_run(&d.loop, UV_RUN_DEFAULT);
 	rc = 0;

@@ -1,0 +1,33 @@
+/*
+ * deliver/deliver_tlspol.c - The TLS policy (deliver_policy.h) for the
+ * direct-delivery engine, behind plain types: deliver_policy.h and
+ * deliver_client.h both define a struct deliver_reply, so the files of
+ * the engine (deliver_int.h) cannot include both. This file includes only
+ * the policy's header.
+ */
+#include "deliver/deliver_policy.h"
+#include "deliver/deliver_tlspol.h"
+
+int deliver_tlspol_load(const char *path, struct deliver_tls_policy **out,
+                        char *err, size_t errlen)
+{
+	return deliver_tls_policy_load(path, out, err, errlen);
+}
+
+void deliver_tlspol_free(struct deliver_tls_policy *p)
+{
+	deliver_tls_policy_free(p);
+}
+
+int deliver_tlspol_level(const struct deliver_tls_policy *p,
+                         const char *domain)
+{
+	enum deliver_tls_source src;
+	return (int)deliver_tls_policy_lookup(p, domain, &src);
+}
+
+const char *deliver_tlspol_name(int level)
+{
+	return level >= 0 && level < DELIVER_TLS__COUNT
+	       ? deliver_tls_level_names[level] : "?";
+}

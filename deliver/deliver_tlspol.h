@@ -1,0 +1,24 @@
+/*
+ * deliver/deliver_tlspol.h - The TLS policy file's lookup for the engine
+ * (deliver_tlspol.c): levels as ints (enum deliver_tls_level of
+ * deliver_policy.h: 0 none, 1 may, 2 encrypt, 3 verify).
+ */
+#ifndef RELAY_DELIVER_TLSPOL_H
+#define RELAY_DELIVER_TLSPOL_H
+
+#include <stddef.h>
+
+#define DELIVER_TLSPOL_NONE 0
+
+struct deliver_tls_policy;
+
+int deliver_tlspol_load(const char *path, struct deliver_tls_policy **out,
+                        char *err, size_t errlen);
+void deliver_tlspol_free(struct deliver_tls_policy *p);
+/* The level for a recipient domain; p NULL: may. */
+int deliver_tlspol_level(const struct deliver_tls_policy *p,
+                         const char *domain);
+/* "none", "may", "encrypt", "verify". */
+const char *deliver_tlspol_name(int level);
+
+#endif
