@@ -327,8 +327,9 @@ static const struct set_case set_cases[] = {
 	{"spool_sync", "syncfs", 0, NULL, CONF_SYNC_SYNCFS},
 	{"delivery", "hold", 0, NULL, CONF_DELIVERY_HOLD},
 	{"delivery", "x", -EINVAL,
-	 "delivery: unsupported value 'x' (expected: hold, smarthost)", 0},
+	 "delivery: unsupported value 'x' (expected: hold, smarthost, direct)", 0},
 	{"delivery", "smarthost", 0, NULL, CONF_DELIVERY_SMARTHOST},
+	{"delivery", "direct", 0, NULL, CONF_DELIVERY_DIRECT},
 	{"smarthost_tls", "starttls", 0, NULL, CONF_TLS_STARTTLS},
 	{"smarthost_tls", "tls", -EINVAL, "smarthost_tls: unsupported value "
 	 "'tls' (expected: auto, implicit, starttls, none)", 0},
@@ -807,7 +808,7 @@ static const struct file_case file_cases[] = {
 	{"ctl in key", "fo\x01o = 1\n", 0, -EINVAL,
 	 "x.conf:1: unknown key 'fo\\x01o'"},
 	{"bad enum", "delivery = x\n", 0, -EINVAL,
-	 "x.conf:1: delivery: unsupported value 'x' (expected: hold, smarthost)"},
+	 "x.conf:1: delivery: unsupported value 'x' (expected: hold, smarthost, direct)"},
 };
 
 static void test_file_table(void **state)
