@@ -1,0 +1,257 @@
+"""tests/e2e/test_direct.py - delivery = direct (issue 9 §3) end to end:
+dnsmasq (tests/e2e/dnsutil.py) is authoritative for the zone `test`,
+whose MX records point at aiosmtpd MX servers (tests/e2e/upstream.py) on
+several 127.0.N.x addresses sharing one port (mx_port); relayd asks it
+through dns_servers, with mx_allow_private = yes.
+
+Covered: the best MX gets the mail; failover when it refuses
+connections; one message to three domains is three transactions, each MX
+seeing only its recipients; NXDOMAIN bounces 5.1.2 with a DSN delivered
+to the sender's own MX; the implicit MX (a domain with an A record and no
+MX); opportunistic STARTTLS used when offered (tls=TLSv1.x/unverified in
+the log, no mail in clear); a dead domain does not hold back another
+(order of events). Every wait is bounded; every server is stopped by PID.
+"""
+import os
+import random
+import re
+import socket
+import tempfile
+
+import pytest
+
+from conftest_upstream import make_message, submit, wait_status
+from dnsutil import Dnsmasq
+from dsn import parse_dsn
+
+SENDER = "sender@snd.test"
+
+
+def _shared_port(addrs):
+    """A TCP port free on every address of addrs."""
+    for _ in range(50):
+        s0 = socket.socket()
+        s0.bind((addrs[0], 0))
+        port = s0.getsockname()[1]
+        held = [s0]
+        try:
+            for a in addrs[1:]:
+                s = socket.socket()
+                held.append(s)
+                s.bind((a, port))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise AssertionError("no port free on all of %s" % addrs)
+
+
+class World:
+    """MX servers on 127.0.N.1..k, one port, and dnsmasq serving them."""
+
+    def __init__(self, upstream_factory, relayd_factory, nhosts):
+        self.net = "127.0.%d" % random.randrange(200, 250)
+        self.addrs = ["%s.%d" % (self.net, i + 1) for i in range(nhosts)]
+        self.port = _shared_port(self.addrs)
+        self.upstream_factory = upstream_factory
+        self.relayd_factory = relayd_factory
+        self.dns = None
+        self.mx = {}
+
+    def host(self, i):
+        return self.addrs[i]
+
+    def start_mx(self, i, **kw):
+        u = self.upstream_factory(endpoint=(self.addrs[i], self.port),
+                                  tls=kw.pop("tls", "none"), **kw)
+        self.mx[i] = u
+        return u
+
+    def start_dns(self, zone):
+        self.dnsdir = tempfile.mkdtemp(prefix="relayd-dns-")
+        self.dns = Dnsmasq(self.dnsdir, zone).start()
+        return self.dns
+
+    def relayd(self, **conf):
+        base = {
+            "delivery": "direct",
+            "dns_servers": self.dns.servers,
+            "mx_allow_private": "yes",
+            "mx_port": str(self.port),
+            "retry_min": "1s",
+            "retry_max": "2s",
+            "delivery_timeout": "10s",
+        }
+        base.update(conf)
+        return self.relayd_factory(**base)
+
+    def stop(self):
+        if self.dns:
+            self.dns.stop()
+            os.system("rm -rf %s" % self.dnsdir)
+
+
+@pytest.fixture
+def world(upstream_factory, relayd_factory):
+    made = []
+
+    def make(nhosts):
+        w = World(upstream_factory, relayd_factory, nhosts)
+        made.append(w)
+        return w
+    yield make
+    for w in made:
+        w.stop()
+
+
+def sent_line(relayd, qid, rcpt):
+    lines = [l for st, l in wait_status(relayd, qid, rcpt, "sent",
+                                        fail_on=("bounced",))
+             if st == "sent"]
+    return lines[0]
+
+
+def test_best_mx_gets_the_mail(world):
+    w = world(2)
+    best = w.start_mx(0)
+    worse = w.start_mx(1)
+    w.start_dns({"mx": [("pref.test", "mx1.pref.test", 10),
+                        ("pref.test", "mx2.pref.test", 20)],
+                 "hosts": [("mx1.pref.test", w.host(0)),
+                           ("mx2.pref.test", w.host(1))]})
+    r = w.relayd()
+    content, mid = make_message("pref", to="a@pref.test")
+    qid = submit(r, SENDER, ["a@pref.test"], content)
+    line = sent_line(r, qid, "a@pref.test")
+    assert "relay=mx1.pref.test[%s]:%d" % (w.host(0), w.port) in line, line
+    assert "tls=none" in line, line
+    got = best.wait_messages(1)
+    assert got[0]["rcpt_tos"] == ["a@pref.test"]
+    assert mid.encode() in got[0]["data"]
+    assert worse.messages() == []
+    # EHLO with hostname, no AUTH toward an MX host.
+    verbs = [(x["verb"], x.get("arg", "")) for c in best.connections()
+             for x in c["commands"]]
+    assert any(v.upper() == "EHLO" for v, _ in verbs), verbs
+    assert not any(v.upper() == "AUTH" for v, _ in verbs), verbs
+
+
+def test_failover_when_best_mx_refuses_connections(world):
+    w = world(2)
+    # Nothing listens on the best MX's address: connection refused.
+    second = w.start_mx(1)
+    w.start_dns({"mx": [("fo.test", "mx1.fo.test", 10),
+                        ("fo.test", "mx2.fo.test", 20)],
+                 "hosts": [("mx1.fo.test", w.host(0)),
+                           ("mx2.fo.test", w.host(1))]})
+    r = w.relayd()
+    content, mid = make_message("failover", to="b@fo.test")
+    qid = submit(r, SENDER, ["b@fo.test"], content)
+    line = sent_line(r, qid, "b@fo.test")
+    assert "relay=mx2.fo.test[%s]:%d" % (w.host(1), w.port) in line, line
+    got = second.wait_messages(1)
+    assert got[0]["rcpt_tos"] == ["b@fo.test"]
+    log = r.log_text()
+    # The failover happened within the attempt: the first address was
+    # tried, then the second, before the message was sent.
+    i_try = log.find("trying mx2.fo.test[%s]" % w.host(1))
+    i_sent = log.find("%s: to=<b@fo.test>" % qid)
+    assert 0 <= i_try < i_sent, log[-3000:]
+    assert "status=deferred" not in log.split("%s: to=<b@fo.test>" % qid)[0] \
+        .split(qid)[-1]
+
+
+def test_three_domains_three_transactions(world):
+    w = world(3)
+    ups = [w.start_mx(i) for i in range(3)]
+    w.start_dns({"mx": [("d1.test", "mx.d1.test", 10),
+                        ("d2.test", "mx.d2.test", 10),
+                        ("d3.test", "mx.d3.test", 10)],
+                 "hosts": [("mx.d1.test", w.host(0)),
+                           ("mx.d2.test", w.host(1)),
+                           ("mx.d3.test", w.host(2))]})
+    r = w.relayd()
+    rcpts = ["a@d1.test", "x@d2.test", "b@d1.test", "y@d3.test"]
+    content, mid = make_message("three", to=rcpts[0])
+    qid = submit(r, SENDER, rcpts, content)
+    for rc in rcpts:
+        sent_line(r, qid, rc)
+    want = [["a@d1.test", "b@d1.test"], ["x@d2.test"], ["y@d3.test"]]
+    for u, rc in zip(ups, want):
+        got = u.wait_messages(1)
+        assert len(got) == 1, got
+        assert sorted(got[0]["rcpt_tos"]) == rc
+        assert mid.encode() in got[0]["data"]
+
+
+def test_nxdomain_bounces_5_1_2_dsn_to_senders_mx(world):
+    w = world(1)
+    snd = w.start_mx(0)
+    w.start_dns({"mx": [("snd.test", "mx.snd.test", 10)],
+                 "hosts": [("mx.snd.test", w.host(0))]})
+    r = w.relayd()
+    content, mid = make_message("nx", to="nobody@nx.test")
+    qid = submit(r, SENDER, ["nobody@nx.test"], content)
+    wait_status(r, qid, "nobody@nx.test", "bounced", fail_on=("sent",))
+    line = [l for st, l in wait_status(r, qid, "nobody@nx.test", "bounced")
+            if st == "bounced"][0]
+    assert "dsn=5.1.2" in line, line
+    rec = snd.wait_messages(1, match=lambda m: m["mail_from"] == "")[0]
+    assert rec["rcpt_tos"] == [SENDER]
+    d = parse_dsn(rec["data"])
+    assert d.queue_id == qid
+    rr = d.recipient("nobody@nx.test")
+    assert rr["action"] == "failed"
+    assert rr["status"] == "5.1.2"
+    # Our own verdict, not a server's: no Remote-MTA.
+    assert "remote-mta" not in rr, rr
+
+
+def test_implicit_mx(world):
+    w = world(1)
+    up = w.start_mx(0)
+    # imp.test has an A record and no MX: NODATA for MX.
+    w.start_dns({"hosts": [("imp.test", w.host(0))]})
+    r = w.relayd()
+    content, mid = make_message("implicit", to="c@imp.test")
+    qid = submit(r, SENDER, ["c@imp.test"], content)
+    line = sent_line(r, qid, "c@imp.test")
+    assert "relay=imp.test[%s]:%d" % (w.host(0), w.port) in line, line
+    assert up.wait_messages(1)[0]["rcpt_tos"] == ["c@imp.test"]
+
+
+def test_opportunistic_starttls(world):
+    w = world(1)
+    up = w.start_mx(0, tls="starttls")
+    w.start_dns({"mx": [("tls.test", "mx.tls.test", 10)],
+                 "hosts": [("mx.tls.test", w.host(0))]})
+    r = w.relayd()
+    content, mid = make_message("tls", to="t@tls.test")
+    qid = submit(r, SENDER, ["t@tls.test"], content)
+    line = sent_line(r, qid, "t@tls.test")
+    assert re.search(r"tls=TLSv1\.[23]/unverified", line), line
+    assert up.wait_messages(1)[0]["rcpt_tos"] == ["t@tls.test"]
+    assert up.mail_in_clear() == []
+    assert ("STARTTLS" in [v.upper() for _, v in up.commands_in_clear()])
+
+
+def test_dead_domain_does_not_hold_back_others(world):
+    w = world(2)
+    live = w.start_mx(1)
+    # dead.test's only MX refuses connections (nothing listens there).
+    w.start_dns({"mx": [("dead.test", "mx.dead.test", 10),
+                        ("live.test", "mx.live.test", 10)],
+                 "hosts": [("mx.dead.test", w.host(0)),
+                           ("mx.live.test", w.host(1))]})
+    r = w.relayd()
+    c1, _ = make_message("dead", to="d@dead.test")
+    q1 = submit(r, SENDER, ["d@dead.test"], c1)
+    wait_status(r, q1, "d@dead.test", "deferred", fail_on=("sent",))
+    c2, mid2 = make_message("live", to="l@live.test")
+    q2 = submit(r, SENDER, ["l@live.test"], c2)
+    sent_line(r, q2, "l@live.test")
+    assert live.wait_messages(1)[0]["rcpt_tos"] == ["l@live.test"]
+    # The dead domain is still waiting: never sent, deferred again.
+    wait_status(r, q1, "d@dead.test", "deferred", count=2, fail_on=("sent",))
