@@ -10,7 +10,10 @@ seeing only its recipients; NXDOMAIN bounces 5.1.2 with a DSN delivered
 to the sender's own MX; the implicit MX (a domain with an A record and no
 MX); opportunistic STARTTLS used when offered (tls=TLSv1.x/unverified in
 the log, no mail in clear); a dead domain does not hold back another
-(order of events). Every wait is bounded; every server is stopped by PID.
+(order of events); with the dnspython stub (dnsutil.DnsStub) as the
+resolver: a null MX (RFC 7505) bounces 5.1.10 at once, and SERVFAIL
+defers with 4.4.3 (never the implicit MX), then delivers once the
+resolver answers (SIGHUP to a working server). Every wait is bounded; every server is stopped by PID.
 """
 import os
 import random
@@ -57,7 +60,8 @@ class World:
         self.port = _shared_port(self.addrs)
         self.upstream_factory = upstream_factory
         self.relayd_factory = relayd_factory
-        self.dns = None
+        self.dns = None         # the server relayd asks
+        self.dnsmasq = None     # ours to stop
         self.mx = {}
 
     def host(self, i):
@@ -71,7 +75,7 @@ class World:
 
     def start_dns(self, zone):
         self.dnsdir = tempfile.mkdtemp(prefix="relayd-dns-")
-        self.dns = Dnsmasq(self.dnsdir, zone).start()
+        self.dnsmasq = self.dns = Dnsmasq(self.dnsdir, zone).start()
         return self.dns
 
     def relayd(self, **conf):
@@ -88,8 +92,8 @@ class World:
         return self.relayd_factory(**base)
 
     def stop(self):
-        if self.dns:
-            self.dns.stop()
+        if self.dnsmasq:
+            self.dnsmasq.stop()
             os.system("rm -rf %s" % self.dnsdir)
 
 
@@ -255,3 +259,79 @@ def test_dead_domain_does_not_hold_back_others(world):
     assert live.wait_messages(1)[0]["rcpt_tos"] == ["l@live.test"]
     # The dead domain is still waiting: never sent, deferred again.
     wait_status(r, q1, "d@dead.test", "deferred", count=2, fail_on=("sent",))
+
+
+def _stub_names(w, extra):
+    """Stub records for the sender's domain (DSNs go to its MX)."""
+    names = {
+        "snd.test": {"records": ["snd.test. 300 IN MX 10 mx.snd.test."]},
+        "mx.snd.test": {"records": ["mx.snd.test. 300 IN A %s" % w.host(0)]},
+    }
+    names.update(extra)
+    return names
+
+
+@pytest.fixture
+def stubs():
+    made = []
+
+    def make(names):
+        from dnsutil import DnsStub
+        d = tempfile.mkdtemp(prefix="relayd-stub-")
+        s = DnsStub(d, names).start()
+        made.append((s, d))
+        return s
+    yield make
+    for s, d in made:
+        s.stop()
+        os.system("rm -rf %s" % d)
+
+
+def test_null_mx_bounces_5_1_10(world, stubs):
+    w = world(1)
+    snd = w.start_mx(0)
+    stub = stubs(_stub_names(w, {
+        "nullmx.test": {"records": ["nullmx.test. 300 IN MX 0 ."]}}))
+    w.dns = stub
+    r = w.relayd()
+    content, mid = make_message("null mx", to="n@nullmx.test")
+    qid = submit(r, SENDER, ["n@nullmx.test"], content)
+    line = [l for st, l in wait_status(r, qid, "n@nullmx.test", "bounced",
+                                       fail_on=("sent", "deferred"))
+            if st == "bounced"][0]
+    assert "dsn=5.1.10" in line, line
+    rec = snd.wait_messages(1, match=lambda m: m["mail_from"] == "")[0]
+    d = parse_dsn(rec["data"])
+    assert d.queue_id == qid
+    assert d.recipient("n@nullmx.test")["status"] == "5.1.10"
+    # Bounced at once: no address of the null MX's domain was asked for.
+    assert stub.queries("nullmx.test", "A") == 0
+
+
+def test_servfail_defers_then_delivers(world, stubs):
+    w = world(2)
+    up = w.start_mx(1)
+    bad = stubs(_stub_names(w, {"sf.test": {"rcode": "SERVFAIL"}}))
+    good = stubs(_stub_names(w, {
+        "sf.test": {"records": ["sf.test. 300 IN MX 10 mx.sf.test."]},
+        "mx.sf.test": {"records": ["mx.sf.test. 300 IN A %s" % w.host(1)]}}))
+    w.dns = bad
+    r = w.relayd()
+    content, mid = make_message("servfail", to="s@sf.test")
+    qid = submit(r, SENDER, ["s@sf.test"], content)
+    line = [l for st, l in wait_status(r, qid, "s@sf.test", "deferred",
+                                       fail_on=("sent", "bounced"))
+            if st == "deferred"][0]
+    assert "dsn=4.4.3" in line, line
+    assert "SERVFAIL" in line.upper() or "tempfail" in line, line
+    # Never an implicit MX on a failed lookup: no A query for sf.test.
+    assert bad.queries("sf.test", "A") == 0
+    assert up.messages() == []
+    # The resolver answers again (SIGHUP to a working server).
+    r.conf["dns_servers"] = good.servers
+    r.write_conf()
+    import signal as _signal
+    r.proc.send_signal(_signal.SIGHUP)
+    line = sent_line(r, qid, "s@sf.test")
+    assert "relay=mx.sf.test[%s]:%d" % (w.host(1), w.port) in line, line
+    assert up.wait_messages(1)[0]["rcpt_tos"] == ["s@sf.test"]
