@@ -180,6 +180,18 @@ static struct deliver_cfg *direct_cfg(struct deliver_cfg *g,
 	SSL_CTX_set_min_proto_version(g->ssl, TLS1_2_VERSION);
 	SSL_CTX_set_mode(g->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE);
 	SSL_CTX_set_verify(g->ssl, SSL_VERIFY_NONE, NULL);
+	/* verify: the system's trust store; the MX host's name is set per
+	 * session (deliver_session.c). */
+	g->ssl_verify = SSL_CTX_new(TLS_client_method());
+	if (!g->ssl_verify)
+		goto nomem;
+	SSL_CTX_set_min_proto_version(g->ssl_verify, TLS1_2_VERSION);
+	SSL_CTX_set_mode(g->ssl_verify, SSL_MODE_ENABLE_PARTIAL_WRITE);
+	SSL_CTX_set_verify(g->ssl_verify, SSL_VERIFY_PEER, NULL);
+	if (!SSL_CTX_set_default_verify_paths(g->ssl_verify)) {
+		snprintf(err, errlen, "cannot load the system's CA certificates");
+		goto fail;
+	}
 	return g;
 nomem:
 	snprintf(err, errlen, "out of memory");
@@ -221,6 +233,8 @@ void deliver_cfg_unref(struct deliver_cfg *g)
 	deliver_tlspol_free(g->tls_policy);
 	if (g->ssl)
 		SSL_CTX_free(g->ssl);
+	if (g->ssl_verify)
+		SSL_CTX_free(g->ssl_verify);
 	free(g);
 }
 

@@ -439,6 +439,22 @@ void deliver_session_gone(struct deliver_dest *dst, struct deliver_session *s,
 	if (r && r->text[0])
 		snprintf(dst->last_error, sizeof dst->last_error, "%s", r->text);
 	if (route_fail && !d->stopping && !dst->paused && dst->direct &&
+	    dst->tls_level == DELIVER_TLSPOL_MAY &&
+	    deliver_session_tls_failed(s) &&
+	    dst->tls_broken_until <= uv_now(d->loop)) {
+		/* "may": a failed STARTTLS or handshake is retried once in
+		 * plaintext on the same host, and the destination remembers
+		 * it for a while (RFC 7435 §6: never worse than plaintext). */
+		char esc[DELIVER_REPLY_TEXT_MAX * 4];
+		const char *why = r ? r->text : "TLS failed";
+		log_escape(esc, sizeof esc, why, strlen(why));
+		dst->tls_broken_until = uv_now(d->loop) + DELIVER_TLS_BROKEN_MS;
+		log_warn("destination %s: TLS broken (%s); plaintext for %d s, "
+		         "retrying %s now", dst->name, esc,
+		         DELIVER_TLS_BROKEN_MS / 1000,
+		         dst->addr_pos < dst->naddrs ?
+		         dst->addrs[dst->addr_pos].host : "?");
+	} else if (route_fail && !d->stopping && !dst->paused && dst->direct &&
 	    !deliver_session_was_up(s) && dst->addr_pos + 1 < dst->naddrs) {
 		/* Direct: the next address of the try list (next MX on a
 		 * connection failure or a 4xx greeting/EHLO), within the

@@ -52,6 +52,7 @@ struct deliver_cfg {
 	unsigned max_sessions;      /* max_delivery_sessions */
 	char *bind4, *bind6;        /* NULL: the kernel's choice */
 	struct deliver_tls_policy *tls_policy;   /* NULL: every domain may */
+	SSL_CTX *ssl_verify;        /* tls_policy_file verify: chain + name */
 	struct deliver_endpoint self[CONF_LISTEN_MAX];  /* our listeners */
 	size_t nself;
 };
@@ -105,6 +106,10 @@ int deliver_session_new(struct deliver_dest *dst, struct deliver_cfg *cfg,
 /* Whether the session reached READY (direct: a failure before that
  * moves on to the next address). */
 bool deliver_session_was_up(const struct deliver_session *s);
+/* Whether it failed at STARTTLS or in the TLS handshake (direct). */
+bool deliver_session_tls_failed(const struct deliver_session *s);
+/* "may": how long a destination remembers a failed handshake. */
+#define DELIVER_TLS_BROKEN_MS (3600 * 1000)
 /* A job is ready: an idle session takes it. */
 void deliver_session_kick(struct deliver_session *s);
 /* Shutdown: closes the session; its job (if any) is reported failed. */
@@ -282,6 +287,8 @@ struct deliver_dest {
 		char host[SMTP_DOMAIN_MAX + 1];
 	} addrs[DELIVER_MX_ADDR_LIMIT];
 	size_t naddrs, addr_pos;
+	/* "may" after a failed handshake: plaintext until then (uv_now). */
+	uint64_t tls_broken_until;
 
 	uint64_t n_sent, n_deferred, n_bounced, n_attempts;
 };

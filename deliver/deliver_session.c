@@ -71,6 +71,8 @@ struct deliver_session {
 	bool direct;            /* to an MX host (delivery = direct) */
 	char mx[SMTP_DOMAIN_MAX + 1];   /* that host's name */
 	char tls_desc[64];      /* "TLSv1.3/unverified", "none" (direct) */
+	bool verify;            /* direct, verify: chain and MX name */
+	bool tls_failed;        /* STARTTLS refused or handshake failed */
 	struct deliver_job *job;
 	int body_fd;
 	uint64_t body_off;
@@ -287,6 +289,7 @@ static void tls_error(struct deliver_session *s, const char *what)
 		ERR_error_string_n(code, e, sizeof e);
 	long v = SSL_get_verify_result(s->tls.ssl);
 	ERR_clear_error();
+	s->tls_failed = true;
 	/* A TLS failure is the route's problem, never plaintext instead. */
 	if (v != X509_V_OK)
 		session_fail(s, true, "TLS %s with %s failed: certificate: %s",
@@ -320,7 +323,8 @@ static void tls_handshake(struct deliver_session *s)
 
 static int tls_start(struct deliver_session *s)
 {
-	if (tls_stream_init(&s->tls, s->cfg->ssl, false) < 0) {
+	SSL_CTX *ctx = s->verify ? s->cfg->ssl_verify : s->cfg->ssl;
+	if (tls_stream_init(&s->tls, ctx, false) < 0) {
 		session_fail(s, false, "TLS: out of memory");
 		return -ENOMEM;
 	}
@@ -331,7 +335,7 @@ static int tls_start(struct deliver_session *s)
 	             inet_pton(AF_INET6, name, &a6) == 1;
 	if (!is_ip)
 		SSL_set_tlsext_host_name(s->tls.ssl, name);
-	if (SSL_CTX_get_verify_mode(s->cfg->ssl) & SSL_VERIFY_PEER) {
+	if (SSL_CTX_get_verify_mode(ctx) & SSL_VERIFY_PEER) {
 		/* The certificate must name the host we meant (RFC 6125). */
 		X509_VERIFY_PARAM *vp = SSL_get0_param(s->tls.ssl);
 		X509_VERIFY_PARAM_set_hostflags(vp,
@@ -587,11 +591,10 @@ static void job_done(struct deliver_session *s)
 		.xfer_ms = now - s->t_job,
 	};
 	if (s->direct) {
-		/* tls_policy_file's verify is not wired: a direct session's
-		 * TLS is unverified. */
 		if (s->tls_on)
-			snprintf(s->tls_desc, sizeof s->tls_desc, "%s/unverified",
-			         tls_stream_version(&s->tls));
+			snprintf(s->tls_desc, sizeof s->tls_desc, "%s/%s",
+			         tls_stream_version(&s->tls),
+			         s->verify ? "verified" : "unverified");
 		else
 			snprintf(s->tls_desc, sizeof s->tls_desc, "none");
 		t.tls = s->tls_desc;
@@ -682,6 +685,8 @@ static void drive(struct deliver_session *s)
 			s->why = *r;
 			s->failed = true;
 			s->auth_fail = f == DELIVER_FAIL_AUTH;
+			if (f == DELIVER_FAIL_NO_TLS && s->direct)
+				s->tls_failed = true;
 			/* Everything before a working session is the route's
 			 * problem; so are AUTH and a provider that hangs up. */
 			s->route_fail = !s->up || f == DELIVER_FAIL_AUTH ||
@@ -702,6 +707,11 @@ static void drive(struct deliver_session *s)
 bool deliver_session_was_up(const struct deliver_session *s)
 {
 	return s->up;
+}
+
+bool deliver_session_tls_failed(const struct deliver_session *s)
+{
+	return s->tls_failed;
 }
 
 void deliver_session_kick(struct deliver_session *s)
@@ -821,12 +831,18 @@ int deliver_session_new(struct deliver_dest *dst, struct deliver_cfg *cfg,
 		snprintf(s->mx, sizeof s->mx, "%s", da->host);
 		snprintf(s->relay, sizeof s->relay, "%s:%u", s->mx, cfg->mx_port);
 	}
-	/* Direct: EHLO with hostname, STARTTLS when offered (RFC 7435),
-	 * never AUTH toward an MX host. */
+	/* Direct: EHLO with hostname, never AUTH toward an MX host;
+	 * STARTTLS as the TLS level says (tls_policy_file): may - when
+	 * offered (RFC 7435), unless the destination remembers a failed
+	 * handshake; encrypt, verify - required, never plaintext. */
+	bool broken = dst->tls_broken_until > uv_now(loop);
+	s->verify = s->direct && dst->tls_level >= DELIVER_TLSPOL_VERIFY;
 	struct deliver_client_opts o = {
 		.helo = cfg->hostname,
-		.starttls = !s->direct && cfg->tls == CONF_TLS_STARTTLS,
-		.starttls_may = s->direct && dst->tls_level != DELIVER_TLSPOL_NONE,
+		.starttls = s->direct ? dst->tls_level >= DELIVER_TLSPOL_ENCRYPT
+		                      : cfg->tls == CONF_TLS_STARTTLS,
+		.starttls_may = s->direct && dst->tls_level == DELIVER_TLSPOL_MAY &&
+		                !broken,
 		.user = s->direct ? NULL : cfg->user,
 		.password = s->direct ? NULL : cfg->password,
 	};

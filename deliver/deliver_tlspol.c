@@ -8,6 +8,11 @@
 #include "deliver/deliver_policy.h"
 #include "deliver/deliver_tlspol.h"
 
+_Static_assert(DELIVER_TLSPOL_NONE == DELIVER_TLS_NONE &&
+               DELIVER_TLSPOL_MAY == DELIVER_TLS_MAY &&
+               DELIVER_TLSPOL_ENCRYPT == DELIVER_TLS_ENCRYPT &&
+               DELIVER_TLSPOL_VERIFY == DELIVER_TLS_VERIFY, "levels");
+
 int deliver_tlspol_load(const char *path, struct deliver_tls_policy **out,
                         char *err, size_t errlen)
 {

@@ -9,6 +9,9 @@
 #include <stddef.h>
 
 #define DELIVER_TLSPOL_NONE 0
+#define DELIVER_TLSPOL_MAY 1
+#define DELIVER_TLSPOL_ENCRYPT 2
+#define DELIVER_TLSPOL_VERIFY 3
 
 struct deliver_tls_policy;
 

@@ -13,7 +13,10 @@ the log, no mail in clear); a dead domain does not hold back another
 (order of events); with the dnspython stub (dnsutil.DnsStub) as the
 resolver: a null MX (RFC 7505) bounces 5.1.10 at once, and SERVFAIL
 defers with 4.4.3 (never the implicit MX), then delivers once the
-resolver answers (SIGHUP to a working server). Every wait is bounded; every server is stopped by PID.
+resolver answers (SIGHUP to a working server); a STARTTLS that fails at
+"may" is retried once in plaintext and remembered ("TLS broken"); an
+`encrypt` domain whose MX offers no STARTTLS is deferred, never sent in
+clear. Every wait is bounded; every server is stopped by PID.
 """
 import os
 import random
@@ -335,3 +338,48 @@ def test_servfail_defers_then_delivers(world, stubs):
     line = sent_line(r, qid, "s@sf.test")
     assert "relay=mx.sf.test[%s]:%d" % (w.host(1), w.port) in line, line
     assert up.wait_messages(1)[0]["rcpt_tos"] == ["s@sf.test"]
+
+
+def test_starttls_failure_retried_once_in_plaintext(world):
+    w = world(1)
+    # Offers STARTTLS but cannot do it (no certificate): STARTTLS fails.
+    up = w.start_mx(0, behaviour={"ehlo_add": ["STARTTLS"]})
+    w.start_dns({"mx": [("brk.test", "mx.brk.test", 10)],
+                 "hosts": [("mx.brk.test", w.host(0))]})
+    r = w.relayd()
+    content, mid = make_message("broken tls", to="k@brk.test")
+    qid = submit(r, SENDER, ["k@brk.test"], content)
+    line = sent_line(r, qid, "k@brk.test")
+    assert "tls=none" in line, line
+    log = r.log_text()
+    i_broken = log.find("TLS broken")
+    assert 0 <= i_broken < log.find("%s: to=<k@brk.test>" % qid), log[-3000:]
+    conns = up.connections()
+    # First connection: STARTTLS tried; the second, in plaintext, without.
+    assert len(conns) == 2, conns
+    verbs = [[x["verb"].upper() for x in c["commands"]] for c in conns]
+    assert "STARTTLS" in verbs[0] and "MAIL" not in verbs[0], verbs
+    assert "STARTTLS" not in verbs[1] and "MAIL" in verbs[1], verbs
+    # Remembered: the next message goes in plaintext at once.
+    c2, _ = make_message("broken tls 2", to="k2@brk.test")
+    q2 = submit(r, SENDER, ["k2@brk.test"], c2)
+    sent_line(r, q2, "k2@brk.test")
+    verbs = [[x["verb"].upper() for x in c["commands"]]
+             for c in up.connections()]
+    assert all("STARTTLS" not in v for v in verbs[2:]), verbs
+
+
+def test_encrypt_policy_never_sends_in_clear(world, tmp_path):
+    w = world(1)
+    up = w.start_mx(0)      # no STARTTLS offered
+    w.start_dns({"mx": [("enc.test", "mx.enc.test", 10)],
+                 "hosts": [("mx.enc.test", w.host(0))]})
+    pol = tmp_path / "tls_policy"
+    pol.write_text("enc.test encrypt\n")
+    r = w.relayd(tls_policy_file=str(pol))
+    content, mid = make_message("encrypt", to="e@enc.test")
+    qid = submit(r, SENDER, ["e@enc.test"], content)
+    wait_status(r, qid, "e@enc.test", "deferred", fail_on=("sent",))
+    assert "destination mx:mx.enc.test/encrypt" in r.log_text()
+    assert up.messages(all=True) == []
+    assert up.mail_in_clear() == []
