@@ -157,6 +157,7 @@ static bool dest_idle(const struct deliver_dest *dst, uint64_t now)
 
 static void dest_free(struct deliver_dest *dst)
 {
+	deliver_direct_dest_free(dst);
 	free(dst->rate_min.t);
 	free(dst->rate_hour.t);
 	free(dst);
@@ -357,6 +358,9 @@ void deliver_dest_run(struct deliver_dest *dst, uint64_t now,
 	*wait_ms = 0;
 	if (dst->paused)
 		return;
+	/* Smarthost: its name through dns/ first (then run again). */
+	if (dst->ready && !deliver_direct_host_ready(dst->d, dst))
+		return;
 	/* Sessions: idle ones take work; new ones while there is more work
 	 * than sessions on their way. */
 	for (struct deliver_snode *n = dst->sessions; n && dst->ready;
@@ -454,7 +458,7 @@ void deliver_session_gone(struct deliver_dest *dst, struct deliver_session *s,
 		         DELIVER_TLS_BROKEN_MS / 1000,
 		         dst->addr_pos < dst->naddrs ?
 		         dst->addrs[dst->addr_pos].host : "?");
-	} else if (route_fail && !d->stopping && !dst->paused && dst->direct &&
+	} else if (route_fail && !d->stopping && !dst->paused &&
 	    !deliver_session_was_up(s) && dst->addr_pos + 1 < dst->naddrs) {
 		/* Direct: the next address of the try list (next MX on a
 		 * connection failure or a 4xx greeting/EHLO), within the
@@ -470,6 +474,9 @@ void deliver_session_gone(struct deliver_dest *dst, struct deliver_session *s,
 		                          sizeof a));
 	} else if (route_fail && !d->stopping && !dst->paused) {
 		dst->addr_pos = 0;
+		/* Smarthost: its name is looked up again after the pause. */
+		if (!dst->direct)
+			dst->hresolved = false;
 		deliver_dest_pause(dst, auth_fail, r ? r->text : "session failed");
 	}
 	deliver_schedule(d);

@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
 #include <sys/socket.h>
 
 #include "common/log.h"
@@ -475,4 +476,103 @@ void deliver_direct_dest_init(struct deliver *d, struct deliver_dest *dst)
 		memcpy(dst->addrs, dm->try, dm->ntry * sizeof *dm->try);
 		return;
 	}
+}
+
+/* ---- the smarthost's name (issue 9 §2: no getaddrinfo in delivery) ---- */
+
+static void host_cb(void *arg, const struct dns_result *res)
+{
+	struct deliver_dest *dst = arg;
+	struct deliver *d = dst->d;
+	int k = res->qtype == DNS_T_AAAA;
+	dst->hq[k] = NULL;
+	if (res->status == DNS_OK) {
+		/* A answers first in the list, whichever came back first. */
+		struct deliver_dest_addr tmp[DELIVER_MX_ADDR_LIMIT];
+		size_t n = 0;
+		if (k)
+			for (size_t i = 0; i < dst->naddrs; i++)
+				tmp[n++] = dst->addrs[i];
+		for (size_t i = 0; i < res->nrr && n < DELIVER_MX_ADDR_LIMIT; i++) {
+			const struct dns_rr *rr = &res->rr[i];
+			if (rr->type != DNS_T_A && rr->type != DNS_T_AAAA)
+				continue;
+			memset(&tmp[n], 0, sizeof tmp[n]);
+			tmp[n].addr.family = rr->addr.family;
+			memcpy(tmp[n].addr.a, rr->addr.a,
+			       rr->addr.family == AF_INET ? 4 : 16);
+			snprintf(tmp[n].host, sizeof tmp[n].host, "%s", d->cfg->host);
+			n++;
+		}
+		if (!k)
+			for (size_t i = 0; i < dst->naddrs && n < DELIVER_MX_ADDR_LIMIT;
+			     i++)
+				tmp[n++] = dst->addrs[i];
+		memcpy(dst->addrs, tmp, n * sizeof *tmp);
+		dst->naddrs = n;
+	} else {
+		snprintf(dst->last_error, sizeof dst->last_error,
+		         "cannot resolve %s (%s): %s", d->cfg->host,
+		         k ? "AAAA" : "A", dns_status_names[res->status]);
+	}
+	if (--dst->hpending > 0)
+		return;
+	dst->hresolved = true;
+	dst->addr_pos = 0;
+	if (dst->naddrs == 0) {
+		dst->hresolved = false;   /* asked again after the pause */
+		deliver_dest_pause(dst, false, dst->last_error[0] ? dst->last_error
+		                   : "the smarthost's name has no address");
+	} else {
+		char a[64];
+		log_info("smarthost %s: %zu address(es), first %s", dst->name,
+		         dst->naddrs, deliver_addr_str(&dst->addrs[0].addr, a,
+		                                       sizeof a));
+	}
+	deliver_arm(d, 0);
+}
+
+bool deliver_direct_host_ready(struct deliver *d, struct deliver_dest *dst)
+{
+	struct deliver_cfg *g = d->cfg;
+	if (dst->direct || dst->hresolved)
+		return true;
+	unsigned char b[16];
+	if (inet_pton(AF_INET, g->host, b) == 1 ||
+	    inet_pton(AF_INET6, g->host, b) == 1)
+		return true;   /* a literal: deliver_session.c connects to it */
+	if (dst->hpending)
+		return false;
+	if (!d->dns) {
+		deliver_dest_pause(dst, false, "no resolver");
+		return false;
+	}
+	dst->naddrs = 0;
+	dst->last_error[0] = '\0';
+	dst->hpending = 1;
+	for (int k = 0; k < 2; k++) {
+		enum dns_status err;
+		dst->hq[k] = dns_query(d->dns, g->host, k ? DNS_T_AAAA : DNS_T_A,
+		                       host_cb, dst, &err);
+		if (dst->hq[k])
+			dst->hpending++;
+		else
+			snprintf(dst->last_error, sizeof dst->last_error,
+			         "cannot resolve %s: %s", g->host, dns_status_names[err]);
+	}
+	if (--dst->hpending == 0) {
+		deliver_dest_pause(dst, false, dst->last_error);
+		return false;
+	}
+	return false;
+}
+
+void deliver_direct_dest_free(struct deliver_dest *dst)
+{
+	for (int k = 0; k < 2; k++) {
+		if (dst->hq[k])
+			dns_cancel(dst->hq[k]);
+		dst->hq[k] = NULL;
+	}
+	dst->hpending = 0;
 }

@@ -165,6 +165,12 @@ int deliver_direct_route(struct deliver *d, const char *rcpt, char *key,
                          size_t keylen, struct deliver_reply *fail);
 /* A new direct destination: its try list, from the domain routed to it. */
 void deliver_direct_dest_init(struct deliver *d, struct deliver_dest *dst);
+/* Smarthost mode: false while dst's host name is being resolved (the
+ * lookup is started here; dst is run again when it is over), true when
+ * addrs[] is ready or the host is a literal. */
+bool deliver_direct_host_ready(struct deliver *d, struct deliver_dest *dst);
+/* Cancels dst's lookups (dst is going). */
+void deliver_direct_dest_free(struct deliver_dest *dst);
 /* Forgets expired domains (not those being resolved); all when stopping. */
 void deliver_direct_sweep(struct deliver *d, uint64_t now, bool all);
 
@@ -289,6 +295,12 @@ struct deliver_dest {
 	size_t naddrs, addr_pos;
 	/* "may" after a failed handshake: plaintext until then (uv_now). */
 	uint64_t tls_broken_until;
+	/* Smarthost mode: the smarthost's name resolved through dns/ into
+	 * addrs[] (A then AAAA, tried in turn like MX addresses); no
+	 * session starts before. */
+	struct dns_req *hq[2];
+	unsigned hpending;
+	bool hresolved;
 
 	uint64_t n_sent, n_deferred, n_bounced, n_attempts;
 };

@@ -7,7 +7,8 @@
  * idle for SESSION_IDLE_MS, then QUITs.
  *
  * Lifetime: the session is freed when its handles are closed and no
- * write, fs or getaddrinfo request is outstanding (each holds a count).
+ * write, fs or connect request is outstanding (each holds a count). Names
+ * are resolved through dns/ by the destination, never here.
  */
 #include "deliver/deliver_int.h"
 
@@ -54,10 +55,9 @@ struct deliver_session {
 	uv_tcp_t tcp;
 	uv_timer_t timer;
 	uv_connect_t conn;
-	uv_getaddrinfo_t gai;
 	uv_fs_t fs;
 	int handles;            /* open handles (tcp, timer) */
-	int reqs;               /* writes, fs, gai, connect in flight */
+	int reqs;               /* writes, fs, connect in flight */
 	bool closing, gone, tcp_inited;
 
 	struct deliver_client *cl;
@@ -145,8 +145,6 @@ static void session_close(struct deliver_session *s)
 		uv_read_stop((uv_stream_t *)&s->tcp);
 		uv_close((uv_handle_t *)&s->tcp, handle_closed_cb);
 	}
-	if (s->reqs && s->gai.data == s)
-		uv_cancel((uv_req_t *)&s->gai);
 	maybe_free(s);
 }
 
@@ -792,22 +790,6 @@ static void connect_to(struct deliver_session *s, const struct sockaddr *sa)
 	s->reqs++;
 }
 
-static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
-{
-	struct deliver_session *s = req->data;
-	s->reqs--;
-	if (s->closing || status < 0) {
-		if (!s->closing)
-			session_fail(s, true, "cannot resolve %s: %s", s->cfg->host,
-			             uv_strerror(status));
-		uv_freeaddrinfo(res);
-		maybe_free(s);
-		return;
-	}
-	connect_to(s, res->ai_addr);
-	uv_freeaddrinfo(res);
-}
-
 int deliver_session_new(struct deliver_dest *dst, struct deliver_cfg *cfg,
                         uv_loop_t *loop, struct deliver_session **out)
 {
@@ -887,16 +869,25 @@ int deliver_session_new(struct deliver_dest *dst, struct deliver_cfg *cfg,
 		connect_to(s, (struct sockaddr *)&ss);
 		return 0;
 	}
-	char port[8];
-	snprintf(port, sizeof port, "%u", cfg->port);
-	struct addrinfo hints = {.ai_socktype = SOCK_STREAM,
-	                         .ai_family = AF_UNSPEC};
-	s->gai.data = s;
-	r = uv_getaddrinfo(loop, &s->gai, gai_cb, cfg->host, port, &hints);
-	if (r < 0)
-		session_fail(s, true, "cannot resolve %s: %s", cfg->host,
-		             uv_strerror(r));
-	else
-		s->reqs++;
+	/* A name: resolved through dns/ by the destination
+	 * (deliver_direct_host_ready), its addresses tried in turn. */
+	if (dst->addr_pos >= dst->naddrs) {
+		session_fail(s, true, "%s is not resolved", cfg->host);
+		return 0;
+	}
+	da = &dst->addrs[dst->addr_pos];
+	memset(&ss, 0, sizeof ss);
+	if (da->addr.family == AF_INET) {
+		struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+		a->sin_family = AF_INET;
+		a->sin_port = htons(cfg->port);
+		memcpy(&a->sin_addr, da->addr.a, 4);
+	} else {
+		struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+		a->sin6_family = AF_INET6;
+		a->sin6_port = htons(cfg->port);
+		memcpy(&a->sin6_addr, da->addr.a, 16);
+	}
+	connect_to(s, (struct sockaddr *)&ss);
 	return 0;
 }

@@ -16,7 +16,8 @@ defers with 4.4.3 (never the implicit MX), then delivers once the
 resolver answers (SIGHUP to a working server); a STARTTLS that fails at
 "may" is retried once in plaintext and remembered ("TLS broken"); an
 `encrypt` domain whose MX offers no STARTTLS is deferred, never sent in
-clear. Every wait is bounded; every server is stopped by PID.
+clear. Smarthost mode: the smarthost's name is resolved through dns/
+(dns_servers) and its addresses tried in turn. Every wait is bounded; every server is stopped by PID.
 """
 import os
 import random
@@ -383,3 +384,26 @@ def test_encrypt_policy_never_sends_in_clear(world, tmp_path):
     assert "destination mx:mx.enc.test/encrypt" in r.log_text()
     assert up.messages(all=True) == []
     assert up.mail_in_clear() == []
+
+
+def test_smarthost_name_resolved_through_dns(world):
+    w = world(2)
+    # Two addresses for the smarthost's name; nothing listens on the
+    # first: the second is tried in turn.
+    up = w.start_mx(1)
+    dns = w.start_dns({"hosts": [("sh.test", w.host(0)),
+                                 ("sh.test", w.host(1))]})
+    r = w.relayd_factory(delivery="smarthost",
+                         smarthost="sh.test:%d" % w.port,
+                         smarthost_tls="none", dns_servers=dns.servers,
+                         retry_min="1s", retry_max="2s",
+                         delivery_timeout="10s")
+    content, mid = make_message("smarthost by name", to="z@dest.test")
+    qid = submit(r, SENDER, ["z@dest.test"], content)
+    line = sent_line(r, qid, "z@dest.test")
+    assert "relay=sh.test[%s]:%d" % (w.host(1), w.port) in line, line
+    assert up.wait_messages(1)[0]["rcpt_tos"] == ["z@dest.test"]
+    # Asked through relayd's resolver (dns_servers), not the system's.
+    assert dns.queries("sh.test", "A") >= 1
+    log = r.log_text()
+    assert "trying sh.test[%s]" % w.host(1) in log, log[-3000:]
