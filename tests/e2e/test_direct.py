@@ -16,7 +16,9 @@ defers with 4.4.3 (never the implicit MX), then delivers once the
 resolver answers (SIGHUP to a working server); a STARTTLS that fails at
 "may" is retried once in plaintext and remembered ("TLS broken"); an
 `encrypt` domain whose MX offers no STARTTLS is deferred, never sent in
-clear. Smarthost mode: the smarthost's name is resolved through dns/
+clear. An MX that is relayd's own listener bounces 5.4.6; an address
+literal goes to that address (mx_allow_private = yes) or bounces 5.4.4
+(no). Smarthost mode: the smarthost's name is resolved through dns/
 (dns_servers) and its addresses tried in turn. Every wait is bounded; every server is stopped by PID.
 """
 import os
@@ -407,3 +409,45 @@ def test_smarthost_name_resolved_through_dns(world):
     assert dns.queries("sh.test", "A") >= 1
     log = r.log_text()
     assert "trying sh.test[%s]" % w.host(1) in log, log[-3000:]
+
+
+def test_mx_pointing_at_relayd_itself_bounces_5_4_6(world):
+    w = world(1)
+    r = w.relayd_factory(start=False, delivery="direct", mx_allow_private="yes",
+                         retry_min="1s", retry_max="2s")
+    # loop.test's MX is relayd's own listener (address and port).
+    w.start_dns({"mx": [("loop.test", "mx.loop.test", 10)],
+                 "hosts": [("mx.loop.test", r.addr)]})
+    r.conf["dns_servers"] = w.dns.servers
+    r.conf["mx_port"] = str(r.port)
+    r.write_conf()
+    r.start()
+    content, mid = make_message("loop", to="l@loop.test")
+    qid = submit(r, SENDER, ["l@loop.test"], content,
+                 rcpt_options={"l@loop.test": ["NOTIFY=NEVER"]})
+    line = [l for st, l in wait_status(r, qid, "l@loop.test", "bounced",
+                                       fail_on=("sent", "deferred"))
+            if st == "bounced"][0]
+    assert "dsn=5.4.6" in line and "loops back to myself" in line, line
+
+
+@pytest.mark.parametrize("allow", ["yes", "no"])
+def test_address_literal(world, allow):
+    w = world(1)
+    up = w.start_mx(0)
+    w.start_dns({"hosts": [("unused.test", w.host(0))]})
+    r = w.relayd(mx_allow_private=allow)
+    rcpt = "lit@[%s]" % w.host(0)
+    content, mid = make_message("literal", to=rcpt)
+    qid = submit(r, SENDER, [rcpt], content,
+                 rcpt_options={rcpt: ["NOTIFY=NEVER"]})
+    if allow == "yes":
+        line = sent_line(r, qid, rcpt)
+        assert "[%s]:%d" % (w.host(0), w.port) in line, line
+        assert up.wait_messages(1)[0]["rcpt_tos"] == [rcpt]
+    else:
+        line = [l for st, l in wait_status(r, qid, rcpt, "bounced",
+                                           fail_on=("sent", "deferred"))
+                if st == "bounced"][0]
+        assert "dsn=5.4.4" in line and "loopback address" in line, line
+        assert up.connections() == []
