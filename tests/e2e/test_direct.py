@@ -18,7 +18,9 @@ resolver answers (SIGHUP to a working server); a STARTTLS that fails at
 `encrypt` domain whose MX offers no STARTTLS is deferred, never sent in
 clear. An MX that is relayd's own listener bounces 5.4.6; an address
 literal goes to that address (mx_allow_private = yes) or bounces 5.4.4
-(no). Smarthost mode: the smarthost's name is resolved through dns/
+(no). A recipient the MX refuses (550) bounces with a DSN naming that
+MX as Remote-MTA, the other recipient of the transaction is sent.
+Smarthost mode: the smarthost's name is resolved through dns/
 (dns_servers) and its addresses tried in turn. Every wait is bounded; every server is stopped by PID.
 """
 import os
@@ -451,3 +453,26 @@ def test_address_literal(world, allow):
                 if st == "bounced"][0]
         assert "dsn=5.4.4" in line and "loopback address" in line, line
         assert up.connections() == []
+
+
+def test_bounce_dsn_names_the_mx_as_remote_mta(world):
+    w = world(2)
+    snd = w.start_mx(0)
+    mx = w.start_mx(1, behaviour={"rcpt": {"bad@rj.test":
+                                           "550 5.1.1 no such user"}})
+    w.start_dns({"mx": [("snd.test", "mx.snd.test", 10),
+                        ("rj.test", "mx.rj.test", 10)],
+                 "hosts": [("mx.snd.test", w.host(0)),
+                           ("mx.rj.test", w.host(1))]})
+    r = w.relayd()
+    content, mid = make_message("reject", to="bad@rj.test")
+    qid = submit(r, SENDER, ["bad@rj.test", "good@rj.test"], content)
+    sent_line(r, qid, "good@rj.test")
+    wait_status(r, qid, "bad@rj.test", "bounced", fail_on=("sent",))
+    rec = snd.wait_messages(1, match=lambda m: m["mail_from"] == "")[0]
+    d = parse_dsn(rec["data"])
+    rr = d.recipient("bad@rj.test")
+    assert rr["status"] == "5.1.1"
+    assert rr["remote-mta"].replace(" ", "") == "dns;mx.rj.test", rr
+    assert "no such user" in rr["diagnostic-code"]
+    assert mx.wait_messages(1)[0]["rcpt_tos"] == ["good@rj.test"]
