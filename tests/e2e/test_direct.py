@@ -5,7 +5,7 @@ several 127.0.N.x addresses sharing one port (mx_port); relayd asks it
 through dns_servers, with mx_allow_private = yes.
 
 Covered: the best MX gets the mail; failover when it refuses
-connections; one message to three domains is three transactions, each MX
+connections or greets with 421; one message to three domains is three transactions, each MX
 seeing only its recipients; NXDOMAIN bounces 5.1.2 with a DSN delivered
 to the sender's own MX; the implicit MX (a domain with an A record and no
 MX); opportunistic STARTTLS used when offered (tls=TLSv1.x/unverified in
@@ -31,7 +31,7 @@ import tempfile
 
 import pytest
 
-from conftest_upstream import make_message, submit, wait_status
+from conftest_upstream import make_message, statuses, submit, wait_status
 from dnsutil import Dnsmasq
 from dsn import parse_dsn
 
@@ -476,3 +476,23 @@ def test_bounce_dsn_names_the_mx_as_remote_mta(world):
     assert rr["remote-mta"].replace(" ", "") == "dns;mx.rj.test", rr
     assert "no such user" in rr["diagnostic-code"]
     assert mx.wait_messages(1)[0]["rcpt_tos"] == ["good@rj.test"]
+
+
+def test_failover_when_best_mx_greets_421(world):
+    w = world(2)
+    busy = w.start_mx(0, behaviour={"greeting": "421 4.3.2 busy, try later"})
+    second = w.start_mx(1)
+    w.start_dns({"mx": [("busy.test", "mx1.busy.test", 10),
+                        ("busy.test", "mx2.busy.test", 20)],
+                 "hosts": [("mx1.busy.test", w.host(0)),
+                           ("mx2.busy.test", w.host(1))]})
+    r = w.relayd()
+    content, mid = make_message("421", to="q@busy.test")
+    qid = submit(r, SENDER, ["q@busy.test"], content)
+    line = sent_line(r, qid, "q@busy.test")
+    assert "relay=mx2.busy.test[%s]:%d" % (w.host(1), w.port) in line, line
+    assert second.wait_messages(1)[0]["rcpt_tos"] == ["q@busy.test"]
+    # The best MX was asked first, and took nothing.
+    assert len(busy.connections()) >= 1
+    assert busy.messages(all=True) == []
+    assert statuses(r, qid, "q@busy.test") == ["sent"]
