@@ -496,3 +496,20 @@ def test_failover_when_best_mx_greets_421(world):
     assert len(busy.connections()) >= 1
     assert busy.messages(all=True) == []
     assert statuses(r, qid, "q@busy.test") == ["sent"]
+
+
+def test_max_recipients_per_transaction(world):
+    w = world(1)
+    up = w.start_mx(0)
+    w.start_dns({"mx": [("many.test", "mx.many.test", 10)],
+                 "hosts": [("mx.many.test", w.host(0))]})
+    r = w.relayd(max_recipients_per_transaction="2")
+    rcpts = ["r%d@many.test" % i for i in range(5)]
+    content, mid = make_message("many", to=rcpts[0])
+    qid = submit(r, SENDER, rcpts, content)
+    for rc in rcpts:
+        sent_line(r, qid, rc)
+    got = up.wait_messages(3)
+    assert len(got) == 3, [m["rcpt_tos"] for m in got]
+    assert sorted(len(m["rcpt_tos"]) for m in got) == [1, 2, 2]
+    assert sorted(a for m in got for a in m["rcpt_tos"]) == sorted(rcpts)
