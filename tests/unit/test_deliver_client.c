@@ -350,6 +350,7 @@ static const struct deliver_client_msg m_utf8 = {
 
 #define O_PLAIN {.helo = "relay.test"}
 #define O_TLS {.helo = "relay.test", .starttls = true}
+#define O_MAY {.helo = "relay.test", .starttls_may = true}
 #define O_AUTH {.helo = "relay.test", .user = "user", .password = "pass"}
 #define O_TLS_AUTH {.helo = "relay.test", .starttls = true, .user = "user", \
                     .password = "pass"}
@@ -456,6 +457,37 @@ static const struct script scripts[] = {
 		{TLS, .ev = "WAIT", .out = EHLO, .wait = "ehlo-tls 300"},
 		{SRV, "250-mx.test\r\n250 PIPELINING\r\n", .ev = "READY",
 		 .ext = "PIPELINING"},
+	}},
+	/* Direct delivery's "may" (RFC 7435): STARTTLS when offered, else
+	 * plaintext; a refusal still fails the session (the engine retries
+	 * once in plaintext and remembers it). */
+	{"STARTTLS may, offered", O_MAY, {
+		T_GREET,
+		{SRV, "250-mx.test\r\n250 STARTTLS\r\n", .ev = "WAIT",
+		 .out = "STARTTLS\r\n", .ext = "STARTTLS"},
+		{SRV, "220 go ahead\r\n", .ev = "STARTTLS"},
+		{TLS, .ev = "WAIT", .out = EHLO, .ext = ""},
+		{SRV, "250 mx.test\r\n", .ev = "READY"},
+		{SEND, .msg = &m1, .ev = "WAIT", .out = MAIL},
+	}},
+	{"STARTTLS may, not offered: plaintext", O_MAY, {
+		T_GREET,
+		{SRV, "250-mx.test\r\n250 8BITMIME\r\n", .ev = "READY",
+		 .ext = "8BITMIME"},
+		{SEND, .msg = &m1, .ev = "WAIT", .out = MAIL},
+	}},
+	{"STARTTLS may, refused", O_MAY, {
+		T_GREET,
+		{SRV, "250-mx.test\r\n250 STARTTLS\r\n", .ev = "WAIT",
+		 .out = "STARTTLS\r\n"},
+		{SRV, "454 4.7.0 TLS not available\r\n", .ev = "FAILED",
+		 .err = "NO_TLS 454 454 4.7.0 TLS not available"},
+	}},
+	{"STARTTLS may, old server: HELO after a 5xx EHLO", O_MAY, {
+		T_GREET,
+		{SRV, "502 5.5.2 what?\r\n", .ev = "WAIT",
+		 .out = "HELO relay.test\r\n"},
+		{SRV, "250 mx.test\r\n", .ev = "READY"},
 	}},
 	{"STARTTLS required, not offered", O_TLS, {
 		T_GREET,
