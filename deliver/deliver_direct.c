@@ -331,6 +331,12 @@ static void mx_cb(void *arg, const struct dns_result *res)
 		dom_ready(dm);
 }
 
+/* Lookups of dm in flight (a first resolution or a refresh). */
+static bool dom_busy(const struct deliver_domain *dm)
+{
+	return dm->qmx || dm->pending;
+}
+
 static void dom_free(struct deliver_domain *dm)
 {
 	dom_cancel(dm);
@@ -341,7 +347,11 @@ void deliver_direct_sweep(struct deliver *d, uint64_t now, bool all)
 {
 	for (struct deliver_domain **p = &d->domains; *p;) {
 		struct deliver_domain *dm = *p;
-		if (all || (dm->st != DOM_RESOLVING && dm->expires <= now)) {
+		/* A READY entry is kept a while past its expiry: it is
+		 * refreshed on use, and serves meanwhile. */
+		uint64_t grace = dm->st == DOM_READY ? DOMAIN_OK_MS : 0;
+		if (all || (!dom_busy(dm) && dm->st != DOM_RESOLVING &&
+		            dm->expires + grace <= now)) {
 			*p = dm->next;
 			d->ndomains--;
 			dom_free(dm);
@@ -377,9 +387,15 @@ static void dom_start(struct deliver_domain *dm)
 {
 	struct deliver *d = dm->d;
 	struct deliver_cfg *g = d->cfg;
+	/* A refresh of a READY domain keeps serving its key and try list
+	 * until the new answer replaces them. */
+	bool refresh = dm->st == DOM_READY;
 	memset(&dm->fail, 0, sizeof dm->fail);
-	dm->nhosts = dm->ntry = 0;
-	dm->key[0] = '\0';
+	dm->nhosts = 0;
+	if (!refresh) {
+		dm->ntry = 0;
+		dm->key[0] = '\0';
+	}
 	dm->tls = deliver_tlspol_level(g->tls_policy, dm->name);
 	if (dm->name[0] == '[') {
 		struct deliver_self self = {g->self, g->nself, NULL, 0};
@@ -411,7 +427,8 @@ static void dom_start(struct deliver_domain *dm)
 		dom_fail(dm, SMTP_R_DLV_DNS_TEMP, dm->name, "no resolver");
 		return;
 	}
-	dm->st = DOM_RESOLVING;
+	if (!refresh)
+		dm->st = DOM_RESOLVING;
 	enum dns_status err;
 	dm->qmx = dns_query(d->dns, dm->name, DNS_T_MX, mx_cb, dm, &err);
 	if (!dm->qmx) {
@@ -430,8 +447,9 @@ int deliver_direct_route(struct deliver *d, const char *rcpt, char *key,
 	rcpt_domain(rcpt, name, sizeof name);
 	uint64_t now = uv_now(d->loop);
 	struct deliver_domain *dm = dom_find(d, name);
-	if (dm && dm->st != DOM_RESOLVING && dm->expires <= now) {
-		dom_start(dm);   /* expired: again */
+	if (dm && dm->st != DOM_RESOLVING && !dom_busy(dm) &&
+	    dm->expires <= now) {
+		dom_start(dm);   /* expired: again (READY serves meanwhile) */
 	} else if (!dm) {
 		if (d->ndomains >= DOMAINS_MAX)
 			deliver_direct_sweep(d, now, false);
