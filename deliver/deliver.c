@@ -922,8 +922,11 @@ int deliver_set_conf(struct deliver *d, const struct conf *conf)
 		log_err("SIGHUP: delivery settings kept: %s", err);
 		return -EINVAL;
 	}
+	/* Direct destinations keep the rates destination_policy_file gave
+	 * them until they are made again. */
 	for (struct deliver_dest *t = d->dests; t; t = t->next)
-		deliver_dest_set_rates(t, g->rate_minute, g->rate_hour);
+		if (!t->direct)
+			deliver_dest_set_rates(t, g->rate_minute, g->rate_hour);
 	bool same = g->mode == d->cfg->mode && g->port == d->cfg->port &&
 	            strcmp(g->host, d->cfg->host) == 0;
 	deliver_cfg_unref(d->cfg);

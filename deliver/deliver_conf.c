@@ -174,6 +174,13 @@ static struct deliver_cfg *direct_cfg(struct deliver_cfg *g,
 	    deliver_tlspol_load(c->tls_policy_file, &g->tls_policy, err,
 	                            errlen) < 0)
 		goto fail;
+	if (c->destination_policy_file[0] &&
+	    deliver_tlspol_dest_load(c->destination_policy_file,
+	                             &g->dest_policy, err, errlen) < 0)
+		goto fail;
+	/* smarthost_rate is the smarthost's; MX destinations get rates from
+	 * destination_policy_file only. */
+	g->rate_minute = g->rate_hour = 0;
 	g->ssl = SSL_CTX_new(TLS_client_method());
 	if (!g->ssl)
 		goto nomem;
@@ -231,6 +238,7 @@ void deliver_cfg_unref(struct deliver_cfg *g)
 	free(g->bind4);
 	free(g->bind6);
 	deliver_tlspol_free(g->tls_policy);
+	deliver_tlspol_dest_free(g->dest_policy);
 	if (g->ssl)
 		SSL_CTX_free(g->ssl);
 	if (g->ssl_verify)

@@ -366,7 +366,8 @@ void deliver_dest_run(struct deliver_dest *dst, uint64_t now,
 	for (struct deliver_snode *n = dst->sessions; n && dst->ready;
 	     n = n->next)
 		deliver_session_kick(n->s);
-	unsigned slots = dst->probing ? 1 : dst->d->cfg->concurrency;
+	unsigned slots = dst->probing ? 1 : dst->concurrency ? dst->concurrency
+	                                    : dst->d->cfg->concurrency;
 	/* Not while the rate cap holds everything back: a session would only
 	 * connect, idle and leave (a reconnect storm at the provider). */
 	bool capped = rate_wait(&dst->rate_min, now) ||

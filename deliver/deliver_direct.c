@@ -492,6 +492,22 @@ void deliver_direct_dest_init(struct deliver *d, struct deliver_dest *dst)
 		dst->naddrs = dm->ntry;
 		dst->addr_pos = 0;
 		memcpy(dst->addrs, dm->try, dm->ntry * sizeof *dm->try);
+		/* destination_policy_file: matched by the MX hosts and the
+		 * domain that made the destination (the first one routed). */
+		const char *names[DELIVER_MX_HOSTS_MAX + 1];
+		size_t n = 0;
+		for (size_t i = 0; i < dm->nhosts; i++)
+			names[n++] = dm->hosts[i].name;
+		names[n++] = dm->name;
+		unsigned pm, ph;
+		if (deliver_tlspol_dest_limits(d->cfg->dest_policy, names, n,
+		                               d->cfg->concurrency,
+		                               &dst->concurrency, &pm, &ph)) {
+			deliver_dest_set_rates(dst, pm, ph);
+			log_info("destination %s: destination_policy_file: "
+			         "concurrency %u, rate %u/min %u/hour", dst->name,
+			         dst->concurrency, pm, ph);
+		}
 		return;
 	}
 }

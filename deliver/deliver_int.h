@@ -53,6 +53,7 @@ struct deliver_cfg {
 	char *bind4, *bind6;        /* NULL: the kernel's choice */
 	struct deliver_tls_policy *tls_policy;   /* NULL: every domain may */
 	SSL_CTX *ssl_verify;        /* tls_policy_file verify: chain + name */
+	struct deliver_dest_policy *dest_policy; /* NULL: no overrides */
 	struct deliver_endpoint self[CONF_LISTEN_MAX];  /* our listeners */
 	size_t nself;
 };
@@ -293,6 +294,7 @@ struct deliver_dest {
 		char host[SMTP_DOMAIN_MAX + 1];
 	} addrs[DELIVER_MX_ADDR_LIMIT];
 	size_t naddrs, addr_pos;
+	unsigned concurrency;               /* direct: sessions (0: the cfg's) */
 	/* "may" after a failed handshake: plaintext until then (uv_now). */
 	uint64_t tls_broken_until;
 	/* Smarthost mode: the smarthost's name resolved through dns/ into

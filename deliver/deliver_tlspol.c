@@ -3,8 +3,10 @@
  * direct-delivery engine, behind plain types: deliver_policy.h and
  * deliver_client.h both define a struct deliver_reply, so the files of
  * the engine (deliver_int.h) cannot include both. This file includes only
- * the policy's header.
+ * the policy's header. Also destination_policy_file's limits.
  */
+#include <stdbool.h>
+
 #include "deliver/deliver_policy.h"
 #include "deliver/deliver_tlspol.h"
 
@@ -35,4 +37,29 @@ const char *deliver_tlspol_name(int level)
 {
 	return level >= 0 && level < DELIVER_TLS__COUNT
 	       ? deliver_tls_level_names[level] : "?";
+}
+
+int deliver_tlspol_dest_load(const char *path, struct deliver_dest_policy **out,
+                             char *err, size_t errlen)
+{
+	return deliver_dest_policy_load(path, out, err, errlen);
+}
+
+void deliver_tlspol_dest_free(struct deliver_dest_policy *p)
+{
+	deliver_dest_policy_free(p);
+}
+
+bool deliver_tlspol_dest_limits(const struct deliver_dest_policy *p,
+                                const char *const *names, size_t n,
+                                unsigned dflt, unsigned *conc,
+                                unsigned *per_min, unsigned *per_hour)
+{
+	struct deliver_dest_limits lim = {0};
+	for (size_t i = 0; i < n; i++)
+		deliver_dest_policy_match(p, names[i], &lim);
+	*conc = deliver_dest_concurrency(&lim, dflt);
+	*per_min = lim.per_minute;
+	*per_hour = lim.per_hour;
+	return lim.matched;
 }

@@ -6,6 +6,7 @@
 #ifndef RELAY_DELIVER_TLSPOL_H
 #define RELAY_DELIVER_TLSPOL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #define DELIVER_TLSPOL_NONE 0
@@ -23,5 +24,18 @@ int deliver_tlspol_level(const struct deliver_tls_policy *p,
                          const char *domain);
 /* "none", "may", "encrypt", "verify". */
 const char *deliver_tlspol_name(int level);
+
+/* destination_policy_file. */
+struct deliver_dest_policy;
+int deliver_tlspol_dest_load(const char *path, struct deliver_dest_policy **out,
+                             char *err, size_t errlen);
+void deliver_tlspol_dest_free(struct deliver_dest_policy *p);
+/* The limits of a destination matched by names[] (its MX hosts and
+ * recipient domains): *conc (dflt without a match), rates (0: none).
+ * True when some line applied. */
+bool deliver_tlspol_dest_limits(const struct deliver_dest_policy *p,
+                                const char *const *names, size_t n,
+                                unsigned dflt, unsigned *conc,
+                                unsigned *per_min, unsigned *per_hour);
 
 #endif

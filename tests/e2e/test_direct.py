@@ -20,7 +20,9 @@ clear. An MX that is relayd's own listener bounces 5.4.6; an address
 literal goes to that address (mx_allow_private = yes) or bounces 5.4.4
 (no). A recipient the MX refuses (550) bounces with a DSN naming that
 MX as Remote-MTA, the other recipient of the transaction is sent.
-max_recipients_per_transaction splits a transaction. SIGKILL while six
+max_recipients_per_transaction splits a transaction;
+destination_policy_file's concurrency=1 holds an MX to one session while
+another destination runs several. SIGKILL while six
 messages go to three domains loses nothing (every recipient reaches its
 MX after the restart).
 Smarthost mode: the smarthost's name is resolved through dns/
@@ -549,3 +551,28 @@ def test_sigkill_during_delivery_to_several_domains_loses_nothing(world):
                what="every recipient at its MX after the restart")
     assert got() == want
     wait_queue_empty(r, timeout=30)
+
+
+def test_destination_policy_file_concurrency(world, tmp_path):
+    w = world(2)
+    slow = {"delay_data_reply_ms": 500}
+    capped = w.start_mx(0, behaviour=slow)
+    free = w.start_mx(1, behaviour=slow)
+    w.start_dns({"mx": [("cap.test", "mx.cap.test", 10),
+                        ("free.test", "mx.free.test", 10)],
+                 "hosts": [("mx.cap.test", w.host(0)),
+                           ("mx.free.test", w.host(1))]})
+    pol = tmp_path / "destinations"
+    pol.write_text("mx.cap.test concurrency=1\n")
+    r = w.relayd(destination_policy_file=str(pol))
+    for n in range(4):
+        rcpts = ["c%d@cap.test" % n, "f%d@free.test" % n]
+        content, mid = make_message("cap %d" % n, to=rcpts[0])
+        submit(r, SENDER, rcpts, content)
+    capped.wait_messages(4)
+    free.wait_messages(4)
+    assert "destination mx.cap.test/may: destination_policy_file: " \
+        "concurrency 1" in r.log_text()
+    assert max(c["concurrent"] for c in capped.connections()) == 1
+    # The test of the test: without a line, sessions run in parallel.
+    assert max(c["concurrent"] for c in free.connections()) > 1
