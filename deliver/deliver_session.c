@@ -573,6 +573,22 @@ static bool start_job(struct deliver_session *s)
 	return true;
 }
 
+/* A "slow down" reply: the smarthost's word list, or for an MX host
+ * direct delivery's reply table (deliver_policy.h: provider tags on
+ * enhanced codes and whole words; greylisting is not one). */
+static bool is_throttle(struct deliver_session *s, const struct deliver_reply *r)
+{
+	if (!s->direct)
+		return deliver_reply_is_throttle(r);
+	const char *rule = NULL;
+	if (!r->code || !deliver_tlspol_throttle(r->text, strlen(r->text), &rule))
+		return false;
+	char esc[DELIVER_REPLY_TEXT_MAX * 4];
+	log_escape(esc, sizeof esc, r->text, strlen(r->text));
+	log_info("%s: throttled (%s): %s", s->relay, rule ? rule : "?", esc);
+	return true;
+}
+
 static void job_done(struct deliver_session *s)
 {
 	struct deliver_job *j = s->job;
@@ -607,7 +623,7 @@ static void job_done(struct deliver_session *s)
 	 * route, see deliver_session_gone). */
 	bool throttled = false;
 	for (size_t k = 0; k < j->n && !throttled; k++)
-		if (deliver_reply_is_throttle(res[k])) {
+		if (is_throttle(s, res[k])) {
 			throttled = true;
 			s->why = *res[k];
 		}
@@ -690,8 +706,7 @@ static void drive(struct deliver_session *s)
 			s->route_fail = !s->up || f == DELIVER_FAIL_AUTH ||
 			                f == DELIVER_FAIL_NO_AUTH ||
 			                f == DELIVER_FAIL_NO_TLS ||
-			                (f == DELIVER_FAIL_CLOSED &&
-			                 deliver_reply_is_throttle(r));
+			                (f == DELIVER_FAIL_CLOSED && is_throttle(s, r));
 			session_close(s);
 			return;
 		}

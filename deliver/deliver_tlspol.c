@@ -63,3 +63,12 @@ bool deliver_tlspol_dest_limits(const struct deliver_dest_policy *p,
 	*per_hour = lim.per_hour;
 	return lim.matched;
 }
+
+bool deliver_tlspol_throttle(const char *reply, size_t n, const char **rule)
+{
+	const char *r = NULL;
+	enum deliver_reaction x = deliver_reply_classify_raw(reply, n, &r);
+	if (rule)
+		*rule = r;
+	return x == DELIVER_REACT_DEST_THROTTLE;
+}

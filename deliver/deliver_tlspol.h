@@ -38,4 +38,10 @@ bool deliver_tlspol_dest_limits(const struct deliver_dest_policy *p,
                                 unsigned dflt, unsigned *conc,
                                 unsigned *per_min, unsigned *per_hour);
 
+/* Direct delivery's reply table (deliver_policy.h): whether a reply
+ * ("421 4.7.28 text", lines joined) asks the destination to slow down;
+ * *rule (may be NULL) gets the matching row's name. Greylisting, a busy
+ * mailbox (4.2.1) and other 4xx are not. */
+bool deliver_tlspol_throttle(const char *reply, size_t n, const char **rule);
+
 #endif

@@ -22,7 +22,10 @@ literal goes to that address (mx_allow_private = yes) or bounces 5.4.4
 MX as Remote-MTA, the other recipient of the transaction is sent.
 max_recipients_per_transaction splits a transaction;
 destination_policy_file's concurrency=1 holds an MX to one session while
-another destination runs several. SIGKILL while six
+another destination runs several. The reply table (deliver_policy.h):
+a greylisting 450 4.7.1 defers that recipient only (the destination
+never pauses), Gmail's 421 4.7.28 pauses the destination (then a probe
+delivers). SIGKILL while six
 messages go to three domains loses nothing (every recipient reaches its
 MX after the restart).
 Smarthost mode: the smarthost's name is resolved through dns/
@@ -576,3 +579,46 @@ def test_destination_policy_file_concurrency(world, tmp_path):
     assert max(c["concurrent"] for c in capped.connections()) == 1
     # The test of the test: without a line, sessions run in parallel.
     assert max(c["concurrent"] for c in free.connections()) > 1
+
+
+def test_greylisting_defers_the_recipient_not_the_destination(world):
+    w = world(1)
+    up = w.start_mx(0, behaviour={"rcpt": {
+        "g@grey.test": ["450 4.7.1 <g@grey.test>: Recipient address "
+                        "rejected: Greylisted, try again later"]}})
+    w.start_dns({"mx": [("grey.test", "mx.grey.test", 10)],
+                 "hosts": [("mx.grey.test", w.host(0))]})
+    r = w.relayd()
+    content, mid = make_message("grey", to="g@grey.test")
+    qid = submit(r, SENDER, ["g@grey.test", "h@grey.test"], content)
+    sent_line(r, qid, "h@grey.test")
+    sent_line(r, qid, "g@grey.test")
+    assert statuses(r, qid, "g@grey.test") == ["deferred", "sent"]
+    assert statuses(r, qid, "h@grey.test") == ["sent"]
+    # Not a throttle: the destination never paused.
+    assert "delivery paused" not in r.log_text()
+    assert "throttled" not in r.log_text()
+    assert len(up.messages()) == 2
+
+
+def test_gmail_rate_limit_throttles_the_destination(world):
+    w = world(1)
+    up = w.start_mx(0, behaviour={"mail": [
+        "421 4.7.28 Our system has detected an unusual rate of unsolicited "
+        "mail originating from your IP address."]})
+    w.start_dns({"mx": [("gm.test", "mx.gm.test", 10)],
+                 "hosts": [("mx.gm.test", w.host(0))]})
+    r = w.relayd()
+    content, mid = make_message("gmail", to="g@gm.test")
+    qid = submit(r, SENDER, ["g@gm.test"], content)
+    sent_line(r, qid, "g@gm.test")
+    log = r.log_text()
+    i_thr = log.find("throttled (gmail-4.7.28)")
+    i_pause = log.find("destination mx.gm.test/may: delivery paused")
+    i_sent = log.find("%s: to=<g@gm.test>, relay=mx.gm.test" % qid)
+    assert 0 <= i_thr < i_pause, log[-3000:]
+    assert statuses(r, qid, "g@gm.test") == ["deferred", "sent"]
+    assert len(up.messages()) == 1
+    # The pause came before the deferral it caused was retried.
+    assert i_pause < log.rfind("status=sent"), log[-3000:]
+    assert i_sent >= 0
