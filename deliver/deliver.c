@@ -910,6 +910,7 @@ int deliver_new(uv_loop_t *loop, struct queue *q, const struct conf *conf,
 void deliver_set_dns(struct deliver *d, struct dns *dns)
 {
 	d->dns = dns;
+	deliver_direct_check_v6(d);
 	if (d->cfg->mode == CONF_DELIVERY_DIRECT)
 		deliver_arm(d, 0);
 }
@@ -933,6 +934,7 @@ int deliver_set_conf(struct deliver *d, const struct conf *conf)
 	d->cfg = g;
 	/* Routing may change with the TLS policy or the MX settings. */
 	deliver_direct_sweep(d, UINT64_MAX, false);
+	deliver_direct_check_v6(d);
 	if (!same) {
 		/* Another smarthost (or none): its SIZE, if known. */
 		deliver_size_load(d);

@@ -26,7 +26,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <arpa/inet.h>
+#include <strings.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "common/smtp.h"
@@ -174,7 +176,7 @@ static void dom_ready(struct deliver_domain *dm)
 	struct deliver_self self = {g->self, g->nself, NULL, 0};
 	struct deliver_try_opts o = {
 		.ip_pref = g->ip_pref,
-		.v6_first = false,   /* the FCrDNS check of auto is not wired */
+		.v6_first = d->v6_first,   /* auto: deliver_direct_check_v6 */
 		.allow_private = g->mx_allow_private,
 		.port = g->mx_port,
 		.self = &self,
@@ -345,6 +347,10 @@ static void dom_free(struct deliver_domain *dm)
 
 void deliver_direct_sweep(struct deliver *d, uint64_t now, bool all)
 {
+	if (all && d->v6q) {
+		dns_cancel(d->v6q);
+		d->v6q = NULL;
+	}
 	for (struct deliver_domain **p = &d->domains; *p;) {
 		struct deliver_domain *dm = *p;
 		/* A READY entry is kept a while past its expiry: it is
@@ -609,4 +615,113 @@ void deliver_direct_dest_free(struct deliver_dest *dst)
 		dst->hq[k] = NULL;
 	}
 	dst->hpending = 0;
+}
+
+/* ---- ip_preference = auto: the IPv6 source's FCrDNS (issue 9 §3) ------- */
+
+static void v6_done(struct deliver *d, bool ok, const char *why)
+{
+	char a[64];
+	deliver_addr_str(&d->v6src, a, sizeof a);
+	if (d->v6_first != ok)
+		deliver_direct_sweep(d, UINT64_MAX, false);   /* re-order */
+	d->v6_first = ok;
+	if (ok)
+		log_info("ip_preference auto: IPv6 first (%s has forward-confirmed "
+		         "reverse DNS %s)", a, d->v6name);
+	else
+		log_info("ip_preference auto: IPv4 first (%s: %s)", a, why);
+}
+
+static void v6_aaaa_cb(void *arg, const struct dns_result *res)
+{
+	struct deliver *d = arg;
+	d->v6q = NULL;
+	if (res->status == DNS_OK)
+		for (size_t i = 0; i < res->nrr; i++)
+			if (res->rr[i].type == DNS_T_AAAA &&
+			    memcmp(res->rr[i].addr.a, d->v6src.a, 16) == 0) {
+				v6_done(d, true, NULL);
+				return;
+			}
+	char why[400];
+	snprintf(why, sizeof why, "%s has no AAAA record naming it back (%s)",
+	         d->v6name, dns_status_names[res->status]);
+	v6_done(d, false, why);
+}
+
+static void v6_ptr_cb(void *arg, const struct dns_result *res)
+{
+	struct deliver *d = arg;
+	d->v6q = NULL;
+	if (res->status != DNS_OK || !res->nrr || !res->rr[0].name) {
+		char why[128];
+		snprintf(why, sizeof why, "no PTR record (%s)",
+		         dns_status_names[res->status]);
+		v6_done(d, false, why);
+		return;
+	}
+	snprintf(d->v6name, sizeof d->v6name, "%s", res->rr[0].name);
+	if (strcasecmp(d->v6name, d->cfg->hostname) != 0) {
+		char why[600];
+		snprintf(why, sizeof why, "its PTR names %s, not hostname %s",
+		         d->v6name, d->cfg->hostname);
+		v6_done(d, false, why);
+		return;
+	}
+	enum dns_status err;
+	d->v6q = dns_query(d->dns, d->v6name, DNS_T_AAAA, v6_aaaa_cb, d, &err);
+	if (!d->v6q)
+		v6_done(d, false, dns_status_names[err]);
+}
+
+void deliver_direct_check_v6(struct deliver *d)
+{
+	struct deliver_cfg *g = d->cfg;
+	if (d->v6q) {
+		dns_cancel(d->v6q);
+		d->v6q = NULL;
+	}
+	d->v6_first = false;
+	if (g->mode != CONF_DELIVERY_DIRECT || g->ip_pref != CONF_IP_AUTO ||
+	    !d->dns)
+		return;
+	memset(&d->v6src, 0, sizeof d->v6src);
+	d->v6src.family = AF_INET6;
+	if (g->bind6) {
+		if (inet_pton(AF_INET6, g->bind6, d->v6src.a) != 1)
+			return;
+	} else {
+		/* The address the kernel would pick toward a global
+		 * destination: a UDP connect sends nothing. */
+		struct sockaddr_in6 to = {.sin6_family = AF_INET6,
+		                          .sin6_port = htons(53)};
+		inet_pton(AF_INET6, "2001:4860:4860::8888", &to.sin6_addr);
+		int fd = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+		struct sockaddr_in6 me;
+		socklen_t len = sizeof me;
+		if (fd < 0 || connect(fd, (struct sockaddr *)&to, sizeof to) < 0 ||
+		    getsockname(fd, (struct sockaddr *)&me, &len) < 0) {
+			if (fd >= 0)
+				close(fd);
+			log_info("ip_preference auto: IPv4 first (no IPv6 route)");
+			return;
+		}
+		close(fd);
+		memcpy(d->v6src.a, &me.sin6_addr, 16);
+		char a[64];
+		log_info("ip_preference auto: IPv6 source %s is the kernel's "
+		         "choice; it may be a temporary (privacy) address: set "
+		         "smtp_bind_address6 to the one with a PTR record",
+		         deliver_addr_str(&d->v6src, a, sizeof a));
+	}
+	struct dns_addr da = {.family = AF_INET6};
+	memcpy(da.a, d->v6src.a, 16);
+	char rev[128];
+	enum dns_status err;
+	if (dns_reverse_name(&da, rev, sizeof rev) < 0)
+		return;
+	d->v6q = dns_query(d->dns, rev, DNS_T_PTR, v6_ptr_cb, d, &err);
+	if (!d->v6q)
+		v6_done(d, false, dns_status_names[err]);
 }

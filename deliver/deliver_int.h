@@ -172,6 +172,9 @@ void deliver_direct_dest_init(struct deliver *d, struct deliver_dest *dst);
 bool deliver_direct_host_ready(struct deliver *d, struct deliver_dest *dst);
 /* Cancels dst's lookups (dst is going). */
 void deliver_direct_dest_free(struct deliver_dest *dst);
+/* ip_preference = auto: (re)checks the IPv6 source address's FCrDNS
+ * through dns/ (logged); d->v6_first follows. */
+void deliver_direct_check_v6(struct deliver *d);
 /* Forgets expired domains (not those being resolved); all when stopping. */
 void deliver_direct_sweep(struct deliver *d, uint64_t now, bool all);
 
@@ -340,6 +343,13 @@ struct deliver {
 	struct dns *dns;
 	struct deliver_domain *domains;
 	size_t ndomains;
+	/* ip_preference = auto: IPv6 first only when the IPv6 source
+	 * address has forward-confirmed reverse DNS naming hostname;
+	 * checked at start and SIGHUP (deliver_direct_check_v6). */
+	bool v6_first;
+	struct dns_req *v6q;
+	struct deliver_addr v6src;
+	char v6name[SMTP_DOMAIN_MAX + 1];
 
 	uint64_t n_sent, n_deferred, n_bounced, n_dsn, n_attempts;
 	/* Failure reports that nobody will get: for a null-sender message

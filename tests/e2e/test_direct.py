@@ -25,7 +25,10 @@ destination_policy_file's concurrency=1 holds an MX to one session while
 another destination runs several. The reply table (deliver_policy.h):
 a greylisting 450 4.7.1 defers that recipient only (the destination
 never pauses), Gmail's 421 4.7.28 pauses the destination (then a probe
-delivers). SIGKILL while six
+delivers). ip_preference = auto: IPv6 first when smtp_bind_address6
+(::1) has forward-confirmed reverse DNS naming hostname (then IPv4 as the
+fallback within the attempt), IPv4 first when the PTR names another
+host. SIGKILL while six
 messages go to three domains loses nothing (every recipient reaches its
 MX after the restart).
 Smarthost mode: the smarthost's name is resolved through dns/
@@ -39,7 +42,8 @@ import tempfile
 
 import pytest
 
-from conftest_upstream import make_message, statuses, submit, wait_status
+from conftest_upstream import (make_message, statuses, submit, wait_log,
+                               wait_status)
 from dnsutil import Dnsmasq
 from dsn import parse_dsn
 
@@ -622,3 +626,40 @@ def test_gmail_rate_limit_throttles_the_destination(world):
     # The pause came before the deferral it caused was retried.
     assert i_pause < log.rfind("status=sent"), log[-3000:]
     assert i_sent >= 0
+
+
+@pytest.mark.parametrize("hostname,v6_first", [("relay.test", True),
+                                               ("other.test", False)])
+def test_ip_preference_auto_follows_fcrdns(world, hostname, v6_first):
+    w = world(1)
+    up = w.start_mx(0)
+    # Nothing listens on [::1]:port, so an IPv6-first attempt falls back
+    # to IPv4 within the same attempt.
+    s6 = socket.socket(socket.AF_INET6)
+    try:
+        s6.bind(("::1", w.port))
+    except OSError:
+        pytest.skip("[::1]:%d is taken" % w.port)
+    finally:
+        s6.close()
+    w.start_dns({"mx": [("v6.test", "mx.v6.test", 10)],
+                 "hosts": [("relay.test", "::1"),
+                           ("mx.v6.test", w.host(0)),
+                           ("mx.v6.test", "::1")]})
+    r = w.relayd(hostname=hostname, smtp_bind_address6="::1",
+                 ip_preference="auto")
+    if v6_first:
+        wait_log(r, r"ip_preference auto: IPv6 first \(::1 has "
+                 r"forward-confirmed reverse DNS relay\.test\)")
+    else:
+        wait_log(r, r"ip_preference auto: IPv4 first \(::1: its PTR names "
+                 r"relay\.test, not hostname other\.test\)")
+    content, mid = make_message("v6", to="v@v6.test")
+    qid = submit(r, SENDER, ["v@v6.test"], content)
+    line = sent_line(r, qid, "v@v6.test")
+    assert "relay=mx.v6.test[%s]:%d" % (w.host(0), w.port) in line, line
+    assert up.wait_messages(1)[0]["rcpt_tos"] == ["v@v6.test"]
+    first = "first mx.v6.test[%s]" % ("::1" if v6_first else w.host(0))
+    assert first in r.log_text(), r.log_text()[-3000:]
+    if v6_first:
+        assert "trying mx.v6.test[%s]" % w.host(0) in r.log_text()
