@@ -422,9 +422,24 @@ static void finish(struct deliver *d, struct deliver_job *j,
 	char st[16];
 
 	*nfail = 0;
+	/* Direct: "452 4.5.3 too many recipients" after some were accepted
+	 * leaves those recipients as they were, so that they go in another
+	 * transaction right away (RFC 5321 §4.5.3.1.10), not deferred. */
+	bool some_ok = false;
+	for (size_t k = 0; k < j->n && !temp && j->dest->direct; k++)
+		some_ok |= results[k]->code >= 200 && results[k]->code < 300;
 	for (size_t k = 0; k < j->n; k++) {
 		struct queue_rcpt *r = &m->rcpt[j->idx[k]];
 		const struct deliver_reply *rep = results[k];
+		if (some_ok && rep->code == 452 &&
+		    deliver_tlspol_split(rep->text, strlen(rep->text))) {
+			char to[1024], esc[DELIVER_REPLY_TEXT_MAX * 4];
+			log_escape(to, sizeof to, r->addr, strlen(r->addr));
+			log_escape(esc, sizeof esc, rep->text, strlen(rep->text));
+			log_info("%s: to=<%s>: %s: in another transaction", m->qid,
+			         to, esc);
+			continue;
+		}
 		/* Our own refusals ("553 5.6.7 ...") come with their codes
 		 * (deliver_client_result); 0 is a local, temporary failure. */
 		int code = temp ? 0 : rep->code;

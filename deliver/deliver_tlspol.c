@@ -72,3 +72,9 @@ bool deliver_tlspol_throttle(const char *reply, size_t n, const char **rule)
 		*rule = r;
 	return x == DELIVER_REACT_DEST_THROTTLE;
 }
+
+bool deliver_tlspol_split(const char *reply, size_t n)
+{
+	return deliver_reply_classify_raw(reply, n, NULL) ==
+	       DELIVER_REACT_SPLIT_TXN;
+}

@@ -43,5 +43,8 @@ bool deliver_tlspol_dest_limits(const struct deliver_dest_policy *p,
  * *rule (may be NULL) gets the matching row's name. Greylisting, a busy
  * mailbox (4.2.1) and other 4xx are not. */
 bool deliver_tlspol_throttle(const char *reply, size_t n, const char **rule);
+/* Whether a RCPT reply says "too many recipients" (452 4.5.3): the rest
+ * go in another transaction. */
+bool deliver_tlspol_split(const char *reply, size_t n);
 
 #endif

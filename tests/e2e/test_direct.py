@@ -20,7 +20,9 @@ clear. An MX that is relayd's own listener bounces 5.4.6; an address
 literal goes to that address (mx_allow_private = yes) or bounces 5.4.4
 (no). A recipient the MX refuses (550) bounces with a DSN naming that
 MX as Remote-MTA, the other recipient of the transaction is sent.
-max_recipients_per_transaction splits a transaction;
+max_recipients_per_transaction splits a transaction, and so does a
+452 4.5.3 "too many recipients" (the rest go in the next transaction,
+not deferred);
 destination_policy_file's concurrency=1 holds an MX to one session while
 another destination runs several. The reply table (deliver_policy.h):
 a greylisting 450 4.7.1 defers that recipient only (the destination
@@ -663,3 +665,25 @@ def test_ip_preference_auto_follows_fcrdns(world, hostname, v6_first):
     assert first in r.log_text(), r.log_text()[-3000:]
     if v6_first:
         assert "trying mx.v6.test[%s]" % w.host(0) in r.log_text()
+
+
+def test_too_many_recipients_continues_in_another_transaction(world):
+    w = world(1)
+    busy = "452 4.5.3 Too many recipients"
+    up = w.start_mx(0, behaviour={"rcpt": {"t2@split.test": [busy],
+                                           "t3@split.test": [busy]}})
+    w.start_dns({"mx": [("split.test", "mx.split.test", 10)],
+                 "hosts": [("mx.split.test", w.host(0))]})
+    r = w.relayd()
+    rcpts = ["t%d@split.test" % i for i in range(4)]
+    content, mid = make_message("split", to=rcpts[0])
+    qid = submit(r, SENDER, rcpts, content)
+    for rc in rcpts:
+        sent_line(r, qid, rc)
+    got = up.wait_messages(2)
+    assert [sorted(m["rcpt_tos"]) for m in got] == [rcpts[:2], rcpts[2:]]
+    # Not deferred: sent in the next transaction, without a backoff.
+    for rc in rcpts:
+        assert statuses(r, qid, rc) == ["sent"], rc
+    assert "to=<t2@split.test>: 452 4.5.3 Too many recipients: in another " \
+        "transaction" in r.log_text()
