@@ -4,37 +4,39 @@ whose MX records point at aiosmtpd MX servers (tests/e2e/upstream.py) on
 several 127.0.N.x addresses sharing one port (mx_port); relayd asks it
 through dns_servers, with mx_allow_private = yes.
 
-Covered: the best MX gets the mail; failover when it refuses
-connections or greets with 421; one message to three domains is three transactions, each MX
-seeing only its recipients; NXDOMAIN bounces 5.1.2 with a DSN delivered
-to the sender's own MX; the implicit MX (a domain with an A record and no
-MX); opportunistic STARTTLS used when offered (tls=TLSv1.x/unverified in
-the log, no mail in clear); a dead domain does not hold back another
-(order of events); with the dnspython stub (dnsutil.DnsStub) as the
-resolver: a null MX (RFC 7505) bounces 5.1.10 at once, and SERVFAIL
-defers with 4.4.3 (never the implicit MX), then delivers once the
-resolver answers (SIGHUP to a working server); a STARTTLS that fails at
-"may" is retried once in plaintext and remembered ("TLS broken"); an
-`encrypt` domain whose MX offers no STARTTLS is deferred, never sent in
-clear. An MX that is relayd's own listener bounces 5.4.6; an address
-literal goes to that address (mx_allow_private = yes) or bounces 5.4.4
-(no). A recipient the MX refuses (550) bounces with a DSN naming that
-MX as Remote-MTA, the other recipient of the transaction is sent.
-max_recipients_per_transaction splits a transaction, and so does a
-452 4.5.3 "too many recipients" (the rest go in the next transaction,
-not deferred);
-destination_policy_file's concurrency=1 holds an MX to one session while
-another destination runs several. The reply table (deliver_policy.h):
-a greylisting 450 4.7.1 defers that recipient only (the destination
-never pauses), Gmail's 421 4.7.28 pauses the destination (then a probe
-delivers). ip_preference = auto: IPv6 first when smtp_bind_address6
-(::1) has forward-confirmed reverse DNS naming hostname (then IPv4 as the
-fallback within the attempt), IPv4 first when the PTR names another
-host. SIGKILL while six
-messages go to three domains loses nothing (every recipient reaches its
-MX after the restart).
-Smarthost mode: the smarthost's name is resolved through dns/
-(dns_servers) and its addresses tried in turn. Every wait is bounded; every server is stopped by PID.
+Covered, each asserted on events (log lines, what each MX recorded),
+never on timing:
+- routing: the best MX gets the mail; failover when it refuses
+  connections or greets with 421; one message to three domains is three
+  transactions, each MX seeing only its recipients; the implicit MX (a
+  domain with an A record and no MX); a dead domain does not hold back
+  another;
+- lookups: NXDOMAIN bounces 5.1.2 (DSN to the sender's own MX, no
+  Remote-MTA); with the dnspython stub (dnsutil.DnsStub) as resolver, a
+  null MX (RFC 7505) bounces 5.1.10 at once, SERVFAIL defers 4.4.3
+  (never the implicit MX) then delivers once the resolver answers
+  (SIGHUP to a working server); SIGTERM with an MX lookup unanswered
+  exits cleanly, the message kept;
+- refusals: an MX that is relayd's own listener bounces 5.4.6; an
+  address literal goes to that address (mx_allow_private = yes) or
+  bounces 5.4.4 (no); a 550 from the MX bounces that recipient with a DSN
+  naming the MX as Remote-MTA, the other one is sent;
+- TLS: opportunistic STARTTLS (tls=TLSv1.x/unverified, no mail in
+  clear); a failed STARTTLS at "may" retried once in plaintext and
+  remembered ("TLS broken"); an `encrypt` domain whose MX offers no
+  STARTTLS deferred, never sent in clear;
+- limits and replies: max_recipients_per_transaction and 452 4.5.3 split
+  transactions (the rest not deferred); destination_policy_file's
+  concurrency=1 holds an MX to one session while another runs several;
+  greylisting (450 4.7.1) defers only its recipient, Gmail's 421 4.7.28
+  pauses the destination;
+- ip_preference = auto: IPv6 first when smtp_bind_address6 (::1) has
+  forward-confirmed reverse DNS naming hostname (IPv4 then the fallback
+  within the attempt), IPv4 first when the PTR names another host;
+- SIGKILL while six messages go to three domains loses nothing;
+- smarthost mode: the smarthost's name resolved through dns/
+  (dns_servers), its addresses tried in turn.
+Every wait is bounded; every server is stopped by PID.
 """
 import os
 import random
@@ -687,3 +689,22 @@ def test_too_many_recipients_continues_in_another_transaction(world):
         assert statuses(r, qid, rc) == ["sent"], rc
     assert "to=<t2@split.test>: 452 4.5.3 Too many recipients: in another " \
         "transaction" in r.log_text()
+
+
+def test_stop_with_a_lookup_in_flight(world, stubs):
+    from conftest import wait_until
+    w = world(1)
+    stub = stubs(_stub_names(w, {"silent.test": {"drop": True}}))
+    w.dns = stub
+    r = w.relayd()
+    content, mid = make_message("silent", to="q@silent.test")
+    qid = submit(r, SENDER, ["q@silent.test"], content)
+    wait_until(lambda: stub.queries("silent.test", "MX") >= 1, timeout=10,
+               what="the MX query")
+    # SIGTERM while the query is unanswered: the lookup is cancelled and
+    # completes into nothing; relayd exits cleanly (and, under
+    # SANITIZE=1, without a leak), the message still queued.
+    r.stop()
+    assert statuses(r, qid, "q@silent.test") == []
+    from conftest_upstream import queue_entry
+    assert queue_entry(r, qid) is not None, "the message is still queued"
