@@ -118,14 +118,15 @@ struct deliver_dest *deliver_dest_get(struct deliver *d, const char *key,
 	snprintf(t->name, sizeof t->name, "%s", c ? c + 1 : key);
 	t->tls = d->cfg->tls;
 	t->ready_tail = &t->ready;
-	if (d->cfg->mode == CONF_DELIVERY_DIRECT)
-		deliver_direct_dest_init(d, t);
 	if (rate_init(&t->rate_min, d->cfg->rate_minute, 60000) ||
 	    rate_init(&t->rate_hour, d->cfg->rate_hour, 3600000)) {
 		free(t->rate_min.t);
 		free(t);
 		return NULL;
 	}
+	/* After the rates: destination_policy_file may set its own. */
+	if (d->cfg->mode == CONF_DELIVERY_DIRECT)
+		deliver_direct_dest_init(d, t);
 	t->next = d->dests;
 	d->dests = t;
 	d->ndests++;

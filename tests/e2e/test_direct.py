@@ -27,7 +27,8 @@ never on timing:
   STARTTLS deferred, never sent in clear;
 - limits and replies: max_recipients_per_transaction and 452 4.5.3 split
   transactions (the rest not deferred); destination_policy_file's
-  concurrency=1 holds an MX to one session while another runs several;
+  concurrency=1 holds an MX to one session while another runs several,
+  and rate=1/hour holds the second message back;
   greylisting (450 4.7.1) defers only its recipient, Gmail's 421 4.7.28
   pauses the destination;
 - ip_preference = auto: IPv6 first when smtp_bind_address6 (::1) has
@@ -708,3 +709,32 @@ def test_stop_with_a_lookup_in_flight(world, stubs):
     assert statuses(r, qid, "q@silent.test") == []
     from conftest_upstream import queue_entry
     assert queue_entry(r, qid) is not None, "the message is still queued"
+
+
+def test_destination_policy_file_rate(world, tmp_path):
+    import json
+    from conftest import wait_until
+    w = world(1)
+    up = w.start_mx(0)
+    w.start_dns({"mx": [("rate.test", "mx.rate.test", 10)],
+                 "hosts": [("mx.rate.test", w.host(0))]})
+    pol = tmp_path / "destinations"
+    pol.write_text("rate.test rate=1/hour\n")
+    r = w.relayd(destination_policy_file=str(pol))
+    q1 = submit(r, SENDER, ["a@rate.test"],
+                make_message("rate 1", to="a@rate.test")[0])
+    sent_line(r, q1, "a@rate.test")
+    q2 = submit(r, SENDER, ["b@rate.test"],
+                make_message("rate 2", to="b@rate.test")[0])
+
+    def holding():
+        ds = json.loads(r.relayctl("destinations", "--json").stdout
+                        .decode())["destinations"]
+        d = [x for x in ds if x["name"] == "mx:mx.rate.test/may"]
+        return d and d[0]["sent"] == 1 and d[0]["ready"] == 1
+    # The destination holds the second message back under its cap.
+    wait_until(holding, timeout=20, what="the second job held by the cap")
+    assert [m["rcpt_tos"] for m in up.messages()] == [["a@rate.test"]]
+    assert statuses(r, q2, "b@rate.test") == []
+    assert "destination_policy_file: concurrency 5, rate 0/min 1/hour" \
+        in r.log_text()
