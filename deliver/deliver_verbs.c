@@ -358,7 +358,12 @@ void deliver_stats_json(struct deliver *d, char *out, size_t outlen)
 	json_str(reason, sizeof reason, sh ? sh->reason : "");
 	char route[sizeof reason + 400];
 	bool paused = sh && sh->paused;
-	if (g->mode != CONF_DELIVERY_SMARTHOST)
+	if (g->mode == CONF_DELIVERY_DIRECT)
+		/* Many destinations: `relayctl destinations` has each. */
+		snprintf(route, sizeof route,
+		         "{\"state\":\"direct\",\"destinations\":%u}",
+		         d->ndests);
+	else if (g->mode != CONF_DELIVERY_SMARTHOST)
 		snprintf(route, sizeof route, "{\"state\":\"hold\"}");
 	else
 		snprintf(route, sizeof route,
@@ -378,7 +383,8 @@ void deliver_stats_json(struct deliver *d, char *out, size_t outlen)
 	         ",\"notifications_dropped\":%" PRIu64
 	         ",\"smarthost_size\":%" PRIu64 ",\"route\":%s}",
 	         (int)getpid(), deliver_wall_now() - d->started,
-	         g->mode == CONF_DELIVERY_SMARTHOST ? "smarthost" : "hold",
+	         g->mode == CONF_DELIVERY_SMARTHOST ? "smarthost" :
+	         g->mode == CONF_DELIVERY_DIRECT ? "direct" : "hold",
 	         nmsg, nsched, nmsg > nsched ? nmsg - nsched : 0, d->nbusy,
 	         d->nsessions, d->n_attempts, d->n_sent,
 	         d->n_deferred, d->n_bounced, d->n_dsn, d->n_dsn_dropped,

@@ -35,6 +35,7 @@ never on timing:
   forward-confirmed reverse DNS naming hostname (IPv4 then the fallback
   within the attempt), IPv4 first when the PTR names another host;
 - SIGKILL while six messages go to three domains loses nothing;
+- relayctl stats --json says delivery "direct" (route.state "direct");
 - smarthost mode: the smarthost's name resolved through dns/
   (dns_servers), its addresses tried in turn.
 Every wait is bounded; every server is stopped by PID.
@@ -738,3 +739,20 @@ def test_destination_policy_file_rate(world, tmp_path):
     assert statuses(r, q2, "b@rate.test") == []
     assert "destination_policy_file: concurrency 5, rate 0/min 1/hour" \
         in r.log_text()
+
+
+def test_stats_say_direct(world):
+    import json
+    w = world(1)
+    up = w.start_mx(0)
+    w.start_dns({"mx": [("st.test", "mx.st.test", 10)],
+                 "hosts": [("mx.st.test", w.host(0))]})
+    r = w.relayd()
+    qid = submit(r, SENDER, ["s@st.test"],
+                 make_message("stats", to="s@st.test")[0])
+    sent_line(r, qid, "s@st.test")
+    st = json.loads(r.relayctl("stats", "--json").stdout.decode())
+    assert st["delivery"] == "direct", st
+    assert st["route"]["state"] == "direct", st
+    assert st["sent"] == 1, st
+    assert up.wait_messages(1)
