@@ -166,6 +166,19 @@ static int parse_domain(struct cur *c)
 	}
 }
 
+/* The text between the brackets: "192.0.2.1" or "IPv6:2001:db8::1" (tag
+ * case-insensitive); inet_pton's syntax. */
+static int literal_value(const char *lit, size_t len, int *family,
+                         unsigned char bin[16])
+{
+	if (len > 5 && strncasecmp(lit, "IPv6:", 5) == 0) {
+		*family = AF_INET6;
+		return inet_pton(AF_INET6, lit + 5, bin) == 1 ? 0 : -EINVAL;
+	}
+	*family = AF_INET;
+	return inet_pton(AF_INET, lit, bin) == 1 ? 0 : -EINVAL;
+}
+
 /* address-literal = "[" ( IPv4-address-literal / IPv6-address-literal /
  * General-address-literal ) "]"; only the first two are accepted. */
 static int parse_literal(struct cur *c)
@@ -185,9 +198,24 @@ static int parse_literal(struct cur *c)
 	c->p++;
 
 	unsigned char bin[16];
-	if (len > 5 && strncasecmp(lit, "IPv6:", 5) == 0)
-		return inet_pton(AF_INET6, lit + 5, bin) == 1 ? 0 : -EINVAL;
-	return inet_pton(AF_INET, lit, bin) == 1 ? 0 : -EINVAL;
+	int family;
+	return literal_value(lit, len, &family, bin);
+}
+
+int addr_domain_literal(const char *domain, int *family, unsigned char bin[16])
+{
+	char lit[LITERAL_MAX + 1];
+	if (!domain || domain[0] != '[')
+		return -ENOENT;
+	size_t n = strlen(domain);
+	if (n < 3 || domain[n - 1] != ']' || n - 2 > LITERAL_MAX)
+		return -EINVAL;
+	for (size_t i = 1; i < n - 1; i++)
+		if (!is_dcontent(domain[i]))
+			return -EINVAL;
+	memcpy(lit, domain + 1, n - 2);
+	lit[n - 2] = '\0';
+	return literal_value(lit, n - 2, family, bin);
 }
 
 /* Quoted-string = DQUOTE *QcontentSMTP DQUOTE; QcontentSMTP = qtextSMTP /

@@ -37,6 +37,13 @@ int addr_parse_path(const char *in, size_t inlen, unsigned flags,
  * when the address has no domain (e.g. "postmaster"). */
 const char *addr_domain(const char *addr);
 
+/* A domain that is an address literal, as addr_parse_path writes it:
+ * "[192.0.2.1]" or "[IPv6:2001:db8::1]" (RFC 5321 §4.1.3). Returns 0 with
+ * *family (AF_INET/AF_INET6) and the address in network order in bin
+ * (4 or 16 bytes), -ENOENT when domain is not a literal (no '['), or
+ * -EINVAL for a malformed or General-address-literal one. */
+int addr_domain_literal(const char *domain, int *family, unsigned char bin[16]);
+
 /* One ESMTP parameter "KEYWORD[=VALUE]" (RFC 5321 §4.1.2 esmtp-param). */
 struct addr_param {
 	const char *key;  size_t keylen;

@@ -71,6 +71,7 @@ _Static_assert(sizeof(enum conf_bare_newline) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum conf_long_lines) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum conf_spool_sync) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum conf_tls) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum conf_ip_pref) == sizeof(int), "enum size");
 
 static const struct conf_enum delivery_vals[] = {
 	{"hold", CONF_DELIVERY_HOLD}, {"smarthost", CONF_DELIVERY_SMARTHOST},
@@ -84,6 +85,9 @@ static const struct conf_enum bare_newline_vals[] = {
 static const struct conf_enum long_lines_vals[] = {
 	{"wrap", CONF_LONG_LINES_WRAP}, {"reject", CONF_LONG_LINES_REJECT},
 	{NULL, 0}};
+static const struct conf_enum ip_preference_vals[] = {
+	{"auto", CONF_IP_AUTO}, {"ipv4", CONF_IP_IPV4}, {"ipv6", CONF_IP_IPV6},
+	{"any", CONF_IP_ANY}, {NULL, 0}};
 static const struct conf_enum spool_sync_vals[] = {
 	{"syncfs", CONF_SYNC_SYNCFS}, {"fsync", CONF_SYNC_FSYNC}, {NULL, 0}};
 const char *const conf_listen_mode_names[CONF_LISTEN__COUNT] = {
@@ -101,6 +105,8 @@ static int check_nonempty(const char *v, char *msg, size_t msglen);
 static int check_hostport(const char *v, char *msg, size_t msglen);
 static int check_rate(const char *v, char *msg, size_t msglen);
 static int check_address(const char *v, char *msg, size_t msglen);
+static int check_bind4(const char *v, char *msg, size_t msglen);
+static int check_bind6(const char *v, char *msg, size_t msglen);
 
 #define OFF(f) offsetof(struct conf, f)
 
@@ -263,6 +269,40 @@ static const struct conf_keydef conf_keys[] = {
 	{"auth_lockout_table", CT_UNSIGNED, OFF(auth_lockout_table), "4096", 1,
 	 1048576, NULL, NULL, "entries in each failed-AUTH table (clients, "
 	 "names tried); restart to change"},
+	/* Direct delivery to MX hosts (issue 9 §3). The files are parsed by
+	 * deliver/deliver_policy.c (relayd -t and SIGHUP check them). */
+	{"mx_allow_private", CT_BOOL, OFF(mx_allow_private), "no", 0, 0, NULL,
+	 NULL, "allow MX hosts and address literals in loopback or private "
+	 "ranges (tests on 127.0.0.x); no: refused with a reason"},
+	{"mx_port", CT_UNSIGNED, OFF(mx_port), "25", 1, 65535, NULL, NULL,
+	 "TCP port of MX hosts (25; other values are for tests)"},
+	{"ip_preference", CT_ENUM, OFF(ip_preference), "auto", 0, 0,
+	 ip_preference_vals, NULL, "address families tried at MX hosts: auto "
+	 "(IPv6 first only with forward-confirmed reverse DNS), ipv4, ipv6, any"},
+	{"smtp_bind_address", CT_STRING, OFF(smtp_bind_address), "", 0, 0, NULL,
+	 check_bind4, "IPv4 source address for direct delivery; empty: the "
+	 "kernel's choice"},
+	{"smtp_bind_address6", CT_STRING, OFF(smtp_bind_address6), "", 0, 0,
+	 NULL, check_bind6, "IPv6 source address for direct delivery; empty: "
+	 "the kernel's choice"},
+	{"tls_policy_file", CT_STRING, OFF(tls_policy_file), "", 0, 0, NULL,
+	 NULL, "file of 'DOMAIN none|may|encrypt|verify' lines; empty: every "
+	 "domain may (opportunistic STARTTLS)"},
+	{"destination_policy_file", CT_STRING, OFF(destination_policy_file), "",
+	 0, 0, NULL, NULL, "file of 'DESTINATION concurrency=N rate=N/min' "
+	 "lines overriding limits per destination; empty: none"},
+	/* Postfix's default_destination_recipient_limit is 50 too. */
+	{"max_recipients_per_transaction", CT_UNSIGNED,
+	 OFF(max_recipients_per_transaction), "50", 1, 100000, NULL, NULL,
+	 "recipients per SMTP transaction to an MX host; more: another one"},
+	/* Postfix's initial_destination_concurrency is 5: a small VPS must
+	 * not look like a spam cannon. */
+	{"destination_concurrency", CT_UNSIGNED, OFF(destination_concurrency),
+	 "5", 1, 1000, NULL, NULL,
+	 "parallel SMTP sessions to one destination (MX set)"},
+	{"max_delivery_sessions", CT_UNSIGNED, OFF(max_delivery_sessions), "100",
+	 1, 100000, NULL, NULL,
+	 "outbound SMTP sessions to all destinations together"},
 };
 
 #define NKEYS (sizeof conf_keys / sizeof *conf_keys)
@@ -478,6 +518,46 @@ static int check_hostport(const char *v, char *msg, size_t msglen)
 		return -EINVAL;
 	}
 	return 0;
+}
+
+/* smtp_bind_address(6): a literal address of the right family that a
+ * socket can be bound to as a source (not multicast, not broadcast, not a
+ * v4-mapped IPv6 address, which is IPv4 really); empty: the kernel's. */
+static int check_bind(const char *v, int family, char *msg, size_t msglen)
+{
+	unsigned char b[16];
+	char q[QUOTE_MAX];
+	if (*v == '\0')
+		return 0;
+	if (inet_pton(family, v, b) != 1) {
+		fmt(msg, msglen, "not an %s address: '%s'",
+		    family == AF_INET ? "IPv4" : "IPv6", quote(q, v, strlen(v)));
+		return -EINVAL;
+	}
+	bool bad = family == AF_INET
+	         ? (b[0] >= 224 || (b[0] | b[1] | b[2] | b[3]) == 0)
+	         : (b[0] == 0xff || (memcmp(b, "\0\0\0\0\0\0\0\0\0\0\xff\xff",
+	                                    12) == 0));
+	if (family == AF_INET6 && !bad) {
+		static const unsigned char zero[16];
+		bad = memcmp(b, zero, 16) == 0;
+	}
+	if (bad) {
+		fmt(msg, msglen, "not a unicast source address: '%s'",
+		    quote(q, v, strlen(v)));
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int check_bind4(const char *v, char *msg, size_t msglen)
+{
+	return check_bind(v, AF_INET, msg, msglen);
+}
+
+static int check_bind6(const char *v, char *msg, size_t msglen)
+{
+	return check_bind(v, AF_INET6, msg, msglen);
 }
 
 int conf_parse_rate(const char *v, unsigned *per_minute, unsigned *per_hour)

@@ -27,6 +27,9 @@ enum conf_bare_newline { CONF_BARE_REJECT, CONF_BARE_NORMALIZE };
  * the message. */
 enum conf_long_lines { CONF_LONG_LINES_WRAP, CONF_LONG_LINES_REJECT };
 enum conf_spool_sync { CONF_SYNC_SYNCFS, CONF_SYNC_FSYNC };
+/* ip_preference (direct delivery, issue 9 §3): which address families of
+ * an MX host are tried and in what order (deliver/deliver_mx.h). */
+enum conf_ip_pref { CONF_IP_AUTO, CONF_IP_IPV4, CONF_IP_IPV6, CONF_IP_ANY };
 /* What a listener is for (`listen = ADDR:PORT/MODE`): smtp (relay and
  * MX, STARTTLS offered when a certificate is set; the default), submission
  * (RFC 6409: clients submitting mail, STARTTLS offered), smtps (implicit
@@ -125,6 +128,18 @@ struct conf {
 	uint64_t auth_slow_delay;          /* ms; a name's lane, 1st: 1s */
 	uint64_t auth_slow_delay_max;      /* ms; its cap: 1m */
 	unsigned auth_lockout_table;       /* entries per table: 4096 */
+	/* Direct delivery to MX hosts (issue 9 §3; deliver/deliver_mx.h and
+	 * deliver/deliver_policy.h read these). */
+	bool mx_allow_private;             /* loopback/private MX; default no */
+	unsigned mx_port;                  /* default 25 (tests change it) */
+	enum conf_ip_pref ip_preference;   /* default auto */
+	char *smtp_bind_address;           /* IPv4 literal; default "" */
+	char *smtp_bind_address6;          /* IPv6 literal; default "" */
+	char *tls_policy_file;             /* default "" (every domain: may) */
+	char *destination_policy_file;     /* default "" (no overrides) */
+	unsigned max_recipients_per_transaction; /* default 50 */
+	unsigned destination_concurrency;  /* sessions per destination: 5 */
+	unsigned max_delivery_sessions;    /* outbound sessions in all: 100 */
 
 	/* Where each key (by table index) was last set: its line in the
 	 * file, CONF_SET_ENV, or 0 for the default. For conf_check's

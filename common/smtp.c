@@ -86,4 +86,20 @@ const struct smtp_reply_def smtp_replies[SMTP_R__COUNT] = {
 	[SMTP_R_QUOTA]           = {450, "4.7.1", "Sending quota exceeded for this credential, try again later"},
 	[SMTP_R_DLV_NO_UTF8]     = {553, "5.6.7", "the server does not offer SMTPUTF8, which this message needs"},
 	[SMTP_R_DLV_NO_8BIT]     = {554, "5.6.3", "the server does not offer 8BITMIME and the message has 8-bit content (not converted: that would break its signatures)"},
+	/* RFC 7505 §4.2: a null MX gets 556 with 5.1.10 (RFC 7505 §5). */
+	[SMTP_R_DLV_NULL_MX]     = {556, "5.1.10", "the recipient domain does not accept mail (null MX, RFC 7505)"},
+	/* Postfix's "mail for DOMAIN loops back to myself"; 5.4.6 is RFC
+	 * 3463's routing loop. */
+	[SMTP_R_DLV_LOOP]        = {554, "5.4.6", "mail for this destination loops back to myself"},
+	/* 5.4.4 "unable to route" (RFC 3463). An address literal cannot
+	 * change, so it bounces; an MX set's addresses can (DNS is fixed),
+	 * so that defers until max_queue_lifetime. The argument is one of
+	 * deliver_mx.c's fixed reasons ("private address", ...). */
+	[SMTP_R_DLV_LITERAL_REFUSED] = {550, "5.4.4", "address literal refused: %s (mx_allow_private)"},
+	[SMTP_R_DLV_MX_REFUSED]  = {451, "4.4.4", "every address of the MX hosts is refused: %s (mx_allow_private)"},
+	/* RFC 3463 X.7.4 "security features not supported", X.7.5
+	 * "cryptographic failure", as Postfix reports them. */
+	[SMTP_R_DLV_TLS_NOT_OFFERED] = {451, "4.7.4", "TLS is required for this destination (tls_policy_file), but the server does not offer STARTTLS"},
+	[SMTP_R_DLV_TLS_FAILED]  = {451, "4.7.5", "TLS is required for this destination (tls_policy_file), but the TLS handshake failed"},
+	[SMTP_R_DLV_TLS_UNVERIFIED] = {451, "4.7.5", "the server certificate does not verify for the MX host name (tls_policy_file: verify)"},
 };

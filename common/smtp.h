@@ -111,6 +111,15 @@ enum smtp_reply_id {
 	 * (issue 8 §10). */
 	SMTP_R_DLV_NO_UTF8,     /* 553 5.6.7 SMTPUTF8 not offered (RFC 6531 §3.4) */
 	SMTP_R_DLV_NO_8BIT,     /* 554 5.6.3 8BITMIME not offered, 8-bit body */
+	/* Direct delivery's own results (deliver/deliver_mx.h,
+	 * deliver/deliver_policy.h; issue 9 §3). */
+	SMTP_R_DLV_NULL_MX,     /* 556 5.1.10 null MX (RFC 7505 §4.2) */
+	SMTP_R_DLV_LOOP,        /* 554 5.4.6 the MX or literal is relayd */
+	SMTP_R_DLV_LITERAL_REFUSED, /* 550 5.4.4 %s: address literal refused */
+	SMTP_R_DLV_MX_REFUSED,  /* 451 4.4.4 %s: every MX address refused */
+	SMTP_R_DLV_TLS_NOT_OFFERED, /* 451 4.7.4 policy needs TLS, not offered */
+	SMTP_R_DLV_TLS_FAILED,  /* 451 4.7.5 policy needs TLS, handshake failed */
+	SMTP_R_DLV_TLS_UNVERIFIED, /* 451 4.7.5 verify: certificate not valid */
 	SMTP_R__COUNT
 };
 

@@ -24,6 +24,7 @@
 #include "common/log.h"
 #include "queue/queue.h"
 #include "deliver/deliver.h"
+#include "deliver/deliver_policy.h"
 #include "smtpd/smtpd.h"
 #include "smtpd/smtpd_policy_net.h"
 #include "smtpd/smtpd_priv.h"
@@ -199,6 +200,13 @@ static void reload(struct relayd *d)
 		conf_free(&nc);
 		return;
 	}
+	/* tls_policy_file, destination_policy_file: a bad line keeps the
+	 * running configuration (errors name the file and line). */
+	if (deliver_policy_check_conf(&nc, err, sizeof err) < 0) {
+		log_err("SIGHUP: %s; keeping the running configuration", err);
+		conf_free(&nc);
+		return;
+	}
 	keep_restart_keys(&nc, smtpd_conf(d->smtpd));
 	int r = log_open(nc.log_file, nc.log_stderr, nc.log_level);
 	if (r < 0)
@@ -279,6 +287,12 @@ int main(int argc, char **argv)
 	if (deliver_check_conf(&d.conf, err, sizeof err) < 0 ||
 	    smtpd_check_conf(&d.conf, err, sizeof err) < 0) {
 		fprintf(stderr, "relayd: %s: %s\n", path, err);
+		conf_free(&d.conf);
+		return 1;
+	}
+	/* The direct-delivery policy files (errors name their file:line). */
+	if (deliver_policy_check_conf(&d.conf, err, sizeof err) < 0) {
+		fprintf(stderr, "relayd: %s\n", err);
 		conf_free(&d.conf);
 		return 1;
 	}

@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sys/socket.h>
+
 #include <cmocka.h>
 
 #include "common/addr.h"
@@ -406,6 +408,50 @@ static const struct param_case param_cases[] = {
 	{"max 0 empty", "  ", false, 0, 0, {NULL}, {NULL}},
 };
 
+/* addr_domain_literal: what addr_parse_path accepts as a literal, and
+ * the address it names (deliver/deliver_mx.c routes on it). */
+static void test_domain_literal(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *domain;
+		int rc, family;
+		unsigned char bin[16];
+	} cases[] = {
+		{"[192.0.2.1]", 0, AF_INET, {192, 0, 2, 1}},
+		{"[IPv6:2001:db8::1]", 0, AF_INET6,
+		 {0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}},
+		{"[ipv6:::1]", 0, AF_INET6,
+		 {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}},
+		{"example.com", -ENOENT, 0, {0}},
+		{"", -ENOENT, 0, {0}},
+		{"[]", -EINVAL, 0, {0}},
+		{"[192.0.2.1", -EINVAL, 0, {0}},
+		{"[192.0.2]", -EINVAL, 0, {0}},
+		{"[192.0.2.256]", -EINVAL, 0, {0}},
+		{"[2001:db8::1]", -EINVAL, 0, {0}},   /* IPv6 needs its tag */
+		{"[IPv6:192.0.2.1]", -EINVAL, 0, {0}},
+		{"[x-tag:anything]", -EINVAL, 0, {0}},
+		{"[192.0.2.1] ", -EINVAL, 0, {0}},
+		{"[192.0.[2].1]", -EINVAL, 0, {0}},
+		{"[IPv6:1111:2222:3333:4444:5555:6666:7777:8888:9999:0000:1111]",
+		 -EINVAL, 0, {0}},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		int family = -1;
+		unsigned char bin[16] = {0};
+		int rc = addr_domain_literal(cases[i].domain, &family, bin);
+		if (rc != cases[i].rc)
+			fail_msg("%s: %d, want %d", cases[i].domain, rc, cases[i].rc);
+		if (rc == 0) {
+			assert_int_equal(family, cases[i].family);
+			assert_memory_equal(bin, cases[i].bin,
+			                    family == AF_INET ? 4 : 16);
+		}
+	}
+	assert_int_equal(addr_domain_literal(NULL, NULL, NULL), -ENOENT);
+}
+
 static void test_params(void **state)
 {
 	(void)state;
@@ -624,6 +670,7 @@ int main(void)
 		cmocka_unit_test(test_path_small_out),
 		cmocka_unit_test(test_path_mutations),
 		cmocka_unit_test(test_domain),
+		cmocka_unit_test(test_domain_literal),
 		cmocka_unit_test(test_params),
 		cmocka_unit_test(test_xtext),
 		cmocka_unit_test(test_mailbox_list),

@@ -83,6 +83,17 @@ static void test_defaults(void **state)
 	assert_int_equal(c->queue_min_free, 100ull * 1024 * 1024);
 	assert_int_equal(c->spool_sync, CONF_SYNC_SYNCFS);
 	assert_string_equal(c->user, "relayd");
+	/* direct delivery (issue 9 §3) */
+	assert_false(c->mx_allow_private);
+	assert_int_equal(c->mx_port, 25);
+	assert_int_equal(c->ip_preference, CONF_IP_AUTO);
+	assert_string_equal(c->smtp_bind_address, "");
+	assert_string_equal(c->smtp_bind_address6, "");
+	assert_string_equal(c->tls_policy_file, "");
+	assert_string_equal(c->destination_policy_file, "");
+	assert_int_equal(c->max_recipients_per_transaction, 50);
+	assert_int_equal(c->destination_concurrency, 5);
+	assert_int_equal(c->max_delivery_sessions, 100);
 }
 
 /* Every key's default text is accepted by its own parser, and the table
@@ -100,8 +111,12 @@ static void test_key_table(void **state)
 	}
 	/* + queue_min_free, long_lines, data_min_rate, session_max_lifetime,
 	 * auth_slow_delay, auth_slow_delay_max, auth_lockout_table (issue 8)
-	 * + hop_limit (issue 9 §3) */
-	assert_int_equal(n, 61);
+	 * + hop_limit (issue 9 §3)
+	 * + mx_allow_private, mx_port, ip_preference, smtp_bind_address,
+	 * smtp_bind_address6, tls_policy_file, destination_policy_file,
+	 * max_recipients_per_transaction, destination_concurrency,
+	 * max_delivery_sessions (issue 9) */
+	assert_int_equal(n, 71);
 	assert_null(conf_key(n, NULL, NULL));
 }
 
@@ -148,7 +163,22 @@ static uint64_t field_value(const struct conf *c, const char *key)
 		{"data_min_rate", offsetof(struct conf, data_min_rate), 'u'},
 		{"session_max_lifetime",
 		 offsetof(struct conf, session_max_lifetime), 'q'},
+		{"mx_allow_private", offsetof(struct conf, mx_allow_private), 'b'},
+		{"mx_port", offsetof(struct conf, mx_port), 'u'},
+		{"ip_preference", offsetof(struct conf, ip_preference), 'i'},
+		{"max_recipients_per_transaction",
+		 offsetof(struct conf, max_recipients_per_transaction), 'u'},
+		{"destination_concurrency",
+		 offsetof(struct conf, destination_concurrency), 'u'},
+		{"max_delivery_sessions",
+		 offsetof(struct conf, max_delivery_sessions), 'u'},
 		/* strings: their length */
+		{"smtp_bind_address", offsetof(struct conf, smtp_bind_address), 's'},
+		{"smtp_bind_address6", offsetof(struct conf, smtp_bind_address6),
+		 's'},
+		{"tls_policy_file", offsetof(struct conf, tls_policy_file), 's'},
+		{"destination_policy_file",
+		 offsetof(struct conf, destination_policy_file), 's'},
 		{"smarthost", offsetof(struct conf, smarthost), 's'},
 		{"smarthost_rate", offsetof(struct conf, smarthost_rate), 's'},
 	};
@@ -328,6 +358,60 @@ static const struct set_case set_cases[] = {
 	 "debug)", 0},
 	{"spool_sync", "", -EINVAL,
 	 "spool_sync: unsupported value '' (expected: syncfs, fsync)", 0},
+
+	/* direct delivery (issue 9 §3) */
+	{"mx_allow_private", "yes", 0, NULL, 1},
+	{"mx_allow_private", "sometimes", -EINVAL,
+	 "mx_allow_private: not a boolean: 'sometimes' (expected yes or no)", 0},
+	{"mx_port", "2525", 0, NULL, 2525},
+	{"mx_port", "65535", 0, NULL, 65535},
+	{"mx_port", "0", -EINVAL, "mx_port: out of range: '0' (expected 1-65535)",
+	 0},
+	{"mx_port", "65536", -EINVAL,
+	 "mx_port: out of range: '65536' (expected 1-65535)", 0},
+	{"ip_preference", "ipv4", 0, NULL, CONF_IP_IPV4},
+	{"ip_preference", "IPv6", 0, NULL, CONF_IP_IPV6},
+	{"ip_preference", "any", 0, NULL, CONF_IP_ANY},
+	{"ip_preference", "auto", 0, NULL, CONF_IP_AUTO},
+	{"ip_preference", "ipv6first", -EINVAL, "ip_preference: unsupported "
+	 "value 'ipv6first' (expected: auto, ipv4, ipv6, any)", 0},
+	{"smtp_bind_address", "192.0.2.10", 0, NULL, 10},
+	{"smtp_bind_address", "", 0, NULL, 0},
+	{"smtp_bind_address", "2001:db8::1", -EINVAL,
+	 "smtp_bind_address: not an IPv4 address: '2001:db8::1'", 0},
+	{"smtp_bind_address", "192.0.2", -EINVAL,
+	 "smtp_bind_address: not an IPv4 address: '192.0.2'", 0},
+	{"smtp_bind_address", "mail.example.com", -EINVAL,
+	 "smtp_bind_address: not an IPv4 address: 'mail.example.com'", 0},
+	{"smtp_bind_address", "224.0.0.1", -EINVAL,
+	 "smtp_bind_address: not a unicast source address: '224.0.0.1'", 0},
+	{"smtp_bind_address", "0.0.0.0", -EINVAL,
+	 "smtp_bind_address: not a unicast source address: '0.0.0.0'", 0},
+	{"smtp_bind_address6", "2001:db8::25", 0, NULL, 12},
+	{"smtp_bind_address6", "192.0.2.10", -EINVAL,
+	 "smtp_bind_address6: not an IPv6 address: '192.0.2.10'", 0},
+	{"smtp_bind_address6", "[2001:db8::25]", -EINVAL,
+	 "smtp_bind_address6: not an IPv6 address: '[2001:db8::25]'", 0},
+	{"smtp_bind_address6", "::ffff:192.0.2.10", -EINVAL, "smtp_bind_address6: "
+	 "not a unicast source address: '::ffff:192.0.2.10'", 0},
+	{"smtp_bind_address6", "ff02::1", -EINVAL,
+	 "smtp_bind_address6: not a unicast source address: 'ff02::1'", 0},
+	{"smtp_bind_address6", "::", -EINVAL,
+	 "smtp_bind_address6: not a unicast source address: '::'", 0},
+	{"tls_policy_file", "/etc/relayd/tls_policy", 0, NULL, 22},
+	{"destination_policy_file", "/etc/relayd/destinations", 0, NULL, 24},
+	{"max_recipients_per_transaction", "1", 0, NULL, 1},
+	{"max_recipients_per_transaction", "0", -EINVAL,
+	 "max_recipients_per_transaction: out of range: '0' (expected 1-100000)",
+	 0},
+	{"destination_concurrency", "1", 0, NULL, 1},
+	{"destination_concurrency", "1001", -EINVAL,
+	 "destination_concurrency: out of range: '1001' (expected 1-1000)", 0},
+	{"max_delivery_sessions", "2000", 0, NULL, 2000},
+	{"max_delivery_sessions", "0", -EINVAL,
+	 "max_delivery_sessions: out of range: '0' (expected 1-100000)", 0},
+	{"max_delivery_sessions", "-1", -EINVAL,
+	 "max_delivery_sessions: not a number: '-1'", 0},
 
 	/* control characters are refused in every value */
 	{"max_recipients", "1\x01", -EINVAL,
