@@ -30,6 +30,9 @@ DEPS_TEST  := libcmocka-dev python3 python3-pytest swaks libnet-ssleay-perl moun
 DEPS_BENCH := postfix
 # The relayctl check tests damage a spool's LMDB index with python3-lmdb.
 DEPS_TEST  += python3-lmdb
+# The DNS tests (tests/e2e/dnsutil.py): dnsmasq as the authoritative server
+# for the zone `test`, a dnspython stub for what dnsmasq cannot answer.
+DEPS_TEST  += dnsmasq-base python3-dnspython
 # `make fuzz` only: clang with libFuzzer (libclang-rt-14-dev comes with it).
 DEPS_FUZZ  := clang
 
@@ -67,7 +70,7 @@ UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN  := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 
-all: $(BUILD)/relayd $(BUILD)/relayctl $(BUILD)/faultshim.so
+all: $(BUILD)/relayd $(BUILD)/relayctl $(BUILD)/faultshim.so $(BUILD)/dnsq
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -86,6 +89,11 @@ $(BUILD)/relayctl: $(CTL_OBJ) $(LIB)
 $(BUILD)/tests/%: tests/unit/%.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS) -lcmocka
+
+# tests/dns/dnsq: queries through dns/ on a loop, for tests/e2e/test_dns.py
+# (test-only, not installed).
+$(BUILD)/dnsq: tests/dns/dnsq.c $(LIB)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
 # The disk-fault shim (tests/faults/faultshim.c), LD_PRELOADed by
 # tests/e2e/test_durability_faults.py. Never with the sanitizers: it must

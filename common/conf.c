@@ -103,6 +103,7 @@ static const struct conf_enum log_level_vals[] = {
 static int check_hostname(const char *v, char *msg, size_t msglen);
 static int check_nonempty(const char *v, char *msg, size_t msglen);
 static int check_hostport(const char *v, char *msg, size_t msglen);
+static int check_dns_servers(const char *v, char *msg, size_t msglen);
 static int check_rate(const char *v, char *msg, size_t msglen);
 static int check_address(const char *v, char *msg, size_t msglen);
 static int check_bind4(const char *v, char *msg, size_t msglen);
@@ -303,6 +304,10 @@ static const struct conf_keydef conf_keys[] = {
 	{"max_delivery_sessions", CT_UNSIGNED, OFF(max_delivery_sessions), "100",
 	 1, 100000, NULL, NULL,
 	 "outbound SMTP sessions to all destinations together"},
+	/* The resolver (dns/). */
+	{"dns_servers", CT_STRING, OFF(dns_servers), "", 0, 0, NULL,
+	 check_dns_servers, "DNS servers to ask, IP[:PORT] separated by commas "
+	 "([v6]:PORT); empty: those of /etc/resolv.conf"},
 };
 
 #define NKEYS (sizeof conf_keys / sizeof *conf_keys)
@@ -558,6 +563,83 @@ static int check_bind4(const char *v, char *msg, size_t msglen)
 static int check_bind6(const char *v, char *msg, size_t msglen)
 {
 	return check_bind(v, AF_INET6, msg, msglen);
+}
+
+int conf_parse_dns_servers(const char *v, struct conf_dns_server *out,
+                           size_t max, char *msg, size_t msglen)
+{
+	size_t n = 0;
+	char q[QUOTE_MAX];
+	while (*v) {
+		size_t len = strcspn(v, ", \t");
+		if (len == 0) {
+			v++;
+			continue;
+		}
+		char item[80];
+		if (len >= sizeof item) {
+			fmt(msg, msglen, "not IP[:PORT]: '%s'", quote(q, v, len));
+			return -EINVAL;
+		}
+		memcpy(item, v, len);
+		item[len] = '\0';
+		v += len;
+		struct conf_dns_server s = {.port = 53};
+		const char *host = item, *port = NULL;
+		if (item[0] == '[') {
+			char *end = strchr(item, ']');
+			if (!end || (end[1] && end[1] != ':'))
+				goto bad;
+			*end = '\0';
+			host = item + 1;
+			port = end[1] ? end + 2 : NULL;
+		} else if (strchr(item, ':') != strrchr(item, ':')) {
+			host = item;    /* a bare IPv6 address: port 53 */
+		} else if ((port = strchr(item, ':'))) {
+			item[port - item] = '\0';
+			port++;
+		}
+		unsigned char bin[16];
+		if (inet_pton(AF_INET, host, bin) == 1)
+			s.ipv6 = false;
+		else if (inet_pton(AF_INET6, host, bin) == 1)
+			s.ipv6 = true;
+		else
+			goto bad;
+		if (item[0] == '[' && !s.ipv6)
+			goto bad;
+		if (port) {
+			char *end;
+			errno = 0;
+			unsigned long p = strtoul(port, &end, 10);
+			if (errno || *end || !isdigit((unsigned char)*port) ||
+			    p == 0 || p > 65535)
+				goto bad;
+			s.port = (uint16_t)p;
+		}
+		size_t hl = strlen(host);
+		if (hl >= sizeof s.host)
+			goto bad;
+		memcpy(s.host, host, hl + 1);
+		if (n == max) {
+			fmt(msg, msglen, "more than %zu servers", max);
+			return -EINVAL;
+		}
+		out[n++] = s;
+		continue;
+	bad:
+		fmt(msg, msglen, "not IP[:PORT] or [IPv6]:PORT: '%s'",
+		    quote(q, v - len, len));
+		return -EINVAL;
+	}
+	return (int)n;
+}
+
+static int check_dns_servers(const char *v, char *msg, size_t msglen)
+{
+	struct conf_dns_server s[CONF_DNS_SERVERS_MAX];
+	return conf_parse_dns_servers(v, s, CONF_DNS_SERVERS_MAX, msg, msglen) < 0
+	       ? -EINVAL : 0;
 }
 
 int conf_parse_rate(const char *v, unsigned *per_minute, unsigned *per_hour)

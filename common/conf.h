@@ -140,6 +140,9 @@ struct conf {
 	unsigned max_recipients_per_transaction; /* default 50 */
 	unsigned destination_concurrency;  /* sessions per destination: 5 */
 	unsigned max_delivery_sessions;    /* outbound sessions in all: 100 */
+	/* The resolver (dns/). */
+	char *dns_servers;                 /* "IP[:PORT], [V6]:PORT"; default ""
+	                                      (/etc/resolv.conf) */
 
 	/* Where each key (by table index) was last set: its line in the
 	 * file, CONF_SET_ENV, or 0 for the default. For conf_check's
@@ -193,6 +196,18 @@ const char *conf_key(size_t i, const char **def, const char **help);
 /* "host:port" or "[v6]:port" -> host (no brackets) and port. 0/-EINVAL. */
 int conf_parse_hostport(const char *v, char *host, size_t hostlen,
                         uint16_t *port);
+/* dns_servers: "127.0.0.1:5353, [::1]:53, 192.0.2.1" (numeric
+ * addresses; port 53 when left out; commas and/or spaces between). */
+#define CONF_DNS_SERVERS_MAX 8
+struct conf_dns_server {
+	char host[46];   /* INET6_ADDRSTRLEN; no brackets */
+	uint16_t port;
+	bool ipv6;
+};
+/* Returns the count (0 for an empty list) or -EINVAL with the reason in
+ * msg. */
+int conf_parse_dns_servers(const char *v, struct conf_dns_server *out,
+                           size_t max, char *msg, size_t msglen);
 /* smarthost_rate: "30/minute", "500/hour", "30/minute, 500/hour"; 0 for
  * an absent limit. 0/-EINVAL. */
 int conf_parse_rate(const char *v, unsigned *per_minute, unsigned *per_hour);

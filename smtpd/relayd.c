@@ -25,6 +25,7 @@
 #include "queue/queue.h"
 #include "deliver/deliver.h"
 #include "deliver/deliver_policy.h"
+#include "dns/dns.h"
 #include "smtpd/smtpd.h"
 #include "smtpd/smtpd_policy_net.h"
 #include "smtpd/smtpd_priv.h"
@@ -36,6 +37,9 @@ struct relayd {
 	struct queue *q;
 	struct smtpd *smtpd;
 	struct deliver *deliver;
+	/* The resolver: made here and kept here until delivery and relayctl
+	 * use it (issue 9); re-reads resolv.conf or dns_servers on SIGHUP. */
+	struct dns *dns;
 	uv_signal_t sig_term, sig_int, sig_hup;
 	bool stopping;
 };
@@ -76,10 +80,30 @@ static void close_signals(struct relayd *d)
 /* The last step of a shutdown: the signal handles stay open until here,
  * so that a HUP or a second TERM during the drain is handled (ignored)
  * rather than killing the process with the default action. */
+static void dns_closed_cb(void *arg)
+{
+	struct relayd *d = arg;
+	d->dns = NULL;
+}
+
+static void close_dns(struct relayd *d)
+{
+	if (!d->dns)
+		return;
+	struct dns_stats st;
+	dns_get_stats(d->dns, &st);
+	log_info("dns: queries=%" PRIu64 ", sent=%" PRIu64 ", hits=%" PRIu64
+	         ", negative_hits=%" PRIu64 ", misses=%" PRIu64 ", timeouts=%"
+	         PRIu64, st.queries, st.sent, st.hits, st.neg_hits, st.misses,
+	         st.timeouts);
+	dns_close(d->dns, dns_closed_cb, d);
+}
+
 static void queue_closed_cb(void *arg)
 {
 	struct relayd *d = arg;
 	d->q = NULL;
+	close_dns(d);
 	close_signals(d);
 }
 
@@ -208,6 +232,8 @@ static void reload(struct relayd *d)
 		return;
 	}
 	keep_restart_keys(&nc, smtpd_conf(d->smtpd));
+	if (d->dns && dns_reload(d->dns, nc.dns_servers, err, sizeof err) < 0)
+		log_err("SIGHUP: dns: %s; keeping the running resolver", err);
 	int r = log_open(nc.log_file, nc.log_stderr, nc.log_level);
 	if (r < 0)
 		log_err("SIGHUP: cannot open log file %s: %s", nc.log_file,
@@ -361,6 +387,12 @@ int main(int argc, char **argv)
 	if (r < 0)
 		goto fail;
 	deliver_set_size_cb(d.deliver, size_cap_cb, d.smtpd);
+	struct dns_opts dno = {.servers = c->dns_servers};
+	r = dns_new(&d.loop, &dno, &d.dns, err, sizeof err);
+	if (r < 0) {
+		log_err("dns: %s", err);
+		goto fail;
+	}
 	r = deliver_ctl_verb(d.deliver, "lockout", lockout_ctl_cb, &d);
 	if (r < 0) {
 		log_err("control: cannot add the lockout verb: %s", strerror(-r));

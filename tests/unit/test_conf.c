@@ -115,8 +115,8 @@ static void test_key_table(void **state)
 	 * + mx_allow_private, mx_port, ip_preference, smtp_bind_address,
 	 * smtp_bind_address6, tls_policy_file, destination_policy_file,
 	 * max_recipients_per_transaction, destination_concurrency,
-	 * max_delivery_sessions (issue 9) */
-	assert_int_equal(n, 71);
+	 * max_delivery_sessions, dns_servers (issue 9) */
+	assert_int_equal(n, 72);
 	assert_null(conf_key(n, NULL, NULL));
 }
 
@@ -1157,6 +1157,60 @@ static void test_default_file(void **state)
 	}
 }
 
+/* dns_servers: numeric addresses, optional ports, IPv6 in brackets when a
+ * port follows; anything else names the bad item. */
+static void test_dns_servers(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *in;
+		int n;
+		const char *host0;
+		unsigned port0;
+		bool v6_last;
+	} ok[] = {
+		{"", 0, "", 0, false},
+		{"127.0.0.1:5353, [::1]:53", 2, "127.0.0.1", 5353, true},
+		{"192.0.2.1", 1, "192.0.2.1", 53, false},
+		{"::1", 1, "::1", 53, true},
+		{"[2001:db8::1]", 1, "2001:db8::1", 53, true},
+		{"10.0.0.1:53,10.0.0.2 10.0.0.3", 3, "10.0.0.1", 53, false},
+	};
+	static const char *const bad[] = {
+		"localhost", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:x",
+		"[127.0.0.1]:53", "[::1", "[::1]x", "1.2.3", "127.0.0.1:",
+		"1.1.1.1,2.2.2.2,3.3.3.3,4.4.4.4,5.5.5.5,6.6.6.6,7.7.7.7,8.8.8.8,"
+		"9.9.9.9",
+	};
+	struct conf_dns_server s[CONF_DNS_SERVERS_MAX];
+	char msg[256];
+	for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
+		int n = conf_parse_dns_servers(ok[i].in, s, CONF_DNS_SERVERS_MAX,
+		                               msg, sizeof msg);
+		if (n != ok[i].n)
+			fail_msg("'%s': %d (%s)", ok[i].in, n, msg);
+		if (n > 0) {
+			assert_string_equal(s[0].host, ok[i].host0);
+			assert_int_equal(s[0].port, ok[i].port0);
+			assert_int_equal(s[n - 1].ipv6, ok[i].v6_last);
+		}
+	}
+	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+		if (conf_parse_dns_servers(bad[i], s, CONF_DNS_SERVERS_MAX, msg,
+		                           sizeof msg) >= 0)
+			fail_msg("accepted '%s'", bad[i]);
+	struct conf c;
+	assert_int_equal(conf_init(&c), 0);
+	assert_int_not_equal(conf_set(&c, "dns_servers", "ns.example", msg,
+	                              sizeof msg), 0);
+	assert_non_null(strstr(msg, "dns_servers"));
+	assert_non_null(strstr(msg, "'ns.example'"));
+	assert_int_equal(conf_set(&c, "dns_servers", "127.0.0.1:5353", msg,
+	                          sizeof msg), 0);
+	assert_string_equal(c.dns_servers, "127.0.0.1:5353");
+	conf_free(&c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1181,6 +1235,7 @@ int main(void)
 		cmocka_unit_test(test_check),
 		cmocka_unit_test(test_load_checks),
 		cmocka_unit_test(test_default_file),
+		cmocka_unit_test(test_dns_servers),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
