@@ -18,9 +18,13 @@
  * every message with a job (waiting or in a session) or an index change
  * on its way, and the schedule scan skips them. The jobs of one message
  * share its record (busy->latest), each changing only its own
- * recipients; writes of it are serialized, one in flight per message,
- * and a failure report is durable before the record that bounces its
- * recipients (deliver_busy_flush, deliver_settle).
+ * recipients. Results are written per recipient (queue_update_rcpts:
+ * only the recipients a job changed, applied to the record as stored,
+ * with their destination, MX and time of the attempt); a whole record
+ * only for message-level changes (hold, the delay-warning flag, operator
+ * verbs). Writes are serialized, one in flight per message, so a failure
+ * report is durable before the record that bounces its recipients
+ * (deliver_busy_flush, deliver_settle).
  */
 #include "deliver/deliver_int.h"
 
