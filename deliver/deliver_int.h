@@ -174,6 +174,17 @@ struct deliver_busy {
 	 * the original changes (deliver_bounce.c). */
 	unsigned ops;
 	bool dirty;
+	/* What the next write carries. Results are per recipient: chg[i]
+	 * marks recipient i of latest changed since the last write, and the
+	 * write hands just those to queue_update_rcpts(), which applies them
+	 * to the record as stored, so two jobs of the message (or a later
+	 * release writing other fields) can never undo each other. whole:
+	 * a message-level change (hold, release, the delay-warning flag, an
+	 * operator verb) that only a whole-record queue_update() carries;
+	 * latest holds every job's results, so that write loses none.
+	 * chg has latest->nrcpt entries, allocated at the first mark. */
+	bool whole;
+	uint8_t *chg;
 	bool remove;               /* latest goes: deleted or bounced */
 	bool removed;              /* ... and is gone from the index */
 	/* The control request waiting for the next write, if any. */
@@ -336,6 +347,9 @@ void deliver_busy_flush(struct deliver *d, struct deliver_busy *b);
 void deliver_job_drop(struct deliver *d, struct deliver_job *j);
 struct deliver_busy *deliver_busy_add(struct deliver *d, const char *qid);
 void deliver_busy_del(struct deliver *d, const char *qid);
+/* Recipient i of b->latest changed: the next write carries it (out of
+ * memory: the whole record). */
+void deliver_busy_mark(struct deliver_busy *b, size_t i);
 bool deliver_busy_is(struct deliver *d, const char *qid, uint64_t now);
 
 /* A walk of the schedule collecting ids that are not busy
