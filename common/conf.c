@@ -271,10 +271,6 @@ static const struct conf_keydef conf_keys[] = {
 	{"auth_lockout_table", CT_UNSIGNED, OFF(auth_lockout_table), "4096", 1,
 	 1048576, NULL, NULL, "entries in each failed-AUTH table (clients, "
 	 "names tried); restart to change"},
-	/* The resolver (dns/). */
-	{"dns_servers", CT_STRING, OFF(dns_servers), "", 0, 0, NULL,
-	 check_dns_servers, "DNS servers to ask, IP[:PORT] separated by commas "
-	 "([v6]:PORT); empty: those of /etc/resolv.conf"},
 	/* Direct delivery to MX hosts (issue 9 §3). The files are parsed by
 	 * deliver/deliver_policy.c (relayd -t and SIGHUP check them). */
 	{"mx_allow_private", CT_BOOL, OFF(mx_allow_private), "no", 0, 0, NULL,
@@ -309,6 +305,10 @@ static const struct conf_keydef conf_keys[] = {
 	{"max_delivery_sessions", CT_UNSIGNED, OFF(max_delivery_sessions), "100",
 	 1, 100000, NULL, NULL,
 	 "outbound SMTP sessions to all destinations together"},
+	/* The resolver (dns/). */
+	{"dns_servers", CT_STRING, OFF(dns_servers), "", 0, 0, NULL,
+	 check_dns_servers, "DNS servers to ask, IP[:PORT] separated by commas "
+	 "([v6]:PORT); empty: those of /etc/resolv.conf"},
 };
 
 #define NKEYS (sizeof conf_keys / sizeof *conf_keys)
@@ -526,6 +526,46 @@ static int check_hostport(const char *v, char *msg, size_t msglen)
 	return 0;
 }
 
+/* smtp_bind_address(6): a literal address of the right family that a
+ * socket can be bound to as a source (not multicast, not broadcast, not a
+ * v4-mapped IPv6 address, which is IPv4 really); empty: the kernel's. */
+static int check_bind(const char *v, int family, char *msg, size_t msglen)
+{
+	unsigned char b[16];
+	char q[QUOTE_MAX];
+	if (*v == '\0')
+		return 0;
+	if (inet_pton(family, v, b) != 1) {
+		fmt(msg, msglen, "not an %s address: '%s'",
+		    family == AF_INET ? "IPv4" : "IPv6", quote(q, v, strlen(v)));
+		return -EINVAL;
+	}
+	bool bad = family == AF_INET
+	         ? (b[0] >= 224 || (b[0] | b[1] | b[2] | b[3]) == 0)
+	         : (b[0] == 0xff || (memcmp(b, "\0\0\0\0\0\0\0\0\0\0\xff\xff",
+	                                    12) == 0));
+	if (family == AF_INET6 && !bad) {
+		static const unsigned char zero[16];
+		bad = memcmp(b, zero, 16) == 0;
+	}
+	if (bad) {
+		fmt(msg, msglen, "not a unicast source address: '%s'",
+		    quote(q, v, strlen(v)));
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int check_bind4(const char *v, char *msg, size_t msglen)
+{
+	return check_bind(v, AF_INET, msg, msglen);
+}
+
+static int check_bind6(const char *v, char *msg, size_t msglen)
+{
+	return check_bind(v, AF_INET6, msg, msglen);
+}
+
 int conf_parse_dns_servers(const char *v, struct conf_dns_server *out,
                            size_t max, char *msg, size_t msglen)
 {
@@ -601,46 +641,6 @@ static int check_dns_servers(const char *v, char *msg, size_t msglen)
 	struct conf_dns_server s[CONF_DNS_SERVERS_MAX];
 	return conf_parse_dns_servers(v, s, CONF_DNS_SERVERS_MAX, msg, msglen) < 0
 	       ? -EINVAL : 0;
-}
-
-/* smtp_bind_address(6): a literal address of the right family that a
- * socket can be bound to as a source (not multicast, not broadcast, not a
- * v4-mapped IPv6 address, which is IPv4 really); empty: the kernel's. */
-static int check_bind(const char *v, int family, char *msg, size_t msglen)
-{
-	unsigned char b[16];
-	char q[QUOTE_MAX];
-	if (*v == '\0')
-		return 0;
-	if (inet_pton(family, v, b) != 1) {
-		fmt(msg, msglen, "not an %s address: '%s'",
-		    family == AF_INET ? "IPv4" : "IPv6", quote(q, v, strlen(v)));
-		return -EINVAL;
-	}
-	bool bad = family == AF_INET
-	         ? (b[0] >= 224 || (b[0] | b[1] | b[2] | b[3]) == 0)
-	         : (b[0] == 0xff || (memcmp(b, "\0\0\0\0\0\0\0\0\0\0\xff\xff",
-	                                    12) == 0));
-	if (family == AF_INET6 && !bad) {
-		static const unsigned char zero[16];
-		bad = memcmp(b, zero, 16) == 0;
-	}
-	if (bad) {
-		fmt(msg, msglen, "not a unicast source address: '%s'",
-		    quote(q, v, strlen(v)));
-		return -EINVAL;
-	}
-	return 0;
-}
-
-static int check_bind4(const char *v, char *msg, size_t msglen)
-{
-	return check_bind(v, AF_INET, msg, msglen);
-}
-
-static int check_bind6(const char *v, char *msg, size_t msglen)
-{
-	return check_bind(v, AF_INET6, msg, msglen);
 }
 
 int conf_parse_rate(const char *v, unsigned *per_minute, unsigned *per_hour)

@@ -129,9 +129,6 @@ struct conf {
 	uint64_t auth_slow_delay;          /* ms; a name's lane, 1st: 1s */
 	uint64_t auth_slow_delay_max;      /* ms; its cap: 1m */
 	unsigned auth_lockout_table;       /* entries per table: 4096 */
-	/* The resolver (dns/). */
-	char *dns_servers;                 /* "IP[:PORT], [V6]:PORT"; default ""
-	                                      (/etc/resolv.conf) */
 	/* Direct delivery to MX hosts (issue 9 §3; deliver/deliver_mx.h and
 	 * deliver/deliver_policy.h read these). */
 	bool mx_allow_private;             /* loopback/private MX; default no */
@@ -144,6 +141,9 @@ struct conf {
 	unsigned max_recipients_per_transaction; /* default 50 */
 	unsigned destination_concurrency;  /* sessions per destination: 5 */
 	unsigned max_delivery_sessions;    /* outbound sessions in all: 100 */
+	/* The resolver (dns/). */
+	char *dns_servers;                 /* "IP[:PORT], [V6]:PORT"; default ""
+	                                      (/etc/resolv.conf) */
 
 	/* Where each key (by table index) was last set: its line in the
 	 * file, CONF_SET_ENV, or 0 for the default. For conf_check's

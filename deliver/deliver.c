@@ -18,9 +18,13 @@
  * every message with a job (waiting or in a session) or an index change
  * on its way, and the schedule scan skips them. The jobs of one message
  * share its record (busy->latest), each changing only its own
- * recipients; writes of it are serialized, one in flight per message,
- * and a failure report is durable before the record that bounces its
- * recipients (deliver_busy_flush, deliver_settle).
+ * recipients. Results are written per recipient (queue_update_rcpts:
+ * only the recipients a job changed, applied to the record as stored,
+ * with their destination, MX and time of the attempt); a whole record
+ * only for message-level changes (hold, the delay-warning flag, operator
+ * verbs). Writes are serialized, one in flight per message, so a failure
+ * report is durable before the record that bounces its recipients
+ * (deliver_busy_flush, deliver_settle).
  */
 #include "deliver/deliver_int.h"
 
@@ -97,11 +101,35 @@ void deliver_busy_del(struct deliver *d, const char *qid)
 			struct deliver_busy *b = *p;
 			*p = b->next;
 			queue_msg_free(b->latest);
+			free(b->chg);
 			free(b);
 			d->nbusy--;
 			return;
 		}
 	}
+}
+
+void deliver_busy_mark(struct deliver_busy *b, size_t i)
+{
+	if (!b->latest || i >= b->latest->nrcpt)
+		return;
+	if (!b->chg)
+		b->chg = calloc(b->latest->nrcpt ? b->latest->nrcpt : 1, 1);
+	if (b->chg)
+		b->chg[i] = 1;
+	else
+		b->whole = true;   /* latest has it: a whole write carries it */
+}
+
+/* b's record is no longer held in memory (the index has the truth):
+ * nothing of it is left to write. */
+static void busy_forget(struct deliver_busy *b)
+{
+	queue_msg_free(b->latest);
+	b->latest = NULL;
+	free(b->chg);
+	b->chg = NULL;
+	b->whole = false;
 }
 
 /* Frees b when nothing is left of it: no job, nothing on its way, no
@@ -267,6 +295,16 @@ static void change_cb(void *arg, int status)
 	struct change *c = arg;
 	struct deliver *d = c->d;
 	struct deliver_busy *b = deliver_busy_find(d, c->qid);
+	if (status == QUEUE_RCPTS_DONE) {
+		/* The results left no recipient open (the record as stored
+		 * knew of one that latest did not): the message goes now, in
+		 * a second step of the same change. */
+		c->removed = true;
+		int r = queue_remove(d->q, c->qid, change_cb, c);
+		if (r == 0)
+			return;   /* b->ops and d->inflight still count it */
+		status = r;
+	}
 	d->inflight--;
 	if (b) {
 		b->ops--;
@@ -279,8 +317,7 @@ static void change_cb(void *arg, int status)
 			/* The index still says "due": without a pause, the
 			 * message would be sent again at once, and again. */
 			b->cool_until = uv_now(d->loop) + d->cfg->retry_min;
-			queue_msg_free(b->latest);
-			b->latest = NULL;
+			busy_forget(b);
 		}
 	}
 	if (status == 0 && c->removed)
@@ -315,6 +352,40 @@ static void busy_reply_err(struct deliver_busy *b, const char *why)
 	b->reply = NULL;
 }
 
+/* The recipients b->chg marks, as they are in b->latest, handed to the
+ * writer as per-recipient changes (queue_update_rcpts). */
+static int write_rcpts(struct deliver *d, struct deliver_busy *b,
+                       struct change *c)
+{
+	const struct queue_msg *m = b->latest;
+	struct queue_rcpt_change *ch = calloc(m->nrcpt ? m->nrcpt : 1,
+	                                      sizeof *ch);
+	if (!ch)
+		return -ENOMEM;
+	size_t n = 0;
+	for (size_t i = 0; i < m->nrcpt; i++) {
+		if (!b->chg[i])
+			continue;
+		const struct queue_rcpt *r = &m->rcpt[i];
+		ch[n++] = (struct queue_rcpt_change){
+			.index = i,
+			.state = r->state,
+			.attempts = r->attempts,
+			.next_attempt = r->next_attempt,
+			.last_reply = r->last_reply,
+			.dest = r->dest,
+			.mx = r->mx,
+			.last_try = r->last_try,
+		};
+	}
+	/* Nothing marked (a write asked for by a result that changed no
+	 * recipient): the whole record, as before. */
+	int r = n ? queue_update_rcpts(d->q, b->qid, ch, n, change_cb, c)
+	          : queue_update(d->q, m, change_cb, c);
+	free(ch);
+	return r;
+}
+
 void deliver_busy_flush(struct deliver *d, struct deliver_busy *b)
 {
 	if (b->ops || !b->dirty || !b->latest) {
@@ -338,8 +409,12 @@ void deliver_busy_flush(struct deliver *d, struct deliver_busy *b)
 		c->reply = b->reply;
 		c->reply_arg = b->reply_arg;
 		snprintf(c->ok_text, sizeof c->ok_text, "%s", b->ok_text);
-		r = c->removed ? queue_remove(d->q, b->qid, change_cb, c)
-		               : queue_update(d->q, b->latest, change_cb, c);
+		if (c->removed)
+			r = queue_remove(d->q, b->qid, change_cb, c);
+		else if (b->whole || !b->chg)
+			r = queue_update(d->q, b->latest, change_cb, c);
+		else
+			r = write_rcpts(d, b, c);
 	}
 	if (r) {
 		free(c);
@@ -348,11 +423,14 @@ void deliver_busy_flush(struct deliver *d, struct deliver_busy *b)
 		busy_reply_err(b, "cannot record the change");
 		if (!b->njobs && !b->ops) {
 			b->cool_until = uv_now(d->loop) + d->cfg->retry_min;
-			queue_msg_free(b->latest);
-			b->latest = NULL;
+			busy_forget(b);
 		}
 		return;
 	}
+	/* On its way: later results mark afresh. */
+	b->whole = false;
+	if (b->chg)
+		memset(b->chg, 0, b->latest->nrcpt ? b->latest->nrcpt : 1);
 	b->reply = NULL;
 	b->ops++;
 	d->inflight++;
@@ -380,7 +458,10 @@ void deliver_log_result(const struct queue_msg *m, const struct queue_rcpt *r,
                        const char *dsn, const char *status, const char *text)
 {
 	char esc[DELIVER_REPLY_TEXT_MAX * 4 + 16], to[1024];
-	double delay = wall_now_f() - (double)m->arrival;
+	/* From the arrival to the millisecond (format-1 records have none:
+	 * their arrival_ms is 0). */
+	double delay = wall_now_f() - ((double)m->arrival +
+	                               m->arrival_ms / 1000.0);
 	if (delay < 0)
 		delay = 0;
 	double conn = t ? t->conn_ms / 1000.0 : 0, xfer = t ? t->xfer_ms / 1000.0 : 0;
@@ -392,6 +473,28 @@ void deliver_log_result(const struct queue_msg *m, const struct queue_rcpt *r,
 	         delay, queued < 0 ? 0 : queued, conn, xfer, dsn,
 	         t && t->tls ? "tls=" : "", t && t->tls ? t->tls : "",
 	         t && t->tls ? ", " : "", status, esc);
+}
+
+/* *p becomes a copy of v (NULL: cleared); out of memory keeps the old. */
+static void set_str(char **p, const char *v)
+{
+	char *c = NULL;
+	if (v && !(c = strdup(v)))
+		return;
+	free(*p);
+	*p = c;
+}
+
+/* The host of a session's relay name: "host[ip]:port" or, before an
+ * address was picked, "host:port" (host never bracketed there, so the
+ * last ':' ends it). */
+static void relay_host(const char *relay, char *out, size_t outlen)
+{
+	const char *e = strchr(relay, '[');
+	if (!e)
+		e = strrchr(relay, ':');
+	size_t n = e ? (size_t)(e - relay) : strlen(relay);
+	snprintf(out, outlen, "%.*s", (int)n, relay);
 }
 
 /* Seconds since arrival, never negative (the wall clock may step back). */
@@ -419,7 +522,11 @@ static void finish(struct deliver *d, struct deliver_job *j,
 	bool expired = age_ms(m, now) >= g->lifetime;
 	struct deliver_dsn_item *late = calloc(j->n ? j->n : 1, sizeof *late);
 	size_t nlate = 0;
-	char st[16];
+	char st[16], mx[QUEUE_MX_MAX];
+	uint8_t flags0 = m->flags;
+
+	if (relay)
+		relay_host(relay, mx, sizeof mx);
 
 	*nfail = 0;
 	/* Direct: "452 4.5.3 too many recipients" after some were accepted
@@ -445,6 +552,14 @@ static void finish(struct deliver *d, struct deliver_job *j,
 		int code = temp ? 0 : rep->code;
 		r->attempts++;
 		deliver_set_reply(r, rep->text);
+		/* Where it was tried, and when (relayctl show, the DSN); a job
+		 * given up by a destination that paused before it reached a
+		 * session talked to no host: its mx stays. */
+		set_str(&r->dest, j->dest->key);
+		if (relay && mx[0])
+			set_str(&r->mx, mx);
+		r->last_try = now;
+		deliver_busy_mark(j->b, j->idx[k]);
 		deliver_reply_status(rep, st);
 		if (temp || (code >= 400 && code < 500) || code == 0)
 			if (st[0] != '4')
@@ -476,8 +591,6 @@ static void finish(struct deliver *d, struct deliver_job *j,
 				it->reason = code >= 500 ? NULL :
 				             "the message expired in the queue";
 				it->remote = !temp && code && !j->route_fail;
-				if (t && t->mta)
-					snprintf(it->mta, sizeof it->mta, "%s", t->mta);
 			}
 		} else {
 			r->state = QUEUE_RCPT_DEFERRED;
@@ -510,9 +623,6 @@ static void finish(struct deliver *d, struct deliver_job *j,
 				snprintf(late[nlate].status, sizeof late[nlate].status,
 				         "%s", st);
 				late[nlate].remote = !temp && code && !j->route_fail;
-				if (t && t->mta)
-					snprintf(late[nlate].mta, sizeof late[nlate].mta,
-					         "%s", t->mta);
 				nlate++;
 			}
 		}
@@ -525,6 +635,8 @@ static void finish(struct deliver *d, struct deliver_job *j,
 	} else if (g->warn_after && age_ms(m, now) >= g->warn_after) {
 		m->flags |= QUEUE_F_WARNED;   /* nobody wanted one */
 	}
+	if (m->flags != flags0)
+		j->b->whole = true;   /* a message-level change */
 	free(late);
 }
 
@@ -543,9 +655,12 @@ static void job_end(struct deliver *d, struct deliver_job *j,
 		if (j->pend & DELIVER_PEND_BOUNCE) {
 			deliver_fail_open(d, m, "bounced by the operator", fail, &nfail);
 			remove = true;
+			b->whole = true;
 		}
-		if (j->pend & DELIVER_PEND_HOLD)
+		if (j->pend & DELIVER_PEND_HOLD) {
 			m->state = QUEUE_MSG_HOLD;
+			b->whole = true;
+		}
 	}
 	job_detach(j);
 	deliver_job_free(j);
@@ -743,8 +858,7 @@ static void load(struct deliver *d, const char *qid)
 	if (b->ops || b->dirty)
 		return;   /* the failures' record is on its way */
 	if (b->njobs == 0) {
-		queue_msg_free(b->latest);
-		b->latest = NULL;
+		busy_forget(b);
 		if (paused_until)
 			b->cool_until = paused_until;
 		else
@@ -978,6 +1092,7 @@ void deliver_maybe_done(struct deliver *d)
 			struct deliver_busy *b = d->busy[i];
 			d->busy[i] = b->next;
 			queue_msg_free(b->latest);
+			free(b->chg);
 			free(b);
 		}
 	deliver_dest_sweep(d, uv_now(d->loop));

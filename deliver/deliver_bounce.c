@@ -237,6 +237,7 @@ static void settle_after(struct deliver *d, struct dsn_work *w, bool dsn_ok)
 			r->state = QUEUE_RCPT_DEFERRED;
 			r->next_attempt = next > deliver_wall_now()
 			                  ? next : deliver_wall_now() + 1;
+			deliver_busy_mark(b, w->after_idx[k]);
 		}
 		if (b->reply) {
 			char t[160];
@@ -278,6 +279,7 @@ void deliver_send_dsn(struct deliver *d, const struct queue_msg *m,
 						&after->latest->rcpt[items[k].i];
 					r->state = QUEUE_RCPT_DEFERRED;
 					r->next_attempt = deliver_wall_now() + 1;
+					deliver_busy_mark(after, items[k].i);
 				}
 			}
 			if (after->reply) {
@@ -356,8 +358,8 @@ void deliver_send_dsn(struct deliver *d, const struct queue_msg *m,
 		o->status = keep(w, items[k].status);
 		/* A copy: the settings may change (SIGHUP) while the report
 		 * is composed on a pool thread. */
-		o->remote_mta = items[k].remote ? keep(w, items[k].mta[0] ?
-		                items[k].mta : d->cfg->host) : NULL;
+		o->remote_mta = items[k].remote ?
+		                keep(w, r->mx ? r->mx : d->cfg->host) : NULL;
 		o->diag = items[k].remote ? r->last_reply : NULL;
 		o->reason = keep(w, items[k].reason ? items[k].reason :
 		                 (!items[k].remote ? r->last_reply : NULL));
@@ -398,7 +400,9 @@ void deliver_settle(struct deliver *d, struct deliver_busy *b, bool remove,
 {
 	if (reply) {
 		/* Operator verbs act only on messages with nothing else on
-		 * their way (deliver_verbs.c): no other request waits. */
+		 * their way (deliver_verbs.c): no other request waits. They
+		 * change the message as a whole (hold, release, requeue). */
+		b->whole = true;
 		b->reply = reply;
 		b->reply_arg = arg;
 		snprintf(b->ok_text, sizeof b->ok_text, "%s",

@@ -129,7 +129,6 @@ struct deliver_times {
 	uint64_t xfer_ms;   /* MAIL to the final reply */
 	const char *tls;    /* direct: "none", "TLSv1.3/unverified"; NULL:
 	                       not logged (smarthost) */
-	const char *mta;    /* direct: the MX host, for DSNs' Remote-MTA */
 };
 
 /* The transaction is over: results[k] is the reply for recipient
@@ -224,6 +223,17 @@ struct deliver_busy {
 	 * the original changes (deliver_bounce.c). */
 	unsigned ops;
 	bool dirty;
+	/* What the next write carries. Results are per recipient: chg[i]
+	 * marks recipient i of latest changed since the last write, and the
+	 * write hands just those to queue_update_rcpts(), which applies them
+	 * to the record as stored, so two jobs of the message (or a later
+	 * release writing other fields) can never undo each other. whole:
+	 * a message-level change (hold, release, the delay-warning flag, an
+	 * operator verb) that only a whole-record queue_update() carries;
+	 * latest holds every job's results, so that write loses none.
+	 * chg has latest->nrcpt entries, allocated at the first mark. */
+	bool whole;
+	uint8_t *chg;
 	bool remove;               /* latest goes: deleted or bounced */
 	bool removed;              /* ... and is gone from the index */
 	/* The control request waiting for the next write, if any. */
@@ -422,6 +432,9 @@ void deliver_busy_flush(struct deliver *d, struct deliver_busy *b);
 void deliver_job_drop(struct deliver *d, struct deliver_job *j);
 struct deliver_busy *deliver_busy_add(struct deliver *d, const char *qid);
 void deliver_busy_del(struct deliver *d, const char *qid);
+/* Recipient i of b->latest changed: the next write carries it (out of
+ * memory: the whole record). */
+void deliver_busy_mark(struct deliver_busy *b, size_t i);
 bool deliver_busy_is(struct deliver *d, const char *qid, uint64_t now);
 
 /* A walk of the schedule collecting ids that are not busy
@@ -455,8 +468,6 @@ struct deliver_dsn_item {
 	char status[16];       /* "5.1.1" */
 	const char *reason;    /* our words, or NULL */
 	bool remote;           /* last_reply came from the smarthost */
-	char mta[SMTP_DOMAIN_MAX + 1];  /* direct: the MX host that said it
-	                                   ("": the smarthost) */
 };
 
 /* Whether r's NOTIFY asks for a report of kind bit (QUEUE_NOTIFY_*). */

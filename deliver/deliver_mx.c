@@ -199,6 +199,26 @@ static enum deliver_addr_class class_v6(const unsigned char *b)
 		return DELIVER_ADDR_PRIVATE;
 	if (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0x0d && b[3] == 0xb8)
 		return DELIVER_ADDR_DOCUMENTATION;
+	/* Prefixes that carry an IPv4 address a gateway or tunnel sends to:
+	 * NAT64 (RFC 6052 64:ff9b::/96, RFC 8215 local-use 64:ff9b:1::/48,
+	 * whose last 32 bits are the v4 address), SIIT ::ffff:0:a.b.c.d
+	 * (RFC 2765) and 6to4 2002:aabb:ccdd::/48 (RFC 3056). A name whose
+	 * AAAA wraps 10.0.0.1 or 127.0.0.1 reaches that through the
+	 * gateway: it is what it wraps unless that is public. */
+	static const unsigned char nat64[12] = {0, 0x64, 0xff, 0x9b};
+	static const unsigned char siit[12] = {0, 0, 0, 0, 0, 0, 0, 0,
+	                                       0xff, 0xff, 0, 0};
+	const unsigned char *v4 = NULL;
+	if (memcmp(b, nat64, 12) == 0 || memcmp(b, siit, 12) == 0 ||
+	    (memcmp(b, nat64, 4) == 0 && b[4] == 0 && b[5] == 1))
+		v4 = b + 12;
+	else if (b[0] == 0x20 && b[1] == 0x02)
+		v4 = b + 2;
+	if (v4) {
+		enum deliver_addr_class c = class_v4(v4);
+		if (c != DELIVER_ADDR_PUBLIC)
+			return c;
+	}
 	return DELIVER_ADDR_PUBLIC;
 }
 

@@ -612,7 +612,6 @@ static void job_done(struct deliver_session *s)
 		else
 			snprintf(s->tls_desc, sizeof s->tls_desc, "none");
 		t.tls = s->tls_desc;
-		t.mta = s->mx;
 	}
 	s->job = NULL;
 	if (s->body_fd >= 0) {

@@ -313,7 +313,7 @@ enum dns_status dns_parse(const uint8_t *m, size_t len, const char *qname,
 	const char *canon = chain[nchain];
 
 	/* The records of the type at the end of the chain. */
-	size_t nk = 0, pool = 0;
+	size_t nk = 0, pool = 0, unusable = 0;
 	struct kept root;
 	bool root_seen = false;
 	for (size_t i = 0; i < nan; i++) {
@@ -350,8 +350,10 @@ enum dns_status dns_parse(const uint8_t *m, size_t len, const char *qname,
 				*why = "malformed name in record";
 				goto out;
 			}
-			if (g != 0)
+			if (g != 0) {
+				unusable++;
 				continue;   /* a target we would never use */
+			}
 			if (qtype == DNS_T_MX && k->name[0] == '\0') {
 				/* "." (RFC 7505): kept aside; it counts only
 				 * when there is no other MX. */
@@ -398,6 +400,16 @@ enum dns_status dns_parse(const uint8_t *m, size_t len, const char *qname,
 	/* RFC 7505 §3: a domain whose only MX target is "." (the null MX,
 	 * "0 .") accepts no mail. A "." beside real MX hosts is dropped. */
 	bool nullmx = false;
+	/* MX records whose every target is a name we do not use are still
+	 * MX records, not "no MX": the implicit MX would send the mail to
+	 * the domain's A record (RFC 5321 §5.1; deliver_mx.h: malformed
+	 * hosts only are DELIVER_MX_NONE, a deferral, never the implicit
+	 * MX). Beside a "." they are dropped as deliver_mx_order drops
+	 * them, and the null MX stands. */
+	if (qtype == DNS_T_MX && nk == 0 && unusable > 0 && !root_seen) {
+		*why = "no usable MX target";
+		goto out;
+	}
 	if (nk == 0 && root_seen) {
 		kept[0] = root;
 		nk = 1;

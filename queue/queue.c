@@ -155,6 +155,7 @@ struct recovery {
 	size_t nmsg;        /* records below the boundary that were kept */
 	size_t repaired;
 	size_t upgraded;    /* format-1 records rewritten in format 2 */
+	bool no_upgrade;    /* the map filled up: records stay as they are */
 	uint64_t t0;        /* CLOCK_MONOTONIC us at the start */
 	uint64_t gate_t0;   /* when the gate was first found closed */
 	char *gate;         /* test only: wait until this path exists */
@@ -1525,6 +1526,7 @@ static void writer_recover(struct queue *q, bool *turn)
 		q->rec.keylen = saved.keylen;
 		q->rec.nmsg = saved.nmsg;
 		q->rec.repaired = saved.repaired;
+		q->rec.upgraded = saved.upgraded;
 		r = 0;
 	} else if (r && q->env_broken) {
 		r = 0;
@@ -2222,7 +2224,7 @@ static int restore_record(struct queue *q, MDB_txn *txn, MDB_cursor *cur,
 	bool active = m->state == QUEUE_MSG_ACTIVE;
 	bool old = ((const uint8_t *)v->mv_data)[0] != QUEUE_REC_VERSION;
 	int rc = 0;
-	if (old && due >= 0) {
+	if (old && due >= 0 && !q->rec.no_upgrade) {
 		uint8_t *rec;
 		size_t len;
 		int r = queue_msg_encode(m, &rec, &len);
@@ -2279,11 +2281,15 @@ static int recover_index_step(struct queue *q, bool *more, uint64_t *syncs)
 	MDB_txn *txn = NULL;
 	MDB_cursor *cur = NULL;
 	MDB_val k, v;
-	size_t n = 0, changed = 0;
-	int r = 0;
+	size_t n, changed;
+	int r, rc;
 	MDB_dbi dbi = rs->phase == RECOVER_SCHED ? q->dbi_sched : q->dbi_msg;
+	const struct recovery saved = *rs;   /* for a step done again */
 
-	int rc = mdb_txn_begin(q->env, NULL, 0, &txn);
+redo:
+	n = changed = 0;
+	r = 0;
+	rc = mdb_txn_begin(q->env, NULL, 0, &txn);
 	if (rc || (rc = mdb_cursor_open(txn, dbi, &cur)))
 		goto fail;
 	*more = false;
@@ -2328,7 +2334,8 @@ static int recover_index_step(struct queue *q, bool *more, uint64_t *syncs)
 	 * format is recorded, last, in the same transaction as the last
 	 * rewritten records. */
 	bool format_set = false;
-	if (rs->phase == RECOVER_RESTORE && !*more && q->format != QUEUE_FORMAT) {
+	if (rs->phase == RECOVER_RESTORE && !*more && q->format != QUEUE_FORMAT &&
+	    !rs->no_upgrade) {
 		uint8_t f = QUEUE_FORMAT;
 		MDB_val fk = {strlen(QUEUE_META_FORMAT), QUEUE_META_FORMAT},
 		        fv = {1, &f};
@@ -2357,6 +2364,30 @@ fail:
 		mdb_txn_abort(txn);
 	if (r)
 		return r;
+	if (rc == MDB_MAP_FULL && rs->phase == RECOVER_RESTORE &&
+	    !rs->no_upgrade) {
+		/* Format-2 records are larger: a map that held the format-1
+		 * index may not hold it rewritten. Failing here would keep
+		 * delivery off for good (every start, every retry, fails the
+		 * same way) and the queue could never drain to make room.
+		 * Both formats are read, so the step is done again without
+		 * rewriting; the format stays unrecorded and a later start,
+		 * or any change to a record, finishes the upgrade. */
+		log_warn("queue: index upgrade to format %d stopped: the index "
+		         "map is full (queue_map_size %" PRIu64 " bytes); %zu "
+		         "records rewritten, the others stay in format 1 (read "
+		         "as they are) until a start with more room",
+		         QUEUE_FORMAT, q->map_size, saved.upgraded);
+		rs->no_upgrade = true;
+		rs->keylen = saved.keylen;
+		memcpy(rs->key, saved.key, sizeof rs->key);
+		rs->nmsg = saved.nmsg;
+		rs->repaired = saved.repaired;
+		rs->upgraded = saved.upgraded;
+		txn = NULL;
+		cur = NULL;
+		goto redo;
+	}
 fail_committed:
 	env_failed(q, rc);   /* LMDB may refuse this environment from now on */
 	log_err("queue: recovery: index: %s", mdb_strerror(rc));

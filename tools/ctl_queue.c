@@ -5,8 +5,10 @@
  * running relayd; bodies are read from spool_dir/msg/QID (show reads only
  * the header section, cat streams the file). list never opens body files
  * and makes no system call per message, so it stays fast on large queues;
- * the one thing it asks a running relayd (ctl_control.c) is whether
- * delivery is paused.
+ * the one thing it asks a running relayd (ctl_control.c, before the index
+ * is read, never inside a read transaction) is where its mail goes and
+ * whether that destination is paused: the pause lives in relayd's memory,
+ * and it is why a recipient that was never tried waits (struct ctl_route).
  */
 #include "ctl.h"
 
@@ -98,19 +100,196 @@ int ctl_ro_open(const char *spool, struct queue_ro **out)
 	return r;
 }
 
+/* ---- where mail goes: the running relayd's word ------------------------ */
+
+/* list/show ask a running relayd; they do not wait long for the answer. */
+#define CTL_ROUTE_MS 2000
+/* A destination key (deliver/deliver_int.h: DELIVER_DEST_KEY_MAX). */
+#define CTL_DEST_KEY_MAX 320
+
+enum ctl_route_asked {
+	CTL_RT_NOT_ASKED = 0,
+	CTL_RT_ANSWERED,        /* stats reply read */
+	CTL_RT_STOPPED,         /* relayd is not running */
+	CTL_RT_NO_ANSWER,       /* it did not answer in time, or not sensibly */
+};
+
+/* The smarthost destination as the running relayd has it (its "stats"
+ * reply: delivery, route.name/state/until/reason), or as the
+ * configuration names it when relayd is not running. */
+struct ctl_route {
+	enum ctl_route_asked asked;
+	bool smarthost;         /* delivery = smarthost (relayd's word first) */
+	char key[CTL_DEST_KEY_MAX];   /* "smarthost:HOST:PORT", or "" */
+	bool paused;            /* route.state "paused" */
+	int64_t until;          /* unix seconds, 0: not said */
+	struct buf reason;      /* route.reason (UTF-8), maybe empty */
+};
+
+static void ctl_route_free(struct ctl_route *rt)
+{
+	buf_free(&rt->reason);
+}
+
+/* The configuration's idea of the smarthost destination's key. */
+static void ctl_route_from_conf(const struct ctl_ctx *c, struct ctl_route *rt)
+{
+	char host[256];
+	uint16_t port;
+	rt->smarthost = c->conf_loaded &&
+	                c->conf.delivery == CONF_DELIVERY_SMARTHOST;
+	if (rt->smarthost && c->conf.smarthost &&
+	    conf_parse_hostport(c->conf.smarthost, host, sizeof host, &port) == 0)
+		snprintf(rt->key, sizeof rt->key, "smarthost:%s:%u", host,
+		         (unsigned)port);
+}
+
+/* Asks the running relayd (stats) once. Never fails: what it could not
+ * learn stays unknown (asked says why). */
+static void ctl_route_get(const struct ctl_ctx *c, struct ctl_route *rt)
+{
+	*rt = (struct ctl_route){.reason = BUF_INIT(DELIVER_CTL_REPLY_MAX)};
+	ctl_route_from_conf(c, rt);
+	char *reply = malloc(DELIVER_CTL_REPLY_MAX);
+	if (!reply) {
+		rt->asked = CTL_RT_NO_ANSWER;
+		return;
+	}
+	int r = ctl_control_request(c->conf.spool_dir, "stats", CTL_ROUTE_MS,
+	                            reply, DELIVER_CTL_REPLY_MAX);
+	if (r == -ECONNREFUSED || r == -ENOENT) {
+		rt->asked = CTL_RT_STOPPED;
+		free(reply);
+		return;
+	}
+	size_t n = strlen(reply);
+	if (r != 0 || ctl_json_check(reply, n) != 0) {
+		rt->asked = CTL_RT_NO_ANSWER;
+		free(reply);
+		return;
+	}
+	rt->asked = CTL_RT_ANSWERED;
+	struct buf v = BUF_INIT(CTL_DEST_KEY_MAX);
+	if (ctl_json_get_str(reply, n, "delivery", &v) == 0)
+		rt->smarthost = v.len == 9 && memcmp(v.data, "smarthost", 9) == 0;
+	buf_reset(&v);
+	if (rt->smarthost && ctl_json_get_str(reply, n, "route.name", &v) == 0 &&
+	    v.len + 11 < sizeof rt->key && !memchr(v.data, '\0', v.len))
+		snprintf(rt->key, sizeof rt->key, "smarthost:%.*s", (int)v.len,
+		         (const char *)v.data);
+	buf_reset(&v);
+	rt->paused = ctl_json_get_str(reply, n, "route.state", &v) == 0 &&
+	             v.len == 6 && memcmp(v.data, "paused", 6) == 0;
+	if (ctl_json_get_int(reply, n, "route.until", &rt->until) < 0 ||
+	    rt->until < 0)
+		rt->until = 0;
+	if (ctl_json_get_str(reply, n, "route.reason", &rt->reason) < 0)
+		buf_reset(&rt->reason);
+	buf_free(&v);
+	free(reply);
+}
+
+/* Why an undelivered recipient waits. */
+enum ctl_wait {
+	CTL_W_NONE,             /* sent or bounced: it does not */
+	CTL_W_HOLD,             /* its message is on hold */
+	CTL_W_PAUSED,           /* its destination is paused */
+	CTL_W_DEFERRED,         /* its last attempt failed; next_attempt */
+	CTL_W_PENDING,          /* not tried yet; due at next_attempt */
+};
+static const char *const ctl_wait_names[] = {
+	[CTL_W_NONE] = "none", [CTL_W_HOLD] = "hold",
+	[CTL_W_PAUSED] = "paused", [CTL_W_DEFERRED] = "deferred",
+	[CTL_W_PENDING] = "pending",
+};
+
+/* The destination r goes to: the one it was last tried at, else (never
+ * tried) where relayd routes it - in smarthost mode, the smarthost. */
+static const char *ctl_rcpt_dest(const struct ctl_route *rt,
+                                 const struct queue_rcpt *r)
+{
+	if (r->dest)
+		return r->dest;
+	return rt && rt->smarthost && rt->key[0] ? rt->key : NULL;
+}
+
+static enum ctl_wait ctl_rcpt_wait(const struct ctl_route *rt,
+                                   const struct queue_msg *m,
+                                   const struct queue_rcpt *r)
+{
+	if (r->state != QUEUE_RCPT_PENDING && r->state != QUEUE_RCPT_DEFERRED)
+		return CTL_W_NONE;
+	if (m->state == QUEUE_MSG_HOLD)
+		return CTL_W_HOLD;
+	const char *dest = ctl_rcpt_dest(rt, r);
+	/* A paused destination holds every recipient routed to it, tried
+	 * or not (mail accepted during the pause was never loaded). */
+	if (rt && rt->asked == CTL_RT_ANSWERED && rt->smarthost && rt->paused &&
+	    dest && strcmp(dest, rt->key) == 0)
+		return CTL_W_PAUSED;
+	return r->state == QUEUE_RCPT_DEFERRED ? CTL_W_DEFERRED : CTL_W_PENDING;
+}
+
+/* "relayd": what relayctl learned from the running relayd, for --json. */
+static void ctl_json_route(struct ctl_out *o, const struct ctl_route *rt)
+{
+	ctl_out_printf(o, "\"relayd\":{\"running\":%s",
+	               rt->asked == CTL_RT_STOPPED ? "false" :
+	               rt->asked == CTL_RT_ANSWERED ? "true" : "null");
+	if (rt->asked == CTL_RT_ANSWERED && rt->smarthost) {
+		ctl_out_str(o, ",\"route\":{\"dest\":");
+		ctl_out_json_strz(o, rt->key[0] ? rt->key : NULL);
+		ctl_out_printf(o, ",\"state\":\"%s\",\"until\":",
+		               rt->paused ? "paused" : "active");
+		if (rt->paused && rt->until)
+			ctl_out_printf(o, "%" PRId64, rt->until);
+		else
+			ctl_out_str(o, "null");
+		ctl_out_str(o, ",\"reason\":");
+		if (rt->paused && rt->reason.len)
+			ctl_out_json_str(o, rt->reason.data, rt->reason.len);
+		else
+			ctl_out_str(o, "null");
+		ctl_out_str(o, "}");
+	}
+	ctl_out_str(o, "}");
+}
+
+/* The text of why r waits, after its address in list and as show's
+ * "waiting:" line: "(destination DEST paused until T (in 4m): REASON)". */
+static void ctl_paused_text(struct ctl_out *o, const struct ctl_route *rt,
+                            const char *dest, int64_t now, size_t max)
+{
+	ctl_out_str(o, "destination ");
+	ctl_out_text(o, dest, strlen(dest), 0);
+	ctl_out_str(o, " paused");
+	if (rt->until > 0) {
+		char ts[64], age[32];
+		ctl_fmt_time(ts, sizeof ts, rt->until);
+		ctl_fmt_age(age, sizeof age, rt->until - now);
+		ctl_out_printf(o, " until %s (in %s)", ts, age);
+	}
+	if (rt->reason.len) {
+		ctl_out_str(o, ": ");
+		ctl_out_text_max(o, rt->reason.data, rt->reason.len, max);
+	}
+}
+
 /* ---- JSON ------------------------------------------------------------ */
 
 /* One message as a JSON object, without the closing brace (show adds
  * "headers"). */
 static void ctl_json_msg(struct ctl_out *o, const struct queue_msg *m,
-                         int64_t now)
+                         int64_t now, const struct ctl_route *rt)
 {
 	int64_t age = now - m->arrival;
 	ctl_out_str(o, "{\"id\":");
 	ctl_out_json_strz(o, m->qid);
-	ctl_out_printf(o, ",\"arrival\":%" PRId64 ",\"age_seconds\":%" PRId64
+	ctl_out_printf(o, ",\"arrival\":%" PRId64 ",\"arrival_ms\":%u"
+	               ",\"age_seconds\":%" PRId64
 	               ",\"size\":%" PRIu64 ",\"sender\":",
-	               m->arrival, age < 0 ? 0 : age, m->size);
+	               m->arrival, (unsigned)m->arrival_ms, age < 0 ? 0 : age,
+	               m->size);
 	ctl_out_json_strz(o, m->sender ? m->sender : "");
 	ctl_out_str(o, ",\"state\":");
 	ctl_out_json_strz(o, ctl_msg_state(m->state));
@@ -154,7 +333,43 @@ static void ctl_json_msg(struct ctl_out *o, const struct queue_msg *m,
 		}
 		ctl_out_str(o, ",\"last_reply\":");
 		ctl_out_json_strz(o, rc->last_reply);
-		ctl_out_str(o, "}");
+		ctl_out_str(o, ",\"dest\":");
+		ctl_out_json_strz(o, rc->dest);
+		ctl_out_str(o, ",\"mx\":");
+		ctl_out_json_strz(o, rc->mx);
+		ctl_out_str(o, ",\"last_try\":");
+		if (rc->last_try)
+			ctl_out_printf(o, "%" PRId64, rc->last_try);
+		else
+			ctl_out_str(o, "null");
+		/* Why it waits: {"why": pending|deferred|paused|hold, "dest":
+		 * where it goes, "until": when it is tried next (null: not
+		 * known, or on hold), "reason": the last reply or the pause's
+		 * reason}; null once sent or bounced. */
+		enum ctl_wait w = ctl_rcpt_wait(rt, m, rc);
+		ctl_out_str(o, ",\"waiting\":");
+		if (w == CTL_W_NONE) {
+			ctl_out_str(o, "null}");
+			continue;
+		}
+		ctl_out_printf(o, "{\"why\":\"%s\",\"dest\":", ctl_wait_names[w]);
+		ctl_out_json_strz(o, ctl_rcpt_dest(rt, rc));
+		ctl_out_str(o, ",\"until\":");
+		int64_t until = w == CTL_W_PAUSED ? rt->until :
+		                w == CTL_W_HOLD ? 0 :
+		                rc->next_attempt ? rc->next_attempt : m->arrival;
+		if (until > 0)
+			ctl_out_printf(o, "%" PRId64, until);
+		else
+			ctl_out_str(o, "null");
+		ctl_out_str(o, ",\"reason\":");
+		if (w == CTL_W_PAUSED && rt->reason.len)
+			ctl_out_json_str(o, rt->reason.data, rt->reason.len);
+		else if (w == CTL_W_PAUSED)
+			ctl_out_str(o, "null");
+		else
+			ctl_out_json_strz(o, rc->last_reply);
+		ctl_out_str(o, "}}");
 	}
 	ctl_out_str(o, "]");
 }
@@ -164,9 +379,6 @@ static void ctl_json_msg(struct ctl_out *o, const struct queue_msg *m,
 #define CTL_COL_SENDER 32
 /* A recipient line shows this much of the last reply. */
 #define CTL_REPLY_CHARS 72
-/* list asks a running relayd whether delivery is paused; it does not wait
- * long for the answer, which is only a banner. */
-#define CTL_LIST_STATS_MS 2000
 
 /* The list filters (command options); all that are given must match. */
 struct ctl_filter {
@@ -252,7 +464,8 @@ static bool ctl_addr_eq(const char *a, const char *b, size_t blen)
 }
 
 static bool ctl_filter_match(const struct ctl_filter *f,
-                             const struct queue_msg *m, int64_t now)
+                             const struct queue_msg *m, int64_t now,
+                             const struct ctl_route *rt)
 {
 	if (!f->any)
 		return true;
@@ -269,7 +482,11 @@ static bool ctl_filter_match(const struct ctl_filter *f,
 	 * a deferred recipient at x.org). */
 	for (size_t i = 0; i < m->nrcpt; i++) {
 		const struct queue_rcpt *r = &m->rcpt[i];
-		if (f->rcpt_state >= 0 && r->state != f->rcpt_state)
+		/* A recipient held back by its paused destination is in
+		 * effect deferred, tried or not. */
+		if (f->rcpt_state >= 0 && r->state != f->rcpt_state &&
+		    !(f->rcpt_state == QUEUE_RCPT_DEFERRED &&
+		      ctl_rcpt_wait(rt, m, r) == CTL_W_PAUSED))
 			continue;
 		if (f->to && strcasecmp(ctl_domain(r->addr ? r->addr : ""),
 		                        f->to) != 0)
@@ -282,6 +499,7 @@ static bool ctl_filter_match(const struct ctl_filter *f,
 struct ctl_list {
 	struct ctl_out *o;
 	const struct ctl_ctx *c;
+	const struct ctl_route *rt;
 	struct ctl_filter f;
 	uint64_t total;         /* messages in the queue */
 	uint64_t count;         /* messages listed */
@@ -314,20 +532,29 @@ static void ctl_list_row(struct ctl_out *o, const struct queue_msg *m,
 }
 
 /* Under the message's line, one per recipient not yet delivered, as in
- * Postfix's queue listing but on one line each:
- *   "  deferred   3 tries  next in 4m   <b@example.org> (451 4.7.1 ...)" */
+ * Postfix's queue listing but on one line each, with where it goes once
+ * it has been tried (dest=, mx=) and why it waits:
+ *   "  deferred   3 tries  next in 4m   <b@example.org> dest=smarthost:
+ *    mail.example.net:587 mx=mail.example.net (451 4.7.1 ...)"
+ *   "  pending    0 tries  paused 4m    <c@example.org> (destination
+ *    smarthost:mail.example.net:587 paused until T (in 4m): REASON)" */
 static void ctl_list_rcpts(struct ctl_out *o, const struct queue_msg *m,
-                           int64_t now)
+                           int64_t now, const struct ctl_route *rt)
 {
 	for (size_t i = 0; i < m->nrcpt; i++) {
 		const struct queue_rcpt *r = &m->rcpt[i];
 		char next[48], age[32];
+		enum ctl_wait w = ctl_rcpt_wait(rt, m, r);
 		if (r->state == QUEUE_RCPT_SENT)
 			continue;
 		if (r->state != QUEUE_RCPT_PENDING && r->state != QUEUE_RCPT_DEFERRED) {
 			snprintf(next, sizeof next, "-");
 		} else if (m->state == QUEUE_MSG_HOLD) {
 			snprintf(next, sizeof next, "on hold");
+		} else if (w == CTL_W_PAUSED) {
+			ctl_fmt_age(age, sizeof age, rt->until - now);
+			snprintf(next, sizeof next, rt->until > now ? "paused %s" :
+			         "paused", age);
 		} else {
 			/* queue_msg_due(): no next attempt yet means at arrival. */
 			int64_t t = r->next_attempt ? r->next_attempt : m->arrival;
@@ -341,7 +568,20 @@ static void ctl_list_rcpts(struct ctl_out *o, const struct queue_msg *m,
 		const char *a = r->addr ? r->addr : "";
 		ctl_out_text(o, a, strlen(a), 0);
 		ctl_out_str(o, ">");
-		if (r->last_reply) {
+		if (r->dest) {
+			ctl_out_str(o, " dest=");
+			ctl_out_text(o, r->dest, strlen(r->dest), 0);
+		}
+		if (r->mx) {
+			ctl_out_str(o, " mx=");
+			ctl_out_text(o, r->mx, strlen(r->mx), 0);
+		}
+		if (w == CTL_W_PAUSED) {
+			ctl_out_str(o, " (");
+			ctl_paused_text(o, rt, ctl_rcpt_dest(rt, r), now,
+			                CTL_REPLY_CHARS);
+			ctl_out_str(o, ")");
+		} else if (r->last_reply) {
 			ctl_out_str(o, " (");
 			ctl_out_text_max(o, r->last_reply, strlen(r->last_reply),
 			                 CTL_REPLY_CHARS);
@@ -355,12 +595,12 @@ static int ctl_list_cb(void *arg, const struct queue_msg *m)
 {
 	struct ctl_list *l = arg;
 	l->total++;
-	if (!ctl_filter_match(&l->f, m, l->c->now))
+	if (!ctl_filter_match(&l->f, m, l->c->now, l->rt))
 		return 0;
 	if (l->c->json) {
 		if (l->count > 0)
 			ctl_out_str(l->o, ",\n");
-		ctl_json_msg(l->o, m, l->c->now);
+		ctl_json_msg(l->o, m, l->c->now, l->rt);
 		ctl_out_str(l->o, "}");
 	} else {
 		if (l->count == 0)
@@ -368,7 +608,7 @@ static int ctl_list_cb(void *arg, const struct queue_msg *m)
 			               "ID", "AGE", "SIZE", "STATE",
 			               CTL_COL_SENDER, "SENDER", "RECIPIENTS");
 		ctl_list_row(l->o, m, l->c->now);
-		ctl_list_rcpts(l->o, m, l->c->now);
+		ctl_list_rcpts(l->o, m, l->c->now, l->rt);
 	}
 	l->count++;
 	l->bytes += m->size;
@@ -387,38 +627,41 @@ static int ctl_list_cb(void *arg, const struct queue_msg *m)
 }
 
 /* "delivery paused until TIME (in 4m): REASON" when a running relayd says
- * so in its stats (route.state "paused"). Silent when relayd is not
- * running, does not answer in time, or says anything else. */
-static void ctl_list_paused(const struct ctl_ctx *c, struct ctl_out *o)
+ * so in its stats (route.state "paused"); "relayd is not running" when
+ * delivery goes through a smarthost (whose pauses only a running relayd
+ * knows) and none answers. Silent otherwise. */
+static void ctl_list_banner(const struct ctl_ctx *c, struct ctl_out *o,
+                            const struct ctl_route *rt)
 {
-	char *reply = malloc(DELIVER_CTL_REPLY_MAX);
-	struct buf st = BUF_INIT(64), why = BUF_INIT(DELIVER_CTL_REPLY_MAX);
-	int64_t until = 0;
-	if (!reply)
+	if (rt->asked == CTL_RT_STOPPED && rt->smarthost) {
+		ctl_out_str(o, "relayd is not running: next attempts are as "
+		            "recorded (a destination's pause lives in its memory)\n");
 		return;
-	if (ctl_control_request(c->conf.spool_dir, "stats", CTL_LIST_STATS_MS,
-	                        reply, DELIVER_CTL_REPLY_MAX) != 0)
-		goto out;
-	size_t n = strlen(reply);
-	if (ctl_json_get_str(reply, n, "route.state", &st) < 0 ||
-	    st.len != 6 || memcmp(st.data, "paused", 6) != 0)
-		goto out;
+	}
+	if (rt->asked != CTL_RT_ANSWERED || !rt->paused)
+		return;
 	ctl_out_str(o, "delivery paused");
-	if (ctl_json_get_int(reply, n, "route.until", &until) == 0 && until > 0) {
+	if (rt->until > 0) {
 		char ts[64], age[32];
-		ctl_fmt_time(ts, sizeof ts, until);
-		ctl_fmt_age(age, sizeof age, until - c->now);
+		ctl_fmt_time(ts, sizeof ts, rt->until);
+		ctl_fmt_age(age, sizeof age, rt->until - c->now);
 		ctl_out_printf(o, " until %s (in %s)", ts, age);
 	}
-	if (ctl_json_get_str(reply, n, "route.reason", &why) == 0 && why.len) {
+	if (rt->reason.len) {
 		ctl_out_str(o, ": ");
-		ctl_out_text_max(o, why.data, why.len, 2 * CTL_REPLY_CHARS);
+		ctl_out_text_max(o, rt->reason.data, rt->reason.len,
+		                 2 * CTL_REPLY_CHARS);
 	}
 	ctl_out_str(o, "\n");
-out:
-	buf_free(&st);
-	buf_free(&why);
-	free(reply);
+}
+
+/* Whether list/show ask the running relayd: the text listing always (its
+ * banner), anything else when delivery goes through a smarthost, the
+ * only mode with destinations that pause. */
+static bool ctl_ask_route(const struct ctl_ctx *c, bool banner)
+{
+	return banner || (c->conf_loaded &&
+	                  c->conf.delivery == CONF_DELIVERY_SMARTHOST);
 }
 
 int ctl_cmd_list(struct ctl_ctx *c, int argc, char **argv)
@@ -426,7 +669,8 @@ int ctl_cmd_list(struct ctl_ctx *c, int argc, char **argv)
 	(void)argc;
 	(void)argv;
 	struct queue_ro *ro;
-	struct ctl_list l = {.c = c};
+	struct ctl_route rt = {.reason = BUF_INIT(1)};
+	struct ctl_list l = {.c = c, .rt = &rt};
 	int r = ctl_filter_parse(c, &l.f);
 	if (r != 0)
 		return r;
@@ -436,10 +680,13 @@ int ctl_cmd_list(struct ctl_ctx *c, int argc, char **argv)
 	struct ctl_out o;
 	ctl_out_init(&o);
 	l.o = &o;
+	/* Before the index is read: no read transaction waits on relayd. */
+	if (ctl_ask_route(c, !c->json))
+		ctl_route_get(c, &rt);
 	if (c->json)
 		ctl_out_str(&o, "{\"messages\":[\n");
 	else
-		ctl_list_paused(c, &o);
+		ctl_list_banner(c, &o, &rt);
 	r = queue_ro_foreach(ro, ctl_list_cb, &l);
 	queue_ro_close(ro);
 	if (l.err) {
@@ -453,10 +700,16 @@ int ctl_cmd_list(struct ctl_ctx *c, int argc, char **argv)
 		goto out;
 	}
 
-	if (c->json)
+	if (c->json) {
 		ctl_out_printf(&o, "%s],\"count\":%" PRIu64
-		               ",\"total_size\":%" PRIu64 "}\n",
+		               ",\"total_size\":%" PRIu64,
 		               l.count ? "\n" : "", l.count, l.bytes);
+		if (rt.asked != CTL_RT_NOT_ASKED) {
+			ctl_out_str(&o, ",");
+			ctl_json_route(&o, &rt);
+		}
+		ctl_out_str(&o, "}\n");
+	}
 	else if (l.total == 0)
 		ctl_out_str(&o, "Mail queue is empty\n");
 	else if (l.count == 0)
@@ -473,6 +726,7 @@ int ctl_cmd_list(struct ctl_ctx *c, int argc, char **argv)
 		ctl_err("writing the listing: %s", strerror(-r));
 out:
 	ctl_out_free(&o);
+	ctl_route_free(&rt);
 	return r;
 }
 
@@ -580,12 +834,20 @@ static void ctl_show_field(struct ctl_out *o, const char *label,
 }
 
 static void ctl_show_text(struct ctl_out *o, const struct queue_msg *m,
-                          int64_t now)
+                          int64_t now, const struct ctl_route *rt)
 {
 	const char *s;
+	char ts[64], age[32];
 	ctl_out_printf(o, "id:           %s\n", m->qid);
-	ctl_out_str(o, "arrival:      ");
-	ctl_show_time(o, m->arrival, now);
+	/* To the millisecond: the delivery log's delay= counts from it. */
+	ctl_fmt_time(ts, sizeof ts, m->arrival);
+	ctl_fmt_age(age, sizeof age, now - m->arrival);
+	ctl_out_printf(o, "arrival:      %.*s.%03uZ (%s ago)\n",
+	               (int)(strlen(ts) > 0 ? strlen(ts) - 1 : 0), ts,
+	               (unsigned)m->arrival_ms % 1000, age);
+	if (rt->asked == CTL_RT_STOPPED && rt->smarthost)
+		ctl_out_str(o, "relayd:       not running (next attempts are as "
+		            "recorded; a destination's pause lives in its memory)\n");
 	ctl_out_printf(o, "size:         %" PRIu64 " bytes\n", m->size);
 	ctl_out_printf(o, "state:        %s\n", ctl_msg_state(m->state));
 	s = m->sender ? m->sender : "";
@@ -643,6 +905,35 @@ static void ctl_show_text(struct ctl_out *o, const struct queue_msg *m,
 			ctl_out_str(o, "-\n");
 		}
 		ctl_show_field(o, "  last reply:   ", rc->last_reply);
+		ctl_show_field(o, "  destination:  ", ctl_rcpt_dest(rt, rc));
+		ctl_show_field(o, "  mx:           ", rc->mx);
+		ctl_out_str(o, "  last try:     ");
+		if (rc->last_try)
+			ctl_show_time(o, rc->last_try, now);
+		else
+			ctl_out_str(o, "-\n");
+		/* Why it waits, in words. */
+		enum ctl_wait w = ctl_rcpt_wait(rt, m, rc);
+		if (w == CTL_W_NONE)
+			continue;
+		ctl_out_str(o, "  waiting:      ");
+		if (w == CTL_W_HOLD) {
+			ctl_out_str(o, "the message is on hold\n");
+		} else if (w == CTL_W_PAUSED) {
+			ctl_paused_text(o, rt, ctl_rcpt_dest(rt, rc), now,
+			                4 * CTL_REPLY_CHARS);
+			ctl_out_str(o, "\n");
+		} else {
+			int64_t t = rc->next_attempt ? rc->next_attempt : m->arrival;
+			ctl_out_str(o, w == CTL_W_DEFERRED ? "deferred, " :
+			            "not tried yet, ");
+			if (t <= now) {
+				ctl_out_str(o, "due now\n");
+			} else {
+				ctl_out_str(o, "next attempt ");
+				ctl_show_time(o, t, now);
+			}
+		}
 	}
 }
 
@@ -674,17 +965,23 @@ int ctl_cmd_show(struct ctl_ctx *c, int argc, char **argv)
 	const char *spool = c->conf.spool_dir;
 	struct queue_ro *ro;
 	struct queue_msg *m = NULL;
+	struct ctl_route rt = {.reason = BUF_INIT(1)};
 	if ((r = ctl_ro_open(spool, &ro)) < 0)
 		return r;
+	/* Before the index is read: no read transaction waits on relayd. */
+	if (ctl_ask_route(c, false))
+		ctl_route_get(c, &rt);
 	r = queue_ro_get(ro, qid, &m);
 	queue_ro_close(ro);
 	if (r == -ENOENT) {
 		ctl_err("no message with id %s", qid);
+		ctl_route_free(&rt);
 		return r;
 	}
 	if (r < 0) {
 		ctl_err("%s: reading the queue index in %s: %s", qid, spool,
 		        strerror(-r));
+		ctl_route_free(&rt);
 		return r;
 	}
 
@@ -701,7 +998,11 @@ int ctl_cmd_show(struct ctl_ctx *c, int argc, char **argv)
 	struct ctl_out o;
 	ctl_out_init(&o);
 	if (c->json) {
-		ctl_json_msg(&o, m, c->now);
+		ctl_json_msg(&o, m, c->now, &rt);
+		if (rt.asked != CTL_RT_NOT_ASKED) {
+			ctl_out_str(&o, ",");
+			ctl_json_route(&o, &rt);
+		}
 		ctl_out_str(&o, ",\"headers\":");
 		if (hr < 0)
 			ctl_out_str(&o, "null");
@@ -710,7 +1011,7 @@ int ctl_cmd_show(struct ctl_ctx *c, int argc, char **argv)
 		ctl_out_printf(&o, ",\"headers_truncated\":%s}\n",
 		               trunc ? "true" : "false");
 	} else {
-		ctl_show_text(&o, m, c->now);
+		ctl_show_text(&o, m, c->now, &rt);
 		if (hr >= 0) {
 			ctl_out_str(&o, "\nheaders:\n");
 			if (hlen == 0)
@@ -727,6 +1028,7 @@ int ctl_cmd_show(struct ctl_ctx *c, int argc, char **argv)
 	ctl_out_free(&o);
 	free(hdr);
 	queue_msg_free(m);
+	ctl_route_free(&rt);
 
 	if (hr == -ENOENT) {
 		ctl_err("%s: the message left the queue (no %s)", qid, path);

@@ -168,7 +168,7 @@ def _listing(r):
     for m in queue_list(r):
         m = dict(m)
         m["recipients"] = [{k: v for k, v in x.items()
-                            if k not in ("dest", "mx", "last_try")}
+                            if k not in ("dest", "mx", "last_try", "waiting")}
                            for x in m["recipients"]]
         out.append(m)
     return out

@@ -111,11 +111,11 @@ static void test_key_table(void **state)
 	}
 	/* + queue_min_free, long_lines, data_min_rate, session_max_lifetime,
 	 * auth_slow_delay, auth_slow_delay_max, auth_lockout_table (issue 8)
-	 * + hop_limit (issue 9 §3); dns_servers (issue 9)
+	 * + hop_limit (issue 9 §3)
 	 * + mx_allow_private, mx_port, ip_preference, smtp_bind_address,
 	 * smtp_bind_address6, tls_policy_file, destination_policy_file,
 	 * max_recipients_per_transaction, destination_concurrency,
-	 * max_delivery_sessions (issue 9) */
+	 * max_delivery_sessions, dns_servers (issue 9) */
 	assert_int_equal(n, 72);
 	assert_null(conf_key(n, NULL, NULL));
 }

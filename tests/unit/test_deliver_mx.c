@@ -237,6 +237,19 @@ static const struct class_case class_cases[] = {
 	{"::ffff:10.0.0.1", DELIVER_ADDR_PRIVATE, true, false},
 	{"::ffff:169.254.0.1", DELIVER_ADDR_LINK_LOCAL, true, true},
 	{"::ffff:8.8.8.8", DELIVER_ADDR_PUBLIC, false, false},
+	/* IPv4 wrapped in NAT64, SIIT and 6to4 prefixes: what it wraps */
+	{"64:ff9b::127.0.0.1", DELIVER_ADDR_LOOPBACK, true, false},
+	{"64:ff9b::10.0.0.1", DELIVER_ADDR_PRIVATE, true, false},
+	{"64:ff9b::169.254.169.254", DELIVER_ADDR_LINK_LOCAL, true, true},
+	{"64:ff9b::8.8.8.8", DELIVER_ADDR_PUBLIC, false, false},
+	{"64:ff9b:1::192.168.0.1", DELIVER_ADDR_PRIVATE, true, false},
+	{"64:ff9b:1:2::8.8.8.8", DELIVER_ADDR_PUBLIC, false, false},
+	{"::ffff:0:127.0.0.1", DELIVER_ADDR_LOOPBACK, true, false},
+	{"::ffff:0:8.8.8.8", DELIVER_ADDR_PUBLIC, false, false},
+	{"2002:7f00:1::1", DELIVER_ADDR_LOOPBACK, true, false},
+	{"2002:c0a8:101::25", DELIVER_ADDR_PRIVATE, true, false},
+	{"2002:a9fe:a9fe::1", DELIVER_ADDR_LINK_LOCAL, true, true},
+	{"2002:808:808::1", DELIVER_ADDR_PUBLIC, false, false},
 };
 
 static void test_classes(void **state)

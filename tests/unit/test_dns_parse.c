@@ -149,6 +149,18 @@ static const uint8_t m_odd_target[] = {
 	PQ, RR(15, 300, 6), 0, 10, 2, 'a', ' ', 0,
 	PQ, RR(15, 300, 8), 0, 20, 3, 'm', 'x', '2', PQ,
 };
+/* MX records whose only targets are unusable names are not "no MX" (the
+ * implicit MX would follow); beside "." the null MX stands, as in
+ * deliver_mx_order. */
+static const uint8_t m_odd_only[] = {
+	HDR(NOERR, 1, 1, 0), Q(15),
+	PQ, RR(15, 300, 6), 0, 10, 2, 'a', ' ', 0,
+};
+static const uint8_t m_odd_and_null[] = {
+	HDR(NOERR, 1, 2, 0), Q(15),
+	PQ, RR(15, 300, 6), 0, 10, 2, 'a', ' ', 0,
+	PQ, RR(15, 300, 3), 0, 0, 0,
+};
 static const uint8_t m_txt[] = {
 	HDR(NOERR, 1, 1, 0), Q(16),
 	PQ, RR(16, 300, 9), 3, 'a', 'b', 'c', 0, 3, 'd', 'e', 'f',
@@ -235,6 +247,10 @@ static const struct pcase pcases[] = {
 	 "malformed name in record"},
 	{"MX target with a space skipped", M(m_odd_target), EXQ, 15, DNS_OK, 1,
 	 300, ""},
+	{"MX whose only target is unusable", M(m_odd_only), EXQ, 15,
+	 DNS_TEMPFAIL, 0, 0, "no usable MX target"},
+	{"unusable MX target beside \".\"", M(m_odd_and_null), EXQ, 15,
+	 DNS_OK, 1, 300, ""},
 	{"TXT, two strings and an empty one", M(m_txt), EXQ, 16, DNS_OK, 1, 300,
 	 ""},
 	{"TXT string past rdata", M(m_txt_bad), EXQ, 16, DNS_TEMPFAIL, 0, 0,
@@ -311,6 +327,10 @@ static void test_parse_fields(void **state)
 	r = parse_ok(M(m_nullmx_mixed), 15);
 	assert_false(r->nullmx);
 	assert_string_equal(r->rr[0].name, "mx1.example.test");
+	dns_result_unref(r);
+	r = parse_ok(M(m_odd_and_null), 15);
+	assert_true(r->nullmx);
+	assert_string_equal(r->rr[0].name, "");
 	dns_result_unref(r);
 	r = parse_ok(M(m_nullmx_two), 15);
 	assert_true(r->nullmx);

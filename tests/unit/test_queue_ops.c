@@ -1860,6 +1860,122 @@ static void test_upgrade_v1(void **state)
 	rm_tree(s.dir);
 }
 
+/* Fills the index's map (a "pad" database, one transaction per value,
+ * values ever smaller) until not even a small write fits. */
+static void fill_map(const char *dir)
+{
+	static const size_t sizes[] = {1500, 200, 8};
+	static uint8_t pad[1500];
+	uint32_t key = 0;
+	for (size_t z = 0; z < ARRAY_LEN(sizes); z++) {
+		for (int i = 0; i < 100000; i++) {
+			struct idx x;
+			MDB_dbi dbi;
+			idx_begin(&x, dir);
+			assert_int_equal(mdb_dbi_open(x.txn, "pad", MDB_CREATE, &dbi),
+			                 0);
+			key++;
+			MDB_val k = {sizeof key, &key}, v = {sizes[z], pad};
+			int rc = mdb_put(x.txn, dbi, &k, &v, 0);
+			if (rc == 0)
+				rc = mdb_txn_commit(x.txn);
+			else
+				mdb_txn_abort(x.txn);
+			mdb_env_close(x.env);
+			if (rc == MDB_MAP_FULL)
+				break;
+			assert_int_equal(rc, 0);
+			if (i == 99999)
+				fail_msg("the map did not fill up");
+		}
+	}
+}
+
+/* A map that holds the index in format 1 but has no room to rewrite it
+ * (format-2 records are larger, and every write needs pages): the
+ * upgrade stops, logged; recovery still finishes (delivery must not stay
+ * off for good while the queue cannot drain) and every record reads as
+ * it was. A later start with a larger map finishes the upgrade. */
+static void test_upgrade_map_full(void **state)
+{
+	(void)state;
+	enum { N = 64 };
+	static const struct queue_opts small = {.map_size = 1 << 20,
+	                                        .sync = QUEUE_SYNC_SYNCFS};
+	static char qid[N][QUEUE_ID_SIZE];
+	static char text[1 << 16];
+	static struct queue_msg *orig[N];
+	struct spool s;
+	spool_setup(&s, &small);
+	int done = 0;
+	for (int i = 0; i < N; i++) {
+		struct tmsg m;
+		struct queue_body *b;
+		queue_new_id(s.q, qid[i]);
+		tmsg_init(&m, qid[i], T0 + i, QUEUE_MSG_ACTIVE, 4);
+		assert_int_equal(queue_body_open(s.q, qid[i], &b), 0);
+		assert_int_equal(queue_body_write(b, "body\r\n", 6), 0);
+		assert_int_equal(queue_commit(s.q, b, &m.m, count_cb, &done), 0);
+	}
+	run_until(&s, &done, N);
+	spool_close(&s);
+
+	struct idx x;
+	idx_begin(&x, s.dir);
+	for (int i = 0; i < N; i++) {
+		MDB_val k = {QUEUE_ID_LEN, qid[i]}, v;
+		uint8_t *enc;
+		size_t n;
+		assert_int_equal(mdb_get(x.txn, x.msg, &k, &v), 0);
+		assert_int_equal(queue_msg_decode(qid[i], v.mv_data, v.mv_size,
+		                                  &orig[i]), 0);
+		assert_int_equal(queue_msg_encode_v1(orig[i], &enc, &n), 0);
+		v = (MDB_val){n, enc};
+		assert_int_equal(mdb_put(x.txn, x.msg, &k, &v, 0), 0);
+		free(enc);
+		orig[i]->arrival_ms = 0;    /* format 1 has no milliseconds */
+	}
+	idx_commit(&x);
+	idx_set_format(s.dir, -1);
+	fill_map(s.dir);
+
+	assert_int_equal(open_log_text(&s, &small, text, sizeof text), 0);
+	if (!strstr(text, "index upgrade to format 2 stopped: the index map "
+	                  "is full"))
+		fail_msg("no 'upgrade stopped' line in:\n%s", text);
+	assert_null(strstr(text, "index upgraded in place"));
+	assert_true(queue_recovered(s.q));
+	struct queue_msg *got;
+	for (int i = 0; i < N; i++) {
+		assert_int_equal(queue_get(s.q, qid[i], &got), 0);
+		assert_msg_equal("kept in format 1", orig[i], got);
+		queue_msg_free(got);
+	}
+	spool_close(&s);
+	assert_int_equal(idx_format(s.dir), -1);
+
+	/* The operator raises queue_map_size: the upgrade completes. */
+	static const struct queue_opts big = {.map_size = 16 << 20,
+	                                      .sync = QUEUE_SYNC_SYNCFS};
+	assert_int_equal(open_log_text(&s, &big, text, sizeof text), 0);
+	const char *line = strstr(text, "index upgraded in place");
+	if (!line)
+		fail_msg("no upgrade line in:\n%s", text);
+	unsigned long long n = 0;
+	assert_int_equal(sscanf(line, "index upgraded in place from format 1 "
+	                        "to 2: %llu records rewritten", &n), 1);
+	assert_int_equal(n, N);
+	for (int i = 0; i < N; i++) {
+		assert_int_equal(queue_get(s.q, qid[i], &got), 0);
+		assert_msg_equal("upgraded", orig[i], got);
+		queue_msg_free(got);
+		queue_msg_free(orig[i]);
+	}
+	spool_close(&s);
+	assert_int_equal(idx_format(s.dir), QUEUE_FORMAT);
+	rm_tree(s.dir);
+}
+
 int main(void)
 {
 	/* Recovery's warnings are expected here; keep the output readable. */
@@ -1880,6 +1996,7 @@ int main(void)
 		cmocka_unit_test(test_update_rcpts_interleaved),
 		cmocka_unit_test(test_update_rcpts_refused),
 		cmocka_unit_test(test_upgrade_v1),
+		cmocka_unit_test(test_upgrade_map_full),
 		cmocka_unit_test(test_commit_arrival_ms),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
