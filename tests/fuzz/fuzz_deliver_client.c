@@ -18,6 +18,8 @@
  *              per read; 3 cut at three places derived from the data
  *              (often ahead of the commands: unsolicited replies)
  *   bit 7      no QUIT: the session ends without one (a timeout)
+ * Without bits 0 and 1, an input whose length after byte 0 is a multiple
+ * of 3 plays direct delivery's opportunistic STARTTLS (starttls_may).
  * The message is declared BODY=8BITMIME; its body counts as 7-bit when the
  * whole input's length is odd (so both answers to a server without
  * 8BITMIME are reached: sent without BODY=, or refused 5.6.3).
@@ -287,6 +289,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	struct deliver_client_opts o = {
 		.helo = "relay.test", .starttls = cfg & 1,
+		.starttls_may = !(cfg & 3) && size % 3 == 0,
 		.user = (cfg & 2) ? "user" : NULL, .password = "pass",
 	};
 	struct fz z = {
