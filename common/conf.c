@@ -125,6 +125,8 @@ static const struct conf_keydef conf_keys[] = {
 	 "also write log lines to standard error"},
 	{"log_level", CT_ENUM, OFF(log_level), "info", 0, 0, log_level_vals, NULL,
 	 "least severe level logged: error, warning, info or debug"},
+	{"log_syslog", CT_BOOL, OFF(log_syslog), "no", 0, 0, NULL, NULL,
+	 "also send log lines to syslog (facility mail) for journald/rsyslog"},
 	{"delivery", CT_ENUM, OFF(delivery), "hold", 0, 0, delivery_vals, NULL,
 	 "what to do with queued mail: hold (keep it), smarthost, or direct "
 	 "(to each recipient domain's MX hosts)"},

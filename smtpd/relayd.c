@@ -40,7 +40,7 @@ struct relayd {
 	/* The resolver: made here and kept here until delivery and relayctl
 	 * use it (issue 9); re-reads resolv.conf or dns_servers on SIGHUP. */
 	struct dns *dns;
-	uv_signal_t sig_term, sig_int, sig_hup;
+	uv_signal_t sig_term, sig_int, sig_hup, sig_usr1;
 	bool stopping;
 };
 
@@ -71,7 +71,8 @@ static void signal_closed_cb(uv_handle_t *h)
 
 static void close_signals(struct relayd *d)
 {
-	uv_signal_t *sigs[] = {&d->sig_term, &d->sig_int, &d->sig_hup};
+	uv_signal_t *sigs[] = {&d->sig_term, &d->sig_int, &d->sig_hup,
+	                       &d->sig_usr1};
 	for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
 		if (sigs[i]->loop && !uv_is_closing((uv_handle_t *)sigs[i]))
 			uv_close((uv_handle_t *)sigs[i], signal_closed_cb);
@@ -238,6 +239,7 @@ static void reload(struct relayd *d)
 	if (r < 0)
 		log_err("SIGHUP: cannot open log file %s: %s", nc.log_file,
 		        strerror(-r));
+	log_set_syslog(nc.log_syslog);
 	queue_set_commit_delay(d->q, nc.commit_delay * 1000);
 	queue_set_min_free(d->q, nc.queue_min_free);
 	if (d->deliver)
@@ -249,6 +251,16 @@ static void reload(struct relayd *d)
 static void signal_cb(uv_signal_t *h, int signum)
 {
 	struct relayd *d = h->data;
+	if (signum == SIGUSR1) {
+		/* logrotate: the file was renamed; write to a new one. */
+		int r = log_reopen();
+		if (r < 0)
+			log_err("SIGUSR1: cannot reopen log file: %s",
+			        strerror(-r));
+		else
+			log_info("SIGUSR1: log file reopened");
+		return;
+	}
 	if (d->stopping) {
 		log_info("%s: already shutting down", strsignal(signum));
 		return;
@@ -352,6 +364,7 @@ int main(int argc, char **argv)
 		        d.conf.log_file, strerror(-r));
 		return 1;
 	}
+	log_set_syslog(d.conf.log_syslog);
 	signal(SIGPIPE, SIG_IGN);
 
 	int rc = 1;
@@ -405,10 +418,12 @@ int main(int argc, char **argv)
 	uv_signal_init(&d.loop, &d.sig_term);
 	uv_signal_init(&d.loop, &d.sig_int);
 	uv_signal_init(&d.loop, &d.sig_hup);
-	d.sig_term.data = d.sig_int.data = d.sig_hup.data = &d;
+	uv_signal_init(&d.loop, &d.sig_usr1);
+	d.sig_term.data = d.sig_int.data = d.sig_hup.data = d.sig_usr1.data = &d;
 	uv_signal_start(&d.sig_term, signal_cb, SIGTERM);
 	uv_signal_start(&d.sig_int, signal_cb, SIGINT);
 	uv_signal_start(&d.sig_hup, signal_cb, SIGHUP);
+	uv_signal_start(&d.sig_usr1, signal_cb, SIGUSR1);
 	log_info("relayd started: hostname=%s, spool=%s, delivery=%s",
 	         c->hostname, c->spool_dir,
 	         c->delivery == CONF_DELIVERY_SMARTHOST ? "smarthost" :
