@@ -289,7 +289,15 @@ static void tls_error(struct deliver_session *s, const char *what)
 	ERR_clear_error();
 	s->tls_failed = true;
 	/* A TLS failure is the route's problem, never plaintext instead. */
-	if (v != X509_V_OK)
+	if (v == X509_V_ERR_HOSTNAME_MISMATCH || v == X509_V_ERR_IP_ADDRESS_MISMATCH)
+		/* Say which name the certificate had to carry: the fix is
+		 * smarthost_tls_name, or a certificate with that name. */
+		session_fail(s, true, "TLS %s with %s failed: certificate: %s "
+		             "(expected %s%s)", what, s->relay,
+		             X509_verify_cert_error_string(v),
+		             s->direct ? s->mx : s->cfg->tls_name,
+		             s->direct ? "" : "; see smarthost_tls_name");
+	else if (v != X509_V_OK)
 		session_fail(s, true, "TLS %s with %s failed: certificate: %s",
 		             what, s->relay, X509_verify_cert_error_string(v));
 	else
