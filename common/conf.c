@@ -125,6 +125,9 @@ static const struct conf_keydef conf_keys[] = {
 	 "also write log lines to standard error"},
 	{"log_level", CT_ENUM, OFF(log_level), "info", 0, 0, log_level_vals, NULL,
 	 "least severe level logged: error, warning, info or debug"},
+	{"pid_file", CT_STRING, OFF(pid_file), "", 0, 0, NULL, NULL,
+	 "file relayd writes its process id to, locked while it runs (for "
+	 "init scripts without systemd); empty: none"},
 	{"log_syslog", CT_BOOL, OFF(log_syslog), "no", 0, 0, NULL, NULL,
 	 "also send log lines to syslog (facility mail) for journald/rsyslog"},
 	{"delivery", CT_ENUM, OFF(delivery), "hold", 0, 0, delivery_vals, NULL,

@@ -61,6 +61,7 @@ struct conf {
 	bool log_stderr;                   /* default: yes */
 	int log_level;                     /* enum log_level; default info */
 	bool log_syslog;                   /* also syslog(3), mail; default no */
+	char *pid_file;                    /* default "" (none) */
 	enum conf_delivery delivery;       /* default hold */
 	uint64_t max_message_size;         /* bytes; default 50 MiB */
 	unsigned max_recipients;           /* default 1000 */

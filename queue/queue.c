@@ -2702,3 +2702,8 @@ fail:
 	queue_free(q);
 	return r;
 }
+
+const char *queue_library_version(void)
+{
+	return mdb_version(NULL, NULL, NULL);
+}

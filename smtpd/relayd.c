@@ -22,6 +22,9 @@
 #include "common/buf.h"
 #include "common/conf.h"
 #include "common/log.h"
+#include "common/pidfile.h"
+#include "common/tls_stream.h"
+#include "common/version.h"
 #include "queue/queue.h"
 #include "deliver/deliver.h"
 #include "deliver/deliver_policy.h"
@@ -41,6 +44,8 @@ struct relayd {
 	 * use it (issue 9); re-reads resolv.conf or dns_servers on SIGHUP. */
 	struct dns *dns;
 	uv_signal_t sig_term, sig_int, sig_hup, sig_usr1;
+	int pid_fd;                 /* pid_file, locked; -1: none */
+	char *pid_path;             /* its path as opened (smtpd owns conf) */
 	bool stopping;
 };
 
@@ -57,7 +62,7 @@ static int lockout_ctl_cb(void *arg, const char *args, struct buf *out)
 static void usage(FILE *f)
 {
 	fprintf(f,
-	        "usage: relayd [-c FILE] [-t]\n"
+	        "usage: relayd [-c FILE] [-t] | relayd --version\n"
 	        "  -c FILE  configuration file (default /etc/relayd/relayd.conf)\n"
 	        "  -t       check the configuration and exit (0 when valid)\n"
 	        "  -h       this help\n"
@@ -174,6 +179,7 @@ static void keep_restart_keys(struct conf *nc, const struct conf *old)
 	struct { const char *key; char **nv; const char *ov; } strs[] = {
 		{"spool_dir", &nc->spool_dir, old->spool_dir},
 		{"user", &nc->user, old->user},
+		{"pid_file", &nc->pid_file, old->pid_file},
 	};
 	for (size_t i = 0; i < sizeof strs / sizeof *strs; i++) {
 		if (strcmp(*strs[i].nv, strs[i].ov) == 0)
@@ -302,6 +308,13 @@ int main(int argc, char **argv)
 	int opt;
 	if (!path)
 		path = "/etc/relayd/relayd.conf";
+	if (argc == 2 && (strcmp(argv[1], "--version") == 0 ||
+	                  strcmp(argv[1], "-V") == 0)) {
+		printf("relayd %s (libuv %s, %s, %s, c-ares %s)\n", RELAY_VERSION,
+		       uv_version_string(), tls_library_version(),
+		       queue_library_version(), dns_library_version());
+		return 0;
+	}
 	while ((opt = getopt(argc, argv, "c:th")) != -1) {
 		switch (opt) {
 		case 'c': path = optarg; break;
@@ -366,6 +379,23 @@ int main(int argc, char **argv)
 	}
 	log_set_syslog(d.conf.log_syslog);
 	signal(SIGPIPE, SIG_IGN);
+	/* Before anything is bound: a second relayd says so plainly. */
+	d.pid_fd = -1;
+	if (d.conf.pid_file[0]) {
+		d.pid_fd = pidfile_open(d.conf.pid_file, err, sizeof err);
+		d.pid_path = strdup(d.conf.pid_file);
+		if (d.pid_fd < 0 || !d.pid_path) {
+			if (d.pid_fd >= 0) {
+				snprintf(err, sizeof err, "out of memory");
+				close(d.pid_fd);
+			}
+			free(d.pid_path);
+			log_err("%s", err);
+			log_close();
+			conf_free(&d.conf);
+			return 1;
+		}
+	}
 
 	int rc = 1;
 	uv_loop_init(&d.loop);
@@ -447,6 +477,9 @@ out:
 		log_err("event loop closed with open handles: %s", uv_strerror(r));
 		rc = 1;
 	}
+	if (d.pid_path)
+		pidfile_close(d.pid_path, d.pid_fd);
+	free(d.pid_path);
 	log_info("relayd stopped");
 	log_close();
 	conf_free(&d.conf);

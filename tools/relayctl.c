@@ -17,6 +17,9 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/tls_stream.h"
+#include "common/version.h"
+#include "dns/dns.h"
 
 extern char **environ;
 
@@ -145,6 +148,7 @@ static void ctl_usage(FILE *f)
 	        "destinations,\n"
 	        "              check, user list, lockout list)\n"
 	        "  -h, --help  this text\n"
+	        "  -V, --version  relayctl's version and its libraries'\n"
 	        "\n"
 	        "List filters (all given must match):\n"
 	        "  --state STATE  pending, deferred, sent or bounced: a "
@@ -304,6 +308,13 @@ int main(int argc, char **argv)
 		if (strcmp(a, "--json") == 0) {
 			c.json = true;
 			continue;
+		}
+		if (strcmp(a, "--version") == 0 || strcmp(a, "-V") == 0) {
+			printf(CTL_PROG " %s (libuv %s, %s, %s, c-ares %s)\n",
+			       RELAY_VERSION,
+			       uv_version_string(), tls_library_version(),
+			       queue_library_version(), dns_library_version());
+			return CTL_EXIT_OK;
 		}
 		r = ctl_opt_conf(&c, argc, argv, &i);
 		if (r < 0)
