@@ -174,6 +174,10 @@ static const struct conf_keydef conf_keys[] = {
 	{"data_min_rate", CT_UNSIGNED, OFF(data_min_rate), "500", 0, 1000000000,
 	 NULL, NULL, "message data must arrive at this many bytes/s on average "
 	 "(timeout_data is the grace); 0: only the idle timeout_data"},
+	{"shutdown_timeout", CT_DURATION, OFF(shutdown_timeout), "30s", 0, DAY,
+	 NULL, NULL, "on SIGTERM, how long a client inside a message may take "
+	 "to finish it before it gets 421 (idle sessions get 421 at once); "
+	 "a second SIGTERM exits at once"},
 	{"session_max_lifetime", CT_DURATION, OFF(session_max_lifetime), "1h", 1,
 	 30 * DAY, NULL, NULL, "a session this old is closed (421) between "
 	 "messages; one still in a message at twice this age is cut off"},

@@ -23,6 +23,7 @@
 #include "common/conf.h"
 #include "common/log.h"
 #include "common/pidfile.h"
+#include "common/sdnotify.h"
 #include "common/tls_stream.h"
 #include "common/version.h"
 #include "queue/queue.h"
@@ -268,14 +269,22 @@ static void signal_cb(uv_signal_t *h, int signum)
 		return;
 	}
 	if (d->stopping) {
-		log_info("%s: already shutting down", strsignal(signum));
-		return;
+		/* Everything that got its 250 is committed already: leave
+		 * now, the rest (messages half sent to us, deliveries in
+		 * flight) is the client's or the next start's to redo. */
+		log_info("%s again: exiting now", strsignal(signum));
+		if (d->pid_path)
+			pidfile_close(d->pid_path, d->pid_fd);
+		_exit(0);
 	}
 	if (signum == SIGHUP) {
+		sdnotify("RELOADING=1\nSTATUS=reloading\n");
 		reload(d);
+		sdnotify("READY=1\nSTATUS=accepting mail\n");
 		return;
 	}
 	log_info("%s: shutting down", strsignal(signum));
+	sdnotify("STOPPING=1\nSTATUS=stopping\n");
 	stop(d);
 }
 
@@ -397,6 +406,11 @@ int main(int argc, char **argv)
 		}
 	}
 
+	r = sdnotify_open();
+	if (r < 0)
+		log_warn("NOTIFY_SOCKET: %s; systemd will not hear from relayd",
+		         strerror(-r));
+
 	int rc = 1;
 	uv_loop_init(&d.loop);
 	r = smtpd_new(&d.loop, &d.conf, NULL, &d.smtpd);
@@ -458,6 +472,12 @@ int main(int argc, char **argv)
 	         c->hostname, c->spool_dir,
 	         c->delivery == CONF_DELIVERY_SMARTHOST ? "smarthost" :
 	         c->delivery == CONF_DELIVERY_DIRECT ? "direct" : "hold");
+	/* Type=notify: listening (recovery goes on in the background, and
+	 * mail is accepted meanwhile). */
+	char ready[96];
+	snprintf(ready, sizeof ready, "READY=1\nMAINPID=%ld\nSTATUS=accepting "
+	         "mail\n", (long)getpid());
+	sdnotify(ready);
 
 	uv_run(&d.loop, UV_RUN_DEFAULT);
 	rc = 0;
@@ -481,6 +501,7 @@ out:
 		pidfile_close(d.pid_path, d.pid_fd);
 	free(d.pid_path);
 	log_info("relayd stopped");
+	sdnotify_close();
 	log_close();
 	conf_free(&d.conf);
 	return rc;

@@ -116,7 +116,7 @@ static void test_key_table(void **state)
 	 * smtp_bind_address6, tls_policy_file, destination_policy_file,
 	 * max_recipients_per_transaction, destination_concurrency,
 	 * max_delivery_sessions, dns_servers (issue 9) */
-	assert_int_equal(n, 74);
+	assert_int_equal(n, 75);
 	assert_null(conf_key(n, NULL, NULL));
 }
 
