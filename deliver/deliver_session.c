@@ -381,6 +381,18 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 	struct deliver_session *s = st->data;
 	if (s->closing)
 		return;
+	if (nread < 0 && s->tls_handshake) {
+		/* Closed or reset in the middle of the handshake (after the
+		 * 220 to STARTTLS): a failed handshake like any other, so
+		 * "may" retries in plaintext on the same host and
+		 * encrypt/verify defer with this reason. */
+		ERR_clear_error();
+		s->tls_failed = true;
+		session_fail(s, true, "TLS handshake with %s failed: %s",
+		             s->relay, nread == UV_EOF ? "connection closed" :
+		             uv_strerror((int)nread));
+		return;
+	}
 	if (nread < 0) {
 		session_fail(s, !s->up, "%s from %s%s",
 		             nread == UV_EOF ? "connection closed" :
