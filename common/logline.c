@@ -22,9 +22,12 @@ static bool starts(const char *p, size_t n, const char *lit)
 	return n >= l && memcmp(p, lit, l) == 0;
 }
 
-/* n digits at p -> value; -1 if not all digits. */
+/* n digits at p -> value; -1 if not all digits, none, or more than 9
+ * (a pid has at most 7 on Linux: no overflow from a forged line). */
 static long digits(const char *p, size_t n)
 {
+	if (n == 0 || n > 9)
+		return -1;
 	long v = 0;
 	for (size_t i = 0; i < n; i++) {
 		if (!is_digit(p[i]))

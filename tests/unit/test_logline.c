@@ -68,6 +68,11 @@ static const struct lcase cases[] = {
 	{"2026-12-05T22:55:49.123Z", LOGEV_OTHER, "", -1, NULL, NULL, NULL, NULL},
 	{"2026-12-05T22:55:49.123Z relayd[x]: info: " ID ": removed",
 	 LOGEV_OTHER, "", -1, NULL, NULL, NULL, NULL},
+	/* A pid of 20 digits (once an overflow the fuzzer found). */
+	{"2026-12-05T22:55:49.123Z relayd[86666666666666612812]: info: " ID
+	 ": removed", LOGEV_OTHER, "", -1, NULL, NULL, NULL, NULL},
+	{"2026-12-05T22:55:49.123Z relayd[]: info: " ID ": removed",
+	 LOGEV_OTHER, "", -1, NULL, NULL, NULL, NULL},
 	{"2026-13-05T22:55:49.123Z relayd[1]: info: " ID ": removed",
 	 LOGEV_OTHER, "", -1, NULL, NULL, NULL, NULL},
 	/* An address field that never closes: no fields, still accepted. */
