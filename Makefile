@@ -36,6 +36,9 @@ DEPS_TEST  += python3-lmdb
 # The DNS tests (tests/e2e/dnsutil.py): dnsmasq as the authoritative server
 # for the zone `test`, a dnspython stub for what dnsmasq cannot answer.
 DEPS_TEST  += dnsmasq-base python3-dnspython
+# tests/e2e/test_packaging.py: systemd-analyze verify checks the unit; man
+# formats the manual pages.
+DEPS_TEST  += systemd man-db
 # `make fuzz` only: clang with libFuzzer (libclang-rt-14-dev comes with it).
 DEPS_FUZZ  := clang
 
@@ -260,9 +263,26 @@ bench-conns: all
 # spool is left to the package's maintainer scripts.
 PREFIX  ?= /usr/local
 INSTALL_USER := relayd
+# make install [PREFIX=/usr/local] [DESTDIR=...]: the programs, the manual
+# pages, the example configuration (never over an existing one), the
+# systemd unit (its paths follow PREFIX), the relayd account and the spool.
+# Under DESTDIR (packaging) the account and ownership steps are skipped and
+# printed, for the package's maintainer scripts to do.
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+MANDIR  ?= $(PREFIX)/share/man
 install: all
 	install -D -m 0755 $(BUILD)/relayd $(DESTDIR)$(PREFIX)/sbin/relayd
 	install -D -m 0755 $(BUILD)/relayctl $(DESTDIR)$(PREFIX)/bin/relayctl
+	install -D -m 0644 contrib/man/relayd.8 $(DESTDIR)$(MANDIR)/man8/relayd.8
+	install -D -m 0644 contrib/man/relayctl.8 $(DESTDIR)$(MANDIR)/man8/relayctl.8
+	install -D -m 0644 contrib/man/relayd-sendmail.8 \
+	  $(DESTDIR)$(MANDIR)/man8/relayd-sendmail.8
+	install -D -m 0644 contrib/man/relayd.conf.5 $(DESTDIR)$(MANDIR)/man5/relayd.conf.5
+	install -d -m 0755 $(DESTDIR)$(UNITDIR)
+	sed -e 's|/usr/local/sbin/relayd|$(PREFIX)/sbin/relayd|g' \
+	  -e 's|/usr/local/bin/relayctl|$(PREFIX)/bin/relayctl|g' contrib/relayd.service \
+	  > $(DESTDIR)$(UNITDIR)/relayd.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/relayd.service
 	@if [ ! -e $(DESTDIR)/etc/relayd/relayd.conf ]; then \
 	  install -D -m 0644 etc/relayd.conf $(DESTDIR)/etc/relayd/relayd.conf; \
 	  sed -i 's|^spool_dir = .*|spool_dir = /var/spool/relayd|' \
@@ -282,14 +302,26 @@ ifeq ($(DESTDIR),)
 	@# relayctl user keeps an existing file's owner, group and mode.
 	@if [ ! -e /etc/relayd/credentials ]; then \
 	  install -m 0640 -o root -g $(INSTALL_USER) /dev/null /etc/relayd/credentials; fi
+	@if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then \
+	  systemctl daemon-reload; fi
 else
 	install -d -m 0700 $(DESTDIR)/var/spool/relayd
+	@echo "install: DESTDIR is set: skipped, for the package to do:"
+	@echo "  create the system account: adduser --system --group --home /var/spool/relayd --no-create-home $(INSTALL_USER)"
+	@echo "  chown $(INSTALL_USER):$(INSTALL_USER) /var/spool/relayd"
+	@echo "  install -m 0640 -o root -g $(INSTALL_USER) /dev/null /etc/relayd/credentials"
+	@echo "  systemctl daemon-reload"
 endif
+
+# relayd.conf(5) is made from etc/relayd.conf (the commented reference of
+# every key); the result is committed, and a test checks it is current.
+man:
+	contrib/man/mkconf5 etc/relayd.conf > contrib/man/relayd.conf.5
 
 clean:
 	rm -rf build build-san build-fuzz
 
-.PHONY: all deps deps-bench build run test test-fresh unit-bins check-unit check-e2e bench bench-conns install clean fuzz deps-fuzz
+.PHONY: all deps deps-bench build run test test-fresh unit-bins check-unit check-e2e bench bench-conns install man clean fuzz deps-fuzz
 
 -include $(LIB_OBJ:.o=.d) $(CTL_OBJ:.o=.d) $(BUILD)/smtpd/relayd.d \
          $(wildcard $(FUZZ_DIR)/*/*.d)

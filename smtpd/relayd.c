@@ -207,9 +207,10 @@ static void keep_restart_keys(struct conf *nc, const struct conf *old)
 	}
 }
 
-/* SIGHUP: a configuration that does not load leaves everything as it was.
- * Sessions already open keep the settings they started with. */
-static void reload(struct relayd *d)
+/* SIGHUP or `relayctl reload`: a configuration that does not load leaves
+ * everything as it was. Sessions already open keep the settings they
+ * started with. Returns 0, or -EINVAL with why (as logged) filled in. */
+static int reload(struct relayd *d, const char *by, char *why, size_t whylen)
 {
 	struct conf nc;
 	char err[512];
@@ -217,34 +218,33 @@ static void reload(struct relayd *d)
 		/* logrotate's HUP must still move us to the new file. */
 		int r = log_reopen();
 		if (r < 0)
-			log_err("SIGHUP: cannot reopen log file: %s", strerror(-r));
-		log_err("SIGHUP: %s; keeping the running configuration", err);
-		return;
+			log_err("%s: cannot reopen log file: %s", by, strerror(-r));
+		goto refused;
 	}
 	if (smtpd_relay_check_conf(&nc, d->conf_path, err, sizeof err) < 0) {
 		conf_free(&nc);
-		log_err("SIGHUP: %s; keeping the running configuration", err);
-		return;
+		goto refused;
 	}
-	if (smtpd_check_conf(&nc, err, sizeof err) < 0) {
-		log_err("SIGHUP: %s: %s; keeping the running configuration",
-		        d->conf_path, err);
+	char e2[sizeof err];
+	if (smtpd_check_conf(&nc, e2, sizeof e2) < 0) {
+		size_t pl = strlen(d->conf_path);
+		snprintf(err, sizeof err, "%.*s: %.*s", (int)(pl > 200 ? 200 : pl),
+		         d->conf_path, (int)(sizeof err - 210), e2);
 		conf_free(&nc);
-		return;
+		goto refused;
 	}
 	/* tls_policy_file, destination_policy_file: a bad line keeps the
 	 * running configuration (errors name the file and line). */
 	if (deliver_policy_check_conf(&nc, err, sizeof err) < 0) {
-		log_err("SIGHUP: %s; keeping the running configuration", err);
 		conf_free(&nc);
-		return;
+		goto refused;
 	}
 	keep_restart_keys(&nc, smtpd_conf(d->smtpd));
 	if (d->dns && dns_reload(d->dns, nc.dns_servers, err, sizeof err) < 0)
-		log_err("SIGHUP: dns: %s; keeping the running resolver", err);
+		log_err("%s: dns: %s; keeping the running resolver", by, err);
 	int r = log_open(nc.log_file, nc.log_stderr, nc.log_level);
 	if (r < 0)
-		log_err("SIGHUP: cannot open log file %s: %s", nc.log_file,
+		log_err("%s: cannot open log file %s: %s", by, nc.log_file,
 		        strerror(-r));
 	log_set_syslog(nc.log_syslog);
 	queue_set_commit_delay(d->q, nc.commit_delay * 1000);
@@ -252,7 +252,33 @@ static void reload(struct relayd *d)
 	if (d->deliver)
 		deliver_set_conf(d->deliver, &nc);
 	smtpd_set_conf(d->smtpd, &nc);
-	log_info("SIGHUP: configuration reloaded from %s", d->conf_path);
+	log_info("%s: configuration reloaded from %s", by, d->conf_path);
+	snprintf(why, whylen, "configuration reloaded from %s", d->conf_path);
+	return 0;
+refused:
+	log_err("%s: %s; keeping the running configuration", by, err);
+	snprintf(why, whylen, "%s; keeping the running configuration", err);
+	return -EINVAL;
+}
+
+/* relayctl reload: the same, reported back (and to systemd). */
+static int reload_ctl_cb(void *arg, const char *args, struct buf *out)
+{
+	struct relayd *d = arg;
+	char why[1024];
+	if (args && args[0])
+		return buf_appends(out, "err reload takes no arguments");
+	if (!d->smtpd || d->stopping)
+		return buf_appends(out, "err relayd is stopping");
+	sdnotify("RELOADING=1\nSTATUS=reloading\n");
+	int r = reload(d, "reload", why, sizeof why);
+	sdnotify("READY=1\nSTATUS=accepting mail\n");
+	/* The reply is one line: no CR/LF from a file name can break it. */
+	for (char *p = why; *p; p++)
+		if (*p == '\r' || *p == '\n')
+			*p = ' ';
+	int e = buf_appends(out, r == 0 ? "ok " : "err ");
+	return e < 0 ? e : buf_appends(out, why);
 }
 
 static void signal_cb(uv_signal_t *h, int signum)
@@ -278,8 +304,9 @@ static void signal_cb(uv_signal_t *h, int signum)
 		_exit(0);
 	}
 	if (signum == SIGHUP) {
+		char why[1024];
 		sdnotify("RELOADING=1\nSTATUS=reloading\n");
-		reload(d);
+		reload(d, "SIGHUP", why, sizeof why);
 		sdnotify("READY=1\nSTATUS=accepting mail\n");
 		return;
 	}
@@ -452,8 +479,11 @@ int main(int argc, char **argv)
 	}
 	deliver_set_dns(d.deliver, d.dns);
 	r = deliver_ctl_verb(d.deliver, "lockout", lockout_ctl_cb, &d);
+	if (r == 0)
+		r = deliver_ctl_verb(d.deliver, "reload", reload_ctl_cb, &d);
 	if (r < 0) {
-		log_err("control: cannot add the lockout verb: %s", strerror(-r));
+		log_err("control: cannot add the lockout and reload verbs: %s",
+		        strerror(-r));
 		goto fail;
 	}
 	if (smtpd_start(d.smtpd) < 0)

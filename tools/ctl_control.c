@@ -642,6 +642,37 @@ int ctl_cmd_lockout(struct ctl_ctx *c, int argc, char **argv)
 	return ctl_print_line(&o);
 }
 
+/* ---- reload ----------------------------------------------------------- */
+
+/* relayctl reload: relayd reads its configuration again (as on SIGHUP)
+ * and says whether it took it; exit 1 when it kept the running one. */
+int ctl_cmd_reload(struct ctl_ctx *c, int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	const char *spool = c->conf.spool_dir;
+	char reply[1200];
+	int r = ctl_control_request(spool, "reload", CTL_CONTROL_TIMEOUT_MS,
+	                            reply, sizeof reply);
+	if (r == -EREMOTEIO) {
+		ctl_err_text("", reply[0] ? reply : "relayd refused the reload");
+		return r;
+	}
+	if (r == -ECONNREFUSED) {
+		ctl_err("relayd is not running (nothing to reload)");
+		return r;
+	}
+	if (r < 0) {
+		ctl_err_request(spool, r);
+		return r;
+	}
+	struct ctl_out o;
+	ctl_out_init(&o);
+	ctl_out_text(&o, reply, strlen(reply), 0);
+	ctl_out_str(&o, "\n");
+	return ctl_print_line(&o);
+}
+
 /* ---- destinations ------------------------------------------------------ */
 
 /* Characters of a pause reason or last error shown in the table. */

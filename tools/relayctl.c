@@ -74,6 +74,9 @@ static const struct ctl_cmd ctl_cmds[] = {
 	{"destinations", "[--json]", "where delivery goes: sessions, state "
 	 "(paused until when, why), last error", CTL_F_JSON | CTL_F_CONF |
 	 CTL_F_SPOOL, 0, 0, ctl_cmd_destinations, NULL},
+	{"reload", "", "relayd reads its configuration again (as on SIGHUP) "
+	 "and says whether it took it", CTL_F_CONF | CTL_F_SPOOL, 0, 0,
+	 ctl_cmd_reload, NULL},
 	{"lockout", "SUBCOMMAND [ARG]", "failed-AUTH lockouts (below)",
 	 CTL_F_JSON | CTL_F_CONF | CTL_F_SPOOL, 1, 2, ctl_cmd_lockout, NULL},
 	{"user", "SUBCOMMAND [NAME]", "SMTP AUTH credentials (below)",

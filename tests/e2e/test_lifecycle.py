@@ -195,3 +195,47 @@ def test_sigterm_under_load_keeps_every_250(relayd_factory):
     listed = r.relayctl("list").stdout.decode()
     missing = [q for q in got if q not in listed]
     assert missing == [], "%d acknowledged messages missing" % len(missing)
+
+
+def test_relayctl_reload_reports_the_result(relayd_factory):
+    r = relayd_factory(max_message_size="1M")
+    res = r.relayctl("reload")
+    assert res.stdout.decode() == ("configuration reloaded from %s\n" %
+                                   r.conf_path), res
+    # A broken file: refused with the reason, the old configuration runs
+    # on. relayctl reads the file itself first and names the line ...
+    r.conf["max_message_size"] = "lots"
+    r.write_conf()
+    res = r.relayctl("reload", check=False)
+    assert res.returncode == 1
+    err = res.stderr.decode()
+    assert "relayd.conf:" in err and "max_message_size: not a size" in err
+    # ... and what only relayd checks (a policy file) comes back from it.
+    r.conf["max_message_size"] = "3M"
+    pol = os.path.join(r.workdir, "tls_policy")
+    with open(pol, "w") as f:
+        f.write("example.org must\n")
+    r.conf["tls_policy_file"] = pol
+    r.write_conf()
+    res = r.relayctl("reload", check=False)
+    assert res.returncode == 1
+    err = res.stderr.decode()
+    assert "%s:1: unknown level 'must'" % pol in err and \
+        "keeping the running configuration" in err, err
+    del r.conf["tls_policy_file"]
+    c = smtp_connect(r)
+    ehlo = c.cmd("EHLO client.test")
+    assert "SIZE 1048576" in ehlo.lines[-1] or \
+        any("SIZE 1048576" in x for x in ehlo.lines), ehlo
+    c.close()
+    # Fixed: taken, and the new value is what new sessions see.
+    r.conf["max_message_size"] = "2M"
+    r.write_conf()
+    r.relayctl("reload")
+    c = smtp_connect(r)
+    assert any("SIZE 2097152" in x for x in c.cmd("EHLO c.test").lines)
+    c.close()
+    r.stop()
+    res = r.relayctl("reload", check=False)
+    assert res.returncode == 1
+    assert "relayd is not running" in res.stderr.decode()

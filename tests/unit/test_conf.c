@@ -1156,6 +1156,24 @@ static void test_default_file(void **state)
 				fail_msg("etc/relayd.conf: %s default is not '%s'", k, def);
 		}
 	}
+
+	/* relayd.conf(5), made from etc/relayd.conf by contrib/man/mkconf5,
+	 * names every key too (test_packaging.py checks it is up to date). */
+	snprintf(path, sizeof path, "%.*scontrib/man/relayd.conf.5",
+	         (int)(tail ? tail - f : 0), f);
+	fp = fopen(path, "r");
+	assert_non_null(fp);
+	n = fread(text, 1, sizeof text - 1, fp);
+	assert_true(n < sizeof text - 1);
+	fclose(fp);
+	text[n] = '\0';
+	for (size_t i = 0; conf_key(i, NULL, NULL); i++) {
+		char a[128];
+		snprintf(a, sizeof a, "\n.TP\n\\fB%s\\fR", conf_key(i, NULL, NULL));
+		if (!strstr(text, a))
+			fail_msg("contrib/man/relayd.conf.5 does not describe %s "
+			         "(run make man)", conf_key(i, NULL, NULL));
+	}
 }
 
 /* dns_servers: numeric addresses, optional ports, IPv6 in brackets when a
