@@ -140,3 +140,98 @@ def test_systemd_unit_verifies(tmp_path):
     assert (res.stdout + res.stderr).decode().strip() == "", res
     bad = verify(unit.replace("Type=notify", "Type=bogus"))
     assert b"bogus" in bad.stdout + bad.stderr
+
+
+def _dockerfile_env():
+    """The ENV of contrib/Dockerfile's final stage, as KEY -> value."""
+    with open(os.path.join(REPO, "contrib/Dockerfile")) as f:
+        text = f.read().replace("\\\n", " ")
+    final = text.split("\nFROM ")[-1]
+    env = {}
+    for line in final.splitlines():
+        if line.startswith("ENV "):
+            for kv in line[4:].split():
+                k, v = kv.split("=", 1)
+                env[k] = v
+    return env
+
+
+def _compose_environment(dotenv):
+    """contrib/compose.yaml's `environment:` of the relayd service, with
+    ${VAR} and ${VAR:-default} filled from dotenv as docker compose does
+    (a small reader for this file's plain `KEY: value` lines)."""
+    with open(os.path.join(REPO, "contrib/compose.yaml")) as f:
+        lines = f.read().splitlines()
+    i = lines.index("    environment:") + 1
+    out = {}
+    while i < len(lines) and lines[i].startswith("      "):
+        k, v = lines[i].strip().split(": ", 1)
+
+        def sub(m):
+            name, default = m.group(1), m.group(3)
+            return dotenv.get(name) or (default if default is not None else "")
+        out[k] = re.sub(r"\$\{([A-Z_]+)(:-([^}]*))?\}", sub, v)
+        i += 1
+    return out
+
+
+def test_container_environment_contract(upstream_factory, test_ca, tmp_path):
+    """relayd configured the way the container is: the image's
+    etc/relayd.conf and ENV, compose.yaml's environment filled from
+    .env.example (smarthost values pointed at a test smarthost), the
+    password from a secret file. One message reaches the smarthost,
+    authenticated."""
+    from conftest_upstream import make_message, message_id, submit
+    from conftest import Relayd, wait_until
+    up = upstream_factory(tls="starttls", users={"apikey": "from-a-secret"})
+    with open(os.path.join(REPO, "contrib/.env.example")) as f:
+        dotenv = dict(line.split("=", 1) for line in f.read().splitlines()
+                      if line and not line.startswith("#"))
+    for k in ("RELAYD_SMARTHOST", "RELAYD_SMARTHOST_USER", "RELAYD_LISTEN",
+              "RELAYD_TRUSTED_NETWORKS"):
+        assert k in dotenv, k
+    r = Relayd(str(tmp_path))           # only for its address and helpers
+    dotenv.update(RELAYD_SMARTHOST=up.smarthost,
+                  RELAYD_LISTEN="%s:%d" % (r.addr, r.port))
+    env = dict(os.environ)
+    env = {k: v for k, v in env.items() if not k.startswith("RELAYD_")}
+    env.update(_dockerfile_env())
+    compose = _compose_environment(dotenv)
+    assert compose["RELAYD_SMARTHOST_PASSWORD_FILE"] == \
+        "/run/secrets/smarthost_password"
+    secret = tmp_path / "smarthost_password"
+    secret.write_text("from-a-secret\n")
+    os.chmod(str(secret), 0o600)
+    compose["RELAYD_SMARTHOST_PASSWORD_FILE"] = str(secret)
+    env.update(compose)
+    # What a test machine needs instead of the image's paths and account.
+    env.update(RELAYD_SPOOL_DIR=str(tmp_path / "spool"),
+               RELAYD_LOG_FILE=r.logfile,
+               RELAYD_SMARTHOST_TLS_CA=test_ca.ca_cert,
+               RELAYD_SMARTHOST_TLS_NAME="smarthost.test")
+    if os.geteuid() == 0:
+        env["RELAYD_USER"] = "root"
+    # The image's configuration file: the repository's etc/relayd.conf.
+    conf = os.path.join(REPO, "etc/relayd.conf")
+    assert env["RELAYD_CONFIG"] == "/etc/relayd/relayd.conf"
+    env["RELAYD_CONFIG"] = conf         # where the image has its copy
+    err = open(str(tmp_path / "stderr"), "wb")
+    p = subprocess.Popen([RELAYD, "-c", conf], env=env, stdout=err,
+                         stderr=err, stdin=subprocess.DEVNULL)
+    try:
+        r.proc = p
+        wait_until(r._listening, timeout=20, what="relayd to listen")
+        content, mid = make_message("from a container")
+        submit(r, "app@client.test", ["someone@dest.test"], content)
+        (rec,) = up.wait_messages(1)
+        assert message_id(rec["data"]) == mid
+        assert rec["auth_user"] == "apikey", rec
+        # The HEALTHCHECK's command says healthy.
+        hc = subprocess.run(["sh", "-c", "%s stats --json | grep -q "
+                             "'\"running\":true'" % RELAYCTL], env=env,
+                            timeout=30)
+        assert hc.returncode == 0
+    finally:
+        p.send_signal(15)
+        assert p.wait(timeout=30) == 0
+        err.close()
