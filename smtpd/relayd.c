@@ -169,14 +169,6 @@ static void stop(struct relayd *d)
  * the new configuration, with a warning when the file says otherwise. */
 static void keep_restart_keys(struct conf *nc, const struct conf *old)
 {
-	bool listen_same = nc->nlisten == old->nlisten &&
-	                   memcmp(nc->listen, old->listen,
-	                          old->nlisten * sizeof *old->listen) == 0;
-	if (!listen_same) {
-		log_warn("SIGHUP: listen changed; restart relayd to apply it");
-		memcpy(nc->listen, old->listen, sizeof nc->listen);
-		nc->nlisten = old->nlisten;
-	}
 	struct { const char *key; char **nv; const char *ov; } strs[] = {
 		{"spool_dir", &nc->spool_dir, old->spool_dir},
 		{"user", &nc->user, old->user},
@@ -240,6 +232,11 @@ static int reload(struct relayd *d, const char *by, char *why, size_t whylen)
 		goto refused;
 	}
 	keep_restart_keys(&nc, smtpd_conf(d->smtpd));
+	/* Listeners added or removed: all new ones bound, or nothing. */
+	if (smtpd_listen_update(d->smtpd, &nc, err, sizeof err) < 0) {
+		conf_free(&nc);
+		goto refused;
+	}
 	if (d->dns && dns_reload(d->dns, nc.dns_servers, err, sizeof err) < 0)
 		log_err("%s: dns: %s; keeping the running resolver", by, err);
 	int r = log_open(nc.log_file, nc.log_stderr, nc.log_level);

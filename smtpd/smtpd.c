@@ -109,6 +109,148 @@ struct tls_load {
 
 /* ---- server ------------------------------------------------------------- */
 
+static void listener_closed_cb(uv_handle_t *h);
+
+/* A listener for cl, bound (not yet listening). *out is set whenever a
+ * handle was made, even if binding failed: the caller keeps it to close
+ * it. Errors are logged, and described in err when err is not NULL. */
+static int listener_bind(struct smtpd *srv, const struct conf_listen *cl,
+                         struct smtpd_listener **out, char *err,
+                         size_t errlen)
+{
+	*out = NULL;
+	struct sockaddr_storage ss;
+	int r = cl->ipv6 ? uv_ip6_addr(cl->host, cl->port,
+	                               (struct sockaddr_in6 *)&ss)
+	                 : uv_ip4_addr(cl->host, cl->port,
+	                               (struct sockaddr_in *)&ss);
+	struct smtpd_listener *l = r == 0 ? calloc(1, sizeof *l) : NULL;
+	if (r == 0 && !l)
+		r = UV_ENOMEM;
+	if (r == 0)
+		r = uv_tcp_init(srv->loop, &l->tcp);
+	if (r < 0) {
+		free(l);
+		log_err("listen %s:%u: %s", cl->host, cl->port, uv_strerror(r));
+		if (err)
+			snprintf(err, errlen, "listen %s:%u: %s", cl->host, cl->port,
+			         uv_strerror(r));
+		return r;
+	}
+	l->srv = srv;
+	l->cl = *cl;
+	l->tcp.data = l;
+	srv->open_listeners++;
+	*out = l;
+	r = uv_tcp_bind(&l->tcp, (struct sockaddr *)&ss,
+	                cl->ipv6 ? UV_TCP_IPV6ONLY : 0);
+	if (r < 0) {
+		bool low = cl->port < 1024 && (r == UV_EACCES || r == UV_EPERM);
+		log_err("cannot bind %s%s%s:%u: %s%s", cl->ipv6 ? "[" : "",
+		        cl->host, cl->ipv6 ? "]" : "", cl->port, uv_strerror(r),
+		        low ? " (a port below 1024 needs root or "
+		              "CAP_NET_BIND_SERVICE)" : "");
+		if (err)
+			snprintf(err, errlen, "listen %s%s%s:%u: cannot bind: %s%s",
+			         cl->ipv6 ? "[" : "", cl->host, cl->ipv6 ? "]" : "",
+			         cl->port, uv_strerror(r),
+			         low ? " (a port below 1024 needs root or "
+			               "CAP_NET_BIND_SERVICE, and relayd no longer "
+			               "has either: restart relayd to add it)" : "");
+	}
+	return r;
+}
+
+static int listener_listen(struct smtpd_listener *l)
+{
+	struct smtpd *srv = l->srv;
+	int r = uv_listen((uv_stream_t *)&l->tcp, BACKLOG,
+	                  smtpd_session_accept_cb);
+	if (r < 0) {
+		log_err("cannot listen on %s:%u: %s", l->cl.host, l->cl.port,
+		        uv_strerror(r));
+		return r;
+	}
+	l->listening = true;
+	log_info("listening on %s%s%s:%u (%s%s)", l->cl.ipv6 ? "[" : "",
+	         l->cl.host, l->cl.ipv6 ? "]" : "", l->cl.port,
+	         conf_listen_mode_names[l->cl.mode],
+	         l->cl.mode != CONF_LISTEN_SMTPS && srv->tls ? ", STARTTLS" : "");
+	return 0;
+}
+
+static void listener_close(struct smtpd_listener *l)
+{
+	if (!uv_is_closing((uv_handle_t *)&l->tcp))
+		uv_close((uv_handle_t *)&l->tcp, listener_closed_cb);
+}
+
+static bool same_address(const struct conf_listen *a,
+                         const struct conf_listen *b)
+{
+	return a->port == b->port && a->ipv6 == b->ipv6 &&
+	       strcmp(a->host, b->host) == 0;
+}
+
+int smtpd_listen_update(struct smtpd *srv, const struct conf *nc, char *err,
+                        size_t errlen)
+{
+	if (srv->stopping)
+		return 0;
+	/* New addresses first, all or none: a bind that fails (a port
+	 * below 1024 after root was dropped, an address in use) leaves
+	 * every listener as it was. */
+	struct smtpd_listener *added[CONF_LISTEN_MAX];
+	size_t nadded = 0;
+	int r = 0;
+	for (size_t i = 0; i < nc->nlisten && r == 0; i++) {
+		bool have = false;
+		for (size_t k = 0; k < srv->nlst && !have; k++)
+			have = same_address(&srv->lst[k]->cl, &nc->listen[i]);
+		if (have)
+			continue;
+		struct smtpd_listener *l;
+		r = listener_bind(srv, &nc->listen[i], &l, err, errlen);
+		if (l)
+			added[nadded++] = l;
+		if (r == 0 && (r = listener_listen(l)) < 0)
+			snprintf(err, errlen, "listen %s:%u: %s", l->cl.host,
+			         l->cl.port, uv_strerror(r));
+	}
+	if (r < 0) {
+		for (size_t i = 0; i < nadded; i++)
+			listener_close(added[i]);
+		return -EINVAL;
+	}
+	/* Then the ones no longer configured close (their sessions go
+	 * on), and the others take the mode of the new file. */
+	size_t keep = 0;
+	for (size_t k = 0; k < srv->nlst; k++) {
+		struct smtpd_listener *l = srv->lst[k];
+		const struct conf_listen *now = NULL;
+		for (size_t i = 0; i < nc->nlisten && !now; i++)
+			if (same_address(&l->cl, &nc->listen[i]))
+				now = &nc->listen[i];
+		if (!now) {
+			log_info("no longer listening on %s%s%s:%u (%s)",
+			         l->cl.ipv6 ? "[" : "", l->cl.host,
+			         l->cl.ipv6 ? "]" : "", l->cl.port,
+			         conf_listen_mode_names[l->cl.mode]);
+			listener_close(l);
+			continue;
+		}
+		if (now->mode != l->cl.mode)
+			log_info("listener %s:%u is now %s", l->cl.host, l->cl.port,
+			         conf_listen_mode_names[now->mode]);
+		l->cl.mode = now->mode;
+		srv->lst[keep++] = l;
+	}
+	for (size_t i = 0; i < nadded && keep < CONF_LISTEN_MAX; i++)
+		srv->lst[keep++] = added[i];
+	srv->nlst = keep;
+	return 0;
+}
+
 int smtpd_new(uv_loop_t *loop, struct conf *conf, struct queue *q,
               struct smtpd **out)
 {
@@ -137,32 +279,11 @@ int smtpd_new(uv_loop_t *loop, struct conf *conf, struct queue *q,
 	}
 	smtpd_auth_set_conf(srv, conf);
 	int r = 0;
-	for (size_t i = 0; i < conf->nlisten; i++) {
-		const struct conf_listen *cl = &conf->listen[i];
-		struct smtpd_listener *l = &srv->lst[i];
-		struct sockaddr_storage ss;
-		l->srv = srv;
-		l->cl = *cl;
-		if (cl->ipv6)
-			r = uv_ip6_addr(cl->host, cl->port, (struct sockaddr_in6 *)&ss);
-		else
-			r = uv_ip4_addr(cl->host, cl->port, (struct sockaddr_in *)&ss);
-		if (r == 0)
-			r = uv_tcp_init(loop, &l->tcp);
-		if (r < 0) {
-			log_err("listen %s:%u: %s", cl->host, cl->port, uv_strerror(r));
-			break;
-		}
-		l->tcp.data = l;
-		srv->nlst++;
-		srv->open_listeners++;
-		r = uv_tcp_bind(&l->tcp, (struct sockaddr *)&ss,
-		                cl->ipv6 ? UV_TCP_IPV6ONLY : 0);
-		if (r < 0) {
-			log_err("cannot bind %s%s%s:%u: %s", cl->ipv6 ? "[" : "",
-			        cl->host, cl->ipv6 ? "]" : "", cl->port, uv_strerror(r));
-			break;
-		}
+	for (size_t i = 0; i < conf->nlisten && r == 0; i++) {
+		struct smtpd_listener *l;
+		r = listener_bind(srv, &conf->listen[i], &l, NULL, 0);
+		if (l)
+			srv->lst[srv->nlst++] = l;
 	}
 	if (r < 0) {
 		/* The caller closes the loop's handles via smtpd_stop. */
@@ -208,7 +329,7 @@ static void tls_install(struct smtpd *srv, SSL_CTX *ctx, uint64_t gen,
 static bool any_smtps(const struct smtpd *srv)
 {
 	for (size_t i = 0; i < srv->nlst; i++)
-		if (srv->lst[i].cl.mode == CONF_LISTEN_SMTPS)
+		if (srv->lst[i]->cl.mode == CONF_LISTEN_SMTPS)
 			return true;
 	return false;
 }
@@ -344,18 +465,9 @@ int smtpd_start(struct smtpd *srv)
 	 * AUTH (logged), never a relayd that does not start. */
 	smtpd_auth_load_now(srv);
 	for (size_t i = 0; i < srv->nlst; i++) {
-		struct smtpd_listener *l = &srv->lst[i];
-		int r = uv_listen((uv_stream_t *)&l->tcp, BACKLOG, smtpd_session_accept_cb);
-		if (r < 0) {
-			log_err("cannot listen on %s:%u: %s", l->cl.host, l->cl.port,
-			        uv_strerror(r));
+		int r = listener_listen(srv->lst[i]);
+		if (r < 0)
 			return r;
-		}
-		log_info("listening on %s%s%s:%u (%s%s)", l->cl.ipv6 ? "[" : "",
-		         l->cl.host, l->cl.ipv6 ? "]" : "", l->cl.port,
-		         conf_listen_mode_names[l->cl.mode],
-		         l->cl.mode != CONF_LISTEN_SMTPS && srv->tls ? ", STARTTLS"
-		                                                     : "");
 	}
 	return 0;
 }
@@ -382,6 +494,7 @@ static void listener_closed_cb(uv_handle_t *h)
 {
 	struct smtpd_listener *l = h->data;
 	struct smtpd *srv = l->srv;
+	free(l);
 	srv->open_listeners--;
 	smtpd_server_maybe_done(srv);
 }
@@ -394,8 +507,7 @@ void smtpd_stop(struct smtpd *srv, void (*done_cb)(void *arg), void *arg)
 	srv->stop_at = uv_now(srv->loop);
 	srv->stop_grace = srv->conf->conf.shutdown_timeout;
 	for (size_t i = 0; i < srv->nlst; i++)
-		if (!uv_is_closing((uv_handle_t *)&srv->lst[i].tcp))
-			uv_close((uv_handle_t *)&srv->lst[i].tcp, listener_closed_cb);
+		listener_close(srv->lst[i]);
 	for (struct smtpd_session *s = srv->sessions, *n; s; s = n) {
 		n = s->next;
 		if (s->closing)

@@ -31,6 +31,13 @@ const struct conf *smtpd_conf(const struct smtpd *s);
  * on the thread pool and used for new handshakes once loaded; if they do
  * not load, the ones loaded before stay (logged). */
 void smtpd_set_conf(struct smtpd *s, struct conf *conf);
+/* SIGHUP: listeners follow nc->listen. New addresses are bound and
+ * listening first, all or none (a bind that fails, e.g. a port below 1024
+ * once root was dropped, changes nothing and err says why: -EINVAL);
+ * then addresses no longer listed close (sessions on them go on), and a
+ * mode change applies to sessions accepted from then on. */
+int smtpd_listen_update(struct smtpd *srv, const struct conf *nc, char *err,
+                        size_t errlen);
 
 /* relayd -t: loads tls_cert_file and tls_key_file as smtpd_start would.
  * 0, or -EINVAL with the reason in err. */

@@ -78,10 +78,13 @@
  * AUTH arrives: relayctl's edits apply without a restart. */
 #define CREDS_CHECK_MS 1000
 
+/* One listening socket. On the heap: a reload may close it while the
+ * server lives on; it is freed by its close callback. */
 struct smtpd_listener {
 	struct smtpd *srv;
 	uv_tcp_t tcp;
 	struct conf_listen cl;     /* a copy: configurations come and go */
+	bool listening;            /* uv_listen done (not after a failure) */
 };
 
 /* A configuration shared by the server and the sessions that started
@@ -140,7 +143,7 @@ struct smtpd {
 	struct auth_job *wait_head, **wait_tail;   /* FIFO */
 	uv_timer_t lane_timer;       /* the next slow-lane start or deadline */
 	bool lane_timer_open;
-	struct smtpd_listener lst[CONF_LISTEN_MAX];
+	struct smtpd_listener *lst[CONF_LISTEN_MAX];
 	size_t nlst;
 	/* Per-client-IP rates: the listener's, so SIGHUP keeps them. */
 	struct smtpd_relay_limits *limits;

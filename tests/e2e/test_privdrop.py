@@ -290,3 +290,68 @@ def test_link_in_the_middle_of_spool_dir_stops_the_start(relayd_factory):
     assert ("cannot open spool %s: %s is a symbolic link or not a directory"
             % (via, hop)) in res.stderr.decode(), res.stderr
     assert set(owners(r.spool).values()) == {0}
+
+
+def _low_port(addr):
+    """A free port below 1024 on addr (the tests' own 127.0.x.y)."""
+    import socket
+    for port in range(1023, 900, -1):
+        s = socket.socket()
+        try:
+            s.bind((addr, port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise AssertionError("no free port below 1024 on %s" % addr)
+
+
+def test_low_port_then_unprivileged_and_a_reload_that_needs_root(
+        relayd_factory):
+    """Started as root on a port below 1024, relayd runs as its account
+    afterwards (/proc says so); a reload that adds another port below 1024
+    cannot be done by that account and is refused with the reason, the
+    running listeners untouched; a port above 1023 is added."""
+    import signal
+    from conftest import _next_endpoint, wait_until
+    need_root()
+    acct = account()
+    r = relayd_factory(start=False, user=acct.pw_name)
+    os.chmod(r.workdir, 0o755)
+    r.port = _low_port(r.addr)
+    r.conf["listen"] = "%s:%d" % (r.addr, r.port)
+    r.write_conf()
+    r.start()
+    uids, gids, _ = _ids(r.pid)
+    assert uids == [acct.pw_uid] * 4, uids
+    assert gids == [acct.pw_gid] * 4, gids
+    q, = _send(r)
+
+    low2 = _low_port(r.addr)
+    assert low2 != r.port
+    r.conf["listen"] = "%s:%d, %s:%d" % (r.addr, r.port, r.addr, low2)
+    r.write_conf()
+    r.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "keeping the running configuration" in r.log_text(),
+               timeout=10, what="the refused reload")
+    log = r.log_text()
+    assert ("listen %s:%d: cannot bind: permission denied (a port below "
+            "1024 needs root or CAP_NET_BIND_SERVICE" % (r.addr, low2)) \
+        in log, log[-2000:]
+    c = smtp_connect(r)          # the running listener is untouched
+    assert c.cmd("EHLO client.test").code == 250
+    c.close()
+
+    high_addr, high = _next_endpoint()
+    r.conf["listen"] = "%s:%d, %s:%d" % (r.addr, r.port, high_addr, high)
+    r.write_conf()
+    r.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "listening on %s:%d" % (high_addr, high)
+               in r.log_text(), timeout=10, what="the new listener")
+    r.addr, r.port = high_addr, high
+    c = smtp_connect(r)
+    assert c.cmd("EHLO client.test").code == 250
+    c.close()
+    assert _ids(r.pid)[0] == [acct.pw_uid] * 4
+    r.stop()

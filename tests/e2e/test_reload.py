@@ -1,9 +1,13 @@
 """tests/e2e/test_reload.py - SIGHUP reloads the configuration for new
 sessions without dropping the open ones; a broken file changes nothing;
-keys that need a restart keep their running value, with a warning."""
+keys that need a restart keep their running value, with a warning;
+listeners are added and removed, all or nothing, while open sessions
+finish undisturbed."""
+import re
 import signal
+import socket
 
-from conftest import smtp_connect, wait_until
+from conftest import _next_endpoint, smtp_connect, wait_until
 
 
 def _reload(r, marker):
@@ -63,15 +67,12 @@ def test_sighup_restart_only_keys_are_kept(relayd_factory):
     r = relayd_factory()
     old_spool = r.conf["spool_dir"]
     r.conf["spool_dir"] = old_spool + "-elsewhere"
-    r.conf["listen"] = "127.0.0.1:1"
     r.conf["max_bad_commands"] = "1"
     r.write_conf()
     _reload(r, "configuration reloaded")
     log = r.log_text()
     assert "spool_dir changed; restart relayd" in log
-    assert "listen changed; restart relayd" in log
-    # Still listening where it was, spooling where it was; the other key
-    # took effect.
+    # Spooling where it was; the other key took effect.
     c = smtp_connect(r)
     rep = c.cmd("FOO")
     assert rep.pair == (500, "5.5.1"), rep
@@ -120,3 +121,78 @@ def test_sighup_during_shutdown_is_ignored(relayd_factory):
     assert c.reply().pair == (421, "4.3.2")
     # Killed by the HUP's default action, wait() would be -1 (SIGHUP).
     assert r.proc.wait(timeout=30) == 0
+
+
+def _refused(addr, port):
+    try:
+        socket.create_connection((addr, port), timeout=2).close()
+        return False
+    except OSError:
+        return True
+
+
+def test_sighup_adds_and_removes_listeners(relayd_factory):
+    r = relayd_factory()
+    old_addr, old_port = r.addr, r.port
+    new_addr, new_port = _next_endpoint()
+    open_ = smtp_connect(r)
+    assert open_.cmd("EHLO client.test").code == 250
+    assert open_.cmd("MAIL FROM:<a@client.test>").pair == (250, "2.1.0")
+
+    # Added: the new address answers, the old one still does.
+    r.conf["listen"] = "%s:%d, %s:%d/submission" % (old_addr, old_port,
+                                                    new_addr, new_port)
+    r.write_conf()
+    _reload(r, "configuration reloaded")
+    assert "listening on %s:%d (submission)" % (new_addr, new_port) in \
+        r.log_text()
+    c = smtp_connect(r)
+    c.close()
+    r.addr, r.port = new_addr, new_port
+    c = smtp_connect(r)
+    assert c.cmd("EHLO c.test").code == 250
+    c.close()
+
+    # Removed: the old address is closed; the session opened on it
+    # finishes its message undisturbed.
+    r.conf["listen"] = "%s:%d/submission" % (new_addr, new_port)
+    r.write_conf()
+    _reload(r, "configuration reloaded")
+    assert "no longer listening on %s:%d" % (old_addr, old_port) in \
+        r.log_text()
+    wait_until(lambda: _refused(old_addr, old_port), timeout=10,
+               what="the old listener to close")
+    assert open_.cmd("RCPT TO:<b@dest.test>").pair == (250, "2.1.5")
+    assert open_.cmd("DATA").code == 354
+    open_.send(b"Subject: across listener changes\r\n\r\nok\r\n.\r\n")
+    assert open_.reply().pair == (250, "2.0.0")
+    assert open_.cmd("QUIT").code == 221
+    assert len(r.stored()) == 1
+
+
+def test_sighup_listener_that_cannot_bind_changes_nothing(relayd_factory):
+    r = relayd_factory()
+    # An address in use by someone else: the reload is refused as a
+    # whole (the other change in it does not apply either).
+    busy = socket.socket()
+    busy.bind(_next_endpoint())
+    busy.listen(1)
+    b_addr, b_port = busy.getsockname()
+    try:
+        r.conf["listen"] = "%s:%d, %s:%d" % (r.addr, r.port, b_addr, b_port)
+        r.conf["max_recipients"] = "1"
+        r.write_conf()
+        _reload(r, "keeping the running configuration")
+        # (Linux lets the bind through and refuses the listen.)
+        log = r.log_text()
+        assert re.search(r"SIGHUP: listen %s:%d: (cannot bind: )?address "
+                         r"already in use; keeping the running "
+                         r"configuration" % (re.escape(b_addr), b_port),
+                         log), log[-2000:]
+    finally:
+        busy.close()
+    c = smtp_connect(r)
+    assert c.cmd("EHLO client.test").code == 250
+    assert c.cmd("MAIL FROM:<a@client.test>").pair == (250, "2.1.0")
+    assert _rcpts(c, 2) == [(250, "2.1.5")] * 2     # max_recipients unchanged
+    c.close()
