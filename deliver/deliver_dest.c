@@ -159,6 +159,7 @@ static bool dest_idle(const struct deliver_dest *dst, uint64_t now)
 static void dest_free(struct deliver_dest *dst)
 {
 	deliver_direct_dest_free(dst);
+	free(dst->domains);
 	free(dst->rate_min.t);
 	free(dst->rate_hour.t);
 	free(dst);
@@ -266,6 +267,13 @@ void deliver_dest_pause(struct deliver_dest *dst, bool auth, const char *why)
 {
 	struct deliver *d = dst->d;
 	struct deliver_cfg *g = d->cfg;
+	if (dst->op_paused) {
+		/* A session that was under way when the operator paused:
+		 * its failure is noted, the operator's pause stays. */
+		snprintf(dst->last_error, sizeof dst->last_error, "%s%s",
+		         auth ? "authentication failed: " : "", why);
+		return;
+	}
 	dst->fails++;
 	uint64_t ms = deliver_backoff(g->retry_min, g->retry_max, dst->fails,
 	                              rnd01());
@@ -300,6 +308,8 @@ void deliver_dest_pause(struct deliver_dest *dst, bool auth, const char *why)
 
 void deliver_dest_unpause(struct deliver_dest *dst, bool probe)
 {
+	if (dst->op_paused)
+		return;   /* only relayctl resume lifts it */
 	dst->paused = false;
 	dst->probing = probe && dst->fails > 0;
 	if (!probe) {
@@ -308,10 +318,62 @@ void deliver_dest_unpause(struct deliver_dest *dst, bool probe)
 	}
 }
 
+/* An operator's pause without an end: pause_until far away (but never
+ * near an overflow of uv_now() + it). */
+#define OP_PAUSE_FOREVER_MS (100ull * 365 * 24 * 3600 * 1000)
+
+void deliver_dest_op_pause(struct deliver_dest *dst, uint64_t ms)
+{
+	struct deliver *d = dst->d;
+	uint64_t now = uv_now(d->loop);
+	dst->op_paused = true;
+	dst->op_until = ms ? now + ms : 0;
+	dst->paused = true;
+	dst->probing = false;
+	dst->pause_until = now + (ms ? ms : OP_PAUSE_FOREVER_MS);
+	dst->pause_until_wall = ms ? deliver_wall_now() +
+	                        (int64_t)((ms + 999) / 1000) : 0;
+	snprintf(dst->reason, sizeof dst->reason, "paused by operator");
+	if (ms)
+		log_info("%s %s: paused by the operator for %.0f s",
+		         dst->direct ? "destination" : "smarthost", dst->name,
+		         ms / 1000.0);
+	else
+		log_info("%s %s: paused by the operator until resumed",
+		         dst->direct ? "destination" : "smarthost", dst->name);
+	/* What waits for a session goes back to the index as it is: not
+	 * an attempt, nothing deferred; the scheduler's next look finds
+	 * the destination paused and leaves the messages waiting. */
+	deliver_dest_drop_ready(dst);
+	deliver_arm(d, 0);
+}
+
+bool deliver_dest_op_resume(struct deliver_dest *dst)
+{
+	struct deliver *d = dst->d;
+	if (!dst->paused)
+		return false;
+	dst->op_paused = false;
+	dst->op_until = 0;
+	deliver_dest_unpause(dst, false);
+	log_info("%s %s: resumed by the operator",
+	         dst->direct ? "destination" : "smarthost", dst->name);
+	deliver_busy_uncool(d);
+	deliver_arm(d, 0);
+	return true;
+}
+
 void deliver_dest_tick(struct deliver_dest *dst, uint64_t now)
 {
 	if (!dst->paused || now < dst->pause_until)
 		return;
+	if (dst->op_paused) {
+		dst->op_paused = false;
+		dst->op_until = 0;
+		dst->reason[0] = '\0';
+		log_info("%s %s: the operator's pause is over",
+		         dst->direct ? "destination" : "smarthost", dst->name);
+	}
 	dst->paused = false;
 	dst->probing = true;
 	log_info("%s %s: trying again", dst->direct ? "destination" : "smarthost",
@@ -539,7 +601,18 @@ int deliver_dest_json(struct deliver *d, struct buf *out)
 		json_str(out, t->reason, &err);
 		app(out, ",\"last_error\":", 14, &err);
 		json_str(out, t->last_error, &err);
-		app(out, "}", 1, &err);
+		/* Direct: the recipient domains routed here, so that relayctl
+		 * list/show can say why a recipient never tried waits. */
+		app(out, ",\"operator\":", 12, &err);
+		app(out, t->op_paused ? "true" : "false", t->op_paused ? 4 : 5,
+		    &err);
+		app(out, ",\"domains\":[", 12, &err);
+		for (size_t i = 0; i < t->ndomains; i++) {
+			if (i)
+				app(out, ",", 1, &err);
+			json_str(out, t->domains[i], &err);
+		}
+		app(out, "]}", 2, &err);
 	}
 	return err;
 }

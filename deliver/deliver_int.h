@@ -165,6 +165,15 @@ int deliver_direct_route(struct deliver *d, const char *rcpt, char *key,
                          size_t keylen, struct deliver_reply *fail);
 /* A new direct destination: its try list, from the domain routed to it. */
 void deliver_direct_dest_init(struct deliver *d, struct deliver_dest *dst);
+/* Recipient rcpt's domain routes to dst: remembered (up to
+ * DELIVER_DEST_DOMAINS_MAX), and a new one's destination_policy_file
+ * entry applies too (the most restrictive limits win). */
+#define DELIVER_DEST_DOMAINS_MAX 64
+void deliver_direct_dest_note(struct deliver *d, struct deliver_dest *dst,
+                              const char *rcpt);
+/* Whether dst holds domain (lower case, as noted). */
+bool deliver_dest_has_domain(const struct deliver_dest *dst,
+                             const char *domain);
 /* Smarthost mode: false while dst's host name is being resolved (the
  * lookup is started here; dst is run again when it is over), true when
  * addrs[] is ready or the host is a literal. */
@@ -288,6 +297,11 @@ struct deliver_dest {
 	unsigned nbusy;                     /* jobs in its sessions */
 
 	bool paused, probing;
+	/* relayctl pause: paused by the operator until resumed (op_until
+	 * 0) or until op_until (uv_now() ms); no failure or flush lifts it.
+	 * In memory only: a restart forgets it. */
+	bool op_paused;
+	uint64_t op_until;
 	uint64_t pause_until;               /* uv_now() ms */
 	int64_t pause_until_wall;           /* unix seconds, for stats */
 	unsigned fails;
@@ -308,6 +322,11 @@ struct deliver_dest {
 	} addrs[DELIVER_MX_ADDR_LIMIT];
 	size_t naddrs, addr_pos;
 	unsigned concurrency;               /* direct: sessions (0: the cfg's) */
+	/* Direct: the recipient domains routed here (the first
+	 * DELIVER_DEST_DOMAINS_MAX), for relayctl list/show and
+	 * destination_policy_file (deliver_direct_dest_note). */
+	char (*domains)[SMTP_DOMAIN_MAX + 1];
+	size_t ndomains;
 	/* "may" after a failed handshake: plaintext until then (uv_now). */
 	uint64_t tls_broken_until;
 	/* Smarthost mode: the smarthost's name resolved through dns/ into
@@ -400,8 +419,17 @@ void deliver_dest_tick(struct deliver_dest *dst, uint64_t now);
 /* The destination is down or refuses us: pause it (backoff over its
  * failures), and defer the jobs waiting for it. */
 void deliver_dest_pause(struct deliver_dest *dst, bool auth, const char *why);
-/* relayctl flush, SIGHUP: try now. probe: one session first. */
+/* relayctl flush, SIGHUP: try now. probe: one session first. Not a
+ * destination the operator paused. */
 void deliver_dest_unpause(struct deliver_dest *dst, bool probe);
+/* relayctl pause DEST [--for]: ms 0 until resumed. Jobs waiting go back
+ * to the index (no attempt counted); sessions finish what they carry. */
+void deliver_dest_op_pause(struct deliver_dest *dst, uint64_t ms);
+/* relayctl resume DEST: lifts the operator's pause (and a failure
+ * pause); the messages it held are tried now. false: was not paused. */
+bool deliver_dest_op_resume(struct deliver_dest *dst);
+/* The messages cooling down behind a pause are due again (resume). */
+void deliver_busy_uncool(struct deliver *d);
 /* Puts dst's ready jobs back (they stay in the index as they are). */
 void deliver_dest_drop_ready(struct deliver_dest *dst);
 /* Closes dst's sessions (shutdown). */
@@ -414,11 +442,12 @@ void deliver_dest_set_rates(struct deliver_dest *dst, unsigned per_minute,
  * them when stopping and idle). */
 void deliver_dest_sweep(struct deliver *d, uint64_t now);
 /* The destinations as JSON objects, comma-separated, for "destinations":
- * {"name":KEY,"state":"active"|"probing"|"paused","until":UNIX (paused),
- * "failures":N,"sessions":N,"connecting":N,"ready":N (jobs waiting),
- * "in_flight":N (jobs in sessions),"attempts","sent","deferred",
- * "bounced":N,"reason":TEXT (of the pause),"last_error":TEXT}. 0, or the
- * first error of an append (out is bounded). */
+ * {"name":KEY,"state":"active"|"probing"|"paused","until":UNIX (paused;
+ * 0: until resumed),"failures":N,"sessions":N,"connecting":N,"ready":N
+ * (jobs waiting),"in_flight":N (jobs in sessions),"attempts","sent",
+ * "deferred","bounced":N,"reason":TEXT (of the pause),"last_error":TEXT,
+ * "operator":BOOL (relayctl pause),"domains":[DOMAIN...] (direct: routed
+ * here)}. 0, or the first error of an append (out is bounded). */
 int deliver_dest_json(struct deliver *d, struct buf *out);
 
 /* Busy table (deliver.c). deliver_busy_is ends an expired cool-down. */

@@ -70,6 +70,10 @@ static const struct ctl_cmd ctl_cmds[] = {
 	{"destinations", "[--json]", "where delivery goes: sessions, state "
 	 "(paused until when, why), last error", CTL_F_JSON | CTL_F_CONF |
 	 CTL_F_SPOOL, 0, 0, ctl_cmd_destinations, NULL},
+	{"pause", "DEST [--for DURATION]", "no new deliveries to DEST until "
+	 "resumed (below)", CTL_F_CONF | CTL_F_SPOOL, 1, 1,
+	 ctl_cmd_pause, "--for="},
+	{"resume", "DEST", "deliver to a paused DEST again, now", CTL_F_CONF | CTL_F_SPOOL, 1, 1, ctl_cmd_resume, NULL},
 	{"lockout", "SUBCOMMAND [ARG]", "failed-AUTH lockouts (below)",
 	 CTL_F_JSON | CTL_F_CONF | CTL_F_SPOOL, 1, 2, ctl_cmd_lockout, NULL},
 	{"user", "SUBCOMMAND [NAME]", "SMTP AUTH credentials (below)",
@@ -149,6 +153,11 @@ static void ctl_usage(FILE *f)
 	        "  --to DOMAIN    a recipient at exactly DOMAIN (any case)\n"
 	        "  --older AGE    arrived at least AGE ago: 30s, 15m, 2h, 3d\n"
 	        "  --from ADDR    the sender is ADDR ('<>' for bounces)\n"
+	        "\n"
+	        "DEST (pause, resume): a destination as 'destinations' names "
+	        "it; 'smarthost';\nor a recipient domain (delivery = direct: "
+	        "the destination it routes to).\nA pause lives in relayd's "
+	        "memory: a restart forgets it.\n"
 	        "\n"
 	        "ID is a 16-character queue id as shown by 'list'.\n"
 	        "Exit status: 0 success, 1 error, 2 usage error; check: 0 clean,\n"
