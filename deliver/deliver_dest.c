@@ -148,7 +148,7 @@ struct deliver_dest *deliver_dest_smarthost(struct deliver *d)
 static bool dest_idle(const struct deliver_dest *dst, uint64_t now)
 {
 	if (dst->nsessions || dst->nready || dst->nbusy || dst->paused ||
-	    dst->probing || dst->fails)
+	    dst->probing || dst->fails || deliver_dest_throttled(dst, now))
 		return false;
 	return rate_room(&dst->rate_min, now) == (dst->rate_min.cap ?
 	                                          dst->rate_min.cap : UINT_MAX) &&
@@ -236,6 +236,19 @@ static struct deliver_job *pop(struct deliver_dest *dst)
 	return j;
 }
 
+/* Throttled: 0 when a transaction may start now, else the ms until
+ * one may (one at a time, throttle_gap apart). UINT64_MAX: one is
+ * under way (its end runs the schedule). */
+static uint64_t throttle_wait(const struct deliver_dest *dst, uint64_t now)
+{
+	if (!deliver_dest_throttled(dst, now))
+		return 0;
+	if (dst->nbusy)
+		return UINT64_MAX;
+	uint64_t next = dst->last_take + dst->throttle_gap;
+	return next > now ? next - now : 0;
+}
+
 struct deliver_job *deliver_take_job(struct deliver_dest *dst)
 {
 	struct deliver *d = dst->d;
@@ -246,6 +259,13 @@ struct deliver_job *deliver_take_job(struct deliver_dest *dst)
 		deliver_schedule(d);   /* arms the timer for when one may go */
 		return NULL;
 	}
+	uint64_t tw = throttle_wait(dst, now);
+	if (tw) {
+		if (tw != UINT64_MAX)
+			deliver_arm(d, tw);
+		return NULL;
+	}
+	dst->last_take = now;
 	struct deliver_job *j = pop(dst);
 	j->in_session = true;
 	dst->nbusy++;
@@ -316,6 +336,48 @@ void deliver_dest_unpause(struct deliver_dest *dst, bool probe)
 		dst->fails = 0;
 		dst->reason[0] = '\0';
 	}
+}
+
+bool deliver_dest_throttled(const struct deliver_dest *dst, uint64_t now)
+{
+	return dst->throttle_until > now;
+}
+
+void deliver_dest_throttle(struct deliver_dest *dst, const char *rule,
+                           unsigned secs, const char *reply)
+{
+	struct deliver *d = dst->d;
+	uint64_t now = uv_now(d->loop);
+	if (!secs)
+		secs = 60;
+	/* A repeat while throttled: twice as long, a few times over. */
+	if (deliver_dest_throttled(dst, now)) {
+		if (dst->throttles < DELIVER_TLSPOL_THROTTLE_MAX_DOUBLINGS)
+			dst->throttles++;
+	} else {
+		dst->throttles = 0;
+	}
+	uint64_t ms = (uint64_t)secs * 1000 << dst->throttles;
+	dst->throttle_until = now + ms;
+	dst->throttle_until_wall = deliver_wall_now() +
+	                           (int64_t)((ms + 999) / 1000);
+	/* One transaction a minute, or per retry_min when the operator
+	 * retries sooner than that (never less than a second). */
+	uint64_t gap = DELIVER_TLSPOL_THROTTLE_GAP_MS;
+	if (d->cfg->retry_min < gap)
+		gap = d->cfg->retry_min;
+	dst->throttle_gap = gap < 1000 ? 1000 : gap;
+	dst->last_take = now;   /* the throttled transaction was just now */
+	snprintf(dst->throttle_reason, sizeof dst->throttle_reason, "%s",
+	         reply);
+	snprintf(dst->last_error, sizeof dst->last_error, "%s", reply);
+	char esc[sizeof dst->throttle_reason * 4];
+	log_escape(esc, sizeof esc, reply, strlen(reply));
+	log_warn("%s %s: throttled (%s) for %.0f s: one session, one "
+	         "transaction every %.0f s: %s",
+	         dst->direct ? "destination" : "smarthost", dst->name,
+	         rule ? rule : "?", ms / 1000.0, dst->throttle_gap / 1000.0, esc);
+	deliver_arm(d, 0);
 }
 
 /* An operator's pause without an end: pause_until far away (but never
@@ -431,6 +493,11 @@ void deliver_dest_run(struct deliver_dest *dst, uint64_t now,
 		deliver_session_kick(n->s);
 	unsigned slots = dst->probing ? 1 : dst->concurrency ? dst->concurrency
 	                                    : dst->d->cfg->concurrency;
+	/* Throttled: one session, and none started before the gap is
+	 * over (it would only connect and idle). */
+	uint64_t tw = throttle_wait(dst, now);
+	if (deliver_dest_throttled(dst, now))
+		slots = 1;
 	/* Not while the rate cap holds everything back: a session would only
 	 * connect, idle and leave (a reconnect storm at the provider). */
 	bool capped = rate_wait(&dst->rate_min, now) ||
@@ -440,7 +507,7 @@ void deliver_dest_run(struct deliver_dest *dst, uint64_t now,
 	if (room_h < room)
 		room = room_h;
 	/* max_delivery_sessions: all destinations together (direct). */
-	while (!capped && dst->ready && dst->nsessions < slots &&
+	while (!capped && !tw && dst->ready && dst->nsessions < slots &&
 	       (!dst->d->cfg->max_sessions ||
 	        dst->d->nsessions < dst->d->cfg->max_sessions) &&
 	       dst->nready > dst->nconnecting && dst->nconnecting < room)
@@ -450,6 +517,9 @@ void deliver_dest_run(struct deliver_dest *dst, uint64_t now,
 	uint64_t rh = rate_wait(&dst->rate_hour, now);
 	if (dst->ready)
 		*wait_ms = rh > rw ? rh : rw;
+	if (dst->ready && tw && tw != UINT64_MAX &&
+	    (!*wait_ms || tw < *wait_ms))
+		*wait_ms = tw;
 }
 
 void deliver_dest_close_sessions(struct deliver_dest *dst)
@@ -580,8 +650,10 @@ int deliver_dest_json(struct deliver *d, struct buf *out)
 {
 	int err = 0;
 	bool first = true;
+	uint64_t now = uv_now(d->loop);
 	for (struct deliver_dest *t = d->dests; t; t = t->next) {
 		char num[320];
+		bool throttled = deliver_dest_throttled(t, now);
 		if (!first)
 			app(out, ",", 1, &err);
 		first = false;
@@ -593,12 +665,15 @@ int deliver_dest_json(struct deliver *d, struct buf *out)
 		         ",\"in_flight\":%u,\"attempts\":%" PRIu64
 		         ",\"sent\":%" PRIu64 ",\"deferred\":%" PRIu64
 		         ",\"bounced\":%" PRIu64 ",\"reason\":",
-		         t->paused ? "paused" : t->probing ? "probing" : "active",
-		         t->paused ? t->pause_until_wall : 0, t->fails,
+		         t->paused ? "paused" : throttled ? "throttled" :
+		         t->probing ? "probing" : "active",
+		         t->paused ? t->pause_until_wall : throttled ?
+		         t->throttle_until_wall : 0, t->fails,
 		         t->nsessions, t->nconnecting, t->nready, t->nbusy,
 		         t->n_attempts, t->n_sent, t->n_deferred, t->n_bounced);
 		app(out, num, strlen(num), &err);
-		json_str(out, t->reason, &err);
+		json_str(out, t->paused || !throttled ? t->reason
+		              : t->throttle_reason, &err);
 		app(out, ",\"last_error\":", 14, &err);
 		json_str(out, t->last_error, &err);
 		/* Direct: the recipient domains routed here, so that relayctl

@@ -310,6 +310,15 @@ struct deliver_dest {
 
 	struct deliver_rate rate_min, rate_hour;
 
+	/* Throttled by a reply (the reply table's DEST_THROTTLE row): until
+	 * throttle_until (uv_now() ms) one session and one transaction at
+	 * a time, throttle_gap ms apart (from last_take); a repeat while it
+	 * lasts doubles its length (throttles: how many times). */
+	uint64_t throttle_until, throttle_gap, last_take;
+	int64_t throttle_until_wall;
+	unsigned throttles;
+	char throttle_reason[DELIVER_REPLY_TEXT_MAX - 64];
+
 	/* delivery = direct: the try list of one attempt (deliver_mx.h),
 	 * best first, each address with its MX host; new sessions go to
 	 * addrs[addr_pos], the next one after a connection, greeting or
@@ -419,6 +428,13 @@ void deliver_dest_tick(struct deliver_dest *dst, uint64_t now);
 /* The destination is down or refuses us: pause it (backoff over its
  * failures), and defer the jobs waiting for it. */
 void deliver_dest_pause(struct deliver_dest *dst, bool auth, const char *why);
+/* A reply from dst matched the reply table's throttle row `rule` (secs:
+ * the row's length): dst drops to one session and one transaction per
+ * gap for that long, doubled on a repeat while it lasts (logged). */
+void deliver_dest_throttle(struct deliver_dest *dst, const char *rule,
+                           unsigned secs, const char *reply);
+/* Whether dst is throttled now. */
+bool deliver_dest_throttled(const struct deliver_dest *dst, uint64_t now);
 /* relayctl flush, SIGHUP: try now. probe: one session first. Not a
  * destination the operator paused. */
 void deliver_dest_unpause(struct deliver_dest *dst, bool probe);
@@ -442,10 +458,11 @@ void deliver_dest_set_rates(struct deliver_dest *dst, unsigned per_minute,
  * them when stopping and idle). */
 void deliver_dest_sweep(struct deliver *d, uint64_t now);
 /* The destinations as JSON objects, comma-separated, for "destinations":
- * {"name":KEY,"state":"active"|"probing"|"paused","until":UNIX (paused;
- * 0: until resumed),"failures":N,"sessions":N,"connecting":N,"ready":N
+ * {"name":KEY,"state":"active"|"probing"|"paused"|"throttled","until":
+ * UNIX (paused; 0: until resumed; throttled: its end),"failures":N,"sessions":N,"connecting":N,"ready":N
  * (jobs waiting),"in_flight":N (jobs in sessions),"attempts","sent",
- * "deferred","bounced":N,"reason":TEXT (of the pause),"last_error":TEXT,
+ * "deferred","bounced":N,"reason":TEXT (of the pause; throttled: the
+ * reply),"last_error":TEXT,
  * "operator":BOOL (relayctl pause),"domains":[DOMAIN...] (direct: routed
  * here)}. 0, or the first error of an append (out is bounded). */
 int deliver_dest_json(struct deliver *d, struct buf *out);

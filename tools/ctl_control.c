@@ -759,15 +759,18 @@ static int ctl_dest_row_cb(void *arg, const char *v, size_t vn)
 		ctl_out_text_pad(o, (const char *)name.data, 40);
 		ctl_out_printf(o, " %-8s %8" PRId64 " %9" PRId64 " %7" PRId64 "\n",
 		               (const char *)st.data, sessions, flight, ready);
-		if (strcmp((const char *)st.data, "paused") == 0 && until <= 0) {
-			ctl_out_str(o, "  paused until resumed");
-		} else if (strcmp((const char *)st.data, "paused") == 0) {
+		const char *state = (const char *)st.data;
+		bool held = strcmp(state, "paused") == 0 ||
+		            strcmp(state, "throttled") == 0;
+		if (held && until <= 0) {
+			ctl_out_printf(o, "  %s until resumed", state);
+		} else if (held) {
 			char ts[64], age[32];
 			ctl_fmt_time(ts, sizeof ts, until);
 			ctl_fmt_age(age, sizeof age, until - t->c->now);
-			ctl_out_printf(o, "  paused until %s (in %s)", ts, age);
+			ctl_out_printf(o, "  %s until %s (in %s)", state, ts, age);
 		}
-		if (strcmp((const char *)st.data, "paused") == 0) {
+		if (held) {
 			if (why.len) {
 				ctl_out_str(o, ": ");
 				ctl_out_text_max(o, why.data, why.len,

@@ -118,13 +118,15 @@ enum ctl_route_asked {
 /* At most this many paused destinations are told apart (direct mode). */
 #define CTL_PAUSED_MAX 256
 
-/* A destination the running relayd says is paused: its key, until when
- * (0: not said, or until resumed), why, and (direct mode) the recipient
- * domains routed to it, NUL-separated. */
+/* A destination the running relayd says is paused or throttled: its
+ * key, until when (0: not said, or until resumed), why (throttled: the
+ * reply), and (direct mode) the recipient domains routed to it,
+ * NUL-separated. */
 struct ctl_rdest {
 	char key[CTL_DEST_KEY_MAX];
 	int64_t until;
 	bool op;                /* paused by the operator */
+	bool throttled;         /* not paused: throttled by a reply */
 	struct buf reason;
 	struct buf domains;
 };
@@ -190,7 +192,8 @@ static int ctl_route_domain_cb(void *arg, const char *v, size_t vn)
 	return r < 0 ? r : 0;
 }
 
-/* One destination of the "destinations" reply: kept when paused. */
+/* One destination of the "destinations" reply: kept when paused or
+ * throttled. */
 static int ctl_route_dest_cb(void *arg, const char *v, size_t vn)
 {
 	struct ctl_route *rt = arg;
@@ -198,10 +201,13 @@ static int ctl_route_dest_cb(void *arg, const char *v, size_t vn)
 	int r = ctl_json_get_str(v, vn, "name", &name);
 	if (r == 0)
 		r = ctl_json_get_str(v, vn, "state", &st);
-	if (r == 0 && st.len == 6 && memcmp(st.data, "paused", 6) == 0 &&
+	bool thr = st.len == 9 && memcmp(st.data, "throttled", 9) == 0;
+	if (r == 0 && ((st.len == 6 && memcmp(st.data, "paused", 6) == 0) ||
+	               thr) &&
 	    name.len < CTL_DEST_KEY_MAX && !memchr(name.data, '\0', name.len)) {
 		struct ctl_rdest *e = ctl_route_add(rt);
 		if (e) {
+			e->throttled = thr;
 			memcpy(e->key, name.data, name.len);
 			e->key[name.len] = '\0';
 			if (ctl_json_get_int(v, vn, "until", &e->until) < 0 ||
@@ -281,21 +287,10 @@ static void ctl_route_get(const struct ctl_ctx *c, struct ctl_route *rt)
 	if (ctl_json_get_str(reply, n, "delivery", &v) == 0)
 		rt->direct = v.len == 6 && memcmp(v.data, "direct", 6) == 0;
 	buf_free(&v);
-	if (rt->smarthost && rt->paused && rt->key[0]) {
-		struct ctl_rdest *e = ctl_route_add(rt);
-		if (e) {
-			snprintf(e->key, sizeof e->key, "%s", rt->key);
-			e->until = rt->until;
-			e->op = rt->reason.len == 18 &&
-			        memcmp(rt->reason.data, "paused by operator", 18) == 0;
-			if (buf_append(&e->reason, rt->reason.data,
-			               rt->reason.len) < 0)
-				buf_reset(&e->reason);
-		}
-	}
-	/* Direct mode: many destinations; the paused ones, with the
-	 * domains routed to each, say why a recipient never tried waits. */
-	if (rt->direct &&
+	/* The paused and throttled destinations (direct mode: with the
+	 * domains routed to each, which say why a recipient never tried
+	 * waits). */
+	if ((rt->smarthost || rt->direct) &&
 	    ctl_control_request(c->conf.spool_dir, "destinations", CTL_ROUTE_MS,
 	                        reply, DELIVER_CTL_REPLY_MAX) == 0 &&
 	    ctl_json_check(reply, strlen(reply)) == 0)
@@ -309,12 +304,15 @@ enum ctl_wait {
 	CTL_W_NONE,             /* sent or bounced: it does not */
 	CTL_W_HOLD,             /* its message is on hold */
 	CTL_W_PAUSED,           /* its destination is paused */
+	CTL_W_THROTTLED,        /* its destination is throttled: one
+	                           transaction at a time, spaced */
 	CTL_W_DEFERRED,         /* its last attempt failed; next_attempt */
 	CTL_W_PENDING,          /* not tried yet; due at next_attempt */
 };
 static const char *const ctl_wait_names[] = {
 	[CTL_W_NONE] = "none", [CTL_W_HOLD] = "hold",
-	[CTL_W_PAUSED] = "paused", [CTL_W_DEFERRED] = "deferred",
+	[CTL_W_PAUSED] = "paused", [CTL_W_THROTTLED] = "throttled",
+	[CTL_W_DEFERRED] = "deferred",
 	[CTL_W_PENDING] = "pending",
 };
 
@@ -376,7 +374,8 @@ static enum ctl_wait ctl_rcpt_wait(const struct ctl_route *rt,
 		if (strcmp(dest, rt->dests[i].key) == 0) {
 			if (pd)
 				*pd = &rt->dests[i];
-			return CTL_W_PAUSED;
+			return rt->dests[i].throttled ? CTL_W_THROTTLED
+			                              : CTL_W_PAUSED;
 		}
 	return r->state == QUEUE_RCPT_DEFERRED ? CTL_W_DEFERRED : CTL_W_PENDING;
 }
@@ -414,7 +413,7 @@ static void ctl_paused_text(struct ctl_out *o, const struct ctl_rdest *pd,
 {
 	ctl_out_str(o, "destination ");
 	ctl_out_text(o, pd->key, strlen(pd->key), 0);
-	ctl_out_str(o, " paused");
+	ctl_out_str(o, pd->throttled ? " throttled" : " paused");
 	if (pd->until > 0) {
 		char ts[64], age[32];
 		ctl_fmt_time(ts, sizeof ts, pd->until);
@@ -732,7 +731,7 @@ static void ctl_list_rcpts(struct ctl_out *o, const struct queue_msg *m,
 			ctl_out_str(o, " mx=");
 			ctl_out_text(o, r->mx, strlen(r->mx), 0);
 		}
-		if (w == CTL_W_PAUSED) {
+		if (w == CTL_W_PAUSED || w == CTL_W_THROTTLED) {
 			ctl_out_str(o, " (");
 			ctl_paused_text(o, pd, now, CTL_REPLY_CHARS);
 			ctl_out_str(o, ")");
@@ -1076,7 +1075,7 @@ static void ctl_show_text(struct ctl_out *o, const struct queue_msg *m,
 		ctl_out_str(o, "  waiting:      ");
 		if (w == CTL_W_HOLD) {
 			ctl_out_str(o, "the message is on hold\n");
-		} else if (w == CTL_W_PAUSED) {
+		} else if (w == CTL_W_PAUSED || w == CTL_W_THROTTLED) {
 			ctl_paused_text(o, pd, now, 4 * CTL_REPLY_CHARS);
 			ctl_out_str(o, "\n");
 		} else {
