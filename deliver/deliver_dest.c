@@ -551,6 +551,7 @@ void deliver_session_up(struct deliver_dest *dst, struct deliver_session *s,
 		         dst->direct ? "destination" : "smarthost", dst->name);
 	dst->fails = 0;
 	dst->probing = false;
+	dst->attempt_sessions = 0;
 	dst->reason[0] = '\0';
 	/* No schedule() here: the session takes a job right after this, and
 	 * other sessions may start once it did (a probe is over now). */
@@ -593,7 +594,13 @@ void deliver_session_gone(struct deliver_dest *dst, struct deliver_session *s,
 		         dst->addr_pos < dst->naddrs ?
 		         dst->addrs[dst->addr_pos].host : "?");
 	} else if (route_fail && !d->stopping && !dst->paused &&
-	    !deliver_session_was_up(s) && dst->addr_pos + 1 < dst->naddrs) {
+	    !deliver_session_was_up(s) && dst->addr_pos + 1 < dst->naddrs &&
+	    (!deliver_session_greeted(s) ||
+	     dst->attempt_sessions + 1 < DELIVER_MX_SESSION_LIMIT)) {
+		/* A connection that failed before the server said anything
+		 * is not a session: only sessions count against the limit. */
+		if (deliver_session_greeted(s))
+			dst->attempt_sessions++;
 		/* Direct: the next address of the try list (next MX on a
 		 * connection failure or a 4xx greeting/EHLO), within the
 		 * same attempt; the destination pauses only when every
@@ -607,7 +614,13 @@ void deliver_session_gone(struct deliver_dest *dst, struct deliver_session *s,
 		         deliver_addr_str(&dst->addrs[dst->addr_pos].addr, a,
 		                          sizeof a));
 	} else if (route_fail && !d->stopping && !dst->paused) {
+		if (!deliver_session_was_up(s) && dst->addr_pos + 1 < dst->naddrs)
+			log_info("%s %s: %u sessions failed in this attempt "
+			         "(the limit): no more addresses tried",
+			         dst->direct ? "destination" : "smarthost",
+			         dst->name, DELIVER_MX_SESSION_LIMIT);
 		dst->addr_pos = 0;
+		dst->attempt_sessions = 0;
 		/* Smarthost: its name is looked up again after the pause. */
 		if (!dst->direct)
 			dst->hresolved = false;

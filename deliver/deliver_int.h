@@ -107,6 +107,9 @@ int deliver_session_new(struct deliver_dest *dst, struct deliver_cfg *cfg,
 /* Whether the session reached READY (direct: a failure before that
  * moves on to the next address). */
 bool deliver_session_was_up(const struct deliver_session *s);
+/* Whether the server said anything (a greeting): a connection that
+ * failed before does not count against DELIVER_MX_SESSION_LIMIT. */
+bool deliver_session_greeted(const struct deliver_session *s);
 /* Whether it failed at STARTTLS or in the TLS handshake (direct). */
 bool deliver_session_tls_failed(const struct deliver_session *s);
 /* "may": how long a destination remembers a failed handshake. */
@@ -330,6 +333,10 @@ struct deliver_dest {
 		char host[SMTP_DOMAIN_MAX + 1];
 	} addrs[DELIVER_MX_ADDR_LIMIT];
 	size_t naddrs, addr_pos;
+	/* Sessions (greeted connections) that failed in this attempt: at
+	 * DELIVER_MX_SESSION_LIMIT the attempt ends (Postfix's
+	 * smtp_mx_session_limit), whatever addresses are left. */
+	unsigned attempt_sessions;
 	unsigned concurrency;               /* direct: sessions (0: the cfg's) */
 	/* Direct: the recipient domains routed here (the first
 	 * DELIVER_DEST_DOMAINS_MAX), for relayctl list/show and

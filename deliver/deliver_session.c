@@ -82,6 +82,8 @@ struct deliver_session {
 	bool hdr_done;
 	unsigned sent;          /* transactions on this session */
 	bool up;                /* reached READY once */
+	bool greeted;           /* the server said something: a session
+	                           (DELIVER_MX_SESSION_LIMIT counts these) */
 	bool connected;         /* TCP is up: the client's timeouts apply */
 	bool idle;
 	uint64_t t_start, t_up, t_job;
@@ -362,6 +364,7 @@ static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *b)
 
 static void feed_plain(struct deliver_session *s, const char *p, size_t n)
 {
+	s->greeted = true;
 	if (deliver_client_input(s->cl, p, n) < 0) {
 		session_fail(s, !s->up, "reply from %s too long", s->relay);
 		return;
@@ -721,6 +724,11 @@ static void drive(struct deliver_session *s)
 			return;
 		}
 	}
+}
+
+bool deliver_session_greeted(const struct deliver_session *s)
+{
+	return s->greeted;
 }
 
 bool deliver_session_was_up(const struct deliver_session *s)
