@@ -16,7 +16,10 @@ relayctl says), never on timing:
   message for another domain is not held back by it;
 - smarthost mode: `pause smarthost`, then resume delivers;
 - errors: an unknown destination, a domain whose lookup fails, resume of
-  a destination that is not paused, a bad --for.
+  a destination that is not paused, a bad --for;
+- a smarthost that answers every MAIL with a rate limit is throttled
+  (one session at a time), and list/show/destinations say "throttled
+  until ..." with its reply.
 Every wait is bounded; every server is stopped by PID.
 """
 import json
@@ -186,3 +189,36 @@ def test_pause_smarthost_then_resume(upstream_factory, relay_to):
     assert 0 <= log.find("paused by the operator until resumed") < \
         log.find("resumed by the operator") < log.find("status=sent"), \
         log[-3000:]
+
+
+def test_throttled_smarthost_shows_in_list_and_show(upstream_factory,
+                                                    relay_to):
+    # Every MAIL gets a rate-limit reply: the smarthost stays throttled
+    # (the reply table's throttle-words row) and the message waits.
+    up = upstream_factory(tls="starttls", behaviour={
+        "mail": "451 4.7.1 Rate limit exceeded, slow down"})
+    r = relay_to(up)
+    content, mid = make_message("throttled", to="t@dest.test")
+    qid = submit(r, SENDER, ["t@dest.test"], content)
+    wait_log(r, r"warning: smarthost \S+: throttled \(throttle-words\) for "
+             r"1800 s: one session, one transaction every 1 s: 451 4\.7\.1")
+    seen = {}
+
+    def deferred():
+        (seen["rc"],) = show_json(r, qid)["recipients"]
+        return seen["rc"]["state"] == "deferred"
+    wait_until(deferred, timeout=30, what="the deferral in the index")
+    rc = seen["rc"]
+    assert rc["state"] == "deferred", rc
+    assert rc["waiting"]["why"] == "throttled", rc
+    assert rc["waiting"]["reason"].startswith("451 4.7.1 Rate limit"), rc
+    assert rc["waiting"]["until"] > 0, rc
+    text = r.relayctl("show", qid).stdout.decode()
+    assert "throttled until " in text and "Rate limit exceeded" in text, text
+    listing = r.relayctl("list").stdout.decode()
+    assert "throttled until " in listing, listing
+    (d,) = destinations(r)
+    assert d["state"] == "throttled" and d["until"] > 0, d
+    # Never more than one session at a time while it asks us to slow down.
+    assert all(c["concurrent"] == 1 for c in up.connections())
+    assert up.messages() == []
