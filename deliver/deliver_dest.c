@@ -143,12 +143,14 @@ struct deliver_dest *deliver_dest_smarthost(struct deliver *d)
 	return deliver_dest_get(d, key, false);
 }
 
-/* Whether dst holds nothing worth keeping: no session, no job, no pause
- * or failure history, no recent sends under a rate cap. */
+/* Whether dst holds nothing worth keeping: no session, no job, no pause,
+ * throttle, "TLS broken" or failure history, no recent sends under a rate
+ * cap. */
 static bool dest_idle(const struct deliver_dest *dst, uint64_t now)
 {
 	if (dst->nsessions || dst->nready || dst->nbusy || dst->paused ||
-	    dst->probing || dst->fails || deliver_dest_throttled(dst, now))
+	    dst->probing || dst->fails || deliver_dest_throttled(dst, now) ||
+	    dst->tls_broken_until > now)
 		return false;
 	return rate_room(&dst->rate_min, now) == (dst->rate_min.cap ?
 	                                          dst->rate_min.cap : UINT_MAX) &&
@@ -691,6 +693,12 @@ int deliver_dest_json(struct deliver *d, struct buf *out)
 		json_str(out, t->last_error, &err);
 		/* Direct: the recipient domains routed here, so that relayctl
 		 * list/show can say why a recipient never tried waits. */
+		/* "may" after a failed handshake: plaintext until then. */
+		uint64_t tb = t->tls_broken_until > now ? t->tls_broken_until - now
+		                                        : 0;
+		snprintf(num, sizeof num, ",\"tls_broken_until\":%" PRId64,
+		         tb ? deliver_wall_now() + (int64_t)((tb + 999) / 1000) : 0);
+		app(out, num, strlen(num), &err);
 		app(out, ",\"operator\":", 12, &err);
 		app(out, t->op_paused ? "true" : "false", t->op_paused ? 4 : 5,
 		    &err);

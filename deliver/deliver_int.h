@@ -470,8 +470,9 @@ void deliver_dest_sweep(struct deliver *d, uint64_t now);
  * (jobs waiting),"in_flight":N (jobs in sessions),"attempts","sent",
  * "deferred","bounced":N,"reason":TEXT (of the pause; throttled: the
  * reply),"last_error":TEXT,
- * "operator":BOOL (relayctl pause),"domains":[DOMAIN...] (direct: routed
- * here)}. 0, or the first error of an append (out is bounded). */
+ * "tls_broken_until":UNIX (direct, "may": plaintext after a failed
+ * handshake until then; 0: not broken),"operator":BOOL (relayctl pause),
+ * "domains":[DOMAIN...] (direct: routed here)}. 0, or the first error of an append (out is bounded). */
 int deliver_dest_json(struct deliver *d, struct buf *out);
 
 /* Busy table (deliver.c). deliver_busy_is ends an expired cool-down. */

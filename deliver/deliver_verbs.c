@@ -216,10 +216,12 @@ static struct deliver_dest *named_dest(struct deliver *d, const char *name,
 		return t;
 	}
 	if (g->mode == CONF_DELIVERY_DIRECT && !strchr(name, ':') &&
-	    !strchr(name, '@') && name[0] && name[0] != '.') {
+	    !strchr(name, '@') && name[0] && name[0] != '.' &&
+	    strlen(name) <= SMTP_DOMAIN_MAX) {
 		char rcpt[SMTP_DOMAIN_MAX + 16];
 		struct deliver_reply fail;
-		snprintf(rcpt, sizeof rcpt, "postmaster@%s", name);
+		snprintf(rcpt, sizeof rcpt, "postmaster@%.*s", SMTP_DOMAIN_MAX,
+		         name);
 		int r = deliver_direct_route(d, rcpt, key, sizeof key, &fail);
 		if (r == -EAGAIN) {
 			/* relayctl asks again (a bounded number of times). */
@@ -228,7 +230,7 @@ static struct deliver_dest *named_dest(struct deliver *d, const char *name,
 			return NULL;
 		}
 		if (r == -EPROTO) {
-			snprintf(err, errlen, "err %s: %s", name, fail.text);
+			snprintf(err, errlen, "err %.255s: %.256s", name, fail.text);
 			return NULL;
 		}
 		if (r) {

@@ -778,6 +778,15 @@ static int ctl_dest_row_cb(void *arg, const char *v, size_t vn)
 			}
 			ctl_out_str(o, "\n");
 		}
+		int64_t tb = 0;
+		if (ctl_json_get_int(v, vn, "tls_broken_until", &tb) == 0 &&
+		    tb > 0) {
+			char ts[64], age[32];
+			ctl_fmt_time(ts, sizeof ts, tb);
+			ctl_fmt_age(age, sizeof age, tb - t->c->now);
+			ctl_out_printf(o, "  TLS broken: plaintext until %s (in %s)\n",
+			               ts, age);
+		}
 		if (last.len) {
 			ctl_out_str(o, "  last error: ");
 			ctl_out_text_max(o, last.data, last.len, CTL_DEST_TEXT_CHARS);

@@ -391,6 +391,14 @@ def test_starttls_failure_retried_once_in_plaintext(world):
     verbs = [[x["verb"].upper() for x in c["commands"]]
              for c in up.connections()]
     assert all("STARTTLS" not in v for v in verbs[2:]), verbs
+    # The operator sees it, and the destination keeps it while idle.
+    import json
+    ds = json.loads(r.relayctl("destinations", "--json").stdout
+                    .decode())["destinations"]
+    (d,) = [x for x in ds if x["name"] == "mx:mx.brk.test/may"]
+    assert d["tls_broken_until"] > 0, d
+    assert "  TLS broken: plaintext until " in \
+        r.relayctl("destinations").stdout.decode()
 
 
 def test_encrypt_policy_never_sends_in_clear(world, tmp_path):
