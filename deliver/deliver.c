@@ -884,8 +884,12 @@ static void load(struct deliver *d, const char *qid)
 		 * for another destination's pause: a short cool-down (the
 		 * lookup's end wakes the schedule). */
 		uint64_t soon = uv_now(d->loop) + ROUTE_WAIT_MS;
-		if (paused_until && routing && soon < paused_until)
+		if (paused_until && routing && soon < paused_until) {
 			paused_until = soon;
+			/* The schedule looks again then (deliver_schedule). */
+			if (!d->route_wake || soon < d->route_wake)
+				d->route_wake = soon;
+		}
 		if (paused_until)
 			b->cool_until = paused_until;
 		else
@@ -1002,6 +1006,11 @@ void deliver_schedule(struct deliver *d)
 		    t->pause_until - nowms < wait)
 			wait = t->pause_until - nowms;
 	}
+	/* A message cooling down while one of its domains is looked up. */
+	if (d->route_wake > nowms && d->route_wake - nowms < wait)
+		wait = d->route_wake - nowms;
+	else if (d->route_wake <= nowms)
+		d->route_wake = 0;
 	deliver_dest_sweep(d, nowms);
 	deliver_arm(d, wait);
 }

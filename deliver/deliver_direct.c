@@ -537,6 +537,17 @@ void deliver_direct_dest_init(struct deliver *d, struct deliver_dest *dst)
 	}
 }
 
+bool deliver_direct_key_known(struct deliver *d, const char *key,
+                              char *domain, size_t domlen)
+{
+	for (struct deliver_domain *dm = d->domains; dm; dm = dm->next)
+		if (dm->st == DOM_READY && strcmp(dm->key, key) == 0) {
+			snprintf(domain, domlen, "%s", dm->name);
+			return true;
+		}
+	return false;
+}
+
 bool deliver_dest_has_domain(const struct deliver_dest *dst,
                              const char *domain)
 {

@@ -174,6 +174,11 @@ void deliver_direct_dest_init(struct deliver *d, struct deliver_dest *dst);
 #define DELIVER_DEST_DOMAINS_MAX 64
 void deliver_direct_dest_note(struct deliver *d, struct deliver_dest *dst,
                               const char *rcpt);
+/* Whether a recipient domain resolved lately routes to destination key
+ * (a destination forgotten while idle can be made again): its name in
+ * domain. */
+bool deliver_direct_key_known(struct deliver *d, const char *key,
+                              char *domain, size_t domlen);
 /* Whether dst holds domain (lower case, as noted). */
 bool deliver_dest_has_domain(const struct deliver_dest *dst,
                              const char *domain);
@@ -395,6 +400,11 @@ struct deliver {
 	struct dns_req *v6q;
 	struct deliver_addr v6src;
 	char v6name[SMTP_DOMAIN_MAX + 1];
+
+	/* uv_now() ms when a message held back briefly (a pause on one of
+	 * its destinations while another's domain was looked up) is due to
+	 * be loaded again; 0: none. */
+	uint64_t route_wake;
 
 	uint64_t n_sent, n_deferred, n_bounced, n_dsn, n_attempts;
 	/* Failure reports that nobody will get: for a null-sender message

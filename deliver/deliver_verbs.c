@@ -215,6 +215,21 @@ static struct deliver_dest *named_dest(struct deliver *d, const char *name,
 			         "err %s: not paused", key);
 		return t;
 	}
+	/* Direct: a destination forgotten while idle (its key as it was
+	 * printed) is made again while a domain routed to it is known. */
+	char dom[SMTP_DOMAIN_MAX + 1];
+	if (g->mode == CONF_DELIVERY_DIRECT && create &&
+	    deliver_direct_key_known(d, name, dom, sizeof dom)) {
+		struct deliver_dest *t = deliver_dest_get(d, name, true);
+		char rcpt[SMTP_DOMAIN_MAX + 16];
+		snprintf(rcpt, sizeof rcpt, "postmaster@%.*s", SMTP_DOMAIN_MAX,
+		         dom);
+		if (t)
+			deliver_direct_dest_note(d, t, rcpt);
+		else
+			snprintf(err, errlen, "err out of memory");
+		return t;
+	}
 	if (g->mode == CONF_DELIVERY_DIRECT && !strchr(name, ':') &&
 	    !strchr(name, '@') && name[0] && name[0] != '.' &&
 	    strlen(name) <= SMTP_DOMAIN_MAX) {
