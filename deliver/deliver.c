@@ -863,9 +863,11 @@ static void load(struct deliver *d, const char *qid)
 				paused_until = dst->pause_until;
 			/* Once per cool-down: the message waits in the index. */
 			char esc[sizeof dst->reason * 4];
-			log_escape(esc, sizeof esc, dst->reason, strlen(dst->reason));
-			log_info("%s: %zu recipient%s waiting: destination %s paused "
-			         "(%s)", m->qid, n, n == 1 ? "" : "s", dst->key, esc);
+			log_escape(esc, sizeof esc, dst->reason,
+			           strlen(dst->reason));
+			log_info("%s: %zu recipient%s waiting: destination %s "
+			         "paused (%s)", m->qid, n, n == 1 ? "" : "s",
+			         dst->key, esc);
 			continue;
 		}
 		struct deliver_job *j = job_new(d, b, idx, n);

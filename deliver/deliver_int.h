@@ -476,13 +476,14 @@ void deliver_dest_set_rates(struct deliver_dest *dst, unsigned per_minute,
 void deliver_dest_sweep(struct deliver *d, uint64_t now);
 /* The destinations as JSON objects, comma-separated, for "destinations":
  * {"name":KEY,"state":"active"|"probing"|"paused"|"throttled","until":
- * UNIX (paused; 0: until resumed; throttled: its end),"failures":N,"sessions":N,"connecting":N,"ready":N
- * (jobs waiting),"in_flight":N (jobs in sessions),"attempts","sent",
- * "deferred","bounced":N,"reason":TEXT (of the pause; throttled: the
- * reply),"last_error":TEXT,
+ * UNIX (paused; 0: until resumed; throttled: its end),"failures":N,
+ * "sessions":N,"connecting":N,"ready":N (jobs waiting),"in_flight":N
+ * (jobs in sessions),"attempts","sent","deferred","bounced":N,"reason":
+ * TEXT (of the pause; throttled: the reply),"last_error":TEXT,
  * "tls_broken_until":UNIX (direct, "may": plaintext after a failed
  * handshake until then; 0: not broken),"operator":BOOL (relayctl pause),
- * "domains":[DOMAIN...] (direct: routed here)}. 0, or the first error of an append (out is bounded). */
+ * "domains":[DOMAIN...] (direct: routed here)}. 0, or the first error of
+ * an append (out is bounded). */
 int deliver_dest_json(struct deliver *d, struct buf *out);
 
 /* Busy table (deliver.c). deliver_busy_is ends an expired cool-down. */
