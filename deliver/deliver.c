@@ -49,6 +49,9 @@
 #define READY_PER_SESSION 4
 /* Longest wait between schedule scans (new mail also wakes it). */
 #define SCAN_MAX_MS 60000
+/* A message held by a pause while another of its domains is looked up:
+ * loaded again this soon. */
+#define ROUTE_WAIT_MS 1000
 
 /* ---- the busy table ----------------------------------------------------- */
 
@@ -107,6 +110,15 @@ void deliver_busy_del(struct deliver *d, const char *qid)
 			return;
 		}
 	}
+}
+
+void deliver_busy_uncool(struct deliver *d)
+{
+	/* An expired cool-down ends at the next scan (deliver_busy_is). */
+	for (size_t h = 0; h < BUSY_BUCKETS; h++)
+		for (struct deliver_busy *b = d->busy[h]; b; b = b->next)
+			if (b->cool_until)
+				b->cool_until = 1;
 }
 
 void deliver_busy_mark(struct deliver_busy *b, size_t i)
@@ -819,13 +831,15 @@ static void load(struct deliver *d, const char *qid)
 	 * job is one transaction). */
 	size_t per_job = d->cfg->mode == CONF_DELIVERY_DIRECT &&
 	                 d->cfg->max_rcpt_txn ? d->cfg->max_rcpt_txn : SIZE_MAX;
-	bool route_failed = false;
+	bool route_failed = false, routing = false;
 	for (size_t i = 0; i < m->nrcpt; i++) {
 		if (done[i] || !deliver_rcpt_open(&m->rcpt[i]))
 			continue;
 		int rr = deliver_route(d, m, i, key, sizeof key);
 		if (rr == -EPROTO)
 			route_failed = true;
+		else if (rr)
+			routing = true;
 		if (rr)
 			continue;
 		/* Every open recipient with the same key: one job. */
@@ -842,9 +856,18 @@ static void load(struct deliver *d, const char *qid)
 		struct deliver_dest *dst = deliver_dest_get(d, key, true);
 		if (!dst)
 			continue;
+		for (size_t k = 0; k < n && dst->direct; k++)
+			deliver_direct_dest_note(d, dst, m->rcpt[idx[k]].addr);
 		if (dst->paused) {
 			if (!paused_until || dst->pause_until < paused_until)
 				paused_until = dst->pause_until;
+			/* Once per cool-down: the message waits in the index. */
+			char esc[sizeof dst->reason * 4];
+			log_escape(esc, sizeof esc, dst->reason,
+			           strlen(dst->reason));
+			log_info("%s: %zu recipient%s waiting: destination %s "
+			         "paused (%s)", m->qid, n, n == 1 ? "" : "s",
+			         dst->key, esc);
 			continue;
 		}
 		struct deliver_job *j = job_new(d, b, idx, n);
@@ -859,6 +882,16 @@ static void load(struct deliver *d, const char *qid)
 		return;   /* the failures' record is on its way */
 	if (b->njobs == 0) {
 		busy_forget(b);
+		/* A recipient whose domain is being looked up must not wait
+		 * for another destination's pause: a short cool-down (the
+		 * lookup's end wakes the schedule). */
+		uint64_t soon = uv_now(d->loop) + ROUTE_WAIT_MS;
+		if (paused_until && routing && soon < paused_until) {
+			paused_until = soon;
+			/* The schedule looks again then (deliver_schedule). */
+			if (!d->route_wake || soon < d->route_wake)
+				d->route_wake = soon;
+		}
 		if (paused_until)
 			b->cool_until = paused_until;
 		else
@@ -975,6 +1008,11 @@ void deliver_schedule(struct deliver *d)
 		    t->pause_until - nowms < wait)
 			wait = t->pause_until - nowms;
 	}
+	/* A message cooling down while one of its domains is looked up. */
+	if (d->route_wake > nowms && d->route_wake - nowms < wait)
+		wait = d->route_wake - nowms;
+	else if (d->route_wake <= nowms)
+		d->route_wake = 0;
 	deliver_dest_sweep(d, nowms);
 	deliver_arm(d, wait);
 }

@@ -407,31 +407,6 @@ void deliver_reply_status(const struct deliver_reply *r, char out[16])
 	snprintf(out, 16, "%d.0.0", cls >= 2 && cls <= 5 && cls != 3 ? cls : 4);
 }
 
-/* w in s (case-insensitively) at the start of a word: "rate" is in "rate
- * limit" and "Ratelimit", not in "generated", "migrate" or "separate". */
-static bool has_word(const char *s, const char *w)
-{
-	for (const char *p = s; (p = strcasestr(p, w)) != NULL; p++)
-		if (p == s || !isalpha((unsigned char)p[-1]))
-			return true;
-	return false;
-}
-
-bool deliver_reply_is_throttle(const struct deliver_reply *r)
-{
-	if (r->code != 421 && r->code != 450 && r->code != 451 && r->code != 452)
-		return false;
-	if (r->cls == 4 && r->subject == 7)
-		return true;
-	static const char *const words[] = {
-		"rate", "too many", "throttl", "limit exceeded", "slow down",
-		"try again later", NULL};
-	for (size_t i = 0; words[i]; i++)
-		if (has_word(r->text, words[i]))
-			return true;
-	return false;
-}
-
 /* ---- commands ----------------------------------------------------------- */
 
 /* Appends p in padded base64 (AUTH, RFC 4954 §4). */

@@ -165,10 +165,6 @@ const char *deliver_client_state_name(const struct deliver_client *c);
  * reply to RCPT TO". */
 const char *deliver_client_state_desc(const struct deliver_client *c);
 
-/* Whether a 4xx reply says "slow down" (a provider's rate limit): 421,
- * 450, 451 or 452 with an enhanced code 4.7.x or words like "rate", "too many",
- * "throttl", "limit exceeded". */
-bool deliver_reply_is_throttle(const struct deliver_reply *r);
 
 /* The enhanced status code of a reply as text ("5.1.1"), from its numbers,
  * or one derived from the basic code (RFC 3463: 2.0.0, 4.0.0, 5.0.0) when

@@ -27,6 +27,16 @@
  *   destinations  ok {"destinations":[{...},...]}: each destination the
  *                 scheduler holds now (fields: deliver_dest_json in
  *                 deliver_int.h)
+ *   pause DEST [SECONDS]
+ *                 the destination takes no new transaction until resumed
+ *                 (or for SECONDS); its recipients wait in the queue,
+ *                 shown as paused by the operator. DEST: a key or name as
+ *                 `destinations` gives it, "smarthost" (smarthost mode),
+ *                 or a recipient domain (direct mode: the destination it
+ *                 routes to; "err busy ..." while its MX hosts are being
+ *                 looked up: ask again). In memory only.
+ *   resume DEST   lifts the pause (an operator's or a failure's); what it
+ *                 held is tried now
  *
  * Verbs served by the SMTP server (smtpd/smtpd_auth.c), wired by relayd.c
  * through deliver_ctl_verb (deliver.h):

@@ -143,12 +143,14 @@ struct deliver_dest *deliver_dest_smarthost(struct deliver *d)
 	return deliver_dest_get(d, key, false);
 }
 
-/* Whether dst holds nothing worth keeping: no session, no job, no pause
- * or failure history, no recent sends under a rate cap. */
+/* Whether dst holds nothing worth keeping: no session, no job, no pause,
+ * throttle, "TLS broken" or failure history, no recent sends under a rate
+ * cap. */
 static bool dest_idle(const struct deliver_dest *dst, uint64_t now)
 {
 	if (dst->nsessions || dst->nready || dst->nbusy || dst->paused ||
-	    dst->probing || dst->fails || dst->tls_broken_until > now)
+	    dst->probing || dst->fails || deliver_dest_throttled(dst, now) ||
+	    dst->tls_broken_until > now)
 		return false;
 	return rate_room(&dst->rate_min, now) == (dst->rate_min.cap ?
 	                                          dst->rate_min.cap : UINT_MAX) &&
@@ -159,6 +161,7 @@ static bool dest_idle(const struct deliver_dest *dst, uint64_t now)
 static void dest_free(struct deliver_dest *dst)
 {
 	deliver_direct_dest_free(dst);
+	free(dst->domains);
 	free(dst->rate_min.t);
 	free(dst->rate_hour.t);
 	free(dst);
@@ -235,6 +238,19 @@ static struct deliver_job *pop(struct deliver_dest *dst)
 	return j;
 }
 
+/* Throttled: 0 when a transaction may start now, else the ms until
+ * one may (one at a time, throttle_gap apart). UINT64_MAX: one is
+ * under way (its end runs the schedule). */
+static uint64_t throttle_wait(const struct deliver_dest *dst, uint64_t now)
+{
+	if (!deliver_dest_throttled(dst, now))
+		return 0;
+	if (dst->nbusy)
+		return UINT64_MAX;
+	uint64_t next = dst->last_take + dst->throttle_gap;
+	return next > now ? next - now : 0;
+}
+
 struct deliver_job *deliver_take_job(struct deliver_dest *dst)
 {
 	struct deliver *d = dst->d;
@@ -245,6 +261,13 @@ struct deliver_job *deliver_take_job(struct deliver_dest *dst)
 		deliver_schedule(d);   /* arms the timer for when one may go */
 		return NULL;
 	}
+	uint64_t tw = throttle_wait(dst, now);
+	if (tw) {
+		if (tw != UINT64_MAX)
+			deliver_arm(d, tw);
+		return NULL;
+	}
+	dst->last_take = now;
 	struct deliver_job *j = pop(dst);
 	j->in_session = true;
 	dst->nbusy++;
@@ -266,6 +289,13 @@ void deliver_dest_pause(struct deliver_dest *dst, bool auth, const char *why)
 {
 	struct deliver *d = dst->d;
 	struct deliver_cfg *g = d->cfg;
+	if (dst->op_paused) {
+		/* A session that was under way when the operator paused:
+		 * its failure is noted, the operator's pause stays. */
+		snprintf(dst->last_error, sizeof dst->last_error, "%s%s",
+		         auth ? "authentication failed: " : "", why);
+		return;
+	}
 	dst->fails++;
 	uint64_t ms = deliver_backoff(g->retry_min, g->retry_max, dst->fails,
 	                              rnd01());
@@ -300,6 +330,8 @@ void deliver_dest_pause(struct deliver_dest *dst, bool auth, const char *why)
 
 void deliver_dest_unpause(struct deliver_dest *dst, bool probe)
 {
+	if (dst->op_paused)
+		return;   /* only relayctl resume lifts it */
 	dst->paused = false;
 	dst->probing = probe && dst->fails > 0;
 	if (!probe) {
@@ -308,10 +340,104 @@ void deliver_dest_unpause(struct deliver_dest *dst, bool probe)
 	}
 }
 
+bool deliver_dest_throttled(const struct deliver_dest *dst, uint64_t now)
+{
+	return dst->throttle_until > now;
+}
+
+void deliver_dest_throttle(struct deliver_dest *dst, const char *rule,
+                           unsigned secs, const char *reply)
+{
+	struct deliver *d = dst->d;
+	uint64_t now = uv_now(d->loop);
+	if (!secs)
+		secs = 60;
+	/* A repeat while throttled: twice as long, a few times over. */
+	if (deliver_dest_throttled(dst, now)) {
+		if (dst->throttles < DELIVER_TLSPOL_THROTTLE_MAX_DOUBLINGS)
+			dst->throttles++;
+	} else {
+		dst->throttles = 0;
+	}
+	uint64_t ms = (uint64_t)secs * 1000 << dst->throttles;
+	dst->throttle_until = now + ms;
+	dst->throttle_until_wall = deliver_wall_now() +
+	                           (int64_t)((ms + 999) / 1000);
+	/* One transaction a minute, or per retry_min when the operator
+	 * retries sooner than that (never less than a second). */
+	uint64_t gap = DELIVER_TLSPOL_THROTTLE_GAP_MS;
+	if (d->cfg->retry_min < gap)
+		gap = d->cfg->retry_min;
+	dst->throttle_gap = gap < 1000 ? 1000 : gap;
+	dst->last_take = now;   /* the throttled transaction was just now */
+	snprintf(dst->throttle_reason, sizeof dst->throttle_reason, "%s",
+	         reply);
+	snprintf(dst->last_error, sizeof dst->last_error, "%s", reply);
+	char esc[sizeof dst->throttle_reason * 4];
+	log_escape(esc, sizeof esc, reply, strlen(reply));
+	log_warn("%s %s: throttled (%s) for %.0f s: one session, one "
+	         "transaction every %.0f s: %s",
+	         dst->direct ? "destination" : "smarthost", dst->name,
+	         rule ? rule : "?", ms / 1000.0, dst->throttle_gap / 1000.0, esc);
+	deliver_arm(d, 0);
+}
+
+/* An operator's pause without an end: pause_until far away (but never
+ * near an overflow of uv_now() + it). */
+#define OP_PAUSE_FOREVER_MS (100ull * 365 * 24 * 3600 * 1000)
+
+void deliver_dest_op_pause(struct deliver_dest *dst, uint64_t ms)
+{
+	struct deliver *d = dst->d;
+	uint64_t now = uv_now(d->loop);
+	dst->op_paused = true;
+	dst->op_until = ms ? now + ms : 0;
+	dst->paused = true;
+	dst->probing = false;
+	dst->pause_until = now + (ms ? ms : OP_PAUSE_FOREVER_MS);
+	dst->pause_until_wall = ms ? deliver_wall_now() +
+	                        (int64_t)((ms + 999) / 1000) : 0;
+	snprintf(dst->reason, sizeof dst->reason, "paused by operator");
+	if (ms)
+		log_info("%s %s: paused by the operator for %.0f s",
+		         dst->direct ? "destination" : "smarthost", dst->name,
+		         ms / 1000.0);
+	else
+		log_info("%s %s: paused by the operator until resumed",
+		         dst->direct ? "destination" : "smarthost", dst->name);
+	/* What waits for a session goes back to the index as it is: not
+	 * an attempt, nothing deferred; the scheduler's next look finds
+	 * the destination paused and leaves the messages waiting. */
+	deliver_dest_drop_ready(dst);
+	deliver_arm(d, 0);
+}
+
+bool deliver_dest_op_resume(struct deliver_dest *dst)
+{
+	struct deliver *d = dst->d;
+	if (!dst->paused)
+		return false;
+	dst->op_paused = false;
+	dst->op_until = 0;
+	deliver_dest_unpause(dst, false);
+	log_info("%s %s: resumed by the operator",
+	         dst->direct ? "destination" : "smarthost", dst->name);
+	deliver_busy_uncool(d);
+	deliver_arm(d, 0);
+	return true;
+}
+
 void deliver_dest_tick(struct deliver_dest *dst, uint64_t now)
 {
 	if (!dst->paused || now < dst->pause_until)
 		return;
+	if (dst->op_paused) {
+		dst->op_paused = false;
+		dst->op_until = 0;
+		dst->reason[0] = '\0';
+		log_info("%s %s: the operator's pause is over",
+		         dst->direct ? "destination" : "smarthost", dst->name);
+	}
 	dst->paused = false;
 	dst->probing = true;
 	log_info("%s %s: trying again", dst->direct ? "destination" : "smarthost",
@@ -369,6 +495,11 @@ void deliver_dest_run(struct deliver_dest *dst, uint64_t now,
 		deliver_session_kick(n->s);
 	unsigned slots = dst->probing ? 1 : dst->concurrency ? dst->concurrency
 	                                    : dst->d->cfg->concurrency;
+	/* Throttled: one session, and none started before the gap is
+	 * over (it would only connect and idle). */
+	uint64_t tw = throttle_wait(dst, now);
+	if (deliver_dest_throttled(dst, now))
+		slots = 1;
 	/* Not while the rate cap holds everything back: a session would only
 	 * connect, idle and leave (a reconnect storm at the provider). */
 	bool capped = rate_wait(&dst->rate_min, now) ||
@@ -378,7 +509,7 @@ void deliver_dest_run(struct deliver_dest *dst, uint64_t now,
 	if (room_h < room)
 		room = room_h;
 	/* max_delivery_sessions: all destinations together (direct). */
-	while (!capped && dst->ready && dst->nsessions < slots &&
+	while (!capped && !tw && dst->ready && dst->nsessions < slots &&
 	       (!dst->d->cfg->max_sessions ||
 	        dst->d->nsessions < dst->d->cfg->max_sessions) &&
 	       dst->nready > dst->nconnecting && dst->nconnecting < room)
@@ -388,6 +519,9 @@ void deliver_dest_run(struct deliver_dest *dst, uint64_t now,
 	uint64_t rh = rate_wait(&dst->rate_hour, now);
 	if (dst->ready)
 		*wait_ms = rh > rw ? rh : rw;
+	if (dst->ready && tw && tw != UINT64_MAX &&
+	    (!*wait_ms || tw < *wait_ms))
+		*wait_ms = tw;
 }
 
 void deliver_dest_close_sessions(struct deliver_dest *dst)
@@ -419,6 +553,7 @@ void deliver_session_up(struct deliver_dest *dst, struct deliver_session *s,
 		         dst->direct ? "destination" : "smarthost", dst->name);
 	dst->fails = 0;
 	dst->probing = false;
+	dst->attempt_sessions = 0;
 	dst->reason[0] = '\0';
 	/* No schedule() here: the session takes a job right after this, and
 	 * other sessions may start once it did (a probe is over now). */
@@ -465,7 +600,13 @@ void deliver_session_gone(struct deliver_dest *dst, struct deliver_session *s,
 		         dst->addr_pos < dst->naddrs ?
 		         dst->addrs[dst->addr_pos].host : "?");
 	} else if (route_fail && !d->stopping && !dst->paused &&
-	    !deliver_session_was_up(s) && dst->addr_pos + 1 < dst->naddrs) {
+	    !deliver_session_was_up(s) && dst->addr_pos + 1 < dst->naddrs &&
+	    (!deliver_session_greeted(s) ||
+	     dst->attempt_sessions + 1 < DELIVER_MX_SESSION_LIMIT)) {
+		/* A connection that failed before the server said anything
+		 * is not a session: only sessions count against the limit. */
+		if (deliver_session_greeted(s))
+			dst->attempt_sessions++;
 		/* Direct: the next address of the try list (next MX on a
 		 * connection failure or a 4xx greeting/EHLO), within the
 		 * same attempt; the destination pauses only when every
@@ -479,7 +620,13 @@ void deliver_session_gone(struct deliver_dest *dst, struct deliver_session *s,
 		         deliver_addr_str(&dst->addrs[dst->addr_pos].addr, a,
 		                          sizeof a));
 	} else if (route_fail && !d->stopping && !dst->paused) {
+		if (!deliver_session_was_up(s) && dst->addr_pos + 1 < dst->naddrs)
+			log_info("%s %s: %u sessions failed in this attempt "
+			         "(the limit): no more addresses tried",
+			         dst->direct ? "destination" : "smarthost",
+			         dst->name, DELIVER_MX_SESSION_LIMIT);
 		dst->addr_pos = 0;
+		dst->attempt_sessions = 0;
 		/* Smarthost: its name is looked up again after the pause. */
 		if (!dst->direct)
 			dst->hresolved = false;
@@ -522,8 +669,10 @@ int deliver_dest_json(struct deliver *d, struct buf *out)
 {
 	int err = 0;
 	bool first = true;
+	uint64_t now = uv_now(d->loop);
 	for (struct deliver_dest *t = d->dests; t; t = t->next) {
 		char num[320];
+		bool throttled = deliver_dest_throttled(t, now);
 		if (!first)
 			app(out, ",", 1, &err);
 		first = false;
@@ -535,12 +684,15 @@ int deliver_dest_json(struct deliver *d, struct buf *out)
 		         ",\"in_flight\":%u,\"attempts\":%" PRIu64
 		         ",\"sent\":%" PRIu64 ",\"deferred\":%" PRIu64
 		         ",\"bounced\":%" PRIu64 ",\"reason\":",
-		         t->paused ? "paused" : t->probing ? "probing" : "active",
-		         t->paused ? t->pause_until_wall : 0, t->fails,
+		         t->paused ? "paused" : throttled ? "throttled" :
+		         t->probing ? "probing" : "active",
+		         t->paused ? t->pause_until_wall : throttled ?
+		         t->throttle_until_wall : 0, t->fails,
 		         t->nsessions, t->nconnecting, t->nready, t->nbusy,
 		         t->n_attempts, t->n_sent, t->n_deferred, t->n_bounced);
 		app(out, num, strlen(num), &err);
-		json_str(out, t->reason, &err);
+		json_str(out, t->paused || !throttled ? t->reason
+		              : t->throttle_reason, &err);
 		app(out, ",\"last_error\":", 14, &err);
 		json_str(out, t->last_error, &err);
 		/* "may" plaintext after a failed handshake (0: not). */
@@ -550,7 +702,18 @@ int deliver_dest_json(struct deliver *d, struct buf *out)
 		         broken ? t->tls_broken_until_wall : 0);
 		app(out, num, strlen(num), &err);
 		json_str(out, broken ? t->tls_broken_why : "", &err);
-		app(out, "}", 1, &err);
+		app(out, ",\"operator\":", 12, &err);
+		app(out, t->op_paused ? "true" : "false", t->op_paused ? 4 : 5,
+		    &err);
+		/* Direct: the recipient domains routed here, so that relayctl
+		 * list/show can say why a recipient never tried waits. */
+		app(out, ",\"domains\":[", 12, &err);
+		for (size_t i = 0; i < t->ndomains; i++) {
+			if (i)
+				app(out, ",", 1, &err);
+			json_str(out, t->domains[i], &err);
+		}
+		app(out, "]}", 2, &err);
 	}
 	return err;
 }

@@ -488,6 +488,38 @@ int deliver_direct_route(struct deliver *d, const char *rcpt, char *key,
 	return n < 0 || (size_t)n >= keylen ? -ENAMETOOLONG : 0;
 }
 
+/* destination_policy_file's limits for dst: matched by its MX host
+ * names (dm's, or its try list's) and each domain routed to it (dm's
+ * name included); the smallest concurrency and rates win. */
+static void dest_limits(struct deliver *d, struct deliver_dest *dst,
+                        const struct deliver_domain *dm)
+{
+	const char *names[DELIVER_MX_HOSTS_MAX + DELIVER_MX_ADDR_LIMIT +
+	                  DELIVER_DEST_DOMAINS_MAX + 1];
+	size_t n = 0;
+	if (dm) {
+		for (size_t i = 0; i < dm->nhosts; i++)
+			names[n++] = dm->hosts[i].name;
+		names[n++] = dm->name;
+	} else {
+		for (size_t i = 0; i < dst->naddrs; i++)
+			names[n++] = dst->addrs[i].host;
+	}
+	for (size_t i = 0; i < dst->ndomains; i++)
+		names[n++] = dst->domains[i];
+	unsigned conc, pm, ph;
+	if (!deliver_tlspol_dest_limits(d->cfg->dest_policy, names, n,
+	                                d->cfg->concurrency, &conc, &pm, &ph))
+		return;
+	if (dm == NULL && conc == dst->concurrency &&
+	    pm == dst->rate_min.cap && ph == dst->rate_hour.cap)
+		return;   /* nothing new */
+	dst->concurrency = conc;
+	deliver_dest_set_rates(dst, pm, ph);
+	log_info("destination %s: destination_policy_file: concurrency %u, "
+	         "rate %u/min %u/hour", dst->name, dst->concurrency, pm, ph);
+}
+
 void deliver_direct_dest_init(struct deliver *d, struct deliver_dest *dst)
 {
 	dst->direct = true;
@@ -498,24 +530,54 @@ void deliver_direct_dest_init(struct deliver *d, struct deliver_dest *dst)
 		dst->naddrs = dm->ntry;
 		dst->addr_pos = 0;
 		memcpy(dst->addrs, dm->try, dm->ntry * sizeof *dm->try);
-		/* destination_policy_file: matched by the MX hosts and the
-		 * domain that made the destination (the first one routed). */
-		const char *names[DELIVER_MX_HOSTS_MAX + 1];
-		size_t n = 0;
-		for (size_t i = 0; i < dm->nhosts; i++)
-			names[n++] = dm->hosts[i].name;
-		names[n++] = dm->name;
-		unsigned pm, ph;
-		if (deliver_tlspol_dest_limits(d->cfg->dest_policy, names, n,
-		                               d->cfg->concurrency,
-		                               &dst->concurrency, &pm, &ph)) {
-			deliver_dest_set_rates(dst, pm, ph);
-			log_info("destination %s: destination_policy_file: "
-			         "concurrency %u, rate %u/min %u/hour", dst->name,
-			         dst->concurrency, pm, ph);
-		}
+		/* destination_policy_file: matched by the MX hosts and every
+		 * domain routed here (deliver_direct_dest_note). */
+		dest_limits(d, dst, dm);
 		return;
 	}
+}
+
+bool deliver_direct_key_known(struct deliver *d, const char *key,
+                              char *domain, size_t domlen)
+{
+	for (struct deliver_domain *dm = d->domains; dm; dm = dm->next)
+		if (dm->st == DOM_READY && strcmp(dm->key, key) == 0) {
+			snprintf(domain, domlen, "%s", dm->name);
+			return true;
+		}
+	return false;
+}
+
+bool deliver_dest_has_domain(const struct deliver_dest *dst,
+                             const char *domain)
+{
+	for (size_t i = 0; i < dst->ndomains; i++)
+		if (strcmp(dst->domains[i], domain) == 0)
+			return true;
+	return false;
+}
+
+void deliver_direct_dest_note(struct deliver *d, struct deliver_dest *dst,
+                              const char *rcpt)
+{
+	char name[SMTP_DOMAIN_MAX + 1];
+	rcpt_domain(rcpt, name, sizeof name);
+	if (!dst->direct || !name[0] || deliver_dest_has_domain(dst, name) ||
+	    dst->ndomains >= DELIVER_DEST_DOMAINS_MAX)
+		return;
+	if (!dst->domains) {
+		dst->domains = calloc(DELIVER_DEST_DOMAINS_MAX,
+		                      sizeof *dst->domains);
+		if (!dst->domains)
+			return;
+	}
+	snprintf(dst->domains[dst->ndomains++], sizeof *dst->domains, "%s",
+	         name);
+	/* A domain that shares the MX set of another brings its own
+	 * destination_policy_file entry; where several apply the most
+	 * restrictive concurrency and rates win. */
+	if (d->cfg->dest_policy && dst->ndomains > 1)
+		dest_limits(d, dst, NULL);
 }
 
 /* ---- the smarthost's name (issue 9 §2: no getaddrinfo in delivery) ---- */

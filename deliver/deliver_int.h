@@ -107,6 +107,9 @@ int deliver_session_new(struct deliver_dest *dst, struct deliver_cfg *cfg,
 /* Whether the session reached READY (direct: a failure before that
  * moves on to the next address). */
 bool deliver_session_was_up(const struct deliver_session *s);
+/* Whether the server said anything (a greeting): a connection that
+ * failed before does not count against DELIVER_MX_SESSION_LIMIT. */
+bool deliver_session_greeted(const struct deliver_session *s);
 /* Whether it failed at STARTTLS or in the TLS handshake (direct). */
 bool deliver_session_tls_failed(const struct deliver_session *s);
 /* "may": how long a destination remembers a failed handshake. */
@@ -165,6 +168,20 @@ int deliver_direct_route(struct deliver *d, const char *rcpt, char *key,
                          size_t keylen, struct deliver_reply *fail);
 /* A new direct destination: its try list, from the domain routed to it. */
 void deliver_direct_dest_init(struct deliver *d, struct deliver_dest *dst);
+/* Recipient rcpt's domain routes to dst: remembered (up to
+ * DELIVER_DEST_DOMAINS_MAX), and a new one's destination_policy_file
+ * entry applies too (the most restrictive limits win). */
+#define DELIVER_DEST_DOMAINS_MAX 64
+void deliver_direct_dest_note(struct deliver *d, struct deliver_dest *dst,
+                              const char *rcpt);
+/* Whether a recipient domain resolved lately routes to destination key
+ * (a destination forgotten while idle can be made again): its name in
+ * domain. */
+bool deliver_direct_key_known(struct deliver *d, const char *key,
+                              char *domain, size_t domlen);
+/* Whether dst holds domain (lower case, as noted). */
+bool deliver_dest_has_domain(const struct deliver_dest *dst,
+                             const char *domain);
 /* Smarthost mode: false while dst's host name is being resolved (the
  * lookup is started here; dst is run again when it is over), true when
  * addrs[] is ready or the host is a literal. */
@@ -288,6 +305,11 @@ struct deliver_dest {
 	unsigned nbusy;                     /* jobs in its sessions */
 
 	bool paused, probing;
+	/* relayctl pause: paused by the operator until resumed (op_until
+	 * 0) or until op_until (uv_now() ms); no failure or flush lifts it.
+	 * In memory only: a restart forgets it. */
+	bool op_paused;
+	uint64_t op_until;
 	uint64_t pause_until;               /* uv_now() ms */
 	int64_t pause_until_wall;           /* unix seconds, for stats */
 	unsigned fails;
@@ -295,6 +317,15 @@ struct deliver_dest {
 	char last_error[DELIVER_REPLY_TEXT_MAX];
 
 	struct deliver_rate rate_min, rate_hour;
+
+	/* Throttled by a reply (the reply table's DEST_THROTTLE row): until
+	 * throttle_until (uv_now() ms) one session and one transaction at
+	 * a time, throttle_gap ms apart (from last_take); a repeat while it
+	 * lasts doubles its length (throttles: how many times). */
+	uint64_t throttle_until, throttle_gap, last_take;
+	int64_t throttle_until_wall;
+	unsigned throttles;
+	char throttle_reason[DELIVER_REPLY_TEXT_MAX - 64];
 
 	/* delivery = direct: the try list of one attempt (deliver_mx.h),
 	 * best first, each address with its MX host; new sessions go to
@@ -307,7 +338,16 @@ struct deliver_dest {
 		char host[SMTP_DOMAIN_MAX + 1];
 	} addrs[DELIVER_MX_ADDR_LIMIT];
 	size_t naddrs, addr_pos;
+	/* Sessions (greeted connections) that failed in this attempt: at
+	 * DELIVER_MX_SESSION_LIMIT the attempt ends (Postfix's
+	 * smtp_mx_session_limit), whatever addresses are left. */
+	unsigned attempt_sessions;
 	unsigned concurrency;               /* direct: sessions (0: the cfg's) */
+	/* Direct: the recipient domains routed here (the first
+	 * DELIVER_DEST_DOMAINS_MAX), for relayctl list/show and
+	 * destination_policy_file (deliver_direct_dest_note). */
+	char (*domains)[SMTP_DOMAIN_MAX + 1];
+	size_t ndomains;
 	/* "may" after a failed handshake: plaintext until then (uv_now),
 	 * and why (relayctl destinations). */
 	uint64_t tls_broken_until;
@@ -364,6 +404,11 @@ struct deliver {
 	struct deliver_addr v6src;
 	char v6name[SMTP_DOMAIN_MAX + 1];
 
+	/* uv_now() ms when a message held back briefly (a pause on one of
+	 * its destinations while another's domain was looked up) is due to
+	 * be loaded again; 0: none. */
+	uint64_t route_wake;
+
 	uint64_t n_sent, n_deferred, n_bounced, n_dsn, n_attempts;
 	/* Failure reports that nobody will get: for a null-sender message
 	 * (a bounce itself) with no postmaster to tell. */
@@ -403,8 +448,24 @@ void deliver_dest_tick(struct deliver_dest *dst, uint64_t now);
 /* The destination is down or refuses us: pause it (backoff over its
  * failures), and defer the jobs waiting for it. */
 void deliver_dest_pause(struct deliver_dest *dst, bool auth, const char *why);
-/* relayctl flush, SIGHUP: try now. probe: one session first. */
+/* A reply from dst matched the reply table's throttle row `rule` (secs:
+ * the row's length): dst drops to one session and one transaction per
+ * gap for that long, doubled on a repeat while it lasts (logged). */
+void deliver_dest_throttle(struct deliver_dest *dst, const char *rule,
+                           unsigned secs, const char *reply);
+/* Whether dst is throttled now. */
+bool deliver_dest_throttled(const struct deliver_dest *dst, uint64_t now);
+/* relayctl flush, SIGHUP: try now. probe: one session first. Not a
+ * destination the operator paused. */
 void deliver_dest_unpause(struct deliver_dest *dst, bool probe);
+/* relayctl pause DEST [--for]: ms 0 until resumed. Jobs waiting go back
+ * to the index (no attempt counted); sessions finish what they carry. */
+void deliver_dest_op_pause(struct deliver_dest *dst, uint64_t ms);
+/* relayctl resume DEST: lifts the operator's pause (and a failure
+ * pause); the messages it held are tried now. false: was not paused. */
+bool deliver_dest_op_resume(struct deliver_dest *dst);
+/* The messages cooling down behind a pause are due again (resume). */
+void deliver_busy_uncool(struct deliver *d);
 /* Puts dst's ready jobs back (they stay in the index as they are). */
 void deliver_dest_drop_ready(struct deliver_dest *dst);
 /* Closes dst's sessions (shutdown). */
@@ -417,11 +478,15 @@ void deliver_dest_set_rates(struct deliver_dest *dst, unsigned per_minute,
  * them when stopping and idle). */
 void deliver_dest_sweep(struct deliver *d, uint64_t now);
 /* The destinations as JSON objects, comma-separated, for "destinations":
- * {"name":KEY,"state":"active"|"probing"|"paused","until":UNIX (paused),
- * "failures":N,"sessions":N,"connecting":N,"ready":N (jobs waiting),
- * "in_flight":N (jobs in sessions),"attempts","sent","deferred",
- * "bounced":N,"reason":TEXT (of the pause),"last_error":TEXT}. 0, or the
- * first error of an append (out is bounded). */
+ * {"name":KEY,"state":"active"|"probing"|"paused"|"throttled","until":
+ * UNIX (paused; 0: until resumed; throttled: its end),"failures":N,
+ * "sessions":N,"connecting":N,"ready":N (jobs waiting),"in_flight":N
+ * (jobs in sessions),"attempts","sent","deferred","bounced":N,"reason":
+ * TEXT (of the pause; throttled: the reply),"last_error":TEXT,
+ * "tls_broken_until":UNIX (direct, "may": plaintext after a failed
+ * handshake until then; 0: not broken),"operator":BOOL (relayctl pause),
+ * "domains":[DOMAIN...] (direct: routed here)}. 0, or the first error of
+ * an append (out is bounded). */
 int deliver_dest_json(struct deliver *d, struct buf *out);
 
 /* Busy table (deliver.c). deliver_busy_is ends an expired cool-down. */

@@ -518,7 +518,18 @@ struct reply_rule {
 	int cls, subj, det_lo, det_hi;/* ENH_IS: class.subject.detail; -1 any */
 	const char *const *words;     /* NULL: no text condition; else any */
 	enum deliver_reaction reaction;
+	unsigned secs;                /* DEST_THROTTLE: how long (doubling
+	                                 on a repeat while it lasts) */
 };
+
+/* Throttle lengths. KumoMTA's shipped automation answers the provider
+ * texts it knows with one connection and 1 message a minute for 90
+ * minutes, and Yahoo's [TSS04] with a 2-hour suspension (research §3,
+ * assets/policy-extras/shaping.toml); Yahoo's help says to retry after 4
+ * hours. Other throttling words: a shorter 30 minutes. */
+#define THROTTLE_PROVIDER_S (90 * 60)
+#define THROTTLE_TSS04_S (120 * 60)
+#define THROTTLE_WORDS_S (30 * 60)
 
 static const char *const w_too_many_rcpts[] = {"too many recipients", NULL};
 static const char *const w_greylist[] = {
@@ -533,7 +544,7 @@ static const char *const w_tss04[] = {"TSS04", NULL};
 static const char *const w_throttle[] = {
 	"rate", "ratelimit", "ratelimited", "rate limit", "too many",
 	"throttle", "throttled", "throttling", "slow down",
-	"temporarily deferred", NULL};
+	"temporarily deferred", "limit exceeded", NULL};
 
 /*
  * First match wins. The order matters: a mailbox receiving too fast
@@ -544,47 +555,59 @@ static const struct reply_rule reply_rules[] = {
 	/* RFC 5321 §4.5.3.1.10 and RFC 3463 X.5.3: too many recipients;
 	 * the client goes on with the rest in a new transaction. */
 	{"too-many-recipients", 452, 452, ENH_IS, 4, 5, 3, 3, NULL,
-	 DELIVER_REACT_SPLIT_TXN},
+	 DELIVER_REACT_SPLIT_TXN, 0},
 	{"too-many-recipients", 452, 452, ENH_NONE, 0, 0, 0, 0,
-	 w_too_many_rcpts, DELIVER_REACT_SPLIT_TXN},
+	 w_too_many_rcpts, DELIVER_REACT_SPLIT_TXN, 0},
 	/* Gmail 450 4.2.1 "The user you are trying to contact is receiving
 	 * mail at a rate that prevents additional messages from being
 	 * delivered" (support.google.com/a/answer/3726730, research §3):
 	 * that mailbox only. */
 	{"mailbox-too-fast", 400, 499, ENH_IS, 4, 2, 1, 1, NULL,
-	 DELIVER_REACT_RCPT_DEFER},
+	 DELIVER_REACT_RCPT_DEFER, 0},
 	/* Greylisting: milter-greylist "451 4.7.1 Greylisting in action",
-	 * Postgrey "450 4.2.0 ... Greylisted": retry later, nothing else. */
-	{"greylist", 450, 451, ENH_ANY, 0, 0, 0, 0, w_greylist,
-	 DELIVER_REACT_RCPT_DEFER},
+	 * Postgrey "450 4.2.0 ... Greylisted", and a server that closes
+	 * with "421 4.7.0 ... greylisted": retry later, nothing else. */
+	{"greylist", 421, 451, ENH_ANY, 0, 0, 0, 0, w_greylist,
+	 DELIVER_REACT_RCPT_DEFER, 0},
 	/* Gmail 421 4.7.28 "unusual rate of unsolicited email" (research
 	 * §3, support.google.com/a/answer/3726730). */
 	{"gmail-4.7.28", 400, 499, ENH_IS, 4, 7, 28, 28, NULL,
-	 DELIVER_REACT_DEST_THROTTLE},
+	 DELIVER_REACT_DEST_THROTTLE, THROTTLE_PROVIDER_S},
 	/* Yahoo 421 4.7.0 [TSS04] "temporarily deferred due to unexpected
 	 * volume or user complaints" (research §3; KumoMTA suspends 2 h). */
 	{"yahoo-tss04", 400, 499, ENH_ANY, 0, 0, 0, 0, w_tss04,
-	 DELIVER_REACT_DEST_THROTTLE},
+	 DELIVER_REACT_DEST_THROTTLE, THROTTLE_TSS04_S},
 	/* Microsoft 451 4.7.500-699 "Access denied, please try again later"
 	 * (Exchange Online NDR reference, learn.microsoft.com "Email
 	 * non-delivery reports and SMTP errors"), e.g. Outlook.com's "451
 	 * 4.7.650 The mail server [IP] has been temporarily rate limited due
 	 * to IP reputation" (as Sisimai's Microsoft table records it). */
 	{"microsoft-4.7.5xx-6xx", 400, 499, ENH_IS, 4, 7, 500, 699, NULL,
-	 DELIVER_REACT_DEST_THROTTLE},
-	/* Any other 4.7.x policy deferral, or a 4xx without an enhanced
-	 * code, that names a rate limit on the sender. */
+	 DELIVER_REACT_DEST_THROTTLE, THROTTLE_PROVIDER_S},
+	/* Any other 4.7.x policy deferral, 4.3.x mail-system or 4.2.x
+	 * mailbox (the sender's account) status, or a 4xx without an
+	 * enhanced code, that names a rate limit or a quota on the sender:
+	 * smarthosts say "451 4.3.0 Ratelimit exceeded" or "450 4.2.0
+	 * Account throttled" as often as 4.7.x. A full mailbox (4.2.2, "too
+	 * many messages") is that mailbox's; an address status (4.1.x) is
+	 * never a rate limit. */
+	{"mailbox-full", 400, 499, ENH_IS, 4, 2, 2, 2, NULL,
+	 DELIVER_REACT_RCPT_DEFER, 0},
 	{"throttle-words", 400, 499, ENH_IS, 4, 7, -1, -1, w_throttle,
-	 DELIVER_REACT_DEST_THROTTLE},
+	 DELIVER_REACT_DEST_THROTTLE, THROTTLE_WORDS_S},
+	{"throttle-words", 400, 499, ENH_IS, 4, 3, -1, -1, w_throttle,
+	 DELIVER_REACT_DEST_THROTTLE, THROTTLE_WORDS_S},
+	{"throttle-words", 400, 499, ENH_IS, 4, 2, -1, -1, w_throttle,
+	 DELIVER_REACT_DEST_THROTTLE, THROTTLE_WORDS_S},
 	{"throttle-words", 400, 499, ENH_NONE, 0, 0, 0, 0, w_throttle,
-	 DELIVER_REACT_DEST_THROTTLE},
+	 DELIVER_REACT_DEST_THROTTLE, THROTTLE_WORDS_S},
 	/* RFC 5321 §3.8: 421 closes the channel; the next MX, or later. */
 	{"service-unavailable", 421, 421, ENH_ANY, 0, 0, 0, 0, NULL,
-	 DELIVER_REACT_DEST_DEFER},
+	 DELIVER_REACT_DEST_DEFER, 0},
 	{"temporary", 400, 499, ENH_ANY, 0, 0, 0, 0, NULL,
-	 DELIVER_REACT_RCPT_DEFER},
+	 DELIVER_REACT_RCPT_DEFER, 0},
 	{"permanent", 500, 599, ENH_ANY, 0, 0, 0, 0, NULL,
-	 DELIVER_REACT_BOUNCE},
+	 DELIVER_REACT_BOUNCE, 0},
 };
 
 static bool rule_matches(const struct reply_rule *r,
@@ -628,6 +651,16 @@ static enum deliver_reaction classify(const struct deliver_reply *r,
 		return reply_rules[i].reaction;
 	}
 	return DELIVER_REACT_NONE;   /* not reached: the catch-alls match */
+}
+
+unsigned deliver_reply_throttle_secs(const char *rule)
+{
+	for (size_t i = 0; rule && i < sizeof reply_rules / sizeof *reply_rules;
+	     i++)
+		if (reply_rules[i].reaction == DELIVER_REACT_DEST_THROTTLE &&
+		    strcmp(reply_rules[i].name, rule) == 0)
+			return reply_rules[i].secs;
+	return 0;
 }
 
 enum deliver_reaction deliver_reply_classify(const struct deliver_reply *r,

@@ -151,7 +151,8 @@ enum deliver_reaction {
 	                                remaining ones in a new transaction */
 	DELIVER_REACT_DEST_THROTTLE, /* the sender is rate limited: defer, and
 	                                the destination drops to one session
-	                                and slows down for a while */
+	                                and one transaction a minute for the
+	                                row's time (deliver_reply_throttle_secs) */
 	DELIVER_REACT_DEST_DEFER,    /* the server is unavailable (421): end
 	                                the session, try the next MX / later */
 	DELIVER_REACT_BOUNCE,        /* permanent: bounce this recipient (or
@@ -177,6 +178,17 @@ struct deliver_reply {
  * the row's name for the log line ("gmail-4.7.28", "greylist", ...). */
 enum deliver_reaction deliver_reply_classify(const struct deliver_reply *r,
                                              const char **rule);
+
+/* How long a throttle by the row named rule lasts (seconds; doubled on
+ * a repeat while it lasts); 0 for a row that does not throttle. */
+unsigned deliver_reply_throttle_secs(const char *rule);
+
+/* While a destination is throttled: one session, and at most one
+ * transaction per DELIVER_THROTTLE_GAP_MS (or per retry_min if that is
+ * shorter), as KumoMTA's 1 message a minute. A repeat doubles the length
+ * up to DELIVER_THROTTLE_MAX_DOUBLINGS times. */
+#define DELIVER_THROTTLE_GAP_MS 60000
+#define DELIVER_THROTTLE_MAX_DOUBLINGS 3
 
 /* Parses one reply as read from the wire: "421-4.7.28 text\r\n421 4.7.28
  * more\r\n" (or a single line, CRLF optional). The code comes from the

@@ -82,6 +82,8 @@ struct deliver_session {
 	bool hdr_done;
 	unsigned sent;          /* transactions on this session */
 	bool up;                /* reached READY once */
+	bool greeted;           /* the server said something: a session
+	                           (DELIVER_MX_SESSION_LIMIT counts these) */
 	bool connected;         /* TCP is up: the client's timeouts apply */
 	bool idle;
 	uint64_t t_start, t_up, t_job;
@@ -370,6 +372,7 @@ static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *b)
 
 static void feed_plain(struct deliver_session *s, const char *p, size_t n)
 {
+	s->greeted = true;
 	if (deliver_client_input(s->cl, p, n) < 0) {
 		session_fail(s, !s->up, "reply from %s too long", s->relay);
 		return;
@@ -593,19 +596,23 @@ static bool start_job(struct deliver_session *s)
 	return true;
 }
 
-/* A "slow down" reply: the smarthost's word list, or for an MX host
- * direct delivery's reply table (deliver_policy.h: provider tags on
- * enhanced codes and whole words; greylisting is not one). */
+/* A "slow down" reply, by the one reply table (deliver_policy.h:
+ * provider tags on enhanced codes and whole words; greylisting is not
+ * one), for an MX host and the smarthost alike. A working session's
+ * destination is throttled here (deliver_dest_throttle); one that failed
+ * before it was up is the route's failure (next address, or a pause). */
 static bool is_throttle(struct deliver_session *s, const struct deliver_reply *r)
 {
-	if (!s->direct)
-		return deliver_reply_is_throttle(r);
 	const char *rule = NULL;
-	if (!r->code || !deliver_tlspol_throttle(r->text, strlen(r->text), &rule))
+	unsigned secs = 0;
+	if (!r->code || !deliver_tlspol_throttle(r->text, strlen(r->text), &rule,
+	                                         &secs))
 		return false;
 	char esc[DELIVER_REPLY_TEXT_MAX * 4];
 	log_escape(esc, sizeof esc, r->text, strlen(r->text));
 	log_info("%s: throttled (%s): %s", s->relay, rule ? rule : "?", esc);
+	if (s->up)
+		deliver_dest_throttle(s->dst, rule, secs, r->text);
 	return true;
 }
 
@@ -638,8 +645,8 @@ static void job_done(struct deliver_session *s)
 		close(s->body_fd);
 		s->body_fd = -1;
 	}
-	/* A provider's "slow down" ends this session (and pauses the
-	 * route, see deliver_session_gone). */
+	/* A provider's "slow down" ends this session and throttles its
+	 * destination (one session, one transaction at a time, spaced). */
 	bool throttled = false;
 	for (size_t k = 0; k < j->n && !throttled; k++)
 		if (is_throttle(s, res[k])) {
@@ -650,7 +657,6 @@ static void job_done(struct deliver_session *s)
 	free(res);
 	if (throttled) {
 		s->failed = true;
-		s->route_fail = true;
 		session_close(s);
 	}
 }
@@ -722,10 +728,14 @@ static void drive(struct deliver_session *s)
 				s->tls_failed = true;
 			/* Everything before a working session is the route's
 			 * problem; so are AUTH and a provider that hangs up. */
+			/* A throttling reply that closed a working session
+			 * throttles its destination (is_throttle), not a
+			 * pause: the route works, it asks us to slow down. */
+			if (f == DELIVER_FAIL_CLOSED)
+				(void)is_throttle(s, r);
 			s->route_fail = !s->up || f == DELIVER_FAIL_AUTH ||
 			                f == DELIVER_FAIL_NO_AUTH ||
-			                f == DELIVER_FAIL_NO_TLS ||
-			                (f == DELIVER_FAIL_CLOSED && is_throttle(s, r));
+			                f == DELIVER_FAIL_NO_TLS;
 			session_close(s);
 			return;
 		}
@@ -734,6 +744,11 @@ static void drive(struct deliver_session *s)
 			return;
 		}
 	}
+}
+
+bool deliver_session_greeted(const struct deliver_session *s)
+{
+	return s->greeted;
 }
 
 bool deliver_session_was_up(const struct deliver_session *s)

@@ -64,12 +64,19 @@ bool deliver_tlspol_dest_limits(const struct deliver_dest_policy *p,
 	return lim.matched;
 }
 
-bool deliver_tlspol_throttle(const char *reply, size_t n, const char **rule)
+_Static_assert(DELIVER_TLSPOL_THROTTLE_GAP_MS == DELIVER_THROTTLE_GAP_MS &&
+               DELIVER_TLSPOL_THROTTLE_MAX_DOUBLINGS ==
+               DELIVER_THROTTLE_MAX_DOUBLINGS, "throttle");
+
+bool deliver_tlspol_throttle(const char *reply, size_t n, const char **rule,
+                             unsigned *secs)
 {
 	const char *r = NULL;
 	enum deliver_reaction x = deliver_reply_classify_raw(reply, n, &r);
 	if (rule)
 		*rule = r;
+	if (secs)
+		*secs = deliver_reply_throttle_secs(r);
 	return x == DELIVER_REACT_DEST_THROTTLE;
 }
 

@@ -14,6 +14,10 @@
 #define DELIVER_TLSPOL_ENCRYPT 2
 #define DELIVER_TLSPOL_VERIFY 3
 
+/* deliver_policy.h's DELIVER_THROTTLE_*, for the engine. */
+#define DELIVER_TLSPOL_THROTTLE_GAP_MS 60000
+#define DELIVER_TLSPOL_THROTTLE_MAX_DOUBLINGS 3
+
 struct deliver_tls_policy;
 
 int deliver_tlspol_load(const char *path, struct deliver_tls_policy **out,
@@ -38,11 +42,13 @@ bool deliver_tlspol_dest_limits(const struct deliver_dest_policy *p,
                                 unsigned dflt, unsigned *conc,
                                 unsigned *per_min, unsigned *per_hour);
 
-/* Direct delivery's reply table (deliver_policy.h): whether a reply
- * ("421 4.7.28 text", lines joined) asks the destination to slow down;
- * *rule (may be NULL) gets the matching row's name. Greylisting, a busy
- * mailbox (4.2.1) and other 4xx are not. */
-bool deliver_tlspol_throttle(const char *reply, size_t n, const char **rule);
+/* The reply table (deliver_policy.h), for MX hosts and the smarthost
+ * alike: whether a reply ("421 4.7.28 text", lines joined) asks the
+ * destination to slow down; *rule (may be NULL) gets the matching row's
+ * name, *secs (may be NULL) how long the throttle lasts. Greylisting, a
+ * busy mailbox (4.2.1) and other 4xx are not. */
+bool deliver_tlspol_throttle(const char *reply, size_t n, const char **rule,
+                             unsigned *secs);
 /* Whether a RCPT reply says "too many recipients" (452 4.5.3): the rest
  * go in another transaction. */
 bool deliver_tlspol_split(const char *reply, size_t n);

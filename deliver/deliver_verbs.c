@@ -1,7 +1,7 @@
 /*
  * deliver/deliver_verbs.c - The scheduler's operator verbs on the control
- * socket (deliver_ctl.h): flush, hold, release, delete, bounce, requeue
- * and stats, each acting on the index through the scheduler so that a
+ * socket (deliver_ctl.h): flush, hold, release, delete, bounce, requeue,
+ * stats, destinations, and pause/resume of a destination, each acting on the index through the scheduler so that a
  * message in flight is never changed under its session.
  */
 #include "deliver/deliver_int.h"
@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/smtp.h"
 #include "deliver/deliver_ctl.h"
 
 /* Every destination tries again now (relayctl flush). */
@@ -190,10 +191,149 @@ static void verb_destinations(struct deliver *d, deliver_ctl_reply_fn reply,
 	buf_free(&out);
 }
 
+/* ---- relayctl pause|resume DESTINATION ------------------------------- */
+
+/* The destination an operator names: its key or its name as `relayctl
+ * destinations` prints them; in smarthost mode also "smarthost"; in
+ * direct mode also a recipient domain (the destination that domain
+ * routes to, looked up now if need be). create: make it (a pause before
+ * any mail). NULL with err the reply. */
+static struct deliver_dest *named_dest(struct deliver *d, const char *name,
+                                       bool create, char *err, size_t errlen)
+{
+	struct deliver_cfg *g = d->cfg;
+	char key[DELIVER_DEST_KEY_MAX];
+	for (struct deliver_dest *t = d->dests; t; t = t->next)
+		if (strcmp(t->key, name) == 0 || strcmp(t->name, name) == 0)
+			return t;
+	if (g->mode == CONF_DELIVERY_SMARTHOST &&
+	    deliver_route(d, NULL, 0, key, sizeof key) == 0 &&
+	    (strcmp(name, "smarthost") == 0 || strcmp(name, key) == 0 ||
+	     strcmp(name, key + strlen("smarthost:")) == 0)) {
+		struct deliver_dest *t = deliver_dest_get(d, key, create);
+		if (!t)
+			snprintf(err, errlen, create ? "err out of memory" :
+			         "err %s: not paused", key);
+		return t;
+	}
+	/* Direct: a destination forgotten while idle (its key as it was
+	 * printed) is made again while a domain routed to it is known. */
+	char dom[SMTP_DOMAIN_MAX + 1];
+	if (g->mode == CONF_DELIVERY_DIRECT && create &&
+	    deliver_direct_key_known(d, name, dom, sizeof dom)) {
+		struct deliver_dest *t = deliver_dest_get(d, name, true);
+		char rcpt[SMTP_DOMAIN_MAX + 16];
+		snprintf(rcpt, sizeof rcpt, "postmaster@%.*s", SMTP_DOMAIN_MAX,
+		         dom);
+		if (t)
+			deliver_direct_dest_note(d, t, rcpt);
+		else
+			snprintf(err, errlen, "err out of memory");
+		return t;
+	}
+	if (g->mode == CONF_DELIVERY_DIRECT && !strchr(name, ':') &&
+	    !strchr(name, '@') && name[0] && name[0] != '.' &&
+	    strlen(name) <= SMTP_DOMAIN_MAX) {
+		char rcpt[SMTP_DOMAIN_MAX + 16];
+		struct deliver_reply fail;
+		snprintf(rcpt, sizeof rcpt, "postmaster@%.*s", SMTP_DOMAIN_MAX,
+		         name);
+		int r = deliver_direct_route(d, rcpt, key, sizeof key, &fail);
+		if (r == -EAGAIN) {
+			/* relayctl asks again (a bounded number of times). */
+			snprintf(err, errlen, "err busy %s: its MX hosts are being "
+			         "looked up; try again in a moment", name);
+			return NULL;
+		}
+		if (r == -EPROTO) {
+			snprintf(err, errlen, "err %.255s: %.256s", name, fail.text);
+			return NULL;
+		}
+		if (r) {
+			snprintf(err, errlen, "err %s: %s", name, strerror(-r));
+			return NULL;
+		}
+		struct deliver_dest *t = deliver_dest_get(d, key, create);
+		if (!t) {
+			snprintf(err, errlen, create ? "err out of memory" :
+			         "err %s (%s): not paused", key, name);
+			return NULL;
+		}
+		deliver_direct_dest_note(d, t, rcpt);
+		return t;
+	}
+	snprintf(err, errlen, "err no destination '%s' (relayctl destinations "
+	         "lists them%s)", name, g->mode == CONF_DELIVERY_DIRECT ?
+	         "; a recipient domain names the destination it routes to" :
+	         g->mode == CONF_DELIVERY_SMARTHOST ? "; 'smarthost' names "
+	         "the smarthost" : "");
+	return NULL;
+}
+
+/* Longest pause an operator may ask for: 10 years. */
+#define OP_PAUSE_MAX_S (10ll * 365 * 24 * 3600)
+
+/* "pause DEST [SECONDS]", "resume DEST". */
+static void verb_pause_resume(struct deliver *d, const char *line,
+                              deliver_ctl_reply_fn reply, void *arg)
+{
+	char verb[16] = "", name[DELIVER_DEST_KEY_MAX] = "", secs[32] = "";
+	char t[DELIVER_DEST_KEY_MAX + 256], junk[2];
+	int n = sscanf(line, "%15s %319s %31s %1s", verb, name, secs, junk);
+	bool pause = strcmp(verb, "pause") == 0;
+	if (n < 2 || n > (pause ? 3 : 2)) {
+		reply(arg, pause ? "err usage: pause DESTINATION [SECONDS]" :
+		      "err usage: resume DESTINATION");
+		return;
+	}
+	if (d->cfg->mode != CONF_DELIVERY_SMARTHOST &&
+	    d->cfg->mode != CONF_DELIVERY_DIRECT) {
+		reply(arg, "err delivery = hold: there are no destinations");
+		return;
+	}
+	long long sec = 0;
+	if (n == 3) {
+		char *end;
+		errno = 0;
+		sec = strtoll(secs, &end, 10);
+		if (errno || *end || sec < 1 || sec > OP_PAUSE_MAX_S) {
+			reply(arg, "err the pause's length is a number of seconds "
+			      "from 1 to 10 years");
+			return;
+		}
+	}
+	struct deliver_dest *dst = named_dest(d, name, pause, t, sizeof t);
+	if (!dst) {
+		reply(arg, t);
+		return;
+	}
+	if (strncmp(dst->key, "dns:", 4) == 0) {
+		snprintf(t, sizeof t, "err %s: routing failed for it; there is "
+		         "nothing to pause", dst->key);
+		reply(arg, t);
+		return;
+	}
+	if (pause) {
+		deliver_dest_op_pause(dst, (uint64_t)sec * 1000);
+		if (sec)
+			snprintf(t, sizeof t, "ok %s: paused for %lld s", dst->key,
+			         sec);
+		else
+			snprintf(t, sizeof t, "ok %s: paused until resumed",
+			         dst->key);
+	} else if (deliver_dest_op_resume(dst)) {
+		snprintf(t, sizeof t, "ok %s: resumed", dst->key);
+	} else {
+		snprintf(t, sizeof t, "err %s: not paused", dst->key);
+	}
+	reply(arg, t);
+}
+
 /* ---- the table ---------------------------------------------------------- */
 
 #define VERB_QID      0x1   /* takes a queue id */
 #define VERB_QID_OPT  0x2   /* ... or none (then `all` runs) */
+#define VERB_LINE     0x4   /* `line` gets the whole request line */
 
 struct deliver_verb {
 	const char *name;
@@ -206,19 +346,24 @@ struct deliver_verb {
 	 * attempt ends, and the word for the reply; 0: refused for now. */
 	unsigned pend;
 	const char *pend_done;
+	/* VERB_LINE: arguments of its own. */
+	void (*line)(struct deliver *d, const char *line,
+	             deliver_ctl_reply_fn reply, void *arg);
 };
 
 static const struct deliver_verb verbs[] = {
-	{"stats",   0,            verb_stats, NULL, 0, NULL},
-	{"destinations", 0,       verb_destinations, NULL, 0, NULL},
-	{"flush",   VERB_QID_OPT, flush_all, verb_flush, 0, NULL},
-	{"hold",    VERB_QID,     NULL, verb_hold, DELIVER_PEND_HOLD, "held"},
-	{"release", VERB_QID,     NULL, verb_release, 0, NULL},
+	{"stats",   0,            verb_stats, NULL, 0, NULL, NULL},
+	{"destinations", 0,       verb_destinations, NULL, 0, NULL, NULL},
+	{"flush",   VERB_QID_OPT, flush_all, verb_flush, 0, NULL, NULL},
+	{"hold",    VERB_QID,     NULL, verb_hold, DELIVER_PEND_HOLD, "held", NULL},
+	{"release", VERB_QID,     NULL, verb_release, 0, NULL, NULL},
 	{"delete",  VERB_QID,     NULL, verb_delete, DELIVER_PEND_DELETE,
-	 "deleted"},
+	 "deleted", NULL},
 	{"bounce",  VERB_QID,     NULL, verb_bounce, DELIVER_PEND_BOUNCE,
-	 "bounced"},
-	{"requeue", VERB_QID,     NULL, verb_requeue, 0, NULL},
+	 "bounced", NULL},
+	{"requeue", VERB_QID,     NULL, verb_requeue, 0, NULL, NULL},
+	{"pause",   VERB_LINE,    NULL, NULL, 0, NULL, verb_pause_resume},
+	{"resume",  VERB_LINE,    NULL, NULL, 0, NULL, verb_pause_resume},
 };
 #define NVERBS (sizeof verbs / sizeof *verbs)
 
@@ -246,6 +391,10 @@ void deliver_ctl_run(struct deliver *d, const char *line,
 			vb = &verbs[i];
 	if (!vb) {
 		reply(arg, "err unknown request");
+		return;
+	}
+	if (vb->flags & VERB_LINE) {
+		vb->line(d, line, reply, arg);
 		return;
 	}
 	if (!(vb->flags & (VERB_QID | VERB_QID_OPT)) ||

@@ -78,6 +78,8 @@ int ctl_cmd_stats(struct ctl_ctx *c, int argc, char **argv);
 int ctl_cmd_destinations(struct ctl_ctx *c, int argc, char **argv);
 /* reload: relayd reads its configuration again and reports the result. */
 int ctl_cmd_reload(struct ctl_ctx *c, int argc, char **argv);
+int ctl_cmd_pause(struct ctl_ctx *c, int argc, char **argv);
+int ctl_cmd_resume(struct ctl_ctx *c, int argc, char **argv);
 /* lockout list [--json] | lockout clear [ADDR|NAME]: relayd's failed-AUTH
  * tables, through the control socket. */
 int ctl_cmd_lockout(struct ctl_ctx *c, int argc, char **argv);

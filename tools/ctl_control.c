@@ -7,7 +7,8 @@
  * release and delete change the spool directly (queue.h, queue_admin_*)
  * and say so; flush, bounce and requeue need the daemon; stats counts what
  * the index holds. lockout list|clear shows and lifts the failed-AUTH
- * lockouts relayd holds in memory.
+ * lockouts relayd holds in memory. pause|resume DESTINATION stops and
+ * restarts delivery to one destination (in relayd's memory).
  */
 #include "ctl.h"
 
@@ -361,6 +362,79 @@ int ctl_cmd_bounce(struct ctl_ctx *c, int argc, char **argv)
 int ctl_cmd_requeue(struct ctl_ctx *c, int argc, char **argv)
 {
 	return ctl_verb_run(c, CTL_REQUEUE, argc, argv);
+}
+
+/* ---- pause / resume a destination --------------------------------------- */
+
+/* Asks of a domain whose MX hosts relayd is still looking up ("err busy
+ * ..."): at most this many times, this far apart. */
+#define CTL_PAUSE_TRIES 40
+#define CTL_PAUSE_GAP_MS 250
+
+static int ctl_pause_resume(struct ctl_ctx *c, bool pause, const char *dest)
+{
+	const char *spool = c->conf.spool_dir;
+	char line[DELIVER_CTL_LINE_MAX], esc[128];
+	uint64_t ms = 0;
+	const char *v = pause ? ctl_opt(c, "--for") : NULL;
+	if (v && (conf_parse_duration(v, &ms) < 0 || ms < 1000 ||
+	          ms / 1000 > 10ull * 365 * 24 * 3600))
+		return ctl_usage_error("--for: '%s' is not a duration like 30s, "
+		                       "15m, 2h or 3d (1 s to 10 years)",
+		                       log_escape(esc, sizeof esc, v, strlen(v)));
+	if (!dest[0] || strlen(dest) >= 320 || strpbrk(dest, " \t\r\n"))
+		return ctl_usage_error("'%s' is not a destination (relayctl "
+		                       "destinations lists them)",
+		                       log_escape(esc, sizeof esc, dest,
+		                                  strlen(dest)));
+	if (v)
+		snprintf(line, sizeof line, "pause %s %" PRIu64, dest,
+		         (ms + 999) / 1000);
+	else
+		snprintf(line, sizeof line, "%s %s", pause ? "pause" : "resume",
+		         dest);
+	char *reply = malloc(DELIVER_CTL_REPLY_MAX);
+	if (!reply) {
+		ctl_err("%s", strerror(ENOMEM));
+		return -ENOMEM;
+	}
+	int r = -EAGAIN;
+	for (int i = 0; i < CTL_PAUSE_TRIES; i++) {
+		r = ctl_control_request(spool, line, CTL_CONTROL_TIMEOUT_MS, reply,
+		                        DELIVER_CTL_REPLY_MAX);
+		if (r != -EREMOTEIO || strncmp(reply, "busy ", 5) != 0)
+			break;
+		usleep(CTL_PAUSE_GAP_MS * 1000);
+	}
+	if (r == -ECONNREFUSED) {
+		ctl_err("relayd is not running (nothing answers on %s/%s); a "
+		        "pause lives in its memory", spool, QUEUE_CONTROL_NAME);
+	} else if (r == -EREMOTEIO) {
+		const char *t = strncmp(reply, "busy ", 5) == 0 ? reply + 5 : reply;
+		ctl_err_text("", t[0] ? t : "relayd refused the request");
+	} else if (r < 0) {
+		ctl_err_request(spool, r);
+	} else {
+		struct ctl_out o;
+		ctl_out_init(&o);
+		ctl_out_text(&o, reply, strlen(reply), 0);
+		ctl_out_str(&o, "\n");
+		r = ctl_print_line(&o);
+	}
+	free(reply);
+	return r;
+}
+
+int ctl_cmd_pause(struct ctl_ctx *c, int argc, char **argv)
+{
+	(void)argc;
+	return ctl_pause_resume(c, true, argv[0]);
+}
+
+int ctl_cmd_resume(struct ctl_ctx *c, int argc, char **argv)
+{
+	(void)argc;
+	return ctl_pause_resume(c, false, argv[0]);
 }
 
 /* ---- stats ------------------------------------------------------------- */
@@ -724,11 +798,18 @@ static int ctl_dest_row_cb(void *arg, const char *v, size_t vn)
 		ctl_out_text_pad(o, (const char *)name.data, 40);
 		ctl_out_printf(o, " %-8s %8" PRId64 " %9" PRId64 " %7" PRId64 "\n",
 		               (const char *)st.data, sessions, flight, ready);
-		if (strcmp((const char *)st.data, "paused") == 0) {
+		const char *state = (const char *)st.data;
+		bool held = strcmp(state, "paused") == 0 ||
+		            strcmp(state, "throttled") == 0;
+		if (held && until <= 0) {
+			ctl_out_printf(o, "  %s until resumed", state);
+		} else if (held) {
 			char ts[64], age[32];
 			ctl_fmt_time(ts, sizeof ts, until);
 			ctl_fmt_age(age, sizeof age, until - t->c->now);
-			ctl_out_printf(o, "  paused until %s (in %s)", ts, age);
+			ctl_out_printf(o, "  %s until %s (in %s)", state, ts, age);
+		}
+		if (held) {
 			if (why.len) {
 				ctl_out_str(o, ": ");
 				ctl_out_text_max(o, why.data, why.len,

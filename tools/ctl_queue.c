@@ -7,8 +7,9 @@
  * and makes no system call per message, so it stays fast on large queues;
  * the one thing it asks a running relayd (ctl_control.c, before the index
  * is read, never inside a read transaction) is where its mail goes and
- * whether that destination is paused: the pause lives in relayd's memory,
- * and it is why a recipient that was never tried waits (struct ctl_route).
+ * which destinations are paused (direct mode: with the recipient domains
+ * routed to each): a pause lives in relayd's memory, and it is why a
+ * recipient that was never tried waits (struct ctl_route).
  */
 #include "ctl.h"
 
@@ -114,21 +115,118 @@ enum ctl_route_asked {
 	CTL_RT_NO_ANSWER,       /* it did not answer in time, or not sensibly */
 };
 
+/* At most this many paused destinations are told apart (direct mode). */
+#define CTL_PAUSED_MAX 256
+
+/* A destination the running relayd says is paused or throttled: its
+ * key, until when (0: not said, or until resumed), why (throttled: the
+ * reply), and (direct mode) the recipient domains routed to it,
+ * NUL-separated. */
+struct ctl_rdest {
+	char key[CTL_DEST_KEY_MAX];
+	int64_t until;
+	bool op;                /* paused by the operator */
+	bool throttled;         /* not paused: throttled by a reply */
+	struct buf reason;
+	struct buf domains;
+};
+
 /* The smarthost destination as the running relayd has it (its "stats"
  * reply: delivery, route.name/state/until/reason), or as the
- * configuration names it when relayd is not running. */
+ * configuration names it when relayd is not running; and the paused
+ * destinations (smarthost mode: that one; direct mode: its
+ * "destinations" reply). */
 struct ctl_route {
 	enum ctl_route_asked asked;
 	bool smarthost;         /* delivery = smarthost (relayd's word first) */
+	bool direct;            /* delivery = direct (relayd's word) */
 	char key[CTL_DEST_KEY_MAX];   /* "smarthost:HOST:PORT", or "" */
 	bool paused;            /* route.state "paused" */
 	int64_t until;          /* unix seconds, 0: not said */
 	struct buf reason;      /* route.reason (UTF-8), maybe empty */
+	struct ctl_rdest *dests;
+	size_t ndests;
 };
 
 static void ctl_route_free(struct ctl_route *rt)
 {
 	buf_free(&rt->reason);
+	for (size_t i = 0; i < rt->ndests; i++) {
+		buf_free(&rt->dests[i].reason);
+		buf_free(&rt->dests[i].domains);
+	}
+	free(rt->dests);
+	rt->dests = NULL;
+	rt->ndests = 0;
+}
+
+static struct ctl_rdest *ctl_route_add(struct ctl_route *rt)
+{
+	if (rt->ndests >= CTL_PAUSED_MAX)
+		return NULL;
+	struct ctl_rdest *n = realloc(rt->dests, (rt->ndests + 1) * sizeof *n);
+	if (!n)
+		return NULL;
+	rt->dests = n;
+	struct ctl_rdest *e = &n[rt->ndests++];
+	*e = (struct ctl_rdest){.reason = BUF_INIT(DELIVER_CTL_REPLY_MAX),
+	                        .domains = BUF_INIT(DELIVER_CTL_REPLY_MAX)};
+	return e;
+}
+
+static int ctl_route_domain_cb(void *arg, const char *v, size_t vn)
+{
+	struct ctl_rdest *e = arg;
+	struct buf s = BUF_INIT(CTL_DEST_KEY_MAX);
+	/* The reader finds members of objects: the element as one. */
+	char obj[CTL_DEST_KEY_MAX * 6 + 8];
+	if (vn > sizeof obj - 8)
+		return 0;   /* no domain is that long */
+	int on = snprintf(obj, sizeof obj, "{\"d\":%.*s}", (int)vn, v);
+	int r = ctl_json_get_str(obj, (size_t)on, "d", &s);
+	if (r == 0 && s.len && !memchr(s.data, '\0', s.len) &&
+	    (buf_append(&e->domains, s.data, s.len) < 0 ||
+	     buf_append(&e->domains, "", 1) < 0))
+		r = -ENOMEM;
+	buf_free(&s);
+	return r < 0 ? r : 0;
+}
+
+/* One destination of the "destinations" reply: kept when paused or
+ * throttled. */
+static int ctl_route_dest_cb(void *arg, const char *v, size_t vn)
+{
+	struct ctl_route *rt = arg;
+	struct buf name = BUF_INIT(CTL_DEST_KEY_MAX), st = BUF_INIT(64);
+	int r = ctl_json_get_str(v, vn, "name", &name);
+	if (r == 0)
+		r = ctl_json_get_str(v, vn, "state", &st);
+	bool thr = st.len == 9 && memcmp(st.data, "throttled", 9) == 0;
+	if (r == 0 && ((st.len == 6 && memcmp(st.data, "paused", 6) == 0) ||
+	               thr) &&
+	    name.len < CTL_DEST_KEY_MAX && !memchr(name.data, '\0', name.len)) {
+		struct ctl_rdest *e = ctl_route_add(rt);
+		if (e) {
+			e->throttled = thr;
+			memcpy(e->key, name.data, name.len);
+			e->key[name.len] = '\0';
+			if (ctl_json_get_int(v, vn, "until", &e->until) < 0 ||
+			    e->until < 0)
+				e->until = 0;
+			if (ctl_json_get_str(v, vn, "reason", &e->reason) < 0)
+				buf_reset(&e->reason);
+			const char *b;
+			size_t bn;
+			e->op = ctl_json_find(v, vn, "operator", &b, &bn) == 0 &&
+			        bn == 4 && memcmp(b, "true", 4) == 0;
+			/* Older relayd: no domains; the recipients tried there
+			 * still match by their dest. */
+			(void)ctl_json_each(v, vn, "domains", ctl_route_domain_cb, e);
+		}
+	}
+	buf_free(&name);
+	buf_free(&st);
+	return 0;
 }
 
 /* The configuration's idea of the smarthost destination's key. */
@@ -185,7 +283,19 @@ static void ctl_route_get(const struct ctl_ctx *c, struct ctl_route *rt)
 		rt->until = 0;
 	if (ctl_json_get_str(reply, n, "route.reason", &rt->reason) < 0)
 		buf_reset(&rt->reason);
+	buf_reset(&v);
+	if (ctl_json_get_str(reply, n, "delivery", &v) == 0)
+		rt->direct = v.len == 6 && memcmp(v.data, "direct", 6) == 0;
 	buf_free(&v);
+	/* The paused and throttled destinations (direct mode: with the
+	 * domains routed to each, which say why a recipient never tried
+	 * waits). */
+	if ((rt->smarthost || rt->direct) &&
+	    ctl_control_request(c->conf.spool_dir, "destinations", CTL_ROUTE_MS,
+	                        reply, DELIVER_CTL_REPLY_MAX) == 0 &&
+	    ctl_json_check(reply, strlen(reply)) == 0)
+		(void)ctl_json_each(reply, strlen(reply), "destinations",
+		                    ctl_route_dest_cb, rt);
 	free(reply);
 }
 
@@ -194,39 +304,79 @@ enum ctl_wait {
 	CTL_W_NONE,             /* sent or bounced: it does not */
 	CTL_W_HOLD,             /* its message is on hold */
 	CTL_W_PAUSED,           /* its destination is paused */
+	CTL_W_THROTTLED,        /* its destination is throttled: one
+	                           transaction at a time, spaced */
 	CTL_W_DEFERRED,         /* its last attempt failed; next_attempt */
 	CTL_W_PENDING,          /* not tried yet; due at next_attempt */
 };
 static const char *const ctl_wait_names[] = {
 	[CTL_W_NONE] = "none", [CTL_W_HOLD] = "hold",
-	[CTL_W_PAUSED] = "paused", [CTL_W_DEFERRED] = "deferred",
+	[CTL_W_PAUSED] = "paused", [CTL_W_THROTTLED] = "throttled",
+	[CTL_W_DEFERRED] = "deferred",
 	[CTL_W_PENDING] = "pending",
 };
 
-/* The destination r goes to: the one it was last tried at, else (never
- * tried) where relayd routes it - in smarthost mode, the smarthost. */
+/* The paused destination r's domain routes to, by relayd's word (direct
+ * mode), or NULL. */
+static const struct ctl_rdest *ctl_rcpt_domain_dest(const struct ctl_route *rt,
+                                                    const struct queue_rcpt *r)
+{
+	const char *at = r->addr ? strrchr(r->addr, '@') : NULL;
+	if (!rt || !at || !at[1])
+		return NULL;
+	size_t dn = strlen(at + 1);
+	if (dn > 1 && at[dn] == '.')
+		dn--;   /* one trailing dot */
+	for (size_t i = 0; i < rt->ndests; i++) {
+		const struct ctl_rdest *e = &rt->dests[i];
+		const char *p = (const char *)e->domains.data, *end = p +
+		                e->domains.len;
+		for (; p && p < end; p += strlen(p) + 1)
+			if (strlen(p) == dn && strncasecmp(p, at + 1, dn) == 0)
+				return e;
+	}
+	return NULL;
+}
+
+/* The destination r goes to: in direct mode the paused one its domain
+ * routes to; else the one it was last tried at, else (never tried)
+ * where relayd routes it - in smarthost mode, the smarthost. */
 static const char *ctl_rcpt_dest(const struct ctl_route *rt,
                                  const struct queue_rcpt *r)
 {
+	const struct ctl_rdest *e = ctl_rcpt_domain_dest(rt, r);
+	if (e)
+		return e->key;
 	if (r->dest)
 		return r->dest;
 	return rt && rt->smarthost && rt->key[0] ? rt->key : NULL;
 }
 
+/* Why r waits; *pd (may be NULL) gets the paused destination. */
 static enum ctl_wait ctl_rcpt_wait(const struct ctl_route *rt,
                                    const struct queue_msg *m,
-                                   const struct queue_rcpt *r)
+                                   const struct queue_rcpt *r,
+                                   const struct ctl_rdest **pd)
 {
+	if (pd)
+		*pd = NULL;
 	if (r->state != QUEUE_RCPT_PENDING && r->state != QUEUE_RCPT_DEFERRED)
 		return CTL_W_NONE;
 	if (m->state == QUEUE_MSG_HOLD)
 		return CTL_W_HOLD;
-	const char *dest = ctl_rcpt_dest(rt, r);
+	if (!rt || rt->asked != CTL_RT_ANSWERED)
+		return r->state == QUEUE_RCPT_DEFERRED ? CTL_W_DEFERRED
+		                                       : CTL_W_PENDING;
 	/* A paused destination holds every recipient routed to it, tried
 	 * or not (mail accepted during the pause was never loaded). */
-	if (rt && rt->asked == CTL_RT_ANSWERED && rt->smarthost && rt->paused &&
-	    dest && strcmp(dest, rt->key) == 0)
-		return CTL_W_PAUSED;
+	const char *dest = ctl_rcpt_dest(rt, r);
+	for (size_t i = 0; dest && i < rt->ndests; i++)
+		if (strcmp(dest, rt->dests[i].key) == 0) {
+			if (pd)
+				*pd = &rt->dests[i];
+			return rt->dests[i].throttled ? CTL_W_THROTTLED
+			                              : CTL_W_PAUSED;
+		}
 	return r->state == QUEUE_RCPT_DEFERRED ? CTL_W_DEFERRED : CTL_W_PENDING;
 }
 
@@ -256,22 +406,25 @@ static void ctl_json_route(struct ctl_out *o, const struct ctl_route *rt)
 }
 
 /* The text of why r waits, after its address in list and as show's
- * "waiting:" line: "(destination DEST paused until T (in 4m): REASON)". */
-static void ctl_paused_text(struct ctl_out *o, const struct ctl_route *rt,
-                            const char *dest, int64_t now, size_t max)
+ * "waiting:" line: "(destination DEST paused until T (in 4m): REASON)",
+ * "(destination DEST paused until resumed: paused by operator)". */
+static void ctl_paused_text(struct ctl_out *o, const struct ctl_rdest *pd,
+                            int64_t now, size_t max)
 {
 	ctl_out_str(o, "destination ");
-	ctl_out_text(o, dest, strlen(dest), 0);
-	ctl_out_str(o, " paused");
-	if (rt->until > 0) {
+	ctl_out_text(o, pd->key, strlen(pd->key), 0);
+	ctl_out_str(o, pd->throttled ? " throttled" : " paused");
+	if (pd->until > 0) {
 		char ts[64], age[32];
-		ctl_fmt_time(ts, sizeof ts, rt->until);
-		ctl_fmt_age(age, sizeof age, rt->until - now);
+		ctl_fmt_time(ts, sizeof ts, pd->until);
+		ctl_fmt_age(age, sizeof age, pd->until - now);
 		ctl_out_printf(o, " until %s (in %s)", ts, age);
+	} else if (pd->op) {
+		ctl_out_str(o, " until resumed");
 	}
-	if (rt->reason.len) {
+	if (pd->reason.len) {
 		ctl_out_str(o, ": ");
-		ctl_out_text_max(o, rt->reason.data, rt->reason.len, max);
+		ctl_out_text_max(o, pd->reason.data, pd->reason.len, max);
 	}
 }
 
@@ -346,16 +499,17 @@ static void ctl_json_msg(struct ctl_out *o, const struct queue_msg *m,
 		 * where it goes, "until": when it is tried next (null: not
 		 * known, or on hold), "reason": the last reply or the pause's
 		 * reason}; null once sent or bounced. */
-		enum ctl_wait w = ctl_rcpt_wait(rt, m, rc);
+		const struct ctl_rdest *pd;
+		enum ctl_wait w = ctl_rcpt_wait(rt, m, rc, &pd);
 		ctl_out_str(o, ",\"waiting\":");
 		if (w == CTL_W_NONE) {
 			ctl_out_str(o, "null}");
 			continue;
 		}
 		ctl_out_printf(o, "{\"why\":\"%s\",\"dest\":", ctl_wait_names[w]);
-		ctl_out_json_strz(o, ctl_rcpt_dest(rt, rc));
+		ctl_out_json_strz(o, pd ? pd->key : ctl_rcpt_dest(rt, rc));
 		ctl_out_str(o, ",\"until\":");
-		int64_t until = w == CTL_W_PAUSED ? rt->until :
+		int64_t until = pd ? pd->until :
 		                w == CTL_W_HOLD ? 0 :
 		                rc->next_attempt ? rc->next_attempt : m->arrival;
 		if (until > 0)
@@ -363,8 +517,8 @@ static void ctl_json_msg(struct ctl_out *o, const struct queue_msg *m,
 		else
 			ctl_out_str(o, "null");
 		ctl_out_str(o, ",\"reason\":");
-		if (w == CTL_W_PAUSED && rt->reason.len)
-			ctl_out_json_str(o, rt->reason.data, rt->reason.len);
+		if (pd && pd->reason.len)
+			ctl_out_json_str(o, pd->reason.data, pd->reason.len);
 		else if (w == CTL_W_PAUSED)
 			ctl_out_str(o, "null");
 		else
@@ -486,7 +640,7 @@ static bool ctl_filter_match(const struct ctl_filter *f,
 		 * effect deferred, tried or not. */
 		if (f->rcpt_state >= 0 && r->state != f->rcpt_state &&
 		    !(f->rcpt_state == QUEUE_RCPT_DEFERRED &&
-		      ctl_rcpt_wait(rt, m, r) == CTL_W_PAUSED))
+		      ctl_rcpt_wait(rt, m, r, NULL) == CTL_W_PAUSED))
 			continue;
 		if (f->to && strcasecmp(ctl_domain(r->addr ? r->addr : ""),
 		                        f->to) != 0)
@@ -544,7 +698,8 @@ static void ctl_list_rcpts(struct ctl_out *o, const struct queue_msg *m,
 	for (size_t i = 0; i < m->nrcpt; i++) {
 		const struct queue_rcpt *r = &m->rcpt[i];
 		char next[48], age[32];
-		enum ctl_wait w = ctl_rcpt_wait(rt, m, r);
+		const struct ctl_rdest *pd;
+		enum ctl_wait w = ctl_rcpt_wait(rt, m, r, &pd);
 		if (r->state == QUEUE_RCPT_SENT)
 			continue;
 		if (r->state != QUEUE_RCPT_PENDING && r->state != QUEUE_RCPT_DEFERRED) {
@@ -552,8 +707,8 @@ static void ctl_list_rcpts(struct ctl_out *o, const struct queue_msg *m,
 		} else if (m->state == QUEUE_MSG_HOLD) {
 			snprintf(next, sizeof next, "on hold");
 		} else if (w == CTL_W_PAUSED) {
-			ctl_fmt_age(age, sizeof age, rt->until - now);
-			snprintf(next, sizeof next, rt->until > now ? "paused %s" :
+			ctl_fmt_age(age, sizeof age, pd->until - now);
+			snprintf(next, sizeof next, pd->until > now ? "paused %s" :
 			         "paused", age);
 		} else {
 			/* queue_msg_due(): no next attempt yet means at arrival. */
@@ -576,10 +731,9 @@ static void ctl_list_rcpts(struct ctl_out *o, const struct queue_msg *m,
 			ctl_out_str(o, " mx=");
 			ctl_out_text(o, r->mx, strlen(r->mx), 0);
 		}
-		if (w == CTL_W_PAUSED) {
+		if (w == CTL_W_PAUSED || w == CTL_W_THROTTLED) {
 			ctl_out_str(o, " (");
-			ctl_paused_text(o, rt, ctl_rcpt_dest(rt, r), now,
-			                CTL_REPLY_CHARS);
+			ctl_paused_text(o, pd, now, CTL_REPLY_CHARS);
 			ctl_out_str(o, ")");
 		} else if (r->last_reply) {
 			ctl_out_str(o, " (");
@@ -656,12 +810,13 @@ static void ctl_list_banner(const struct ctl_ctx *c, struct ctl_out *o,
 }
 
 /* Whether list/show ask the running relayd: the text listing always (its
- * banner), anything else when delivery goes through a smarthost, the
- * only mode with destinations that pause. */
+ * banner), anything else when delivery goes through a smarthost or
+ * direct, the modes with destinations that pause. */
 static bool ctl_ask_route(const struct ctl_ctx *c, bool banner)
 {
 	return banner || (c->conf_loaded &&
-	                  c->conf.delivery == CONF_DELIVERY_SMARTHOST);
+	                  (c->conf.delivery == CONF_DELIVERY_SMARTHOST ||
+	                   c->conf.delivery == CONF_DELIVERY_DIRECT));
 }
 
 int ctl_cmd_list(struct ctl_ctx *c, int argc, char **argv)
@@ -913,15 +1068,15 @@ static void ctl_show_text(struct ctl_out *o, const struct queue_msg *m,
 		else
 			ctl_out_str(o, "-\n");
 		/* Why it waits, in words. */
-		enum ctl_wait w = ctl_rcpt_wait(rt, m, rc);
+		const struct ctl_rdest *pd;
+		enum ctl_wait w = ctl_rcpt_wait(rt, m, rc, &pd);
 		if (w == CTL_W_NONE)
 			continue;
 		ctl_out_str(o, "  waiting:      ");
 		if (w == CTL_W_HOLD) {
 			ctl_out_str(o, "the message is on hold\n");
-		} else if (w == CTL_W_PAUSED) {
-			ctl_paused_text(o, rt, ctl_rcpt_dest(rt, rc), now,
-			                4 * CTL_REPLY_CHARS);
+		} else if (w == CTL_W_PAUSED || w == CTL_W_THROTTLED) {
+			ctl_paused_text(o, pd, now, 4 * CTL_REPLY_CHARS);
 			ctl_out_str(o, "\n");
 		} else {
 			int64_t t = rc->next_attempt ? rc->next_attempt : m->arrival;

@@ -77,6 +77,10 @@ static const struct ctl_cmd ctl_cmds[] = {
 	{"reload", "", "relayd reads its configuration again (as on SIGHUP) "
 	 "and says whether it took it", CTL_F_CONF | CTL_F_SPOOL, 0, 0,
 	 ctl_cmd_reload, NULL},
+	{"pause", "DEST [--for DURATION]", "no new deliveries to DEST until "
+	 "resumed (below)", CTL_F_CONF | CTL_F_SPOOL, 1, 1,
+	 ctl_cmd_pause, "--for="},
+	{"resume", "DEST", "deliver to a paused DEST again, now", CTL_F_CONF | CTL_F_SPOOL, 1, 1, ctl_cmd_resume, NULL},
 	{"lockout", "SUBCOMMAND [ARG]", "failed-AUTH lockouts (below)",
 	 CTL_F_JSON | CTL_F_CONF | CTL_F_SPOOL, 1, 2, ctl_cmd_lockout, NULL},
 	{"user", "SUBCOMMAND [NAME]", "SMTP AUTH credentials (below)",
@@ -176,6 +180,11 @@ static void ctl_usage(FILE *f)
 	        "  -n N           the last N matching lines (50; all with --id)\n"
 	        "  -f             then follow new lines, across rotation and "
 	        "truncation\n"
+	        "\n"
+	        "DEST (pause, resume): a destination as 'destinations' names "
+	        "it; 'smarthost';\nor a recipient domain (delivery = direct: "
+	        "the destination it routes to).\nA pause lives in relayd's "
+	        "memory: a restart forgets it.\n"
 	        "\n"
 	        "ID is a 16-character queue id as shown by 'list'.\n"
 	        "Exit status: 0 success, 1 error, 2 usage error; check: 0 clean,\n"

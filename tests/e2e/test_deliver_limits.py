@@ -1,8 +1,9 @@
 """tests/e2e/test_deliver_limits.py - How relayd treats the provider:
 smarthost_concurrency and max_messages_per_connection bound the sessions
 (seen from the upstream's connection records); smarthost_rate caps
-submissions per minute; a throttling 4xx ("451 4.7.1 rate limit") pauses
-the route instead of failing messages one by one; a bounce that fails goes
+submissions per minute; a throttling 4xx ("451 4.7.1 rate limit")
+throttles the route (the reply table of deliver_policy.c: one session, one
+transaction at a time, spaced) instead of failing messages one by one; a bounce that fails goes
 to the postmaster when one is configured, and nowhere (no loop) when the
 postmaster's own copy fails."""
 import json
@@ -66,7 +67,7 @@ def test_rate_cap(upstream_factory, relay_to):
         assert all(x["attempts"] == 0 for x in m["recipients"]), m
 
 
-def test_throttle_pauses_route_not_messages(upstream_factory, relay_to):
+def test_throttle_slows_route_not_messages(upstream_factory, relay_to):
     # After one message per connection the provider says "slow down".
     up = upstream_factory(tls="starttls", behaviour={
         "throttle": {"per_connection": 1,
@@ -82,9 +83,15 @@ def test_throttle_pauses_route_not_messages(upstream_factory, relay_to):
     for q in qids:
         wait_gone(r, q)
     log = r.log_text()
-    assert "delivery paused" in log and "Rate limit exceeded" in log, log
+    # The one reply table throttles the smarthost (one session, one
+    # transaction at a time, spaced) instead of pausing it.
+    assert re.search(r"warning: smarthost \S+: throttled \(throttle-words\) "
+                     r"for \d+ s: one session, one transaction every \d+ s: "
+                     r"451 4\.7\.1 Rate limit exceeded", log), log
     assert "status=bounced" not in log, log
     assert dsns(up) == []
+    # One session at a time throughout.
+    assert all(c["concurrent"] == 1 for c in up.connections())
 
 
 def test_failed_bounce_goes_to_postmaster_once(upstream_factory, relay_to):

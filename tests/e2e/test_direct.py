@@ -30,7 +30,8 @@ never on timing:
   concurrency=1 holds an MX to one session while another runs several,
   and rate=1/hour holds the second message back;
   greylisting (450 4.7.1) defers only its recipient, Gmail's 421 4.7.28
-  pauses the destination;
+  throttles the destination (one session at a time afterwards, while
+  another destination runs several; `destinations` says throttled);
 - ip_preference = auto: IPv6 first when smtp_bind_address6 (::1) has
   forward-confirmed reverse DNS naming hostname (IPv4 then the fallback
   within the attempt), IPv4 first when the PTR names another host;
@@ -390,6 +391,14 @@ def test_starttls_failure_retried_once_in_plaintext(world):
     verbs = [[x["verb"].upper() for x in c["commands"]]
              for c in up.connections()]
     assert all("STARTTLS" not in v for v in verbs[2:]), verbs
+    # The operator sees it, and the destination keeps it while idle.
+    import json
+    ds = json.loads(r.relayctl("destinations", "--json").stdout
+                    .decode())["destinations"]
+    (d,) = [x for x in ds if x["name"] == "mx:mx.brk.test/may"]
+    assert d["tls_broken_until"] > 0, d
+    assert re.search(r"^  TLS broken until .* \(in .*\), plaintext: ",
+                     r.relayctl("destinations").stdout.decode(), re.M)
 
 
 def test_encrypt_policy_never_sends_in_clear(world, tmp_path):
@@ -612,26 +621,59 @@ def test_greylisting_defers_the_recipient_not_the_destination(world):
 
 
 def test_gmail_rate_limit_throttles_the_destination(world):
-    w = world(1)
-    up = w.start_mx(0, behaviour={"mail": [
+    import json
+    w = world(2)
+    slow = {"delay_data_reply_ms": 500}
+    up = w.start_mx(0, behaviour=dict(slow, mail=[
         "421 4.7.28 Our system has detected an unusual rate of unsolicited "
-        "mail originating from your IP address."]})
-    w.start_dns({"mx": [("gm.test", "mx.gm.test", 10)],
-                 "hosts": [("mx.gm.test", w.host(0))]})
+        "mail originating from your IP address."]))
+    free = w.start_mx(1, behaviour=slow)
+    w.start_dns({"mx": [("gm.test", "mx.gm.test", 10),
+                        ("fr.test", "mx.fr.test", 10)],
+                 "hosts": [("mx.gm.test", w.host(0)),
+                           ("mx.fr.test", w.host(1))]})
     r = w.relayd()
     content, mid = make_message("gmail", to="g@gm.test")
     qid = submit(r, SENDER, ["g@gm.test"], content)
+    wait_log(r, r"destination mx\.gm\.test/may: throttled \(gmail-4\.7\.28\) "
+             r"for 5400 s: one session, one transaction every 1 s: 421 4\.7\.28")
+    # Then more mail for it, and as much for another destination.
+    later = []
+    for n in range(4):
+        rcpts = ["g%d@gm.test" % n, "f%d@fr.test" % n]
+        later.append((submit(r, SENDER, rcpts,
+                             make_message("more %d" % n, to=rcpts[0])[0]),
+                      rcpts))
     sent_line(r, qid, "g@gm.test")
+    for q, rcpts in later:
+        for a in rcpts:
+            sent_line(r, q, a)
     log = r.log_text()
     i_thr = log.find("throttled (gmail-4.7.28)")
-    i_pause = log.find("destination mx.gm.test/may: delivery paused")
     i_sent = log.find("%s: to=<g@gm.test>, relay=mx.gm.test" % qid)
-    assert 0 <= i_thr < i_pause, log[-3000:]
+    assert 0 <= i_thr < i_sent, log[-3000:]
     assert statuses(r, qid, "g@gm.test") == ["deferred", "sent"]
-    assert len(up.messages()) == 1
-    # The pause came before the deferral it caused was retried.
-    assert i_pause < log.rfind("status=sent"), log[-3000:]
-    assert i_sent >= 0
+    # Throttled, not paused: the route works, it asked us to slow down.
+    assert "destination mx.gm.test/may: delivery paused" not in log
+    # Not hammered: after the 421 every session to it ran alone, and
+    # each one carried one message at a time (5 messages, 5 or fewer
+    # sessions, none beside another).
+    conns = sorted(up.connections(), key=lambda c: c["seq"])
+    assert conns[0]["replies"][-1].startswith("421 4.7.28"), conns[0]
+    assert len(conns) >= 2
+    assert all(c["concurrent"] == 1 for c in conns[1:]), conns
+    assert sorted(len(m["rcpt_tos"]) for m in up.messages()) == [1] * 5
+    # The test of the test: the other destination ran sessions in
+    # parallel for the same mail.
+    assert max(c["concurrent"] for c in free.connections()) > 1
+    # The operator sees it: throttled until when, and why.
+    ds = json.loads(r.relayctl("destinations", "--json").stdout
+                    .decode())["destinations"]
+    (d,) = [x for x in ds if x["name"] == "mx:mx.gm.test/may"]
+    assert d["state"] == "throttled" and d["until"] > 0, d
+    assert d["reason"].startswith("421 4.7.28"), d
+    table = r.relayctl("destinations").stdout.decode()
+    assert "  throttled until " in table and "421 4.7.28" in table, table
 
 
 @pytest.mark.parametrize("hostname,v6_first", [("relay.test", True),

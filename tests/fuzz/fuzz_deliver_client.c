@@ -37,6 +37,7 @@
 
 #include "common/buf.h"
 #include "deliver/deliver_client.h"
+#include "deliver/deliver_tlspol.h"
 
 static const char *const rcpt[] = {"r1@dst.test", "r2@dst.test", "r3@dst.test"};
 static const char *const notify[] = {"SUCCESS,FAILURE", NULL, "NEVER"};
@@ -91,7 +92,7 @@ static void check_reply(const struct deliver_reply *r)
 			abort();
 		i++;
 	}
-	(void)deliver_reply_is_throttle(r);
+	(void)deliver_tlspol_throttle(r->text, strlen(r->text), NULL, NULL);
 }
 
 /* Steps until the client needs more input (0) or the session is over (1);

@@ -1,7 +1,8 @@
 /*
  * tests/fuzz/fuzz_policy.c - libFuzzer harness for deliver/deliver_policy.c:
  * the tls_policy_file and destination_policy_file parsers (then lookups of
- * names taken from the same input) and the reply classifier. The first
+ * names taken from the same input) and the reply classifier (with the
+ * throttle rows' lengths). The first
  * byte picks the target; the rest is the input. Any bytes must give a
  * result or an error that explains itself, never a crash, leak or
  * overread.
@@ -79,6 +80,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		const char *rule = NULL;
 		enum deliver_reaction r = deliver_reply_classify_raw(s, n, &rule);
 		if ((unsigned)r >= DELIVER_REACT__COUNT || !rule)
+			abort();
+		/* a throttle always says for how long; nothing else does */
+		if ((r == DELIVER_REACT_DEST_THROTTLE) !=
+		    (deliver_reply_throttle_secs(rule) > 0))
 			abort();
 		struct deliver_reply rep;
 		if (deliver_reply_parse(s, n, &rep) == 0 &&
