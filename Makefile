@@ -31,6 +31,9 @@ DEPS_BENCH := postfix
 # bench/relay --dkim: Postfix signs through Debian's opendkim milter; dkimpy
 # checks both relays' signatures.
 DEPS_BENCH += opendkim python3-dkim
+# bench/direct: dnsmasq (tests/e2e/dnsutil.py, with dnspython) serves the
+# MX records; Postfix is started in a mount namespace (unshare, mount).
+DEPS_BENCH += dnsmasq-base python3-dnspython mount
 # The relayctl check tests damage a spool's LMDB index with python3-lmdb.
 DEPS_TEST  += python3-lmdb
 # The DNS tests (tests/e2e/dnsutil.py): dnsmasq as the authoritative server
@@ -252,6 +255,12 @@ test-fresh:
 bench: deps-bench all
 	bench/accept
 	bench/relay
+
+# Direct delivery to MX hosts on 127.9.0.x, DNS from dnsmasq: relayd vs
+# Postfix, and relayd's smarthost rate, in one run (bench/README.md).
+bench-direct: deps-bench all
+	bench/direct
+.PHONY: bench-direct
 
 # Memory per connection: 5 000 idle ones, 200 that flood and never read
 # (no Postfix needed; bench/RESULTS.md).

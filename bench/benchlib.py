@@ -1,14 +1,18 @@
 """bench/benchlib.py - helpers shared by the benchmark scripts (bench/accept,
-bench/relay): command recording for RESULTS.md, ports, waiting for a
-server, settling the disk, CPU and RSS readings from /proc, host facts,
-and a private Postfix instance in a temp dir. Standard library only.
+bench/relay, bench/direct, bench/scale, bench/conns): command recording
+for RESULTS.md, ports, waiting for a server, settling the disk, CPU and
+RSS readings from /proc, host facts, a private Postfix instance in a temp
+dir, relayd and Postfix relay configurations, and one measured relay run
+(load in, counting sink out). Standard library only.
 
 The scripts import it with sys.dont_write_bytecode set, so no
 __pycache__ appears in bench/.
 """
 import datetime
+import json
 import os
 import platform
+import resource
 import pwd
 import shlex
 import shutil
@@ -27,6 +31,7 @@ POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
 SYNC_EVENTS = ["fsync", "fdatasync", "syncfs", "sync", "sync_file_range",
                "msync"]
+LOOPBACK = "127.0.0.1"
 POSTFIX_DAEMONS = {"master", "smtpd", "cleanup", "qmgr", "pickup",
                    "trivial-rewrite", "postlogd", "anvil", "proxymap",
                    "bounce", "scache", "showq", "verify", "flush", "tlsmgr"}
@@ -317,6 +322,9 @@ class SmtpSink:
         with self.cond:
             return self.count - getattr(self, "base", 0)
 
+    def cpu(self):
+        return proc_cpu(self.p.pid)
+
     def stop(self):
         if self.p.poll() is None:
             self.p.terminate()
@@ -394,9 +402,10 @@ class PostfixInstance:
         # Postfix's tools take the instance from MAIL_CONFIG (what -c sets).
         self.env = dict(os.environ, MAIL_CONFIG=self.etc)
         self.master_pid = None
+        self.start_prefix = []      # argv before `postfix ... start`
 
-    def cmd(self, *args, check=True, label=None):
-        argv = [POSTFIX, "-c", self.etc] + list(args)
+    def cmd(self, *args, check=True, label=None, prefix=()):
+        argv = list(prefix) + [POSTFIX, "-c", self.etc] + list(args)
         record(label or self.label, argv)
         r = subprocess.run(argv, env=self.env, capture_output=True, text=True)
         if check and r.returncode != 0:
@@ -405,7 +414,7 @@ class PostfixInstance:
 
     def start(self, port, host="127.0.0.1"):
         self.cmd("check")       # creates the missing queue directories
-        self.cmd("start")
+        self.cmd("start", prefix=self.start_prefix)
         pidfile = os.path.join(self.spool, "pid", "master.pid")
         end = time.monotonic() + 10
         while time.monotonic() < end and self.master_pid is None:
@@ -455,3 +464,359 @@ class PostfixInstance:
                 return sum(1 for line in f if needle in line)
         except OSError:
             return 0
+
+
+# ---- relay runs: relayd, a measured load, profiles (bench/relay, bench/direct)
+
+class Failure(Exception):
+    """A check failed (lost or duplicated messages, a stuck queue)."""
+
+
+def clk():
+    return time.monotonic()
+
+
+class Relayd:
+    """build/relayd on CONF, stderr to a file, stopped with SIGTERM (killed
+    after 60 s). Its log is a file; counts of log lines come from there."""
+
+    def __init__(self, a, root, conf_text, port, label):
+        os.makedirs(root, exist_ok=True)
+        self.a, self.root, self.port, self.label = a, root, port, label
+        self.conf = os.path.join(root, "relayd.conf")
+        self.logf = os.path.join(root, "relayd.log")
+        self.spool = os.path.join(root, "spool")
+        with open(self.conf, "w") as f:
+            f.write(conf_text)
+        configs.append((os.path.basename(root) + "/relayd.conf", conf_text))
+        self.ctl = os.path.join(os.path.dirname(a.relayd), "relayctl")
+        argv = [a.relayd, "-c", self.conf]
+        record(label, argv)
+        self.errf = open(os.path.join(root, "stderr"), "wb")
+        self.p = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                  stderr=self.errf, start_new_session=True)
+        self.pid = self.p.pid
+        self.stopping = None
+        wait_port(port, proc=self.p)
+
+    def cpu(self):
+        return proc_cpu(self.pid)
+
+    def queued(self):
+        """Messages in the queue, from `relayctl list --json`."""
+        argv = [self.ctl, "-c", self.conf, "list", "--json"]
+        if not getattr(self, "ctl_recorded", False):
+            record(self.label + ": queue count (repeated as needed)", argv)
+            self.ctl_recorded = True
+        r = subprocess.run(argv, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError("relayctl list --json: %s" % r.stderr.strip())
+        return json.loads(r.stdout)["count"]
+
+    def log_count(self, needle):
+        with open(self.logf, errors="replace") as f:
+            return sum(1 for line in f if needle in line)
+
+    def log_tail(self, n=15, needle=None):
+        with open(self.logf, errors="replace") as f:
+            lines = [x.rstrip("\n") for x in f if needle is None or needle in x]
+        return lines[-n:]
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.errf.close()
+        try:
+            for line in open(self.logf, errors="replace"):
+                if "stopping: " in line:
+                    self.stopping = line.split("stopping: ", 1)[1].strip()
+        except OSError:
+            pass
+        if self.p.returncode != 0:
+            with open(os.path.join(self.root, "stderr"), errors="replace") as f:
+                err = f.read()[-500:]
+            raise RuntimeError("relayd exited %d: %s" % (self.p.returncode, err))
+
+
+
+class Perf:
+    """perf record -g -p PID for the measured window (--perf)."""
+
+    def __init__(self, tmp, pid, name):
+        self.data = os.path.join(tmp, "perf-%s.data" % name)
+        argv = ["perf", "record", "-q", "-g", "-o", self.data, "-p", str(pid)]
+        record(name + ": profile", argv)
+        self.p = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+
+    def stop(self):
+        self.p.send_signal(signal.SIGINT)
+        try:
+            self.p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+        # Self time by thread, by object and by function; and inclusive
+        # time (--children) by function, which shows the system calls and
+        # relayd functions the kernel time is spent under.
+        out = {}
+        for key, sort, children, limit, rows in (
+                ("thread", "pid", "--no-children", "1", 10),
+                ("dso", "dso", "--no-children", "1", 10),
+                ("sym", "sym", "--no-children", "1", 25),
+                ("incl", "sym", "--children", "4", 40)):
+            r = subprocess.run(["perf", "report", "-i", self.data, "--stdio",
+                                children, "-g", "none", "--percent-limit",
+                                limit, "--sort", sort],
+                               capture_output=True, text=True)
+            out[key] = [x.rstrip() for x in r.stdout.splitlines()
+                        if x.strip() and not x.startswith("#")][:rows]
+        return out
+
+
+def relay_measure(a, tmp, label, port, sink, cpu, queued, rss, pid=None,
+                  load=None):
+    """Sends the load into PORT, waits for the sink to count N and for the
+    relay's queue to empty. cpu(), queued(), rss() read the relay. sink:
+    an SmtpSink or anything with its expect/wait/received/cpu. load():
+    starts the load and returns a Popen-like object (communicate, poll,
+    kill, wait, returncode); default: one smtp-source of N messages over
+    C sessions."""
+    settle(a.settle)
+    if load is None:
+        argv = smtp_source_argv(a.n, a.c, a.size, port)
+        record(label + ": load", argv)
+
+        def load():
+            return subprocess.Popen(argv, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT)
+    sink.expect(a.n)
+    perf = Perf(tmp, pid, label) if (a.perf and pid) else None
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    sink0 = sink.cpu()
+    cpu0, m0, t0 = cpu(), cpu_times(), clk()
+    src = load()
+    res = {"label": label}
+    done = {}
+
+    def source_wait():
+        done["out"] = src.communicate()[0].decode(errors="replace")
+        done["t"] = clk()
+    th = threading.Thread(target=source_wait, daemon=True)
+    th.start()
+    try:
+        def progress():
+            # No message reached the sink for a while: keep waiting while
+            # the relay still accepts or retries within the time limit.
+            log("  ... %s: sink has %d/%d, smtp-source %s" % (
+                label, sink.received(), a.n,
+                "done" if "t" in done else "running"))
+            return "t" not in done or clk() - done["t"] < a.stall
+        t_sink = sink.wait(a.timeout, stall=15, on_stall=progress)
+        cpu_sink = cpu()
+        th.join(timeout=max(1.0, a.timeout - (clk() - t0)))
+        if src.poll() is None:
+            src.kill()
+            th.join()
+        if src.returncode != 0:
+            raise Failure("smtp-source failed (%s): %s" %
+                          (src.returncode, done.get("out", "").strip()[-500:]))
+        res["t_accept"] = done["t"] - t0
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        gen_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+        if t_sink is None:
+            res["received"] = sink.received()
+            res["left"] = queued()
+            raise Failure("%s: the sink got %d of %d messages in %.0f s; "
+                          "%d still queued" % (label, res["received"], a.n,
+                                               clk() - t0, res["left"]))
+        # Delivered; the relay still removes its queue files. The CPU
+        # reading is taken when the queue is empty, so it covers the whole
+        # job of each relay.
+        end = clk() + 60
+        left = queued()
+        while left and clk() < end:
+            time.sleep(0.2)
+            left = queued()
+        t_empty, cpu1, m1 = clk(), cpu(), cpu_times()
+        sink_cpu = sink.cpu() - sink0
+    finally:
+        profile = perf.stop() if perf else None
+        if src.poll() is None:
+            src.kill()
+            src.wait()
+    res["rss"] = rss()
+    time.sleep(1.0)     # a late duplicate would show up in the count
+    res.update({
+        "secs": t_sink - t0, "rate": a.n / (t_sink - t0),
+        "t_empty": t_empty - t0, "left": left,
+        "received": sink.received(),
+        "cpu_s": cpu1 - cpu0, "cpu_at_sink_s": cpu_sink - cpu0,
+        "machine_busy_s": (m1[0] - m0[0]) / os.sysconf("SC_CLK_TCK"),
+        "gen_cpu_s": gen_cpu, "sink_cpu_s": sink_cpu,
+        "machine_iowait_s": (m1[1] - m0[1]) / os.sysconf("SC_CLK_TCK"),
+        "machine_busy_pct": 100.0 * (m1[0] - m0[0]) / ((m1[2] - m0[2]) or 1),
+        "profile": profile})
+    # CPU of everything else on the machine during the run (other
+    # tenants, kernel threads, relayctl polls): this VM is shared, and a
+    # large value means the run was disturbed.
+    res["others_cpu_s"] = max(0.0, res["machine_busy_s"] - res["cpu_s"] -
+                              gen_cpu - sink_cpu)
+    return res
+
+
+def sink_sessions(sink):
+    """Sessions the sink saw, read after the relay stopped: smtp-sink
+    counts a session when it ends, and a relay may keep idle ones open."""
+    time.sleep(0.5)
+    return sink.sessions - 1        # wait_port's probe was one
+
+
+
+# ---- relayd and Postfix configurations (bench/relay, bench/direct) -----------------------------------------------------------------
+
+
+def relayd_base_conf(a, port, root, by="bench/relay"):
+    """relayd.conf without its delivery part: loopback listener, temp
+    spool, a.spool_sync (syncfs if a has none), log file at info."""
+    return """# generated by {by}
+listen = {ip}:{port}
+spool_dir = {root}/spool
+user = root
+spool_sync = {sync}
+max_connections_per_ip = {perip}
+log_file = {root}/relayd.log
+log_stderr = no
+log_level = info
+""".format(ip=LOOPBACK, port=port, root=root, perip=max(50, a.c + 10), by=by,
+           sync=getattr(a, "spool_sync", "syncfs"))
+
+
+def relayd_conf(a, port, root, smarthost_port=None, by="bench/relay"):
+    """bench/relay's relayd: hold, or smarthost into the sink on
+    SMARTHOST_PORT (--concurrency, --per-conn)."""
+    text = relayd_base_conf(a, port, root, by)
+    if smarthost_port is None:
+        return text + "delivery = hold\n"
+    return text + """delivery = smarthost
+smarthost = {ip}:{sport}
+smarthost_tls = none
+smarthost_concurrency = {k}
+max_messages_per_connection = {m}
+# Short retries, the same as the Postfix instance's backoff settings, so a
+# deferral shows up in the run instead of stalling it for 5 minutes.
+retry_min = 10s
+retry_max = 60s
+""".format(ip=LOOPBACK, sport=smarthost_port, k=a.concurrency, m=a.per_conn) + (
+        # bench/relay --dkim: smtp-source's From: <a@b.test> is signed.
+        "dkim_key = b.test bench %s\n" % a.dkim_key
+        if getattr(a, "dkim", None) else "")
+
+
+# ---- Postfix ----------------------------------------------------------------
+
+def postfix_base_cf(a, root, by="bench/relay"):
+    """main.cf of a loopback-only instance, without its delivery part."""
+    return """# generated by {by}
+compatibility_level = 3.6
+queue_directory = {root}/spool
+data_directory = {root}/data
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = {ip}
+inet_protocols = ipv4
+myhostname = relayd-bench.test
+mydomain = relayd-bench.test
+myorigin = $myhostname
+mydestination =
+relay_domains =
+mynetworks = 127.0.0.0/8
+local_recipient_maps =
+alias_maps =
+alias_database =
+smtpd_relay_restrictions = permit_mynetworks, reject
+smtpd_recipient_restrictions =
+smtpd_peername_lookup = no
+smtpd_client_connection_count_limit = 0
+smtpd_client_message_rate_limit = 0
+default_process_limit = {procs}
+maillog_file = {root}/log/postfix.log
+maillog_file_prefixes = {root}
+biff = no
+append_dot_mydomain = no
+""".format(root=root, ip=LOOPBACK, by=by,
+           procs=max(100, a.c * 3, a.c + 2 * a.concurrency + 20))
+
+
+def postfix_main_cf(a, root, relay_port=None, by="bench/relay"):
+    """main.cf of a loopback-only instance. relay_port: deliver everything
+    to the sink there; None: put every message on hold (bench/accept's
+    instance), for the listing phase."""
+    text = postfix_base_cf(a, root, by)
+    if relay_port is None:
+        return text + """# Every message goes to the hold queue at end of DATA: a queue to list.
+smtpd_end_of_data_restrictions = check_client_access static:HOLD
+"""
+    return text + """# Everything goes to the counting sink, in plaintext, over at most {k}
+# parallel sessions of at most {m} messages each (relayd's
+# smarthost_concurrency and max_messages_per_connection).
+relayhost = [{ip}]:{sport}
+smtp_tls_security_level = none
+default_destination_concurrency_limit = {k}
+smtp_connection_reuse_count_limit = {m}
+# Short retries, the same as relayd's retry_min / retry_max.
+minimal_backoff_time = 10s
+maximal_backoff_time = 60s
+queue_run_delay = 10s
+""".format(ip=LOOPBACK, sport=relay_port, k=a.concurrency, m=a.per_conn) + (
+        """# Signing by Debian's opendkim milter (bench/relay --dkim).
+smtpd_milters = inet:{ip}:{mport}
+milter_default_action = tempfail
+""".format(ip=LOOPBACK, mport=a.milter_port)
+        if getattr(a, "dkim", None) else "")
+
+
+def start_postfix(a, tmp, name, relay_port=None, main_cf=None,
+                  by="bench/relay", start_prefix=()):
+    """A PostfixInstance in TMP/NAME, started. main_cf(root) gives its
+    main.cf (default: postfix_main_cf with relay_port); an instance that
+    delivers (relay_port or main_cf) keeps the smtp client service.
+    start_prefix: argv put before `postfix -c ETC start` (bench/direct
+    starts it in a mount namespace of its own)."""
+    root = os.path.join(tmp, name)
+    port = free_port()
+    text = main_cf(root) if main_cf else postfix_main_cf(a, root, relay_port,
+                                                          by)
+    pf = PostfixInstance(root, text,
+                         postfix_master_cf(port, extra=("smtp",) if
+                                           (relay_port or main_cf) else (),
+                                           by=by),
+                         label=name)
+    pf.start_prefix = list(start_prefix)
+    try:
+        pf.start(port)
+    except BaseException:
+        pf.stop()
+        raise
+    return pf, port
+
+
+# ---- report helpers
+
+def median(xs):
+    s = sorted(xs)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def md_table(rows):
+    w = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(row)) + " |"
+             for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (x + 2) for x in w) + "|")
+    return "\n".join(lines)

@@ -83,8 +83,11 @@ def _wait_answer(addr, port, name, proc, what, timeout=10.0):
 
 class Dnsmasq:
     def __init__(self, workdir, zone, auth_ttl=300, addr="127.0.0.1",
-                 as_user=None):
+                 as_user=None, port=None):
         self.workdir = workdir
+        # A fixed port (bench/direct: 53, for a resolv.conf, which takes
+        # none); default a free one.
+        self.fixed_port = port
         self.as_user = as_user      # start it as this account (tests)
         self.zone = zone
         self.auth_ttl = auth_ttl
@@ -126,7 +129,7 @@ class Dnsmasq:
         return a
 
     def start(self):
-        self.port = _free_port(self.addr)
+        self.port = self.fixed_port or _free_port(self.addr)
         self.stderr = open(os.path.join(self.workdir, "dnsmasq.err"), "wb")
         self.proc = subprocess.Popen(self.args(), stdout=self.stderr,
                                      stderr=subprocess.STDOUT,
