@@ -18,7 +18,7 @@
 
 #include <cmocka.h>
 
-#include "dns/spf.h"
+#include "dns/spf_int.h"
 
 /* ---- parser ----------------------------------------------------------- */
 
@@ -338,6 +338,350 @@ static void test_expand_bounds(void **state)
 	assert_string_equal(name, "email.example.com");
 }
 
+/* ---- check_host() core, fed canned answers ------------------------------ */
+
+/* A zone: (name, type, value) rows. TXT: the record text; A/AAAA: an
+ * address; MX and PTR: a name; value "TEMPFAIL": that answer. A name with
+ * rows of other types only answers NODATA, an unknown one NXDOMAIN. */
+struct zrow {
+	const char *name;
+	uint16_t type;
+	const char *val;
+};
+
+#define ZEND {NULL, 0, NULL}
+
+struct eval_case {
+	const char *what;
+	const struct zrow *zone;
+	const char *ip;
+	const char *domain;
+	const char *sender;
+	enum spf_verdict want;
+	int lookups, voids;     /* -1: not checked */
+	const char *mechanism;  /* exact, or NULL */
+	const char *why;        /* substring, or NULL */
+	const char *path;       /* exact, or NULL */
+};
+
+static unsigned answer_from(const struct zrow *z, const struct spf_ask *a,
+                            struct dns_result *r, struct dns_rr *rr,
+                            size_t rrmax)
+{
+	bool exists = false;
+	size_t n = 0;
+	memset(r, 0, sizeof *r);
+	r->qtype = a->type;
+	r->qname = r->canon = a->name;
+	for (; z->name; z++) {
+		if (strcmp(z->name, a->name) != 0)
+			continue;
+		exists = true;
+		if (z->type != a->type)
+			continue;
+		if (strcmp(z->val, "TEMPFAIL") == 0) {
+			r->status = DNS_TEMPFAIL;
+			return 0;
+		}
+		assert_true(n < rrmax);
+		struct dns_rr *x = &rr[n++];
+		memset(x, 0, sizeof *x);
+		x->type = a->type;
+		x->pref = (uint16_t)(10 * n);
+		if (a->type == DNS_T_TXT) {
+			x->txt = z->val;
+			x->txtlen = strlen(z->val);
+		} else if (a->type == DNS_T_A || a->type == DNS_T_AAAA) {
+			x->addr.family = a->type == DNS_T_A ? AF_INET : AF_INET6;
+			assert_int_equal(inet_pton(x->addr.family, z->val, x->addr.a), 1);
+		} else {
+			x->name = z->val;
+		}
+	}
+	r->status = n ? DNS_OK : exists ? DNS_NODATA : DNS_NXDOMAIN;
+	r->nrr = n;
+	r->rr = rr;
+	return (unsigned)n;
+}
+
+static void run_eval(const struct eval_case *c)
+{
+	struct spf_query q = {.domain = c->domain, .sender = c->sender,
+	                      .helo = "helo.example"};
+	q.ip.family = strchr(c->ip, ':') ? AF_INET6 : AF_INET;
+	assert_int_equal(inet_pton(q.ip.family, c->ip, q.ip.a), 1);
+	struct spf_eval *e;
+	assert_int_equal(spf_eval_new(&q, &e), 0);
+	struct spf_ask a;
+	unsigned asks = 0;
+	static struct dns_rr rr[DNS_RR_MAX];
+	while (spf_eval_next(e, &a)) {
+		if (++asks > 200)
+			fail_msg("%s: more than 200 questions", c->what);
+		struct dns_result r;
+		answer_from(c->zone, &a, &r, rr, DNS_RR_MAX);
+		spf_eval_answer(e, &r);
+	}
+	const struct spf_result *res = spf_eval_result(e);
+	if (res->verdict != c->want)
+		fail_msg("%s: %s, want %s (why: %s; mech %s)", c->what,
+		         spf_verdict_names[res->verdict], spf_verdict_names[c->want],
+		         res->why, res->mechanism);
+	if (c->lookups >= 0 && res->dns_lookups != (unsigned)c->lookups)
+		fail_msg("%s: %u lookups, want %d", c->what, res->dns_lookups,
+		         c->lookups);
+	if (c->voids >= 0 && res->void_lookups != (unsigned)c->voids)
+		fail_msg("%s: %u void lookups, want %d", c->what, res->void_lookups,
+		         c->voids);
+	if (c->mechanism && strcmp(res->mechanism, c->mechanism) != 0)
+		fail_msg("%s: mechanism '%s', want '%s'", c->what, res->mechanism,
+		         c->mechanism);
+	if (c->why && !strstr(res->why, c->why))
+		fail_msg("%s: why '%s', want '%s'", c->what, res->why, c->why);
+	if (c->path && strcmp(res->path, c->path) != 0)
+		fail_msg("%s: path '%s', want '%s'", c->what, res->path, c->path);
+	spf_eval_free(e);
+}
+
+static const struct zrow z_basic[] = {
+	{"ex.test", DNS_T_TXT, "v=spf1 ip4:192.0.2.0/24 ip6:2001:db8::/32 "
+	                       "a:web.ex.test mx include:inc.ex.test ~all"},
+	{"ex.test", DNS_T_TXT, "google-site-verification=xyz"},
+	{"ex.test", DNS_T_MX, "mx1.ex.test"},
+	{"ex.test", DNS_T_MX, "mx2.ex.test"},
+	{"web.ex.test", DNS_T_A, "198.51.100.7"},
+	{"mx1.ex.test", DNS_T_A, "198.51.100.20"},
+	{"mx2.ex.test", DNS_T_AAAA, "2001:db9::25"},
+	{"inc.ex.test", DNS_T_TXT, "v=spf1 ip4:203.0.113.0/25 -ip4:203.0.113.128/25 ?all"},
+	{"red.test", DNS_T_TXT, "v=spf1 -ip4:10.0.0.1 redirect=ex.test"},
+	{"all.test", DNS_T_TXT, "v=spf1 redirect=ex.test -all"},
+	{"fail.test", DNS_T_TXT, "v=spf1 -all"},
+	{"neutral.test", DNS_T_TXT, "v=spf1 ip4:10.0.0.0/8"},
+	{"two.test", DNS_T_TXT, "v=spf1 -all"},
+	{"two.test", DNS_T_TXT, "V=SPF1 ~all"},
+	{"none.test", DNS_T_TXT, "v=spf10 ip4:192.0.2.1"},
+	{"syntax.test", DNS_T_TXT, "v=spf1 ip4:192.0.2.1 moo -all"},
+	{"temp.test", DNS_T_TXT, "TEMPFAIL"},
+	{"atemp.test", DNS_T_TXT, "v=spf1 a:x.temp.test -all"},
+	{"x.temp.test", DNS_T_A, "TEMPFAIL"},
+	{"incnone.test", DNS_T_TXT, "v=spf1 include:nope.test -all"},
+	{"incnone2.test", DNS_T_TXT, "v=spf1 include:web.ex.test -all"},
+	{"redirnone.test", DNS_T_TXT, "v=spf1 redirect=nope.test"},
+	{"incperm.test", DNS_T_TXT, "v=spf1 include:syntax.test -all"},
+	{"inctemp.test", DNS_T_TXT, "v=spf1 include:temp.test -all"},
+	{"loop1.test", DNS_T_TXT, "v=spf1 include:loop2.test -all"},
+	{"loop2.test", DNS_T_TXT, "v=spf1 ip4:10.9.9.9 include:loop1.test"},
+	{"rloop.test", DNS_T_TXT, "v=spf1 redirect=rloop2.test"},
+	{"rloop2.test", DNS_T_TXT, "v=spf1 redirect=rloop.test"},
+	{"twice.test", DNS_T_TXT, "v=spf1 include:fail.test include:fail.test "
+	                          "include:ex.test -all"},
+	{"many.test", DNS_T_TXT, "v=spf1 a:h1.many.test a:h2.many.test "
+	 "a:h3.many.test a:h4.many.test a:h5.many.test a:h6.many.test "
+	 "a:h7.many.test a:h8.many.test a:h9.many.test a:h10.many.test "
+	 "a:h11.many.test ip4:192.0.2.1 -all"},
+	{"ten.test", DNS_T_TXT, "v=spf1 a:h1.many.test a:h2.many.test "
+	 "a:h3.many.test a:h4.many.test a:h5.many.test a:h6.many.test "
+	 "a:h7.many.test a:h8.many.test a:h9.many.test a:h10.many.test "
+	 "ip4:192.0.2.1 -all"},
+	{"h1.many.test", DNS_T_A, "10.0.0.1"}, {"h2.many.test", DNS_T_A, "10.0.0.2"},
+	{"h3.many.test", DNS_T_A, "10.0.0.3"}, {"h4.many.test", DNS_T_A, "10.0.0.4"},
+	{"h5.many.test", DNS_T_A, "10.0.0.5"}, {"h6.many.test", DNS_T_A, "10.0.0.6"},
+	{"h7.many.test", DNS_T_A, "10.0.0.7"}, {"h8.many.test", DNS_T_A, "10.0.0.8"},
+	{"h9.many.test", DNS_T_A, "10.0.0.9"}, {"h10.many.test", DNS_T_A, "10.0.0.10"},
+	{"h11.many.test", DNS_T_A, "10.0.0.11"},
+	{"void.test", DNS_T_TXT, "v=spf1 a:v1.test mx:v2.test exists:v3.test ip4:192.0.2.1 -all"},
+	{"void2.test", DNS_T_TXT, "v=spf1 a:v1.test mx:v2.test ip4:192.0.2.1 -all"},
+	{"mac.test", DNS_T_TXT, "v=spf1 exists:%{ir}.%{l1r-}.ok.mac.test -all"},
+	{"1.2.0.192.strong.ok.mac.test", DNS_T_A, "127.0.0.2"},
+	{"ptr.test", DNS_T_TXT, "v=spf1 ptr:good.test -all"},
+	{"1.2.0.192.in-addr.arpa", DNS_T_PTR, "liar.good.test"},
+	{"1.2.0.192.in-addr.arpa", DNS_T_PTR, "host.good.test"},
+	{"1.2.0.192.in-addr.arpa", DNS_T_PTR, "host.other.test"},
+	{"liar.good.test", DNS_T_A, "192.0.2.99"},
+	{"host.good.test", DNS_T_A, "192.0.2.1"},
+	{"ptrbad.test", DNS_T_TXT, "v=spf1 ptr:other2.test -all"},
+	{"mx11.test", DNS_T_TXT, "v=spf1 mx -all"},
+	{"mx11.test", DNS_T_MX, "m1.test"}, {"mx11.test", DNS_T_MX, "m2.test"},
+	{"mx11.test", DNS_T_MX, "m3.test"}, {"mx11.test", DNS_T_MX, "m4.test"},
+	{"mx11.test", DNS_T_MX, "m5.test"}, {"mx11.test", DNS_T_MX, "m6.test"},
+	{"mx11.test", DNS_T_MX, "m7.test"}, {"mx11.test", DNS_T_MX, "m8.test"},
+	{"mx11.test", DNS_T_MX, "m9.test"}, {"mx11.test", DNS_T_MX, "m10.test"},
+	{"mx11.test", DNS_T_MX, "m11.test"},
+	{"cidr.test", DNS_T_TXT, "v=spf1 a:web.ex.test/24 mx:ex.test//16 -all"},
+	{"helo.example", DNS_T_TXT, "v=spf1 exists:%{l}.%{o}.hl.test -all"},
+	{"postmaster.helo.example.hl.test", DNS_T_A, "127.0.0.2"},
+	ZEND
+};
+
+static const struct eval_case eval_cases[] = {
+	{"ip4", z_basic, "192.0.2.77", "ex.test", "a@ex.test", SPF_PASS, 0, 0,
+	 "ip4:192.0.2.0/24", NULL, "ip4:192.0.2.0/24"},
+	{"ip6", z_basic, "2001:db8::1", "ex.test", "a@ex.test", SPF_PASS, 0, 0,
+	 "ip6:2001:db8::/32", NULL, NULL},
+	{"v4-mapped is v4", z_basic, "::ffff:192.0.2.9", "ex.test", "",
+	 SPF_PASS, 0, 0, "ip4:192.0.2.0/24", NULL, NULL},
+	{"a", z_basic, "198.51.100.7", "ex.test", "a@ex.test", SPF_PASS, 1, 0,
+	 "a:web.ex.test", NULL, NULL},
+	{"mx v4", z_basic, "198.51.100.20", "ex.test", "a@ex.test", SPF_PASS, 2,
+	 0, "mx", NULL, NULL},
+	{"mx v6 (mx1 has no AAAA: not a void lookup)", z_basic, "2001:db9::25",
+	 "ex.test", "a@ex.test", SPF_PASS, 2, 1, "mx", NULL, NULL},
+	{"include pass", z_basic, "203.0.113.5", "ex.test", "a@ex.test",
+	 SPF_PASS, 3, 0, "include:inc.ex.test", NULL,
+	 "include:inc.ex.test > ip4:203.0.113.0/25"},
+	{"include fail is no match, then ~all", z_basic, "203.0.113.200",
+	 "ex.test", "a@ex.test", SPF_SOFTFAIL, 3, 0, "~all", NULL, "~all"},
+	{"softfail", z_basic, "10.1.1.1", "ex.test", "a@ex.test", SPF_SOFTFAIL,
+	 3, 0, "~all", NULL, NULL},
+	{"redirect", z_basic, "192.0.2.77", "red.test", "a@red.test", SPF_PASS,
+	 1, 0, "redirect=ex.test", NULL, "redirect=ex.test > ip4:192.0.2.0/24"},
+	{"redirect: the record's own match first", z_basic, "10.0.0.1",
+	 "red.test", "", SPF_FAIL, 0, 0, "-ip4:10.0.0.1", NULL, NULL},
+	{"redirect ignored with all", z_basic, "192.0.2.77", "all.test", "",
+	 SPF_FAIL, 0, 0, "-all", NULL, NULL},
+	{"fail", z_basic, "192.0.2.1", "fail.test", "", SPF_FAIL, 0, 0, "-all",
+	 NULL, NULL},
+	{"neutral: no match", z_basic, "192.0.2.1", "neutral.test", "",
+	 SPF_NEUTRAL, 0, 0, "", NULL, ""},
+	{"two records", z_basic, "192.0.2.1", "two.test", "", SPF_PERMERROR, 0,
+	 0, "", "two SPF records at two.test", NULL},
+	{"no record", z_basic, "192.0.2.1", "none.test", "", SPF_NONE, 0, 0,
+	 "", "no SPF record at none.test", NULL},
+	{"nxdomain", z_basic, "192.0.2.1", "nx.test", "", SPF_NONE, 0, 0, "",
+	 "no SPF record at nx.test", NULL},
+	{"bad domain", z_basic, "192.0.2.1", "bad..test", "", SPF_NONE, 0, 0,
+	 "", "not a domain name", NULL},
+	{"single label", z_basic, "192.0.2.1", "localhost", "", SPF_NONE, 0, 0,
+	 "", "not a domain name", NULL},
+	{"syntax", z_basic, "192.0.2.1", "syntax.test", "", SPF_PERMERROR, 0, 0,
+	 "", "syntax error at syntax.test: unknown mechanism 'moo'", NULL},
+	{"tempfail TXT", z_basic, "192.0.2.1", "temp.test", "", SPF_TEMPERROR,
+	 0, 0, "", "DNS tempfail for TXT temp.test", NULL},
+	{"tempfail A", z_basic, "192.0.2.1", "atemp.test", "", SPF_TEMPERROR, 1,
+	 0, "", "DNS tempfail for A x.temp.test", NULL},
+	{"include of nxdomain", z_basic, "192.0.2.1", "incnone.test", "",
+	 SPF_PERMERROR, 1, 0, "", "include:nope.test: no SPF record at nope.test",
+	 NULL},
+	{"include of a name without a record", z_basic, "192.0.2.1",
+	 "incnone2.test", "", SPF_PERMERROR, 1, 0, "",
+	 "include:web.ex.test: no SPF record at web.ex.test", NULL},
+	{"redirect to nxdomain", z_basic, "192.0.2.1", "redirnone.test", "",
+	 SPF_PERMERROR, 1, 0, "", "no SPF record at nope.test (redirect)", NULL},
+	{"include permerror", z_basic, "192.0.2.1", "incperm.test", "",
+	 SPF_PERMERROR, 1, 0, "", "syntax error at syntax.test", NULL},
+	{"include temperror", z_basic, "192.0.2.1", "inctemp.test", "",
+	 SPF_TEMPERROR, 1, 0, "", "DNS tempfail for TXT temp.test", NULL},
+	{"include loop", z_basic, "192.0.2.1", "loop1.test", "", SPF_PERMERROR,
+	 2, 0, "", "include loop at include:loop1.test "
+	 "(loop1.test > loop2.test > loop1.test)", NULL},
+	{"redirect loop", z_basic, "192.0.2.1", "rloop.test", "", SPF_PERMERROR,
+	 2, 0, "", "include loop at redirect=rloop.test", NULL},
+	{"same include twice is no loop", z_basic, "192.0.2.77", "twice.test",
+	 "", SPF_PASS, 3, 0, "include:ex.test", NULL,
+	 "include:ex.test > ip4:192.0.2.0/24"},
+	{"10 lookups are fine", z_basic, "192.0.2.1", "ten.test", "", SPF_PASS,
+	 10, 0, "ip4:192.0.2.1", NULL, NULL},
+	{"11 lookups", z_basic, "192.0.2.1", "many.test", "", SPF_PERMERROR, 10,
+	 0, "", "more than 10 DNS lookups (a:h1.many.test, a:h2.many.test, ",
+	 NULL},
+	{"11 lookups: the 11th named", z_basic, "192.0.2.1", "many.test", "",
+	 SPF_PERMERROR, 10, 0, "", "a:h10.many.test, then a:h11.many.test)",
+	 NULL},
+	{"3 void lookups", z_basic, "192.0.2.1", "void.test", "",
+	 SPF_PERMERROR, 3, 3, "",
+	 "more than 2 void lookups at exists:v3.test (in void.test)", NULL},
+	{"2 void lookups are fine", z_basic, "192.0.2.1", "void2.test", "",
+	 SPF_PASS, 2, 2, "ip4:192.0.2.1", NULL, NULL},
+	{"macros in exists", z_basic, "192.0.2.1", "mac.test",
+	 "strong-bad@mac.test", SPF_PASS, 1, 0,
+	 "exists:%{ir}.%{l1r-}.ok.mac.test", NULL, NULL},
+	{"macros in exists: no match", z_basic, "192.0.2.2", "mac.test",
+	 "strong-bad@mac.test", SPF_FAIL, 1, 1, "-all", NULL, NULL},
+	{"ptr validated", z_basic, "192.0.2.1", "ptr.test", "", SPF_PASS, 1, 0,
+	 "ptr:good.test", NULL, NULL},
+	{"ptr: names not under the target", z_basic, "192.0.2.1",
+	 "ptrbad.test", "", SPF_FAIL, 1, 0, "-all", NULL, NULL},
+	{"ptr: unvalidated name", z_basic, "192.0.2.99", "ptr.test", "",
+	 SPF_FAIL, 1, 1, "-all", NULL, NULL},
+	{"more than 10 MX", z_basic, "192.0.2.1", "mx11.test", "",
+	 SPF_PERMERROR, 1, 0, "", "more than 10 MX records for mx at mx11.test",
+	 NULL},
+	{"a with cidr", z_basic, "198.51.100.200", "cidr.test", "", SPF_PASS, 1,
+	 0, "a:web.ex.test/24", NULL, NULL},
+	{"mx with ip6 cidr", z_basic, "2001:db9:ffff::1", "cidr.test", "",
+	 SPF_PASS, 2, 1, "mx:ex.test//16", NULL, NULL},
+	{"empty sender: postmaster@helo", z_basic, "192.0.2.1", "helo.example",
+	 "", SPF_PASS, 1, 0, "exists:%{l}.%{o}.hl.test", NULL, NULL},
+	{"sender without local-part", z_basic, "192.0.2.1", "helo.example",
+	 "@helo.example", SPF_PASS, 1, 0, NULL, NULL, NULL},
+	{"other sender does not match", z_basic, "192.0.2.1", "helo.example",
+	 "bob@helo.example", SPF_FAIL, 1, 1, "-all", NULL, NULL},
+};
+
+static void test_eval_table(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof eval_cases / sizeof *eval_cases; i++)
+		run_eval(&eval_cases[i]);
+}
+
+/* The questions, in order, for a record with a, mx and include. */
+static void test_eval_question_order(void **state)
+{
+	(void)state;
+	struct spf_query q = {.domain = "ex.test", .sender = "a@ex.test"};
+	q.ip.family = AF_INET;
+	inet_pton(AF_INET, "10.1.1.1", q.ip.a);
+	struct spf_eval *e;
+	assert_int_equal(spf_eval_new(&q, &e), 0);
+	static const char *const want[] = {
+		"TXT ex.test", "A web.ex.test", "MX ex.test", "A mx1.ex.test",
+		"A mx2.ex.test", "TXT inc.ex.test",
+	};
+	struct spf_ask a;
+	size_t n = 0;
+	static struct dns_rr rr[DNS_RR_MAX];
+	while (spf_eval_next(e, &a)) {
+		char got[300];
+		snprintf(got, sizeof got, "%s %s", dns_type_name(a.type), a.name);
+		assert_true(n < sizeof want / sizeof *want);
+		assert_string_equal(got, want[n++]);
+		struct dns_result r;
+		answer_from(z_basic, &a, &r, rr, DNS_RR_MAX);
+		spf_eval_answer(e, &r);
+	}
+	assert_int_equal(n, sizeof want / sizeof *want);
+	assert_int_equal(spf_eval_result(e)->verdict, SPF_SOFTFAIL);
+	assert_int_equal(spf_eval_result(e)->queries, 6);
+	assert_string_equal(spf_eval_result(e)->record, z_basic[0].val);
+	/* A timeout after the end changes nothing. */
+	spf_eval_timeout(e, 5);
+	assert_int_equal(spf_eval_result(e)->verdict, SPF_SOFTFAIL);
+	spf_eval_free(e);
+
+	/* A timeout while a question is out: temperror, no more questions. */
+	assert_int_equal(spf_eval_new(&q, &e), 0);
+	assert_true(spf_eval_next(e, &a));
+	spf_eval_timeout(e, 1234);
+	assert_false(spf_eval_next(e, &a));
+	assert_int_equal(spf_eval_result(e)->verdict, SPF_TEMPERROR);
+	assert_string_equal(spf_eval_result(e)->why, "no result within 1234 ms");
+	spf_eval_free(e);
+	spf_eval_free(NULL);
+}
+
+static void test_addr_in(void **state)
+{
+	(void)state;
+	struct dns_addr a = {AF_INET, {192, 0, 2, 130}}, n = {AF_INET, {192, 0, 2, 128}};
+	assert_true(spf_addr_in(&a, &n, 25));
+	assert_true(spf_addr_in(&a, &n, 0));
+	assert_false(spf_addr_in(&a, &n, 31));
+	assert_false(spf_addr_in(&a, &n, 33));
+	struct dns_addr b = {AF_INET6, {0}};
+	assert_false(spf_addr_in(&b, &n, 0));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -348,6 +692,9 @@ int main(void)
 		cmocka_unit_test(test_expand_rfc_ipv6),
 		cmocka_unit_test(test_expand_exp_letters),
 		cmocka_unit_test(test_expand_bounds),
+		cmocka_unit_test(test_eval_table),
+		cmocka_unit_test(test_eval_question_order),
+		cmocka_unit_test(test_addr_in),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
