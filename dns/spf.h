@@ -8,7 +8,9 @@
  * returning; the result passed to the callback is valid only during the
  * callback (copy what you keep); spf_cancel(req) detaches the caller and
  * the callback is never called for that request. A request handle is
- * valid until its callback runs or it is cancelled.
+ * valid until its callback runs or it is cancelled. Cancel every request
+ * (or let it finish) before dns_close(); a check whose resolver is
+ * closing ends with temperror.
  *
  * Bounds: a record is at most DNS_TXT_MAX bytes and SPF_TERMS_MAX terms;
  * RFC 7208 §4.6.4: at most SPF_LOOKUP_MAX terms that cause DNS lookups
