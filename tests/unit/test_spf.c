@@ -508,6 +508,11 @@ static const struct zrow z_basic[] = {
 	{"mx11.test", DNS_T_MX, "m9.test"}, {"mx11.test", DNS_T_MX, "m10.test"},
 	{"mx11.test", DNS_T_MX, "m11.test"},
 	{"cidr.test", DNS_T_TXT, "v=spf1 a:web.ex.test/24 mx:ex.test//16 -all"},
+	{"rm.test", DNS_T_TXT, "v=spf1 redirect=%{d1}.red.%{d}"},
+	{"badname.test", DNS_T_TXT, "v=spf1 exists:%{l}.x.test a:%{S}.x.test ip4:192.0.2.1 -all"},
+	{"incbad.test", DNS_T_TXT, "v=spf1 include:%{l}.x.test -all"},
+	{"nullmx.test", DNS_T_TXT, "v=spf1 mx ?all"},
+	{"nullmx.test", DNS_T_MX, ""},
 	{"helo.example", DNS_T_TXT, "v=spf1 exists:%{l}.%{o}.hl.test -all"},
 	{"postmaster.helo.example.hl.test", DNS_T_A, "127.0.0.2"},
 	ZEND
@@ -610,6 +615,25 @@ static const struct eval_case eval_cases[] = {
 	 0, "a:web.ex.test/24", NULL, NULL},
 	{"mx with ip6 cidr", z_basic, "2001:db9:ffff::1", "cidr.test", "",
 	 SPF_PASS, 2, 1, "mx:ex.test//16", NULL, NULL},
+	{"redirect with macros", z_basic, "192.0.2.1", "rm.test", "",
+	 SPF_PERMERROR, 1, 0, "", "no SPF record at test.red.rm.test (redirect)",
+	 NULL},
+	{"expanded names we would not ask about do not match", z_basic,
+	 "192.0.2.1", "badname.test", "a b@badname.test", SPF_PASS, 2, 0,
+	 "ip4:192.0.2.1", NULL, NULL},
+	{"include of a name we would not ask about", z_basic, "192.0.2.1",
+	 "incbad.test", "a b@incbad.test", SPF_PERMERROR, 1, 0, "",
+	 "include:%{l}.x.test: not a domain name to ask about", NULL},
+	{"an MX without a name matches nothing", z_basic, "192.0.2.1",
+	 "nullmx.test", "", SPF_NEUTRAL, 1, 0, "?all", NULL, NULL},
+	{"sender too long", z_basic, "192.0.2.1", "ex.test",
+	 "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+	 "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+	 "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+	 "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+	 "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+	 "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+	 "@ex.test", SPF_NONE, 0, 0, "", "sender longer than", NULL},
 	{"empty sender: postmaster@helo", z_basic, "192.0.2.1", "helo.example",
 	 "", SPF_PASS, 1, 0, "exists:%{l}.%{o}.hl.test", NULL, NULL},
 	{"sender without local-part", z_basic, "192.0.2.1", "helo.example",
