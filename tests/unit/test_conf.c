@@ -115,8 +115,9 @@ static void test_key_table(void **state)
 	 * + mx_allow_private, mx_port, ip_preference, smtp_bind_address,
 	 * smtp_bind_address6, tls_policy_file, destination_policy_file,
 	 * max_recipients_per_transaction, destination_concurrency,
-	 * max_delivery_sessions, dns_servers (issue 9) */
-	assert_int_equal(n, 72);
+	 * max_delivery_sessions, dns_servers (issue 9)
+	 * + dnsbl_zones (issue 10 §3) */
+	assert_int_equal(n, 73);
 	assert_null(conf_key(n, NULL, NULL));
 }
 
@@ -1212,6 +1213,37 @@ static void test_dns_servers(void **state)
 	conf_free(&c);
 }
 
+/* dnsbl_zones: host names separated by commas or blanks; empty is none. */
+static void test_dnsbl_zones(void **state)
+{
+	(void)state;
+	char msg[ERRLEN];
+	static const char *const ok[] = {
+		"", "zen.spamhaus.org", "bl.test, b.barracudacentral.org",
+		" a.test ,b.test  c.test ",
+	};
+	static const char *const bad[] = {
+		"bl test!", "a..b", ".bl.test", "bl.test;rm",
+		/* 33 zones */
+		"a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a",
+	};
+	struct conf c;
+	assert_int_equal(conf_init(&c), 0);
+	assert_non_null(strstr(c.dnsbl_zones, "zen.spamhaus.org"));
+	for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
+		if (conf_set(&c, "dnsbl_zones", ok[i], msg, sizeof msg) != 0)
+			fail_msg("refused '%s': %s", ok[i], msg);
+		assert_string_equal(c.dnsbl_zones, ok[i]);
+	}
+	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+		msg[0] = '\0';
+		if (conf_set(&c, "dnsbl_zones", bad[i], msg, sizeof msg) == 0)
+			fail_msg("accepted '%s'", bad[i]);
+		assert_non_null(strstr(msg, "dnsbl_zones"));
+	}
+	conf_free(&c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1237,6 +1269,7 @@ int main(void)
 		cmocka_unit_test(test_load_checks),
 		cmocka_unit_test(test_default_file),
 		cmocka_unit_test(test_dns_servers),
+		cmocka_unit_test(test_dnsbl_zones),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
