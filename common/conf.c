@@ -313,7 +313,7 @@ static const struct conf_keydef conf_keys[] = {
 	/* relayctl check-dns (issue 10 §3). */
 	{"dnsbl_zones", CT_STRING, OFF(dnsbl_zones),
 	 "zen.spamhaus.org, bl.spamcop.net, b.barracudacentral.org, "
-	 "psbl.surriel.com, dnsbl.sorbs.net", 0, 0, NULL, check_dnsbl_zones,
+	 "psbl.surriel.com", 0, 0, NULL, check_dnsbl_zones,
 	 "DNS blocklist zones relayctl check-dns looks the egress addresses "
 	 "up in, separated by commas; empty: none"},
 };
