@@ -80,6 +80,11 @@ int ctl_cmd_destinations(struct ctl_ctx *c, int argc, char **argv);
  * tables, through the control socket. */
 int ctl_cmd_lockout(struct ctl_ctx *c, int argc, char **argv);
 
+/* ctl_checkdns.c: check-dns DOMAIN [--ip ADDR]... [--selector S]...
+ * [--mail-from D] [--probe HOST[:PORT]]: exit 0 nothing FAILed, 1 some
+ * item did, 2 usage or configuration. */
+int ctl_cmd_check_dns(struct ctl_ctx *c, int argc, char **argv);
+
 /* ctl_priv.c: run as root, checks the spool (no links, one owner, safe
  * modes and ancestors) and switches to its owner's uid and gid for good,
  * before a command opens anything in it. Not root: nothing. 0, or -errno
