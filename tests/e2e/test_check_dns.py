@@ -241,3 +241,269 @@ def test_text_output(workdir, mx, key):
         'rua=mailto:postmaster@example.test"'), text
     assert any(l.startswith("OK    ptr ") for l in lines), text
     assert lines[-1].startswith("1 FAIL, "), text
+
+
+def stub_ptr(addr_rev, target):
+    return {addr_rev: {"records": ["%s. 300 IN PTR %s." % (addr_rev, target)]}}
+
+
+def test_no_ptr(workdir, mx, key):
+    path, p = key
+    rc, out = run_zone(workdir, good_zone(p), mx, [(DOMAIN, "sel1", path)],
+                       "--ip", "127.0.0.3")
+    assert rc == 1
+    d = one(out, "ptr", "127.0.0.3")
+    assert d["status"] == "FAIL" and "no PTR record" in d["detail"], d
+    assert "127.0.0.3" in d["fix"] and HOST in d["fix"], d
+    assert not items(out, "fcrdns", "127.0.0.3")
+    assert one(out, "verdict-all-senders")["status"] == "FAIL"
+    assert out["verdict"]["all_senders"] is False
+
+
+def test_ptr_mismatch(workdir, mx, key):
+    """The PTR of 127.0.0.4 names mail.example.test, whose A is
+    127.0.0.2: not forward-confirmed."""
+    path, p = key
+    rc, out = run_zone(workdir, good_zone(p), mx, [(DOMAIN, "sel1", path)],
+                       "--ip", "127.0.0.4",
+                       stub=stub_ptr("4.0.0.127.in-addr.arpa", HOST))
+    assert rc == 1
+    assert one(out, "ptr", "127.0.0.4")["status"] == "OK"
+    d = one(out, "fcrdns", "127.0.0.4")
+    assert d["status"] == "FAIL", d
+    assert "mail.example.test has A 127.0.0.2, not 127.0.0.4" in d["detail"]
+    assert d["fix"].startswith("publish: mail.example.test. A 127.0.0.4")
+    # It does name relayd's hostname, though.
+    assert one(out, "ptr-hostname", "127.0.0.4")["status"] == "OK"
+
+
+def test_ptr_name_without_address(workdir, mx, key):
+    """PTR to a name with no A (127.0.0.5), and ::1 whose PTR name has an
+    A but no AAAA: FCrDNS fails for each, per family."""
+    path, p = key
+    v6rev = "1." + "0." * 31 + "ip6.arpa"
+    stub = stub_ptr("5.0.0.127.in-addr.arpa", "ghost.example.test")
+    stub.update(stub_ptr(v6rev, HOST))
+    rc, out = run_zone(workdir, good_zone(p), mx, [(DOMAIN, "sel1", path)],
+                       "--ip", "127.0.0.5", "--ip", "::1", stub=stub)
+    assert rc == 1
+    assert out["addresses"] == ["127.0.0.5", "::1"]
+    d = one(out, "fcrdns", "127.0.0.5")
+    assert d["status"] == "FAIL"
+    assert "ghost.example.test has no A record" in d["detail"], d
+    assert one(out, "ptr-hostname", "127.0.0.5")["status"] == "WARN"
+    d = one(out, "fcrdns", "::1")
+    assert d["status"] == "FAIL"
+    assert "mail.example.test has no AAAA record" in d["detail"], d
+    assert d["fix"].startswith("publish: mail.example.test. AAAA ::1")
+    assert one(out, "address", "::1")["status"] == "WARN"
+
+
+def test_two_spf_records(workdir, mx, key):
+    path, p = key
+    zone = good_zone(p)
+    zone["txt"].append((DOMAIN, ["v=spf1 mx -all"]))
+    rc, out = run_zone(workdir, zone, mx, [(DOMAIN, "sel1", path)],
+                       "--ip", EGRESS)
+    assert rc == 1
+    d = one(out, "spf-record", DOMAIN)
+    assert d["status"] == "FAIL" and "2 SPF records" in d["detail"], d
+    assert "permerror" in d["detail"]
+
+
+def test_no_spf_record(workdir, mx, key):
+    path, p = key
+    zone = without_txt(good_zone(p), DOMAIN)
+    rc, out = run_zone(workdir, zone, mx, [(DOMAIN, "sel1", path)],
+                       "--ip", EGRESS)
+    assert rc == 1
+    d = one(out, "spf-record", DOMAIN)
+    assert d["status"] == "FAIL" and "no SPF record" in d["detail"], d
+    assert d["fix"] == 'publish: example.test. TXT "v=spf1 ip4:127.0.0.2 -all"'
+
+
+def test_dkim_key_mismatch(workdir, mx, key):
+    """The record serves another key than the one loaded: FAIL, and the
+    fix is the loaded key's record. An RSA key of its own is checked with
+    its size."""
+    path, p = key
+    _, other = make_key(workdir, "other")
+    rsa_path, rsa_p = make_key(workdir, "rsa1", alg=2048)
+    zone = with_txt(good_zone(p), "sel1._domainkey." + DOMAIN,
+                    dkim_txt(other))
+    zone["txt"].append(("rsa1._domainkey." + DOMAIN, dkim_txt(rsa_p, "rsa")))
+    rc, out = run_zone(workdir, zone, mx, [(DOMAIN, "sel1", path),
+                                           (DOMAIN, "rsa1", rsa_path)],
+                       "--ip", EGRESS)
+    assert rc == 1
+    d = one(out, "dkim", "sel1._domainkey." + DOMAIN)
+    assert d["status"] == "FAIL" and "does not serve the loaded key" in \
+        d["detail"], d
+    assert d["fix"] == ('publish: sel1._domainkey.example.test. TXT '
+                        '"v=DKIM1; k=ed25519; p=%s" in place of the record '
+                        'served' % p), d
+    d = one(out, "dkim", "rsa1._domainkey." + DOMAIN)
+    assert d["status"] == "OK" and "rsa, 2048 bits" in d["detail"], d
+
+
+def test_no_dkim_record(workdir, mx, key):
+    path, p = key
+    zone = without_txt(good_zone(p), "sel1._domainkey." + DOMAIN)
+    rc, out = run_zone(workdir, zone, mx, [(DOMAIN, "sel1", path)],
+                       "--ip", EGRESS, "--selector", "other")
+    assert rc == 1
+    d = one(out, "dkim", "sel1._domainkey." + DOMAIN)
+    assert d["status"] == "FAIL" and "no DKIM record" in d["detail"], d
+    assert d["fix"] == ('publish: sel1._domainkey.example.test. TXT '
+                        '"v=DKIM1; k=ed25519; p=%s"' % p), d
+    # --selector without a dkim_key line: the record is looked for too.
+    d = one(out, "dkim", "other._domainkey." + DOMAIN)
+    assert d["status"] == "FAIL", d
+    # Neither SPF (not evaluated here) nor DKIM passes: DMARC would fail.
+    assert one(out, "dmarc-alignment", DOMAIN)["status"] == "FAIL"
+
+
+def test_no_dkim_key(workdir, mx, key):
+    """No dkim_key for the domain at all: a WARN (mail goes unsigned)."""
+    _, p = key
+    rc, out = run_zone(workdir, good_zone(p), mx, [], "--ip", EGRESS)
+    d = one(out, "dkim", DOMAIN)
+    assert d["status"] == "WARN" and "unsigned" in d["detail"], d
+    assert "relayctl dkim keygen example.test" in d["fix"]
+
+
+def test_no_dmarc(workdir, mx, key):
+    path, p = key
+    zone = without_txt(good_zone(p), "_dmarc." + DOMAIN)
+    rc, out = run_zone(workdir, zone, mx, [(DOMAIN, "sel1", path)],
+                       "--ip", EGRESS)
+    assert rc == 1
+    d = one(out, "dmarc", DOMAIN)
+    assert d["status"] == "FAIL" and "no DMARC record" in d["detail"], d
+    assert one(out, "verdict-bulk")["status"] == "WARN"
+    assert out["verdict"]["bulk"] is False
+
+
+@pytest.mark.parametrize("record,why", [
+    ("v=DMARC1; p=block", "p=block: want none, quarantine or reject"),
+    ("v=DMARC1; rua=mailto:d@example.test", "no p= tag"),
+])
+def test_dmarc_invalid(workdir, mx, key, record, why):
+    path, p = key
+    zone = with_txt(good_zone(p), "_dmarc." + DOMAIN, [record])
+    rc, out = run_zone(workdir, zone, mx, [(DOMAIN, "sel1", path)],
+                       "--ip", EGRESS)
+    assert rc == 1
+    d = one(out, "dmarc", DOMAIN)
+    assert d["status"] == "FAIL" and why in d["detail"], d
+
+
+def test_dmarc_inherited_from_org_domain(workdir, mx, key):
+    """A subdomain without its own record: the tree walk finds the
+    parent's, sp= applies."""
+    path, p = key
+    zone = with_txt(good_zone(p), "_dmarc." + DOMAIN,
+                    ["v=DMARC1; p=reject; sp=quarantine"])
+    rc, out = run_zone(workdir, zone, mx, [], "--ip", EGRESS,
+                       domain="news." + DOMAIN)
+    d = one(out, "dmarc", "news." + DOMAIN)
+    assert d["status"] == "OK", d
+    assert "policy quarantine from _dmarc.example.test" in d["detail"]
+    assert "organizational domain example.test" in d["detail"]
+
+
+def test_dmarc_misaligned(workdir, mx, key):
+    """news.example.test signed with example.test's key (dkim_subdomains)
+    under adkim=s, and the envelope in another organization: DMARC would
+    fail."""
+    path, p = key
+    zone = with_txt(good_zone(p), "_dmarc." + DOMAIN,
+                    ["v=DMARC1; p=reject; adkim=s; aspf=r"])
+    zone["txt"].append(("bounces.other.test", ["v=spf1 ip4:%s -all" %
+                                               EGRESS]))
+    rc, out = run_zone(workdir, zone, mx, [(DOMAIN, "sel1", path)],
+                       "--ip", EGRESS, "--mail-from", "bounces.other.test",
+                       domain="news." + DOMAIN, dkim_subdomains="yes")
+    assert rc == 1
+    assert one(out, "dkim", "sel1._domainkey." + DOMAIN)["status"] == "OK"
+    d = one(out, "dmarc-alignment", "news." + DOMAIN)
+    assert d["status"] == "FAIL", d
+    assert "DKIM d=example.test not aligned with news.example.test " \
+        "(adkim=s, strict)" in d["detail"], d
+    assert "SPF domain bounces.other.test not aligned" in d["detail"], d
+    assert one(out, "spf-record", "bounces.other.test")["status"] == "OK"
+
+
+def test_probe_refused(workdir, mx, key):
+    """Nothing listens on the probed port: FAIL naming port 25 blocking."""
+    path, p = key
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()                   # bound, never listened: refused
+    zone = good_zone(p)
+    with Dnsmasq(workdir, zone) as z:
+        conf = write_conf(workdir, z.servers, [(DOMAIN, "sel1", path)])
+        rc, out = check_dns(conf, "--ip", EGRESS, "--probe",
+                            "127.0.0.1:%d" % port)
+    assert rc == 1
+    d = one(out, "port25")
+    assert d["status"] == "FAIL" and "refused" in d["detail"].lower(), d
+    assert "provider may block port 25" in d["fix"]
+    assert mx.connections() == []
+
+
+def test_probe_default_is_the_mx(workdir, mx, key):
+    """Without --probe the best MX is tried on port 25 (nothing listens
+    on 127.0.0.2:25 here: refused), never the second one."""
+    path, p = key
+    zone = good_zone(p)
+    zone["mx"].append((DOMAIN, "mx2.example.test", 20))
+    zone["hosts"].append(("mx2.example.test", "127.0.0.9"))
+    with Dnsmasq(workdir, zone) as z:
+        conf = write_conf(workdir, z.servers, [(DOMAIN, "sel1", path)])
+        rc, out = check_dns(conf, "--ip", EGRESS)
+    d = one(out, "port25")
+    assert d["subject"] == "mail.example.test[127.0.0.2]:25", d
+
+
+def test_dnsbl(workdir, mx, key):
+    """Listed: FAIL with the zone's reason; Spamhaus' 127.255.255.x error
+    answer: WARN could not check, not a listing."""
+    path, p = key
+    zone = good_zone(p)
+    zone["hosts"] += [("2.0.0.127.bl.test", "127.0.0.10"),
+                      ("2.0.0.127.zen.test", "127.255.255.254")]
+    zone["txt"].append(("2.0.0.127.bl.test",
+                        ["listed: see https://bl.test/q?127.0.0.2"]))
+    rc, out = run_zone(workdir, zone, mx, [(DOMAIN, "sel1", path)],
+                       "--ip", EGRESS, dnsbl_zones="bl.test, zen.test, "
+                       "ok.test")
+    assert rc == 1
+    d = one(out, "dnsbl", EGRESS + " bl.test")
+    assert d["status"] == "FAIL", d
+    assert "listed in bl.test (127.0.0.10): listed: see " \
+        "https://bl.test/q?127.0.0.2" in d["detail"], d
+    d = one(out, "dnsbl", EGRESS + " zen.test")
+    assert d["status"] == "WARN" and "could not check" in d["detail"], d
+    assert one(out, "dnsbl", EGRESS + " ok.test")["status"] == "OK"
+
+
+def test_usage_errors(workdir):
+    conf = write_conf(workdir, "127.0.0.1:9")
+    for args in (["check-dns"], ["check-dns", "bad domain!"],
+                 ["check-dns", DOMAIN, "--ip", "not-an-ip"],
+                 ["check-dns", DOMAIN, "--selector", "a b"],
+                 ["check-dns", DOMAIN, "--bogus"]):
+        r = subprocess.run([RELAYCTL, "-c", conf, *args],
+                           capture_output=True, timeout=30)
+        assert r.returncode == 2, (args, r)
+        assert r.stdout == b"", args
+    # A configuration it cannot use: exit 2 too.
+    bad = os.path.join(workdir, "bad.conf")
+    with open(bad, "w") as f:
+        f.write("dnsbl_zones = no way!\n")
+    r = subprocess.run([RELAYCTL, "-c", bad, "check-dns", DOMAIN],
+                       capture_output=True, timeout=30)
+    assert r.returncode == 2, r
+    assert b"dnsbl_zones" in r.stderr
