@@ -34,13 +34,17 @@ static bool is_wsp(char c)
 	return c == ' ' || c == '\t';
 }
 
-/* A value for a message: printable already (checked first), cut. */
+/* A value for a message: printable already (checked first) but for
+ * tabs, which become spaces; cut. */
 static const char *q(char *dst, size_t dn, const char *v, size_t n)
 {
 	if (n > 40)
 		snprintf(dst, dn, "%.37s...", v);
 	else
 		snprintf(dst, dn, "%.*s", (int)n, v);
+	for (char *p = dst; *p; p++)
+		if (*p == '\t')
+			*p = ' ';
 	return dst;
 }
 
