@@ -73,7 +73,8 @@ UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN  := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 
-all: $(BUILD)/relayd $(BUILD)/relayctl $(BUILD)/faultshim.so $(BUILD)/dnsq
+all: $(BUILD)/relayd $(BUILD)/relayctl $(BUILD)/faultshim.so $(BUILD)/dnsq \
+     $(BUILD)/spfq
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -96,6 +97,11 @@ $(BUILD)/tests/%: tests/unit/%.c $(LIB)
 # tests/dns/dnsq: queries through dns/ on a loop, for tests/e2e/test_dns.py
 # (test-only, not installed).
 $(BUILD)/dnsq: tests/dns/dnsq.c $(LIB)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+
+# tests/dns/spfq: one SPF check_host() through dns/spf.c, for
+# tests/e2e/test_spf.py (test-only, not installed).
+$(BUILD)/spfq: tests/dns/spfq.c $(LIB)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
 # The disk-fault shim (tests/faults/faultshim.c), LD_PRELOADed by

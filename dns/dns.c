@@ -612,3 +612,8 @@ void dns_get_stats(const struct dns *d, struct dns_stats *st)
 {
 	*st = d->st;
 }
+
+uv_loop_t *dns_loop(const struct dns *d)
+{
+	return d->loop;
+}

@@ -125,6 +125,8 @@ struct dns_req *dns_query(struct dns *d, const char *name, uint16_t type,
 void dns_cancel(struct dns_req *req);
 
 void dns_get_stats(const struct dns *d, struct dns_stats *st);
+/* The loop the resolver runs on (for dns/spf.c's timer). */
+uv_loop_t *dns_loop(const struct dns *d);
 
 /* "4.3.2.1.in-addr.arpa" or the ip6.arpa nibble form (RFC 3596 §2.5). */
 int dns_reverse_name(const struct dns_addr *a, char *out, size_t outlen);
