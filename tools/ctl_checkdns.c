@@ -34,6 +34,7 @@
 #include "dkim/dkim_key.h"
 #include "dns/dmarc.h"
 #include "dns/dns.h"
+#include "dns/spf.h"
 #include "tools/ctl_dns.h"
 
 #define CD_ADDR_MAX 16
@@ -451,6 +452,141 @@ static void cd_check_spf_domain(struct cd *cd, const char *name,
 		cd_add(cd, CD_OK, "spf-record", name, "one SPF record at %s (%s): "
 		       "%s", name, what, rec);
 	}
+}
+
+/* check_host() (dns/spf.h) run to its end on relayctl's loop; the
+ * evaluator bounds it (SPF_DEADLINE_MS). */
+struct cd_spf_wait {
+	bool done;
+	struct spf_result res;
+};
+
+static void cd_spf_cb(void *arg, const struct spf_result *r)
+{
+	struct cd_spf_wait *w = arg;
+	w->res = *r;
+	w->done = true;
+}
+
+static int cd_spf_eval(struct cd *cd, const char *domain, const char *sender,
+                       const struct dns_addr *ip, struct spf_result *out)
+{
+	struct spf_query q = {.ip = *ip, .domain = domain, .sender = sender,
+	                      .helo = cd->hostname};
+	struct cd_spf_wait *w = calloc(1, sizeof *w);
+	if (!w)
+		return -ENOMEM;
+	struct spf_req *req = spf_check(ctl_dns_dns(cd->dns), &q, cd_spf_cb, w);
+	if (!req) {
+		free(w);
+		return -ENOMEM;
+	}
+	uv_loop_t *loop = ctl_dns_loop(cd->dns);
+	while (!w->done) {
+		if (uv_run(loop, UV_RUN_ONCE) == 0 && !w->done) {
+			spf_cancel(req);
+			free(w);
+			return -EIO;
+		}
+	}
+	*out = w->res;
+	free(w);
+	return 0;
+}
+
+/* The one-line fix for an SPF result that is not pass. */
+static void cd_spf_fix(struct cd *cd, size_t it, const struct spf_result *r,
+                       const char *domain, const struct dns_addr *ip)
+{
+	char as[64];
+	const char *mech = ip->family == AF_INET ? "ip4" : "ip6";
+	cd_astr(ip, as, sizeof as);
+	if (r->verdict == SPF_PERMERROR) {
+		if (strstr(r->why, "lookups") && !strstr(r->why, "void"))
+			cd_fix(cd, it, "at most %d terms that cause DNS lookups "
+			       "(include, a, mx, ptr, exists, redirect) in all "
+			       "(RFC 7208 §4.6.4): replace includes with %s: ranges "
+			       "at %s", SPF_LOOKUP_MAX, mech, domain);
+		else if (strstr(r->why, "void"))
+			cd_fix(cd, it, "remove the terms of %s that point at names "
+			       "without records (at most %d, RFC 7208 §4.6.4)",
+			       domain, SPF_VOID_MAX);
+		else if (strstr(r->why, "loop"))
+			cd_fix(cd, it, "remove the include or redirect of %s that "
+			       "leads back to itself", domain);
+		else if (strstr(r->why, "two SPF") || strstr(r->why, "records"))
+			cd_fix(cd, it, "merge the SPF records of %s into one TXT "
+			       "record starting v=spf1", domain);
+		else
+			cd_fix(cd, it, "correct the SPF record of %s", domain);
+	} else if (r->verdict == SPF_TEMPERROR) {
+		cd_fix(cd, it, "check dns_servers (or /etc/resolv.conf) and the "
+		       "name servers of %s, then run check-dns again", domain);
+	} else if (r->verdict == SPF_NONE || !r->record[0]) {
+		cd_fix(cd, it, "publish: %s. TXT \"v=spf1 %s:%s -all\"", domain,
+		       mech, as);
+	} else {
+		/* Add the address in front of the record's terms. */
+		const char *rest = r->record + 6;
+		while (*rest == ' ')
+			rest++;
+		cd_fix(cd, it, "publish: %s. TXT \"v=spf1 %s:%s %s\" (in place "
+		       "of the record now served)", domain, mech, as, rest);
+	}
+}
+
+/* check_host() for each egress address against `domain` (sender: NULL
+ * for the HELO identity). Returns 1 when it passes for every address. */
+static int cd_check_spf_eval(struct cd *cd, const char *domain,
+                             const char *sender, const char *what)
+{
+	int all = cd->naddr > 0;
+	struct spf_result *r = malloc(sizeof *r);
+	if (!r) {
+		cd->overflow = true;
+		return 0;
+	}
+	for (size_t i = 0; i < cd->naddr; i++) {
+		char as[64], subject[DMARC_NAME_BUF + 70];
+		cd_astr(&cd->addr[i], as, sizeof as);
+		snprintf(subject, sizeof subject, "%s %s", domain, as);
+		if (cd_spf_eval(cd, domain, sender, &cd->addr[i], r) < 0) {
+			size_t it = cd_add(cd, CD_WARN, "spf", subject, "could not "
+			                   "evaluate SPF of %s for %s", domain, as);
+			cd_fix(cd, it, "run check-dns again");
+			all = 0;
+			continue;
+		}
+		const char *v = spf_verdict_names[r->verdict];
+		if (r->verdict == SPF_PASS) {
+			bool via = r->path[0] && strcmp(r->path, r->mechanism) != 0;
+			cd_add(cd, CD_OK, "spf", subject, "SPF pass for %s at %s (%s): "
+			       "%s%s%s; %u DNS lookups, %u void", as, domain, what,
+			       r->mechanism, via ? " via " : "", via ? r->path : "",
+			       r->dns_lookups, r->void_lookups);
+			continue;
+		}
+		all = 0;
+		size_t it;
+		if (r->verdict == SPF_TEMPERROR)
+			it = cd_add(cd, CD_WARN, "spf", subject, "SPF temperror for "
+			            "%s at %s (%s): %s", as, domain, what,
+			            r->why[0] ? r->why : "a DNS lookup failed");
+		else if (r->verdict == SPF_PERMERROR || r->verdict == SPF_NONE)
+			it = cd_add(cd, CD_FAIL, "spf", subject, "SPF %s for %s at %s "
+			            "(%s): %s; %u DNS lookups, %u void", v, as, domain,
+			            what, r->why[0] ? r->why : "no SPF record",
+			            r->dns_lookups, r->void_lookups);
+		else
+			it = cd_add(cd, CD_FAIL, "spf", subject, "SPF %s for %s at %s "
+			            "(%s): the record does not cover it (%s%s); "
+			            "record: %s", v, as, domain, what,
+			            r->mechanism[0] ? "decided by " : "no term matched",
+			            r->mechanism, r->record);
+		cd_spf_fix(cd, it, r, domain, &cd->addr[i]);
+	}
+	free(r);
+	return all;
 }
 
 /* ---- DKIM --------------------------------------------------------------- */
@@ -1352,11 +1488,25 @@ int ctl_cmd_check_dns(struct ctl_ctx *c, int argc, char **argv)
 	}
 	for (size_t i = 0; i < cd->naddr; i++)
 		cd_check_addr(cd, &cd->addr[i]);
+	/* SPF identities: the From: domain (as MAIL FROM when no other is
+	 * given), the HELO name (bounces, MAIL FROM:<>), the envelope
+	 * domain; SPF for DMARC is the envelope's. */
+	char sender[DMARC_NAME_BUF + 16];
 	cd_check_spf_domain(cd, cd->domain, "the From: domain");
-	if (strcmp(cd->hostname, cd->domain) != 0)
+	snprintf(sender, sizeof sender, "postmaster@%s", cd->domain);
+	int pass_from = cd_check_spf_eval(cd, cd->domain, sender,
+	                                  "the From: domain");
+	if (strcmp(cd->hostname, cd->domain) != 0) {
 		cd_check_spf_domain(cd, cd->hostname, "the HELO name, for bounces");
-	if (strcmp(cd->env_domain, cd->domain) != 0)
+		cd_check_spf_eval(cd, cd->hostname, NULL, "the HELO name");
+	}
+	cd->spf_pass = pass_from;
+	if (strcmp(cd->env_domain, cd->domain) != 0) {
 		cd_check_spf_domain(cd, cd->env_domain, "the envelope domain");
+		snprintf(sender, sizeof sender, "postmaster@%s", cd->env_domain);
+		cd->spf_pass = cd_check_spf_eval(cd, cd->env_domain, sender,
+		                                 "the envelope domain");
+	}
 	cd_check_dkim(cd);
 	cd_check_mx(cd);
 	cd_check_dmarc(cd);

@@ -94,7 +94,8 @@ def without_txt(zone, name):
 
 def with_txt(zone, name, strings):
     z = without_txt(zone, name)
-    z["txt"] = z["txt"] + [(name, strings)]
+    if strings:
+        z["txt"] = z["txt"] + [(name, strings)]
     return z
 
 
@@ -209,11 +210,17 @@ def test_good_zone(workdir, mx, key):
     assert "published" in one(out, "tls-rpt")["detail"]
     assert one(out, "verdict-all-senders")["status"] == "OK"
     assert out["verdict"]["all_senders"] is True
-    # The only WARN a good zone gets from loopback: the private address
-    # (and, until the SPF evaluator is in, the bulk verdict saying SPF
-    # was not evaluated).
-    warns = {i["name"] for i in out["items"] if i["status"] == "WARN"}
-    assert warns <= {"address", "verdict-bulk"}, out["items"]
+    d = one(out, "spf", DOMAIN + " " + EGRESS)
+    assert d["status"] == "OK", d
+    assert d["detail"].startswith("SPF pass for 127.0.0.2 at example.test "
+                                  "(the From: domain): ip4:127.0.0.2"), d
+    d = one(out, "spf", HOST + " " + EGRESS)
+    assert d["status"] == "OK" and "(the HELO name): a;" in d["detail"], d
+    assert one(out, "verdict-bulk")["status"] == "OK"
+    assert out["verdict"]["bulk"] is True
+    # The only WARN a good zone gets from loopback: the private address.
+    warns = [i["name"] for i in out["items"] if i["status"] == "WARN"]
+    assert warns == ["address"], out["items"]
     assert one(out, "address", EGRESS)["status"] == "WARN"
     # The probe really connected to the MX (its connection record).
     assert len(mx.connections()) == 1
@@ -359,8 +366,8 @@ def test_no_dkim_record(workdir, mx, key):
     # --selector without a dkim_key line: the record is looked for too.
     d = one(out, "dkim", "other._domainkey." + DOMAIN)
     assert d["status"] == "FAIL", d
-    # Neither SPF (not evaluated here) nor DKIM passes: DMARC would fail.
-    assert one(out, "dmarc-alignment", DOMAIN)["status"] == "FAIL"
+    # SPF passes and aligns, so DMARC still would.
+    assert one(out, "dmarc-alignment", DOMAIN)["status"] == "OK"
 
 
 def test_no_dkim_key(workdir, mx, key):
@@ -507,3 +514,81 @@ def test_usage_errors(workdir):
                        capture_output=True, timeout=30)
     assert r.returncode == 2, r
     assert b"dnsbl_zones" in r.stderr
+
+
+def spf_variant(workdir, mx, key, records, *args, hosts=(), **kw):
+    path, p = key
+    zone = good_zone(p)
+    zone["hosts"] = zone["hosts"] + list(hosts)
+    for name, strings in records:
+        zone = with_txt(zone, name, strings)
+    return run_zone(workdir, zone, mx, [(DOMAIN, "sel1", path)], "--ip",
+                    EGRESS, *args, **kw)
+
+
+def test_spf_missing_the_ip(workdir, mx, key):
+    rc, out = spf_variant(workdir, mx, key,
+                          [(DOMAIN, ["v=spf1 ip4:127.0.0.99 mx:nomx.test "
+                                     "~all"])])
+    assert rc == 1
+    d = one(out, "spf", DOMAIN + " " + EGRESS)
+    assert d["status"] == "FAIL", d
+    assert d["detail"].startswith("SPF softfail for 127.0.0.2 at "
+                                  "example.test"), d
+    assert "decided by ~all" in d["detail"], d
+    assert d["fix"] == ('publish: example.test. TXT "v=spf1 ip4:127.0.0.2 '
+                        'ip4:127.0.0.99 mx:nomx.test ~all" (in place of the '
+                        'record now served)'), d
+    # DKIM still passes: all senders' rules hold; bulk's need SPF too.
+    assert one(out, "verdict-all-senders")["status"] == "OK"
+    assert one(out, "verdict-bulk")["status"] == "WARN"
+
+
+def test_spf_eleven_lookups(workdir, mx, key):
+    hosts = ["h%d.example.test" % i for i in range(11)]
+    rc, out = spf_variant(workdir, mx, key, [
+        (DOMAIN, ["v=spf1 " + " ".join("a:" + h for h in hosts) + " -all"])],
+        hosts=[(h, "127.0.1.%d" % (i + 1)) for i, h in enumerate(hosts)])
+    assert rc == 1
+    d = one(out, "spf", DOMAIN + " " + EGRESS)
+    assert d["status"] == "FAIL", d
+    assert "SPF permerror" in d["detail"], d
+    assert "more than 10 DNS lookups" in d["detail"], d
+    assert "at most 10 terms that cause DNS lookups" in d["fix"], d
+
+
+def test_spf_three_void_lookups(workdir, mx, key):
+    rc, out = spf_variant(workdir, mx, key, [
+        (DOMAIN, ["v=spf1 a:nx1.example.test a:nx2.example.test "
+                  "a:nx3.example.test ip4:127.0.0.2 -all"])])
+    assert rc == 1
+    d = one(out, "spf", DOMAIN + " " + EGRESS)
+    assert d["status"] == "FAIL", d
+    assert "more than 2 void lookups" in d["detail"], d
+    assert "without records" in d["fix"], d
+
+
+def test_spf_include_loop(workdir, mx, key):
+    rc, out = spf_variant(workdir, mx, key, [
+        (DOMAIN, ["v=spf1 include:_spf.example.test -all"]),
+        ("_spf.example.test", ["v=spf1 include:example.test -all"])])
+    assert rc == 1
+    d = one(out, "spf", DOMAIN + " " + EGRESS)
+    assert d["status"] == "FAIL", d
+    assert "include loop" in d["detail"], d
+    assert "leads back to itself" in d["fix"], d
+
+
+def test_spf_helo_and_mail_from(workdir, mx, key):
+    """The HELO name without SPF (bounces), and a --mail-from domain whose
+    SPF passes: SPF for DMARC is the envelope's."""
+    rc, out = spf_variant(workdir, mx, key, [
+        (HOST, []), ("bounce.example.test", ["v=spf1 ip4:127.0.0.2 -all"])],
+        "--mail-from", "x@bounce.example.test")
+    z = [i for i in out["items"] if i["subject"] == HOST]
+    assert one(out, "spf-record", HOST)["status"] == "FAIL", z
+    assert one(out, "spf", HOST + " " + EGRESS)["status"] == "FAIL"
+    d = one(out, "spf", "bounce.example.test " + EGRESS)
+    assert d["status"] == "OK" and "(the envelope domain)" in d["detail"], d
+    d = one(out, "dmarc-alignment", DOMAIN)
+    assert "SPF domain bounce.example.test aligned" in d["detail"], d
