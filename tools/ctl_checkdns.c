@@ -140,6 +140,21 @@ static void cd_fix(struct cd *cd, size_t i, const char *fmt, ...)
 	va_end(ap);
 }
 
+/* Appends to a NUL-terminated buffer of n bytes; cuts what does not fit
+ * (these are messages). */
+static void cd_cat(char *buf, size_t n, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void cd_cat(char *buf, size_t n, const char *fmt, ...)
+{
+	size_t l = strnlen(buf, n);
+	if (l + 1 >= n)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf + l, n - l, fmt, ap);
+	va_end(ap);
+}
+
 /* ---- DNS answers, copied out of the callback ---------------------------- */
 
 struct cd_rr {
@@ -319,9 +334,8 @@ static void cd_check_addr(struct cd *cd, const struct dns_addr *a)
 	}
 	char names[512] = "";
 	for (size_t i = 0; i < ptr.n; i++) {
-		size_t l = strlen(names);
-		snprintf(names + l, sizeof names - l, "%s%s", i ? ", " : "",
-		         ptr.rr[i].name);
+		cd_cat(names, sizeof names, "%s%s", i ? ", " : "",
+		       ptr.rr[i].name);
 	}
 	cd_add(cd, CD_OK, "ptr", as, "%s has PTR %s", as, names);
 
@@ -345,17 +359,16 @@ static void cd_check_addr(struct cd *cd, const struct dns_addr *a)
 					confirmer = nm;
 				}
 				char s[64];
-				size_t gl = strlen(got);
-				snprintf(got + gl, sizeof got - gl, "%s%s", k ? ", " : "",
-				         cd_astr(&fw.rr[k].addr, s, sizeof s));
+				cd_cat(got, sizeof got, "%s%s", k ? ", " : "",
+				       cd_astr(&fw.rr[k].addr, s, sizeof s));
 			}
 			if (!confirmed)
-				snprintf(why + l, sizeof why - l, "%s%s has %s %s, not %s",
-				         l ? "; " : "", nm, cd_rrtype(a), got, as);
+				cd_cat(why, sizeof why, "%s%s has %s %s, not %s",
+				       l ? "; " : "", nm, cd_rrtype(a), got, as);
 		} else {
-			snprintf(why + l, sizeof why - l, "%s%s has no %s record (%s)",
-			         l ? "; " : "", nm, cd_rrtype(a),
-			         dns_status_names[fw.st]);
+			cd_cat(why, sizeof why, "%s%s has no %s record (%s)",
+			       l ? "; " : "", nm, cd_rrtype(a),
+			       dns_status_names[fw.st]);
 		}
 		cd_ans_free(&fw);
 	}
@@ -425,13 +438,11 @@ static void cd_check_spf_domain(struct cd *cd, const char *name,
 	char suggest[256] = "v=spf1";
 	for (size_t i = 0; i < cd->naddr; i++) {
 		char as[64];
-		size_t l = strlen(suggest);
-		snprintf(suggest + l, sizeof suggest - l, " %s:%s",
-		         cd->addr[i].family == AF_INET ? "ip4" : "ip6",
+		cd_cat(suggest, sizeof suggest, " %s:%s",
+		       cd->addr[i].family == AF_INET ? "ip4" : "ip6",
 		         cd_astr(&cd->addr[i], as, sizeof as));
 	}
-	size_t l = strlen(suggest);
-	snprintf(suggest + l, sizeof suggest - l, " -all");
+	cd_cat(suggest, sizeof suggest, " -all");
 	if (n < 0) {
 		it = cd_add(cd, CD_WARN, "spf-record", name, "could not look up "
 		            "the SPF record of %s (%s): %s", name, what,
@@ -605,9 +616,9 @@ static void cd_signing_domain(struct cd *cd, struct dkim_key_spec *specs,
 		bool parent = cd->c->conf.dkim_subdomains && fl > dl &&
 		              cd->domain[fl - dl - 1] == '.' &&
 		              strcasecmp(cd->domain + fl - dl, d) == 0;
-		if ((exact || parent) && dl > best) {
+		if ((exact || parent) && dl > best && dl < DMARC_NAME_BUF) {
 			best = dl;
-			snprintf(out, DMARC_NAME_BUF, "%s", d);
+			memcpy(out, d, dl + 1);
 		}
 	}
 }
@@ -919,9 +930,8 @@ static void cd_check_mx(struct cd *cd)
 		char list[512] = "";
 		unsigned best = 65536;
 		for (size_t i = 0; i < mx.n; i++) {
-			size_t l = strlen(list);
-			snprintf(list + l, sizeof list - l, "%s%u %s", i ? ", " : "",
-			         mx.rr[i].pref, mx.rr[i].name);
+			cd_cat(list, sizeof list, "%s%u %s", i ? ", " : "",
+			       mx.rr[i].pref, mx.rr[i].name);
 			if (mx.rr[i].pref < best) {
 				best = mx.rr[i].pref;
 				snprintf(cd->mx, sizeof cd->mx, "%s", mx.rr[i].name);
