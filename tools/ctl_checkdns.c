@@ -1321,10 +1321,10 @@ static void cd_verdict(struct cd *cd)
 		cd_fix(cd, it, "fix the FAIL items above");
 	} else {
 		cd_add(cd, CD_OK, "verdict-all-senders", "Gmail Yahoo Outlook",
-		       "rules for all senders met: %s passes, forward-confirmed "
-		       "PTR, TLS (relayd uses STARTTLS when offered)",
-		       cd->spf_pass == 1 && cd->dkim_ok ? "SPF and DKIM" :
-		       cd->dkim_ok ? "DKIM" : "SPF");
+		       "rules for all senders met: %s, forward-confirmed PTR, "
+		       "TLS (relayd uses STARTTLS when offered)",
+		       cd->spf_pass == 1 && cd->dkim_ok ? "SPF and DKIM pass" :
+		       cd->dkim_ok ? "DKIM passes" : "SPF passes");
 	}
 	miss[0] = '\0';
 	if (cd->spf_pass != 1)
