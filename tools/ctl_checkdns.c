@@ -1088,35 +1088,56 @@ out:
 	return r;
 }
 
+static bool cd_name_ok(const char *s);
+
+/* --probe HOST, HOST:PORT, [V6]:PORT or a bare IPv6 literal: 0, or
+ * -EINVAL. host holds DMARC_NAME_BUF bytes. */
+static int cd_parse_probe(const char *probe, char *host, unsigned *port)
+{
+	const char *h = probe, *colon = NULL;
+	size_t hl;
+	*port = 25;
+	if (probe[0] == '[') {
+		const char *e = strchr(probe, ']');
+		if (!e || (e[1] && e[1] != ':'))
+			return -EINVAL;
+		h = probe + 1;
+		hl = (size_t)(e - h);
+		colon = e[1] == ':' ? e + 1 : NULL;
+	} else {
+		colon = strrchr(probe, ':');
+		if (colon && strchr(probe, ':') != colon)
+			colon = NULL;          /* a bare IPv6 literal */
+		hl = colon ? (size_t)(colon - probe) : strlen(probe);
+	}
+	if (hl == 0 || hl >= DMARC_NAME_BUF)
+		return -EINVAL;
+	if (colon) {
+		char *end;
+		errno = 0;
+		unsigned long p = strtoul(colon + 1, &end, 10);
+		if (!colon[1] || *end || errno || p == 0 || p > 65535 ||
+		    colon[1] < '0' || colon[1] > '9')
+			return -EINVAL;
+		*port = (unsigned)p;
+	}
+	memcpy(host, h, hl);
+	host[hl] = '\0';
+	struct dns_addr a;
+	if (cd_parse_addr(host, &a) < 0 && !cd_name_ok(host))
+		return -EINVAL;
+	return 0;
+}
+
 static void cd_check_port25(struct cd *cd)
 {
 	const char *probe = ctl_opt(cd->c, "--probe");
-	char host[DMARC_NAME_BUF + 2];
+	char host[DMARC_NAME_BUF];
 	unsigned port = 25;
 	size_t it;
 	if (probe) {
-		const char *h = probe, *colon = NULL;
-		size_t hl;
-		if (probe[0] == '[') {
-			const char *e = strchr(probe, ']');
-			h = probe + 1;
-			hl = e ? (size_t)(e - h) : strlen(h);
-			colon = e && e[1] == ':' ? e + 1 : NULL;
-		} else {
-			colon = strrchr(probe, ':');
-			if (colon && strchr(probe, ':') != colon)
-				colon = NULL;          /* a bare IPv6 literal */
-			hl = colon ? (size_t)(colon - probe) : strlen(probe);
-		}
-		if (colon) {
-			char *end;
-			unsigned long p = strtoul(colon + 1, &end, 10);
-			if (*end || p == 0 || p > 65535)
-				p = 0;
-			port = (unsigned)p;
-		}
-		snprintf(host, sizeof host, "%.*s", (int)(hl < DMARC_NAME_BUF ?
-		         hl : DMARC_NAME_BUF - 1), h);
+		if (cd_parse_probe(probe, host, &port) < 0)
+			return;                 /* refused before (usage) */
 	} else if (cd->mx[0]) {
 		snprintf(host, sizeof host, "%s", cd->mx);
 	} else {
@@ -1148,7 +1169,7 @@ static void cd_check_port25(struct cd *cd)
 	snprintf(target, sizeof target, "%s[%s]:%u", host,
 	         cd_astr(&a, as, sizeof as), port);
 	int code = 0;
-	int r = port ? cd_probe(&a, port, greet, sizeof greet, &code) : -EINVAL;
+	int r = cd_probe(&a, port, greet, sizeof greet, &code);
 	if (r == 0 && code / 100 == 2) {
 		cd_add(cd, CD_OK, "port25", target, "connected to %s: %s", target,
 		       greet);
@@ -1455,6 +1476,13 @@ int ctl_cmd_check_dns(struct ctl_ctx *c, int argc, char **argv)
 			                       log_escape(esc, sizeof esc, mf,
 			                                  strlen(mf)));
 	}
+	const char *probe = ctl_opt(c, "--probe");
+	char ph[DMARC_NAME_BUF];
+	unsigned pp;
+	if (probe && cd_parse_probe(probe, ph, &pp) < 0)
+		return ctl_usage_error("--probe '%s': want HOST, HOST:PORT or "
+		                       "[IPV6]:PORT", log_escape(esc, sizeof esc,
+		                       probe, strlen(probe)));
 	for (size_t i = 0; i < c->nopts; i++)
 		if (strcmp(c->opts[i].name, "--selector") == 0 &&
 		    (!cd_name_ok(c->opts[i].value) ||

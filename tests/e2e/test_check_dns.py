@@ -501,6 +501,11 @@ def test_usage_errors(workdir):
     for args in (["check-dns"], ["check-dns", "bad domain!"],
                  ["check-dns", DOMAIN, "--ip", "not-an-ip"],
                  ["check-dns", DOMAIN, "--selector", "a b"],
+                 ["check-dns", DOMAIN, "--probe", "127.0.0.1:0"],
+                 ["check-dns", DOMAIN, "--probe", "127.0.0.1:99999"],
+                 ["check-dns", DOMAIN, "--probe", "[::1"],
+                 ["check-dns", DOMAIN, "--probe", ":25"],
+                 ["check-dns", DOMAIN, "--probe", "bad host:25"],
                  ["check-dns", DOMAIN, "--bogus"]):
         r = subprocess.run([RELAYCTL, "-c", conf, *args],
                            capture_output=True, timeout=30)
@@ -592,3 +597,17 @@ def test_spf_helo_and_mail_from(workdir, mx, key):
     assert d["status"] == "OK" and "(the envelope domain)" in d["detail"], d
     d = one(out, "dmarc-alignment", DOMAIN)
     assert "SPF domain bounce.example.test aligned" in d["detail"], d
+
+
+def test_egress_from_configuration(workdir, mx, key):
+    """Without --ip: smtp_bind_address, and with ip_preference = ipv4 no
+    IPv6 address is looked for."""
+    path, p = key
+    zone = good_zone(p)
+    with Dnsmasq(workdir, zone) as z:
+        conf = write_conf(workdir, z.servers, [(DOMAIN, "sel1", path)],
+                          smtp_bind_address=EGRESS, ip_preference="ipv4")
+        rc, out = check_dns(conf, "--probe", mx.smarthost)
+    assert out["addresses"] == [EGRESS], out
+    assert one(out, "fcrdns", EGRESS)["status"] == "OK"
+    assert rc == 0, [i for i in out["items"] if i["status"] == "FAIL"]
