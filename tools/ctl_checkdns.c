@@ -805,13 +805,13 @@ static void cd_walk(struct cd *cd, const char *domain, struct cd_walk *w)
 			snprintf(w->bad_why, sizeof w->bad_why, "%d DMARC records: "
 			         "receivers discard them all", ndmarc);
 		}
+		/* RFC 7489 §6.6.3: two or more records at a name count as
+		 * none. */
 		if (ndmarc == 1 && valid >= 0) {
 			w->found[i].found = true;
 			w->found[i].psd = rec.psd;
 			if (w->at < 0)
 				w->at = (int)i;
-		} else if (ndmarc > 1 && w->at == (int)i) {
-			w->at = -1;
 		}
 		cd_ans_free(&t);
 		if (w->found[i].found && w->found[i].psd)

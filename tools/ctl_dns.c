@@ -107,6 +107,13 @@ static void ctl_dns_closed_cb(void *arg)
 	cd->dns = NULL;
 }
 
+static void ctl_dns_walk_cb(uv_handle_t *h, void *arg)
+{
+	(void)arg;
+	if (!uv_is_closing(h))
+		uv_close(h, NULL);
+}
+
 void ctl_dns_close(struct ctl_dns *cd)
 {
 	if (!cd)
@@ -119,7 +126,13 @@ void ctl_dns_close(struct ctl_dns *cd)
 			;
 		uv_run(&cd->loop, UV_RUN_DEFAULT);
 	}
-	uv_loop_close(&cd->loop);
+	/* A handle still open here is a bug (dns/ closes all of its own);
+	 * close it rather than free a loop that holds it. */
+	if (uv_loop_close(&cd->loop) != 0) {
+		uv_walk(&cd->loop, ctl_dns_walk_cb, NULL);
+		uv_run(&cd->loop, UV_RUN_DEFAULT);
+		uv_loop_close(&cd->loop);
+	}
 	free(cd);
 }
 
