@@ -144,6 +144,15 @@ struct conf {
 	/* The resolver (dns/). */
 	char *dns_servers;                 /* "IP[:PORT], [V6]:PORT"; default ""
 	                                      (/etc/resolv.conf) */
+	/* DKIM signing (issue 10 §1; dkim/dkim.h reads these). Each
+	 * `dkim_key = DOMAIN SELECTOR PATH` line adds one raw value (its
+	 * three fields checked here, the key itself by dkim/ at start and
+	 * on SIGHUP); an empty value clears the list. RELAYD_DKIM_KEY
+	 * replaces the file's list with its values, separated by ';'. */
+	char *dkim_keys[CONF_LIST_MAX];
+	size_t ndkim_keys;
+	bool dkim_subdomains;              /* parent domain's key; default no */
+	bool dkim_required;                /* refuse unsigned mail; default no */
 
 	/* Where each key (by table index) was last set: its line in the
 	 * file, CONF_SET_ENV, or 0 for the default. For conf_check's
