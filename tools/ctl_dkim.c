@@ -513,8 +513,13 @@ static struct shown *conf_keys(const struct ctl_ctx *c, size_t *n)
 		return NULL;
 	for (size_t i = 0; i < nk; i++) {
 		if (dkim_key_parse_line(c->conf.dkim_keys[i], &s[i].spec, s[i].err,
-		                        sizeof s[i].err) == 0)
-			dkim_key_load(&s[i].spec, &s[i].k, s[i].err, sizeof s[i].err);
+		                        sizeof s[i].err) == 0 &&
+		    dkim_key_load(&s[i].spec, &s[i].k, s[i].err,
+		                  sizeof s[i].err) == -EACCES) {
+			size_t l = strlen(s[i].err);
+			snprintf(s[i].err + l, sizeof s[i].err - l, " (run relayctl "
+			         "as root or as relayd's user)");
+		}
 	}
 	for (size_t i = 0; i < nk; i++) {
 		if (!s[i].k)
