@@ -244,6 +244,8 @@ static void reload(struct relayd *d)
 	if (d->deliver)
 		deliver_set_conf(d->deliver, &nc);
 	smtpd_set_conf(d->smtpd, &nc);
+	if (d->deliver)
+		deliver_set_dkim(d->deliver, smtpd_dkim(d->smtpd));
 	log_info("SIGHUP: configuration reloaded from %s", d->conf_path);
 }
 
@@ -413,6 +415,8 @@ int main(int argc, char **argv)
 	}
 	if (smtpd_start(d.smtpd) < 0)
 		goto fail;
+	/* relayd's own DSNs are signed with the keys smtpd loaded. */
+	deliver_set_dkim(d.deliver, smtpd_dkim(d.smtpd));
 
 	uv_signal_init(&d.loop, &d.sig_term);
 	uv_signal_init(&d.loop, &d.sig_int);

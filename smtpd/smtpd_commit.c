@@ -426,9 +426,10 @@ static void sign_done(struct smtpd_session *s, struct sign_job *j)
 		snprintf(j->why, sizeof j->why, "signature over %d bytes",
 		         QUEUE_DKIM_SIG_MAX);
 	}
+	/* Counted by the signer in force (relayctl stats). */
+	dkim_signer_count(srv->dkim, j->res);
 	switch (j->res) {
 	case DKIM_SIGNED:
-		srv->dkim_signed++;
 		s->dkim_sig = j->sig;
 		j->sig = NULL;
 		if (log_enabled(LOG_INFO)) {
@@ -454,7 +455,6 @@ static void sign_done(struct smtpd_session *s, struct sign_job *j)
 		}
 		break;
 	case DKIM_FAILED:
-		srv->dkim_failures++;
 		if (cf->dkim_required) {
 			refuse = -EKEYREJECTED;
 			log_warn("%s: dkim: signing failed for %s: %s; dkim_required: "

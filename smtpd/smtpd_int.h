@@ -118,8 +118,6 @@ struct smtpd {
 	 * reference; each signing job on the pool holds its own. */
 	struct dkim_signer *dkim;
 	unsigned dkim_jobs;          /* signing jobs on the pool */
-	uint64_t dkim_signed;        /* messages signed */
-	uint64_t dkim_failures;      /* signings that failed (issue 10 §1) */
 	/* Per-credential quota counters: the LMDB store of q. */
 	struct queue_quota_store quota;
 	/* TLS for new sessions (a reference); NULL: no certificate. A reload

@@ -25,7 +25,8 @@ import dns.rdatatype
 import pytest
 
 from conftest import wait_until
-from conftest_upstream import SENDER, make_message, queue_list, submit
+from conftest_upstream import (SENDER, make_message, queue_list, stats,
+                               submit)
 from dnsutil import Dnsmasq
 
 DOMAIN = "client.test"      # SENDER's domain
@@ -280,3 +281,34 @@ def test_dkim_required(upstream_factory, relay_to, keys):
     assert "from=<a@nokey.test>" not in r.log_text()   # never committed
     assert re.search(r"dkim: no DKIM key for nokey\.test, dkim_required: "
                      r"550 5\.7\.1, not queued", r.log_text())
+
+
+def test_dsn_signed_with_hostnames_domain_key(upstream_factory, relay_to,
+                                              keys):
+    """relayd's own bounce (From: MAILER-DAEMON@out.client.test) is signed
+    with the key of its hostname's domain: client.test, the nearest parent
+    with a key (dkim_subdomains is off: that is for client mail)."""
+    made, zone = keys
+    up = upstream_factory(tls="none", behaviour={
+        "rcpt": {"bad@dest.test": "550 5.1.1 no such user"}})
+    r = relay_to(up, start=False, smarthost_tls="none",
+                 hostname="out.client.test")
+    with_key_lines(r, [key_line(made, "ed1")])
+    r.start()
+    content, mid = make_message("will bounce")
+    submit(r, SENDER, ["bad@dest.test"], content)
+    got = up.wait_messages(1, timeout=40,
+                           match=lambda m: m["mail_from"] == "")
+    dsn = got[0]["data"]
+    assert re.search(rb"^From: .*MAILER-DAEMON@out\.client\.test", dsn,
+                     re.M | re.I), dsn[:1500]
+    fields = sigs(dsn)
+    assert len(fields) == 1 and b"d=client.test" in fields[0], dsn[:1500]
+    assert verify_all(dsn, zone)[1] == [True]
+    assert verify_all(dsn.replace(b"will bounce", b"will bounse"),
+                      zone)[1] == [False]
+    st = stats(r)
+    assert st["dkim_signed"] >= 1 and st["dkim_failed"] == 0, st
+    # The client's message (From: client.test) was signed too: 2 in all.
+    wait_until(lambda: stats(r)["dkim_signed"] == 2, timeout=10,
+               what="both signatures counted")
