@@ -105,6 +105,7 @@ static int check_hostname(const char *v, char *msg, size_t msglen);
 static int check_nonempty(const char *v, char *msg, size_t msglen);
 static int check_hostport(const char *v, char *msg, size_t msglen);
 static int check_dns_servers(const char *v, char *msg, size_t msglen);
+static int check_dnsbl_zones(const char *v, char *msg, size_t msglen);
 static int check_rate(const char *v, char *msg, size_t msglen);
 static int check_address(const char *v, char *msg, size_t msglen);
 static int check_bind4(const char *v, char *msg, size_t msglen);
@@ -319,6 +320,12 @@ static const struct conf_keydef conf_keys[] = {
 	{"dkim_required", CT_BOOL, OFF(dkim_required), "no", 0, 0, NULL, NULL,
 	 "refuse at the end of DATA what cannot be signed (451 4.7.0 on a "
 	 "failure, 550 5.7.1 without a key for the From: domain)"},
+	/* relayctl check-dns (issue 10 §3). */
+	{"dnsbl_zones", CT_STRING, OFF(dnsbl_zones),
+	 "zen.spamhaus.org, bl.spamcop.net, b.barracudacentral.org, "
+	 "psbl.surriel.com", 0, 0, NULL, check_dnsbl_zones,
+	 "DNS blocklist zones relayctl check-dns looks the egress addresses "
+	 "up in, separated by commas; empty: none"},
 };
 
 #define NKEYS (sizeof conf_keys / sizeof *conf_keys)
@@ -651,6 +658,34 @@ static int check_dns_servers(const char *v, char *msg, size_t msglen)
 	struct conf_dns_server s[CONF_DNS_SERVERS_MAX];
 	return conf_parse_dns_servers(v, s, CONF_DNS_SERVERS_MAX, msg, msglen) < 0
 	       ? -EINVAL : 0;
+}
+
+/* dnsbl_zones: host names separated by commas or spaces. */
+static int check_dnsbl_zones(const char *v, char *msg, size_t msglen)
+{
+	size_t n = 0;
+	while (*v) {
+		size_t len = strcspn(v, ", \t");
+		if (len == 0) {
+			v++;
+			continue;
+		}
+		char item[256];
+		if (len >= sizeof item) {
+			fmt(msg, msglen, "a zone name is longer than 255 characters");
+			return -EINVAL;
+		}
+		memcpy(item, v, len);
+		item[len] = '\0';
+		if (check_hostname(item, msg, msglen) < 0)
+			return -EINVAL;
+		if (++n > CONF_DNSBL_ZONES_MAX) {
+			fmt(msg, msglen, "more than %d zones", CONF_DNSBL_ZONES_MAX);
+			return -EINVAL;
+		}
+		v += len;
+	}
+	return 0;
 }
 
 int conf_parse_rate(const char *v, unsigned *per_minute, unsigned *per_hour)

@@ -49,6 +49,8 @@ struct conf_listen {
 
 /* Room for every key of the table (conf.c checks the count). */
 #define CONF_KEYS_MAX 128
+/* dnsbl_zones: at most this many zones. */
+#define CONF_DNSBL_ZONES_MAX 32
 /* conf.set_at[]: the key came from the environment. */
 #define CONF_SET_ENV UINT32_MAX
 
@@ -153,6 +155,9 @@ struct conf {
 	size_t ndkim_keys;
 	bool dkim_subdomains;              /* parent domain's key; default no */
 	bool dkim_required;                /* refuse unsigned mail; default no */
+	/* relayctl check-dns. */
+	char *dnsbl_zones;                 /* zone names, comma separated;
+	                                      default: a list (conf.c) */
 
 	/* Where each key (by table index) was last set: its line in the
 	 * file, CONF_SET_ENV, or 0 for the default. For conf_check's

@@ -116,8 +116,9 @@ static void test_key_table(void **state)
 	 * smtp_bind_address6, tls_policy_file, destination_policy_file,
 	 * max_recipients_per_transaction, destination_concurrency,
 	 * max_delivery_sessions, dns_servers (issue 9)
-	 * + dkim_key, dkim_subdomains, dkim_required (issue 10) */
-	assert_int_equal(n, 75);
+	 * + dkim_key, dkim_subdomains, dkim_required (issue 10)
+	 * + dnsbl_zones (issue 10 §3) */
+	assert_int_equal(n, 76);
 	assert_null(conf_key(n, NULL, NULL));
 }
 
@@ -1272,6 +1273,35 @@ static void test_dkim_keys(void **state)
 	assert_string_equal(err, "dkim_key: more than 64 keys");
 	conf_free(&c);
 	assert_int_equal(c.ndkim_keys, 0);
+/* dnsbl_zones: host names separated by commas or blanks; empty is none. */
+static void test_dnsbl_zones(void **state)
+{
+	(void)state;
+	char msg[ERRLEN];
+	static const char *const ok[] = {
+		"", "zen.spamhaus.org", "bl.test, b.barracudacentral.org",
+		" a.test ,b.test  c.test ",
+	};
+	static const char *const bad[] = {
+		"bl test!", "a..b", ".bl.test", "bl.test;rm",
+		/* 33 zones */
+		"a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a",
+	};
+	struct conf c;
+	assert_int_equal(conf_init(&c), 0);
+	assert_non_null(strstr(c.dnsbl_zones, "zen.spamhaus.org"));
+	for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
+		if (conf_set(&c, "dnsbl_zones", ok[i], msg, sizeof msg) != 0)
+			fail_msg("refused '%s': %s", ok[i], msg);
+		assert_string_equal(c.dnsbl_zones, ok[i]);
+	}
+	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+		msg[0] = '\0';
+		if (conf_set(&c, "dnsbl_zones", bad[i], msg, sizeof msg) == 0)
+			fail_msg("accepted '%s'", bad[i]);
+		assert_non_null(strstr(msg, "dnsbl_zones"));
+	}
+	conf_free(&c);
 }
 
 int main(void)
@@ -1300,6 +1330,7 @@ int main(void)
 		cmocka_unit_test(test_default_file),
 		cmocka_unit_test(test_dns_servers),
 		cmocka_unit_test(test_dkim_keys),
+		cmocka_unit_test(test_dnsbl_zones),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
