@@ -1231,7 +1231,8 @@ static void test_dkim_keys(void **state)
 	assert_int_equal(c.ndkim_keys, 0);
 	assert_false(c.dkim_subdomains);
 	assert_false(c.dkim_required);
-	if (conf_parse(&c, "f", text, sizeof text - 1, err, sizeof err)) fail_msg("%s", err);
+	if (conf_parse(&c, "f", text, sizeof text - 1, err, sizeof err))
+		fail_msg("%s", err);
 	assert_int_equal(c.ndkim_keys, 2);
 	assert_string_equal(c.dkim_keys[0], "example.com s1 /k/a.pem");
 	assert_string_equal(c.dkim_keys[1], "example.com  s2  /k/b c.pem");
@@ -1273,6 +1274,8 @@ static void test_dkim_keys(void **state)
 	assert_string_equal(err, "dkim_key: more than 64 keys");
 	conf_free(&c);
 	assert_int_equal(c.ndkim_keys, 0);
+}
+
 /* dnsbl_zones: host names separated by commas or blanks; empty is none. */
 static void test_dnsbl_zones(void **state)
 {
