@@ -7,7 +7,8 @@ generated private key and verifying against the record dnsmasq serves;
 keygen's file (0600, O_EXCL: never over a file or through a link, owned
 by relayd's user when run as root); bad options; relayd -t accepting the
 printed dkim_key lines; and the rotation walk (new key, --check before
-and after DNS has it, the switch, --retire)."""
+and after DNS has it, the switch, --retire); and relayd signing with
+keygen's keys through a smarthost, both signatures verified by dkimpy."""
 import base64
 import json
 import os
@@ -363,3 +364,51 @@ def test_rotate_usage(tmp_path):
     res = _ctl(conf, "dkim", "frobnicate")
     assert res.returncode == 2
     assert "unknown dkim subcommand 'frobnicate'" in res.stderr.decode()
+
+
+def test_relayd_signs_with_keygens_keys(upstream_factory, relay_to, tmp_path):
+    """keygen's printed dkim_key lines and zone lines, used as printed:
+    relayd signs with both keys, and dkimpy verifies both signatures
+    against what dnsmasq serves from the pasted strings."""
+    from conftest_upstream import SENDER, make_message, submit
+    domain = SENDER.split("@")[1]
+    keys = tmp_path / "keys"
+    conf0 = _conf(tmp_path, [])
+    rsa_line, rsa_name, rsa_strings, _ = _keygen(conf0, keys, domain, "k1")
+    ed_line, ed_name, ed_strings, _ = _keygen(conf0, keys, domain, "k2",
+                                              "--type", "ed25519")
+    zone = {"txt": [(rsa_name, rsa_strings), (ed_name, ed_strings)]}
+    with Dnsmasq(str(tmp_path), zone) as server:
+        up = upstream_factory(tls="none")
+        r = relay_to(up, start=False, smarthost_tls="none")
+        plain = r.write_conf
+
+        def write():
+            plain()
+            with open(r.conf_path, "a") as f:
+                for line in (rsa_line, ed_line):
+                    f.write("dkim_key = %s\n" % line)
+        r.write_conf = write
+        write()
+        r.start()
+        content, _ = make_message("signed with keygen's keys")
+        submit(r, SENDER, ["one@dest.test"], content)
+        msg = up.wait_messages(1, timeout=30)[0]["data"]
+
+        def dnsfunc(name, timeout=5):
+            recs = _txt(server, name.decode().rstrip("."))
+            return b"".join(recs[0]) if recs else b""
+
+        head = msg.split(b"\r\n\r\n", 1)[0]
+        assert head.count(b"DKIM-Signature:") == 2, head
+        d = dkim.DKIM(msg)
+        assert [d.verify(idx=i, dnsfunc=dnsfunc) for i in (0, 1)] == \
+            [True, True]
+        bad = dkim.DKIM(msg.replace(b"Hello.", b"Hullo."))
+        for i in (0, 1):
+            # dkimpy raises on a body hash mismatch rather than say False
+            with pytest.raises(dkim.ValidationError, match="body hash"):
+                bad.verify(idx=i, dnsfunc=dnsfunc)
+        # And relayctl agrees that DNS serves both.
+        conf = _conf(tmp_path, [rsa_line, ed_line], dns=server)
+        assert [k["dns"] for k in _show_json(conf)] == ["ok", "ok"]
