@@ -28,6 +28,8 @@
  */
 #include "deliver/deliver_int.h"
 
+#include "dkim/dkim.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -1036,6 +1038,14 @@ int deliver_new(uv_loop_t *loop, struct queue *q, const struct conf *conf,
 	return 0;
 }
 
+void deliver_set_dkim(struct deliver *d, struct dkim_signer *s)
+{
+	if (s)
+		dkim_signer_ref(s);
+	dkim_signer_unref(d->dkim);
+	d->dkim = s;
+}
+
 void deliver_set_dns(struct deliver *d, struct dns *dns)
 {
 	d->dns = dns;
@@ -1098,6 +1108,7 @@ void deliver_maybe_done(struct deliver *d)
 	deliver_dest_sweep(d, uv_now(d->loop));
 	free(d->flush);
 	deliver_cfg_unref(d->cfg);
+	dkim_signer_unref(d->dkim);
 	free(d);
 	if (cb)
 		cb(arg);

@@ -348,6 +348,10 @@ struct deliver {
 	 * share its temp file); a change meanwhile is written after it. */
 	bool size_storing, size_dirty;
 
+	/* DKIM keys (a reference; NULL: none), for the DSNs relayd writes:
+	 * signed with the key of hostname's domain (deliver_bounce.c). */
+	struct dkim_signer *dkim;
+
 	/* delivery = direct (deliver_direct.c): the resolver (NULL until
 	 * deliver_set_dns) and each recipient domain's routing. */
 	struct dns *dns;

@@ -30,6 +30,13 @@ extern const char *const dkim_signed_headers[];
 
 struct dkim_signer;
 
+enum dkim_job_result {
+	DKIM_SIGNED,      /* *sig holds the header block */
+	DKIM_NO_FROM,     /* no From: field, or none with a usable domain */
+	DKIM_NO_KEY,      /* no key for the From: domain */
+	DKIM_FAILED,      /* the signing failed (why says how) */
+};
+
 /* Loads every `dkim_key` value of lines[0..n). The last line of a domain
  * and algorithm is that pair's active key; earlier ones stay known
  * (dkim_signer_key). With old (a SIGHUP), a line whose key does not load
@@ -46,6 +53,15 @@ int dkim_signer_new(char *const *lines, size_t n, bool subdomains,
  * The last unref frees it. */
 void dkim_signer_ref(struct dkim_signer *s);
 void dkim_signer_unref(struct dkim_signer *s);
+/* What was signed, for relayctl stats: counted on the caller's one
+ * thread (the loop), carried over to the signer a SIGHUP makes. */
+struct dkim_counts {
+	uint64_t signed_msgs;     /* DKIM_SIGNED */
+	uint64_t unsigned_msgs;   /* DKIM_NO_FROM, DKIM_NO_KEY */
+	uint64_t failed;          /* DKIM_FAILED (issue 10 §1's counter) */
+};
+void dkim_signer_count(struct dkim_signer *s, enum dkim_job_result r);
+struct dkim_counts dkim_signer_counts(const struct dkim_signer *s);
 /* Keys loaded, in line order (NULL past the end). */
 const struct dkim_key *dkim_signer_key(const struct dkim_signer *s, size_t i);
 
@@ -73,17 +89,16 @@ int dkim_from_domain(const char *value, size_t n, char *dom, size_t domlen);
 
 struct dkim_job;
 
-enum dkim_job_result {
-	DKIM_SIGNED,      /* *sig holds the header block */
-	DKIM_NO_FROM,     /* no From: field, or none with a usable domain */
-	DKIM_NO_KEY,      /* no key for the From: domain */
-	DKIM_FAILED,      /* the signing failed (why says how) */
-};
 
 /* A job of s (s must outlive it). qid names the message in libopendkim's
  * messages. 0 or -ENOMEM. */
 int dkim_job_new(const struct dkim_signer *s, const char *qid,
                  struct dkim_job **out);
+/* Signs for `domain` (lower case) whatever the From: says: relayd's own
+ * DSNs, signed with the key of its hostname's domain (the hostname, or
+ * the nearest parent domain with a key, whatever dkim_subdomains says).
+ * Call before the first feed. */
+void dkim_job_set_domain(struct dkim_job *j, const char *domain);
 /* The message, in pieces of any size. 0, or -errno once it failed (the
  * rest is ignored; finish reports DKIM_FAILED). */
 int dkim_job_feed(struct dkim_job *j, const uint8_t *p, size_t n);
@@ -108,5 +123,11 @@ enum dkim_job_result dkim_sign_fd(const struct dkim_signer *s,
                                   const char *qid, int fd, uint64_t max,
                                   char **sig, char *dom, size_t domlen,
                                   char *why, size_t whylen);
+/* The same, signing for `domain` (dkim_job_set_domain). */
+enum dkim_job_result dkim_sign_fd_for(const struct dkim_signer *s,
+                                      const char *qid, const char *domain,
+                                      int fd, uint64_t max, char **sig,
+                                      char *dom, size_t domlen, char *why,
+                                      size_t whylen);
 
 #endif

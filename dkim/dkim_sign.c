@@ -37,6 +37,7 @@ struct dkim_signer {
 	size_t nkeys;
 	bool subdomains;
 	unsigned refs;
+	struct dkim_counts counts;
 };
 
 static void fmt(char *dst, size_t n, const char *f, ...)
@@ -126,6 +127,8 @@ int dkim_signer_new(char *const *lines, size_t n, bool subdomains,
 	}
 	s->refs = 1;
 	s->subdomains = subdomains;
+	if (old)
+		s->counts = old->counts;
 	if (n && !(s->keys = calloc(n, sizeof *s->keys))) {
 		fmt(err, errlen, "out of memory");
 		goto fail;
@@ -177,6 +180,24 @@ void dkim_signer_unref(struct dkim_signer *s)
 {
 	if (s && --s->refs == 0)
 		signer_free(s);
+}
+
+void dkim_signer_count(struct dkim_signer *s, enum dkim_job_result r)
+{
+	if (!s)
+		return;
+	if (r == DKIM_SIGNED)
+		s->counts.signed_msgs++;
+	else if (r == DKIM_FAILED)
+		s->counts.failed++;
+	else
+		s->counts.unsigned_msgs++;
+}
+
+struct dkim_counts dkim_signer_counts(const struct dkim_signer *s)
+{
+	struct dkim_counts c = {0, 0, 0};
+	return s ? s->counts : c;
 }
 
 const struct dkim_key *dkim_signer_key(const struct dkim_signer *s, size_t i)
@@ -349,6 +370,7 @@ struct dkim_job {
 	const struct dkim_key *key[2];
 	size_t nh;
 	char dom[256];
+	bool forced;                /* dom given: dkim_job_set_domain */
 	char why[512];
 };
 
@@ -418,10 +440,16 @@ static size_t field_len(const uint8_t *p, size_t n)
 
 /* The header section (hlen bytes, without the empty line) is complete:
  * choose the keys, start the handles, feed them the fields. */
+void dkim_job_set_domain(struct dkim_job *j, const char *domain)
+{
+	snprintf(j->dom, sizeof j->dom, "%s", domain ? domain : "");
+	j->forced = domain && *domain;
+}
+
 static int start_signing(struct dkim_job *j, const uint8_t *h, size_t hlen)
 {
 	/* The first From: field names the signing domain. */
-	bool from = false;
+	bool from = j->forced;
 	for (size_t i = 0; i < hlen && !from;) {
 		size_t fl = field_len(h + i, hlen - i);
 		if (name_is(h + i, fl, "from")) {
@@ -442,7 +470,10 @@ static int start_signing(struct dkim_job *j, const uint8_t *h, size_t hlen)
 		snprintf(j->why, sizeof j->why, "no From: domain to sign for");
 		return 0;
 	}
-	j->nh = dkim_signer_select(j->s, j->dom, j->key);
+	j->nh = j->forced ?
+	    dkim_select_keys((const struct dkim_key *const *)j->s->keys,
+	                     j->s->nkeys, true, j->dom, j->key) :
+	    dkim_signer_select(j->s, j->dom, j->key);
 	if (j->nh == 0) {
 		j->st = JOB_SKIP;
 		j->res = DKIM_NO_KEY;
@@ -626,10 +657,11 @@ enum dkim_job_result dkim_sign_buf(const struct dkim_signer *s,
 	return r;
 }
 
-enum dkim_job_result dkim_sign_fd(const struct dkim_signer *s,
-                                  const char *qid, int fd, uint64_t max,
-                                  char **sig, char *dom, size_t domlen,
-                                  char *why, size_t whylen)
+enum dkim_job_result dkim_sign_fd_for(const struct dkim_signer *s,
+                                      const char *qid, const char *domain,
+                                      int fd, uint64_t max, char **sig,
+                                      char *dom, size_t domlen, char *why,
+                                      size_t whylen)
 {
 	struct dkim_job *j;
 	*sig = NULL;
@@ -638,6 +670,8 @@ enum dkim_job_result dkim_sign_fd(const struct dkim_signer *s,
 		fmt(why, whylen, "out of memory");
 		return DKIM_FAILED;
 	}
+	if (domain)
+		dkim_job_set_domain(j, domain);
 	uint8_t chunk[64 * 1024];
 	uint64_t off = 0;
 	for (;;) {
@@ -664,4 +698,13 @@ enum dkim_job_result dkim_sign_fd(const struct dkim_signer *s,
 	                                           whylen);
 	dkim_job_free(j);
 	return res;
+}
+
+enum dkim_job_result dkim_sign_fd(const struct dkim_signer *s,
+                                  const char *qid, int fd, uint64_t max,
+                                  char **sig, char *dom, size_t domlen,
+                                  char *why, size_t whylen)
+{
+	return dkim_sign_fd_for(s, qid, NULL, fd, max, sig, dom, domlen, why,
+	                        whylen);
 }

@@ -66,6 +66,9 @@ int ctl_cmd_check(struct ctl_ctx *c, int argc, char **argv);
 /* user add|del|list|passwd|disable|enable|test (ctl_user.c) */
 int ctl_cmd_user(struct ctl_ctx *c, int argc, char **argv);
 
+/* dkim keygen|show|rotate (ctl_dkim.c). */
+int ctl_cmd_dkim(struct ctl_ctx *c, int argc, char **argv);
+
 /* ctl_control.c: changes through relayd's control socket (hold, release
  * and delete also offline, while relayd is stopped), and stats. */
 int ctl_cmd_flush(struct ctl_ctx *c, int argc, char **argv);
