@@ -30,6 +30,7 @@ from conftest_upstream import (SENDER, make_message, queue_list, stats,
 from dnsutil import Dnsmasq
 
 DOMAIN = "client.test"      # SENDER's domain
+RW_DOMAIN = "rewritten.test"   # rewrite_sender's domain (key "rw1")
 
 
 def genkey(directory, name, alg):
@@ -85,9 +86,11 @@ def keys(tmp_path):
     d = str(tmp_path / "keys")
     os.mkdir(d, 0o700)
     made = {}
-    for sel, alg in (("rsa1", "rsa"), ("ed1", "ed25519"), ("rsa2", "rsa")):
+    for sel, alg in (("rsa1", "rsa"), ("ed1", "ed25519"), ("rsa2", "rsa"),
+                     ("rw1", "ed25519")):
         made[sel] = genkey(d, sel, alg)
-    records = [("%s._domainkey.%s" % (sel, DOMAIN),
+    records = [("%s._domainkey.%s" % (sel, RW_DOMAIN if sel == "rw1"
+                                      else DOMAIN),
                 txt_strings("rsa" if sel.startswith("rsa") else "ed25519",
                             made[sel][1]))
                for sel in made]
@@ -312,3 +315,31 @@ def test_dsn_signed_with_hostnames_domain_key(upstream_factory, relay_to,
     # The client's message (From: client.test) was signed too: 2 in all.
     wait_until(lambda: stats(r)["dkim_signed"] == 2, timeout=10,
                what="both signatures counted")
+
+
+def test_rewrite_from_then_sign(upstream_factory, relay_to, keys):
+    """rewrite_from_header rewrites From: at acceptance, before signing:
+    the From: that arrives is rewrite_sender's and the signature, d= its
+    domain, covers it (client.test's key is configured too, and unused)."""
+    made, zone = keys
+    up = upstream_factory(tls="none")
+    r = relay_to(up, start=False, smarthost_tls="none",
+                 rewrite_sender="support@" + RW_DOMAIN,
+                 rewrite_from_header="yes")
+    with_key_lines(r, [key_line(made, "rw1", RW_DOMAIN),
+                       key_line(made, "ed1")])
+    r.start()
+    content, _ = make_message("rewritten", frm="Alice <alice@client.test>")
+    submit(r, "alice@client.test", ["z@dest.test"], content)
+    data = up.wait_messages(1, timeout=30)[0]["data"]
+    head = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    assert b"From: <support@rewritten.test>" in head, head
+    assert b"Reply-To: Alice <alice@client.test>" in head, head
+    fields = sigs(data)
+    assert len(fields) == 1 and b"d=rewritten.test" in fields[0], fields
+    assert b"s=rw1" in fields[0]
+    assert verify_all(data, zone)[1] == [True]
+    # Put the original From: back: the signature no longer holds.
+    bad = data.replace(b"From: <support@rewritten.test>",
+                       b"From: Alice <alice@client.test>")
+    assert verify_all(bad, zone)[1] == [False]
