@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/hdr.h"
 #include "common/log.h"
 #include "common/smtp.h"
 #include "deliver/deliver_dsn.h"
@@ -40,6 +41,7 @@ struct dsn_work {
 	char path[PATH_MAX];
 	char newqid[QUEUE_ID_SIZE];
 	char host[256];
+	char *rewrite_from;          /* rewrite_from_header's sender, or NULL */
 	struct queue_body *body;
 	int err;
 	/* DKIM (issue 10 §1): the report is signed with the key of
@@ -69,6 +71,7 @@ static void dsn_work_free(struct dsn_work *w)
 	free(w->rcpt);
 	queue_msg_free(w->orig);
 	free(w->sig);
+	free(w->rewrite_from);
 	dkim_signer_unref(w->dkim);
 	free(w);
 }
@@ -103,8 +106,22 @@ static void dsn_compose(uv_work_t *req)
 	struct buf out;
 	buf_init(&out, 4 * DSN_CHUNK);
 	int r = deliver_dsn_head(&dsn, &out);
-	if (r == 0)
+	/* rewrite_from_header applies to reports as to client mail (the
+	 * smarthost may take no other From:), before they are signed. */
+	const uint8_t *hend = r == 0 && w->rewrite_from ?
+	    memmem(out.data, out.len, "\r\n\r\n", 4) : NULL;
+	if (hend) {
+		size_t hlen = (size_t)(hend - out.data) + 2;
+		struct buf nh = BUF_INIT(2 * HDR_REWRITE_MAX);
+		r = hdr_rewrite_from(out.data, hlen, w->rewrite_from, &nh);
+		if (r == 0)
+			r = buf_append(&nh, out.data + hlen, out.len - hlen);
+		if (r == 0)
+			r = queue_body_write(w->body, nh.data, nh.len);
+		buf_free(&nh);
+	} else if (r == 0) {
 		r = queue_body_write(w->body, out.data, out.len);
+	}
 	buf_reset(&out);
 
 	struct deliver_dsn_orig o;
@@ -152,7 +169,10 @@ static void dsn_compose(uv_work_t *req)
 			snprintf(w->dkim_why, sizeof w->dkim_why, "%s",
 			         strerror(-fd));
 		} else {
-			w->dkim_res = dkim_sign_fd_for(w->dkim, w->newqid, w->host, fd,
+			/* Rewritten, the From: is rewrite_sender's: its key. */
+			w->dkim_res = dkim_sign_fd_for(w->dkim, w->newqid,
+			                               w->rewrite_from ? NULL : w->host,
+			                               fd,
 			                               queue_body_size(w->body),
 			                               &w->sig, dom, sizeof dom,
 			                               w->dkim_why,
@@ -382,6 +402,9 @@ void deliver_send_dsn(struct deliver *d, const struct queue_msg *m,
 			w->headers_only = true;
 	snprintf(w->to, sizeof w->to, "%s", to);
 	snprintf(w->host, sizeof w->host, "%s", d->cfg->hostname);
+	if (d->cfg->rewrite_from && d->cfg->rewrite_sender &&
+	    !(w->rewrite_from = strdup(d->cfg->rewrite_sender)))
+		goto fail;
 	if (d->dkim && dkim_signer_key(d->dkim, 0)) {
 		w->dkim = d->dkim;
 		dkim_signer_ref(w->dkim);

@@ -17,6 +17,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "common/hdr.h"
 #include "common/log.h"
 #include "common/smtp.h"
 #include "smtpd/smtpd_policy.h"
@@ -71,6 +72,13 @@ static int sink_begin(void *ctx, struct smtpd_txn *t)
 		buf_printf(&h, " (%s %s)", tls_stream_version(&s->tls_s),
 		           tls_stream_cipher(&s->tls_s));
 	buf_printf(&h, " id %s", t->qid);
+	/* rewrite_from_header: From: becomes rewrite_sender here, at
+	 * acceptance, so that the DKIM signature covers the From: that is
+	 * sent and d= follows it (issue 10 §1). */
+	buf_free(&s->rw);
+	s->rw_on = cf->rewrite_from_header && cf->rewrite_sender &&
+	           cf->rewrite_sender[0];
+	buf_init(&s->rw, HDR_REWRITE_MAX);
 	if (t->nrcpt == 1)
 		buf_printf(&h, "\r\n\tfor <%s>", t->rcpt[0].addr);
 	r = buf_printf(&h, "; %s\r\n", t->date);
@@ -84,15 +92,61 @@ static int sink_begin(void *ctx, struct smtpd_txn *t)
 	return r;
 }
 
+/* The held header section (hlen bytes of s->rw, without its empty line)
+ * goes out rewritten, then what followed it. */
+static int rewrite_flush(struct smtpd_session *s, size_t hlen)
+{
+	const struct smtpd_txn *t = smtpd_proto_txn(s->proto);
+	struct buf nh = BUF_INIT(2 * HDR_REWRITE_MAX);
+	int r = hdr_rewrite_from(s->rw.data, hlen, s->cf->conf.rewrite_sender,
+	                         &nh);
+	if (r == 0) {
+		r = queue_body_write(s->body, nh.data, nh.len);
+	} else {
+		log_warn("%s: From: not rewritten: %s (s=%s)", t->qid,
+		         strerror(-r), s->sid);
+		r = queue_body_write(s->body, s->rw.data, hlen);
+	}
+	if (r == 0 && s->rw.len > hlen)
+		r = queue_body_write(s->body, s->rw.data + hlen, s->rw.len - hlen);
+	buf_free(&nh);
+	buf_free(&s->rw);
+	s->rw_on = false;
+	return r;
+}
+
 static int sink_write(void *ctx, const uint8_t *p, size_t n)
 {
 	struct smtpd_session *s = ctx;
-	return queue_body_write(s->body, p, n);
+	if (!s->rw_on)
+		return queue_body_write(s->body, p, n);
+	/* Hold the header section: it ends at the first empty line (the
+	 * scrubber always writes one before the body). */
+	size_t old = s->rw.len;
+	if (buf_append(&s->rw, p, n) < 0) {
+		const struct smtpd_txn *t = smtpd_proto_txn(s->proto);
+		log_warn("%s: header section over %d bytes: From: not rewritten "
+		         "(s=%s)", t->qid, HDR_REWRITE_MAX, s->sid);
+		int r = queue_body_write(s->body, s->rw.data, old);
+		buf_free(&s->rw);
+		s->rw_on = false;
+		return r ? r : queue_body_write(s->body, p, n);
+	}
+	const uint8_t *d = s->rw.data;
+	if (s->rw.len >= 2 && d[0] == '\r' && d[1] == '\n')
+		return rewrite_flush(s, 0);
+	size_t from = old > 3 ? old - 3 : 0;
+	const uint8_t *e = memmem(d + from, s->rw.len - from, "\r\n\r\n", 4);
+	if (!e)
+		return 0;
+	return rewrite_flush(s, (size_t)(e - d) + 2);
 }
 
 static void sink_abort(void *ctx)
 {
 	struct smtpd_session *s = ctx;
+	buf_free(&s->rw);
+	s->rw_on = false;
 	queue_body_abort(s->body);
 	s->body = NULL;
 }
@@ -535,6 +589,14 @@ static bool start_sign(struct smtpd_session *s)
 
 void smtpd_commit_start(struct smtpd_session *s)
 {
+	/* A message that is all header section: written out now. */
+	if (s->rw_on) {
+		int r = rewrite_flush(s, s->rw.len);
+		if (r < 0) {
+			commit_refuse(s, r);
+			return;
+		}
+	}
 	if (!start_sign(s))
 		commit_continue(s);
 }

@@ -221,6 +221,10 @@ struct smtpd_session {
 	struct queue_body *body;
 	uint64_t commit_size;  /* body size of the message being committed */
 	char *dkim_sig;        /* its DKIM-Signature block, or NULL */
+	/* rewrite_from_header (at acceptance, before signing): the header
+	 * section held until its end, then written rewritten. */
+	bool rw_on;
+	struct buf rw;
 	/* The message being committed was charged to this credential's
 	 * quota at quota_now: a failed commit gives the unit back. */
 	bool quota_charged;

@@ -9,8 +9,12 @@ octets (long_lines = wrap folds it before signing); every delivered copy
 verifies, a copy changed after signing does not (the test of the test).
 A message deferred once carries byte-identical signatures on the retry.
 SIGHUP with a broken key file keeps signing with the old key and says
-why. dkim_required refuses a From: domain without a key with 550 5.7.1,
-nothing queued; without it such a message goes out unsigned."""
+why; relayd -t refuses a key that does not load. dkim_required refuses a
+From: domain without a key with 550 5.7.1, nothing queued; without it
+such a message goes out unsigned. A DSN is signed with the key of
+hostname's domain; with rewrite_from_header the delivered From: is the
+rewritten one and verifies with d= of its domain. Smarthost and direct
+mode (test_direct.py's world fixture)."""
 import base64
 import os
 import re
@@ -28,8 +32,10 @@ from conftest import wait_until
 from conftest_upstream import (SENDER, make_message, queue_list, stats,
                                submit)
 from dnsutil import Dnsmasq
+from test_direct import world  # noqa: F401 (the fixture)
 
 DOMAIN = "client.test"      # SENDER's domain
+RW_DOMAIN = "rewritten.test"   # rewrite_sender's domain (key "rw1")
 
 
 def genkey(directory, name, alg):
@@ -85,9 +91,11 @@ def keys(tmp_path):
     d = str(tmp_path / "keys")
     os.mkdir(d, 0o700)
     made = {}
-    for sel, alg in (("rsa1", "rsa"), ("ed1", "ed25519"), ("rsa2", "rsa")):
+    for sel, alg in (("rsa1", "rsa"), ("ed1", "ed25519"), ("rsa2", "rsa"),
+                     ("rw1", "ed25519")):
         made[sel] = genkey(d, sel, alg)
-    records = [("%s._domainkey.%s" % (sel, DOMAIN),
+    records = [("%s._domainkey.%s" % (sel, RW_DOMAIN if sel == "rw1"
+                                      else DOMAIN),
                 txt_strings("rsa" if sel.startswith("rsa") else "ed25519",
                             made[sel][1]))
                for sel in made]
@@ -312,3 +320,67 @@ def test_dsn_signed_with_hostnames_domain_key(upstream_factory, relay_to,
     # The client's message (From: client.test) was signed too: 2 in all.
     wait_until(lambda: stats(r)["dkim_signed"] == 2, timeout=10,
                what="both signatures counted")
+
+
+def test_rewrite_from_then_sign(upstream_factory, relay_to, keys):
+    """rewrite_from_header rewrites From: at acceptance, before signing:
+    the From: that arrives is rewrite_sender's and the signature, d= its
+    domain, covers it (client.test's key is configured too, and unused)."""
+    made, zone = keys
+    up = upstream_factory(tls="none")
+    r = relay_to(up, start=False, smarthost_tls="none",
+                 rewrite_sender="support@" + RW_DOMAIN,
+                 rewrite_from_header="yes")
+    with_key_lines(r, [key_line(made, "rw1", RW_DOMAIN),
+                       key_line(made, "ed1")])
+    r.start()
+    content, _ = make_message("rewritten", frm="Alice <alice@client.test>")
+    submit(r, "alice@client.test", ["z@dest.test"], content)
+    data = up.wait_messages(1, timeout=30)[0]["data"]
+    head = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    assert b"From: <support@rewritten.test>" in head, head
+    assert b"Reply-To: Alice <alice@client.test>" in head, head
+    fields = sigs(data)
+    assert len(fields) == 1 and b"d=rewritten.test" in fields[0], fields
+    assert b"s=rw1" in fields[0]
+    assert verify_all(data, zone)[1] == [True]
+    # Put the original From: back: the signature no longer holds.
+    bad = data.replace(b"From: <support@rewritten.test>",
+                       b"From: Alice <alice@client.test>")
+    assert verify_all(bad, zone)[1] == [False]
+
+
+def test_direct_mode_signed_and_verified(world, tmp_path):
+    """delivery = direct (test_direct.py's world: dnsmasq with MX records,
+    aiosmtpd MX hosts): the message an MX receives verifies, RSA and
+    Ed25519, against the keys the same dnsmasq serves."""
+    from test_direct import SENDER as DSENDER   # sender@snd.test
+    d = str(tmp_path / "dkeys")
+    os.mkdir(d, 0o700)
+    rsa = genkey(d, "drsa", "rsa")
+    ed = genkey(d, "ded", "ed25519")
+    w = world(1)
+    mx = w.start_mx(0)
+    w.start_dns({"mx": [("dk.test", "mx.dk.test", 10)],
+                 "hosts": [("mx.dk.test", w.host(0))],
+                 "txt": [("drsa._domainkey.snd.test", txt_strings("rsa", rsa[1])),
+                         ("ded._domainkey.snd.test",
+                          txt_strings("ed25519", ed[1]))]})
+    r = w.relayd(start=False)
+    with_key_lines(r, ["snd.test drsa %s" % rsa[0],
+                       "snd.test ded %s" % ed[0]])
+    r.start()
+    content, _ = make_message("direct dkim", frm=DSENDER, to="a@dk.test",
+                              body=tricky_body())
+    submit(r, DSENDER, ["a@dk.test"], content)
+    data = mx.wait_messages(1, timeout=30)[0]["data"]
+
+    class DirectZone(Zone):
+        def __init__(self, dns):
+            self.addr, port = dns.servers.rsplit(":", 1)
+            self.port = int(port)
+    zone = DirectZone(w.dns)
+    n, ok = verify_all(data, zone)
+    assert n == 2 and ok == [True, True], ok
+    assert verify_all(data.replace(b"last line", b"last lime"), zone)[1] \
+        == [False, False]
