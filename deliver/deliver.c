@@ -262,7 +262,8 @@ static struct deliver_job *job_new(struct deliver *d, struct deliver_busy *b,
 		}
 	}
 	j->cm.sender = j->sender ? j->sender : m->sender;
-	j->cm.size = m->size;
+	/* SIZE= counts the stored DKIM-Signature block sent in front. */
+	j->cm.size = m->size + (m->dkim_sig ? strlen(m->dkim_sig) : 0);
 	j->cm.body_8bit = m->flags & (QUEUE_F_8BITMIME | QUEUE_F_BINARYMIME);
 	j->cm.body_7bit = m->flags & QUEUE_F_7BIT;
 	j->cm.smtputf8 = m->flags & QUEUE_F_SMTPUTF8;
