@@ -156,10 +156,13 @@ def test_show_mismatch_missing_revoked(tmp_path):
     _, _, other_strings, _ = _keygen(conf0, keys, "other.test", "a")
     b_line, b_name, _, _ = _keygen(conf0, keys, DOMAIN, "b", "--bits", "1024")
     c_line, _, _, _ = _keygen(conf0, keys, DOMAIN, "c", "--type", "ed25519")
+    d_line, d_name, _, _ = _keygen(conf0, keys, DOMAIN, "d", "--type",
+                                   "ed25519")
     zone = {"txt": [(a_name, other_strings),
-                    (b_name, ["v=DKIM1; k=rsa; p="])]}
+                    (b_name, ["v=DKIM1; k=rsa; p="]),
+                    (d_name, ["v=spf1 -all"])]}
     with Dnsmasq(str(tmp_path), zone) as server:
-        conf = _conf(tmp_path, [a_line, b_line, c_line], dns=server)
+        conf = _conf(tmp_path, [a_line, b_line, c_line, d_line], dns=server)
         keys_json = _show_json(conf, rc=1)
         got = {k["selector"]: k for k in keys_json}
         assert got["a"]["dns"] == "mismatch"
@@ -170,6 +173,9 @@ def test_show_mismatch_missing_revoked(tmp_path):
         assert got["b"]["weak"] and got["b"]["bits"] == 1024
         assert got["b"]["active"]
         assert got["c"]["dns"] == "missing"
+        assert not got["c"]["active"]          # d is the later Ed25519 line
+        assert got["d"]["dns"] == "invalid"
+        assert got["d"]["dns_detail"] == "v= is not DKIM1"
         text = _ctl(conf, "dkim", "show")
         assert text.returncode == 1
         out = text.stdout.decode()
@@ -177,7 +183,7 @@ def test_show_mismatch_missing_revoked(tmp_path):
         assert "inactive (a later line for this domain and algorithm signs)" \
             in out
         # What to publish instead, for each key DNS does not serve.
-        assert out.count("publish at ") == 3, out
+        assert out.count("publish at ") == 4, out
 
 
 def test_show_key_that_does_not_load(tmp_path):
