@@ -524,6 +524,11 @@ int dns_reload(struct dns *d, const char *servers, char *err, size_t errlen)
 	return 0;
 }
 
+uv_loop_t *dns_loop(const struct dns *d)
+{
+	return d->loop;
+}
+
 void dns_close(struct dns *d, void (*done_cb)(void *), void *arg)
 {
 	d->closing = true;
@@ -611,9 +616,4 @@ void dns_cancel(struct dns_req *req)
 void dns_get_stats(const struct dns *d, struct dns_stats *st)
 {
 	*st = d->st;
-}
-
-uv_loop_t *dns_loop(const struct dns *d)
-{
-	return d->loop;
 }

@@ -56,10 +56,12 @@ TXT = [
     ("syntax.spf.test", ["v=spf1 ip4:127.0.0.5 ip4:127.0.0.300 -all"]),
     ("incnone.spf.test", ["v=spf1 include:host.spf.test -all"]),
     ("tmp.spf.test", ["v=spf1 include:servfail.test -all"]),
+    ("mx11.spf.test", ["v=spf1 mx ip4:127.0.0.5 -all"]),
 ]
 
 ZONE = {"hosts": HOSTS, "txt": TXT,
-        "mx": [("mx.spf.test", "mail.spf.test", 10)]}
+        "mx": [("mx.spf.test", "mail.spf.test", 10)] +
+              [("mx11.spf.test", "m%d.spf.test" % i, i) for i in range(1, 12)]}
 
 
 def spfq(servers, ip, domain, sender=None, helo=None, opts=()):
@@ -106,22 +108,28 @@ def test_pass_ip6(zone):
 
 
 def test_pass_a_v4_and_v6(zone):
+    a0 = zone.queries("host.spf.test", "A")
     r = spfq(zone.servers, "127.0.0.7", "a.spf.test")
     assert (r["verdict"], r["mechanism"], r["lookups"]) == \
         ("pass", "a:host.spf.test", 1)
-    assert zone.queries("host.spf.test", "A") == 1
+    assert zone.queries("host.spf.test", "A") == a0 + 1
     # IPv6: host.spf.test has no AAAA (a void lookup), host6 has ::1.
+    aaaa0 = zone.queries("host.spf.test", "AAAA")
+    h0 = zone.queries("host6.spf.test", "AAAA")
     r = spfq(zone.servers, "::1", "a.spf.test")
     assert (r["verdict"], r["mechanism"], r["lookups"], r["void"]) == \
         ("pass", "a:host6.spf.test", 2, 1)
-    assert zone.queries("host6.spf.test", "AAAA") == 1
+    assert zone.queries("host.spf.test", "AAAA") == aaaa0 + 1
+    assert zone.queries("host6.spf.test", "AAAA") == h0 + 1
 
 
 def test_pass_mx_and_softfail(zone):
+    m0 = zone.queries("mx.spf.test", "MX")
+    a0 = zone.queries("mail.spf.test", "A")
     r = spfq(zone.servers, "127.0.0.8", "mx.spf.test")
     assert (r["verdict"], r["mechanism"], r["lookups"]) == ("pass", "mx", 1)
-    assert zone.queries("mx.spf.test", "MX") == 1
-    assert zone.queries("mail.spf.test", "A") >= 1
+    assert zone.queries("mx.spf.test", "MX") == m0 + 1
+    assert zone.queries("mail.spf.test", "A") == a0 + 1
     r = spfq(zone.servers, "127.0.0.9", "mx.spf.test")
     assert (r["verdict"], r["mechanism"]) == ("softfail", "~all")
 
@@ -166,13 +174,14 @@ def test_two_records_permerror_and_strings_joined(zone):
 
 
 def test_eleven_lookups_permerror(zone):
+    h10 = zone.queries("h10.spf.test", "A")
     r = spfq(zone.servers, "127.0.0.5", "many.spf.test")
     assert r["verdict"] == "permerror"
     assert r["lookups"] == 10
     assert r["why"].startswith("more than 10 DNS lookups (a:h1.spf.test, ")
     assert r["why"].endswith("a:h10.spf.test, then a:h11.spf.test)")
     # The 11th term was never asked about; the 10th was.
-    assert zone.queries("h10.spf.test", "A") >= 1
+    assert zone.queries("h10.spf.test", "A") == h10 + 1
     assert zone.queries("h11.spf.test", "A") == 0
     r = spfq(zone.servers, "127.0.0.5", "ten.spf.test")
     assert (r["verdict"], r["lookups"], r["mechanism"]) == \
@@ -215,9 +224,15 @@ def test_macros_in_exists(zone):
 
 
 def test_ptr_validated(zone):
+    p0 = zone.queries("pt.spf.test", "A")
     r = spfq(zone.servers, "127.0.0.11", "ptr.spf.test")
     assert (r["verdict"], r["mechanism"]) == ("pass", "ptr:spf.test")
-    assert zone.queries("pt.spf.test", "A") == 1
+    assert zone.queries("pt.spf.test", "A") == p0 + 1
+    # IPv6: ::1's PTR names host6.spf.test, whose AAAA is ::1.
+    before = zone.queries("host6.spf.test", "AAAA")
+    r = spfq(zone.servers, "::1", "ptr.spf.test")
+    assert (r["verdict"], r["mechanism"]) == ("pass", "ptr:spf.test")
+    assert zone.queries("host6.spf.test", "AAAA") == before + 1
     # 127.0.0.12 has no PTR: a void lookup, no match.
     r = spfq(zone.servers, "127.0.0.12", "ptr.spf.test")
     assert (r["verdict"], r["void"]) == ("fail", 1)
@@ -278,3 +293,12 @@ def test_cancel(zone):
     out = spfq(zone.servers, "127.0.0.5", "ip4.spf.test",
                opts=("--cancel",))
     assert out == "cancelled\n"
+
+
+def test_more_than_ten_mx_permerror(zone):
+    r = spfq(zone.servers, "127.0.0.5", "mx11.spf.test")
+    assert r["verdict"] == "permerror"
+    assert r["why"] == "more than 10 MX records for mx at mx11.spf.test"
+    # Refused before any MX host was looked up.
+    assert sum(zone.queries("m%d.spf.test" % i, "A")
+               for i in range(1, 12)) == 0
