@@ -42,6 +42,9 @@ DEPS_TEST  += dnsmasq-base python3-dnspython
 # tests/e2e/test_packaging.py: systemd-analyze verify checks the unit; man
 # formats the manual pages.
 DEPS_TEST  += systemd man-db
+# DKIM (tests/e2e/test_dkim.py): dkimpy verifies every signature relayd
+# makes, an implementation independent of libopendkim.
+DEPS_TEST  += python3-dkim
 # `make fuzz` only: clang with libFuzzer (libclang-rt-14-dev comes with it).
 DEPS_FUZZ  := clang
 
@@ -347,6 +350,13 @@ $(BUILD)/bench/fill_queue: bench/fill_queue.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 .PHONY: bench-fill
+
+# bench/dkim_cost: microseconds per DKIM signature (bench/RESULTS.md).
+bench-dkim: $(BUILD)/bench/dkim_cost
+$(BUILD)/bench/dkim_cost: bench/dkim_cost.c $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+.PHONY: bench-dkim
 
 # bench/scale: relayd holding 1 000 000 messages (bench/README.md).
 bench-scale: deps-bench all bench-fill

@@ -28,6 +28,8 @@
  */
 #include "deliver/deliver_int.h"
 
+#include "dkim/dkim.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -272,7 +274,8 @@ static struct deliver_job *job_new(struct deliver *d, struct deliver_busy *b,
 		}
 	}
 	j->cm.sender = j->sender ? j->sender : m->sender;
-	j->cm.size = m->size;
+	/* SIZE= counts the stored DKIM-Signature block sent in front. */
+	j->cm.size = m->size + (m->dkim_sig ? strlen(m->dkim_sig) : 0);
 	j->cm.body_8bit = m->flags & (QUEUE_F_8BITMIME | QUEUE_F_BINARYMIME);
 	j->cm.body_7bit = m->flags & QUEUE_F_7BIT;
 	j->cm.smtputf8 = m->flags & QUEUE_F_SMTPUTF8;
@@ -1074,6 +1077,14 @@ int deliver_new(uv_loop_t *loop, struct queue *q, const struct conf *conf,
 	return 0;
 }
 
+void deliver_set_dkim(struct deliver *d, struct dkim_signer *s)
+{
+	if (s)
+		dkim_signer_ref(s);
+	dkim_signer_unref(d->dkim);
+	d->dkim = s;
+}
+
 void deliver_set_dns(struct deliver *d, struct dns *dns)
 {
 	d->dns = dns;
@@ -1136,6 +1147,7 @@ void deliver_maybe_done(struct deliver *d)
 	deliver_dest_sweep(d, uv_now(d->loop));
 	free(d->flush);
 	deliver_cfg_unref(d->cfg);
+	dkim_signer_unref(d->dkim);
 	free(d);
 	if (cb)
 		cb(arg);

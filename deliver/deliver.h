@@ -68,6 +68,11 @@ int deliver_ctl_verb(struct deliver *d, const char *verb,
 struct dns;
 void deliver_set_dns(struct deliver *d, struct dns *dns);
 
+/* The DKIM signer for the DSNs relayd writes (a reference is taken; the
+ * previous one dropped): at start and after each SIGHUP. NULL: none. */
+struct dkim_signer;
+void deliver_set_dkim(struct deliver *d, struct dkim_signer *s);
+
 /* Stops: no new sessions, sessions are closed (a message in flight is
  * simply retried later), the control socket is closed; done_cb runs
  * when every handle is gone, after which d is freed. */

@@ -18,9 +18,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/hdr.h"
 #include "common/log.h"
 #include "common/smtp.h"
 #include "deliver/deliver_dsn.h"
+#include "dkim/dkim.h"
 
 /* Bytes of the original read per step while composing a DSN. */
 #define DSN_CHUNK (64 * 1024)
@@ -39,8 +41,15 @@ struct dsn_work {
 	char path[PATH_MAX];
 	char newqid[QUEUE_ID_SIZE];
 	char host[256];
+	char *rewrite_from;          /* rewrite_from_header's sender, or NULL */
 	struct queue_body *body;
 	int err;
+	/* DKIM (issue 10 §1): the report is signed with the key of
+	 * hostname's domain, when there is one. */
+	struct dkim_signer *dkim;    /* a reference, or NULL */
+	char *sig;                   /* the DKIM-Signature block, or NULL */
+	enum dkim_job_result dkim_res;
+	char dkim_why[512];
 	/* A failure report is durable before the original changes: the
 	 * original's new state (after) is recorded only once the DSN is
 	 * committed. If the DSN cannot be queued, the recipients it was
@@ -61,6 +70,9 @@ static void dsn_work_free(struct dsn_work *w)
 	free(w->strs);
 	free(w->rcpt);
 	queue_msg_free(w->orig);
+	free(w->sig);
+	free(w->rewrite_from);
+	dkim_signer_unref(w->dkim);
 	free(w);
 }
 
@@ -94,8 +106,22 @@ static void dsn_compose(uv_work_t *req)
 	struct buf out;
 	buf_init(&out, 4 * DSN_CHUNK);
 	int r = deliver_dsn_head(&dsn, &out);
-	if (r == 0)
+	/* rewrite_from_header applies to reports as to client mail (the
+	 * smarthost may take no other From:), before they are signed. */
+	const uint8_t *hend = r == 0 && w->rewrite_from ?
+	    memmem(out.data, out.len, "\r\n\r\n", 4) : NULL;
+	if (hend) {
+		size_t hlen = (size_t)(hend - out.data) + 2;
+		struct buf nh = BUF_INIT(2 * HDR_REWRITE_MAX);
+		r = hdr_rewrite_from(out.data, hlen, w->rewrite_from, &nh);
+		if (r == 0)
+			r = buf_append(&nh, out.data + hlen, out.len - hlen);
+		if (r == 0)
+			r = queue_body_write(w->body, nh.data, nh.len);
+		buf_free(&nh);
+	} else if (r == 0) {
 		r = queue_body_write(w->body, out.data, out.len);
+	}
 	buf_reset(&out);
 
 	struct deliver_dsn_orig o;
@@ -133,6 +159,26 @@ static void dsn_compose(uv_work_t *req)
 		r = queue_body_write(w->body, out.data, out.len);
 	buf_free(&out);
 	w->err = r;
+	if (r == 0 && w->dkim) {
+		/* The From: is MAILER-DAEMON@hostname: its domain, or the
+		 * nearest parent with a key, signs. */
+		int fd = queue_body_read_fd(w->body);
+		char dom[256];
+		if (fd < 0) {
+			w->dkim_res = DKIM_FAILED;
+			snprintf(w->dkim_why, sizeof w->dkim_why, "%s",
+			         strerror(-fd));
+		} else {
+			/* Rewritten, the From: is rewrite_sender's: its key. */
+			w->dkim_res = dkim_sign_fd_for(w->dkim, w->newqid,
+			                               w->rewrite_from ? NULL : w->host,
+			                               fd,
+			                               queue_body_size(w->body),
+			                               &w->sig, dom, sizeof dom,
+			                               w->dkim_why,
+			                               sizeof w->dkim_why);
+		}
+	}
 }
 
 static bool is_ascii(const char *s)
@@ -189,6 +235,19 @@ static void dsn_composed(uv_work_t *req, int status)
 			.rcpt = &rc,
 		};
 		memcpy(m.qid, w->newqid, QUEUE_ID_SIZE);
+		if (w->dkim && w->dkim_res == DKIM_SIGNED &&
+		    strlen(w->sig) >= QUEUE_DKIM_SIG_MAX) {
+			w->dkim_res = DKIM_FAILED;
+			snprintf(w->dkim_why, sizeof w->dkim_why, "signature too long");
+		}
+		if (w->dkim)
+			dkim_signer_count(d->dkim, w->dkim_res);
+		if (w->dkim && w->dkim_res == DKIM_SIGNED) {
+			m.dkim_sig = w->sig;
+		} else if (w->dkim && w->dkim_res == DKIM_FAILED) {
+			log_warn("%s: dkim: signing the notification failed: %s; "
+			         "queued unsigned", w->newqid, w->dkim_why);
+		}
 		int r = queue_commit(d->q, w->body, &m, dsn_committed, w);
 		if (r == 0)
 			return;   /* dsn_committed runs */
@@ -343,6 +402,13 @@ void deliver_send_dsn(struct deliver *d, const struct queue_msg *m,
 			w->headers_only = true;
 	snprintf(w->to, sizeof w->to, "%s", to);
 	snprintf(w->host, sizeof w->host, "%s", d->cfg->hostname);
+	if (d->cfg->rewrite_from && d->cfg->rewrite_sender &&
+	    !(w->rewrite_from = strdup(d->cfg->rewrite_sender)))
+		goto fail;
+	if (d->dkim && dkim_signer_key(d->dkim, 0)) {
+		w->dkim = d->dkim;
+		dkim_signer_ref(w->dkim);
+	}
 	w->orig = queue_msg_dup(m);
 	w->rcpt = calloc(n, sizeof *w->rcpt);
 	w->strs = calloc(n * 4, sizeof *w->strs);

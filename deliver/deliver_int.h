@@ -391,6 +391,10 @@ struct deliver {
 	 * share its temp file); a change meanwhile is written after it. */
 	bool size_storing, size_dirty;
 
+	/* DKIM keys (a reference; NULL: none), for the DSNs relayd writes:
+	 * signed with the key of hostname's domain (deliver_bounce.c). */
+	struct dkim_signer *dkim;
+
 	/* delivery = direct (deliver_direct.c): the resolver (NULL until
 	 * deliver_set_dns) and each recipient domain's routing. */
 	struct dns *dns;
@@ -590,11 +594,5 @@ void deliver_size_learn(struct deliver *d, uint64_t size);
 uint64_t deliver_backoff(uint64_t retry_min, uint64_t retry_max,
                          uint32_t attempts, double rnd);
 
-/* Rewrites a header section (without the blank line that ends it) for
- * rewrite_from_header: every From: field (with its continuation lines)
- * becomes "From: <sender>" and, unless the section has a Reply-To:, the
- * original From: field is kept as Reply-To:. Appends to out. */
-int deliver_rewrite_from(const uint8_t *h, size_t n, const char *sender,
-                         struct buf *out);
 
 #endif

@@ -31,14 +31,13 @@
 #define SESSION_IDLE_MS 2000
 /* Body read size; also bounds what one session buffers for the socket. */
 #define BODY_CHUNK (64 * 1024)
-/* Largest header section rewritten for rewrite_from_header; bigger ones
- * are sent as they are (with a warning). */
-#define REWRITE_MAX (1024 * 1024)
 /* Plaintext waiting to be written is bounded: commands are small, and the
  * body goes one chunk at a time. */
 /* Bounded by what we append ourselves: a pipelined batch of RCPTs, one
- * body chunk doubled by dot-stuffing, or a rewritten header section. */
-#define OUT_LIMIT (4 * REWRITE_MAX + 4 * BODY_CHUNK)
+ * body chunk doubled by dot-stuffing, or the stored DKIM-Signature block
+ * (QUEUE_DKIM_SIG_MAX) doubled. The same 4 MiB as when rewrite_from_header
+ * ran here (it runs at acceptance now: smtpd_commit.c). */
+#define OUT_LIMIT (4 * 1024 * 1024 + 4 * BODY_CHUNK)
 
 struct wreq {
 	uv_write_t req;
@@ -78,8 +77,6 @@ struct deliver_session {
 	uint64_t body_off;
 	bool body_wait;         /* body: waiting for the socket to drain */
 	bool in_body;
-	struct buf hdr;         /* rewrite_from_header: the header section */
-	bool hdr_done;
 	unsigned sent;          /* transactions on this session */
 	bool up;                /* reached READY once */
 	bool greeted;           /* the server said something: a session
@@ -123,7 +120,6 @@ static void maybe_free(struct deliver_session *s)
 	deliver_client_free(s->cl);
 	tls_stream_free(&s->tls);
 	buf_free(&s->out);
-	buf_free(&s->hdr);
 	deliver_cfg_unref(s->cfg);
 	free(s);
 }
@@ -450,44 +446,12 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 
 /* ---- the body ----------------------------------------------------------- */
 
-/* Hands bytes to the client core, through the From: rewrite first when
- * configured. */
+/* Hands stored bytes to the client core (dot-stuffing). rewrite_from_header
+ * no longer applies here: the stored message has its From: rewritten
+ * (and signed) at acceptance. */
 static void body_bytes(struct deliver_session *s, const uint8_t *p, size_t n)
 {
-	if (!s->cfg->rewrite_from || !s->cfg->rewrite_sender || s->hdr_done) {
-		deliver_client_body(s->cl, p, n, &s->out);
-		return;
-	}
-	/* Collect the header section: it ends at the first CRLF CRLF. */
-	size_t old = s->hdr.len;
-	if (buf_append(&s->hdr, p, n) < 0) {
-		log_warn("%s: header section over %d bytes: From: not rewritten",
-		         s->job->m->qid, REWRITE_MAX);
-		s->hdr_done = true;
-		deliver_client_body(s->cl, s->hdr.data, old, &s->out);
-		deliver_client_body(s->cl, p, n, &s->out);
-		buf_reset(&s->hdr);
-		return;
-	}
-	uint8_t *end = NULL;
-	if (s->hdr.len >= 4)
-		end = memmem(s->hdr.data, s->hdr.len, "\r\n\r\n", 4);
-	if (!end && n)
-		return;   /* more to come (n == 0: end of the message) */
-	size_t hlen = end ? (size_t)(end - s->hdr.data) + 2 : s->hdr.len;
-	struct buf nh;
-	buf_init(&nh, REWRITE_MAX * 2);
-	if (deliver_rewrite_from(s->hdr.data, hlen, s->cfg->rewrite_sender,
-	                         &nh) == 0) {
-		deliver_client_body(s->cl, nh.data, nh.len, &s->out);
-	} else {
-		log_warn("%s: From: not rewritten", s->job->m->qid);
-		deliver_client_body(s->cl, s->hdr.data, hlen, &s->out);
-	}
-	buf_free(&nh);
-	deliver_client_body(s->cl, s->hdr.data + hlen, s->hdr.len - hlen, &s->out);
-	s->hdr_done = true;
-	buf_reset(&s->hdr);
+	deliver_client_body(s->cl, p, n, &s->out);
 }
 
 static void body_read_cb(uv_fs_t *req)
@@ -507,8 +471,6 @@ static void body_read_cb(uv_fs_t *req)
 		return;
 	}
 	if (n == 0) {
-		if (s->cfg->rewrite_from && !s->hdr_done)
-			body_bytes(s, NULL, 0);
 		close(s->body_fd);
 		s->body_fd = -1;
 		s->in_body = false;
@@ -572,7 +534,6 @@ static void open_cb(uv_fs_t *req)
 	}
 	s->body_fd = (int)fd;
 	s->body_off = 0;
-	s->hdr_done = false;
 	s->t_job = uv_now(s->loop);
 	deliver_client_send(s->cl, &s->job->cm, &s->out);
 	drive(s);
@@ -710,6 +671,12 @@ static void drive(struct deliver_session *s)
 			arm_timer(s, SESSION_IDLE_MS);
 			return;
 		case DELIVER_CL_BODY:
+			/* The DKIM-Signature fields made at acceptance go first,
+			 * the same bytes on every attempt (issue 10 §1). */
+			if (s->job->m->dkim_sig && s->job->m->dkim_sig[0])
+				deliver_client_body(s->cl,
+				                    (const uint8_t *)s->job->m->dkim_sig,
+				                    strlen(s->job->m->dkim_sig), &s->out);
 			flush_out(s);
 			s->in_body = true;
 			read_body(s);
@@ -853,7 +820,6 @@ int deliver_session_new(struct deliver_dest *dst, struct deliver_cfg *cfg,
 	s->body_fd = -1;
 	s->t_start = uv_now(loop);
 	buf_init(&s->out, OUT_LIMIT);
-	buf_init(&s->hdr, REWRITE_MAX);
 	snprintf(s->relay, sizeof s->relay, "%s:%u", cfg->host, cfg->port);
 	s->direct = dst->direct;
 	const struct deliver_dest_addr *da = NULL;
@@ -882,7 +848,6 @@ int deliver_session_new(struct deliver_dest *dst, struct deliver_cfg *cfg,
 	if (r < 0) {
 		deliver_client_free(s->cl);
 		buf_free(&s->out);
-		buf_free(&s->hdr);
 		deliver_cfg_unref(cfg);
 		free(s);
 		return r;

@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "common/smtp.h"
 #include "deliver/deliver_ctl.h"
+#include "dkim/dkim.h"
 
 /* Every destination tries again now (relayctl flush). */
 static void unpause_all(struct deliver *d)
@@ -522,6 +523,7 @@ void deliver_stats_json(struct deliver *d, char *out, size_t outlen)
 		         paused ? "paused" : "ok",
 		         paused ? sh->pause_until_wall : 0, sh ? sh->fails : 0,
 		         reason);
+	struct dkim_counts dc = dkim_signer_counts(d->dkim);
 	snprintf(out, outlen,
 	         "{\"running\":true,\"pid\":%d,\"uptime\":%" PRId64
 	         ",\"delivery\":\"%s\",\"queue\":{\"messages\":%" PRIu64
@@ -531,6 +533,8 @@ void deliver_stats_json(struct deliver *d, char *out, size_t outlen)
 	         ",\"deferred\":%" PRIu64 ",\"bounced\":%" PRIu64
 	         ",\"notifications\":%" PRIu64
 	         ",\"notifications_dropped\":%" PRIu64
+	         ",\"dkim_signed\":%" PRIu64 ",\"dkim_unsigned\":%" PRIu64
+	         ",\"dkim_failed\":%" PRIu64
 	         ",\"smarthost_size\":%" PRIu64 ",\"route\":%s}",
 	         (int)getpid(), deliver_wall_now() - d->started,
 	         g->mode == CONF_DELIVERY_SMARTHOST ? "smarthost" :
@@ -538,6 +542,7 @@ void deliver_stats_json(struct deliver *d, char *out, size_t outlen)
 	         nmsg, nsched, nmsg > nsched ? nmsg - nsched : 0, d->nbusy,
 	         d->nsessions, d->n_attempts, d->n_sent,
 	         d->n_deferred, d->n_bounced, d->n_dsn, d->n_dsn_dropped,
+	         dc.signed_msgs, dc.unsigned_msgs, dc.failed,
 	         d->sh_size, route);
 }
 

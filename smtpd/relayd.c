@@ -29,6 +29,7 @@
 #include "queue/queue.h"
 #include "deliver/deliver.h"
 #include "deliver/deliver_policy.h"
+#include "dkim/dkim.h"
 #include "dns/dns.h"
 #include "smtpd/smtpd.h"
 #include "smtpd/smtpd_policy_net.h"
@@ -249,6 +250,8 @@ static int reload(struct relayd *d, const char *by, char *why, size_t whylen)
 	if (d->deliver)
 		deliver_set_conf(d->deliver, &nc);
 	smtpd_set_conf(d->smtpd, &nc);
+	if (d->deliver)
+		deliver_set_dkim(d->deliver, smtpd_dkim(d->smtpd));
 	log_info("%s: configuration reloaded from %s", by, d->conf_path);
 	snprintf(why, whylen, "configuration reloaded from %s", d->conf_path);
 	return 0;
@@ -400,6 +403,17 @@ int main(int argc, char **argv)
 			conf_free(&d.conf);
 			return 1;
 		}
+		/* The DKIM keys (as whoever runs -t; relayd loads them as
+		 * its user). */
+		struct dkim_signer *ds;
+		if (dkim_signer_new(d.conf.dkim_keys, d.conf.ndkim_keys,
+		                    d.conf.dkim_subdomains, NULL, &ds, err,
+		                    sizeof err) < 0) {
+			fprintf(stderr, "relayd: %s: %s\n", path, err);
+			conf_free(&d.conf);
+			return 1;
+		}
+		dkim_signer_unref(ds);
 		printf("relayd: configuration %s is valid\n", path);
 		conf_free(&d.conf);
 		return 0;
@@ -485,6 +499,8 @@ int main(int argc, char **argv)
 	}
 	if (smtpd_start(d.smtpd) < 0)
 		goto fail;
+	/* relayd's own DSNs are signed with the keys smtpd loaded. */
+	deliver_set_dkim(d.deliver, smtpd_dkim(d.smtpd));
 
 	uv_signal_init(&d.loop, &d.sig_term);
 	uv_signal_init(&d.loop, &d.sig_int);

@@ -701,6 +701,8 @@ void smtpd_session_maybe_free(struct smtpd_session *s)
 	smtpd_conf_drop(s->cf);
 	buf_free(&s->in);
 	buf_free(&s->out);
+	free(s->dkim_sig);
+	buf_free(&s->rw);
 	free(s);
 	smtpd_server_maybe_done(srv);
 }

@@ -66,6 +66,9 @@ int ctl_cmd_check(struct ctl_ctx *c, int argc, char **argv);
 /* user add|del|list|passwd|disable|enable|test (ctl_user.c) */
 int ctl_cmd_user(struct ctl_ctx *c, int argc, char **argv);
 
+/* dkim keygen|show|rotate (ctl_dkim.c). */
+int ctl_cmd_dkim(struct ctl_ctx *c, int argc, char **argv);
+
 /* ctl_control.c: changes through relayd's control socket (hold, release
  * and delete also offline, while relayd is stopped), and stats. */
 int ctl_cmd_flush(struct ctl_ctx *c, int argc, char **argv);
@@ -86,6 +89,11 @@ int ctl_cmd_lockout(struct ctl_ctx *c, int argc, char **argv);
 
 /* ctl_log.c: log_file filtered and followed. */
 int ctl_cmd_log(struct ctl_ctx *c, int argc, char **argv);
+
+/* ctl_checkdns.c: check-dns DOMAIN [--ip ADDR]... [--selector S]...
+ * [--mail-from D] [--probe HOST[:PORT]]: exit 0 nothing FAILed, 1 some
+ * item did, 2 usage or configuration. */
+int ctl_cmd_check_dns(struct ctl_ctx *c, int argc, char **argv);
 
 /* ctl_priv.c: run as root, checks the spool (no links, one owner, safe
  * modes and ancestors) and switches to its owner's uid and gid for good,

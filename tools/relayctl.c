@@ -20,6 +20,7 @@
 #include "common/tls_stream.h"
 #include "common/version.h"
 #include "dns/dns.h"
+#include "tools/ctl_dkim.h"
 
 extern char **environ;
 
@@ -90,6 +91,14 @@ static const struct ctl_cmd ctl_cmds[] = {
 	{"log", "[-f] [LOG FILTERS] [-n N]", "relayd's log_file: delivery lines, "
 	 "one message's story, following", CTL_F_JSON | CTL_F_CONF, 0, 0,
 	 ctl_cmd_log, "-f -n= --id= --rcpt= --from= --status= --since="},
+	{"dkim", "SUBCOMMAND [ARGS]", "DKIM keys: make, show, rotate (below)",
+	 CTL_F_JSON | CTL_F_CONF, 1, 3, ctl_cmd_dkim,
+	 "--type= --bits= --dir= --selector= --check --retire="},
+	{"check-dns", "DOMAIN [--ip ADDR]... [--selector S] [--mail-from D] "
+	 "[--probe HOST[:PORT]] [--json]", "what receivers will check: PTR, "
+	 "SPF, DKIM, DMARC, MX, port 25, DNSBLs (below)",
+	 CTL_F_JSON | CTL_F_CONF | CTL_F_EXIT2, 1, 1, ctl_cmd_check_dns,
+	 "--ip=* --selector=* --mail-from= --probe="},
 	{"help", "", "this text", 0, 0, 1, ctl_cmd_help, NULL},
 };
 
@@ -145,6 +154,44 @@ static void ctl_usage(FILE *f)
 	        "                              address stands for its /64) or "
 	        "one name's\n"
 	        "\n"
+	        "DKIM subcommands (keys named by relayd.conf's dkim_key lines; "
+	        "relayctl prints\nthe lines to add or remove, it never edits "
+	        "the file):\n"
+	        "  dkim keygen DOMAIN SELECTOR [--type rsa|ed25519] [--bits N] "
+	        "[--dir DIR]\n"
+	        "        a new private key in DIR (default " CTL_DKIM_DIR "), "
+	        "0600,\n"
+	        "        never over a file; prints the dkim_key line and the "
+	        "DNS record\n"
+	        "  dkim show [--json]          each key: type, size, active, "
+	        "its record, and\n"
+	        "                              whether DNS serves it (exit 1 "
+	        "if not)\n"
+	        "  dkim rotate DOMAIN [--type T] [--bits N] [--selector S] "
+	        "[--dir DIR]\n"
+	        "        step 1: a new key under a dated selector (s20261205) "
+	        "and its record\n"
+	        "  dkim rotate DOMAIN --check --selector S\n"
+	        "        step 2: does DNS serve it? then the dkim_key line to "
+	        "add\n"
+	        "  dkim rotate DOMAIN --retire SELECTOR\n"
+	        "        step 3: what to remove, and when\n"
+	        "\n"
+	        "check-dns DOMAIN: from this host, through relayd's resolver "
+	        "(dns_servers),\n"
+	        "each item OK, WARN, FAIL or INFO with the record to publish or "
+	        "change:\n"
+	        "  --ip ADDR          an egress address to check (repeatable; "
+	        "default:\n"
+	        "                     smtp_bind_address[6], else the host's "
+	        "source addresses)\n"
+	        "  --selector S       a DKIM selector of DOMAIN besides the "
+	        "dkim_key lines\n"
+	        "  --mail-from D      the envelope (MAIL FROM) domain, when "
+	        "not DOMAIN\n"
+	        "  --probe HOST[:PORT]  where to try outbound port 25 (default: "
+	        "DOMAIN's MX)\n"
+	        "\n"
 	        "Options:\n"
 	        "  -c FILE     relayd's configuration file (default: "
 	        "$RELAYD_CONFIG, else\n"
@@ -153,7 +200,8 @@ static void ctl_usage(FILE *f)
 	        "              e.g. RELAYD_SPOOL_DIR=/var/spool/relayd\n"
 	        "  --json      JSON output for scripts (list, show, stats, "
 	        "destinations,\n"
-	        "              check, user list, lockout list)\n"
+	        "              check, user list, lockout list, dkim show,\n"
+	        "              check-dns)\n"
 	        "  -h, --help  this text\n"
 	        "  -V, --version  relayctl's version and its libraries'\n"
 	        "\n"
@@ -189,7 +237,8 @@ static void ctl_usage(FILE *f)
 	        "ID is a 16-character queue id as shown by 'list'.\n"
 	        "Exit status: 0 success, 1 error, 2 usage error; check: 0 clean,\n"
 	        "1 problems found (one line each), 2 the spool could not be "
-	        "checked.\n");
+	        "checked;\ncheck-dns: 0 nothing FAILed, 1 an item FAILed, 2 "
+	        "usage or configuration.\n");
 }
 
 /* Prints "relayctl: <message>" and the usage text to stderr; returns the
@@ -230,17 +279,19 @@ static const struct ctl_cmd *ctl_cmd_find(const char *name)
 }
 
 /* Looks name ("--to") up in the command's option list: 0 = not an
- * option of it, 1 = a flag, 2 = takes a value. */
+ * option of it, 1 = a flag, 2 = takes a value, 3 = takes a value and may
+ * be given more than once ("--ip=*"; the handler walks c->opts). */
 static int ctl_cmd_opt_kind(const struct ctl_cmd *cmd, const char *name,
                             size_t namelen)
 {
 	const char *p = cmd->opts;
 	while (p && *p) {
 		size_t n = strcspn(p, " ");
-		bool val = n > 0 && p[n - 1] == '=';
-		size_t bare = val ? n - 1 : n;
+		bool many = n > 1 && p[n - 1] == '*' && p[n - 2] == '=';
+		bool val = many || (n > 0 && p[n - 1] == '=');
+		size_t bare = many ? n - 2 : val ? n - 1 : n;
 		if (bare == namelen && strncmp(p, name, namelen) == 0)
-			return val ? 2 : 1;
+			return many ? 3 : val ? 2 : 1;
 		p += n;
 		p += strspn(p, " ");
 	}
@@ -375,14 +426,14 @@ int main(int argc, char **argv)
 			if (r == 1 && eq)
 				return ctl_usage_error("option %s takes no value",
 				                       ctl_esc(esc, sizeof esc, a));
-			if (r == 2 && !eq && i + 1 >= argc)
+			if (r >= 2 && !eq && i + 1 >= argc)
 				return ctl_usage_error("option %s needs a value",
 				                       ctl_esc(esc, sizeof esc, a));
 			/* The name is cut at '=' in place (argv is writable). */
 			const char *val = r == 1 ? "" : eq ? eq + 1 : argv[++i];
 			if (eq)
 				*(char *)eq = '\0';
-			for (size_t k = 0; k < c.nopts; k++)
+			for (size_t k = 0; r != 3 && k < c.nopts; k++)
 				if (strcmp(c.opts[k].name, a) == 0)
 					return ctl_usage_error("option %s given twice",
 					                       ctl_esc(esc, sizeof esc, a));
