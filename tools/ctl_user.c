@@ -218,9 +218,10 @@ static ssize_t ctl_read_tty(const char *prompt, char *pw, size_t cap)
 }
 
 /* The password for user: from the terminal (asked twice when confirm),
- * or one line of stdin. Prints its own errors. */
-static ssize_t ctl_read_password(const char *user, bool confirm, char *pw,
-                                 size_t cap)
+ * or one line of stdin. Prints its own errors. (ctl.h: setup and
+ * send-test read passwords with it too.) */
+ssize_t ctl_read_password(const char *user, bool confirm, char *pw,
+                          size_t cap)
 {
 	char again[CRED_PASSWORD_MAX + 2], prompt[128];
 	bool tty = isatty(STDIN_FILENO);
