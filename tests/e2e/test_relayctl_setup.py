@@ -1,0 +1,214 @@
+"""tests/e2e/test_relayctl_setup.py - `relayctl setup smarthost` (and
+`setup direct`): the configuration written is accepted by `relayd -t` and
+delivers; the smarthost login is checked against a real aiosmtpd upstream
+with AUTH (upstream.py) before any mail: a wrong password fails with the
+535 reply shown, a certificate for another name fails naming it, a closed
+port says "Connection refused"; an existing file is never replaced without
+--force; --check-only writes nothing.
+
+The daemon the tests start runs on the written file, with only where it
+listens, its spool, log and account overridden through RELAYD_<KEY>
+variables (which win over the file): exactly what the operator's relayd
+would read otherwise."""
+import os
+import re
+import smtplib
+import stat
+import subprocess
+
+import pytest
+
+from conftest import RELAYCTL, RELAYD
+from conftest_upstream import (SENDER, make_message, message_id, submit,
+                               wait_status)
+from upstream import TLS_NAME
+
+USER, PASSWORD = "setup-user", "S3tup-pass-word"
+
+
+def run(args, stdin=b"", env=None, timeout=90):
+    e = dict(os.environ)
+    e.update(env or {})
+    r = subprocess.run(args, input=stdin, capture_output=True,
+                       timeout=timeout, env=e)
+    return r.returncode, r.stdout.decode(), r.stderr.decode()
+
+
+def setup_smarthost(conf, up, ca, *extra, password=PASSWORD, user=USER):
+    args = [RELAYCTL, "setup", "smarthost", "--config", conf,
+            "--host", up.smarthost, "--tls-ca", ca.ca_cert,
+            "--tls-name", TLS_NAME, "--hostname", "relay.test",
+            "--timeout", "20s"]
+    if up.tls != "implicit" or up.port != 465:
+        args += ["--tls", up.tls]
+    if user:
+        args += ["--user", user]
+    args += list(extra)
+    return run(args, stdin=(password + "\n").encode() if password else b"",
+               env={"RELAYD_USER": "root"})
+
+
+def relayd_env(r):
+    """Where the test daemon listens and keeps its spool and log; the rest
+    comes from the file under test."""
+    env = {"RELAYD_LISTEN": "%s:%d" % (r.addr, r.port),
+           "RELAYD_SPOOL_DIR": r.spool,
+           "RELAYD_LOG_FILE": r.logfile,
+           "RELAYD_LOG_LEVEL": "info",
+           "RELAYD_RETRY_MIN": "1s"}
+    if os.geteuid() == 0:
+        env["RELAYD_USER"] = "root"
+    return env
+
+
+def conf_keys(path):
+    out = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                k, _, v = line.partition("=")
+                out[k.strip()] = v.strip()
+    return out
+
+
+@pytest.mark.parametrize("tls", ["starttls", "implicit"])
+def test_setup_smarthost_writes_a_config_that_delivers(upstream_factory,
+                                                        relayd_factory,
+                                                        test_ca, tmp_path,
+                                                        tls):
+    up = upstream_factory(tls=tls, users={USER: PASSWORD})
+    conf = str(tmp_path / "etc" / "relayd.conf")
+    rc, out, err = setup_smarthost(conf, up, test_ca)
+    assert rc == 0, (rc, out, err)
+    pwfile = str(tmp_path / "etc" / "smarthost.password")
+    # Files: the config 0644, the password 0600 holding the password.
+    assert stat.S_IMODE(os.stat(conf).st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(pwfile).st_mode) == 0o600
+    with open(pwfile) as f:
+        assert f.read() == PASSWORD + "\n"
+    keys = conf_keys(conf)
+    assert keys["delivery"] == "smarthost"
+    assert keys["smarthost"] == up.smarthost
+    assert keys["smarthost_user"] == USER
+    assert keys["smarthost_password_file"] == pwfile
+    assert keys["hostname"] == "relay.test"
+    with open(conf) as f:
+        assert PASSWORD not in f.read()
+    assert PASSWORD not in out + err
+    # Steps, in order, and the next step named.
+    pos = 0
+    for p in (r"^Wrote %s \(the password, mode 0600\)\.$" % re.escape(pwfile),
+              r"^Wrote %s\.$" % re.escape(conf),
+              r"^Checking the login at ",
+              r"^  connected to ",
+              r"^  TLS: TLSv1\.[23] \S+, certificate verified$",
+              r"^  AUTH as %s: accepted$" % USER,
+              r"^OK: relayd can log in to the smarthost \(no mail was sent\)",
+              r"^  relayd -t -c %s" % re.escape(conf),
+              r"^  relayctl -c %s send-test " % re.escape(conf)):
+        m = re.compile(p, re.M).search(out, pos)
+        assert m, (p, out)
+        pos = m.end()
+    # The check logged in and sent nothing.
+    conns = up.connections()
+    assert len(conns) == 1, conns
+    assert [a["ok"] for a in conns[0]["auth"]] == [True], conns[0]
+    assert conns[0]["auth"][0]["user"] == USER and conns[0]["auth"][0]["tls"]
+    assert not any(c["verb"] in ("MAIL", "RCPT", "DATA")
+                   for c in conns[0]["commands"]), conns[0]["commands"]
+    assert up.messages(all=True) == []
+
+    r = relayd_factory(start=False)
+    r.conf_path = conf
+    rc, out, err = run([RELAYD, "-t", "-c", conf], env=relayd_env(r))
+    assert rc == 0, (rc, out, err)
+    r.start(env=relayd_env(r))
+    content, mid = make_message("through setup's config")
+    qid = submit(r, SENDER, ["rcpt@dest.test"], content)
+    rec = up.wait_messages(1, match=lambda m: message_id(m["data"]) == mid)[0]
+    assert rec["auth_user"] == USER and rec["tls"], rec
+    wait_status(r, qid, "rcpt@dest.test", "sent", fail_on=("bounced",))
+
+
+def test_setup_smarthost_wrong_password(upstream_factory, test_ca, tmp_path):
+    up = upstream_factory(tls="starttls", users={USER: PASSWORD})
+    conf = str(tmp_path / "relayd.conf")
+    rc, out, err = setup_smarthost(conf, up, test_ca, password="not-it")
+    assert rc == 1, (rc, out, err)
+    assert re.search(r"^FAILED: AUTH refused by \S+: 535 5\.7\.8 ", out,
+                     re.M), out
+    assert "Check the user name and password" in out
+    assert "could not log in" in out and "--force" in out
+    assert "not-it" not in out + err
+    auths = [a for c in up.connections() for a in c["auth"]]
+    assert [a["ok"] for a in auths] == [False], auths
+    assert up.messages(all=True) == []
+
+    # The same with --check-only and the right password: exit 0, and the
+    # files are not written again.
+    before = os.stat(conf).st_mtime_ns
+    pw = tmp_path / "pw"
+    pw.write_text(PASSWORD + "\n")
+    rc, out, err = setup_smarthost(conf, up, test_ca, "--check-only",
+                                   "--password-file", str(pw), password=None)
+    assert rc == 0, (rc, out, err)
+    assert "OK: relayd can log in" in out
+    assert "Wrote" not in out
+    assert os.stat(conf).st_mtime_ns == before
+
+
+def test_setup_smarthost_refuses_to_replace(upstream_factory, test_ca,
+                                            tmp_path):
+    up = upstream_factory(tls="starttls", users={USER: PASSWORD})
+    conf = tmp_path / "relayd.conf"
+    conf.write_text("# mine\n")
+    rc, out, err = setup_smarthost(str(conf), up, test_ca)
+    assert rc == 1, (rc, out, err)
+    assert "exists; not replaced (--force replaces it)" in err
+    assert conf.read_text() == "# mine\n"
+    assert not (tmp_path / "smarthost.password").exists()
+    assert up.connections() == []
+    rc, out, err = setup_smarthost(str(conf), up, test_ca, "--force")
+    assert rc == 0, (rc, out, err)
+    assert conf_keys(str(conf))["delivery"] == "smarthost"
+    assert not [p for p in os.listdir(tmp_path) if ".tmp." in p]
+
+
+def test_setup_smarthost_tls_name_mismatch(upstream_factory, test_ca,
+                                           tmp_path):
+    up = upstream_factory(tls="implicit", cert="wrong",
+                          users={USER: PASSWORD})
+    rc, out, err = setup_smarthost(str(tmp_path / "c.conf"), up, test_ca,
+                                   "--check-only")
+    assert rc == 1, (rc, out, err)
+    assert re.search(r"^FAILED: TLS: the certificate of \S+ does not verify "
+                     r"for the name smarthost\.test: ", out, re.M), out
+    assert "--tls-ca FILE" in out
+    assert not (tmp_path / "c.conf").exists()
+
+
+def test_setup_smarthost_connection_refused(upstream_factory, test_ca,
+                                            tmp_path):
+    up = upstream_factory(tls="starttls", users={USER: PASSWORD})
+    up.stop()
+    rc, out, err = setup_smarthost(str(tmp_path / "c.conf"), up, test_ca,
+                                   "--check-only")
+    assert rc == 1, (rc, out, err)
+    assert re.search(r"^FAILED: connect to %s:%d: Connection refused$" % (
+        re.escape(up.addr), up.port), out, re.M), out
+
+
+def test_setup_usage_errors(tmp_path):
+    conf = str(tmp_path / "c.conf")
+    for args, msg in ((["setup", "smarthost", "--config", conf],
+                       "needs --host"),
+                      (["setup", "smarthost", "--config", conf, "--host",
+                        "no-port"], "--host"),
+                      (["setup", "smarthost", "--config", conf, "--host",
+                        "h:25", "--tls", "maybe"], "--tls"),
+                      (["setup", "elsewhere"], "unknown mode")):
+        rc, out, err = run([RELAYCTL] + args, stdin=b"")
+        assert rc == 2, (args, rc, out, err)
+        assert msg in err, (args, err)
+    assert not os.path.exists(conf)
