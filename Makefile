@@ -33,6 +33,9 @@ DEPS_TEST  += python3-lmdb
 # The DNS tests (tests/e2e/dnsutil.py): dnsmasq as the authoritative server
 # for the zone `test`, a dnspython stub for what dnsmasq cannot answer.
 DEPS_TEST  += dnsmasq-base python3-dnspython
+# DKIM (tests/e2e/test_dkim.py): dkimpy verifies every signature relayd
+# makes, an implementation independent of libopendkim.
+DEPS_TEST  += python3-dkim
 # `make fuzz` only: clang with libFuzzer (libclang-rt-14-dev comes with it).
 DEPS_FUZZ  := clang
 
@@ -297,6 +300,13 @@ $(BUILD)/bench/fill_queue: bench/fill_queue.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 .PHONY: bench-fill
+
+# bench/dkim_cost: microseconds per DKIM signature (bench/RESULTS.md).
+bench-dkim: $(BUILD)/bench/dkim_cost
+$(BUILD)/bench/dkim_cost: bench/dkim_cost.c $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+.PHONY: bench-dkim
 
 # bench/scale: relayd holding 1 000 000 messages (bench/README.md).
 bench-scale: deps-bench all bench-fill

@@ -44,6 +44,7 @@ enum conf_type {
 	CT_ENUM,      /* int-sized enum, names in vals[] */
 	CT_LISTEN,    /* listen[] + nlisten */
 	CT_HEADERS,   /* scrub_headers[] + nscrub_headers */
+	CT_DKIM_KEYS, /* dkim_keys[] + ndkim_keys: each value adds one */
 };
 
 struct conf_enum {
@@ -104,6 +105,7 @@ static int check_hostname(const char *v, char *msg, size_t msglen);
 static int check_nonempty(const char *v, char *msg, size_t msglen);
 static int check_hostport(const char *v, char *msg, size_t msglen);
 static int check_dns_servers(const char *v, char *msg, size_t msglen);
+static int check_dnsbl_zones(const char *v, char *msg, size_t msglen);
 static int check_rate(const char *v, char *msg, size_t msglen);
 static int check_address(const char *v, char *msg, size_t msglen);
 static int check_bind4(const char *v, char *msg, size_t msglen);
@@ -309,6 +311,21 @@ static const struct conf_keydef conf_keys[] = {
 	{"dns_servers", CT_STRING, OFF(dns_servers), "", 0, 0, NULL,
 	 check_dns_servers, "DNS servers to ask, IP[:PORT] separated by commas "
 	 "([v6]:PORT); empty: those of /etc/resolv.conf"},
+	{"dkim_key", CT_DKIM_KEYS, OFF(dkim_keys), "", 0, 0, NULL, NULL,
+	 "DOMAIN SELECTOR /path/to/key.pem: sign mail whose From: is in DOMAIN "
+	 "(repeatable: one line per key; empty: no keys)"},
+	{"dkim_subdomains", CT_BOOL, OFF(dkim_subdomains), "no", 0, 0, NULL, NULL,
+	 "a From: domain without a key of its own is signed with a parent "
+	 "domain's key"},
+	{"dkim_required", CT_BOOL, OFF(dkim_required), "no", 0, 0, NULL, NULL,
+	 "refuse at the end of DATA what cannot be signed (451 4.7.0 on a "
+	 "failure, 550 5.7.1 without a key for the From: domain)"},
+	/* relayctl check-dns (issue 10 §3). */
+	{"dnsbl_zones", CT_STRING, OFF(dnsbl_zones),
+	 "zen.spamhaus.org, bl.spamcop.net, b.barracudacentral.org, "
+	 "psbl.surriel.com", 0, 0, NULL, check_dnsbl_zones,
+	 "DNS blocklist zones relayctl check-dns looks the egress addresses "
+	 "up in, separated by commas; empty: none"},
 };
 
 #define NKEYS (sizeof conf_keys / sizeof *conf_keys)
@@ -643,6 +660,34 @@ static int check_dns_servers(const char *v, char *msg, size_t msglen)
 	       ? -EINVAL : 0;
 }
 
+/* dnsbl_zones: host names separated by commas or spaces. */
+static int check_dnsbl_zones(const char *v, char *msg, size_t msglen)
+{
+	size_t n = 0;
+	while (*v) {
+		size_t len = strcspn(v, ", \t");
+		if (len == 0) {
+			v++;
+			continue;
+		}
+		char item[256];
+		if (len >= sizeof item) {
+			fmt(msg, msglen, "a zone name is longer than 255 characters");
+			return -EINVAL;
+		}
+		memcpy(item, v, len);
+		item[len] = '\0';
+		if (check_hostname(item, msg, msglen) < 0)
+			return -EINVAL;
+		if (++n > CONF_DNSBL_ZONES_MAX) {
+			fmt(msg, msglen, "more than %d zones", CONF_DNSBL_ZONES_MAX);
+			return -EINVAL;
+		}
+		v += len;
+	}
+	return 0;
+}
+
 int conf_parse_rate(const char *v, unsigned *per_minute, unsigned *per_hour)
 {
 	*per_minute = *per_hour = 0;
@@ -898,6 +943,57 @@ static int header_item(void *ctx, const char *s, size_t n, char *msg,
 
 /* Sets k from v; on error writes the reason (without the key) into msg.
  * A failed set leaves the old value in place. */
+/* dkim_key: "DOMAIN SELECTOR PATH", three fields separated by blanks
+ * (dkim/ checks the domain, the selector and the key file when it loads
+ * it). Adds one entry; an empty value empties the list. */
+static void dkim_keys_clear(struct conf *c)
+{
+	for (size_t i = 0; i < c->ndkim_keys; i++) {
+		free(c->dkim_keys[i]);
+		c->dkim_keys[i] = NULL;
+	}
+	c->ndkim_keys = 0;
+}
+
+static int dkim_key_add(struct conf *c, const char *v, char *msg,
+                        size_t msglen)
+{
+	char q[QUOTE_MAX];
+	const char *s = v;
+	size_t n = strlen(v);
+	trim(&s, &n);
+	if (n == 0) {
+		dkim_keys_clear(c);
+		return 0;
+	}
+	unsigned fields = 0;
+	for (size_t i = 0; i < n;) {
+		if (is_ws(s[i])) {
+			i++;
+			continue;
+		}
+		fields++;
+		while (i < n && !is_ws(s[i]))
+			i++;
+	}
+	if (fields < 3) {
+		fmt(msg, msglen, "expected 'DOMAIN SELECTOR /path/to/key.pem': "
+		    "'%s'", quote(q, s, n));
+		return -EINVAL;
+	}
+	if (c->ndkim_keys >= CONF_LIST_MAX) {
+		fmt(msg, msglen, "more than %d keys", CONF_LIST_MAX);
+		return -EINVAL;
+	}
+	char *d = dupn(s, n);
+	if (!d) {
+		fmt(msg, msglen, "out of memory");
+		return -ENOMEM;
+	}
+	c->dkim_keys[c->ndkim_keys++] = d;
+	return 0;
+}
+
 static int set_value(struct conf *c, const struct conf_keydef *k,
                      const char *v, char *msg, size_t msglen)
 {
@@ -1023,6 +1119,8 @@ static int set_value(struct conf *c, const struct conf_keydef *k,
 		c->nscrub_headers = hl.n;
 		return 0;
 	}
+	case CT_DKIM_KEYS:
+		return dkim_key_add(c, v, msg, msglen);
 	}
 	fmt(msg, msglen, "bad key type");
 	return -EINVAL;
@@ -1119,6 +1217,7 @@ void conf_free(struct conf *c)
 		c->scrub_headers[i] = NULL;
 	}
 	c->nscrub_headers = 0;
+	dkim_keys_clear(c);
 }
 
 /* ---- the file ---------------------------------------------------------- */
@@ -1248,7 +1347,24 @@ int conf_apply_env(struct conf *c, char *const *envp, char *err, size_t errlen)
 			fmt(err, errlen, "out of memory");
 			return -ENOMEM;
 		}
-		int rc = set_value(c, k, val, msg, sizeof msg);
+		int rc;
+		if (k->type == CT_DKIM_KEYS) {
+			/* One variable holds every key ("D S P; D S P"): it
+			 * replaces the file's list. */
+			dkim_keys_clear(c);
+			rc = 0;
+			char *save = NULL;
+			for (char *it = strtok_r(val, ";", &save); it && rc == 0;
+			     it = strtok_r(NULL, ";", &save)) {
+				const char *t = it;
+				size_t tn = strlen(it);
+				trim(&t, &tn);
+				if (tn)
+					rc = set_value(c, k, it, msg, sizeof msg);
+			}
+		} else {
+			rc = set_value(c, k, val, msg, sizeof msg);
+		}
 		free(val);
 		if (rc < 0) {
 			fmt(err, errlen, "environment %.*s: %s", (int)(eq - e), e, msg);

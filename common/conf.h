@@ -49,6 +49,8 @@ struct conf_listen {
 
 /* Room for every key of the table (conf.c checks the count). */
 #define CONF_KEYS_MAX 128
+/* dnsbl_zones: at most this many zones. */
+#define CONF_DNSBL_ZONES_MAX 32
 /* conf.set_at[]: the key came from the environment. */
 #define CONF_SET_ENV UINT32_MAX
 
@@ -144,6 +146,18 @@ struct conf {
 	/* The resolver (dns/). */
 	char *dns_servers;                 /* "IP[:PORT], [V6]:PORT"; default ""
 	                                      (/etc/resolv.conf) */
+	/* DKIM signing (issue 10 §1; dkim/dkim.h reads these). Each
+	 * `dkim_key = DOMAIN SELECTOR PATH` line adds one raw value (its
+	 * three fields checked here, the key itself by dkim/ at start and
+	 * on SIGHUP); an empty value clears the list. RELAYD_DKIM_KEY
+	 * replaces the file's list with its values, separated by ';'. */
+	char *dkim_keys[CONF_LIST_MAX];
+	size_t ndkim_keys;
+	bool dkim_subdomains;              /* parent domain's key; default no */
+	bool dkim_required;                /* refuse unsigned mail; default no */
+	/* relayctl check-dns. */
+	char *dnsbl_zones;                 /* zone names, comma separated;
+	                                      default: a list (conf.c) */
 
 	/* Where each key (by table index) was last set: its line in the
 	 * file, CONF_SET_ENV, or 0 for the default. For conf_check's

@@ -115,8 +115,10 @@ static void test_key_table(void **state)
 	 * + mx_allow_private, mx_port, ip_preference, smtp_bind_address,
 	 * smtp_bind_address6, tls_policy_file, destination_policy_file,
 	 * max_recipients_per_transaction, destination_concurrency,
-	 * max_delivery_sessions, dns_servers (issue 9) */
-	assert_int_equal(n, 72);
+	 * max_delivery_sessions, dns_servers (issue 9)
+	 * + dkim_key, dkim_subdomains, dkim_required (issue 10)
+	 * + dnsbl_zones (issue 10 §3) */
+	assert_int_equal(n, 76);
 	assert_null(conf_key(n, NULL, NULL));
 }
 
@@ -1067,7 +1069,8 @@ static void test_check(void **state)
 	char err[ERRLEN];
 	assert_int_equal(conf_init(&c), 0);
 	char *const env[] = {"RELAYD_LISTEN=127.0.0.1:465/smtps", NULL};
-	assert_int_equal(conf_apply_env(&c, env, err, sizeof err), 0);
+	if (conf_apply_env(&c, env, err, sizeof err) != 0)
+		fail_msg("%s", err);
 	assert_int_equal(conf_check(&c, "x.conf", err, sizeof err), -EINVAL);
 	assert_string_equal(err, "environment RELAYD_LISTEN: 127.0.0.1:465/smtps "
 	                         "is implicit TLS: it needs tls_cert_file and "
@@ -1212,6 +1215,95 @@ static void test_dns_servers(void **state)
 	conf_free(&c);
 }
 
+/* dkim_key: each line adds one (raw text kept for dkim/), an empty value
+ * empties the list, bad lines name the line; RELAYD_DKIM_KEY replaces the
+ * file's list with its ';'-separated values. */
+static void test_dkim_keys(void **state)
+{
+	(void)state;
+	struct conf c;
+	char err[ERRLEN];
+	static const char text[] =
+	    "dkim_key = example.com s1 /k/a.pem\n"
+	    "dkim_key = example.com  s2  /k/b c.pem  \n"
+	    "dkim_subdomains = yes\n";
+	assert_int_equal(conf_init(&c), 0);
+	assert_int_equal(c.ndkim_keys, 0);
+	assert_false(c.dkim_subdomains);
+	assert_false(c.dkim_required);
+	if (conf_parse(&c, "f", text, sizeof text - 1, err, sizeof err)) fail_msg("%s", err);
+	assert_int_equal(c.ndkim_keys, 2);
+	assert_string_equal(c.dkim_keys[0], "example.com s1 /k/a.pem");
+	assert_string_equal(c.dkim_keys[1], "example.com  s2  /k/b c.pem");
+	assert_true(c.dkim_subdomains);
+
+	static const char bad[] = "\ndkim_key = example.com /k/a.pem\n";
+	assert_int_equal(conf_parse(&c, "f", bad, sizeof bad - 1, err,
+	                            sizeof err), -EINVAL);
+	assert_string_equal(err, "f:2: dkim_key: expected 'DOMAIN SELECTOR "
+	                         "/path/to/key.pem': 'example.com /k/a.pem'");
+	assert_int_equal(c.ndkim_keys, 2);   /* a bad line adds nothing */
+
+	char *const env[] = {"RELAYD_DKIM_KEY=a.example s /k/1.pem; "
+	                     "b.example s /k/2.pem;", "RELAYD_DKIM_REQUIRED=yes",
+	                     NULL};
+	if (conf_apply_env(&c, env, err, sizeof err) != 0)
+		fail_msg("%s", err);
+	assert_int_equal(c.ndkim_keys, 2);
+	assert_string_equal(c.dkim_keys[0], "a.example s /k/1.pem");
+	assert_string_equal(c.dkim_keys[1], "b.example s /k/2.pem");
+	assert_true(c.dkim_required);
+	char *const env_bad[] = {"RELAYD_DKIM_KEY=a.example s", NULL};
+	assert_int_equal(conf_apply_env(&c, env_bad, err, sizeof err), -EINVAL);
+	assert_string_equal(err, "environment RELAYD_DKIM_KEY: expected "
+	                         "'DOMAIN SELECTOR /path/to/key.pem': "
+	                         "'a.example s'");
+
+	static const char empty[] = "dkim_key =\n";
+	assert_int_equal(conf_parse(&c, "f", empty, sizeof empty - 1, err,
+	                            sizeof err), 0);
+	assert_int_equal(c.ndkim_keys, 0);
+
+	/* At most CONF_LIST_MAX keys. */
+	for (int i = 0; i < CONF_LIST_MAX; i++)
+		assert_int_equal(conf_set(&c, "dkim_key", "d s /p", err,
+		                          sizeof err), 0);
+	assert_int_equal(conf_set(&c, "dkim_key", "d s /p", err, sizeof err),
+	                 -EINVAL);
+	assert_string_equal(err, "dkim_key: more than 64 keys");
+	conf_free(&c);
+	assert_int_equal(c.ndkim_keys, 0);
+/* dnsbl_zones: host names separated by commas or blanks; empty is none. */
+static void test_dnsbl_zones(void **state)
+{
+	(void)state;
+	char msg[ERRLEN];
+	static const char *const ok[] = {
+		"", "zen.spamhaus.org", "bl.test, b.barracudacentral.org",
+		" a.test ,b.test  c.test ",
+	};
+	static const char *const bad[] = {
+		"bl test!", "a..b", ".bl.test", "bl.test;rm",
+		/* 33 zones */
+		"a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a",
+	};
+	struct conf c;
+	assert_int_equal(conf_init(&c), 0);
+	assert_non_null(strstr(c.dnsbl_zones, "zen.spamhaus.org"));
+	for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
+		if (conf_set(&c, "dnsbl_zones", ok[i], msg, sizeof msg) != 0)
+			fail_msg("refused '%s': %s", ok[i], msg);
+		assert_string_equal(c.dnsbl_zones, ok[i]);
+	}
+	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+		msg[0] = '\0';
+		if (conf_set(&c, "dnsbl_zones", bad[i], msg, sizeof msg) == 0)
+			fail_msg("accepted '%s'", bad[i]);
+		assert_non_null(strstr(msg, "dnsbl_zones"));
+	}
+	conf_free(&c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1237,6 +1329,8 @@ int main(void)
 		cmocka_unit_test(test_load_checks),
 		cmocka_unit_test(test_default_file),
 		cmocka_unit_test(test_dns_servers),
+		cmocka_unit_test(test_dkim_keys),
+		cmocka_unit_test(test_dnsbl_zones),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,667 @@
+/*
+ * dkim/dkim_sign.c - DKIM signing with libopendkim (issue 10 §1): the
+ * signer (the loaded keys, the active one per domain and algorithm, key
+ * selection by the From: domain) and the job that streams one message
+ * through libopendkim: relaxed/relaxed, rsa-sha256 and/or ed25519-sha256
+ * (a domain with both keys is dual-signed), the signed header list of the
+ * issue with From: oversigned, no l=. The only file that includes
+ * <opendkim/dkim.h>. No libuv: relayd runs jobs on the thread pool.
+ */
+#include "dkim/dkim.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include <opendkim/dkim.h>
+
+#include "common/buf.h"
+#include "common/log.h"
+
+const char *const dkim_signed_headers[] = {
+	"from", "to", "cc", "subject", "date", "message-id", "reply-to",
+	"in-reply-to", "references", "mime-version", "content-type",
+	"content-transfer-encoding", "list-unsubscribe", "list-unsubscribe-post",
+	NULL,
+};
+static const char *const oversigned_headers[] = {"from", NULL};
+
+struct dkim_signer {
+	DKIM_LIB *lib;
+	struct dkim_key **keys;   /* in line order */
+	size_t nkeys;
+	bool subdomains;
+	unsigned refs;
+};
+
+static void fmt(char *dst, size_t n, const char *f, ...)
+	__attribute__((format(printf, 3, 4)));
+static void fmt(char *dst, size_t n, const char *f, ...)
+{
+	if (!dst || !n)
+		return;
+	va_list ap;
+	va_start(ap, f);
+	vsnprintf(dst, n, f, ap);
+	va_end(ap);
+}
+
+/* ---- the signer --------------------------------------------------------- */
+
+static void signer_free(struct dkim_signer *s)
+{
+	if (!s)
+		return;
+	for (size_t i = 0; i < s->nkeys; i++)
+		dkim_key_free(s->keys[i]);
+	free(s->keys);
+	if (s->lib)
+		dkim_close(s->lib);
+	free(s);
+}
+
+static int lib_new(DKIM_LIB **out, char *err, size_t errlen)
+{
+	DKIM_LIB *lib = dkim_init(NULL, NULL);
+	if (!lib) {
+		fmt(err, errlen, "libopendkim: cannot initialise");
+		return -ENOMEM;
+	}
+	/* The header list is a NULL-terminated array; the option takes a
+	 * pointer to it (what opendkim itself passes). */
+	if (dkim_options(lib, DKIM_OP_SETOPT, DKIM_OPTS_SIGNHDRS,
+	                 (void *)dkim_signed_headers,
+	                 sizeof(char **)) != DKIM_STAT_OK ||
+	    dkim_options(lib, DKIM_OP_SETOPT, DKIM_OPTS_OVERSIGNHDRS,
+	                 (void *)oversigned_headers,
+	                 sizeof(char **)) != DKIM_STAT_OK) {
+		dkim_close(lib);
+		fmt(err, errlen, "libopendkim: cannot set the signed headers");
+		return -EINVAL;
+	}
+	*out = lib;
+	return 0;
+}
+
+/* The key of old loaded from the same line (domain, selector, path). */
+static const struct dkim_key *old_key(const struct dkim_signer *old,
+                                      const struct dkim_key_spec *sp)
+{
+	for (size_t i = 0; old && i < old->nkeys; i++) {
+		const struct dkim_key_spec *o = &old->keys[i]->spec;
+		if (strcmp(o->domain, sp->domain) == 0 &&
+		    strcmp(o->selector, sp->selector) == 0 &&
+		    strcmp(o->path, sp->path) == 0)
+			return old->keys[i];
+	}
+	return NULL;
+}
+
+/* A copy of a loaded key (a SIGHUP that keeps it: the old signer is
+ * freed when its last job ends). */
+static struct dkim_key *key_dup(const struct dkim_key *k, char *err,
+                                size_t errlen)
+{
+	struct dkim_key *d = NULL;
+	int r = dkim_key_from_pem(&k->spec, k->pem, strlen(k->pem), &d, err,
+	                          errlen);
+	return r < 0 ? NULL : d;
+}
+
+int dkim_signer_new(char *const *lines, size_t n, bool subdomains,
+                    const struct dkim_signer *old,
+                    struct dkim_signer **out, char *err, size_t errlen)
+{
+	char why[512];
+	int r = -ENOMEM;
+	struct dkim_signer *s = calloc(1, sizeof *s);
+	if (!s) {
+		fmt(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	s->refs = 1;
+	s->subdomains = subdomains;
+	if (n && !(s->keys = calloc(n, sizeof *s->keys))) {
+		fmt(err, errlen, "out of memory");
+		goto fail;
+	}
+	if ((r = lib_new(&s->lib, err, errlen)) < 0)
+		goto fail;
+	for (size_t i = 0; i < n; i++) {
+		struct dkim_key_spec sp;
+		struct dkim_key *k = NULL;
+		r = dkim_key_parse_line(lines[i], &sp, why, sizeof why);
+		bool parsed = r == 0;
+		if (parsed)
+			r = dkim_key_load(&sp, &k, why, sizeof why);
+		if (r < 0) {
+			const struct dkim_key *ok = parsed ? old_key(old, &sp) : NULL;
+			if (!old) {
+				fmt(err, errlen, "dkim_key '%s': %s", lines[i], why);
+				goto fail;
+			}
+			if (ok && (k = key_dup(ok, err, errlen))) {
+				log_err("dkim: key %s (selector %s) not reloaded, the "
+				        "old one is kept: %s", sp.domain, sp.selector,
+				        why);
+			} else {
+				log_err("dkim: dkim_key '%s' left out: %s", lines[i],
+				        why);
+				continue;
+			}
+		}
+		if (k->weak)
+			log_warn("dkim: key %s (selector %s) is RSA of %u bits: use "
+			         "2048 or more", k->spec.domain, k->spec.selector,
+			         k->bits);
+		s->keys[s->nkeys++] = k;
+	}
+	*out = s;
+	return 0;
+fail:
+	signer_free(s);
+	return r < 0 ? r : -EINVAL;
+}
+
+void dkim_signer_ref(struct dkim_signer *s)
+{
+	s->refs++;
+}
+
+void dkim_signer_unref(struct dkim_signer *s)
+{
+	if (s && --s->refs == 0)
+		signer_free(s);
+}
+
+const struct dkim_key *dkim_signer_key(const struct dkim_signer *s, size_t i)
+{
+	return s && i < s->nkeys ? s->keys[i] : NULL;
+}
+
+/* The last line of the domain and algorithm wins. */
+static size_t select_exact(const struct dkim_key *const *keys, size_t nkeys,
+                           const char *domain, const struct dkim_key *out[2])
+{
+	const struct dkim_key *rsa = NULL, *ed = NULL;
+	for (size_t i = 0; i < nkeys; i++) {
+		const struct dkim_key *k = keys[i];
+		if (strcmp(k->spec.domain, domain) != 0)
+			continue;
+		if (k->alg == DKIM_ALG_RSA)
+			rsa = k;
+		else
+			ed = k;
+	}
+	size_t n = 0;
+	if (rsa)
+		out[n++] = rsa;
+	if (ed)
+		out[n++] = ed;
+	return n;
+}
+
+size_t dkim_select_keys(const struct dkim_key *const *keys, size_t nkeys,
+                        bool subdomains, const char *domain,
+                        const struct dkim_key *out[2])
+{
+	if (!domain || !*domain)
+		return 0;
+	size_t n = select_exact(keys, nkeys, domain, out);
+	if (n || !subdomains)
+		return n;
+	/* Parents, nearest first, never a bare top-level label. */
+	for (const char *p = strchr(domain, '.'); p && strchr(p + 1, '.');
+	     p = strchr(p + 1, '.')) {
+		if ((n = select_exact(keys, nkeys, p + 1, out)))
+			return n;
+	}
+	return 0;
+}
+
+size_t dkim_signer_select(const struct dkim_signer *s, const char *domain,
+                          const struct dkim_key *out[2])
+{
+	if (!s)
+		return 0;
+	return dkim_select_keys((const struct dkim_key *const *)s->keys,
+	                        s->nkeys, s->subdomains, domain, out);
+}
+
+/* ---- From: ------------------------------------------------------------ */
+
+int dkim_from_domain(const char *v, size_t n, char *dom, size_t domlen)
+{
+	/* The value without comments and quoted strings (a quoted local
+	 * part becomes "q"), folding as blanks, up to the first mailbox's
+	 * end: a ',' (or ';' closing a group) outside angle brackets. */
+	char clean[1024];
+	size_t o = 0;
+	int depth = 0;
+	bool quoted = false, angle = false;
+	for (size_t i = 0; i < n; i++) {
+		char c = v[i];
+		if (quoted) {
+			if (c == '\\' && i + 1 < n)
+				i++;
+			else if (c == '"')
+				quoted = false;
+			continue;
+		}
+		if (depth > 0) {
+			if (c == '\\' && i + 1 < n)
+				i++;
+			else if (c == '(')
+				depth++;
+			else if (c == ')')
+				depth--;
+			continue;
+		}
+		if (c == '(') {
+			depth = 1;
+			continue;
+		}
+		if (c == '"') {
+			quoted = true;
+			c = 'q';
+		}
+		if (c == '\r' || c == '\n' || c == '\t')
+			c = ' ';
+		if (c == '<')
+			angle = true;
+		else if (c == '>')
+			angle = false;
+		else if (!angle && (c == ',' || c == ';')) {
+			/* A group "name: ;" has no first member yet: go on. */
+			bool any = false;
+			for (size_t k = 0; k < o; k++)
+				if (clean[k] == '@')
+					any = true;
+			if (any)
+				break;
+			o = 0;
+			continue;
+		}
+		if (o + 1 >= sizeof clean)
+			return -EINVAL;
+		clean[o++] = c;
+	}
+	clean[o] = '\0';
+	/* The address: inside <...> when there is one, else after a group's
+	 * "name:", else the whole text. */
+	char *a = clean, *lt = strchr(clean, '<');
+	if (lt) {
+		a = lt + 1;
+		char *gt = strchr(a, '>');
+		if (gt)
+			*gt = '\0';
+		/* A route "<@a,@b:x@y>" (RFC 5322 obs-route). */
+		char *colon = strrchr(a, ':');
+		if (colon)
+			a = colon + 1;
+	} else {
+		char *colon = strrchr(clean, ':');
+		if (colon)
+			a = colon + 1;
+	}
+	char *at = strrchr(a, '@');
+	if (!at)
+		return -EINVAL;
+	char *d = at + 1;
+	while (*d == ' ')
+		d++;
+	size_t dl = strlen(d);
+	while (dl && d[dl - 1] == ' ')
+		dl--;
+	if (dl && d[dl - 1] == '.')
+		dl--;
+	if (dl == 0 || dl >= domlen || dl > 253)
+		return -EINVAL;
+	for (size_t i = 0; i < dl; i++) {
+		unsigned char c = (unsigned char)d[i];
+		if (!isalnum(c) && c != '-' && c != '.')
+			return -EINVAL;   /* a literal, blanks, 8-bit: no key */
+		if (c == '.' && (i == 0 || d[i - 1] == '.'))
+			return -EINVAL;
+		dom[i] = (char)tolower(c);
+	}
+	dom[dl] = '\0';
+	return 0;
+}
+
+/* ---- one message -------------------------------------------------------- */
+
+enum job_state { JOB_HEAD, JOB_BODY, JOB_SKIP, JOB_FAILED };
+
+struct dkim_job {
+	const struct dkim_signer *s;
+	char qid[64];
+	enum job_state st;
+	enum dkim_job_result res;   /* JOB_SKIP / JOB_FAILED: why */
+	struct buf hdr;             /* the header section (JOB_HEAD) */
+	size_t scan;                /* where the search for its end goes on */
+	DKIM *h[2];
+	const struct dkim_key *key[2];
+	size_t nh;
+	char dom[256];
+	char why[512];
+};
+
+int dkim_job_new(const struct dkim_signer *s, const char *qid,
+                 struct dkim_job **out)
+{
+	struct dkim_job *j = calloc(1, sizeof *j);
+	if (!j)
+		return -ENOMEM;
+	j->s = s;
+	snprintf(j->qid, sizeof j->qid, "%s", qid && *qid ? qid : "-");
+	buf_init(&j->hdr, DKIM_HEADER_MAX);
+	*out = j;
+	return 0;
+}
+
+void dkim_job_free(struct dkim_job *j)
+{
+	if (!j)
+		return;
+	for (size_t i = 0; i < j->nh; i++)
+		if (j->h[i])
+			dkim_free(j->h[i]);
+	buf_free(&j->hdr);
+	free(j);
+}
+
+static int job_fail(struct dkim_job *j, int err, const char *f, ...)
+	__attribute__((format(printf, 3, 4)));
+static int job_fail(struct dkim_job *j, int err, const char *f, ...)
+{
+	va_list ap;
+	va_start(ap, f);
+	vsnprintf(j->why, sizeof j->why, f, ap);
+	va_end(ap);
+	j->st = JOB_FAILED;
+	j->res = DKIM_FAILED;
+	return err;
+}
+
+static bool name_is(const uint8_t *f, size_t n, const char *name)
+{
+	size_t l = strlen(name);
+	if (n <= l || strncasecmp((const char *)f, name, l) != 0)
+		return false;
+	size_t i = l;
+	while (i < n && (f[i] == ' ' || f[i] == '\t'))
+		i++;
+	return i < n && f[i] == ':';
+}
+
+/* A field's length from p: up to and including the CRLF that is not
+ * followed by a blank. */
+static size_t field_len(const uint8_t *p, size_t n)
+{
+	size_t i = 0;
+	while (i < n) {
+		const uint8_t *lf = memchr(p + i, '\n', n - i);
+		if (!lf)
+			return n;
+		i = (size_t)(lf - p) + 1;
+		if (i >= n || (p[i] != ' ' && p[i] != '\t'))
+			return i;
+	}
+	return n;
+}
+
+/* The header section (hlen bytes, without the empty line) is complete:
+ * choose the keys, start the handles, feed them the fields. */
+static int start_signing(struct dkim_job *j, const uint8_t *h, size_t hlen)
+{
+	/* The first From: field names the signing domain. */
+	bool from = false;
+	for (size_t i = 0; i < hlen && !from;) {
+		size_t fl = field_len(h + i, hlen - i);
+		if (name_is(h + i, fl, "from")) {
+			const uint8_t *colon = memchr(h + i, ':', fl);
+			size_t vl = fl - (size_t)(colon + 1 - (h + i));
+			from = dkim_from_domain((const char *)colon + 1, vl, j->dom,
+			                        sizeof j->dom) == 0;
+			if (!from) {
+				j->dom[0] = '\0';
+				break;
+			}
+		}
+		i += fl;
+	}
+	if (!from) {
+		j->st = JOB_SKIP;
+		j->res = DKIM_NO_FROM;
+		snprintf(j->why, sizeof j->why, "no From: domain to sign for");
+		return 0;
+	}
+	j->nh = dkim_signer_select(j->s, j->dom, j->key);
+	if (j->nh == 0) {
+		j->st = JOB_SKIP;
+		j->res = DKIM_NO_KEY;
+		snprintf(j->why, sizeof j->why, "no DKIM key for %s", j->dom);
+		return 0;
+	}
+	for (size_t k = 0; k < j->nh; k++) {
+		const struct dkim_key *key = j->key[k];
+		DKIM_STAT st = DKIM_STAT_OK;
+		j->h[k] = dkim_sign(j->s->lib, (const unsigned char *)j->qid, NULL,
+		                    (dkim_sigkey_t)key->pem,
+		                    (const unsigned char *)key->spec.selector,
+		                    (const unsigned char *)key->spec.domain,
+		                    DKIM_CANON_RELAXED, DKIM_CANON_RELAXED,
+		                    key->alg == DKIM_ALG_RSA ? DKIM_SIGN_RSASHA256
+		                                             : DKIM_SIGN_ED25519SHA256,
+		                    -1, &st);
+		if (!j->h[k])
+			return job_fail(j, -EINVAL, "libopendkim: cannot sign with "
+			                "%s/%s: %s", key->spec.domain,
+			                key->spec.selector, dkim_getresultstr(st));
+	}
+	for (size_t i = 0; i < hlen;) {
+		size_t fl = field_len(h + i, hlen - i);
+		/* Without the CRLF that ends the field (dkim_header's format). */
+		size_t l = fl;
+		if (l >= 2 && h[i + l - 2] == '\r' && h[i + l - 1] == '\n')
+			l -= 2;
+		for (size_t k = 0; k < j->nh; k++) {
+			DKIM_STAT st = dkim_header(j->h[k], (u_char *)(h + i), l);
+			if (st != DKIM_STAT_OK)
+				return job_fail(j, -EINVAL, "libopendkim: header field "
+				                "refused: %s", dkim_geterror(j->h[k]));
+		}
+		i += fl;
+	}
+	for (size_t k = 0; k < j->nh; k++) {
+		DKIM_STAT st = dkim_eoh(j->h[k]);
+		if (st != DKIM_STAT_OK)
+			return job_fail(j, -EINVAL, "libopendkim: end of header: %s",
+			                dkim_geterror(j->h[k]));
+	}
+	j->st = JOB_BODY;
+	return 0;
+}
+
+static int feed_body(struct dkim_job *j, const uint8_t *p, size_t n)
+{
+	for (size_t k = 0; k < j->nh && n; k++) {
+		DKIM_STAT st = dkim_body(j->h[k], (u_char *)p, n);
+		if (st != DKIM_STAT_OK)
+			return job_fail(j, -EINVAL, "libopendkim: body: %s",
+			                dkim_geterror(j->h[k]));
+	}
+	return 0;
+}
+
+int dkim_job_feed(struct dkim_job *j, const uint8_t *p, size_t n)
+{
+	switch (j->st) {
+	case JOB_FAILED:
+		return -EINVAL;
+	case JOB_SKIP:
+		return 0;
+	case JOB_BODY:
+		return feed_body(j, p, n);
+	case JOB_HEAD:
+		break;
+	}
+	if (buf_append(&j->hdr, p, n) < 0)
+		return job_fail(j, -EMSGSIZE, "header section over %d bytes",
+		                DKIM_HEADER_MAX);
+	/* The header section ends at the first empty line: CRLF CRLF, or
+	 * CRLF at the very start. */
+	const uint8_t *d = j->hdr.data;
+	size_t len = j->hdr.len, hlen = 0, body = 0;
+	bool end = false;
+	if (len >= 2 && d[0] == '\r' && d[1] == '\n') {
+		end = true;
+		body = 2;
+	} else {
+		size_t from = j->scan > 3 ? j->scan - 3 : 0;
+		const uint8_t *e = len > from ?
+		    memmem(d + from, len - from, "\r\n\r\n", 4) : NULL;
+		if (e) {
+			end = true;
+			hlen = (size_t)(e - d) + 2;
+			body = hlen + 2;
+		}
+		j->scan = len;
+	}
+	if (!end)
+		return 0;
+	int r = start_signing(j, d, hlen);
+	if (r == 0 && j->st == JOB_BODY)
+		r = feed_body(j, d + body, len - body);
+	buf_free(&j->hdr);
+	return r;
+}
+
+/* "DKIM-Signature: " + libopendkim's folded value, each line ending in
+ * CRLF (its folds may be bare LF). */
+static int append_sig(struct buf *out, const u_char *v, size_t n)
+{
+	int r = buf_appends(out, DKIM_SIGNHEADER ": ");
+	for (size_t i = 0; i < n && r == 0; i++) {
+		if (v[i] == '\r')
+			continue;
+		if (v[i] == '\n')
+			r = buf_append(out, "\r\n", 2);
+		else
+			r = buf_append(out, v + i, 1);
+	}
+	if (r == 0)
+		r = buf_append(out, "\r\n", 2);
+	return r;
+}
+
+enum dkim_job_result dkim_job_finish(struct dkim_job *j, char **sig,
+                                     char *dom, size_t domlen,
+                                     char *why, size_t whylen)
+{
+	*sig = NULL;
+	if (j->st == JOB_HEAD) {
+		/* No empty line: the message is all header section. */
+		size_t hlen = j->hdr.len;
+		const uint8_t *d = j->hdr.data;
+		if (hlen && !(hlen >= 2 && d[hlen - 2] == '\r' && d[hlen - 1] == '\n'))
+			job_fail(j, -EINVAL, "the message does not end in CRLF");
+		else
+			start_signing(j, d ? d : (const uint8_t *)"", hlen);
+		buf_free(&j->hdr);
+	}
+	fmt(dom, domlen, "%s", j->dom);
+	if (j->st == JOB_BODY) {
+		struct buf out = BUF_INIT(DKIM_HEADER_MAX);
+		for (size_t k = 0; k < j->nh && j->st == JOB_BODY; k++) {
+			DKIM_STAT st = dkim_eom(j->h[k], NULL);
+			u_char *v = NULL;
+			size_t vl = 0;
+			if (st == DKIM_STAT_OK)
+				st = dkim_getsighdr_d(j->h[k], strlen(DKIM_SIGNHEADER) + 2,
+				                      &v, &vl);
+			if (st != DKIM_STAT_OK) {
+				const char *e = dkim_geterror(j->h[k]);
+				job_fail(j, -EINVAL, "libopendkim: signing with %s/%s: %s",
+				         j->key[k]->spec.domain, j->key[k]->spec.selector,
+				         e && *e ? e : dkim_getresultstr(st));
+			} else if (append_sig(&out, v, vl) < 0) {
+				job_fail(j, -ENOMEM, "out of memory");
+			}
+		}
+		if (j->st == JOB_BODY && buf_append(&out, "", 1) == 0) {
+			*sig = (char *)out.data;   /* NUL-terminated */
+			fmt(why, whylen, "signed");
+			return DKIM_SIGNED;
+		}
+		buf_free(&out);
+		if (j->st == JOB_BODY)
+			job_fail(j, -ENOMEM, "out of memory");
+	}
+	fmt(why, whylen, "%s", j->why);
+	return j->res;
+}
+
+enum dkim_job_result dkim_sign_buf(const struct dkim_signer *s,
+                                   const char *qid, const uint8_t *p,
+                                   size_t n, char **sig, char *dom,
+                                   size_t domlen, char *why, size_t whylen)
+{
+	struct dkim_job *j;
+	*sig = NULL;
+	if (dkim_job_new(s, qid, &j) < 0) {
+		fmt(why, whylen, "out of memory");
+		fmt(dom, domlen, "%s", "");
+		return DKIM_FAILED;
+	}
+	dkim_job_feed(j, p, n);
+	enum dkim_job_result r = dkim_job_finish(j, sig, dom, domlen, why, whylen);
+	dkim_job_free(j);
+	return r;
+}
+
+enum dkim_job_result dkim_sign_fd(const struct dkim_signer *s,
+                                  const char *qid, int fd, uint64_t max,
+                                  char **sig, char *dom, size_t domlen,
+                                  char *why, size_t whylen)
+{
+	struct dkim_job *j;
+	*sig = NULL;
+	fmt(dom, domlen, "%s", "");
+	if (dkim_job_new(s, qid, &j) < 0) {
+		fmt(why, whylen, "out of memory");
+		return DKIM_FAILED;
+	}
+	uint8_t chunk[64 * 1024];
+	uint64_t off = 0;
+	for (;;) {
+		ssize_t r = pread(fd, chunk, sizeof chunk, (off_t)off);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			job_fail(j, -errno, "cannot read the message: %s",
+			         strerror(errno));
+			break;
+		}
+		if (r == 0)
+			break;
+		off += (uint64_t)r;
+		if (off > max) {
+			job_fail(j, -EFBIG, "the message grew past %llu bytes",
+			         (unsigned long long)max);
+			break;
+		}
+		if (dkim_job_feed(j, chunk, (size_t)r) < 0)
+			break;
+	}
+	enum dkim_job_result res = dkim_job_finish(j, sig, dom, domlen, why,
+	                                           whylen);
+	dkim_job_free(j);
+	return res;
+}
