@@ -55,16 +55,38 @@ void ctl_setup_dirname(const char *path, char *dir, size_t n)
 		snprintf(dir, n, "%.*s", (int)(sl - path), path);
 }
 
-/* Makes path's directory (one level, 0755) when it is missing. */
+/* Makes dir and its missing parents (as install -d: parents 0755, dir
+ * itself mode). Prints its own error. */
+int ctl_setup_mkdirs(const char *dir, mode_t mode)
+{
+	char p[PATH_MAX];
+	if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p) {
+		ctl_err("%s: path too long", dir);
+		return -ENAMETOOLONG;
+	}
+	for (char *sl = strchr(p + 1, '/'); sl; sl = strchr(sl + 1, '/')) {
+		*sl = '\0';
+		if (mkdir(p, 0755) < 0 && errno != EEXIST) {
+			int e = errno;
+			ctl_err("cannot make the directory %s: %s", p, strerror(e));
+			return -e;
+		}
+		*sl = '/';
+	}
+	if (mkdir(p, mode) < 0 && errno != EEXIST) {
+		int e = errno;
+		ctl_err("cannot make the directory %s: %s", p, strerror(e));
+		return -e;
+	}
+	return 0;
+}
+
+/* Makes path's directory (and parents, 0755) when it is missing. */
 static int ctl_ensure_dir(const char *path)
 {
 	char dir[PATH_MAX];
 	ctl_setup_dirname(path, dir, sizeof dir);
-	if (mkdir(dir, 0755) == 0 || errno == EEXIST)
-		return 0;
-	int e = errno;
-	ctl_err("cannot make the directory %s: %s", dir, strerror(e));
-	return -e;
+	return ctl_setup_mkdirs(dir, 0755);
 }
 
 /* Writes data to path through a temporary file in the same directory:
@@ -516,7 +538,7 @@ static int ctl_setup_smarthost(struct ctl_ctx *c)
 		ctl_conf_line(&b, NULL, "smarthost_password_file", s.password_file);
 	}
 	ctl_conf_line(&b, "One line per delivery event (relayctl send-test "
-	              "follows it; contrib/relayd.logrotate\n# rotates it).",
+	              "follows it;\n# contrib/relayd.logrotate rotates it).",
 	              "log_file", CTL_SETUP_LOG);
 	if (b.data == NULL) {
 		ctl_err("out of memory");
@@ -573,6 +595,8 @@ int ctl_cmd_setup(struct ctl_ctx *c, int argc, char **argv)
 	(void)argc;
 	if (strcmp(argv[0], "smarthost") == 0)
 		return ctl_setup_smarthost(c);
+	if (strcmp(argv[0], "direct") == 0)
+		return ctl_setup_direct(c);
 	char esc[128];
 	return ctl_usage_error("setup: unknown mode '%s' (direct or smarthost)",
 	                       log_escape(esc, sizeof esc, argv[0],
