@@ -84,6 +84,13 @@ const struct smtp_reply_def smtp_replies[SMTP_R__COUNT] = {
 	[SMTP_R_CRED_RCPT]       = {550, "5.7.1", "Recipient not allowed for this credential"},
 	[SMTP_R_CRED_FROM]       = {553, "5.7.1", "From: header address not allowed for this credential"},
 	[SMTP_R_QUOTA]           = {450, "4.7.1", "Sending quota exceeded for this credential, try again later"},
+	/* dkim_required (issue 10 §1), at the end of the data, nothing
+	 * queued: a signing failure is ours and may pass (451 4.7.0, RFC
+	 * 3463 "other or undefined security status"); a From: domain
+	 * relayd has no key for will not sign on a retry (550 5.7.1,
+	 * "delivery not authorized, message refused"). */
+	[SMTP_R_DKIM_FAILED]     = {451, "4.7.0", "DKIM signing failed, try again later"},
+	[SMTP_R_DKIM_NO_KEY]     = {550, "5.7.1", "No DKIM key for the From: header's domain; message refused"},
 	[SMTP_R_DLV_NO_UTF8]     = {553, "5.6.7", "the server does not offer SMTPUTF8, which this message needs"},
 	[SMTP_R_DLV_NO_8BIT]     = {554, "5.6.3", "the server does not offer 8BITMIME and the message has 8-bit content (not converted: that would break its signatures)"},
 	/* RFC 7505 §4.2: a null MX gets 556 with 5.1.10 (RFC 7505 §5). */

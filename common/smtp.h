@@ -106,6 +106,8 @@ enum smtp_reply_id {
 	SMTP_R_CRED_RCPT,       /* 550 5.7.1 */
 	SMTP_R_CRED_FROM,       /* 553 5.7.1 From: header, at end of data */
 	SMTP_R_QUOTA,           /* 450 4.7.1 a credential's hourly/daily quota */
+	SMTP_R_DKIM_FAILED,     /* 451 4.7.0 dkim_required: signing failed */
+	SMTP_R_DKIM_NO_KEY,     /* 550 5.7.1 dkim_required: no key for From: */
 	/* The SMTP client's own refusals (deliver/deliver_client.c), given as
 	 * a recipient's result when a message cannot go to a server as it is
 	 * (issue 8 §10). */

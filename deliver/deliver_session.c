@@ -684,6 +684,12 @@ static void drive(struct deliver_session *s)
 			arm_timer(s, SESSION_IDLE_MS);
 			return;
 		case DELIVER_CL_BODY:
+			/* The DKIM-Signature fields made at acceptance go first,
+			 * the same bytes on every attempt (issue 10 §1). */
+			if (s->job->m->dkim_sig && s->job->m->dkim_sig[0])
+				deliver_client_body(s->cl,
+				                    (const uint8_t *)s->job->m->dkim_sig,
+				                    strlen(s->job->m->dkim_sig), &s->out);
 			flush_out(s);
 			s->in_body = true;
 			read_body(s);

@@ -294,11 +294,11 @@ static int body_create(struct queue *q, const char *hint,
 {
 	int fd;
 	if (q->tmpfile) {
-		fd = openat(q->msg_fd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+		fd = openat(q->msg_fd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
 		part[0] = '\0';
 	} else {
 		snprintf(part, PART_NAME_SIZE, "%s", hint);
-		fd = openat(q->msg_fd, part, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+		fd = openat(q->msg_fd, part, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC,
 		            0600);
 	}
 	return fd < 0 ? io_errno(errno) : fd;
@@ -574,6 +574,12 @@ int queue_body_write(struct queue_body *b, const void *p, size_t n)
 	}
 	b->size += n;
 	return 0;
+}
+
+int queue_body_read_fd(struct queue_body *b)
+{
+	int r = body_flush(b);
+	return r < 0 ? r : b->fd;
 }
 
 uint64_t queue_body_size(const struct queue_body *b)

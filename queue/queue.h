@@ -231,6 +231,11 @@ int queue_body_open(struct queue *q, const char *qid, struct queue_body **out);
 /* Returns 0, -ENOSPC or -EIO (or another -errno). After an error the body
  * must be aborted. */
 int queue_body_write(struct queue_body *b, const void *p, size_t n);
+/* Writes out what is buffered and returns a descriptor the body can be
+ * read from with pread(2) (DKIM signing reads it on the thread pool
+ * before the commit, while nothing more is written), or the sticky write
+ * error. The body keeps the descriptor. */
+int queue_body_read_fd(struct queue_body *b);
 /* Bytes written so far. */
 uint64_t queue_body_size(const struct queue_body *b);
 /* Whether any byte written so far is >= 0x80. */

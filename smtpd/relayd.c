@@ -25,6 +25,7 @@
 #include "queue/queue.h"
 #include "deliver/deliver.h"
 #include "deliver/deliver_policy.h"
+#include "dkim/dkim.h"
 #include "dns/dns.h"
 #include "smtpd/smtpd.h"
 #include "smtpd/smtpd_policy_net.h"
@@ -342,6 +343,17 @@ int main(int argc, char **argv)
 			conf_free(&d.conf);
 			return 1;
 		}
+		/* The DKIM keys (as whoever runs -t; relayd loads them as
+		 * its user). */
+		struct dkim_signer *ds;
+		if (dkim_signer_new(d.conf.dkim_keys, d.conf.ndkim_keys,
+		                    d.conf.dkim_subdomains, NULL, &ds, err,
+		                    sizeof err) < 0) {
+			fprintf(stderr, "relayd: %s: %s\n", path, err);
+			conf_free(&d.conf);
+			return 1;
+		}
+		dkim_signer_unref(ds);
 		printf("relayd: configuration %s is valid\n", path);
 		conf_free(&d.conf);
 		return 0;

@@ -308,6 +308,33 @@ int smtpd_check_tls(const struct conf *conf, char *err, size_t errlen)
 
 /* ---- configuration -------------------------------------------------------- */
 
+/* SIGHUP: the dkim_key lines again. A key file that does not load keeps
+ * the key loaded before from the same line (dkim_signer_new logs which
+ * and why). The files are small and few: read here, on the loop, as the
+ * configuration file itself is. */
+static void dkim_reload(struct smtpd *srv)
+{
+	const struct conf *cf = &srv->conf->conf;
+	struct dkim_signer *ns;
+	char err[512];
+	if (dkim_signer_new(cf->dkim_keys, cf->ndkim_keys, cf->dkim_subdomains,
+	                    srv->dkim, &ns, err, sizeof err) < 0) {
+		log_err("SIGHUP: dkim: %s; keeping the running keys", err);
+		return;
+	}
+	dkim_signer_unref(srv->dkim);
+	srv->dkim = ns;
+	size_t n = 0;
+	while (dkim_signer_key(ns, n))
+		n++;
+	log_info("dkim: %zu of %zu keys loaded", n, cf->ndkim_keys);
+}
+
+struct dkim_signer *smtpd_dkim(const struct smtpd *srv)
+{
+	return srv->dkim;
+}
+
 void smtpd_set_conf(struct smtpd *srv, struct conf *conf)
 {
 	struct smtpd_conf *c = conf_new(conf);
@@ -321,6 +348,7 @@ void smtpd_set_conf(struct smtpd *srv, struct conf *conf)
 	smtpd_auth_set_conf(srv, &c->conf);
 	tls_reload(srv);
 	smtpd_auth_reload(srv);
+	dkim_reload(srv);
 }
 
 int smtpd_start(struct smtpd *srv)
@@ -339,6 +367,20 @@ int smtpd_start(struct smtpd *srv)
 			return -EINVAL;
 		}
 		tls_install(srv, ctx, ++srv->tls_next_gen, cf->tls_cert_file);
+	}
+	/* DKIM keys, as relayd's user too (issue 10 §1: readable by it): a
+	 * key that does not load stops relayd here. */
+	char derr[512];
+	if (dkim_signer_new(cf->dkim_keys, cf->ndkim_keys, cf->dkim_subdomains,
+	                    NULL, &srv->dkim, derr, sizeof derr) < 0) {
+		log_err("%s", derr);
+		return -EINVAL;
+	}
+	for (size_t i = 0; dkim_signer_key(srv->dkim, i); i++) {
+		const struct dkim_key *k = dkim_signer_key(srv->dkim, i);
+		log_info("dkim: key %s selector %s (%s, %u bits) from %s",
+		         k->spec.domain, k->spec.selector, dkim_alg_name(k->alg),
+		         k->bits, k->spec.path);
 	}
 	/* Also as relayd's user; a missing or broken file only means no
 	 * AUTH (logged), never a relayd that does not start. */
@@ -363,10 +405,12 @@ int smtpd_start(struct smtpd *srv)
 void smtpd_server_maybe_done(struct smtpd *srv)
 {
 	if (!srv->stopping || srv->nsessions > 0 || srv->open_listeners > 0 ||
-	    srv->tls_loading > 0 || srv->auth_jobs > 0 || srv->lane_timer_open)
+	    srv->tls_loading > 0 || srv->auth_jobs > 0 || srv->lane_timer_open ||
+	    srv->dkim_jobs > 0)
 		return;
 	void (*cb)(void *) = srv->stop_cb;
 	void *arg = srv->stop_arg;
+	dkim_signer_unref(srv->dkim);
 	smtpd_conf_drop(srv->conf);
 	SSL_CTX_free(srv->tls);
 	smtpd_relay_limits_free(srv->limits);

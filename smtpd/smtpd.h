@@ -52,6 +52,12 @@ void smtpd_set_queue(struct smtpd *s, struct queue *q);
  * sessions already open keep the limit they started with. */
 void smtpd_set_size_cap(struct smtpd *s, uint64_t cap);
 
+/* The DKIM signer loaded by smtpd_start (and again on SIGHUP), for
+ * deliver/'s DSNs: take a reference (dkim_signer_ref) to keep it. NULL
+ * before smtpd_start. */
+struct dkim_signer;
+struct dkim_signer *smtpd_dkim(const struct smtpd *s);
+
 /* Loads the TLS certificate and key (as the user relayd runs as: call
  * it after dropping privileges), then starts accepting. A certificate
  * that does not load is an error (logged). */

@@ -275,6 +275,7 @@ static void queue_message(struct smtpd_session *s)
 	m.flags = t->flags;
 	m.sender = t->sender;
 	m.envid = t->envid;
+	m.dkim_sig = s->dkim_sig;
 	m.nrcpt = t->nrcpt;
 	m.rcpt = calloc(t->nrcpt, sizeof *m.rcpt);
 	int r = -ENOMEM;
@@ -293,6 +294,8 @@ static void queue_message(struct smtpd_session *s)
 		s->body = NULL;
 	}
 	free(m.rcpt);
+	free(s->dkim_sig);   /* the queue has its copy */
+	s->dkim_sig = NULL;
 	if (r < 0) {
 		log_warn("%s: commit failed: %s (s=%s)", t->qid, strerror(-r), s->sid);
 		quota_refund(s, t->qid);
@@ -307,6 +310,8 @@ static void commit_refuse(struct smtpd_session *s, int status)
 {
 	queue_body_abort(s->body);
 	s->body = NULL;
+	free(s->dkim_sig);
+	s->dkim_sig = NULL;
 	smtpd_proto_done(s->proto, status, &s->out);
 }
 
@@ -369,7 +374,9 @@ static void start_charge(struct smtpd_session *s, const struct cred *c,
 	s->commit_pending = true;   /* the queue holds a callback to us */
 }
 
-void smtpd_commit_start(struct smtpd_session *s)
+/* The body is complete (and signed when there are keys): charge the
+ * credential's quota first when it has one, then commit. */
+static void commit_continue(struct smtpd_session *s)
 {
 	const struct cred *c = smtpd_proto_cred(s->proto);
 	struct queue_quota_limits lim = quota_limits(c);
@@ -379,3 +386,155 @@ void smtpd_commit_start(struct smtpd_session *s)
 		queue_message(s);
 }
 
+/* ---- DKIM --------------------------------------------------------------- */
+
+/* One message signed on libuv's thread pool (issue 10 §1): RSA costs a
+ * fraction of a millisecond, which must not stall the loop (or the
+ * writer thread, the accept path's bottleneck). The job reads the body
+ * file as it stands after scrubbing and line wrapping, before the
+ * commit: the signature covers exactly the bytes that are stored. */
+struct sign_job {
+	uv_work_t req;
+	struct smtpd_session *s;
+	struct dkim_signer *signer;   /* a reference */
+	int fd;
+	uint64_t size;
+	char qid[QUEUE_ID_SIZE];
+	enum dkim_job_result res;
+	char *sig;
+	char dom[256];
+	char why[512];
+};
+
+static void sign_work_cb(uv_work_t *req)
+{
+	struct sign_job *j = req->data;
+	j->res = dkim_sign_fd(j->signer, j->qid, j->fd, j->size, &j->sig, j->dom,
+	                      sizeof j->dom, j->why, sizeof j->why);
+}
+
+/* The signing's outcome: the signature goes with the message; a message
+ * that cannot be signed is queued unsigned (logged, counted), or with
+ * dkim_required refused at the end of its data. */
+static void sign_done(struct smtpd_session *s, struct sign_job *j)
+{
+	struct smtpd *srv = s->srv;
+	const struct conf *cf = &s->cf->conf;
+	int refuse = 0;
+	if (j->res == DKIM_SIGNED && strlen(j->sig) >= QUEUE_DKIM_SIG_MAX) {
+		j->res = DKIM_FAILED;
+		snprintf(j->why, sizeof j->why, "signature over %d bytes",
+		         QUEUE_DKIM_SIG_MAX);
+	}
+	switch (j->res) {
+	case DKIM_SIGNED:
+		srv->dkim_signed++;
+		s->dkim_sig = j->sig;
+		j->sig = NULL;
+		if (log_enabled(LOG_INFO)) {
+			const struct dkim_key *k[2];
+			size_t n = dkim_signer_select(j->signer, j->dom, k);
+			log_info("%s: dkim: signed, d=%s, s=%s%s%s (s=%s)", j->qid,
+			         n ? k[0]->spec.domain : j->dom,
+			         n ? k[0]->spec.selector : "?", n > 1 ? "+" : "",
+			         n > 1 ? k[1]->spec.selector : "", s->sid);
+		}
+		break;
+	case DKIM_NO_FROM:
+	case DKIM_NO_KEY:
+		if (cf->dkim_required) {
+			refuse = -ENOKEY;
+			log_info("%s: dkim: %s, dkim_required: %u %s, not queued "
+			         "(s=%s)", j->qid, j->why,
+			         smtp_replies[SMTP_R_DKIM_NO_KEY].code,
+			         smtp_replies[SMTP_R_DKIM_NO_KEY].enh, s->sid);
+		} else {
+			log_debug("%s: dkim: %s: not signed (s=%s)", j->qid, j->why,
+			          s->sid);
+		}
+		break;
+	case DKIM_FAILED:
+		srv->dkim_failures++;
+		if (cf->dkim_required) {
+			refuse = -EKEYREJECTED;
+			log_warn("%s: dkim: signing failed for %s: %s; dkim_required: "
+			         "%u %s, not queued (s=%s)", j->qid,
+			         j->dom[0] ? j->dom : "?", j->why,
+			         smtp_replies[SMTP_R_DKIM_FAILED].code,
+			         smtp_replies[SMTP_R_DKIM_FAILED].enh, s->sid);
+		} else {
+			log_warn("%s: dkim: signing failed for %s: %s; queued unsigned "
+			         "(s=%s)", j->qid, j->dom[0] ? j->dom : "?", j->why,
+			         s->sid);
+		}
+		break;
+	}
+	if (s->closing)
+		commit_refuse(s, -ECONNABORTED);   /* no 250 was given */
+	else if (refuse)
+		commit_refuse(s, refuse);
+	else
+		commit_continue(s);
+}
+
+static void sign_after_cb(uv_work_t *req, int status)
+{
+	struct sign_job *j = req->data;
+	struct smtpd_session *s = j->s;
+	struct smtpd *srv = s->srv;
+	srv->dkim_jobs--;
+	s->commit_pending = false;
+	if (status < 0) {
+		j->res = DKIM_FAILED;
+		snprintf(j->why, sizeof j->why, "%s", uv_strerror(status));
+	}
+	sign_done(s, j);
+	free(j->sig);
+	dkim_signer_unref(j->signer);
+	free(j);
+	commit_next(s);
+}
+
+/* Starts the signing; false when there is nothing to sign with. */
+static bool start_sign(struct smtpd_session *s)
+{
+	struct smtpd *srv = s->srv;
+	if (!srv->dkim || !dkim_signer_key(srv->dkim, 0))
+		return false;
+	const struct smtpd_txn *t = smtpd_proto_txn(s->proto);
+	struct sign_job *j = calloc(1, sizeof *j);
+	int fd = queue_body_read_fd(s->body);
+	if (!j || fd < 0) {
+		free(j);
+		int r = fd < 0 ? fd : -ENOMEM;
+		log_warn("%s: dkim: cannot sign: %s (s=%s)", t->qid, strerror(-r),
+		         s->sid);
+		commit_refuse(s, r);
+		return true;
+	}
+	j->s = s;
+	j->signer = srv->dkim;
+	dkim_signer_ref(j->signer);
+	j->fd = fd;
+	j->size = queue_body_size(s->body);
+	memcpy(j->qid, t->qid, sizeof j->qid);
+	j->req.data = j;
+	int r = uv_queue_work(srv->loop, &j->req, sign_work_cb, sign_after_cb);
+	if (r < 0) {
+		j->res = DKIM_FAILED;
+		snprintf(j->why, sizeof j->why, "uv_queue_work: %s", uv_strerror(r));
+		sign_done(s, j);
+		dkim_signer_unref(j->signer);
+		free(j);
+		return true;
+	}
+	srv->dkim_jobs++;
+	s->commit_pending = true;   /* the pool holds a pointer to us */
+	return true;
+}
+
+void smtpd_commit_start(struct smtpd_session *s)
+{
+	if (!start_sign(s))
+		commit_continue(s);
+}

@@ -20,6 +20,7 @@
 
 #include "common/buf.h"
 #include "common/tls_stream.h"
+#include "dkim/dkim.h"
 #include "queue/queue_quota.h"
 #include "smtpd/smtpd_cidr.h"
 #include "common/cred.h"
@@ -112,6 +113,13 @@ struct smtpd {
 	uv_loop_t *loop;
 	struct smtpd_conf *conf;     /* for new sessions */
 	struct queue *q;
+	/* DKIM keys (dkim_key lines): loaded at start as relayd's user,
+	 * again on SIGHUP (a key that does not load keeps the old one). A
+	 * reference; each signing job on the pool holds its own. */
+	struct dkim_signer *dkim;
+	unsigned dkim_jobs;          /* signing jobs on the pool */
+	uint64_t dkim_signed;        /* messages signed */
+	uint64_t dkim_failures;      /* signings that failed (issue 10 §1) */
 	/* Per-credential quota counters: the LMDB store of q. */
 	struct queue_quota_store quota;
 	/* TLS for new sessions (a reference); NULL: no certificate. A reload
@@ -214,6 +222,7 @@ struct smtpd_session {
 	struct tls_stream tls_s;   /* TLS over memory BIOs, when tls != OFF */
 	struct queue_body *body;
 	uint64_t commit_size;  /* body size of the message being committed */
+	char *dkim_sig;        /* its DKIM-Signature block, or NULL */
 	/* The message being committed was charged to this credential's
 	 * quota at quota_now: a failed commit gives the unit back. */
 	bool quota_charged;

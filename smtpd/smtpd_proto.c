@@ -1508,6 +1508,10 @@ void smtpd_proto_done(struct smtpd_proto *p, int status, struct buf *out)
 		reply(p, out, SMTP_R_QUEUED, p->txn.qid);
 	else if (status == -EDQUOT)
 		reply(p, out, SMTP_R_QUOTA);   /* the charge was refused */
+	else if (status == -ENOKEY)
+		reply(p, out, SMTP_R_DKIM_NO_KEY);   /* dkim_required */
+	else if (status == -EKEYREJECTED)
+		reply(p, out, SMTP_R_DKIM_FAILED);   /* dkim_required */
 	else
 		reply(p, out, storage_reply(status));
 	txn_end(p);

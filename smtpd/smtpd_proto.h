@@ -215,7 +215,9 @@ size_t smtpd_proto_feed(struct smtpd_proto *p, const uint8_t *in, size_t n,
 /* Result of the pending request.
  * SMTPD_REQ_COMMIT: 0 (250 queued as), -EDQUOT (450 4.7.1: the
  * credential's quota is used up; the shell charges it before committing),
- * -ENOSPC (452) or other -errno (451). The transaction is reset either
+ * -ENOKEY (550 5.7.1) and -EKEYREJECTED (451 4.7.0): dkim_required and
+ * the message was not signed (no key for its From: domain; the signing
+ * failed), -ENOSPC (452) or other -errno (451). The transaction is reset either
  * way.
  * SMTPD_REQ_AUTH: an enum smtpd_auth_result; the reply is written.
  * SMTPD_REQ_STARTTLS: 0 when the handshake completed: the session starts

@@ -675,6 +675,7 @@ void smtpd_session_maybe_free(struct smtpd_session *s)
 	smtpd_conf_drop(s->cf);
 	buf_free(&s->in);
 	buf_free(&s->out);
+	free(s->dkim_sig);
 	free(s);
 	smtpd_server_maybe_done(srv);
 }

@@ -1,0 +1,282 @@
+"""tests/e2e/test_dkim.py - DKIM signing (issue 10 §1, §5), checked by an
+independent verifier: dkimpy (Debian's python3-dkim) with the public keys
+served by dnsmasq (dnsutil.Dnsmasq, zone `test`), asked through dnspython
+(dkim.verify's dnsfunc: resolv.conf cannot name a port).
+
+Keys are made in each test with `openssl genpkey` (RSA-2048, Ed25519).
+Messages carry 8-bit text, lines with leading dots and a line over 998
+octets (long_lines = wrap folds it before signing); every delivered copy
+verifies, a copy changed after signing does not (the test of the test).
+A message deferred once carries byte-identical signatures on the retry.
+SIGHUP with a broken key file keeps signing with the old key and says
+why. dkim_required refuses a From: domain without a key with 550 5.7.1,
+nothing queued; without it such a message goes out unsigned."""
+import base64
+import os
+import re
+import signal
+import smtplib
+import subprocess
+
+import dkim
+import dns.message
+import dns.query
+import dns.rdatatype
+import pytest
+
+from conftest import wait_until
+from conftest_upstream import SENDER, make_message, queue_list, submit
+from dnsutil import Dnsmasq
+
+DOMAIN = "client.test"      # SENDER's domain
+
+
+def genkey(directory, name, alg):
+    """A private key file (mode 0600) and its DKIM record's p= value."""
+    path = os.path.join(directory, name + ".pem")
+    if alg == "rsa":
+        args = ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]
+    else:
+        args = ["-algorithm", "ED25519"]
+    subprocess.run(["openssl", "genpkey"] + args + ["-out", path],
+                   check=True, capture_output=True)
+    os.chmod(path, 0o600)
+    der = subprocess.run(["openssl", "pkey", "-in", path, "-pubout",
+                          "-outform", "DER"], check=True,
+                         capture_output=True).stdout
+    # Ed25519: the 32 raw bytes (RFC 8463 §4.2), the tail of the SPKI.
+    p = base64.b64encode(der if alg == "rsa" else der[-32:]).decode()
+    return path, p
+
+
+def txt_strings(alg, p):
+    """The record as TXT character-strings of at most 255 octets, without
+    blanks or commas (dnsmasq takes them literally)."""
+    rec = "v=DKIM1;k=%s;p=%s" % (alg, p)
+    return [rec[i:i + 255] for i in range(0, len(rec), 255)]
+
+
+class Zone:
+    """dnsmasq serving the DKIM records; dnsfunc for dkim.verify."""
+
+    def __init__(self, workdir, records):
+        self.dns = Dnsmasq(workdir, {"txt": records}).start()
+        self.addr, port = self.dns.servers.rsplit(":", 1)
+        self.port = int(port)
+
+    def dnsfunc(self, name, timeout=5):
+        if isinstance(name, bytes):
+            name = name.decode()
+        q = dns.message.make_query(name, dns.rdatatype.TXT)
+        a = dns.query.udp(q, self.addr, port=self.port, timeout=timeout)
+        for rrset in a.answer:
+            for rd in rrset:
+                return b"".join(rd.strings)
+        return None
+
+    def stop(self):
+        self.dns.stop()
+
+
+@pytest.fixture
+def keys(tmp_path):
+    """RSA and Ed25519 keys for client.test, and the zone serving them."""
+    d = str(tmp_path / "keys")
+    os.mkdir(d, 0o700)
+    made = {}
+    for sel, alg in (("rsa1", "rsa"), ("ed1", "ed25519"), ("rsa2", "rsa")):
+        made[sel] = genkey(d, sel, alg)
+    records = [("%s._domainkey.%s" % (sel, DOMAIN),
+                txt_strings("rsa" if sel.startswith("rsa") else "ed25519",
+                            made[sel][1]))
+               for sel in made]
+    zone = Zone(str(tmp_path), records)
+    yield made, zone
+    zone.stop()
+
+
+def key_line(made, sel, domain=DOMAIN):
+    return "%s %s %s" % (domain, sel, made[sel][0])
+
+
+def with_key_lines(r, lines):
+    """relayd's configuration with one dkim_key line per entry (the
+    fixture's dict holds each key once)."""
+    plain = r.write_conf
+
+    def write():
+        plain()
+        with open(r.conf_path, "a") as f:
+            for line in lines:
+                f.write("dkim_key = %s\n" % line)
+    r.write_conf = write
+    write()
+    return r
+
+
+def sigs(msg):
+    """The DKIM-Signature fields of a message, raw (folded) bytes."""
+    head = msg.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+    return re.findall(rb"^DKIM-Signature:.*?\r\n(?![ \t])", head,
+                      re.M | re.S)
+
+
+def verify_all(msg, zone):
+    """Each signature of msg verifies (dkimpy checks one per call)."""
+    n = len(sigs(msg))
+    out = []
+    for i in range(n):
+        try:
+            out.append(dkim.DKIM(msg).verify(idx=i, dnsfunc=zone.dnsfunc))
+        except dkim.ValidationError:
+            out.append(False)   # e.g. "body hash mismatch"
+    return n, out
+
+
+def tricky_body():
+    long_line = b"L" * 1500 + b"\r\n"          # wrapped at 998 octets
+    return ("Gr\u00fc\u00dfe, na\u00efve caf\u00e9 \u2014 8-bit text\r\n"
+            .encode("utf-8") +
+            b".\r\n..\r\n.leading dot\r\n" + long_line +
+            b"\r\nlast line\r\n")
+
+
+def test_smarthost_dual_signed_and_verified(upstream_factory, relay_to, keys,
+                                            tmp_path):
+    made, zone = keys
+    up = upstream_factory(tls="none")
+    r = relay_to(up, start=False, smarthost_tls="none")
+    # rsa1 then rsa2 for the same domain: the last line (rsa2) signs.
+    with_key_lines(r, [key_line(made, "rsa1"), key_line(made, "ed1"),
+                       key_line(made, "rsa2")])
+    r.start()
+    content, _ = make_message("dkim dual", body=tricky_body(),
+                              headers=("MIME-Version: 1.0",
+                                       "Content-Type: text/plain; "
+                                       "charset=utf-8",
+                                       "Content-Transfer-Encoding: 8bit"))
+    submit(r, SENDER, ["one@dest.test"], content,
+           mail_options=("BODY=8BITMIME",))
+    # From a domain without a key: delivered, unsigned.
+    other, _ = make_message("no key", frm="x@nokey.test")
+    submit(r, "x@nokey.test", ["two@dest.test"], other)
+    got = up.wait_messages(2, timeout=30)
+    by_rcpt = {m["rcpt_tos"][0]: m["data"] for m in got}
+    msg = by_rcpt["one@dest.test"]
+    fields = sigs(msg)
+    assert len(fields) == 2, msg[:2000]
+    assert b"a=rsa-sha256" in fields[0] and b"s=rsa2" in fields[0]
+    assert b"a=ed25519-sha256" in fields[1] and b"s=ed1" in fields[1]
+    for f in fields:
+        assert b"c=relaxed/relaxed" in f and b"d=client.test" in f
+        tags = dict(t.split(b"=", 1) for t in
+                    re.sub(rb"\s", b"", f.split(b":", 1)[1]).split(b";") if t)
+        assert b"l" not in tags, tags
+        h = tags[b"h"]
+        names = [x.lower() for x in h.split(b":")]
+        assert names.count(b"from") == 2   # oversigned
+        for want in (b"to", b"subject", b"date", b"message-id",
+                     b"mime-version", b"content-type",
+                     b"content-transfer-encoding"):
+            assert want in names, (want, names)
+        assert b"received" not in names
+    n, ok = verify_all(msg, zone)
+    assert n == 2 and ok == [True, True], ok
+    # The long line arrived wrapped (what was signed), 8-bit intact.
+    assert b"L" * 998 + b"\r\n" in msg
+    assert "Gr\u00fc\u00dfe".encode() in msg
+    # The test of the test: a changed body or header fails.
+    bad = msg.replace(b"last line", b"last lime")
+    assert verify_all(bad, zone)[1] == [False, False]
+    bad = msg.replace(b"Subject: dkim dual", b"Subject: dkim duel")
+    assert verify_all(bad, zone)[1] == [False, False]
+    # No key, no signature.
+    assert sigs(by_rcpt["two@dest.test"]) == []
+    log = r.log_text()
+    assert re.search(r"dkim: signed, d=client\.test, s=rsa2\+ed1", log), log
+
+
+@pytest.mark.parametrize("sel", ["rsa1", "ed1"])
+def test_retry_sends_identical_signature(upstream_factory, relay_to, keys,
+                                         sel):
+    made, zone = keys
+    up = upstream_factory(tls="none",
+                          behaviour={"data": {SENDER: ["451 4.3.0 later"]}})
+    # The key through the environment (RELAYD_DKIM_KEY).
+    r = relay_to(up, smarthost_tls="none",
+                 env={"RELAYD_DKIM_KEY": key_line(made, sel)})
+    content, _ = make_message("retry " + sel, body=tricky_body())
+    submit(r, SENDER, ["r@dest.test"], content)
+    got = up.wait_messages(2, timeout=40, all=True)
+    assert [m["accepted"] for m in got[:2]] == [False, True]
+    first, second = sigs(got[0]["data"]), sigs(got[1]["data"])
+    assert len(first) == 1 and first == second
+    assert got[0]["data"] == got[1]["data"]
+    assert verify_all(got[1]["data"], zone)[1] == [True]
+
+
+def test_sighup_broken_key_keeps_old_one(upstream_factory, relay_to, keys):
+    made, zone = keys
+    up = upstream_factory(tls="none")
+    r = relay_to(up, start=False, smarthost_tls="none")
+    with_key_lines(r, [key_line(made, "rsa1")])
+    r.start()
+    path = made["rsa1"][0]
+    with open(path, "w") as f:
+        f.write("-----BEGIN PRIVATE KEY-----\nbroken\n"
+                "-----END PRIVATE KEY-----\n")
+    before = len(r.log_text())
+    r.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "configuration reloaded" in r.log_text()[before:],
+               timeout=10, what="the reload")
+    log = r.log_text()[before:]
+    assert re.search(r"dkim: key client\.test \(selector rsa1\) not "
+                     r"reloaded, the old one is kept: .*%s" %
+                     re.escape(path), log), log
+    content, _ = make_message("after hup")
+    submit(r, SENDER, ["h@dest.test"], content)
+    got = up.wait_messages(1, timeout=30)
+    assert verify_all(got[0]["data"], zone)[1] == [True]
+    assert b"s=rsa1" in sigs(got[0]["data"])[0]
+
+
+def test_start_refuses_a_broken_key(relayd_factory, tmp_path):
+    bad = str(tmp_path / "bad.pem")
+    with open(bad, "w") as f:
+        f.write("not a key\n")
+    os.chmod(bad, 0o600)
+    r = relayd_factory(start=False)
+    with_key_lines(r, ["%s sel %s" % (DOMAIN, bad)])
+    from conftest import RELAYD
+    p = subprocess.run([RELAYD, "-t", "-c", r.conf_path],
+                       capture_output=True, timeout=30)
+    assert p.returncode == 1
+    assert bad.encode() in p.stderr, p.stderr
+
+
+def test_dkim_required(upstream_factory, relay_to, keys):
+    made, zone = keys
+    up = upstream_factory(tls="none")
+    r = relay_to(up, start=False, smarthost_tls="none", dkim_required="yes")
+    with_key_lines(r, [key_line(made, "ed1")])
+    r.start()
+    content, _ = make_message("unsigned", frm="a@nokey.test")
+    with smtplib.SMTP(r.addr, r.port, timeout=30) as s:
+        s.ehlo("client.test")
+        assert s.mail("a@nokey.test")[0] == 250
+        assert s.rcpt("x@dest.test")[0] == 250
+        code, msg = s.data(content)
+        assert code == 550 and msg.startswith(b"5.7.1 "), (code, msg)
+        # The session goes on: a message from the key's domain is signed.
+        good, _ = make_message("signed")
+        assert s.mail(SENDER)[0] == 250
+        assert s.rcpt("y@dest.test")[0] == 250
+        code, msg = s.data(good)
+        assert code == 250, msg
+    got = up.wait_messages(1, timeout=30)
+    assert got[0]["rcpt_tos"] == ["y@dest.test"]
+    assert verify_all(got[0]["data"], zone)[1] == [True]
+    assert [m for m in queue_list(r) if m["sender"] == "a@nokey.test"] == []
+    assert "from=<a@nokey.test>" not in r.log_text()   # never committed
+    assert re.search(r"dkim: no DKIM key for nokey\.test, dkim_required: "
+                     r"550 5\.7\.1, not queued", r.log_text())
