@@ -212,3 +212,102 @@ def test_setup_usage_errors(tmp_path):
         assert rc == 2, (args, rc, out, err)
         assert msg in err, (args, err)
     assert not os.path.exists(conf)
+
+
+# ---- setup direct ------------------------------------------------------------
+
+from test_direct import world  # noqa: E402,F401  (the dnsmasq + MX fixture)
+
+
+def test_setup_direct_writes_a_config_that_delivers_signed(world, tmp_path):
+    import dkim
+    w = world(1)
+    mx = w.start_mx(0)
+    w.start_dns({"mx": [("pref.test", "mx1.pref.test", 10)],
+                 "hosts": [("mx1.pref.test", w.host(0))]})
+    conf = str(tmp_path / "etc" / "relayd.conf")
+    rc, out, err = run([RELAYCTL, "setup", "direct", "--config", conf,
+                        "--domain", "snd.test", "--hostname", "relay.snd.test",
+                        "--selector", "sel1", "--ip", "192.0.2.7,2001:db8::7"],
+                       env={"RELAYD_USER": "root"})
+    assert rc == 0, (rc, out, err)
+    key = str(tmp_path / "etc" / "dkim" / "snd.test.sel1.pem")
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(conf).st_mode) == 0o644
+    keys = conf_keys(conf)
+    assert keys["delivery"] == "direct"
+    assert keys["hostname"] == "relay.snd.test"
+    assert keys["dkim_key"] == "snd.test sel1 %s" % key
+    assert keys["listen"] == "127.0.0.1:25/smtp, 127.0.0.1:587/submission"
+    # Every record, in order, then the next command.
+    pos = 0
+    for p in (r"^Wrote %s \(the DKIM private key, mode 0600\)\.$" %
+              re.escape(key),
+              r"^Wrote %s\.$" % re.escape(conf),
+              r"^1\. Reverse DNS \(PTR\)",
+              r"^    192\.0\.2\.7  ->  relay\.snd\.test$",
+              r"^    2001:db8::7  ->  relay\.snd\.test$",
+              r"^    relay\.snd\.test\. IN A    192\.0\.2\.7$",
+              r"^    relay\.snd\.test\. IN AAAA 2001:db8::7$",
+              r'^    snd\.test\. IN TXT "v=spf1 ip4:192\.0\.2\.7 '
+              r'ip6:2001:db8::7 -all"$',
+              r'^    relay\.snd\.test\. IN TXT "v=spf1 a -all"$',
+              r"^    sel1\._domainkey\.snd\.test\. IN TXT \($",
+              r"^    v=DKIM1; k=rsa; p=[A-Za-z0-9+/=]+$",
+              r'^    _dmarc\.snd\.test\. IN TXT "v=DMARC1; p=none; '
+              r'rua=mailto:postmaster@snd\.test"$',
+              r"^  relayctl -c %s check-dns snd\.test$" % re.escape(conf)):
+        m = re.compile(p, re.M).search(out, pos)
+        assert m, (p, out)
+        pos = m.end()
+    record = re.search(r"^    (v=DKIM1; k=rsa; p=\S+)$", out, re.M).group(1)
+    # The zone-file form holds the same value in <= 255-octet strings.
+    zone = re.search(r"IN TXT \(\n((?:        \"[^\"]*\"\s*)+)\)", out).group(1)
+    parts = re.findall(r'"([^"]*)"', zone)
+    assert all(len(x) <= 255 for x in parts) and "".join(parts) == record
+
+    # Run relayd on it: listeners, spool, log and DNS for the test world.
+    r = w.relayd_factory(start=False)
+    r.conf_path = conf
+    env = relayd_env(r)
+    env.update({"RELAYD_DNS_SERVERS": w.dns.servers,
+                "RELAYD_MX_ALLOW_PRIVATE": "yes",
+                "RELAYD_MX_PORT": str(w.port)})
+    rc, tout, terr = run([RELAYD, "-t", "-c", conf], env=env)
+    assert rc == 0, (rc, tout, terr)
+    r.start(env=env)
+    content, mid = make_message("setup direct", frm="me@snd.test",
+                                to="a@pref.test")
+    qid = submit(r, "me@snd.test", ["a@pref.test"], content)
+    wait_status(r, qid, "a@pref.test", "sent", fail_on=("bounced",))
+    rec = mx.wait_messages(1)[0]
+    assert rec["rcpt_tos"] == ["a@pref.test"]
+    data = rec["data"]
+    assert re.search(rb"^DKIM-Signature:.*\bd=snd\.test;", data,
+                     re.M | re.S), data[:600]
+
+    # An independent verifier (dkimpy), with the record setup printed.
+    def dnsfunc(name, timeout=5):
+        assert name in (b"sel1._domainkey.snd.test.",
+                        "sel1._domainkey.snd.test."), name
+        return record.encode()
+    assert dkim.verify(data, dnsfunc=dnsfunc), "signature does not verify"
+    assert not dkim.verify(data.replace(b"setup direct", b"setup dIrect"),
+                           dnsfunc=dnsfunc)
+
+
+def test_setup_direct_refuses_to_replace_and_checks_flags(tmp_path):
+    conf = tmp_path / "relayd.conf"
+    conf.write_text("# mine\n")
+    rc, out, err = run([RELAYCTL, "setup", "direct", "--config", str(conf),
+                        "--domain", "snd.test", "--ip", "192.0.2.7"])
+    assert rc == 1 and "exists; not replaced" in err, (rc, out, err)
+    assert conf.read_text() == "# mine\n"
+    assert not (tmp_path / "dkim").exists()
+    for args, msg in ((["--domain", "bad_domain!"], "--domain"),
+                      (["--domain", "snd.test", "--ip", "not-an-ip"], "--ip"),
+                      ([], "needs --domain")):
+        rc, out, err = run([RELAYCTL, "setup", "direct", "--config",
+                            str(tmp_path / "x.conf")] + args, stdin=b"")
+        assert rc == 2 and msg in err, (args, rc, err)
+    assert not (tmp_path / "x.conf").exists()

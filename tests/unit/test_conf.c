@@ -1273,6 +1273,8 @@ static void test_dkim_keys(void **state)
 	assert_string_equal(err, "dkim_key: more than 64 keys");
 	conf_free(&c);
 	assert_int_equal(c.ndkim_keys, 0);
+}
+
 /* dnsbl_zones: host names separated by commas or blanks; empty is none. */
 static void test_dnsbl_zones(void **state)
 {
