@@ -470,7 +470,7 @@ static int ctl_st_follow(struct ctl_ctx *c, struct ctl_st *s, int timeout_ms)
 	default:
 		ctl_st_print("DEFERRED: ", s->outcome_text);
 		ctl_st_next_retry(c, s, m);
-		printf("Next: relayctl show %s, relayctl log or relayd's log for "
+		printf("Next: relayctl show %s and relayd's log (log_file) for "
 		       "the attempts;\nrelayctl check-dns YOUR-DOMAIN when the "
 		       "receiver refuses the sender; relayctl flush %s\nretries "
 		       "now.\n", s->qid, s->qid);
