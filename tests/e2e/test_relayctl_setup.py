@@ -311,3 +311,84 @@ def test_setup_direct_refuses_to_replace_and_checks_flags(tmp_path):
                             str(tmp_path / "x.conf")] + args, stdin=b"")
         assert rc == 2 and msg in err, (args, rc, err)
     assert not (tmp_path / "x.conf").exists()
+
+
+# ---- on a terminal -------------------------------------------------------------
+
+def run_on_tty(args, answers, env=None, timeout=60):
+    """Runs args with stdin and stderr on a pseudo-terminal; each answer is
+    typed once its prompt (a regex) has appeared. Returns (rc, stdout,
+    what the terminal showed). Bounded: each read waits at most timeout."""
+    import select
+    import time
+    master, slave = os.openpty()
+    e = dict(os.environ)
+    e.update(env or {})
+    p = subprocess.Popen(args, stdin=slave, stderr=slave,
+                         stdout=subprocess.PIPE, env=e, close_fds=True)
+    os.close(slave)
+    shown = b""
+    try:
+        for prompt, answer in answers:
+            deadline = time.monotonic() + timeout
+            while not re.search(prompt.encode(), shown):
+                left = deadline - time.monotonic()
+                assert left > 0, "no prompt %r; terminal: %r" % (prompt, shown)
+                r, _, _ = select.select([master], [], [], left)
+                if r:
+                    try:
+                        chunk = os.read(master, 4096)
+                    except OSError:
+                        chunk = b""
+                    assert chunk, "terminal closed; shown %r" % shown
+                    shown += chunk
+            os.write(master, answer.encode() + b"\n")
+            shown += b"<typed>"
+        out, _ = p.communicate(timeout=timeout)
+        # What is left on the terminal after the process ended.
+        while select.select([master], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
+        os.close(master)
+    return p.returncode, out.decode(), shown.decode("utf-8", "replace")
+
+
+def test_setup_asks_on_a_terminal(upstream_factory, test_ca, tmp_path):
+    # smarthost: the password is read without echo.
+    up = upstream_factory(tls="starttls", users={USER: PASSWORD})
+    conf = str(tmp_path / "sh.conf")
+    rc, out, shown = run_on_tty(
+        [RELAYCTL, "setup", "smarthost", "--config", conf, "--host",
+         up.smarthost, "--tls", "starttls", "--tls-ca", test_ca.ca_cert,
+         "--tls-name", TLS_NAME, "--hostname", "relay.test", "--user", USER],
+        [(r"Password for %s: " % USER, PASSWORD)],
+        env={"RELAYD_USER": "root"})
+    assert rc == 0, (rc, out, shown)
+    assert PASSWORD not in shown and PASSWORD not in out, shown
+    assert "AUTH as %s: accepted" % USER in out
+    with open(str(tmp_path / "smarthost.password")) as f:
+        assert f.read() == PASSWORD + "\n"
+
+    # direct: the domain and the host name are asked for; an empty answer
+    # takes the default shown.
+    conf = str(tmp_path / "d" / "relayd.conf")
+    rc, out, shown = run_on_tty(
+        [RELAYCTL, "setup", "direct", "--config", conf, "--ip", "192.0.2.9",
+         "--selector", "tty"],
+        [(r"Mail domain [^:]*: ", "asked.test"),
+         (r"Host name [^\]]*\]: ", "mx.asked.test")],
+        env={"RELAYD_USER": "root"})
+    assert rc == 0, (rc, out, shown)
+    keys = conf_keys(conf)
+    assert keys["hostname"] == "mx.asked.test"
+    assert keys["dkim_key"].startswith("asked.test tty /")
+    assert "    192.0.2.9  ->  mx.asked.test" in out
