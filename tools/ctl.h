@@ -98,6 +98,9 @@ int ctl_setup_mkdirs(const char *dir, mode_t mode);
  * follows it; exit 0 sent, 1 bounced, CTL_EXIT_TEMPFAIL deferred. */
 int ctl_cmd_send_test(struct ctl_ctx *c, int argc, char **argv);
 
+/* dkim keygen|show|rotate (ctl_dkim.c). */
+int ctl_cmd_dkim(struct ctl_ctx *c, int argc, char **argv);
+
 /* ctl_control.c: changes through relayd's control socket (hold, release
  * and delete also offline, while relayd is stopped), and stats. */
 int ctl_cmd_flush(struct ctl_ctx *c, int argc, char **argv);

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "tools/ctl_dkim.h"
 
 extern char **environ;
 
@@ -76,6 +77,9 @@ static const struct ctl_cmd ctl_cmds[] = {
 	 CTL_F_JSON | CTL_F_CONF, 1, 2, ctl_cmd_user,
 	 "--owner= --from-domains= --to-domains= --hourly= --daily= "
 	 "--generate"},
+	{"dkim", "SUBCOMMAND [ARGS]", "DKIM keys: make, show, rotate (below)",
+	 CTL_F_JSON | CTL_F_CONF, 1, 3, ctl_cmd_dkim,
+	 "--type= --bits= --dir= --selector= --check --retire="},
 	{"setup", "direct|smarthost [OPTIONS]", "write a working configuration "
 	 "(below)", 0, 1, 1, ctl_cmd_setup,
 	 "--config= --force --hostname= --host= --user= --password-file= "
@@ -139,6 +143,29 @@ static void ctl_usage(FILE *f)
 	        "                              address stands for its /64) or "
 	        "one name's\n"
 	        "\n"
+	        "DKIM subcommands (keys named by relayd.conf's dkim_key lines; "
+	        "relayctl prints\nthe lines to add or remove, it never edits "
+	        "the file):\n"
+	        "  dkim keygen DOMAIN SELECTOR [--type rsa|ed25519] [--bits N] "
+	        "[--dir DIR]\n"
+	        "        a new private key in DIR (default " CTL_DKIM_DIR "), "
+	        "0600,\n"
+	        "        never over a file; prints the dkim_key line and the "
+	        "DNS record\n"
+	        "  dkim show [--json]          each key: type, size, active, "
+	        "its record, and\n"
+	        "                              whether DNS serves it (exit 1 "
+	        "if not)\n"
+	        "  dkim rotate DOMAIN [--type T] [--bits N] [--selector S] "
+	        "[--dir DIR]\n"
+	        "        step 1: a new key under a dated selector (s20261205) "
+	        "and its record\n"
+	        "  dkim rotate DOMAIN --check --selector S\n"
+	        "        step 2: does DNS serve it? then the dkim_key line to "
+	        "add\n"
+	        "  dkim rotate DOMAIN --retire SELECTOR\n"
+	        "        step 3: what to remove, and when\n"
+	        "\n"
 	        "Setup (writes relayd's configuration, -c FILE or --config FILE, "
 	        "default\n" CTL_DEFAULT_CONF "; never replaces a file without "
 	        "--force):\n"
@@ -179,7 +206,7 @@ static void ctl_usage(FILE *f)
 	        "              e.g. RELAYD_SPOOL_DIR=/var/spool/relayd\n"
 	        "  --json      JSON output for scripts (list, show, stats, "
 	        "destinations,\n"
-	        "              check, user list, lockout list)\n"
+	        "              check, user list, lockout list, dkim show)\n"
 	        "  -h, --help  this text\n"
 	        "\n"
 	        "List filters (all given must match):\n"

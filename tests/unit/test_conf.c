@@ -1215,6 +1215,37 @@ static void test_dns_servers(void **state)
 	conf_free(&c);
 }
 
+/* dnsbl_zones: host names separated by commas or blanks; empty is none. */
+static void test_dnsbl_zones(void **state)
+{
+	(void)state;
+	char msg[ERRLEN];
+	static const char *const ok[] = {
+		"", "zen.spamhaus.org", "bl.test, b.barracudacentral.org",
+		" a.test ,b.test  c.test ",
+	};
+	static const char *const bad[] = {
+		"bl test!", "a..b", ".bl.test", "bl.test;rm",
+		/* 33 zones */
+		"a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a",
+	};
+	struct conf c;
+	assert_int_equal(conf_init(&c), 0);
+	assert_non_null(strstr(c.dnsbl_zones, "zen.spamhaus.org"));
+	for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
+		if (conf_set(&c, "dnsbl_zones", ok[i], msg, sizeof msg) != 0)
+			fail_msg("refused '%s': %s", ok[i], msg);
+		assert_string_equal(c.dnsbl_zones, ok[i]);
+	}
+	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+		msg[0] = '\0';
+		if (conf_set(&c, "dnsbl_zones", bad[i], msg, sizeof msg) == 0)
+			fail_msg("accepted '%s'", bad[i]);
+		assert_non_null(strstr(msg, "dnsbl_zones"));
+	}
+	conf_free(&c);
+}
+
 /* dkim_key: each line adds one (raw text kept for dkim/), an empty value
  * empties the list, bad lines name the line; RELAYD_DKIM_KEY replaces the
  * file's list with its ';'-separated values. */
@@ -1275,37 +1306,6 @@ static void test_dkim_keys(void **state)
 	assert_int_equal(c.ndkim_keys, 0);
 }
 
-/* dnsbl_zones: host names separated by commas or blanks; empty is none. */
-static void test_dnsbl_zones(void **state)
-{
-	(void)state;
-	char msg[ERRLEN];
-	static const char *const ok[] = {
-		"", "zen.spamhaus.org", "bl.test, b.barracudacentral.org",
-		" a.test ,b.test  c.test ",
-	};
-	static const char *const bad[] = {
-		"bl test!", "a..b", ".bl.test", "bl.test;rm",
-		/* 33 zones */
-		"a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a",
-	};
-	struct conf c;
-	assert_int_equal(conf_init(&c), 0);
-	assert_non_null(strstr(c.dnsbl_zones, "zen.spamhaus.org"));
-	for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
-		if (conf_set(&c, "dnsbl_zones", ok[i], msg, sizeof msg) != 0)
-			fail_msg("refused '%s': %s", ok[i], msg);
-		assert_string_equal(c.dnsbl_zones, ok[i]);
-	}
-	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-		msg[0] = '\0';
-		if (conf_set(&c, "dnsbl_zones", bad[i], msg, sizeof msg) == 0)
-			fail_msg("accepted '%s'", bad[i]);
-		assert_non_null(strstr(msg, "dnsbl_zones"));
-	}
-	conf_free(&c);
-}
-
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1331,8 +1331,8 @@ int main(void)
 		cmocka_unit_test(test_load_checks),
 		cmocka_unit_test(test_default_file),
 		cmocka_unit_test(test_dns_servers),
-		cmocka_unit_test(test_dkim_keys),
 		cmocka_unit_test(test_dnsbl_zones),
+		cmocka_unit_test(test_dkim_keys),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
