@@ -579,12 +579,11 @@ static int ctl_setup_smarthost(struct ctl_ctx *c)
 		goto out;
 	}
 	printf("\nNext:\n"
-	       "  relayd -t -c %s          check the configuration\n"
-	       "  relayd -c %s             run relayd (or: systemctl restart "
-	       "relayd)\n"
+	       "  relayd -t -c %s\n"
+	       "      checks the configuration; then relayd -c %s (or: "
+	       "systemctl restart relayd)\n"
 	       "  relayctl -c %s send-test YOU@EXAMPLE.COM\n"
-	       "                           send a test message and follow it\n",
-	       path, path, path);
+	       "      sends a test message and follows it\n", path, path, path);
 out:
 	explicit_bzero(s.password, sizeof s.password);
 	return r < 0 ? r : 0;
