@@ -309,8 +309,9 @@ static int ctl_st_submit(struct ctl_ctx *c, struct ctl_st *s,
 			       "--password-file FILE.\n");
 		else if (rep.code == 554 || rep.code == 550 || rep.code == 553)
 			printf("Check relayd's relay policy (trusted_networks, "
-			       "sender_domains, recipient_domains) in %s.\n",
-			       c->conf_path);
+			       "sender_domains, recipient_domains) in %s%s.\n",
+			       c->conf_path, user ? "" : ", or log in: --user NAME "
+			       "--password-file FILE");
 		return rep.code / 100 == 4 ? CTL_EXIT_TEMPFAIL : -EPERM;
 	}
 	if (!ctl_st_qid(rep.text, s->qid)) {

@@ -6,6 +6,7 @@ the 250 reply, and the message followed until the smarthost accepts it
 retry shown) or 550 (exit 1). Each outcome names the next step. Also: a
 relayd that only holds mail (exit 75, "HELD"), relayd not running (exit 1,
 says so), a bad address (exit 2)."""
+import os
 import re
 import subprocess
 
@@ -128,3 +129,55 @@ def test_bad_address(relayd):
         assert "is not an address" in err, (bad, err)
     rc, out, err = send_test(relayd, RCPT, "--from", "bad from")
     assert rc == 2 and "--from" in err, (rc, err)
+
+
+def test_listener_that_wants_auth(upstream_factory, relay_to, tmp_path):
+    from authutil import add_user
+    up = upstream_factory(tls="starttls", users={"u1": "pw-1"})
+    # Nobody is trusted: relaying needs AUTH, offered in plaintext to
+    # loopback clients.
+    r = relay_to(up, start=False, trusted_networks="",
+                 auth_plaintext_networks="127.0.0.0/8",
+                 credentials_file=str(tmp_path / "credentials"))
+    add_user(r, "app", "app-password-1")
+    r.start()
+    rc, out, err = send_test(r, RCPT, "--from", SENDER)
+    assert rc == 1, (rc, out, err)
+    assert re.search(r"^relayd refused the message: 554 5\.7\.1 ", out,
+                     re.M), out
+    assert "or log in: --user NAME --password-file FILE" in out
+    assert "Accepted" not in out
+    pw = tmp_path / "pw"
+    pw.write_text("wrong\n")
+    rc, out, err = send_test(r, RCPT, "--from", SENDER, "--user", "app",
+                             "--password-file", str(pw))
+    assert rc == 1, (rc, out, err)
+    assert re.search(r"AUTH refused by \S+: 535 ", err), err
+    pw.write_text("app-password-1\n")
+    rc, out, err = send_test(r, RCPT, "--from", SENDER, "--user", "app",
+                             "--password-file", str(pw))
+    assert rc == 0, (rc, out, err)
+    in_order(out, r"^Accepted as ", r"^SENT: ")
+    assert "app-password-1" not in out + err
+    assert up.wait_messages(1)[0]["rcpt_tos"] == [RCPT]
+
+
+def test_follows_the_queue_without_a_log(upstream_factory, relay_to):
+    """relayctl told there is no log_file (RELAYD_LOG_FILE empty for it
+    only): the attempt and the deferral come from the queue index."""
+    up = upstream_factory(tls="starttls", users={"u1": "pw-1"},
+                          behaviour={"rcpt": "451 4.3.0 Not now"})
+    r = relay_to(up, retry_min="10m", retry_max="1h")
+    res = subprocess.run([RELAYCTL, "-c", r.conf_path, "send-test", RCPT,
+                          "--from", SENDER], capture_output=True, timeout=90,
+                         stdin=subprocess.DEVNULL,
+                         env=dict(os.environ, RELAYD_LOG_FILE=""))
+    out = res.stdout.decode()
+    assert res.returncode == 75, (res.returncode, out, res.stderr)
+    qid = accepted_qid(out)
+    in_order(out, r"^Following %s \(relayd's queue; " % qid,
+             r"^  attempt 1: via [^:]+: $",
+             r"^    451 4\.3\.0 Not now$",
+             r"^DEFERRED: 451 4\.3\.0 Not now$",
+             r"^Next retry: ")
+    assert "  attempt: to=" not in out
