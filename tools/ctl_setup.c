@@ -462,6 +462,19 @@ static int ctl_sh_password(struct ctl_ctx *c, struct ctl_sh *s,
 			ctl_err("--password-file %s: the first line is empty", pf);
 			return -EINVAL;
 		}
+		/* relayd reads it from its own working directory: the
+		 * configuration names it by an absolute path. */
+		if (pf[0] != '/') {
+			char cwd[PATH_MAX];
+			if (!getcwd(cwd, sizeof cwd) ||
+			    snprintf(stored, n, "%s/%s", cwd, pf) >= (int)n)
+				return ctl_setup_bad_value("--password-file", pf);
+			pf = stored;
+		}
+		struct stat st;
+		if (stat(pf, &st) == 0 && (st.st_mode & 077))
+			fprintf(stderr, CTL_PROG ": warning: %s can be read by "
+			        "others: chmod 600 %s\n", pf, pf);
 		s->password_file = pf;
 		s->password_given_file = true;
 		return 0;
@@ -507,7 +520,8 @@ static int ctl_setup_smarthost(struct ctl_ctx *c)
 		explicit_bzero(s.password, sizeof s.password);
 		return r < 0 ? r : 0;
 	}
-	if (stored[0] && (r = ctl_setup_refuse_existing(stored, force)) < 0)
+	if (stored[0] && !s.password_given_file &&
+	    (r = ctl_setup_refuse_existing(stored, force)) < 0)
 		goto out;
 
 	struct buf b;
@@ -547,7 +561,7 @@ static int ctl_setup_smarthost(struct ctl_ctx *c)
 	}
 	uid_t uid;
 	gid_t gid;
-	if (stored[0]) {
+	if (stored[0] && !s.password_given_file) {
 		struct buf pb;
 		buf_init(&pb, sizeof s.password + 2);
 		buf_printf(&pb, "%s\n", s.password);

@@ -158,6 +158,29 @@ def test_setup_smarthost_wrong_password(upstream_factory, test_ca, tmp_path):
     assert os.stat(conf).st_mtime_ns == before
 
 
+def test_setup_smarthost_password_file_given(upstream_factory, test_ca,
+                                             tmp_path):
+    """--password-file F: the configuration names F (made absolute: relayd
+    reads it from its own working directory); nothing else is written."""
+    up = upstream_factory(tls="starttls", users={USER: PASSWORD})
+    (tmp_path / "secret").write_text(PASSWORD + "\n")
+    os.chmod(str(tmp_path / "secret"), 0o644)
+    conf = str(tmp_path / "etc" / "relayd.conf")
+    args = [RELAYCTL, "setup", "smarthost", "--config", conf, "--host",
+            up.smarthost, "--tls", "starttls", "--tls-ca", test_ca.ca_cert,
+            "--tls-name", TLS_NAME, "--user", USER, "--password-file",
+            "secret"]
+    r = subprocess.run(args, cwd=str(tmp_path), capture_output=True,
+                       timeout=90, stdin=subprocess.DEVNULL)
+    out, err = r.stdout.decode(), r.stderr.decode()
+    assert r.returncode == 0, (out, err)
+    assert "warning: %s can be read by others" % (tmp_path / "secret") in err
+    assert conf_keys(conf)["smarthost_password_file"] == \
+        str(tmp_path / "secret")
+    assert not (tmp_path / "etc" / "smarthost.password").exists()
+    assert "OK: relayd can log in" in out
+
+
 def test_setup_smarthost_refuses_to_replace(upstream_factory, test_ca,
                                             tmp_path):
     up = upstream_factory(tls="starttls", users={USER: PASSWORD})
