@@ -515,15 +515,27 @@ int ctl_cmd_send_test(struct ctl_ctx *c, int argc, char **argv)
 		printf("Note: delivery = hold in %s: relayd keeps mail queued.\n",
 		       c->conf_path);
 	/* The log is opened at its end before the submission, so every
-	 * line about the message is read and none of an older one. */
+	 * line about the message is read and none of an older one.
+	 * Opened before privileges are dropped (relayd creates it root's,
+	 * 0640), never through a link, and only a regular file (a FIFO
+	 * would block). */
 	if (c->conf.log_file && c->conf.log_file[0]) {
-		s.log.fd = open(c->conf.log_file, O_RDONLY | O_CLOEXEC);
+		struct stat st;
+		s.log.fd = open(c->conf.log_file, O_RDONLY | O_CLOEXEC |
+		                O_NOFOLLOW | O_NONBLOCK);
+		if (s.log.fd >= 0 && (fstat(s.log.fd, &st) < 0 ||
+		                      !S_ISREG(st.st_mode))) {
+			close(s.log.fd);
+			s.log.fd = -1;
+			errno = EINVAL;
+		}
 		if (s.log.fd >= 0)
 			lseek(s.log.fd, 0, SEEK_END);
 		else
 			fprintf(stderr, CTL_PROG ": warning: cannot read log_file "
 			        "%s (%s): following the queue only\n",
-			        c->conf.log_file, strerror(errno));
+			        c->conf.log_file, errno == EINVAL
+			        ? "not a regular file" : strerror(errno));
 	}
 	struct buf msg;
 	buf_init(&msg, 1 << 16);
@@ -532,7 +544,9 @@ int ctl_cmd_send_test(struct ctl_ctx *c, int argc, char **argv)
 	if (r == 0)
 		r = ctl_st_submit(c, &s, from, &msg);
 	buf_free(&msg);
-	if (r == 0)
+	/* Run as root, relayctl becomes the spool's owner only now: the
+	 * log and a --password-file were opened with root's rights. */
+	if (r == 0 && (r = ctl_spool_enter(c)) == 0)
 		r = ctl_st_follow(c, &s, timeout_ms);
 	if (s.log.fd >= 0)
 		close(s.log.fd);

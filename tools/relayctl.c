@@ -86,7 +86,7 @@ static const struct ctl_cmd ctl_cmds[] = {
 	 "--tls= --tls-ca= --tls-name= --tls-verify= --check-only --timeout= "
 	 "--domain= --selector= --dkim-dir= --ip="},
 	{"send-test", "ADDR [--from ADDR]", "send a test message through "
-	 "relayd and follow it (below)", CTL_F_CONF | CTL_F_SPOOL, 1, 1,
+	 "relayd and follow it (below)", CTL_F_CONF, 1, 1,
 	 ctl_cmd_send_test, "--from= --timeout= --user= --password-file="},
 	{"help", "", "this text", 0, 0, 1, ctl_cmd_help, NULL},
 };
