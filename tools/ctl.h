@@ -93,6 +93,7 @@ int ctl_setup_bad_value(const char *opt, const char *v);
 const char *ctl_setup_path(const struct ctl_ctx *c);
 void ctl_setup_dirname(const char *path, char *dir, size_t n);
 int ctl_setup_mkdirs(const char *dir, mode_t mode);
+int ctl_setup_backup(const char *path);
 
 /* send-test ADDR (ctl_sendtest.c): submits a test message to relayd and
  * follows it; exit 0 sent, 1 bounced, CTL_EXIT_TEMPFAIL deferred. */

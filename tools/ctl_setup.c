@@ -162,6 +162,26 @@ fail:
 	return r;
 }
 
+/* --force over an existing configuration: the old one stays as
+ * PATH.bak (a hard link, replacing an older .bak), so nothing the
+ * operator wrote is lost. Prints what it did. */
+int ctl_setup_backup(const char *path)
+{
+	char bak[PATH_MAX];
+	struct stat st;
+	if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode))
+		return 0;
+	if (snprintf(bak, sizeof bak, "%s.bak", path) >= (int)sizeof bak)
+		return 0;
+	if ((unlink(bak) < 0 && errno != ENOENT) || link(path, bak) < 0) {
+		int e = errno;
+		ctl_err("cannot keep %s as %s: %s", path, bak, strerror(e));
+		return -e;
+	}
+	printf("Kept the previous %s as %s.\n", path, bak);
+	return 0;
+}
+
 /* Before anything is asked or checked: a file that exists stops setup
  * unless --force (the rename checks again, atomically). */
 int ctl_setup_refuse_existing(const char *path, bool force)
@@ -576,6 +596,10 @@ static int ctl_setup_smarthost(struct ctl_ctx *c)
 			goto out;
 		}
 		printf("Wrote %s (the password, mode 0600).\n", stored);
+	}
+	if (force && (r = ctl_setup_backup(path)) < 0) {
+		buf_free(&b);
+		goto out;
 	}
 	r = ctl_setup_write_file(path, b.data, b.len, 0644, (uid_t)-1, (gid_t)-1,
 	                   force);

@@ -346,8 +346,10 @@ int ctl_setup_direct(struct ctl_ctx *c)
 		dkim_key_free(k);
 		return -ENOMEM;
 	}
-	r = ctl_setup_write_file(path, b.data, b.len, 0644, (uid_t)-1,
-	                         (gid_t)-1, force);
+	r = force ? ctl_setup_backup(path) : 0;
+	if (r == 0)
+		r = ctl_setup_write_file(path, b.data, b.len, 0644, (uid_t)-1,
+		                         (gid_t)-1, force);
 	buf_free(&b);
 	if (r < 0) {
 		dkim_key_free(k);

@@ -195,6 +195,9 @@ def test_setup_smarthost_refuses_to_replace(upstream_factory, test_ca,
     rc, out, err = setup_smarthost(str(conf), up, test_ca, "--force")
     assert rc == 0, (rc, out, err)
     assert conf_keys(str(conf))["delivery"] == "smarthost"
+    # The replaced file is kept.
+    assert (tmp_path / "relayd.conf.bak").read_text() == "# mine\n"
+    assert "Kept the previous %s as %s.bak." % (conf, conf) in out
     assert not [p for p in os.listdir(tmp_path) if ".tmp." in p]
 
 
@@ -339,6 +342,26 @@ def test_setup_direct_refuses_to_replace_and_checks_flags(tmp_path):
                             str(tmp_path / "x.conf")] + args, stdin=b"")
         assert rc == 2 and msg in err, (args, rc, err)
     assert not (tmp_path / "x.conf").exists()
+
+    # --force: the old configuration kept as .bak; run again, the key is
+    # kept too (its record may be published already): the same record.
+    def force():
+        rc, out, err = run([RELAYCTL, "setup", "direct", "--config",
+                            str(conf), "--domain", "snd.test", "--selector",
+                            "k1", "--ip", "192.0.2.7", "--force"],
+                           env={"RELAYD_USER": "root"})
+        assert rc == 0, (rc, out, err)
+        return out, re.search(r"^      value: (v=DKIM1; .*)$", out,
+                              re.M).group(1)
+    out1, rec1 = force()
+    assert (tmp_path / "relayd.conf.bak").read_text() == "# mine\n"
+    assert "Wrote %s (the DKIM private key" % (tmp_path / "dkim" /
+                                               "snd.test.k1.key") in out1
+    out2, rec2 = force()
+    assert "Keeping the existing DKIM key %s." % (tmp_path / "dkim" /
+                                                  "snd.test.k1.key") in out2
+    assert rec2 == rec1
+    assert conf_keys(str(tmp_path / "relayd.conf.bak"))["delivery"] == "direct"
 
 
 # ---- on a terminal -------------------------------------------------------------
