@@ -28,6 +28,9 @@ DEPS_BUILD := build-essential pkg-config libuv1-dev liblmdb-dev libc-ares-dev \
 DEPS_TEST  := libcmocka-dev python3 python3-pytest swaks libnet-ssleay-perl mount \
               python3-aiosmtpd openssl adduser
 DEPS_BENCH := postfix
+# bench/relay --dkim: Postfix signs through Debian's opendkim milter; dkimpy
+# checks both relays' signatures.
+DEPS_BENCH += opendkim python3-dkim
 # The relayctl check tests damage a spool's LMDB index with python3-lmdb.
 DEPS_TEST  += python3-lmdb
 # The DNS tests (tests/e2e/dnsutil.py): dnsmasq as the authoritative server

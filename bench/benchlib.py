@@ -230,11 +230,17 @@ class SmtpSink:
     the message count, and the moment it first reached a target, are
     known without any help from the system under test."""
 
-    def __init__(self, host, port, label="smtp-sink"):
+    def __init__(self, host, port, label="smtp-sink", dump=None):
+        """dump: a directory where smtp-sink writes every message it gets
+        (-d; one file per transaction) for checks after the run."""
         self.host, self.port = host, port
         argv = [SMTP_SINK, "-c"]
         if os.geteuid() == 0:       # smtp-sink refuses to run as root
             argv += ["-u", "nobody"]
+        if dump:
+            os.makedirs(dump, exist_ok=True)
+            os.chmod(dump, 0o777)   # written by smtp-sink's user
+            argv += ["-d", os.path.join(dump, "%M.")]
         argv += ["%s:%d" % (host, port), "1024"]
         record(label, argv)
         self.count = 0

@@ -21,6 +21,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "lines.h"
 #include "log.h"
 
 extern char **environ;
@@ -127,6 +128,11 @@ static const struct conf_keydef conf_keys[] = {
 	 "also write log lines to standard error"},
 	{"log_level", CT_ENUM, OFF(log_level), "info", 0, 0, log_level_vals, NULL,
 	 "least severe level logged: error, warning, info or debug"},
+	{"pid_file", CT_STRING, OFF(pid_file), "", 0, 0, NULL, NULL,
+	 "file relayd writes its process id to, locked while it runs (for "
+	 "init scripts without systemd); empty: none"},
+	{"log_syslog", CT_BOOL, OFF(log_syslog), "no", 0, 0, NULL, NULL,
+	 "also send log lines to syslog (facility mail) for journald/rsyslog"},
 	{"delivery", CT_ENUM, OFF(delivery), "hold", 0, 0, delivery_vals, NULL,
 	 "what to do with queued mail: hold (keep it), smarthost, or direct "
 	 "(to each recipient domain's MX hosts)"},
@@ -171,6 +177,10 @@ static const struct conf_keydef conf_keys[] = {
 	{"data_min_rate", CT_UNSIGNED, OFF(data_min_rate), "500", 0, 1000000000,
 	 NULL, NULL, "message data must arrive at this many bytes/s on average "
 	 "(timeout_data is the grace); 0: only the idle timeout_data"},
+	{"shutdown_timeout", CT_DURATION, OFF(shutdown_timeout), "30s", 0, DAY,
+	 NULL, NULL, "on SIGTERM, how long a client inside a message may take "
+	 "to finish it before it gets 421 (idle sessions get 421 at once); "
+	 "a second SIGTERM exits at once"},
 	{"session_max_lifetime", CT_DURATION, OFF(session_max_lifetime), "1h", 1,
 	 30 * DAY, NULL, NULL, "a session this old is closed (421) between "
 	 "messages; one still in a message at twice this age is cut off"},
@@ -1228,15 +1238,8 @@ static int parse_line(struct conf *c, const char *name, size_t lineno,
 {
 	char line[CONF_LINE_MAX + 1], q[QUOTE_MAX], msg[600];
 
-	if (n > CONF_LINE_MAX) {
-		fmt(err, errlen, "%s:%zu: line longer than %d characters", name,
-		    lineno, CONF_LINE_MAX);
-		return -EINVAL;
-	}
-	if (memchr(s, '\0', n)) {
-		fmt(err, errlen, "%s:%zu: NUL byte in line", name, lineno);
-		return -EINVAL;
-	}
+	/* conf_parse's lines_next: at most CONF_LINE_MAX, no NUL byte. */
+	RELAY_ASSERT(n <= CONF_LINE_MAX);
 	memcpy(line, s, n);
 	line[n] = '\0';
 
@@ -1284,20 +1287,21 @@ static int parse_line(struct conf *c, const char *name, size_t lineno,
 int conf_parse(struct conf *c, const char *name, const char *text, size_t len,
                char *err, size_t errlen)
 {
-	size_t lineno = 0, pos = 0;
+	struct lines it;
+	const char *s;
+	size_t n;
+	int rc;
 	if (!name)
 		name = "(config)";
-	if (!text)
-		len = 0;
-	while (pos < len) {
-		const char *s = text + pos;
-		const char *nl = memchr(s, '\n', len - pos);
-		size_t n = nl ? (size_t)(nl - s) : len - pos;
-		lineno++;
-		int rc = parse_line(c, name, lineno, s, n, err, errlen);
+	lines_init(&it, text, len, CONF_LINE_MAX, LINES_NO_NUL);
+	while ((rc = lines_next(&it, &s, &n)) != 0) {
+		if (rc < 0) {
+			lines_error(&it, rc, name, err, errlen);
+			return -EINVAL;
+		}
+		rc = parse_line(c, name, it.lineno, s, n, err, errlen);
 		if (rc < 0)
 			return rc;
-		pos += n + (nl ? 1 : 0);
 	}
 	return 0;
 }
@@ -1444,53 +1448,6 @@ int conf_check(const struct conf *c, const char *name, char *err,
 
 /* ---- loading ----------------------------------------------------------- */
 
-static int read_file(const char *path, char **text, size_t *len)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	size_t cap = 4096, n = 0;
-	char *buf = malloc(cap);
-	int rc = 0;
-	if (!buf) {
-		rc = -ENOMEM;
-		goto fail;
-	}
-	for (;;) {
-		if (n == cap) {
-			if (cap >= CONF_FILE_MAX) {
-				rc = -EFBIG;
-				goto fail;
-			}
-			char *nb = realloc(buf, cap * 2);
-			if (!nb) {
-				rc = -ENOMEM;
-				goto fail;
-			}
-			buf = nb;
-			cap *= 2;
-		}
-		ssize_t r = read(fd, buf + n, cap - n);
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			rc = -errno;
-			goto fail;
-		}
-		if (r == 0)
-			break;
-		n += (size_t)r;
-	}
-	close(fd);
-	*text = buf;
-	*len = n;
-	return 0;
-fail:
-	free(buf);
-	close(fd);
-	return rc;
-}
-
 int conf_load(struct conf *c, const char *path, char *err, size_t errlen)
 {
 	int rc = conf_init(c);
@@ -1501,7 +1458,8 @@ int conf_load(struct conf *c, const char *path, char *err, size_t errlen)
 	if (path) {
 		char *text = NULL;
 		size_t len = 0;
-		if ((rc = read_file(path, &text, &len)) < 0) {
+		if ((rc = lines_read_file(path, CONF_FILE_MAX, 0, &text,
+		                          &len)) < 0) {
 			fmt(err, errlen, "cannot read %s: %s", path, strerror(-rc));
 			goto fail;
 		}

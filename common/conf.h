@@ -62,6 +62,8 @@ struct conf {
 	char *log_file;                    /* default: "" (none) */
 	bool log_stderr;                   /* default: yes */
 	int log_level;                     /* enum log_level; default info */
+	bool log_syslog;                   /* also syslog(3), mail; default no */
+	char *pid_file;                    /* default "" (none) */
 	enum conf_delivery delivery;       /* default hold */
 	uint64_t max_message_size;         /* bytes; default 50 MiB */
 	unsigned max_recipients;           /* default 1000 */
@@ -82,6 +84,7 @@ struct conf {
 	uint64_t timeout_data;             /* ms; §4.5.3.2.5-6: 3m per block */
 	unsigned data_min_rate;            /* bytes/s in DATA/BDAT; 500; 0: off */
 	uint64_t session_max_lifetime;     /* ms; default 1h */
+	uint64_t shutdown_timeout;         /* ms; SIGTERM's grace: 30s */
 	uint64_t queue_map_size;           /* bytes; LMDB map; default 1 GiB */
 	uint64_t queue_min_free;           /* bytes; MAIL gets 452 4.3.1 below
 	                                      it; default 100 MiB, 0: off */

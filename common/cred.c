@@ -25,6 +25,7 @@
 #include "common/addr.h"
 #include "common/b64.h"
 #include "common/buf.h"
+#include "common/lines.h"
 #include "common/log.h"
 
 #define CRED_SALT_LEN 16          /* new hashes */
@@ -804,15 +805,8 @@ static int parse_line(struct cred_store *t, const char *name, size_t lineno,
 {
 	char msg[256];
 	int rc;
-	if (n > CRED_LINE_MAX) {
-		fmt(err, errlen, "%s:%zu: line longer than %d characters", name,
-		    lineno, CRED_LINE_MAX);
-		return -EINVAL;
-	}
-	if (memchr(s, '\0', n)) {
-		fmt(err, errlen, "%s:%zu: NUL byte in line", name, lineno);
-		return -EINVAL;
-	}
+	/* cred_store_parse's lines_next: at most CRED_LINE_MAX, no NUL. */
+	RELAY_ASSERT(n <= CRED_LINE_MAX);
 	if (n > 0 && s[n - 1] == '\r')
 		n--;
 	const char *p = s;
@@ -856,7 +850,9 @@ int cred_store_parse(const char *name, const char *text, size_t len,
                       struct cred_store **out, char *err, size_t errlen)
 {
 	struct cred_store *t = cred_store_new();
-	size_t lineno = 0, pos = 0;
+	struct lines it;
+	const char *s;
+	size_t n;
 	int rc = 0;
 	*out = NULL;
 	if (!t) {
@@ -865,16 +861,15 @@ int cred_store_parse(const char *name, const char *text, size_t len,
 	}
 	if (!name)
 		name = "(credentials)";
-	if (!text)
-		len = 0;
-	while (pos < len) {
-		const char *s = text + pos;
-		const char *nl = memchr(s, '\n', len - pos);
-		size_t n = nl ? (size_t)(nl - s) : len - pos;
-		lineno++;
-		if ((rc = parse_line(t, name, lineno, s, n, err, errlen)) < 0)
+	lines_init(&it, text, len, CRED_LINE_MAX, LINES_NO_NUL);
+	while ((rc = lines_next(&it, &s, &n)) != 0) {
+		if (rc < 0) {
+			lines_error(&it, rc, name, err, errlen);
+			rc = -EINVAL;
 			goto fail;
-		pos += n + (nl ? 1 : 0);
+		}
+		if ((rc = parse_line(t, name, it.lineno, s, n, err, errlen)) < 0)
+			goto fail;
 	}
 	const struct cred *d1, *d2;
 	rc = index_build(t, &d1, &d2);
@@ -894,66 +889,15 @@ fail:
 	return rc;
 }
 
-static int read_all(const char *path, char **text, size_t *len)
-{
-	struct stat st;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	int rc = 0;
-	char *buf = NULL;
-	size_t n = 0;
-	if (fstat(fd, &st) < 0) {
-		rc = -errno;
-		goto fail;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		rc = -EINVAL;
-		goto fail;
-	}
-	if ((uint64_t)st.st_size > CRED_FILE_MAX) {
-		rc = -EFBIG;
-		goto fail;
-	}
-	/* One byte more than the size, to see a file that grew meanwhile. */
-	size_t cap = (size_t)st.st_size + 1;
-	if (!(buf = malloc(cap))) {
-		rc = -ENOMEM;
-		goto fail;
-	}
-	for (;;) {
-		if (n == cap) {
-			rc = -EAGAIN;   /* changed while read: caller retries later */
-			goto fail;
-		}
-		ssize_t r = read(fd, buf + n, cap - n);
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			rc = -errno;
-			goto fail;
-		}
-		if (r == 0)
-			break;
-		n += (size_t)r;
-	}
-	close(fd);
-	*text = buf;
-	*len = n;
-	return 0;
-fail:
-	free(buf);
-	close(fd);
-	return rc;
-}
-
 int cred_store_load(const char *path, struct cred_store **out, char *err,
                      size_t errlen)
 {
 	char *text = NULL;
 	size_t len = 0;
 	*out = NULL;
-	int rc = read_all(path, &text, &len);
+	/* A snapshot: a file that grows while read is tried again later. */
+	int rc = lines_read_file(path, CRED_FILE_MAX,
+	                         LINES_REGULAR | LINES_SNAPSHOT, &text, &len);
 	if (rc < 0) {
 		fmt(err, errlen, "cannot read %s: %s", path,
 		    rc == -EINVAL ? "not a regular file" :

@@ -2,6 +2,7 @@
  * common/log.c - Line-at-a-time logging to stderr and/or a file (log.h).
  */
 #include "log.h"
+#include "log_sys.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -21,6 +22,7 @@ static bool log_stderr = true;
 static char *log_path;
 static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
 static long log_pid;
+static bool log_syslog;      /* also to syslog(3), facility mail */
 
 static const char *const level_names[] = {"error", "warning", "info", "debug"};
 
@@ -64,6 +66,17 @@ int log_reopen(void)
 	log_fd = fd;
 	pthread_mutex_unlock(&log_mu);
 	return 0;
+}
+
+void log_set_syslog(bool on)
+{
+	pthread_mutex_lock(&log_mu);
+	if (on && !log_syslog)
+		log_sys_open();
+	else if (!on && log_syslog)
+		log_sys_close();
+	log_syslog = on;
+	pthread_mutex_unlock(&log_mu);
 }
 
 void log_close(void)
@@ -117,6 +130,11 @@ void log_write(enum log_level lvl, const char *fmt, ...)
 		write_all(log_fd, line, len);
 	if (log_stderr)
 		write_all(STDERR_FILENO, line, len);
+	if (log_syslog) {
+		/* syslog has its own time, name and pid, and the level is
+		 * the priority: the message alone. */
+		log_sys_write((int)lvl, line + n, len - 1 - (size_t)n);
+	}
 	pthread_mutex_unlock(&log_mu);
 }
 

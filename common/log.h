@@ -20,6 +20,9 @@ int log_open(const char *file, bool to_stderr, enum log_level level);
 /* Reopens the log file (after rotation, on SIGHUP). */
 int log_reopen(void);
 void log_close(void);
+/* log_syslog: every line to syslog(3) too, facility mail, ident relayd,
+ * the level as its priority (journald, rsyslog). */
+void log_set_syslog(bool on);
 
 void log_write(enum log_level lvl, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));

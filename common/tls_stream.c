@@ -180,3 +180,8 @@ const char *tls_stream_cipher(const struct tls_stream *t)
 {
 	return SSL_get_cipher_name(t->ssl);
 }
+
+const char *tls_library_version(void)
+{
+	return OpenSSL_version(OPENSSL_VERSION);
+}

@@ -88,6 +88,8 @@ void tls_stream_drain(struct tls_stream *t,
 
 /* "TLSv1.3 TLS_AES_256_GCM_SHA384" parts, for logs and Received:. */
 const char *tls_stream_version(const struct tls_stream *t);
+/* OpenSSL's version, as linked ("OpenSSL 3.0.x ..."), for --version. */
+const char *tls_library_version(void);
 const char *tls_stream_cipher(const struct tls_stream *t);
 
 #endif

@@ -148,7 +148,7 @@ struct deliver_dest *deliver_dest_smarthost(struct deliver *d)
 static bool dest_idle(const struct deliver_dest *dst, uint64_t now)
 {
 	if (dst->nsessions || dst->nready || dst->nbusy || dst->paused ||
-	    dst->probing || dst->fails)
+	    dst->probing || dst->fails || dst->tls_broken_until > now)
 		return false;
 	return rate_room(&dst->rate_min, now) == (dst->rate_min.cap ?
 	                                          dst->rate_min.cap : UINT_MAX) &&
@@ -455,6 +455,10 @@ void deliver_session_gone(struct deliver_dest *dst, struct deliver_session *s,
 		const char *why = r ? r->text : "TLS failed";
 		log_escape(esc, sizeof esc, why, strlen(why));
 		dst->tls_broken_until = uv_now(d->loop) + DELIVER_TLS_BROKEN_MS;
+		dst->tls_broken_until_wall = deliver_wall_now() +
+		                             DELIVER_TLS_BROKEN_MS / 1000;
+		snprintf(dst->tls_broken_why, sizeof dst->tls_broken_why, "%s",
+		         why);
 		log_warn("destination %s: TLS broken (%s); plaintext for %d s, "
 		         "retrying %s now", dst->name, esc,
 		         DELIVER_TLS_BROKEN_MS / 1000,
@@ -539,6 +543,13 @@ int deliver_dest_json(struct deliver *d, struct buf *out)
 		json_str(out, t->reason, &err);
 		app(out, ",\"last_error\":", 14, &err);
 		json_str(out, t->last_error, &err);
+		/* "may" plaintext after a failed handshake (0: not). */
+		bool broken = t->tls_broken_until > uv_now(d->loop);
+		snprintf(num, sizeof num, ",\"tls_broken_until\":%" PRId64
+		         ",\"tls_broken_reason\":",
+		         broken ? t->tls_broken_until_wall : 0);
+		app(out, num, strlen(num), &err);
+		json_str(out, broken ? t->tls_broken_why : "", &err);
 		app(out, "}", 1, &err);
 	}
 	return err;

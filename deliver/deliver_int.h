@@ -308,8 +308,11 @@ struct deliver_dest {
 	} addrs[DELIVER_MX_ADDR_LIMIT];
 	size_t naddrs, addr_pos;
 	unsigned concurrency;               /* direct: sessions (0: the cfg's) */
-	/* "may" after a failed handshake: plaintext until then (uv_now). */
+	/* "may" after a failed handshake: plaintext until then (uv_now),
+	 * and why (relayctl destinations). */
 	uint64_t tls_broken_until;
+	int64_t tls_broken_until_wall;      /* unix seconds */
+	char tls_broken_why[DELIVER_REPLY_TEXT_MAX];
 	/* Smarthost mode: the smarthost's name resolved through dns/ into
 	 * addrs[] (A then AAAA, tried in turn like MX addresses); no
 	 * session starts before. */

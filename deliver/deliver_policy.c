@@ -16,6 +16,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "common/lines.h"
 #include "common/log.h"
 #include "common/smtp.h"
 
@@ -180,26 +181,22 @@ typedef int (*line_fn)(void *ctx, const char *name, uint32_t line,
 static int read_lines(const char *name, const char *text, size_t len,
                       line_fn fn, void *ctx, char *err, size_t errlen)
 {
-	uint32_t line = 0;
-	size_t pos = 0;
+	struct lines it;
+	const char *s;
+	size_t n;
+	int rc;
 	if (len > DELIVER_POLICY_FILE_MAX) {
 		fmt(err, errlen, "%s: larger than %u bytes", name,
 		    (unsigned)DELIVER_POLICY_FILE_MAX);
 		return -E2BIG;
 	}
-	while (pos < len) {
-		const char *s = text + pos;
-		const char *nl = memchr(s, '\n', len - pos);
-		size_t n = nl ? (size_t)(nl - s) : len - pos;
-		pos += n + (nl ? 1 : 0);
-		line++;
-		if (n > 0 && s[n - 1] == '\r')
-			n--;
-		if (n > DELIVER_POLICY_LINE_MAX) {
-			fmt(err, errlen, "%s:%u: line longer than %u characters",
-			    name, (unsigned)line, (unsigned)DELIVER_POLICY_LINE_MAX);
+	lines_init(&it, text, len, DELIVER_POLICY_LINE_MAX, LINES_STRIP_CR);
+	while ((rc = lines_next(&it, &s, &n)) != 0) {
+		if (rc < 0) {
+			lines_error(&it, rc, name, err, errlen);
 			return -EINVAL;
 		}
+		uint32_t line = (uint32_t)it.lineno;
 		const char *hash = memchr(s, '#', n);
 		if (hash)
 			n = (size_t)(hash - s);
@@ -232,7 +229,7 @@ static int read_lines(const char *name, const char *text, size_t len,
 		}
 		if (nf == 0)
 			continue;
-		int rc = fn(ctx, name, line, f, nf, err, errlen);
+		rc = fn(ctx, name, line, f, nf, err, errlen);
 		if (rc < 0)
 			return rc;
 	}
@@ -298,50 +295,19 @@ static int names_finish(struct names *t, const char *name, char *err,
 	return 0;
 }
 
-static int read_file(const char *path, char **text, size_t *len)
+/* The whole file, at most DELIVER_POLICY_FILE_MAX bytes (common/lines.h);
+ * larger: read_lines' own message and -E2BIG. */
+static int policy_read(const char *path, char **text, size_t *len, char *err,
+                       size_t errlen)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	size_t cap = 4096, n = 0;
-	char *buf = malloc(cap);
-	int rc = 0;
-	if (!buf) {
-		rc = -ENOMEM;
-		goto fail;
+	int rc = lines_read_file(path, DELIVER_POLICY_FILE_MAX, 0, text, len);
+	if (rc == -EFBIG) {
+		fmt(err, errlen, "%s: larger than %u bytes", path,
+		    (unsigned)DELIVER_POLICY_FILE_MAX);
+		return -E2BIG;
 	}
-	for (;;) {
-		if (n == cap) {
-			if (cap > DELIVER_POLICY_FILE_MAX) {
-				rc = -EFBIG;
-				goto fail;
-			}
-			char *nb = realloc(buf, cap * 2);
-			if (!nb) {
-				rc = -ENOMEM;
-				goto fail;
-			}
-			buf = nb;
-			cap *= 2;
-		}
-		ssize_t r = read(fd, buf + n, cap - n);
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			rc = -errno;
-			goto fail;
-		}
-		if (r == 0)
-			break;
-		n += (size_t)r;
-	}
-	close(fd);
-	*text = buf;
-	*len = n;
-	return 0;
-fail:
-	free(buf);
-	close(fd);
+	if (rc < 0)
+		fmt(err, errlen, "cannot read %s: %s", path, strerror(-rc));
 	return rc;
 }
 
@@ -408,11 +374,9 @@ int deliver_tls_policy_load(const char *path, struct deliver_tls_policy **out,
 	char *text;
 	size_t len;
 	*out = NULL;
-	int rc = read_file(path, &text, &len);
-	if (rc < 0) {
-		fmt(err, errlen, "cannot read %s: %s", path, strerror(-rc));
+	int rc = policy_read(path, &text, &len, err, errlen);
+	if (rc < 0)
 		return rc;
-	}
 	rc = deliver_tls_policy_parse(path, text, len, out, err, errlen);
 	free(text);
 	return rc;
@@ -849,11 +813,9 @@ int deliver_dest_policy_load(const char *path,
 	char *text;
 	size_t len;
 	*out = NULL;
-	int rc = read_file(path, &text, &len);
-	if (rc < 0) {
-		fmt(err, errlen, "cannot read %s: %s", path, strerror(-rc));
+	int rc = policy_read(path, &text, &len, err, errlen);
+	if (rc < 0)
 		return rc;
-	}
 	rc = deliver_dest_policy_parse(path, text, len, out, err, errlen);
 	free(text);
 	return rc;

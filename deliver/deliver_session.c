@@ -289,7 +289,15 @@ static void tls_error(struct deliver_session *s, const char *what)
 	ERR_clear_error();
 	s->tls_failed = true;
 	/* A TLS failure is the route's problem, never plaintext instead. */
-	if (v != X509_V_OK)
+	if (v == X509_V_ERR_HOSTNAME_MISMATCH || v == X509_V_ERR_IP_ADDRESS_MISMATCH)
+		/* Say which name the certificate had to carry: the fix is
+		 * smarthost_tls_name, or a certificate with that name. */
+		session_fail(s, true, "TLS %s with %s failed: certificate: %s "
+		             "(expected %s%s)", what, s->relay,
+		             X509_verify_cert_error_string(v),
+		             s->direct ? s->mx : s->cfg->tls_name,
+		             s->direct ? "" : "; see smarthost_tls_name");
+	else if (v != X509_V_OK)
 		session_fail(s, true, "TLS %s with %s failed: certificate: %s",
 		             what, s->relay, X509_verify_cert_error_string(v));
 	else
@@ -373,6 +381,18 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 	struct deliver_session *s = st->data;
 	if (s->closing)
 		return;
+	if (nread < 0 && s->tls_handshake) {
+		/* Closed or reset in the middle of the handshake (after the
+		 * 220 to STARTTLS): a failed handshake like any other, so
+		 * "may" retries in plaintext on the same host and
+		 * encrypt/verify defer with this reason. */
+		ERR_clear_error();
+		s->tls_failed = true;
+		session_fail(s, true, "TLS handshake with %s failed: %s",
+		             s->relay, nread == UV_EOF ? "connection closed" :
+		             uv_strerror((int)nread));
+		return;
+	}
 	if (nread < 0) {
 		session_fail(s, !s->up, "%s from %s%s",
 		             nread == UV_EOF ? "connection closed" :

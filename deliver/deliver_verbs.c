@@ -63,7 +63,8 @@ static void flush_all(struct deliver *d, deliver_ctl_reply_fn reply, void *arg)
 	d->flush_pos = 0;
 	unpause_all(d);
 	char t[96];
-	snprintf(t, sizeof t, "ok flushing %zu messages", s.n);
+	snprintf(t, sizeof t, "ok flushing %zu message%s", s.n,
+	         s.n == 1 ? "" : "s");
 	reply(arg, t);
 	deliver_schedule(d);
 }

@@ -612,3 +612,8 @@ void dns_get_stats(const struct dns *d, struct dns_stats *st)
 {
 	*st = d->st;
 }
+
+const char *dns_library_version(void)
+{
+	return ares_version(NULL);
+}

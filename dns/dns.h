@@ -106,6 +106,9 @@ struct dns_stats {
 	uint64_t tempfails;
 };
 
+/* c-ares's version, as linked ("1.18.1"), for --version. */
+const char *dns_library_version(void);
+
 /* Returns 0, -EINVAL (bad servers text; err says why) or -ENOMEM. */
 int dns_new(uv_loop_t *loop, const struct dns_opts *o, struct dns **out,
             char *err, size_t errlen);

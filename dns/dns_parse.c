@@ -66,8 +66,13 @@ int dns_name_norm(const char *name, char *out, size_t outlen)
 #define NAME_ODD   (-2)
 
 /* Reads the name at *pos into out (presentation form, lower case, no
- * trailing dot, "" for the root); *pos moves past it in the record. */
-static int get_name(const uint8_t *m, size_t len, size_t *pos, char *out)
+ * trailing dot, "" for the root); *pos moves past it in the record.
+ * `slash`: '/' is a usable byte, for owner names and CNAME targets only:
+ * RFC 2317 classless reverse delegation CNAMEs 5.2.0.192.in-addr.arpa to
+ * 5.0/26.2.0.192.in-addr.arpa. A host name we would connect to or compare
+ * (MX exchange, PTR target) never holds one. */
+static int get_name(const uint8_t *m, size_t len, size_t *pos, char *out,
+                    bool slash)
 {
 	size_t p = *pos, o = 0, wire = 0, end = 0;
 	size_t lowest = p;  /* pointers must go below every label read */
@@ -108,7 +113,7 @@ static int get_name(const uint8_t *m, size_t len, size_t *pos, char *out)
 			out[o++] = '.';
 		for (size_t i = 0; i < l; i++) {
 			unsigned char ch = m[p + 1 + i];
-			if (!name_char_ok(ch))
+			if (!name_char_ok(ch) && !(slash && ch == '/'))
 				odd = true;
 			/* Written anyway (bounded: wire <= 255), but an odd
 			 * name is never used. */
@@ -146,7 +151,7 @@ static int walk_rrs(const uint8_t *m, size_t len, size_t *pos, unsigned count,
 		if (*n >= room)
 			return -1;
 		struct raw_rr *r = &rr[*n];
-		int g = get_name(m, len, pos, r->owner);
+		int g = get_name(m, len, pos, r->owner, true);
 		if (g == NAME_BAD || *pos + 10 > len)
 			return -1;
 		r->owner_ok = g == 0;
@@ -246,7 +251,7 @@ enum dns_status dns_parse(const uint8_t *m, size_t len, const char *qname,
 	 * the question too; we check again rather than trust it). */
 	size_t pos = HDR_LEN;
 	char qn[NAMEBUF];
-	int g = get_name(m, len, &pos, qn);
+	int g = get_name(m, len, &pos, qn, false);
 	if (g == NAME_BAD || pos + 4 > len)
 		return fail(why, "bad question");
 	if (g != 0 || strcasecmp(qn, qname) != 0 || get16(m + pos) != qtype ||
@@ -292,7 +297,7 @@ enum dns_status dns_parse(const uint8_t *m, size_t len, const char *qname,
 		}
 		size_t p = c->rdata;
 		char *next = chain[nchain + 1];
-		g = get_name(m, len, &p, next);
+		g = get_name(m, len, &p, next, true);
 		if (g == NAME_BAD || p != c->rdata + c->rdlen) {
 			*why = "malformed CNAME";
 			goto out;
@@ -345,7 +350,7 @@ enum dns_status dns_parse(const uint8_t *m, size_t len, const char *qname,
 			/* fall through */
 		case DNS_T_PTR:
 		case DNS_T_CNAME:
-			g = get_name(m, len, &p, k->name);
+			g = get_name(m, len, &p, k->name, false);
 			if (g == NAME_BAD || p != r->rdata + r->rdlen) {
 				*why = "malformed name in record";
 				goto out;
@@ -491,8 +496,8 @@ enum dns_status dns_parse(const uint8_t *m, size_t len, const char *qname,
 			continue;
 		size_t p = r->rdata;
 		char tmp[NAMEBUF];
-		if (get_name(m, len, &p, tmp) == NAME_BAD ||
-		    get_name(m, len, &p, tmp) == NAME_BAD ||
+		if (get_name(m, len, &p, tmp, true) == NAME_BAD ||
+		    get_name(m, len, &p, tmp, true) == NAME_BAD ||
 		    p + 20 != r->rdata + r->rdlen) {
 			*why = "malformed SOA";
 			st = DNS_TEMPFAIL;

@@ -2708,3 +2708,8 @@ fail:
 	queue_free(q);
 	return r;
 }
+
+const char *queue_library_version(void)
+{
+	return mdb_version(NULL, NULL, NULL);
+}

@@ -191,6 +191,8 @@ struct queue_stats {
  * an orphan (queue.c explains why). Returns 0 or -errno (with a log line
  * saying why). */
 int queue_open(uv_loop_t *loop, const struct queue_opts *o, struct queue **out);
+/* LMDB's version, as linked ("LMDB 0.9.24: ..."), for --version. */
+const char *queue_library_version(void);
 
 /* True once recovery has made the index consistent (at once without
  * recover_async): records have their bodies and the schedule agrees with

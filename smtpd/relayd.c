@@ -22,6 +22,10 @@
 #include "common/buf.h"
 #include "common/conf.h"
 #include "common/log.h"
+#include "common/pidfile.h"
+#include "common/sdnotify.h"
+#include "common/tls_stream.h"
+#include "common/version.h"
 #include "queue/queue.h"
 #include "deliver/deliver.h"
 #include "deliver/deliver_policy.h"
@@ -41,7 +45,9 @@ struct relayd {
 	/* The resolver: made here and kept here until delivery and relayctl
 	 * use it (issue 9); re-reads resolv.conf or dns_servers on SIGHUP. */
 	struct dns *dns;
-	uv_signal_t sig_term, sig_int, sig_hup;
+	uv_signal_t sig_term, sig_int, sig_hup, sig_usr1;
+	int pid_fd;                 /* pid_file, locked; -1: none */
+	char *pid_path;             /* its path as opened (smtpd owns conf) */
 	bool stopping;
 };
 
@@ -58,7 +64,7 @@ static int lockout_ctl_cb(void *arg, const char *args, struct buf *out)
 static void usage(FILE *f)
 {
 	fprintf(f,
-	        "usage: relayd [-c FILE] [-t]\n"
+	        "usage: relayd [-c FILE] [-t] | relayd --version\n"
 	        "  -c FILE  configuration file (default /etc/relayd/relayd.conf)\n"
 	        "  -t       check the configuration and exit (0 when valid)\n"
 	        "  -h       this help\n"
@@ -72,7 +78,8 @@ static void signal_closed_cb(uv_handle_t *h)
 
 static void close_signals(struct relayd *d)
 {
-	uv_signal_t *sigs[] = {&d->sig_term, &d->sig_int, &d->sig_hup};
+	uv_signal_t *sigs[] = {&d->sig_term, &d->sig_int, &d->sig_hup,
+	                       &d->sig_usr1};
 	for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
 		if (sigs[i]->loop && !uv_is_closing((uv_handle_t *)sigs[i]))
 			uv_close((uv_handle_t *)sigs[i], signal_closed_cb);
@@ -174,6 +181,7 @@ static void keep_restart_keys(struct conf *nc, const struct conf *old)
 	struct { const char *key; char **nv; const char *ov; } strs[] = {
 		{"spool_dir", &nc->spool_dir, old->spool_dir},
 		{"user", &nc->user, old->user},
+		{"pid_file", &nc->pid_file, old->pid_file},
 	};
 	for (size_t i = 0; i < sizeof strs / sizeof *strs; i++) {
 		if (strcmp(*strs[i].nv, strs[i].ov) == 0)
@@ -239,6 +247,7 @@ static void reload(struct relayd *d)
 	if (r < 0)
 		log_err("SIGHUP: cannot open log file %s: %s", nc.log_file,
 		        strerror(-r));
+	log_set_syslog(nc.log_syslog);
 	queue_set_commit_delay(d->q, nc.commit_delay * 1000);
 	queue_set_min_free(d->q, nc.queue_min_free);
 	if (d->deliver)
@@ -250,15 +259,33 @@ static void reload(struct relayd *d)
 static void signal_cb(uv_signal_t *h, int signum)
 {
 	struct relayd *d = h->data;
-	if (d->stopping) {
-		log_info("%s: already shutting down", strsignal(signum));
+	if (signum == SIGUSR1) {
+		/* logrotate: the file was renamed; write to a new one. */
+		int r = log_reopen();
+		if (r < 0)
+			log_err("SIGUSR1: cannot reopen log file: %s",
+			        strerror(-r));
+		else
+			log_info("SIGUSR1: log file reopened");
 		return;
 	}
+	if (d->stopping) {
+		/* Everything that got its 250 is committed already: leave
+		 * now, the rest (messages half sent to us, deliveries in
+		 * flight) is the client's or the next start's to redo. */
+		log_info("%s again: exiting now", strsignal(signum));
+		if (d->pid_path)
+			pidfile_close(d->pid_path, d->pid_fd);
+		_exit(0);
+	}
 	if (signum == SIGHUP) {
+		sdnotify("RELOADING=1\nSTATUS=reloading\n");
 		reload(d);
+		sdnotify("READY=1\nSTATUS=accepting mail\n");
 		return;
 	}
 	log_info("%s: shutting down", strsignal(signum));
+	sdnotify("STOPPING=1\nSTATUS=stopping\n");
 	stop(d);
 }
 
@@ -291,6 +318,13 @@ int main(int argc, char **argv)
 	int opt;
 	if (!path)
 		path = "/etc/relayd/relayd.conf";
+	if (argc == 2 && (strcmp(argv[1], "--version") == 0 ||
+	                  strcmp(argv[1], "-V") == 0)) {
+		printf("relayd %s (libuv %s, %s, %s, c-ares %s)\n", RELAY_VERSION,
+		       uv_version_string(), tls_library_version(),
+		       queue_library_version(), dns_library_version());
+		return 0;
+	}
 	while ((opt = getopt(argc, argv, "c:th")) != -1) {
 		switch (opt) {
 		case 'c': path = optarg; break;
@@ -364,7 +398,30 @@ int main(int argc, char **argv)
 		        d.conf.log_file, strerror(-r));
 		return 1;
 	}
+	log_set_syslog(d.conf.log_syslog);
 	signal(SIGPIPE, SIG_IGN);
+	/* Before anything is bound: a second relayd says so plainly. */
+	d.pid_fd = -1;
+	if (d.conf.pid_file[0]) {
+		d.pid_fd = pidfile_open(d.conf.pid_file, err, sizeof err);
+		d.pid_path = strdup(d.conf.pid_file);
+		if (d.pid_fd < 0 || !d.pid_path) {
+			if (d.pid_fd >= 0) {
+				snprintf(err, sizeof err, "out of memory");
+				close(d.pid_fd);
+			}
+			free(d.pid_path);
+			log_err("%s", err);
+			log_close();
+			conf_free(&d.conf);
+			return 1;
+		}
+	}
+
+	r = sdnotify_open();
+	if (r < 0)
+		log_warn("NOTIFY_SOCKET: %s; systemd will not hear from relayd",
+		         strerror(-r));
 
 	int rc = 1;
 	uv_loop_init(&d.loop);
@@ -417,14 +474,22 @@ int main(int argc, char **argv)
 	uv_signal_init(&d.loop, &d.sig_term);
 	uv_signal_init(&d.loop, &d.sig_int);
 	uv_signal_init(&d.loop, &d.sig_hup);
-	d.sig_term.data = d.sig_int.data = d.sig_hup.data = &d;
+	uv_signal_init(&d.loop, &d.sig_usr1);
+	d.sig_term.data = d.sig_int.data = d.sig_hup.data = d.sig_usr1.data = &d;
 	uv_signal_start(&d.sig_term, signal_cb, SIGTERM);
 	uv_signal_start(&d.sig_int, signal_cb, SIGINT);
 	uv_signal_start(&d.sig_hup, signal_cb, SIGHUP);
+	uv_signal_start(&d.sig_usr1, signal_cb, SIGUSR1);
 	log_info("relayd started: hostname=%s, spool=%s, delivery=%s",
 	         c->hostname, c->spool_dir,
 	         c->delivery == CONF_DELIVERY_SMARTHOST ? "smarthost" :
 	         c->delivery == CONF_DELIVERY_DIRECT ? "direct" : "hold");
+	/* Type=notify: listening (recovery goes on in the background, and
+	 * mail is accepted meanwhile). */
+	char ready[96];
+	snprintf(ready, sizeof ready, "READY=1\nMAINPID=%ld\nSTATUS=accepting "
+	         "mail\n", (long)getpid());
+	sdnotify(ready);
 
 	uv_run(&d.loop, UV_RUN_DEFAULT);
 	rc = 0;
@@ -444,7 +509,11 @@ out:
 		log_err("event loop closed with open handles: %s", uv_strerror(r));
 		rc = 1;
 	}
+	if (d.pid_path)
+		pidfile_close(d.pid_path, d.pid_fd);
+	free(d.pid_path);
 	log_info("relayd stopped");
+	sdnotify_close();
 	log_close();
 	conf_free(&d.conf);
 	return rc;

@@ -435,6 +435,8 @@ void smtpd_stop(struct smtpd *srv, void (*done_cb)(void *arg), void *arg)
 	srv->stopping = true;
 	srv->stop_cb = done_cb;
 	srv->stop_arg = arg;
+	srv->stop_at = uv_now(srv->loop);
+	srv->stop_grace = srv->conf->conf.shutdown_timeout;
 	for (size_t i = 0; i < srv->nlst; i++)
 		if (!uv_is_closing((uv_handle_t *)&srv->lst[i].tcp))
 			uv_close((uv_handle_t *)&srv->lst[i].tcp, listener_closed_cb);
@@ -446,6 +448,10 @@ void smtpd_stop(struct smtpd *srv, void (*done_cb)(void *arg), void *arg)
 			s->stop_after_commit = true;
 			continue;
 		}
+		/* A client inside a transaction may finish it (up to
+		 * shutdown_timeout): its timer now says when (lifetime_due). */
+		if (srv->stop_grace > 0 && smtpd_session_drain(s))
+			continue;
 		smtpd_proto_shutdown(s->proto, &s->out);
 		smtpd_session_flush(s);
 		smtpd_session_close(s, true);

@@ -161,6 +161,10 @@ struct smtpd {
 	 * smaller of this and max_message_size. */
 	uint64_t size_cap;
 	bool stopping;
+	/* smtpd_stop: when it began (uv_now) and the shutdown_timeout of
+	 * the configuration then: sessions inside a mail transaction may
+	 * finish it until stop_at + stop_grace, then get 421. */
+	uint64_t stop_at, stop_grace;
 	void (*stop_cb)(void *arg);
 	void *stop_arg;
 };
@@ -244,6 +248,10 @@ void smtpd_server_maybe_done(struct smtpd *srv);
 void smtpd_session_accept_cb(uv_stream_t *server, int status);
 /* Runs the protocol over buffered input; sends the replies. */
 void smtpd_session_process(struct smtpd_session *s);
+/* relayd stops: a session inside a mail transaction (MAIL to the end of
+ * its data) is left to finish it, its timer set to the shutdown deadline;
+ * true then. False: no transaction open, close it now. */
+bool smtpd_session_drain(struct smtpd_session *s);
 /* graceful: the replies already queued are sent before the close. */
 void smtpd_session_close(struct smtpd_session *s, bool graceful);
 /* Frees s once its handles are closed and nothing holds a callback. */

@@ -218,13 +218,35 @@ static uint64_t add_sat(uint64_t a, uint64_t b)
 }
 
 /* When the session is too old: at session_max_lifetime between
- * messages, at twice that inside one. */
+ * messages, at twice that inside one. relayd stopping: now between
+ * messages, and inside one at most shutdown_timeout after the stop. */
 static uint64_t lifetime_due(const struct smtpd_session *s)
 {
 	uint64_t l = s->cf->conf.session_max_lifetime;
-	if (between_messages(smtpd_proto_state(s->proto)))
-		return add_sat(s->born, l);
-	return add_sat(s->born, add_sat(l, l));
+	bool between = between_messages(smtpd_proto_state(s->proto));
+	uint64_t due = add_sat(s->born, between ? l : add_sat(l, l));
+	if (s->srv->stopping) {
+		uint64_t stop = between ? s->srv->stop_at
+		                        : add_sat(s->srv->stop_at,
+		                                  s->srv->stop_grace);
+		if (stop < due)
+			due = stop;
+	}
+	return due;
+}
+
+static void update_timer(struct smtpd_session *s);
+
+bool smtpd_session_drain(struct smtpd_session *s)
+{
+	switch (smtpd_proto_state(s->proto)) {
+	case SMTPD_ST_MAIL: case SMTPD_ST_RCPT: case SMTPD_ST_DATA:
+	case SMTPD_ST_BDAT: case SMTPD_ST_BDAT_NEXT:
+		update_timer(s);
+		return true;
+	default:
+		return false;
+	}
 }
 
 /*
@@ -622,7 +644,11 @@ static void timer_cb(uv_timer_t *t)
 	uint64_t now = uv_now(s->srv->loop);
 	const char *state = smtpd_state_names[smtpd_proto_state(s->proto)];
 	enum smtp_reply_id why;
-	if (lifetime_due(s) <= now) {
+	if (s->srv->stopping && lifetime_due(s) <= now) {
+		why = SMTP_R_SHUTDOWN;
+		log_info("s=%s: relayd stopping: closing the session in state %s "
+		         "from [%s]:%d", s->sid, state, s->ip, s->port);
+	} else if (lifetime_due(s) <= now) {
 		why = SMTP_R_LIFETIME;
 		log_info("s=%s: session lifetime exceeded in state %s from "
 		         "[%s]:%d: %" PRIu64 " s old (session_max_lifetime %" PRIu64

@@ -116,6 +116,9 @@ int ctl_cmd_destinations(struct ctl_ctx *c, int argc, char **argv);
  * tables, through the control socket. */
 int ctl_cmd_lockout(struct ctl_ctx *c, int argc, char **argv);
 
+/* ctl_log.c: log_file filtered and followed. */
+int ctl_cmd_log(struct ctl_ctx *c, int argc, char **argv);
+
 /* ctl_priv.c: run as root, checks the spool (no links, one owner, safe
  * modes and ancestors) and switches to its owner's uid and gid for good,
  * before a command opens anything in it. Not root: nothing. 0, or -errno

@@ -678,6 +678,14 @@ static int ctl_dest_row_cb(void *arg, const char *v, size_t vn)
 		r = ctl_json_get_str(v, vn, "reason", &why);
 	if (r == 0)
 		r = ctl_json_get_str(v, vn, "last_error", &last);
+	/* Direct mode, "may" after a failed handshake: plaintext until. */
+	int64_t broken = 0;
+	struct buf bwhy = BUF_INIT(DELIVER_CTL_REPLY_MAX);
+	if (r == 0 && ctl_json_get_int(v, vn, "tls_broken_until", &broken) < 0)
+		broken = 0;
+	if (r == 0 && broken > 0 &&
+	    ctl_json_get_str(v, vn, "tls_broken_reason", &bwhy) < 0)
+		buf_reset(&bwhy);
 	if (r == 0) {
 		struct ctl_out *o = t->o;
 		buf_append(&name, "", 1);
@@ -697,6 +705,19 @@ static int ctl_dest_row_cb(void *arg, const char *v, size_t vn)
 			}
 			ctl_out_str(o, "\n");
 		}
+		if (broken > 0) {
+			char ts[64], age[32];
+			ctl_fmt_time(ts, sizeof ts, broken);
+			ctl_fmt_age(age, sizeof age, broken - t->c->now);
+			ctl_out_printf(o, "  TLS broken until %s (in %s), "
+			               "plaintext", ts, age);
+			if (bwhy.len) {
+				ctl_out_str(o, ": ");
+				ctl_out_text_max(o, bwhy.data, bwhy.len,
+				                 CTL_DEST_TEXT_CHARS);
+			}
+			ctl_out_str(o, "\n");
+		}
 		if (last.len) {
 			ctl_out_str(o, "  last error: ");
 			ctl_out_text_max(o, last.data, last.len, CTL_DEST_TEXT_CHARS);
@@ -707,6 +728,7 @@ static int ctl_dest_row_cb(void *arg, const char *v, size_t vn)
 	buf_free(&st);
 	buf_free(&why);
 	buf_free(&last);
+	buf_free(&bwhy);
 	if (r < 0)
 		t->err = -EPROTO;
 	return r < 0 ? -EPROTO : 0;

@@ -436,15 +436,16 @@ static int ctl_st_follow(struct ctl_ctx *c, struct ctl_st *s, int timeout_ms)
 			printf("%s has left the queue, but relayd %s whether it "
 			       "was sent or bounced.\n", s->qid, have_log
 			       ? "logged nothing saying" : "has no log_file to say");
-			printf("Next: look in relayd's log (journalctl -u relayd), "
-			       "and set log_file so send-test can follow it.\n");
+			printf("Next: look in relayd's log (journalctl -u relayd, or "
+			       "syslog), and set log_file so send-test can follow "
+			       "it.\n");
 			return -ENOENT;
 		}
 		if (ctl_st_now_ms() >= deadline) {
 			printf("TIMEOUT: no result for %s within %d s; it is still "
 			       "queued.\n", s->qid, timeout_ms / 1000);
 			printf("Next: relayctl show %s, relayctl destinations, and "
-			       "relayd's log.\n", s->qid);
+			       "relayctl log --id %s.\n", s->qid, s->qid);
 			queue_msg_free(m);
 			return CTL_EXIT_TEMPFAIL;
 		}
@@ -471,10 +472,10 @@ static int ctl_st_follow(struct ctl_ctx *c, struct ctl_st *s, int timeout_ms)
 	default:
 		ctl_st_print("DEFERRED: ", s->outcome_text);
 		ctl_st_next_retry(c, s, m);
-		printf("Next: relayctl show %s and relayd's log (log_file) for "
-		       "the attempts;\nrelayctl check-dns YOUR-DOMAIN when the "
+		printf("Next: relayctl show %s and relayctl log --id %s for the "
+		       "attempts;\nrelayctl check-dns YOUR-DOMAIN when the "
 		       "receiver refuses the sender; relayctl flush %s\nretries "
-		       "now.\n", s->qid, s->qid);
+		       "now.\n", s->qid, s->qid, s->qid);
 		r = CTL_EXIT_TEMPFAIL;
 	}
 	queue_msg_free(m);

@@ -644,5 +644,20 @@ int ctl_cmd_user(struct ctl_ctx *c, int argc, char **argv)
 		}
 	if (c->json && !s->json)
 		return ctl_user_usage_error(s, "no --json output");
-	return s->run(c, c->conf.credentials_file, s->needs_name ? argv[1] : NULL);
+	int r = s->run(c, c->conf.credentials_file,
+	               s->needs_name ? argv[1] : NULL);
+	/* A change says what it did, on stderr: stdout stays what scripts
+	 * read (the --generate'd password, "ok", the list). */
+	static const char *const done[][2] = {
+		{"add", "added to"}, {"del", "removed from"},
+		{"passwd", "has a new password in"}, {"disable", "disabled in"},
+		{"enable", "enabled in"},
+	};
+	for (size_t i = 0; r == 0 && i < sizeof done / sizeof *done; i++)
+		if (strcmp(s->name, done[i][0]) == 0)
+			fprintf(stderr, CTL_PROG ": user %s %s %s (relayd reads "
+			        "it again within a second)\n",
+			        ctl_user_esc(esc, sizeof esc, argv[1]), done[i][1],
+			        c->conf.credentials_file);
+	return r;
 }

@@ -18,6 +18,9 @@
 
 #include "common/log.h"
 #include "tools/ctl_dkim.h"
+#include "common/tls_stream.h"
+#include "common/version.h"
+#include "dns/dns.h"
 
 extern char **environ;
 
@@ -35,7 +38,8 @@ struct ctl_cmd {
 	int min_args, max_args;
 	ctl_cmd_fn run;
 	/* The command's own options, space separated: "--to=" takes a
-	 * value (as "--to VALUE" or "--to=VALUE"), "--generate" does not.
+	 * value (as "--to VALUE" or "--to=VALUE"), "--generate" does not;
+	 * short ones ("-f", "-n=") are listed the same way.
 	 * Handlers read them with ctl_opt(). NULL: none. */
 	const char *opts;
 };
@@ -88,6 +92,9 @@ static const struct ctl_cmd ctl_cmds[] = {
 	{"send-test", "ADDR [--from ADDR]", "send a test message through "
 	 "relayd and follow it (below)", CTL_F_CONF, 1, 1,
 	 ctl_cmd_send_test, "--from= --timeout= --user= --password-file="},
+	{"log", "[-f] [LOG FILTERS] [-n N]", "relayd's log_file: delivery lines, "
+	 "one message's story, following", CTL_F_JSON | CTL_F_CONF, 0, 0,
+	 ctl_cmd_log, "-f -n= --id= --rcpt= --from= --status= --since="},
 	{"help", "", "this text", 0, 0, 1, ctl_cmd_help, NULL},
 };
 
@@ -208,6 +215,7 @@ static void ctl_usage(FILE *f)
 	        "destinations,\n"
 	        "              check, user list, lockout list, dkim show)\n"
 	        "  -h, --help  this text\n"
+	        "  -V, --version  relayctl's version and its libraries'\n"
 	        "\n"
 	        "List filters (all given must match):\n"
 	        "  --state STATE  pending, deferred, sent or bounced: a "
@@ -216,6 +224,22 @@ static void ctl_usage(FILE *f)
 	        "  --to DOMAIN    a recipient at exactly DOMAIN (any case)\n"
 	        "  --older AGE    arrived at least AGE ago: 30s, 15m, 2h, 3d\n"
 	        "  --from ADDR    the sender is ADDR ('<>' for bounces)\n"
+	        "\n"
+	        "Log filters (all given must match; log reads log_file):\n"
+	        "  --id ID        the whole story of one message: accepted, "
+	        "each attempt,\n"
+	        "                 sent/deferred/bounced, its DSN, removed\n"
+	        "  --rcpt ADDR    delivery lines to ADDR\n"
+	        "  --from ADDR    messages from ADDR: accepted and delivery "
+	        "lines\n"
+	        "  --status S     delivery lines with status S: sent, deferred, "
+	        "bounced\n"
+	        "  --since T      lines from T on: an age (30m, 2h, 1d) or a UTC "
+	        "time\n"
+	        "                 (2026-12-05T10:00)\n"
+	        "  -n N           the last N matching lines (50; all with --id)\n"
+	        "  -f             then follow new lines, across rotation and "
+	        "truncation\n"
 	        "\n"
 	        "ID is a 16-character queue id as shown by 'list'.\n"
 	        "Exit status: 0 success, 1 error, 2 usage error; check: 0 clean,\n"
@@ -352,6 +376,13 @@ int main(int argc, char **argv)
 			c.json = true;
 			continue;
 		}
+		if (strcmp(a, "--version") == 0 || strcmp(a, "-V") == 0) {
+			printf(CTL_PROG " %s (libuv %s, %s, %s, c-ares %s)\n",
+			       RELAY_VERSION,
+			       uv_version_string(), tls_library_version(),
+			       queue_library_version(), dns_library_version());
+			return CTL_EXIT_OK;
+		}
 		r = ctl_opt_conf(&c, argc, argv, &i);
 		if (r < 0)
 			return ctl_usage_error("option %s needs a file name",
@@ -392,8 +423,7 @@ int main(int argc, char **argv)
 				return ctl_usage_error("option %s needs a file name",
 				                       ctl_esc(esc, sizeof esc, a));
 			explicit_conf = true;
-		} else if (a[1] == '-' &&
-		           (r = ctl_cmd_opt_kind(cmd, a, strcspn(a, "="))) != 0) {
+		} else if ((r = ctl_cmd_opt_kind(cmd, a, strcspn(a, "="))) != 0) {
 			const char *eq = strchr(a, '=');
 			if (c.nopts == CTL_OPTS_MAX)
 				return ctl_usage_error("too many options");

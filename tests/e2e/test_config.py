@@ -165,3 +165,23 @@ def test_file_syntax_is_applied(relayd_factory):
         assert c.cmd("MAIL FROM:<a@client.test>").pair == (250, "2.1.0")
         assert c.cmd("RCPT TO:<r1@dest.test>").pair == (250, "2.1.5")
         assert c.cmd("RCPT TO:<r2@dest.test>").pair == (452, "4.5.3")
+
+
+def test_version():
+    """relayd --version and relayctl --version: the release and the
+    libraries linked, exit 0, no configuration needed."""
+    from conftest import RELAYCTL
+    import re
+    outs = []
+    for argv in ([RELAYD, "--version"], [RELAYCTL, "--version"],
+                 [RELAYD, "-V"], [RELAYCTL, "-V"]):
+        res = subprocess.run(argv, capture_output=True, timeout=30,
+                             stdin=subprocess.DEVNULL,
+                             env={"RELAYD_CONFIG": "/nonexistent"})
+        assert res.returncode == 0, (argv, res)
+        out = res.stdout.decode()
+        assert re.fullmatch(r"relay(d|ctl) \d+\.\d+\.\d+ \(libuv 1\.\d+\.\d+, "
+                            r"OpenSSL 3\.[^,]*, LMDB 0\.9\.\d+.*, "
+                            r"c-ares 1\.\d+\.\d+\)\n", out), out
+        outs.append(out.split()[1])
+    assert len(set(outs)) == 1, outs

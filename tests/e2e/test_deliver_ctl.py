@@ -5,6 +5,8 @@ then: requeue resets the attempts; delete removes a message for good;
 with the upstream accepting again, flush ID delivers that message only;
 bounce ID sends a DSN for it instead; hold ID keeps a message back from a
 flush of everything; release ID delivers it."""
+import re
+
 from conftest import wait_until
 from conftest_upstream import (SENDER, delivery_lines, make_message,
                                message_id, queue_entry, queue_list,
@@ -74,7 +76,11 @@ def test_relayctl_commands_seen_from_upstream(upstream_factory, relay_to):
     r.relayctl("hold", q["B"])
     wait_until(lambda: queue_entry(r, q["B"])["state"] == "hold", timeout=10,
                what="B held")
-    r.relayctl("flush")
+    out = r.relayctl("flush").stdout.decode().strip()
+    # C, F, G and perhaps E's DSN (the upstream said 451 to it too).
+    m = re.fullmatch(r"flushing (\d+) (messages?)", out)
+    assert m and int(m.group(1)) in (3, 4), out
+    assert m.group(2) == ("message" if m.group(1) == "1" else "messages")
     for n in "CFG":
         up.wait_messages(1, match=lambda m, n=n: message_id(m["data"]) == mid[n])
         wait_gone(r, q[n])

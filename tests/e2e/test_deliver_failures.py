@@ -11,7 +11,8 @@ import signal
 
 import pytest
 
-from conftest_upstream import (SENDER, assert_same_bytes, dsns, make_message,
+from conftest_upstream import (SENDER, assert_same_bytes, delivery_lines, dsns,
+                               make_message,
                                message_id, queue_entry, rcpt_entry, removed,
                                stats, statuses, submit, wait_gone, wait_log,
                                wait_rcpt_state, wait_status,
@@ -90,6 +91,11 @@ def test_bad_certificate_is_temporary_and_nothing_in_clear(
     assert len(up.connections()) >= 1
     no_mail_sent(up)
     assert up.mail_in_clear() == []
+    if cert == "wrong":
+        # The reason names the name the certificate had to carry.
+        (_, line), *_ = delivery_lines(r, qid, RCPT)
+        assert "hostname mismatch (expected smarthost.test; see " \
+            "smarthost_tls_name)" in line, line
 
 
 @pytest.mark.parametrize("tls,behaviour", [("none", {}),

@@ -77,9 +77,12 @@ def test_deferred(upstream_factory, relay_to):
              r"Mailbox busy, later\)$" % re.escape(RCPT),
              r"^DEFERRED: 451 4\.3\.0 Mailbox busy, later$",
              r"^Next retry: \d{4}-\d\d-\d\dT[\d:]+Z \(in \d+[sm]\)",
-             r"^Next: relayctl show %s" % qid)
+             r"^Next: relayctl show %s and relayctl log --id %s" % (qid, qid))
     e = queue_entry(r, qid)
     assert e is not None, "a deferred message stays queued"
+    # The next step named works: the attempt is in `relayctl log --id`.
+    log = r.relayctl("log", "--id", qid).stdout.decode()
+    assert "status=deferred (451 4.3.0 Mailbox busy, later)" in log, log
     assert up.messages() == []
 
 

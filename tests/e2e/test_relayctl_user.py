@@ -58,12 +58,17 @@ def test_user_lifecycle(relayd_factory, tmp_path):
     _fails(_ctl(r, "user", "list"),
            "cannot read %s: No such file or directory" % creds)
 
-    # add with a piped password (scripts): nothing on stdout
-    out = _ok(_ctl(r, "user", "add", "alice", "--owner", "acme",
-                   "--from-domains", "example.com,boss@other.org",
-                   "--to-domains=dest.example", "--hourly", "100",
-                   "--daily", "1000", input="s3cret pass\n"))
+    # add with a piped password (scripts): nothing on stdout; what was
+    # done is said on stderr
+    res = _ctl(r, "user", "add", "alice", "--owner", "acme",
+               "--from-domains", "example.com,boss@other.org",
+               "--to-domains=dest.example", "--hourly", "100",
+               "--daily", "1000", input="s3cret pass\n")
+    out = _ok(res)
     assert out == ""
+    assert res.stderr.decode() == ("relayctl: user alice added to %s (relayd "
+                                   "reads it again within a second)\n" %
+                                   creds), res.stderr
     assert stat.S_IMODE(os.stat(creds).st_mode) == 0o600
     with open(creds) as f:
         text = f.read()

@@ -36,6 +36,15 @@ lists. A reply starting with 421 closes the connection after it is sent.
   "ehlo": REPLY                 instead of the EHLO reply (e.g. "421 ...")
   "ehlo_remove": ["STARTTLS"]   extension keywords left out of EHLO
   "ehlo_add": ["PIPELINING"]    extension lines added to EHLO
+  "starttls_broken": "garbage"|"close"
+                                STARTTLS gets "220 2.0.0 Ready to start
+                                TLS" even without a certificate (add
+                                "ehlo_add": ["STARTTLS"] to offer it in
+                                "none" mode); then, once the client's
+                                first TLS bytes arrive, "garbage" answers
+                                bytes that are no TLS record and closes,
+                                "close" closes (conn handshake_error
+                                "broken on purpose: MODE", broken_bytes)
   "auth": REPLY                 every AUTH gets this instead of a check
   "mail": SPEC                  reply to MAIL; dict keyed by the sender
                                 ("<>" for the null sender)

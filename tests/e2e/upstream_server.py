@@ -185,6 +185,7 @@ class UpstreamSMTP(SMTP):
         self._data_seen = 0
         self._drop_at = None
         self._dropped = False
+        self._broken = None             # starttls_broken mode once set
         self.mail_auth_param = None
         super().__init__(**kw)
 
@@ -226,6 +227,20 @@ class UpstreamSMTP(SMTP):
     # ---- what came over the wire ----
     def data_received(self, data):
         if self._dropped:
+            return
+        if self._broken:
+            # After "220 ready" to STARTTLS in starttls_broken mode: the
+            # TLS bytes are counted, never read as commands.
+            self.conn["clear_bytes"] += len(data)
+            self.conn["broken_bytes"] = self.conn.get("broken_bytes", 0) + \
+                len(data)
+            self._dropped = True
+            if self._broken == "garbage":
+                self.transport.write(b"this is not a TLS record\r\n" * 4)
+            note("conn %d: STARTTLS handshake broken (%s) after %d bytes",
+                 self.conn["seq"], self._broken, len(data))
+            self.save()
+            self.transport.close()
             return
         tls = self.tls_up()
         if not tls:
@@ -341,6 +356,17 @@ class UpstreamSMTP(SMTP):
         await super().smtp_MAIL(arg)
 
     async def smtp_STARTTLS(self, arg):
+        broken = self.st.beh.get().get("starttls_broken")
+        if broken and not arg and not self.tls_up():
+            # "220 ready", then the handshake breaks: once the client's
+            # first TLS bytes (its ClientHello) arrive, "garbage" answers
+            # bytes that are no TLS record and closes, "close" just
+            # closes (data_received does it).
+            await self.push("220 2.0.0 Ready to start TLS")
+            self._broken = broken
+            self.conn["handshake_error"] = "broken on purpose: %s" % broken
+            self.save()
+            return
         try:
             await super().smtp_STARTTLS(arg)
         except Exception as e:

@@ -116,9 +116,10 @@ static void test_key_table(void **state)
 	 * smtp_bind_address6, tls_policy_file, destination_policy_file,
 	 * max_recipients_per_transaction, destination_concurrency,
 	 * max_delivery_sessions, dns_servers (issue 9)
+	 * + pid_file, log_syslog, shutdown_timeout (operations)
 	 * + dkim_key, dkim_subdomains, dkim_required (issue 10)
 	 * + dnsbl_zones (issue 10 §3) */
-	assert_int_equal(n, 76);
+	assert_int_equal(n, 79);
 	assert_null(conf_key(n, NULL, NULL));
 }
 

@@ -89,6 +89,18 @@ static const uint8_t m_cname_nx[] = {
 	HDR(NXDOM, 1, 1, 1), Q(1), PQ, RR(5, 60, 4), 1, 'a', PQ,
 	SOA(600, 120),
 };
+/* RFC 2317: example.test CNAME 0/26.example.test (at 42), its PTR. */
+static const uint8_t m_cname_2317[] = {
+	HDR(NOERR, 1, 2, 0), Q(12),
+	PQ, RR(5, 60, 7), 4, '0', '/', '2', '6', PQ,
+	0xc0, 42, RR(12, 300, 7), 4, 'h', 'o', 's', 't', PT,
+};
+/* A PTR target with a '/' is no host name: skipped. */
+static const uint8_t m_ptr_slash[] = {
+	HDR(NOERR, 1, 2, 0), Q(12),
+	PQ, RR(12, 300, 7), 4, 'a', '/', 'b', 'c', PT,
+	PQ, RR(12, 300, 7), 4, 'h', 'o', 's', 't', PT,
+};
 static const uint8_t m_nx_soa[] = {
 	HDR(NXDOM, 1, 0, 1), Q(15), SOA(600, 120),
 };
@@ -208,6 +220,9 @@ static const struct pcase pcases[] = {
 	{"CNAME to itself", M(m_cname_self), EXQ, 1, DNS_TEMPFAIL, 0, 0,
 	 "CNAME loop"},
 	{"CNAME to NXDOMAIN", M(m_cname_nx), EXQ, 1, DNS_NXDOMAIN, 0, 60, ""},
+	{"RFC 2317 classless CNAME", M(m_cname_2317), EXQ, 12, DNS_OK, 1, 60, ""},
+	{"PTR target with a slash skipped", M(m_ptr_slash), EXQ, 12, DNS_OK, 1,
+	 300, ""},
 	{"NXDOMAIN, SOA minimum", M(m_nx_soa), EXQ, 15, DNS_NXDOMAIN, 0, 120, ""},
 	{"NODATA, SOA TTL", M(m_nodata_soa), EXQ, 15, DNS_NODATA, 0, 60, ""},
 	{"NODATA, no SOA", M(m_nodata_nosoa), EXQ, 15, DNS_NODATA, 0,

@@ -1,0 +1,274 @@
+"""tests/e2e/test_relayctl_log.py - `relayctl log`: relayd's log_file read
+back (filters on the delivery lines, one message's whole story with
+--id, --json), followed with -f across a logrotate-style rename (relayd
+reopens on SIGUSR1) and a truncation; log_syslog sends the same lines to
+syslog (a datagram socket standing for /dev/log in a private mount
+namespace). Against a real aiosmtpd smarthost."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+
+import pytest
+
+from conftest import RELAYCTL, RELAYD, SANITIZE, wait_until
+from conftest_upstream import (SENDER, make_message, notification_id,
+                               removed, submit, wait_status)
+
+NO_SUCH_USER = "550 5.1.1 <bad@dest.test>: no such user"
+
+
+class Follower:
+    """`relayctl log -f ARGS` with its output read by a thread; stopped
+    by PID (SIGTERM) at the end."""
+
+    def __init__(self, r, *args):
+        self.p = subprocess.Popen([RELAYCTL, "-c", r.conf_path, "log", "-f",
+                                   "-n", "0"] + list(args),
+                                  stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE,
+                                  stdin=subprocess.DEVNULL)
+        self.lines = []
+        self.lock = threading.Lock()
+        self.t = threading.Thread(target=self._read, daemon=True)
+        self.t.start()
+
+    def _read(self):
+        for raw in self.p.stdout:
+            with self.lock:
+                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+
+    def text(self):
+        with self.lock:
+            return list(self.lines)
+
+    def wait_for(self, needle, what):
+        def seen():
+            if self.p.poll() is not None:
+                raise AssertionError("relayctl log -f exited %s: %s" % (
+                    self.p.returncode, self.p.stderr.read().decode()))
+            return any(needle in x for x in self.text())
+        wait_until(seen, timeout=20, what=what)
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.t.join(timeout=10)
+        return self.p.returncode
+
+
+def send(r, subject, rcpts=("rcpt@dest.test",), sender=SENDER):
+    content, _ = make_message(subject)
+    return submit(r, sender, list(rcpts), content)
+
+
+def log(r, *args, check=True):
+    res = r.relayctl("log", *args, check=check)
+    return res.stdout.decode().splitlines()
+
+
+def test_follow_across_rotation_and_truncation(upstream_factory, relay_to):
+    up = upstream_factory(tls="starttls")
+    r = relay_to(up)
+    f = Follower(r, "--status", "sent")
+    try:
+        q1 = send(r, "log -f one")
+        f.wait_for("%s: to=<rcpt@dest.test>" % q1, "the first sent line")
+
+        # logrotate's way: rename, then SIGUSR1 makes relayd reopen.
+        os.rename(r.logfile, r.logfile + ".1")
+        r.proc.send_signal(signal.SIGUSR1)
+        wait_until(lambda: os.path.exists(r.logfile), timeout=10,
+                   what="relayd to open a new log file")
+        q2 = send(r, "log -f two")
+        f.wait_for("%s: to=<rcpt@dest.test>" % q2,
+                   "the sent line written to the new file")
+        # More in the file than the few lines after the truncation, as
+        # with any real log: that is how a truncation shows (tail -F).
+        more = [send(r, "log -f filler %d" % i) for i in range(6)]
+        for q in more:
+            f.wait_for("%s: to=<rcpt@dest.test>" % q, "filler lines")
+
+        with open(r.logfile, "r+") as fh:      # copytruncate's way
+            fh.truncate(0)
+        q3 = send(r, "log -f three")
+        f.wait_for("%s: to=<rcpt@dest.test>" % q3,
+                   "the sent line written after the truncation")
+    finally:
+        rc = f.stop()
+    assert rc == 0
+    out = f.text()
+    # Only delivery lines with status=sent, each message once, in order.
+    assert all("status=sent" in x for x in out), out
+    def at(q):
+        return next(i for i, x in enumerate(out) if "%s: to=" % q in x)
+    # The fillers were sent together: any order among them.
+    assert at(q1) < at(q2) < min(map(at, more)) <= max(map(at, more)) < \
+        at(q3), out
+    assert len(out) == 3 + len(more), out
+    # (Written to the new file, truncated since; stderr has every line.)
+    assert "SIGUSR1: log file reopened" in r.stderr_text()
+
+
+def test_id_is_the_whole_story_in_order(upstream_factory, relay_to):
+    up = upstream_factory(tls="starttls",
+                          behaviour={"rcpt": {"bad@dest.test": NO_SUCH_USER}})
+    r = relay_to(up)
+    other = send(r, "someone else's")
+    qid = send(r, "a story", rcpts=("good@dest.test", "bad@dest.test"))
+    wait_status(r, qid, "bad@dest.test", "bounced")
+    wait_status(r, qid, "good@dest.test", "sent")
+    wait_until(lambda: removed(r, qid), timeout=30, what="removal")
+    dsn = notification_id(r, qid)
+    assert dsn
+    wait_until(lambda: removed(r, dsn), timeout=30, what="the DSN's removal")
+
+    lines = log(r, "--id", qid.lower())      # ids are typed in any case
+    assert lines and not any(other in x for x in lines), lines
+    assert all(qid in x or dsn in x for x in lines), lines
+
+    def at(pred, what):
+        for i, x in enumerate(lines):
+            if pred(x):
+                return i
+        raise AssertionError("no %s line in:\n%s" % (what, "\n".join(lines)))
+    acc = at(lambda x: "%s: from=<%s>" % (qid, SENDER) in x, "accepted")
+    good = at(lambda x: "%s: to=<good@dest.test>" % qid in x and
+              "status=sent" in x, "sent")
+    bad = at(lambda x: "%s: to=<bad@dest.test>" % qid in x and
+             "status=bounced" in x, "bounced")
+    note = at(lambda x: "notification: %s" % dsn in x, "DSN")
+    dsn_sent = at(lambda x: "%s: to=<%s>" % (dsn, SENDER) in x and
+                  "status=sent" in x, "DSN delivery")
+    gone = at(lambda x: x.endswith("%s: removed" % qid), "removed")
+    assert acc < min(good, bad) and bad < note < dsn_sent, lines
+    assert acc < gone
+
+    events = [json.loads(x) for x in log(r, "--id", qid, "--json")]
+    assert len(events) == len(lines)
+    mine = [e["event"] for e in events if e["id"] == qid]
+    assert mine[0] == "accepted" and "removed" in mine, mine
+    assert {"sent", "bounced", "dsn"} <= set(mine), mine
+    b = next(e for e in events if e["event"] == "bounced")
+    assert b["to"] == "bad@dest.test" and b["dsn"] == "5.1.1", b
+    assert "no such user" in b["reply"], b
+    d = next(e for e in events if e["event"] == "dsn")
+    assert d["dsn_id"] == dsn
+    a = events[0]
+    assert a["event"] == "accepted" and a["from"] == SENDER, a
+    assert a["time"].endswith("Z") and a["pid"] == r.pid and \
+        a["level"] == "info", a
+
+
+def test_filters(upstream_factory, relay_to):
+    up = upstream_factory(tls="starttls",
+                          behaviour={"rcpt": {"bad@dest.test": NO_SUCH_USER}})
+    r = relay_to(up)
+    q1 = send(r, "from one", sender="one@client.test")
+    q2 = send(r, "from two", rcpts=("bad@dest.test",),
+              sender="two@client.test")
+    wait_status(r, q1, "rcpt@dest.test", "sent")
+    wait_status(r, q2, "bad@dest.test", "bounced")
+
+    bounced = log(r, "--status", "bounced")
+    assert any(q2 in x for x in bounced)
+    assert all("status=bounced" in x for x in bounced), bounced
+
+    to = log(r, "--rcpt", "RCPT@dest.test")     # addresses in any case
+    assert to and all("to=<rcpt@dest.test>" in x for x in to), to
+    assert any(q1 in x for x in to)
+
+    frm = log(r, "--from", "two@client.test")
+    assert any("%s: from=<two@client.test>" % q2 in x for x in frm), frm
+    assert any("%s: to=<bad@dest.test>" % q2 in x for x in frm), frm
+    assert not any(q1 in x for x in frm), frm
+
+    assert log(r, "--since", "2099-01-01T00:00") == []
+    assert len(log(r, "--since", "1h")) >= 4
+    before = r.log_text().splitlines()
+    last = log(r, "-n", "1")
+    # The last line then, or one relayd wrote since.
+    assert len(last) == 1, last
+    assert last[0] in r.log_text().splitlines()[len(before) - 1:], last
+
+    for bad in (("--status", "lost"), ("--since", "yesterday"),
+                ("-n", "-1"), ("--id", "not-an-id")):
+        res = r.relayctl("log", *bad, check=False)
+        assert res.returncode == 2, (bad, res)
+        assert bad[0] in res.stderr.decode()
+
+
+def test_no_log_file(relayd_factory):
+    r = relayd_factory(start=False, log_file="")
+    res = r.relayctl("log", check=False)
+    assert res.returncode == 1
+    assert "log_file is not set" in res.stderr.decode()
+
+
+def _can_unshare():
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    return subprocess.run(["unshare", "-m", "true"]).returncode == 0
+
+
+@pytest.mark.skipif(not _can_unshare(),
+                    reason="needs root and unshare -m for a private /dev/log")
+def test_log_syslog(relayd_factory, tmp_path):
+    """relayd runs in a private mount namespace whose /dev is a tmpfs
+    holding the device nodes it needs and, as /dev/log, a datagram socket
+    this test reads: what syslog(3) would hand to journald or rsyslog."""
+    sock_path = str(tmp_path / "devlog")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(sock_path)
+    s.settimeout(0.2)
+    r = relayd_factory(start=False, log_syslog="yes")
+    script = r"""
+set -e
+mount --make-rprivate /
+mkdir -p "$T/olddev"
+mount --bind /dev "$T/olddev"
+mount -t tmpfs -o mode=0755 tmpfs /dev
+for n in null zero random urandom; do
+  touch "/dev/$n"; mount --bind "$T/olddev/$n" "/dev/$n"
+done
+touch /dev/log
+mount --bind "$SOCK" /dev/log
+exec "$RELAYD" -c "$CONF"
+"""
+    env = dict(os.environ, T=str(tmp_path), SOCK=sock_path, RELAYD=RELAYD,
+               CONF=r.conf_path)
+    if SANITIZE:
+        env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+    err = r.stderr = open(r.stderr_path, "ab")
+    p = subprocess.Popen(["unshare", "-m", "sh", "-c", script], env=env,
+                         stdout=err, stderr=err, stdin=subprocess.DEVNULL)
+    r.proc = p
+    try:
+        wait_until(r._listening, timeout=20, what="relayd to listen")
+        qid = send(r, "to syslog")
+        got = []
+
+        def have():
+            try:
+                got.append(s.recv(8192).decode("utf-8", "replace"))
+            except socket.timeout:
+                pass
+            return any("%s: from=<%s>" % (qid, SENDER) in x for x in got)
+        wait_until(have, timeout=20, step=0, what="the accepted line")
+    finally:
+        r.stop()
+        s.close()
+    line = next(x for x in got if "%s: from=" % qid in x)
+    # <PRI> = mail (2) * 8 + info (6) = 22; ident relayd with its pid.
+    assert line.startswith("<22>"), line
+    assert "relayd[%d]: %s: from=<%s>" % (p.pid, qid, SENDER) in line, line
+    # The same line is in log_file too, with our own time stamp.
+    assert "%s: from=<%s>" % (qid, SENDER) in r.log_text()
