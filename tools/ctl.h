@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 
 #include "common/buf.h"
 #include "common/conf.h"
@@ -26,6 +27,8 @@
 #define CTL_EXIT_OK 0
 #define CTL_EXIT_ERR 1
 #define CTL_EXIT_USAGE 2
+/* send-test: deferred, held or undecided (sysexits.h EX_TEMPFAIL). */
+#define CTL_EXIT_TEMPFAIL 75
 
 #define CTL_OPTS_MAX 16
 
@@ -65,6 +68,36 @@ int ctl_ro_open(const char *spool, struct queue_ro **out);
 int ctl_cmd_check(struct ctl_ctx *c, int argc, char **argv);
 /* user add|del|list|passwd|disable|enable|test (ctl_user.c) */
 int ctl_cmd_user(struct ctl_ctx *c, int argc, char **argv);
+
+/* The password for user: from the terminal without echo (asked twice
+ * when confirm), or one line of stdin. Prints its own errors; returns the
+ * length or -errno (ctl_user.c). */
+ssize_t ctl_read_password(const char *user, bool confirm, char *pw,
+                          size_t cap);
+
+/* setup smarthost|direct (ctl_setup.c): writes a configuration, checks
+ * the smarthost login or generates the DKIM key, prints what to do next.
+ * ctl_setup_direct is the direct half (ctl_setup_direct.c). */
+int ctl_cmd_setup(struct ctl_ctx *c, int argc, char **argv);
+int ctl_setup_direct(struct ctl_ctx *c);
+/* Shared by both halves of setup (ctl_setup.c). */
+int ctl_setup_write_file(const char *path, const void *data, size_t n,
+                         mode_t mode, uid_t uid, gid_t gid, bool force);
+int ctl_setup_refuse_existing(const char *path, bool force);
+void ctl_setup_relayd_owner(uid_t *uid, gid_t *gid, const char *what);
+const char *ctl_setup_ask(const struct ctl_ctx *c, const char *opt,
+                          const char *question, const char *def, char *ans,
+                          size_t n);
+bool ctl_setup_value_ok(const char *v);
+int ctl_setup_bad_value(const char *opt, const char *v);
+const char *ctl_setup_path(const struct ctl_ctx *c);
+void ctl_setup_dirname(const char *path, char *dir, size_t n);
+int ctl_setup_mkdirs(const char *dir, mode_t mode);
+int ctl_setup_backup(const char *path);
+
+/* send-test ADDR (ctl_sendtest.c): submits a test message to relayd and
+ * follows it; exit 0 sent, 1 bounced, CTL_EXIT_TEMPFAIL deferred. */
+int ctl_cmd_send_test(struct ctl_ctx *c, int argc, char **argv);
 
 /* dkim keygen|show|rotate (ctl_dkim.c). */
 int ctl_cmd_dkim(struct ctl_ctx *c, int argc, char **argv);

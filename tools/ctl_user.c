@@ -204,12 +204,16 @@ static ssize_t ctl_read_tty(const char *prompt, char *pw, size_t cap)
 	t.c_lflag |= ECHONL;
 	for (size_t i = 0; i < 4; i++)
 		sigaction(sigs[i], &sa, &old[i]);
-	fputs(prompt, stderr);
-	fflush(stderr);
 	ctl_tty_off = 1;
+	/* Echo goes off (TCSAFLUSH drops what was typed before) and only
+	 * then the prompt shows: an answer typed after the prompt is never
+	 * thrown away, nor echoed. */
 	ssize_t r = tcsetattr(STDIN_FILENO, TCSAFLUSH, &t) < 0 ? -errno : 0;
-	if (r == 0)
+	if (r == 0) {
+		fputs(prompt, stderr);
+		fflush(stderr);
 		r = ctl_read_line(STDIN_FILENO, pw, cap);
+	}
 	tcsetattr(STDIN_FILENO, TCSAFLUSH, &ctl_tty_saved);
 	ctl_tty_off = 0;
 	for (size_t i = 0; i < 4; i++)
@@ -218,9 +222,10 @@ static ssize_t ctl_read_tty(const char *prompt, char *pw, size_t cap)
 }
 
 /* The password for user: from the terminal (asked twice when confirm),
- * or one line of stdin. Prints its own errors. */
-static ssize_t ctl_read_password(const char *user, bool confirm, char *pw,
-                                 size_t cap)
+ * or one line of stdin. Prints its own errors. (ctl.h: setup and
+ * send-test read passwords with it too.) */
+ssize_t ctl_read_password(const char *user, bool confirm, char *pw,
+                          size_t cap)
 {
 	char again[CRED_PASSWORD_MAX + 2], prompt[128];
 	bool tty = isatty(STDIN_FILENO);

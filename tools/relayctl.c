@@ -94,11 +94,18 @@ static const struct ctl_cmd ctl_cmds[] = {
 	{"dkim", "SUBCOMMAND [ARGS]", "DKIM keys: make, show, rotate (below)",
 	 CTL_F_JSON | CTL_F_CONF, 1, 3, ctl_cmd_dkim,
 	 "--type= --bits= --dir= --selector= --check --retire="},
-	{"check-dns", "DOMAIN [--ip ADDR]... [--selector S] [--mail-from D] "
-	 "[--probe HOST[:PORT]] [--json]", "what receivers will check: PTR, "
+	{"check-dns", "DOMAIN [OPTIONS] [--json]", "what receivers will check: PTR, "
 	 "SPF, DKIM, DMARC, MX, port 25, DNSBLs (below)",
 	 CTL_F_JSON | CTL_F_CONF | CTL_F_EXIT2, 1, 1, ctl_cmd_check_dns,
 	 "--ip=* --selector=* --mail-from= --probe="},
+	{"setup", "direct|smarthost [OPTIONS]", "write a working configuration "
+	 "(below)", 0, 1, 1, ctl_cmd_setup,
+	 "--config= --force --hostname= --host= --user= --password-file= "
+	 "--tls= --tls-ca= --tls-name= --tls-verify= --check-only --timeout= "
+	 "--domain= --selector= --dkim-dir= --ip="},
+	{"send-test", "ADDR [--from ADDR]", "send a test message through "
+	 "relayd and follow it (below)", CTL_F_CONF, 1, 1,
+	 ctl_cmd_send_test, "--from= --timeout= --user= --password-file="},
 	{"help", "", "this text", 0, 0, 1, ctl_cmd_help, NULL},
 };
 
@@ -191,6 +198,38 @@ static void ctl_usage(FILE *f)
 	        "not DOMAIN\n"
 	        "  --probe HOST[:PORT]  where to try outbound port 25 (default: "
 	        "DOMAIN's MX)\n"
+	        "\n"
+	        "Setup (writes relayd's configuration, -c FILE or --config FILE, "
+	        "default\n" CTL_DEFAULT_CONF "; never replaces a file without "
+	        "--force):\n"
+	        "  setup smarthost --host HOST:PORT [--user U] [--password-file F]\n"
+	        "        [--tls auto|implicit|starttls|none] [--tls-ca FILE] "
+	        "[--tls-name NAME]\n"
+	        "        [--tls-verify yes|no] [--hostname H] [--check-only] "
+	        "[--timeout 30s]\n"
+	        "        the password comes from F's first line, the terminal "
+	        "(no echo) or\n"
+	        "        one line of stdin, and is stored 0600 next to the "
+	        "configuration;\n"
+	        "        then the login is checked (EHLO, TLS, AUTH; no mail "
+	        "sent)\n"
+	        "  setup direct --domain D [--hostname H] [--selector S] "
+	        "[--dkim-dir DIR]\n"
+	        "        [--ip ADDR,ADDR]\n"
+	        "        writes the configuration and a DKIM key (RSA-2048, "
+	        "0600), prints\n"
+	        "        every DNS record to publish (PTR, A/AAAA, SPF, DKIM, "
+	        "DMARC)\n"
+	        "  On a terminal, setup asks for what a flag does not give.\n"
+	        "\n"
+	        "Send-test (to relayd's first non-smtps listener, as a local "
+	        "application):\n"
+	        "  send-test ADDR [--from ADDR] [--timeout 120s] [--user U "
+	        "--password-file F]\n"
+	        "        follows the message through relayd's log and queue; "
+	        "exit 0 sent,\n"
+	        "        1 bounced, 75 deferred, held or no result within "
+	        "--timeout\n"
 	        "\n"
 	        "Options:\n"
 	        "  -c FILE     relayd's configuration file (default: "
@@ -490,5 +529,7 @@ int main(int argc, char **argv)
 		conf_free(&c.conf);
 	if (r == CTL_EXIT_USAGE)
 		return CTL_EXIT_USAGE;      /* from ctl_usage_error() */
+	if (r == CTL_EXIT_TEMPFAIL)
+		return CTL_EXIT_TEMPFAIL;   /* send-test: deferred */
 	return r < 0 ? CTL_EXIT_ERR : CTL_EXIT_OK;
 }

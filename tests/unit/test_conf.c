@@ -116,6 +116,7 @@ static void test_key_table(void **state)
 	 * smtp_bind_address6, tls_policy_file, destination_policy_file,
 	 * max_recipients_per_transaction, destination_concurrency,
 	 * max_delivery_sessions, dns_servers (issue 9)
+	 * + pid_file, log_syslog, shutdown_timeout (operations)
 	 * + dkim_key, dkim_subdomains, dkim_required (issue 10)
 	 * + dnsbl_zones (issue 10 §3)
 	 * + log_syslog, pid_file, shutdown_timeout (issue 11) */
