@@ -1,16 +1,18 @@
 /*
- * common/log_sys.h - syslog(3) for common/log.c, apart: <syslog.h> defines
- * LOG_ERR, LOG_INFO and LOG_DEBUG as macros, which are enum log_level's
- * names in log.h. Levels here are enum log_level's values (0 error ..
- * 3 debug).
+ * common/log_sys.h - log_syslog for common/log.c: RFC 3164 lines
+ * ("<PRI>Mmm dd hh:mm:ss relayd[PID]: message", facility mail) to the
+ * local syslog socket /dev/log. Levels here are enum log_level's values
+ * (0 error .. 3 debug).
  */
 #ifndef RELAY_LOG_SYS_H
 #define RELAY_LOG_SYS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
-/* openlog("relayd", LOG_PID | LOG_NDELAY, LOG_MAIL): the socket to
- * /dev/log is opened at once, while relayd may still be root. */
+/* Connects a non-blocking datagram socket to /dev/log at once, while
+ * relayd may still be root (a line that would block is dropped and
+ * counted instead: the event loop never waits on syslog). */
 void log_sys_open(void);
 void log_sys_close(void);
 /* One message (no newline) at enum log_level `level`. */

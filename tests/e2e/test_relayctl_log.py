@@ -219,17 +219,14 @@ def _can_unshare():
     return subprocess.run(["unshare", "-m", "true"]).returncode == 0
 
 
-@pytest.mark.skipif(not _can_unshare(),
-                    reason="needs root and unshare -m for a private /dev/log")
-def test_log_syslog(relayd_factory, tmp_path):
-    """relayd runs in a private mount namespace whose /dev is a tmpfs
-    holding the device nodes it needs and, as /dev/log, a datagram socket
-    this test reads: what syslog(3) would hand to journald or rsyslog."""
+def _relayd_with_devlog(relayd_factory, tmp_path, **conf):
+    """relayd in a private mount namespace whose /dev is a tmpfs holding
+    the device nodes it needs and, as /dev/log, a datagram socket this
+    test reads: what journald or rsyslog would get. Returns (r, socket)."""
     sock_path = str(tmp_path / "devlog")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     s.bind(sock_path)
-    s.settimeout(0.2)
-    r = relayd_factory(start=False, log_syslog="yes")
+    r = relayd_factory(start=False, log_syslog="yes", **conf)
     script = r"""
 set -e
 mount --make-rprivate /
@@ -247,28 +244,86 @@ exec "$RELAYD" -c "$CONF"
                CONF=r.conf_path)
     if SANITIZE:
         env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
-    err = r.stderr = open(r.stderr_path, "ab")
-    p = subprocess.Popen(["unshare", "-m", "sh", "-c", script], env=env,
-                         stdout=err, stderr=err, stdin=subprocess.DEVNULL)
-    r.proc = p
+    r.stderr = open(r.stderr_path, "ab")
+    r.proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script], env=env,
+                              stdout=r.stderr, stderr=r.stderr,
+                              stdin=subprocess.DEVNULL)
+    return r, s
+
+
+class DgramReader:
+    """Reads every datagram of a socket in a thread, from the start."""
+
+    def __init__(self, s):
+        self.s, self.got, self.stop = s, [], False
+        s.settimeout(0.1)
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        while not self.stop:
+            try:
+                self.got.append(self.s.recv(8192).decode("utf-8", "replace"))
+            except socket.timeout:
+                pass
+            except OSError:
+                return
+
+    def close(self):
+        self.stop = True
+        self.t.join(timeout=5)
+
+
+@pytest.mark.skipif(not _can_unshare(),
+                    reason="needs root and unshare -m for a private /dev/log")
+def test_log_syslog(relayd_factory, tmp_path):
+    r, s = _relayd_with_devlog(relayd_factory, tmp_path)
+    rd = DgramReader(s)
     try:
         wait_until(r._listening, timeout=20, what="relayd to listen")
         qid = send(r, "to syslog")
-        got = []
+        wait_until(lambda: any("%s: from=<%s>" % (qid, SENDER) in x
+                               for x in list(rd.got)),
+                   timeout=20, what="the accepted line on the socket")
+    finally:
+        r.stop()
+        rd.close()
+        s.close()
+    line = next(x for x in rd.got if "%s: from=" % qid in x)
+    # <PRI> = mail (2) * 8 + info (6) = 22; ident relayd with its pid.
+    assert line.startswith("<22>"), line
+    assert "relayd[%d]: %s: from=<%s>" % (r.proc.pid, qid, SENDER) in line
+    # The same line is in log_file too, with our own time stamp.
+    assert "%s: from=<%s>" % (qid, SENDER) in r.log_text()
 
-        def have():
+
+@pytest.mark.skipif(not _can_unshare(),
+                    reason="needs root and unshare -m for a private /dev/log")
+def test_log_syslog_never_blocks_relayd(relayd_factory, tmp_path):
+    """A syslog reader that does not read (its queue holds 10 datagrams on
+    Linux): relayd goes on accepting, drops the lines that do not fit and
+    says how many when the socket takes lines again."""
+    r, s = _relayd_with_devlog(relayd_factory, tmp_path)
+    try:
+        wait_until(r._listening, timeout=20, what="relayd to listen")
+        qids = [send(r, "syslog full %d" % i) for i in range(15)]
+        assert len(set(qids)) == 15     # accepted, none waited on syslog
+        s.settimeout(0.5)
+        first = []
+        while True:
             try:
-                got.append(s.recv(8192).decode("utf-8", "replace"))
+                first.append(s.recv(8192).decode("utf-8", "replace"))
             except socket.timeout:
-                pass
-            return any("%s: from=<%s>" % (qid, SENDER) in x for x in got)
-        wait_until(have, timeout=20, step=0, what="the accepted line")
+                break
+        assert 0 < len(first) < 15 * 3, len(first)
+        rd = DgramReader(s)
+        q = send(r, "after the drain")
+        wait_until(lambda: any("%s: from=" % q in x for x in list(rd.got)),
+                   timeout=20, what="a line after the drain")
+        rd.close()
+        dropped = [x for x in rd.got if "lines dropped: the syslog socket "
+                   "was full" in x]
+        assert dropped and dropped[0].startswith("<20>"), rd.got[:5]
     finally:
         r.stop()
         s.close()
-    line = next(x for x in got if "%s: from=" % qid in x)
-    # <PRI> = mail (2) * 8 + info (6) = 22; ident relayd with its pid.
-    assert line.startswith("<22>"), line
-    assert "relayd[%d]: %s: from=<%s>" % (p.pid, qid, SENDER) in line, line
-    # The same line is in log_file too, with our own time stamp.
-    assert "%s: from=<%s>" % (qid, SENDER) in r.log_text()
