@@ -65,15 +65,18 @@ LIB_SRC := $(filter-out smtpd/relayd.c,$(LIB_SRC))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB     := $(BUILD)/librelay.a
 
-CTL_SRC := $(wildcard tools/*.c)
+# tools/sendmail*.c are relayd-sendmail's, not relayctl's.
+CTL_SRC := $(filter-out tools/sendmail%.c,$(wildcard tools/*.c))
 CTL_OBJ := $(CTL_SRC:%.c=$(BUILD)/%.o)
+SM_SRC  := $(wildcard tools/sendmail*.c)
+SM_OBJ  := $(SM_SRC:%.c=$(BUILD)/%.o)
 
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN  := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 
-all: $(BUILD)/relayd $(BUILD)/relayctl $(BUILD)/faultshim.so $(BUILD)/dnsq
+all: $(BUILD)/relayd $(BUILD)/relayctl $(BUILD)/relayd-sendmail $(BUILD)/faultshim.so $(BUILD)/dnsq
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -87,6 +90,9 @@ $(BUILD)/relayd: $(BUILD)/smtpd/relayd.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/relayctl: $(CTL_OBJ) $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/relayd-sendmail: $(SM_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(LIB)
@@ -291,7 +297,7 @@ clean:
 
 .PHONY: all deps deps-bench build run test test-fresh unit-bins check-unit check-e2e bench bench-conns install clean fuzz deps-fuzz
 
--include $(LIB_OBJ:.o=.d) $(CTL_OBJ:.o=.d) $(BUILD)/smtpd/relayd.d \
+-include $(LIB_OBJ:.o=.d) $(CTL_OBJ:.o=.d) $(SM_OBJ:.o=.d) $(BUILD)/smtpd/relayd.d \
          $(wildcard $(FUZZ_DIR)/*/*.d)
 
 # bench/fill_queue: a spool with N messages, to time relayctl on it.

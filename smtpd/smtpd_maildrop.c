@@ -1,0 +1,170 @@
+/*
+ * smtpd/smtpd_maildrop.c - runs relayd-sendmail --import (contract:
+ * smtpd_maildrop.h). Owns one uv_timer_t and at most one uv_process_t.
+ * The program is looked for next to relayd's own binary (build/ and
+ * sbin/ both hold the two), as "relayd-sendmail".
+ */
+#include "smtpd/smtpd_maildrop.h"
+
+#include <errno.h>
+#include <grp.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/log.h"
+
+struct smtpd_maildrop {
+	uv_loop_t *loop;
+	uv_timer_t timer;
+	uv_process_t proc;
+	bool running;               /* proc is a live child */
+	bool stopping;
+	int open_handles;
+	char prog[PATH_MAX + 32];
+	char *conf_path;
+};
+
+static void md_free(struct smtpd_maildrop *m)
+{
+	free(m->conf_path);
+	free(m);
+}
+
+static void md_closed_cb(uv_handle_t *h)
+{
+	struct smtpd_maildrop *m = h->data;
+	if (--m->open_handles == 0)
+		md_free(m);
+}
+
+static void md_exit_cb(uv_process_t *p, int64_t status, int sig)
+{
+	struct smtpd_maildrop *m = p->data;
+	m->running = false;
+	/* 75 (EX_TEMPFAIL): a file stays for the next run; the child
+	 * logged which and why. */
+	if (sig)
+		log_warn("maildrop: importer killed by signal %d", sig);
+	else if (status != 0 && status != 75)
+		log_warn("maildrop: importer exited %lld", (long long)status);
+	uv_close((uv_handle_t *)p, md_closed_cb);
+}
+
+static void md_run(struct smtpd_maildrop *m)
+{
+	if (m->running || m->stopping)
+		return;
+	char *args[5];
+	int n = 0;
+	args[n++] = m->prog;
+	args[n++] = "--import";
+	if (m->conf_path) {
+		args[n++] = "-C";
+		args[n++] = m->conf_path;
+	}
+	args[n] = NULL;
+	uv_stdio_container_t stdio[3] = {
+		{.flags = UV_IGNORE},
+		{.flags = UV_INHERIT_FD, .data.fd = 1},
+		{.flags = UV_INHERIT_FD, .data.fd = 2},
+	};
+	uv_process_options_t o = {
+		.exit_cb = md_exit_cb,
+		.file = m->prog,
+		.args = args,
+		.stdio_count = 3,
+		.stdio = stdio,
+	};
+	m->proc.data = m;
+	int r = uv_spawn(m->loop, &m->proc, &o);
+	if (r < 0) {
+		log_err("maildrop: cannot run %s: %s", m->prog, uv_strerror(r));
+		/* uv_spawn initialised the handle: it must be closed. */
+		m->open_handles++;
+		uv_close((uv_handle_t *)&m->proc, md_closed_cb);
+		return;
+	}
+	m->running = true;
+	m->open_handles++;
+}
+
+static void md_timer_cb(uv_timer_t *t)
+{
+	md_run(t->data);
+}
+
+int smtpd_maildrop_start(uv_loop_t *loop, const struct conf *c,
+                         const char *conf_path, struct smtpd_maildrop **out)
+{
+	char dir[PATH_MAX], self[PATH_MAX];
+	*out = NULL;
+	if ((size_t)snprintf(dir, sizeof dir, "%s/maildrop", c->spool_dir) >=
+	    sizeof dir)
+		return -ENAMETOOLONG;
+	/* 1730: relayd's; its group (relayd-drop, the group relayd-sendmail
+	 * is setgid to) may create files but not list or read them; sticky,
+	 * so no one removes another's file. The mode at creation, not
+	 * narrowed by the umask. */
+	mode_t old = umask(0);
+	int r = mkdir(dir, 01730) < 0 && errno != EEXIST ? -errno : 0;
+	umask(old);
+	if (r < 0) {
+		log_err("maildrop: cannot make %s: %s", dir, strerror(-r));
+		return r;
+	}
+	struct stat st;
+	if (lstat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+		log_err("maildrop: %s is not a directory; not importing", dir);
+		return -ENOTDIR;
+	}
+	struct smtpd_maildrop *m = calloc(1, sizeof *m);
+	if (!m)
+		return -ENOMEM;
+	m->loop = loop;
+	ssize_t k = readlink("/proc/self/exe", self, sizeof self - 1);
+	if (k <= 0) {
+		free(m);
+		return -errno;
+	}
+	self[k] = '\0';
+	char *slash = strrchr(self, '/');
+	*(slash ? slash : self) = '\0';
+	snprintf(m->prog, sizeof m->prog, "%s/relayd-sendmail", self);
+	if (conf_path && !(m->conf_path = realpath(conf_path, NULL))) {
+		free(m);
+		return -errno;
+	}
+	if (access(m->prog, X_OK) < 0) {
+		log_warn("maildrop: %s not found; %s is not imported", m->prog,
+		         dir);
+		md_free(m);
+		return -ENOENT;
+	}
+	uv_timer_init(loop, &m->timer);
+	m->timer.data = m;
+	m->open_handles = 1;
+	/* At once (the loop is about to run, so the child finds relayd
+	 * listening), then periodically. */
+	uv_timer_start(&m->timer, md_timer_cb, 0, SMTPD_MAILDROP_PERIOD * 1000);
+	*out = m;
+	return 0;
+}
+
+void smtpd_maildrop_stop(struct smtpd_maildrop *m)
+{
+	if (!m || m->stopping)
+		return;
+	m->stopping = true;
+	uv_timer_stop(&m->timer);
+	uv_close((uv_handle_t *)&m->timer, md_closed_cb);
+	/* The child finds relayd gone and leaves the rest for next time;
+	 * a file is removed only after its 250. */
+	if (m->running)
+		uv_process_kill(&m->proc, SIGTERM);
+}
