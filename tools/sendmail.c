@@ -973,8 +973,12 @@ static int sm_import_one(struct sm *s, int dfd, const char *name)
 			log_err("maildrop: %s sent but cannot be removed: %s "
 			        "(it would be sent again)", name, strerror(errno));
 		fsync(dfd);
-		log_info("maildrop: %s from local user %s (uid %lu), from=<%s>, "
-		         "nrcpt=%zu: %s", name, user, uid, sender, nrcpt, why);
+		/* Queue id first, as every line of relayd's: the 250 says
+		 * "... queued as ID". */
+		const char *qid = strstr(why, "queued as ");
+		qid = qid ? qid + 10 : "?";
+		log_info("%.16s: maildrop=%s, local user %s (uid %lu), from=<%s>, "
+		         "nrcpt=%zu", qid, name, user, uid, sender, nrcpt);
 	} else if (res == SM_PERM) {
 		log_info("maildrop: %s from local user %s (uid %lu) refused: %s",
 		         name, user, uid, why);

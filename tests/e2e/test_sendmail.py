@@ -1,0 +1,210 @@
+"""tests/e2e/test_sendmail.py - relayd-sendmail, the sendmail command
+(issue 11 §3), against the real relayd and an aiosmtpd smarthost.
+
+-t with relayd running: recipients from To/Cc/Bcc, Bcc gone, Date,
+Message-ID and From added, the message scrubbed like any other (the local
+Received line replaced). relayd stopped: the message waits in
+SPOOL/maildrop, and after a start it reaches the smarthost exactly once
+(with the one sent while relayd ran), the maildrop empties and relayd's log
+names the local user. Recipients as arguments, -f/-F, -i and a "." line,
+-bp, -q, and the sysexits.h statuses for a bad flag (64), a bad address
+(65) and a message over max_message_size (65)."""
+import email
+import email.policy
+import os
+import pwd
+import subprocess
+
+import pytest
+
+from conftest import RELAYD, wait_until
+from conftest_upstream import queue_list, wait_queue_empty
+
+SENDMAIL = os.path.join(os.path.dirname(RELAYD), "relayd-sendmail")
+EX_USAGE, EX_DATAERR = 64, 65
+
+
+def sendmail(relayd, args, stdin, env=None):
+    e = dict(os.environ)
+    e.pop("RELAYD_CONFIG", None)
+    if env:
+        e.update(env)
+    return subprocess.run([SENDMAIL, "-C", relayd.conf_path] + list(args),
+                          input=stdin, capture_output=True, timeout=60,
+                          env=e)
+
+
+def parse(data):
+    return email.message_from_bytes(data, policy=email.policy.default)
+
+
+def maildrop(relayd):
+    d = os.path.join(relayd.spool, "maildrop")
+    return sorted(n for n in os.listdir(d) if not n.startswith(".")
+                  and n != "bad")
+
+
+def ok(r):
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    assert r.stdout == b"" and r.stderr == b"", (r.stdout, r.stderr)
+
+
+MSG_T = (b"To: Ann <ann@dest.test>, \"Doe, Bob\" <bob@dest.test>\n"
+         b"Cc: carol@dest.test\n"
+         b"Bcc: hidden@dest.test\n"
+         b"Subject: from cron\n"
+         b"\n"
+         b"line one\n"
+         b"line two\n")
+
+
+def test_t_with_relayd_running(upstream_factory, relay_to):
+    up = upstream_factory(tls="none")
+    r = relay_to(up, smarthost_tls="none")
+    ok(sendmail(r, ["-t"], MSG_T))
+    [m] = up.wait_messages(1)
+    assert sorted(m["rcpt_tos"]) == ["ann@dest.test", "bob@dest.test",
+                                     "carol@dest.test", "hidden@dest.test"]
+    assert m["mail_from"] == pwd.getpwuid(os.getuid()).pw_name + \
+        "@relay.test"
+    data = m["data"]
+    assert b"\r\nline one\r\nline two\r\n" in data
+    assert b"hidden@dest.test" not in data
+    hdr = data.split(b"\r\n\r\n", 1)[0]
+    assert b"\nBcc:" not in hdr and not hdr.startswith(b"Bcc:")
+    msg = parse(data)
+    assert msg["Date"]
+    assert msg["Message-ID"].endswith("@relay.test>")
+    assert msg["From"].addresses[0].addr_spec == m["mail_from"]
+    assert msg["Subject"] == "from cron"
+    # Scrubbed like any other message: the local Received line is gone,
+    # replaced by relayd's own.
+    assert b"local user" not in data
+    assert msg.get_all("Received")[0].startswith("by relay.test (relayd)")
+    wait_queue_empty(r)
+
+
+def test_stopped_then_started_once_each(upstream_factory, relay_to):
+    up = upstream_factory(tls="none")
+    r = relay_to(up, smarthost_tls="none")
+    # While relayd runs: straight in.
+    ok(sendmail(r, ["-t"], b"To: a@dest.test\nSubject: running\n\nA\n"))
+    up.wait_messages(1)
+    wait_queue_empty(r)
+    r.stop()
+    # Stopped: into the maildrop, exit 0, a word on stderr with -v only.
+    ok(sendmail(r, ["-t"], b"To: b@dest.test\nSubject: stopped\n\nB\n"))
+    v = sendmail(r, ["-v", "c@dest.test"], b"Subject: stopped too\n\nC\n")
+    assert v.returncode == 0 and b"maildrop" in v.stderr, v.stderr
+    files = maildrop(r)
+    assert len(files) == 2
+    for name in files:
+        st = os.stat(os.path.join(r.spool, "maildrop", name))
+        assert st.st_uid == os.getuid() and st.st_nlink == 1
+    assert up.messages() != [] and len(up.messages()) == 1
+    seen = len(r.log_text())
+    r.start()
+    got = up.wait_messages(3)
+    wait_queue_empty(r)
+    wait_until(lambda: maildrop(r) == [], timeout=10,
+               what="the maildrop to empty")
+    subjects = sorted(parse(m["data"])["Subject"] for m in up.messages())
+    assert subjects == ["running", "stopped", "stopped too"], subjects
+    assert len(got) == 3
+    for m in up.messages():
+        assert b"local user" not in m["data"]   # scrubbed
+    # Imported after relayd started, each with the submitting user.
+    log = r.log_text()[seen:]
+    started = log.index("relayd started")
+    lines = [ln for ln in log.splitlines() if "maildrop=" in ln]
+    assert len(lines) == 2, log
+    for ln in lines:
+        assert log.index(ln) > started
+        assert "(uid %d)" % os.getuid() in ln
+    assert sorted(ln.split("maildrop=")[1].split(",")[0]
+                  for ln in lines) == files
+
+
+def test_arguments_f_and_F(upstream_factory, relay_to):
+    up = upstream_factory(tls="none")
+    r = relay_to(up, smarthost_tls="none")
+    ok(sendmail(r, ["-f", "robot@app.test", "-F", 'Build "Bot"', "--",
+                    "x@dest.test", "<y@dest.test>"],
+                b"Subject: args\n\nbody\n"))
+    ok(sendmail(r, ["-frobot2@app.test", "z@dest.test"],
+                b"From: me@app.test\nSubject: own from\n\nbody\n"))
+    got = up.wait_messages(2)
+    a = [m for m in got if parse(m["data"])["Subject"] == "args"][0]
+    b = [m for m in got if parse(m["data"])["Subject"] == "own from"][0]
+    assert a["mail_from"] == "robot@app.test"
+    assert sorted(a["rcpt_tos"]) == ["x@dest.test", "y@dest.test"]
+    frm = parse(a["data"])["From"]
+    assert frm.addresses[0].display_name == 'Build "Bot"'
+    assert frm.addresses[0].addr_spec == "robot@app.test"
+    # A From of its own is kept; no second one is added.
+    assert b["mail_from"] == "robot2@app.test"
+    assert parse(b["data"]).get_all("From") == ["me@app.test"]
+
+
+def test_dot_line_with_and_without_i(upstream_factory, relay_to):
+    up = upstream_factory(tls="none")
+    r = relay_to(up, smarthost_tls="none")
+    body = b"Subject: %s\n\nbefore\n.\nafter\n..two\n"
+    ok(sendmail(r, ["-i", "i@dest.test"], body % b"with i"))
+    ok(sendmail(r, ["-oi", "oi@dest.test"], body % b"with oi"))
+    ok(sendmail(r, ["n@dest.test"], body % b"without"))
+    got = {parse(m["data"])["Subject"]: m["data"]
+           for m in up.wait_messages(3)}
+    for s in ("with i", "with oi"):
+        assert got[s].endswith(b"\r\n\r\nbefore\r\n.\r\nafter\r\n..two\r\n")
+    assert got["without"].endswith(b"\r\n\r\nbefore\r\n")
+    assert b"after" not in got["without"]
+
+
+def test_bp_and_q(upstream_factory, relay_to):
+    up = upstream_factory(tls="none",
+                          behaviour={"rcpt": "451 4.3.0 later please"})
+    r = relay_to(up, smarthost_tls="none", retry_min="1h", retry_max="2h")
+    ok(sendmail(r, ["q@dest.test"], b"Subject: flush me\n\nbody\n"))
+    # Deferred for an hour after the first try.
+    wait_until(lambda: "deferred" in r.relayctl("list").stdout.decode(),
+               timeout=30, what="the message to be deferred")
+    bp = sendmail(r, ["-bp"], b"")
+    assert bp.returncode == 0, bp.stderr
+    assert bp.stdout == r.relayctl("list").stdout
+    assert b"<q@dest.test>" in bp.stdout
+    assert up.messages() == []
+    up.set_behaviour({})
+    q = sendmail(r, ["-q"], b"")
+    assert q.returncode == 0, q.stderr
+    [m] = up.wait_messages(1)
+    assert m["rcpt_tos"] == ["q@dest.test"]
+    wait_queue_empty(r)
+
+
+def test_exit_codes(relayd_factory):
+    r = relayd_factory(max_message_size=2000)
+    bad = sendmail(r, ["-Z", "a@dest.test"], b"x\n")
+    assert bad.returncode == EX_USAGE
+    assert b"unknown option '-Z'" in bad.stderr
+    assert sendmail(r, ["-f"], b"").returncode == EX_USAGE
+    assert sendmail(r, [], b"Subject: x\n\nx\n").returncode == EX_USAGE
+    for addr in ("not an address@", "a@@b", "<a@b"):
+        e = sendmail(r, [addr], b"Subject: x\n\nx\n")
+        assert e.returncode == EX_DATAERR, (addr, e.stderr)
+        assert b"bad recipient address" in e.stderr
+    e = sendmail(r, ["-f", "x@@y", "a@dest.test"], b"Subject: x\n\nx\n")
+    assert e.returncode == EX_DATAERR and b"bad sender" in e.stderr
+    e = sendmail(r, ["-t"], b"To: broken <a@b\n\nx\n")
+    assert e.returncode == EX_DATAERR and b"bad address in the To" in e.stderr
+    # Accepted options of other sendmails are ignored.
+    ok(sendmail(r, ["-oem", "-odb", "-B", "8BITMIME", "ok@dest.test"],
+                b"Subject: fine\n\nx\n"))
+    # Over max_message_size: refused, nothing queued or dropped.
+    big = b"Subject: big\n\n" + b"x" * 78 + b"\n"
+    e = sendmail(r, ["big@dest.test"], big * 40)
+    assert e.returncode == EX_DATAERR
+    assert b"too big" in e.stderr and b"max_message_size" in e.stderr
+    lst = queue_list(r)
+    assert len(lst) == 1
+    assert maildrop(r) == []
