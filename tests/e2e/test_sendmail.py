@@ -208,3 +208,32 @@ def test_exit_codes(relayd_factory):
     lst = queue_list(r)
     assert len(lst) == 1
     assert maildrop(r) == []
+
+
+def test_refused_for_good(relayd_factory):
+    """A 5xx is the caller's error while relayd runs; a maildrop file that
+    relayd refuses, or that is not a maildrop file, goes to maildrop/bad/
+    with a log line, never deleted."""
+    r = relayd_factory(recipient_domains="dest.test")
+    e = sendmail(r, ["x@other.test"], b"Subject: x\n\nx\n")
+    assert e.returncode in (EX_DATAERR, 77), (e.returncode, e.stderr)
+    assert b"relayd refused the message: 5" in e.stderr
+    assert queue_list(r) == [] and maildrop(r) == []
+    r.stop()
+    ok(sendmail(r, ["y@other.test"], b"Subject: y\n\ny\n"))
+    [refused] = maildrop(r)
+    junk = os.path.join(r.spool, "maildrop", "junk")
+    with open(junk, "wb") as f:
+        f.write(b"From: not a maildrop file\n\nhello\n")
+    seen = len(r.log_text())
+    r.start()
+    bad = os.path.join(r.spool, "maildrop", "bad")
+    wait_until(lambda: os.path.isdir(bad) and
+               sorted(os.listdir(bad)) == sorted([refused, "junk"]),
+               timeout=15, what="both files in maildrop/bad")
+    assert maildrop(r) == []
+    log = r.log_text()[seen:]
+    assert "maildrop: junk refused for good, moved to bad/: not a " \
+        "maildrop file" in log
+    assert "maildrop: %s refused for good, moved to bad/: 5" % refused in log
+    assert queue_list(r) == []
