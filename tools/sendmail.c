@@ -782,32 +782,18 @@ static int fsync_dir(const char *dir)
 
 /* The message into SPOOL/maildrop/ as one file: envelope lines, an empty
  * line, the message. Written to a dot name (never through a link, never
- * over a file: O_EXCL), fsynced, renamed, the directory fsynced. The setgid
- * group is held only around the open. */
-static int sm_maildrop_write(struct sm *s, struct sm_msg *m)
+ * over a file: O_EXCL), fsynced, renamed, and the rename made durable. The
+ * setgid group is taken for this function only: it opens nothing but this
+ * file, and the group may neither list nor read the directory. */
+static int sm_maildrop_write_file(struct sm *s, struct sm_msg *m,
+                                  const char *dir, const char *tmp,
+                                  const char *fin)
 {
-	char dir[PATH_MAX], tmp[PATH_MAX + 64], fin[PATH_MAX + 64];
-	uint64_t rnd = 0;
-	if ((size_t)snprintf(dir, sizeof dir, "%s/" SM_MAILDROP,
-	                     s->conf.spool_dir) >= sizeof dir)
-		return EX_CANTCREAT;
-	if (getrandom(&rnd, sizeof rnd, 0) != sizeof rnd)
-		rnd = (uint64_t)time(NULL) ^ (uint64_t)getpid();
-	snprintf(tmp, sizeof tmp, "%s/.%ld.%016" PRIx64, dir, (long)getpid(), rnd);
-	snprintf(fin, sizeof fin, "%s/%lld.%ld.%016" PRIx64, dir,
-	         (long long)time(NULL), (long)getpid(), rnd);
-	if (s->drop_gid != (gid_t)-1 && setegid(s->drop_gid) < 0) {
-		sm_err("cannot take the group of the maildrop: %s",
-		       strerror(errno));
-		return EX_NOPERM;
-	}
 	mode_t old = umask(0);
 	int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
 	              0644);
 	int e = errno;
 	umask(old);
-	if (s->drop_gid != (gid_t)-1 && setegid(getgid()) < 0)
-		abort();                /* cannot give the group back */
 	if (fd < 0) {
 		sm_err("cannot write to the maildrop %s: %s (relayd is not "
 		       "accepting mail either)", dir, strerror(e));
@@ -829,21 +815,54 @@ static int sm_maildrop_write(struct sm *s, struct sm_msg *m)
 	rewind(m->body);
 	while ((n = fread(b, 1, sizeof b, m->body)) > 0)
 		fwrite(b, 1, n, f);
-	int r = ferror(m->body) || fflush(f) != 0 || ferror(f) || fsync(fd) < 0;
+	int bad = ferror(m->body) || fflush(f) != 0 || ferror(f) || fsync(fd) < 0;
 	e = errno;
-	if (fclose(f) != 0)
-		r = 1;
-	if (r || rename(tmp, fin) < 0) {
+	if (bad || rename(tmp, fin) < 0) {
 		sm_err("cannot write to the maildrop %s: %s", dir,
-		       strerror(r ? e : errno));
+		       strerror(bad ? e : errno));
+		fclose(f);
 		unlink(tmp);
 		return EX_CANTCREAT;
 	}
-	if (fsync_dir(dir) < 0) {
-		sm_err("cannot sync the maildrop %s: %s", dir, strerror(errno));
+	/* The new name on disk: fsync of the directory, which needs read
+	 * permission on it that a setgid caller does not have (1730): then
+	 * syncfs, which commits the directory's change with everything else
+	 * on that file system. */
+	int r = fsync_dir(dir);
+	if (r == -EACCES)
+		r = syncfs(fd) < 0 ? -errno : 0;
+	fclose(f);
+	if (r < 0) {
+		/* On the disk or not, the file is there: relayd imports it
+		 * unless the machine crashes right now. Say so, and let the
+		 * caller keep its copy too. */
+		sm_err("cannot sync the maildrop %s: %s", dir, strerror(-r));
 		return EX_TEMPFAIL;
 	}
 	return 0;
+}
+
+static int sm_maildrop_write(struct sm *s, struct sm_msg *m)
+{
+	char dir[PATH_MAX], tmp[PATH_MAX + 64], fin[PATH_MAX + 64];
+	uint64_t rnd = 0;
+	if ((size_t)snprintf(dir, sizeof dir, "%s/" SM_MAILDROP,
+	                     s->conf.spool_dir) >= sizeof dir)
+		return EX_CANTCREAT;
+	if (getrandom(&rnd, sizeof rnd, 0) != sizeof rnd)
+		rnd = (uint64_t)time(NULL) ^ (uint64_t)getpid();
+	snprintf(tmp, sizeof tmp, "%s/.%ld.%016" PRIx64, dir, (long)getpid(), rnd);
+	snprintf(fin, sizeof fin, "%s/%lld.%ld.%016" PRIx64, dir,
+	         (long long)time(NULL), (long)getpid(), rnd);
+	if (s->drop_gid != (gid_t)-1 && setegid(s->drop_gid) < 0) {
+		sm_err("cannot take the group of the maildrop: %s",
+		       strerror(errno));
+		return EX_NOPERM;
+	}
+	int rc = sm_maildrop_write_file(s, m, dir, tmp, fin);
+	if (s->drop_gid != (gid_t)-1 && setegid(getgid()) < 0)
+		abort();                /* cannot give the group back */
+	return rc;
 }
 
 /* ---- --import (run by relayd) ------------------------------------------ */

@@ -237,3 +237,61 @@ def test_refused_for_good(relayd_factory):
         "maildrop file" in log
     assert "maildrop: %s refused for good, moved to bad/: 5" % refused in log
     assert queue_list(r) == []
+
+
+def test_unprivileged_user_setgid(relayd_factory):
+    """Postfix's postdrop model: a user who is not relayd's can leave a
+    message in the maildrop only through relayd-sendmail installed setgid
+    to the maildrop's group (1730), and relayd imports it naming the uid."""
+    from privutil import account, need_root
+    need_root()
+    grp_gid = account().pw_gid          # stands for relayd-drop
+    nobody = pwd.getpwnam("nobody")
+    r = relayd_factory()
+    r.stop()
+    md = os.path.join(r.spool, "maildrop")
+    assert os.stat(md).st_mode & 0o7777 == 0o1730
+    os.chown(md, 0, grp_gid)
+    for d in (r.workdir, r.spool):
+        os.chmod(d, 0o711)              # as `make install` leaves the spool
+    os.chmod(r.conf_path, 0o644)
+    bindir = os.path.join(r.workdir, "bin")
+    os.mkdir(bindir, 0o755)
+    plain = os.path.join(bindir, "plain-sendmail")
+    sgid = os.path.join(bindir, "relayd-sendmail")
+    for p in (plain, sgid):
+        subprocess.run(["cp", SENDMAIL, p], check=True, timeout=30)
+    os.chown(sgid, 0, grp_gid)
+    os.chmod(sgid, 0o2755)
+
+    def as_nobody(prog, args, stdin):
+        def drop():
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+        e = dict(os.environ)
+        e.pop("RELAYD_CONFIG", None)
+        return subprocess.run([prog, "-C", r.conf_path] + args, input=stdin,
+                              capture_output=True, timeout=60, env=e,
+                              preexec_fn=drop, cwd="/")
+    msg = b"To: u@dest.test\nSubject: from nobody\n\nhi\n"
+    no = as_nobody(plain, ["-t"], msg)
+    assert no.returncode == 73, (no.returncode, no.stderr)  # EX_CANTCREAT
+    assert b"Permission denied" in no.stderr
+    assert maildrop(r) == []
+    ok(as_nobody(sgid, ["-t"], msg))
+    [name] = maildrop(r)
+    st = os.stat(os.path.join(md, name))
+    assert (st.st_uid, st.st_gid) == (nobody.pw_uid, grp_gid)
+    # The user cannot read or list the maildrop through the binary.
+    lst = as_nobody(sgid, ["-bp"], b"")
+    assert lst.returncode != 0
+    seen = len(r.log_text())
+    r.start()
+    wait_until(lambda: maildrop(r) == [], timeout=15,
+               what="the maildrop to empty")
+    log = r.log_text()[seen:]
+    assert "maildrop=%s, local user nobody (uid %d), from=<nobody@relay.test>" \
+        % (name, nobody.pw_uid) in log, log
+    [entry] = queue_list(r)
+    assert "nobody@relay.test" in str(entry)
