@@ -1014,6 +1014,23 @@ out:
 	return rc;
 }
 
+/* A dot name is a file being written, or one left by a relayd-sendmail
+ * that died before its rename (whose caller was told it failed): removed
+ * once older than SM_STALE_SECS. */
+#define SM_STALE_SECS 3600
+static void sm_import_stale(int dfd, const char *name)
+{
+	struct stat st;
+	if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0 ||
+	    fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+	    time(NULL) - st.st_mtime < SM_STALE_SECS)
+		return;
+	if (unlinkat(dfd, name, 0) == 0)
+		log_info("maildrop: removed %s, an unfinished file of uid %u "
+		         "(its sender was told it failed)", name,
+		         (unsigned)st.st_uid);
+}
+
 /* Every file of maildrop/ (not the dot names being written), oldest name
  * first is not promised; stops at the first temporary failure (relayd
  * is not taking mail: the next run retries). Exit 0, or EX_TEMPFAIL. */
@@ -1043,7 +1060,11 @@ static int sm_import(struct sm *s)
 	struct dirent *de;
 	/* Bounded per run: a flood of files is taken on over several runs. */
 	while ((de = readdir(d)) && done < 10000) {
-		if (de->d_name[0] == '.' || strcmp(de->d_name, "bad") == 0)
+		if (de->d_name[0] == '.') {
+			sm_import_stale(dfd, de->d_name);
+			continue;
+		}
+		if (strcmp(de->d_name, "bad") == 0)
 			continue;
 		done++;
 		if (sm_import_one(s, dfd, de->d_name) == -EAGAIN) {

@@ -225,6 +225,14 @@ def test_refused_for_good(relayd_factory):
     junk = os.path.join(r.spool, "maildrop", "junk")
     with open(junk, "wb") as f:
         f.write(b"From: not a maildrop file\n\nhello\n")
+    # Dot names are files being written: one two hours old was left by a
+    # relayd-sendmail that died (and said so); a fresh one is left alone.
+    stale = os.path.join(r.spool, "maildrop", ".111.stale")
+    fresh = os.path.join(r.spool, "maildrop", ".222.fresh")
+    for p in (stale, fresh):
+        with open(p, "wb") as f:
+            f.write(b"relayd-maildrop 1\n")
+    os.utime(stale, (os.path.getmtime(stale) - 7200,) * 2)
     seen = len(r.log_text())
     r.start()
     bad = os.path.join(r.spool, "maildrop", "bad")
@@ -237,6 +245,8 @@ def test_refused_for_good(relayd_factory):
         "maildrop file" in log
     assert "maildrop: %s refused for good, moved to bad/: 5" % refused in log
     assert queue_list(r) == []
+    assert not os.path.exists(stale) and os.path.exists(fresh)
+    assert "maildrop: removed .111.stale, an unfinished file" in log
 
 
 def test_unprivileged_user_setgid(relayd_factory):
