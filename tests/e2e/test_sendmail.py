@@ -106,7 +106,8 @@ def test_stopped_then_started_once_each(upstream_factory, relay_to):
     r.start()
     got = up.wait_messages(3)
     wait_queue_empty(r)
-    wait_until(lambda: maildrop(r) == [], timeout=10,
+    wait_until(lambda: maildrop(r) == [] and
+               r.log_text()[seen:].count("maildrop=") == 2, timeout=10,
                what="the maildrop to empty")
     subjects = sorted(parse(m["data"])["Subject"] for m in up.messages())
     assert subjects == ["running", "stopped", "stopped too"], subjects
@@ -236,9 +237,13 @@ def test_refused_for_good(relayd_factory):
     seen = len(r.log_text())
     r.start()
     bad = os.path.join(r.spool, "maildrop", "bad")
+    # The importer's last words: every file judged, the stale one gone
+    # (in whatever order the directory lists them).
     wait_until(lambda: os.path.isdir(bad) and
-               sorted(os.listdir(bad)) == sorted([refused, "junk"]),
-               timeout=15, what="both files in maildrop/bad")
+               sorted(os.listdir(bad)) == sorted([refused, "junk"]) and
+               r.log_text()[seen:].count("maildrop: ") >= 4 and
+               "removed .111.stale" in r.log_text()[seen:],
+               timeout=15, what="both files in maildrop/bad, stale removed")
     assert maildrop(r) == []
     log = r.log_text()[seen:]
     assert "maildrop: junk refused for good, moved to bad/: not a " \
@@ -298,7 +303,8 @@ def test_unprivileged_user_setgid(relayd_factory):
     assert lst.returncode != 0
     seen = len(r.log_text())
     r.start()
-    wait_until(lambda: maildrop(r) == [], timeout=15,
+    wait_until(lambda: maildrop(r) == [] and
+               "maildrop=" in r.log_text()[seen:], timeout=15,
                what="the maildrop to empty")
     log = r.log_text()[seen:]
     assert "maildrop=%s, local user nobody (uid %d), from=<nobody@relay.test>" \
