@@ -123,6 +123,20 @@ int smtpd_maildrop_start(uv_loop_t *loop, const struct conf *c,
 		log_err("maildrop: %s is not a directory; not importing", dir);
 		return -ENOTDIR;
 	}
+	/* The group relayd-sendmail is setgid to, when the system has it
+	 * (`make install` makes it, and relayd's account a member, so that
+	 * this works after the privilege drop too). */
+	struct group *g = getgrnam(SMTPD_MAILDROP_GROUP);
+	if (g && st.st_gid != g->gr_gid && st.st_uid == geteuid()) {
+		if (chown(dir, (uid_t)-1, g->gr_gid) < 0 || chmod(dir, 01730) < 0)
+			log_warn("maildrop: cannot give %s to group %s: %s; "
+			         "relayd-sendmail cannot write there", dir,
+			         SMTPD_MAILDROP_GROUP, strerror(errno));
+	}
+	if (st.st_uid != geteuid())
+		log_warn("maildrop: %s belongs to uid %u, not to relayd (uid %u): "
+		         "chown it to relayd's account", dir, (unsigned)st.st_uid,
+		         (unsigned)geteuid());
 	struct smtpd_maildrop *m = calloc(1, sizeof *m);
 	if (!m)
 		return -ENOMEM;

@@ -14,6 +14,8 @@
 #include "common/conf.h"
 
 #define SMTPD_MAILDROP_PERIOD 60
+/* The maildrop's group; relayd-sendmail is installed setgid to it. */
+#define SMTPD_MAILDROP_GROUP "relayd-drop"
 
 struct smtpd_maildrop;
 
