@@ -264,11 +264,21 @@ bench-conns: all
 # Also the relayd system account (relayd drops to it after binding) and
 # the spool, its own. With DESTDIR (packaging) no account is made and the
 # spool is left to the package's maintainer scripts.
+#
+# relayd-sendmail (Postfix's postdrop model): setgid to the group
+# relayd-drop, which may create files in SPOOL/maildrop (relayd's, mode
+# 1730) and nothing else; the spool is 0711 so that the group can reach
+# it. relayd's account joins relayd-drop so that relayd, after dropping
+# privileges, can keep the maildrop's group. /usr/sbin/sendmail becomes a
+# link to it only when nothing provides that file (another MTA does).
 PREFIX  ?= /usr/local
 INSTALL_USER := relayd
+DROP_GROUP   := relayd-drop
 install: all
 	install -D -m 0755 $(BUILD)/relayd $(DESTDIR)$(PREFIX)/sbin/relayd
 	install -D -m 0755 $(BUILD)/relayctl $(DESTDIR)$(PREFIX)/bin/relayctl
+	install -D -m 0755 $(BUILD)/relayd-sendmail \
+	  $(DESTDIR)$(PREFIX)/sbin/relayd-sendmail
 	@if [ ! -e $(DESTDIR)/etc/relayd/relayd.conf ]; then \
 	  install -D -m 0644 etc/relayd.conf $(DESTDIR)/etc/relayd/relayd.conf; \
 	  sed -i 's|^spool_dir = .*|spool_dir = /var/spool/relayd|' \
@@ -283,13 +293,32 @@ ifeq ($(DESTDIR),)
 	      --no-create-home --shell /usr/sbin/nologin $(INSTALL_USER); \
 	  fi; \
 	  echo "install: created the system account $(INSTALL_USER)"; fi
-	install -d -m 0700 -o $(INSTALL_USER) -g $(INSTALL_USER) /var/spool/relayd
+	@if ! getent group $(DROP_GROUP) >/dev/null; then \
+	  if command -v addgroup >/dev/null; then addgroup --system $(DROP_GROUP); \
+	  else groupadd --system $(DROP_GROUP); fi; \
+	  echo "install: created the group $(DROP_GROUP)"; fi
+	@id -nG $(INSTALL_USER) | tr ' ' '\n' | grep -qx $(DROP_GROUP) || \
+	  usermod -a -G $(DROP_GROUP) $(INSTALL_USER)
+	chgrp $(DROP_GROUP) $(PREFIX)/sbin/relayd-sendmail
+	chmod 2755 $(PREFIX)/sbin/relayd-sendmail
+	install -d -m 0711 -o $(INSTALL_USER) -g $(INSTALL_USER) /var/spool/relayd
+	install -d -m 1730 -o $(INSTALL_USER) -g $(DROP_GROUP) \
+	  /var/spool/relayd/maildrop
+	@if [ -e /usr/sbin/sendmail ] || [ -L /usr/sbin/sendmail ]; then \
+	  echo "install: /usr/sbin/sendmail exists ($$(readlink -f /usr/sbin/sendmail)); left alone: another MTA provides it"; \
+	else ln -s $(PREFIX)/sbin/relayd-sendmail /usr/sbin/sendmail; \
+	  echo "install: /usr/sbin/sendmail -> $(PREFIX)/sbin/relayd-sendmail"; fi
 	@# relayd (as its account) reads the credentials through the group;
 	@# relayctl user keeps an existing file's owner, group and mode.
 	@if [ ! -e /etc/relayd/credentials ]; then \
 	  install -m 0640 -o root -g $(INSTALL_USER) /dev/null /etc/relayd/credentials; fi
 else
-	install -d -m 0700 $(DESTDIR)/var/spool/relayd
+	install -d -m 0711 $(DESTDIR)/var/spool/relayd
+	install -d -m 1730 $(DESTDIR)/var/spool/relayd/maildrop
+	@echo "install: DESTDIR set: the package's scripts must make the group $(DROP_GROUP)" \
+	  "(relayd a member), chgrp $(DROP_GROUP) + chmod 2755 $(PREFIX)/sbin/relayd-sendmail," \
+	  "chown relayd:$(DROP_GROUP) /var/spool/relayd/maildrop, and link /usr/sbin/sendmail" \
+	  "to it when no other MTA provides one"
 endif
 
 clean:

@@ -148,6 +148,14 @@ static int sm_conf_load(struct sm *s)
 	return 0;
 }
 
+/* Real, effective and saved group: the real one (the setgid group gone,
+ * for good). */
+static int sm_drop_group_for_good(void)
+{
+	gid_t g = getgid();
+	return setresgid(g, g, g);
+}
+
 /* ---- -bp, -q: relayctl ------------------------------------------------ */
 
 static int sm_relayctl(struct sm *s, const char *cmd)
@@ -156,7 +164,7 @@ static int sm_relayctl(struct sm *s, const char *cmd)
 	const char *argv[6];
 	int n = 0;
 	/* No setgid group beyond this point. */
-	if (setgid(getgid()) < 0) {
+	if (sm_drop_group_for_good() < 0) {
 		sm_err("cannot drop the group: %s", strerror(errno));
 		return EX_OSERR;
 	}
@@ -1194,9 +1202,12 @@ bad:
 	if (mode == M_FLUSH)
 		return sm_relayctl(&s, "flush");
 	if (mode == M_IMPORT) {
-		if (s.drop_gid != (gid_t)-1) {
-			sm_err("--import is for relayd, not for a setgid run");
-			return EX_NOPERM;
+		/* relayd runs the installed (setgid) program as its own
+		 * user, who owns the maildrop: the group is not needed, and
+		 * anyone else gets nothing from it (1730: no reading). */
+		if (sm_drop_group_for_good() < 0) {
+			sm_err("cannot drop the group: %s", strerror(errno));
+			return EX_OSERR;
 		}
 		rc = sm_import(&s);
 		conf_free(&s.conf);
