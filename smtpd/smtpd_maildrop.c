@@ -133,6 +133,14 @@ int smtpd_maildrop_start(uv_loop_t *loop, const struct conf *c,
 			         "relayd-sendmail cannot write there", dir,
 			         SMTPD_MAILDROP_GROUP, strerror(errno));
 	}
+	/* The group must be able to pass through the spool (0711). */
+	struct stat sp;
+	if (g && stat(c->spool_dir, &sp) == 0 && !(sp.st_mode & S_IXOTH) &&
+	    !(sp.st_gid == g->gr_gid && (sp.st_mode & S_IXGRP)))
+		log_warn("maildrop: spool_dir %s is mode %04o: relayd-sendmail "
+		         "(group %s) cannot reach %s; chmod 0711 %s", c->spool_dir,
+		         (unsigned)(sp.st_mode & 07777), SMTPD_MAILDROP_GROUP, dir,
+		         c->spool_dir);
 	if (st.st_uid != geteuid())
 		log_warn("maildrop: %s belongs to uid %u, not to relayd (uid %u): "
 		         "chown it to relayd's account", dir, (unsigned)st.st_uid,
