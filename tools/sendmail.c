@@ -156,6 +156,51 @@ static int sm_drop_group_for_good(void)
 	return setresgid(g, g, g);
 }
 
+/*
+ * Installed setgid and run by someone other than root, the caller chooses
+ * nothing that decides where and how much the maildrop group writes (as
+ * Postfix's postdrop ignores MAIL_CONFIG): RELAYD_<KEY> variables are
+ * dropped, and -C names a file only if it is root's and writable by no
+ * one else. 0 or an exit status.
+ */
+static int sm_setgid_guard(struct sm *s)
+{
+	if (s->drop_gid == (gid_t)-1 || getuid() == 0)
+		return 0;
+	for (;;) {
+		char name[256];
+		size_t k = 0;
+		for (char **e = environ; e && *e; e++)
+			if (strncmp(*e, "RELAYD_", 7) == 0) {
+				k = strcspn(*e, "=");
+				if (k >= sizeof name)
+					k = sizeof name - 1;
+				memcpy(name, *e, k);
+				name[k] = '\0';
+				break;
+			}
+		if (k == 0)
+			break;
+		if (unsetenv(name) < 0)
+			return EX_OSERR;
+	}
+	if (s->conf_path) {
+		struct stat st;
+		int fd = open(s->conf_path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		int bad = fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+		          st.st_uid != 0 || (st.st_mode & 022);
+		if (fd >= 0)
+			close(fd);
+		if (bad) {
+			sm_err("-C %s: a setgid relayd-sendmail reads only a "
+			       "configuration file of root's that no one else may "
+			       "write", s->conf_path);
+			return EX_NOPERM;
+		}
+	}
+	return 0;
+}
+
 /* ---- -bp, -q: relayctl ------------------------------------------------ */
 
 static int sm_relayctl(struct sm *s, const char *cmd)
@@ -1195,7 +1240,7 @@ bad:
 			return EX_USAGE;
 		}
 	}
-	if ((rc = sm_conf_load(&s)) != 0)
+	if ((rc = sm_setgid_guard(&s)) != 0 || (rc = sm_conf_load(&s)) != 0)
 		return rc;
 	if (mode == M_LIST)
 		return sm_relayctl(&s, "list");

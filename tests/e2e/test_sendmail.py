@@ -279,13 +279,14 @@ def test_unprivileged_user_setgid(relayd_factory):
     os.chown(sgid, 0, grp_gid)
     os.chmod(sgid, 0o2755)
 
-    def as_nobody(prog, args, stdin):
+    def as_nobody(prog, args, stdin, env=None):
         def drop():
             os.setgroups([])
             os.setgid(nobody.pw_gid)
             os.setuid(nobody.pw_uid)
         e = dict(os.environ)
         e.pop("RELAYD_CONFIG", None)
+        e.update(env or {})
         return subprocess.run([prog, "-C", r.conf_path] + args, input=stdin,
                               capture_output=True, timeout=60, env=e,
                               preexec_fn=drop, cwd="/")
@@ -298,16 +299,30 @@ def test_unprivileged_user_setgid(relayd_factory):
     [name] = maildrop(r)
     st = os.stat(os.path.join(md, name))
     assert (st.st_uid, st.st_gid) == (nobody.pw_uid, grp_gid)
+    # The same limit without setgid (the plain copy, as root) is obeyed:
+    # so the 0 above means the variable was dropped.
+    big = sendmail(r, ["u@dest.test"], msg, env={"RELAYD_MAX_MESSAGE_SIZE": "10"})
+    assert big.returncode == EX_DATAERR, big.stderr
+    # Setgid, the caller picks neither the spool nor the limits: RELAYD_*
+    # variables are ignored, and -C takes only a file of root's.
+    e = as_nobody(sgid, ["-t"], msg, env={"RELAYD_MAX_MESSAGE_SIZE": "10"})
+    assert e.returncode == 0, e.stderr          # the file's limit applied
+    os.chmod(r.conf_path, 0o666)
+    e = as_nobody(sgid, ["-t"], msg)
+    assert e.returncode == 77 and b"configuration file of root's" in e.stderr
+    os.chmod(r.conf_path, 0o644)
+    assert len(maildrop(r)) == 2
     # The user cannot read or list the maildrop through the binary.
     lst = as_nobody(sgid, ["-bp"], b"")
     assert lst.returncode != 0
     seen = len(r.log_text())
     r.start()
     wait_until(lambda: maildrop(r) == [] and
-               "maildrop=" in r.log_text()[seen:], timeout=15,
+               r.log_text()[seen:].count("maildrop=") == 2, timeout=15,
                what="the maildrop to empty")
     log = r.log_text()[seen:]
     assert "maildrop=%s, local user nobody (uid %d), from=<nobody@relay.test>" \
         % (name, nobody.pw_uid) in log, log
-    [entry] = queue_list(r)
-    assert "nobody@relay.test" in str(entry)
+    entries = queue_list(r)
+    assert len(entries) == 2
+    assert all("nobody@relay.test" in str(x) for x in entries)
