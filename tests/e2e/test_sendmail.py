@@ -326,3 +326,28 @@ def test_unprivileged_user_setgid(relayd_factory):
     entries = queue_list(r)
     assert len(entries) == 2
     assert all("nobody@relay.test" in str(x) for x in entries)
+
+
+def test_temporary_refusal_goes_to_maildrop(upstream_factory, relay_to):
+    """relayd running but answering 4xx (here: less free space than
+    queue_min_free) is no failure for the caller: the message waits in the
+    maildrop and goes out once relayd takes mail again."""
+    up = upstream_factory(tls="none")
+    r = relay_to(up, smarthost_tls="none", queue_min_free="1000000G")
+    v = sendmail(r, ["-v", "-t"], b"To: t@dest.test\nSubject: later\n\nT\n")
+    assert v.returncode == 0, v.stderr
+    assert b"452" in v.stderr and b"maildrop" in v.stderr, v.stderr
+    [name] = maildrop(r)
+    assert queue_list(r) == []
+    r.stop()
+    r.conf["queue_min_free"] = "0"
+    r.write_conf()
+    seen = len(r.log_text())
+    r.start()
+    [m] = up.wait_messages(1)
+    assert parse(m["data"])["Subject"] == "later"
+    wait_until(lambda: maildrop(r) == [] and
+               "maildrop=%s" % name in r.log_text()[seen:], timeout=15,
+               what="the import")
+    wait_queue_empty(r)
+    assert len(up.messages()) == 1
