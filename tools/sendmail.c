@@ -541,8 +541,11 @@ static int sm_read_message(struct sm *s, struct sm_msg *m)
 				field = i > 0 && j < n && line[j] == ':';
 			}
 			if (n == 0 || (!field && !(cont && !first))) {
+				/* The empty line is written either way: a message
+				 * that starts with body text (no header fields) gets
+				 * the added fields, then the empty line, then it. */
 				in_hdr = false;
-				rc = sm_write_header(s, m, n == 0);
+				rc = sm_write_header(s, m, true);
 				if (rc)
 					return rc;
 				if (n == 0)

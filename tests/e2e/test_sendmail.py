@@ -142,6 +142,15 @@ def test_arguments_f_and_F(upstream_factory, relay_to):
     frm = parse(a["data"])["From"]
     assert frm.addresses[0].display_name == 'Build "Bot"'
     assert frm.addresses[0].addr_spec == "robot@app.test"
+    # No header at all (echo hi | sendmail addr): the added fields, the
+    # empty line, then the text as body.
+    ok(sendmail(r, ["w@dest.test"], b"just text, no header\nline 2\n"))
+    [c] = up.wait_messages(1, match=lambda m: m["rcpt_tos"] == ["w@dest.test"])
+    head, body = c["data"].split(b"\r\n\r\n", 1)
+    assert body == b"just text, no header\r\nline 2\r\n"
+    assert parse(c["data"])["From"].addresses[0].addr_spec == \
+        pwd.getpwuid(os.getuid()).pw_name + "@relay.test"
+    assert b"\r\nMessage-ID: <" in head and b"\r\nDate: " in head
     # A From of its own is kept; no second one is added.
     assert b["mail_from"] == "robot2@app.test"
     assert parse(b["data"]).get_all("From") == ["me@app.test"]
