@@ -697,9 +697,13 @@ static int sm_write(struct sm_conn *k, const void *p, size_t n)
 	return 0;
 }
 
+/* EHLO keywords sm_reply notes. */
+#define SM_EXT_8BITMIME 0x1
+#define SM_EXT_SMTPUTF8 0x2
+
 /* One reply (all its lines): k->code and k->text (the last line's text).
- * ehlo_8bit, when not NULL, says whether a line offered 8BITMIME. */
-static int sm_reply(struct sm_conn *k, bool *ehlo_8bit)
+ * ext, when not NULL, gets the SM_EXT_* keywords the lines offered. */
+static int sm_reply(struct sm_conn *k, unsigned *ext)
 {
 	for (int lines = 0; lines < SM_REPLY_LINES_MAX; lines++) {
 		char *lf;
@@ -735,9 +739,10 @@ static int sm_reply(struct sm_conn *k, bool *ehlo_8bit)
 			k->text[i] = ch < 32 || ch == 127 ? '?' : (char)ch;
 		}
 		k->text[tn] = '\0';
-		if (ehlo_8bit && n >= 12 && strncasecmp(k->rbuf + 4, "8BITMIME",
-		                                        8) == 0)
-			*ehlo_8bit = true;
+		if (ext && n == 12 && strncasecmp(k->rbuf + 4, "8BITMIME", 8) == 0)
+			*ext |= SM_EXT_8BITMIME;
+		if (ext && n == 12 && strncasecmp(k->rbuf + 4, "SMTPUTF8", 8) == 0)
+			*ext |= SM_EXT_SMTPUTF8;
 		size_t used = (size_t)(lf - k->rbuf) + 1;
 		memmove(k->rbuf, k->rbuf + used, k->rlen - used);
 		k->rlen -= used;
@@ -747,11 +752,11 @@ static int sm_reply(struct sm_conn *k, bool *ehlo_8bit)
 	return -EPROTO;
 }
 
-static int sm_cmd(struct sm_conn *k, const char *line, bool *ehlo_8bit)
+static int sm_cmd(struct sm_conn *k, const char *line, unsigned *ext)
 {
 	int r = sm_write(k, line, strlen(line));
 	if (r == 0)
-		r = sm_reply(k, ehlo_8bit);
+		r = sm_reply(k, ext);
 	return r;
 }
 
@@ -792,7 +797,13 @@ static int sm_submit(const struct conf *c, const char *sender,
 {
 	struct sm_conn k = {.fd = -1};
 	char line[SMTP_PATH_MAX + 64];
-	bool eight = false;
+	unsigned ext = 0;
+	bool utf8 = false;
+	for (const char *p = sender; *p; p++)
+		utf8 |= (unsigned char)*p >= 0x80;
+	for (size_t i = 0; i < nrcpt; i++)
+		for (const char *p = rcpt[i]; *p; p++)
+			utf8 |= (unsigned char)*p >= 0x80;
 	int r = sm_connect(c, &k);
 	if (r < 0) {
 		snprintf(why, whylen, r == -ENOENT ? "no loopback listener in "
@@ -803,10 +814,13 @@ static int sm_submit(const struct conf *c, const char *sender,
 	if ((r = sm_reply(&k, NULL)) < 0 || k.code != 220)
 		goto bad;
 	snprintf(line, sizeof line, "EHLO %s\r\n", c->hostname);
-	if ((r = sm_cmd(&k, line, &eight)) < 0 || k.code != 250)
+	if ((r = sm_cmd(&k, line, &ext)) < 0 || k.code != 250)
 		goto bad;
-	snprintf(line, sizeof line, "MAIL FROM:<%s>%s\r\n", sender,
-	         eight ? " BODY=8BITMIME" : "");
+	/* RFC 6531: UTF-8 in an address needs SMTPUTF8 (without it relayd
+	 * answers 553 5.6.7, the caller's error). */
+	snprintf(line, sizeof line, "MAIL FROM:<%s>%s%s\r\n", sender,
+	         ext & SM_EXT_8BITMIME ? " BODY=8BITMIME" : "",
+	         utf8 && (ext & SM_EXT_SMTPUTF8) ? " SMTPUTF8" : "");
 	if ((r = sm_cmd(&k, line, NULL)) < 0 || k.code != 250)
 		goto bad;
 	for (size_t i = 0; i < nrcpt; i++) {

@@ -29,7 +29,9 @@ def sendmail(relayd, args, stdin, env=None):
     e.pop("RELAYD_CONFIG", None)
     if env:
         e.update(env)
-    return subprocess.run([SENDMAIL, "-C", relayd.conf_path] + list(args),
+    return subprocess.run([SENDMAIL, "-C", relayd.conf_path] +
+                          [a if isinstance(a, bytes) else a.encode()
+                           for a in args],
                           input=stdin, capture_output=True, timeout=60,
                           env=e)
 
@@ -210,13 +212,16 @@ def test_exit_codes(relayd_factory):
     # Accepted options of other sendmails are ignored.
     ok(sendmail(r, ["-oem", "-odb", "-B", "8BITMIME", "ok@dest.test"],
                 b"Subject: fine\n\nx\n"))
+    # A UTF-8 address goes with SMTPUTF8 (relayd refuses it without).
+    ok(sendmail(r, ["jörg@bücher.test".encode()], b"Subject: utf8\n\nx\n"))
+    assert "jörg@bücher.test" in r.relayctl("list").stdout.decode()
     # Over max_message_size: refused, nothing queued or dropped.
     big = b"Subject: big\n\n" + b"x" * 78 + b"\n"
     e = sendmail(r, ["big@dest.test"], big * 40)
     assert e.returncode == EX_DATAERR
     assert b"too big" in e.stderr and b"max_message_size" in e.stderr
     lst = queue_list(r)
-    assert len(lst) == 1
+    assert len(lst) == 2
     assert maildrop(r) == []
 
 
