@@ -520,6 +520,12 @@ static int sm_read_message(struct sm *s, struct sm_msg *m)
 				m->size += in_hdr ? 0 : n;
 				n = 0;
 				piece_first = false;
+				/* A line without end is bounded too. */
+				if (m->size > limit) {
+					sm_err("message too big: relayd takes at most %"
+					       PRIu64 " bytes (max_message_size)", limit);
+					return EX_DATAERR;
+				}
 			}
 		}
 		if (eof && n == 0 && piece_first)

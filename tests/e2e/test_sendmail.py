@@ -220,6 +220,9 @@ def test_exit_codes(relayd_factory):
     e = sendmail(r, ["big@dest.test"], big * 40)
     assert e.returncode == EX_DATAERR
     assert b"too big" in e.stderr and b"max_message_size" in e.stderr
+    # One line without end, 10 MB: stopped at the limit, not spooled whole.
+    e = sendmail(r, ["big@dest.test"], b"Subject: big\n\n" + b"y" * 10**7)
+    assert e.returncode == EX_DATAERR and b"too big" in e.stderr
     lst = queue_list(r)
     assert len(lst) == 2
     assert maildrop(r) == []
