@@ -1,12 +1,15 @@
 /*
  * smtpd/smtpd_maildrop.c - runs relayd-sendmail --import (contract:
- * smtpd_maildrop.h). Owns one uv_timer_t and at most one uv_process_t.
+ * smtpd_maildrop.h). Owns one uv_timer_t, one uv_fs_event_t (inotify on
+ * the directory: a file renamed in starts a run at once) and at most one
+ * uv_process_t.
  * The program is looked for next to relayd's own binary (build/ and
  * sbin/ both hold the two), as "relayd-sendmail".
  */
 #include "smtpd/smtpd_maildrop.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
 #include <signal.h>
@@ -22,8 +25,11 @@
 struct smtpd_maildrop {
 	uv_loop_t *loop;
 	uv_timer_t timer;
+	uv_fs_event_t watch;        /* a file renamed into the maildrop */
 	uv_process_t proc;
 	bool running;               /* proc is a live child */
+	bool again;                 /* a file appeared while it ran */
+	int dfd;                    /* the maildrop, for the event's names */
 	bool stopping;
 	int open_handles;
 	char prog[PATH_MAX + 32];
@@ -32,6 +38,8 @@ struct smtpd_maildrop {
 
 static void md_free(struct smtpd_maildrop *m)
 {
+	if (m->dfd >= 0)
+		close(m->dfd);
 	free(m->conf_path);
 	free(m);
 }
@@ -42,6 +50,8 @@ static void md_closed_cb(uv_handle_t *h)
 	if (--m->open_handles == 0)
 		md_free(m);
 }
+
+static void md_run(struct smtpd_maildrop *m);
 
 static void md_exit_cb(uv_process_t *p, int64_t status, int sig)
 {
@@ -54,12 +64,20 @@ static void md_exit_cb(uv_process_t *p, int64_t status, int sig)
 	else if (status != 0 && status != 75)
 		log_warn("maildrop: importer exited %lld", (long long)status);
 	uv_close((uv_handle_t *)p, md_closed_cb);
+	if (m->again && !m->stopping) {
+		m->again = false;
+		md_run(m);
+	}
 }
 
 static void md_run(struct smtpd_maildrop *m)
 {
-	if (m->running || m->stopping)
+	if (m->stopping)
 		return;
+	if (m->running) {
+		m->again = true;
+		return;
+	}
 	char *args[5];
 	int n = 0;
 	args[n++] = m->prog;
@@ -97,6 +115,20 @@ static void md_run(struct smtpd_maildrop *m)
 static void md_timer_cb(uv_timer_t *t)
 {
 	md_run(t->data);
+}
+
+/* inotify on the directory: a name that exists now and is not a dot
+ * file (one being written) or bad/ is a new message. Removals (the
+ * importer's own) name files that are gone, and start nothing. */
+static void md_watch_cb(uv_fs_event_t *h, const char *name, int events,
+                        int status)
+{
+	struct smtpd_maildrop *m = h->data;
+	(void)events;
+	if (status < 0 || !name || name[0] == '.' || strcmp(name, "bad") == 0)
+		return;
+	if (faccessat(m->dfd, name, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+		md_run(m);
 }
 
 int smtpd_maildrop_start(uv_loop_t *loop, const struct conf *c,
@@ -148,6 +180,7 @@ int smtpd_maildrop_start(uv_loop_t *loop, const struct conf *c,
 	struct smtpd_maildrop *m = calloc(1, sizeof *m);
 	if (!m)
 		return -ENOMEM;
+	m->dfd = -1;
 	m->loop = loop;
 	ssize_t k = readlink("/proc/self/exe", self, sizeof self - 1);
 	if (k <= 0) {
@@ -171,6 +204,18 @@ int smtpd_maildrop_start(uv_loop_t *loop, const struct conf *c,
 	uv_timer_init(loop, &m->timer);
 	m->timer.data = m;
 	m->open_handles = 1;
+	/* Without inotify (or out of watches) the timer still imports. */
+	m->dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (m->dfd >= 0 && uv_fs_event_init(loop, &m->watch) == 0) {
+		m->watch.data = m;
+		m->open_handles++;
+		r = uv_fs_event_start(&m->watch, md_watch_cb, dir, 0);
+		if (r < 0) {
+			log_warn("maildrop: cannot watch %s: %s; importing every "
+			         "%d s", dir, uv_strerror(r), SMTPD_MAILDROP_PERIOD);
+			uv_close((uv_handle_t *)&m->watch, md_closed_cb);
+		}
+	}
 	/* At once (the loop is about to run, so the child finds relayd
 	 * listening), then periodically. */
 	uv_timer_start(&m->timer, md_timer_cb, 0, SMTPD_MAILDROP_PERIOD * 1000);
@@ -185,6 +230,8 @@ void smtpd_maildrop_stop(struct smtpd_maildrop *m)
 	m->stopping = true;
 	uv_timer_stop(&m->timer);
 	uv_close((uv_handle_t *)&m->timer, md_closed_cb);
+	if (m->watch.loop && !uv_is_closing((uv_handle_t *)&m->watch))
+		uv_close((uv_handle_t *)&m->watch, md_closed_cb);
 	/* The child finds relayd gone and leaves the rest for next time;
 	 * a file is removed only after its 250. */
 	if (m->running)

@@ -2,9 +2,11 @@
  * smtpd/smtpd_maildrop.h - relayd's importer of SPOOL/maildrop/ (what
  * relayd-sendmail leaves there while relayd is stopped or refusing for a
  * while): makes the directory, then runs `relayd-sendmail --import` as a
- * child, once at start and every SMTPD_MAILDROP_PERIOD seconds, one child
- * at a time. The child submits each file over loopback SMTP through
- * relayd's own acceptance path (tools/sendmail.c).
+ * child, once at start, whenever a file is renamed into the directory
+ * (inotify), and every SMTPD_MAILDROP_PERIOD seconds; one child at a time
+ * (a file that appears during a run starts another after it). The child
+ * submits each file over loopback SMTP through relayd's own acceptance
+ * path (tools/sendmail.c).
  */
 #ifndef RELAY_SMTPD_MAILDROP_H
 #define RELAY_SMTPD_MAILDROP_H

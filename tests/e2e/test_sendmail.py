@@ -368,3 +368,29 @@ def test_temporary_refusal_goes_to_maildrop(upstream_factory, relay_to):
                what="the import")
     wait_queue_empty(r)
     assert len(up.messages()) == 1
+
+
+def test_file_appearing_while_running_is_imported(upstream_factory,
+                                                  relay_to):
+    """A maildrop file that appears while relayd runs (a relayd-sendmail
+    that met a 4xx) is imported at once (inotify), not a period later."""
+    up = upstream_factory(tls="none")
+    r = relay_to(up, smarthost_tls="none")
+    r.stop()
+    ok(sendmail(r, ["late@dest.test"], b"Subject: appears\n\nL\n"))
+    [name] = maildrop(r)
+    md = os.path.join(r.spool, "maildrop")
+    aside = os.path.join(r.spool, "aside")      # same file system
+    os.rename(os.path.join(md, name), aside)
+    seen = len(r.log_text())
+    r.start()
+    assert up.messages() == []
+    os.rename(aside, os.path.join(md, name))
+    # The periodic run is 60 s away: within 20 s only the watch explains it.
+    [m] = up.wait_messages(1, timeout=20)
+    assert parse(m["data"])["Subject"] == "appears"
+    wait_until(lambda: "maildrop=%s" % name in r.log_text()[seen:],
+               timeout=10, what="the import's log line")
+    assert maildrop(r) == []
+    wait_queue_empty(r)
+    assert len(up.messages()) == 1
