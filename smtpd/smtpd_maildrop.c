@@ -28,6 +28,7 @@ struct smtpd_maildrop {
 	uv_fs_event_t watch;        /* a file renamed into the maildrop */
 	uv_process_t proc;
 	bool running;               /* proc is a live child */
+	bool proc_open;             /* proc is initialised, not yet closed */
 	bool again;                 /* a file appeared while it ran */
 	int dfd;                    /* the maildrop, for the event's names */
 	bool stopping;
@@ -53,6 +54,22 @@ static void md_closed_cb(uv_handle_t *h)
 
 static void md_run(struct smtpd_maildrop *m);
 
+/* The process handle is free again only here: a file that appeared
+ * during the run starts the next one now. */
+static void md_proc_closed_cb(uv_handle_t *h)
+{
+	struct smtpd_maildrop *m = h->data;
+	m->proc_open = false;
+	if (--m->open_handles == 0) {
+		md_free(m);
+		return;
+	}
+	if (m->again && !m->stopping) {
+		m->again = false;
+		md_run(m);
+	}
+}
+
 static void md_exit_cb(uv_process_t *p, int64_t status, int sig)
 {
 	struct smtpd_maildrop *m = p->data;
@@ -63,18 +80,14 @@ static void md_exit_cb(uv_process_t *p, int64_t status, int sig)
 		log_warn("maildrop: importer killed by signal %d", sig);
 	else if (status != 0 && status != 75)
 		log_warn("maildrop: importer exited %lld", (long long)status);
-	uv_close((uv_handle_t *)p, md_closed_cb);
-	if (m->again && !m->stopping) {
-		m->again = false;
-		md_run(m);
-	}
+	uv_close((uv_handle_t *)p, md_proc_closed_cb);
 }
 
 static void md_run(struct smtpd_maildrop *m)
 {
 	if (m->stopping)
 		return;
-	if (m->running) {
+	if (m->running || m->proc_open) {
 		m->again = true;
 		return;
 	}
@@ -105,10 +118,13 @@ static void md_run(struct smtpd_maildrop *m)
 		log_err("maildrop: cannot run %s: %s", m->prog, uv_strerror(r));
 		/* uv_spawn initialised the handle: it must be closed. */
 		m->open_handles++;
-		uv_close((uv_handle_t *)&m->proc, md_closed_cb);
+		m->proc_open = true;
+		m->again = false;       /* not again and again on this error */
+		uv_close((uv_handle_t *)&m->proc, md_proc_closed_cb);
 		return;
 	}
 	m->running = true;
+	m->proc_open = true;
 	m->open_handles++;
 }
 

@@ -1211,14 +1211,17 @@ int main(int argc, char **argv)
 		case 't':
 		case 'i':
 		case 'v':
-			if (a[2])
+			/* Grouped as getopt allows: -ti, -itv. */
+			if (a[strspn(a + 1, "tiv") + 1])
 				goto bad;
-			if (a[1] == 't')
-				s.opt_t = true;
-			else if (a[1] == 'i')
-				s.opt_i = true;
-			else
-				s.verbose = true;
+			for (const char *c = a + 1; *c; c++) {
+				if (*c == 't')
+					s.opt_t = true;
+				else if (*c == 'i')
+					s.opt_i = true;
+				else
+					s.verbose = true;
+			}
 			continue;
 		case 'o':
 			/* -oi as -i; -oem, -odb, -oQ... ignored (sendmail). */

@@ -46,6 +46,11 @@ def maildrop(relayd):
                   and n != "bad")
 
 
+def children(pid):
+    with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+        return f.read().split()
+
+
 def ok(r):
     assert r.returncode == 0, (r.returncode, r.stderr)
     assert r.stdout == b"" and r.stderr == b"", (r.stdout, r.stderr)
@@ -164,10 +169,11 @@ def test_dot_line_with_and_without_i(upstream_factory, relay_to):
     body = b"Subject: %s\n\nbefore\n.\nafter\n..two\n"
     ok(sendmail(r, ["-i", "i@dest.test"], body % b"with i"))
     ok(sendmail(r, ["-oi", "oi@dest.test"], body % b"with oi"))
+    ok(sendmail(r, ["-ti"], b"To: ti@dest.test\n" + body % b"with ti"))
     ok(sendmail(r, ["n@dest.test"], body % b"without"))
     got = {parse(m["data"])["Subject"]: m["data"]
-           for m in up.wait_messages(3)}
-    for s in ("with i", "with oi"):
+           for m in up.wait_messages(4)}
+    for s in ("with i", "with oi", "with ti"):
         assert got[s].endswith(b"\r\n\r\nbefore\r\n.\r\nafter\r\n..two\r\n")
     assert got["without"].endswith(b"\r\n\r\nbefore\r\n")
     assert b"after" not in got["without"]
@@ -200,6 +206,10 @@ def test_exit_codes(relayd_factory):
     assert bad.returncode == EX_USAGE
     assert b"unknown option '-Z'" in bad.stderr
     assert sendmail(r, ["-f"], b"").returncode == EX_USAGE
+    assert sendmail(r, ["-tx"], b"To: a@dest.test\n\nx\n").returncode == \
+        EX_USAGE
+    e = sendmail(r, ["-t"], b"To: undisclosed-recipients:;\n\nx\n")
+    assert e.returncode == 67 and b"no recipients in To, Cc or Bcc" in e.stderr
     assert sendmail(r, [], b"Subject: x\n\nx\n").returncode == EX_USAGE
     for addr in ("not an address@", "a@@b", "<a@b"):
         e = sendmail(r, [addr], b"Subject: x\n\nx\n")
@@ -384,6 +394,11 @@ def test_file_appearing_while_running_is_imported(upstream_factory,
     os.rename(os.path.join(md, name), aside)
     seen = len(r.log_text())
     r.start()
+    # The importer of the start has run (and found nothing) and exited:
+    # what follows is the watch's doing, not that run's.
+    wait_until(lambda: children(r.pid) == [] and
+               "maildrop" not in r.log_text()[seen:], timeout=15,
+               what="the start's importer to exit")
     assert up.messages() == []
     os.rename(aside, os.path.join(md, name))
     # The periodic run is 60 s away: within 20 s only the watch explains it.
