@@ -74,16 +74,19 @@ LIB_SRC := $(filter-out smtpd/relayd.c,$(LIB_SRC))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB     := $(BUILD)/librelay.a
 
-CTL_SRC := $(wildcard tools/*.c)
+# tools/sendmail*.c are relayd-sendmail's, not relayctl's.
+CTL_SRC := $(filter-out tools/sendmail%.c,$(wildcard tools/*.c))
 CTL_OBJ := $(CTL_SRC:%.c=$(BUILD)/%.o)
+SM_SRC  := $(wildcard tools/sendmail*.c)
+SM_OBJ  := $(SM_SRC:%.c=$(BUILD)/%.o)
 
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN  := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 
-all: $(BUILD)/relayd $(BUILD)/relayctl $(BUILD)/faultshim.so $(BUILD)/dnsq \
-     $(BUILD)/spfq
+all: $(BUILD)/relayd $(BUILD)/relayctl $(BUILD)/relayd-sendmail \
+     $(BUILD)/faultshim.so $(BUILD)/dnsq $(BUILD)/spfq
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -97,6 +100,9 @@ $(BUILD)/relayd: $(BUILD)/smtpd/relayd.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/relayctl: $(CTL_OBJ) $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/relayd-sendmail: $(SM_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(LIB)
@@ -279,6 +285,13 @@ bench-conns: all
 # Also the relayd system account (relayd drops to it after binding) and
 # the spool, its own. With DESTDIR (packaging) no account is made and the
 # spool is left to the package's maintainer scripts.
+#
+# relayd-sendmail (Postfix's postdrop model): setgid to the group
+# relayd-drop, which may create files in SPOOL/maildrop (relayd's, mode
+# 1730) and nothing else; the spool is 0711 so that the group can reach
+# it. relayd's account joins relayd-drop so that relayd, after dropping
+# privileges, can keep the maildrop's group. /usr/sbin/sendmail becomes a
+# link to it only when nothing provides that file (another MTA does).
 PREFIX  ?= /usr/local
 INSTALL_USER := relayd
 # make install [PREFIX=/usr/local] [DESTDIR=...]: the programs, the manual
@@ -286,11 +299,14 @@ INSTALL_USER := relayd
 # systemd unit (its paths follow PREFIX), the relayd account and the spool.
 # Under DESTDIR (packaging) the account and ownership steps are skipped and
 # printed, for the package's maintainer scripts to do.
+DROP_GROUP   := relayd-drop
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 MANDIR  ?= $(PREFIX)/share/man
 install: all
 	install -D -m 0755 $(BUILD)/relayd $(DESTDIR)$(PREFIX)/sbin/relayd
 	install -D -m 0755 $(BUILD)/relayctl $(DESTDIR)$(PREFIX)/bin/relayctl
+	install -D -m 0755 $(BUILD)/relayd-sendmail \
+	  $(DESTDIR)$(PREFIX)/sbin/relayd-sendmail
 	install -D -m 0644 contrib/man/relayd.8 $(DESTDIR)$(MANDIR)/man8/relayd.8
 	install -D -m 0644 contrib/man/relayctl.8 $(DESTDIR)$(MANDIR)/man8/relayctl.8
 	install -D -m 0644 contrib/man/relayd-sendmail.8 \
@@ -315,7 +331,21 @@ ifeq ($(DESTDIR),)
 	      --no-create-home --shell /usr/sbin/nologin $(INSTALL_USER); \
 	  fi; \
 	  echo "install: created the system account $(INSTALL_USER)"; fi
-	install -d -m 0700 -o $(INSTALL_USER) -g $(INSTALL_USER) /var/spool/relayd
+	@if ! getent group $(DROP_GROUP) >/dev/null; then \
+	  if command -v addgroup >/dev/null; then addgroup --system $(DROP_GROUP); \
+	  else groupadd --system $(DROP_GROUP); fi; \
+	  echo "install: created the group $(DROP_GROUP)"; fi
+	@id -nG $(INSTALL_USER) | tr ' ' '\n' | grep -qx $(DROP_GROUP) || \
+	  usermod -a -G $(DROP_GROUP) $(INSTALL_USER)
+	chgrp $(DROP_GROUP) $(PREFIX)/sbin/relayd-sendmail
+	chmod 2755 $(PREFIX)/sbin/relayd-sendmail
+	install -d -m 0711 -o $(INSTALL_USER) -g $(INSTALL_USER) /var/spool/relayd
+	install -d -m 1730 -o $(INSTALL_USER) -g $(DROP_GROUP) \
+	  /var/spool/relayd/maildrop
+	@if [ -e /usr/sbin/sendmail ] || [ -L /usr/sbin/sendmail ]; then \
+	  echo "install: /usr/sbin/sendmail exists ($$(readlink -f /usr/sbin/sendmail)); left alone: another MTA provides it"; \
+	else ln -s $(PREFIX)/sbin/relayd-sendmail /usr/sbin/sendmail; \
+	  echo "install: /usr/sbin/sendmail -> $(PREFIX)/sbin/relayd-sendmail"; fi
 	@# relayd (as its account) reads the credentials through the group;
 	@# relayctl user keeps an existing file's owner, group and mode.
 	@if [ ! -e /etc/relayd/credentials ]; then \
@@ -323,10 +353,13 @@ ifeq ($(DESTDIR),)
 	@if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then \
 	  systemctl daemon-reload; fi
 else
-	install -d -m 0700 $(DESTDIR)/var/spool/relayd
+	install -d -m 0711 $(DESTDIR)/var/spool/relayd
+	install -d -m 1730 $(DESTDIR)/var/spool/relayd/maildrop
 	@echo "install: DESTDIR is set: skipped, for the package to do:"
 	@echo "  create the system account: adduser --system --group --home /var/spool/relayd --no-create-home $(INSTALL_USER)"
-	@echo "  chown $(INSTALL_USER):$(INSTALL_USER) /var/spool/relayd"
+	@echo "  create the group $(DROP_GROUP) with $(INSTALL_USER) a member; chgrp $(DROP_GROUP) + chmod 2755 $(PREFIX)/sbin/relayd-sendmail"
+	@echo "  chown $(INSTALL_USER):$(INSTALL_USER) /var/spool/relayd; chown $(INSTALL_USER):$(DROP_GROUP) /var/spool/relayd/maildrop"
+	@echo "  link /usr/sbin/sendmail to $(PREFIX)/sbin/relayd-sendmail when no other MTA provides it"
 	@echo "  install -m 0640 -o root -g $(INSTALL_USER) /dev/null /etc/relayd/credentials"
 	@echo "  systemctl daemon-reload"
 endif
@@ -341,7 +374,7 @@ clean:
 
 .PHONY: all deps deps-bench build run test test-fresh unit-bins check-unit check-e2e bench bench-conns install man clean fuzz deps-fuzz
 
--include $(LIB_OBJ:.o=.d) $(CTL_OBJ:.o=.d) $(BUILD)/smtpd/relayd.d \
+-include $(LIB_OBJ:.o=.d) $(CTL_OBJ:.o=.d) $(SM_OBJ:.o=.d) $(BUILD)/smtpd/relayd.d \
          $(wildcard $(FUZZ_DIR)/*/*.d)
 
 # bench/fill_queue: a spool with N messages, to time relayctl on it.

@@ -32,6 +32,7 @@
 #include "dkim/dkim.h"
 #include "dns/dns.h"
 #include "smtpd/smtpd.h"
+#include "smtpd/smtpd_maildrop.h"
 #include "smtpd/smtpd_policy_net.h"
 #include "smtpd/smtpd_priv.h"
 
@@ -45,6 +46,7 @@ struct relayd {
 	/* The resolver: made here and kept here until delivery and relayctl
 	 * use it (issue 9); re-reads resolv.conf or dns_servers on SIGHUP. */
 	struct dns *dns;
+	struct smtpd_maildrop *maildrop;   /* relayd-sendmail --import runs */
 	uv_signal_t sig_term, sig_int, sig_hup, sig_usr1;
 	int pid_fd;                 /* pid_file, locked; -1: none */
 	char *pid_path;             /* its path as opened (smtpd owns conf) */
@@ -160,6 +162,8 @@ static void stop(struct relayd *d)
 	if (d->stopping)
 		return;
 	d->stopping = true;
+	smtpd_maildrop_stop(d->maildrop);
+	d->maildrop = NULL;
 	if (d->smtpd)
 		smtpd_stop(d->smtpd, smtpd_stopped_cb, d);
 	else
@@ -511,6 +515,10 @@ int main(int argc, char **argv)
 	uv_signal_start(&d.sig_int, signal_cb, SIGINT);
 	uv_signal_start(&d.sig_hup, signal_cb, SIGHUP);
 	uv_signal_start(&d.sig_usr1, signal_cb, SIGUSR1);
+	/* Listening (and recovering in the background, which accepting does
+	 * not wait for): what relayd-sendmail left in the maildrop while
+	 * relayd was stopped is submitted now, by a child, over loopback. */
+	(void)smtpd_maildrop_start(&d.loop, c, path, &d.maildrop);
 	log_info("relayd started: hostname=%s, spool=%s, delivery=%s",
 	         c->hostname, c->spool_dir,
 	         c->delivery == CONF_DELIVERY_SMARTHOST ? "smarthost" :

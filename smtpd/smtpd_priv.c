@@ -211,6 +211,30 @@ static int give_fd(struct handover *h, int fd, const struct stat *st,
 
 static int give_dir(struct handover *h, int dfd, const char *rel, int depth);
 
+static int give_maildrop(struct handover *h, int dfd, const char *name)
+{
+	int fd = openat(dfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0)
+		return errno == ENOENT ? 0 : -errno;
+	int r = 0;
+	if (fstat(fd, &st) < 0) {
+		r = -errno;
+	} else if (!S_ISDIR(st.st_mode)) {
+		log_err("spool %s/%s is not a directory (a link?); refusing to "
+		        "start as root with it there", h->spool, name);
+		r = -ENOTDIR;
+	} else if (st.st_uid != h->to->uid &&
+	           fchownat(fd, "", h->to->uid, st.st_gid == 0 ? h->to->gid :
+	                    st.st_gid, AT_EMPTY_PATH) < 0) {
+		r = -errno;
+		log_err("cannot give %s/%s to user %s: %s", h->spool, name,
+		        h->to->name, strerror(-r));
+	}
+	close(fd);
+	return r;
+}
+
 /* One entry of directory dfd. Regular files (with a single link) and,
  * at the top, directories become the account's; sockets (the control
  * socket, which relayd makes anew), FIFOs and devices are left alone. */
@@ -218,6 +242,12 @@ static int give_entry(struct handover *h, int dfd, const char *dir_rel,
                       const char *name, int depth)
 {
 	char rel[PATH_MAX];
+	/* maildrop/ becomes the account's but keeps a group other than
+	 * root's (relayd-drop, which relayd-sendmail is setgid to), and its
+	 * files stay their submitters' (the importer checks a file's owner
+	 * against the uid it names): smtpd_maildrop.c. */
+	if (depth == 0 && strcmp(name, "maildrop") == 0)
+		return give_maildrop(h, dfd, name);
 	snprintf(rel, sizeof rel, "%s%s%s", dir_rel, *dir_rel ? "/" : "", name);
 	int fd = openat(dfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0) {

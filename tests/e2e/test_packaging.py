@@ -71,6 +71,7 @@ def test_make_install_destdir(tmp_path):
     out = res.stdout.decode()
     # The steps a package does itself are printed, not done.
     assert "DESTDIR is set: skipped" in out and "adduser --system" in out
+    assert "chmod 2755" in out and "relayd-drop" in out
     want = {
         "usr/sbin/relayd": 0o755,
         "usr/bin/relayctl": 0o755,
@@ -80,7 +81,9 @@ def test_make_install_destdir(tmp_path):
         "usr/share/man/man5/relayd.conf.5": 0o644,
         "usr/lib/systemd/system/relayd.service": 0o644,
         "etc/relayd/relayd.conf": 0o644,
-        "var/spool/relayd": 0o700,
+        "usr/sbin/relayd-sendmail": 0o755,  # setgid by the package
+        "var/spool/relayd": 0o711,          # the maildrop's group passes
+        "var/spool/relayd/maildrop": 0o1730,
     }
     for rel, mode in want.items():
         p = os.path.join(dest, rel)
