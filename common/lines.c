@@ -23,7 +23,10 @@ int lines_read_file(const char *path, size_t max, unsigned flags,
 	char *buf = NULL;
 	size_t n = 0, cap = LINES_FIRST_CAP;
 	int rc = 0;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* LINES_REGULAR: O_NONBLOCK, so that a FIFO is refused below
+	 * rather than waited on in open(2) (a regular file ignores it). */
+	int fd = open(path, O_RDONLY | O_CLOEXEC |
+	              ((flags & LINES_REGULAR) ? O_NONBLOCK : 0));
 	if (fd < 0)
 		return -errno;
 	if (fstat(fd, &st) < 0) {

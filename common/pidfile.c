@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
@@ -26,6 +27,15 @@ int pidfile_open(const char *path, char *err, size_t errlen)
 	struct stat st;
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
 		snprintf(err, errlen, "pid_file %s: not a regular file", path);
+		close(fd);
+		return -EINVAL;
+	}
+	/* A hard link planted by whoever can write the directory (relayd's
+	 * own user, once it dropped root) would have root truncate and
+	 * overwrite the file it names. Ours has exactly one name. */
+	if (st.st_nlink != 1) {
+		snprintf(err, errlen, "pid_file %s: is a hard link (%ju names); "
+		         "remove it", path, (uintmax_t)st.st_nlink);
 		close(fd);
 		return -EINVAL;
 	}

@@ -448,11 +448,15 @@ void dkim_job_set_domain(struct dkim_job *j, const char *domain)
 
 static int start_signing(struct dkim_job *j, const uint8_t *h, size_t hlen)
 {
-	/* The first From: field names the signing domain. */
+	/* The From: field names the signing domain. RFC 5322 §3.6: it
+	 * occurs exactly once; a message with two is not signed (a
+	 * verifier may align with one while the reader is shown the other:
+	 * our signature must not vouch for a From: it did not choose). */
 	bool from = j->forced;
-	for (size_t i = 0; i < hlen && !from;) {
+	size_t nfrom = 0;
+	for (size_t i = 0; i < hlen && !j->forced;) {
 		size_t fl = field_len(h + i, hlen - i);
-		if (name_is(h + i, fl, "from")) {
+		if (name_is(h + i, fl, "from") && ++nfrom == 1) {
 			const uint8_t *colon = memchr(h + i, ':', fl);
 			size_t vl = fl - (size_t)(colon + 1 - (h + i));
 			from = dkim_from_domain((const char *)colon + 1, vl, j->dom,
@@ -463,6 +467,14 @@ static int start_signing(struct dkim_job *j, const uint8_t *h, size_t hlen)
 			}
 		}
 		i += fl;
+	}
+	if (nfrom > 1) {
+		j->dom[0] = '\0';
+		j->st = JOB_SKIP;
+		j->res = DKIM_NO_FROM;
+		snprintf(j->why, sizeof j->why, "%zu From: fields (RFC 5322 "
+		         "allows one)", nfrom);
+		return 0;
 	}
 	if (!from) {
 		j->st = JOB_SKIP;

@@ -290,8 +290,16 @@ static void test_job_outcomes(void **state)
 		 DKIM_NO_FROM, ""},
 		{"no key", "From: a@other.test\r\n\r\nx\r\n", NULL, DKIM_NO_KEY,
 		 "other.test"},
-		{"first From counts", "From: a@other.test\r\nFrom: "
-		 "b@example.com\r\n\r\n", NULL, DKIM_NO_KEY, "other.test"},
+		/* RFC 5322 §3.6: From: exactly once. Two (one ours, one not)
+		 * must not get our signature: a verifier may align with one,
+		 * the reader's MUA show the other. */
+		{"two From fields, ours first", "From: a@example.com\r\nFrom: "
+		 "ceo@bank.test\r\n\r\n", NULL, DKIM_NO_FROM, ""},
+		{"two From fields, ours last", "From: a@other.test\r\nfrom: "
+		 "b@example.com\r\n\r\nx\r\n", NULL, DKIM_NO_FROM, ""},
+		{"From-like names are not From", "From: a@example.com\r\n"
+		 "From-X: b@bank.test\r\nX-From: c@bank.test\r\n\r\n", NULL,
+		 DKIM_SIGNED, "example.com"},
 		{"subdomain needs dkim_subdomains",
 		 "From: a@news.example.com\r\n\r\n", NULL, DKIM_NO_KEY,
 		 "news.example.com"},

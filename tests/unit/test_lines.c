@@ -241,6 +241,14 @@ static void test_read_not_regular(void **state)
 	assert_int_equal(lines_read_file("/dev/null", 16, 0, &text, &len), 0);
 	assert_int_equal(len, 0);
 	free(text);
+	/* A FIFO where a regular file must be: refused at once, never an
+	 * open(2) that waits for a writer (relayd reads the credentials
+	 * file on its loop). The alarm ends the test if the open blocks. */
+	assert_int_equal(mkfifo(t->path, 0600), 0);
+	alarm(10);
+	assert_int_equal(lines_read_file(t->path, 16, LINES_REGULAR, &text,
+	                                 &len), -EINVAL);
+	alarm(0);
 }
 
 int main(void)
