@@ -386,6 +386,15 @@ int dkim_key_load(const struct dkim_key_spec *spec, struct dkim_key **out,
 		close(fd);
 		return -EINVAL;
 	}
+	/* Loaded as root at start: a second name planted in a directory
+	 * relayd's user may write must not make root read another root-only
+	 * key (the TLS key) as this one. */
+	if (st.st_nlink != 1) {
+		seterr(err, errlen, "%s: has %lu names (hard links); a key file "
+		       "must have one", path, (unsigned long)st.st_nlink);
+		close(fd);
+		return -EPERM;
+	}
 	if (st.st_mode & (S_IROTH | S_IWOTH)) {
 		seterr(err, errlen, "%s: readable or writable by every user "
 		       "(mode %04o); run chmod 0600 (or 0640 with relayd's group)",

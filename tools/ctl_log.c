@@ -316,10 +316,14 @@ static int open_log(const char *path, struct stat *st)
 	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	if (fd < 0)
 		return -errno;
-	if (fstat(fd, st) < 0 || !S_ISREG(st->st_mode)) {
-		int e = S_ISREG(st->st_mode) ? -errno : -EINVAL;
+	if (fstat(fd, st) < 0) {
+		int e = -errno;
 		close(fd);
 		return e;
+	}
+	if (!S_ISREG(st->st_mode)) {
+		close(fd);
+		return -EINVAL;
 	}
 	return fd;
 }
@@ -483,9 +487,25 @@ int ctl_cmd_log(struct ctl_ctx *c, int argc, char **argv)
 		if (stat(path, &now) == 0 &&
 		    (L->fd < 0 || now.st_ino != st.st_ino ||
 		     now.st_dev != st.st_dev)) {
-			int nfd = open_log(path, &st);
+			struct stat nst;
+			int nfd = open_log(path, &nst);
 			if (nfd >= 0) {
-				/* The old file was read to its end above. */
+				/* What relayd wrote to the old file between our
+				 * last read and its reopen: read it to the end
+				 * first (bounded: the file no longer grows once
+				 * relayd writes to the new one). */
+				int got2 = 0;
+				for (int k = 0; L->fd >= 0 && k < 1024; k++) {
+					got2 = lines_read(L, on_line, &ps);
+					if (got2 <= 0)
+						break;
+				}
+				if (got2 < 0) {
+					close(nfd);
+					r = got2;
+					break;
+				}
+				st = nst;
 				if (L->fd >= 0)
 					close(L->fd);
 				L->fd = nfd;

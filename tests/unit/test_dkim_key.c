@@ -237,6 +237,15 @@ static void test_load_refusals(void **state)
 	assert_int_equal(symlink(s.path, link_spec.path), 0);
 	assert_int_equal(dkim_key_load(&link_spec, &k, err, sizeof err), -ELOOP);
 	assert_non_null(strstr(err, "symbolic link"));
+	/* a second name (hard link) for a key file: refused, both names */
+	snprintf(link_spec.path, sizeof link_spec.path, "%s/hard.key", tmpdir);
+	assert_int_equal(link(s.path, link_spec.path), 0);
+	assert_int_equal(dkim_key_load(&link_spec, &k, err, sizeof err), -EPERM);
+	assert_non_null(strstr(err, "has 2 names"));
+	assert_int_equal(dkim_key_load(&s, &k, err, sizeof err), -EPERM);
+	assert_int_equal(unlink(link_spec.path), 0);
+	assert_int_equal(dkim_key_load(&s, &k, err, sizeof err), 0);
+	dkim_key_free(k);
 
 	/* a directory, a missing file */
 	snprintf(s.path, sizeof s.path, "%s", tmpdir);
