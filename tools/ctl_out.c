@@ -128,6 +128,20 @@ static void ctl_out_hexbyte(struct ctl_out *o, unsigned char c)
 	ctl_out_mem(o, e, sizeof e);
 }
 
+/* Unicode's bidirectional controls (U+061C, U+200E-200F, U+202A-202E,
+ * U+2066-2069): valid UTF-8 that would let a peer's text (a TXT record,
+ * a reply) reorder how the rest of the line looks. Escaped like controls. */
+static bool ctl_bidi(const unsigned char *p, size_t k)
+{
+	if (k == 2)
+		return p[0] == 0xd8 && p[1] == 0x9c;
+	if (k != 3 || p[0] != 0xe2)
+		return false;
+	return (p[1] == 0x80 && (p[2] == 0x8e || p[2] == 0x8f ||
+	                         (p[2] >= 0xaa && p[2] <= 0xae))) ||
+	       (p[1] == 0x81 && p[2] >= 0xa6 && p[2] <= 0xa9);
+}
+
 size_t ctl_out_text(struct ctl_out *o, const void *src, size_t n,
                     unsigned flags)
 {
@@ -138,7 +152,8 @@ size_t ctl_out_text(struct ctl_out *o, const void *src, size_t n,
 		size_t k = ctl_utf8_len(p + i, n - i);
 		/* C1 controls (U+0080..U+009F, encoded C2 80..C2 9F) include
 		 * CSI, which terminals act on just like ESC [. */
-		bool safe = k > 1 ? !(c == 0xc2 && p[i + 1] < 0xa0)
+		bool safe = k > 1 ? !(c == 0xc2 && p[i + 1] < 0xa0) &&
+		                    !ctl_bidi(p + i, k)
 		          : k == 1 && ((c >= 0x20 && c != 0x7f) ||
 		                       (c == '\t' && (flags & CTL_TEXT_TAB)));
 		if (safe) {
@@ -189,7 +204,8 @@ size_t ctl_out_text_lines(struct ctl_out *o, const void *src, size_t n,
 			break;
 		/* As ctl_out_text, plus line ends: LF, and CR only before LF
 		 * (a lone CR would let text overwrite the line shown). */
-		bool safe = k > 1 ? !(c == 0xc2 && p[i + 1] < 0xa0)
+		bool safe = k > 1 ? !(c == 0xc2 && p[i + 1] < 0xa0) &&
+		                    !ctl_bidi(p + i, k)
 		          : k == 1 && ((c >= 0x20 && c != 0x7f) || c == '\t' ||
 		                       c == '\n' ||
 		                       (c == '\r' && i + 1 < n && p[i + 1] == '\n'));

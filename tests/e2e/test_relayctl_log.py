@@ -206,6 +206,19 @@ def test_filters(upstream_factory, relay_to):
         assert bad[0] in res.stderr.decode()
 
 
+def test_hostile_bytes_are_escaped(relayd_factory):
+    """log_file may hold anything (another writer, a damaged file): C0/C1
+    controls, ESC and Unicode's bidi controls come out escaped; other
+    UTF-8 stays."""
+    r = relayd_factory(start=False)
+    with open(r.logfile, "wb") as f:
+        f.write(b"2026-12-05T10:00:00.000Z relayd[1]: info: x \x1b[2J "
+                b"\xc2\x9b1m \xe2\x80\xaegnp.exe caf\xc3\xa9\n")
+    out = r.relayctl("log").stdout
+    assert out == (b"2026-12-05T10:00:00.000Z relayd[1]: info: x \\x1b[2J "
+                   b"\\xc2\\x9b1m \\xe2\\x80\\xaegnp.exe caf\xc3\xa9\n"), out
+
+
 def test_no_log_file(relayd_factory):
     r = relayd_factory(start=False, log_file="")
     res = r.relayctl("log", check=False)
