@@ -298,7 +298,7 @@ int dkim_select_headers(const uint8_t *h, size_t hlen,
 		if (k == SIZE_MAX)
 			continue;   /* none left: nothing (oversigning) */
 		used[k] = 1;
-		uint8_t *t = realloc(tmp, lens[k] + 2);
+		uint8_t *t = realloc(tmp, lens[k] + 3);
 		if (!t) {
 			r = -ENOMEM;
 			break;
@@ -420,7 +420,7 @@ int dkim_sig_append_b(struct buf *field, const uint8_t *sig, size_t n)
 
 int dkim_sig_canon(const uint8_t *f, size_t n, struct buf *canon)
 {
-	if (buf_reserve(canon, n + 2) < 0)
+	if (buf_reserve(canon, n + 3) < 0)
 		return -ENOBUFS;
 	size_t cl = dkim_canon_header(f, n, canon->data + canon->len);
 	canon->len += cl - 2;   /* no CRLF after it */

@@ -19,10 +19,9 @@
 /* One header field (name, ':', value, folds; with or without its final
  * CRLF) in relaxed form: the name lower-cased without trailing blanks,
  * CRLFs removed (unfolding), runs of SP/HTAB as one SP, blanks around
- * the value cut, then CRLF. out holds n + 2 bytes; returns the length
- * written. A field without ':' is canonicalized as a name with an empty
- * value ("name:" CRLF), as dkimpy's parser never yields; callers skip
- * such fields. */
+ * the value cut, then CRLF. out holds n + 3 bytes (a field without ':'
+ * comes out as "name:" CRLF, one byte longer; callers never sign such a
+ * field); returns the length written. */
 size_t dkim_canon_header(const uint8_t *f, size_t n, uint8_t *out);
 
 /* Relaxed body canonicalization, streaming in pieces of any size with
