@@ -35,11 +35,20 @@
 
 /* Only the oracle signs with libopendkim's Ed25519, which leaks ~550
  * bytes per signature (the reason this code exists): LeakSanitizer is
- * told to ignore leaks from libopendkim in this binary only. */
+ * told to ignore leaks from libopendkim in this binary only (relayd's
+ * own path is checked with leak detection on by tests/e2e/test_dkim.py
+ * and by the other tests here, which sign with it 7 times). */
 const char *__lsan_default_suppressions(void);
 const char *__lsan_default_suppressions(void)
 {
 	return "leak:libopendkim.so\n";
+}
+/* libcrypto has no frame pointers: the slow unwinder reaches the
+ * libopendkim frame the suppression names. */
+const char *__asan_default_options(void);
+const char *__asan_default_options(void)
+{
+	return "fast_unwind_on_malloc=0";
 }
 
 /* ---- header canonicalization -------------------------------------------- */
@@ -196,7 +205,8 @@ static void test_select_headers(void **state)
 		if (strcmp((const char *)hl.data, c->hlist) != 0)
 			fail_msg("case %zu: h=%s want %s", i, (char *)hl.data,
 			         c->hlist);
-		if (cn.len != strlen(c->canon) || memcmp(cn.data, c->canon, cn.len))
+		if (cn.len != strlen(c->canon) ||
+		    (cn.len && memcmp(cn.data, c->canon, cn.len)))
 			fail_msg("case %zu: canon '%.*s'", i, (int)cn.len,
 			         (char *)cn.data);
 		buf_free(&hl);
@@ -269,7 +279,7 @@ static void test_sig_field(void **state)
 	struct buf f = BUF_INIT(8192);
 	assert_int_equal(dkim_sig_field("d.example", "s", -1, "x", "from", &f),
 	                 0);
-	assert_null(strstr((const char *)f.data, "t="));
+	assert_null(memmem(f.data, f.len, "t=", 2));
 	buf_free(&f);
 }
 
