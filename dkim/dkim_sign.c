@@ -193,6 +193,11 @@ int dkim_signer_new(char *const *lines, size_t n, bool subdomains,
 			if (!pk || EVP_PKEY_get_id(pk) != EVP_PKEY_ED25519) {
 				EVP_PKEY_free(pk);
 				dkim_key_free(k);
+				if (old) {
+					log_err("dkim: dkim_key '%s' left out: the Ed25519 key "
+					        "does not load into OpenSSL", lines[i]);
+					continue;
+				}
 				fmt(err, errlen, "dkim_key '%s': the Ed25519 key does not "
 				    "load into OpenSSL", lines[i]);
 				r = -EINVAL;
