@@ -51,6 +51,14 @@ int dkim_signer_new(char *const *lines, size_t n, bool subdomains,
                     struct dkim_signer **out, char *err, size_t errlen);
 /* The count starts at 1 (dkim_signer_new's reference). unref(NULL): no-op.
  * The last unref frees it. */
+/* Ed25519 is signed by relayd itself (dkim/dkim_canon.h, OpenSSL);
+ * on = true makes s sign it with libopendkim instead, which leaks about
+ * 550 bytes per signature: only for the unit tests' oracle and the
+ * bench. Call before the first job. */
+void dkim_signer_ed25519_libopendkim(struct dkim_signer *s, bool on);
+/* t= is t (seconds since the epoch) for every signature of s, both
+ * paths (libopendkim's DKIM_OPTS_FIXEDTIME): tests. 0 or -EINVAL. */
+int dkim_signer_fixed_time(struct dkim_signer *s, long long t);
 void dkim_signer_ref(struct dkim_signer *s);
 void dkim_signer_unref(struct dkim_signer *s);
 /* What was signed, for relayctl stats: counted on the caller's one
