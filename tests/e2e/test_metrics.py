@@ -225,3 +225,45 @@ def test_loopback_does_not_warn(relayd_factory):
     assert get("127.0.0.1", mport)[0] == "HTTP/1.1 200 OK"
     assert "metrics: listening on 127.0.0.1:%d" % mport in r.log_text()
     assert "not a loopback address" not in r.log_text()
+
+
+def test_relayctl_status(upstream_factory, relay_to):
+    """relayctl status: running, then stopped; the queue counts, the
+    deferral reason and the since-start counters agree with the daemon."""
+    import json
+    up = upstream_factory(tls="starttls",
+                          behaviour={"rcpt": {"*": "451 4.3.0 try later"}})
+    r, mport = metrics_relay(relay_to, up, retry_min="1h", retry_max="2h")
+    qids = []
+    for i in range(3):
+        content, _ = make_message("s %d" % i, to="s%d@dest.test" % i)
+        qids.append(submit(r, SENDER, ["s%d@dest.test" % i], content))
+    for i, q in enumerate(qids):
+        wait_rcpt_state(r, q, "s%d@dest.test" % i,
+                        lambda x: x["state"] == "deferred", what="deferred")
+    r.relayctl("hold", qids[0])
+    wait_until(lambda: sum(m["state"] == "hold" for m in queue_list(r)) == 1,
+               timeout=10, what="one held")
+    doc = json.loads(r.relayctl("status", "--json").stdout.decode())
+    assert doc["running"] is True and doc["delivery"] == "smarthost", doc
+    assert doc["listeners"] == ["%s:%d/smtp" % (r.addr, r.port)], doc
+    assert doc["queue"]["messages"] == 3 and doc["queue"]["hold"] == 1, doc
+    assert doc["queue"]["recipients"]["deferred"] == 3, doc
+    assert doc["since_start"]["deferred"] >= 3, doc
+    reasons = doc["deferral_reasons"]
+    assert reasons and reasons[0]["count"] == 3, reasons
+    assert "try later" in reasons[0]["reason"], reasons
+    m = parse(get("127.0.0.1", mport)[2])
+    assert m["relayd_deferred_total"] == doc["since_start"]["deferred"]
+    text = r.relayctl("status").stdout.decode()
+    assert "running (pid %d)" % doc["pid"] in text, text
+    assert "3 messages (2 active, 1 held)" in text, text
+    assert re.search(r"^\s+3\s+.*try later", text, re.M), text
+
+    r.stop()
+    doc = json.loads(r.relayctl("status", "--json").stdout.decode())
+    assert doc["running"] is False and "since_start" not in doc, doc
+    assert doc["queue"]["messages"] == 3 and doc["queue"]["hold"] == 1, doc
+    assert doc["deferral_reasons"][0]["count"] == 3, doc
+    text = r.relayctl("status").stdout.decode()
+    assert "not running" in text and "3 messages" in text, text
