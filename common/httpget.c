@@ -95,11 +95,11 @@ enum httpget_result httpget_parse(const char *p, size_t n, struct httpget *r)
 	for (;;) {
 		size_t s = i;
 		e = line_end(p, s, lim, &bad);
-		if (bad)
-			return r->result = HTTPGET_BAD;
-		if (e == lim)
-			return r->result = n >= HTTPGET_HEAD_MAX ? HTTPGET_TOO_LARGE
-			                                         : HTTPGET_MORE;
+		if (bad || e == lim) {
+			r->head = 0;
+			return r->result = bad ? HTTPGET_BAD :
+			       n >= HTTPGET_HEAD_MAX ? HTTPGET_TOO_LARGE : HTTPGET_MORE;
+		}
 		size_t len = e - s;
 		if (len && p[e - 1] == '\r')
 			len--;
@@ -115,6 +115,9 @@ enum httpget_result httpget_parse(const char *p, size_t n, struct httpget *r)
 			res = HTTPGET_BAD;
 	}
 	r->used = i;
+	/* HEAD is reported with the verdicts that answer it, only once the
+	 * head is complete (a partial or refused one has no method yet). */
+	r->head = r->head && (res == HTTPGET_METRICS || res == HTTPGET_NOT_FOUND);
 	return r->result = res;
 }
 
