@@ -267,3 +267,45 @@ def test_relayctl_status(upstream_factory, relay_to):
     assert doc["deferral_reasons"][0]["count"] == 3, doc
     text = r.relayctl("status").stdout.decode()
     assert "not running" in text and "3 messages" in text, text
+
+
+def test_smtpd_counters(relayd_factory, tmp_path):
+    """Refusals by class, a failed TLS handshake, and open sessions, as
+    the metrics show them before and after."""
+    from conftest import SmtpRaw
+    from tlsutil import TestCA, tls_relayd
+    ca = TestCA(str(tmp_path / "ca"))
+    mport = free_port()
+    r = tls_relayd(relayd_factory, ca, metrics_listen="127.0.0.1:%d" % mport)
+    before = parse(get("127.0.0.1", mport)[2])
+    assert before["relayd_smtp_sessions"] == 0
+
+    c = SmtpRaw(r.addr, r.ports["submission"])
+    assert c.reply().code == 220
+    assert c.cmd("EHLO client.test").code == 250
+    assert c.cmd("FROB").code == 500                       # protocol
+    assert c.cmd("RCPT TO:<a@dest.test>").code == 503      # protocol
+    # The session is open while we hold it.
+    mid = parse(get("127.0.0.1", mport)[2])
+    assert mid["relayd_smtp_sessions"] == 1
+    c.close()
+
+    # A handshake that fails: plaintext on the smtps port.
+    bad = SmtpRaw(r.addr, r.ports["smtps"])
+    bad.send(b"EHLO client.test\r\n")
+    assert bad.closed_within(5)
+    bad.close()
+    wait_until(lambda: parse(get("127.0.0.1", mport)[2])
+               ["relayd_tls_handshake_failures_total"] ==
+               before["relayd_tls_handshake_failures_total"] + 1,
+               timeout=10, what="the failed handshake counted")
+    wait_until(lambda: parse(get("127.0.0.1", mport)[2])
+               ["relayd_smtp_sessions"] == 0, timeout=10,
+               what="sessions closed")
+    after = parse(get("127.0.0.1", mport)[2])
+    key = 'relayd_rejected_total{reason="protocol"}'
+    assert after[key] - before[key] == 2
+    for k in ("policy", "auth", "quota", "rate", "size"):
+        kk = 'relayd_rejected_total{reason="%s"}' % k
+        assert after[kk] == before[kk], kk
+    assert after["relayd_accepted_total"] == before["relayd_accepted_total"]
