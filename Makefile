@@ -45,6 +45,9 @@ DEPS_TEST  += systemd man-db
 # DKIM (tests/e2e/test_dkim.py): dkimpy verifies every signature relayd
 # makes, an implementation independent of libopendkim.
 DEPS_TEST  += python3-dkim
+# tests/e2e/test_metrics.py: promtool (from Debian's prometheus package)
+# checks what GET /metrics serves.
+DEPS_TEST  += prometheus
 # `make fuzz` only: clang with libFuzzer (libclang-rt-14-dev comes with it).
 DEPS_FUZZ  := clang
 

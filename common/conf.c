@@ -111,6 +111,7 @@ static int check_rate(const char *v, char *msg, size_t msglen);
 static int check_address(const char *v, char *msg, size_t msglen);
 static int check_bind4(const char *v, char *msg, size_t msglen);
 static int check_bind6(const char *v, char *msg, size_t msglen);
+static int check_metrics_listen(const char *v, char *msg, size_t msglen);
 
 #define OFF(f) offsetof(struct conf, f)
 
@@ -201,6 +202,9 @@ static const struct conf_keydef conf_keys[] = {
 	 NULL, "longest a batch waits for concurrent commits; 0: never"},
 	{"user", CT_STRING, OFF(user), "relayd", 0, 0, NULL, NULL,
 	 "account relayd started as root runs as after binding; root: stay"},
+	{"metrics_listen", CT_STRING, OFF(metrics_listen), "", 0, 0, NULL,
+	 check_metrics_listen, "ADDR:PORT ([v6addr]:PORT) serving Prometheus "
+	 "metrics at GET /metrics; empty: off"},
 	/* Delivery through a smarthost (deliver/). */
 	{"smarthost", CT_STRING, OFF(smarthost), "", 0, 0, NULL, check_hostport,
 	 "HOST:PORT of the provider's submission server ([v6addr]:PORT)"},
@@ -548,6 +552,25 @@ static int check_hostport(const char *v, char *msg, size_t msglen)
 	if (*v && conf_parse_hostport(v, host, sizeof host, &port)) {
 		char q[QUOTE_MAX];
 		fmt(msg, msglen, "not HOST:PORT: '%s'", quote(q, v, strlen(v)));
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* metrics_listen: empty, or a numeric address and port (no DNS: the
+ * daemon binds it at start). */
+static int check_metrics_listen(const char *v, char *msg, size_t msglen)
+{
+	char host[256], q[QUOTE_MAX];
+	unsigned char b[16];
+	uint16_t port;
+	if (*v == '\0')
+		return 0;
+	if (conf_parse_hostport(v, host, sizeof host, &port) < 0 ||
+	    (inet_pton(AF_INET, host, b) != 1 &&
+	     inet_pton(AF_INET6, host, b) != 1)) {
+		fmt(msg, msglen, "not ADDR:PORT with a numeric address: '%s'",
+		    quote(q, v, strlen(v)));
 		return -EINVAL;
 	}
 	return 0;

@@ -91,6 +91,8 @@ struct conf {
 	enum conf_spool_sync spool_sync;   /* default syncfs */
 	uint64_t commit_delay;             /* ms; group-commit gathering: 1ms */
 	char *user;                        /* drop root for; default "relayd" */
+	char *metrics_listen;              /* "ADDR:PORT" for GET /metrics;
+	                                      default "" (off) */
 	/* Smarthost delivery. */
 	char *smarthost;                   /* "HOST:PORT"; default "" */
 	enum conf_tls smarthost_tls;       /* default auto (465: implicit) */

@@ -518,6 +518,20 @@ static uint64_t age_ms(const struct queue_msg *m, int64_t now)
 	return now > m->arrival ? (uint64_t)(now - m->arrival) * 1000 : 0;
 }
 
+const unsigned deliver_lat_bounds[DELIVER_LAT_BUCKETS] = {
+	1, 5, 15, 60, 300, 900, 3600, 14400, 86400, 432000};
+
+/* One recipient sent ms after its message arrived: the histogram keeps
+ * per-bucket counts (made cumulative when written out). */
+static void deliver_lat_observe(struct deliver *d, uint64_t ms)
+{
+	size_t i = 0;
+	while (i < DELIVER_LAT_BUCKETS && ms > deliver_lat_bounds[i] * 1000ULL)
+		i++;
+	d->lat_bucket[i]++;
+	d->lat_sum_ms += ms;
+}
+
 /*
  * Applies one attempt's outcome to job j's message: results[k] for
  * recipient j->idx[k]. temp: the attempt failed as a whole (session,
@@ -583,6 +597,7 @@ static void finish(struct deliver *d, struct deliver_job *j,
 			r->state = QUEUE_RCPT_SENT;
 			d->n_sent++;
 			j->dest->n_sent++;
+			deliver_lat_observe(d, age_ms(m, now));
 			deliver_log_result(m, r, relay, t, st, "sent", rep->text);
 		} else if (code >= 500 || expired) {
 			r->state = QUEUE_RCPT_BOUNCED;

@@ -78,4 +78,11 @@ void deliver_set_dkim(struct deliver *d, struct dkim_signer *s);
  * when every handle is gone, after which d is freed. */
 void deliver_stop(struct deliver *d, void (*done_cb)(void *arg), void *arg);
 
+/* Appends delivery's Prometheus metrics (text format 0.0.4, with HELP
+ * and TYPE lines) to out: queue depth, oldest message age, sent/deferred/
+ * bounced/attempt counters, the latency histogram, destinations paused
+ * and throttled, DKIM counts. Loop thread. */
+struct buf;
+void deliver_metrics(struct deliver *d, struct buf *out);
+
 #endif

@@ -291,6 +291,10 @@ struct deliver_rate {
  * paused one keeps its pause until it expires; rate windows with recent
  * sends are kept).
  */
+/* The delivery latency histogram's upper bounds, seconds (metrics). */
+#define DELIVER_LAT_BUCKETS 10
+extern const unsigned deliver_lat_bounds[DELIVER_LAT_BUCKETS];
+
 struct deliver_dest {
 	struct deliver_dest *next;          /* d->dests */
 	struct deliver *d;
@@ -414,6 +418,10 @@ struct deliver {
 	uint64_t route_wake;
 
 	uint64_t n_sent, n_deferred, n_bounced, n_dsn, n_attempts;
+	/* Arrival-to-sent latency of each recipient sent, in the fixed
+	 * buckets of deliver_lat_bounds (seconds); the last is +Inf. */
+	uint64_t lat_bucket[DELIVER_LAT_BUCKETS + 1];
+	uint64_t lat_sum_ms;
 	/* Failure reports that nobody will get: for a null-sender message
 	 * (a bounce itself) with no postmaster to tell. */
 	uint64_t n_dsn_dropped;

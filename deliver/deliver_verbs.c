@@ -546,3 +546,92 @@ void deliver_stats_json(struct deliver *d, char *out, size_t outlen)
 	         d->sh_size, route);
 }
 
+
+/* ---- Prometheus metrics (smtpd/metrics.c serves them) ------------------- */
+
+static void prom_head(struct buf *out, const char *name, const char *type,
+                      const char *help)
+{
+	buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void prom_one(struct buf *out, const char *name, const char *type,
+                     const char *help, uint64_t v)
+{
+	prom_head(out, name, type, help);
+	buf_printf(out, "%s %" PRIu64 "\n", name, v);
+}
+
+void deliver_metrics(struct deliver *d, struct buf *out)
+{
+	uint64_t nmsg = 0, nsched = 0;
+	int64_t oldest = -1;
+	queue_count(d->q, &nmsg, &nsched);
+	queue_oldest(d->q, &oldest);
+	int64_t now = deliver_wall_now();
+	prom_head(out, "relayd_queue_messages", "gauge",
+	          "Messages in the queue by state (active: scheduled for "
+	          "delivery; hold: held, nothing scheduled).");
+	buf_printf(out, "relayd_queue_messages{state=\"active\"} %" PRIu64 "\n"
+	           "relayd_queue_messages{state=\"hold\"} %" PRIu64 "\n",
+	           nsched, nmsg > nsched ? nmsg - nsched : 0);
+	prom_one(out, "relayd_queue_in_flight", "gauge",
+	         "Recipients in delivery attempts right now.", d->nbusy);
+	prom_one(out, "relayd_queue_oldest_message_age_seconds", "gauge",
+	         "Age of the oldest message in the queue; 0 when empty.",
+	         oldest >= 0 && now > oldest ? (uint64_t)(now - oldest) : 0);
+	prom_one(out, "relayd_delivery_attempts_total", "counter",
+	         "Delivery transactions tried since start.", d->n_attempts);
+	prom_one(out, "relayd_sent_total", "counter",
+	         "Recipients delivered since start.", d->n_sent);
+	prom_one(out, "relayd_deferred_total", "counter",
+	         "Recipient delivery attempts deferred since start.",
+	         d->n_deferred);
+	prom_one(out, "relayd_bounced_total", "counter",
+	         "Recipients bounced (failed permanently or expired) since start.",
+	         d->n_bounced);
+	prom_one(out, "relayd_dsn_total", "counter",
+	         "Delivery status notifications queued since start.", d->n_dsn);
+	prom_one(out, "relayd_delivery_sessions", "gauge",
+	         "Open outgoing SMTP sessions.", d->nsessions);
+
+	prom_head(out, "relayd_delivery_latency_seconds", "histogram",
+	          "Time from arrival to delivery of each recipient sent.");
+	uint64_t cum = 0;
+	for (size_t i = 0; i < DELIVER_LAT_BUCKETS; i++) {
+		cum += d->lat_bucket[i];
+		buf_printf(out, "relayd_delivery_latency_seconds_bucket{le=\"%u\"} "
+		           "%" PRIu64 "\n", deliver_lat_bounds[i], cum);
+	}
+	cum += d->lat_bucket[DELIVER_LAT_BUCKETS];
+	buf_printf(out, "relayd_delivery_latency_seconds_bucket{le=\"+Inf\"} "
+	           "%" PRIu64 "\n"
+	           "relayd_delivery_latency_seconds_sum %" PRIu64 ".%03u\n"
+	           "relayd_delivery_latency_seconds_count %" PRIu64 "\n",
+	           cum, d->lat_sum_ms / 1000, (unsigned)(d->lat_sum_ms % 1000),
+	           cum);
+
+	unsigned paused = 0, throttled = 0;
+	uint64_t t = uv_now(d->loop);
+	for (struct deliver_dest *x = d->dests; x; x = x->next) {
+		if (x->paused || x->op_paused)
+			paused++;
+		if (x->throttle_until > t)
+			throttled++;
+	}
+	prom_one(out, "relayd_destinations", "gauge",
+	         "Destinations known to the scheduler.", d->ndests);
+	prom_one(out, "relayd_destinations_paused", "gauge",
+	         "Destinations paused (after failures or by relayctl pause).",
+	         paused);
+	prom_one(out, "relayd_destinations_throttled", "gauge",
+	         "Destinations throttled (one transaction at a time).", throttled);
+
+	struct dkim_counts dc = dkim_signer_counts(d->dkim);
+	prom_head(out, "relayd_dkim_messages_total", "counter",
+	          "Messages by DKIM signing result since start.");
+	buf_printf(out, "relayd_dkim_messages_total{result=\"signed\"} %" PRIu64
+	           "\nrelayd_dkim_messages_total{result=\"unsigned\"} %" PRIu64
+	           "\nrelayd_dkim_messages_total{result=\"failed\"} %" PRIu64 "\n",
+	           dc.signed_msgs, dc.unsigned_msgs, dc.failed);
+}

@@ -956,6 +956,37 @@ int queue_count(struct queue *q, uint64_t *messages, uint64_t *scheduled)
 	return rc ? queue_mdb_errno(rc) : 0;
 }
 
+/* The first message in qid order is the one that arrived first (qids
+ * grow with arrival time: queue_idgen). One cursor step and a decode. */
+int queue_oldest(struct queue *q, int64_t *arrival)
+{
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	*arrival = -1;
+	int rc = queue_env_read_begin(q, &txn);
+	if (rc)
+		return queue_mdb_errno(rc);
+	if ((rc = mdb_cursor_open(txn, q->dbi_msg, &cur)) == 0) {
+		rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+		if (rc == 0 && k.mv_size == QUEUE_ID_LEN) {
+			char qid[QUEUE_ID_LEN + 1];
+			memcpy(qid, k.mv_data, QUEUE_ID_LEN);
+			qid[QUEUE_ID_LEN] = '\0';
+			struct queue_msg *m;
+			if (queue_msg_decode(qid, v.mv_data, v.mv_size, &m) == 0) {
+				*arrival = m->arrival;
+				queue_msg_free(m);
+			}
+		}
+		if (rc == MDB_NOTFOUND)
+			rc = 0;
+		mdb_cursor_close(cur);
+	}
+	queue_env_read_end(q, txn);
+	return rc ? queue_mdb_errno(rc) : 0;
+}
+
 /* ---- the writer thread ------------------------------------------------ */
 
 static int open_index(struct queue *q, const char *spool, uint64_t map_size,

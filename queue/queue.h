@@ -330,6 +330,9 @@ int queue_scan_due(struct queue *q, int64_t until, int64_t *next,
 
 /* Number of messages and of "sched" entries (O(1)). */
 int queue_count(struct queue *q, uint64_t *messages, uint64_t *scheduled);
+/* The arrival time (unix seconds) of the oldest message, -1 when the
+ * queue is empty (or its record is unreadable). 0 or -errno. */
+int queue_oldest(struct queue *q, int64_t *arrival);
 
 /* ---- read side (relayctl; safe beside the running daemon) ----------- */
 /* For other processes only: LMDB allows one open environment per process,

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <uv.h>
@@ -34,6 +35,7 @@
 #include "smtpd/smtpd.h"
 #include "smtpd/smtpd_maildrop.h"
 #include "smtpd/smtpd_policy_net.h"
+#include "smtpd/metrics.h"
 #include "smtpd/smtpd_priv.h"
 
 struct relayd {
@@ -47,6 +49,8 @@ struct relayd {
 	 * use it (issue 9); re-reads resolv.conf or dns_servers on SIGHUP. */
 	struct dns *dns;
 	struct smtpd_maildrop *maildrop;   /* relayd-sendmail --import runs */
+	struct metrics *metrics;     /* metrics_listen; NULL: off */
+	int64_t start_time;         /* unix seconds */
 	uv_signal_t sig_term, sig_int, sig_hup, sig_usr1;
 	int pid_fd;                 /* pid_file, locked; -1: none */
 	char *pid_path;             /* its path as opened (smtpd owns conf) */
@@ -157,6 +161,22 @@ static void smtpd_stopped_cb(void *arg)
 		close_queue(d);
 }
 
+static void metrics_stopped_cb(void *arg)
+{
+	(void)arg;
+}
+
+/* GET /metrics: what the process, smtpd and delivery have to say. */
+static void metrics_collect_cb(void *arg, struct buf *out)
+{
+	struct relayd *d = arg;
+	metrics_common(out, d->start_time);
+	if (d->smtpd)
+		smtpd_metrics(d->smtpd, out);
+	if (d->deliver)
+		deliver_metrics(d->deliver, out);
+}
+
 static void stop(struct relayd *d)
 {
 	if (d->stopping)
@@ -164,6 +184,10 @@ static void stop(struct relayd *d)
 	d->stopping = true;
 	smtpd_maildrop_stop(d->maildrop);
 	d->maildrop = NULL;
+	if (d->metrics) {
+		metrics_stop(d->metrics, metrics_stopped_cb, d);
+		d->metrics = NULL;
+	}
 	if (d->smtpd)
 		smtpd_stop(d->smtpd, smtpd_stopped_cb, d);
 	else
@@ -178,6 +202,7 @@ static void keep_restart_keys(struct conf *nc, const struct conf *old)
 		{"spool_dir", &nc->spool_dir, old->spool_dir},
 		{"user", &nc->user, old->user},
 		{"pid_file", &nc->pid_file, old->pid_file},
+		{"metrics_listen", &nc->metrics_listen, old->metrics_listen},
 	};
 	for (size_t i = 0; i < sizeof strs / sizeof *strs; i++) {
 		if (strcmp(*strs[i].nv, strs[i].ov) == 0)
@@ -455,6 +480,7 @@ int main(int argc, char **argv)
 
 	int rc = 1;
 	uv_loop_init(&d.loop);
+	d.start_time = (int64_t)time(NULL);
 	r = smtpd_new(&d.loop, &d.conf, NULL, &d.smtpd);
 	if (r < 0)
 		goto fail;
@@ -505,6 +531,10 @@ int main(int argc, char **argv)
 		goto fail;
 	/* relayd's own DSNs are signed with the keys smtpd loaded. */
 	deliver_set_dkim(d.deliver, smtpd_dkim(d.smtpd));
+	if (c->metrics_listen[0] &&
+	    metrics_start(&d.loop, c->metrics_listen, metrics_collect_cb, &d,
+	                  &d.metrics) < 0)
+		goto fail;
 
 	uv_signal_init(&d.loop, &d.sig_term);
 	uv_signal_init(&d.loop, &d.sig_int);
@@ -537,6 +567,10 @@ int main(int argc, char **argv)
 fail:
 	/* Close what was opened, then let the loop run the close callbacks. */
 	d.stopping = true;
+	if (d.metrics) {
+		metrics_stop(d.metrics, metrics_stopped_cb, &d);
+		d.metrics = NULL;
+	}
 	if (d.smtpd)
 		smtpd_stop(d.smtpd, smtpd_stopped_cb, &d);
 	else

@@ -83,4 +83,10 @@ int smtpd_auth_ctl(struct smtpd *s, const char *args, struct buf *out);
  * when the last session is gone, after which s is freed. */
 void smtpd_stop(struct smtpd *s, void (*done_cb)(void *arg), void *arg);
 
+/* Appends smtpd's Prometheus metrics (smtpd/metrics.c): open sessions,
+ * messages accepted, refusals by reason class, TLS handshake and AUTH
+ * failures, quota and rate refusals. */
+struct buf;
+void smtpd_metrics(const struct smtpd *s, struct buf *out);
+
 #endif

@@ -157,6 +157,10 @@ struct smtpd {
 	struct smtpd_session *sessions;   /* doubly linked */
 	unsigned nsessions;
 	uint64_t next_sid;
+	/* Counters since start (smtpd/metrics.c): replies sent by id, the
+	 * connect-time refusals included, and failed TLS handshakes. */
+	uint64_t replies[SMTP_R__COUNT];
+	uint64_t tls_failed;
 	/* The delivery side's limit on message size (the smarthost's SIZE,
 	 * issue 8 §10); 0: none. New sessions advertise and enforce the
 	 * smaller of this and max_message_size. */

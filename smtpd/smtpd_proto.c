@@ -136,6 +136,8 @@ static void vreply_def(struct smtpd_proto *p, struct buf *out,
 static void vreply(struct smtpd_proto *p, struct buf *out,
                    enum smtp_reply_id id, va_list ap)
 {
+	if (p->cfg.reply_counts && id < SMTP_R__COUNT)
+		p->cfg.reply_counts[id]++;
 	vreply_def(p, out, &smtp_replies[id], ap);
 }
 

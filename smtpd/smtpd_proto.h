@@ -122,6 +122,9 @@ struct smtpd_policy_ops {
 struct smtpd_proto_cfg {
 	const char *hostname;
 	const char *sid;              /* session id, for log lines */
+	/* NULL, or SMTP_R__COUNT counters: each reply sent bumps its own
+	 * (the metrics endpoint's accepted and rejected counts). */
+	uint64_t *reply_counts;
 	uint64_t max_message_size;
 	unsigned max_recipients;
 	unsigned max_bad_commands;

@@ -355,6 +355,8 @@ static void tls_fail(struct smtpd_session *s, const char *what)
 	log_info("s=%s: TLS %s failed with [%s]:%d: %s", s->sid, what, s->ip,
 	         s->port, why);
 	bool handshake = s->tls == SESS_TLS_HANDSHAKE;
+	if (handshake)
+		s->srv->tls_failed++;
 	tls_drain(s);
 	s->tls = SESS_TLS_FAILED;
 	if (handshake && smtpd_proto_state(s->proto) == SMTPD_ST_STARTTLS)
@@ -576,6 +578,7 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 		if (s->tls == SESS_TLS_HANDSHAKE) {
 			log_info("s=%s: TLS handshake failed with [%s]:%d: connection "
 			         "closed by the client", s->sid, s->ip, s->port);
+			s->srv->tls_failed++;
 			s->tls = SESS_TLS_FAILED;
 			smtpd_session_close(s, false);
 			return;
@@ -634,6 +637,7 @@ static void timer_cb(uv_timer_t *t)
 	if (s->tls == SESS_TLS_HANDSHAKE) {
 		log_info("s=%s: TLS handshake timed out with [%s]:%d", s->sid, s->ip,
 		         s->port);
+		s->srv->tls_failed++;
 		s->tls = SESS_TLS_FAILED;
 		if (smtpd_proto_state(s->proto) == SMTPD_ST_STARTTLS)
 			smtpd_proto_done(s->proto, -ETIMEDOUT, &s->out);
@@ -869,6 +873,7 @@ void smtpd_session_accept_cb(uv_stream_t *server, int status)
 	struct smtpd_proto_cfg pc = {
 		.hostname = cf->hostname,
 		.sid = s->sid,
+		.reply_counts = srv->replies,
 		.max_message_size = srv->size_cap &&
 		                    srv->size_cap < cf->max_message_size
 		                    ? srv->size_cap : cf->max_message_size,
@@ -911,6 +916,7 @@ void smtpd_session_accept_cb(uv_stream_t *server, int status)
 		refuse = SMTP_R_TOO_MANY_CONN_IP;
 	if (refuse != SMTP_R__COUNT) {
 		const struct smtp_reply_def *d = &smtp_replies[refuse];
+		srv->replies[refuse]++;
 		if (!logged)
 			log_info("s=%s: refused [%s]:%d: %u %s %s", s->sid, s->ip,
 			         s->port, d->code, d->enh, d->text);

@@ -112,6 +112,7 @@ int ctl_cmd_bounce(struct ctl_ctx *c, int argc, char **argv);
 int ctl_cmd_requeue(struct ctl_ctx *c, int argc, char **argv);
 int ctl_cmd_stats(struct ctl_ctx *c, int argc, char **argv);
 int ctl_cmd_destinations(struct ctl_ctx *c, int argc, char **argv);
+int ctl_cmd_status(struct ctl_ctx *c, int argc, char **argv);
 /* reload: relayd reads its configuration again and reports the result. */
 int ctl_cmd_reload(struct ctl_ctx *c, int argc, char **argv);
 int ctl_cmd_pause(struct ctl_ctx *c, int argc, char **argv);

@@ -70,6 +70,9 @@ static const struct ctl_cmd ctl_cmds[] = {
 	 CTL_F_CONF | CTL_F_SPOOL, 1, 1, ctl_cmd_bounce, NULL},
 	{"requeue", "ID", "retry ID's undelivered recipients from scratch, now",
 	 CTL_F_CONF | CTL_F_SPOOL, 1, 1, ctl_cmd_requeue, NULL},
+	{"status", "[--json]", "one screen: up since, listeners, delivery, "
+	 "paused destinations, queue, oldest message, deferral reasons",
+	 CTL_F_JSON | CTL_F_CONF | CTL_F_SPOOL, 0, 0, ctl_cmd_status, NULL},
 	{"stats", "[--json]", "queue counts and the state of delivery",
 	 CTL_F_JSON | CTL_F_CONF | CTL_F_SPOOL, 0, 0, ctl_cmd_stats, NULL},
 	{"destinations", "[--json]", "where delivery goes: sessions, state "

@@ -120,7 +120,7 @@ static void test_key_table(void **state)
 	 * + dkim_key, dkim_subdomains, dkim_required (issue 10)
 	 * + dnsbl_zones (issue 10 §3)
 	 * + log_syslog, pid_file, shutdown_timeout (issue 11) */
-	assert_int_equal(n, 79);
+	assert_int_equal(n, 80);
 	assert_null(conf_key(n, NULL, NULL));
 }
 
