@@ -51,8 +51,8 @@ import tempfile
 import pytest
 
 from conftest import wait_until
-from conftest_upstream import (make_message, statuses, submit, wait_gone,
-                               wait_log, wait_status)
+from conftest_upstream import (delivery_lines, make_message, statuses, submit,
+                               wait_gone, wait_log, wait_status)
 from dnsutil import Dnsmasq
 from dsn import parse_dsn
 
@@ -850,3 +850,35 @@ def test_slow_destination_never_delays_another_of_the_same_message(world):
     assert 0 <= i_b < i_a and i_b_sent < i_a, log[-3000:]
     wait_gone(r, qid)
     assert [m["rcpt_tos"] for m in slow.messages()] == [["a@slow.test"]]
+
+
+def test_internationalized_recipient_domain_is_looked_up_by_its_a_labels(
+        world):
+    """An SMTPUTF8 recipient at b\u00fccher.test: relayd asks DNS for the
+    MX of xn--bcher-kva.test (the only name the zone has) and delivers,
+    the address as given; a domain that cannot be a name (a U-label with
+    "--" in positions 3-4) bounces 5.1.2 saying why, and only that
+    recipient."""
+    w = world(1)
+    up = w.start_mx(0)
+    w.start_dns({"mx": [("xn--bcher-kva.test", "mx.xn--bcher-kva.test", 10)],
+                 "hosts": [("mx.xn--bcher-kva.test", w.host(0))]})
+    r = w.relayd()
+    good = "j\u00fcrgen@B\u00dcCHER.test"
+    bad = "x@ab--\u00fc.test"
+    content, mid = make_message("idn", to=good,
+                                body="Gr\u00fc\u00dfe\r\n".encode())
+    qid = submit(r, SENDER, [good, bad], content, mail_options=["SMTPUTF8"])
+    line = sent_line(r, qid, good)
+    assert "relay=mx.xn--bcher-kva.test[" in line, line
+    wait_status(r, qid, bad, "bounced")
+    (bl,) = [l for st, l in delivery_lines(r, qid, bad)]
+    assert "dsn=5.1.2" in bl and "not a valid domain name" in bl, bl
+    (rec,) = [m for m in up.messages() if m["mail_from"] == SENDER]
+    assert rec["rcpt_tos"] == [good], rec
+    assert "SMTPUTF8" in [o.upper() for o in rec["mail_options"]], rec
+    log = r.log_text()
+    assert "xn--bcher-kva.test" in log
+    # The bounce report went to the sender's domain, which has no MX in
+    # this zone: that is its own story; the original is gone.
+    wait_gone(r, qid)
