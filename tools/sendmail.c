@@ -55,6 +55,7 @@
 #include "common/conf.h"
 #include "common/log.h"
 #include "common/smtp.h"
+#include "tools/sendmail_bs.h"
 
 extern char **environ;
 
@@ -1268,34 +1269,18 @@ static bool bs_reply(const char *fmt, ...)
 	return fflush(stdout) == 0;
 }
 
-/* Whether line (n bytes) starts with the verb w, case-insensitively,
- * followed by its end, a blank, or (for "MAIL FROM:"-like verbs) what w
- * itself ends with. */
-static bool bs_verb(const char *line, size_t n, const char *w)
+/* The path of a MAIL FROM: / RCPT TO: argument a[0..n): "<path>", then
+ * parameters. out: the address (a bare local part gets @hostname).
+ * -EINVAL: not a path. */
+static int bs_path(const struct sm *s, const char *a, size_t n,
+                   bool null_ok, char *out)
 {
-	size_t l = strlen(w);
-	if (n < l || strncasecmp(line, w, l) != 0)
-		return false;
-	return n == l || w[l - 1] == ':' || line[l] == ' ';
-}
-
-/*
- * The path argument of MAIL FROM: / RCPT TO: in a (after the colon and
- * any blanks): "<path>" then parameters. out: the address (a bare local
- * part gets @hostname); *params: what follows the path. -EINVAL: not a
- * path.
- */
-static int bs_path(const struct sm *s, const char *a, bool null_ok,
-                   char *out, const char **params)
-{
-	while (*a == ' ')
-		a++;
-	const char *gt = a[0] == '<' ? strchr(a, '>') : NULL;
-	if (!gt || (size_t)(gt - a) > SMTP_PATH_MAX + 1)
+	char path[SMTP_PATH_MAX + 3];
+	size_t rest;
+	if (sm_bs_path(a, n, path, sizeof path - 1, &rest) < 0)
 		return -EINVAL;
-	char path[SMTP_PATH_MAX + 4];
-	snprintf(path, sizeof path, "%.*s", (int)(gt - a + 1), a);
-	*params = gt + 1;
+	/* Parameters (BODY=, SMTPUTF8, SIZE=) need nothing here: relayd
+	 * checks the message itself. */
 	return sm_parse_arg_addr(s, path, null_ok, out);
 }
 
@@ -1324,8 +1309,10 @@ static bool bs_data(struct sm *s, struct bs_in *in)
 	}
 	/* Room for the fields sendmail adds on top of the limit. */
 	uint64_t limit = s->conf.max_message_size, size = 0;
-	bool bol = true, over = false, werr = false;
+	bool over = false, werr = false;
 	char piece[BS_PIECE];
+	struct sm_bs_dot dot;
+	sm_bs_dot_init(&dot);
 	for (;;) {
 		size_t n;
 		bool end;
@@ -1338,12 +1325,8 @@ static bool bs_data(struct sm *s, struct bs_in *in)
 			return false;   /* no end of data: nothing is sent */
 		}
 		const char *p = piece;
-		if (bol && n == 1 && end && p[0] == '.')
+		if (sm_bs_dot_piece(&dot, &p, &n, end))
 			break;
-		if (bol && n > 0 && p[0] == '.') {
-			p++;        /* RFC 5321 §4.5.2 */
-			n--;
-		}
 		size += n + (end ? 2 : 0);
 		if (size > limit)
 			over = true;
@@ -1351,7 +1334,6 @@ static bool bs_data(struct sm *s, struct bs_in *in)
 		    (fwrite(p, 1, n, raw) != n ||
 		     (end && fwrite("\r\n", 1, 2, raw) != 2)))
 			werr = true;
-		bol = end;
 	}
 	if (over) {
 		fclose(raw);
@@ -1428,42 +1410,40 @@ static int sm_bs(struct sm *s)
 			goto next;
 		}
 		line[n] = '\0';
-		if (memchr(line, '\0', n)) {
+		const char *arg;
+		enum sm_bs_verb verb = sm_bs_command(line, n, &arg);
+		size_t an = (size_t)(line + n - arg);
+		char a[SMTP_PATH_MAX + 1];
+		if (verb == SM_BS_BAD) {
 			ok = bs_reply("500 5.5.2 NUL in the command");
 			errs++;
-		} else if (bs_verb(line, n, "EHLO")) {
+		} else if (verb == SM_BS_EHLO) {
 			ok = bs_reply("250-%s\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
 			              "250-ENHANCEDSTATUSCODES\r\n250 SIZE %" PRIu64,
 			              s->conf.hostname, s->conf.max_message_size);
 			mail = false;
 			bs_reset(s, dflt);
-		} else if (bs_verb(line, n, "HELO")) {
+		} else if (verb == SM_BS_HELO) {
 			ok = bs_reply("250 %s", s->conf.hostname);
 			mail = false;
 			bs_reset(s, dflt);
-		} else if (bs_verb(line, n, "MAIL FROM:")) {
-			const char *params;
-			char a[SMTP_PATH_MAX + 1];
+		} else if (verb == SM_BS_MAIL) {
 			if (mail) {
 				ok = bs_reply("503 5.5.1 nested MAIL command");
 				errs++;
-			} else if (bs_path(s, line + 10, true, a, &params) < 0) {
+			} else if (bs_path(s, arg, an, true, a) < 0) {
 				ok = bs_reply("501 5.1.7 bad sender address syntax");
 				errs++;
 			} else {
-				/* Parameters (BODY=, SMTPUTF8, SIZE=) need nothing
-				 * here: relayd checks the message itself. */
 				snprintf(s->sender, sizeof s->sender, "%s", a);
 				mail = true;
 				ok = bs_reply("250 2.1.0 Ok");
 			}
-		} else if (bs_verb(line, n, "RCPT TO:")) {
-			const char *params;
-			char a[SMTP_PATH_MAX + 1];
+		} else if (verb == SM_BS_RCPT) {
 			if (!mail) {
 				ok = bs_reply("503 5.5.1 need MAIL first");
 				errs++;
-			} else if (bs_path(s, line + 8, false, a, &params) < 0) {
+			} else if (bs_path(s, arg, an, false, a) < 0) {
 				ok = bs_reply("501 5.1.3 bad recipient address syntax");
 				errs++;
 			} else if (sm_add_rcpt(s, a) != 0) {
@@ -1471,7 +1451,7 @@ static int sm_bs(struct sm *s)
 			} else {
 				ok = bs_reply("250 2.1.5 Ok");
 			}
-		} else if (bs_verb(line, n, "DATA")) {
+		} else if (verb == SM_BS_DATA) {
 			if (!mail || s->nrcpt == 0) {
 				ok = bs_reply("503 5.5.1 need %s first",
 				              mail ? "RCPT" : "MAIL");
@@ -1481,15 +1461,15 @@ static int sm_bs(struct sm *s)
 				mail = false;
 				bs_reset(s, dflt);
 			}
-		} else if (bs_verb(line, n, "RSET")) {
+		} else if (verb == SM_BS_RSET) {
 			mail = false;
 			bs_reset(s, dflt);
 			ok = bs_reply("250 2.0.0 Ok");
-		} else if (bs_verb(line, n, "NOOP")) {
+		} else if (verb == SM_BS_NOOP) {
 			ok = bs_reply("250 2.0.0 Ok");
-		} else if (bs_verb(line, n, "VRFY")) {
+		} else if (verb == SM_BS_VRFY) {
 			ok = bs_reply("252 2.5.0 cannot verify; send the message");
-		} else if (bs_verb(line, n, "QUIT")) {
+		} else if (verb == SM_BS_QUIT) {
 			bs_reply("221 2.0.0 Bye");
 			bs_reset(s, dflt);
 			return EX_OK;
