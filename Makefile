@@ -74,13 +74,15 @@ LDLIBS  += $(PKG_LIBS) -lpthread
 # Library code: every module's .c file except the programs' main()s.
 LIB_SRC := $(wildcard common/*.c queue/*.c smtpd/*.c deliver/*.c dkim/*.c dns/*.c)
 LIB_SRC := $(filter-out smtpd/relayd.c,$(LIB_SRC))
+# relayd-sendmail -bs's pure core, in the library for its fuzz harness.
+LIB_SRC += tools/sendmail_bs.c
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB     := $(BUILD)/librelay.a
 
 # tools/sendmail*.c are relayd-sendmail's, not relayctl's.
 CTL_SRC := $(filter-out tools/sendmail%.c,$(wildcard tools/*.c))
 CTL_OBJ := $(CTL_SRC:%.c=$(BUILD)/%.o)
-SM_SRC  := $(wildcard tools/sendmail*.c)
+SM_SRC  := $(filter-out tools/sendmail_bs.c,$(wildcard tools/sendmail*.c))
 SM_OBJ  := $(SM_SRC:%.c=$(BUILD)/%.o)
 
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)

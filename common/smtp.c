@@ -113,6 +113,7 @@ const struct smtp_reply_def smtp_replies[SMTP_R__COUNT] = {
 	 * permanent (issue 9 §2); X.4.3 "directory server failure" for a
 	 * lookup that failed (SERVFAIL, timeout): that only defers. */
 	[SMTP_R_DLV_NXDOMAIN]    = {550, "5.1.2", "%s: the recipient domain does not exist (NXDOMAIN)"},
+	[SMTP_R_DLV_BAD_DOMAIN]  = {550, "5.1.2", "%s: not a valid domain name (%s)"},
 	[SMTP_R_DLV_DNS_TEMP]    = {451, "4.4.3", "%s: DNS lookup failed (%s); will retry"},
 	[SMTP_R_DLV_NO_MX_ADDR]  = {451, "4.4.3", "%s: no usable address for its MX hosts"},
 };

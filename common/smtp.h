@@ -123,6 +123,7 @@ enum smtp_reply_id {
 	SMTP_R_DLV_TLS_FAILED,  /* 451 4.7.5 policy needs TLS, handshake failed */
 	SMTP_R_DLV_TLS_UNVERIFIED, /* 451 4.7.5 verify: certificate not valid */
 	SMTP_R_DLV_NXDOMAIN,    /* 550 5.1.2 %s: the recipient domain does not exist */
+	SMTP_R_DLV_BAD_DOMAIN,  /* 550 5.1.2 %s: not a valid domain name (%s) */
 	SMTP_R_DLV_DNS_TEMP,    /* 451 4.4.3 %s: DNS lookup failed (%s) */
 	SMTP_R_DLV_NO_MX_ADDR,  /* 451 4.4.3 %s: no address for the MX hosts */
 	SMTP_R__COUNT

@@ -8,9 +8,29 @@
 #include <errno.h>
 #include <limits.h>
 #include <string.h>
+#include <arpa/inet.h>
 
 #include <openssl/buffer.h>
 #include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+int tls_stream_peer_name(struct tls_stream *t, const char *name)
+{
+	struct in6_addr a6;
+	struct in_addr a4;
+	bool is_ip = inet_pton(AF_INET, name, &a4) == 1 ||
+	             inet_pton(AF_INET6, name, &a6) == 1;
+	/* RFC 6066 §3: SNI carries host names, never literal addresses. */
+	if (!is_ip && SSL_set_tlsext_host_name(t->ssl, name) != 1)
+		return -EINVAL;
+	if (!(SSL_get_verify_mode(t->ssl) & SSL_VERIFY_PEER))
+		return 0;
+	X509_VERIFY_PARAM *vp = SSL_get0_param(t->ssl);
+	X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+	int ok = is_ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, name)
+	               : X509_VERIFY_PARAM_set1_host(vp, name, 0);
+	return ok ? 0 : -EINVAL;
+}
 
 int tls_stream_init(struct tls_stream *t, SSL_CTX *ctx, bool server)
 {

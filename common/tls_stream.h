@@ -44,6 +44,13 @@ int tls_stream_init(struct tls_stream *t, SSL_CTX *ctx, bool server);
 /* Frees the SSL and both BIOs; an empty or freed stream is a no-op. */
 void tls_stream_free(struct tls_stream *t);
 
+/* A client stream's peer is name (a host name or an IP address): SNI
+ * for a host name, and when the stream's context verifies the peer, the
+ * certificate must name it (RFC 6125; no partial wildcards; an address
+ * must be in an IP SAN). 0, or -EINVAL when OpenSSL cannot take the name.
+ * Before the handshake. Used by deliver/ and relayctl's SMTP probe. */
+int tls_stream_peer_name(struct tls_stream *t, const char *name);
+
 /* Ciphertext read from the socket. 0, or -ENOMEM. */
 int tls_stream_put(struct tls_stream *t, const void *p, size_t n);
 

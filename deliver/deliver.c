@@ -107,6 +107,7 @@ void deliver_busy_del(struct deliver *d, const char *qid)
 			*p = b->next;
 			queue_msg_free(b->latest);
 			free(b->chg);
+			free(b->injob);
 			free(b);
 			d->nbusy--;
 			return;
@@ -143,6 +144,8 @@ static void busy_forget(struct deliver_busy *b)
 	b->latest = NULL;
 	free(b->chg);
 	b->chg = NULL;
+	free(b->injob);
+	b->injob = NULL;
 	b->whole = false;
 }
 
@@ -196,6 +199,8 @@ static void job_detach(struct deliver_job *j)
 			b->njobs--;
 			break;
 		}
+	for (size_t k = 0; b->injob && k < j->n; k++)
+		b->injob[j->idx[k]] = 0;
 	if (j->in_session && j->dest)
 		j->dest->nbusy--;
 	j->in_session = false;
@@ -238,6 +243,8 @@ static struct deliver_job *job_new(struct deliver *d, struct deliver_busy *b,
                                    const size_t *idx, size_t n)
 {
 	struct queue_msg *m = b->latest;
+	if (!b->injob && !(b->injob = calloc(m->nrcpt ? m->nrcpt : 1, 1)))
+		return NULL;
 	struct deliver_job *j = calloc(1, sizeof *j);
 	if (!j)
 		return NULL;
@@ -286,6 +293,8 @@ static struct deliver_job *job_new(struct deliver *d, struct deliver_busy *b,
 	j->cm.rcpt = j->rcpt;
 	j->cm.notify = j->notify;
 	j->cm.orcpt = j->orcpt;
+	for (size_t k = 0; k < j->n; k++)
+		b->injob[j->idx[k]] = 1;
 	j->t_ready = uv_now(d->loop);
 	j->b = b;
 	j->bnext = b->jobs;
@@ -814,35 +823,86 @@ static void route_failures(struct deliver *d, struct deliver_busy *b,
 	}
 }
 
+/*
+ * Whether more of busy message b may be loaded now: it has open
+ * recipients in no job, one of them due by now (any, when force: a
+ * flush), and nothing is pending for the message as a whole (an
+ * operator's hold, delete or bounce waiting for an attempt, a removal, a
+ * cool-down, a pause or lookup its other recipients wait for). *due_at,
+ * when not NULL: the earliest time such a recipient falls due (wall
+ * seconds; unchanged when there is none).
+ */
+static bool busy_more(const struct deliver_busy *b, int64_t now,
+                      uint64_t nowms, bool force, int64_t *due_at)
+{
+	const struct queue_msg *m = b->latest;
+	if (!m || !b->njobs || b->remove || b->removed || b->cool_until ||
+	    m->state != QUEUE_MSG_ACTIVE || nowms < b->more_after)
+		return false;
+	for (const struct deliver_job *j = b->jobs; j; j = j->bnext)
+		if (j->pend)
+			return false;
+	bool due = false;
+	for (size_t i = 0; i < m->nrcpt; i++) {
+		const struct queue_rcpt *r = &m->rcpt[i];
+		if (!deliver_rcpt_open(r) || (b->injob && b->injob[i]))
+			continue;
+		int64_t t = r->next_attempt ? r->next_attempt : m->arrival;
+		if (force || t <= now)
+			due = true;
+		else if (due_at && (*due_at < 0 || t < *due_at))
+			*due_at = t;
+	}
+	return due;
+}
+
 /* Takes a due message in: its open recipients grouped by destination
  * (deliver_route), one job per destination on that destination's ready
  * list. Recipients of a paused destination wait in the index; a message
- * with nothing to send now cools down until the first pause ends. */
+ * with nothing to send now cools down until the first pause ends. A
+ * message that already has jobs (busy_more) gets jobs for the recipients
+ * in none, built on its record as it is to be (b->latest). */
 static void load(struct deliver *d, const char *qid)
 {
 	struct queue_msg *m;
-	int r = queue_get(d->q, qid, &m);
-	if (r) {
-		if (r != -ENOENT)
-			log_err("%s: cannot load: %s", qid, strerror(-r));
-		return;
+	struct deliver_busy *b = deliver_busy_find(d, qid);
+	bool more = b != NULL;
+	if (more) {
+		m = b->latest;
+		if (!m)
+			return;
+	} else {
+		int r = queue_get(d->q, qid, &m);
+		if (r) {
+			if (r != -ENOENT)
+				log_err("%s: cannot load: %s", qid, strerror(-r));
+			return;
+		}
+		if (m->state != QUEUE_MSG_ACTIVE) {
+			queue_msg_free(m);
+			return;
+		}
+		b = deliver_busy_add(d, qid);
 	}
-	if (m->state != QUEUE_MSG_ACTIVE) {
-		queue_msg_free(m);
-		return;
-	}
-	struct deliver_busy *b = deliver_busy_add(d, qid);
 	size_t *idx = calloc(m->nrcpt ? m->nrcpt : 1, sizeof *idx);
 	bool *done = calloc(m->nrcpt ? m->nrcpt : 1, sizeof *done);
 	if (!b || !idx || !done) {
-		if (b)
+		if (b && !more)
 			deliver_busy_del(d, qid);
-		queue_msg_free(m);
+		if (!more)
+			queue_msg_free(m);
 		free(idx);
 		free(done);
 		return;
 	}
-	b->latest = m;
+	if (more) {
+		/* Recipients in a job are that job's. */
+		for (size_t i = 0; i < m->nrcpt && b->injob; i++)
+			done[i] = b->injob[i];
+		b->more_after = 0;
+	} else {
+		b->latest = m;
+	}
 	uint64_t paused_until = 0;
 	char key[DELIVER_DEST_KEY_MAX], other[DELIVER_DEST_KEY_MAX];
 	/* Direct mode: at most max_recipients_per_transaction per job (one
@@ -896,25 +956,34 @@ static void load(struct deliver *d, const char *qid)
 		route_failures(d, b, done, idx);
 	free(idx);
 	free(done);
-	if (b->ops || b->dirty)
-		return;   /* the failures' record is on its way */
-	if (b->njobs == 0) {
-		busy_forget(b);
-		/* A recipient whose domain is being looked up must not wait
-		 * for another destination's pause: a short cool-down (the
-		 * lookup's end wakes the schedule). */
-		uint64_t soon = uv_now(d->loop) + ROUTE_WAIT_MS;
-		if (paused_until && routing && soon < paused_until) {
+	/* A recipient whose domain is being looked up must not wait for
+	 * another destination's pause: a short cool-down (the lookup's end
+	 * wakes the schedule). */
+	uint64_t soon = uv_now(d->loop) + ROUTE_WAIT_MS;
+	if (paused_until && routing && soon < paused_until) {
+		paused_until = soon;
+		/* The schedule looks again then (deliver_schedule). */
+		if (!d->route_wake || soon < d->route_wake)
+			d->route_wake = soon;
+	}
+	if (more || b->njobs) {
+		/* The jobs run; what waits for a pause or a lookup is loaded
+		 * when it ends (busy_more), not at every scan. */
+		if (routing && !paused_until) {
 			paused_until = soon;
-			/* The schedule looks again then (deliver_schedule). */
 			if (!d->route_wake || soon < d->route_wake)
 				d->route_wake = soon;
 		}
-		if (paused_until)
-			b->cool_until = paused_until;
-		else
-			deliver_busy_del(d, qid);
+		b->more_after = paused_until;
+		return;
 	}
+	if (b->ops || b->dirty)
+		return;   /* the failures' record is on its way */
+	busy_forget(b);
+	if (paused_until)
+		b->cool_until = paused_until;
+	else
+		deliver_busy_del(d, qid);
 }
 
 int deliver_scan_cb(void *arg, const char *qid, int64_t due)
@@ -923,8 +992,14 @@ int deliver_scan_cb(void *arg, const char *qid, int64_t due)
 	struct deliver_scan *s = arg;
 	if (++s->visited > s->max_visit)
 		return 1;
-	if (deliver_busy_is(s->d, qid, uv_now(s->d->loop)))
-		return 0;
+	uint64_t nowms = uv_now(s->d->loop);
+	if (deliver_busy_is(s->d, qid, nowms)) {
+		/* Taken; its recipients in no job may still be due (a job of
+		 * another destination is slow or throttled). */
+		struct deliver_busy *b = deliver_busy_find(s->d, qid);
+		if (!b || !busy_more(b, s->now, nowms, false, &s->busy_next))
+			return 0;
+	}
 	memcpy(s->ids[s->n++], qid, QUEUE_ID_SIZE);
 	return s->n >= s->want;
 }
@@ -977,7 +1052,9 @@ void deliver_schedule(struct deliver *d)
 	size_t want_total = (size_t)slots * READY_PER_SESSION + 8;
 	while (d->flush && d->flush_pos < d->nflush && d->nready < want_total) {
 		const char *qid = d->flush[d->flush_pos++];
-		if (!deliver_busy_is(d, qid, nowms))
+		struct deliver_busy *b = deliver_busy_is(d, qid, nowms) ?
+		                         deliver_busy_find(d, qid) : NULL;
+		if (!b || busy_more(b, deliver_wall_now(), nowms, true, NULL))
 			load(d, qid);
 	}
 	if (d->flush && d->flush_pos >= d->nflush) {
@@ -988,8 +1065,10 @@ void deliver_schedule(struct deliver *d)
 	int64_t next = -1;
 	if (d->nready < want_total) {
 		size_t want = want_total - d->nready;
-		struct deliver_scan s = {d, calloc(want, QUEUE_ID_SIZE), 0, want, 0,
-		                 want + d->nbusy + 64};
+		struct deliver_scan s = {
+			.d = d, .ids = calloc(want, QUEUE_ID_SIZE), .want = want,
+			.max_visit = want + d->nbusy + 64,
+			.now = deliver_wall_now(), .busy_next = -1};
 		if (s.ids) {
 			int r = queue_scan_due(d->q, deliver_wall_now(), &next, deliver_scan_cb, &s);
 			if (r)
@@ -999,6 +1078,9 @@ void deliver_schedule(struct deliver *d)
 				load(d, s.ids[i]);
 			if (s.visited > s.max_visit || s.n >= s.want)
 				next = deliver_wall_now();   /* more is due */
+			/* A busy message's other recipients fall due then. */
+			if (s.busy_next >= 0 && (next < 0 || s.busy_next < next))
+				next = s.busy_next;
 			free(s.ids);
 		}
 	} else {

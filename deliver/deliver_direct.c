@@ -30,6 +30,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "common/idna.h"
 #include "common/log.h"
 #include "common/smtp.h"
 #include "dns/dns.h"
@@ -367,8 +368,12 @@ void deliver_direct_sweep(struct deliver *d, uint64_t now, bool all)
 	}
 }
 
-/* A recipient domain, lower case. "": none (a bare local part). */
-static void rcpt_domain(const char *rcpt, char *out, size_t outlen)
+/* A recipient domain, lower case; an internationalized one (SMTPUTF8)
+ * as its A-labels, the form DNS knows it by (RFC 6531 §3.2; Postfix does
+ * the same). "": none (a bare local part). -EILSEQ, -EINVAL,
+ * -ENAMETOOLONG: not a domain name (idna_to_ascii); out has the domain
+ * as given. */
+static int rcpt_domain(const char *rcpt, char *out, size_t outlen)
 {
 	const char *at = strrchr(rcpt, '@');
 	size_t i = 0;
@@ -377,7 +382,14 @@ static void rcpt_domain(const char *rcpt, char *out, size_t outlen)
 			out[i++] = (char)tolower((unsigned char)*at);
 	out[i] = '\0';
 	if (i && out[i - 1] == '.')
-		out[i - 1] = '\0';
+		out[--i] = '\0';
+	if (!idna_is_8bit(out, i) || out[0] == '[')
+		return 0;
+	char a[IDNA_NAME_MAX + 1];
+	int r = idna_to_ascii(out, i, a, sizeof a);
+	if (r == 0)
+		snprintf(out, outlen, "%s", a);
+	return r;
 }
 
 static struct deliver_domain *dom_find(struct deliver *d, const char *name)
@@ -450,7 +462,7 @@ int deliver_direct_route(struct deliver *d, const char *rcpt, char *key,
                          size_t keylen, struct deliver_reply *fail)
 {
 	char name[SMTP_DOMAIN_MAX + 1];
-	rcpt_domain(rcpt, name, sizeof name);
+	int bad = rcpt_domain(rcpt, name, sizeof name);
 	uint64_t now = uv_now(d->loop);
 	struct deliver_domain *dm = dom_find(d, name);
 	if (dm && dm->st != DOM_RESOLVING && !dom_busy(dm) &&
@@ -471,6 +483,12 @@ int deliver_direct_route(struct deliver *d, const char *rcpt, char *key,
 		d->ndomains++;
 		if (!name[0]) {
 			dom_fail(dm, SMTP_R_DLV_NXDOMAIN, "(no domain)", NULL);
+		} else if (bad) {
+			dom_fail(dm, SMTP_R_DLV_BAD_DOMAIN, name,
+			         bad == -EILSEQ ? "a character no domain name may "
+			         "have, or not UTF-8" : bad == -ENAMETOOLONG ?
+			         "a label or the name too long" :
+			         "an empty label, or a hyphen where none may be");
 		} else {
 			dom_start(dm);
 		}

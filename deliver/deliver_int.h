@@ -260,6 +260,14 @@ struct deliver_busy {
 	/* uv_now() ms until which the message is left alone after its
 	 * index change failed (no resend loop on a full disk); 0: none. */
 	uint64_t cool_until;
+	/* Which recipients of latest are in a job (injob[i], latest->nrcpt
+	 * entries, allocated by the first job): the others may be loaded
+	 * while the jobs run, when they fall due (deliver_busy_more), so
+	 * that a slow or throttled destination never delays another. */
+	uint8_t *injob;
+	/* uv_now() ms before which no more of the message is loaded: its
+	 * other recipients wait for a paused destination or a lookup. */
+	uint64_t more_after;
 };
 
 struct deliver_snode {
@@ -517,12 +525,14 @@ void deliver_busy_del(struct deliver *d, const char *qid);
 void deliver_busy_mark(struct deliver_busy *b, size_t i);
 bool deliver_busy_is(struct deliver *d, const char *qid, uint64_t now);
 
-/* A walk of the schedule collecting ids that are not busy
- * (queue_scan_due's callback). */
+/* A walk of the schedule collecting ids that are not busy, or busy with
+ * due recipients in no job (queue_scan_due's callback). busy_next: the
+ * earliest time a busy message's other recipients fall due (-1: none). */
 struct deliver_scan {
 	struct deliver *d;
 	char (*ids)[QUEUE_ID_SIZE];
 	size_t n, want, visited, max_visit;
+	int64_t now, busy_next;
 };
 int deliver_scan_cb(void *arg, const char *qid, int64_t due);
 

@@ -332,24 +332,12 @@ static int tls_start(struct deliver_session *s)
 		session_fail(s, false, "TLS: out of memory");
 		return -ENOMEM;
 	}
+	/* SNI, and with verify the certificate must name the host we meant
+	 * (the MX host, or the smarthost's tls_name). */
 	const char *name = s->direct ? s->mx : s->cfg->tls_name;
-	struct in6_addr a6;
-	struct in_addr a4;
-	bool is_ip = inet_pton(AF_INET, name, &a4) == 1 ||
-	             inet_pton(AF_INET6, name, &a6) == 1;
-	if (!is_ip)
-		SSL_set_tlsext_host_name(s->tls.ssl, name);
-	if (SSL_CTX_get_verify_mode(ctx) & SSL_VERIFY_PEER) {
-		/* The certificate must name the host we meant (RFC 6125). */
-		X509_VERIFY_PARAM *vp = SSL_get0_param(s->tls.ssl);
-		X509_VERIFY_PARAM_set_hostflags(vp,
-		                                X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-		int ok = is_ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, name)
-		               : X509_VERIFY_PARAM_set1_host(vp, name, 0);
-		if (!ok) {
-			session_fail(s, true, "TLS: cannot check the name %s", name);
-			return -EINVAL;
-		}
+	if (tls_stream_peer_name(&s->tls, name) < 0) {
+		session_fail(s, true, "TLS: cannot check the name %s", name);
+		return -EINVAL;
 	}
 	s->tls_handshake = true;
 	tls_handshake(s);

@@ -49,7 +49,8 @@ static void flush_all(struct deliver *d, deliver_ctl_reply_fn reply, void *arg)
 	struct flushscan { size_t n, cap; char (*ids)[QUEUE_ID_SIZE]; int err; };
 	uint64_t nmsg = 0, nsched = 0;
 	queue_count(d->q, &nmsg, &nsched);
-	struct deliver_scan s = {d, NULL, 0, 0, 0, 0};
+	/* A busy message counts when some recipient is in no job. */
+	struct deliver_scan s = {.d = d, .now = INT64_MAX, .busy_next = -1};
 	s.want = (size_t)nsched + 1;
 	s.max_visit = (size_t)nsched + 1;
 	s.ids = calloc(s.want, QUEUE_ID_SIZE);

@@ -34,6 +34,7 @@
 
 #include "common/b64.h"
 #include "common/buf.h"
+#include "common/idna.h"
 #include "common/log.h"
 #include "dkim/dkim_canon.h"
 
@@ -410,6 +411,16 @@ int dkim_from_domain(const char *v, size_t n, char *dom, size_t domlen)
 		dl--;
 	if (dl == 0 || dl >= domlen || dl > 253)
 		return -EINVAL;
+	if (idna_is_8bit(d, dl)) {
+		/* An internationalized From: domain (SMTPUTF8): the key is
+		 * named by its A-labels, and d= carries them (RFC 8616 §4). */
+		char a[IDNA_NAME_MAX + 1];
+		int r = idna_to_ascii(d, dl, a, sizeof a);
+		if (r < 0 || strlen(a) >= domlen)
+			return -EINVAL;
+		memcpy(dom, a, strlen(a) + 1);
+		return 0;
+	}
 	for (size_t i = 0; i < dl; i++) {
 		unsigned char c = (unsigned char)d[i];
 		if (!isalnum(c) && c != '-' && c != '.')

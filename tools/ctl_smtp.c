@@ -191,24 +191,10 @@ static int ctl_smtp_handshake(struct ctl_smtp *s, SSL_CTX *ctx,
 {
 	if (tls_stream_init(&s->tls, ctx, false) < 0)
 		return ctl_smtp_fail(s, -ENOMEM, "TLS: out of memory");
-	struct in6_addr a6;
-	struct in_addr a4;
-	bool is_ip = inet_pton(AF_INET, name, &a4) == 1 ||
-	             inet_pton(AF_INET6, name, &a6) == 1;
-	if (!is_ip)
-		SSL_set_tlsext_host_name(s->tls.ssl, name);
-	if (SSL_CTX_get_verify_mode(ctx) & SSL_VERIFY_PEER) {
-		/* As deliver/deliver_session.c: the certificate must name the
-		 * host we meant (RFC 6125), no partial wildcards. */
-		X509_VERIFY_PARAM *vp = SSL_get0_param(s->tls.ssl);
-		X509_VERIFY_PARAM_set_hostflags(vp,
-		                                X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-		int ok = is_ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, name)
-		               : X509_VERIFY_PARAM_set1_host(vp, name, 0);
-		if (!ok)
-			return ctl_smtp_fail(s, -EINVAL, "TLS: cannot check the "
-			                     "name %s", name);
-	}
+	/* As deliver/: the certificate must name the host we meant. */
+	if (tls_stream_peer_name(&s->tls, name) < 0)
+		return ctl_smtp_fail(s, -EINVAL, "TLS: cannot check the name %s",
+		                     name);
 	uint8_t rb[CTL_SMTP_RBUF];
 	/* Bounded: each round either completes, fails, or waits at most
 	 * timeout_ms for the peer's next flight. */

@@ -55,6 +55,7 @@
 #include "common/conf.h"
 #include "common/log.h"
 #include "common/smtp.h"
+#include "tools/sendmail_bs.h"
 
 extern char **environ;
 
@@ -104,6 +105,7 @@ static void usage(FILE *f)
 	fprintf(f,
 	        "usage: " SM_PROG " [-t] [-i] [-f ADDR] [-F NAME] [-C FILE] [-v] "
 	        "[--] [RCPT...] < message\n"
+	        "       " SM_PROG " -bs  (SMTP on stdin and stdout)\n"
 	        "       " SM_PROG " -bp | -q\n"
 	        "  -t        recipients from To, Cc and Bcc (Bcc is removed)\n"
 	        "  -i, -oi   a line with a lone '.' does not end the message\n"
@@ -111,7 +113,8 @@ static void usage(FILE *f)
 	        "  -F NAME   full name for the From field that is added\n"
 	        "  -C FILE   relayd's configuration (default $RELAYD_CONFIG, "
 	        "else " SM_DEFAULT_CONF ")\n"
-	        "  -bm       deliver (the default); -bp: the queue; -q: flush it\n"
+	        "  -bm       deliver (the default); -bs: speak SMTP on stdin/stdout;\n"
+	        "            -bp: the queue; -q: flush it\n"
 	        "  -v        say where the message went\n"
 	        "Other -o options, -B, -N, -R, -V and -X are accepted and ignored.\n"
 	        "Exit status per sysexits.h: 0 ok, 64 usage, 65 bad address or "
@@ -461,12 +464,12 @@ out:
 }
 
 /*
- * stdin to m->body: lines end in LF, CRLF or a lone CR, and are written
+ * in (stdin, or -bs's DATA) to m->body: lines end in LF, CRLF or a lone CR, and are written
  * with CRLF. Without -i a line "." ends the message. The header section
  * (up to the first empty line, or a line that cannot be a field) is held
  * in m->hdr, then written behind the added fields.
  */
-static int sm_read_message(struct sm *s, struct sm_msg *m)
+static int sm_read_message(struct sm *s, struct sm_msg *m, FILE *in)
 {
 	char line[1000];
 	size_t n = 0;
@@ -485,7 +488,7 @@ static int sm_read_message(struct sm *s, struct sm_msg *m)
 		bool saw_cr = false;
 		n = 0;
 		while (!end) {
-			int c = getchar();
+			int c = getc(in);
 			if (c == EOF) {
 				eof = true;
 				if (n == 0 && piece_first)
@@ -493,7 +496,7 @@ static int sm_read_message(struct sm *s, struct sm_msg *m)
 				break;
 			}
 			if (saw_cr && c != '\n') {
-				ungetc(c, stdin);
+				ungetc(c, in);
 				end = true;
 				break;
 			}
@@ -590,7 +593,7 @@ done:
 		       " bytes (max_message_size)", limit);
 		return EX_DATAERR;
 	}
-	if (ferror(stdin)) {
+	if (ferror(in)) {
 		sm_err("reading the message: %s", strerror(errno));
 		return EX_IOERR;
 	}
@@ -1169,6 +1172,325 @@ static int sm_import(struct sm *s)
 /* ---- main ------------------------------------------------------------- */
 
 /* An option's value: "-fADDR" or "-f ADDR". NULL: missing. */
+/* ---- -bs: SMTP on stdin and stdout ------------------------------------ */
+
+/*
+ * `sendmail -bs` (Symfony Mailer's and Laravel's default): the caller
+ * speaks SMTP to us on stdin/stdout, one or more transactions. Each
+ * message goes the way of any other (added fields, relayd over loopback
+ * SMTP, else the maildrop), and the caller gets relayd's own reply, or
+ * 250 once the message is in the maildrop. Bounded: command lines of
+ * BS_LINE_MAX octets, BS_CMDS_MAX commands, BS_ERRS_MAX errors, each read
+ * within BS_WAIT_MS (RFC 5321 §4.5.3.2.7's five minutes), the message by
+ * max_message_size.
+ */
+#define BS_LINE_MAX 1000
+#define BS_CMDS_MAX 1000
+#define BS_ERRS_MAX 20
+#define BS_WAIT_MS (300 * 1000)
+#define BS_PIECE 4096
+
+struct bs_in {
+	char buf[8192];
+	size_t pos, len;
+	bool eof;
+};
+
+/*
+ * The next piece of a line from fd 0: at most max (>= 2) bytes into p,
+ * *n of them; *end when the piece ends its line (the LF and a CR before
+ * it are not in p; a CR at the end of a full piece waits for the next, so
+ * CRLF is never split). 1: a piece; 0: end of input before any byte;
+ * -ETIMEDOUT; -EIO.
+ */
+static int bs_piece(struct bs_in *in, char *p, size_t max, size_t *n,
+                    bool *end)
+{
+	size_t o = 0;
+	*end = false;
+	for (;;) {
+		if (in->pos == in->len) {
+			if (in->eof) {
+				*end = true;   /* a last line without LF */
+				break;
+			}
+			struct pollfd pf = {.fd = 0, .events = POLLIN};
+			int r = poll(&pf, 1, BS_WAIT_MS);
+			if (r == 0)
+				return -ETIMEDOUT;
+			if (r < 0) {
+				if (errno == EINTR)
+					continue;
+				return -EIO;
+			}
+			ssize_t k = read(0, in->buf, sizeof in->buf);
+			if (k < 0) {
+				if (errno == EINTR || errno == EAGAIN)
+					continue;
+				return -EIO;
+			}
+			if (k == 0) {
+				in->eof = true;
+				if (o == 0)
+					return 0;
+				continue;
+			}
+			in->pos = 0;
+			in->len = (size_t)k;
+		}
+		char c = in->buf[in->pos++];
+		if (c == '\n') {
+			*end = true;
+			break;
+		}
+		p[o++] = c;
+		if (o == max) {
+			if (p[o - 1] == '\r') {
+				in->pos--;   /* may be a CRLF: decided next time */
+				o--;
+			}
+			break;
+		}
+	}
+	if (*end && o && p[o - 1] == '\r')
+		o--;
+	*n = o;
+	return 1;
+}
+
+static bool bs_reply(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static bool bs_reply(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	fputs("\r\n", stdout);
+	return fflush(stdout) == 0;
+}
+
+/* The path of a MAIL FROM: / RCPT TO: argument a[0..n): "<path>", then
+ * parameters. out: the address (a bare local part gets @hostname).
+ * -EINVAL: not a path. */
+static int bs_path(const struct sm *s, const char *a, size_t n,
+                   bool null_ok, char *out)
+{
+	char path[SMTP_PATH_MAX + 3];
+	size_t rest;
+	if (sm_bs_path(a, n, path, sizeof path - 1, &rest) < 0)
+		return -EINVAL;
+	/* Parameters (BODY=, SMTPUTF8, SIZE=) need nothing here: relayd
+	 * checks the message itself. */
+	return sm_parse_arg_addr(s, path, null_ok, out);
+}
+
+static void bs_reset(struct sm *s, const char *dflt)
+{
+	for (size_t k = 0; k < s->nrcpt; k++)
+		free(s->rcpt[k]);
+	s->nrcpt = 0;
+	snprintf(s->sender, sizeof s->sender, "%s", dflt);
+}
+
+/*
+ * DATA: the lines up to "." (dot-unstuffed) into a temp file, then the
+ * message as sendmail would take it on stdin (-i), to relayd or the
+ * maildrop. Returns false when the session must end (input gone).
+ */
+static bool bs_data(struct sm *s, struct bs_in *in)
+{
+	FILE *raw = tmpfile();
+	if (!raw)
+		return bs_reply("451 4.3.0 cannot create a temporary file: %s",
+		                strerror(errno));
+	if (!bs_reply("354 End data with <CR><LF>.<CR><LF>")) {
+		fclose(raw);
+		return false;
+	}
+	/* Room for the fields sendmail adds on top of the limit. */
+	uint64_t limit = s->conf.max_message_size, size = 0;
+	bool over = false, werr = false;
+	char piece[BS_PIECE];
+	struct sm_bs_dot dot;
+	sm_bs_dot_init(&dot);
+	for (;;) {
+		size_t n;
+		bool end;
+		int r = bs_piece(in, piece, sizeof piece, &n, &end);
+		if (r <= 0) {
+			fclose(raw);
+			if (r == -ETIMEDOUT)
+				bs_reply("421 4.4.2 %s timeout: closing",
+				         s->conf.hostname);
+			return false;   /* no end of data: nothing is sent */
+		}
+		const char *p = piece;
+		if (sm_bs_dot_piece(&dot, &p, &n, end))
+			break;
+		size += n + (end ? 2 : 0);
+		if (size > limit)
+			over = true;
+		if (!over && !werr &&
+		    (fwrite(p, 1, n, raw) != n ||
+		     (end && fwrite("\r\n", 1, 2, raw) != 2)))
+			werr = true;
+	}
+	if (over) {
+		fclose(raw);
+		return bs_reply("552 5.3.4 message too big: relayd takes at most %"
+		                PRIu64 " bytes (max_message_size)", limit);
+	}
+	if (werr || fflush(raw) != 0 || fseeko(raw, 0, SEEK_SET) != 0) {
+		fclose(raw);
+		return bs_reply("451 4.3.0 cannot write a temporary file");
+	}
+	struct sm_msg m = {0};
+	bool opt_i = s->opt_i;
+	s->opt_i = true;            /* the dot ended the message already */
+	int rc = sm_read_message(s, &m, raw);
+	s->opt_i = opt_i;
+	fclose(raw);
+	bool ok;
+	if (rc == EX_DATAERR) {
+		ok = bs_reply("554 5.6.0 message refused: the header section is "
+		              "too large or the message too big");
+	} else if (rc) {
+		ok = bs_reply("451 4.3.0 cannot read the message");
+	} else {
+		char why[SM_REPLY_LINE_MAX + 64];
+		int res = sm_submit(&s->conf, s->sender, s->rcpt, s->nrcpt, m.body,
+		                    0, why, sizeof why);
+		if (res == SM_SENT || res == SM_PERM) {
+			/* relayd's own reply: "250 2.0.0 Ok: queued as ..." or
+			 * its refusal, with its code. */
+			ok = bs_reply("%s", why);
+		} else if (sm_maildrop_write(s, &m) == 0) {
+			ok = bs_reply("250 2.0.0 Ok: queued in the maildrop for "
+			              "relayd's next start (%s)", why);
+		} else {
+			ok = bs_reply("451 4.3.0 cannot queue the message now: %s",
+			              why);
+		}
+	}
+	if (m.body)
+		fclose(m.body);
+	buf_free(&m.hdr);
+	return ok;
+}
+
+static int sm_bs(struct sm *s)
+{
+	static struct bs_in in;
+	char dflt[SMTP_PATH_MAX + 1], line[BS_LINE_MAX + 1];
+	snprintf(dflt, sizeof dflt, "%s", s->sender);
+	bool mail = false;
+	unsigned errs = 0;
+	if (!bs_reply("220 %s relayd-sendmail ESMTP", s->conf.hostname))
+		return EX_IOERR;
+	for (unsigned cmds = 0; cmds < BS_CMDS_MAX; cmds++) {
+		size_t n;
+		bool end, ok = true;
+		int r = bs_piece(&in, line, BS_LINE_MAX, &n, &end);
+		if (r == 0 || r == -EIO)
+			break;      /* the caller hung up */
+		if (r == -ETIMEDOUT) {
+			bs_reply("421 4.4.2 %s timeout: closing", s->conf.hostname);
+			bs_reset(s, dflt);
+			return EX_TEMPFAIL;
+		}
+		if (!end) {
+			/* Too long: the rest of it is skipped. */
+			while (!end && (r = bs_piece(&in, line, BS_LINE_MAX, &n,
+			                             &end)) > 0)
+				;
+			if (r <= 0)
+				break;
+			ok = bs_reply("500 5.5.2 line too long");
+			errs++;
+			goto next;
+		}
+		line[n] = '\0';
+		const char *arg;
+		enum sm_bs_verb verb = sm_bs_command(line, n, &arg);
+		size_t an = (size_t)(line + n - arg);
+		char a[SMTP_PATH_MAX + 1];
+		if (verb == SM_BS_BAD) {
+			ok = bs_reply("500 5.5.2 NUL in the command");
+			errs++;
+		} else if (verb == SM_BS_EHLO) {
+			ok = bs_reply("250-%s\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
+			              "250-ENHANCEDSTATUSCODES\r\n250 SIZE %" PRIu64,
+			              s->conf.hostname, s->conf.max_message_size);
+			mail = false;
+			bs_reset(s, dflt);
+		} else if (verb == SM_BS_HELO) {
+			ok = bs_reply("250 %s", s->conf.hostname);
+			mail = false;
+			bs_reset(s, dflt);
+		} else if (verb == SM_BS_MAIL) {
+			if (mail) {
+				ok = bs_reply("503 5.5.1 nested MAIL command");
+				errs++;
+			} else if (bs_path(s, arg, an, true, a) < 0) {
+				ok = bs_reply("501 5.1.7 bad sender address syntax");
+				errs++;
+			} else {
+				snprintf(s->sender, sizeof s->sender, "%s", a);
+				mail = true;
+				ok = bs_reply("250 2.1.0 Ok");
+			}
+		} else if (verb == SM_BS_RCPT) {
+			if (!mail) {
+				ok = bs_reply("503 5.5.1 need MAIL first");
+				errs++;
+			} else if (bs_path(s, arg, an, false, a) < 0) {
+				ok = bs_reply("501 5.1.3 bad recipient address syntax");
+				errs++;
+			} else if (sm_add_rcpt(s, a) != 0) {
+				ok = bs_reply("452 4.5.3 too many recipients");
+			} else {
+				ok = bs_reply("250 2.1.5 Ok");
+			}
+		} else if (verb == SM_BS_DATA) {
+			if (!mail || s->nrcpt == 0) {
+				ok = bs_reply("503 5.5.1 need %s first",
+				              mail ? "RCPT" : "MAIL");
+				errs++;
+			} else {
+				ok = bs_data(s, &in);
+				mail = false;
+				bs_reset(s, dflt);
+			}
+		} else if (verb == SM_BS_RSET) {
+			mail = false;
+			bs_reset(s, dflt);
+			ok = bs_reply("250 2.0.0 Ok");
+		} else if (verb == SM_BS_NOOP) {
+			ok = bs_reply("250 2.0.0 Ok");
+		} else if (verb == SM_BS_VRFY) {
+			ok = bs_reply("252 2.5.0 cannot verify; send the message");
+		} else if (verb == SM_BS_QUIT) {
+			bs_reply("221 2.0.0 Bye");
+			bs_reset(s, dflt);
+			return EX_OK;
+		} else {
+			ok = bs_reply("502 5.5.2 command not implemented");
+			errs++;
+		}
+next:
+		if (!ok)
+			break;      /* stdout is gone */
+		if (errs >= BS_ERRS_MAX) {
+			bs_reply("421 4.7.0 %s too many errors: closing",
+			         s->conf.hostname);
+			bs_reset(s, dflt);
+			return EX_PROTOCOL;
+		}
+	}
+	bs_reset(s, dflt);
+	return EX_OK;
+}
+
 static const char *opt_val(int argc, char **argv, int *i)
 {
 	if (argv[*i][2])
@@ -1181,7 +1503,7 @@ static const char *opt_val(int argc, char **argv, int *i)
 int main(int argc, char **argv)
 {
 	static struct sm s;
-	enum { M_SEND, M_LIST, M_FLUSH, M_IMPORT } mode = M_SEND;
+	enum { M_SEND, M_SMTP, M_LIST, M_FLUSH, M_IMPORT } mode = M_SEND;
 	int i, rc;
 
 	/* setgid: the group is held only for the maildrop write. */
@@ -1233,6 +1555,8 @@ int main(int argc, char **argv)
 		case 'b':
 			if (strcmp(a, "-bm") == 0)
 				mode = M_SEND;
+			else if (strcmp(a, "-bs") == 0)
+				mode = M_SMTP;
 			else if (strcmp(a, "-bp") == 0)
 				mode = M_LIST;
 			else
@@ -1320,6 +1644,17 @@ bad:
 		snprintf(s.sender, sizeof s.sender, "%s@%s", s.user,
 		         s.conf.hostname);
 	}
+	if (mode == M_SMTP) {
+		if (i < argc) {
+			sm_err("-bs takes no recipient arguments (RCPT TO gives "
+			       "them)");
+			return EX_USAGE;
+		}
+		s.opt_t = false;    /* the envelope comes with RCPT TO */
+		rc = sm_bs(&s);
+		conf_free(&s.conf);
+		return rc;
+	}
 	for (; i < argc; i++) {
 		char a[SMTP_PATH_MAX + 1];
 		if (sm_parse_arg_addr(&s, argv[i], false, a) < 0) {
@@ -1336,7 +1671,7 @@ bad:
 		return EX_USAGE;
 	}
 	struct sm_msg m = {0};
-	rc = sm_read_message(&s, &m);
+	rc = sm_read_message(&s, &m, stdin);
 	if (rc == 0 && s.nrcpt == 0) {
 		sm_err("no recipients in To, Cc or Bcc");
 		rc = EX_NOUSER;

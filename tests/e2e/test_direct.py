@@ -41,6 +41,7 @@ never on timing:
   (dns_servers), its addresses tried in turn.
 Every wait is bounded; every server is stopped by PID.
 """
+import json
 import os
 import random
 import re
@@ -49,8 +50,9 @@ import tempfile
 
 import pytest
 
-from conftest_upstream import (make_message, statuses, submit, wait_log,
-                               wait_status)
+from conftest import wait_until
+from conftest_upstream import (delivery_lines, make_message, statuses, submit,
+                               wait_gone, wait_log, wait_status)
 from dnsutil import Dnsmasq
 from dsn import parse_dsn
 
@@ -798,3 +800,85 @@ def test_stats_say_direct(world):
     assert st["route"]["state"] == "direct", st
     assert st["sent"] == 1, st
     assert up.wait_messages(1)
+
+
+def test_slow_destination_never_delays_another_of_the_same_message(world):
+    """One message, two domains: slow.test's MX holds the reply to the
+    final dot until the test lets it go; fast.test's MX greylists its
+    recipient once. The greylisted recipient is retried and sent while
+    the slow job is still in its session (the message is busy, but that
+    recipient is in no job): a destination never delays another, retries
+    included. Bounded: the hold ends at the latest after 120 s, and the
+    relay's timeouts are longer than the waits here."""
+    w = world(2)
+    slow = w.start_mx(0, behaviour={"hold_data_reply": True})
+    w.start_mx(1, behaviour={"rcpt": {
+        "b@fast.test": ["450 4.7.1 <b@fast.test>: Recipient address "
+                        "rejected: Greylisted, try again later"]}})
+    w.start_dns({"mx": [("slow.test", "mx.slow.test", 10),
+                        ("fast.test", "mx.fast.test", 10)],
+                 "hosts": [("mx.slow.test", w.host(0)),
+                           ("mx.fast.test", w.host(1))]})
+    r = w.relayd(delivery_timeout="300s")
+    content, mid = make_message("slow and fast", to="a@slow.test")
+    qid = submit(r, SENDER, ["a@slow.test", "b@fast.test"], content)
+    # The slow MX has the message and holds its reply.
+    wait_until(lambda: len(slow.messages()) == 1, timeout=30,
+               what="the slow MX to hold the message")
+    # Meanwhile the other recipient is deferred, retried, sent.
+    sent_line(r, qid, "b@fast.test")
+    assert statuses(r, qid, "b@fast.test") == ["deferred", "sent"]
+    assert statuses(r, qid, "a@slow.test") == []
+    # Still busy with the slow job, the index records the other
+    # recipient as sent (a per-recipient change, written now).
+
+    def states():
+        shown = json.loads(r.relayctl("show", qid, "--json").stdout.decode())
+        return {rc["address"]: rc["state"] for rc in shown["recipients"]}
+    wait_until(lambda: states() == {"a@slow.test": "pending",
+                                    "b@fast.test": "sent"},
+               timeout=30, what="the index to record b@fast.test as sent")
+    assert statuses(r, qid, "a@slow.test") == []
+    slow.set_behaviour({})
+    sent_line(r, qid, "a@slow.test")
+    assert statuses(r, qid, "a@slow.test") == ["sent"]
+    assert statuses(r, qid, "b@fast.test") == ["deferred", "sent"]
+    log = r.log_text()
+    i_b = log.find("%s: to=<b@fast.test>, relay=mx.fast.test" % qid)
+    i_b_sent = log.find("status=sent", i_b)
+    i_a = log.find("%s: to=<a@slow.test>" % qid)
+    assert 0 <= i_b < i_a and i_b_sent < i_a, log[-3000:]
+    wait_gone(r, qid)
+    assert [m["rcpt_tos"] for m in slow.messages()] == [["a@slow.test"]]
+
+
+def test_internationalized_recipient_domain_is_looked_up_by_its_a_labels(
+        world):
+    """An SMTPUTF8 recipient at b\u00fccher.test: relayd asks DNS for the
+    MX of xn--bcher-kva.test (the only name the zone has) and delivers,
+    the address as given; a domain that cannot be a name (a U-label with
+    "--" in positions 3-4) bounces 5.1.2 saying why, and only that
+    recipient."""
+    w = world(1)
+    up = w.start_mx(0)
+    w.start_dns({"mx": [("xn--bcher-kva.test", "mx.xn--bcher-kva.test", 10)],
+                 "hosts": [("mx.xn--bcher-kva.test", w.host(0))]})
+    r = w.relayd()
+    good = "j\u00fcrgen@B\u00dcCHER.test"
+    bad = "x@ab--\u00fc.test"
+    content, mid = make_message("idn", to=good,
+                                body="Gr\u00fc\u00dfe\r\n".encode())
+    qid = submit(r, SENDER, [good, bad], content, mail_options=["SMTPUTF8"])
+    line = sent_line(r, qid, good)
+    assert "relay=mx.xn--bcher-kva.test[" in line, line
+    wait_status(r, qid, bad, "bounced")
+    (bl,) = [l for st, l in delivery_lines(r, qid, bad)]
+    assert "dsn=5.1.2" in bl and "not a valid domain name" in bl, bl
+    (rec,) = [m for m in up.messages() if m["mail_from"] == SENDER]
+    assert rec["rcpt_tos"] == [good], rec
+    assert "SMTPUTF8" in [o.upper() for o in rec["mail_options"]], rec
+    log = r.log_text()
+    assert "xn--bcher-kva.test" in log
+    # The bounce report went to the sender's domain, which has no MX in
+    # this zone: that is its own story; the original is gone.
+    wait_gone(r, qid)

@@ -384,3 +384,44 @@ def test_direct_mode_signed_and_verified(world, tmp_path):
     assert n == 2 and ok == [True, True], ok
     assert verify_all(data.replace(b"last line", b"last lime"), zone)[1] \
         == [False, False]
+
+
+def test_internationalized_from_domain_signed_with_its_a_labels_key(
+        upstream_factory, relay_to, tmp_path):
+    """From: J\u00fcrgen <j@B\u00dcCHER.test> (an SMTPUTF8 message): the key
+    configured for xn--bcher-kva.test signs, d= carries the A-labels
+    (RFC 8616 \u00a74), and dkimpy verifies it against the record at
+    ed1._domainkey.xn--bcher-kva.test; a From: domain that is not a
+    valid name is not signed, the message still delivered."""
+    d = str(tmp_path / "idnkeys")
+    os.mkdir(d, 0o700)
+    path, p = genkey(d, "ed1", "ed25519")
+    zone = Zone(str(tmp_path), [("ed1._domainkey.xn--bcher-kva.test",
+                                 txt_strings("ed25519", p))])
+    try:
+        up = upstream_factory(tls="none")
+        r = relay_to(up, start=False, smarthost_tls="none")
+        with_key_lines(r, ["xn--bcher-kva.test ed1 %s" % path])
+        r.start()
+        frm = "J\u00fcrgen <j@B\u00dcCHER.test>"
+        content, _ = make_message("idn dkim", frm=frm,
+                                  body="Gr\u00fc\u00dfe\r\n".encode())
+        submit(r, SENDER, ["one@dest.test"], content,
+               mail_options=("SMTPUTF8", "BODY=8BITMIME"))
+        bad, _ = make_message("bad idn", frm="x@ab--\u00fc.test")
+        submit(r, SENDER, ["two@dest.test"], bad,
+               mail_options=("SMTPUTF8", "BODY=8BITMIME"))
+        got = up.wait_messages(2, timeout=30)
+        by_rcpt = {m["rcpt_tos"][0]: m["data"] for m in got}
+        msg = by_rcpt["one@dest.test"]
+        (f,) = sigs(msg)
+        assert b"d=xn--bcher-kva.test" in f and b"s=ed1" in f, f
+        n, ok = verify_all(msg, zone)
+        assert n == 1 and ok == [True], ok
+        assert verify_all(msg.replace("Gr\u00fc".encode(), b"Gru"),
+                          zone)[1] == [False]
+        assert sigs(by_rcpt["two@dest.test"]) == []
+        assert re.search(r"dkim: signed, d=xn--bcher-kva\.test, s=ed1",
+                         r.log_text())
+    finally:
+        zone.stop()

@@ -8,13 +8,16 @@ SPOOL/maildrop, and after a start it reaches the smarthost exactly once
 (with the one sent while relayd ran), the maildrop empties and relayd's log
 names the local user. Recipients as arguments, -f/-F, -i and a "." line,
 -bp, -q, and the sysexits.h statuses for a bad flag (64), a bad address
-(65) and a message over max_message_size (65)."""
+(65) and a message over max_message_size (65). -bs (SMTP on stdin and
+stdout) driven interactively and by swaks --pipe: two transactions, dot
+stuffing, errors, relayd stopped (maildrop), the limits."""
 import email
 import email.policy
 import os
 import pwd
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -414,3 +417,187 @@ def test_file_appearing_while_running_is_imported(upstream_factory,
     assert maildrop(r) == []
     wait_queue_empty(r)
     assert len(up.messages()) == 1
+
+
+class BS:
+    """relayd-sendmail -bs driven as Symfony Mailer drives it: a command,
+    then its whole reply (every read bounded by a deadline)."""
+
+    def __init__(self, relayd, *extra):
+        e = dict(os.environ)
+        e.pop("RELAYD_CONFIG", None)
+        self.p = subprocess.Popen([SENDMAIL, "-C", relayd.conf_path, "-bs"] +
+                                  list(extra), stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, env=e)
+        self.buf = b""
+
+    def reply(self, timeout=30):
+        """(code, [lines]) of the next reply."""
+        import select
+        end = time.monotonic() + timeout
+        lines = []
+        while True:
+            while b"\n" not in self.buf:
+                left = end - time.monotonic()
+                assert left > 0, "no reply within %ss: %r" % (timeout, lines)
+                r, _, _ = select.select([self.p.stdout], [], [], left)
+                if r:
+                    chunk = os.read(self.p.stdout.fileno(), 4096)
+                    assert chunk, "relayd-sendmail closed stdout: %r" % lines
+                    self.buf += chunk
+            line, self.buf = self.buf.split(b"\n", 1)
+            assert line.endswith(b"\r"), line
+            line = line[:-1].decode()
+            lines.append(line)
+            if line[3:4] != "-":
+                return int(line[:3]), lines
+
+    def cmd(self, line):
+        self.p.stdin.write(line.encode() + b"\r\n")
+        self.p.stdin.flush()
+        return self.reply()
+
+    def data(self, body):
+        assert self.cmd("DATA")[0] == 354
+        self.p.stdin.write(body + b".\r\n")
+        self.p.stdin.flush()
+        return self.reply()
+
+    def finish(self):
+        code, _ = self.cmd("QUIT")
+        assert code == 221
+        rc = self.p.wait(timeout=30)
+        err = self.p.stderr.read()
+        self.p.stdout.close()
+        self.p.stdin.close()
+        self.p.stderr.close()
+        return rc, err
+
+
+BS_MSG = (b"To: a@dest.test\r\nSubject: from an app\r\n\r\n"
+          b"first line\r\n..leading dot\r\n...\r\nlast line\r\n")
+
+
+def test_bs_smtp_on_stdio(upstream_factory, relay_to):
+    """-bs: two transactions in one session go to relayd with relayd's own
+    reply passed back; dot-stuffing undone; Date and Message-ID added;
+    the protocol errors answered precisely; QUIT exits 0."""
+    up = upstream_factory(tls="none")
+    r = relay_to(up, smarthost_tls="none")
+    s = BS(r, "-i")
+    code, lines = s.reply()
+    assert code == 220 and "relayd-sendmail ESMTP" in lines[0], lines
+    code, lines = s.cmd("EHLO app.example")
+    assert code == 250 and "250-8BITMIME" in lines and \
+        any(ln.startswith("250 SIZE ") for ln in lines), lines
+    assert s.cmd("RCPT TO:<a@dest.test>")[0] == 503
+    assert s.cmd("DATA")[0] == 503
+    assert s.cmd("MAIL FROM:bad")[0] == 501
+    assert s.cmd("FROB")[0] == 502
+    assert s.cmd("X" * 2000)[0] == 500
+    assert s.cmd("NOOP")[0] == 250
+    assert s.cmd("MAIL FROM:<app@client.test> BODY=8BITMIME")[0] == 250
+    assert s.cmd("MAIL FROM:<app@client.test>")[0] == 503
+    assert s.cmd("RCPT TO:<a@dest.test>")[0] == 250
+    assert s.cmd("RCPT TO:<@@>")[0] == 501
+    assert s.cmd("RCPT TO: <b@dest.test>")[0] == 250
+    code, lines = s.data(BS_MSG)
+    assert code == 250 and "queued as" in lines[0], lines
+    # A second transaction, the null sender, after RSET.
+    assert s.cmd("MAIL FROM:<x@client.test>")[0] == 250
+    assert s.cmd("RSET")[0] == 250
+    assert s.cmd("MAIL FROM:<>")[0] == 250
+    assert s.cmd("RCPT TO:<c@dest.test>")[0] == 250
+    code, lines = s.data(b"Subject: second\r\n\r\nbody\r\n")
+    assert code == 250, lines
+    rc, err = s.finish()
+    assert rc == 0 and err == b"", (rc, err)
+
+    got = up.wait_messages(2)
+    by = {m["rcpt_tos"][0]: m for m in got}
+    first = by["a@dest.test"]
+    assert sorted(first["rcpt_tos"]) == ["a@dest.test", "b@dest.test"]
+    assert first["mail_from"] == "app@client.test"
+    data = first["data"]
+    assert b"\r\nfirst line\r\n.leading dot\r\n..\r\nlast line\r\n" in data, \
+        data
+    msg = parse(data)
+    assert msg["Subject"] == "from an app" and msg["Date"] and \
+        msg["Message-ID"], data
+    second = by["c@dest.test"]
+    assert second["mail_from"] == "" and parse(second["data"])["Subject"] == \
+        "second"
+    wait_queue_empty(r)
+
+
+def test_bs_with_relayd_stopped_goes_to_the_maildrop(upstream_factory,
+                                                    relay_to):
+    up = upstream_factory(tls="none")
+    r = relay_to(up, smarthost_tls="none")
+    r.stop()
+    s = BS(r)
+    assert s.reply()[0] == 220
+    assert s.cmd("HELO app.example")[0] == 250
+    assert s.cmd("MAIL FROM:<app@client.test>")[0] == 250
+    assert s.cmd("RCPT TO:<d@dest.test>")[0] == 250
+    code, lines = s.data(b"Subject: while stopped\r\n\r\nD\r\n")
+    assert code == 250 and "maildrop" in lines[0], lines
+    rc, _ = s.finish()
+    assert rc == 0
+    assert len(maildrop(r)) == 1
+    assert up.messages() == []
+    r.start()
+    (m,) = up.wait_messages(1)
+    assert m["rcpt_tos"] == ["d@dest.test"]
+    assert parse(m["data"])["Subject"] == "while stopped"
+    wait_until(lambda: maildrop(r) == [], timeout=10,
+               what="the maildrop to empty")
+    wait_queue_empty(r)
+    assert len(up.messages()) == 1
+
+
+def test_bs_limits(relayd_factory):
+    """Over max_message_size: 552 after the whole DATA was read (the
+    session goes on), nothing queued; relayd's own refusal is passed back
+    with its code; too many errors end the session with 421."""
+    r = relayd_factory(max_message_size=2000)
+    s = BS(r)
+    assert s.reply()[0] == 220
+    assert s.cmd("MAIL FROM:<app@client.test>")[0] == 250
+    assert s.cmd("RCPT TO:<big@dest.test>")[0] == 250
+    code, lines = s.data(b"Subject: big\r\n\r\n" + (b"x" * 78 + b"\r\n") * 40)
+    assert code == 552 and "max_message_size" in lines[0], lines
+    assert s.cmd("NOOP")[0] == 250
+    for _ in range(19):
+        assert s.cmd("FROB")[0] == 502
+    # The 20th error is answered, then the session ends (as Postfix's).
+    assert s.cmd("FROB")[0] == 502
+    code, lines = s.reply()
+    assert code == 421 and "too many errors" in lines[-1], lines
+    assert s.p.wait(timeout=30) == 76   # EX_PROTOCOL
+    for f in (s.p.stdout, s.p.stdin, s.p.stderr):
+        f.close()
+    assert queue_list(r) == []
+    assert maildrop(r) == []
+    # -bs with recipient arguments is a usage error.
+    e = sendmail(r, ["-bs", "a@dest.test"], b"")
+    assert e.returncode == EX_USAGE and b"-bs takes no recipient" in e.stderr
+
+
+def test_bs_driven_by_swaks(upstream_factory, relay_to):
+    """A third-party SMTP client (swaks --pipe) through -bs, PIPELINING
+    not offered so swaks waits for each reply."""
+    up = upstream_factory(tls="none")
+    r = relay_to(up, smarthost_tls="none")
+    res = subprocess.run(
+        ["swaks", "--pipe", "%s -C %s -bs" % (SENDMAIL, r.conf_path),
+         "--from", "app@client.test", "--to", "e@dest.test",
+         "--header", "Subject: via swaks", "--body", "swaks body"],
+        capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
+    (m,) = up.wait_messages(1)
+    assert m["rcpt_tos"] == ["e@dest.test"]
+    assert m["mail_from"] == "app@client.test"
+    assert parse(m["data"])["Subject"] == "via swaks"
+    assert b"swaks body" in m["data"]

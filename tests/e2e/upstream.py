@@ -55,6 +55,9 @@ lists. A reply starting with 421 closes the connection after it is sent.
                                 have arrived (no reply)
   "delay_data_reply_ms": N      wait before the reply to the final dot (the
                                 message is recorded before the wait)
+  "hold_data_reply": true       hold the reply to the final dot until the
+                                behaviour no longer says so (at most 120 s;
+                                the message is recorded before)
   "throttle": {"per_connection": N, "reply": REPLY}
                                 after N accepted messages on a connection
                                 MAIL gets REPLY (default 421, which closes)

@@ -472,6 +472,14 @@ class Handler:
         delay = self.st.beh.get().get("delay_data_reply_ms")
         if delay:
             await asyncio.sleep(float(delay) / 1000.0)
+        # Held until the test changes the behaviour (bounded: 120 s).
+        if self.st.beh.get().get("hold_data_reply"):
+            note("conn %d: holding the reply to the final dot", conn["seq"])
+            end = time.monotonic() + 120
+            while self.st.beh.get().get("hold_data_reply") and \
+                    time.monotonic() < end:
+                await asyncio.sleep(0.05)
+            note("conn %d: reply to the final dot released", conn["seq"])
         return rec["reply"]
 
 

@@ -51,7 +51,15 @@ static const struct from_case from_cases[] = {
 	{" ann@exa mple.com", -EINVAL, NULL},
 	{" ann@ex..com", -EINVAL, NULL},
 	{" ann@.com", -EINVAL, NULL},
-	{" ann@b\xc3\xbc" "cher.example", -EINVAL, NULL},
+	/* Internationalized (SMTPUTF8): the A-labels name the key. */
+	{" ann@b\xc3\xbc" "cher.example", 0, "xn--bcher-kva.example"},
+	{" J\xc3\xbcrgen <j@B\xc3\x9c" "CHER.Example>", 0,
+	 "xn--bcher-kva.example"},
+	{" ann@\xd0\xbf\xd1\x80\xd0\xb8\xd0\xbc\xd0\xb5\xd1\x80.example", 0,
+	 "xn--e1afmkfd.example"},
+	{" ann@b\xc3" "cher.example", -EINVAL, NULL},      /* not UTF-8 */
+	{" ann@b\xc3\xbc" "ch er.example", -EINVAL, NULL},
+	{" ann@[b\xc3\xbc" "cher]", -EINVAL, NULL},
 	{" \"unterminated@x.example", -EINVAL, NULL},
 	{" (unterminated ann@x.example", -EINVAL, NULL},
 };
