@@ -7,7 +7,9 @@
  * the daemon side on a real spool in a temporary directory: counts
  * flushed to the writer land in the hour and the day bucket, add up
  * across a close and reopen, are flushed at close, and old buckets are
- * pruned. Every spool test ends with uv_loop_close() == 0.
+ * pruned; and a stats write that does not fit in a full map is dropped
+ * while a quota charge (a mail op of the same writer) still commits.
+ * Every spool test ends with uv_loop_close() == 0.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -21,7 +23,10 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <lmdb.h>
 
+#include "queue/queue_int.h"
+#include "queue/queue_quota.h"
 #include "queue/queue_stats.h"
 
 /* ---- decoding: a table -------------------------------------------------- */
@@ -349,12 +354,17 @@ static void rm_spool(const char *dir)
 	rmdir(dir);
 }
 
-static void spool_open(struct spool *s)
+static void spool_open_map(struct spool *s, size_t map_size)
 {
-	struct queue_opts o = {.map_size = 16 << 20, .sync = QUEUE_SYNC_SYNCFS,
+	struct queue_opts o = {.map_size = map_size, .sync = QUEUE_SYNC_SYNCFS,
 	                       .spool_dir = s->dir};
 	assert_int_equal(uv_loop_init(&s->loop), 0);
 	assert_int_equal(queue_open(&s->loop, &o, &s->q), 0);
+}
+
+static void spool_open(struct spool *s)
+{
+	spool_open_map(s, 16 << 20);
 }
 
 static void closed_cb(void *arg)
@@ -515,6 +525,100 @@ static void test_spool_history(void **state)
 	rm_spool(s.dir);
 }
 
+/* ---- a full map: the history gives way, mail does not ------------------ */
+
+static void charge_cb(void *arg, int status, const struct queue_quota_usage *u)
+{
+	(void)u;
+	int *r = arg;
+	*r = status;
+}
+
+/* Fills the index of dir (no queue open) until at most `left` pages of
+ * its map are unused. */
+static void fill_map(const char *dir, size_t mapsize, size_t left)
+{
+	char p[256];
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	static uint8_t pad[4000];
+	snprintf(p, sizeof p, "%s/index", dir);
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, QUEUE_MAXDBS), 0);
+	assert_int_equal(mdb_env_set_mapsize(env, mapsize), 0);
+	assert_int_equal(mdb_env_open(env, p, MDB_NOTLS, 0600), 0);
+	for (unsigned i = 0; i < 1000; i++) {
+		MDB_envinfo info;
+		MDB_stat st;
+		assert_int_equal(mdb_env_info(env, &info), 0);
+		assert_int_equal(mdb_env_stat(env, &st), 0);
+		if (mapsize / st.ms_psize - info.me_last_pgno - 1 <= left)
+			break;
+		char key[16];
+		snprintf(key, sizeof key, "pad%u", i);
+		MDB_val k = {strlen(key), key}, v = {sizeof pad, pad};
+		assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+		assert_int_equal(mdb_dbi_open(txn, "pad", MDB_CREATE, &dbi), 0);
+		int rc = mdb_put(txn, dbi, &k, &v, 0);
+		if (rc == MDB_MAP_FULL) {
+			mdb_txn_abort(txn);
+			break;
+		}
+		assert_int_equal(rc, 0);
+		assert_int_equal(mdb_txn_commit(txn), 0);
+	}
+	mdb_env_close(env);
+}
+
+static void test_map_full(void **state)
+{
+	(void)state;
+	struct spool s;
+	snprintf(s.dir, sizeof s.dir, "/tmp/relayd-tqs-XXXXXX");
+	assert_non_null(mkdtemp(s.dir));
+	spool_open_map(&s, 1 << 20);     /* makes the index and its DBs */
+	spool_close(&s);
+	fill_map(s.dir, 1 << 20, 12);
+
+	spool_open_map(&s, 1 << 20);
+	/* Two buckets of 200 long names each: some 100 KiB, far more than
+	 * the dozen pages left. */
+	int64_t t = DAY0 + 7 * HOUR;
+	char name[256];
+	for (int i = 0; i < 2 * QUEUE_STATS_DIM_MAX; i++) {
+		memset(name, 'a' + i % 26, 250);
+		snprintf(name + 250, sizeof name - 250, "%03d", i);
+		queue_stats_count(s.q, t, QUEUE_STATS_SENT, name, name, 1);
+	}
+	assert_int_equal(queue_stats_flush(s.q), 0);
+	/* A charge after it: in the same ops batch or the next, it commits. */
+	int r = 1;
+	struct queue_quota_limits lim = {10, 10};
+	assert_int_equal(queue_quota_charge(s.q, "shop", t, 1, &lim, charge_cb,
+	                                    &r), 0);
+	for (int i = 0; r == 1; i++) {
+		assert_true(i < 100000);
+		uv_run(&s.loop, UV_RUN_ONCE);
+	}
+	assert_int_equal(r, 0);
+	spool_close(&s);
+
+	struct seen v;
+	read_buckets(s.dir, QUEUE_STATS_HOUR, &v);
+	assert_int_equal(v.n, 0);
+	read_buckets(s.dir, QUEUE_STATS_DAY, &v);
+	assert_int_equal(v.n, 0);
+	/* The charge is there. */
+	spool_open_map(&s, 1 << 20);
+	struct queue_quota_usage u;
+	assert_int_equal(queue_quota_peek(s.q, "shop", t, &u), 0);
+	assert_int_equal(u.hour, 1);
+	spool_close(&s);
+	rm_spool(s.dir);
+	/* the "pad" DB's pages went with the index files */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -525,6 +629,7 @@ int main(void)
 		cmocka_unit_test(test_merge),
 		cmocka_unit_test(test_times_and_domain),
 		cmocka_unit_test(test_spool_history),
+		cmocka_unit_test(test_map_full),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
