@@ -1,9 +1,11 @@
 /*
  * smtpd/metrics.c - the metrics endpoint's server (metrics.h) and smtpd's
  * own metrics (smtpd_metrics: sessions, replies by reason class, TLS
- * handshake and AUTH failures). One request per connection: the head is
- * read (at most HTTPGET_HEAD_MAX bytes, METRICS_TIMEOUT_MS), answered
- * with Connection: close, and the connection closed.
+ * handshake and AUTH failures), and the same reply classes counted into
+ * the statistics history (smtpd_stats_reply, queue_stats.h). One request
+ * per connection: the head is read (at most HTTPGET_HEAD_MAX bytes,
+ * METRICS_TIMEOUT_MS), answered with Connection: close, and the
+ * connection closed.
  */
 #include "smtpd/metrics.h"
 
