@@ -588,7 +588,10 @@ static void test_map_full(void **state)
 	char name[256];
 	for (int i = 0; i < 2 * QUEUE_STATS_DIM_MAX; i++) {
 		memset(name, 'a' + i % 26, 250);
-		snprintf(name + 250, sizeof name - 250, "%03d", i);
+		name[250] = (char)('0' + i / 100);
+		name[251] = (char)('0' + i / 10 % 10);
+		name[252] = (char)('0' + i % 10);
+		name[253] = '\0';
 		queue_stats_count(s.q, t, QUEUE_STATS_SENT, name, name, 1);
 	}
 	assert_int_equal(queue_stats_flush(s.q), 0);
