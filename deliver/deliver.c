@@ -606,12 +606,16 @@ static void finish(struct deliver *d, struct deliver_job *j,
 			r->state = QUEUE_RCPT_SENT;
 			d->n_sent++;
 			j->dest->n_sent++;
+			queue_stats_count(d->q, now, QUEUE_STATS_SENT, NULL,
+			                  queue_stats_domain(r->addr), 1);
 			deliver_lat_observe(d, age_ms(m, now));
 			deliver_log_result(m, r, relay, t, st, "sent", rep->text);
 		} else if (code >= 500 || expired) {
 			r->state = QUEUE_RCPT_BOUNCED;
 			d->n_bounced++;
 			j->dest->n_bounced++;
+			queue_stats_count(d->q, now, QUEUE_STATS_BOUNCED, NULL,
+			                  queue_stats_domain(r->addr), 1);
 			snprintf(j->dest->last_error, sizeof j->dest->last_error,
 			         "%s", rep->text);
 			const char *status = code >= 500 ? st : "4.4.7";
@@ -635,6 +639,8 @@ static void finish(struct deliver *d, struct deliver_job *j,
 			r->state = QUEUE_RCPT_DEFERRED;
 			d->n_deferred++;
 			j->dest->n_deferred++;
+			queue_stats_count(d->q, now, QUEUE_STATS_DEFERRED, NULL,
+			                  queue_stats_domain(r->addr), 1);
 			snprintf(j->dest->last_error, sizeof j->dest->last_error,
 			         "%s", rep->text);
 			uint64_t wait = deliver_backoff(g->retry_min, g->retry_max,

@@ -196,6 +196,8 @@ static void dsn_committed(void *arg, int status)
 	d->inflight--;
 	if (status == 0) {
 		d->n_dsn++;
+		queue_stats_count(d->q, deliver_wall_now(), QUEUE_STATS_DSN, NULL,
+		                  NULL, 1);
 		log_info("%s: sender %s notification: %s", w->orig->qid,
 		         w->delayed ? "delay" : "non-delivery", w->newqid);
 	} else {
@@ -499,6 +501,8 @@ void deliver_fail_open(struct deliver *d, struct queue_msg *m, const char *why,
 		r->state = QUEUE_RCPT_BOUNCED;
 		deliver_set_reply(r, why);
 		d->n_bounced++;
+		queue_stats_count(d->q, deliver_wall_now(), QUEUE_STATS_BOUNCED,
+		                  NULL, queue_stats_domain(r->addr), 1);
 		deliver_log_result(m, r, NULL, NULL, "5.0.0", "bounced", why);
 		if (deliver_wants(r, QUEUE_NOTIFY_FAILURE)) {
 			struct deliver_dsn_item *it = &fail[(*nfail)++];

@@ -23,6 +23,7 @@
 #include "deliver/deliver_mx.h"
 #include "deliver/deliver_tlspol.h"
 #include "queue/queue.h"
+#include "queue/queue_stats.h"
 
 /* Settings taken from the configuration; refcounted, so that sessions
  * keep theirs across a SIGHUP. Times in milliseconds. */

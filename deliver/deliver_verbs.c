@@ -525,6 +525,11 @@ void deliver_stats_json(struct deliver *d, char *out, size_t outlen)
 		         paused ? sh->pause_until_wall : 0, sh ? sh->fails : 0,
 		         reason);
 	struct dkim_counts dc = dkim_signer_counts(d->dkim);
+	/* The statistics counted and not yet written to the history
+	 * (relayctl status adds them to the buckets it reads). */
+	int64_t sh_hour;
+	const struct queue_stats_bucket *sb = queue_stats_unflushed(d->q,
+	                                                            &sh_hour);
 	snprintf(out, outlen,
 	         "{\"running\":true,\"pid\":%d,\"uptime\":%" PRId64
 	         ",\"delivery\":\"%s\",\"queue\":{\"messages\":%" PRIu64
@@ -536,7 +541,10 @@ void deliver_stats_json(struct deliver *d, char *out, size_t outlen)
 	         ",\"notifications_dropped\":%" PRIu64
 	         ",\"dkim_signed\":%" PRIu64 ",\"dkim_unsigned\":%" PRIu64
 	         ",\"dkim_failed\":%" PRIu64
-	         ",\"smarthost_size\":%" PRIu64 ",\"route\":%s}",
+	         ",\"smarthost_size\":%" PRIu64 ",\"unflushed\":{\"hour\":%"
+	         PRId64 ",\"accepted\":%" PRIu64 ",\"rejected\":%" PRIu64
+	         ",\"sent\":%" PRIu64 ",\"deferred\":%" PRIu64
+	         ",\"bounced\":%" PRIu64 "},\"route\":%s}",
 	         (int)getpid(), deliver_wall_now() - d->started,
 	         g->mode == CONF_DELIVERY_SMARTHOST ? "smarthost" :
 	         g->mode == CONF_DELIVERY_DIRECT ? "direct" : "hold",
@@ -544,7 +552,9 @@ void deliver_stats_json(struct deliver *d, char *out, size_t outlen)
 	         d->nsessions, d->n_attempts, d->n_sent,
 	         d->n_deferred, d->n_bounced, d->n_dsn, d->n_dsn_dropped,
 	         dc.signed_msgs, dc.unsigned_msgs, dc.failed,
-	         d->sh_size, route);
+	         d->sh_size, sh_hour, sb->c[QUEUE_STATS_ACCEPTED],
+	         sb->c[QUEUE_STATS_REJECTED], sb->c[QUEUE_STATS_SENT],
+	         sb->c[QUEUE_STATS_DEFERRED], sb->c[QUEUE_STATS_BOUNCED], route);
 }
 
 

@@ -110,7 +110,8 @@ struct queue_discard {
  * its way through the writer. */
 enum op_kind { OP_UPDATE, OP_REMOVE,
 	OP_QUOTA,     /* a quota charge or refund: queue_quota.c */
-	OP_RCPTS };   /* per-recipient changes merged into the stored record */
+	OP_RCPTS,     /* per-recipient changes merged into the stored record */
+	OP_STATS };   /* statistics counts merged into their buckets */
 
 struct queue_op {
 	struct queue_op *next;
@@ -122,6 +123,8 @@ struct queue_op {
 	struct queue_quota_req *quota;   /* OP_QUOTA: owned by op->arg's cb */
 	struct queue_rcpt_change *ch;    /* OP_RCPTS: deep copies */
 	size_t nch;
+	struct queue_stats_bucket *sb;   /* OP_STATS: the counts (owned) */
+	int64_t stats_hour;              /* OP_STATS: the hour they are of */
 	int status;
 	queue_op_cb cb;
 	void *arg;
@@ -183,7 +186,7 @@ struct queue {
 	MDB_env *env;
 	MDB_dbi dbi_msg, dbi_sched;
 	MDB_dbi dbi_quota;      /* quota counters (queue_quota.c) */
-	MDB_dbi dbi_meta, dbi_stats;    /* index format; statistics (empty) */
+	MDB_dbi dbi_meta, dbi_stats;    /* index format; statistics history */
 	unsigned format;        /* "meta" format at open: 0 absent (format 1) */
 	bool boundary_had_records;  /* the index had records at open */
 	char *spool_path;       /* for env_reopen */
@@ -231,6 +234,10 @@ struct queue {
 
 	/* Loop thread: */
 	bool closing;
+	/* Statistics counted since the last flush (queue_stats.h), all of
+	 * the hour stats_hour (-1: none counted). */
+	struct queue_stats_bucket stats;
+	int64_t stats_hour;
 	bool ready_told;        /* index_ready seen, notify called */
 	queue_notify_cb notify;    /* after each successful commit */
 	void *notify_arg;
@@ -772,6 +779,10 @@ static void op_free(struct queue_op *op)
 	}
 	free(op->ch);
 	free(op->rec);
+	if (op->sb) {
+		queue_stats_bucket_reset(op->sb);
+		free(op->sb);
+	}
 	free(op);
 }
 
@@ -850,6 +861,69 @@ int queue_push_quota(struct queue *q, struct queue_quota_req *r,
 	if (rc)
 		free(op);
 	return rc;
+}
+
+/* ---- statistics (queue_stats.h): counted here, merged by the writer -- */
+
+void queue_stats_count(struct queue *q, int64_t now, unsigned id,
+                       const char *cred, const char *domain, uint64_t n)
+{
+	if (q->closing)
+		return;
+	int64_t hour = queue_stats_hour(now);
+	/* A bucket is one hour's: the counts of the hour before go first. */
+	if (q->stats_hour >= 0 && hour != q->stats_hour)
+		(void)queue_stats_flush(q);
+	q->stats_hour = hour;
+	if (queue_stats_bucket_add(&q->stats, id, cred, domain, n) == -ENOMEM)
+		log_warn("stats: out of memory: a %s count kept in the totals "
+		         "only", id < QUEUE_STATS_NIDS && queue_stats_names[id]
+		         ? queue_stats_names[id] : "counter");
+}
+
+/* Hands the counts to the writer, whatever q->closing says (queue_close
+ * flushes through it). */
+static int stats_flush(struct queue *q)
+{
+	if (q->stats_hour < 0 || queue_stats_bucket_empty(&q->stats)) {
+		q->stats_hour = -1;
+		return 0;
+	}
+	int r = -ENOMEM;
+	struct queue_op *op = calloc(1, sizeof *op);
+	struct queue_stats_bucket *sb = malloc(sizeof *sb);
+	if (op && sb) {
+		*sb = q->stats;     /* the entries move with it */
+		memset(&q->stats, 0, sizeof q->stats);
+		op->kind = OP_STATS;
+		op->due = -1;
+		op->sb = sb;
+		op->stats_hour = q->stats_hour;
+		if ((r = push_op(q, op)) == 0) {
+			q->stats_hour = -1;
+			return 0;
+		}
+		op_free(op);
+	} else {
+		free(op);
+		free(sb);
+		queue_stats_bucket_reset(&q->stats);
+	}
+	q->stats_hour = -1;
+	log_warn("stats: counts of the last minute dropped: %s", strerror(-r));
+	return r;
+}
+
+int queue_stats_flush(struct queue *q)
+{
+	return q->closing ? -ESHUTDOWN : stats_flush(q);
+}
+
+const struct queue_stats_bucket *queue_stats_unflushed(const struct queue *q,
+                                                       int64_t *hour)
+{
+	*hour = q->stats_hour;
+	return &q->stats;
 }
 
 /* A read transaction on any thread. envlock keeps the environment from
@@ -1458,6 +1532,108 @@ static int apply_rcpts(struct queue *q, MDB_txn *txn, struct queue_op *op,
 	return rc;
 }
 
+/* "stats" key: granularity, then the bucket start, 8 bytes big-endian. */
+static void stats_key(uint8_t k[QUEUE_STATS_KEY_LEN], char gran, int64_t t)
+{
+	uint64_t u = t < 0 ? 0 : (uint64_t)t;
+	k[0] = (uint8_t)gran;
+	for (int i = 0; i < 8; i++)
+		k[1 + i] = (uint8_t)(u >> (56 - 8 * i));
+}
+
+/* Merges sb into the bucket (gran, start). An LMDB code. */
+static int stats_merge(struct queue *q, MDB_txn *txn, char gran,
+                       int64_t start, const struct queue_stats_bucket *sb)
+{
+	uint8_t kb[QUEUE_STATS_KEY_LEN];
+	stats_key(kb, gran, start);
+	MDB_val k = {sizeof kb, kb}, v;
+	struct queue_stats_bucket b;
+	memset(&b, 0, sizeof b);
+	int rc = mdb_get(txn, q->dbi_stats, &k, &v);
+	if (rc == 0 && queue_stats_decode(v.mv_data, v.mv_size, &b))
+		log_warn("stats: the %s bucket at %" PRId64 " cannot be decoded; "
+		         "it starts again from these counts",
+		         gran == QUEUE_STATS_HOUR ? "hour" : "day", start);
+	if (rc && rc != MDB_NOTFOUND)
+		return rc;
+	uint8_t *enc = NULL;
+	size_t len = 0;
+	int r = queue_stats_bucket_merge(&b, sb);
+	if (r == 0)
+		r = queue_stats_encode(&b, &enc, &len);
+	queue_stats_bucket_reset(&b);
+	if (r)
+		return r == -ENOMEM ? ENOMEM : MDB_BAD_VALSIZE;
+	MDB_val nv = {len, enc};
+	rc = mdb_put(txn, q->dbi_stats, &k, &nv, 0);
+	free(enc);
+	return rc;
+}
+
+/* Deletes the buckets of granularity gran that start before `before`
+ * (from the front: keys sort by time), at most STATS_PRUNE_MAX. */
+#define STATS_PRUNE_MAX 256
+static int stats_prune(struct queue *q, MDB_txn *txn, char gran,
+                       int64_t before)
+{
+	MDB_cursor *cur;
+	uint8_t kb[QUEUE_STATS_KEY_LEN];
+	stats_key(kb, gran, 0);
+	MDB_val k = {sizeof kb, kb}, v;
+	int rc = mdb_cursor_open(txn, q->dbi_stats, &cur);
+	if (rc)
+		return rc;
+	rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+	for (int n = 0; rc == 0 && n < STATS_PRUNE_MAX; n++) {
+		const uint8_t *p = k.mv_data;
+		if (k.mv_size < QUEUE_STATS_KEY_LEN || p[0] != (uint8_t)gran)
+			break;
+		uint64_t t = 0;
+		for (int i = 0; i < 8; i++)
+			t = t << 8 | p[1 + i];
+		if (t >= (uint64_t)(before < 0 ? 0 : before))
+			break;
+		if ((rc = mdb_cursor_del(cur, 0)) == 0)
+			rc = mdb_cursor_get(cur, &k, &v, MDB_GET_CURRENT);
+		/* After a delete the cursor stands on the next entry (or
+		 * past the end: MDB_NOTFOUND). */
+	}
+	mdb_cursor_close(cur);
+	return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+/* OP_STATS inside apply_ops' transaction, in a nested one: a stats write
+ * that fails (a full map) is logged and its counts dropped, and the
+ * delivery changes of the batch go on. Returns an LMDB code only when
+ * the outer transaction must fail. */
+static int apply_stats(struct queue *q, MDB_txn *txn, struct queue_op *op)
+{
+	MDB_txn *child = NULL;
+	int64_t hour = op->stats_hour, day = queue_stats_day(op->stats_hour);
+	int rc = mdb_txn_begin(q->env, txn, 0, &child);
+	if (rc == 0)
+		rc = stats_merge(q, child, QUEUE_STATS_HOUR, hour, op->sb);
+	if (rc == 0)
+		rc = stats_merge(q, child, QUEUE_STATS_DAY, day, op->sb);
+	if (rc == 0)
+		rc = stats_prune(q, child, QUEUE_STATS_HOUR,
+		                 hour - (QUEUE_STATS_HOURS - 1) * INT64_C(3600));
+	if (rc == 0)
+		rc = stats_prune(q, child, QUEUE_STATS_DAY,
+		                 day - (QUEUE_STATS_DAYS - 1) * INT64_C(86400));
+	if (rc == 0)
+		rc = mdb_txn_commit(child);
+	else if (child)
+		mdb_txn_abort(child);
+	if (rc) {
+		log_warn("stats: cannot record the counts of the hour at %" PRId64
+		         ": %s; they are dropped", hour, mdb_strerror(rc));
+		op->status = queue_mdb_errno(rc);
+	}
+	return 0;
+}
+
 /* Applies a list of changes in one write transaction and makes it
  * durable (a synchronous commit; in syncfs mode the meta page needs its
  * own sync), then unlinks the bodies of removed messages: a crash before
@@ -1481,6 +1657,10 @@ static struct queue_op *apply_ops(struct queue *q, struct queue_op *ops,
 			/* Its outcome (charged or over quota) is in op->quota;
 			 * rc only when the transaction itself failed. */
 			rc = queue_quota_apply(op->quota, txn, q->dbi_quota);
+			continue;
+		}
+		if (op->kind == OP_STATS) {
+			rc = apply_stats(q, txn, op);
 			continue;
 		}
 		MDB_val k = {QUEUE_ID_LEN, op->qid}, v;
@@ -1799,6 +1979,7 @@ static void queue_free(struct queue *q)
 		mdb_env_close(q->env);
 	free(q->spool_path);
 	free(q->unindex_left);
+	queue_stats_bucket_reset(&q->stats);
 	pthread_rwlock_destroy(&q->envlock);
 	if (q->msg_fd >= 0)
 		close(q->msg_fd);
@@ -1825,6 +2006,8 @@ static void closed_cb(uv_handle_t *h)
 void queue_close(struct queue *q, void (*done_cb)(void *arg), void *arg)
 {
 	RELAY_ASSERT(!q->closing);
+	/* The counts not flushed yet: applied before the writer stops. */
+	(void)stats_flush(q);
 	q->closing = true;
 	q->done_cb = done_cb;
 	q->done_arg = arg;
@@ -2015,7 +2198,7 @@ static int open_index(struct queue *q, const char *spool, uint64_t map_size,
 		goto fail;
 	}
 	/* Format 2: "meta" (the index format, written by recovery once every
-	 * record is in it) and "stats" (empty until the statistics issue). */
+	 * record is in it) and "stats" (the statistics history, queue_stats.h). */
 	if ((rc = mdb_dbi_open(txn, QUEUE_DB_META, MDB_CREATE, &q->dbi_meta)) ||
 	    (rc = mdb_dbi_open(txn, QUEUE_DB_STATS, MDB_CREATE, &q->dbi_stats))) {
 		mdb_txn_abort(txn);
@@ -2634,6 +2817,7 @@ int queue_open(uv_loop_t *loop, const struct queue_opts *o, struct queue **out)
 	q->pending_tail = &q->pending;
 	q->done_tail = &q->done;
 	q->ops_tail = &q->ops;
+	q->stats_hour = -1;
 	q->ops_done_tail = &q->ops_done;
 	q->map_size = o->map_size;
 	q->min_free = o->min_free;

@@ -8,6 +8,7 @@
 #define RELAY_QUEUE_INT_H
 
 #include "queue.h"
+#include "queue_stats.h"
 
 struct queue_idgen {
 	uint64_t last_us;   /* time part of the last id */
@@ -74,21 +75,24 @@ enum queue_recover_kind queue_recover_classify(const char *name,
  *   "meta"   (format 2) key "format" = one byte, the index format: every
  *            "msg" record is in it. Absent in a format-1 spool (releases
  *            up to bb1fcad); written last by the in-place upgrade.
- *   "stats"  (format 2, created empty; filled by the statistics issue)
+ *   "stats"  (format 2) the statistics history (queue_stats.h)
  *            key = u8 granularity (QUEUE_STATS_HOUR 'h', QUEUE_STATS_DAY
  *            'd') + 8-byte big-endian bucket start (unix seconds, UTC,
  *            a multiple of 3600 or 86400), so a cursor walks one
  *            granularity in time order and old buckets are pruned from
- *            the front; value = u8 version (1), then TLVs (varint
- *            counter id, varint length, varint count): counters a
- *            release does not know are kept, missing ones read as 0. */
+ *            the front; value = u8 version (1), then TLVs (varint tag,
+ *            varint length, payload): tags 1-31 counters (varint count;
+ *            ids a release does not know are kept, missing ones read as
+ *            0), 32 and 33 a credential's and a recipient domain's
+ *            counters (name, then counter TLVs), at most 100 names each
+ *            plus "(other)"; other tags are skipped. Readers skip keys of
+ *            another length (room for a later per-key layout). The full
+ *            format and its bounds: queue_stats.h. */
 #define QUEUE_DB_MSG "msg"
 #define QUEUE_DB_SCHED "sched"
 #define QUEUE_DB_META "meta"
 #define QUEUE_DB_STATS "stats"
 #define QUEUE_META_FORMAT "format"
-#define QUEUE_STATS_HOUR 'h'
-#define QUEUE_STATS_DAY 'd'
 #define QUEUE_STATS_KEY_LEN 9
 /* msg, sched, quota, meta, stats, and room for three more. */
 #define QUEUE_MAXDBS 8

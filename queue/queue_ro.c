@@ -212,3 +212,65 @@ fail:
 	log_err("%s: index read: %s", qid, mdb_strerror(rc));
 	return queue_mdb_errno(rc);
 }
+
+/* ---- statistics history (queue_stats.h) ------------------------------- */
+
+int queue_ro_stats(struct queue_ro *r, char gran, int64_t since,
+                   int (*cb)(void *arg, int64_t start,
+                             const struct queue_stats_bucket *b),
+                   void *arg)
+{
+	MDB_txn *txn;
+	MDB_cursor *cur = NULL;
+	MDB_dbi dbi;
+	int rc = queue_ro_begin(r, &txn);
+	if (rc) {
+		log_err("queue: index read: %s", mdb_strerror(rc));
+		return queue_mdb_errno(rc);
+	}
+	/* A format-1 spool has no "stats" DB: no buckets. */
+	rc = mdb_dbi_open(txn, QUEUE_DB_STATS, 0, &dbi);
+	if (rc == 0)
+		rc = mdb_cursor_open(txn, dbi, &cur);
+	uint8_t kb[QUEUE_STATS_KEY_LEN];
+	uint64_t u = since < 0 ? 0 : (uint64_t)since;
+	kb[0] = (uint8_t)gran;
+	for (int i = 0; i < 8; i++)
+		kb[1 + i] = (uint8_t)(u >> (56 - 8 * i));
+	MDB_val k = {sizeof kb, kb}, v;
+	if (rc == 0)
+		rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+	int err = 0;
+	for (; rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		const uint8_t *p = k.mv_data;
+		if (k.mv_size < 1 || p[0] != (uint8_t)gran)
+			break;
+		/* Keys of another shape (a later release's): not ours. */
+		if (k.mv_size != QUEUE_STATS_KEY_LEN)
+			continue;
+		uint64_t t = 0;
+		for (int i = 0; i < 8; i++)
+			t = t << 8 | p[1 + i];
+		if (t > INT64_MAX)
+			break;
+		struct queue_stats_bucket b;
+		int d = queue_stats_decode(v.mv_data, v.mv_size, &b);
+		if (d == -ENOMEM) {
+			err = d;
+			break;
+		}
+		int stop = cb(arg, (int64_t)t, d ? NULL : &b);
+		queue_stats_bucket_reset(&b);
+		if (stop)
+			break;
+	}
+	if (cur)
+		mdb_cursor_close(cur);
+	mdb_txn_abort(txn);
+	if (err)
+		return err;
+	if (rc == 0 || rc == MDB_NOTFOUND)
+		return 0;
+	log_err("queue: stats read: %s", mdb_strerror(rc));
+	return queue_mdb_errno(rc);
+}

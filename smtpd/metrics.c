@@ -1,9 +1,11 @@
 /*
  * smtpd/metrics.c - the metrics endpoint's server (metrics.h) and smtpd's
  * own metrics (smtpd_metrics: sessions, replies by reason class, TLS
- * handshake and AUTH failures). One request per connection: the head is
- * read (at most HTTPGET_HEAD_MAX bytes, METRICS_TIMEOUT_MS), answered
- * with Connection: close, and the connection closed.
+ * handshake and AUTH failures), and the same reply classes counted into
+ * the statistics history (smtpd_stats_reply, queue_stats.h). One request
+ * per connection: the head is read (at most HTTPGET_HEAD_MAX bytes,
+ * METRICS_TIMEOUT_MS), answered with Connection: close, and the
+ * connection closed.
  */
 #include "smtpd/metrics.h"
 
@@ -13,6 +15,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/conf.h"
 #include "common/httpget.h"
@@ -322,10 +325,32 @@ static const char *reject_class(enum smtp_reply_id id)
 	}
 }
 
+/* The classes, in the order of their QUEUE_STATS_REJ_* counters. */
+static const char *const classes[] = {"policy", "auth", "quota", "rate",
+	"size", "timeout", "temporary", "protocol"};
+
+void smtpd_stats_reply(struct smtpd *s, enum smtp_reply_id id,
+                       const char *cred)
+{
+	if (!s->q)
+		return;
+	int64_t now = (int64_t)time(NULL);
+	if (id == SMTP_R_QUEUED) {
+		queue_stats_count(s->q, now, QUEUE_STATS_ACCEPTED, cred, NULL, 1);
+		return;
+	}
+	const char *k = reject_class(id);
+	for (unsigned i = 0; k && i < sizeof classes / sizeof *classes; i++)
+		if (strcmp(k, classes[i]) == 0) {
+			queue_stats_count(s->q, now, QUEUE_STATS_REJECTED, cred, NULL,
+			                  1);
+			queue_stats_count(s->q, now, QUEUE_STATS_REJ_FIRST + i, cred,
+			                  NULL, 1);
+		}
+}
+
 void smtpd_metrics(const struct smtpd *s, struct buf *out)
 {
-	static const char *const classes[] = {"policy", "auth", "quota", "rate",
-		"size", "timeout", "temporary", "protocol"};
 	uint64_t n[sizeof classes / sizeof *classes] = {0};
 	for (int id = 0; id < SMTP_R__COUNT; id++) {
 		const char *k = reject_class((enum smtp_reply_id)id);

@@ -28,6 +28,7 @@
 #include "common/tls_stream.h"
 #include "common/version.h"
 #include "queue/queue.h"
+#include "queue/queue_stats.h"
 #include "deliver/deliver.h"
 #include "deliver/deliver_policy.h"
 #include "dkim/dkim.h"
@@ -52,6 +53,9 @@ struct relayd {
 	struct metrics *metrics;     /* metrics_listen; NULL: off */
 	int64_t start_time;         /* unix seconds */
 	uv_signal_t sig_term, sig_int, sig_hup, sig_usr1;
+	/* Hands the statistics counted to the spool's writer once a minute
+	 * (queue_stats.h); queue_close flushes the rest. */
+	uv_timer_t stats_timer;
 	int pid_fd;                 /* pid_file, locked; -1: none */
 	char *pid_path;             /* its path as opened (smtpd owns conf) */
 	bool stopping;
@@ -177,11 +181,29 @@ static void metrics_collect_cb(void *arg, struct buf *out)
 		deliver_metrics(d->deliver, out);
 }
 
+/* Often enough that a crash loses at most a minute of history, rarely
+ * enough that the writes cost nothing (never one per message). */
+#define STATS_FLUSH_MS (60 * 1000)
+
+static void stats_timer_cb(uv_timer_t *t)
+{
+	struct relayd *d = t->data;
+	if (d->q)
+		(void)queue_stats_flush(d->q);
+}
+
+static void close_stats_timer(struct relayd *d)
+{
+	if (d->stats_timer.loop && !uv_is_closing((uv_handle_t *)&d->stats_timer))
+		uv_close((uv_handle_t *)&d->stats_timer, signal_closed_cb);
+}
+
 static void stop(struct relayd *d)
 {
 	if (d->stopping)
 		return;
 	d->stopping = true;
+	close_stats_timer(d);
 	smtpd_maildrop_stop(d->maildrop);
 	d->maildrop = NULL;
 	if (d->metrics) {
@@ -508,6 +530,14 @@ int main(int argc, char **argv)
 		goto fail;
 	}
 	smtpd_set_queue(d.smtpd, d.q);
+	uv_timer_init(&d.loop, &d.stats_timer);
+	d.stats_timer.data = &d;
+	r = uv_timer_start(&d.stats_timer, stats_timer_cb, STATS_FLUSH_MS,
+	                   STATS_FLUSH_MS);
+	if (r < 0) {
+		log_err("stats: cannot start the flush timer: %s", uv_strerror(r));
+		goto fail;
+	}
 	r = deliver_new(&d.loop, d.q, c, &d.deliver);
 	if (r < 0)
 		goto fail;
@@ -567,6 +597,7 @@ int main(int argc, char **argv)
 fail:
 	/* Close what was opened, then let the loop run the close callbacks. */
 	d.stopping = true;
+	close_stats_timer(&d);
 	if (d.metrics) {
 		metrics_stop(d.metrics, metrics_stopped_cb, &d);
 		d.metrics = NULL;

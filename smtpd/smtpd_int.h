@@ -22,6 +22,7 @@
 #include "common/tls_stream.h"
 #include "dkim/dkim.h"
 #include "queue/queue_quota.h"
+#include "queue/queue_stats.h"
 #include "smtpd/smtpd_cidr.h"
 #include "common/cred.h"
 #include "smtpd/smtpd_lockout.h"
@@ -291,5 +292,11 @@ void smtpd_auth_set_conf(struct smtpd *srv, const struct conf *conf);
 void smtpd_auth_reload(struct smtpd *srv);
 /* At start: the credentials file is read (blocking). */
 void smtpd_auth_load_now(struct smtpd *srv);
+
+/* Counts a reply in the statistics history (smtpd/metrics.c): a 250
+ * after the data as a message accepted, a refusal as rejected and under
+ * its reason class; by credential when cred is not NULL or "". */
+void smtpd_stats_reply(struct smtpd *s, enum smtp_reply_id id,
+                       const char *cred);
 
 #endif

@@ -138,6 +138,8 @@ static void vreply(struct smtpd_proto *p, struct buf *out,
 {
 	if (p->cfg.reply_counts && id < SMTP_R__COUNT)
 		p->cfg.reply_counts[id]++;
+	if (p->cfg.reply_hook && id < SMTP_R__COUNT)
+		p->cfg.reply_hook(p->cfg.reply_hook_ctx, id, p->auth_name);
 	vreply_def(p, out, &smtp_replies[id], ap);
 }
 

@@ -125,6 +125,12 @@ struct smtpd_proto_cfg {
 	/* NULL, or SMTP_R__COUNT counters: each reply sent bumps its own
 	 * (the metrics endpoint's accepted and rejected counts). */
 	uint64_t *reply_counts;
+	/* NULL, or called for each reply sent, with the credential
+	 * authenticated so far ("" before AUTH): the statistics history
+	 * (smtpd_stats_reply). */
+	void (*reply_hook)(void *ctx, enum smtp_reply_id id,
+	                   const char *auth_name);
+	void *reply_hook_ctx;
 	uint64_t max_message_size;
 	unsigned max_recipients;
 	unsigned max_bad_commands;

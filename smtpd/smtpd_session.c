@@ -34,6 +34,13 @@ struct write_req {
 
 /* ---- output and flow control ----------------------------------------------- */
 
+/* smtpd_proto's reply hook: the statistics history (queue_stats.h). */
+static void stats_reply_cb(void *ctx, enum smtp_reply_id id,
+                           const char *auth_name)
+{
+	smtpd_stats_reply(ctx, id, auth_name);
+}
+
 static void write_cb(uv_write_t *req, int status)
 {
 	struct write_req *w = (struct write_req *)req;
@@ -874,6 +881,8 @@ void smtpd_session_accept_cb(uv_stream_t *server, int status)
 		.hostname = cf->hostname,
 		.sid = s->sid,
 		.reply_counts = srv->replies,
+		.reply_hook = stats_reply_cb,
+		.reply_hook_ctx = srv,
 		.max_message_size = srv->size_cap &&
 		                    srv->size_cap < cf->max_message_size
 		                    ? srv->size_cap : cf->max_message_size,
@@ -917,6 +926,7 @@ void smtpd_session_accept_cb(uv_stream_t *server, int status)
 	if (refuse != SMTP_R__COUNT) {
 		const struct smtp_reply_def *d = &smtp_replies[refuse];
 		srv->replies[refuse]++;
+		smtpd_stats_reply(srv, refuse, NULL);
 		if (!logged)
 			log_info("s=%s: refused [%s]:%d: %u %s %s", s->sid, s->ip,
 			         s->port, d->code, d->enh, d->text);

@@ -249,4 +249,22 @@ int ctl_json_get_str(const char *p, size_t n, const char *path,
 int ctl_json_get_int(const char *p, size_t n, const char *path,
                      int64_t *out);
 
+/* ---- statistics history (ctl_stats.c; queue/queue_stats.h) ---------- */
+
+/* relayctl stats --by ...: the buckets of the spool's index. */
+int ctl_stats_history(struct ctl_ctx *c);
+
+/* Sums of the hour buckets since `since` (unix seconds, the start of a
+ * bucket). */
+struct ctl_stats_window {
+	int64_t since;
+	uint64_t accepted, rejected, sent, deferred, bounced;
+};
+/* relayctl status: "last hour" is the current hour's bucket and the one
+ * before it, "last 24 h" the current one and the 24 before it. 0 or
+ * -errno. */
+int ctl_stats_windows(struct ctl_ctx *c, struct queue_ro *ro,
+                      struct ctl_stats_window *hour,
+                      struct ctl_stats_window *day);
+
 #endif

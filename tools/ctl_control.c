@@ -499,6 +499,8 @@ int ctl_cmd_stats(struct ctl_ctx *c, int argc, char **argv)
 {
 	(void)argc;
 	(void)argv;
+	if (ctl_opt(c, "--by"))
+		return ctl_stats_history(c);
 	const char *spool = c->conf.spool_dir;
 	struct ctl_out o, q;
 	int r;

@@ -5,7 +5,10 @@
  * sent/deferred/bounced since start. From the queue index (read-only,
  * safe beside the daemon, and all there is when it is stopped): counts by
  * state, the oldest message, the most common deferral replies (a bounded
- * table). From the configuration: version, listeners, delivery mode.
+ * table), and the statistics history (ctl_stats.c): last hour and last
+ * 24 h sent, deferred, bounced, rejected, plus what the running daemon
+ * has counted and not yet written (its "stats" reply's "unflushed").
+ * From the configuration: version, listeners, delivery mode.
  */
 #include "ctl.h"
 
@@ -18,6 +21,7 @@
 #include "common/version.h"
 #include "deliver/deliver_ctl.h"
 #include "queue/queue.h"
+#include "queue/queue_stats.h"
 
 /* Deferral reasons kept: distinct texts (cut to STATUS_REASON_CHARS),
  * the rest counted as "other"; STATUS_REASONS_SHOWN printed. */
@@ -165,10 +169,15 @@ int ctl_cmd_status(struct ctl_ctx *c, int argc, char **argv)
 	memset(&sc, 0, sizeof sc);
 	sc.oldest = -1;
 	struct queue_ro *ro;
+	struct ctl_stats_window w1, w24;
+	memset(&w1, 0, sizeof w1);
+	memset(&w24, 0, sizeof w24);
 	int r = queue_ro_open(spool, &ro);
 	bool have_queue = r == 0;
 	if (r == 0) {
 		r = queue_ro_foreach(ro, scan_cb, &sc);
+		if (r == 0)
+			r = ctl_stats_windows(c, ro, &w1, &w24);
 		queue_ro_close(ro);
 		if (r < 0) {
 			ctl_err("reading the queue index in %s: %s", spool,
@@ -211,6 +220,30 @@ int ctl_cmd_status(struct ctl_ctx *c, int argc, char **argv)
 			r = -EPROTO;
 		} else if (ctl_json_get_str(reply, n, "route.state", &route) < 0) {
 			buf_reset(&route);
+		}
+		/* Counted by the daemon, not yet in the buckets read above
+		 * (absent from an older relayd's reply). */
+		int64_t uh = -1, ua = 0, ur = 0, us = 0, ud = 0, ub = 0;
+		if (r == 0 &&
+		    ctl_json_get_int(reply, n, "unflushed.hour", &uh) == 0 &&
+		    ctl_json_get_int(reply, n, "unflushed.accepted", &ua) == 0 &&
+		    ctl_json_get_int(reply, n, "unflushed.rejected", &ur) == 0 &&
+		    ctl_json_get_int(reply, n, "unflushed.sent", &us) == 0 &&
+		    ctl_json_get_int(reply, n, "unflushed.deferred", &ud) == 0 &&
+		    ctl_json_get_int(reply, n, "unflushed.bounced", &ub) == 0 &&
+		    uh >= 0 && ua >= 0 && ur >= 0 && us >= 0 && ud >= 0 &&
+		    ub >= 0) {
+			struct ctl_stats_window *ws[2] = {&w1, &w24};
+			w1.since = queue_stats_hour(c->now) - 3600;
+			w24.since = queue_stats_hour(c->now) - 24 * 3600;
+			for (int k = 0; k < 2; k++)
+				if (uh >= ws[k]->since) {
+					ws[k]->accepted += (uint64_t)ua;
+					ws[k]->rejected += (uint64_t)ur;
+					ws[k]->sent += (uint64_t)us;
+					ws[k]->deferred += (uint64_t)ud;
+					ws[k]->bounced += (uint64_t)ub;
+				}
 		}
 		if (r == 0)
 			r = ctl_control_request(spool, "destinations",
@@ -284,6 +317,18 @@ int ctl_cmd_status(struct ctl_ctx *c, int argc, char **argv)
 			ctl_out_printf(&o, ",\"since_start\":{\"sent\":%" PRId64
 			               ",\"deferred\":%" PRId64 ",\"bounced\":%" PRId64
 			               "}", sent, deferred, bounced);
+		if (have_queue) {
+			const struct ctl_stats_window *ws[2] = {&w1, &w24};
+			for (int k = 0; k < 2; k++)
+				ctl_out_printf(&o, ",\"%s\":{\"since\":%" PRId64
+				               ",\"accepted\":%" PRIu64 ",\"sent\":%"
+				               PRIu64 ",\"deferred\":%" PRIu64
+				               ",\"bounced\":%" PRIu64 ",\"rejected\":%"
+				               PRIu64 "}", k ? "last_24h" : "last_hour",
+				               ws[k]->since, ws[k]->accepted, ws[k]->sent,
+				               ws[k]->deferred, ws[k]->bounced,
+				               ws[k]->rejected);
+		}
 		ctl_out_str(&o, ",\"destinations\":[");
 		for (size_t i = 0; i < dests->n; i++) {
 			const struct status_dest *d = &dests->d[i];
@@ -343,6 +388,18 @@ int ctl_cmd_status(struct ctl_ctx *c, int argc, char **argv)
 			ctl_out_printf(&o, "since start:  %" PRId64 " sent, %" PRId64
 			               " deferred, %" PRId64 " bounced\n", sent,
 			               deferred, bounced);
+		if (have_queue) {
+			const struct ctl_stats_window *ws[2] = {&w1, &w24};
+			for (int k = 0; k < 2; k++) {
+				ctl_fmt_time(ts, sizeof ts, ws[k]->since);
+				ctl_out_printf(&o, "%s%" PRIu64 " sent, %" PRIu64
+				               " deferred, %" PRIu64 " bounced, %" PRIu64
+				               " rejected (since %s)\n",
+				               k ? "last 24 h:    " : "last hour:    ",
+				               ws[k]->sent, ws[k]->deferred, ws[k]->bounced,
+				               ws[k]->rejected, ts);
+			}
+		}
 		if (running && !dests->n)
 			ctl_out_str(&o, "destinations: none paused or throttled\n");
 		for (size_t i = 0; i < dests->n; i++) {

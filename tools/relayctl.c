@@ -73,8 +73,10 @@ static const struct ctl_cmd ctl_cmds[] = {
 	{"status", "[--json]", "one screen: up since, listeners, delivery, "
 	 "paused destinations, queue, oldest message, deferral reasons",
 	 CTL_F_JSON | CTL_F_CONF | CTL_F_SPOOL, 0, 0, ctl_cmd_status, NULL},
-	{"stats", "[--json]", "queue counts and the state of delivery",
-	 CTL_F_JSON | CTL_F_CONF | CTL_F_SPOOL, 0, 0, ctl_cmd_stats, NULL},
+	{"stats", "[--by hour|day] [--by credential|domain] [--json]",
+	 "queue counts and the state of delivery; --by: the history kept in "
+	 "the index (48 hours, 60 days)",
+	 CTL_F_JSON | CTL_F_CONF | CTL_F_SPOOL, 0, 0, ctl_cmd_stats, "--by=*"},
 	{"destinations", "[--json]", "where delivery goes: sessions, state "
 	 "(paused until when, why), last error", CTL_F_JSON | CTL_F_CONF |
 	 CTL_F_SPOOL, 0, 0, ctl_cmd_destinations, NULL},
