@@ -93,6 +93,15 @@ static void close_signals(struct relayd *d)
 	for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
 		if (sigs[i]->loop && !uv_is_closing((uv_handle_t *)sigs[i]))
 			uv_close((uv_handle_t *)sigs[i], signal_closed_cb);
+	/* libuv gave these back to their default action (death): the spool
+	 * is closed and relayd is on its way out with 0, so a HUP from
+	 * logrotate or a second TERM arriving now is ignored instead. */
+	if (d->stopping) {
+		signal(SIGTERM, SIG_IGN);
+		signal(SIGINT, SIG_IGN);
+		signal(SIGHUP, SIG_IGN);
+		signal(SIGUSR1, SIG_IGN);
+	}
 }
 
 /* The last step of a shutdown: the signal handles stay open until here,
