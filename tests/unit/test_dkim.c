@@ -154,8 +154,8 @@ static void test_select(void **state)
 }
 
 /* A signer with one generated RSA-2048 key for example.com (selector
- * "sel"), its file in a temporary directory: the libopendkim path.
- * relayd's own Ed25519 path is tests/unit/test_dkim_canon.c's. */
+ * "sel"), its file in a temporary directory: relayd's own path (compared
+ * byte for byte with libopendkim's in tests/unit/test_dkim_canon.c). */
 static struct dkim_signer *test_signer(char *path, size_t pathlen)
 {
 	char *pem = NULL, err[256];
