@@ -291,6 +291,44 @@ def test_dkim_required(upstream_factory, relay_to, keys):
                      r"550 5\.7\.1, not queued", r.log_text())
 
 
+def test_dkim_required_signing_failure_451(upstream_factory, relay_to,
+                                           keys):
+    """A message from a domain with a key whose signing fails (here a
+    header section over dkim/'s 1 MiB, DKIM_HEADER_MAX) gets 451 4.7.0
+    at the end of its data under dkim_required, nothing queued, the log
+    saying why; the session goes on and the next message is signed (RSA,
+    relayd's own signer) and verifies."""
+    made, zone = keys
+    up = upstream_factory(tls="none")
+    r = relay_to(up, start=False, smarthost_tls="none", dkim_required="yes")
+    with_key_lines(r, [key_line(made, "rsa1")])
+    r.start()
+    pad = ["X-Pad-%04d: %s" % (i, "p" * 900) for i in range(1200)]
+    big, _ = make_message("too big to sign", headers=pad)
+    assert len(big.split(b"\r\n\r\n", 1)[0]) > 1024 * 1024
+    with smtplib.SMTP(r.addr, r.port, timeout=60) as s:
+        s.ehlo("client.test")
+        assert s.mail(SENDER)[0] == 250
+        assert s.rcpt("x@dest.test")[0] == 250
+        code, msg = s.data(big)
+        assert code == 451 and msg.startswith(b"4.7.0 "), (code, msg)
+        good, _ = make_message("signed after the failure")
+        assert s.mail(SENDER)[0] == 250
+        assert s.rcpt("y@dest.test")[0] == 250
+        code, msg = s.data(good)
+        assert code == 250, msg
+    got = up.wait_messages(1, timeout=30)
+    assert got[0]["rcpt_tos"] == ["y@dest.test"]
+    assert verify_all(got[0]["data"], zone)[1] == [True]
+    assert b"a=rsa-sha256;" in sigs(got[0]["data"])[0]
+    # (the From: domain is not known yet: the section never ended)
+    m = re.search(r"(\w+): dkim: signing failed for \?: header section "
+                  r"over 1048576 bytes; dkim_required: 451 4\.7\.0, not "
+                  r"queued", r.log_text())
+    assert m, r.log_text()[-3000:]
+    assert "%s: from=" % m.group(1) not in r.log_text()   # never committed
+
+
 def test_dsn_signed_with_hostnames_domain_key(upstream_factory, relay_to,
                                               keys):
     """relayd's own bounce (From: MAILER-DAEMON@out.client.test) is signed
