@@ -165,9 +165,7 @@ void dkim_body_canon_end(struct dkim_body_canon *c, dkim_emit_fn emit,
 
 /* ---- the header fields -------------------------------------------------- */
 
-/* A field's length from p: up to and including the CRLF that is not
- * followed by a blank. */
-static size_t field_len(const uint8_t *p, size_t n)
+size_t dkim_field_len(const uint8_t *p, size_t n)
 {
 	size_t i = 0;
 	while (i < n) {
@@ -229,7 +227,7 @@ int dkim_select_headers(const uint8_t *h, size_t hlen,
 	static const size_t cap = SEL_MAX;
 	size_t nf = 0, ns = 0, *offs = NULL, *lens = NULL, *sel = NULL;
 	size_t nfields = 0;
-	for (size_t i = 0; i < hlen; i += field_len(h + i, hlen - i))
+	for (size_t i = 0; i < hlen; i += dkim_field_len(h + i, hlen - i))
 		nfields++;
 	int r = -ENOMEM;
 	offs = calloc(nfields + 1, sizeof *offs);
@@ -239,7 +237,7 @@ int dkim_select_headers(const uint8_t *h, size_t hlen,
 	if (!offs || !lens || !sel)
 		goto out;
 	for (size_t i = 0; i < hlen;) {
-		size_t fl = field_len(h + i, hlen - i);
+		size_t fl = dkim_field_len(h + i, hlen - i);
 		offs[nf] = i;
 		lens[nf++] = fl;
 		i += fl;

@@ -45,6 +45,11 @@ void dkim_body_canon_feed(struct dkim_body_canon *c, const uint8_t *p,
 void dkim_body_canon_end(struct dkim_body_canon *c, dkim_emit_fn emit,
                          void *arg);
 
+/* The length of the header field at p (n bytes left): up to and
+ * including the first LF not followed by SP or HTAB (a folded field is
+ * one field), or n. */
+size_t dkim_field_len(const uint8_t *p, size_t n);
+
 /* The fields of header section h (hlen bytes, CRLF lines, no empty line)
  * to sign, as libopendkim does: every field whose name is in names (a
  * NULL-terminated list, lower case) in message order, its name as

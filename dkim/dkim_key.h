@@ -29,6 +29,12 @@ struct dkim_key_spec {
 	char path[4096];
 };
 
+/* Formats an error or result text into err (n bytes, truncated; err
+ * NULL or n 0: nothing), as snprintf: dkim/'s and relayctl's dkim
+ * commands' `err`/`why` buffers. */
+void dkim_errf(char *err, size_t n, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
 /* Parses "DOMAIN SELECTOR PATH" (words separated by spaces or tabs; PATH
  * is the rest of the value, trailing blanks cut, so it may hold spaces).
  * 0, or -EINVAL with a precise reason in err. */

@@ -15,10 +15,10 @@
  * makes), Ed25519 over the digest (RFC 8463 §3). libopendkim 2.11 parses
  * the PEM key again for every message (1.2-1.8 ms per RSA-2048 message,
  * where the signature itself costs about 0.27 ms) and leaks about 550
- * bytes per Ed25519 signature; it stays linked as the oracle: dkim_signer_use_libopendkim()
- * switches a signer to it (the unit tests compare the two fields byte
- * for byte, the bench measures both). This is the only file that
- * includes <opendkim/dkim.h>.
+ * bytes per Ed25519 signature; it stays linked as the oracle:
+ * dkim_signer_use_libopendkim() switches a signer to it (the unit tests
+ * compare the two fields byte for byte, the bench measures both). This
+ * is the only file that includes <opendkim/dkim.h>.
  */
 #include "dkim/dkim.h"
 
@@ -66,18 +66,6 @@ struct dkim_signer {
 	long long fixed_time;     /* t= (-1: now); tests */
 };
 
-static void fmt(char *dst, size_t n, const char *f, ...)
-	__attribute__((format(printf, 3, 4)));
-static void fmt(char *dst, size_t n, const char *f, ...)
-{
-	if (!dst || !n)
-		return;
-	va_list ap;
-	va_start(ap, f);
-	vsnprintf(dst, n, f, ap);
-	va_end(ap);
-}
-
 /* ---- the signer --------------------------------------------------------- */
 
 static void signer_free(struct dkim_signer *s)
@@ -100,7 +88,7 @@ static int lib_new(DKIM_LIB **out, char *err, size_t errlen)
 {
 	DKIM_LIB *lib = dkim_init(NULL, NULL);
 	if (!lib) {
-		fmt(err, errlen, "libopendkim: cannot initialise");
+		dkim_errf(err, errlen, "libopendkim: cannot initialise");
 		return -ENOMEM;
 	}
 	/* The header list is a NULL-terminated array; the option takes a
@@ -112,7 +100,7 @@ static int lib_new(DKIM_LIB **out, char *err, size_t errlen)
 	                 (void *)oversigned_headers,
 	                 sizeof(char **)) != DKIM_STAT_OK) {
 		dkim_close(lib);
-		fmt(err, errlen, "libopendkim: cannot set the signed headers");
+		dkim_errf(err, errlen, "libopendkim: cannot set the signed headers");
 		return -EINVAL;
 	}
 	*out = lib;
@@ -156,8 +144,8 @@ static int pkey_load(const struct dkim_key *k, EVP_PKEY **out, char *why,
 	BIO_free(b);
 	if (!pk || EVP_PKEY_get_id(pk) != want) {
 		EVP_PKEY_free(pk);
-		fmt(why, whylen, "the %s key does not load into OpenSSL",
-		    dkim_alg_name(k->alg));
+		dkim_errf(why, whylen, "the %s key does not load into OpenSSL",
+		          dkim_alg_name(k->alg));
 		return -EINVAL;
 	}
 	*out = pk;
@@ -172,7 +160,7 @@ int dkim_signer_new(char *const *lines, size_t n, bool subdomains,
 	int r = -ENOMEM;
 	struct dkim_signer *s = calloc(1, sizeof *s);
 	if (!s) {
-		fmt(err, errlen, "out of memory");
+		dkim_errf(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
 	s->refs = 1;
@@ -182,7 +170,7 @@ int dkim_signer_new(char *const *lines, size_t n, bool subdomains,
 		s->counts = old->counts;
 	if (n && (!(s->keys = calloc(n, sizeof *s->keys)) ||
 	          !(s->pkeys = calloc(n, sizeof *s->pkeys)))) {
-		fmt(err, errlen, "out of memory");
+		dkim_errf(err, errlen, "out of memory");
 		goto fail;
 	}
 	if ((r = lib_new(&s->lib, err, errlen)) < 0)
@@ -197,7 +185,7 @@ int dkim_signer_new(char *const *lines, size_t n, bool subdomains,
 		if (r < 0) {
 			const struct dkim_key *ok = parsed ? old_key(old, &sp) : NULL;
 			if (!old) {
-				fmt(err, errlen, "dkim_key '%s': %s", lines[i], why);
+				dkim_errf(err, errlen, "dkim_key '%s': %s", lines[i], why);
 				goto fail;
 			}
 			if (ok && (k = key_dup(ok, err, errlen))) {
@@ -221,7 +209,7 @@ int dkim_signer_new(char *const *lines, size_t n, bool subdomains,
 				log_err("dkim: dkim_key '%s' left out: %s", lines[i], why);
 				continue;
 			}
-			fmt(err, errlen, "dkim_key '%s': %s", lines[i], why);
+			dkim_errf(err, errlen, "dkim_key '%s': %s", lines[i], why);
 			goto fail;
 		}
 		s->pkeys[s->nkeys] = pk;
@@ -526,22 +514,6 @@ static bool name_is(const uint8_t *f, size_t n, const char *name)
 	return i < n && f[i] == ':';
 }
 
-/* A field's length from p: up to and including the CRLF that is not
- * followed by a blank. */
-static size_t field_len(const uint8_t *p, size_t n)
-{
-	size_t i = 0;
-	while (i < n) {
-		const uint8_t *lf = memchr(p + i, '\n', n - i);
-		if (!lf)
-			return n;
-		i = (size_t)(lf - p) + 1;
-		if (i >= n || (p[i] != ' ' && p[i] != '\t'))
-			return i;
-	}
-	return n;
-}
-
 /* The header section (hlen bytes, without the empty line) is complete:
  * choose the keys, start the handles, feed them the fields. */
 void dkim_job_set_domain(struct dkim_job *j, const char *domain)
@@ -561,7 +533,7 @@ static int start_signing(struct dkim_job *j, const uint8_t *h, size_t hlen)
 	bool from = j->forced;
 	size_t nfrom = 0;
 	for (size_t i = 0; i < hlen && !j->forced;) {
-		size_t fl = field_len(h + i, hlen - i);
+		size_t fl = dkim_field_len(h + i, hlen - i);
 		if (name_is(h + i, fl, "from") && ++nfrom == 1) {
 			const uint8_t *colon = memchr(h + i, ':', fl);
 			size_t vl = fl - (size_t)(colon + 1 - (h + i));
@@ -621,7 +593,7 @@ static int start_signing(struct dkim_job *j, const uint8_t *h, size_t hlen)
 			                key->spec.selector, dkim_getresultstr(st));
 	}
 	for (size_t i = 0; i < hlen;) {
-		size_t fl = field_len(h + i, hlen - i);
+		size_t fl = dkim_field_len(h + i, hlen - i);
 		/* Without the CRLF that ends the field (dkim_header's format). */
 		size_t l = fl;
 		if (l >= 2 && h[i + l - 2] == '\r' && h[i + l - 1] == '\n')
@@ -859,7 +831,7 @@ enum dkim_job_result dkim_job_finish(struct dkim_job *j, char **sig,
 			start_signing(j, d ? d : (const uint8_t *)"", hlen);
 		buf_free(&j->hdr);
 	}
-	fmt(dom, domlen, "%s", j->dom);
+	dkim_errf(dom, domlen, "%s", j->dom);
 	if (j->st == JOB_BODY) {
 		struct buf out = BUF_INIT(DKIM_HEADER_MAX);
 		for (size_t k = 0; k < j->nh && j->st == JOB_BODY; k++) {
@@ -885,14 +857,14 @@ enum dkim_job_result dkim_job_finish(struct dkim_job *j, char **sig,
 		}
 		if (j->st == JOB_BODY && buf_append(&out, "", 1) == 0) {
 			*sig = (char *)out.data;   /* NUL-terminated */
-			fmt(why, whylen, "signed");
+			dkim_errf(why, whylen, "signed");
 			return DKIM_SIGNED;
 		}
 		buf_free(&out);
 		if (j->st == JOB_BODY)
 			job_fail(j, -ENOMEM, "out of memory");
 	}
-	fmt(why, whylen, "%s", j->why);
+	dkim_errf(why, whylen, "%s", j->why);
 	return j->res;
 }
 
@@ -904,8 +876,8 @@ enum dkim_job_result dkim_sign_buf(const struct dkim_signer *s,
 	struct dkim_job *j;
 	*sig = NULL;
 	if (dkim_job_new(s, qid, &j) < 0) {
-		fmt(why, whylen, "out of memory");
-		fmt(dom, domlen, "%s", "");
+		dkim_errf(why, whylen, "out of memory");
+		dkim_errf(dom, domlen, "%s", "");
 		return DKIM_FAILED;
 	}
 	dkim_job_feed(j, p, n);
@@ -922,9 +894,9 @@ enum dkim_job_result dkim_sign_fd_for(const struct dkim_signer *s,
 {
 	struct dkim_job *j;
 	*sig = NULL;
-	fmt(dom, domlen, "%s", "");
+	dkim_errf(dom, domlen, "%s", "");
 	if (dkim_job_new(s, qid, &j) < 0) {
-		fmt(why, whylen, "out of memory");
+		dkim_errf(why, whylen, "out of memory");
 		return DKIM_FAILED;
 	}
 	if (domain)
