@@ -455,6 +455,7 @@ struct dkim_job {
 	size_t hbase;               /* hcanon's length without the field */
 	uint8_t bh[32];             /* the body hash, once final */
 	bool bh_done;
+	long long t;                /* t=, the same for both keys */
 	struct buf hlist;           /* h= */
 	char dom[256];
 	bool forced;                /* dom given: dkim_job_set_domain */
@@ -695,6 +696,8 @@ static int own_finish(struct dkim_job *j, size_t k, struct buf *out)
 		if (EVP_DigestFinal_ex(j->bmd, j->bh, &bl) != 1 || bl != 32)
 			goto fail;
 		j->bh_done = true;
+		j->t = j->s->fixed_time >= 0 ? j->s->fixed_time
+		                             : (long long)time(NULL);
 	}
 	what = "no OpenSSL key";
 	int size = pk ? EVP_PKEY_get_size(pk) : 0;
@@ -707,13 +710,11 @@ static int own_finish(struct dkim_job *j, size_t k, struct buf *out)
 	if (!(sig = malloc((size_t)size)))
 		goto fail;
 	b64_encode(j->bh, sizeof j->bh, B64_PAD, bh64);
-	long long t = j->s->fixed_time >= 0 ? j->s->fixed_time
-	                                    : (long long)time(NULL);
 	j->hcanon.len = j->hbase;   /* the other key's field out */
 	what = "building the field";
 	if ((r = dkim_sig_field(key->alg == DKIM_ALG_RSA ? "rsa-sha256"
 	                                                 : "ed25519-sha256",
-	                        key->spec.domain, key->spec.selector, t, bh64,
+	                        key->spec.domain, key->spec.selector, j->t, bh64,
 	                        (const char *)j->hlist.data, &field)) < 0 ||
 	    (r = dkim_sig_canon(field.data, field.len, &j->hcanon)) < 0)
 		goto fail;
