@@ -3,9 +3,10 @@
  * PATH` configuration line, loading a key file safely (no links, a
  * regular file, not world-readable, bounded size, RSA >= 1024 bits or
  * Ed25519), the public key record to publish (RFC 6376 §3.6.1, RFC 8463),
- * and checking a served TXT record against a loaded key. OpenSSL only;
- * signing (libopendkim) is dkim_sign.c's. Used by relayd (config, start,
- * SIGHUP) and relayctl (dkim keygen|show|rotate, check-dns).
+ * and checking a served TXT record against a loaded key; dkim_errf, the
+ * error-text helper of dkim/ and relayctl's dkim commands. OpenSSL only;
+ * signing is dkim_sign.c's. Used by relayd (config, start, SIGHUP) and
+ * relayctl (dkim keygen|show|rotate, check-dns).
  */
 #ifndef RELAY_DKIM_KEY_H
 #define RELAY_DKIM_KEY_H
