@@ -4,13 +4,17 @@
  * the active key per domain and algorithm; a job signs one message fed to
  * it as bytes (the stored message: CRLF lines, header section, empty line,
  * body) and returns the DKIM-Signature header block to store with it.
- * No libuv: callers run jobs on a thread pool. dkim_sign.c is the only
- * file that includes <opendkim/dkim.h>.
+ * relayd signs RSA and Ed25519 itself (dkim/dkim_canon.c, OpenSSL) with
+ * each key parsed once when the signer is made; libopendkim is kept as
+ * the tests' oracle (dkim_signer_use_libopendkim). No libuv: callers run
+ * jobs on a thread pool. dkim_sign.c is the only file that includes
+ * <opendkim/dkim.h>.
  *
  * Threads: a signer is immutable once made; jobs of one signer may run on
- * several threads at once (libopendkim's DKIM_LIB is thread-safe, each job
- * has its own handles). The caller keeps the signer alive while its jobs
- * run (dkim_signer_ref / dkim_signer_unref, on one thread).
+ * several threads at once (its EVP_PKEYs are only read; libopendkim's
+ * DKIM_LIB is thread-safe, each job has its own handles). The caller
+ * keeps the signer alive while its jobs run (dkim_signer_ref /
+ * dkim_signer_unref, on one thread).
  */
 #ifndef RELAY_DKIM_H
 #define RELAY_DKIM_H
@@ -51,11 +55,13 @@ int dkim_signer_new(char *const *lines, size_t n, bool subdomains,
                     struct dkim_signer **out, char *err, size_t errlen);
 /* The count starts at 1 (dkim_signer_new's reference). unref(NULL): no-op.
  * The last unref frees it. */
-/* Ed25519 is signed by relayd itself (dkim/dkim_canon.h, OpenSSL);
- * on = true makes s sign it with libopendkim instead, which leaks about
- * 550 bytes per signature: only for the unit tests' oracle and the
- * bench. Call before the first job. */
-void dkim_signer_ed25519_libopendkim(struct dkim_signer *s, bool on);
+/* RSA and Ed25519 are signed by relayd itself (dkim/dkim_canon.h,
+ * OpenSSL); on = true makes s sign both with libopendkim instead, which
+ * parses the PEM key again for every message and leaks about 550 bytes
+ * per Ed25519 signature: only for the unit tests' oracle and the bench.
+ * With a fixed time the two give byte-identical fields. Call before the
+ * first job. */
+void dkim_signer_use_libopendkim(struct dkim_signer *s, bool on);
 /* t= is t (seconds since the epoch) for every signature of s, both
  * paths (libopendkim's DKIM_OPTS_FIXEDTIME): tests. 0 or -EINVAL. */
 int dkim_signer_fixed_time(struct dkim_signer *s, long long t);

@@ -1,6 +1,7 @@
 /*
  * dkim/dkim_canon.c - relaxed/relaxed canonicalization, header selection
- * and the DKIM-Signature field for relayd's own ed25519-sha256 signing
+ * and the DKIM-Signature field (laid out as libopendkim lays out its
+ * own) for relayd's own rsa-sha256 and ed25519-sha256 signing
  * (dkim/dkim_canon.h). Pure: no I/O, no OpenSSL. The byte-level rules
  * follow RFC 6376 §3.4.2/§3.4.4 as dkimpy (the tests' independent
  * verifier) applies them: only SP and HTAB are blanks inside a line, a
@@ -10,14 +11,13 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "common/b64.h"
-
-#define B64_MAX_SIG 128   /* an Ed25519 signature: 64 bytes, 88 chars */
 
 static bool blank(uint8_t c)
 {
@@ -165,9 +165,7 @@ void dkim_body_canon_end(struct dkim_body_canon *c, dkim_emit_fn emit,
 
 /* ---- the header fields -------------------------------------------------- */
 
-/* A field's length from p: up to and including the CRLF that is not
- * followed by a blank. */
-static size_t field_len(const uint8_t *p, size_t n)
+size_t dkim_field_len(const uint8_t *p, size_t n)
 {
 	size_t i = 0;
 	while (i < n) {
@@ -229,7 +227,7 @@ int dkim_select_headers(const uint8_t *h, size_t hlen,
 	static const size_t cap = SEL_MAX;
 	size_t nf = 0, ns = 0, *offs = NULL, *lens = NULL, *sel = NULL;
 	size_t nfields = 0;
-	for (size_t i = 0; i < hlen; i += field_len(h + i, hlen - i))
+	for (size_t i = 0; i < hlen; i += dkim_field_len(h + i, hlen - i))
 		nfields++;
 	int r = -ENOMEM;
 	offs = calloc(nfields + 1, sizeof *offs);
@@ -239,7 +237,7 @@ int dkim_select_headers(const uint8_t *h, size_t hlen,
 	if (!offs || !lens || !sel)
 		goto out;
 	for (size_t i = 0; i < hlen;) {
-		size_t fl = field_len(h + i, hlen - i);
+		size_t fl = dkim_field_len(h + i, hlen - i);
 		offs[nf] = i;
 		lens[nf++] = fl;
 		i += fl;
@@ -319,103 +317,154 @@ out:
 
 /* ---- the DKIM-Signature field ------------------------------------------- */
 
-#define LINE_MAX_COLS 77   /* a line is at most this wide (< 78) */
+/* The field is laid out exactly as libopendkim 2.11 lays out its own
+ * (dkim_getsighdr_d with the default margin), so that relayd's fields
+ * are byte-identical to the oracle's (tests/unit/test_dkim_canon.c):
+ * the tags in its order, each "tag=value;" after a SP when it fits in
+ * SIG_MARGIN columns (the SP not counted), else on a new line
+ * (CRLF TAB, 8 columns); h= that does not fit goes on a new line and is
+ * broken after a colon (CRLF TAB SP) when the next name does not fit;
+ * bh= and b= are broken at the margin (CRLF TAB SP); b= always starts
+ * a line (an RSA or Ed25519 b= never fits after another tag). */
+#define SIG_MARGIN 75   /* libopendkim's DKIM_HDRMARGIN */
+#define SIG_START 16    /* "DKIM-Signature: " */
 
-/* Appends word w to the field, on the current line after a SP when it
- * fits (sp), or glued on (no SP) when it fits, else on a new line. col:
- * the current line's width. */
-static int add_word(struct buf *o, size_t *col, const char *w, bool sp)
+struct fold {
+	struct buf *o;
+	size_t col;    /* the current line's width (a TAB counts 8) */
+	bool first;    /* no tag yet */
+	int r;         /* sticky: -ENOBUFS */
+};
+
+static void fold_put(struct fold *f, const char *p, size_t n)
 {
-	size_t l = strlen(w), need = l + (sp ? 1 : 0);
-	if (*col + need <= LINE_MAX_COLS || *col <= 1) {
-		if (sp && buf_append(o, " ", 1) < 0)
-			return -ENOBUFS;
-		*col += need;
-	} else {
-		if (buf_append(o, "\r\n\t", 3) < 0)
-			return -ENOBUFS;
-		*col = 8 + l;   /* a tab counts as 8 columns */
-	}
-	return buf_append(o, w, l) < 0 ? -ENOBUFS : 0;
+	if (f->r == 0 && buf_append(f->o, p, n) < 0)
+		f->r = -ENOBUFS;
 }
 
-int dkim_sig_field(const char *d, const char *s, long long t,
-                   const char *bh, const char *hlist, struct buf *out)
+/* The value v (n bytes) of a tag whose "tag=" is written, from column
+ * f->col on, broken at the margin: its first character always goes on
+ * the current line. */
+static void fold_margin(struct fold *f, const char *v, size_t n)
 {
-	char w[600];
-	size_t col = 0;
-	int r = buf_appends(out, "DKIM-Signature:") < 0 ? -ENOBUFS : 0;
-	col = strlen("DKIM-Signature:");
-	const char *fixed[] = {"v=1;", "a=ed25519-sha256;", "c=relaxed/relaxed;"};
-	for (size_t i = 0; i < 3 && r == 0; i++)
-		r = add_word(out, &col, fixed[i], true);
-	if (r == 0 && snprintf(w, sizeof w, "d=%s;", d) < (int)sizeof w)
-		r = add_word(out, &col, w, true);
-	else if (r == 0)
-		r = -EINVAL;
-	if (r == 0 && snprintf(w, sizeof w, "s=%s;", s) < (int)sizeof w)
-		r = add_word(out, &col, w, true);
-	else if (r == 0)
-		r = -EINVAL;
-	if (r == 0 && t >= 0) {
-		snprintf(w, sizeof w, "t=%lld;", t);
-		r = add_word(out, &col, w, true);
+	if (n == 0)
+		return;
+	fold_put(f, v, 1);
+	f->col++;
+	for (size_t i = 1; i < n;) {
+		if (f->col == SIG_MARGIN) {
+			fold_put(f, "\r\n\t ", 4);
+			f->col = 9;
+		}
+		size_t k = f->col < SIG_MARGIN ? SIG_MARGIN - f->col : n - i;
+		if (k > n - i)
+			k = n - i;
+		fold_put(f, v + i, k);
+		f->col += k;
+		i += k;
 	}
-	if (r == 0 && snprintf(w, sizeof w, "bh=%s;", bh) < (int)sizeof w)
-		r = add_word(out, &col, w, true);
-	else if (r == 0)
-		r = -EINVAL;
-	/* h=: the whole list when it fits on the line, else one name at a
-	 * time, a new line after a colon when the next one does not fit. */
-	size_t hl = strlen(hlist);
-	if (r == 0 && hl + 4 < sizeof w && col + 1 + 2 + hl + 1 <=
-	    LINE_MAX_COLS) {
-		snprintf(w, sizeof w, "h=%s;", hlist);
-		r = add_word(out, &col, w, true);
-	} else if (r == 0) {
-		const char *p = hlist;
-		bool first = true;
-		while (r == 0 && *p) {
+}
+
+/* One "tag=value;" token. */
+static void fold_tag(struct fold *f, const char *pv)
+{
+	size_t pl = strlen(pv);
+	if (f->first) {
+		fold_put(f, pv, pl);
+		f->col += pl;
+		f->first = false;
+		return;
+	}
+	if (f->col + pl <= SIG_MARGIN) {
+		fold_put(f, " ", 1);
+		fold_put(f, pv, pl);
+		f->col += 1 + pl;
+		return;
+	}
+	fold_put(f, "\r\n\t", 3);
+	f->col = 8;
+	if (strncmp(pv, "h=", 2) == 0) {
+		/* The names, a new line after a colon when the next one (with
+		 * its colon) does not fit. */
+		bool firstname = true;
+		for (const char *p = pv; *p;) {
 			const char *c = strchr(p, ':');
 			size_t l = c ? (size_t)(c - p) : strlen(p);
-			if (l + 4 >= sizeof w)
-				return -EINVAL;
-			snprintf(w, sizeof w, "%s%.*s%s", first ? "h=" : "", (int)l,
-			         p, c ? ":" : ";");
-			r = add_word(out, &col, w, first);
-			first = false;
+			if (l == 0) {
+				p += c ? 1 : 0;
+				continue;
+			}
+			if (!firstname) {
+				fold_put(f, ":", 1);
+				f->col++;
+				if (f->col + l > SIG_MARGIN) {
+					fold_put(f, "\r\n\t ", 4);
+					f->col = 9;
+				}
+			}
+			fold_put(f, p, l);
+			f->col += l;
+			firstname = false;
 			p += l + (c ? 1 : 0);
 		}
-		if (r == 0 && first)
-			r = add_word(out, &col, "h=;", true);
+	} else if (strncmp(pv, "bh=", 3) == 0) {
+		fold_put(f, "bh=", 3);
+		f->col += 3;
+		fold_margin(f, pv + 3, pl - 3);
+	} else {
+		fold_put(f, pv, pl);
+		f->col += pl;
 	}
-	if (r == 0 && buf_append(out, "\r\n\tb=", 5) < 0)
-		r = -ENOBUFS;
-	return r;
+}
+
+static void fold_tagf(struct fold *f, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void fold_tagf(struct fold *f, const char *fmt, ...)
+{
+	char *w = NULL;
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vasprintf(&w, fmt, ap);
+	va_end(ap);
+	if (n < 0) {
+		if (f->r == 0)
+			f->r = -ENOMEM;
+		return;
+	}
+	fold_tag(f, w);
+	free(w);
+}
+
+int dkim_sig_field(const char *alg, const char *d, const char *s,
+                   long long t, const char *bh, const char *hlist,
+                   struct buf *out)
+{
+	struct fold f = {out, SIG_START, true, 0};
+	fold_put(&f, "DKIM-Signature: ", SIG_START);
+	fold_tag(&f, "v=1;");
+	fold_tagf(&f, "a=%s;", alg);
+	fold_tag(&f, "c=relaxed/relaxed;");
+	fold_tagf(&f, "d=%s;", d);
+	fold_tagf(&f, "s=%s;", s);
+	if (t >= 0)
+		fold_tagf(&f, "t=%lld;", t);
+	fold_tagf(&f, "bh=%s;", bh);
+	fold_tagf(&f, "h=%s;", hlist);
+	fold_put(&f, "\r\n\tb=", 5);
+	return f.r;
 }
 
 int dkim_sig_append_b(struct buf *field, const uint8_t *sig, size_t n)
 {
-	char b64[B64_MAX_SIG + 1];
-	if (B64_ENCODED_LEN(n, 1) > B64_MAX_SIG)
-		return -EINVAL;
+	char *b64 = malloc(B64_ENCODED_LEN(n, 1) + 1);
+	if (!b64)
+		return -ENOMEM;
 	size_t l = b64_encode(sig, n, B64_PAD, b64);
-	/* "\tb=" is 10 columns; later lines "\t " 9. */
-	size_t col = 10, i = 0;
-	while (i < l) {
-		size_t k = LINE_MAX_COLS - col;
-		if (k > l - i)
-			k = l - i;
-		if (buf_append(field, b64 + i, k) < 0)
-			return -ENOBUFS;
-		i += k;
-		if (i < l) {
-			if (buf_append(field, "\r\n\t ", 4) < 0)
-				return -ENOBUFS;
-			col = 9;
-		}
-	}
-	return buf_append(field, "\r\n", 2) < 0 ? -ENOBUFS : 0;
+	struct fold f = {field, 10, false, 0};   /* after "\tb=" */
+	fold_margin(&f, b64, l);
+	fold_put(&f, "\r\n", 2);
+	free(b64);
+	return f.r;
 }
 
 int dkim_sig_canon(const uint8_t *f, size_t n, struct buf *canon)

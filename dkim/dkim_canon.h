@@ -1,11 +1,12 @@
 /*
  * dkim/dkim_canon.h - relaxed/relaxed DKIM canonicalization (RFC 6376
  * §3.4.2, §3.4.4), the signed header selection, and the DKIM-Signature
- * field for ed25519-sha256 (RFC 8463), which relayd signs itself with
- * OpenSSL (libopendkim 2.11 leaks ~550 bytes per Ed25519 signature); RSA
- * stays on libopendkim (dkim_sign.c). Pure functions except
- * dkim_ed25519_sign (OpenSSL); unit-tested (tests/unit/test_dkim_canon.c)
- * and fuzzed (tests/fuzz/fuzz_dkim_canon.c).
+ * field for rsa-sha256 and ed25519-sha256 (RFC 8463), which relayd signs
+ * itself with OpenSSL, the key parsed once (libopendkim re-parses the
+ * PEM key for every message and leaks ~550 bytes per Ed25519 signature;
+ * it stays linked as the tests' oracle: dkim_sign.c). Pure functions;
+ * unit-tested (tests/unit/test_dkim_canon.c) and fuzzed
+ * (tests/fuzz/fuzz_dkim_canon.c).
  */
 #ifndef RELAY_DKIM_CANON_H
 #define RELAY_DKIM_CANON_H
@@ -44,6 +45,11 @@ void dkim_body_canon_feed(struct dkim_body_canon *c, const uint8_t *p,
 void dkim_body_canon_end(struct dkim_body_canon *c, dkim_emit_fn emit,
                          void *arg);
 
+/* The length of the header field at p (n bytes left): up to and
+ * including the first LF not followed by SP or HTAB (a folded field is
+ * one field), or n. */
+size_t dkim_field_len(const uint8_t *p, size_t n);
+
 /* The fields of header section h (hlen bytes, CRLF lines, no empty line)
  * to sign, as libopendkim does: every field whose name is in names (a
  * NULL-terminated list, lower case) in message order, its name as
@@ -57,15 +63,20 @@ int dkim_select_headers(const uint8_t *h, size_t hlen,
                         struct buf *hlist, struct buf *canon);
 
 /* The DKIM-Signature field up to an empty "b=" (no CRLF after it):
- * "DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed/relaxed; d=D; s=S;
- * t=T; bh=BH; h=H; b=", folded (CRLF TAB) between tags and, when h= is
- * long, after its colons, each line under 78 columns when its words fit;
+ * "DKIM-Signature: v=1; a=ALG; c=relaxed/relaxed; d=D; s=S; t=T; bh=BH;
+ * h=H; b=" (ALG: "rsa-sha256" or "ed25519-sha256"), folded exactly as
+ * libopendkim 2.11 folds its own (CRLF TAB between tags, CRLF TAB SP
+ * inside a long h= after a colon; lines of at most 76 columns when the
+ * words fit), so relayd's field is byte-identical to libopendkim's;
  * "b=" starts a line of its own. t < 0 leaves t= out. 0 or -errno. */
-int dkim_sig_field(const char *d, const char *s, long long t,
-                   const char *bh, const char *hlist, struct buf *out);
+int dkim_sig_field(const char *alg, const char *d, const char *s,
+                   long long t, const char *bh, const char *hlist,
+                   struct buf *out);
 
-/* Appends the b= value (base64 of sig) folded as CRLF TAB SP lines
- * under 78 columns, then CRLF, to a field made by dkim_sig_field. */
+/* Appends the b= value (base64 of sig, n bytes: any size, RSA-4096's
+ * 512 included) folded as libopendkim does (CRLF TAB SP lines of 75
+ * columns), then CRLF, to a field made by dkim_sig_field. 0 or
+ * -ENOMEM / -ENOBUFS. */
 int dkim_sig_append_b(struct buf *field, const uint8_t *sig, size_t n);
 
 /* The relaxed form of the DKIM-Signature field f (its b= empty) without

@@ -28,10 +28,7 @@
 
 #define ED25519_RAW_LEN 32
 
-static void seterr(char *err, size_t n, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void seterr(char *err, size_t n, const char *fmt, ...)
+void dkim_errf(char *err, size_t n, const char *fmt, ...)
 {
 	if (!err || n == 0)
 		return;
@@ -122,37 +119,37 @@ int dkim_key_parse_line(const char *value, struct dkim_key_spec *out,
 	dn = next_word(&p, &dom);
 	sn = next_word(&p, &sel);
 	if (dn == 0 || sn == 0 || *p == '\0') {
-		seterr(err, errlen, "dkim_key needs three words: DOMAIN SELECTOR "
-		       "/path/to/key.pem");
+		dkim_errf(err, errlen, "dkim_key needs three words: DOMAIN SELECTOR "
+		          "/path/to/key.pem");
 		return -EINVAL;
 	}
 	/* DOMAIN: a trailing root dot is allowed and dropped. */
 	if (dn > 1 && dom[dn - 1] == '.')
 		dn--;
 	if (dn > sizeof out->domain - 1) {
-		seterr(err, errlen, "dkim_key: the domain is longer than 253 "
-		       "characters");
+		dkim_errf(err, errlen, "dkim_key: the domain is longer than 253 "
+		          "characters");
 		return -EINVAL;
 	}
 	if ((why = check_labels(dom, dn)) != NULL) {
-		seterr(err, errlen, "dkim_key: the domain '%.*s' %s", (int)dn, dom,
-		       why);
+		dkim_errf(err, errlen, "dkim_key: the domain '%.*s' %s", (int)dn, dom,
+		          why);
 		return -EINVAL;
 	}
 	if (sn > sizeof out->selector - 1) {
-		seterr(err, errlen, "dkim_key: the selector is longer than %zu "
-		       "characters", sizeof out->selector - 1);
+		dkim_errf(err, errlen, "dkim_key: the selector is longer than %zu "
+		          "characters", sizeof out->selector - 1);
 		return -EINVAL;
 	}
 	if ((why = check_labels(sel, sn)) != NULL) {
-		seterr(err, errlen, "dkim_key: the selector '%.*s' %s", (int)sn,
-		       sel, why);
+		dkim_errf(err, errlen, "dkim_key: the selector '%.*s' %s", (int)sn,
+		          sel, why);
 		return -EINVAL;
 	}
 	/* SELECTOR._domainkey.DOMAIN must itself be a DNS name (253). */
 	if (sn + strlen("._domainkey.") + dn > 253) {
-		seterr(err, errlen, "dkim_key: %.*s._domainkey.%.*s is longer "
-		       "than a DNS name may be (253)", (int)sn, sel, (int)dn, dom);
+		dkim_errf(err, errlen, "dkim_key: %.*s._domainkey.%.*s is longer "
+		          "than a DNS name may be (253)", (int)sn, sel, (int)dn, dom);
 		return -EINVAL;
 	}
 	/* PATH: the rest, trailing blanks cut. */
@@ -160,19 +157,19 @@ int dkim_key_parse_line(const char *value, struct dkim_key_spec *out,
 	while (pn > 0 && is_blank(p[pn - 1]))
 		pn--;
 	if (p[0] != '/') {
-		seterr(err, errlen, "dkim_key: the key file must be an absolute "
-		       "path (starting with '/')");
+		dkim_errf(err, errlen, "dkim_key: the key file must be an absolute "
+		          "path (starting with '/')");
 		return -EINVAL;
 	}
 	if (pn > sizeof out->path - 1) {
-		seterr(err, errlen, "dkim_key: the key file's path is longer than "
-		       "%zu characters", sizeof out->path - 1);
+		dkim_errf(err, errlen, "dkim_key: the key file's path is longer than "
+		          "%zu characters", sizeof out->path - 1);
 		return -EINVAL;
 	}
 	for (size_t i = 0; i < pn; i++)
 		if ((unsigned char)p[i] < 0x20 || p[i] == 0x7f) {
-			seterr(err, errlen, "dkim_key: the key file's path holds a "
-			       "control character");
+			dkim_errf(err, errlen, "dkim_key: the key file's path holds a "
+			          "control character");
 			return -EINVAL;
 		}
 	for (size_t i = 0; i < dn; i++)
@@ -227,15 +224,15 @@ static int key_fill(struct dkim_key *k, EVP_PKEY *pk, const char *name,
 		k->alg = DKIM_ALG_RSA;
 		k->bits = (unsigned)EVP_PKEY_get_bits(pk);
 		if (k->bits < DKIM_RSA_BITS_MIN) {
-			seterr(err, errlen, "%s: an RSA key of %u bits is too weak "
-			       "(at least %d; 2048 recommended)", name, k->bits,
-			       DKIM_RSA_BITS_MIN);
+			dkim_errf(err, errlen, "%s: an RSA key of %u bits is too weak "
+			          "(at least %d; 2048 recommended)", name, k->bits,
+			          DKIM_RSA_BITS_MIN);
 			return -EINVAL;
 		}
 		if (k->bits > DKIM_RSA_BITS_MAX) {
-			seterr(err, errlen, "%s: an RSA key of %u bits is larger than "
-			       "verifiers accept (at most %d)", name, k->bits,
-			       DKIM_RSA_BITS_MAX);
+			dkim_errf(err, errlen, "%s: an RSA key of %u bits is larger than "
+			          "verifiers accept (at most %d)", name, k->bits,
+			          DKIM_RSA_BITS_MAX);
 			return -EINVAL;
 		}
 		k->weak = k->bits < DKIM_RSA_BITS_WEAK;
@@ -243,8 +240,8 @@ static int key_fill(struct dkim_key *k, EVP_PKEY *pk, const char *name,
 		k->alg = DKIM_ALG_ED25519;
 		k->bits = 256;
 	} else {
-		seterr(err, errlen, "%s: a %s key; DKIM keys are RSA or Ed25519",
-		       name, OBJ_nid2sn(id) ? OBJ_nid2sn(id) : "unknown");
+		dkim_errf(err, errlen, "%s: a %s key; DKIM keys are RSA or Ed25519",
+		          name, OBJ_nid2sn(id) ? OBJ_nid2sn(id) : "unknown");
 		return -EINVAL;
 	}
 
@@ -254,7 +251,7 @@ static int key_fill(struct dkim_key *k, EVP_PKEY *pk, const char *name,
 		return -ENOMEM;
 	if (!PEM_write_bio_PrivateKey(mem, pk, NULL, NULL, 0, NULL, NULL)) {
 		BIO_free(mem);
-		seterr(err, errlen, "%s: %s", name, ssl_reason(ebuf, sizeof ebuf));
+		dkim_errf(err, errlen, "%s: %s", name, ssl_reason(ebuf, sizeof ebuf));
 		return -EIO;
 	}
 	char *data;
@@ -273,7 +270,7 @@ static int key_fill(struct dkim_key *k, EVP_PKEY *pk, const char *name,
 	if (k->alg == DKIM_ALG_RSA) {
 		if ((r = der_of(pk, false, &k->pub_raw, &k->pub_raw_len)) < 0 ||
 		    (r = der_of(pk, true, &k->pub_alt, &k->pub_alt_len)) < 0) {
-			seterr(err, errlen, "%s: cannot encode the public key", name);
+			dkim_errf(err, errlen, "%s: cannot encode the public key", name);
 			return r;
 		}
 	} else {
@@ -283,8 +280,8 @@ static int key_fill(struct dkim_key *k, EVP_PKEY *pk, const char *name,
 			return -ENOMEM;
 		if (!EVP_PKEY_get_raw_public_key(pk, k->pub_raw, &n) ||
 		    n != ED25519_RAW_LEN) {
-			seterr(err, errlen, "%s: cannot read the Ed25519 public key",
-			       name);
+			dkim_errf(err, errlen, "%s: cannot read the Ed25519 public key",
+			          name);
 			return -EIO;
 		}
 		k->pub_raw_len = n;
@@ -315,8 +312,8 @@ int dkim_key_from_pem(const struct dkim_key_spec *spec, const char *pem,
 	const char *name = spec->path[0] ? spec->path : "key";
 	*out = NULL;
 	if (len > DKIM_KEY_FILE_MAX) {
-		seterr(err, errlen, "%s: larger than %d bytes; not a DKIM key",
-		       name, DKIM_KEY_FILE_MAX);
+		dkim_errf(err, errlen, "%s: larger than %d bytes; not a DKIM key",
+		          name, DKIM_KEY_FILE_MAX);
 		return -EFBIG;
 	}
 	ERR_clear_error();
@@ -327,12 +324,12 @@ int dkim_key_from_pem(const struct dkim_key_spec *spec, const char *pem,
 	BIO_free(b);
 	if (!pk) {
 		if (memmem(pem, len, "ENCRYPTED", 9))
-			seterr(err, errlen, "%s: the private key is encrypted; relayd "
-			       "needs it unencrypted (openssl pkey -in FILE -out NEW)",
-			       name);
+			dkim_errf(err, errlen, "%s: the private key is encrypted; relayd "
+			          "needs it unencrypted (openssl pkey -in FILE -out NEW)",
+			          name);
 		else
-			seterr(err, errlen, "%s: not a PEM private key (%s)", name,
-			       ssl_reason(ebuf, sizeof ebuf));
+			dkim_errf(err, errlen, "%s: not a PEM private key (%s)", name,
+			          ssl_reason(ebuf, sizeof ebuf));
 		ERR_clear_error();
 		return -EINVAL;
 	}
@@ -347,7 +344,7 @@ int dkim_key_from_pem(const struct dkim_key_spec *spec, const char *pem,
 	ERR_clear_error();
 	if (r < 0) {
 		if (r == -ENOMEM)
-			seterr(err, errlen, "%s: out of memory", name);
+			dkim_errf(err, errlen, "%s: out of memory", name);
 		dkim_key_free(k);
 		return r;
 	}
@@ -369,20 +366,20 @@ int dkim_key_load(const struct dkim_key_spec *spec, struct dkim_key **out,
 	if (fd < 0) {
 		int e = errno;
 		if (e == ELOOP)
-			seterr(err, errlen, "%s: is a symbolic link; name the key "
-			       "file itself", path);
+			dkim_errf(err, errlen, "%s: is a symbolic link; name the key "
+			          "file itself", path);
 		else
-			seterr(err, errlen, "%s: %s", path, strerror(e));
+			dkim_errf(err, errlen, "%s: %s", path, strerror(e));
 		return -e;
 	}
 	if (fstat(fd, &st) < 0) {
 		int e = errno;
-		seterr(err, errlen, "%s: %s", path, strerror(e));
+		dkim_errf(err, errlen, "%s: %s", path, strerror(e));
 		close(fd);
 		return -e;
 	}
 	if (!S_ISREG(st.st_mode)) {
-		seterr(err, errlen, "%s: not a regular file", path);
+		dkim_errf(err, errlen, "%s: not a regular file", path);
 		close(fd);
 		return -EINVAL;
 	}
@@ -390,21 +387,21 @@ int dkim_key_load(const struct dkim_key_spec *spec, struct dkim_key **out,
 	 * relayd's user may write must not make root read another root-only
 	 * key (the TLS key) as this one. */
 	if (st.st_nlink != 1) {
-		seterr(err, errlen, "%s: has %lu names (hard links); a key file "
-		       "must have one", path, (unsigned long)st.st_nlink);
+		dkim_errf(err, errlen, "%s: has %lu names (hard links); a key file "
+		          "must have one", path, (unsigned long)st.st_nlink);
 		close(fd);
 		return -EPERM;
 	}
 	if (st.st_mode & (S_IROTH | S_IWOTH)) {
-		seterr(err, errlen, "%s: readable or writable by every user "
-		       "(mode %04o); run chmod 0600 (or 0640 with relayd's group)",
-		       path, (unsigned)(st.st_mode & 07777));
+		dkim_errf(err, errlen, "%s: readable or writable by every user "
+		          "(mode %04o); run chmod 0600 (or 0640 with relayd's group)",
+		          path, (unsigned)(st.st_mode & 07777));
 		close(fd);
 		return -EPERM;
 	}
 	if (st.st_size > DKIM_KEY_FILE_MAX) {
-		seterr(err, errlen, "%s: larger than %d bytes; not a DKIM key",
-		       path, DKIM_KEY_FILE_MAX);
+		dkim_errf(err, errlen, "%s: larger than %d bytes; not a DKIM key",
+		          path, DKIM_KEY_FILE_MAX);
 		close(fd);
 		return -EFBIG;
 	}
@@ -422,7 +419,7 @@ int dkim_key_load(const struct dkim_key_spec *spec, struct dkim_key **out,
 			continue;
 		if (got < 0) {
 			int e = errno;
-			seterr(err, errlen, "%s: %s", path, strerror(e));
+			dkim_errf(err, errlen, "%s: %s", path, strerror(e));
 			OPENSSL_cleanse(buf, n);
 			free(buf);
 			close(fd);
@@ -434,8 +431,8 @@ int dkim_key_load(const struct dkim_key_spec *spec, struct dkim_key **out,
 	close(fd);
 	int r;
 	if (n > DKIM_KEY_FILE_MAX) {
-		seterr(err, errlen, "%s: larger than %d bytes; not a DKIM key",
-		       path, DKIM_KEY_FILE_MAX);
+		dkim_errf(err, errlen, "%s: larger than %d bytes; not a DKIM key",
+		          path, DKIM_KEY_FILE_MAX);
 		r = -EFBIG;
 	} else {
 		r = dkim_key_from_pem(spec, buf, n, out, err, errlen);
@@ -455,8 +452,8 @@ int dkim_key_generate(enum dkim_alg alg, unsigned bits, char **pem,
 	ERR_clear_error();
 	if (alg == DKIM_ALG_RSA) {
 		if (bits < DKIM_RSA_BITS_MIN || bits > DKIM_RSA_BITS_MAX) {
-			seterr(err, errlen, "RSA keys are %d to %d bits (2048 is the "
-			       "usual size)", DKIM_RSA_BITS_MIN, DKIM_RSA_BITS_MAX);
+			dkim_errf(err, errlen, "RSA keys are %d to %d bits (2048 is the "
+			          "usual size)", DKIM_RSA_BITS_MIN, DKIM_RSA_BITS_MAX);
 			return -EINVAL;
 		}
 		pk = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)bits);
@@ -464,8 +461,8 @@ int dkim_key_generate(enum dkim_alg alg, unsigned bits, char **pem,
 		pk = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
 	}
 	if (!pk) {
-		seterr(err, errlen, "key generation failed: %s",
-		       ssl_reason(ebuf, sizeof ebuf));
+		dkim_errf(err, errlen, "key generation failed: %s",
+		          ssl_reason(ebuf, sizeof ebuf));
 		return -EIO;
 	}
 	BIO *mem = BIO_new(BIO_s_mem());
@@ -484,8 +481,8 @@ int dkim_key_generate(enum dkim_alg alg, unsigned bits, char **pem,
 		OPENSSL_cleanse(data, dl > 0 ? (size_t)dl : 0);
 	}
 	if (r < 0)
-		seterr(err, errlen, "encoding the new key failed: %s",
-		       r == -ENOMEM ? "out of memory" : ssl_reason(ebuf, sizeof ebuf));
+		dkim_errf(err, errlen, "encoding the new key failed: %s",
+		          r == -ENOMEM ? "out of memory" : ssl_reason(ebuf, sizeof ebuf));
 	BIO_free(mem);
 	EVP_PKEY_free(pk);
 	ERR_clear_error();
@@ -531,8 +528,8 @@ static int tags_parse(const char *txt, size_t len, struct tag *tags,
 			break;   /* end, after a final ';' or an empty record */
 		size_t ns = i;
 		if (!isalpha(s[i])) {
-			seterr(why, whylen, "not a tag name at offset %zu (a tag is "
-			       "NAME=VALUE, separated by ';')", i);
+			dkim_errf(why, whylen, "not a tag name at offset %zu (a tag is "
+			          "NAME=VALUE, separated by ';')", i);
 			return -EINVAL;
 		}
 		while (i < len && (isalnum(s[i]) || s[i] == '_'))
@@ -541,8 +538,8 @@ static int tags_parse(const char *txt, size_t len, struct tag *tags,
 		while (i < len && is_fws(s[i]))
 			i++;
 		if (i == len || s[i] != '=') {
-			seterr(why, whylen, "tag '%.*s' has no '='", (int)(nn > 32 ?
-			       32 : nn), txt + ns);
+			dkim_errf(why, whylen, "tag '%.*s' has no '='", (int)(nn > 32 ?
+			          32 : nn), txt + ns);
 			return -EINVAL;
 		}
 		i++;
@@ -552,9 +549,9 @@ static int tags_parse(const char *txt, size_t len, struct tag *tags,
 		while (i < len && s[i] != ';') {
 			/* VALCHAR = %x21-3A / %x3C-7E, and FWS inside. */
 			if (!is_fws(s[i]) && (s[i] < 0x21 || s[i] > 0x7e)) {
-				seterr(why, whylen, "tag '%.*s': byte 0x%02x is not "
-				       "allowed in a value", (int)(nn > 32 ? 32 : nn),
-				       txt + ns, s[i]);
+				dkim_errf(why, whylen, "tag '%.*s': byte 0x%02x is not "
+				          "allowed in a value", (int)(nn > 32 ? 32 : nn),
+				          txt + ns, s[i]);
 				return -EINVAL;
 			}
 			i++;
@@ -565,12 +562,12 @@ static int tags_parse(const char *txt, size_t len, struct tag *tags,
 		for (size_t t = 0; t < nt; t++)
 			if (tags[t].nlen == nn && memcmp(tags[t].name, txt + ns, nn) == 0) {
 				/* §3.2: duplicate names make the whole list invalid. */
-				seterr(why, whylen, "tag '%.*s' appears twice",
-				       (int)(nn > 32 ? 32 : nn), txt + ns);
+				dkim_errf(why, whylen, "tag '%.*s' appears twice",
+				          (int)(nn > 32 ? 32 : nn), txt + ns);
 				return -EINVAL;
 			}
 		if (nt == TAGS_MAX) {
-			seterr(why, whylen, "more than %d tags", TAGS_MAX);
+			dkim_errf(why, whylen, "more than %d tags", TAGS_MAX);
 			return -EINVAL;
 		}
 		tags[nt++] = (struct tag){txt + ns, txt + vs, nn, ve - vs};
@@ -624,29 +621,29 @@ int dkim_key_match(const struct dkim_key *k, const char *txt, size_t len,
 	struct tag tags[TAGS_MAX];
 	size_t nt = 0;
 	int r;
-	seterr(why, whylen, "%s", "");
+	dkim_errf(why, whylen, "%s", "");
 	if ((r = tags_parse(txt, len, tags, &nt, why, whylen)) < 0)
 		return r;
 	if (nt == 0) {
-		seterr(why, whylen, "an empty record");
+		dkim_errf(why, whylen, "an empty record");
 		return -EINVAL;
 	}
 	/* §3.6.1 v=: optional, but when present the first tag and DKIM1. */
 	const struct tag *v = tag_find(tags, nt, "v");
 	if (v && (v != &tags[0] || !val_is(v, "DKIM1"))) {
-		seterr(why, whylen, v != &tags[0] ? "v= is not the first tag" :
-		       "v= is not DKIM1");
+		dkim_errf(why, whylen, v != &tags[0] ? "v= is not the first tag" :
+		          "v= is not DKIM1");
 		return -EINVAL;
 	}
 	const struct tag *p = tag_find(tags, nt, "p");
 	if (!p) {
-		seterr(why, whylen, "no p= tag (the public key is required)");
+		dkim_errf(why, whylen, "no p= tag (the public key is required)");
 		return -EINVAL;
 	}
 	/* p= without its white space (§3.6.1: FWS may appear in base64). */
 	char *b64 = malloc(p->vlen + 1);
 	if (!b64) {
-		seterr(why, whylen, "out of memory");
+		dkim_errf(why, whylen, "out of memory");
 		return -ENOMEM;
 	}
 	size_t bn = 0;
@@ -657,13 +654,13 @@ int dkim_key_match(const struct dkim_key *k, const char *txt, size_t len,
 	long dn = 0;
 	if (!der) {
 		free(b64);
-		seterr(why, whylen, "out of memory");
+		dkim_errf(why, whylen, "out of memory");
 		return -ENOMEM;
 	}
 	if (bn > 0 && (dn = b64_decode(b64, bn, B64_PAD, der, bn / 4 * 3 + 3)) < 0) {
 		free(b64);
 		free(der);
-		seterr(why, whylen, "p= is not valid base64");
+		dkim_errf(why, whylen, "p= is not valid base64");
 		return -EINVAL;
 	}
 	free(b64);
@@ -675,44 +672,44 @@ int dkim_key_match(const struct dkim_key *k, const char *txt, size_t len,
 	const char *mine = dkim_alg_name(k->alg);
 	r = 1;
 	if (kt && !val_is(kt, "rsa") && !val_is(kt, "ed25519"))
-		seterr(why, whylen, "k=%.*s: a key type other than rsa and "
-		       "ed25519", (int)(kt->vlen > 32 ? 32 : kt->vlen), kt->val);
+		dkim_errf(why, whylen, "k=%.*s: a key type other than rsa and "
+		          "ed25519", (int)(kt->vlen > 32 ? 32 : kt->vlen), kt->val);
 	else if (kt ? !val_is(kt, mine) : k->alg != DKIM_ALG_RSA)
-		seterr(why, whylen, "the record is k=%s, the key is %s",
-		       kt ? (val_is(kt, "rsa") ? "rsa" : "ed25519") : "rsa "
-		       "(k= absent)", mine);
+		dkim_errf(why, whylen, "the record is k=%s, the key is %s",
+		          kt ? (val_is(kt, "rsa") ? "rsa" : "ed25519") : "rsa "
+		          "(k= absent)", mine);
 	else if (h && !list_has(h, "sha256"))
-		seterr(why, whylen, "h= does not allow sha256, the only hash "
-		       "relayd signs with");
+		dkim_errf(why, whylen, "h= does not allow sha256, the only hash "
+		          "relayd signs with");
 	else if (st && !list_has(st, "*") && !list_has(st, "email"))
-		seterr(why, whylen, "s= does not allow email");
+		dkim_errf(why, whylen, "s= does not allow email");
 	else if (dn == 0)
-		seterr(why, whylen, "the key is revoked (empty p=)");
+		dkim_errf(why, whylen, "the key is revoked (empty p=)");
 	else if (((size_t)dn == k->pub_raw_len &&
 	          memcmp(der, k->pub_raw, k->pub_raw_len) == 0) ||
 	         (k->pub_alt && (size_t)dn == k->pub_alt_len &&
 	          memcmp(der, k->pub_alt, k->pub_alt_len) == 0))
 		r = 0;
 	else if (k->alg == DKIM_ALG_ED25519 && dn != ED25519_RAW_LEN)
-		seterr(why, whylen, "p= is %ld bytes; an Ed25519 key is the %d "
-		       "raw bytes (RFC 8463)", dn, ED25519_RAW_LEN);
+		dkim_errf(why, whylen, "p= is %ld bytes; an Ed25519 key is the %d "
+		          "raw bytes (RFC 8463)", dn, ED25519_RAW_LEN);
 	else if (k->alg == DKIM_ALG_ED25519)
-		seterr(why, whylen, "p= is another Ed25519 key");
+		dkim_errf(why, whylen, "p= is another Ed25519 key");
 	else {
 		const unsigned char *q = der;
 		EVP_PKEY *other = d2i_PUBKEY(NULL, &q, dn);
 		if (other && EVP_PKEY_get_base_id(other) == EVP_PKEY_RSA)
-			seterr(why, whylen, "p= is another RSA key (%d bits)",
-			       EVP_PKEY_get_bits(other));
+			dkim_errf(why, whylen, "p= is another RSA key (%d bits)",
+			          EVP_PKEY_get_bits(other));
 		else
-			seterr(why, whylen, "p= is not this RSA public key (nor "
-			       "any DER RSA public key)");
+			dkim_errf(why, whylen, "p= is not this RSA public key (nor "
+			          "any DER RSA public key)");
 		EVP_PKEY_free(other);
 		ERR_clear_error();
 	}
 	free(der);
 	if (r == 0 && t && list_has(t, "y"))
-		seterr(why, whylen, "t=y: the domain is testing DKIM (verifiers "
-		       "may ignore failures)");
+		dkim_errf(why, whylen, "t=y: the domain is testing DKIM (verifiers "
+		          "may ignore failures)");
 	return r;
 }

@@ -3,9 +3,10 @@
  * PATH` configuration line, loading a key file safely (no links, a
  * regular file, not world-readable, bounded size, RSA >= 1024 bits or
  * Ed25519), the public key record to publish (RFC 6376 §3.6.1, RFC 8463),
- * and checking a served TXT record against a loaded key. OpenSSL only;
- * signing (libopendkim) is dkim_sign.c's. Used by relayd (config, start,
- * SIGHUP) and relayctl (dkim keygen|show|rotate, check-dns).
+ * and checking a served TXT record against a loaded key; dkim_errf, the
+ * error-text helper of dkim/ and relayctl's dkim commands. OpenSSL only;
+ * signing is dkim_sign.c's. Used by relayd (config, start, SIGHUP) and
+ * relayctl (dkim keygen|show|rotate, check-dns).
  */
 #ifndef RELAY_DKIM_KEY_H
 #define RELAY_DKIM_KEY_H
@@ -28,6 +29,12 @@ struct dkim_key_spec {
 	char selector[64];
 	char path[4096];
 };
+
+/* Formats an error or result text into err (n bytes, truncated; err
+ * NULL or n 0: nothing), as snprintf: dkim/'s and relayctl's dkim
+ * commands' `err`/`why` buffers. */
+void dkim_errf(char *err, size_t n, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
 
 /* Parses "DOMAIN SELECTOR PATH" (words separated by spaces or tabs; PATH
  * is the rest of the value, trailing blanks cut, so it may hold spaces).

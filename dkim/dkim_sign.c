@@ -1,17 +1,24 @@
 /*
- * dkim/dkim_sign.c - DKIM signing with libopendkim (issue 10 §1): the
- * signer (the loaded keys, the active one per domain and algorithm, key
- * selection by the From: domain) and the job that streams one message
- * through libopendkim: relaxed/relaxed, rsa-sha256 and/or ed25519-sha256
- * (a domain with both keys is dual-signed), the signed header list of the
- * issue with From: oversigned, no l=. The only file that includes
- * <opendkim/dkim.h>. No libuv: relayd runs jobs on the thread pool.
+ * dkim/dkim_sign.c - DKIM signing (issue 10 §1): the signer (the loaded
+ * keys, each parsed once into an OpenSSL EVP_PKEY at start or SIGHUP,
+ * the active one per domain and algorithm, key selection by the From:
+ * domain) and the job that streams one message: relaxed/relaxed,
+ * rsa-sha256 and/or ed25519-sha256 (a domain with both keys is
+ * dual-signed, RSA first), the signed header list of the issue with
+ * From: oversigned, no l=. No libuv: relayd runs jobs on the thread pool.
  *
- * Ed25519 is signed here, not by libopendkim (2.11 leaks about 550 bytes
- * per ed25519-sha256 signature): dkim/dkim_canon.c canonicalizes and
- * builds the field, OpenSSL hashes and signs (RFC 8463 §3: Ed25519 over
- * the SHA-256 hash of the header data). dkim_signer_ed25519_libopendkim()
- * switches back to libopendkim (the unit tests' oracle, the bench).
+ * relayd signs itself: dkim/dkim_canon.c canonicalizes the body and the
+ * signed fields (one body hash and one header selection serve both
+ * keys) and builds the field; OpenSSL hashes them (SHA-256) and signs
+ * the 32-byte digest with the signer's EVP_PKEY: RSA PKCS#1 v1.5 with
+ * the SHA-256 DigestInfo (RFC 6376 §3.3.1, what libopendkim's RSA_sign
+ * makes), Ed25519 over the digest (RFC 8463 §3). libopendkim 2.11 parses
+ * the PEM key again for every message (1.2-1.8 ms per RSA-2048 message,
+ * where the signature itself costs about 0.27 ms) and leaks about 550
+ * bytes per Ed25519 signature; it stays linked as the oracle:
+ * dkim_signer_use_libopendkim() switches a signer to it (the unit tests
+ * compare the two fields byte for byte, the bench measures both). This
+ * is the only file that includes <opendkim/dkim.h>.
  */
 #include "dkim/dkim.h"
 
@@ -29,6 +36,7 @@
 #include <openssl/bio.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/rsa.h>
 
 #include <opendkim/dkim.h>
 
@@ -53,22 +61,11 @@ struct dkim_signer {
 	bool subdomains;
 	unsigned refs;
 	struct dkim_counts counts;
-	EVP_PKEY **pkeys;         /* keys[i]'s EVP_PKEY when Ed25519 */
-	bool ed_lib;              /* Ed25519 through libopendkim (tests) */
+	EVP_PKEY **pkeys;         /* keys[i] parsed once (read-only after:
+	                             OpenSSL allows concurrent signing) */
+	bool use_lib;             /* sign with libopendkim (tests, bench) */
 	long long fixed_time;     /* t= (-1: now); tests */
 };
-
-static void fmt(char *dst, size_t n, const char *f, ...)
-	__attribute__((format(printf, 3, 4)));
-static void fmt(char *dst, size_t n, const char *f, ...)
-{
-	if (!dst || !n)
-		return;
-	va_list ap;
-	va_start(ap, f);
-	vsnprintf(dst, n, f, ap);
-	va_end(ap);
-}
 
 /* ---- the signer --------------------------------------------------------- */
 
@@ -92,7 +89,7 @@ static int lib_new(DKIM_LIB **out, char *err, size_t errlen)
 {
 	DKIM_LIB *lib = dkim_init(NULL, NULL);
 	if (!lib) {
-		fmt(err, errlen, "libopendkim: cannot initialise");
+		dkim_errf(err, errlen, "libopendkim: cannot initialise");
 		return -ENOMEM;
 	}
 	/* The header list is a NULL-terminated array; the option takes a
@@ -104,7 +101,7 @@ static int lib_new(DKIM_LIB **out, char *err, size_t errlen)
 	                 (void *)oversigned_headers,
 	                 sizeof(char **)) != DKIM_STAT_OK) {
 		dkim_close(lib);
-		fmt(err, errlen, "libopendkim: cannot set the signed headers");
+		dkim_errf(err, errlen, "libopendkim: cannot set the signed headers");
 		return -EINVAL;
 	}
 	*out = lib;
@@ -136,6 +133,26 @@ static struct dkim_key *key_dup(const struct dkim_key *k, char *err,
 	return r < 0 ? NULL : d;
 }
 
+/* k's private key as an EVP_PKEY of k's algorithm, parsed once for all
+ * the signer's jobs (dkim_key_load checked it already; this cannot fail
+ * but on memory). 0 or -errno with why. */
+static int pkey_load(const struct dkim_key *k, EVP_PKEY **out, char *why,
+                     size_t whylen)
+{
+	int want = k->alg == DKIM_ALG_RSA ? EVP_PKEY_RSA : EVP_PKEY_ED25519;
+	BIO *b = BIO_new_mem_buf(k->pem, -1);
+	EVP_PKEY *pk = b ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL) : NULL;
+	BIO_free(b);
+	if (!pk || EVP_PKEY_get_id(pk) != want) {
+		EVP_PKEY_free(pk);
+		dkim_errf(why, whylen, "the %s key does not load into OpenSSL",
+		          dkim_alg_name(k->alg));
+		return -EINVAL;
+	}
+	*out = pk;
+	return 0;
+}
+
 int dkim_signer_new(char *const *lines, size_t n, bool subdomains,
                     const struct dkim_signer *old,
                     struct dkim_signer **out, char *err, size_t errlen)
@@ -144,7 +161,7 @@ int dkim_signer_new(char *const *lines, size_t n, bool subdomains,
 	int r = -ENOMEM;
 	struct dkim_signer *s = calloc(1, sizeof *s);
 	if (!s) {
-		fmt(err, errlen, "out of memory");
+		dkim_errf(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
 	s->refs = 1;
@@ -154,7 +171,7 @@ int dkim_signer_new(char *const *lines, size_t n, bool subdomains,
 		s->counts = old->counts;
 	if (n && (!(s->keys = calloc(n, sizeof *s->keys)) ||
 	          !(s->pkeys = calloc(n, sizeof *s->pkeys)))) {
-		fmt(err, errlen, "out of memory");
+		dkim_errf(err, errlen, "out of memory");
 		goto fail;
 	}
 	if ((r = lib_new(&s->lib, err, errlen)) < 0)
@@ -169,7 +186,7 @@ int dkim_signer_new(char *const *lines, size_t n, bool subdomains,
 		if (r < 0) {
 			const struct dkim_key *ok = parsed ? old_key(old, &sp) : NULL;
 			if (!old) {
-				fmt(err, errlen, "dkim_key '%s': %s", lines[i], why);
+				dkim_errf(err, errlen, "dkim_key '%s': %s", lines[i], why);
 				goto fail;
 			}
 			if (ok && (k = key_dup(ok, err, errlen))) {
@@ -186,26 +203,17 @@ int dkim_signer_new(char *const *lines, size_t n, bool subdomains,
 			log_warn("dkim: key %s (selector %s) is RSA of %u bits: use "
 			         "2048 or more", k->spec.domain, k->spec.selector,
 			         k->bits);
-		if (k->alg == DKIM_ALG_ED25519) {
-			BIO *b = BIO_new_mem_buf(k->pem, -1);
-			EVP_PKEY *pk = b ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL)
-			                 : NULL;
-			BIO_free(b);
-			if (!pk || EVP_PKEY_get_id(pk) != EVP_PKEY_ED25519) {
-				EVP_PKEY_free(pk);
-				dkim_key_free(k);
-				if (old) {
-					log_err("dkim: dkim_key '%s' left out: the Ed25519 key "
-					        "does not load into OpenSSL", lines[i]);
-					continue;
-				}
-				fmt(err, errlen, "dkim_key '%s': the Ed25519 key does not "
-				    "load into OpenSSL", lines[i]);
-				r = -EINVAL;
-				goto fail;
+		EVP_PKEY *pk = NULL;
+		if ((r = pkey_load(k, &pk, why, sizeof why)) < 0) {
+			dkim_key_free(k);
+			if (old) {
+				log_err("dkim: dkim_key '%s' left out: %s", lines[i], why);
+				continue;
 			}
-			s->pkeys[s->nkeys] = pk;
+			dkim_errf(err, errlen, "dkim_key '%s': %s", lines[i], why);
+			goto fail;
 		}
+		s->pkeys[s->nkeys] = pk;
 		s->keys[s->nkeys++] = k;
 	}
 	*out = s;
@@ -215,9 +223,9 @@ fail:
 	return r < 0 ? r : -EINVAL;
 }
 
-void dkim_signer_ed25519_libopendkim(struct dkim_signer *s, bool on)
+void dkim_signer_use_libopendkim(struct dkim_signer *s, bool on)
 {
-	s->ed_lib = on;
+	s->use_lib = on;
 }
 
 int dkim_signer_fixed_time(struct dkim_signer *s, long long t)
@@ -447,10 +455,18 @@ struct dkim_job {
 	DKIM *h[2];                 /* libopendkim's handle, or NULL: ours */
 	const struct dkim_key *key[2];
 	size_t nh;
-	/* Ed25519 signed here (h[k] == NULL): one key per job at most. */
+	/* Signed here (h[k] == NULL): both keys of a dual-signed message
+	 * share the body hash and the header selection (both relaxed,
+	 * SHA-256, the same h= list). */
+	bool own;                   /* own_start done */
 	struct dkim_body_canon bc;
 	EVP_MD_CTX *bmd;            /* the body hash */
-	struct buf hcanon;          /* the signed fields, relaxed */
+	struct buf hcanon;          /* the signed fields, relaxed; then the
+	                               field being signed */
+	size_t hbase;               /* hcanon's length without the field */
+	uint8_t bh[32];             /* the body hash, once final */
+	bool bh_done;
+	long long t;                /* t=, the same for both keys */
 	struct buf hlist;           /* h= */
 	char dom[256];
 	bool forced;                /* dom given: dkim_job_set_domain */
@@ -510,22 +526,6 @@ static bool name_is(const uint8_t *f, size_t n, const char *name)
 	return i < n && f[i] == ':';
 }
 
-/* A field's length from p: up to and including the CRLF that is not
- * followed by a blank. */
-static size_t field_len(const uint8_t *p, size_t n)
-{
-	size_t i = 0;
-	while (i < n) {
-		const uint8_t *lf = memchr(p + i, '\n', n - i);
-		if (!lf)
-			return n;
-		i = (size_t)(lf - p) + 1;
-		if (i >= n || (p[i] != ' ' && p[i] != '\t'))
-			return i;
-	}
-	return n;
-}
-
 /* The header section (hlen bytes, without the empty line) is complete:
  * choose the keys, start the handles, feed them the fields. */
 void dkim_job_set_domain(struct dkim_job *j, const char *domain)
@@ -534,7 +534,7 @@ void dkim_job_set_domain(struct dkim_job *j, const char *domain)
 	j->forced = domain && *domain;
 }
 
-static int ed_start(struct dkim_job *j, const uint8_t *h, size_t hlen);
+static int own_start(struct dkim_job *j, const uint8_t *h, size_t hlen);
 
 static int start_signing(struct dkim_job *j, const uint8_t *h, size_t hlen)
 {
@@ -545,7 +545,7 @@ static int start_signing(struct dkim_job *j, const uint8_t *h, size_t hlen)
 	bool from = j->forced;
 	size_t nfrom = 0;
 	for (size_t i = 0; i < hlen && !j->forced;) {
-		size_t fl = field_len(h + i, hlen - i);
+		size_t fl = dkim_field_len(h + i, hlen - i);
 		if (name_is(h + i, fl, "from") && ++nfrom == 1) {
 			const uint8_t *colon = memchr(h + i, ':', fl);
 			size_t vl = fl - (size_t)(colon + 1 - (h + i));
@@ -585,8 +585,8 @@ static int start_signing(struct dkim_job *j, const uint8_t *h, size_t hlen)
 	for (size_t k = 0; k < j->nh; k++) {
 		const struct dkim_key *key = j->key[k];
 		DKIM_STAT st = DKIM_STAT_OK;
-		if (key->alg == DKIM_ALG_ED25519 && !j->s->ed_lib) {
-			int r = ed_start(j, h, hlen);
+		if (!j->s->use_lib) {
+			int r = own_start(j, h, hlen);
 			if (r < 0)
 				return r;
 			continue;
@@ -605,7 +605,7 @@ static int start_signing(struct dkim_job *j, const uint8_t *h, size_t hlen)
 			                key->spec.selector, dkim_getresultstr(st));
 	}
 	for (size_t i = 0; i < hlen;) {
-		size_t fl = field_len(h + i, hlen - i);
+		size_t fl = dkim_field_len(h + i, hlen - i);
 		/* Without the CRLF that ends the field (dkim_header's format). */
 		size_t l = fl;
 		if (l >= 2 && h[i + l - 2] == '\r' && h[i + l - 1] == '\n')
@@ -632,7 +632,7 @@ static int start_signing(struct dkim_job *j, const uint8_t *h, size_t hlen)
 	return 0;
 }
 
-/* ---- Ed25519, signed here ------------------------------------------------ */
+/* ---- signed here: RSA and Ed25519 ---------------------------------------- */
 
 static void body_emit(void *arg, const uint8_t *p, size_t n)
 {
@@ -641,72 +641,124 @@ static void body_emit(void *arg, const uint8_t *p, size_t n)
 }
 
 /* The header section is complete: the signed fields canonicalized now
- * (the section is freed after), the body hash started. */
-static int ed_start(struct dkim_job *j, const uint8_t *h, size_t hlen)
+ * (the section is freed after), the body hash started. Once per job,
+ * whatever the number of keys. */
+static int own_start(struct dkim_job *j, const uint8_t *h, size_t hlen)
 {
+	if (j->own)
+		return 0;
+	j->own = true;
 	int r = dkim_select_headers(h, hlen, dkim_signed_headers,
 	                            oversigned_headers, &j->hlist, &j->hcanon);
 	if (r < 0)
-		return job_fail(j, r, "ed25519: selecting the header fields: %s",
+		return job_fail(j, r, "selecting the header fields to sign: %s",
 		                strerror(-r));
+	j->hbase = j->hcanon.len;
 	if (!(j->bmd = EVP_MD_CTX_new()) ||
 	    EVP_DigestInit_ex(j->bmd, EVP_sha256(), NULL) != 1)
-		return job_fail(j, -ENOMEM, "ed25519: cannot start SHA-256");
+		return job_fail(j, -ENOMEM, "cannot start SHA-256");
 	dkim_body_canon_init(&j->bc);
 	return 0;
 }
 
-/* The body's end: bh=, the field with an empty b=, its relaxed form
- * after the signed fields, SHA-256 of that, Ed25519 over the 32 bytes
- * (RFC 8463 §3), b= appended. The field goes into out. */
-static int ed_finish(struct dkim_job *j, size_t k, struct buf *out)
+/* Signs the 32-byte SHA-256 digest hh with pk into sig (cap bytes: at
+ * least EVP_PKEY_get_size), its length in *sl. RSA: PKCS#1 v1.5 over
+ * the DigestInfo of SHA-256 (RFC 6376 §3.3.1; RFC 8017 §8.2), what
+ * libopendkim's RSA_sign(NID_sha256) gives, deterministic. Ed25519:
+ * over the 32 bytes (RFC 8463 §3). 0 or -EINVAL. */
+static int pkey_sign(EVP_PKEY *pk, enum dkim_alg alg, const uint8_t *hh,
+                     size_t hl, uint8_t *sig, size_t cap, size_t *sl)
+{
+	int ok = 0;
+	*sl = cap;
+	if (alg == DKIM_ALG_ED25519) {
+		EVP_MD_CTX *md = EVP_MD_CTX_new();
+		ok = md && EVP_DigestSignInit(md, NULL, NULL, NULL, pk) == 1 &&
+		     EVP_DigestSign(md, sig, sl, hh, hl) == 1 && *sl == 64;
+		EVP_MD_CTX_free(md);
+	} else {
+		EVP_PKEY_CTX *pc = EVP_PKEY_CTX_new(pk, NULL);
+		ok = pc && EVP_PKEY_sign_init(pc) == 1 &&
+		     EVP_PKEY_CTX_set_rsa_padding(pc, RSA_PKCS1_PADDING) == 1 &&
+		     EVP_PKEY_CTX_set_signature_md(pc, EVP_sha256()) == 1 &&
+		     EVP_PKEY_sign(pc, sig, sl, hh, hl) == 1 && *sl == cap;
+		EVP_PKEY_CTX_free(pc);
+	}
+	return ok ? 0 : -EINVAL;
+}
+
+/* The body's end (once): bh=. Then for key k: the field with an empty
+ * b=, its relaxed form after the signed fields, SHA-256 of that, the
+ * signature (pkey_sign), b= appended. The field goes into out. */
+static int own_finish(struct dkim_job *j, size_t k, struct buf *out)
 {
 	const struct dkim_key *key = j->key[k];
 	EVP_PKEY *pk = signer_pkey(j->s, key);
-	uint8_t bh[EVP_MAX_MD_SIZE], hh[EVP_MAX_MD_SIZE], sig[64];
-	unsigned bl = 0, hl = 0;
-	size_t sl = sizeof sig;
+	uint8_t hh[EVP_MAX_MD_SIZE], *sig = NULL;
+	unsigned hl = 0;
+	size_t sl = 0;
 	char bh64[B64_ENCODED_LEN(32, 1) + 1];
 	struct buf field = BUF_INIT(DKIM_HEADER_MAX);
-	EVP_MD_CTX *md = NULL;
 	int r = -EINVAL;
-	dkim_body_canon_end(&j->bc, body_emit, j->bmd);
-	if (!pk || EVP_DigestFinal_ex(j->bmd, bh, &bl) != 1 || bl != 32)
+	const char *what = "hashing the body";
+	if (!j->bh_done) {
+		unsigned bl = 0;
+		dkim_body_canon_end(&j->bc, body_emit, j->bmd);
+		if (EVP_DigestFinal_ex(j->bmd, j->bh, &bl) != 1 || bl != 32)
+			goto fail;
+		j->bh_done = true;
+		j->t = j->s->fixed_time >= 0 ? j->s->fixed_time
+		                             : (long long)time(NULL);
+	}
+	what = "no OpenSSL key";
+	int size = pk ? EVP_PKEY_get_size(pk) : 0;
+	if (size <= 0)
 		goto fail;
-	b64_encode(bh, bl, B64_PAD, bh64);
-	long long t = j->s->fixed_time >= 0 ? j->s->fixed_time
-	                                    : (long long)time(NULL);
-	if ((r = dkim_sig_field(key->spec.domain, key->spec.selector, t, bh64,
+	/* The signature's size from the key: 64 (Ed25519), the modulus
+	 * bytes for RSA (512 for the 4096 bits dkim_key.c allows). */
+	what = "out of memory";
+	r = -ENOMEM;
+	if (!(sig = malloc((size_t)size)))
+		goto fail;
+	b64_encode(j->bh, sizeof j->bh, B64_PAD, bh64);
+	j->hcanon.len = j->hbase;   /* the other key's field out */
+	what = "building the field";
+	if ((r = dkim_sig_field(key->alg == DKIM_ALG_RSA ? "rsa-sha256"
+	                                                 : "ed25519-sha256",
+	                        key->spec.domain, key->spec.selector, j->t, bh64,
 	                        (const char *)j->hlist.data, &field)) < 0 ||
 	    (r = dkim_sig_canon(field.data, field.len, &j->hcanon)) < 0)
 		goto fail;
 	r = -EINVAL;
-	if (!(md = EVP_MD_CTX_new()) ||
-	    EVP_Digest(j->hcanon.data, j->hcanon.len, hh, &hl, EVP_sha256(),
-	               NULL) != 1 ||
-	    EVP_DigestSignInit(md, NULL, NULL, NULL, pk) != 1 ||
-	    EVP_DigestSign(md, sig, &sl, hh, hl) != 1 || sl != sizeof sig)
+	what = "hashing the header";
+	if (EVP_Digest(j->hcanon.data, j->hcanon.len, hh, &hl, EVP_sha256(),
+	               NULL) != 1)
 		goto fail;
+	what = "OpenSSL refused to sign";
+	if ((r = pkey_sign(pk, key->alg, hh, hl, sig, (size_t)size, &sl)) < 0)
+		goto fail;
+	what = "out of memory";
 	if ((r = dkim_sig_append_b(&field, sig, sl)) < 0 ||
 	    (r = buf_append(out, field.data, field.len)) < 0)
 		goto fail;
-	EVP_MD_CTX_free(md);
+	free(sig);
 	buf_free(&field);
 	return 0;
 fail:
-	EVP_MD_CTX_free(md);
+	free(sig);
 	buf_free(&field);
-	return job_fail(j, r < 0 ? r : -EINVAL, "ed25519: signing with %s/%s "
-	                "failed", key->spec.domain, key->spec.selector);
+	return job_fail(j, r < 0 ? r : -EINVAL, "%s: signing with %s/%s "
+	                "failed: %s", dkim_alg_name(key->alg), key->spec.domain,
+	                key->spec.selector, what);
 }
 
 static int feed_body(struct dkim_job *j, const uint8_t *p, size_t n)
 {
+	if (j->own && n)
+		dkim_body_canon_feed(&j->bc, p, n, body_emit, j->bmd);
 	for (size_t k = 0; k < j->nh && n; k++) {
-		if (!j->h[k]) {
-			dkim_body_canon_feed(&j->bc, p, n, body_emit, j->bmd);
+		if (!j->h[k])
 			continue;
-		}
 		DKIM_STAT st = dkim_body(j->h[k], (u_char *)p, n);
 		if (st != DKIM_STAT_OK)
 			return job_fail(j, -EINVAL, "libopendkim: body: %s",
@@ -791,12 +843,12 @@ enum dkim_job_result dkim_job_finish(struct dkim_job *j, char **sig,
 			start_signing(j, d ? d : (const uint8_t *)"", hlen);
 		buf_free(&j->hdr);
 	}
-	fmt(dom, domlen, "%s", j->dom);
+	dkim_errf(dom, domlen, "%s", j->dom);
 	if (j->st == JOB_BODY) {
 		struct buf out = BUF_INIT(DKIM_HEADER_MAX);
 		for (size_t k = 0; k < j->nh && j->st == JOB_BODY; k++) {
 			if (!j->h[k]) {
-				if (ed_finish(j, k, &out) < 0)
+				if (own_finish(j, k, &out) < 0)
 					break;
 				continue;
 			}
@@ -817,14 +869,14 @@ enum dkim_job_result dkim_job_finish(struct dkim_job *j, char **sig,
 		}
 		if (j->st == JOB_BODY && buf_append(&out, "", 1) == 0) {
 			*sig = (char *)out.data;   /* NUL-terminated */
-			fmt(why, whylen, "signed");
+			dkim_errf(why, whylen, "signed");
 			return DKIM_SIGNED;
 		}
 		buf_free(&out);
 		if (j->st == JOB_BODY)
 			job_fail(j, -ENOMEM, "out of memory");
 	}
-	fmt(why, whylen, "%s", j->why);
+	dkim_errf(why, whylen, "%s", j->why);
 	return j->res;
 }
 
@@ -836,8 +888,8 @@ enum dkim_job_result dkim_sign_buf(const struct dkim_signer *s,
 	struct dkim_job *j;
 	*sig = NULL;
 	if (dkim_job_new(s, qid, &j) < 0) {
-		fmt(why, whylen, "out of memory");
-		fmt(dom, domlen, "%s", "");
+		dkim_errf(why, whylen, "out of memory");
+		dkim_errf(dom, domlen, "%s", "");
 		return DKIM_FAILED;
 	}
 	dkim_job_feed(j, p, n);
@@ -854,9 +906,9 @@ enum dkim_job_result dkim_sign_fd_for(const struct dkim_signer *s,
 {
 	struct dkim_job *j;
 	*sig = NULL;
-	fmt(dom, domlen, "%s", "");
+	dkim_errf(dom, domlen, "%s", "");
 	if (dkim_job_new(s, qid, &j) < 0) {
-		fmt(why, whylen, "out of memory");
+		dkim_errf(why, whylen, "out of memory");
 		return DKIM_FAILED;
 	}
 	if (domain)

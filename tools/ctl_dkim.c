@@ -26,19 +26,6 @@
 
 /* ---- writing a new key ------------------------------------------------- */
 
-static void seterr(char *err, size_t n, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void seterr(char *err, size_t n, const char *fmt, ...)
-{
-	if (!err || n == 0)
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(err, n, fmt, ap);
-	va_end(ap);
-}
-
 /* Opens dir (made 0700, chowned when asked, if missing; its parent must
  * exist), never through a symbolic link, and refuses a directory others
  * may write to: they could swap the key after it is written. */
@@ -50,36 +37,36 @@ static int keydir_open(const char *dir, uid_t uid, gid_t gid, char *err,
 		made = true;
 	else if (errno != EEXIST) {
 		int e = errno;
-		seterr(err, errlen, "cannot make the key directory %s: %s", dir,
-		       strerror(e));
+		dkim_errf(err, errlen, "cannot make the key directory %s: %s", dir,
+		          strerror(e));
 		return -e;
 	}
 	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (dfd < 0) {
 		int e = errno;
-		seterr(err, errlen, "%s: %s", dir, e == ELOOP || e == ENOTDIR ?
-		       "not a directory (or a symbolic link)" : strerror(e));
+		dkim_errf(err, errlen, "%s: %s", dir, e == ELOOP || e == ENOTDIR ?
+		          "not a directory (or a symbolic link)" : strerror(e));
 		return -e;
 	}
 	struct stat st;
 	if (fstat(dfd, &st) < 0) {
 		int e = errno;
-		seterr(err, errlen, "%s: %s", dir, strerror(e));
+		dkim_errf(err, errlen, "%s: %s", dir, strerror(e));
 		close(dfd);
 		return -e;
 	}
 	if ((st.st_mode & S_IWOTH) ||
 	    ((st.st_mode & S_IWGRP) && !made)) {
-		seterr(err, errlen, "%s: writable by %s (mode %04o); keys go in a "
-		       "directory only root or relayd's user can write",
-		       dir, st.st_mode & S_IWOTH ? "every user" : "its group",
-		       (unsigned)(st.st_mode & 07777));
+		dkim_errf(err, errlen, "%s: writable by %s (mode %04o); keys go in a "
+		          "directory only root or relayd's user can write",
+		          dir, st.st_mode & S_IWOTH ? "every user" : "its group",
+		          (unsigned)(st.st_mode & 07777));
 		close(dfd);
 		return -EPERM;
 	}
 	if (made && uid != (uid_t)-1 && fchown(dfd, uid, gid) < 0) {
 		int e = errno;
-		seterr(err, errlen, "%s: chown: %s", dir, strerror(e));
+		dkim_errf(err, errlen, "%s: chown: %s", dir, strerror(e));
 		close(dfd);
 		return -e;
 	}
@@ -97,16 +84,16 @@ int ctl_dkim_keygen(const char *domain, const char *selector,
 
 	/* The same checks as a dkim_key line (domain and selector). */
 	if (strlen(domain) > 253 || strlen(selector) > 63) {
-		seterr(err, errlen, "the %s is too long", strlen(domain) > 253 ?
-		       "domain" : "selector");
+		dkim_errf(err, errlen, "the %s is too long", strlen(domain) > 253 ?
+		          "domain" : "selector");
 		return -EINVAL;
 	}
 	snprintf(line, sizeof line, "%s %s /", domain, selector);
 	if (strpbrk(domain, " \t") || strpbrk(selector, " \t") ||
 	    (r = dkim_key_parse_line(line, &spec, err, errlen)) < 0) {
 		if (strpbrk(domain, " \t") || strpbrk(selector, " \t"))
-			seterr(err, errlen, "the domain and selector may not hold "
-			       "blanks");
+			dkim_errf(err, errlen, "the domain and selector may not hold "
+			          "blanks");
 		else if (err && errlen > strlen("dkim_key: ") &&
 		         strncmp(err, "dkim_key: ", 10) == 0)
 			memmove(err, err + 10, strlen(err + 10) + 1);
@@ -114,8 +101,8 @@ int ctl_dkim_keygen(const char *domain, const char *selector,
 	}
 	if (alg == DKIM_ALG_RSA &&
 	    (bits < DKIM_RSA_BITS_MIN || bits > DKIM_RSA_BITS_MAX)) {
-		seterr(err, errlen, "RSA keys are %d to %d bits (2048 is the usual "
-		       "size)", DKIM_RSA_BITS_MIN, DKIM_RSA_BITS_MAX);
+		dkim_errf(err, errlen, "RSA keys are %d to %d bits (2048 is the usual "
+		          "size)", DKIM_RSA_BITS_MIN, DKIM_RSA_BITS_MAX);
 		return -EINVAL;
 	}
 
@@ -129,7 +116,7 @@ int ctl_dkim_keygen(const char *domain, const char *selector,
 		char cwd[PATH_MAX];
 		if (!getcwd(cwd, sizeof cwd)) {
 			int e = errno;
-			seterr(err, errlen, "getcwd: %s", strerror(e));
+			dkim_errf(err, errlen, "getcwd: %s", strerror(e));
 			return -e;
 		}
 		if (snprintf(absdir, sizeof absdir, "%s/%s", cwd, dir) >=
@@ -162,17 +149,17 @@ int ctl_dkim_keygen(const char *domain, const char *selector,
 	if (fd < 0) {
 		r = -errno;
 		if (r == -EEXIST)
-			seterr(err, errlen, "%s exists; it was left alone (choose "
-			       "another selector, or remove the file if it is "
-			       "unused)", path_out);
+			dkim_errf(err, errlen, "%s exists; it was left alone (choose "
+			          "another selector, or remove the file if it is "
+			          "unused)", path_out);
 		else
-			seterr(err, errlen, "%s: %s", path_out, strerror(-r));
+			dkim_errf(err, errlen, "%s: %s", path_out, strerror(-r));
 		goto out;
 	}
 	if ((uid != (uid_t)-1 && fchown(fd, uid, gid) < 0) ||
 	    fchmod(fd, 0600) < 0) {
 		r = -errno;
-		seterr(err, errlen, "%s: chown/chmod: %s", path_out, strerror(-r));
+		dkim_errf(err, errlen, "%s: chown/chmod: %s", path_out, strerror(-r));
 		goto fail;
 	}
 	for (size_t off = 0; off < plen;) {
@@ -181,27 +168,27 @@ int ctl_dkim_keygen(const char *domain, const char *selector,
 			continue;
 		if (w <= 0) {
 			r = w < 0 ? -errno : -EIO;
-			seterr(err, errlen, "writing %s: %s", path_out, strerror(-r));
+			dkim_errf(err, errlen, "writing %s: %s", path_out, strerror(-r));
 			goto fail;
 		}
 		off += (size_t)w;
 	}
 	if (fsync(fd) < 0) {
 		r = -errno;
-		seterr(err, errlen, "fsync %s: %s", path_out, strerror(-r));
+		dkim_errf(err, errlen, "fsync %s: %s", path_out, strerror(-r));
 		goto fail;
 	}
 	if (close(fd) < 0) {
 		fd = -1;
 		r = -errno;
-		seterr(err, errlen, "close %s: %s", path_out, strerror(-r));
+		dkim_errf(err, errlen, "close %s: %s", path_out, strerror(-r));
 		goto fail;
 	}
 	fd = -1;
 	/* The new name is durable too. */
 	if (fsync(dfd) < 0) {
 		r = -errno;
-		seterr(err, errlen, "fsync %s: %s", absdir, strerror(-r));
+		dkim_errf(err, errlen, "fsync %s: %s", absdir, strerror(-r));
 		goto fail;
 	}
 	r = 0;
@@ -218,7 +205,7 @@ out:
 	}
 	return r;
 toolong:
-	seterr(err, errlen, "the key directory's path is too long");
+	dkim_errf(err, errlen, "the key directory's path is too long");
 	return -ENAMETOOLONG;
 }
 

@@ -263,6 +263,29 @@ def test_start_refuses_a_broken_key(relayd_factory, tmp_path):
     assert bad.encode() in p.stderr, p.stderr
 
 
+def refused_then_signed(r, up, zone, frm, bad, code, enh, subject):
+    """One session: bad (from frm, to x@dest.test) refused with code and
+    enh at the end of its data; then, the session going on, a message from
+    SENDER's domain (to y@dest.test) accepted, the only one delivered, its
+    signatures verified. Returns what the upstream got."""
+    with smtplib.SMTP(r.addr, r.port, timeout=60) as s:
+        s.ehlo("client.test")
+        assert s.mail(frm)[0] == 250
+        assert s.rcpt("x@dest.test")[0] == 250
+        c, msg = s.data(bad)
+        assert c == code and msg.startswith(enh), (c, msg)
+        # The session goes on: a message from the key's domain is signed.
+        good, _ = make_message(subject)
+        assert s.mail(SENDER)[0] == 250
+        assert s.rcpt("y@dest.test")[0] == 250
+        c, msg = s.data(good)
+        assert c == 250, msg
+    got = up.wait_messages(1, timeout=30)
+    assert got[0]["rcpt_tos"] == ["y@dest.test"]
+    assert verify_all(got[0]["data"], zone)[1] == [True]
+    return got
+
+
 def test_dkim_required(upstream_factory, relay_to, keys):
     made, zone = keys
     up = upstream_factory(tls="none")
@@ -270,25 +293,38 @@ def test_dkim_required(upstream_factory, relay_to, keys):
     with_key_lines(r, [key_line(made, "ed1")])
     r.start()
     content, _ = make_message("unsigned", frm="a@nokey.test")
-    with smtplib.SMTP(r.addr, r.port, timeout=30) as s:
-        s.ehlo("client.test")
-        assert s.mail("a@nokey.test")[0] == 250
-        assert s.rcpt("x@dest.test")[0] == 250
-        code, msg = s.data(content)
-        assert code == 550 and msg.startswith(b"5.7.1 "), (code, msg)
-        # The session goes on: a message from the key's domain is signed.
-        good, _ = make_message("signed")
-        assert s.mail(SENDER)[0] == 250
-        assert s.rcpt("y@dest.test")[0] == 250
-        code, msg = s.data(good)
-        assert code == 250, msg
-    got = up.wait_messages(1, timeout=30)
-    assert got[0]["rcpt_tos"] == ["y@dest.test"]
-    assert verify_all(got[0]["data"], zone)[1] == [True]
+    got = refused_then_signed(r, up, zone, "a@nokey.test", content, 550,
+                              b"5.7.1 ", "signed")
     assert [m for m in queue_list(r) if m["sender"] == "a@nokey.test"] == []
     assert "from=<a@nokey.test>" not in r.log_text()   # never committed
     assert re.search(r"dkim: no DKIM key for nokey\.test, dkim_required: "
                      r"550 5\.7\.1, not queued", r.log_text())
+
+
+def test_dkim_required_signing_failure_451(upstream_factory, relay_to,
+                                           keys):
+    """A message from a domain with a key whose signing fails (here a
+    header section over dkim/'s 1 MiB, DKIM_HEADER_MAX) gets 451 4.7.0
+    at the end of its data under dkim_required, nothing queued, the log
+    saying why; the session goes on and the next message is signed (RSA,
+    relayd's own signer) and verifies."""
+    made, zone = keys
+    up = upstream_factory(tls="none")
+    r = relay_to(up, start=False, smarthost_tls="none", dkim_required="yes")
+    with_key_lines(r, [key_line(made, "rsa1")])
+    r.start()
+    pad = ["X-Pad-%04d: %s" % (i, "p" * 900) for i in range(1200)]
+    big, _ = make_message("too big to sign", headers=pad)
+    assert len(big.split(b"\r\n\r\n", 1)[0]) > 1024 * 1024
+    got = refused_then_signed(r, up, zone, SENDER, big, 451, b"4.7.0 ",
+                              "signed after the failure")
+    assert b"a=rsa-sha256;" in sigs(got[0]["data"])[0]
+    # (the From: domain is not known yet: the section never ended)
+    m = re.search(r"(\w+): dkim: signing failed for \?: header section "
+                  r"over 1048576 bytes; dkim_required: 451 4\.7\.0, not "
+                  r"queued", r.log_text())
+    assert m, r.log_text()[-3000:]
+    assert "%s: from=" % m.group(1) not in r.log_text()   # never committed
 
 
 def test_dsn_signed_with_hostnames_domain_key(upstream_factory, relay_to,

@@ -4,11 +4,13 @@
  * last line per algorithm, dual keys, parent domains with
  * dkim_subdomains); and the signing job's outcomes with a generated key:
  * the same body hash and header list however the message is cut into
- * pieces, no From:, no key, a forced domain, an oversized header section.
+ * pieces, no From:, no key, a forced domain, an oversized header section;
+ * jobs of one signer on four threads at once give the same signature.
  * That signatures verify is checked end to end against dkimpy
  * (tests/e2e/test_dkim.py).
  */
 #include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdbool.h>
 #include <stdarg.h>
@@ -162,8 +164,8 @@ static void test_select(void **state)
 }
 
 /* A signer with one generated RSA-2048 key for example.com (selector
- * "sel"), its file in a temporary directory: the libopendkim path.
- * relayd's own Ed25519 path is tests/unit/test_dkim_canon.c's. */
+ * "sel"), its file in a temporary directory: relayd's own path (compared
+ * byte for byte with libopendkim's in tests/unit/test_dkim_canon.c). */
 static struct dkim_signer *test_signer(char *path, size_t pathlen)
 {
 	char *pem = NULL, err[256];
@@ -364,6 +366,54 @@ static void test_job_outcomes(void **state)
 	test_signer_cleanup(path);
 }
 
+/* One signer, its jobs on four threads at once (as on libuv's pool):
+ * every signature equals the one made alone (RSA PKCS#1 v1.5 and the
+ * fixed t= are deterministic), so the shared EVP_PKEY is only read. */
+struct thr {
+	const struct dkim_signer *s;
+	const char *want;
+	int bad;
+};
+
+static void *sign_thread(void *arg)
+{
+	struct thr *t = arg;
+	for (int i = 0; i < 25; i++) {
+		char *sig = NULL, dom[256], why[512];
+		if (dkim_sign_buf(t->s, "q", (const uint8_t *)msg, sizeof msg - 1,
+		                  &sig, dom, sizeof dom, why, sizeof why) !=
+		    DKIM_SIGNED || strcmp(sig, t->want) != 0)
+			t->bad++;
+		free(sig);
+	}
+	return NULL;
+}
+
+static void test_job_threads(void **state)
+{
+	(void)state;
+	char path[600], dom[256], why[512], *want = NULL;
+	struct dkim_signer *s = test_signer(path, sizeof path);
+	assert_int_equal(dkim_signer_fixed_time(s, 1796515983), 0);
+	assert_int_equal(dkim_sign_buf(s, "q", (const uint8_t *)msg,
+	                               sizeof msg - 1, &want, dom, sizeof dom,
+	                               why, sizeof why), DKIM_SIGNED);
+	pthread_t th[4];
+	struct thr t[4];
+	for (int i = 0; i < 4; i++) {
+		t[i] = (struct thr){s, want, 0};
+		assert_int_equal(pthread_create(&th[i], NULL, sign_thread, &t[i]),
+		                 0);
+	}
+	for (int i = 0; i < 4; i++) {
+		assert_int_equal(pthread_join(th[i], NULL), 0);
+		assert_int_equal(t[i].bad, 0);
+	}
+	free(want);
+	dkim_signer_unref(s);
+	test_signer_cleanup(path);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -372,6 +422,7 @@ int main(void)
 		cmocka_unit_test(test_select),
 		cmocka_unit_test(test_job_pieces),
 		cmocka_unit_test(test_job_outcomes),
+		cmocka_unit_test(test_job_threads),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
