@@ -27,6 +27,8 @@ DEPS_BUILD := build-essential pkg-config libuv1-dev liblmdb-dev libc-ares-dev \
 # adduser makes the account test_privdrop.py drops to.
 DEPS_TEST  := libcmocka-dev python3 python3-pytest swaks libnet-ssleay-perl mount \
               python3-aiosmtpd openssl adduser
+# check-e2e runs the test files side by side (E2E_JOBS workers).
+DEPS_TEST  += python3-pytest-xdist
 DEPS_BENCH := postfix
 # bench/relay --dkim: Postfix signs through Debian's opendkim milter; dkimpy
 # checks both relays' signatures.
@@ -263,9 +265,17 @@ check-unit: $(UNIT_BIN) $(FUZZ_BIN)
 	  echo "== $$f tests/fuzz/corpus/$${n#fuzz_}"; \
 	  $$f tests/fuzz/corpus/$${n#fuzz_}; done
 
+# The e2e tests mostly wait (on relayd, servers, timers): E2E_JOBS pytest
+# workers (pytest-xdist) run them side by side, one test file per worker at
+# a time (each file's servers and fixtures stay in one process). Every test
+# already uses its own ports, addresses and directories. E2E_JOBS=1: one
+# after the other, as before.
+E2E_JOBS ?= 3
+E2E_XDIST = $(if $(filter-out 0 1,$(E2E_JOBS)),-n $(E2E_JOBS) --dist loadfile)
 check-e2e: all
 	RELAYD_BIN=$(CURDIR)/$(BUILD)/relayd RELAYCTL_BIN=$(CURDIR)/$(BUILD)/relayctl \
-	SANITIZE=$(SANITIZE) $(PYTHON) -m pytest -q -p no:cacheprovider tests/e2e
+	SANITIZE=$(SANITIZE) $(PYTHON) -m pytest -q -p no:cacheprovider \
+	  $(E2E_XDIST) --durations=10 tests/e2e
 
 # What CI runs: the README's two commands on a machine that has nothing
 # installed by hand (tests/fresh/run).
