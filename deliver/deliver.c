@@ -117,11 +117,14 @@ void deliver_busy_del(struct deliver *d, const char *qid)
 
 void deliver_busy_uncool(struct deliver *d)
 {
-	/* An expired cool-down ends at the next scan (deliver_busy_is). */
+	/* An expired cool-down ends at the next scan (deliver_busy_is); a
+	 * busy message's other recipients may load at once. */
 	for (size_t h = 0; h < BUSY_BUCKETS; h++)
-		for (struct deliver_busy *b = d->busy[h]; b; b = b->next)
+		for (struct deliver_busy *b = d->busy[h]; b; b = b->next) {
 			if (b->cool_until)
 				b->cool_until = 1;
+			b->more_after = 0;
+		}
 }
 
 void deliver_busy_mark(struct deliver_busy *b, size_t i)

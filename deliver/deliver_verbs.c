@@ -45,8 +45,11 @@ static bool drop_waiting(struct deliver *d, struct deliver_busy *b)
 
 static void flush_all(struct deliver *d, deliver_ctl_reply_fn reply, void *arg)
 {
-	/* Every scheduled message, whatever its next attempt. */
-	struct flushscan { size_t n, cap; char (*ids)[QUEUE_ID_SIZE]; int err; };
+	/* Every scheduled message, whatever its next attempt, and every
+	 * destination unpaused first: what waited for a pause (a cooling
+	 * message, a busy one's recipients in no job) is taken now too. */
+	unpause_all(d);
+	deliver_busy_uncool(d);
 	uint64_t nmsg = 0, nsched = 0;
 	queue_count(d->q, &nmsg, &nsched);
 	/* A busy message counts when some recipient is in no job. */
@@ -64,7 +67,6 @@ static void flush_all(struct deliver *d, deliver_ctl_reply_fn reply, void *arg)
 	d->flush = s.ids;
 	d->nflush = s.n;
 	d->flush_pos = 0;
-	unpause_all(d);
 	char t[96];
 	snprintf(t, sizeof t, "ok flushing %zu message%s", s.n,
 	         s.n == 1 ? "" : "s");

@@ -27,7 +27,7 @@ import json
 
 from conftest import wait_until
 from conftest_upstream import (make_message, statuses, submit, wait_log,
-                               wait_gone)
+                               wait_gone, wait_status)
 from test_direct import SENDER, sent_line, world  # noqa: F401 (fixture)
 
 
@@ -227,3 +227,31 @@ def test_throttled_smarthost_shows_in_list_and_show(upstream_factory,
     # Never more than one session at a time while it asks us to slow down.
     assert all(c["concurrent"] == 1 for c in up.connections())
     assert up.messages() == []
+
+
+def test_flush_takes_what_waits_for_a_paused_destination(world):
+    """A destination that is down pauses with backoff (retry_min 300 s
+    here); a message for it accepted meanwhile waits ("destination ...
+    paused"). The MX comes back; `relayctl flush` sends both messages at
+    once, the one that waited for the pause included, long before the
+    pause would have ended."""
+    w = world(1)
+    w.start_dns({"mx": [("back.test", "mx.back.test", 10)],
+                 "hosts": [("mx.back.test", w.host(0))]})
+    r = w.relayd(retry_min="300s", retry_max="600s")
+    q1 = submit(r, SENDER, ["a@back.test"],
+                make_message("first", to="a@back.test")[0])
+    wait_status(r, q1, "a@back.test", "deferred", fail_on=("sent",))
+    q2 = submit(r, SENDER, ["b@back.test"],
+                make_message("second", to="b@back.test")[0])
+    wait_log(r, r"%s: 1 recipient waiting: destination \S+ paused" % q2)
+    up = w.start_mx(0)
+    out = r.relayctl("flush").stdout.decode()
+    assert "flushing 2 messages" in out, out
+    sent_line(r, q1, "a@back.test")
+    sent_line(r, q2, "b@back.test")
+    assert sorted(m["rcpt_tos"][0] for m in up.messages()) == \
+        ["a@back.test", "b@back.test"]
+    log = r.log_text()
+    assert log.find("%s: 1 recipient waiting" % q2) < \
+        log.find("%s: to=<b@back.test>, relay=mx.back.test" % q2), log[-3000:]
