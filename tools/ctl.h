@@ -137,6 +137,9 @@ int ctl_spool_enter(struct ctl_ctx *c);
 
 /* "relayctl: " + message + newline on stderr. */
 void ctl_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The error of a control request that got no usable answer (r: -EPROTO,
+ * -ETIMEDOUT, or why it could not be sent), naming the socket. */
+void ctl_err_request(const char *spool, int r);
 
 /* "relayctl: " + message, then the usage text, on stderr; returns
  * CTL_EXIT_USAGE. Callers pass user-typed text through log_escape(). */

@@ -221,7 +221,7 @@ static void ctl_err_text(const char *prefix, const char *text)
 	ctl_err("%s%s", prefix, log_escape(esc, sizeof esc, text, strlen(text)));
 }
 
-static void ctl_err_request(const char *spool, int r)
+void ctl_err_request(const char *spool, int r)
 {
 	if (r == -EPROTO)
 		ctl_err("relayd sent a malformed reply on %s/%s", spool,

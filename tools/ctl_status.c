@@ -143,15 +143,8 @@ static void status_err_request(const char *spool, int r, const char *reply)
 		ctl_err("%s", log_escape(esc, sizeof esc, reply[0] ? reply :
 		        "relayd refused the request", strlen(reply[0] ? reply :
 		        "relayd refused the request")));
-	else if (r == -EPROTO)
-		ctl_err("relayd sent a malformed reply on %s/%s", spool,
-		        QUEUE_CONTROL_NAME);
-	else if (r == -ETIMEDOUT)
-		ctl_err("relayd did not answer on %s/%s within %d s", spool,
-		        QUEUE_CONTROL_NAME, CTL_CONTROL_TIMEOUT_MS / 1000);
 	else
-		ctl_err("cannot talk to relayd on %s/%s: %s", spool,
-		        QUEUE_CONTROL_NAME, strerror(-r));
+		ctl_err_request(spool, r);
 }
 
 static const char *mode_name(enum conf_delivery m)
